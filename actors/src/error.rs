@@ -1,0 +1,129 @@
+//! The one error type of rayx: every failure a user sees names its cause.
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Everything that can go wrong in rayx, with a cause a person can act on.
+#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Error {
+    /// The task's function panicked (Ray's `RayTaskError`).
+    #[error("task `{task}` failed: {cause}")]
+    TaskFailed {
+        /// The task's name.
+        task: String,
+        /// What went wrong, with the panic's message and location.
+        cause: String,
+    },
+    /// The task was not run because one of its arguments is an error.
+    #[error("task `{task}` was not run because an argument failed: {cause}")]
+    DependencyFailed {
+        /// The task that was not run.
+        task: String,
+        /// The argument's error, which names the original failure.
+        cause: Box<Error>,
+    },
+    /// The actor is dead: it was killed, it panicked, or the runtime stopped.
+    #[error("actor `{actor}` died: {cause}")]
+    ActorDied {
+        /// The actor's name, or its id if it has none.
+        actor: String,
+        /// Why it died.
+        cause: String,
+    },
+    /// No live actor has that name.
+    #[error("no actor named `{name}` in namespace `{namespace}`")]
+    ActorNotFound {
+        /// The name looked up.
+        name: String,
+        /// Its namespace.
+        namespace: String,
+    },
+    /// An actor with that name already exists.
+    #[error("an actor named `{name}` already exists in namespace `{namespace}`; use get_if_exists to share it")]
+    ActorNameTaken {
+        /// The name asked for.
+        name: String,
+        /// Its namespace.
+        namespace: String,
+    },
+    /// The actor's mailbox is at its capacity.
+    #[error("the mailbox of actor `{actor}` is full ({capacity} calls queued); raise mailbox_capacity or wait for replies")]
+    MailboxFull {
+        /// The actor.
+        actor: String,
+        /// The configured capacity.
+        capacity: usize,
+    },
+    /// A task named a function that no `rayx::remote!` registered.
+    #[error("remote function `{name}` is not registered: add `rayx::remote!(...)` next to its definition")]
+    FunctionNotRegistered {
+        /// The function's full name.
+        name: String,
+    },
+    /// A value was read as the wrong type.
+    #[error("type mismatch: expected `{expected}`, found `{found}`")]
+    TypeMismatch {
+        /// The type asked for.
+        expected: String,
+        /// The type that is there.
+        found: String,
+    },
+    /// A task was called with the wrong number of arguments.
+    #[error("`{function}` takes {expected} arguments but was given {given}")]
+    ArityMismatch {
+        /// The function.
+        function: String,
+        /// How many it takes.
+        expected: usize,
+        /// How many it was given.
+        given: usize,
+    },
+    /// `get` or `wait` reached its timeout (Ray's `GetTimeoutError`).
+    #[error("get timed out after {timeout:?}; the object is still pending")]
+    GetTimeout {
+        /// The timeout that passed.
+        timeout: Duration,
+    },
+    /// The runtime has shut down; nothing more will run.
+    #[error("the rayx runtime has shut down")]
+    ShutDown,
+    /// The object is not known here: it was freed, or is owned by another process.
+    #[error("object {id} is not known to this process: it was freed or is owned elsewhere")]
+    ObjectLost {
+        /// The object's id, as text.
+        id: String,
+    },
+    /// The object store cannot hold the object.
+    #[error("object store full: {requested} bytes asked for, {used} of {capacity} in use; raise object_store_memory or drop refs")]
+    ObjectStoreFull {
+        /// Size of the object.
+        requested: u64,
+        /// Bytes in use.
+        used: u64,
+        /// The store's capacity.
+        capacity: u64,
+    },
+    /// A value could not be encoded or decoded.
+    #[error("serialization failed: {0}")]
+    Serialization(String),
+    /// An argument is out of its range.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The runtime could not start.
+    #[error("the runtime could not start: {0}")]
+    Startup(String),
+}
+
+impl Error {
+    /// The original failure: follows `DependencyFailed` down to the first error.
+    pub fn root_cause(&self) -> &Error {
+        match self {
+            Error::DependencyFailed { cause, .. } => cause.root_cause(),
+            e => e,
+        }
+    }
+}
+
+/// `Result` with rayx's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

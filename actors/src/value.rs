@@ -1,0 +1,163 @@
+//! Values as the engine carries them: a shared pointer inside the process, bytes
+//! outside it. An 800 MB `put` costs a pointer; encoding happens only at the edge.
+
+use crate::error::Error;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::any::{Any, TypeId};
+use std::fmt;
+use std::sync::Arc;
+
+/// A value the engine can hold: any `Serialize + Send + Sync` type.
+pub trait Object: Any + Send + Sync {
+    /// Encodes the value with rmp-serde, for a trip out of the process.
+    fn encode(&self) -> Result<Vec<u8>, Error>;
+    /// The Rust type's name, for type-mismatch errors.
+    fn type_name(&self) -> &'static str;
+    /// The value as `Any`, to downcast.
+    fn as_any(&self) -> &dyn Any;
+    /// The shared value as `Any`, to downcast without a copy.
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
+}
+
+impl<T: Serialize + Send + Sync + 'static> Object for T {
+    fn encode(&self) -> Result<Vec<u8>, Error> {
+        rmp_serde::to_vec(self).map_err(|e| Error::Serialization(e.to_string()))
+    }
+    fn type_name(&self) -> &'static str {
+        std::any::type_name::<T>()
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
+        self
+    }
+}
+
+/// A value in flight or at rest: shared in-process, or encoded bytes from a peer.
+#[derive(Clone)]
+pub enum Value {
+    /// A value of this process, shared without a copy.
+    Local {
+        /// The value.
+        object: Arc<dyn Object>,
+        /// Its size in bytes, as it would be encoded.
+        size: usize,
+    },
+    /// Encoded bytes (rmp-serde), as they arrive from another process.
+    Encoded(Arc<[u8]>),
+}
+
+impl Value {
+    /// Wraps a value; its size is measured once, here.
+    pub fn new<T: Serialize + Send + Sync + 'static>(value: T) -> Value {
+        let size = encoded_size(&value);
+        Value::Local { object: Arc::new(value), size }
+    }
+
+    /// The value's size in bytes (its encoded size).
+    pub fn size(&self) -> usize {
+        match self {
+            Value::Local { size, .. } => *size,
+            Value::Encoded(b) => b.len(),
+        }
+    }
+
+    /// The value as a `T`, shared when local, decoded when encoded.
+    pub fn downcast<T: DeserializeOwned + Send + Sync + 'static>(&self) -> Result<Arc<T>, Error> {
+        self.clone().into_typed()
+    }
+
+    /// Like [`downcast`](Self::downcast), consuming the value: a value nobody
+    /// else shares comes back as the only reference, so it can be unwrapped.
+    pub fn into_typed<T: DeserializeOwned + Send + Sync + 'static>(self) -> Result<Arc<T>, Error> {
+        match self {
+            Value::Local { object, .. } => {
+                let found = object.type_name();
+                object.into_any().downcast::<T>().map_err(|_| Error::TypeMismatch {
+                    expected: std::any::type_name::<T>().to_string(),
+                    found: found.to_string(),
+                })
+            }
+            Value::Encoded(bytes) => rmp_serde::from_slice(&bytes).map(Arc::new).map_err(|e| {
+                Error::Serialization(format!(
+                    "cannot decode a `{}`: {e}",
+                    std::any::type_name::<T>()
+                ))
+            }),
+        }
+    }
+
+    /// The value's bytes, encoding it if it is local.
+    pub fn to_bytes(&self) -> Result<Arc<[u8]>, Error> {
+        match self {
+            Value::Local { object, .. } => object.encode().map(Arc::from),
+            Value::Encoded(b) => Ok(b.clone()),
+        }
+    }
+}
+
+impl fmt::Debug for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Local { object, size } => {
+                write!(f, "Value::Local({}, {size} bytes)", object.type_name())
+            }
+            Value::Encoded(b) => write!(f, "Value::Encoded({} bytes)", b.len()),
+        }
+    }
+}
+
+impl Serialize for Value {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let bytes = self.to_bytes().map_err(serde::ser::Error::custom)?;
+        s.serialize_bytes(&bytes)
+    }
+}
+
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+        let buf = serde_bytes::ByteBuf::deserialize(d)?;
+        Ok(Value::Encoded(Arc::from(buf.into_vec())))
+    }
+}
+
+/// The encoded size of a value. Flat vectors and strings are measured from their
+/// length (no pass over the data); anything else by encoding it into a counter.
+pub fn encoded_size<T: Serialize + 'static>(value: &T) -> usize {
+    let any = value as &dyn Any;
+    macro_rules! flat {
+        ($($t:ty),*) => {$(
+            if TypeId::of::<T>() == TypeId::of::<Vec<$t>>() {
+                if let Some(v) = any.downcast_ref::<Vec<$t>>() {
+                    return v.len() * std::mem::size_of::<$t>();
+                }
+            }
+        )*};
+    }
+    flat!(u8, i8, u16, i16, u32, i32, u64, i64, f32, f64);
+    if let Some(s) = any.downcast_ref::<String>() {
+        return s.len();
+    }
+    if let Some(b) = any.downcast_ref::<serde_bytes::ByteBuf>() {
+        return b.len();
+    }
+    let mut counter = Counter(0);
+    match rmp_serde::encode::write(&mut counter, value) {
+        Ok(()) => counter.0,
+        Err(_) => std::mem::size_of::<T>(),
+    }
+}
+
+struct Counter(usize);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

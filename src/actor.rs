@@ -1,0 +1,406 @@
+//! Actors: stateful workers defined by implementing [`Actor`] and [`Handler`]
+//! (or [`AsyncHandler`]) for each [`Message`] they take.
+
+use crate::object_ref::ObjectRef;
+use crate::runtime::Runtime;
+use crate::{Data, Error, Result};
+use rayx_actors::actor_host::{
+    ActorHost, ActorKind, ActorSpec, ActorState, CallJob, Dispatch, HostContext, LocalFuture,
+    SharedState,
+};
+use rayx_actors::ids::ActorId;
+use rayx_actors::messages::ActorCall;
+use rayx_actors::value::Value;
+use rayx_actors::Node;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::any::{Any, TypeId};
+use std::borrow::Cow;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+pub(crate) const DEFAULT_NAMESPACE: &str = "default";
+
+/// A stateful actor. Implement [`Handler`] for each message it takes.
+///
+/// ```
+/// use rayx::prelude::*;
+///
+/// struct Counter { n: u64 }
+/// impl Actor for Counter {}
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Add(u64);
+/// impl Message for Add { type Reply = u64; }
+///
+/// impl Handler<Add> for Counter {
+///     fn handle(&mut self, Add(k): Add, _: &mut ActorContext<Self>) -> u64 {
+///         self.n += k;
+///         self.n
+///     }
+/// }
+///
+/// let rt = rayx::init()?;
+/// let c = rt.actor(|| Counter { n: 0 }).name("counter").spawn()?;
+/// c.call(Add(2));
+/// assert_eq!(c.call(Add(3)).get()?, 5);
+/// assert_eq!(rt.get_actor::<Counter>("counter")?.call(Add(1)).get()?, 6);
+/// # Ok::<(), rayx::Error>(())
+/// ```
+pub trait Actor: Send + Sized + 'static {
+    /// Called once when the actor stops: killed, collected or shut down.
+    fn stopped(&mut self) {}
+}
+
+/// A message an actor can take, with the type of its reply.
+pub trait Message: Data {
+    /// What the handler returns.
+    type Reply: Data;
+}
+
+/// Handles `M` with exclusive access to the actor's state, one call at a time,
+/// in the order each caller made its calls.
+pub trait Handler<M: Message>: Actor {
+    /// Runs the call. A panic kills the actor: this and every queued call fail
+    /// with `ActorDied`, naming the panic.
+    fn handle(&mut self, msg: M, ctx: &mut ActorContext<'_, Self>) -> M::Reply;
+}
+
+/// Handles `M` as a future on an async actor (Ray's async actors): many calls
+/// run at once, up to the actor's `max_concurrency`, sharing `&self`.
+///
+/// ```
+/// use rayx::prelude::*;
+/// use std::sync::{Arc, atomic::{AtomicU64, Ordering}};
+///
+/// struct Pinger { count: AtomicU64 }
+/// impl Actor for Pinger {}
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Ping;
+/// impl Message for Ping { type Reply = u64; }
+///
+/// impl AsyncHandler<Ping> for Pinger {
+///     async fn handle(self: Arc<Self>, _: Ping) -> u64 {
+///         self.count.fetch_add(1, Ordering::SeqCst) + 1
+///     }
+/// }
+///
+/// let rt = rayx::init()?;
+/// let p = rt.async_actor(|| Pinger { count: AtomicU64::new(0) }).max_concurrency(8).spawn()?;
+/// let replies: Vec<_> = (0..10).map(|_| p.call(Ping)).collect();
+/// assert_eq!(rt.get(&replies, None)?.into_iter().max(), Some(10));
+/// # Ok::<(), rayx::Error>(())
+/// ```
+pub trait AsyncHandler<M: Message>: Actor + Sync {
+    /// Runs the call; the future runs on the actor's async thread.
+    fn handle(self: Arc<Self>, msg: M) -> impl Future<Output = M::Reply>;
+}
+
+/// What a handler can see and do besides its message.
+pub struct ActorContext<'a, A> {
+    actor_id: ActorId,
+    name: Option<&'a str>,
+    stop: bool,
+    _actor: PhantomData<fn(A)>,
+}
+
+impl<A> ActorContext<'_, A> {
+    /// The actor's id.
+    pub fn actor_id(&self) -> ActorId {
+        self.actor_id
+    }
+    /// The actor's name, if it has one.
+    pub fn name(&self) -> Option<&str> {
+        self.name
+    }
+    /// Stops the actor after this call; queued calls fail with `ActorDied`.
+    pub fn stop(&mut self) {
+        self.stop = true;
+    }
+    /// The runtime, to submit tasks or call other actors.
+    pub fn runtime(&self) -> Runtime {
+        // Handlers run on the node's threads, which always know their node.
+        Runtime::current().unwrap_or_else(|| panic!("rayx: ActorContext::runtime used off the actor's thread"))
+    }
+}
+
+/// How a message is dispatched on `A`: `SyncCall` for [`Handler`], `AsyncCall`
+/// for [`AsyncHandler`]. Inferred; users never name it.
+pub trait Dispatches<M, Kind> {
+    #[doc(hidden)]
+    const DISPATCH: Dispatch;
+}
+
+/// Marks dispatch through [`Handler`].
+pub enum SyncCall {}
+/// Marks dispatch through [`AsyncHandler`].
+pub enum AsyncCall {}
+
+impl<A: Handler<M>, M: Message> Dispatches<M, SyncCall> for A {
+    const DISPATCH: Dispatch = Dispatch::Sync(dispatch_sync::<A, M>);
+}
+
+impl<A: AsyncHandler<M>, M: Message> Dispatches<M, AsyncCall> for A {
+    const DISPATCH: Dispatch = Dispatch::Async(dispatch_async::<A, M>);
+}
+
+fn take_message<M: Data>(value: Value) -> Result<M> {
+    let arc = value.into_typed::<M>()?;
+    Arc::try_unwrap(arc).map_err(|_| Error::InvalidArgument("a message was shared while in flight".into()))
+}
+
+fn wrong_actor<A>(found: &str) -> Error {
+    Error::TypeMismatch {
+        expected: std::any::type_name::<A>().to_string(),
+        found: found.to_string(),
+    }
+}
+
+fn dispatch_sync<A: Handler<M>, M: Message>(
+    state: &mut dyn Any,
+    msg: Value,
+    host: &mut HostContext<'_>,
+) -> Result<Value> {
+    let actor = state.downcast_mut::<A>().ok_or_else(|| wrong_actor::<A>("another actor type"))?;
+    let msg = take_message::<M>(msg)?;
+    let mut ctx = ActorContext::<A> {
+        actor_id: host.actor_id(),
+        name: host.name(),
+        stop: false,
+        _actor: PhantomData,
+    };
+    let reply = A::handle(actor, msg, &mut ctx);
+    if ctx.stop {
+        host.stop();
+    }
+    Ok(Value::new(reply))
+}
+
+fn dispatch_async<A: AsyncHandler<M>, M: Message>(state: SharedState, msg: Value) -> LocalFuture {
+    Box::pin(async move {
+        let actor = state.downcast::<A>().map_err(|_| wrong_actor::<A>("another actor type"))?;
+        let msg = take_message::<M>(msg)?;
+        Ok(Value::new(A::handle(actor, msg).await))
+    })
+}
+
+struct Boxed<A>(A);
+
+impl<A: Actor> ActorState for Boxed<A> {
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        &mut self.0
+    }
+    fn stopped(&mut self) {
+        self.0.stopped();
+    }
+}
+
+/// Options of an actor before it starts.
+pub struct ActorBuilder<'r, A> {
+    rt: &'r Runtime,
+    kind: ActorKind,
+    name: Option<String>,
+    namespace: String,
+    get_if_exists: bool,
+    detached: bool,
+    max_concurrency: Option<usize>,
+    _actor: PhantomData<fn() -> A>,
+}
+
+impl<'r, A: Actor> ActorBuilder<'r, A> {
+    pub(crate) fn sync(rt: &'r Runtime, factory: impl Fn() -> A + Send + Sync + 'static) -> Self {
+        let factory: Box<dyn Fn() -> Box<dyn ActorState> + Send + Sync> =
+            Box::new(move || Box::new(Boxed(factory())));
+        Self::with_kind(rt, ActorKind::Sync(factory))
+    }
+
+    pub(crate) fn asynchronous(rt: &'r Runtime, factory: impl Fn() -> A + Send + Sync + 'static) -> Self
+    where
+        A: Sync,
+    {
+        let factory: Box<dyn Fn() -> SharedState + Send + Sync> = Box::new(move || Arc::new(factory()));
+        // Ray's default for async actors.
+        Self::with_kind(rt, ActorKind::Async { factory, max_concurrency: 1000 })
+    }
+
+    fn with_kind(rt: &'r Runtime, kind: ActorKind) -> Self {
+        ActorBuilder {
+            rt,
+            kind,
+            name: None,
+            namespace: DEFAULT_NAMESPACE.to_string(),
+            get_if_exists: false,
+            detached: false,
+            max_concurrency: None,
+            _actor: PhantomData,
+        }
+    }
+
+    /// Names the actor, so [`Runtime::get_actor`] finds it. Names are unique.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+    /// The namespace of the name (default `"default"`).
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+    /// If an actor has the name already, return it instead of failing.
+    pub fn get_if_exists(mut self) -> Self {
+        self.get_if_exists = true;
+        self
+    }
+    /// Keep the actor alive with no handle left, until killed or shutdown.
+    pub fn detached(mut self) -> Self {
+        self.detached = true;
+        self
+    }
+    /// Calls in flight at once on an async actor (default 1000).
+    pub fn max_concurrency(mut self, n: usize) -> Self {
+        self.max_concurrency = Some(n);
+        self
+    }
+
+    /// Starts the actor; its constructor runs on the runtime's threads.
+    pub fn spawn(self) -> Result<ActorHandle<A>> {
+        let mut kind = self.kind;
+        match (&mut kind, self.max_concurrency) {
+            (ActorKind::Async { max_concurrency, .. }, Some(n)) => {
+                if n == 0 {
+                    return Err(Error::InvalidArgument("max_concurrency must be at least 1".into()));
+                }
+                *max_concurrency = n;
+            }
+            (ActorKind::Sync(_), Some(n)) if n > 1 => {
+                return Err(Error::InvalidArgument(
+                    "max_concurrency > 1 needs an async actor (Runtime::async_actor)".into(),
+                ))
+            }
+            _ => {}
+        }
+        let node = self.rt.node().clone();
+        let spec = ActorSpec {
+            name: self.name,
+            namespace: self.namespace,
+            get_if_exists: self.get_if_exists,
+            detached: self.detached,
+            mailbox_capacity: node.config().mailbox_capacity,
+            type_id: TypeId::of::<A>(),
+            type_name: std::any::type_name::<A>(),
+            kind,
+        };
+        let (host, _existed) = node.spawn_actor(spec)?;
+        ActorHandle::from_host(node, host)
+    }
+}
+
+/// A handle to an actor: `Clone + Send + Sync`, passable into tasks and other
+/// actors (it serializes as the actor's id). The actor is collected when its
+/// last handle is dropped, unless it is detached.
+pub struct ActorHandle<A> {
+    host: Arc<ActorHost>,
+    node: Arc<Node>,
+    _actor: PhantomData<fn() -> A>,
+}
+
+impl<A> Clone for ActorHandle<A> {
+    fn clone(&self) -> Self {
+        ActorHandle {
+            host: self.host.clone(),
+            node: self.node.clone(),
+            _actor: PhantomData,
+        }
+    }
+}
+
+impl<A> std::fmt::Debug for ActorHandle<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ActorHandle<{}>({})", self.host.type_name(), self.host.id())
+    }
+}
+
+impl<A: Actor> ActorHandle<A> {
+    pub(crate) fn from_host(node: Arc<Node>, host: Arc<ActorHost>) -> Result<Self> {
+        if host.actor_type() != TypeId::of::<A>() {
+            return Err(wrong_actor::<A>(host.type_name()));
+        }
+        Ok(ActorHandle { host, node, _actor: PhantomData })
+    }
+}
+
+impl<A> ActorHandle<A> {
+    /// The actor's id.
+    pub fn id(&self) -> ActorId {
+        self.host.id()
+    }
+
+    /// The actor's name, if it has one.
+    pub fn name(&self) -> Option<&str> {
+        self.host.name()
+    }
+
+    /// Whether the actor has died.
+    pub fn is_dead(&self) -> bool {
+        self.host.is_dead()
+    }
+
+    /// Calls queued and not yet started.
+    pub fn queued(&self) -> usize {
+        self.host.queued()
+    }
+
+    /// Sends `msg`; the reply's `ObjectRef` comes back at once. Calls from one
+    /// caller run in the order they were made.
+    pub fn call<M: Message, Kind>(&self, msg: M) -> ObjectRef<M::Reply>
+    where
+        A: Dispatches<M, Kind>,
+    {
+        let reply = self.node.new_pending();
+        let dispatch = <A as Dispatches<M, Kind>>::DISPATCH;
+        if matches!(dispatch, Dispatch::Async(_)) != self.host.is_async() {
+            reply.complete(Err(Error::InvalidArgument(format!(
+                "{} was started as a {} actor but `{}` is handled by {}",
+                self.host.type_name(),
+                if self.host.is_async() { "async" } else { "sync" },
+                std::any::type_name::<M>(),
+                if self.host.is_async() { "Handler (sync)" } else { "AsyncHandler" },
+            ))));
+            return ObjectRef::from_slot(reply);
+        }
+        let call = ActorCall {
+            actor: self.host.id(),
+            method: Cow::Borrowed(std::any::type_name::<M>()),
+            message: Value::new(msg),
+            reply_to: reply.id(),
+        };
+        self.host.call(CallJob { call, dispatch });
+        ObjectRef::from_slot(reply)
+    }
+
+    /// Kills the actor: the running call finishes; queued and later calls fail
+    /// with `ActorDied`; its state is dropped.
+    pub fn kill(&self) {
+        self.node.kill_actor(&self.host);
+    }
+}
+
+impl<A> Serialize for ActorHandle<A> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.host.id().serialize(s)
+    }
+}
+
+impl<'de, A: Actor> Deserialize<'de> for ActorHandle<A> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let id = ActorId::deserialize(d)?;
+        let node = rayx_actors::worker::current_node().ok_or_else(|| {
+            serde::de::Error::custom("an ActorHandle can be decoded only in a rayx worker or with Runtime::decode")
+        })?;
+        let host = node
+            .actor_by_id(id)
+            .ok_or_else(|| serde::de::Error::custom(format!("no live actor {id} in this process")))?;
+        ActorHandle::from_host(node, host).map_err(serde::de::Error::custom)
+    }
+}

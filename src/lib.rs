@@ -1,0 +1,42 @@
+//! # rayx — Ray Core for Rust
+//!
+//! Tasks, actors and objects with Ray's semantics, on an actix engine.
+//!
+//! ```
+//! use rayx::prelude::*;
+//!
+//! fn square(x: i64) -> i64 { x * x }
+//! rayx::remote!(square);
+//!
+//! let rt = rayx::init()?;
+//! let r = rt.task(square).remote(5);
+//! assert_eq!(r.get()?, 25);
+//! # Ok::<(), rayx::Error>(())
+//! ```
+
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod actor;
+mod object_ref;
+pub mod prelude;
+mod remote;
+mod runtime;
+
+pub use actor::{Actor, ActorBuilder, ActorContext, ActorHandle, AsyncHandler, Handler, Message};
+pub use object_ref::{GetFuture, ObjectRef};
+pub use rayx_actors::owner::MemoryUsage;
+pub use rayx_actors::supervisor::SupervisionEvent;
+pub use rayx_actors::{Error, Result};
+pub use remote::{IntoArg, IntoArgs, RemoteFunction, TaskBuilder};
+pub use runtime::{init, Builder, Runtime};
+
+/// Values that can be task arguments, results, messages and objects.
+pub trait Data: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static {}
+impl<T: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static> Data for T {}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::remote::{invoke, name_of, Registration};
+    pub use inventory;
+}

@@ -1,0 +1,238 @@
+//! Remote functions: registered under a stable name (their full Rust path), so
+//! the same call can run on any node that runs the same binary.
+
+use crate::object_ref::ObjectRef;
+use crate::runtime::Runtime;
+use crate::{Data, Error, Result};
+use rayx_actors::functions::{FunctionTable, Invoke};
+use rayx_actors::messages::{Arg, TaskOptions, TaskSpec};
+use rayx_actors::owner::Slot;
+use rayx_actors::value::Value;
+use std::borrow::Cow;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+/// Registers functions as remote functions, callable with [`Runtime::task`].
+///
+/// The name is the function's full path (`my_crate::module::square`), so two
+/// `square`s in different modules do not collide.
+///
+/// ```
+/// # use rayx::prelude::*;
+/// mod a { pub fn f(x: i64) -> i64 { x + 1 } }
+/// mod b { pub fn f(x: i64) -> i64 { x + 2 } }
+/// rayx::remote!(a::f, b::f);
+/// let rt = rayx::init()?;
+/// assert_eq!(rt.task(a::f).remote(0).get()?, 1);
+/// assert_eq!(rt.task(b::f).remote(0).get()?, 2);
+/// # Ok::<(), rayx::Error>(())
+/// ```
+#[macro_export]
+macro_rules! remote {
+    ($($f:path),+ $(,)?) => {$(
+        $crate::__private::inventory::submit! {
+            $crate::__private::Registration::new(
+                || $crate::__private::name_of(&$f),
+                |args| $crate::__private::invoke(&$f, args),
+            )
+        }
+    )+};
+}
+
+/// One remote function, as `remote!` submits it.
+#[doc(hidden)]
+pub struct Registration {
+    name: fn() -> &'static str,
+    invoke: Invoke,
+}
+
+impl Registration {
+    #[doc(hidden)]
+    pub const fn new(name: fn() -> &'static str, invoke: Invoke) -> Self {
+        Registration { name, invoke }
+    }
+}
+
+inventory::collect!(Registration);
+
+/// Every function registered in this binary.
+pub(crate) fn function_table() -> FunctionTable {
+    let mut table = FunctionTable::new();
+    for r in inventory::iter::<Registration> {
+        table.insert((r.name)(), r.invoke);
+    }
+    table
+}
+
+/// The stable name of a function item: its full path.
+#[doc(hidden)]
+pub fn name_of<F>(_: &F) -> &'static str {
+    std::any::type_name::<F>()
+}
+
+/// Runs `f` on engine values (what a worker calls).
+#[doc(hidden)]
+pub fn invoke<F: RemoteFunction<Args, R>, Args, R>(f: &F, args: Vec<Value>) -> Result<Value> {
+    f.call(args)
+}
+
+/// A function that can run as a task: `Fn(A, B, …) -> R` with up to 8 arguments.
+pub trait RemoteFunction<Args, R>: Send + Sync + 'static {
+    /// How many arguments it takes.
+    const ARITY: usize;
+    /// Calls it on engine values.
+    fn call(&self, args: Vec<Value>) -> Result<Value>;
+}
+
+fn take_arg<A: Data + Clone>(value: Value) -> Result<A> {
+    value.into_typed::<A>().map(Arc::unwrap_or_clone)
+}
+
+macro_rules! remote_fn {
+    ($n:expr; $($a:ident),*) => {
+        impl<Func, R, $($a),*> RemoteFunction<($($a,)*), R> for Func
+        where
+            Func: Fn($($a),*) -> R + Send + Sync + 'static,
+            R: Data,
+            $($a: Data + Clone,)*
+        {
+            const ARITY: usize = $n;
+            #[allow(non_snake_case, unused_mut, unused_variables)]
+            fn call(&self, args: Vec<Value>) -> Result<Value> {
+                if args.len() != $n {
+                    return Err(Error::ArityMismatch {
+                        function: std::any::type_name::<Func>().to_string(),
+                        expected: $n,
+                        given: args.len(),
+                    });
+                }
+                let mut args = args.into_iter();
+                $(let $a = take_arg::<$a>(args.next().ok_or(Error::ShutDown)?)?;)*
+                Ok(Value::new(self($($a),*)))
+            }
+        }
+    };
+}
+remote_fn!(0;);
+remote_fn!(1; A0);
+remote_fn!(2; A0, A1);
+remote_fn!(3; A0, A1, A2);
+remote_fn!(4; A0, A1, A2, A3);
+remote_fn!(5; A0, A1, A2, A3, A4);
+remote_fn!(6; A0, A1, A2, A3, A4, A5);
+remote_fn!(7; A0, A1, A2, A3, A4, A5, A6);
+remote_fn!(8; A0, A1, A2, A3, A4, A5, A6, A7);
+
+/// Something that can be passed as an argument of type `A`: an `A`, or an
+/// `ObjectRef<A>` (resolved to its value before the task runs, as in Ray).
+pub trait IntoArg<A> {
+    /// The engine argument; a ref's slot is pinned until the task has run.
+    fn into_arg(self, pins: &mut Vec<Arc<Slot>>) -> Arg;
+}
+
+impl<A: Data> IntoArg<A> for A {
+    fn into_arg(self, _: &mut Vec<Arc<Slot>>) -> Arg {
+        Arg::Value(Value::new(self))
+    }
+}
+
+impl<A: Data> IntoArg<A> for ObjectRef<A> {
+    fn into_arg(self, pins: &mut Vec<Arc<Slot>>) -> Arg {
+        let id = self.id();
+        pins.push(self.slot().clone());
+        Arg::Ref(id)
+    }
+}
+
+impl<A: Data> IntoArg<A> for &ObjectRef<A> {
+    fn into_arg(self, pins: &mut Vec<Arc<Slot>>) -> Arg {
+        <ObjectRef<A> as IntoArg<A>>::into_arg(self.clone(), pins)
+    }
+}
+
+/// The arguments of a call: `()`, one argument, or a tuple of them.
+pub trait IntoArgs<Args> {
+    /// The engine arguments, in order.
+    fn into_args(self, pins: &mut Vec<Arc<Slot>>) -> Vec<Arg>;
+}
+
+impl IntoArgs<()> for () {
+    fn into_args(self, _: &mut Vec<Arc<Slot>>) -> Vec<Arg> {
+        Vec::new()
+    }
+}
+
+impl<A0, X0: IntoArg<A0>> IntoArgs<(A0,)> for X0 {
+    fn into_args(self, pins: &mut Vec<Arc<Slot>>) -> Vec<Arg> {
+        vec![self.into_arg(pins)]
+    }
+}
+
+macro_rules! into_args {
+    ($(($a:ident, $x:ident, $i:tt)),*) => {
+        impl<$($a, $x: IntoArg<$a>),*> IntoArgs<($($a,)*)> for ($($x,)*) {
+            fn into_args(self, pins: &mut Vec<Arc<Slot>>) -> Vec<Arg> {
+                vec![$(self.$i.into_arg(pins)),*]
+            }
+        }
+    };
+}
+into_args!((A0, X0, 0), (A1, X1, 1));
+into_args!((A0, X0, 0), (A1, X1, 1), (A2, X2, 2));
+into_args!((A0, X0, 0), (A1, X1, 1), (A2, X2, 2), (A3, X3, 3));
+into_args!((A0, X0, 0), (A1, X1, 1), (A2, X2, 2), (A3, X3, 3), (A4, X4, 4));
+into_args!((A0, X0, 0), (A1, X1, 1), (A2, X2, 2), (A3, X3, 3), (A4, X4, 4), (A5, X5, 5));
+into_args!((A0, X0, 0), (A1, X1, 1), (A2, X2, 2), (A3, X3, 3), (A4, X4, 4), (A5, X5, 5), (A6, X6, 6));
+into_args!((A0, X0, 0), (A1, X1, 1), (A2, X2, 2), (A3, X3, 3), (A4, X4, 4), (A5, X5, 5), (A6, X6, 6), (A7, X7, 7));
+
+/// A remote function ready to be called, with its options.
+///
+/// ```
+/// # use rayx::prelude::*;
+/// fn add(a: i64, b: i64) -> i64 { a + b }
+/// rayx::remote!(add);
+/// let rt = rayx::init()?;
+/// let x = rt.put(40)?;
+/// let sum = rt.task(add).name("answer").remote((&x, 2));
+/// assert_eq!(sum.get()?, 42);
+/// # Ok::<(), rayx::Error>(())
+/// ```
+pub struct TaskBuilder<'r, F, Args, R> {
+    rt: &'r Runtime,
+    name: &'static str,
+    options: TaskOptions,
+    _f: PhantomData<fn(F, Args) -> R>,
+}
+
+impl<'r, F: RemoteFunction<Args, R>, Args, R> TaskBuilder<'r, F, Args, R> {
+    pub(crate) fn new(rt: &'r Runtime, _: F) -> Self {
+        TaskBuilder {
+            rt,
+            name: std::any::type_name::<F>(),
+            options: TaskOptions::default(),
+            _f: PhantomData,
+        }
+    }
+
+    /// Names the task, for errors and debugging.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.options.name = Some(name.into());
+        self
+    }
+
+    /// Submits the task; the result's `ObjectRef` comes back at once.
+    pub fn remote(&self, args: impl IntoArgs<Args>) -> ObjectRef<R> {
+        let node = self.rt.node();
+        let mut pins = Vec::new();
+        let args = args.into_args(&mut pins);
+        let ret = node.new_pending();
+        let spec = TaskSpec {
+            task_id: rayx_actors::ids::TaskId(ret.id().0),
+            function: Cow::Borrowed(self.name),
+            args,
+            options: self.options.clone(),
+        };
+        node.submit_task(spec, &ret, pins);
+        ObjectRef::from_slot(ret)
+    }
+}

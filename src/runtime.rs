@@ -1,0 +1,288 @@
+//! The runtime handle: `Clone + Send + Sync`, usable from plain threads and from
+//! async code. Several runtimes can live in one process.
+
+use crate::actor::{ActorBuilder, ActorHandle};
+use crate::object_ref::ObjectRef;
+use crate::remote::{function_table, RemoteFunction, TaskBuilder};
+use crate::{Actor, Data, Error, MemoryUsage, Result, SupervisionEvent};
+use rayx_actors::owner::wait_slots;
+use rayx_actors::value::Value;
+use rayx_actors::{Node, NodeConfig};
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Starts a runtime on this machine with one worker per core.
+///
+/// ```
+/// let rt = rayx::init()?;
+/// assert!(rt.num_workers() >= 1);
+/// # Ok::<(), rayx::Error>(())
+/// ```
+pub fn init() -> Result<Runtime> {
+    Builder::new().start()
+}
+
+/// Sizes a runtime before it starts.
+///
+/// ```
+/// let rt = rayx::Builder::new().num_workers(2).object_store_memory(1 << 30).start()?;
+/// assert_eq!(rt.num_workers(), 2);
+/// # Ok::<(), rayx::Error>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Builder {
+    config: NodeConfig,
+}
+
+impl Builder {
+    /// Defaults: a worker per core, an object store of 30% of memory.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Workers kept running (Ray's `num_cpus`).
+    pub fn num_workers(mut self, n: usize) -> Self {
+        self.config.num_workers = n;
+        self
+    }
+    /// Worker threads at most, counting those started while others block in `get`.
+    pub fn max_workers(mut self, n: usize) -> Self {
+        self.config.max_workers = n;
+        self
+    }
+    /// Calls an actor's mailbox holds at most; more fail with `MailboxFull`.
+    pub fn mailbox_capacity(mut self, n: usize) -> Self {
+        self.config.mailbox_capacity = n;
+        self
+    }
+    /// Bytes the object store admits for large objects.
+    pub fn object_store_memory(mut self, bytes: u64) -> Self {
+        self.config.object_store_memory = bytes;
+        self
+    }
+    /// Values larger than this go to the object store (default 100 KiB).
+    pub fn inline_threshold(mut self, bytes: usize) -> Self {
+        self.config.inline_threshold = bytes;
+        self
+    }
+    /// Threads that run async actors (default 1).
+    pub fn async_threads(mut self, n: usize) -> Self {
+        self.config.async_threads = n;
+        self
+    }
+    /// Starts the runtime.
+    pub fn start(self) -> Result<Runtime> {
+        let node = Node::start(self.config, function_table())?;
+        Ok(Runtime {
+            node: node.clone(),
+            _guard: Some(Arc::new(Guard(node))),
+        })
+    }
+}
+
+/// Shuts the node down when the last user handle goes.
+struct Guard(Arc<Node>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.0.shutdown();
+    }
+}
+
+/// A handle to a running rayx runtime.
+///
+/// Dropping the last handle returned by [`init`] or [`Builder::start`] shuts the
+/// runtime down; handles from [`Runtime::current`] do not keep it alive.
+#[derive(Clone)]
+pub struct Runtime {
+    node: Arc<Node>,
+    _guard: Option<Arc<Guard>>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("workers", &self.node.config().num_workers)
+            .field("closed", &self.node.is_closed())
+            .finish()
+    }
+}
+
+impl Runtime {
+    /// The runtime whose task or actor is running on this thread.
+    ///
+    /// ```
+    /// # use rayx::prelude::*;
+    /// fn outer(x: i64) -> i64 {
+    ///     let rt = Runtime::current().expect("inside a task");
+    ///     rt.task(inner).remote(x).get().unwrap() + 1
+    /// }
+    /// fn inner(x: i64) -> i64 { x * 2 }
+    /// rayx::remote!(outer, inner);
+    ///
+    /// let rt = rayx::init()?;
+    /// assert!(Runtime::current().is_none());
+    /// assert_eq!(rt.task(outer).remote(20).get()?, 41);
+    /// # Ok::<(), rayx::Error>(())
+    /// ```
+    pub fn current() -> Option<Runtime> {
+        rayx_actors::worker::current_node().map(|node| Runtime { node, _guard: None })
+    }
+
+    pub(crate) fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// Workers kept running.
+    pub fn num_workers(&self) -> usize {
+        self.node.config().num_workers
+    }
+
+    /// Prepares a call of a remote function registered with [`remote!`](crate::remote).
+    pub fn task<F, Args, R>(&self, f: F) -> TaskBuilder<'_, F, Args, R>
+    where
+        F: RemoteFunction<Args, R>,
+    {
+        TaskBuilder::new(self, f)
+    }
+
+    /// Stores a value as an object owned by this process (Ray's `put`).
+    ///
+    /// ```
+    /// let rt = rayx::init()?;
+    /// let r = rt.put(vec![1u8, 2, 3])?;
+    /// assert_eq!(r.get()?, vec![1, 2, 3]);
+    /// # Ok::<(), rayx::Error>(())
+    /// ```
+    pub fn put<T: Data>(&self, value: T) -> Result<ObjectRef<T>> {
+        self.node.put(Value::new(value)).map(ObjectRef::from_slot)
+    }
+
+    /// Gets several objects, in input order; `timeout` bounds the whole wait.
+    ///
+    /// ```
+    /// # use rayx::prelude::*;
+    /// let rt = rayx::init()?;
+    /// let refs = vec![rt.put(1)?, rt.put(2)?];
+    /// assert_eq!(rt.get(&refs, None)?, vec![1, 2]);
+    /// # Ok::<(), rayx::Error>(())
+    /// ```
+    pub fn get<T: Data + Clone>(&self, refs: &[ObjectRef<T>], timeout: Option<Duration>) -> Result<Vec<T>> {
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        refs.iter()
+            .map(|r| {
+                let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+                match r.get_timeout_inner(left) {
+                    Err(Error::GetTimeout { .. }) => Err(Error::GetTimeout {
+                        timeout: timeout.unwrap_or_default(),
+                    }),
+                    other => other,
+                }
+            })
+            .collect()
+    }
+
+    /// Waits until `num_returns` of `refs` are ready or `timeout` passes; returns
+    /// `(ready, not_ready)`, both in input order (Ray's `wait`).
+    ///
+    /// ```
+    /// # use rayx::prelude::*;
+    /// let rt = rayx::init()?;
+    /// let refs = vec![rt.put(1)?, rt.put(2)?];
+    /// let (ready, pending) = rt.wait(&refs, 2, Some(Duration::from_secs(5)))?;
+    /// assert_eq!((ready.len(), pending.len()), (2, 0));
+    /// # Ok::<(), rayx::Error>(())
+    /// ```
+    pub fn wait<T>(
+        &self,
+        refs: &[ObjectRef<T>],
+        num_returns: usize,
+        timeout: Option<Duration>,
+    ) -> Result<(Vec<ObjectRef<T>>, Vec<ObjectRef<T>>)> {
+        if num_returns > refs.len() {
+            return Err(Error::InvalidArgument(format!(
+                "num_returns ({num_returns}) is more than the number of refs ({})",
+                refs.len()
+            )));
+        }
+        let slots: Vec<_> = refs.iter().map(|r| r.slot().clone()).collect();
+        let done = wait_slots(&slots, num_returns, timeout);
+        let (mut ready, mut pending) = (Vec::new(), Vec::new());
+        for (r, d) in refs.iter().zip(done) {
+            // Ray returns at most num_returns ready refs; the rest count as not ready.
+            if d && ready.len() < num_returns {
+                ready.push(r.clone());
+            } else {
+                pending.push(r.clone());
+            }
+        }
+        Ok((ready, pending))
+    }
+
+    /// Prepares a sync actor: handlers take `&mut self`, one call at a time.
+    pub fn actor<A: Actor>(&self, factory: impl Fn() -> A + Send + Sync + 'static) -> ActorBuilder<'_, A> {
+        ActorBuilder::sync(self, factory)
+    }
+
+    /// Prepares an async actor: handlers are futures, many in flight at once.
+    pub fn async_actor<A: Actor + Sync>(
+        &self,
+        factory: impl Fn() -> A + Send + Sync + 'static,
+    ) -> ActorBuilder<'_, A> {
+        ActorBuilder::asynchronous(self, factory)
+    }
+
+    /// The live actor named `name` in the default namespace (Ray's `get_actor`).
+    pub fn get_actor<A: Actor>(&self, name: &str) -> Result<ActorHandle<A>> {
+        self.get_actor_in(crate::actor::DEFAULT_NAMESPACE, name)
+    }
+
+    /// The live actor named `name` in `namespace`.
+    pub fn get_actor_in<A: Actor>(&self, namespace: &str, name: &str) -> Result<ActorHandle<A>> {
+        let host = self.node.get_actor(namespace, name)?;
+        ActorHandle::from_host(self.node.clone(), host)
+    }
+
+    /// Kills an actor: queued and later calls fail with `ActorDied`.
+    pub fn kill<A>(&self, actor: &ActorHandle<A>) {
+        actor.kill();
+    }
+
+    /// Memory held by objects now: live objects, inline bytes, store usage.
+    pub fn memory(&self) -> MemoryUsage {
+        self.node.usage()
+    }
+
+    /// Live worker threads, and how many of them are blocked in `get`.
+    pub fn worker_counts(&self) -> (usize, usize) {
+        self.node.worker_counts()
+    }
+
+    /// Supervision events (actors started, failed, stopped) from now on.
+    pub fn events(&self) -> Receiver<SupervisionEvent> {
+        self.node.subscribe()
+    }
+
+    /// Decodes bytes that may hold `ObjectRef`s or `ActorHandle`s of this runtime.
+    pub fn decode<T: Data>(&self, bytes: &[u8]) -> Result<T> {
+        rayx_actors::worker::with_node(&self.node, || {
+            rmp_serde::from_slice(bytes).map_err(|e| Error::Serialization(e.to_string()))
+        })
+    }
+
+    /// Encodes a value with rmp-serde (refs and handles as their ids).
+    pub fn encode<T: Data>(&self, value: &T) -> Result<Vec<u8>> {
+        rmp_serde::to_vec(value).map_err(|e| Error::Serialization(e.to_string()))
+    }
+
+    /// Whether the runtime has shut down.
+    pub fn is_shut_down(&self) -> bool {
+        self.node.is_closed()
+    }
+
+    /// Stops the runtime: pending gets fail with `ShutDown`, and so does every
+    /// later call. Returns promptly; a task stuck in user code is abandoned.
+    pub fn shutdown(&self) {
+        self.node.shutdown();
+    }
+}
