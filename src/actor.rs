@@ -121,7 +121,8 @@ impl<A> ActorContext<'_, A> {
     /// The runtime, to submit tasks or call other actors.
     pub fn runtime(&self) -> Runtime {
         // Handlers run on the node's threads, which always know their node.
-        Runtime::current().unwrap_or_else(|| panic!("rayx: ActorContext::runtime used off the actor's thread"))
+        Runtime::current()
+            .unwrap_or_else(|| panic!("rayx: ActorContext::runtime used off the actor's thread"))
     }
 }
 
@@ -147,7 +148,8 @@ impl<A: AsyncHandler<M>, M: Message> Dispatches<M, AsyncCall> for A {
 
 fn take_message<M: Data>(value: Value) -> Result<M> {
     let arc = value.into_typed::<M>()?;
-    Arc::try_unwrap(arc).map_err(|_| Error::InvalidArgument("a message was shared while in flight".into()))
+    Arc::try_unwrap(arc)
+        .map_err(|_| Error::InvalidArgument("a message was shared while in flight".into()))
 }
 
 fn wrong_actor<A>(found: &str) -> Error {
@@ -162,7 +164,9 @@ fn dispatch_sync<A: Handler<M>, M: Message>(
     msg: Value,
     host: &mut HostContext<'_>,
 ) -> Result<Value> {
-    let actor = state.downcast_mut::<A>().ok_or_else(|| wrong_actor::<A>("another actor type"))?;
+    let actor = state
+        .downcast_mut::<A>()
+        .ok_or_else(|| wrong_actor::<A>("another actor type"))?;
     let msg = take_message::<M>(msg)?;
     let mut ctx = ActorContext::<A> {
         actor_id: host.actor_id(),
@@ -179,7 +183,9 @@ fn dispatch_sync<A: Handler<M>, M: Message>(
 
 fn dispatch_async<A: AsyncHandler<M>, M: Message>(state: SharedState, msg: Value) -> LocalFuture {
     Box::pin(async move {
-        let actor = state.downcast::<A>().map_err(|_| wrong_actor::<A>("another actor type"))?;
+        let actor = state
+            .downcast::<A>()
+            .map_err(|_| wrong_actor::<A>("another actor type"))?;
         let msg = take_message::<M>(msg)?;
         Ok(Value::new(A::handle(actor, msg).await))
     })
@@ -215,13 +221,23 @@ impl<'r, A: Actor> ActorBuilder<'r, A> {
         Self::with_kind(rt, ActorKind::Sync(factory))
     }
 
-    pub(crate) fn asynchronous(rt: &'r Runtime, factory: impl Fn() -> A + Send + Sync + 'static) -> Self
+    pub(crate) fn asynchronous(
+        rt: &'r Runtime,
+        factory: impl Fn() -> A + Send + Sync + 'static,
+    ) -> Self
     where
         A: Sync,
     {
-        let factory: Box<dyn Fn() -> SharedState + Send + Sync> = Box::new(move || Arc::new(factory()));
+        let factory: Box<dyn Fn() -> SharedState + Send + Sync> =
+            Box::new(move || Arc::new(factory()));
         // Ray's default for async actors.
-        Self::with_kind(rt, ActorKind::Async { factory, max_concurrency: 1000 })
+        Self::with_kind(
+            rt,
+            ActorKind::Async {
+                factory,
+                max_concurrency: 1000,
+            },
+        )
     }
 
     fn with_kind(rt: &'r Runtime, kind: ActorKind) -> Self {
@@ -267,9 +283,16 @@ impl<'r, A: Actor> ActorBuilder<'r, A> {
     pub fn spawn(self) -> Result<ActorHandle<A>> {
         let mut kind = self.kind;
         match (&mut kind, self.max_concurrency) {
-            (ActorKind::Async { max_concurrency, .. }, Some(n)) => {
+            (
+                ActorKind::Async {
+                    max_concurrency, ..
+                },
+                Some(n),
+            ) => {
                 if n == 0 {
-                    return Err(Error::InvalidArgument("max_concurrency must be at least 1".into()));
+                    return Err(Error::InvalidArgument(
+                        "max_concurrency must be at least 1".into(),
+                    ));
                 }
                 *max_concurrency = n;
             }
@@ -317,7 +340,12 @@ impl<A> Clone for ActorHandle<A> {
 
 impl<A> std::fmt::Debug for ActorHandle<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ActorHandle<{}>({})", self.host.type_name(), self.host.id())
+        write!(
+            f,
+            "ActorHandle<{}>({})",
+            self.host.type_name(),
+            self.host.id()
+        )
     }
 }
 
@@ -326,7 +354,11 @@ impl<A: Actor> ActorHandle<A> {
         if host.actor_type() != TypeId::of::<A>() {
             return Err(wrong_actor::<A>(host.type_name()));
         }
-        Ok(ActorHandle { host, node, _actor: PhantomData })
+        Ok(ActorHandle {
+            host,
+            node,
+            _actor: PhantomData,
+        })
     }
 }
 
@@ -363,9 +395,17 @@ impl<A> ActorHandle<A> {
             reply.complete(Err(Error::InvalidArgument(format!(
                 "{} was started as a {} actor but `{}` is handled by {}",
                 self.host.type_name(),
-                if self.host.is_async() { "async" } else { "sync" },
+                if self.host.is_async() {
+                    "async"
+                } else {
+                    "sync"
+                },
                 std::any::type_name::<M>(),
-                if self.host.is_async() { "Handler (sync)" } else { "AsyncHandler" },
+                if self.host.is_async() {
+                    "Handler (sync)"
+                } else {
+                    "AsyncHandler"
+                },
             ))));
             return ObjectRef::from_slot(reply);
         }
@@ -396,11 +436,13 @@ impl<'de, A: Actor> Deserialize<'de> for ActorHandle<A> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let id = ActorId::deserialize(d)?;
         let node = rayx_actors::worker::current_node().ok_or_else(|| {
-            serde::de::Error::custom("an ActorHandle can be decoded only in a rayx worker or with Runtime::decode")
+            serde::de::Error::custom(
+                "an ActorHandle can be decoded only in a rayx worker or with Runtime::decode",
+            )
         })?;
-        let host = node
-            .actor_by_id(id)
-            .ok_or_else(|| serde::de::Error::custom(format!("no live actor {id} in this process")))?;
+        let host = node.actor_by_id(id).ok_or_else(|| {
+            serde::de::Error::custom(format!("no live actor {id} in this process"))
+        })?;
         ActorHandle::from_host(node, host).map_err(serde::de::Error::custom)
     }
 }

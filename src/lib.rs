@@ -29,7 +29,7 @@ pub use rayx_actors::owner::MemoryUsage;
 pub use rayx_actors::supervisor::SupervisionEvent;
 pub use rayx_actors::{Error, Result};
 pub use remote::{IntoArg, IntoArgs, RemoteFunction, TaskBuilder};
-pub use runtime::{init, Builder, Runtime};
+pub use runtime::{init, Builder, Runtime, Waited};
 
 /// Values that can be task arguments, results, messages and objects.
 pub trait Data: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static {}

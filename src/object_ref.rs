@@ -40,7 +40,12 @@ impl<T> Clone for ObjectRef<T> {
 
 impl<T> std::fmt::Debug for ObjectRef<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ObjectRef<{}>({})", std::any::type_name::<T>(), self.slot.id())
+        write!(
+            f,
+            "ObjectRef<{}>({})",
+            std::any::type_name::<T>(),
+            self.slot.id()
+        )
     }
 }
 
@@ -59,7 +64,10 @@ impl<T> std::hash::Hash for ObjectRef<T> {
 
 impl<T> ObjectRef<T> {
     pub(crate) fn from_slot(slot: Arc<Slot>) -> Self {
-        ObjectRef { slot, _type: PhantomData }
+        ObjectRef {
+            slot,
+            _type: PhantomData,
+        }
     }
 
     pub(crate) fn slot(&self) -> &Arc<Slot> {
@@ -152,7 +160,10 @@ impl<T: Data + Clone> IntoFuture for ObjectRef<T> {
     type Output = Result<T>;
     type IntoFuture = GetFuture<T>;
     fn into_future(self) -> GetFuture<T> {
-        GetFuture { object: self, token: None }
+        GetFuture {
+            object: self,
+            token: None,
+        }
     }
 }
 
@@ -160,7 +171,10 @@ impl<T: Data + Clone> IntoFuture for &ObjectRef<T> {
     type Output = Result<T>;
     type IntoFuture = GetFuture<T>;
     fn into_future(self) -> GetFuture<T> {
-        GetFuture { object: self.clone(), token: None }
+        GetFuture {
+            object: self.clone(),
+            token: None,
+        }
     }
 }
 
@@ -174,7 +188,9 @@ impl<'de, T> Deserialize<'de> for ObjectRef<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let id = ObjectId::deserialize(d)?;
         let node = rayx_actors::worker::current_node().ok_or_else(|| {
-            serde::de::Error::custom("an ObjectRef can be decoded only in a rayx worker or with Runtime::decode")
+            serde::de::Error::custom(
+                "an ObjectRef can be decoded only in a rayx worker or with Runtime::decode",
+            )
         })?;
         let slot = node
             .lookup(id)

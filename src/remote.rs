@@ -180,10 +180,40 @@ macro_rules! into_args {
 into_args!((A0, X0, 0), (A1, X1, 1));
 into_args!((A0, X0, 0), (A1, X1, 1), (A2, X2, 2));
 into_args!((A0, X0, 0), (A1, X1, 1), (A2, X2, 2), (A3, X3, 3));
-into_args!((A0, X0, 0), (A1, X1, 1), (A2, X2, 2), (A3, X3, 3), (A4, X4, 4));
-into_args!((A0, X0, 0), (A1, X1, 1), (A2, X2, 2), (A3, X3, 3), (A4, X4, 4), (A5, X5, 5));
-into_args!((A0, X0, 0), (A1, X1, 1), (A2, X2, 2), (A3, X3, 3), (A4, X4, 4), (A5, X5, 5), (A6, X6, 6));
-into_args!((A0, X0, 0), (A1, X1, 1), (A2, X2, 2), (A3, X3, 3), (A4, X4, 4), (A5, X5, 5), (A6, X6, 6), (A7, X7, 7));
+into_args!(
+    (A0, X0, 0),
+    (A1, X1, 1),
+    (A2, X2, 2),
+    (A3, X3, 3),
+    (A4, X4, 4)
+);
+into_args!(
+    (A0, X0, 0),
+    (A1, X1, 1),
+    (A2, X2, 2),
+    (A3, X3, 3),
+    (A4, X4, 4),
+    (A5, X5, 5)
+);
+into_args!(
+    (A0, X0, 0),
+    (A1, X1, 1),
+    (A2, X2, 2),
+    (A3, X3, 3),
+    (A4, X4, 4),
+    (A5, X5, 5),
+    (A6, X6, 6)
+);
+into_args!(
+    (A0, X0, 0),
+    (A1, X1, 1),
+    (A2, X2, 2),
+    (A3, X3, 3),
+    (A4, X4, 4),
+    (A5, X5, 5),
+    (A6, X6, 6),
+    (A7, X7, 7)
+);
 
 /// A remote function ready to be called, with its options.
 ///

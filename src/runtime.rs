@@ -12,6 +12,9 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// What [`Runtime::wait`] returns: `(ready, not_ready)`, each in input order.
+pub type Waited<T> = (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>);
+
 /// Starts a runtime on this machine with one worker per core.
 ///
 /// ```
@@ -167,7 +170,11 @@ impl Runtime {
     /// assert_eq!(rt.get(&refs, None)?, vec![1, 2]);
     /// # Ok::<(), rayx::Error>(())
     /// ```
-    pub fn get<T: Data + Clone>(&self, refs: &[ObjectRef<T>], timeout: Option<Duration>) -> Result<Vec<T>> {
+    pub fn get<T: Data + Clone>(
+        &self,
+        refs: &[ObjectRef<T>],
+        timeout: Option<Duration>,
+    ) -> Result<Vec<T>> {
         let deadline = timeout.map(|t| std::time::Instant::now() + t);
         refs.iter()
             .map(|r| {
@@ -198,7 +205,7 @@ impl Runtime {
         refs: &[ObjectRef<T>],
         num_returns: usize,
         timeout: Option<Duration>,
-    ) -> Result<(Vec<ObjectRef<T>>, Vec<ObjectRef<T>>)> {
+    ) -> Result<Waited<T>> {
         if num_returns > refs.len() {
             return Err(Error::InvalidArgument(format!(
                 "num_returns ({num_returns}) is more than the number of refs ({})",
@@ -220,7 +227,10 @@ impl Runtime {
     }
 
     /// Prepares a sync actor: handlers take `&mut self`, one call at a time.
-    pub fn actor<A: Actor>(&self, factory: impl Fn() -> A + Send + Sync + 'static) -> ActorBuilder<'_, A> {
+    pub fn actor<A: Actor>(
+        &self,
+        factory: impl Fn() -> A + Send + Sync + 'static,
+    ) -> ActorBuilder<'_, A> {
         ActorBuilder::sync(self, factory)
     }
 

@@ -176,7 +176,10 @@ impl ActorHost {
                 cell: Mutex::new(Cell::Unstarted),
                 factory,
             },
-            ActorKind::Async { factory, max_concurrency } => Kind::Async {
+            ActorKind::Async {
+                factory,
+                max_concurrency,
+            } => Kind::Async {
                 cell: Mutex::new(Cell::Unstarted),
                 factory,
                 arbiter: async_arbiter,
@@ -244,13 +247,19 @@ impl ActorHost {
     }
 
     fn label(&self) -> String {
-        self.name.clone().unwrap_or_else(|| format!("{}({})", self.type_name, self.id))
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("{}({})", self.type_name, self.id))
     }
 
     fn died_error(&self) -> Error {
         Error::ActorDied {
             actor: self.label(),
-            cause: self.death.lock().clone().unwrap_or_else(|| "unknown cause".into()),
+            cause: self
+                .death
+                .lock()
+                .clone()
+                .unwrap_or_else(|| "unknown cause".into()),
         }
     }
 
@@ -316,7 +325,8 @@ impl ActorHost {
         // Fail whatever is queued (a running batch does it as well).
         while let Some(job) = self.mailbox.pop() {
             self.queued.fetch_sub(1, Ordering::AcqRel);
-            self.table.complete(job.call.reply_to, Err(self.died_error()));
+            self.table
+                .complete(job.call.reply_to, Err(self.died_error()));
         }
     }
 
@@ -328,7 +338,9 @@ impl ActorHost {
 
     /// Runs a batch of calls of a sync actor (on a worker).
     pub(crate) fn run_batch(self: Arc<Self>) {
-        let Kind::Sync { cell, factory } = &self.kind else { return };
+        let Kind::Sync { cell, factory } = &self.kind else {
+            return;
+        };
         let mut guard = cell.lock();
         if matches!(*guard, Cell::Unstarted) && !self.is_dead() {
             match catch_user(factory) {
@@ -345,11 +357,15 @@ impl ActorHost {
             }
             let Some(job) = self.take() else { break };
             let reply = job.call.reply_to;
-            let (Cell::Running(state), Dispatch::Sync(dispatch)) = (&mut *guard, job.dispatch) else {
+            let (Cell::Running(state), Dispatch::Sync(dispatch)) = (&mut *guard, job.dispatch)
+            else {
                 self.table.complete(reply, Err(self.died_error()));
                 continue;
             };
-            let mut ctx = HostContext { host: &self, stop: false };
+            let mut ctx = HostContext {
+                host: &self,
+                stop: false,
+            };
             let message = job.call.message;
             match catch_user(|| dispatch(state.as_any_mut(), message, &mut ctx)) {
                 Ok(result) => {
@@ -387,7 +403,14 @@ impl ActorHost {
 
     /// Starts queued calls of an async actor (on its arbiter thread).
     fn pump(self: Arc<Self>) {
-        let Kind::Async { cell, factory, max_concurrency, in_flight, .. } = &self.kind else {
+        let Kind::Async {
+            cell,
+            factory,
+            max_concurrency,
+            in_flight,
+            ..
+        } = &self.kind
+        else {
             return;
         };
         self.scheduled.store(false, Ordering::Release);

@@ -87,7 +87,13 @@ impl Directory {
 
     /// Kills every actor (at shutdown).
     pub fn kill_all(&self, cause: &str) {
-        let hosts: Vec<Arc<ActorHost>> = self.ids.lock().0.values().filter_map(Weak::upgrade).collect();
+        let hosts: Vec<Arc<ActorHost>> = self
+            .ids
+            .lock()
+            .0
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
         for h in hosts {
             h.kill(cause);
         }

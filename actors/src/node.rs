@@ -91,7 +91,9 @@ impl Node {
     /// Starts a node on its own system thread.
     pub fn start(config: NodeConfig, functions: FunctionTable) -> Result<Arc<Node>, Error> {
         if config.num_workers == 0 {
-            return Err(Error::InvalidArgument("num_workers must be at least 1".into()));
+            return Err(Error::InvalidArgument(
+                "num_workers must be at least 1".into(),
+            ));
         }
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -165,11 +167,6 @@ impl Node {
         }
     }
 
-    /// A fresh task id.
-    pub fn next_task_id(&self) -> crate::ids::TaskId {
-        crate::ids::TaskId(self.table.next_id())
-    }
-
     /// Registers the pending return object of a task about to be submitted.
     pub fn new_pending(&self) -> Arc<Slot> {
         self.table.new_pending()
@@ -204,20 +201,29 @@ impl Node {
         let name = spec.name.clone().map(|n| (spec.namespace.clone(), n));
         let get_if_exists = spec.get_if_exists;
         let handles = &self.async_handles;
-        let arbiter = handles[self.next_async.fetch_add(1, Ordering::Relaxed) % handles.len()].clone();
+        let arbiter =
+            handles[self.next_async.fetch_add(1, Ordering::Relaxed) % handles.len()].clone();
         let id = ActorId(self.next_actor.fetch_add(1, Ordering::Relaxed));
         self.directory.register(name, get_if_exists, || {
-            ActorHost::new(id, spec, self.table.clone(), self.run_queue.clone(), arbiter)
+            ActorHost::new(
+                id,
+                spec,
+                self.table.clone(),
+                self.run_queue.clone(),
+                arbiter,
+            )
         })
     }
 
     /// The live actor named `name` in `namespace`.
     pub fn get_actor(&self, namespace: &str, name: &str) -> Result<Arc<ActorHost>, Error> {
         self.check_open()?;
-        self.directory.by_name(namespace, name).ok_or_else(|| Error::ActorNotFound {
-            name: name.to_string(),
-            namespace: namespace.to_string(),
-        })
+        self.directory
+            .by_name(namespace, name)
+            .ok_or_else(|| Error::ActorNotFound {
+                name: name.to_string(),
+                namespace: namespace.to_string(),
+            })
     }
 
     /// The live actor with this id.

@@ -36,7 +36,12 @@ impl ObjectStore {
                     capacity: self.capacity,
                 });
             }
-            match self.used.compare_exchange_weak(used, used + size, Ordering::AcqRel, Ordering::Relaxed) {
+            match self.used.compare_exchange_weak(
+                used,
+                used + size,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => break,
                 Err(now) => used = now,
             }
@@ -53,7 +58,10 @@ impl ObjectStore {
 
     /// Objects and bytes held now.
     pub fn usage(&self) -> (u64, u64) {
-        (self.objects.load(Ordering::Relaxed), self.used.load(Ordering::Relaxed))
+        (
+            self.objects.load(Ordering::Relaxed),
+            self.used.load(Ordering::Relaxed),
+        )
     }
 
     /// The capacity in bytes.

@@ -135,7 +135,12 @@ impl OwnerTable {
     pub fn fail_all(&self, error: Error) {
         self.closed.store(true, Ordering::SeqCst);
         for shard in self.shards.iter() {
-            let slots: Vec<Arc<Slot>> = shard.index.lock().values().filter_map(Weak::upgrade).collect();
+            let slots: Vec<Arc<Slot>> = shard
+                .index
+                .lock()
+                .values()
+                .filter_map(Weak::upgrade)
+                .collect();
             for slot in slots {
                 slot.complete(Err(error.clone()));
             }
@@ -197,9 +202,11 @@ impl TaskJob {
             .map(|arg| match arg {
                 Arg::Value(v) => Ok(v),
                 Arg::Ref(id) => {
-                    let pin = self.pins.iter().find(|p| p.id == id).ok_or_else(|| {
-                        Error::ObjectLost { id: id.to_string() }
-                    })?;
+                    let pin = self
+                        .pins
+                        .iter()
+                        .find(|p| p.id == id)
+                        .ok_or_else(|| Error::ObjectLost { id: id.to_string() })?;
                     match pin.try_get() {
                         Some(Ok(v)) => Ok(v),
                         Some(Err(e)) => Err(Error::DependencyFailed {
@@ -333,7 +340,10 @@ impl Slot {
             self.table.store.admit(size)?;
             Ok(Held::Stored(size))
         } else {
-            self.table.shard(self.id).inline_bytes.fetch_add(size, Ordering::Relaxed);
+            self.table
+                .shard(self.id)
+                .inline_bytes
+                .fetch_add(size, Ordering::Relaxed);
             Ok(Held::Inline(size))
         }
     }
@@ -342,7 +352,10 @@ impl Slot {
         match held {
             Held::Nothing => {}
             Held::Inline(n) => {
-                self.table.shard(self.id).inline_bytes.fetch_sub(n, Ordering::Relaxed);
+                self.table
+                    .shard(self.id)
+                    .inline_bytes
+                    .fetch_sub(n, Ordering::Relaxed);
             }
             Held::Stored(n) => self.table.store.release(n),
         }
@@ -425,7 +438,11 @@ impl Slot {
     }
 
     /// Polls for the outcome, keeping at most one waker per `token`.
-    pub fn poll(&self, cx: &mut TaskContext<'_>, token: &mut Option<u64>) -> Poll<Result<Value, Error>> {
+    pub fn poll(
+        &self,
+        cx: &mut TaskContext<'_>,
+        token: &mut Option<u64>,
+    ) -> Poll<Result<Value, Error>> {
         if let Some(r) = self.try_get() {
             return Poll::Ready(r);
         }

@@ -139,7 +139,10 @@ impl RunQueue {
             if w.saturating_sub(b) <= self.target {
                 return false;
             }
-            match self.workers.compare_exchange(w, w - 1, Ordering::AcqRel, Ordering::Acquire) {
+            match self
+                .workers
+                .compare_exchange(w, w - 1, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => return true,
                 Err(now) => w = now,
             }
@@ -155,7 +158,10 @@ impl RunQueue {
             if w.saturating_sub(b) >= self.target || w >= self.max_workers || self.is_closed() {
                 return;
             }
-            match self.workers.compare_exchange(w, w + 1, Ordering::AcqRel, Ordering::Acquire) {
+            match self
+                .workers
+                .compare_exchange(w, w + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => break,
                 Err(now) => w = now,
             }
@@ -187,7 +193,10 @@ impl RunQueue {
 
     /// Live workers and how many of them are blocked in `get`.
     pub fn worker_counts(&self) -> (usize, usize) {
-        (self.workers.load(Ordering::Acquire), self.blocked.load(Ordering::Acquire))
+        (
+            self.workers.load(Ordering::Acquire),
+            self.blocked.load(Ordering::Acquire),
+        )
     }
 }
 
@@ -208,7 +217,9 @@ impl Router {
     }
 
     fn start_worker(&mut self, ctx: &mut Context<Self>) {
-        let Some(node) = self.node.upgrade() else { return };
+        let Some(node) = self.node.upgrade() else {
+            return;
+        };
         if node.run_queue.is_closed() {
             node.run_queue.workers.fetch_sub(1, Ordering::AcqRel);
             return;
@@ -225,11 +236,14 @@ impl Router {
         };
         let router = ctx.address();
         let worker_node = node.clone();
-        Worker::start_in_arbiter(&arbiter.handle(), move |_| Worker::new(id, worker_node, router));
-        self.arbiters.insert(id, arbiter);
-        node.events.publish(crate::supervisor::SupervisionEvent::Started {
-            child: format!("worker-{id}"),
+        Worker::start_in_arbiter(&arbiter.handle(), move |_| {
+            Worker::new(id, worker_node, router)
         });
+        self.arbiters.insert(id, arbiter);
+        node.events
+            .publish(crate::supervisor::SupervisionEvent::Started {
+                child: format!("worker-{id}"),
+            });
     }
 }
 
@@ -237,7 +251,9 @@ impl Actor for Router {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let Some(node) = self.node.upgrade() else { return };
+        let Some(node) = self.node.upgrade() else {
+            return;
+        };
         let _ = node.run_queue.router.set(ctx.address());
         let n = node.run_queue.target;
         node.run_queue.workers.fetch_add(n, Ordering::AcqRel);
@@ -277,10 +293,11 @@ impl Handler<WorkerRetired> for Router {
             arbiter.stop();
         }
         if let Some(node) = self.node.upgrade() {
-            node.events.publish(crate::supervisor::SupervisionEvent::Stopped {
-                child: format!("worker-{}", msg.0),
-                reason: "idle surplus worker retired".into(),
-            });
+            node.events
+                .publish(crate::supervisor::SupervisionEvent::Stopped {
+                    child: format!("worker-{}", msg.0),
+                    reason: "idle surplus worker retired".into(),
+                });
         }
     }
 }

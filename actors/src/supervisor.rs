@@ -53,7 +53,9 @@ impl EventBus {
     /// Sends `event` to every live subscriber.
     pub fn publish(&self, event: SupervisionEvent) {
         tracing::debug!("rayx: {event:?}");
-        self.subscribers.lock().retain(|s| s.send(event.clone()).is_ok());
+        self.subscribers
+            .lock()
+            .retain(|s| s.send(event.clone()).is_ok());
     }
 }
 
@@ -84,10 +86,14 @@ impl Actor for Supervisor {
         self.owner = Some(Owner::new(node.table.clone()).start());
         self.store = Some(ObjectStoreActor(node.store.clone()).start());
         for child in ["owner", "object-store"] {
-            node.events.publish(SupervisionEvent::Started { child: child.into() });
+            node.events.publish(SupervisionEvent::Started {
+                child: child.into(),
+            });
         }
         self.router = Some(Router::new(Arc::downgrade(node)).start());
-        node.events.publish(SupervisionEvent::Started { child: "router".into() });
+        node.events.publish(SupervisionEvent::Started {
+            child: "router".into(),
+        });
     }
 }
 

@@ -53,7 +53,10 @@ impl Value {
     /// Wraps a value; its size is measured once, here.
     pub fn new<T: Serialize + Send + Sync + 'static>(value: T) -> Value {
         let size = encoded_size(&value);
-        Value::Local { object: Arc::new(value), size }
+        Value::Local {
+            object: Arc::new(value),
+            size,
+        }
     }
 
     /// The value's size in bytes (its encoded size).
@@ -75,10 +78,13 @@ impl Value {
         match self {
             Value::Local { object, .. } => {
                 let found = object.type_name();
-                object.into_any().downcast::<T>().map_err(|_| Error::TypeMismatch {
-                    expected: std::any::type_name::<T>().to_string(),
-                    found: found.to_string(),
-                })
+                object
+                    .into_any()
+                    .downcast::<T>()
+                    .map_err(|_| Error::TypeMismatch {
+                        expected: std::any::type_name::<T>().to_string(),
+                        found: found.to_string(),
+                    })
             }
             Value::Encoded(bytes) => rmp_serde::from_slice(&bytes).map(Arc::new).map_err(|e| {
                 Error::Serialization(format!(

@@ -5,7 +5,7 @@
 use crate::error::Error;
 use crate::node::Node;
 use crate::owner::TaskJob;
-use crate::router::{Job, RunQueue, Router, WorkerRetired};
+use crate::router::{Job, Router, RunQueue, WorkerRetired};
 use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message};
 use crossbeam_utils::Backoff;
 use serde::{Deserialize, Serialize};
@@ -31,7 +31,8 @@ pub fn current_node() -> Option<Arc<Node>> {
 
 /// Runs `f` with `node` as this thread's node (to decode refs and handles).
 pub fn with_node<R>(node: &Arc<Node>, f: impl FnOnce() -> R) -> R {
-    let previous = CURRENT_NODE.with(|n| std::mem::replace(&mut *n.borrow_mut(), Arc::downgrade(node)));
+    let previous =
+        CURRENT_NODE.with(|n| std::mem::replace(&mut *n.borrow_mut(), Arc::downgrade(node)));
     let result = f();
     CURRENT_NODE.with(|n| *n.borrow_mut() = previous);
     result
@@ -74,14 +75,16 @@ pub fn catch_user<R>(f: impl FnOnce() -> R) -> Result<R, String> {
     let result = panic::catch_unwind(AssertUnwindSafe(f));
     IN_USER_CODE.with(|c| c.set(outer));
     result.map_err(|payload| {
-        LAST_PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| {
-            let msg = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "non-string panic payload".to_string());
-            format!("panicked: {msg}")
-        })
+        LAST_PANIC
+            .with(|p| p.borrow_mut().take())
+            .unwrap_or_else(|| {
+                let msg = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "non-string panic payload".to_string());
+                format!("panicked: {msg}")
+            })
     })
 }
 
@@ -95,7 +98,12 @@ fn install_panic_hook() {
             if IN_USER_CODE.with(|c| c.get()) {
                 let msg = info.payload_as_str().unwrap_or("non-string panic payload");
                 let text = match info.location() {
-                    Some(l) => format!("panicked at {}:{}:{}: {msg}", l.file(), l.line(), l.column()),
+                    Some(l) => format!(
+                        "panicked at {}:{}:{}: {msg}",
+                        l.file(),
+                        l.line(),
+                        l.column()
+                    ),
                     None => format!("panicked: {msg}"),
                 };
                 tracing::debug!("rayx: user code {text}");
@@ -183,6 +191,9 @@ impl Worker {
                 },
             },
         };
+        // Unpin the arguments before the result wakes anyone: once a caller has
+        // the result, the task holds none of its inputs.
+        drop(job);
         self.node.table.complete(id, result);
     }
 }

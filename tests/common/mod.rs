@@ -1,0 +1,61 @@
+//! Helpers shared by the integration tests: gates to hold a task or handler at a
+//! known point, and a bounded wait for a condition.
+#![allow(dead_code)]
+
+use parking_lot::{Condvar, Mutex};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+type Gate = Arc<(Mutex<bool>, Condvar)>;
+static GATES: LazyLock<Mutex<HashMap<u64, Gate>>> = LazyLock::new(Default::default);
+static NEXT: AtomicU64 = AtomicU64::new(1);
+
+/// A new closed gate.
+pub fn gate() -> u64 {
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    GATES
+        .lock()
+        .insert(id, Arc::new((Mutex::new(false), Condvar::new())));
+    id
+}
+
+fn get(id: u64) -> Gate {
+    GATES.lock().get(&id).cloned().expect("unknown gate")
+}
+
+/// Opens the gate: every waiter goes on.
+pub fn open(id: u64) {
+    let g = get(id);
+    *g.0.lock() = true;
+    g.1.notify_all();
+}
+
+/// Blocks until the gate opens (at most 60 s, then panics so a bug cannot hang CI).
+pub fn pass(id: u64) -> u64 {
+    let g = get(id);
+    let mut open = g.0.lock();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !*open {
+        if g.1.wait_until(&mut open, deadline).timed_out() {
+            panic!("gate {id} never opened");
+        }
+    }
+    id
+}
+
+/// Waits until `cond` holds, checking as it goes; false after `timeout`.
+pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    cond()
+}
+
+/// A bound on how long a test waits for something that should happen at once.
+pub const LONG: Duration = Duration::from_secs(30);

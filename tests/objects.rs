@@ -1,0 +1,288 @@
+//! Objects: put, get, wait, reference counting, the object store.
+
+mod common;
+
+use common::{eventually, gate, open, pass, LONG};
+use rayx::prelude::*;
+use std::sync::Arc;
+
+fn rt2() -> Runtime {
+    rayx::Builder::new()
+        .num_workers(2)
+        .start()
+        .expect("runtime starts")
+}
+
+fn gated(id: u64) -> u64 {
+    pass(id)
+}
+fn len(v: Vec<u8>) -> usize {
+    v.len()
+}
+fn len_after_gate(v: Vec<u8>, _gate: u64) -> usize {
+    v.len()
+}
+fn sum_refs(refs: Vec<ObjectRef<i64>>) -> i64 {
+    refs.iter().map(|r| r.get().expect("inner ref")).sum()
+}
+fn make_ref(x: i64) -> ObjectRef<i64> {
+    Runtime::current().expect("in a task").put(x).expect("put")
+}
+rayx::remote!(gated, len, len_after_gate, sum_refs, make_ref);
+
+const MIB: usize = 1 << 20;
+
+#[test]
+fn put_then_get() {
+    let rt = rt2();
+    let r = rt.put(vec![1u32, 2, 3]).unwrap();
+    assert_eq!(r.get().unwrap(), vec![1, 2, 3]);
+    assert!(r.is_ready());
+}
+
+#[test]
+fn get_many_keeps_input_order() {
+    let rt = rt2();
+    let refs: Vec<ObjectRef<usize>> = (0..50).rev().map(|i| rt.put(i).unwrap()).collect();
+    assert_eq!(
+        rt.get(&refs, None).unwrap(),
+        (0..50).rev().collect::<Vec<_>>()
+    );
+    assert_eq!(rt.get::<usize>(&[], None).unwrap(), Vec::<usize>::new());
+}
+
+#[test]
+fn get_times_out_with_a_typed_error() {
+    let rt = rt2();
+    let g = gate();
+    let r = rt.task(gated).remote(g);
+    let t = Duration::from_millis(20);
+    assert_eq!(r.get_timeout(t), Err(Error::GetTimeout { timeout: t }));
+    assert!(matches!(
+        r.get_timeout(Duration::ZERO),
+        Err(Error::GetTimeout { .. })
+    ));
+    assert!(matches!(
+        rt.get(std::slice::from_ref(&r), Some(t)),
+        Err(Error::GetTimeout { .. })
+    ));
+    open(g);
+    assert_eq!(r.get_timeout(LONG).unwrap(), g);
+}
+
+#[test]
+fn wait_returns_ready_and_pending_in_input_order() {
+    let rt = rt2();
+    let g = gate();
+    let refs = vec![
+        rt.task(gated).remote(g),
+        rt.put(1).unwrap(),
+        rt.task(gated).remote(g),
+        rt.put(2).unwrap(),
+        rt.put(3).unwrap(),
+    ];
+    let (ready, pending) = rt.wait(&refs, 2, None).unwrap();
+    assert_eq!(ready, vec![refs[1].clone(), refs[3].clone()]);
+    assert_eq!(
+        pending,
+        vec![refs[0].clone(), refs[2].clone(), refs[4].clone()]
+    );
+
+    // Not enough ready before the timeout: what is ready comes back.
+    let (ready, pending) = rt.wait(&refs, 5, Some(Duration::from_millis(20))).unwrap();
+    assert_eq!(
+        ready,
+        vec![refs[1].clone(), refs[3].clone(), refs[4].clone()]
+    );
+    assert_eq!(pending, vec![refs[0].clone(), refs[2].clone()]);
+
+    open(g);
+    let (ready, pending) = rt.wait(&refs, 5, Some(LONG)).unwrap();
+    assert_eq!(ready, refs);
+    assert!(pending.is_empty());
+}
+
+#[test]
+fn wait_edge_cases() {
+    let rt = rt2();
+    let refs = vec![rt.put(1).unwrap()];
+    assert!(matches!(
+        rt.wait(&refs, 2, None),
+        Err(Error::InvalidArgument(_))
+    ));
+    let (ready, pending) = rt.wait::<i32>(&[], 0, None).unwrap();
+    assert!(ready.is_empty() && pending.is_empty());
+    let (ready, pending) = rt.wait(&refs, 1, Some(Duration::ZERO)).unwrap();
+    assert_eq!((ready.len(), pending.len()), (1, 0));
+}
+
+#[test]
+fn store_usage_returns_to_zero_after_drops() {
+    let rt = rt2();
+    assert_eq!(rt.memory().objects, 0);
+    let big = rt.put(vec![7u8; 4 * MIB]).unwrap();
+    let small = rt.put(5u64).unwrap();
+    let m = rt.memory();
+    assert_eq!(m.objects, 2);
+    assert_eq!(m.store_objects, 1);
+    assert_eq!(m.store_bytes, 4 * MIB as u64);
+    assert!(m.inline_bytes > 0);
+    let copy = big.clone();
+    drop(big);
+    assert_eq!(
+        rt.memory().store_bytes,
+        4 * MIB as u64,
+        "a clone keeps it alive"
+    );
+    drop((copy, small));
+    let m = rt.memory();
+    assert_eq!(
+        (m.objects, m.inline_bytes, m.store_objects, m.store_bytes),
+        (0, 0, 0, 0)
+    );
+}
+
+#[test]
+fn a_pending_task_keeps_its_argument_alive() {
+    let rt = rt2();
+    let g = gate();
+    let big = rt.put(vec![1u8; 2 * MIB]).unwrap();
+    let blocker = rt.task(gated).remote(g);
+    let n = rt.task(len_after_gate).remote((&big, &blocker));
+    drop(big);
+    assert_eq!(
+        rt.memory().store_bytes,
+        2 * MIB as u64,
+        "pinned by the pending task"
+    );
+    open(g);
+    assert_eq!(n.get().unwrap(), 2 * MIB);
+    drop((n, blocker));
+    let m = rt.memory();
+    assert_eq!((m.objects, m.store_bytes), (0, 0));
+}
+
+#[test]
+fn task_results_are_freed_when_their_refs_drop() {
+    let rt = rt2();
+    let refs: Vec<ObjectRef<usize>> = (0..1000)
+        .map(|_| rt.task(len).remote(vec![0u8; 10]))
+        .collect();
+    assert_eq!(rt.get(&refs, None).unwrap().iter().sum::<usize>(), 10_000);
+    assert_eq!(rt.memory().objects, 1000);
+    drop(refs);
+    assert_eq!(rt.memory().objects, 0);
+}
+
+#[test]
+fn refs_nested_in_objects_are_counted() {
+    let rt = rt2();
+    let inner: Vec<ObjectRef<i64>> = (1..=3).map(|i| rt.put(i).unwrap()).collect();
+    let outer = rt.put(inner.clone()).unwrap();
+    drop(inner);
+    assert_eq!(
+        rt.memory().objects,
+        4,
+        "the outer object holds the inner refs"
+    );
+    assert_eq!(rt.task(sum_refs).remote(&outer).get().unwrap(), 6);
+    drop(outer);
+    assert_eq!(rt.memory().objects, 0);
+}
+
+#[test]
+fn a_ref_made_in_a_task_outlives_it() {
+    let rt = rt2();
+    let r: ObjectRef<ObjectRef<i64>> = rt.task(make_ref).remote(41);
+    let inner = r.get().unwrap();
+    drop(r);
+    assert_eq!(inner.get().unwrap(), 41);
+    drop(inner);
+    assert!(eventually(LONG, || rt.memory().objects == 0));
+}
+
+#[test]
+fn large_objects_are_shared_not_copied() {
+    let rt = rt2();
+    let r = rt.put(vec![3u8; 64 * MIB]).unwrap();
+    let a = r.get_shared().unwrap();
+    let b = r.get_shared().unwrap();
+    assert!(Arc::ptr_eq(&a, &b));
+    assert_eq!(rt.task(len).remote(&r).get().unwrap(), 64 * MIB);
+}
+
+#[test]
+fn a_full_store_is_a_typed_error() {
+    let rt = rayx::Builder::new()
+        .num_workers(1)
+        .object_store_memory(3 * MIB as u64)
+        .start()
+        .unwrap();
+    let a = rt.put(vec![0u8; 2 * MIB]).unwrap();
+    match rt.put(vec![0u8; 2 * MIB]) {
+        Err(Error::ObjectStoreFull {
+            requested,
+            capacity,
+            ..
+        }) => {
+            assert_eq!((requested, capacity), (2 * MIB as u64, 3 * MIB as u64));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    drop(a);
+    assert!(
+        rt.put(vec![0u8; 2 * MIB]).is_ok(),
+        "room comes back when refs drop"
+    );
+}
+
+#[test]
+fn a_wrong_type_is_a_typed_error() {
+    let rt = rt2();
+    let r = rt.put(5u64).unwrap();
+    let bytes = rt.encode(&r).unwrap();
+    let wrong: ObjectRef<String> = rt.decode(&bytes).unwrap();
+    match wrong.get() {
+        Err(Error::TypeMismatch { expected, found }) => {
+            assert!(expected.contains("String"));
+            assert_eq!(found, "u64");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn a_ref_serializes_as_its_id() {
+    let rt = rt2();
+    let r = rt.put(vec![1i64, 2]).unwrap();
+    let bytes = rt.encode(&r).unwrap();
+    assert!(
+        bytes.len() <= 9,
+        "an id, not the value: {} bytes",
+        bytes.len()
+    );
+    let back: ObjectRef<Vec<i64>> = rt.decode(&bytes).unwrap();
+    assert_eq!(back, r);
+    assert_eq!(back.get().unwrap(), vec![1, 2]);
+    drop((r, back));
+    assert!(
+        matches!(rt.decode::<ObjectRef<Vec<i64>>>(&bytes), Err(Error::Serialization(m)) if m.contains("not known"))
+    );
+    assert!(
+        rmp_serde::from_slice::<ObjectRef<i64>>(&bytes).is_err(),
+        "decoding needs a runtime"
+    );
+}
+
+#[test]
+fn refs_can_be_awaited() {
+    let rt = rt2();
+    let g = gate();
+    let r = rt.task(gated).remote(g);
+    let thread = std::thread::spawn({
+        let r = r.clone();
+        move || actix_rt::System::new().block_on(async move { r.await })
+    });
+    open(g);
+    assert_eq!(thread.join().unwrap().unwrap(), g);
+}
