@@ -1,1 +1,554 @@
-fn main() {}
+//! Ray's `ray microbenchmark` (python/ray/_private/ray_perf.py), metric by metric,
+//! in rayx: the same names, shapes, batch sizes and method (1 s warm-up, then 4
+//! runs of at least 2 s; mean and population sd of `multiplier × calls/s`),
+//! printed as Ray prints them: `NAME per second MEAN +- SD`.
+//!
+//! Also measured in the same run: the floor (raw actix message passing and
+//! memory-copy bandwidth) and scale (1M queued tasks; memory per idle actor).
+//!
+//! `cargo bench --bench microbenchmark`; `-- --quick` for CI (short runs, small
+//! scale). `TESTS_TO_RUN` / `TESTS_TO_SKIP` filter metrics by substring, as in Ray.
+
+use rayx::prelude::*;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Bench {
+    quick: bool,
+    run: Option<String>,
+    skip: Option<String>,
+}
+
+impl Bench {
+    fn selected(&self, name: &str) -> bool {
+        self.run.as_ref().is_none_or(|p| name.contains(p.as_str()))
+            && self
+                .skip
+                .as_ref()
+                .is_none_or(|p| !name.contains(p.as_str()))
+    }
+
+    /// Ray's `timeit`, without its 10 s sleep before each metric.
+    fn timeit(&self, name: &str, multiplier: f64, mut f: impl FnMut()) {
+        if !self.selected(name) {
+            return;
+        }
+        let (warm, run) = if self.quick { (0.02, 0.05) } else { (1.0, 2.0) };
+        let start = Instant::now();
+        let mut count = 0u64;
+        while start.elapsed().as_secs_f64() < warm {
+            f();
+            count += 1;
+        }
+        let step = count / 10 + 1;
+        let mut stats = Vec::new();
+        for _ in 0..4 {
+            let start = Instant::now();
+            let mut count = 0u64;
+            while start.elapsed().as_secs_f64() < run {
+                for _ in 0..step {
+                    f();
+                }
+                count += step;
+            }
+            stats.push(multiplier * count as f64 / start.elapsed().as_secs_f64());
+        }
+        let mean = stats.iter().sum::<f64>() / stats.len() as f64;
+        let sd =
+            (stats.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / stats.len() as f64).sqrt();
+        println!("{name} per second {:.2} +- {:.2}", mean, sd);
+    }
+}
+
+// The remote functions and actors of ray_perf.py.
+
+fn small_value() -> Vec<u8> {
+    b"ok".to_vec()
+}
+fn do_put_small() {
+    let rt = Runtime::current().expect("in a task");
+    for _ in 0..100 {
+        drop(rt.put(0i64).expect("put"));
+    }
+}
+fn do_put(template: ObjectRef<Vec<i64>>) {
+    let rt = Runtime::current().expect("in a task");
+    let template = template.get_shared().expect("template");
+    for _ in 0..10 {
+        drop(rt.put((*template).clone()).expect("put"));
+    }
+}
+fn create_object_containing_ref() -> Vec<ObjectRef<i64>> {
+    let rt = Runtime::current().expect("in a task");
+    (0..10_000).map(|_| rt.put(1i64).expect("put")).collect()
+}
+fn work(actors: Vec<ActorHandle<BenchActor>>, n: usize) {
+    let replies: Vec<_> = (0..n)
+        .map(|i| actors[i % actors.len()].call(SmallValue))
+        .collect();
+    Runtime::current()
+        .expect("in a task")
+        .get(&replies, None)
+        .expect("replies");
+}
+fn async_actor_work(actors: Vec<ActorHandle<AsyncBenchActor>>, n: usize) {
+    let replies: Vec<_> = (0..n)
+        .map(|i| actors[i % actors.len()].call(SmallValue))
+        .collect();
+    Runtime::current()
+        .expect("in a task")
+        .get(&replies, None)
+        .expect("replies");
+}
+rayx::remote!(
+    small_value,
+    do_put_small,
+    do_put,
+    create_object_containing_ref,
+    work,
+    async_actor_work
+);
+
+#[derive(Serialize, Deserialize)]
+struct SmallValue;
+impl Message for SmallValue {
+    type Reply = Vec<u8>;
+}
+#[derive(Serialize, Deserialize)]
+struct SmallValueArg(ObjectRef<i64>);
+impl Message for SmallValueArg {
+    type Reply = Vec<u8>;
+}
+#[derive(Serialize, Deserialize)]
+struct SmallValueWithArg(i64);
+impl Message for SmallValueWithArg {
+    type Reply = Vec<u8>;
+}
+#[derive(Serialize, Deserialize)]
+struct SmallValueBatch(usize);
+impl Message for SmallValueBatch {
+    type Reply = ();
+}
+#[derive(Serialize, Deserialize)]
+struct SmallValueBatchArg(usize);
+impl Message for SmallValueBatchArg {
+    type Reply = ();
+}
+
+struct BenchActor;
+impl Actor for BenchActor {}
+impl Handler<SmallValue> for BenchActor {
+    fn handle(&mut self, _: SmallValue, _: &mut ActorContext<Self>) -> Vec<u8> {
+        b"ok".to_vec()
+    }
+}
+impl Handler<SmallValueArg> for BenchActor {
+    fn handle(&mut self, SmallValueArg(x): SmallValueArg, _: &mut ActorContext<Self>) -> Vec<u8> {
+        // Ray resolves the ref argument before the call; so do we.
+        let _ = x.get_shared();
+        b"ok".to_vec()
+    }
+}
+impl Handler<SmallValueBatch> for BenchActor {
+    fn handle(&mut self, SmallValueBatch(n): SmallValueBatch, ctx: &mut ActorContext<Self>) {
+        let rt = ctx.runtime();
+        let refs: Vec<_> = (0..n).map(|_| rt.task(small_value).remote(())).collect();
+        rt.get(&refs, None).expect("batch");
+    }
+}
+
+struct AsyncBenchActor;
+impl Actor for AsyncBenchActor {}
+impl AsyncHandler<SmallValue> for AsyncBenchActor {
+    async fn handle(self: Arc<Self>, _: SmallValue) -> Vec<u8> {
+        b"ok".to_vec()
+    }
+}
+impl AsyncHandler<SmallValueWithArg> for AsyncBenchActor {
+    async fn handle(self: Arc<Self>, _: SmallValueWithArg) -> Vec<u8> {
+        b"ok".to_vec()
+    }
+}
+
+/// Ray's `Client`: calls its servers from inside an actor.
+struct Client<S: Actor> {
+    servers: Vec<ActorHandle<S>>,
+}
+impl<S: Actor> Actor for Client<S> {}
+impl Handler<SmallValueBatch> for Client<BenchActor> {
+    fn handle(&mut self, SmallValueBatch(n): SmallValueBatch, ctx: &mut ActorContext<Self>) {
+        let refs: Vec<_> = self
+            .servers
+            .iter()
+            .flat_map(|s| (0..n).map(|_| s.call(SmallValue)))
+            .collect();
+        ctx.runtime().get(&refs, None).expect("batch");
+    }
+}
+impl Handler<SmallValueBatchArg> for Client<BenchActor> {
+    fn handle(&mut self, SmallValueBatchArg(n): SmallValueBatchArg, ctx: &mut ActorContext<Self>) {
+        let rt = ctx.runtime();
+        let x = rt.put(0i64).expect("put");
+        let refs: Vec<_> = self
+            .servers
+            .iter()
+            .flat_map(|s| (0..n).map(|_| s.call(SmallValueArg(x.clone()))))
+            .collect();
+        rt.get(&refs, None).expect("batch");
+    }
+}
+impl Handler<SmallValueBatch> for Client<AsyncBenchActor> {
+    fn handle(&mut self, SmallValueBatch(n): SmallValueBatch, ctx: &mut ActorContext<Self>) {
+        let refs: Vec<_> = self
+            .servers
+            .iter()
+            .flat_map(|s| (0..n).map(|_| s.call(SmallValue)))
+            .collect();
+        ctx.runtime().get(&refs, None).expect("batch");
+    }
+}
+
+fn main() {
+    let bench = Bench {
+        quick: std::env::args().any(|a| a == "--quick")
+            || std::env::var_os("RAYX_BENCH_QUICK").is_some(),
+        run: std::env::var("TESTS_TO_RUN").ok().filter(|s| !s.is_empty()),
+        skip: std::env::var("TESTS_TO_SKIP")
+            .ok()
+            .filter(|s| !s.is_empty()),
+    };
+    let rt = rayx::init().expect("runtime");
+    let n_cpu = (rt.num_workers() / 2).max(1);
+    println!(
+        "# rayx microbenchmark: {} workers{}",
+        rt.num_workers(),
+        if bench.quick { ", quick mode" } else { "" }
+    );
+
+    let value = rt.put(0i64).expect("put");
+    bench.timeit("single client get calls (Plasma Store)", 1.0, || {
+        value.get().expect("get");
+    });
+    bench.timeit("single client put calls (Plasma Store)", 1.0, || {
+        drop(rt.put(0i64).expect("put"));
+    });
+    bench.timeit("multi client put calls (Plasma Store)", 1000.0, || {
+        let refs: Vec<_> = (0..10).map(|_| rt.task(do_put_small).remote(())).collect();
+        rt.get(&refs, None).expect("puts");
+    });
+
+    // Ray's put copies the caller's array into the store; rayx's put moves the
+    // value in (no copy), so the copy is made here, by the caller, to match.
+    let len = if bench.quick {
+        1 << 20
+    } else {
+        100 * 1024 * 1024
+    };
+    let arr: Vec<i64> = (0..len as i64).collect();
+    let gb = |bytes: usize| bytes as f64 / 1e9;
+    bench.timeit("single client put gigabytes", gb(len * 8), || {
+        drop(rt.put(arr.clone()).expect("put"));
+    });
+
+    bench.timeit("single client tasks and get batch", 1.0, || {
+        let refs: Vec<_> = (0..1000).map(|_| rt.task(small_value).remote(())).collect();
+        rt.get(&refs, None).expect("batch");
+    });
+
+    let template = rt
+        .put((0..(len / 10) as i64).collect::<Vec<i64>>())
+        .expect("put");
+    bench.timeit("multi client put gigabytes", gb(len / 10 * 8 * 100), || {
+        let refs: Vec<_> = (0..10)
+            .map(|_| rt.task(do_put).remote(template.clone()))
+            .collect();
+        rt.get(&refs, None).expect("puts");
+    });
+
+    let containing = rt.task(create_object_containing_ref).remote(());
+    bench.timeit("single client get object containing 10k refs", 1.0, || {
+        containing.get().expect("get");
+    });
+
+    bench.timeit("single client wait 1k refs", 1.0, || {
+        let mut not_ready: Vec<_> = (0..1000).map(|_| rt.task(small_value).remote(())).collect();
+        for _ in 0..1000 {
+            let (_ready, rest) = rt.wait(not_ready, 1, None).expect("wait");
+            not_ready = rest;
+        }
+    });
+
+    bench.timeit("single client tasks sync", 1.0, || {
+        rt.task(small_value).remote(()).get().expect("get");
+    });
+    bench.timeit("single client tasks async", 1000.0, || {
+        let refs: Vec<_> = (0..1000).map(|_| rt.task(small_value).remote(())).collect();
+        rt.get(&refs, None).expect("batch");
+    });
+
+    let (n, m) = (10_000, 4);
+    let actors: Vec<_> = (0..m)
+        .map(|_| rt.actor(|| BenchActor).spawn().expect("actor"))
+        .collect();
+    bench.timeit("multi client tasks async", (n * m) as f64, || {
+        let refs: Vec<_> = actors.iter().map(|a| a.call(SmallValueBatch(n))).collect();
+        rt.get(&refs, None).expect("batches");
+    });
+
+    let a = rt.actor(|| BenchActor).spawn().expect("actor");
+    bench.timeit("1:1 actor calls sync", 1.0, || {
+        a.call(SmallValue).get().expect("call");
+    });
+    bench.timeit("1:1 actor calls async", 1000.0, || {
+        let refs: Vec<_> = (0..1000).map(|_| a.call(SmallValue)).collect();
+        rt.get(&refs, None).expect("calls");
+    });
+    // Ray's threaded actor (max_concurrency=16 on a sync actor); rayx runs
+    // concurrent calls on an async actor.
+    let c = rt
+        .async_actor(|| AsyncBenchActor)
+        .max_concurrency(16)
+        .spawn()
+        .expect("actor");
+    bench.timeit("1:1 actor calls concurrent", 1000.0, || {
+        let refs: Vec<_> = (0..1000).map(|_| c.call(SmallValue)).collect();
+        rt.get(&refs, None).expect("calls");
+    });
+
+    let n = 5000;
+    let servers: Vec<_> = (0..n_cpu)
+        .map(|_| rt.actor(|| BenchActor).spawn().expect("actor"))
+        .collect();
+    let s = servers.clone();
+    let client = rt
+        .actor(move || Client { servers: s.clone() })
+        .spawn()
+        .expect("client");
+    bench.timeit("1:n actor calls async", (n * servers.len()) as f64, || {
+        client.call(SmallValueBatch(n)).get().expect("batch");
+    });
+
+    let m = 4;
+    bench.timeit("n:n actor calls async", (m * n) as f64, || {
+        let refs: Vec<_> = (0..m)
+            .map(|_| rt.task(work).remote((servers.clone(), n)))
+            .collect();
+        rt.get(&refs, None).expect("work");
+    });
+
+    let n = 1000;
+    let clients: Vec<_> = (0..n_cpu)
+        .map(|_| {
+            let server = rt.actor(|| BenchActor).spawn().expect("actor");
+            rt.actor(move || Client {
+                servers: vec![server.clone()],
+            })
+            .spawn()
+            .expect("client")
+        })
+        .collect();
+    bench.timeit(
+        "n:n actor calls with arg async",
+        (n * clients.len()) as f64,
+        || {
+            let refs: Vec<_> = clients
+                .iter()
+                .map(|c| c.call(SmallValueBatchArg(n)))
+                .collect();
+            rt.get(&refs, None).expect("batches");
+        },
+    );
+
+    let a = rt.async_actor(|| AsyncBenchActor).spawn().expect("actor");
+    bench.timeit("1:1 async-actor calls sync", 1.0, || {
+        a.call(SmallValue).get().expect("call");
+    });
+    bench.timeit("1:1 async-actor calls async", 1000.0, || {
+        let refs: Vec<_> = (0..1000).map(|_| a.call(SmallValue)).collect();
+        rt.get(&refs, None).expect("calls");
+    });
+    bench.timeit("1:1 async-actor calls with args async", 1000.0, || {
+        let refs: Vec<_> = (0..1000).map(|i| a.call(SmallValueWithArg(i))).collect();
+        rt.get(&refs, None).expect("calls");
+    });
+
+    let n = 5000;
+    let servers: Vec<_> = (0..n_cpu)
+        .map(|_| rt.async_actor(|| AsyncBenchActor).spawn().expect("actor"))
+        .collect();
+    let s = servers.clone();
+    let client = rt
+        .actor(move || Client { servers: s.clone() })
+        .spawn()
+        .expect("client");
+    bench.timeit(
+        "1:n async-actor calls async",
+        (n * servers.len()) as f64,
+        || {
+            client.call(SmallValueBatch(n)).get().expect("batch");
+        },
+    );
+    let m = 4;
+    bench.timeit("n:n async-actor calls async", (m * n) as f64, || {
+        let refs: Vec<_> = (0..m)
+            .map(|_| rt.task(async_actor_work).remote((servers.clone(), n)))
+            .collect();
+        rt.get(&refs, None).expect("work");
+    });
+
+    if bench.selected("placement group create/removal") {
+        println!("placement group create/removal: not measured (placement groups come with the scheduling work)");
+    }
+    drop((
+        value, template, containing, actors, a, c, client, clients, servers,
+    ));
+    rt.shutdown();
+
+    floor(&bench, &arr);
+    scale(&bench);
+}
+
+/// What the parts cost: raw actix message passing and memory copies.
+fn floor(bench: &Bench, arr: &[i64]) {
+    use actix::prelude::*;
+
+    struct Echo;
+    impl actix::Actor for Echo {
+        type Context = actix::Context<Self>;
+        fn started(&mut self, ctx: &mut Self::Context) {
+            ctx.set_mailbox_capacity(usize::MAX);
+        }
+    }
+    #[derive(actix::Message)]
+    #[rtype(result = "u64")]
+    struct Ping(u64);
+    impl actix::Handler<Ping> for Echo {
+        type Result = u64;
+        fn handle(&mut self, Ping(x): Ping, _: &mut Self::Context) -> u64 {
+            x
+        }
+    }
+
+    let sys = actix_rt::System::new();
+    let arbiter = sys.block_on(async { actix_rt::Arbiter::new() });
+    let addr = sys.block_on(async { Echo::start_in_arbiter(&arbiter.handle(), |_| Echo) });
+    bench.timeit(
+        "floor: actix send().await round trip to another arbiter",
+        1.0,
+        || {
+            sys.block_on(async { addr.send(Ping(1)).await.expect("echo") });
+        },
+    );
+    bench.timeit(
+        "floor: actix send batch of 1000 to another arbiter",
+        1000.0,
+        || {
+            sys.block_on(async {
+                let requests: Vec<_> = (0..1000).map(|i| addr.send(Ping(i))).collect();
+                for r in requests {
+                    r.await.expect("echo");
+                }
+            });
+        },
+    );
+    arbiter.stop();
+
+    let bytes = std::mem::size_of_val(arr);
+    bench.timeit(
+        "floor: memory copy gigabytes (clone into fresh pages)",
+        bytes as f64 / 1e9,
+        || {
+            drop(std::hint::black_box(arr.to_vec()));
+        },
+    );
+    let mut warm = vec![0i64; arr.len()];
+    bench.timeit(
+        "floor: memory copy gigabytes (into a warm buffer)",
+        bytes as f64 / 1e9,
+        || {
+            warm.copy_from_slice(arr);
+            std::hint::black_box(&warm);
+        },
+    );
+}
+
+fn peak_rss_kib() -> u64 {
+    status_kib("VmHWM:")
+}
+fn rss_kib() -> u64 {
+    status_kib("VmRSS:")
+}
+fn status_kib(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Ray's single-node envelope: 1M queued tasks; and memory per idle actor.
+fn scale(bench: &Bench) {
+    struct Idle;
+    impl Actor for Idle {}
+    #[derive(Serialize, Deserialize)]
+    struct Touch;
+    impl Message for Touch {
+        type Reply = ();
+    }
+    impl Handler<Touch> for Idle {
+        fn handle(&mut self, _: Touch, _: &mut ActorContext<Self>) {}
+    }
+
+    let (tasks, actors) = if bench.quick {
+        (10_000, 1_000)
+    } else {
+        (1_000_000, 10_000)
+    };
+    let name = format!("scale: submit {tasks} no-op tasks and get them all");
+    if bench.selected(&name) {
+        let rt = rayx::init().expect("runtime");
+        // Reset the peak-RSS mark, so the peak is this run's.
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+        let base = rss_kib();
+        let start = Instant::now();
+        let refs: Vec<_> = (0..tasks)
+            .map(|_| rt.task(small_value).remote(()))
+            .collect();
+        let submitted = start.elapsed();
+        let values = rt.get(&refs, None).expect("all tasks");
+        let total = start.elapsed();
+        assert_eq!(values.len(), tasks);
+        let peak = peak_rss_kib();
+        println!(
+            "{name}: {:.2} s (submit {:.2} s), peak memory {:.0} MiB ({:.0} MiB above the start)",
+            total.as_secs_f64(),
+            submitted.as_secs_f64(),
+            peak as f64 / 1024.0,
+            peak.saturating_sub(base) as f64 / 1024.0
+        );
+        drop((refs, values));
+        rt.shutdown();
+    }
+    let name = format!("scale: memory per idle actor ({actors} actors)");
+    if bench.selected(&name) {
+        let rt = rayx::init().expect("runtime");
+        let before = rss_kib();
+        let handles: Vec<_> = (0..actors)
+            .map(|_| rt.actor(|| Idle).spawn().expect("actor"))
+            .collect();
+        let touched: Vec<_> = handles.iter().map(|h| h.call(Touch)).collect();
+        rt.get(&touched, Some(Duration::from_secs(120)))
+            .expect("every actor started");
+        drop(touched);
+        let after = rss_kib();
+        println!(
+            "{name}: {:.0} bytes per actor",
+            after.saturating_sub(before) as f64 * 1024.0 / actors as f64
+        );
+        drop(handles);
+        rt.shutdown();
+    }
+}

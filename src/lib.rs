@@ -24,7 +24,7 @@ mod remote;
 mod runtime;
 
 pub use actor::{Actor, ActorBuilder, ActorContext, ActorHandle, AsyncHandler, Handler, Message};
-pub use object_ref::{GetFuture, ObjectRef};
+pub use object_ref::{GetFuture, ObjectRef, RefList};
 pub use rayx_actors::owner::MemoryUsage;
 pub use rayx_actors::supervisor::SupervisionEvent;
 pub use rayx_actors::{Error, Result};

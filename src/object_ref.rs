@@ -198,3 +198,39 @@ impl<'de, T> Deserialize<'de> for ObjectRef<T> {
         Ok(ObjectRef::from_slot(slot))
     }
 }
+
+/// A list of refs to wait on: borrowed (`&refs`, cloned) or owned (`refs`, moved).
+pub trait RefList<T> {
+    /// The refs, as a vector this call owns.
+    fn into_refs(self) -> Vec<ObjectRef<T>>;
+}
+
+impl<T> RefList<T> for Vec<ObjectRef<T>> {
+    fn into_refs(self) -> Vec<ObjectRef<T>> {
+        self
+    }
+}
+
+impl<T> RefList<T> for &Vec<ObjectRef<T>> {
+    fn into_refs(self) -> Vec<ObjectRef<T>> {
+        self.clone()
+    }
+}
+
+impl<T> RefList<T> for &[ObjectRef<T>] {
+    fn into_refs(self) -> Vec<ObjectRef<T>> {
+        self.to_vec()
+    }
+}
+
+impl<T, const N: usize> RefList<T> for [ObjectRef<T>; N] {
+    fn into_refs(self) -> Vec<ObjectRef<T>> {
+        self.into()
+    }
+}
+
+impl<T, const N: usize> RefList<T> for &[ObjectRef<T>; N] {
+    fn into_refs(self) -> Vec<ObjectRef<T>> {
+        self.to_vec()
+    }
+}

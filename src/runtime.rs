@@ -2,7 +2,7 @@
 //! async code. Several runtimes can live in one process.
 
 use crate::actor::{ActorBuilder, ActorHandle};
-use crate::object_ref::ObjectRef;
+use crate::object_ref::{ObjectRef, RefList};
 use crate::remote::{function_table, RemoteFunction, TaskBuilder};
 use crate::{Actor, Data, Error, MemoryUsage, Result, SupervisionEvent};
 use rayx_actors::owner::wait_slots;
@@ -190,7 +190,8 @@ impl Runtime {
     }
 
     /// Waits until `num_returns` of `refs` are ready or `timeout` passes; returns
-    /// `(ready, not_ready)`, both in input order (Ray's `wait`).
+    /// `(ready, not_ready)`, both in input order (Ray's `wait`). Pass `&refs` to
+    /// keep yours (the refs are cloned), or `refs` to hand them over (moved).
     ///
     /// ```
     /// # use rayx::prelude::*;
@@ -202,25 +203,30 @@ impl Runtime {
     /// ```
     pub fn wait<T>(
         &self,
-        refs: &[ObjectRef<T>],
+        refs: impl RefList<T>,
         num_returns: usize,
         timeout: Option<Duration>,
     ) -> Result<Waited<T>> {
+        let refs = refs.into_refs();
         if num_returns > refs.len() {
             return Err(Error::InvalidArgument(format!(
                 "num_returns ({num_returns}) is more than the number of refs ({})",
                 refs.len()
             )));
         }
-        let slots: Vec<_> = refs.iter().map(|r| r.slot().clone()).collect();
+        let slots: Vec<&_> = refs.iter().map(|r| &**r.slot()).collect();
         let done = wait_slots(&slots, num_returns, timeout);
-        let (mut ready, mut pending) = (Vec::new(), Vec::new());
-        for (r, d) in refs.iter().zip(done) {
+        drop(slots);
+        let mut ready = Vec::with_capacity(done.len());
+        let mut pending = Vec::with_capacity(refs.len() - done.len());
+        let mut next = done.iter().peekable();
+        for (i, r) in refs.into_iter().enumerate() {
             // Ray returns at most num_returns ready refs; the rest count as not ready.
-            if d && ready.len() < num_returns {
-                ready.push(r.clone());
+            if next.peek() == Some(&&i) {
+                next.next();
+                ready.push(r);
             } else {
-                pending.push(r.clone());
+                pending.push(r);
             }
         }
         Ok((ready, pending))
@@ -259,6 +265,8 @@ impl Runtime {
     }
 
     /// Memory held by objects now: live objects, inline bytes, store usage.
+    /// A worker that has just reported a task's result holds it for a moment
+    /// after the caller's `get` returns, so a count read right then may lag.
     pub fn memory(&self) -> MemoryUsage {
         self.node.usage()
     }
@@ -266,6 +274,11 @@ impl Runtime {
     /// Live worker threads, and how many of them are blocked in `get`.
     pub fn worker_counts(&self) -> (usize, usize) {
         self.node.worker_counts()
+    }
+
+    #[doc(hidden)]
+    pub fn describe(&self) -> String {
+        self.node.describe()
     }
 
     /// Supervision events (actors started, failed, stopped) from now on.

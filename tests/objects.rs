@@ -157,9 +157,10 @@ fn a_pending_task_keeps_its_argument_alive() {
     );
     open(g);
     assert_eq!(n.get().unwrap(), 2 * MIB);
+    assert_eq!(rt.memory().store_bytes, 0, "unpinned once the task has run");
     drop((n, blocker));
-    let m = rt.memory();
-    assert_eq!((m.objects, m.store_bytes), (0, 0));
+    // The worker that completed `blocker` may still be finishing with it.
+    assert!(eventually(LONG, || rt.memory().objects == 0));
 }
 
 #[test]
@@ -171,7 +172,8 @@ fn task_results_are_freed_when_their_refs_drop() {
     assert_eq!(rt.get(&refs, None).unwrap().iter().sum::<usize>(), 10_000);
     assert_eq!(rt.memory().objects, 1000);
     drop(refs);
-    assert_eq!(rt.memory().objects, 0);
+    // A worker that has just reported a result may hold it for a moment longer.
+    assert!(eventually(LONG, || rt.memory().objects == 0));
 }
 
 #[test]
@@ -187,7 +189,7 @@ fn refs_nested_in_objects_are_counted() {
     );
     assert_eq!(rt.task(sum_refs).remote(&outer).get().unwrap(), 6);
     drop(outer);
-    assert_eq!(rt.memory().objects, 0);
+    assert!(eventually(LONG, || rt.memory().objects == 0));
 }
 
 #[test]

@@ -198,3 +198,26 @@ fn zero_workers_is_rejected() {
         Err(Error::InvalidArgument(_))
     ));
 }
+
+#[test]
+fn fresh_runtimes_under_load_from_many_threads_lose_no_wakeup() {
+    // Regression: a worker that went idle inside its first turn could miss the
+    // message that woke it, leaving a task queued with every worker asleep.
+    for _ in 0..100 {
+        let rt = rayx::Builder::new().num_workers(2).start().unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let rt = rt.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50 {
+                        let r = rt.task(double).remote(t * 100 + i);
+                        assert_eq!(r.get_timeout(LONG).expect("task runs"), 2 * (t * 100 + i));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+}

@@ -496,33 +496,50 @@ impl Drop for Slot {
 }
 
 /// Blocks on several slots until `num_ready` are done or the deadline passes;
-/// returns which are done, in input order.
-pub fn wait_slots(slots: &[Arc<Slot>], num_ready: usize, timeout: Option<Duration>) -> Vec<bool> {
-    let count = |slots: &[Arc<Slot>]| slots.iter().filter(|s| s.is_done()).count();
-    if count(slots) < num_ready && timeout != Some(Duration::ZERO) {
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let _blocked = BlockingSection::enter();
-        let waker = thread_waker();
-        let tokens: Vec<Option<u64>> = slots.iter().map(|s| s.register(&waker)).collect();
-        while count(slots) < num_ready {
-            match deadline {
-                None => std::thread::park(),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        break;
-                    }
-                    std::thread::park_timeout(d - now);
-                }
+/// returns the positions of the first `num_ready` done slots, in input order
+/// (fewer if the deadline passed first). Slots past the last one counted are
+/// not looked at.
+pub fn wait_slots(slots: &[&Slot], num_ready: usize, timeout: Option<Duration>) -> Vec<usize> {
+    let first_done = |slots: &[&Slot]| -> Vec<usize> {
+        let mut done = Vec::with_capacity(num_ready);
+        for (i, s) in slots.iter().enumerate() {
+            if done.len() == num_ready {
+                break;
+            }
+            if s.is_done() {
+                done.push(i);
             }
         }
-        for (slot, token) in slots.iter().zip(tokens) {
-            if let Some(t) = token {
-                slot.deregister(t);
+        done
+    };
+    let done = first_done(slots);
+    if done.len() >= num_ready || timeout == Some(Duration::ZERO) {
+        return done;
+    }
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let _blocked = BlockingSection::enter();
+    let waker = thread_waker();
+    let tokens: Vec<Option<u64>> = slots.iter().map(|s| s.register(&waker)).collect();
+    let mut done = first_done(slots);
+    while done.len() < num_ready {
+        match deadline {
+            None => std::thread::park(),
+            Some(d) => {
+                let now = Instant::now();
+                if now >= d {
+                    break;
+                }
+                std::thread::park_timeout(d - now);
             }
+        }
+        done = first_done(slots);
+    }
+    for (slot, token) in slots.iter().zip(tokens) {
+        if let Some(t) = token {
+            slot.deregister(t);
         }
     }
-    slots.iter().map(|s| s.is_done()).collect()
+    done
 }
 
 struct ThreadWaker(std::thread::Thread);

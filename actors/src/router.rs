@@ -191,6 +191,23 @@ impl RunQueue {
         drop(sleepers);
     }
 
+    /// A one-line picture of the queue, for diagnosing a stuck pool.
+    pub fn describe(&self) -> String {
+        format!(
+            "run queue: empty={} sleeping={} sleepers={:?} workers={} blocked={} closed={}",
+            self.injector.is_empty(),
+            self.num_sleeping.load(Ordering::SeqCst),
+            self.sleepers
+                .lock()
+                .iter()
+                .map(|(i, _)| *i)
+                .collect::<Vec<_>>(),
+            self.workers.load(Ordering::SeqCst),
+            self.blocked.load(Ordering::SeqCst),
+            self.is_closed()
+        )
+    }
+
     /// Live workers and how many of them are blocked in `get`.
     pub fn worker_counts(&self) -> (usize, usize) {
         (
@@ -204,7 +221,10 @@ impl RunQueue {
 pub struct Router {
     node: Weak<Node>,
     next_worker: usize,
-    arbiters: HashMap<usize, Arbiter>,
+    /// Each worker's thread and address. Holding the address keeps the worker's
+    /// mailbox connected: an actix actor with no address left and nothing to do
+    /// stops, and a Drain sent meanwhile would be lost with it.
+    workers: HashMap<usize, (Arbiter, Addr<Worker>)>,
 }
 
 impl Router {
@@ -212,7 +232,7 @@ impl Router {
         Router {
             node,
             next_worker: 0,
-            arbiters: HashMap::new(),
+            workers: HashMap::new(),
         }
     }
 
@@ -236,10 +256,10 @@ impl Router {
         };
         let router = ctx.address();
         let worker_node = node.clone();
-        Worker::start_in_arbiter(&arbiter.handle(), move |_| {
+        let addr = Worker::start_in_arbiter(&arbiter.handle(), move |_| {
             Worker::new(id, worker_node, router)
         });
-        self.arbiters.insert(id, arbiter);
+        self.workers.insert(id, (arbiter, addr));
         node.events
             .publish(crate::supervisor::SupervisionEvent::Started {
                 child: format!("worker-{id}"),
@@ -263,7 +283,7 @@ impl Actor for Router {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        for (_, arbiter) in self.arbiters.drain() {
+        for (_, (arbiter, _)) in self.workers.drain() {
             arbiter.stop();
         }
     }
@@ -289,7 +309,7 @@ pub struct WorkerRetired(pub usize);
 impl Handler<WorkerRetired> for Router {
     type Result = ();
     fn handle(&mut self, msg: WorkerRetired, _: &mut Context<Self>) {
-        if let Some(arbiter) = self.arbiters.remove(&msg.0) {
+        if let Some((arbiter, _)) = self.workers.remove(&msg.0) {
             arbiter.stop();
         }
         if let Some(node) = self.node.upgrade() {
@@ -310,7 +330,7 @@ pub struct StopWorkers;
 impl Handler<StopWorkers> for Router {
     type Result = ();
     fn handle(&mut self, _: StopWorkers, _: &mut Context<Self>) {
-        for (_, arbiter) in self.arbiters.drain() {
+        for (_, (arbiter, _)) in self.workers.drain() {
             arbiter.stop();
         }
     }
