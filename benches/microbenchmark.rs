@@ -10,8 +10,62 @@
 //! scale). `TESTS_TO_RUN` / `TESTS_TO_SKIP` filter metrics by substring, as in Ray.
 
 use rayx::prelude::*;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Counts live heap bytes and their peak, so the scale runs can report memory
+/// exactly rather than through RSS, which freed-but-kept pages blur.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded unchanged to the system allocator; the
+// counters are plain atomics and never affect the pointers returned.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            if new_size >= layout.size() {
+                let now = LIVE.fetch_add(new_size - layout.size(), Ordering::Relaxed) + new_size
+                    - layout.size();
+                PEAK.fetch_max(now, Ordering::Relaxed);
+            } else {
+                LIVE.fetch_sub(layout.size() - new_size, Ordering::Relaxed);
+            }
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn mib(bytes: usize) -> f64 {
+    bytes as f64 / (1 << 20) as f64
+}
 
 struct Bench {
     quick: bool,
@@ -405,6 +459,7 @@ fn main() {
     rt.shutdown();
 
     floor(&bench, &arr);
+    drop(arr);
     scale(&bench);
 }
 
@@ -475,9 +530,6 @@ fn floor(bench: &Bench, arr: &[i64]) {
 fn peak_rss_kib() -> u64 {
     status_kib("VmHWM:")
 }
-fn rss_kib() -> u64 {
-    status_kib("VmRSS:")
-}
 fn status_kib(key: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -510,9 +562,10 @@ fn scale(bench: &Bench) {
     let name = format!("scale: submit {tasks} no-op tasks and get them all");
     if bench.selected(&name) {
         let rt = rayx::init().expect("runtime");
-        // Reset the peak-RSS mark, so the peak is this run's.
+        // Reset the peak marks, so the peaks are this run's.
         let _ = std::fs::write("/proc/self/clear_refs", "5");
-        let base = rss_kib();
+        let base = LIVE.load(Ordering::Relaxed);
+        PEAK.store(base, Ordering::Relaxed);
         let start = Instant::now();
         let refs: Vec<_> = (0..tasks)
             .map(|_| rt.task(small_value).remote(()))
@@ -521,13 +574,12 @@ fn scale(bench: &Bench) {
         let values = rt.get(&refs, None).expect("all tasks");
         let total = start.elapsed();
         assert_eq!(values.len(), tasks);
-        let peak = peak_rss_kib();
         println!(
-            "{name}: {:.2} s (submit {:.2} s), peak memory {:.0} MiB ({:.0} MiB above the start)",
+            "{name}: {:.2} s (submitted in {:.2} s); peak heap {:.0} MiB above the start, peak RSS {:.0} MiB",
             total.as_secs_f64(),
             submitted.as_secs_f64(),
-            peak as f64 / 1024.0,
-            peak.saturating_sub(base) as f64 / 1024.0
+            mib(PEAK.load(Ordering::Relaxed).saturating_sub(base)),
+            peak_rss_kib() as f64 / 1024.0
         );
         drop((refs, values));
         rt.shutdown();
@@ -535,7 +587,7 @@ fn scale(bench: &Bench) {
     let name = format!("scale: memory per idle actor ({actors} actors)");
     if bench.selected(&name) {
         let rt = rayx::init().expect("runtime");
-        let before = rss_kib();
+        let before = LIVE.load(Ordering::Relaxed);
         let handles: Vec<_> = (0..actors)
             .map(|_| rt.actor(|| Idle).spawn().expect("actor"))
             .collect();
@@ -543,10 +595,10 @@ fn scale(bench: &Bench) {
         rt.get(&touched, Some(Duration::from_secs(120)))
             .expect("every actor started");
         drop(touched);
-        let after = rss_kib();
+        let after = LIVE.load(Ordering::Relaxed);
         println!(
-            "{name}: {:.0} bytes per actor",
-            after.saturating_sub(before) as f64 * 1024.0 / actors as f64
+            "{name}: {:.0} bytes of heap per actor (handle included)",
+            after.saturating_sub(before) as f64 / actors as f64
         );
         drop(handles);
         rt.shutdown();

@@ -456,14 +456,63 @@ impl ActorHost {
                         host.table.complete(reply, Err(host.died_error()));
                     }
                 }
-                if let Kind::Async { in_flight, .. } = &host.kind {
-                    in_flight.fetch_sub(1, Ordering::AcqRel);
-                }
+                let left = match &host.kind {
+                    Kind::Async { in_flight, .. } => in_flight.fetch_sub(1, Ordering::AcqRel) - 1,
+                    Kind::Sync { .. } => 0,
+                };
                 if !host.mailbox.is_empty() {
                     host.pump();
+                } else if left == 0 {
+                    host.linger();
                 }
             });
         }
+        if self.mailbox.is_empty() && in_flight.load(Ordering::Acquire) == 0 {
+            self.linger();
+        }
+    }
+
+    /// Keeps watching an idle async actor's mailbox for a moment, on its own
+    /// thread: a caller that sends its next call right after a reply then finds
+    /// the actor awake instead of paying for a thread wake-up.
+    fn linger(self: &Arc<Self>) {
+        if self.scheduled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        actix_rt::spawn(Linger {
+            host: self.clone(),
+            until: std::time::Instant::now() + LINGER,
+        });
+    }
+}
+
+/// How long an idle async actor keeps watching its mailbox.
+const LINGER: std::time::Duration = std::time::Duration::from_micros(50);
+
+/// Watches an idle async actor's mailbox until mail comes or time runs out;
+/// owns the actor's `scheduled` flag meanwhile, so callers do not wake the thread.
+struct Linger {
+    host: Arc<ActorHost>,
+    until: std::time::Instant,
+}
+
+impl Future for Linger {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let host = &self.host;
+        if !host.mailbox.is_empty() {
+            host.clone().pump();
+            return Poll::Ready(());
+        }
+        if std::time::Instant::now() >= self.until || host.is_dead() {
+            host.scheduled.store(false, Ordering::Release);
+            if !host.mailbox.is_empty() && !host.scheduled.swap(true, Ordering::AcqRel) {
+                host.clone().pump();
+            }
+            return Poll::Ready(());
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
