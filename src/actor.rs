@@ -6,7 +6,7 @@ use crate::runtime::Runtime;
 use crate::{Data, Error, Result};
 use rayx_actors::actor_host::{
     ActorHost, ActorKind, ActorSpec, ActorState, CallJob, Dispatch, HostContext, LocalFuture,
-    SharedState,
+    RestartPolicy, SharedState,
 };
 use rayx_actors::ids::ActorId;
 use rayx_actors::messages::ActorCall;
@@ -102,6 +102,7 @@ pub struct ActorContext<'a, A> {
     actor_id: ActorId,
     name: Option<&'a str>,
     stop: bool,
+    restarts: u64,
     _actor: PhantomData<fn(A)>,
 }
 
@@ -117,6 +118,14 @@ impl<A> ActorContext<'_, A> {
     /// Stops the actor after this call; queued calls fail with `ActorDied`.
     pub fn stop(&mut self) {
         self.stop = true;
+    }
+    /// Whether this incarnation is a restart (Ray's `was_current_actor_reconstructed`).
+    pub fn was_restarted(&self) -> bool {
+        self.restarts > 0
+    }
+    /// How many times the actor has been restarted.
+    pub fn restarts(&self) -> u64 {
+        self.restarts
     }
     /// The runtime, to submit tasks or call other actors.
     pub fn runtime(&self) -> Runtime {
@@ -148,8 +157,12 @@ impl<A: AsyncHandler<M>, M: Message> Dispatches<M, AsyncCall> for A {
 
 fn take_message<M: Data>(value: Value) -> Result<M> {
     let arc = value.into_typed::<M>()?;
-    Arc::try_unwrap(arc)
-        .map_err(|_| Error::InvalidArgument("a message was shared while in flight".into()))
+    // A message is shared only when the actor keeps a copy to send again after a
+    // crash (max_task_retries); the handler then gets its own, decoded copy.
+    Arc::try_unwrap(arc).or_else(|shared| {
+        let bytes = rmp_serde::to_vec(&*shared).map_err(|e| Error::Serialization(e.to_string()))?;
+        rmp_serde::from_slice(&bytes).map_err(|e| Error::Serialization(e.to_string()))
+    })
 }
 
 fn wrong_actor<A>(found: &str) -> Error {
@@ -172,6 +185,7 @@ fn dispatch_sync<A: Handler<M>, M: Message>(
         actor_id: host.actor_id(),
         name: host.name(),
         stop: false,
+        restarts: host.restarts(),
         _actor: PhantomData,
     };
     let reply = A::handle(actor, msg, &mut ctx);
@@ -211,6 +225,7 @@ pub struct ActorBuilder<'r, A> {
     get_if_exists: bool,
     detached: bool,
     max_concurrency: Option<usize>,
+    restart: RestartPolicy,
     _actor: PhantomData<fn() -> A>,
 }
 
@@ -249,6 +264,7 @@ impl<'r, A: Actor> ActorBuilder<'r, A> {
             get_if_exists: false,
             detached: false,
             max_concurrency: None,
+            restart: RestartPolicy::default(),
             _actor: PhantomData,
         }
     }
@@ -271,6 +287,19 @@ impl<'r, A: Actor> ActorBuilder<'r, A> {
     /// Keep the actor alive with no handle left, until killed or shutdown.
     pub fn detached(mut self) -> Self {
         self.detached = true;
+        self
+    }
+    /// Restarts after crashes (Ray's `max_restarts`): 0 by default, -1 for no limit.
+    /// A restart runs the constructor again.
+    pub fn max_restarts(mut self, n: i64) -> Self {
+        self.restart.max_restarts = n;
+        self
+    }
+    /// Times a call interrupted by a crash is sent again after the restart, in
+    /// its original order (Ray's `max_task_retries`): 0 by default (such calls
+    /// fail with `ActorDied`), -1 for no limit.
+    pub fn max_task_retries(mut self, n: i64) -> Self {
+        self.restart.max_task_retries = n;
         self
     }
     /// Calls in flight at once on an async actor (default 1000).
@@ -313,6 +342,7 @@ impl<'r, A: Actor> ActorBuilder<'r, A> {
             type_id: TypeId::of::<A>(),
             type_name: std::any::type_name::<A>(),
             kind,
+            restart: self.restart,
         };
         let (host, _existed) = node.spawn_actor(spec)?;
         ActorHandle::from_host(node, host)
@@ -415,14 +445,24 @@ impl<A> ActorHandle<A> {
             message: Value::new(msg),
             reply_to: reply.id(),
         };
-        self.host.call(CallJob { call, dispatch });
+        self.host.call(CallJob {
+            call,
+            dispatch,
+            retries: 0,
+        });
         ObjectRef::from_slot(reply)
     }
 
     /// Kills the actor: the running call finishes; queued and later calls fail
     /// with `ActorDied`; its state is dropped.
     pub fn kill(&self) {
-        self.node.kill_actor(&self.host);
+        self.node.kill_actor(&self.host, true);
+    }
+
+    /// Kills the actor so that it restarts if its `max_restarts` allows (Ray's
+    /// `kill(no_restart=False)`); otherwise it dies as with [`kill`](Self::kill).
+    pub fn restart(&self) {
+        self.node.kill_actor(&self.host, false);
     }
 }
 

@@ -25,6 +25,8 @@ mod runtime;
 
 pub use actor::{Actor, ActorBuilder, ActorContext, ActorHandle, AsyncHandler, Handler, Message};
 pub use object_ref::{GetFuture, ObjectRef, RefList};
+pub use rayx_actors::faults::{FaultPoint, Faults, Trigger};
+pub use rayx_actors::messages::RetryExceptions;
 pub use rayx_actors::owner::MemoryUsage;
 pub use rayx_actors::supervisor::SupervisionEvent;
 pub use rayx_actors::{Error, Result};

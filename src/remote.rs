@@ -5,7 +5,7 @@ use crate::object_ref::ObjectRef;
 use crate::runtime::Runtime;
 use crate::{Data, Error, Result};
 use rayx_actors::functions::{FunctionTable, Invoke};
-use rayx_actors::messages::{Arg, TaskOptions, TaskSpec};
+use rayx_actors::messages::{Arg, RetryExceptions, TaskOptions, TaskSpec};
 use rayx_actors::owner::Slot;
 use rayx_actors::value::Value;
 use std::borrow::Cow;
@@ -247,6 +247,35 @@ impl<'r, F: RemoteFunction<Args, R>, Args, R> TaskBuilder<'r, F, Args, R> {
     /// Names the task, for errors and debugging.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.options.name = Some(name.into());
+        self
+    }
+
+    /// Retries after system failures (its worker died): -1 for no limit, 0 for
+    /// none; Ray's default is 3. With `retry_exceptions`, panics count too.
+    pub fn max_retries(mut self, n: i32) -> Self {
+        self.options.max_retries = n;
+        self
+    }
+
+    /// Retries the task when it panics, too (Ray's `retry_exceptions=True`),
+    /// within `max_retries`.
+    pub fn retry_exceptions(mut self, on: bool) -> Self {
+        self.options.retry_exceptions = if on {
+            RetryExceptions::All
+        } else {
+            RetryExceptions::None
+        };
+        self
+    }
+
+    /// Retries the task when it panics with a message containing one of
+    /// `needles` (Ray's list of exception types), within `max_retries`.
+    pub fn retry_exceptions_matching<S: Into<String>>(
+        mut self,
+        needles: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.options.retry_exceptions =
+            RetryExceptions::Matching(needles.into_iter().map(Into::into).collect());
         self
     }
 

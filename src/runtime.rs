@@ -5,6 +5,7 @@ use crate::actor::{ActorBuilder, ActorHandle};
 use crate::object_ref::{ObjectRef, RefList};
 use crate::remote::{function_table, RemoteFunction, TaskBuilder};
 use crate::{Actor, Data, Error, MemoryUsage, Result, SupervisionEvent};
+use rayx_actors::faults::Faults;
 use rayx_actors::owner::wait_slots;
 use rayx_actors::value::Value;
 use rayx_actors::{Node, NodeConfig};
@@ -71,6 +72,17 @@ impl Builder {
     /// Threads that run async actors (default 1).
     pub fn async_threads(mut self, n: usize) -> Self {
         self.config.async_threads = n;
+        self
+    }
+    /// Faults to inject, for tests and drills (none by default).
+    pub fn faults(mut self, faults: Faults) -> Self {
+        self.config.faults = faults;
+        self
+    }
+    /// The worker pool's restart intensity: at most `max` worker restarts
+    /// within `within` (default 1000 in 1 s); one more and the runtime stops.
+    pub fn worker_restart_intensity(mut self, max: usize, within: Duration) -> Self {
+        self.config.worker_restarts = (max, within);
         self
     }
     /// Starts the runtime.

@@ -6,25 +6,30 @@
 //! many calls per wake-up. An async actor lives on an async arbiter, where its
 //! calls run as futures, up to `max_concurrency` at a time.
 //!
-//! A panic in a handler kills the actor (its state may be half-updated, as with a
-//! poisoned lock): that call and every queued one fail with `ActorDied` and the
-//! panic's message. Restarts hook in here (`Cell::Unstarted` re-runs the
-//! constructor).
+//! A panic in a handler crashes the actor (its state may be half-updated, as with
+//! a poisoned lock). Within `max_restarts` the actor restarts: the constructor runs
+//! again, the crashed call is sent again if `max_task_retries` allows (before any
+//! queued call, so order holds) and otherwise fails with `ActorDied`, as do the
+//! queued calls under at-most-once (`max_task_retries = 0`). Past `max_restarts`,
+//! or when the constructor itself panics, the actor is dead for good.
 
 use crate::error::Error;
+use crate::faults::{Chance, FaultInjector};
 use crate::ids::ActorId;
 use crate::messages::ActorCall;
 use crate::owner::OwnerTable;
 use crate::router::{Job, RunQueue};
+use crate::supervisor::{EventBus, SupervisionEvent};
 use crate::value::Value;
 use crate::worker::catch_user;
 use actix_rt::ArbiterHandle;
 use crossbeam_queue::SegQueue;
 use parking_lot::Mutex;
 use std::any::{Any, TypeId};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -68,6 +73,8 @@ pub struct CallJob {
     pub call: ActorCall,
     /// How to run it here.
     pub dispatch: Dispatch,
+    /// Times it was sent again after a crash.
+    pub retries: u32,
 }
 
 /// What a handler may do to its own actor.
@@ -88,6 +95,29 @@ impl HostContext<'_> {
     /// Stops the actor after this call; queued calls fail with `ActorDied`.
     pub fn stop(&mut self) {
         self.stop = true;
+    }
+    /// How many times the actor has been restarted (0 in its first life).
+    pub fn restarts(&self) -> u64 {
+        self.host.restarts.load(Ordering::Acquire)
+    }
+}
+
+/// How an actor comes back after a crash (Ray's defaults: no restart, no retry).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RestartPolicy {
+    /// Restarts allowed; -1 for no limit.
+    pub max_restarts: i64,
+    /// Times a call interrupted by a crash is sent again; -1 for no limit. With 0
+    /// (at-most-once), calls in flight or queued at a crash fail with `ActorDied`.
+    pub max_task_retries: i64,
+}
+
+impl RestartPolicy {
+    fn may_restart(&self, done: u64) -> bool {
+        self.max_restarts < 0 || done < self.max_restarts as u64
+    }
+    fn may_retry(&self, retries: u32) -> bool {
+        self.max_task_retries < 0 || (retries as i64) < self.max_task_retries
     }
 }
 
@@ -122,6 +152,8 @@ pub struct ActorSpec {
     pub type_name: &'static str,
     /// Sync or async, with its constructor.
     pub kind: ActorKind,
+    /// How it comes back after a crash.
+    pub restart: RestartPolicy,
 }
 
 enum Cell<S> {
@@ -130,13 +162,29 @@ enum Cell<S> {
     Dead,
 }
 
+/// The actor's life and the calls to send again after a crash, ahead of the
+/// mailbox.
+struct Life<S> {
+    cell: Cell<S>,
+    retry: VecDeque<CallJob>,
+}
+
+impl<S> Life<S> {
+    fn new() -> Self {
+        Life {
+            cell: Cell::Unstarted,
+            retry: VecDeque::new(),
+        }
+    }
+}
+
 enum Kind {
     Sync {
-        cell: Mutex<Cell<Box<dyn ActorState>>>,
+        cell: Mutex<Life<Box<dyn ActorState>>>,
         factory: SyncFactory,
     },
     Async {
-        cell: Mutex<Cell<SharedState>>,
+        cell: Mutex<Life<SharedState>>,
         factory: AsyncFactory,
         arbiter: ArbiterHandle,
         max_concurrency: usize,
@@ -158,29 +206,41 @@ pub struct ActorHost {
     scheduled: AtomicBool,
     dead: AtomicBool,
     death: Mutex<Option<String>>,
+    restart: RestartPolicy,
+    restarts: AtomicU64,
+    restart_requested: AtomicBool,
     table: Arc<OwnerTable>,
     run_queue: Arc<RunQueue>,
+    events: Arc<EventBus>,
+    faults: Arc<FaultInjector>,
     kind: Kind,
+}
+
+/// What a host needs from its node.
+pub(crate) struct HostEnv {
+    pub(crate) table: Arc<OwnerTable>,
+    pub(crate) run_queue: Arc<RunQueue>,
+    pub(crate) events: Arc<EventBus>,
+    pub(crate) faults: Arc<FaultInjector>,
 }
 
 impl ActorHost {
     pub(crate) fn new(
         id: ActorId,
         spec: ActorSpec,
-        table: Arc<OwnerTable>,
-        run_queue: Arc<RunQueue>,
+        env: HostEnv,
         async_arbiter: ArbiterHandle,
     ) -> Arc<Self> {
         let kind = match spec.kind {
             ActorKind::Sync(factory) => Kind::Sync {
-                cell: Mutex::new(Cell::Unstarted),
+                cell: Mutex::new(Life::new()),
                 factory,
             },
             ActorKind::Async {
                 factory,
                 max_concurrency,
             } => Kind::Async {
-                cell: Mutex::new(Cell::Unstarted),
+                cell: Mutex::new(Life::new()),
                 factory,
                 arbiter: async_arbiter,
                 max_concurrency: max_concurrency.max(1),
@@ -200,9 +260,17 @@ impl ActorHost {
             scheduled: AtomicBool::new(false),
             dead: AtomicBool::new(false),
             death: Mutex::new(None),
-            table,
-            run_queue,
+            restart: spec.restart,
+            restarts: AtomicU64::new(0),
+            restart_requested: AtomicBool::new(false),
+            table: env.table,
+            run_queue: env.run_queue,
+            events: env.events,
+            faults: env.faults,
             kind,
+        });
+        host.events.publish(SupervisionEvent::Started {
+            child: host.label(),
         });
         // Ray runs the constructor at creation, not at the first call.
         host.schedule();
@@ -296,38 +364,157 @@ impl ActorHost {
                 let host = self.clone();
                 if !arbiter.spawn(async move { host.pump() }) {
                     // The arbiter is gone (shutdown): let the next call see it.
-                    self.scheduled.store(false, Ordering::Release);
+                    // A swap, not a store: it pairs with the caller's swap in `schedule`, so
+                    // either the caller sees `false` and schedules us again, or we see its
+                    // message in the mailbox below. (A plain store may pass the mailbox read.)
+                    self.scheduled.swap(false, Ordering::AcqRel);
                 }
             }
         }
     }
 
-    /// Kills the actor: the running call finishes, queued and later calls fail
-    /// with `ActorDied` and `cause`, and the state is dropped.
+    /// Kills the actor for good: the running call finishes, queued and later
+    /// calls fail with `ActorDied` and `cause`, and the state is dropped.
     pub fn kill(self: &Arc<Self>, cause: &str) {
-        {
-            let mut death = self.death.lock();
-            if death.is_none() {
-                *death = Some(cause.to_string());
-            }
-        }
-        self.dead.store(true, Ordering::Release);
+        self.die(cause.to_string());
         match &self.kind {
             Kind::Sync { cell, .. } => {
-                if let Some(mut guard) = cell.try_lock() {
-                    stop_sync(&mut guard);
+                if let Some(mut life) = cell.try_lock() {
+                    stop_sync(&mut life.cell);
+                    self.fail_retries(&mut life.retry);
                 }
             }
             Kind::Async { cell, .. } => {
-                *cell.lock() = Cell::Dead;
+                let mut life = cell.lock();
+                life.cell = Cell::Dead;
+                self.fail_retries(&mut life.retry);
             }
         }
-        // Fail whatever is queued (a running batch does it as well).
-        while let Some(job) = self.mailbox.pop() {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
+        self.fail_queued(&self.died_error());
+        self.events.publish(SupervisionEvent::Stopped {
+            child: self.label(),
+            reason: cause.to_string(),
+        });
+        // A batch running now sees the flag after its call and fails the rest.
+        self.schedule();
+    }
+
+    /// Kills the actor so that it restarts, if its `max_restarts` allows (Ray's
+    /// `kill(no_restart=False)`); otherwise it dies for good.
+    pub fn restart(self: &Arc<Self>) {
+        self.restart_requested.store(true, Ordering::Release);
+        match &self.kind {
+            Kind::Sync { cell, .. } => {
+                if let Some(mut life) = cell.try_lock() {
+                    self.take_restart_request(&mut life);
+                }
+            }
+            Kind::Async { cell, .. } => {
+                let mut life = cell.lock();
+                self.take_restart_request(&mut life);
+            }
+        }
+        self.schedule();
+    }
+
+    fn take_restart_request<S>(&self, life: &mut Life<S>) {
+        if self.restart_requested.swap(false, Ordering::AcqRel) && !self.is_dead() {
+            self.crash(life, "it was restarted with restart()".into(), None);
+        }
+    }
+
+    fn fail_queued(&self, error: &Error) {
+        while let Some(job) = self.take() {
+            self.table.complete(job.call.reply_to, Err(error.clone()));
+        }
+    }
+
+    fn fail_retries(&self, retry: &mut VecDeque<CallJob>) {
+        for job in retry.drain(..) {
             self.table
                 .complete(job.call.reply_to, Err(self.died_error()));
         }
+    }
+
+    /// The actor crashed (a panic, an injected fault, a restart request): restart
+    /// it within its policy or let it die; `in_flight` is the call it was running.
+    fn crash<S>(&self, life: &mut Life<S>, cause: String, in_flight: Option<CallJob>) {
+        // Drop the broken state first: its destructor runs, `stopped` does not.
+        let _ = catch_user(|| drop(std::mem::replace(&mut life.cell, Cell::Unstarted)));
+        self.events.publish(SupervisionEvent::Failed {
+            child: self.label(),
+            cause: cause.clone(),
+        });
+        // Events go out before any reply, so whoever sees a reply sees them too.
+        let done = self.restarts.load(Ordering::Acquire);
+        if !self.restart.may_restart(done) {
+            life.cell = Cell::Dead;
+            let why = if self.restart.max_restarts == 0 {
+                cause
+            } else {
+                format!(
+                    "{cause} (after {done} restarts, max_restarts is {})",
+                    self.restart.max_restarts
+                )
+            };
+            self.events.publish(SupervisionEvent::GaveUp {
+                child: self.label(),
+                restarts: done,
+            });
+            self.die(why);
+            if let Some(job) = in_flight {
+                self.table
+                    .complete(job.call.reply_to, Err(self.died_error()));
+            }
+            self.fail_retries(&mut life.retry);
+            return;
+        }
+        self.restarts.store(done + 1, Ordering::Release);
+        self.events.publish(SupervisionEvent::Restarted {
+            child: self.label(),
+            attempt: done + 1,
+        });
+        if self.restart.max_task_retries == 0 {
+            // At-most-once: what was queued when it crashed fails too. This comes
+            // before the interrupted call's reply, so a call made after that reply
+            // is not mistaken for one queued at the crash.
+            let error = Error::ActorDied {
+                actor: self.label(),
+                cause: format!(
+                    "{cause}; the actor restarts, but calls queued at the crash are not sent again (max_task_retries 0)"
+                ),
+            };
+            self.fail_queued(&error);
+            for job in life.retry.drain(..) {
+                self.table.complete(job.call.reply_to, Err(error.clone()));
+            }
+        }
+        if let Some(mut job) = in_flight {
+            if self.restart.may_retry(job.retries) {
+                job.retries += 1;
+                life.retry.push_front(job);
+            } else {
+                let error = Error::ActorDied {
+                    actor: self.label(),
+                    cause: format!(
+                        "{cause}; the actor restarts, but the call is not sent again ({} retries, max_task_retries {})",
+                        job.retries, self.restart.max_task_retries
+                    ),
+                };
+                self.table.complete(job.call.reply_to, Err(error));
+            }
+        }
+    }
+
+    /// Takes the message out of a call to run it, keeping a copy only if the
+    /// call may be sent again after a crash.
+    fn split(&self, mut job: CallJob) -> (Value, CallJob) {
+        let keep = if self.restart.may_retry(job.retries) && self.restart.max_restarts != 0 {
+            job.call.message.clone()
+        } else {
+            Value::Taken
+        };
+        (std::mem::replace(&mut job.call.message, keep), job)
     }
 
     fn take(&self) -> Option<CallJob> {
@@ -336,58 +523,83 @@ impl ActorHost {
         Some(job)
     }
 
+    /// Runs the constructor if the actor has none running; a panic there is final.
+    fn construct<S>(&self, life: &mut Life<S>, factory: impl FnOnce() -> S) {
+        if !matches!(life.cell, Cell::Unstarted) || self.is_dead() {
+            return;
+        }
+        match catch_user(factory) {
+            Ok(state) => life.cell = Cell::Running(state),
+            Err(cause) => {
+                life.cell = Cell::Dead;
+                self.die(format!("its constructor {cause}"));
+                self.fail_retries(&mut life.retry);
+                self.events.publish(SupervisionEvent::Failed {
+                    child: self.label(),
+                    cause: format!("its constructor {cause}"),
+                });
+            }
+        }
+    }
+
     /// Runs a batch of calls of a sync actor (on a worker).
     pub(crate) fn run_batch(self: Arc<Self>) {
         let Kind::Sync { cell, factory } = &self.kind else {
             return;
         };
-        let mut guard = cell.lock();
-        if matches!(*guard, Cell::Unstarted) && !self.is_dead() {
-            match catch_user(factory) {
-                Ok(state) => *guard = Cell::Running(state),
-                Err(cause) => {
-                    *guard = Cell::Dead;
-                    self.die(format!("its constructor {cause}"));
-                }
-            }
-        }
+        let mut life = cell.lock();
+        self.take_restart_request(&mut life);
         for _ in 0..BATCH {
             if self.is_dead() {
-                stop_sync(&mut guard);
+                stop_sync(&mut life.cell);
+                self.fail_retries(&mut life.retry);
             }
-            let Some(job) = self.take() else { break };
-            let reply = job.call.reply_to;
-            let (Cell::Running(state), Dispatch::Sync(dispatch)) = (&mut *guard, job.dispatch)
+            self.construct(&mut life, factory);
+            let Some(job) = life.retry.pop_front().or_else(|| self.take()) else {
+                break;
+            };
+            let (Cell::Running(state), Dispatch::Sync(dispatch)) = (&mut life.cell, job.dispatch)
             else {
-                self.table.complete(reply, Err(self.died_error()));
+                self.table
+                    .complete(job.call.reply_to, Err(self.died_error()));
                 continue;
             };
+            if self.faults.fires(Chance::CrashActor) {
+                self.crash(&mut life, "crashed by an injected fault".into(), Some(job));
+                continue;
+            }
             let mut ctx = HostContext {
                 host: &self,
                 stop: false,
             };
-            let message = job.call.message;
+            let (message, keep) = self.split(job);
             match catch_user(|| dispatch(state.as_any_mut(), message, &mut ctx)) {
                 Ok(result) => {
                     let stop = ctx.stop;
-                    self.table.complete(reply, result);
+                    self.table.complete(keep.call.reply_to, result);
                     if stop {
+                        stop_sync(&mut life.cell);
                         self.die("it stopped itself".into());
                     }
                 }
                 Err(cause) => {
-                    *guard = Cell::Dead;
-                    self.die(format!("{} {cause}", job.call.method));
-                    self.table.complete(reply, Err(self.died_error()));
+                    let cause = format!("{} {cause}", keep.call.method);
+                    self.crash(&mut life, cause, Some(keep));
                 }
             }
+            self.take_restart_request(&mut life);
         }
         if self.is_dead() {
-            stop_sync(&mut guard);
+            stop_sync(&mut life.cell);
+            self.fail_retries(&mut life.retry);
         }
-        drop(guard);
-        self.scheduled.store(false, Ordering::Release);
-        if !self.mailbox.is_empty() {
+        let more = !life.retry.is_empty();
+        drop(life);
+        // A swap, not a store: it pairs with the caller's swap in `schedule`, so
+        // either the caller sees `false` and schedules us again, or we see its
+        // message in the mailbox below. (A plain store may pass the mailbox read.)
+        self.scheduled.swap(false, Ordering::AcqRel);
+        if more || !self.mailbox.is_empty() {
             self.schedule();
         }
     }
@@ -413,61 +625,67 @@ impl ActorHost {
         else {
             return;
         };
-        self.scheduled.store(false, Ordering::Release);
-        let state = {
-            let mut guard = cell.lock();
-            if matches!(*guard, Cell::Unstarted) && !self.is_dead() {
-                match catch_user(factory) {
-                    Ok(state) => *guard = Cell::Running(state),
-                    Err(cause) => {
-                        *guard = Cell::Dead;
-                        self.die(format!("its constructor {cause}"));
-                    }
-                }
-            }
-            match &*guard {
-                Cell::Running(s) if !self.is_dead() => Some(s.clone()),
-                _ => None,
-            }
-        };
+        // A swap, not a store: it pairs with the caller's swap in `schedule`, so
+        // either the caller sees `false` and schedules us again, or we see its
+        // message in the mailbox below. (A plain store may pass the mailbox read.)
+        self.scheduled.swap(false, Ordering::AcqRel);
+        let mut life = cell.lock();
+        self.take_restart_request(&mut life);
+        self.construct(&mut life, factory);
         while in_flight.load(Ordering::Acquire) < *max_concurrency {
-            let Some(job) = self.take() else { break };
-            let reply = job.call.reply_to;
-            let (Some(state), Dispatch::Async(dispatch)) = (&state, job.dispatch) else {
-                self.table.complete(reply, Err(self.died_error()));
+            let Some(job) = life.retry.pop_front().or_else(|| self.take()) else {
+                break;
+            };
+            let state = match (&life.cell, job.dispatch) {
+                (Cell::Running(s), Dispatch::Async(_)) if !self.is_dead() => s.clone(),
+                _ => {
+                    self.table
+                        .complete(job.call.reply_to, Err(self.died_error()));
+                    continue;
+                }
+            };
+            if self.faults.fires(Chance::CrashActor) {
+                self.crash(&mut life, "crashed by an injected fault".into(), Some(job));
+                self.construct(&mut life, factory);
+                continue;
+            }
+            let Dispatch::Async(dispatch) = job.dispatch else {
                 continue;
             };
             in_flight.fetch_add(1, Ordering::AcqRel);
-            let method = job.call.method;
-            let started = catch_user(|| dispatch(state.clone(), job.call.message));
+            let (message, job) = self.split(job);
+            let started = catch_user(|| dispatch(state, message));
             let host = self.clone();
             actix_rt::spawn(async move {
                 let result = match started {
                     Ok(fut) => CatchUnwind(fut).await,
                     Err(cause) => Err(cause),
                 };
+                let Kind::Async {
+                    cell, in_flight, ..
+                } = &host.kind
+                else {
+                    return;
+                };
                 match result {
-                    Ok(r) => host.table.complete(reply, r),
+                    Ok(r) => host.table.complete(job.call.reply_to, r),
                     Err(cause) => {
-                        host.die(format!("{method} {cause}"));
-                        if let Kind::Async { cell, .. } = &host.kind {
-                            *cell.lock() = Cell::Dead;
-                        }
-                        host.table.complete(reply, Err(host.died_error()));
+                        let cause = format!("{} {cause}", job.call.method);
+                        host.crash(&mut cell.lock(), cause, Some(job));
                     }
                 }
-                let left = match &host.kind {
-                    Kind::Async { in_flight, .. } => in_flight.fetch_sub(1, Ordering::AcqRel) - 1,
-                    Kind::Sync { .. } => 0,
-                };
-                if !host.mailbox.is_empty() {
+                let left = in_flight.fetch_sub(1, Ordering::AcqRel) - 1;
+                let more = !host.mailbox.is_empty() || !cell.lock().retry.is_empty();
+                if more {
                     host.pump();
                 } else if left == 0 {
                     host.linger();
                 }
             });
         }
-        if self.mailbox.is_empty() && in_flight.load(Ordering::Acquire) == 0 {
+        let idle = self.mailbox.is_empty() && life.retry.is_empty();
+        drop(life);
+        if idle && in_flight.load(Ordering::Acquire) == 0 {
             self.linger();
         }
     }
@@ -505,7 +723,7 @@ impl Future for Linger {
             return Poll::Ready(());
         }
         if std::time::Instant::now() >= self.until || host.is_dead() {
-            host.scheduled.store(false, Ordering::Release);
+            host.scheduled.swap(false, Ordering::AcqRel);
             if !host.mailbox.is_empty() && !host.scheduled.swap(true, Ordering::AcqRel) {
                 host.clone().pump();
             }
@@ -525,7 +743,7 @@ fn stop_sync(cell: &mut Cell<Box<dyn ActorState>>) {
 impl Drop for ActorHost {
     fn drop(&mut self) {
         if let Kind::Sync { cell, .. } = &mut self.kind {
-            stop_sync(cell.get_mut());
+            stop_sync(&mut cell.get_mut().cell);
         }
         let error = Error::ActorDied {
             actor: self.label(),

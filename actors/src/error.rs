@@ -15,6 +15,23 @@ pub enum Error {
         /// What went wrong, with the panic's message and location.
         cause: String,
     },
+    /// The task failed on every attempt its retry budget allowed.
+    #[error("task `{task}` failed after {} attempts: {}", attempts.len(), attempts.iter().enumerate().map(|(i, a)| format!("[{}] {a}", i + 1)).collect::<Vec<_>>().join("; "))]
+    RetriesExhausted {
+        /// The task's name.
+        task: String,
+        /// Why each attempt failed, in order.
+        attempts: Vec<String>,
+    },
+    /// The worker running the task died and the task may not be retried
+    /// (Ray's `WorkerCrashedError`).
+    #[error("task `{task}` failed: the worker running it died ({cause}); max_retries is 0")]
+    WorkerCrashed {
+        /// The task's name.
+        task: String,
+        /// Why the worker died.
+        cause: String,
+    },
     /// The task was not run because one of its arguments is an error.
     #[error("task `{task}` was not run because an argument failed: {cause}")]
     DependencyFailed {

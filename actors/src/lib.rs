@@ -7,6 +7,7 @@
 //! - [`object_store`]: the budget for large objects.
 //! - [`actor_host`]: one user actor's mailbox, state and lifecycle.
 //! - [`directory`]: actors by id and by name.
+//! - [`faults`]: fault injection for tests and drills (off by default).
 //!
 //! Engine messages ([`messages`]) carry ids and values, never closures, and are
 //! all `Serialize + Deserialize`.
@@ -17,6 +18,7 @@
 pub mod actor_host;
 pub mod directory;
 mod error;
+pub mod faults;
 pub mod functions;
 pub mod ids;
 pub mod messages;

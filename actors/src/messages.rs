@@ -16,10 +16,58 @@ pub enum Arg {
 }
 
 /// Per-call options of a task.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskOptions {
     /// A name for errors and debugging; defaults to the function's name.
     pub name: Option<String>,
+    /// Retries after system failures (the worker died); -1 for no limit, 0 for
+    /// none. Ray's default is 3. With `retry_exceptions`, panics count too.
+    pub max_retries: i32,
+    /// Which application failures (panics) are retried.
+    pub retry_exceptions: RetryExceptions,
+}
+
+impl Default for TaskOptions {
+    fn default() -> Self {
+        TaskOptions {
+            name: None,
+            max_retries: 3,
+            retry_exceptions: RetryExceptions::None,
+        }
+    }
+}
+
+impl TaskOptions {
+    /// Whether a task that has failed `failures` times may run again.
+    pub fn may_retry(&self, failures: usize) -> bool {
+        self.max_retries < 0 || failures <= self.max_retries as usize
+    }
+}
+
+/// Which panics of a task are retried (Ray's `retry_exceptions`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RetryExceptions {
+    /// None (Ray's default): a panic fails the task.
+    #[default]
+    None,
+    /// Every panic.
+    All,
+    /// Panics whose message contains one of these strings (Ray's list of
+    /// exception types, by message).
+    Matching(Vec<String>),
+}
+
+impl RetryExceptions {
+    /// Whether a panic with this cause is retried.
+    pub fn covers(&self, cause: &str) -> bool {
+        match self {
+            RetryExceptions::None => false,
+            RetryExceptions::All => true,
+            RetryExceptions::Matching(needles) => {
+                needles.iter().any(|n| cause.contains(n.as_str()))
+            }
+        }
+    }
 }
 
 /// A task as the owner holds it and the router dispatches it.

@@ -2,9 +2,10 @@
 //! object table, the run queue, the object store, the actor directory and the
 //! function table, and is what the typed API in `rayx` drives.
 
-use crate::actor_host::{ActorHost, ActorSpec};
+use crate::actor_host::{ActorHost, ActorSpec, HostEnv};
 use crate::directory::Directory;
 use crate::error::Error;
+use crate::faults::{FaultInjector, Faults};
 use crate::functions::FunctionTable;
 use crate::ids::ActorId;
 use crate::messages::TaskSpec;
@@ -21,6 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 /// How a node is sized.
 #[derive(Debug, Clone)]
@@ -37,6 +39,11 @@ pub struct NodeConfig {
     pub inline_threshold: usize,
     /// Threads that run async actors.
     pub async_threads: usize,
+    /// Faults to inject (none by default).
+    pub faults: Faults,
+    /// Restart intensity of the worker pool: at most this many worker restarts
+    /// within this window, then the node gives up and stops.
+    pub worker_restarts: (usize, Duration),
 }
 
 impl Default for NodeConfig {
@@ -49,6 +56,8 @@ impl Default for NodeConfig {
             object_store_memory: default_store_memory(),
             inline_threshold: 100 * 1024,
             async_threads: 1,
+            faults: Faults::default(),
+            worker_restarts: (1000, Duration::from_secs(1)),
         }
     }
 }
@@ -74,7 +83,8 @@ pub struct Node {
     pub(crate) run_queue: Arc<RunQueue>,
     pub(crate) store: Arc<ObjectStore>,
     pub(crate) functions: FunctionTable,
-    pub(crate) events: EventBus,
+    pub(crate) events: Arc<EventBus>,
+    pub(crate) faults: Arc<FaultInjector>,
     directory: Directory,
     config: NodeConfig,
     next_actor: AtomicU64,
@@ -128,7 +138,8 @@ impl Node {
             run_queue,
             store,
             functions,
-            events: EventBus::default(),
+            events: Arc::new(EventBus::default()),
+            faults: Arc::new(FaultInjector::new(config.faults)),
             directory: Directory::default(),
             next_actor: AtomicU64::new(1),
             next_async: AtomicUsize::new(0),
@@ -204,14 +215,14 @@ impl Node {
         let arbiter =
             handles[self.next_async.fetch_add(1, Ordering::Relaxed) % handles.len()].clone();
         let id = ActorId(self.next_actor.fetch_add(1, Ordering::Relaxed));
+        let env = HostEnv {
+            table: self.table.clone(),
+            run_queue: self.run_queue.clone(),
+            events: self.events.clone(),
+            faults: self.faults.clone(),
+        };
         self.directory.register(name, get_if_exists, || {
-            ActorHost::new(
-                id,
-                spec,
-                self.table.clone(),
-                self.run_queue.clone(),
-                arbiter,
-            )
+            ActorHost::new(id, spec, env, arbiter)
         })
     }
 
@@ -231,10 +242,14 @@ impl Node {
         self.directory.by_id(id)
     }
 
-    /// Kills an actor.
-    pub fn kill_actor(&self, host: &Arc<ActorHost>) {
-        host.kill("it was killed with kill()");
-        self.directory.forget(host.id());
+    /// Kills an actor; with `no_restart` false it restarts if its policy allows.
+    pub fn kill_actor(&self, host: &Arc<ActorHost>, no_restart: bool) {
+        if no_restart {
+            host.kill("it was killed with kill()");
+            self.directory.forget(host.id());
+        } else {
+            host.restart();
+        }
     }
 
     /// Memory held by objects now.

@@ -165,7 +165,11 @@ impl OwnerTable {
     /// the last one is. `pins` are the slots of its `Arg::Ref` arguments; they are
     /// held until the task has run, so its inputs stay counted.
     pub fn submit_task(self: &Arc<Self>, spec: TaskSpec, pins: Vec<Arc<Slot>>) {
-        let job = TaskJob { spec, pins };
+        let job = TaskJob {
+            spec,
+            pins,
+            failures: Vec::new(),
+        };
         if job.pins.is_empty() {
             self.run_queue.submit(Job::Task(job));
             return;
@@ -192,12 +196,20 @@ pub struct TaskJob {
     pub spec: TaskSpec,
     /// The slots its `Arg::Ref`s name, held until it has run.
     pub pins: Vec<Arc<Slot>>,
+    /// Why each earlier attempt failed.
+    pub failures: Vec<String>,
 }
 
 impl TaskJob {
     /// The argument values, in order; an argument that failed fails the task.
-    pub fn resolve_args(&mut self) -> Result<Vec<Value>, Error> {
-        let args = std::mem::take(&mut self.spec.args);
+    /// Inline values are taken out unless the task may run again, in which case
+    /// they are shared (a pointer copy).
+    pub fn resolve_args(&mut self, keep: bool) -> Result<Vec<Value>, Error> {
+        let args: Vec<Arg> = if keep {
+            self.spec.args.clone()
+        } else {
+            std::mem::take(&mut self.spec.args)
+        };
         args.into_iter()
             .map(|arg| match arg {
                 Arg::Value(v) => Ok(v),

@@ -10,6 +10,7 @@
 use crate::actor_host::ActorHost;
 use crate::node::Node;
 use crate::owner::TaskJob;
+use crate::supervisor::{Escalate, RestartIntensity, SupervisionEvent, Supervisor};
 use crate::worker::{Drain, Worker};
 use actix::{Actor, Addr, AsyncContext, Context, Handler, Message};
 use actix_rt::Arbiter;
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
+use std::time::Instant;
 
 /// A unit of work for a worker.
 pub enum Job {
@@ -220,6 +222,9 @@ impl RunQueue {
 /// The router actor: owns the worker arbiters.
 pub struct Router {
     node: Weak<Node>,
+    supervisor: Option<Addr<Supervisor>>,
+    intensity: RestartIntensity,
+    restarts: u64,
     next_worker: usize,
     /// Each worker's thread and address. Holding the address keeps the worker's
     /// mailbox connected: an actix actor with no address left and nothing to do
@@ -228,9 +233,16 @@ pub struct Router {
 }
 
 impl Router {
-    pub(crate) fn new(node: Weak<Node>) -> Self {
+    pub(crate) fn new(
+        node: Weak<Node>,
+        supervisor: Addr<Supervisor>,
+        intensity: RestartIntensity,
+    ) -> Self {
         Router {
             node,
+            supervisor: Some(supervisor),
+            intensity,
+            restarts: 0,
             next_worker: 0,
             workers: HashMap::new(),
         }
@@ -260,10 +272,9 @@ impl Router {
             Worker::new(id, worker_node, router)
         });
         self.workers.insert(id, (arbiter, addr));
-        node.events
-            .publish(crate::supervisor::SupervisionEvent::Started {
-                child: format!("worker-{id}"),
-            });
+        node.events.publish(SupervisionEvent::Started {
+            child: format!("worker-{id}"),
+        });
     }
 }
 
@@ -313,12 +324,65 @@ impl Handler<WorkerRetired> for Router {
             arbiter.stop();
         }
         if let Some(node) = self.node.upgrade() {
-            node.events
-                .publish(crate::supervisor::SupervisionEvent::Stopped {
-                    child: format!("worker-{}", msg.0),
-                    reason: "idle surplus worker retired".into(),
-                });
+            node.events.publish(SupervisionEvent::Stopped {
+                child: format!("worker-{}", msg.0),
+                reason: "idle surplus worker retired".into(),
+            });
         }
+    }
+}
+
+/// A worker died (an injected fault): replace it, within the restart intensity.
+#[derive(Debug, Clone, Serialize, Deserialize, Message)]
+#[rtype(result = "()")]
+pub struct WorkerFailed {
+    /// Which worker.
+    pub worker: usize,
+    /// Why it died.
+    pub cause: String,
+}
+
+impl Handler<WorkerFailed> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: WorkerFailed, ctx: &mut Context<Self>) {
+        if let Some((arbiter, _)) = self.workers.remove(&msg.worker) {
+            arbiter.stop();
+        }
+        let Some(node) = self.node.upgrade() else {
+            return;
+        };
+        let child = format!("worker-{}", msg.worker);
+        node.events.publish(SupervisionEvent::Failed {
+            child: child.clone(),
+            cause: msg.cause,
+        });
+        if node.run_queue.is_closed() {
+            return;
+        }
+        if !self.intensity.allow(Instant::now()) {
+            // One-for-one restarts came too fast: give up and escalate.
+            node.events.publish(SupervisionEvent::GaveUp {
+                child: "worker pool".into(),
+                restarts: self.intensity.max as u64,
+            });
+            if let Some(s) = &self.supervisor {
+                s.do_send(Escalate {
+                    child: "router".into(),
+                    cause: format!(
+                        "workers failed more than {} times within {:?}",
+                        self.intensity.max, self.intensity.within
+                    ),
+                });
+            }
+            return;
+        }
+        self.restarts += 1;
+        node.events.publish(SupervisionEvent::Restarted {
+            child,
+            attempt: self.restarts,
+        });
+        // The dead worker's place in the count passes to its replacement.
+        self.start_worker(ctx);
     }
 }
 

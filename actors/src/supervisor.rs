@@ -6,11 +6,13 @@ use crate::node::Node;
 use crate::object_store::ObjectStoreActor;
 use crate::owner::Owner;
 use crate::router::{Router, StopWorkers};
-use actix::{Actor, Addr, Context, Handler, Message};
+use actix::{Actor, Addr, AsyncContext, Context, Handler, Message};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Something that happened to a supervised actor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +28,21 @@ pub enum SupervisionEvent {
         child: String,
         /// Why.
         cause: String,
+    },
+    /// A child was restarted after a failure.
+    Restarted {
+        /// Which child.
+        child: String,
+        /// How many restarts it has had, this one included.
+        attempt: u64,
+    },
+    /// A child failed more often than its restart limit allows; it stays down
+    /// and the failure goes up to its supervisor.
+    GaveUp {
+        /// Which child.
+        child: String,
+        /// Restarts it had.
+        restarts: u64,
     },
     /// A child stopped.
     Stopped {
@@ -59,6 +76,44 @@ impl EventBus {
     }
 }
 
+/// Restart intensity, as in Erlang/OTP: at most `max` restarts within `within`;
+/// one more and the supervisor gives up and escalates.
+#[derive(Debug, Clone)]
+pub struct RestartIntensity {
+    /// Restarts allowed in the window.
+    pub max: usize,
+    /// The window.
+    pub within: Duration,
+    recent: VecDeque<Instant>,
+}
+
+impl RestartIntensity {
+    /// At most `max` restarts within `within`.
+    pub fn new(max: usize, within: Duration) -> Self {
+        RestartIntensity {
+            max,
+            within,
+            recent: VecDeque::new(),
+        }
+    }
+
+    /// Records a restart at `now`; false if it is one too many.
+    pub fn allow(&mut self, now: Instant) -> bool {
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > self.within)
+        {
+            self.recent.pop_front();
+        }
+        if self.recent.len() >= self.max {
+            return false;
+        }
+        self.recent.push_back(now);
+        true
+    }
+}
+
 /// The root of the node's supervision tree.
 pub struct Supervisor {
     node: Arc<Node>,
@@ -81,7 +136,7 @@ impl Supervisor {
 impl Actor for Supervisor {
     type Context = Context<Self>;
 
-    fn started(&mut self, _: &mut Context<Self>) {
+    fn started(&mut self, ctx: &mut Context<Self>) {
         let node = &self.node;
         self.owner = Some(Owner::new(node.table.clone()).start());
         self.store = Some(ObjectStoreActor(node.store.clone()).start());
@@ -90,7 +145,11 @@ impl Actor for Supervisor {
                 child: child.into(),
             });
         }
-        self.router = Some(Router::new(Arc::downgrade(node)).start());
+        let intensity = RestartIntensity::new(
+            node.config().worker_restarts.0,
+            node.config().worker_restarts.1,
+        );
+        self.router = Some(Router::new(Arc::downgrade(node), ctx.address(), intensity).start());
         node.events.publish(SupervisionEvent::Started {
             child: "router".into(),
         });
@@ -115,5 +174,34 @@ impl Handler<Shutdown> for Supervisor {
             });
         }
         actix_rt::System::current().stop();
+    }
+}
+
+/// A child gave up after too many restarts. The root has no parent to pass it
+/// to, so it stops the node: every pending object fails with `ShutDown`.
+#[derive(Debug, Clone, Serialize, Deserialize, Message)]
+#[rtype(result = "()")]
+pub struct Escalate {
+    /// Which child.
+    pub child: String,
+    /// Why.
+    pub cause: String,
+}
+
+impl Handler<Escalate> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: Escalate, _: &mut Context<Self>) {
+        tracing::error!(
+            "rayx: {} gave up ({}); stopping the node",
+            msg.child,
+            msg.cause
+        );
+        self.node.events.publish(SupervisionEvent::Failed {
+            child: msg.child,
+            cause: msg.cause,
+        });
+        let node = self.node.clone();
+        // Shutdown joins this thread's system from outside; run it elsewhere.
+        std::thread::spawn(move || node.shutdown());
     }
 }

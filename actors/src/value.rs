@@ -47,6 +47,8 @@ pub enum Value {
     },
     /// Encoded bytes (rmp-serde), as they arrive from another process.
     Encoded(Arc<[u8]>),
+    /// Nothing: the value was taken out to be consumed.
+    Taken,
 }
 
 impl Value {
@@ -64,6 +66,7 @@ impl Value {
         match self {
             Value::Local { size, .. } => *size,
             Value::Encoded(b) => b.len(),
+            Value::Taken => 0,
         }
     }
 
@@ -92,6 +95,7 @@ impl Value {
                     std::any::type_name::<T>()
                 ))
             }),
+            Value::Taken => Err(Error::Serialization("the value was already taken".into())),
         }
     }
 
@@ -100,6 +104,7 @@ impl Value {
         match self {
             Value::Local { object, .. } => object.encode().map(Arc::from),
             Value::Encoded(b) => Ok(b.clone()),
+            Value::Taken => Ok(Arc::from(&[][..])),
         }
     }
 }
@@ -111,6 +116,7 @@ impl fmt::Debug for Value {
                 write!(f, "Value::Local({}, {size} bytes)", object.type_name())
             }
             Value::Encoded(b) => write!(f, "Value::Encoded({} bytes)", b.len()),
+            Value::Taken => write!(f, "Value::Taken"),
         }
     }
 }

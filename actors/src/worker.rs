@@ -3,9 +3,11 @@
 //! owner of the task's return object.
 
 use crate::error::Error;
+use crate::faults::{Chance, FaultPoint, Trigger};
+use crate::messages::RetryExceptions;
 use crate::node::Node;
 use crate::owner::TaskJob;
-use crate::router::{Job, Router, RunQueue, WorkerRetired};
+use crate::router::{Job, Router, RunQueue, WorkerFailed, WorkerRetired};
 use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message};
 use crossbeam_utils::Backoff;
 use serde::{Deserialize, Serialize};
@@ -131,7 +133,11 @@ impl Worker {
         let queue = self.node.run_queue.clone();
         loop {
             while let Some(job) = queue.pop() {
-                self.run(job);
+                if !self.run(job) {
+                    // Dead: the router stops this thread and starts a replacement.
+                    ctx.stop();
+                    return;
+                }
                 if queue.is_closed() {
                     return;
                 }
@@ -167,34 +173,103 @@ impl Worker {
         }
     }
 
-    fn run(&self, job: Job) {
+    /// Runs one job; false if the worker died doing it (an injected fault).
+    fn run(&self, job: Job) -> bool {
         match job {
             Job::Task(task) => self.run_task(task),
-            Job::Actor(host) => host.run_batch(),
+            Job::Actor(host) => {
+                host.run_batch();
+                true
+            }
         }
     }
 
-    fn run_task(&self, mut job: TaskJob) {
+    fn run_task(&self, mut job: TaskJob) -> bool {
+        let faults = &self.node.faults;
+        let dies = faults.fires(Chance::KillWorker);
+        if dies && faults.faults().kill_worker_at == FaultPoint::BeforeRun {
+            self.lost(job);
+            return false;
+        }
         let id = job.spec.task_id.return_id();
+        // Keep the arguments for another attempt only if one can happen: a panic
+        // that is retried, or a worker death (in one process, only injected).
+        let options = &job.spec.options;
+        let keep = options.max_retries != 0
+            && (options.retry_exceptions != RetryExceptions::None
+                || faults.faults().kill_worker != Trigger::Never);
         let result = match self.node.functions.get(&job.spec.function) {
             None => Err(Error::FunctionNotRegistered {
                 name: job.spec.function.to_string(),
             }),
-            Some(invoke) => match job.resolve_args() {
+            Some(invoke) => match job.resolve_args(keep) {
                 Err(e) => Err(e),
                 Ok(args) => match catch_user(|| invoke(args)) {
                     Ok(result) => result,
-                    Err(cause) => Err(Error::TaskFailed {
-                        task: job.spec.display_name().to_string(),
-                        cause,
-                    }),
+                    Err(cause) => {
+                        let options = &job.spec.options;
+                        if options.retry_exceptions.covers(&cause)
+                            && options.may_retry(job.failures.len() + 1)
+                        {
+                            job.failures.push(cause);
+                            self.node.run_queue.submit(Job::Task(job));
+                            return !dies;
+                        }
+                        Err(self.final_error(&mut job, cause))
+                    }
                 },
             },
         };
+        if dies {
+            // The function ran, but its worker died before reporting: the result is lost.
+            self.lost(job);
+            return false;
+        }
         // Unpin the arguments before the result wakes anyone: once a caller has
         // the result, the task holds none of its inputs.
         drop(job);
         self.node.table.complete(id, result);
+        true
+    }
+
+    /// The error a task ends with after its last failure, `cause`.
+    fn final_error(&self, job: &mut TaskJob, cause: String) -> Error {
+        let task = job.spec.display_name().to_string();
+        if job.failures.is_empty() {
+            Error::TaskFailed { task, cause }
+        } else {
+            job.failures.push(cause);
+            Error::RetriesExhausted {
+                task,
+                attempts: std::mem::take(&mut job.failures),
+            }
+        }
+    }
+
+    /// This worker died running `job` (a system failure): the task runs again
+    /// within its `max_retries`, and the router replaces the worker.
+    fn lost(&self, mut job: TaskJob) {
+        let cause = format!("worker-{} died (injected fault)", self.id);
+        if job.spec.options.may_retry(job.failures.len() + 1) {
+            job.failures.push(cause.clone());
+            self.node.run_queue.submit(Job::Task(job));
+        } else {
+            let id = job.spec.task_id.return_id();
+            let error = if job.failures.is_empty() {
+                Error::WorkerCrashed {
+                    task: job.spec.display_name().to_string(),
+                    cause: cause.clone(),
+                }
+            } else {
+                self.final_error(&mut job, cause.clone())
+            };
+            drop(job);
+            self.node.table.complete(id, Err(error));
+        }
+        self.router.do_send(WorkerFailed {
+            worker: self.id,
+            cause,
+        });
     }
 }
 

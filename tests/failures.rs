@@ -1,0 +1,491 @@
+//! Failures: task retries, worker deaths, actor restarts, supervision, chaos.
+
+mod common;
+
+use common::{eventually, LONG};
+use parking_lot::Mutex;
+use rayx::prelude::*;
+use rayx::{FaultPoint, Faults, SupervisionEvent, Trigger};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+
+/// Attempts per key, so a task can fail its first tries and then succeed.
+static ATTEMPTS: LazyLock<Mutex<HashMap<u64, u32>>> = LazyLock::new(Default::default);
+static KEYS: AtomicU64 = AtomicU64::new(1);
+
+fn key() -> u64 {
+    KEYS.fetch_add(1, Ordering::Relaxed)
+}
+fn attempt(key: u64) -> u32 {
+    let mut a = ATTEMPTS.lock();
+    let n = a.entry(key).or_default();
+    *n += 1;
+    *n
+}
+
+fn flaky(key: u64, fail_first: u32) -> u32 {
+    let n = attempt(key);
+    if n <= fail_first {
+        panic!("transient failure {n}");
+    }
+    n
+}
+fn fatal(key: u64) -> u32 {
+    attempt(key);
+    panic!("fatal failure");
+}
+fn double(x: u64) -> u64 {
+    x * 2
+}
+rayx::remote!(flaky, fatal, double);
+
+fn rt2() -> Runtime {
+    rayx::Builder::new()
+        .num_workers(2)
+        .start()
+        .expect("runtime")
+}
+
+fn with_faults(faults: Faults) -> Runtime {
+    rayx::Builder::new()
+        .num_workers(2)
+        .faults(faults)
+        .start()
+        .expect("runtime")
+}
+
+#[test]
+fn panics_are_not_retried_by_default() {
+    let rt = rt2();
+    let k = key();
+    assert!(matches!(
+        rt.task(flaky).remote((k, 1)).get(),
+        Err(Error::TaskFailed { .. })
+    ));
+    assert_eq!(ATTEMPTS.lock()[&k], 1);
+}
+
+#[test]
+fn retry_exceptions_retries_panics_within_max_retries() {
+    let rt = rt2();
+    let k = key();
+    let r = rt.task(flaky).retry_exceptions(true).remote((k, 2));
+    assert_eq!(
+        r.get().unwrap(),
+        3,
+        "two failures, then the third attempt succeeds"
+    );
+}
+
+#[test]
+fn the_final_error_lists_every_attempt() {
+    let rt = rt2();
+    let k = key();
+    let r = rt
+        .task(flaky)
+        .name("always")
+        .retry_exceptions(true)
+        .max_retries(2)
+        .remote((k, 100));
+    match r.get() {
+        Err(Error::RetriesExhausted { task, attempts }) => {
+            assert_eq!(task, "always");
+            assert_eq!(attempts.len(), 3);
+            for (i, a) in attempts.iter().enumerate() {
+                assert!(a.contains(&format!("transient failure {}", i + 1)), "{a}");
+            }
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn retry_exceptions_can_match_the_panic() {
+    let rt = rt2();
+    let k = key();
+    let r = rt
+        .task(flaky)
+        .retry_exceptions_matching(["transient"])
+        .remote((k, 1));
+    assert_eq!(r.get().unwrap(), 2);
+    let k = key();
+    let r = rt
+        .task(fatal)
+        .retry_exceptions_matching(["transient"])
+        .remote(k);
+    assert!(matches!(r.get(), Err(Error::TaskFailed { .. })));
+    assert_eq!(
+        ATTEMPTS.lock()[&k],
+        1,
+        "a panic that does not match is not retried"
+    );
+}
+
+#[test]
+fn a_task_whose_worker_dies_runs_again() {
+    let rt = with_faults(Faults {
+        kill_worker: Trigger::EveryNth(2),
+        ..Faults::default()
+    });
+    let events = rt.events();
+    let refs: Vec<_> = (0..10)
+        .map(|i| rt.task(double).max_retries(-1).remote(i))
+        .collect();
+    assert_eq!(
+        rt.get(&refs, Some(LONG)).unwrap(),
+        (0..10).map(|i| i * 2).collect::<Vec<_>>()
+    );
+    let mut failed = 0;
+    let mut restarted = 0;
+    while let Ok(e) = events.recv_timeout(LONG) {
+        match e {
+            SupervisionEvent::Failed { child, cause } if child.starts_with("worker-") => {
+                assert!(cause.contains("injected fault"));
+                failed += 1;
+            }
+            SupervisionEvent::Restarted { child, .. } if child.starts_with("worker-") => {
+                restarted += 1
+            }
+            _ => {}
+        }
+        if failed >= 5 && restarted >= 5 {
+            break;
+        }
+    }
+    assert!(
+        failed >= 5 && restarted >= 5,
+        "failed {failed}, restarted {restarted}"
+    );
+    let (live, _) = rt.worker_counts();
+    assert_eq!(live, 2, "every dead worker was replaced");
+}
+
+#[test]
+fn a_lost_result_is_computed_again() {
+    // The worker dies after running the task, before reporting: the result is lost.
+    let rt = with_faults(Faults {
+        kill_worker: Trigger::EveryNth(2),
+        kill_worker_at: FaultPoint::AfterRun,
+        ..Faults::default()
+    });
+    let k = key();
+    let first = rt.task(flaky).remote((k, 0));
+    let second = rt.task(flaky).remote((k, 0));
+    let got = [first.get().unwrap(), second.get().unwrap()];
+    assert_eq!(
+        ATTEMPTS.lock()[&k],
+        3,
+        "one task ran twice: its first result was lost"
+    );
+    assert_eq!(got.iter().max(), Some(&3));
+}
+
+#[test]
+fn max_retries_zero_fails_with_worker_crashed() {
+    let rt = with_faults(Faults {
+        kill_worker: Trigger::EveryNth(1),
+        ..Faults::default()
+    });
+    match rt.task(double).max_retries(0).remote(1).get() {
+        Err(Error::WorkerCrashed { cause, .. }) => assert!(cause.contains("injected fault")),
+        other => panic!("unexpected {other:?}"),
+    }
+    match rt.task(double).max_retries(2).remote(1).get() {
+        Err(Error::RetriesExhausted { attempts, .. }) => {
+            assert_eq!(attempts.len(), 3);
+            assert!(attempts.iter().all(|a| a.contains("died")));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn chaos_ten_thousand_tasks_with_one_percent_of_workers_killed() {
+    let rt = with_faults(Faults {
+        kill_worker: Trigger::EveryNth(100),
+        kill_worker_at: FaultPoint::AfterRun,
+        ..Faults::default()
+    });
+    let events = rt.events();
+    let refs: Vec<_> = (0..10_000u64)
+        .map(|i| rt.task(double).max_retries(10).remote(i))
+        .collect();
+    let values = rt.get(&refs, Some(LONG * 4)).unwrap();
+    for (i, v) in values.into_iter().enumerate() {
+        assert_eq!(v, 2 * i as u64);
+    }
+    // The router reports each worker death as it handles it.
+    let mut failures = 0;
+    while failures < 99 {
+        match events.recv_timeout(LONG) {
+            Ok(SupervisionEvent::Failed { child, .. }) if child.starts_with("worker-") => {
+                failures += 1
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    assert!(
+        failures >= 99,
+        "about 1% of executions were killed: {failures}"
+    );
+}
+
+#[test]
+fn a_worker_pool_that_fails_too_fast_gives_up_and_stops_the_runtime() {
+    let rt = rayx::Builder::new()
+        .num_workers(1)
+        .worker_restart_intensity(2, std::time::Duration::from_secs(3600))
+        .faults(Faults {
+            kill_worker: Trigger::EveryNth(1),
+            ..Faults::default()
+        })
+        .start()
+        .unwrap();
+    let events = rt.events();
+    let r = rt.task(double).max_retries(-1).remote(1);
+    assert_eq!(r.get_timeout(LONG), Err(Error::ShutDown));
+    let gave_up = events
+        .try_iter()
+        .any(|e| matches!(e, SupervisionEvent::GaveUp { ref child, .. } if child == "worker pool"));
+    assert!(gave_up);
+    assert!(eventually(LONG, || rt.is_shut_down()));
+}
+
+// Actors.
+
+struct Counter {
+    n: u64,
+    restarted: bool,
+    log: Option<Arc<Mutex<Vec<u32>>>>,
+}
+impl Actor for Counter {}
+
+fn counter() -> Counter {
+    Counter {
+        n: 0,
+        restarted: false,
+        log: None,
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Incr;
+impl Message for Incr {
+    type Reply = (u64, bool);
+}
+impl Handler<Incr> for Counter {
+    fn handle(&mut self, _: Incr, ctx: &mut ActorContext<Self>) -> (u64, bool) {
+        self.restarted = ctx.was_restarted();
+        self.n += 1;
+        (self.n, self.restarted)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Boom;
+impl Message for Boom {
+    type Reply = ();
+}
+impl Handler<Boom> for Counter {
+    fn handle(&mut self, _: Boom, _: &mut ActorContext<Self>) {
+        panic!("counter exploded");
+    }
+}
+
+/// Panics the first time it is handled for its key, succeeds after.
+#[derive(Serialize, Deserialize)]
+struct BoomOnce(u64);
+impl Message for BoomOnce {
+    type Reply = u32;
+}
+impl Handler<BoomOnce> for Counter {
+    fn handle(&mut self, BoomOnce(k): BoomOnce, _: &mut ActorContext<Self>) -> u32 {
+        let n = attempt(k);
+        if n == 1 {
+            panic!("first try fails");
+        }
+        n
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Log(u32);
+impl Message for Log {
+    type Reply = u32;
+}
+impl Handler<Log> for Counter {
+    fn handle(&mut self, Log(seq): Log, _: &mut ActorContext<Self>) -> u32 {
+        if let Some(log) = &self.log {
+            log.lock().push(seq);
+        }
+        seq
+    }
+}
+
+#[test]
+fn actors_do_not_restart_by_default() {
+    let rt = rt2();
+    let c = rt.actor(counter).spawn().unwrap();
+    assert!(c.call(Boom).get().is_err());
+    match c.call(Incr).get() {
+        Err(Error::ActorDied { cause, .. }) => {
+            assert!(cause.contains("counter exploded"), "{cause}")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn an_actor_restarts_within_max_restarts_then_gives_up() {
+    let rt = rt2();
+    let events = rt.events();
+    let c = rt
+        .actor(counter)
+        .name("phoenix")
+        .max_restarts(2)
+        .spawn()
+        .unwrap();
+    assert_eq!(c.call(Incr).get().unwrap(), (1, false));
+    for round in 1..=2 {
+        match c.call(Boom).get() {
+            Err(Error::ActorDied { cause, .. }) => assert!(cause.contains("restarts"), "{cause}"),
+            other => panic!("unexpected {other:?}"),
+        }
+        // A fresh state from the constructor, which knows it is a restart.
+        assert_eq!(c.call(Incr).get().unwrap(), (1, true), "round {round}");
+    }
+    assert!(c.call(Boom).get().is_err());
+    match c.call(Incr).get() {
+        Err(Error::ActorDied { cause, .. }) => {
+            assert!(cause.contains("after 2 restarts"), "{cause}")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let seen: Vec<_> = events
+        .try_iter()
+        .filter(|e| !matches!(e, SupervisionEvent::Started { .. }))
+        .collect();
+    let restarts = seen
+        .iter()
+        .filter(|e| matches!(e, SupervisionEvent::Restarted { child, .. } if child == "phoenix"))
+        .count();
+    assert_eq!(restarts, 2);
+    assert!(seen.iter().any(
+        |e| matches!(e, SupervisionEvent::GaveUp { child, restarts: 2 } if child == "phoenix")
+    ));
+}
+
+#[test]
+fn at_most_once_calls_interrupted_by_a_crash_fail() {
+    let rt = rt2();
+    let c = rt.actor(counter).max_restarts(1).spawn().unwrap();
+    let k = key();
+    let crashed = c.call(BoomOnce(k));
+    assert!(matches!(crashed.get(), Err(Error::ActorDied { .. })));
+    assert_eq!(
+        c.call(BoomOnce(k)).get().unwrap(),
+        2,
+        "later calls reach the restarted actor"
+    );
+}
+
+#[test]
+fn at_least_once_calls_are_sent_again_in_order() {
+    let rt = rt2();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let l = log.clone();
+    let c = rt
+        .actor(move || Counter {
+            n: 0,
+            restarted: false,
+            log: Some(l.clone()),
+        })
+        .max_restarts(-1)
+        .max_task_retries(-1)
+        .spawn()
+        .unwrap();
+    let k = key();
+    let before: Vec<_> = (0..10).map(|i| c.call(Log(i))).collect();
+    let crashing = c.call(BoomOnce(k));
+    let after: Vec<_> = (10..20).map(|i| c.call(Log(i))).collect();
+    assert_eq!(crashing.get().unwrap(), 2, "sent again after the restart");
+    assert_eq!(rt.get(&before, None).unwrap(), (0..10).collect::<Vec<_>>());
+    assert_eq!(rt.get(&after, None).unwrap(), (10..20).collect::<Vec<_>>());
+    assert_eq!(*log.lock(), (0..20).collect::<Vec<_>>());
+}
+
+#[test]
+fn restart_and_kill() {
+    let rt = rt2();
+    let c = rt.actor(counter).max_restarts(5).spawn().unwrap();
+    assert_eq!(c.call(Incr).get().unwrap(), (1, false));
+    c.restart();
+    assert_eq!(
+        c.call(Incr).get().unwrap(),
+        (1, true),
+        "restart() ran the constructor again"
+    );
+    c.kill();
+    assert!(
+        matches!(c.call(Incr).get(), Err(Error::ActorDied { .. })),
+        "kill() is for good"
+    );
+    let once = rt.actor(counter).spawn().unwrap();
+    once.restart();
+    assert!(
+        matches!(once.call(Incr).get(), Err(Error::ActorDied { .. })),
+        "no restarts allowed"
+    );
+}
+
+#[test]
+fn a_panicking_constructor_is_final_even_with_restarts() {
+    let rt = rt2();
+    let c = rt
+        .actor(|| -> Counter { panic!("cannot build") })
+        .max_restarts(-1)
+        .spawn()
+        .unwrap();
+    match c.call(Incr).get() {
+        Err(Error::ActorDied { cause, .. }) => assert!(cause.contains("constructor"), "{cause}"),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn chaos_an_actor_crashed_repeatedly_answers_every_call_in_order() {
+    let rt = with_faults(Faults {
+        crash_actor: Trigger::EveryNth(7),
+        ..Faults::default()
+    });
+    let events = rt.events();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let l = log.clone();
+    let c = rt
+        .actor(move || Counter {
+            n: 0,
+            restarted: false,
+            log: Some(l.clone()),
+        })
+        .max_restarts(-1)
+        .max_task_retries(-1)
+        .spawn()
+        .unwrap();
+    let replies: Vec<_> = (0..1000).map(|i| c.call(Log(i))).collect();
+    assert_eq!(
+        rt.get(&replies, Some(LONG)).unwrap(),
+        (0..1000).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        *log.lock(),
+        (0..1000).collect::<Vec<_>>(),
+        "each call ran once, in order"
+    );
+    let restarts = events
+        .try_iter()
+        .filter(|e| matches!(e, SupervisionEvent::Restarted { .. }))
+        .count();
+    assert!(restarts >= 140, "crashed about every 7th call: {restarts}");
+}
