@@ -33,6 +33,12 @@ pub use rayx_actors::{Error, Result};
 pub use remote::{IntoArg, IntoArgs, RemoteFunction, TaskBuilder};
 pub use runtime::{init, Builder, Runtime, Waited};
 
+/// Whether the task running on this thread has been cancelled. A long task
+/// checks it now and then and returns early; outside a task it is `false`.
+pub fn cancelled() -> bool {
+    rayx_actors::worker::current_task_cancelled()
+}
+
 /// Values that can be task arguments, results, messages and objects.
 pub trait Data: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static {}
 impl<T: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static> Data for T {}

@@ -244,6 +244,23 @@ impl Runtime {
         Ok((ready, pending))
     }
 
+    /// Cancels the task that makes `r` (Ray's `cancel(ref)`, recursive, not
+    /// forced): a queued task never runs, a running one sees
+    /// [`cancelled()`](crate::cancelled) and may stop early, the tasks it
+    /// submitted are cancelled too, and `get` fails with `Cancelled` at once.
+    /// A task that already finished is left as it is.
+    pub fn cancel<T>(&self, r: &ObjectRef<T>) {
+        self.cancel_with(r, false, true);
+    }
+
+    /// [`cancel`](Self::cancel) with Ray's options: `force` gives up on the
+    /// worker running the task (its thread cannot be killed: it is abandoned,
+    /// replaced, and retires when the task's code returns); `recursive` also
+    /// cancels the tasks it submitted.
+    pub fn cancel_with<T>(&self, r: &ObjectRef<T>, force: bool, recursive: bool) {
+        self.node.cancel(r.slot(), force, recursive);
+    }
+
     /// Prepares a sync actor: handlers take `&mut self`, one call at a time.
     pub fn actor<A: Actor>(
         &self,

@@ -405,7 +405,10 @@ impl ActorHost {
         self.restart_requested.store(true, Ordering::Release);
         match &self.kind {
             Kind::Sync { cell, .. } => {
-                if let Some(mut life) = cell.try_lock() {
+                // Wait (a little) for a running call to finish, so the restart
+                // splits the calls made before it from those made after. A
+                // handler still running then gets the restart when it returns.
+                if let Some(mut life) = cell.try_lock_for(std::time::Duration::from_secs(1)) {
                     self.take_restart_request(&mut life);
                 }
             }

@@ -32,6 +32,14 @@ pub enum Error {
         /// Why the worker died.
         cause: String,
     },
+    /// The task was cancelled (Ray's `TaskCancelledError`).
+    #[error("task `{task}` was cancelled{}", if *forced { " (forced: its worker was abandoned and replaced)" } else { "" })]
+    Cancelled {
+        /// The task's name.
+        task: String,
+        /// Whether the cancel was forced.
+        forced: bool,
+    },
     /// The task was not run because one of its arguments is an error.
     #[error("task `{task}` was not run because an argument failed: {cause}")]
     DependencyFailed {

@@ -95,6 +95,7 @@ pub struct Node {
     supervisor: OnceLock<Addr<Supervisor>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     closed: AtomicBool,
+    cancels_seen: AtomicBool,
 }
 
 impl Node {
@@ -150,6 +151,7 @@ impl Node {
             supervisor: OnceLock::new(),
             thread: Mutex::new(None),
             closed: AtomicBool::new(false),
+            cancels_seen: AtomicBool::new(false),
         });
         for handle in &node.async_handles {
             let n = node.clone();
@@ -190,7 +192,11 @@ impl Node {
 
     /// Submits a task whose return slot is `ret`; `pins` are the slots its
     /// `Arg::Ref`s name. An unregistered function fails the return at once.
-    pub fn submit_task(&self, spec: TaskSpec, ret: &Slot, pins: Vec<Arc<Slot>>) {
+    pub fn submit_task(&self, spec: TaskSpec, ret: &Arc<Slot>, pins: Vec<Arc<Slot>>) {
+        // A task submitted from a task is its child, for a recursive cancel.
+        if let Some(parent) = crate::worker::current_task().and_then(|p| self.lookup(p)) {
+            parent.add_child(ret);
+        }
         if !self.functions.contains(&spec.function) {
             ret.complete(Err(Error::FunctionNotRegistered {
                 name: spec.function.to_string(),
@@ -198,6 +204,34 @@ impl Node {
             return;
         }
         self.table.submit_task(spec, pins);
+    }
+
+    /// Whether any task was ever cancelled here (until then, workers skip the
+    /// check).
+    pub(crate) fn cancels_seen(&self) -> bool {
+        self.cancels_seen.load(Ordering::Acquire)
+    }
+
+    /// Cancels the task that makes `slot` (Ray's `cancel`): a queued task never
+    /// runs; a running one sees `current_task_cancelled()`; with `force` its
+    /// worker is abandoned and replaced; with `recursive` the tasks it submitted
+    /// are cancelled too. Its object fails with `Cancelled` at once; a finished
+    /// task is left as it is. Cancelled tasks are never retried.
+    pub fn cancel(&self, slot: &Arc<Slot>, force: bool, recursive: bool) {
+        self.cancels_seen.store(true, Ordering::Release);
+        let error = Error::Cancelled {
+            task: format!("task-{:x}", slot.id().0),
+            forced: force,
+        };
+        let Some(children) = slot.cancel(error) else {
+            return;
+        };
+        self.run_queue.cancel_running(slot.id(), force);
+        if recursive {
+            for child in children {
+                self.cancel(&child, force, true);
+            }
+        }
     }
 
     /// Stores a value in the object table (large ones in the object store).

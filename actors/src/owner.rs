@@ -280,12 +280,14 @@ struct Inner {
     waiters: Vec<(u64, Waker)>,
     next_token: u64,
     dependents: Vec<Arc<PendingTask>>,
+    children: Vec<Weak<Slot>>,
 }
 
 /// One object: pending, ready or failed, with whoever waits for it.
 pub struct Slot {
     id: ObjectId,
     status: AtomicU8,
+    cancelled: std::sync::atomic::AtomicBool,
     inner: Mutex<Inner>,
     table: Arc<OwnerTable>,
 }
@@ -295,14 +297,43 @@ impl Slot {
         Slot {
             id,
             status: AtomicU8::new(PENDING),
+            cancelled: std::sync::atomic::AtomicBool::new(false),
             inner: Mutex::new(Inner {
                 state: State::Pending,
                 held: Held::Nothing,
                 waiters: Vec::new(),
                 next_token: 0,
                 dependents: Vec::new(),
+                children: Vec::new(),
             }),
             table,
+        }
+    }
+
+    /// Whether the task that makes this object was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
+
+    /// Marks the task cancelled and fails the object with `error`; returns the
+    /// tasks it submitted, to cancel too. False (and no children) if the object
+    /// was already done: a finished task cannot be cancelled.
+    pub fn cancel(&self, error: Error) -> Option<Vec<Arc<Slot>>> {
+        if self.is_done() {
+            return None;
+        }
+        self.cancelled.store(true, Ordering::Release);
+        let children = std::mem::take(&mut self.inner.lock().children);
+        self.complete(Err(error));
+        Some(children.iter().filter_map(Weak::upgrade).collect())
+    }
+
+    /// Records a task submitted by the task that makes this object.
+    pub fn add_child(&self, child: &Arc<Slot>) {
+        let mut inner = self.inner.lock();
+        if matches!(inner.state, State::Pending) {
+            inner.children.retain(|c| c.strong_count() > 0);
+            inner.children.push(Arc::downgrade(child));
         }
     }
 

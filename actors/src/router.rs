@@ -11,7 +11,7 @@ use crate::actor_host::ActorHost;
 use crate::node::Node;
 use crate::owner::TaskJob;
 use crate::supervisor::{Escalate, RestartIntensity, SupervisionEvent, Supervisor};
-use crate::worker::{Drain, Worker};
+use crate::worker::{Drain, Running, Worker};
 use actix::{Actor, Addr, AsyncContext, Context, Handler, Message};
 use actix_rt::Arbiter;
 use crossbeam_deque::{Injector, Steal};
@@ -41,6 +41,7 @@ pub struct RunQueue {
     max_workers: usize,
     closed: AtomicBool,
     router: OnceLock<Addr<Router>>,
+    running: Mutex<Vec<(usize, Arc<Running>)>>,
 }
 
 impl RunQueue {
@@ -55,6 +56,7 @@ impl RunQueue {
             max_workers: max_workers.max(target),
             closed: AtomicBool::new(false),
             router: OnceLock::new(),
+            running: Mutex::new(Vec::new()),
         })
     }
 
@@ -191,6 +193,42 @@ impl RunQueue {
         let sleepers = std::mem::take(&mut *self.sleepers.lock());
         self.num_sleeping.store(0, Ordering::SeqCst);
         drop(sleepers);
+    }
+
+    pub(crate) fn register_running(&self, worker: usize) -> Arc<Running> {
+        let running = Arc::new(Running::default());
+        self.running.lock().push((worker, running.clone()));
+        running
+    }
+
+    pub(crate) fn unregister_running(&self, worker: usize) {
+        self.running.lock().retain(|(w, _)| *w != worker);
+    }
+
+    /// Tells the worker running task `id`, if any, that it was cancelled; with
+    /// `force`, gives up on that worker (its thread is stuck in user code and
+    /// cannot be killed): it stops counting as running, so a replacement starts,
+    /// and it retires when its code returns.
+    pub(crate) fn cancel_running(&self, id: crate::ids::ObjectId, force: bool) {
+        let running = self.running.lock();
+        let Some((_, r)) = running
+            .iter()
+            .find(|(_, r)| r.task.load(Ordering::SeqCst) == id.0)
+        else {
+            return;
+        };
+        r.cancelled.store(true, Ordering::SeqCst);
+        if force && !r.abandoned.swap(true, Ordering::AcqRel) {
+            drop(running);
+            self.block_begin();
+        }
+    }
+
+    /// An abandoned worker's code returned: it leaves the pool.
+    pub(crate) fn abandoned_worker_returned(&self, worker: usize) {
+        self.unregister_running(worker);
+        self.workers.fetch_sub(1, Ordering::AcqRel);
+        self.block_end();
     }
 
     /// A one-line picture of the queue, for diagnosing a stuck pool.

@@ -13,6 +13,7 @@ use crossbeam_utils::Backoff;
 use serde::{Deserialize, Serialize};
 use std::cell::{Cell, RefCell};
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Once, Weak};
 use std::time::Duration;
 
@@ -24,6 +25,36 @@ thread_local! {
     static CURRENT_NODE: RefCell<Weak<Node>> = const { RefCell::new(Weak::new()) };
     static IN_USER_CODE: Cell<bool> = const { Cell::new(false) };
     static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+    static CURRENT_TASK: Cell<u64> = const { Cell::new(0) };
+    static CURRENT_RUNNING: RefCell<Option<Arc<Running>>> = const { RefCell::new(None) };
+}
+
+/// The task running on this thread, if any (its return object's id).
+pub fn current_task() -> Option<crate::ids::ObjectId> {
+    let id = CURRENT_TASK.with(|t| t.get());
+    (id != 0).then_some(crate::ids::ObjectId(id))
+}
+
+/// Whether the task running on this thread has been cancelled: a long task
+/// checks this now and then and returns early (cooperative cancellation).
+pub fn current_task_cancelled() -> bool {
+    current_task().is_some()
+        && CURRENT_RUNNING.with(|r| {
+            r.borrow()
+                .as_ref()
+                .is_some_and(|r| r.cancelled.load(Ordering::SeqCst))
+        })
+}
+
+/// What a worker is running, for a forced cancel to find it.
+#[derive(Default)]
+pub struct Running {
+    /// The return object id of the task running now; 0 when idle.
+    pub(crate) task: std::sync::atomic::AtomicU64,
+    /// Set when the task running now is cancelled.
+    pub(crate) cancelled: std::sync::atomic::AtomicBool,
+    /// Set when a forced cancel gave up on this worker.
+    pub(crate) abandoned: std::sync::atomic::AtomicBool,
 }
 
 /// The node whose worker (or actor thread) this is, if any.
@@ -122,11 +153,22 @@ pub struct Worker {
     id: usize,
     node: Arc<Node>,
     router: Addr<Router>,
+    running: Arc<Running>,
 }
 
 impl Worker {
     pub(crate) fn new(id: usize, node: Arc<Node>, router: Addr<Router>) -> Self {
-        Worker { id, node, router }
+        let running = node.run_queue.register_running(id);
+        Worker {
+            id,
+            node,
+            router,
+            running,
+        }
+    }
+
+    fn is_cancelled(&self, id: crate::ids::ObjectId) -> bool {
+        self.node.cancels_seen() && self.node.lookup(id).is_some_and(|s| s.is_cancelled())
     }
 
     fn drain(&mut self, ctx: &mut Context<Self>) {
@@ -204,12 +246,14 @@ impl Worker {
             }),
             Some(invoke) => match job.resolve_args(keep) {
                 Err(e) => Err(e),
-                Ok(args) => match catch_user(|| invoke(args)) {
-                    Ok(result) => result,
-                    Err(cause) => {
+                Ok(args) => match self.invoke(id, || invoke(args)) {
+                    None => return false,
+                    Some(Ok(result)) => result,
+                    Some(Err(cause)) => {
                         let options = &job.spec.options;
                         if options.retry_exceptions.covers(&cause)
                             && options.may_retry(job.failures.len() + 1)
+                            && !self.is_cancelled(id)
                         {
                             job.failures.push(cause);
                             self.node.run_queue.submit(Job::Task(job));
@@ -232,6 +276,36 @@ impl Worker {
         true
     }
 
+    /// Runs user code for task `id`, visible to `current_task` and to a forced
+    /// cancel. `None` if a forced cancel abandoned this worker meanwhile: it was
+    /// replaced, so it retires now.
+    fn invoke<R>(
+        &self,
+        id: crate::ids::ObjectId,
+        f: impl FnOnce() -> R,
+    ) -> Option<Result<R, String>> {
+        // Cleared before the id is published: a cancel that sees the id sets the
+        // flag after this, and one that does not is seen by the check below.
+        self.running.cancelled.store(false, Ordering::SeqCst);
+        self.running.task.store(id.0, Ordering::SeqCst);
+        let result = if self.is_cancelled(id) {
+            // Cancelled while queued: never run.
+            Err("cancelled before it ran".to_string())
+        } else {
+            CURRENT_TASK.with(|t| t.set(id.0));
+            let result = catch_user(f);
+            CURRENT_TASK.with(|t| t.set(0));
+            result
+        };
+        self.running.task.store(0, Ordering::SeqCst);
+        if self.running.abandoned.load(Ordering::SeqCst) {
+            self.node.run_queue.abandoned_worker_returned(self.id);
+            self.router.do_send(WorkerRetired(self.id));
+            return None;
+        }
+        Some(result)
+    }
+
     /// The error a task ends with after its last failure, `cause`.
     fn final_error(&self, job: &mut TaskJob, cause: String) -> Error {
         let task = job.spec.display_name().to_string();
@@ -250,11 +324,13 @@ impl Worker {
     /// within its `max_retries`, and the router replaces the worker.
     fn lost(&self, mut job: TaskJob) {
         let cause = format!("worker-{} died (injected fault)", self.id);
-        if job.spec.options.may_retry(job.failures.len() + 1) {
+        let id = job.spec.task_id.return_id();
+        if self.is_cancelled(id) {
+            // Cancelled tasks never run again.
+        } else if job.spec.options.may_retry(job.failures.len() + 1) {
             job.failures.push(cause.clone());
             self.node.run_queue.submit(Job::Task(job));
         } else {
-            let id = job.spec.task_id.return_id();
             let error = if job.failures.is_empty() {
                 Error::WorkerCrashed {
                     task: job.spec.display_name().to_string(),
@@ -276,8 +352,13 @@ impl Worker {
 impl Actor for Worker {
     type Context = Context<Self>;
 
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.node.run_queue.unregister_running(self.id);
+    }
+
     fn started(&mut self, ctx: &mut Context<Self>) {
         enter_thread(&self.node, Some(self.node.run_queue.clone()));
+        CURRENT_RUNNING.with(|r| *r.borrow_mut() = Some(self.running.clone()));
         ctx.notify(Drain);
     }
 }
