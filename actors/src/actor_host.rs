@@ -31,7 +31,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 /// Calls a sync actor runs per turn on a worker before yielding to other jobs.
 const BATCH: usize = 256;
@@ -657,40 +657,64 @@ impl ActorHost {
             };
             in_flight.fetch_add(1, Ordering::AcqRel);
             let (message, job) = self.split(job);
-            let started = catch_user(|| dispatch(state, message));
-            let host = self.clone();
-            actix_rt::spawn(async move {
-                let result = match started {
-                    Ok(fut) => CatchUnwind(fut).await,
-                    Err(cause) => Err(cause),
-                };
-                let Kind::Async {
-                    cell, in_flight, ..
-                } = &host.kind
-                else {
-                    return;
-                };
-                match result {
-                    Ok(r) => host.table.complete(job.call.reply_to, r),
-                    Err(cause) => {
-                        let cause = format!("{} {cause}", job.call.method);
-                        host.crash(&mut cell.lock(), cause, Some(job));
+            // Most handlers finish without waiting: run them to completion here,
+            // and make a task only of one that has to wait. A future polled here
+            // with a no-op waker registers the task's waker when the task polls it.
+            let result = match catch_user(|| dispatch(state, message)) {
+                Err(cause) => Err(cause),
+                Ok(fut) => {
+                    let mut fut = CatchUnwind(fut);
+                    match Pin::new(&mut fut).poll(&mut Context::from_waker(Waker::noop())) {
+                        Poll::Ready(result) => result,
+                        Poll::Pending => {
+                            self.clone().spawn_call(fut, job);
+                            continue;
+                        }
                     }
                 }
-                let left = in_flight.fetch_sub(1, Ordering::AcqRel) - 1;
-                let more = !host.mailbox.is_empty() || !cell.lock().retry.is_empty();
-                if more {
-                    host.pump();
-                } else if left == 0 {
-                    host.linger();
+            };
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+            match result {
+                Ok(reply) => self.table.complete(job.call.reply_to, reply),
+                Err(cause) => {
+                    let cause = format!("{} {cause}", job.call.method);
+                    self.crash(&mut life, cause, Some(job));
+                    self.construct(&mut life, factory);
                 }
-            });
+            }
         }
         let idle = self.mailbox.is_empty() && life.retry.is_empty();
         drop(life);
         if idle && in_flight.load(Ordering::Acquire) == 0 {
             self.linger();
         }
+    }
+
+    /// Runs an async call that has to wait as a task on the actor's thread.
+    fn spawn_call(self: Arc<Self>, fut: CatchUnwind, job: CallJob) {
+        actix_rt::spawn(async move {
+            let result = fut.await;
+            let Kind::Async {
+                cell, in_flight, ..
+            } = &self.kind
+            else {
+                return;
+            };
+            match result {
+                Ok(reply) => self.table.complete(job.call.reply_to, reply),
+                Err(cause) => {
+                    let cause = format!("{} {cause}", job.call.method);
+                    self.crash(&mut cell.lock(), cause, Some(job));
+                }
+            }
+            let left = in_flight.fetch_sub(1, Ordering::AcqRel) - 1;
+            let more = !self.mailbox.is_empty() || !cell.lock().retry.is_empty();
+            if more {
+                self.pump();
+            } else if left == 0 {
+                self.linger();
+            }
+        });
     }
 
     /// Keeps watching an idle async actor's mailbox for a moment, on its own

@@ -71,7 +71,10 @@ def table(ray_path, rayx_path):
         r, x = ray.get(n), rayx.get(n)
         rs = f"{fmt(r[0])} ± {fmt(r[1])}" if r else "—"
         xs = f"{fmt(x[0])} ± {fmt(x[1])}" if x else "not measured"
-        ratio = f"{x[0] / r[0]:,.0f}×" if r and x and r[0] > 0 else "—"
+        ratio = "—"
+        if r and x and r[0] > 0:
+            q = x[0] / r[0]
+            ratio = f"{q:,.0f}×" if q >= 10 else f"{q:.2f}×"
         rows.append(f"| {n} | {rs} | {xs} | {ratio} |")
     floor = [n for n in rayx if n.startswith("floor:")]
     if floor:
