@@ -9,6 +9,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Accounting of the node's large objects.
+///
+/// ```
+/// use rayx_actors::object_store::ObjectStore;
+///
+/// let store = ObjectStore::new(100);
+/// store.admit(60).unwrap();
+/// assert!(store.admit(60).is_err(), "over capacity");
+/// store.release(60);
+/// assert_eq!(store.usage(), (0, 0));
+/// ```
 pub struct ObjectStore {
     capacity: u64,
     used: AtomicU64,

@@ -78,6 +78,18 @@ impl EventBus {
 
 /// Restart intensity, as in Erlang/OTP: at most `max` restarts within `within`;
 /// one more and the supervisor gives up and escalates.
+///
+/// ```
+/// use rayx_actors::supervisor::RestartIntensity;
+/// use std::time::{Duration, Instant};
+///
+/// let mut intensity = RestartIntensity::new(2, Duration::from_secs(5));
+/// let t0 = Instant::now();
+/// assert!(intensity.allow(t0));
+/// assert!(intensity.allow(t0 + Duration::from_secs(1)));
+/// assert!(!intensity.allow(t0 + Duration::from_secs(2)), "a third within 5 s is too many");
+/// assert!(intensity.allow(t0 + Duration::from_secs(7)), "the first two have aged out");
+/// ```
 #[derive(Debug, Clone)]
 pub struct RestartIntensity {
     /// Restarts allowed in the window.
