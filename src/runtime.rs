@@ -79,6 +79,13 @@ impl Builder {
         self.config.faults = faults;
         self
     }
+    /// Bytes of lineage kept to rebuild lost objects (Ray's
+    /// `RAY_max_lineage_bytes`, 1 GB by default). Lineage is kept only when the
+    /// `drop_object` fault is on: in one process nothing else loses an object.
+    pub fn max_lineage_bytes(mut self, bytes: u64) -> Self {
+        self.config.max_lineage_bytes = bytes;
+        self
+    }
     /// The worker pool's restart intensity: at most `max` worker restarts
     /// within `within` (default 1000 in 1 s); one more and the runtime stops.
     pub fn worker_restart_intensity(mut self, max: usize, within: Duration) -> Self {
@@ -308,6 +315,15 @@ impl Runtime {
     #[doc(hidden)]
     pub fn describe(&self) -> String {
         self.node.describe()
+    }
+
+    /// Fault injection: loses the value of a ready object, as if the node
+    /// holding it died. The next read rebuilds it by running its task again (if
+    /// lineage is kept, see [`Builder::max_lineage_bytes`]), or fails with
+    /// `ObjectLost` (a `put`) or `ObjectReconstructionFailed`. False if the
+    /// object had no value yet.
+    pub fn lose_object<T>(&self, r: &ObjectRef<T>) -> bool {
+        self.node.lose_object(r.slot())
     }
 
     /// Supervision events (actors started, failed, stopped) from now on.

@@ -119,6 +119,14 @@ pub enum Error {
         /// The object's id, as text.
         id: String,
     },
+    /// A lost object could not be rebuilt from its lineage.
+    #[error("object {id} was lost and cannot be rebuilt: {cause}")]
+    ObjectReconstructionFailed {
+        /// The object's id, as text.
+        id: String,
+        /// Why it cannot be rebuilt.
+        cause: String,
+    },
     /// The object store cannot hold the object.
     #[error("object store full: {requested} bytes asked for, {used} of {capacity} in use; raise object_store_memory or drop refs")]
     ObjectStoreFull {

@@ -43,14 +43,17 @@ pub struct Faults {
     /// Crash an actor just before it handles a call (restarted within its
     /// `max_restarts`; the call retried within its `max_task_retries`).
     pub crash_actor: Trigger,
+    /// Lose an object as it lands in the object store (values over the inline
+    /// threshold), as if its node died: rebuilt from lineage when read.
+    pub drop_object: Trigger,
 }
 
 /// The faults of one node, with their counters.
 #[derive(Debug, Default)]
 pub struct FaultInjector {
     faults: Faults,
-    chances: [AtomicU64; 2],
-    rng: [AtomicU64; 2],
+    chances: [AtomicU64; 3],
+    rng: [AtomicU64; 3],
 }
 
 /// The kinds of chance a fault gets.
@@ -58,6 +61,7 @@ pub struct FaultInjector {
 pub(crate) enum Chance {
     KillWorker = 0,
     CrashActor = 1,
+    DropObject = 2,
 }
 
 impl FaultInjector {
@@ -73,6 +77,7 @@ impl FaultInjector {
             rng: [
                 AtomicU64::new(seed(faults.kill_worker)),
                 AtomicU64::new(seed(faults.crash_actor)),
+                AtomicU64::new(seed(faults.drop_object)),
             ],
         }
     }
@@ -87,6 +92,7 @@ impl FaultInjector {
         let trigger = match chance {
             Chance::KillWorker => self.faults.kill_worker,
             Chance::CrashActor => self.faults.crash_actor,
+            Chance::DropObject => self.faults.drop_object,
         };
         let i = chance as usize;
         match trigger {

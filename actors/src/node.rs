@@ -41,6 +41,9 @@ pub struct NodeConfig {
     pub async_threads: usize,
     /// Faults to inject (none by default).
     pub faults: Faults,
+    /// Bytes of lineage (task specs kept to rebuild lost objects) at most;
+    /// Ray's default is 1 GB. Past it, new objects cannot be rebuilt.
+    pub max_lineage_bytes: u64,
     /// Restart intensity of the worker pool: at most this many worker restarts
     /// within this window, then the node gives up and stops.
     pub worker_restarts: (usize, Duration),
@@ -57,6 +60,7 @@ impl Default for NodeConfig {
             inline_threshold: 100 * 1024,
             async_threads: 1,
             faults: Faults::default(),
+            max_lineage_bytes: 1 << 30,
             worker_restarts: (1000, Duration::from_secs(1)),
         }
     }
@@ -129,7 +133,14 @@ impl Node {
     fn build(config: NodeConfig, functions: FunctionTable) -> Result<Arc<Node>, Error> {
         let store = ObjectStore::new(config.object_store_memory);
         let run_queue = RunQueue::new(config.num_workers, config.max_workers);
-        let table = OwnerTable::new(store.clone(), run_queue.clone(), config.inline_threshold);
+        let faults = Arc::new(FaultInjector::new(config.faults));
+        let table = OwnerTable::new(
+            store.clone(),
+            run_queue.clone(),
+            config.inline_threshold,
+            faults.clone(),
+            config.max_lineage_bytes,
+        );
         let mut arbiters = Vec::new();
         for _ in 0..config.async_threads.max(1) {
             arbiters.push(Arbiter::try_new().map_err(|e| Error::Startup(e.to_string()))?);
@@ -140,7 +151,7 @@ impl Node {
             store,
             functions,
             events: Arc::new(EventBus::default()),
-            faults: Arc::new(FaultInjector::new(config.faults)),
+            faults,
             directory: Directory::default(),
             next_actor: AtomicU64::new(1),
             next_async: AtomicUsize::new(0),
@@ -203,7 +214,15 @@ impl Node {
             }));
             return;
         }
+        self.table.record_lineage(ret, &spec, &pins);
         self.table.submit_task(spec, pins);
+    }
+
+    /// Injected fault: loses a ready object's value, as if the node holding it
+    /// died. The next read rebuilds it from lineage (or fails). False if the
+    /// object had no value to lose.
+    pub fn lose_object(&self, slot: &Slot) -> bool {
+        slot.lose()
     }
 
     /// Whether any task was ever cancelled here (until then, workers skip the

@@ -7,6 +7,7 @@
 //! one lock. The `Owner` actor answers the control plane (usage, fail-all).
 
 use crate::error::Error;
+use crate::faults::{Chance, FaultInjector, Trigger};
 use crate::ids::{IdMap, ObjectId};
 use crate::messages::{Arg, TaskSpec};
 use crate::object_store::ObjectStore;
@@ -41,6 +42,8 @@ pub struct MemoryUsage {
     pub store_bytes: u64,
     /// The object store's capacity in bytes.
     pub store_capacity: u64,
+    /// Bytes of task specs kept as lineage, to rebuild lost objects.
+    pub lineage_bytes: u64,
 }
 
 struct Shard {
@@ -56,6 +59,12 @@ pub struct OwnerTable {
     inline_threshold: usize,
     run_queue: Arc<RunQueue>,
     closed: std::sync::atomic::AtomicBool,
+    faults: Arc<FaultInjector>,
+    /// Lineage is kept only where an object can be lost; in one process only
+    /// an injected fault loses one.
+    keep_lineage: bool,
+    max_lineage_bytes: u64,
+    lineage_bytes: AtomicU64,
 }
 
 impl OwnerTable {
@@ -63,7 +72,10 @@ impl OwnerTable {
         store: Arc<ObjectStore>,
         run_queue: Arc<RunQueue>,
         inline_threshold: usize,
+        faults: Arc<FaultInjector>,
+        max_lineage_bytes: u64,
     ) -> Arc<Self> {
+        let keep_lineage = faults.faults().drop_object != Trigger::Never;
         let shards = (0..SHARDS)
             .map(|_| Shard {
                 index: Mutex::new(IdMap::default()),
@@ -77,6 +89,10 @@ impl OwnerTable {
             inline_threshold,
             run_queue,
             closed: std::sync::atomic::AtomicBool::new(false),
+            faults,
+            keep_lineage,
+            max_lineage_bytes,
+            lineage_bytes: AtomicU64::new(0),
         })
     }
 
@@ -158,13 +174,58 @@ impl OwnerTable {
         u.store_objects = objects;
         u.store_bytes = bytes;
         u.store_capacity = self.store.capacity();
+        u.lineage_bytes = self.lineage_bytes.load(Ordering::Relaxed);
         u
+    }
+
+    /// Keeps `spec` as the lineage of `ret`, if lineage is kept here and fits
+    /// the budget (`max_lineage_bytes`); otherwise `ret` cannot be rebuilt.
+    pub(crate) fn record_lineage(&self, ret: &Slot, spec: &TaskSpec, pins: &[Arc<Slot>]) {
+        if !self.keep_lineage {
+            return;
+        }
+        let bytes = 64
+            + spec
+                .args
+                .iter()
+                .map(|a| match a {
+                    Arg::Value(v) => v.size() as u64,
+                    Arg::Ref(_) => 8,
+                })
+                .sum::<u64>();
+        let mut used = self.lineage_bytes.load(Ordering::Relaxed);
+        loop {
+            if used + bytes > self.max_lineage_bytes {
+                ret.inner.lock().lineage = Lineage::Evicted;
+                return;
+            }
+            match self.lineage_bytes.compare_exchange_weak(
+                used,
+                used + bytes,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(now) => used = now,
+            }
+        }
+        let rebuilds_left = spec.options.max_retries as i64;
+        ret.inner.lock().lineage = Lineage::Kept {
+            spec: spec.clone(),
+            pins: pins.to_vec(),
+            bytes,
+            rebuilds_left,
+        };
     }
 
     /// Submits a task: dispatched at once if its arguments are ready, else when
     /// the last one is. `pins` are the slots of its `Arg::Ref` arguments; they are
     /// held until the task has run, so its inputs stay counted.
     pub fn submit_task(self: &Arc<Self>, spec: TaskSpec, pins: Vec<Arc<Slot>>) {
+        if self.closed.load(Ordering::SeqCst) {
+            self.complete(spec.task_id.return_id(), Err(Error::ShutDown));
+            return;
+        }
         let job = TaskJob {
             spec,
             pins,
@@ -265,6 +326,24 @@ enum State {
     Pending,
     Ready(Value),
     Failed(Error),
+    /// The value was lost (an injected fault); the next reader rebuilds it
+    /// from its lineage, or fails.
+    Lost,
+}
+
+/// How an object can be rebuilt.
+enum Lineage {
+    /// A `put` object, or no lineage is kept here: it cannot be rebuilt.
+    None,
+    /// It had lineage, but the lineage budget was full.
+    Evicted,
+    /// The task that made it, with its argument slots.
+    Kept {
+        spec: TaskSpec,
+        pins: Vec<Arc<Slot>>,
+        bytes: u64,
+        rebuilds_left: i64,
+    },
 }
 
 #[derive(Clone, Copy)]
@@ -281,6 +360,7 @@ struct Inner {
     next_token: u64,
     dependents: Vec<Arc<PendingTask>>,
     children: Vec<Weak<Slot>>,
+    lineage: Lineage,
 }
 
 /// One object: pending, ready or failed, with whoever waits for it.
@@ -305,6 +385,7 @@ impl Slot {
                 next_token: 0,
                 dependents: Vec::new(),
                 children: Vec::new(),
+                lineage: Lineage::None,
             }),
             table,
         }
@@ -355,9 +436,20 @@ impl Slot {
             Err(e) => (Err(e), Held::Nothing),
         };
         let mut inner = self.inner.lock();
-        if !matches!(inner.state, State::Pending) {
+        if !matches!(inner.state, State::Pending | State::Lost) {
             drop(inner);
             self.release(held);
+            return;
+        }
+        if matches!(held, Held::Stored(_)) && self.table.faults.fires(Chance::DropObject) {
+            // Injected fault: the stored value is lost as soon as it lands.
+            inner.state = State::Lost;
+            let someone_waits = !inner.waiters.is_empty() || !inner.dependents.is_empty();
+            drop(inner);
+            self.release(held);
+            if someone_waits {
+                self.recover();
+            }
             return;
         }
         inner.state = match &result {
@@ -404,13 +496,82 @@ impl Slot {
         }
     }
 
+    /// Rebuilds a lost object by running the task that made it again (its
+    /// lost arguments are rebuilt the same way when that task waits for them),
+    /// within the task's `max_retries`; an object that cannot be rebuilt fails
+    /// with `ObjectLost` (a `put`) or `ObjectReconstructionFailed`.
+    pub fn recover(&self) {
+        let mut inner = self.inner.lock();
+        if !matches!(inner.state, State::Lost) {
+            return;
+        }
+        let rebuild = match &mut inner.lineage {
+            Lineage::Kept {
+                spec,
+                pins,
+                rebuilds_left,
+                ..
+            } if *rebuilds_left != 0 => {
+                if *rebuilds_left > 0 {
+                    *rebuilds_left -= 1;
+                }
+                Some((spec.clone(), pins.clone()))
+            }
+            _ => None,
+        };
+        let id = self.id.to_string();
+        let error = match &inner.lineage {
+            Lineage::None => Error::ObjectLost { id },
+            Lineage::Evicted => Error::ObjectReconstructionFailed {
+                id,
+                cause: "its lineage was not kept: max_lineage_bytes was reached".into(),
+            },
+            Lineage::Kept { spec, .. } => Error::ObjectReconstructionFailed {
+                id,
+                cause: format!(
+                    "task `{}` was already run again max_retries ({}) times",
+                    spec.display_name(),
+                    spec.options.max_retries
+                ),
+            },
+        };
+        inner.state = State::Pending;
+        drop(inner);
+        match rebuild {
+            Some((spec, pins)) => {
+                tracing::debug!(
+                    "rayx: rebuilding lost {} by running {} again",
+                    self.id,
+                    spec.display_name()
+                );
+                self.table.submit_task(spec, pins);
+            }
+            None => self.complete(Err(error)),
+        }
+    }
+
+    /// Injected fault: drops a ready value as if the node holding it died.
+    /// Returns false if there was no value to lose.
+    pub fn lose(&self) -> bool {
+        let mut inner = self.inner.lock();
+        if !matches!(inner.state, State::Ready(_)) {
+            return false;
+        }
+        inner.state = State::Lost;
+        let held = std::mem::replace(&mut inner.held, Held::Nothing);
+        self.status.store(PENDING, Ordering::Release);
+        drop(inner);
+        self.release(held);
+        true
+    }
+
     /// The outcome, if there is one yet.
     pub fn try_get(&self) -> Option<Result<Value, Error>> {
         if self.status.load(Ordering::Acquire) != DONE {
             return None;
         }
         match &self.inner.lock().state {
-            State::Pending => None,
+            State::Pending | State::Lost => None,
             State::Ready(v) => Some(Ok(v.clone())),
             State::Failed(e) => Some(Err(e.clone())),
         }
@@ -427,6 +588,7 @@ impl Slot {
         if let Some(r) = self.try_get() {
             return r;
         }
+        self.recover();
         let deadline = timeout.map(|t| Instant::now() + t);
         for _ in 0..SPINS {
             if self.is_done() {
@@ -444,6 +606,7 @@ impl Slot {
             if let Some(r) = self.try_get() {
                 break r;
             }
+            self.recover();
             match deadline {
                 None => std::thread::park(),
                 Some(d) => {
@@ -466,7 +629,7 @@ impl Slot {
     /// Registers `waker`; `None` when the outcome is already known.
     pub fn register(&self, waker: &Waker) -> Option<u64> {
         let mut inner = self.inner.lock();
-        if !matches!(inner.state, State::Pending) {
+        if !matches!(inner.state, State::Pending | State::Lost) {
             return None;
         }
         inner.next_token += 1;
@@ -490,11 +653,12 @@ impl Slot {
             return Poll::Ready(r);
         }
         let mut inner = self.inner.lock();
-        match &inner.state {
+        let lost = match &inner.state {
             State::Ready(v) => return Poll::Ready(Ok(v.clone())),
             State::Failed(e) => return Poll::Ready(Err(e.clone())),
-            State::Pending => {}
-        }
+            State::Pending => false,
+            State::Lost => true,
+        };
         match token {
             Some(t) => {
                 if let Some((_, w)) = inner.waiters.iter_mut().find(|(k, _)| k == t) {
@@ -510,6 +674,10 @@ impl Slot {
                 *token = Some(t);
             }
         }
+        drop(inner);
+        if lost {
+            self.recover();
+        }
         Poll::Pending
     }
 
@@ -521,6 +689,13 @@ impl Slot {
                 inner.dependents.push(task.clone());
                 None
             }
+            State::Lost => {
+                // A task needs it: rebuild it, and run the task after.
+                inner.dependents.push(task.clone());
+                drop(inner);
+                self.recover();
+                None
+            }
             State::Ready(_) => Some(Ok(())),
             State::Failed(e) => Some(Err(e.clone())),
         }
@@ -529,6 +704,9 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        if let Lineage::Kept { bytes, .. } = self.inner.get_mut().lineage {
+            self.table.lineage_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        }
         let held = self.inner.get_mut().held;
         self.release(held);
         let mut index = self.table.shard(self.id).index.lock();
@@ -563,6 +741,9 @@ pub fn wait_slots(slots: &[&Slot], num_ready: usize, timeout: Option<Duration>) 
     let _blocked = BlockingSection::enter();
     let waker = thread_waker();
     let tokens: Vec<Option<u64>> = slots.iter().map(|s| s.register(&waker)).collect();
+    for s in slots {
+        s.recover();
+    }
     let mut done = first_done(slots);
     while done.len() < num_ready {
         match deadline {
