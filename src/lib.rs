@@ -28,7 +28,7 @@ pub use object_ref::{GetFuture, ObjectRef, RefList};
 pub use rayx_actors::faults::{FaultPoint, Faults, Trigger};
 pub use rayx_actors::messages::RetryExceptions;
 pub use rayx_actors::owner::MemoryUsage;
-pub use rayx_actors::supervisor::SupervisionEvent;
+pub use rayx_actors::supervisor::{Strategy, SupervisionEvent};
 pub use rayx_actors::{Error, Result};
 pub use remote::{IntoArg, IntoArgs, RemoteFunction, TaskBuilder};
 pub use runtime::{init, Builder, Runtime, Waited};

@@ -7,6 +7,7 @@ use crate::remote::{function_table, RemoteFunction, TaskBuilder};
 use crate::{Actor, Data, Error, MemoryUsage, Result, SupervisionEvent};
 use rayx_actors::faults::Faults;
 use rayx_actors::owner::wait_slots;
+use rayx_actors::supervisor::Strategy;
 use rayx_actors::value::Value;
 use rayx_actors::{Node, NodeConfig};
 use std::sync::mpsc::Receiver;
@@ -84,6 +85,14 @@ impl Builder {
     /// `drop_object` fault is on: in one process nothing else loses an object.
     pub fn max_lineage_bytes(mut self, bytes: u64) -> Self {
         self.config.max_lineage_bytes = bytes;
+        self
+    }
+    /// The root supervisor's strategy over the system actors (owner, object
+    /// store, router) and its restart intensity: at most `max` restarts within
+    /// `within`, then it gives up and the runtime stops. Default: rest-for-one,
+    /// 10 in 10 s.
+    pub fn supervision(mut self, strategy: Strategy, max: usize, within: Duration) -> Self {
+        self.config.supervision = (strategy, max, within);
         self
     }
     /// The worker pool's restart intensity: at most `max` worker restarts
@@ -315,6 +324,12 @@ impl Runtime {
     #[doc(hidden)]
     pub fn describe(&self) -> String {
         self.node.describe()
+    }
+
+    /// Fault injection: makes a system actor (`"owner"`, `"object-store"` or
+    /// `"router"`) fail, so the root supervisor restarts it by its strategy.
+    pub fn inject_system_failure(&self, child: &str) -> Result<()> {
+        self.node.inject_system_failure(child)
     }
 
     /// Fault injection: loses the value of a ready object, as if the node

@@ -785,3 +785,132 @@ fn rebuilding_stays_within_max_retries_and_the_lineage_budget() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+// The supervision tree.
+
+/// Collects events until `last` arrives (or the wait runs out); returns them.
+fn events_until(
+    events: &std::sync::mpsc::Receiver<SupervisionEvent>,
+    last: &SupervisionEvent,
+) -> Vec<SupervisionEvent> {
+    let mut seen = Vec::new();
+    while let Ok(e) = events.recv_timeout(LONG) {
+        let done = &e == last;
+        seen.push(e);
+        if done {
+            break;
+        }
+    }
+    seen
+}
+
+fn restarted(seen: &[SupervisionEvent]) -> Vec<String> {
+    seen.iter()
+        .filter_map(|e| match e {
+            SupervisionEvent::Restarted { child, .. } if !child.starts_with("worker-") => {
+                Some(child.clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn supervised(strategy: rayx::Strategy, max: usize) -> Runtime {
+    rayx::Builder::new()
+        .num_workers(2)
+        .supervision(strategy, max, std::time::Duration::from_secs(3600))
+        .start()
+        .unwrap()
+}
+
+#[test]
+fn rest_for_one_restarts_the_failed_system_actor_and_those_after_it() {
+    let rt = supervised(rayx::Strategy::RestForOne, 10);
+    let events = rt.events();
+    rt.inject_system_failure("object-store").unwrap();
+    let last = SupervisionEvent::Restarted {
+        child: "router".into(),
+        attempt: 1,
+    };
+    let seen = events_until(&events, &last);
+    assert!(seen.iter().any(|e| matches!(e, SupervisionEvent::Failed { child, cause } if child == "object-store" && cause.contains("injected"))));
+    assert_eq!(restarted(&seen), vec!["object-store", "router"]);
+    // The restarted router runs work on fresh workers.
+    let refs: Vec<_> = (0..1000u64).map(|i| rt.task(double).remote(i)).collect();
+    assert_eq!(
+        rt.get(&refs, Some(LONG)).unwrap(),
+        (0..1000).map(|i| i * 2).collect::<Vec<_>>()
+    );
+    assert!(
+        eventually(LONG, || rt.worker_counts() == (2, 0)),
+        "{:?}",
+        rt.worker_counts()
+    );
+}
+
+#[test]
+fn one_for_one_restarts_only_the_failed_system_actor() {
+    let rt = supervised(rayx::Strategy::OneForOne, 10);
+    let events = rt.events();
+    rt.inject_system_failure("object-store").unwrap();
+    let first = SupervisionEvent::Restarted {
+        child: "object-store".into(),
+        attempt: 1,
+    };
+    let mut seen = events_until(&events, &first);
+    rt.inject_system_failure("owner").unwrap();
+    let last = SupervisionEvent::Restarted {
+        child: "owner".into(),
+        attempt: 2,
+    };
+    seen.extend(events_until(&events, &last));
+    assert_eq!(restarted(&seen), vec!["object-store", "owner"]);
+    assert_eq!(rt.task(double).remote(4).get().unwrap(), 8);
+}
+
+#[test]
+fn one_for_all_restarts_every_system_actor() {
+    let rt = supervised(rayx::Strategy::OneForAll, 10);
+    let events = rt.events();
+    rt.inject_system_failure("router").unwrap();
+    let last = SupervisionEvent::Restarted {
+        child: "router".into(),
+        attempt: 1,
+    };
+    let seen = events_until(&events, &last);
+    assert_eq!(restarted(&seen), vec!["owner", "object-store", "router"]);
+    let refs: Vec<_> = (0..100u64).map(|i| rt.task(double).remote(i)).collect();
+    assert_eq!(rt.get(&refs, Some(LONG)).unwrap().len(), 100);
+}
+
+#[test]
+fn a_supervisor_past_its_restart_intensity_gives_up_and_the_runtime_stops() {
+    let rt = supervised(rayx::Strategy::RestForOne, 1);
+    let events = rt.events();
+    let g = common::gate();
+    let pending = rt.task(held).remote(g);
+    rt.inject_system_failure("router").unwrap();
+    let first = SupervisionEvent::Restarted {
+        child: "router".into(),
+        attempt: 1,
+    };
+    assert!(events_until(&events, &first).contains(&first));
+    rt.inject_system_failure("owner").unwrap();
+    let gave_up = SupervisionEvent::GaveUp {
+        child: "supervisor".into(),
+        restarts: 1,
+    };
+    assert!(events_until(&events, &gave_up).contains(&gave_up));
+    assert_eq!(pending.get_timeout(LONG), Err(Error::ShutDown));
+    assert!(eventually(LONG, || rt.is_shut_down()));
+    common::open(g);
+}
+
+#[test]
+fn only_system_actors_can_be_failed() {
+    let rt = rt2();
+    assert!(matches!(
+        rt.inject_system_failure("nobody"),
+        Err(Error::InvalidArgument(_))
+    ));
+}

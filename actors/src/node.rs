@@ -12,7 +12,9 @@ use crate::messages::TaskSpec;
 use crate::object_store::ObjectStore;
 use crate::owner::{MemoryUsage, OwnerTable, Slot};
 use crate::router::RunQueue;
-use crate::supervisor::{EventBus, Shutdown, SupervisionEvent, Supervisor};
+use crate::supervisor::{
+    EventBus, InjectFailure, Shutdown, Strategy, SupervisionEvent, Supervisor, CHILDREN,
+};
 use crate::value::Value;
 use crate::worker::enter_thread;
 use actix::{Actor, Addr};
@@ -44,6 +46,10 @@ pub struct NodeConfig {
     /// Bytes of lineage (task specs kept to rebuild lost objects) at most;
     /// Ray's default is 1 GB. Past it, new objects cannot be rebuilt.
     pub max_lineage_bytes: u64,
+    /// The root supervisor's strategy and restart intensity (at most this many
+    /// restarts of its children within this window, then it gives up and the
+    /// node stops).
+    pub supervision: (Strategy, usize, Duration),
     /// Restart intensity of the worker pool: at most this many worker restarts
     /// within this window, then the node gives up and stops.
     pub worker_restarts: (usize, Duration),
@@ -61,6 +67,7 @@ impl Default for NodeConfig {
             async_threads: 1,
             faults: Faults::default(),
             max_lineage_bytes: 1 << 30,
+            supervision: (Strategy::RestForOne, 10, Duration::from_secs(10)),
             worker_restarts: (1000, Duration::from_secs(1)),
         }
     }
@@ -216,6 +223,22 @@ impl Node {
         }
         self.table.record_lineage(ret, &spec, &pins);
         self.table.submit_task(spec, pins);
+    }
+
+    /// Injected fault: makes a child of the root supervisor (`owner`,
+    /// `object-store`, `router`) fail, so its strategy restarts it.
+    pub fn inject_system_failure(&self, child: &str) -> Result<(), Error> {
+        self.check_open()?;
+        if !CHILDREN.contains(&child) {
+            return Err(Error::InvalidArgument(format!(
+                "no system actor named `{child}`; the root supervises {CHILDREN:?}"
+            )));
+        }
+        match self.supervisor.get() {
+            Some(s) => s.do_send(InjectFailure(child.to_string())),
+            None => return Err(Error::ShutDown),
+        }
+        Ok(())
     }
 
     /// Injected fault: loses a ready object's value, as if the node holding it

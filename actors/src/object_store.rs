@@ -3,7 +3,8 @@
 //! capacity and counts them, and a slot releases its share when it is freed.
 
 use crate::error::Error;
-use actix::{Actor, Context, Handler, Message, MessageResult};
+use crate::supervisor::{ChildFailed, Fail, StopChild, Supervisor};
+use actix::{Actor, ActorContext, Addr, Context, Handler, Message, MessageResult};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -81,10 +82,48 @@ impl ObjectStore {
 }
 
 /// The store's actor: answers usage queries for the supervisor and tools.
-pub struct ObjectStoreActor(pub Arc<ObjectStore>);
+pub struct ObjectStoreActor {
+    store: Arc<ObjectStore>,
+    supervisor: Addr<Supervisor>,
+    failure: Option<String>,
+}
+
+impl ObjectStoreActor {
+    pub(crate) fn new(store: Arc<ObjectStore>, supervisor: Addr<Supervisor>) -> Self {
+        ObjectStoreActor {
+            store,
+            supervisor,
+            failure: None,
+        }
+    }
+}
 
 impl Actor for ObjectStoreActor {
     type Context = Context<Self>;
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        if let Some(cause) = self.failure.take() {
+            self.supervisor.do_send(ChildFailed {
+                child: "object-store".into(),
+                cause,
+            });
+        }
+    }
+}
+
+impl Handler<Fail> for ObjectStoreActor {
+    type Result = ();
+    fn handle(&mut self, msg: Fail, ctx: &mut Context<Self>) {
+        self.failure = Some(msg.0);
+        ctx.stop();
+    }
+}
+
+impl Handler<StopChild> for ObjectStoreActor {
+    type Result = ();
+    fn handle(&mut self, _: StopChild, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
 }
 
 /// Asks the store for `(objects, bytes)` held.
@@ -95,6 +134,6 @@ pub struct GetStoreUsage;
 impl Handler<GetStoreUsage> for ObjectStoreActor {
     type Result = MessageResult<GetStoreUsage>;
     fn handle(&mut self, _: GetStoreUsage, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.0.usage())
+        MessageResult(self.store.usage())
     }
 }

@@ -12,9 +12,10 @@ use crate::ids::{IdMap, ObjectId};
 use crate::messages::{Arg, TaskSpec};
 use crate::object_store::ObjectStore;
 use crate::router::{Job, RunQueue};
+use crate::supervisor::{ChildFailed, Fail, StopChild, Supervisor};
 use crate::value::Value;
 use crate::worker::BlockingSection;
-use actix::{Actor, Context, Handler, Message, MessageResult};
+use actix::{Actor, ActorContext, Addr, Context, Handler, Message, MessageResult};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -784,16 +785,46 @@ fn thread_waker() -> Waker {
 /// The owner actor: the control plane of the object table.
 pub struct Owner {
     table: Arc<OwnerTable>,
+    supervisor: Addr<Supervisor>,
+    failure: Option<String>,
 }
 
 impl Owner {
-    pub(crate) fn new(table: Arc<OwnerTable>) -> Self {
-        Owner { table }
+    pub(crate) fn new(table: Arc<OwnerTable>, supervisor: Addr<Supervisor>) -> Self {
+        Owner {
+            table,
+            supervisor,
+            failure: None,
+        }
     }
 }
 
 impl Actor for Owner {
     type Context = Context<Self>;
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        if let Some(cause) = self.failure.take() {
+            self.supervisor.do_send(ChildFailed {
+                child: "owner".into(),
+                cause,
+            });
+        }
+    }
+}
+
+impl Handler<Fail> for Owner {
+    type Result = ();
+    fn handle(&mut self, msg: Fail, ctx: &mut Context<Self>) {
+        self.failure = Some(msg.0);
+        ctx.stop();
+    }
+}
+
+impl Handler<StopChild> for Owner {
+    type Result = ();
+    fn handle(&mut self, _: StopChild, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
 }
 
 /// Asks the owner for the node's memory usage.

@@ -10,16 +10,18 @@
 use crate::actor_host::ActorHost;
 use crate::node::Node;
 use crate::owner::TaskJob;
-use crate::supervisor::{Escalate, RestartIntensity, SupervisionEvent, Supervisor};
+use crate::supervisor::{
+    ChildFailed, Escalate, Fail, RestartIntensity, StopChild, SupervisionEvent, Supervisor,
+};
 use crate::worker::{Drain, Running, Worker};
-use actix::{Actor, Addr, AsyncContext, Context, Handler, Message};
+use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message};
 use actix_rt::Arbiter;
 use crossbeam_deque::{Injector, Steal};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 /// A unit of work for a worker.
@@ -40,7 +42,8 @@ pub struct RunQueue {
     target: usize,
     max_workers: usize,
     closed: AtomicBool,
-    router: OnceLock<Addr<Router>>,
+    router: parking_lot::RwLock<Option<Addr<Router>>>,
+    next_worker: AtomicUsize,
     running: Mutex<Vec<(usize, Arc<Running>)>>,
 }
 
@@ -55,7 +58,8 @@ impl RunQueue {
             target,
             max_workers: max_workers.max(target),
             closed: AtomicBool::new(false),
-            router: OnceLock::new(),
+            router: parking_lot::RwLock::new(None),
+            next_worker: AtomicUsize::new(0),
             running: Mutex::new(Vec::new()),
         })
     }
@@ -170,7 +174,7 @@ impl RunQueue {
                 Err(now) => w = now,
             }
         }
-        match self.router.get() {
+        match self.router.read().as_ref() {
             Some(router) => router.do_send(SpawnWorker),
             None => {
                 self.workers.fetch_sub(1, Ordering::AcqRel);
@@ -231,6 +235,25 @@ impl RunQueue {
         self.block_end();
     }
 
+    /// A stopping router's workers leave the pool: off the idle list, out of the
+    /// count, told to stop after the job in hand (queued jobs wait for the next
+    /// router's workers).
+    fn retire_pool(&self, workers: &[usize]) {
+        {
+            let mut sleepers = self.sleepers.lock();
+            let before = sleepers.len();
+            sleepers.retain(|(id, _)| !workers.contains(id));
+            self.num_sleeping
+                .fetch_sub(before - sleepers.len(), Ordering::SeqCst);
+        }
+        for (id, r) in self.running.lock().iter() {
+            if workers.contains(id) {
+                r.stop.store(true, Ordering::SeqCst);
+            }
+        }
+        self.workers.fetch_sub(workers.len(), Ordering::AcqRel);
+    }
+
     /// A one-line picture of the queue, for diagnosing a stuck pool.
     pub fn describe(&self) -> String {
         format!(
@@ -263,7 +286,7 @@ pub struct Router {
     supervisor: Option<Addr<Supervisor>>,
     intensity: RestartIntensity,
     restarts: u64,
-    next_worker: usize,
+    failure: Option<String>,
     /// Each worker's thread and address. Holding the address keeps the worker's
     /// mailbox connected: an actix actor with no address left and nothing to do
     /// stops, and a Drain sent meanwhile would be lost with it.
@@ -281,7 +304,7 @@ impl Router {
             supervisor: Some(supervisor),
             intensity,
             restarts: 0,
-            next_worker: 0,
+            failure: None,
             workers: HashMap::new(),
         }
     }
@@ -294,8 +317,7 @@ impl Router {
             node.run_queue.workers.fetch_sub(1, Ordering::AcqRel);
             return;
         }
-        let id = self.next_worker;
-        self.next_worker += 1;
+        let id = node.run_queue.next_worker.fetch_add(1, Ordering::Relaxed);
         let arbiter = match Arbiter::try_new() {
             Ok(a) => a,
             Err(e) => {
@@ -323,7 +345,7 @@ impl Actor for Router {
         let Some(node) = self.node.upgrade() else {
             return;
         };
-        let _ = node.run_queue.router.set(ctx.address());
+        *node.run_queue.router.write() = Some(ctx.address());
         let n = node.run_queue.target;
         node.run_queue.workers.fetch_add(n, Ordering::AcqRel);
         for _ in 0..n {
@@ -331,10 +353,40 @@ impl Actor for Router {
         }
     }
 
-    fn stopped(&mut self, _: &mut Context<Self>) {
+    fn stopped(&mut self, ctx: &mut Context<Self>) {
+        let ids: Vec<usize> = self.workers.keys().copied().collect();
+        if let Some(node) = self.node.upgrade() {
+            let mut router = node.run_queue.router.write();
+            if router.as_ref().is_some_and(|r| *r == ctx.address()) {
+                *router = None;
+            }
+            drop(router);
+            node.run_queue.retire_pool(&ids);
+        }
         for (_, (arbiter, _)) in self.workers.drain() {
             arbiter.stop();
         }
+        if let (Some(cause), Some(s)) = (self.failure.take(), &self.supervisor) {
+            s.do_send(ChildFailed {
+                child: "router".into(),
+                cause,
+            });
+        }
+    }
+}
+
+impl Handler<Fail> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: Fail, ctx: &mut Context<Self>) {
+        self.failure = Some(msg.0);
+        ctx.stop();
+    }
+}
+
+impl Handler<StopChild> for Router {
+    type Result = ();
+    fn handle(&mut self, _: StopChild, ctx: &mut Context<Self>) {
+        ctx.stop();
     }
 }
 

@@ -126,9 +126,29 @@ impl RestartIntensity {
     }
 }
 
-/// The root of the node's supervision tree.
+/// Which children a supervisor restarts when one fails (Erlang/OTP's strategies).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Strategy {
+    /// Only the failed child.
+    OneForOne,
+    /// Every child.
+    OneForAll,
+    /// The failed child and those started after it (the default: each system
+    /// actor depends on the ones before it).
+    #[default]
+    RestForOne,
+}
+
+/// The root's children, in start order: what `inject_system_failure` names.
+pub const CHILDREN: [&str; 3] = ["owner", "object-store", "router"];
+
+/// The root of the node's supervision tree: the owner, the object store and the
+/// router (which supervises the workers, one-for-one).
 pub struct Supervisor {
     node: Arc<Node>,
+    strategy: Strategy,
+    intensity: RestartIntensity,
+    restarts: u64,
     router: Option<Addr<Router>>,
     owner: Option<Addr<Owner>>,
     store: Option<Addr<ObjectStoreActor>>,
@@ -136,12 +156,54 @@ pub struct Supervisor {
 
 impl Supervisor {
     pub(crate) fn new(node: Arc<Node>) -> Self {
+        let (strategy, max, within) = node.config().supervision;
         Supervisor {
             node,
+            strategy,
+            intensity: RestartIntensity::new(max, within),
+            restarts: 0,
             router: None,
             owner: None,
             store: None,
         }
+    }
+
+    fn start_child(&mut self, child: usize, ctx: &mut Context<Self>) {
+        let node = &self.node;
+        match child {
+            0 => self.owner = Some(Owner::new(node.table.clone(), ctx.address()).start()),
+            1 => {
+                self.store = Some(ObjectStoreActor::new(node.store.clone(), ctx.address()).start())
+            }
+            _ => {
+                let config = node.config();
+                let intensity =
+                    RestartIntensity::new(config.worker_restarts.0, config.worker_restarts.1);
+                self.router =
+                    Some(Router::new(Arc::downgrade(node), ctx.address(), intensity).start());
+            }
+        }
+        node.events.publish(SupervisionEvent::Started {
+            child: CHILDREN[child].into(),
+        });
+    }
+
+    /// Stops a running child on purpose (it reports no failure).
+    fn stop_child(&mut self, child: usize) {
+        match child {
+            0 => self.owner.take().map(|a| a.do_send(StopChild)),
+            1 => self.store.take().map(|a| a.do_send(StopChild)),
+            _ => self.router.take().map(|a| a.do_send(StopChild)),
+        };
+    }
+
+    fn send_failure(&self, child: usize, cause: String) -> bool {
+        match child {
+            0 => self.owner.as_ref().map(|a| a.do_send(Fail(cause))),
+            1 => self.store.as_ref().map(|a| a.do_send(Fail(cause))),
+            _ => self.router.as_ref().map(|a| a.do_send(Fail(cause))),
+        }
+        .is_some()
     }
 }
 
@@ -149,22 +211,99 @@ impl Actor for Supervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let node = &self.node;
-        self.owner = Some(Owner::new(node.table.clone()).start());
-        self.store = Some(ObjectStoreActor(node.store.clone()).start());
-        for child in ["owner", "object-store"] {
-            node.events.publish(SupervisionEvent::Started {
-                child: child.into(),
+        for child in 0..CHILDREN.len() {
+            self.start_child(child, ctx);
+        }
+    }
+}
+
+/// Makes a child fail, as an engine fault would: fault injection for the
+/// supervision tree.
+#[derive(Debug, Clone, Serialize, Deserialize, Message)]
+#[rtype(result = "()")]
+pub struct Fail(pub String);
+
+/// Stops a child on purpose (a strategy's restart, or shutdown).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, Message)]
+#[rtype(result = "()")]
+pub struct StopChild;
+
+/// A child stopped because it failed.
+#[derive(Debug, Clone, Serialize, Deserialize, Message)]
+#[rtype(result = "()")]
+pub struct ChildFailed {
+    /// Which child.
+    pub child: String,
+    /// Why.
+    pub cause: String,
+}
+
+impl Handler<ChildFailed> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, msg: ChildFailed, ctx: &mut Context<Self>) {
+        let Some(failed) = CHILDREN.iter().position(|c| *c == msg.child) else {
+            return;
+        };
+        match failed {
+            0 => self.owner = None,
+            1 => self.store = None,
+            _ => self.router = None,
+        }
+        self.node.events.publish(SupervisionEvent::Failed {
+            child: msg.child.clone(),
+            cause: msg.cause.clone(),
+        });
+        if self.node.is_closed() {
+            return;
+        }
+        if !self.intensity.allow(Instant::now()) {
+            self.node.events.publish(SupervisionEvent::GaveUp {
+                child: "supervisor".into(),
+                restarts: self.restarts,
+            });
+            ctx.notify(Escalate {
+                child: "supervisor".into(),
+                cause: format!(
+                    "its children failed more than {} times within {:?}; last: {} ({})",
+                    self.intensity.max, self.intensity.within, msg.child, msg.cause
+                ),
+            });
+            return;
+        }
+        let restart: Vec<usize> = match self.strategy {
+            Strategy::OneForOne => vec![failed],
+            Strategy::OneForAll => (0..CHILDREN.len()).collect(),
+            Strategy::RestForOne => (failed..CHILDREN.len()).collect(),
+        };
+        // Stop the others in reverse start order, then start all in order.
+        for &child in restart.iter().rev() {
+            if child != failed {
+                self.stop_child(child);
+            }
+        }
+        self.restarts += 1;
+        for &child in &restart {
+            self.start_child(child, ctx);
+            self.node.events.publish(SupervisionEvent::Restarted {
+                child: CHILDREN[child].into(),
+                attempt: self.restarts,
             });
         }
-        let intensity = RestartIntensity::new(
-            node.config().worker_restarts.0,
-            node.config().worker_restarts.1,
-        );
-        self.router = Some(Router::new(Arc::downgrade(node), ctx.address(), intensity).start());
-        node.events.publish(SupervisionEvent::Started {
-            child: "router".into(),
-        });
+    }
+}
+
+/// Makes the named child of the root fail (fault injection).
+#[derive(Debug, Clone, Serialize, Deserialize, Message)]
+#[rtype(result = "bool")]
+pub struct InjectFailure(pub String);
+
+impl Handler<InjectFailure> for Supervisor {
+    type Result = bool;
+    fn handle(&mut self, msg: InjectFailure, _: &mut Context<Self>) -> bool {
+        match CHILDREN.iter().position(|c| *c == msg.0) {
+            Some(child) => self.send_failure(child, "failed by an injected fault".into()),
+            None => false,
+        }
     }
 }
 

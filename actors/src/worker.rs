@@ -55,6 +55,8 @@ pub struct Running {
     pub(crate) cancelled: std::sync::atomic::AtomicBool,
     /// Set when a forced cancel gave up on this worker.
     pub(crate) abandoned: std::sync::atomic::AtomicBool,
+    /// Set when its router stopped: finish the job in hand, take no more.
+    pub(crate) stop: std::sync::atomic::AtomicBool,
 }
 
 /// The node whose worker (or actor thread) this is, if any.
@@ -174,7 +176,7 @@ impl Worker {
     fn drain(&mut self, ctx: &mut Context<Self>) {
         let queue = self.node.run_queue.clone();
         loop {
-            while let Some(job) = queue.pop() {
+            while let Some(job) = self.next_job(&queue) {
                 if !self.run(job) {
                     // Dead: the router stops this thread and starts a replacement.
                     ctx.stop();
@@ -191,6 +193,10 @@ impl Worker {
             if !queue.is_empty() {
                 continue;
             }
+            if self.running.stop.load(Ordering::SeqCst) {
+                ctx.stop();
+                return;
+            }
             if queue.is_closed() || queue.sleep(self.id, ctx.address()) {
                 if queue.surplus() {
                     ctx.run_later(RETIRE_AFTER, |w, ctx| w.maybe_retire(ctx));
@@ -198,6 +204,13 @@ impl Worker {
                 return;
             }
         }
+    }
+
+    fn next_job(&self, queue: &RunQueue) -> Option<Job> {
+        if self.running.stop.load(Ordering::SeqCst) {
+            return None;
+        }
+        queue.pop()
     }
 
     fn maybe_retire(&mut self, ctx: &mut Context<Self>) {
