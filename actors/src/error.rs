@@ -119,6 +119,13 @@ pub enum Error {
         /// The object's id, as text.
         id: String,
     },
+    /// The object's owner died (its runtime shut down) while another runtime
+    /// still needed it (Ray's `OwnerDiedError`).
+    #[error("object {id} is lost: its owner (another rayx runtime) shut down")]
+    OwnerDied {
+        /// The object's id, as text.
+        id: String,
+    },
     /// A lost object could not be rebuilt from its lineage.
     #[error("object {id} was lost and cannot be rebuilt: {cause}")]
     ObjectReconstructionFailed {

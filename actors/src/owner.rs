@@ -466,7 +466,7 @@ impl Slot {
             w.wake();
         }
         for d in dependents {
-            d.dependency_done(result.as_ref().err().cloned());
+            d.dependency_done(result.as_ref().err().map(|e| self.as_seen_by(e, &d.table)));
         }
     }
 
@@ -574,7 +574,26 @@ impl Slot {
         match &self.inner.lock().state {
             State::Pending | State::Lost => None,
             State::Ready(v) => Some(Ok(v.clone())),
-            State::Failed(e) => Some(Err(e.clone())),
+            State::Failed(e) => Some(Err(self.as_seen_here(e))),
+        }
+    }
+
+    /// An error as a reader owned by `table` sees it: this object's runtime
+    /// shutting down is, to another runtime, its owner dying.
+    fn as_seen_by(&self, e: &Error, table: &Arc<OwnerTable>) -> Error {
+        match e {
+            Error::ShutDown if !Arc::ptr_eq(&self.table, table) => Error::OwnerDied {
+                id: self.id.to_string(),
+            },
+            e => e.clone(),
+        }
+    }
+
+    /// An error as the runtime of the calling thread sees it.
+    fn as_seen_here(&self, e: &Error) -> Error {
+        match (e, crate::worker::current_node()) {
+            (Error::ShutDown, Some(node)) => self.as_seen_by(e, &node.table),
+            (e, _) => e.clone(),
         }
     }
 
@@ -656,7 +675,7 @@ impl Slot {
         let mut inner = self.inner.lock();
         let lost = match &inner.state {
             State::Ready(v) => return Poll::Ready(Ok(v.clone())),
-            State::Failed(e) => return Poll::Ready(Err(e.clone())),
+            State::Failed(e) => return Poll::Ready(Err(self.as_seen_here(e))),
             State::Pending => false,
             State::Lost => true,
         };
