@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 const SHARDS: usize = 64;
 const PENDING: u8 = 0;
 const DONE: u8 = 1;
+/// Lost: no value, and no rebuild started yet.
+const LOST: u8 = 2;
 /// Polls of a pending slot before a getter parks: a round trip to a spinning
 /// worker is far cheaper than a thread wake-up.
 const SPINS: u32 = 2_000;
@@ -211,12 +213,12 @@ impl OwnerTable {
             }
         }
         let rebuilds_left = spec.options.max_retries as i64;
-        ret.inner.lock().lineage = Lineage::Kept {
+        ret.inner.lock().lineage = Lineage::Kept(Box::new(Kept {
             spec: spec.clone(),
             pins: pins.to_vec(),
             bytes,
             rebuilds_left,
-        };
+        }));
     }
 
     /// Submits a task: dispatched at once if its arguments are ready, else when
@@ -338,13 +340,16 @@ enum Lineage {
     None,
     /// It had lineage, but the lineage budget was full.
     Evicted,
-    /// The task that made it, with its argument slots.
-    Kept {
-        spec: TaskSpec,
-        pins: Vec<Arc<Slot>>,
-        bytes: u64,
-        rebuilds_left: i64,
-    },
+    /// The task that made it (boxed: most objects carry none).
+    Kept(Box<Kept>),
+}
+
+/// A task kept to rebuild its result: its spec, with its argument slots.
+struct Kept {
+    spec: TaskSpec,
+    pins: Vec<Arc<Slot>>,
+    bytes: u64,
+    rebuilds_left: i64,
 }
 
 #[derive(Clone, Copy)]
@@ -445,6 +450,7 @@ impl Slot {
         if matches!(held, Held::Stored(_)) && self.table.faults.fires(Chance::DropObject) {
             // Injected fault: the stored value is lost as soon as it lands.
             inner.state = State::Lost;
+            self.status.store(LOST, Ordering::Release);
             let someone_waits = !inner.waiters.is_empty() || !inner.dependents.is_empty();
             drop(inner);
             self.release(held);
@@ -502,21 +508,19 @@ impl Slot {
     /// within the task's `max_retries`; an object that cannot be rebuilt fails
     /// with `ObjectLost` (a `put`) or `ObjectReconstructionFailed`.
     pub fn recover(&self) {
+        if self.status.load(Ordering::Acquire) != LOST {
+            return;
+        }
         let mut inner = self.inner.lock();
         if !matches!(inner.state, State::Lost) {
             return;
         }
         let rebuild = match &mut inner.lineage {
-            Lineage::Kept {
-                spec,
-                pins,
-                rebuilds_left,
-                ..
-            } if *rebuilds_left != 0 => {
-                if *rebuilds_left > 0 {
-                    *rebuilds_left -= 1;
+            Lineage::Kept(kept) if kept.rebuilds_left != 0 => {
+                if kept.rebuilds_left > 0 {
+                    kept.rebuilds_left -= 1;
                 }
-                Some((spec.clone(), pins.clone()))
+                Some((kept.spec.clone(), kept.pins.clone()))
             }
             _ => None,
         };
@@ -527,16 +531,17 @@ impl Slot {
                 id,
                 cause: "its lineage was not kept: max_lineage_bytes was reached".into(),
             },
-            Lineage::Kept { spec, .. } => Error::ObjectReconstructionFailed {
+            Lineage::Kept(kept) => Error::ObjectReconstructionFailed {
                 id,
                 cause: format!(
                     "task `{}` was already run again max_retries ({}) times",
-                    spec.display_name(),
-                    spec.options.max_retries
+                    kept.spec.display_name(),
+                    kept.spec.options.max_retries
                 ),
             },
         };
         inner.state = State::Pending;
+        self.status.store(PENDING, Ordering::Release);
         drop(inner);
         match rebuild {
             Some((spec, pins)) => {
@@ -560,7 +565,7 @@ impl Slot {
         }
         inner.state = State::Lost;
         let held = std::mem::replace(&mut inner.held, Held::Nothing);
-        self.status.store(PENDING, Ordering::Release);
+        self.status.store(LOST, Ordering::Release);
         drop(inner);
         self.release(held);
         true
@@ -724,8 +729,10 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Lineage::Kept { bytes, .. } = self.inner.get_mut().lineage {
-            self.table.lineage_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        if let Lineage::Kept(kept) = &self.inner.get_mut().lineage {
+            self.table
+                .lineage_bytes
+                .fetch_sub(kept.bytes, Ordering::Relaxed);
         }
         let held = self.inner.get_mut().held;
         self.release(held);
