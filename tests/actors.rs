@@ -495,3 +495,33 @@ fn a_full_mailbox_is_a_typed_error() {
     assert_eq!(running.get().unwrap(), g);
     assert_eq!((q1.get().unwrap(), q2.get().unwrap()), (1, 2));
 }
+
+#[test]
+fn back_to_back_calls_from_many_threads_are_never_stranded() {
+    // Liveness under back-to-back calls. (The race this guards against — a host
+    // clearing its scheduled flag as a call lands, stranding the call — showed
+    // in the release-mode benchmark; this debug-mode test rarely reaches it.)
+    let rt = rt2();
+    let log = rt.actor(Log::new).spawn().unwrap();
+    let pinger = rt.async_actor(pinger(1)).spawn().unwrap();
+    let threads: Vec<_> = (0..3)
+        .map(|t| {
+            let (log, pinger) = (log.clone(), pinger.clone());
+            std::thread::spawn(move || {
+                for i in 0..3000 {
+                    log.call(Record(t, i))
+                        .get_timeout(LONG)
+                        .expect("sync call answered");
+                    pinger
+                        .call(Ping)
+                        .get_timeout(LONG)
+                        .expect("async call answered");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(log.call(Seen).get().unwrap().len(), 9000);
+}
