@@ -321,11 +321,6 @@ impl Runtime {
         self.node.worker_counts()
     }
 
-    #[doc(hidden)]
-    pub fn describe(&self) -> String {
-        self.node.describe()
-    }
-
     /// Fault injection: makes a system actor (`"owner"`, `"object-store"` or
     /// `"router"`) fail, so the root supervisor restarts it by its strategy.
     pub fn inject_system_failure(&self, child: &str) -> Result<()> {

@@ -114,7 +114,7 @@ fn calls_from_each_caller_keep_their_order() {
             std::thread::spawn(move || {
                 let calls: Vec<_> = (0..500).map(|i| log.call(Record(caller, i))).collect();
                 let last = calls.last().unwrap();
-                last.get().unwrap()
+                last.get_timeout(LONG).unwrap()
             })
         })
         .collect();

@@ -319,6 +319,21 @@ struct Counter {
 }
 impl Actor for Counter {}
 
+/// A counter that logs the calls it runs and always comes back, resending
+/// interrupted calls (`max_restarts` and `max_task_retries` -1).
+fn immortal_logger(rt: &Runtime, log: &Arc<Mutex<Vec<u32>>>) -> ActorHandle<Counter> {
+    let log = log.clone();
+    rt.actor(move || Counter {
+        n: 0,
+        restarted: false,
+        log: Some(log.clone()),
+    })
+    .max_restarts(-1)
+    .max_task_retries(-1)
+    .spawn()
+    .unwrap()
+}
+
 fn counter() -> Counter {
     Counter {
         n: 0,
@@ -452,17 +467,7 @@ fn at_most_once_calls_interrupted_by_a_crash_fail() {
 fn at_least_once_calls_are_sent_again_in_order() {
     let rt = rt2();
     let log = Arc::new(Mutex::new(Vec::new()));
-    let l = log.clone();
-    let c = rt
-        .actor(move || Counter {
-            n: 0,
-            restarted: false,
-            log: Some(l.clone()),
-        })
-        .max_restarts(-1)
-        .max_task_retries(-1)
-        .spawn()
-        .unwrap();
+    let c = immortal_logger(&rt, &log);
     let k = key();
     let before: Vec<_> = (0..10).map(|i| c.call(Log(i))).collect();
     let crashing = c.call(BoomOnce(k));
@@ -519,17 +524,7 @@ fn chaos_an_actor_crashed_repeatedly_answers_every_call_in_order() {
     });
     let events = rt.events();
     let log = Arc::new(Mutex::new(Vec::new()));
-    let l = log.clone();
-    let c = rt
-        .actor(move || Counter {
-            n: 0,
-            restarted: false,
-            log: Some(l.clone()),
-        })
-        .max_restarts(-1)
-        .max_task_retries(-1)
-        .spawn()
-        .unwrap();
+    let c = immortal_logger(&rt, &log);
     let replies: Vec<_> = (0..1000).map(|i| c.call(Log(i))).collect();
     assert_eq!(
         rt.get(&replies, Some(LONG)).unwrap(),

@@ -281,10 +281,15 @@ fn refs_can_be_awaited() {
     let rt = rt2();
     let g = gate();
     let r = rt.task(gated).remote(g);
-    let thread = std::thread::spawn({
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn({
         let r = r.clone();
-        move || actix_rt::System::new().block_on(async move { r.await })
+        move || tx.send(actix_rt::System::new().block_on(async move { r.await }))
     });
     open(g);
-    assert_eq!(thread.join().unwrap().unwrap(), g);
+    // Bounded: a future that is never woken fails the test instead of hanging it.
+    assert_eq!(
+        rx.recv_timeout(LONG).expect("the await finished").unwrap(),
+        g
+    );
 }

@@ -68,7 +68,12 @@ fn the_handle_works_from_plain_threads() {
             let rt = rt.clone();
             std::thread::spawn(move || {
                 (0..250)
-                    .map(|i| rt.task(double).remote(t * 1000 + i).get().unwrap())
+                    .map(|i| {
+                        rt.task(double)
+                            .remote(t * 1000 + i)
+                            .get_timeout(LONG)
+                            .unwrap()
+                    })
                     .sum::<i64>()
             })
         })

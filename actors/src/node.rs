@@ -338,11 +338,6 @@ impl Node {
         self.run_queue.worker_counts()
     }
 
-    /// A one-line picture of the run queue, for diagnosing a stuck pool.
-    pub fn describe(&self) -> String {
-        self.run_queue.describe()
-    }
-
     /// Supervision events from now on.
     pub fn subscribe(&self) -> Receiver<SupervisionEvent> {
         self.events.subscribe()

@@ -3,8 +3,8 @@
 //! capacity and counts them, and a slot releases its share when it is freed.
 
 use crate::error::Error;
-use crate::supervisor::{ChildFailed, Fail, StopChild, Supervisor};
-use actix::{Actor, ActorContext, Addr, Context, Handler, Message, MessageResult};
+use crate::supervisor::{supervised_child, ChildLink, Supervisor};
+use actix::{Actor, Addr, Context, Handler, Message, MessageResult};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -84,16 +84,14 @@ impl ObjectStore {
 /// The store's actor: answers usage queries for the supervisor and tools.
 pub struct ObjectStoreActor {
     store: Arc<ObjectStore>,
-    supervisor: Addr<Supervisor>,
-    failure: Option<String>,
+    link: ChildLink,
 }
 
 impl ObjectStoreActor {
     pub(crate) fn new(store: Arc<ObjectStore>, supervisor: Addr<Supervisor>) -> Self {
         ObjectStoreActor {
             store,
-            supervisor,
-            failure: None,
+            link: ChildLink::new("object-store", supervisor),
         }
     }
 }
@@ -102,29 +100,11 @@ impl Actor for ObjectStoreActor {
     type Context = Context<Self>;
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        if let Some(cause) = self.failure.take() {
-            self.supervisor.do_send(ChildFailed {
-                child: "object-store".into(),
-                cause,
-            });
-        }
+        self.link.report();
     }
 }
 
-impl Handler<Fail> for ObjectStoreActor {
-    type Result = ();
-    fn handle(&mut self, msg: Fail, ctx: &mut Context<Self>) {
-        self.failure = Some(msg.0);
-        ctx.stop();
-    }
-}
-
-impl Handler<StopChild> for ObjectStoreActor {
-    type Result = ();
-    fn handle(&mut self, _: StopChild, ctx: &mut Context<Self>) {
-        ctx.stop();
-    }
-}
+supervised_child!(ObjectStoreActor);
 
 /// Asks the store for `(objects, bytes)` held.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, Message)]

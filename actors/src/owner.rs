@@ -12,10 +12,10 @@ use crate::ids::{IdMap, ObjectId};
 use crate::messages::{Arg, TaskSpec};
 use crate::object_store::ObjectStore;
 use crate::router::{Job, RunQueue};
-use crate::supervisor::{ChildFailed, Fail, StopChild, Supervisor};
+use crate::supervisor::{supervised_child, ChildLink, Supervisor};
 use crate::value::Value;
 use crate::worker::BlockingSection;
-use actix::{Actor, ActorContext, Addr, Context, Handler, Message, MessageResult};
+use actix::{Actor, Addr, Context, Handler, Message, MessageResult};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -811,16 +811,14 @@ fn thread_waker() -> Waker {
 /// The owner actor: the control plane of the object table.
 pub struct Owner {
     table: Arc<OwnerTable>,
-    supervisor: Addr<Supervisor>,
-    failure: Option<String>,
+    link: ChildLink,
 }
 
 impl Owner {
     pub(crate) fn new(table: Arc<OwnerTable>, supervisor: Addr<Supervisor>) -> Self {
         Owner {
             table,
-            supervisor,
-            failure: None,
+            link: ChildLink::new("owner", supervisor),
         }
     }
 }
@@ -829,29 +827,11 @@ impl Actor for Owner {
     type Context = Context<Self>;
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        if let Some(cause) = self.failure.take() {
-            self.supervisor.do_send(ChildFailed {
-                child: "owner".into(),
-                cause,
-            });
-        }
+        self.link.report();
     }
 }
 
-impl Handler<Fail> for Owner {
-    type Result = ();
-    fn handle(&mut self, msg: Fail, ctx: &mut Context<Self>) {
-        self.failure = Some(msg.0);
-        ctx.stop();
-    }
-}
-
-impl Handler<StopChild> for Owner {
-    type Result = ();
-    fn handle(&mut self, _: StopChild, ctx: &mut Context<Self>) {
-        ctx.stop();
-    }
-}
+supervised_child!(Owner);
 
 /// Asks the owner for the node's memory usage.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, Message)]
@@ -862,17 +842,5 @@ impl Handler<GetUsage> for Owner {
     type Result = MessageResult<GetUsage>;
     fn handle(&mut self, _: GetUsage, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.table.usage())
-    }
-}
-
-/// Fails every pending object with the given error (at shutdown).
-#[derive(Debug, Clone, Serialize, Deserialize, Message)]
-#[rtype(result = "()")]
-pub struct FailPending(pub Error);
-
-impl Handler<FailPending> for Owner {
-    type Result = ();
-    fn handle(&mut self, msg: FailPending, _: &mut Context<Self>) {
-        self.table.fail_all(msg.0);
     }
 }

@@ -11,10 +11,10 @@ use crate::actor_host::ActorHost;
 use crate::node::Node;
 use crate::owner::TaskJob;
 use crate::supervisor::{
-    ChildFailed, Escalate, Fail, RestartIntensity, StopChild, SupervisionEvent, Supervisor,
+    supervised_child, ChildLink, RestartIntensity, SupervisionEvent, Supervisor,
 };
 use crate::worker::{Drain, Running, Worker};
-use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message};
+use actix::{Actor, Addr, AsyncContext, Context, Handler, Message};
 use actix_rt::Arbiter;
 use crossbeam_deque::{Injector, Steal};
 use parking_lot::Mutex;
@@ -254,23 +254,6 @@ impl RunQueue {
         self.workers.fetch_sub(workers.len(), Ordering::AcqRel);
     }
 
-    /// A one-line picture of the queue, for diagnosing a stuck pool.
-    pub fn describe(&self) -> String {
-        format!(
-            "run queue: empty={} sleeping={} sleepers={:?} workers={} blocked={} closed={}",
-            self.injector.is_empty(),
-            self.num_sleeping.load(Ordering::SeqCst),
-            self.sleepers
-                .lock()
-                .iter()
-                .map(|(i, _)| *i)
-                .collect::<Vec<_>>(),
-            self.workers.load(Ordering::SeqCst),
-            self.blocked.load(Ordering::SeqCst),
-            self.is_closed()
-        )
-    }
-
     /// Live workers and how many of them are blocked in `get`.
     pub fn worker_counts(&self) -> (usize, usize) {
         (
@@ -283,10 +266,9 @@ impl RunQueue {
 /// The router actor: owns the worker arbiters.
 pub struct Router {
     node: Weak<Node>,
-    supervisor: Option<Addr<Supervisor>>,
+    link: ChildLink,
     intensity: RestartIntensity,
     restarts: u64,
-    failure: Option<String>,
     /// Each worker's thread and address. Holding the address keeps the worker's
     /// mailbox connected: an actix actor with no address left and nothing to do
     /// stops, and a Drain sent meanwhile would be lost with it.
@@ -301,10 +283,9 @@ impl Router {
     ) -> Self {
         Router {
             node,
-            supervisor: Some(supervisor),
+            link: ChildLink::new("router", supervisor),
             intensity,
             restarts: 0,
-            failure: None,
             workers: HashMap::new(),
         }
     }
@@ -366,29 +347,11 @@ impl Actor for Router {
         for (_, (arbiter, _)) in self.workers.drain() {
             arbiter.stop();
         }
-        if let (Some(cause), Some(s)) = (self.failure.take(), &self.supervisor) {
-            s.do_send(ChildFailed {
-                child: "router".into(),
-                cause,
-            });
-        }
+        self.link.report();
     }
 }
 
-impl Handler<Fail> for Router {
-    type Result = ();
-    fn handle(&mut self, msg: Fail, ctx: &mut Context<Self>) {
-        self.failure = Some(msg.0);
-        ctx.stop();
-    }
-}
-
-impl Handler<StopChild> for Router {
-    type Result = ();
-    fn handle(&mut self, _: StopChild, ctx: &mut Context<Self>) {
-        ctx.stop();
-    }
-}
+supervised_child!(Router);
 
 /// Starts one more worker (already counted by the sender).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, Message)]
@@ -455,15 +418,10 @@ impl Handler<WorkerFailed> for Router {
                 child: "worker pool".into(),
                 restarts: self.intensity.max as u64,
             });
-            if let Some(s) = &self.supervisor {
-                s.do_send(Escalate {
-                    child: "router".into(),
-                    cause: format!(
-                        "workers failed more than {} times within {:?}",
-                        self.intensity.max, self.intensity.within
-                    ),
-                });
-            }
+            self.link.escalate(format!(
+                "workers failed more than {} times within {:?}",
+                self.intensity.max, self.intensity.within
+            ));
             return;
         }
         self.restarts += 1;

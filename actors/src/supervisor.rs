@@ -217,6 +217,68 @@ impl Actor for Supervisor {
     }
 }
 
+/// A system actor's tie to the root: its name, and why it failed, if it did.
+/// Its `stopped` calls [`ChildLink::report`], so a failure (and only a failure,
+/// not a planned stop) reaches the root.
+pub(crate) struct ChildLink {
+    name: &'static str,
+    supervisor: Addr<Supervisor>,
+    failure: Option<String>,
+}
+
+impl ChildLink {
+    pub(crate) fn new(name: &'static str, supervisor: Addr<Supervisor>) -> Self {
+        ChildLink {
+            name,
+            supervisor,
+            failure: None,
+        }
+    }
+
+    pub(crate) fn fail(&mut self, cause: String) {
+        self.failure = Some(cause);
+    }
+
+    /// Passes a failure this child cannot handle up to the root.
+    pub(crate) fn escalate(&self, cause: String) {
+        self.supervisor.do_send(Escalate {
+            child: self.name.into(),
+            cause,
+        });
+    }
+
+    /// Tells the root this child failed, if it did.
+    pub(crate) fn report(&mut self) {
+        if let Some(cause) = self.failure.take() {
+            self.supervisor.do_send(ChildFailed {
+                child: self.name.into(),
+                cause,
+            });
+        }
+    }
+}
+
+/// Makes an actor with a `link: ChildLink` field a child of the root: it fails
+/// on `Fail` and stops quietly on `StopChild`.
+macro_rules! supervised_child {
+    ($actor:ty) => {
+        impl actix::Handler<$crate::supervisor::Fail> for $actor {
+            type Result = ();
+            fn handle(&mut self, msg: $crate::supervisor::Fail, ctx: &mut actix::Context<Self>) {
+                self.link.fail(msg.0);
+                actix::ActorContext::stop(ctx);
+            }
+        }
+        impl actix::Handler<$crate::supervisor::StopChild> for $actor {
+            type Result = ();
+            fn handle(&mut self, _: $crate::supervisor::StopChild, ctx: &mut actix::Context<Self>) {
+                actix::ActorContext::stop(ctx);
+            }
+        }
+    };
+}
+pub(crate) use supervised_child;
+
 /// Makes a child fail, as an engine fault would: fault injection for the
 /// supervision tree.
 #[derive(Debug, Clone, Serialize, Deserialize, Message)]
