@@ -214,12 +214,12 @@ impl Handler<SmallValueBatch> for BenchActor {
 struct AsyncBenchActor;
 impl Actor for AsyncBenchActor {}
 impl AsyncHandler<SmallValue> for AsyncBenchActor {
-    async fn handle(self: Arc<Self>, _: SmallValue) -> Vec<u8> {
+    async fn handle(self: Arc<Self>, _: SmallValue, _: AsyncContext<Self>) -> Vec<u8> {
         b"ok".to_vec()
     }
 }
 impl AsyncHandler<SmallValueWithArg> for AsyncBenchActor {
-    async fn handle(self: Arc<Self>, _: SmallValueWithArg) -> Vec<u8> {
+    async fn handle(self: Arc<Self>, _: SmallValueWithArg, _: AsyncContext<Self>) -> Vec<u8> {
         b"ok".to_vec()
     }
 }

@@ -5,11 +5,11 @@ use crate::object_ref::ObjectRef;
 use crate::runtime::Runtime;
 use crate::{Data, Error, Result};
 use rayx_actors::actor_host::{
-    ActorHost, ActorKind, ActorSpec, ActorState, CallJob, Dispatch, HostContext, LocalFuture,
-    RestartPolicy, SharedState,
+    ActorHost, ActorKind, ActorSpec, ActorState, CallInfo, CallJob, Dispatch, HostContext,
+    LocalFuture, RestartPolicy, SharedState,
 };
 use rayx_actors::ids::ActorId;
-use rayx_actors::messages::ActorCall;
+use rayx_actors::messages::{ActorCall, Retries};
 use rayx_actors::value::Value;
 use rayx_actors::Node;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -17,7 +17,7 @@ use std::any::{Any, TypeId};
 use std::borrow::Cow;
 use std::future::Future;
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 pub(crate) const DEFAULT_NAMESPACE: &str = "default";
 
@@ -81,7 +81,7 @@ pub trait Handler<M: Message>: Actor {
 /// impl Message for Ping { type Reply = u64; }
 ///
 /// impl AsyncHandler<Ping> for Pinger {
-///     async fn handle(self: Arc<Self>, _: Ping) -> u64 {
+///     async fn handle(self: Arc<Self>, _: Ping, _: AsyncContext<Self>) -> u64 {
 ///         self.count.fetch_add(1, Ordering::SeqCst) + 1
 ///     }
 /// }
@@ -94,45 +94,116 @@ pub trait Handler<M: Message>: Actor {
 /// ```
 pub trait AsyncHandler<M: Message>: Actor + Sync {
     /// Runs the call; the future runs on the actor's async thread.
-    fn handle(self: Arc<Self>, msg: M) -> impl Future<Output = M::Reply>;
+    fn handle(self: Arc<Self>, msg: M, ctx: AsyncContext<Self>) -> impl Future<Output = M::Reply>;
 }
 
-/// What a handler can see and do besides its message.
+/// What a sync handler can see and do besides its message: its actor's id,
+/// name and restarts, its own handle, and kill, restart or stop of itself (all
+/// signals its run loop applies after this call).
 pub struct ActorContext<'a, A> {
-    actor_id: ActorId,
-    name: Option<&'a str>,
-    stop: bool,
-    restarts: u64,
+    host: &'a Arc<ActorHost>,
     _actor: PhantomData<fn(A)>,
 }
 
-impl<A> ActorContext<'_, A> {
+impl<A: Actor> ActorContext<'_, A> {
     /// The actor's id.
     pub fn actor_id(&self) -> ActorId {
-        self.actor_id
+        self.host.id()
     }
     /// The actor's name, if it has one.
     pub fn name(&self) -> Option<&str> {
-        self.name
+        self.host.name()
     }
     /// Stops the actor after this call; queued calls fail with `ActorDied`.
     pub fn stop(&mut self) {
-        self.stop = true;
+        stop_host(self.host);
     }
     /// Whether this incarnation is a restart (Ray's `was_current_actor_reconstructed`).
     pub fn was_restarted(&self) -> bool {
-        self.restarts > 0
+        self.host.restarts() > 0
     }
     /// How many times the actor has been restarted.
     pub fn restarts(&self) -> u64 {
-        self.restarts
+        self.host.restarts()
     }
     /// The runtime, to submit tasks or call other actors.
     pub fn runtime(&self) -> Runtime {
-        // Handlers run on the node's threads, which always know their node.
-        Runtime::current()
-            .unwrap_or_else(|| panic!("rayx: ActorContext::runtime used off the actor's thread"))
+        runtime_here()
     }
+    /// A handle to this actor (it keeps the actor alive while held).
+    pub fn handle(&self) -> ActorHandle<A> {
+        ActorHandle::new(node_here(), self.host.clone())
+    }
+    /// A weak handle to this actor, to keep in its own state without keeping
+    /// itself alive.
+    pub fn weak_handle(&self) -> WeakActorHandle<A> {
+        WeakActorHandle::new(&node_here(), self.host)
+    }
+}
+
+/// What an async handler can see and do besides its message; it moves into the
+/// handler's future.
+pub struct AsyncContext<A> {
+    info: CallInfo,
+    _actor: PhantomData<fn(A)>,
+}
+
+impl<A: Actor> AsyncContext<A> {
+    /// The actor's id.
+    pub fn actor_id(&self) -> ActorId {
+        self.info.actor_id
+    }
+    /// Whether this incarnation is a restart.
+    pub fn was_restarted(&self) -> bool {
+        self.info.restarts > 0
+    }
+    /// How many times the actor had been restarted when this call started.
+    pub fn restarts(&self) -> u64 {
+        self.info.restarts
+    }
+    /// The runtime, to submit tasks or call other actors.
+    pub fn runtime(&self) -> Runtime {
+        runtime_here()
+    }
+    /// A handle to this actor; `None` if it is already gone.
+    pub fn handle(&self) -> Option<ActorHandle<A>> {
+        let host = self.info.host.upgrade()?;
+        Some(ActorHandle::new(node_here(), host))
+    }
+    /// A weak handle to this actor.
+    pub fn weak_handle(&self) -> WeakActorHandle<A> {
+        WeakActorHandle {
+            host: self.info.host.clone(),
+            node: Arc::downgrade(&node_here()),
+            _actor: PhantomData,
+        }
+    }
+    /// Stops the actor: calls queued and made later fail with `ActorDied`;
+    /// calls running now finish.
+    pub fn stop(&self) {
+        if let Some(host) = self.info.host.upgrade() {
+            stop_host(&host);
+        }
+    }
+}
+
+fn stop_host(host: &Arc<ActorHost>) {
+    host.kill("it stopped itself");
+    if let Some(node) = rayx_actors::node::current_node() {
+        node.forget_actor(host.id());
+    }
+}
+
+/// The node of the thread a handler runs on.
+fn node_here() -> Arc<Node> {
+    // Handlers run on the node's threads, which always know their node.
+    rayx_actors::node::current_node()
+        .unwrap_or_else(|| panic!("rayx: an actor context was used off the actor's thread"))
+}
+
+fn runtime_here() -> Runtime {
+    Runtime::current()
+        .unwrap_or_else(|| panic!("rayx: an actor context was used off the actor's thread"))
 }
 
 /// How a message is dispatched on `A`: `SyncCall` for [`Handler`], `AsyncCall`
@@ -157,8 +228,8 @@ impl<A: AsyncHandler<M>, M: Message> Dispatches<M, AsyncCall> for A {
 
 fn take_message<M: Data>(value: Value) -> Result<M> {
     let arc = value.into_typed::<M>()?;
-    // A message is shared only when the actor keeps a copy to send again after a
-    // crash (max_task_retries); the handler then gets its own, decoded copy.
+    // The host hands a handler the message itself (a copy kept to send again
+    // after a crash is its encoding), so it is shared only if a caller kept it.
     Arc::try_unwrap(arc).or_else(|shared| {
         let bytes = rmp_serde::to_vec(&*shared).map_err(|e| Error::Serialization(e.to_string()))?;
         rmp_serde::from_slice(&bytes).map_err(|e| Error::Serialization(e.to_string()))
@@ -182,26 +253,28 @@ fn dispatch_sync<A: Handler<M>, M: Message>(
         .ok_or_else(|| wrong_actor::<A>("another actor type"))?;
     let msg = take_message::<M>(msg)?;
     let mut ctx = ActorContext::<A> {
-        actor_id: host.actor_id(),
-        name: host.name(),
-        stop: false,
-        restarts: host.restarts(),
+        host: host.host(),
         _actor: PhantomData,
     };
     let reply = A::handle(actor, msg, &mut ctx);
-    if ctx.stop {
-        host.stop();
-    }
     Ok(Value::new(reply))
 }
 
-fn dispatch_async<A: AsyncHandler<M>, M: Message>(state: SharedState, msg: Value) -> LocalFuture {
+fn dispatch_async<A: AsyncHandler<M>, M: Message>(
+    state: SharedState,
+    msg: Value,
+    info: CallInfo,
+) -> LocalFuture {
     Box::pin(async move {
         let actor = state
             .downcast::<A>()
             .map_err(|_| wrong_actor::<A>("another actor type"))?;
         let msg = take_message::<M>(msg)?;
-        Ok(Value::new(A::handle(actor, msg).await))
+        let ctx = AsyncContext {
+            info,
+            _actor: PhantomData,
+        };
+        Ok(Value::new(A::handle(actor, msg, ctx).await))
     })
 }
 
@@ -289,17 +362,18 @@ impl<'r, A: Actor> ActorBuilder<'r, A> {
         self.detached = true;
         self
     }
-    /// Restarts after crashes (Ray's `max_restarts`): 0 by default, -1 for no limit.
-    /// A restart runs the constructor again.
-    pub fn max_restarts(mut self, n: i64) -> Self {
-        self.restart.max_restarts = n;
+    /// Restarts after crashes (Ray's `max_restarts`): 0 by default;
+    /// `Retries::Infinite` for no limit (Ray's -1). A restart runs the
+    /// constructor again.
+    pub fn max_restarts(mut self, n: impl Into<Retries>) -> Self {
+        self.restart.max_restarts = n.into();
         self
     }
     /// Times a call interrupted by a crash is sent again after the restart, in
     /// its original order (Ray's `max_task_retries`): 0 by default (such calls
-    /// fail with `ActorDied`), -1 for no limit.
-    pub fn max_task_retries(mut self, n: i64) -> Self {
-        self.restart.max_task_retries = n;
+    /// fail with `ActorDied`); `Retries::Infinite` for no limit.
+    pub fn max_task_retries(mut self, n: impl Into<Retries>) -> Self {
+        self.restart.max_task_retries = n.into();
         self
     }
     /// Calls in flight at once on an async actor (default 1000).
@@ -384,11 +458,53 @@ impl<A: Actor> ActorHandle<A> {
         if host.actor_type() != TypeId::of::<A>() {
             return Err(wrong_actor::<A>(host.type_name()));
         }
-        Ok(ActorHandle {
+        Ok(Self::new(node, host))
+    }
+
+    fn new(node: Arc<Node>, host: Arc<ActorHost>) -> Self {
+        ActorHandle {
             host,
             node,
             _actor: PhantomData,
-        })
+        }
+    }
+
+    /// A weak handle: it names the actor without keeping it alive.
+    pub fn downgrade(&self) -> WeakActorHandle<A> {
+        WeakActorHandle::new(&self.node, &self.host)
+    }
+}
+
+/// A handle that does not keep its actor alive (an actor can hold one to
+/// itself): upgrade it to call.
+pub struct WeakActorHandle<A> {
+    host: Weak<ActorHost>,
+    node: Weak<Node>,
+    _actor: PhantomData<fn() -> A>,
+}
+
+impl<A> Clone for WeakActorHandle<A> {
+    fn clone(&self) -> Self {
+        WeakActorHandle {
+            host: self.host.clone(),
+            node: self.node.clone(),
+            _actor: PhantomData,
+        }
+    }
+}
+
+impl<A: Actor> WeakActorHandle<A> {
+    fn new(node: &Arc<Node>, host: &Arc<ActorHost>) -> Self {
+        WeakActorHandle {
+            host: Arc::downgrade(host),
+            node: Arc::downgrade(node),
+            _actor: PhantomData,
+        }
+    }
+
+    /// A handle, if the actor is still there.
+    pub fn upgrade(&self) -> Option<ActorHandle<A>> {
+        Some(ActorHandle::new(self.node.upgrade()?, self.host.upgrade()?))
     }
 }
 
@@ -439,6 +555,10 @@ impl<A> ActorHandle<A> {
             ))));
             return ObjectRef::from_slot(reply);
         }
+        if self.host.is_async() {
+            // A waiting async call can be cancelled: the reply names its actor.
+            reply.set_actor(self.host.id());
+        }
         let call = ActorCall {
             actor: self.host.id(),
             method: Cow::Borrowed(std::any::type_name::<M>()),
@@ -449,6 +569,7 @@ impl<A> ActorHandle<A> {
             call,
             dispatch,
             retries: 0,
+            reply: reply.clone(),
         });
         ObjectRef::from_slot(reply)
     }
@@ -475,14 +596,12 @@ impl<A> Serialize for ActorHandle<A> {
 impl<'de, A: Actor> Deserialize<'de> for ActorHandle<A> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let id = ActorId::deserialize(d)?;
-        let node = rayx_actors::worker::current_node().ok_or_else(|| {
+        let here = rayx_actors::node::current_node().ok_or_else(|| {
             serde::de::Error::custom(
                 "an ActorHandle can be decoded only in a rayx worker or with Runtime::decode",
             )
         })?;
-        let host = node.actor_by_id(id).ok_or_else(|| {
-            serde::de::Error::custom(format!("no live actor {id} in this process"))
-        })?;
+        let (node, host) = here.resolve_actor(id).map_err(serde::de::Error::custom)?;
         ActorHandle::from_host(node, host).map_err(serde::de::Error::custom)
     }
 }

@@ -23,12 +23,16 @@ pub mod prelude;
 mod remote;
 mod runtime;
 
-pub use actor::{Actor, ActorBuilder, ActorContext, ActorHandle, AsyncHandler, Handler, Message};
+pub use actor::{
+    Actor, ActorBuilder, ActorContext, ActorHandle, AsyncContext, AsyncHandler, Handler, Message,
+    WeakActorHandle,
+};
 pub use object_ref::{GetFuture, ObjectRef, RefList};
 pub use rayx_actors::faults::{FaultPoint, Faults, Trigger};
-pub use rayx_actors::messages::RetryExceptions;
-pub use rayx_actors::owner::MemoryUsage;
-pub use rayx_actors::supervisor::{Strategy, SupervisionEvent};
+pub use rayx_actors::events::{Events, RecvError, SupervisionEvent};
+pub use rayx_actors::messages::{Retries, RetryExceptions};
+pub use rayx_actors::object_table::MemoryUsage;
+pub use rayx_actors::supervision::Strategy;
 pub use rayx_actors::{Error, Result};
 pub use remote::{IntoArg, IntoArgs, RemoteFunction, TaskBuilder};
 pub use runtime::{init, Builder, Runtime, Waited};

@@ -1,8 +1,8 @@
 //! `ObjectRef<T>`: a future of an object, blockable and awaitable.
 
-use crate::{Data, Error, Result};
+use crate::{Data, Result};
 use rayx_actors::ids::ObjectId;
-use rayx_actors::owner::Slot;
+use rayx_actors::object_table::{LocalRef, Slot};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
@@ -28,13 +28,16 @@ use std::time::Duration;
 /// # Ok::<(), rayx::Error>(())
 /// ```
 pub struct ObjectRef<T> {
-    slot: Arc<Slot>,
+    local: LocalRef,
     _type: PhantomData<fn() -> T>,
 }
 
 impl<T> Clone for ObjectRef<T> {
     fn clone(&self) -> Self {
-        ObjectRef::from_slot(self.slot.clone())
+        ObjectRef {
+            local: self.local.clone(),
+            _type: PhantomData,
+        }
     }
 }
 
@@ -44,58 +47,62 @@ impl<T> std::fmt::Debug for ObjectRef<T> {
             f,
             "ObjectRef<{}>({})",
             std::any::type_name::<T>(),
-            self.slot.id()
+            self.local.id()
         )
     }
 }
 
 impl<T> PartialEq for ObjectRef<T> {
     fn eq(&self, other: &Self) -> bool {
-        self.slot.id() == other.slot.id()
+        self.local.id() == other.local.id()
     }
 }
 impl<T> Eq for ObjectRef<T> {}
 
 impl<T> std::hash::Hash for ObjectRef<T> {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.slot.id().hash(state)
+        self.local.id().hash(state)
     }
 }
 
 impl<T> ObjectRef<T> {
     pub(crate) fn from_slot(slot: Arc<Slot>) -> Self {
         ObjectRef {
-            slot,
+            local: LocalRef::new(slot),
             _type: PhantomData,
         }
     }
 
     pub(crate) fn slot(&self) -> &Arc<Slot> {
-        &self.slot
+        self.local.slot()
+    }
+
+    pub(crate) fn local(&self) -> &LocalRef {
+        &self.local
     }
 
     /// The object's id.
     pub fn id(&self) -> ObjectId {
-        self.slot.id()
+        self.local.id()
     }
 
     /// Whether the value (or its error) is there, without blocking.
     pub fn is_ready(&self) -> bool {
-        self.slot.is_done()
+        self.local.is_done()
     }
 }
 
 impl<T: Data> ObjectRef<T> {
     /// Blocks until the value is there; returns a shared pointer to it (no copy).
     pub fn get_shared(&self) -> Result<Arc<T>> {
-        self.slot.wait(None)?.downcast::<T>()
+        self.slot().wait(None)?.downcast::<T>()
     }
 
     pub(crate) fn get_timeout_inner(&self, timeout: Option<Duration>) -> Result<T>
     where
         T: Clone,
     {
-        let value = self.slot.wait(timeout)?.downcast::<T>()?;
+        let value = self.slot().wait(timeout)?.downcast::<T>()?;
         Ok(Arc::unwrap_or_clone(value))
     }
 
@@ -138,7 +145,7 @@ impl<T: Data + Clone> Future for GetFuture<T> {
     type Output = Result<T>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
         let this = self.get_mut();
-        match this.object.slot.poll(cx, &mut this.token) {
+        match this.object.slot().poll(cx, &mut this.token) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(r) => {
                 this.token = None;
@@ -151,7 +158,7 @@ impl<T: Data + Clone> Future for GetFuture<T> {
 impl<T> Drop for GetFuture<T> {
     fn drop(&mut self) {
         if let Some(t) = self.token.take() {
-            self.object.slot.deregister(t);
+            self.object.slot().deregister(t);
         }
     }
 }
@@ -180,21 +187,19 @@ impl<T: Data + Clone> IntoFuture for &ObjectRef<T> {
 
 impl<T> Serialize for ObjectRef<T> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        self.slot.id().serialize(s)
+        self.local.id().serialize(s)
     }
 }
 
 impl<'de, T> Deserialize<'de> for ObjectRef<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let id = ObjectId::deserialize(d)?;
-        let node = rayx_actors::worker::current_node().ok_or_else(|| {
+        let node = rayx_actors::node::current_node().ok_or_else(|| {
             serde::de::Error::custom(
                 "an ObjectRef can be decoded only in a rayx worker or with Runtime::decode",
             )
         })?;
-        let slot = node
-            .lookup(id)
-            .ok_or_else(|| serde::de::Error::custom(Error::ObjectLost { id: id.to_string() }))?;
+        let slot = node.resolve(id).map_err(serde::de::Error::custom)?;
         Ok(ObjectRef::from_slot(slot))
     }
 }

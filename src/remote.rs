@@ -5,8 +5,8 @@ use crate::object_ref::ObjectRef;
 use crate::runtime::Runtime;
 use crate::{Data, Error, Result};
 use rayx_actors::functions::{FunctionTable, Invoke};
-use rayx_actors::messages::{Arg, RetryExceptions, TaskOptions, TaskSpec};
-use rayx_actors::owner::Slot;
+use rayx_actors::messages::{Arg, Retries, RetryExceptions, TaskOptions, TaskSpec};
+use rayx_actors::object_table::LocalRef;
 use rayx_actors::value::Value;
 use std::borrow::Cow;
 use std::marker::PhantomData;
@@ -127,25 +127,25 @@ remote_fn!(8; A0, A1, A2, A3, A4, A5, A6, A7);
 /// `ObjectRef<A>` (resolved to its value before the task runs, as in Ray).
 pub trait IntoArg<A> {
     /// The engine argument; a ref's slot is pinned until the task has run.
-    fn into_arg(self, pins: &mut Vec<Arc<Slot>>) -> Arg;
+    fn into_arg(self, pins: &mut Vec<LocalRef>) -> Arg;
 }
 
 impl<A: Data> IntoArg<A> for A {
-    fn into_arg(self, _: &mut Vec<Arc<Slot>>) -> Arg {
+    fn into_arg(self, _: &mut Vec<LocalRef>) -> Arg {
         Arg::Value(Value::new(self))
     }
 }
 
 impl<A: Data> IntoArg<A> for ObjectRef<A> {
-    fn into_arg(self, pins: &mut Vec<Arc<Slot>>) -> Arg {
+    fn into_arg(self, pins: &mut Vec<LocalRef>) -> Arg {
         let id = self.id();
-        pins.push(self.slot().clone());
+        pins.push(self.local().clone());
         Arg::Ref(id)
     }
 }
 
 impl<A: Data> IntoArg<A> for &ObjectRef<A> {
-    fn into_arg(self, pins: &mut Vec<Arc<Slot>>) -> Arg {
+    fn into_arg(self, pins: &mut Vec<LocalRef>) -> Arg {
         <ObjectRef<A> as IntoArg<A>>::into_arg(self.clone(), pins)
     }
 }
@@ -153,17 +153,17 @@ impl<A: Data> IntoArg<A> for &ObjectRef<A> {
 /// The arguments of a call: `()`, one argument, or a tuple of them.
 pub trait IntoArgs<Args> {
     /// The engine arguments, in order.
-    fn into_args(self, pins: &mut Vec<Arc<Slot>>) -> Vec<Arg>;
+    fn into_args(self, pins: &mut Vec<LocalRef>) -> Vec<Arg>;
 }
 
 impl IntoArgs<()> for () {
-    fn into_args(self, _: &mut Vec<Arc<Slot>>) -> Vec<Arg> {
+    fn into_args(self, _: &mut Vec<LocalRef>) -> Vec<Arg> {
         Vec::new()
     }
 }
 
 impl<A0, X0: IntoArg<A0>> IntoArgs<(A0,)> for X0 {
-    fn into_args(self, pins: &mut Vec<Arc<Slot>>) -> Vec<Arg> {
+    fn into_args(self, pins: &mut Vec<LocalRef>) -> Vec<Arg> {
         vec![self.into_arg(pins)]
     }
 }
@@ -171,7 +171,7 @@ impl<A0, X0: IntoArg<A0>> IntoArgs<(A0,)> for X0 {
 macro_rules! into_args {
     ($(($a:ident, $x:ident, $i:tt)),*) => {
         impl<$($a, $x: IntoArg<$a>),*> IntoArgs<($($a,)*)> for ($($x,)*) {
-            fn into_args(self, pins: &mut Vec<Arc<Slot>>) -> Vec<Arg> {
+            fn into_args(self, pins: &mut Vec<LocalRef>) -> Vec<Arg> {
                 vec![$(self.$i.into_arg(pins)),*]
             }
         }
@@ -250,10 +250,12 @@ impl<'r, F: RemoteFunction<Args, R>, Args, R> TaskBuilder<'r, F, Args, R> {
         self
     }
 
-    /// Retries after system failures (its worker died): -1 for no limit, 0 for
-    /// none; Ray's default is 3. With `retry_exceptions`, panics count too.
-    pub fn max_retries(mut self, n: i32) -> Self {
-        self.options.max_retries = n;
+    /// Retries after system failures (its worker died): Ray's default is 3;
+    /// `Retries::Infinite` for no limit (Ray's -1). With `retry_exceptions`,
+    /// panics count too. A task that may be retried keeps its lineage, so its
+    /// result can be rebuilt if lost.
+    pub fn max_retries(mut self, n: impl Into<Retries>) -> Self {
+        self.options.max_retries = n.into();
         self
     }
 
@@ -286,7 +288,7 @@ impl<'r, F: RemoteFunction<Args, R>, Args, R> TaskBuilder<'r, F, Args, R> {
         let args = args.into_args(&mut pins);
         let ret = node.new_pending();
         let spec = TaskSpec {
-            task_id: rayx_actors::ids::TaskId(ret.id().0),
+            task_id: rayx_actors::ids::TaskId(ret.id()),
             function: Cow::Borrowed(self.name),
             args,
             options: self.options.clone(),

@@ -4,13 +4,13 @@
 use crate::actor::{ActorBuilder, ActorHandle};
 use crate::object_ref::{ObjectRef, RefList};
 use crate::remote::{function_table, RemoteFunction, TaskBuilder};
-use crate::{Actor, Data, Error, MemoryUsage, Result, SupervisionEvent};
+use crate::{Actor, Data, Error, MemoryUsage, Result};
+use rayx_actors::events::Events;
 use rayx_actors::faults::Faults;
-use rayx_actors::owner::wait_slots;
-use rayx_actors::supervisor::Strategy;
+use rayx_actors::object_table::wait_slots;
+use rayx_actors::supervision::Strategy;
 use rayx_actors::value::Value;
 use rayx_actors::{Node, NodeConfig};
-use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,14 +81,14 @@ impl Builder {
         self
     }
     /// Bytes of lineage kept to rebuild lost objects (Ray's
-    /// `RAY_max_lineage_bytes`, 1 GB by default). Lineage is kept only when the
-    /// `drop_object` fault is on: in one process nothing else loses an object.
+    /// `RAY_max_lineage_bytes`, 1 GB by default). Lineage is kept for every task
+    /// that may be retried, while its result is referenced.
     pub fn max_lineage_bytes(mut self, bytes: u64) -> Self {
         self.config.max_lineage_bytes = bytes;
         self
     }
-    /// The root supervisor's strategy over the system actors (owner, object
-    /// store, router) and its restart intensity: at most `max` restarts within
+    /// The root supervisor's strategy over the system actors (the router) and
+    /// its restart intensity: at most `max` restarts within
     /// `within`, then it gives up and the runtime stops. Default: rest-for-one,
     /// 10 in 10 s.
     pub fn supervision(mut self, strategy: Strategy, max: usize, within: Duration) -> Self {
@@ -157,7 +157,7 @@ impl Runtime {
     /// # Ok::<(), rayx::Error>(())
     /// ```
     pub fn current() -> Option<Runtime> {
-        rayx_actors::worker::current_node().map(|node| Runtime { node, _guard: None })
+        rayx_actors::node::current_node().map(|node| Runtime { node, _guard: None })
     }
 
     pub(crate) fn node(&self) -> &Arc<Node> {
@@ -203,7 +203,8 @@ impl Runtime {
         refs: &[ObjectRef<T>],
         timeout: Option<Duration>,
     ) -> Result<Vec<T>> {
-        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        // A timeout too long to add to now is none.
+        let deadline = timeout.and_then(|t| std::time::Instant::now().checked_add(t));
         refs.iter()
             .map(|r| {
                 let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
@@ -242,7 +243,7 @@ impl Runtime {
                 refs.len()
             )));
         }
-        let slots: Vec<&_> = refs.iter().map(|r| &**r.slot()).collect();
+        let slots: Vec<&_> = refs.iter().map(|r| r.slot()).collect();
         let done = wait_slots(&slots, num_returns, timeout);
         drop(slots);
         let mut ready = Vec::with_capacity(done.len());
@@ -321,8 +322,7 @@ impl Runtime {
         self.node.worker_counts()
     }
 
-    /// Fault injection: makes a system actor (`"owner"`, `"object-store"` or
-    /// `"router"`) fail, so the root supervisor restarts it by its strategy.
+    /// Fault injection: makes a system actor (`"router"`) fail, so the root supervisor restarts it by its strategy.
     pub fn inject_system_failure(&self, child: &str) -> Result<()> {
         self.node.inject_system_failure(child)
     }
@@ -337,13 +337,13 @@ impl Runtime {
     }
 
     /// Supervision events (actors started, failed, stopped) from now on.
-    pub fn events(&self) -> Receiver<SupervisionEvent> {
+    pub fn events(&self) -> Events {
         self.node.subscribe()
     }
 
     /// Decodes bytes that may hold `ObjectRef`s or `ActorHandle`s of this runtime.
     pub fn decode<T: Data>(&self, bytes: &[u8]) -> Result<T> {
-        rayx_actors::worker::with_node(&self.node, || {
+        rayx_actors::node::with_node(&self.node, || {
             rmp_serde::from_slice(bytes).map_err(|e| Error::Serialization(e.to_string()))
         })
     }

@@ -381,7 +381,7 @@ impl Message for Ping {
     type Reply = usize;
 }
 impl AsyncHandler<Ping> for Pinger {
-    async fn handle(self: Arc<Self>, _: Ping) -> usize {
+    async fn handle(self: Arc<Self>, _: Ping, _: AsyncContext<Self>) -> usize {
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_seen.fetch_max(now, Ordering::SeqCst);
         if now >= self.expect {
@@ -414,7 +414,7 @@ impl Message for MaxSeen {
     type Reply = usize;
 }
 impl AsyncHandler<MaxSeen> for Pinger {
-    async fn handle(self: Arc<Self>, _: MaxSeen) -> usize {
+    async fn handle(self: Arc<Self>, _: MaxSeen, _: AsyncContext<Self>) -> usize {
         self.max_seen.load(Ordering::SeqCst)
     }
 }

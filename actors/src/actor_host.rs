@@ -6,6 +6,11 @@
 //! many calls per wake-up. An async actor lives on an async arbiter, where its
 //! calls run as futures, up to `max_concurrency` at a time.
 //!
+//! Kill, restart and stop are **signals**: whoever sends one sets a flag and
+//! schedules the host, and the host's own run loop applies it between messages,
+//! ahead of queued calls. Nobody takes the actor's state lock from outside, so a
+//! handler may kill, restart or stop its own actor.
+//!
 //! A panic in a handler crashes the actor (its state may be half-updated, as with
 //! a poisoned lock). Within `max_restarts` the actor restarts: the constructor runs
 //! again, the crashed call is sent again if `max_task_retries` allows (before any
@@ -13,15 +18,17 @@
 //! queued calls under at-most-once (`max_task_retries = 0`). Past `max_restarts`,
 //! or when the constructor itself panics, the actor is dead for good.
 
+use crate::core::Core;
 use crate::error::Error;
-use crate::faults::{Chance, FaultInjector};
-use crate::ids::ActorId;
-use crate::messages::ActorCall;
-use crate::owner::OwnerTable;
-use crate::router::{Job, RunQueue};
-use crate::supervisor::{EventBus, SupervisionEvent};
+use crate::events::SupervisionEvent;
+use crate::faults::Chance;
+use crate::handshake::ScheduleFlag;
+use crate::ids::{ActorId, IdMap, ObjectId};
+use crate::messages::{ActorCall, Retries};
+use crate::object_table::Slot;
+use crate::run_queue::{ActorRun, Job};
 use crate::value::Value;
-use crate::worker::catch_user;
+use crate::worker::{catch_user, with_current_task};
 use actix_rt::ArbiterHandle;
 use crossbeam_queue::SegQueue;
 use parking_lot::Mutex;
@@ -29,12 +36,17 @@ use std::any::{Any, TypeId};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Waker};
 
 /// Calls a sync actor runs per turn on a worker before yielding to other jobs.
 const BATCH: usize = 256;
+/// How long an idle async actor keeps watching its mailbox.
+const LINGER: std::time::Duration = std::time::Duration::from_micros(50);
+
+/// Signal bits, applied by the run loop between messages.
+const RESTART: u8 = 1;
 
 /// A sync actor's state, type-erased.
 pub trait ActorState: Send + 'static {
@@ -51,7 +63,7 @@ pub type LocalFuture = Pin<Box<dyn Future<Output = Result<Value, Error>>>>;
 /// Runs one message on a sync actor.
 pub type SyncDispatch = fn(&mut dyn Any, Value, &mut HostContext<'_>) -> Result<Value, Error>;
 /// Starts one message on an async actor.
-pub type AsyncDispatch = fn(SharedState, Value) -> LocalFuture;
+pub type AsyncDispatch = fn(SharedState, Value, CallInfo) -> LocalFuture;
 /// Builds a sync actor (again, on restart).
 pub type SyncFactory = Box<dyn Fn() -> Box<dyn ActorState> + Send + Sync>;
 /// Builds an async actor.
@@ -75,49 +87,58 @@ pub struct CallJob {
     pub dispatch: Dispatch,
     /// Times it was sent again after a crash.
     pub retries: u32,
+    /// Its reply object.
+    pub reply: Arc<Slot>,
 }
 
-/// What a handler may do to its own actor.
+/// What a sync handler may see and do to its own actor.
 pub struct HostContext<'a> {
-    host: &'a ActorHost,
-    stop: bool,
+    host: &'a Arc<ActorHost>,
 }
 
 impl HostContext<'_> {
-    /// The actor's id.
-    pub fn actor_id(&self) -> ActorId {
-        self.host.id
-    }
-    /// The actor's name, if it was given one.
-    pub fn name(&self) -> Option<&str> {
-        self.host.name.as_deref()
-    }
-    /// Stops the actor after this call; queued calls fail with `ActorDied`.
-    pub fn stop(&mut self) {
-        self.stop = true;
-    }
-    /// How many times the actor has been restarted (0 in its first life).
-    pub fn restarts(&self) -> u64 {
-        self.host.restarts.load(Ordering::Acquire)
+    /// The actor's host.
+    pub fn host(&self) -> &Arc<ActorHost> {
+        self.host
     }
 }
 
+/// What an async handler sees of its actor, for its whole run.
+#[derive(Clone)]
+pub struct CallInfo {
+    /// The actor's host (weak: a running call does not keep its actor alive).
+    pub host: Weak<ActorHost>,
+    /// The actor's id.
+    pub actor_id: ActorId,
+    /// Restarts the actor had when the call started.
+    pub restarts: u64,
+}
+
 /// How an actor comes back after a crash (Ray's defaults: no restart, no retry).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RestartPolicy {
-    /// Restarts allowed; -1 for no limit.
-    pub max_restarts: i64,
-    /// Times a call interrupted by a crash is sent again; -1 for no limit. With 0
+    /// Restarts allowed.
+    pub max_restarts: Retries,
+    /// Times a call interrupted by a crash is sent again. With none
     /// (at-most-once), calls in flight or queued at a crash fail with `ActorDied`.
-    pub max_task_retries: i64,
+    pub max_task_retries: Retries,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            max_restarts: Retries::NONE,
+            max_task_retries: Retries::NONE,
+        }
+    }
 }
 
 impl RestartPolicy {
     fn may_restart(&self, done: u64) -> bool {
-        self.max_restarts < 0 || done < self.max_restarts as u64
+        self.max_restarts.allows(done + 1)
     }
     fn may_retry(&self, retries: u32) -> bool {
-        self.max_task_retries < 0 || (retries as i64) < self.max_task_retries
+        self.max_task_retries.allows(retries as u64 + 1)
     }
 }
 
@@ -163,7 +184,7 @@ enum Cell<S> {
 }
 
 /// The actor's life and the calls to send again after a crash, ahead of the
-/// mailbox.
+/// mailbox. Only the host's run loop locks it.
 struct Life<S> {
     cell: Cell<S>,
     retry: VecDeque<CallJob>,
@@ -189,6 +210,8 @@ enum Kind {
         arbiter: ArbiterHandle,
         max_concurrency: usize,
         in_flight: AtomicUsize,
+        /// Calls that are waiting on something, by reply, for a cancel.
+        waiting: Mutex<IdMap<ObjectId, Arc<CallCancel>>>,
     },
 }
 
@@ -203,34 +226,19 @@ pub struct ActorHost {
     mailbox: SegQueue<CallJob>,
     queued: AtomicUsize,
     capacity: usize,
-    scheduled: AtomicBool,
+    scheduled: ScheduleFlag,
+    signals: AtomicU8,
     dead: AtomicBool,
     death: Mutex<Option<String>>,
     restart: RestartPolicy,
     restarts: AtomicU64,
-    restart_requested: AtomicBool,
-    table: Arc<OwnerTable>,
-    run_queue: Arc<RunQueue>,
-    events: Arc<EventBus>,
-    faults: Arc<FaultInjector>,
+    core: Arc<Core>,
     kind: Kind,
 }
 
-/// What a host needs from its node.
-pub(crate) struct HostEnv {
-    pub(crate) table: Arc<OwnerTable>,
-    pub(crate) run_queue: Arc<RunQueue>,
-    pub(crate) events: Arc<EventBus>,
-    pub(crate) faults: Arc<FaultInjector>,
-}
-
 impl ActorHost {
-    pub(crate) fn new(
-        id: ActorId,
-        spec: ActorSpec,
-        env: HostEnv,
-        async_arbiter: ArbiterHandle,
-    ) -> Arc<Self> {
+    /// Starts hosting an actor: its constructor runs on the node's threads.
+    pub fn new(id: ActorId, spec: ActorSpec, core: Arc<Core>, arbiter: ArbiterHandle) -> Arc<Self> {
         let kind = match spec.kind {
             ActorKind::Sync(factory) => Kind::Sync {
                 cell: Mutex::new(Life::new()),
@@ -242,9 +250,10 @@ impl ActorHost {
             } => Kind::Async {
                 cell: Mutex::new(Life::new()),
                 factory,
-                arbiter: async_arbiter,
+                arbiter,
                 max_concurrency: max_concurrency.max(1),
                 in_flight: AtomicUsize::new(0),
+                waiting: Mutex::new(IdMap::default()),
             },
         };
         let host = Arc::new(ActorHost {
@@ -257,19 +266,16 @@ impl ActorHost {
             mailbox: SegQueue::new(),
             queued: AtomicUsize::new(0),
             capacity: spec.mailbox_capacity,
-            scheduled: AtomicBool::new(false),
+            scheduled: ScheduleFlag::default(),
+            signals: AtomicU8::new(0),
             dead: AtomicBool::new(false),
             death: Mutex::new(None),
             restart: spec.restart,
             restarts: AtomicU64::new(0),
-            restart_requested: AtomicBool::new(false),
-            table: env.table,
-            run_queue: env.run_queue,
-            events: env.events,
-            faults: env.faults,
+            core,
             kind,
         });
-        host.events.publish(SupervisionEvent::Started {
+        host.core.events.publish(SupervisionEvent::Started {
             child: host.label(),
         });
         // Ray runs the constructor at creation, not at the first call.
@@ -313,6 +319,14 @@ impl ActorHost {
     pub fn queued(&self) -> usize {
         self.queued.load(Ordering::Relaxed)
     }
+    /// Restarts so far (0 in its first life).
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Acquire)
+    }
+    /// The node it lives on.
+    pub fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
 
     fn label(&self) -> String {
         self.name
@@ -334,20 +348,16 @@ impl ActorHost {
     /// Queues a call; its reply object fails at once if the actor is dead or
     /// its mailbox is full.
     pub fn call(self: &Arc<Self>, job: CallJob) {
-        let reply = job.call.reply_to;
         if self.is_dead() {
-            self.table.complete(reply, Err(self.died_error()));
+            job.reply.complete(Err(self.died_error()));
             return;
         }
         if self.queued.fetch_add(1, Ordering::AcqRel) >= self.capacity {
             self.queued.fetch_sub(1, Ordering::AcqRel);
-            self.table.complete(
-                reply,
-                Err(Error::MailboxFull {
-                    actor: self.label(),
-                    capacity: self.capacity,
-                }),
-            );
+            job.reply.complete(Err(Error::MailboxFull {
+                actor: self.label(),
+                capacity: self.capacity,
+            }));
             return;
         }
         self.mailbox.push(job);
@@ -355,104 +365,117 @@ impl ActorHost {
     }
 
     fn schedule(self: &Arc<Self>) {
-        if self.scheduled.swap(true, Ordering::AcqRel) {
-            return;
+        if self.scheduled.claim() {
+            self.submit();
         }
+    }
+
+    /// Runs the host's loop (it holds the `scheduled` flag).
+    fn submit(self: &Arc<Self>) {
         match &self.kind {
-            Kind::Sync { .. } => self.run_queue.submit(Job::Actor(self.clone())),
+            Kind::Sync { .. } => self.core.run_queue.submit(Job::Actor(self.clone())),
             Kind::Async { arbiter, .. } => {
                 let host = self.clone();
                 if !arbiter.spawn(async move { host.pump() }) {
                     // The arbiter is gone (shutdown): let the next call see it.
-                    // A swap, not a store: it pairs with the caller's swap in `schedule`, so
-                    // either the caller sees `false` and schedules us again, or we see its
-                    // message in the mailbox below. (A plain store may pass the mailbox read.)
-                    self.scheduled.swap(false, Ordering::AcqRel);
+                    self.scheduled.release(|| false);
                 }
             }
         }
     }
 
-    /// Kills the actor for good: the running call finishes, queued and later
-    /// calls fail with `ActorDied` and `cause`, and the state is dropped.
+    /// Kills the actor for good (a signal): the running call finishes, queued
+    /// and later calls fail with `ActorDied` and `cause`, and the run loop drops
+    /// the state before it would run another call.
     pub fn kill(self: &Arc<Self>, cause: &str) {
-        self.die(cause.to_string());
-        match &self.kind {
-            Kind::Sync { cell, .. } => {
-                if let Some(mut life) = cell.try_lock() {
-                    stop_sync(&mut life.cell);
-                    self.fail_retries(&mut life.retry);
-                }
-            }
-            Kind::Async { cell, .. } => {
-                let mut life = cell.lock();
-                life.cell = Cell::Dead;
-                self.fail_retries(&mut life.retry);
-            }
+        if self.is_dead() {
+            return;
         }
+        self.die(cause.to_string());
         self.fail_queued(&self.died_error());
-        self.events.publish(SupervisionEvent::Stopped {
+        self.core.events.publish(SupervisionEvent::Stopped {
             child: self.label(),
             reason: cause.to_string(),
         });
-        // A batch running now sees the flag after its call and fails the rest.
         self.schedule();
     }
 
     /// Kills the actor so that it restarts, if its `max_restarts` allows (Ray's
-    /// `kill(no_restart=False)`); otherwise it dies for good.
+    /// `kill(no_restart=False)`); otherwise it dies for good. A signal: the run
+    /// loop applies it before the next call. Calls queued now are treated as
+    /// interrupted by the crash (failed under at-most-once); calls made after
+    /// this returns reach the new incarnation.
     pub fn restart(self: &Arc<Self>) {
-        self.restart_requested.store(true, Ordering::Release);
-        match &self.kind {
-            Kind::Sync { cell, .. } => {
-                // Wait (a little) for a running call to finish, so the restart
-                // splits the calls made before it from those made after. A
-                // handler still running then gets the restart when it returns.
-                if let Some(mut life) = cell.try_lock_for(std::time::Duration::from_secs(1)) {
-                    self.take_restart_request(&mut life);
-                }
-            }
-            Kind::Async { cell, .. } => {
-                let mut life = cell.lock();
-                self.take_restart_request(&mut life);
-            }
+        if self.is_dead() {
+            return;
         }
+        if self.restart.max_task_retries.is_none()
+            && self.restart.may_restart(self.restarts())
+        {
+            self.fail_queued(&Error::ActorDied {
+                actor: self.label(),
+                cause: "it was restarted with restart(); calls queued then are not sent again (max_task_retries 0)".into(),
+            });
+        }
+        self.signals.fetch_or(RESTART, Ordering::AcqRel);
         self.schedule();
     }
 
-    fn take_restart_request<S>(&self, life: &mut Life<S>) {
-        if self.restart_requested.swap(false, Ordering::AcqRel) && !self.is_dead() {
-            self.crash(life, "it was restarted with restart()".into(), None);
+    /// Cancels a call: a queued one never runs (its reply already failed); a
+    /// running async one that is waiting has its future dropped.
+    pub fn cancel_call(&self, reply: ObjectId) {
+        if let Kind::Async { waiting, .. } = &self.kind {
+            if let Some(c) = waiting.lock().remove(&reply) {
+                c.cancel();
+            }
+        }
+    }
+
+    /// Applies pending signals (between messages, with the state's lock held).
+    fn apply_signals<S>(&self, life: &mut Life<S>) {
+        if self.signals.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        if self.signals.swap(0, Ordering::AcqRel) & RESTART != 0 && !self.is_dead() {
+            self.crash(life, "it was restarted with restart()".into(), None, false);
         }
     }
 
     fn fail_queued(&self, error: &Error) {
         while let Some(job) = self.take() {
-            self.table.complete(job.call.reply_to, Err(error.clone()));
+            job.reply.complete(Err(error.clone()));
         }
     }
 
     fn fail_retries(&self, retry: &mut VecDeque<CallJob>) {
         for job in retry.drain(..) {
-            self.table
-                .complete(job.call.reply_to, Err(self.died_error()));
+            job.reply.complete(Err(self.died_error()));
         }
     }
 
-    /// The actor crashed (a panic, an injected fault, a restart request): restart
-    /// it within its policy or let it die; `in_flight` is the call it was running.
-    fn crash<S>(&self, life: &mut Life<S>, cause: String, in_flight: Option<CallJob>) {
+    /// The actor crashed (a panic, an injected fault, a restart signal): restart
+    /// it within its policy or let it die; `in_flight` is the call it was
+    /// running. With `fail_queued`, calls queued now are failed under
+    /// at-most-once (a restart signal has failed those queued when it was sent).
+    fn crash<S>(
+        &self,
+        life: &mut Life<S>,
+        cause: String,
+        in_flight: Option<CallJob>,
+        fail_queued: bool,
+    ) {
         // Drop the broken state first: its destructor runs, `stopped` does not.
         let _ = catch_user(|| drop(std::mem::replace(&mut life.cell, Cell::Unstarted)));
-        self.events.publish(SupervisionEvent::Failed {
+        let events = &self.core.events;
+        events.publish(SupervisionEvent::Failed {
             child: self.label(),
             cause: cause.clone(),
         });
         // Events go out before any reply, so whoever sees a reply sees them too.
-        let done = self.restarts.load(Ordering::Acquire);
+        let done = self.restarts();
         if !self.restart.may_restart(done) {
             life.cell = Cell::Dead;
-            let why = if self.restart.max_restarts == 0 {
+            let why = if self.restart.max_restarts.is_none() {
                 cause
             } else {
                 format!(
@@ -460,24 +483,24 @@ impl ActorHost {
                     self.restart.max_restarts
                 )
             };
-            self.events.publish(SupervisionEvent::GaveUp {
+            events.publish(SupervisionEvent::GaveUp {
                 child: self.label(),
                 restarts: done,
             });
             self.die(why);
             if let Some(job) = in_flight {
-                self.table
-                    .complete(job.call.reply_to, Err(self.died_error()));
+                job.reply.complete(Err(self.died_error()));
             }
             self.fail_retries(&mut life.retry);
+            self.fail_queued(&self.died_error());
             return;
         }
         self.restarts.store(done + 1, Ordering::Release);
-        self.events.publish(SupervisionEvent::Restarted {
+        events.publish(SupervisionEvent::Restarted {
             child: self.label(),
             attempt: done + 1,
         });
-        if self.restart.max_task_retries == 0 {
+        if self.restart.max_task_retries.is_none() && fail_queued {
             // At-most-once: what was queued when it crashed fails too. This comes
             // before the interrupted call's reply, so a call made after that reply
             // is not mistaken for one queued at the crash.
@@ -489,11 +512,11 @@ impl ActorHost {
             };
             self.fail_queued(&error);
             for job in life.retry.drain(..) {
-                self.table.complete(job.call.reply_to, Err(error.clone()));
+                job.reply.complete(Err(error.clone()));
             }
         }
         if let Some(mut job) = in_flight {
-            if self.restart.may_retry(job.retries) {
+            if self.restart.may_retry(job.retries) && !job.reply.is_cancelled() {
                 job.retries += 1;
                 life.retry.push_front(job);
             } else {
@@ -504,16 +527,26 @@ impl ActorHost {
                         job.retries, self.restart.max_task_retries
                     ),
                 };
-                self.table.complete(job.call.reply_to, Err(error));
+                job.reply.complete(Err(error));
             }
         }
     }
 
-    /// Takes the message out of a call to run it, keeping a copy only if the
-    /// call may be sent again after a crash.
+    /// Takes the message out of a call to run it. If the call may be sent again
+    /// after a crash, the copy kept for that is its encoding: the handler gets
+    /// the message itself, never a serde round trip of it.
     fn split(&self, mut job: CallJob) -> (Value, CallJob) {
-        let keep = if self.restart.may_retry(job.retries) && self.restart.max_restarts != 0 {
-            job.call.message.clone()
+        let keep = if self.restart.may_retry(job.retries) && !self.restart.max_restarts.is_none() {
+            match job.call.message.to_bytes() {
+                Ok(bytes) => Value::Encoded(bytes),
+                Err(e) => {
+                    tracing::warn!(
+                        "rayx: a {} cannot be kept to send again after a crash: {e}",
+                        job.call.method
+                    );
+                    Value::Taken
+                }
+            }
         } else {
             Value::Taken
         };
@@ -524,6 +557,18 @@ impl ActorHost {
         let job = self.mailbox.pop()?;
         self.queued.fetch_sub(1, Ordering::AcqRel);
         Some(job)
+    }
+
+    /// The next call to run: a retried one first, then the mailbox; cancelled
+    /// calls are skipped (their replies already failed).
+    fn next_call<S>(&self, life: &mut Life<S>) -> Option<CallJob> {
+        loop {
+            let job = life.retry.pop_front().or_else(|| self.take())?;
+            if self.core.table.cancels_seen() && job.reply.is_cancelled() {
+                continue;
+            }
+            return Some(job);
+        }
     }
 
     /// Runs the constructor if the actor has none running; a panic there is final.
@@ -537,73 +582,12 @@ impl ActorHost {
                 life.cell = Cell::Dead;
                 self.die(format!("its constructor {cause}"));
                 self.fail_retries(&mut life.retry);
-                self.events.publish(SupervisionEvent::Failed {
+                self.fail_queued(&self.died_error());
+                self.core.events.publish(SupervisionEvent::Failed {
                     child: self.label(),
                     cause: format!("its constructor {cause}"),
                 });
             }
-        }
-    }
-
-    /// Runs a batch of calls of a sync actor (on a worker).
-    pub(crate) fn run_batch(self: Arc<Self>) {
-        let Kind::Sync { cell, factory } = &self.kind else {
-            return;
-        };
-        let mut life = cell.lock();
-        self.take_restart_request(&mut life);
-        for _ in 0..BATCH {
-            if self.is_dead() {
-                stop_sync(&mut life.cell);
-                self.fail_retries(&mut life.retry);
-            }
-            self.construct(&mut life, factory);
-            let Some(job) = life.retry.pop_front().or_else(|| self.take()) else {
-                break;
-            };
-            let (Cell::Running(state), Dispatch::Sync(dispatch)) = (&mut life.cell, job.dispatch)
-            else {
-                self.table
-                    .complete(job.call.reply_to, Err(self.died_error()));
-                continue;
-            };
-            if self.faults.fires(Chance::CrashActor) {
-                self.crash(&mut life, "crashed by an injected fault".into(), Some(job));
-                continue;
-            }
-            let mut ctx = HostContext {
-                host: &self,
-                stop: false,
-            };
-            let (message, keep) = self.split(job);
-            match catch_user(|| dispatch(state.as_any_mut(), message, &mut ctx)) {
-                Ok(result) => {
-                    let stop = ctx.stop;
-                    self.table.complete(keep.call.reply_to, result);
-                    if stop {
-                        stop_sync(&mut life.cell);
-                        self.die("it stopped itself".into());
-                    }
-                }
-                Err(cause) => {
-                    let cause = format!("{} {cause}", keep.call.method);
-                    self.crash(&mut life, cause, Some(keep));
-                }
-            }
-            self.take_restart_request(&mut life);
-        }
-        if self.is_dead() {
-            stop_sync(&mut life.cell);
-            self.fail_retries(&mut life.retry);
-        }
-        let more = !life.retry.is_empty();
-        drop(life);
-        // A swap, not a store: it pairs with the caller's swap in `schedule`, so
-        // either the caller sees `false` and schedules us again, or we see its
-        // message in the mailbox below. (A plain store may pass the mailbox read.)
-        self.scheduled.swap(false, Ordering::AcqRel);
-        if more || !self.mailbox.is_empty() {
-            self.schedule();
         }
     }
 
@@ -613,7 +597,59 @@ impl ActorHost {
             tracing::debug!("rayx: actor {} died: {cause}", self.label());
             *death = Some(cause);
         }
+        // Release pairs with `is_dead`'s Acquire: who sees it dead sees the cause.
         self.dead.store(true, Ordering::Release);
+    }
+
+    fn sync_batch(self: &Arc<Self>) {
+        let Kind::Sync { cell, factory } = &self.kind else {
+            return;
+        };
+        let mut life = cell.lock();
+        for _ in 0..BATCH {
+            self.apply_signals(&mut life);
+            if self.is_dead() {
+                break;
+            }
+            self.construct(&mut life, factory);
+            let Some(job) = self.next_call(&mut life) else {
+                break;
+            };
+            let (Cell::Running(state), Dispatch::Sync(dispatch)) = (&mut life.cell, job.dispatch)
+            else {
+                job.reply.complete(Err(self.died_error()));
+                continue;
+            };
+            if self.core.faults.fires(Chance::CrashActor) {
+                self.crash(&mut life, "crashed by an injected fault".into(), Some(job), true);
+                continue;
+            }
+            let mut ctx = HostContext { host: self };
+            let (message, keep) = self.split(job);
+            let reply_id = keep.reply.id();
+            let ran = with_current_task(reply_id, || {
+                catch_user(|| dispatch(state.as_any_mut(), message, &mut ctx))
+            });
+            match ran {
+                Ok(result) => keep.reply.complete(result),
+                Err(cause) => {
+                    let cause = format!("{} {cause}", keep.call.method);
+                    self.crash(&mut life, cause, Some(keep), true);
+                }
+            }
+        }
+        if self.is_dead() {
+            stop_sync(&mut life.cell);
+            self.fail_retries(&mut life.retry);
+            self.fail_queued(&self.died_error());
+        }
+        let more = !life.retry.is_empty() || self.signals.load(Ordering::Acquire) != 0;
+        drop(life);
+        // With retries or signals left we keep the flag and go again; else we
+        // give it up, and take it back if mail came meanwhile.
+        if more || self.scheduled.release(|| !self.mailbox.is_empty()) {
+            self.submit();
+        }
     }
 
     /// Starts queued calls of an async actor (on its arbiter thread).
@@ -623,33 +659,39 @@ impl ActorHost {
             factory,
             max_concurrency,
             in_flight,
+            waiting,
             ..
         } = &self.kind
         else {
             return;
         };
-        // A swap, not a store: it pairs with the caller's swap in `schedule`, so
-        // either the caller sees `false` and schedules us again, or we see its
-        // message in the mailbox below. (A plain store may pass the mailbox read.)
-        self.scheduled.swap(false, Ordering::AcqRel);
         let mut life = cell.lock();
-        self.take_restart_request(&mut life);
-        self.construct(&mut life, factory);
-        while in_flight.load(Ordering::Acquire) < *max_concurrency {
-            let Some(job) = life.retry.pop_front().or_else(|| self.take()) else {
+        loop {
+            self.apply_signals(&mut life);
+            if self.is_dead() {
+                if let Cell::Running(state) = std::mem::replace(&mut life.cell, Cell::Dead) {
+                    let _ = catch_user(|| drop(state));
+                }
+                self.fail_retries(&mut life.retry);
+                self.fail_queued(&self.died_error());
+                break;
+            }
+            self.construct(&mut life, factory);
+            if in_flight.load(Ordering::Acquire) >= *max_concurrency {
+                break;
+            }
+            let Some(job) = self.next_call(&mut life) else {
                 break;
             };
             let state = match (&life.cell, job.dispatch) {
-                (Cell::Running(s), Dispatch::Async(_)) if !self.is_dead() => s.clone(),
+                (Cell::Running(s), Dispatch::Async(_)) => s.clone(),
                 _ => {
-                    self.table
-                        .complete(job.call.reply_to, Err(self.died_error()));
+                    job.reply.complete(Err(self.died_error()));
                     continue;
                 }
             };
-            if self.faults.fires(Chance::CrashActor) {
-                self.crash(&mut life, "crashed by an injected fault".into(), Some(job));
-                self.construct(&mut life, factory);
+            if self.core.faults.fires(Chance::CrashActor) {
+                self.crash(&mut life, "crashed by an injected fault".into(), Some(job), true);
                 continue;
             }
             let Dispatch::Async(dispatch) = job.dispatch else {
@@ -657,73 +699,93 @@ impl ActorHost {
             };
             in_flight.fetch_add(1, Ordering::AcqRel);
             let (message, job) = self.split(job);
+            let info = CallInfo {
+                host: Arc::downgrade(&self),
+                actor_id: self.id,
+                restarts: self.restarts(),
+            };
             // Most handlers finish without waiting: run them to completion here,
-            // and make a task only of one that has to wait. A future polled here
-            // with a no-op waker registers the task's waker when the task polls it.
-            let result = match catch_user(|| dispatch(state, message)) {
-                Err(cause) => Err(cause),
-                Ok(fut) => {
+            // and make a task only of one that has to wait. The state lock is
+            // released meanwhile: the handler may signal its own actor.
+            drop(life);
+            let reply_id = job.reply.id();
+            let first = with_current_task(reply_id, || {
+                catch_user(|| dispatch(state, message, info)).map(|fut| {
                     let mut fut = CatchUnwind(fut);
                     match Pin::new(&mut fut).poll(&mut Context::from_waker(Waker::noop())) {
-                        Poll::Ready(result) => result,
-                        Poll::Pending => {
-                            self.clone().spawn_call(fut, job);
-                            continue;
-                        }
+                        Poll::Ready(result) => Ok(result),
+                        Poll::Pending => Err(fut),
                     }
+                })
+            });
+            let result = match first {
+                Err(cause) => Err(cause),
+                Ok(Ok(result)) => result,
+                Ok(Err(fut)) => {
+                    let cancel = Arc::new(CallCancel::default());
+                    waiting.lock().insert(reply_id, cancel.clone());
+                    if job.reply.is_cancelled() {
+                        cancel.cancel();
+                    }
+                    self.clone().spawn_call(fut, job, cancel);
+                    life = cell.lock();
+                    continue;
                 }
             };
             in_flight.fetch_sub(1, Ordering::AcqRel);
+            life = cell.lock();
             match result {
-                Ok(reply) => self.table.complete(job.call.reply_to, reply),
+                Ok(reply) => job.reply.complete(reply),
                 Err(cause) => {
                     let cause = format!("{} {cause}", job.call.method);
-                    self.crash(&mut life, cause, Some(job));
-                    self.construct(&mut life, factory);
+                    self.crash(&mut life, cause, Some(job), true);
                 }
             }
         }
-        let idle = self.mailbox.is_empty() && life.retry.is_empty();
+        let idle = life.retry.is_empty();
         drop(life);
-        if idle && in_flight.load(Ordering::Acquire) == 0 {
+        if idle && in_flight.load(Ordering::Acquire) == 0 && !self.is_dead() {
             self.linger();
+        } else if self.scheduled.release(|| !self.mailbox.is_empty()) {
+            self.submit();
         }
     }
 
     /// Runs an async call that has to wait as a task on the actor's thread.
-    fn spawn_call(self: Arc<Self>, fut: CatchUnwind, job: CallJob) {
+    fn spawn_call(self: Arc<Self>, fut: CatchUnwind, job: CallJob, cancel: Arc<CallCancel>) {
         actix_rt::spawn(async move {
-            let result = fut.await;
+            let result = Cancellable { fut, cancel }.await;
             let Kind::Async {
-                cell, in_flight, ..
+                cell,
+                in_flight,
+                waiting,
+                ..
             } = &self.kind
             else {
                 return;
             };
+            waiting.lock().remove(&job.reply.id());
             match result {
-                Ok(reply) => self.table.complete(job.call.reply_to, reply),
-                Err(cause) => {
+                // Cancelled: the future is dropped; the cancel failed the reply.
+                None => {}
+                Some(Ok(reply)) => job.reply.complete(reply),
+                Some(Err(cause)) => {
                     let cause = format!("{} {cause}", job.call.method);
-                    self.crash(&mut cell.lock(), cause, Some(job));
+                    self.crash(&mut cell.lock(), cause, Some(job), true);
                 }
             }
-            let left = in_flight.fetch_sub(1, Ordering::AcqRel) - 1;
-            let more = !self.mailbox.is_empty() || !cell.lock().retry.is_empty();
-            if more {
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+            if self.scheduled.claim() {
                 self.pump();
-            } else if left == 0 {
-                self.linger();
             }
         });
     }
 
     /// Keeps watching an idle async actor's mailbox for a moment, on its own
     /// thread: a caller that sends its next call right after a reply then finds
-    /// the actor awake instead of paying for a thread wake-up.
+    /// the actor awake instead of paying for a thread wake-up. Holds the
+    /// `scheduled` flag meanwhile, so callers do not wake the thread.
     fn linger(self: &Arc<Self>) {
-        if self.scheduled.swap(true, Ordering::AcqRel) {
-            return;
-        }
         actix_rt::spawn(Linger {
             host: self.clone(),
             until: std::time::Instant::now() + LINGER,
@@ -731,11 +793,13 @@ impl ActorHost {
     }
 }
 
-/// How long an idle async actor keeps watching its mailbox.
-const LINGER: std::time::Duration = std::time::Duration::from_micros(50);
+impl ActorRun for ActorHost {
+    fn run_batch(self: Arc<Self>) {
+        self.sync_batch();
+    }
+}
 
-/// Watches an idle async actor's mailbox until mail comes or time runs out;
-/// owns the actor's `scheduled` flag meanwhile, so callers do not wake the thread.
+/// Watches an idle async actor's mailbox until mail comes or time runs out.
 struct Linger {
     host: Arc<ActorHost>,
     until: std::time::Instant,
@@ -745,13 +809,12 @@ impl Future for Linger {
     type Output = ();
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let host = &self.host;
-        if !host.mailbox.is_empty() {
+        if !host.mailbox.is_empty() || host.signals.load(Ordering::Acquire) != 0 {
             host.clone().pump();
             return Poll::Ready(());
         }
         if std::time::Instant::now() >= self.until || host.is_dead() {
-            host.scheduled.swap(false, Ordering::AcqRel);
-            if !host.mailbox.is_empty() && !host.scheduled.swap(true, Ordering::AcqRel) {
+            if host.scheduled.release(|| !host.mailbox.is_empty()) {
                 host.clone().pump();
             }
             return Poll::Ready(());
@@ -777,7 +840,7 @@ impl Drop for ActorHost {
             cause: "every handle to it was dropped".into(),
         };
         while let Some(job) = self.mailbox.pop() {
-            self.table.complete(job.call.reply_to, Err(error.clone()));
+            job.reply.complete(Err(error.clone()));
         }
     }
 }
@@ -794,5 +857,43 @@ impl Future for CatchUnwind {
             Ok(Poll::Ready(r)) => Poll::Ready(Ok(r)),
             Err(cause) => Poll::Ready(Err(cause)),
         }
+    }
+}
+
+/// A cancel for a call that is waiting: sets the flag and wakes the call.
+#[derive(Default)]
+struct CallCancel {
+    cancelled: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl CallCancel {
+    fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Release);
+        if let Some(w) = self.waker.lock().take() {
+            w.wake();
+        }
+    }
+}
+
+/// A waiting call that ends early (`None`) when cancelled.
+struct Cancellable {
+    fut: CatchUnwind,
+    cancel: Arc<CallCancel>,
+}
+
+impl Future for Cancellable {
+    type Output = Option<<CatchUnwind as Future>::Output>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.cancel.cancelled.load(Ordering::Acquire) {
+            return Poll::Ready(None);
+        }
+        *self.cancel.waker.lock() = Some(cx.waker().clone());
+        // Checked again after the waker is in place: a cancel between the two
+        // either saw the waker or is seen here.
+        if self.cancel.cancelled.load(Ordering::Acquire) {
+            return Poll::Ready(None);
+        }
+        Pin::new(&mut self.fut).poll(cx).map(Some)
     }
 }

@@ -1,36 +1,56 @@
 //! The actor directory: actors by id and by name (Ray's named actors), and the
 //! detached actors that live on with no handle left.
 
-use crate::actor_host::ActorHost;
 use crate::error::Error;
 use crate::ids::{ActorId, IdMap};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
-type Names = HashMap<(String, String), Weak<ActorHost>>;
-
-/// Live actors by id and name. Entries of freed actors are swept as it grows.
-#[derive(Default)]
-pub struct Directory {
-    ids: Mutex<(IdMap<ActorId, Weak<ActorHost>>, usize)>,
-    names: Mutex<Names>,
-    detached: Mutex<IdMap<ActorId, Arc<ActorHost>>>,
+/// What the directory needs of an actor.
+pub trait Entry: Send + Sync {
+    /// Its id.
+    fn id(&self) -> ActorId;
+    /// Whether it died.
+    fn is_dead(&self) -> bool;
+    /// Whether it lives on with no handle left.
+    fn is_detached(&self) -> bool;
+    /// Kills it (at shutdown).
+    fn kill(self: &Arc<Self>, cause: &str);
 }
 
-fn live(w: &Weak<ActorHost>) -> Option<Arc<ActorHost>> {
+type Names<H> = HashMap<(String, String), Weak<H>>;
+
+/// Live actors by id and name. Entries of freed actors are swept as it grows.
+pub struct Directory<H> {
+    ids: Mutex<(IdMap<ActorId, Weak<H>>, usize)>,
+    names: Mutex<Names<H>>,
+    detached: Mutex<IdMap<ActorId, Arc<H>>>,
+}
+
+impl<H> Default for Directory<H> {
+    fn default() -> Self {
+        Directory {
+            ids: Mutex::default(),
+            names: Mutex::default(),
+            detached: Mutex::default(),
+        }
+    }
+}
+
+fn live<H: Entry>(w: &Weak<H>) -> Option<Arc<H>> {
     w.upgrade().filter(|h| !h.is_dead())
 }
 
-impl Directory {
+impl<H: Entry> Directory<H> {
     /// Adds an actor, claiming its name; with `get_if_exists` an existing actor
     /// of that name is returned instead (the bool says it already existed).
     pub fn register(
         &self,
         name: Option<(String, String)>,
         get_if_exists: bool,
-        create: impl FnOnce() -> Arc<ActorHost>,
-    ) -> Result<(Arc<ActorHost>, bool), Error> {
+        create: impl FnOnce() -> Arc<H>,
+    ) -> Result<(Arc<H>, bool), Error> {
         let host = match name {
             None => create(),
             Some(key) => {
@@ -68,7 +88,7 @@ impl Directory {
     }
 
     /// The live actor named `name` in `namespace`.
-    pub fn by_name(&self, namespace: &str, name: &str) -> Option<Arc<ActorHost>> {
+    pub fn by_name(&self, namespace: &str, name: &str) -> Option<Arc<H>> {
         self.names
             .lock()
             .get(&(namespace.to_string(), name.to_string()))
@@ -76,7 +96,7 @@ impl Directory {
     }
 
     /// The live actor with this id.
-    pub fn by_id(&self, id: ActorId) -> Option<Arc<ActorHost>> {
+    pub fn by_id(&self, id: ActorId) -> Option<Arc<H>> {
         self.ids.lock().0.get(&id).and_then(live)
     }
 
@@ -87,7 +107,7 @@ impl Directory {
 
     /// Kills every actor (at shutdown).
     pub fn kill_all(&self, cause: &str) {
-        let hosts: Vec<Arc<ActorHost>> = self
+        let hosts: Vec<Arc<H>> = self
             .ids
             .lock()
             .0

@@ -126,6 +126,33 @@ pub enum Error {
         /// The object's id, as text.
         id: String,
     },
+    /// A ref or handle names an owner this process does not know: a runtime
+    /// that is gone, or a node this process has no link to.
+    #[error("{id} is owned by {owner}, which this process does not know (a runtime that is gone, or another node)")]
+    OwnerUnknown {
+        /// The object's or actor's id, as text.
+        id: String,
+        /// The owner's node id, as text.
+        owner: String,
+    },
+    /// Every worker thread the runtime may start is blocked in `get` while
+    /// work is queued: nothing can run it (raise `max_workers`).
+    #[error("all {max_workers} worker threads (max_workers) are blocked waiting while work is queued; nothing can run it: raise max_workers")]
+    WorkerLimitReached {
+        /// The limit.
+        max_workers: usize,
+    },
+    /// An actor method returned an error (Ray: a method that raises); the actor
+    /// lives on.
+    #[error("call `{method}` on actor `{actor}` failed: {cause}")]
+    CallFailed {
+        /// The actor.
+        actor: String,
+        /// The method (message type).
+        method: String,
+        /// The error's text.
+        cause: String,
+    },
     /// A lost object could not be rebuilt from its lineage.
     #[error("object {id} was lost and cannot be rebuilt: {cause}")]
     ObjectReconstructionFailed {

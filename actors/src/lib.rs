@@ -1,13 +1,15 @@
 //! The rayx engine: every moving part is an actor with a mailbox.
 //!
-//! - [`supervisor`]: the root supervisor, and supervision events.
-//! - [`router`]: balances jobs over the workers; starts and retires them.
-//! - [`worker`]: runs tasks and actor calls, panics caught.
-//! - [`owner`]: the object table: values, waiters, reference counts.
-//! - [`object_store`]: the budget for large objects.
-//! - [`actor_host`]: one user actor's mailbox, state and lifecycle.
-//! - [`directory`]: actors by id and by name.
-//! - [`faults`]: fault injection for tests and drills (off by default).
+//! It is layered, and a layer imports only the ones below it:
+//!
+//! - **base** — [`ids`], [`error`](Error), [`value`], [`messages`], [`config`],
+//!   [`faults`], [`events`], [`supervision`], [`functions`], and the thread
+//!   [`handshake`]s (over [`sync`](crate::handshake)'s atomics, modelled with loom).
+//! - **tables** — [`object_table`] (objects, waiters, lineage), [`object_store`]
+//!   (the budget for large objects), [`run_queue`], [`directory`], bundled for each
+//!   node in [`core`].
+//! - **actors** — [`worker`], [`router`], [`actor_host`], [`supervisor`].
+//! - **node** — [`node`]: wiring.
 //!
 //! Engine messages ([`messages`]) carry ids and values, never closures, and are
 //! all `Serialize + Deserialize`.
@@ -15,20 +17,32 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
-pub mod actor_host;
-pub mod directory;
+// base
+pub mod config;
 mod error;
+pub mod events;
 pub mod faults;
 pub mod functions;
+pub mod handshake;
 pub mod ids;
 pub mod messages;
-pub mod node;
+pub mod supervision;
+mod sync;
+pub mod value;
+// tables
+pub mod core;
+pub mod directory;
 pub mod object_store;
-pub mod owner;
+pub mod object_table;
+pub mod run_queue;
+// actors
+pub mod actor_host;
 pub mod router;
 pub mod supervisor;
-pub mod value;
 pub mod worker;
+// node
+pub mod node;
 
+pub use config::NodeConfig;
 pub use error::{Error, Result};
-pub use node::{Node, NodeConfig};
+pub use node::Node;

@@ -15,15 +15,67 @@ pub enum Arg {
     Ref(ObjectId),
 }
 
+/// How many times something may be tried again: Ray's `max_retries`,
+/// `max_restarts` and `max_task_retries`, where Ray writes `-1` for no limit.
+///
+/// ```
+/// use rayx_actors::messages::Retries;
+///
+/// let three: Retries = 3.into();
+/// assert!(three.allows(3) && !three.allows(4));
+/// assert!(Retries::Infinite.allows(u64::MAX));
+/// assert!(!Retries::NONE.allows(1));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Retries {
+    /// At most this many.
+    Finite(u32),
+    /// No limit (Ray's `-1`).
+    Infinite,
+}
+
+impl Retries {
+    /// None at all.
+    pub const NONE: Retries = Retries::Finite(0);
+
+    /// Whether the `n`-th retry (1 for the first) is allowed.
+    pub fn allows(self, n: u64) -> bool {
+        match self {
+            Retries::Finite(max) => n <= max as u64,
+            Retries::Infinite => true,
+        }
+    }
+
+    /// Whether no retry is allowed.
+    pub fn is_none(self) -> bool {
+        self == Retries::NONE
+    }
+}
+
+impl From<u32> for Retries {
+    fn from(n: u32) -> Retries {
+        Retries::Finite(n)
+    }
+}
+
+impl std::fmt::Display for Retries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Retries::Finite(n) => write!(f, "{n}"),
+            Retries::Infinite => write!(f, "unlimited"),
+        }
+    }
+}
+
 /// Per-call options of a task.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskOptions {
     /// A name for errors and debugging; defaults to the function's name.
     pub name: Option<String>,
-    /// Retries after system failures (the worker died); -1 for no limit, 0 for
-    /// none. Ray's default is 3. With `retry_exceptions`, panics count too.
-    pub max_retries: i32,
-    /// Which application failures (panics) are retried.
+    /// Retries after system failures (the worker or its node died). Ray's
+    /// default is 3. With `retry_exceptions`, application failures count too.
+    pub max_retries: Retries,
+    /// Which application failures (panics, `Err` returns) are retried.
     pub retry_exceptions: RetryExceptions,
 }
 
@@ -31,7 +83,7 @@ impl Default for TaskOptions {
     fn default() -> Self {
         TaskOptions {
             name: None,
-            max_retries: 3,
+            max_retries: Retries::Finite(3),
             retry_exceptions: RetryExceptions::None,
         }
     }
@@ -40,25 +92,25 @@ impl Default for TaskOptions {
 impl TaskOptions {
     /// Whether a task that has failed `failures` times may run again.
     pub fn may_retry(&self, failures: usize) -> bool {
-        self.max_retries < 0 || failures <= self.max_retries as usize
+        self.max_retries.allows(failures as u64)
     }
 }
 
-/// Which panics of a task are retried (Ray's `retry_exceptions`).
+/// Which application failures of a task are retried (Ray's `retry_exceptions`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RetryExceptions {
-    /// None (Ray's default): a panic fails the task.
+    /// None (Ray's default): a panic or an `Err` fails the task.
     #[default]
     None,
-    /// Every panic.
+    /// Every one.
     All,
-    /// Panics whose message contains one of these strings (Ray's list of
+    /// Those whose message contains one of these strings (Ray's list of
     /// exception types, by message).
     Matching(Vec<String>),
 }
 
 impl RetryExceptions {
-    /// Whether a panic with this cause is retried.
+    /// Whether a failure with this cause is retried.
     pub fn covers(&self, cause: &str) -> bool {
         match self {
             RetryExceptions::None => false,

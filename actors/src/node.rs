@@ -1,103 +1,69 @@
-//! A node: one process's engine. It owns the supervisor's system thread, the
-//! object table, the run queue, the object store, the actor directory and the
-//! function table, and is what the typed API in `rayx` drives.
+//! A node: one runtime's engine, wired. It builds the tables ([`Core`]), starts
+//! the root supervisor on its own system thread and the async actor threads, keeps
+//! the actor directory, and is what the typed API in `rayx` drives.
 
-use crate::actor_host::{ActorHost, ActorSpec, HostEnv};
-use crate::directory::Directory;
+use crate::actor_host::{ActorHost, ActorSpec};
+use crate::config::NodeConfig;
+use crate::core::Core;
+use crate::directory::{Directory, Entry};
 use crate::error::Error;
-use crate::faults::{FaultInjector, Faults};
+use crate::events::Events;
 use crate::functions::FunctionTable;
-use crate::ids::ActorId;
+use crate::ids::{ActorId, NodeId, ObjectId};
 use crate::messages::TaskSpec;
-use crate::object_store::ObjectStore;
-use crate::owner::{MemoryUsage, OwnerTable, Slot};
-use crate::router::RunQueue;
-use crate::supervisor::{
-    EventBus, InjectFailure, Shutdown, Strategy, SupervisionEvent, Supervisor, CHILDREN,
-};
+use crate::object_table::{LocalRef, MemoryUsage, Slot};
+use crate::supervisor::{InjectFailure, Shutdown, Supervisor, CHILDREN};
 use crate::value::Value;
-use crate::worker::enter_thread;
 use actix::{Actor, Addr};
 use actix_rt::{Arbiter, ArbiterHandle, System};
 use parking_lot::Mutex;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::Receiver;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, LazyLock, OnceLock, Weak};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
-/// How a node is sized.
-#[derive(Debug, Clone)]
-pub struct NodeConfig {
-    /// Workers kept running (Ray's CPUs); blocked workers are topped up.
-    pub num_workers: usize,
-    /// Worker threads at most, counting those started for blocked ones.
-    pub max_workers: usize,
-    /// Calls an actor's mailbox holds at most.
-    pub mailbox_capacity: usize,
-    /// Bytes the object store admits.
-    pub object_store_memory: u64,
-    /// Values up to this size are held inline by the owner (Ray: 100 KiB).
-    pub inline_threshold: usize,
-    /// Threads that run async actors.
-    pub async_threads: usize,
-    /// Faults to inject (none by default).
-    pub faults: Faults,
-    /// Bytes of lineage (task specs kept to rebuild lost objects) at most;
-    /// Ray's default is 1 GB. Past it, new objects cannot be rebuilt.
-    pub max_lineage_bytes: u64,
-    /// The root supervisor's strategy and restart intensity (at most this many
-    /// restarts of its children within this window, then it gives up and the
-    /// node stops).
-    pub supervision: (Strategy, usize, Duration),
-    /// Restart intensity of the worker pool: at most this many worker restarts
-    /// within this window, then the node gives up and stops.
-    pub worker_restarts: (usize, Duration),
+/// The runtimes of this process by id, so a ref or handle decoded in one
+/// runtime finds its owner in another. Weak: it keeps no runtime alive.
+static NODES: LazyLock<Mutex<HashMap<NodeId, Weak<Node>>>> = LazyLock::new(Default::default);
+
+thread_local! {
+    static CURRENT_NODE: RefCell<Weak<Node>> = const { RefCell::new(Weak::new()) };
 }
 
-impl Default for NodeConfig {
-    fn default() -> Self {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        NodeConfig {
-            num_workers: cpus,
-            max_workers: 1024,
-            mailbox_capacity: usize::MAX,
-            object_store_memory: default_store_memory(),
-            inline_threshold: 100 * 1024,
-            async_threads: 1,
-            faults: Faults::default(),
-            max_lineage_bytes: 1 << 30,
-            supervision: (Strategy::RestForOne, 10, Duration::from_secs(10)),
-            worker_restarts: (1000, Duration::from_secs(1)),
-        }
+/// The node whose worker (or actor thread) this is, if any.
+pub fn current_node() -> Option<Arc<Node>> {
+    CURRENT_NODE.with(|n| n.borrow().upgrade())
+}
+
+/// Runs `f` with `node` as this thread's node (to decode refs and handles).
+pub fn with_node<R>(node: &Arc<Node>, f: impl FnOnce() -> R) -> R {
+    let previous =
+        CURRENT_NODE.with(|n| std::mem::replace(&mut *n.borrow_mut(), Arc::downgrade(node)));
+    let result = f();
+    CURRENT_NODE.with(|n| *n.borrow_mut() = previous);
+    result
+}
+
+impl Entry for ActorHost {
+    fn id(&self) -> ActorId {
+        ActorHost::id(self)
+    }
+    fn is_dead(&self) -> bool {
+        ActorHost::is_dead(self)
+    }
+    fn is_detached(&self) -> bool {
+        ActorHost::is_detached(self)
+    }
+    fn kill(self: &Arc<Self>, cause: &str) {
+        ActorHost::kill(self, cause)
     }
 }
 
-/// Ray's default: 30% of the machine's memory.
-fn default_store_memory() -> u64 {
-    let total = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map(|kb| kb * 1024)
-        .unwrap_or(8 << 30);
-    total / 10 * 3
-}
-
-/// One process's engine.
+/// One runtime's engine.
 pub struct Node {
-    pub(crate) table: Arc<OwnerTable>,
-    pub(crate) run_queue: Arc<RunQueue>,
-    pub(crate) store: Arc<ObjectStore>,
-    pub(crate) functions: FunctionTable,
-    pub(crate) events: Arc<EventBus>,
-    pub(crate) faults: Arc<FaultInjector>,
-    directory: Directory,
-    config: NodeConfig,
+    core: Arc<Core>,
+    directory: Directory<ActorHost>,
     next_actor: AtomicU64,
     next_async: AtomicUsize,
     async_arbiters: Mutex<Vec<Arbiter>>,
@@ -106,17 +72,12 @@ pub struct Node {
     supervisor: OnceLock<Addr<Supervisor>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     closed: AtomicBool,
-    cancels_seen: AtomicBool,
 }
 
 impl Node {
     /// Starts a node on its own system thread.
     pub fn start(config: NodeConfig, functions: FunctionTable) -> Result<Arc<Node>, Error> {
-        if config.num_workers == 0 {
-            return Err(Error::InvalidArgument(
-                "num_workers must be at least 1".into(),
-            ));
-        }
+        config.validate()?;
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("rayx-supervisor".into())
@@ -138,51 +99,58 @@ impl Node {
     }
 
     fn build(config: NodeConfig, functions: FunctionTable) -> Result<Arc<Node>, Error> {
-        let store = ObjectStore::new(config.object_store_memory);
-        let run_queue = RunQueue::new(config.num_workers, config.max_workers);
-        let faults = Arc::new(FaultInjector::new(config.faults));
-        let table = OwnerTable::new(
-            store.clone(),
-            run_queue.clone(),
-            config.inline_threshold,
-            faults.clone(),
-            config.max_lineage_bytes,
-        );
+        let id = NodeId::random();
+        let async_threads = config.async_threads;
+        let core = Core::new(id, config, functions);
         let mut arbiters = Vec::new();
-        for _ in 0..config.async_threads.max(1) {
+        for _ in 0..async_threads {
             arbiters.push(Arbiter::try_new().map_err(|e| Error::Startup(e.to_string()))?);
         }
         let node = Arc::new(Node {
-            table,
-            run_queue,
-            store,
-            functions,
-            events: Arc::new(EventBus::default()),
-            faults,
+            core: core.clone(),
             directory: Directory::default(),
             next_actor: AtomicU64::new(1),
             next_async: AtomicUsize::new(0),
             async_handles: arbiters.iter().map(|a| a.handle()).collect(),
             async_arbiters: Mutex::new(arbiters),
-            config,
             system: System::current(),
             supervisor: OnceLock::new(),
             thread: Mutex::new(None),
             closed: AtomicBool::new(false),
-            cancels_seen: AtomicBool::new(false),
         });
+        let weak = Arc::downgrade(&node);
+        let for_threads = weak.clone();
+        core.set_hooks(
+            Box::new(move || CURRENT_NODE.with(|n| *n.borrow_mut() = for_threads.clone())),
+            Box::new(move || {
+                if let Some(node) = weak.upgrade() {
+                    node.shutdown();
+                }
+            }),
+        );
         for handle in &node.async_handles {
-            let n = node.clone();
-            handle.spawn_fn(move || enter_thread(&n, None));
+            let core = core.clone();
+            handle.spawn_fn(move || core.enter_thread());
         }
-        let supervisor = Supervisor::new(node.clone()).start();
+        let supervisor = Supervisor::new(core).start();
         let _ = node.supervisor.set(supervisor);
+        NODES.lock().insert(id, Arc::downgrade(&node));
         Ok(node)
+    }
+
+    /// The node's id (unique across runtimes and processes).
+    pub fn id(&self) -> NodeId {
+        self.core.node
     }
 
     /// The node's configuration.
     pub fn config(&self) -> &NodeConfig {
-        &self.config
+        &self.core.config
+    }
+
+    /// The node's tables.
+    pub fn core(&self) -> &Arc<Core> {
+        &self.core
     }
 
     /// Whether `shutdown` has run.
@@ -198,35 +166,58 @@ impl Node {
         }
     }
 
-    /// Registers the pending return object of a task about to be submitted.
+    /// Registers the pending return object of a task or call about to be made.
     pub fn new_pending(&self) -> Arc<Slot> {
-        self.table.new_pending()
+        self.core.table.new_pending()
     }
 
-    /// The live slot of an object.
-    pub fn lookup(&self, id: crate::ids::ObjectId) -> Option<Arc<Slot>> {
-        self.table.lookup(id)
+    /// The live slot of an object owned here.
+    pub fn lookup(&self, id: ObjectId) -> Option<Arc<Slot>> {
+        self.core.table.lookup(id)
     }
 
-    /// Submits a task whose return slot is `ret`; `pins` are the slots its
+    /// The live slot of an object owned by any runtime of this process (a ref
+    /// decoded here may name another runtime's object); a typed error if its
+    /// owner is not here or no longer has it.
+    pub fn resolve(&self, id: ObjectId) -> Result<Arc<Slot>, Error> {
+        let owner = if id.node == self.id() {
+            None
+        } else {
+            Some(known_node(id.node).ok_or_else(|| Error::OwnerUnknown {
+                id: id.to_string(),
+                owner: id.node.to_string(),
+            })?)
+        };
+        let node = owner.as_deref().unwrap_or(self);
+        node.lookup(id).ok_or_else(|| {
+            if node.is_closed() {
+                Error::OwnerDied { id: id.to_string() }
+            } else {
+                Error::ObjectLost { id: id.to_string() }
+            }
+        })
+    }
+
+    /// Submits a task whose return slot is `ret`; `pins` hold the objects its
     /// `Arg::Ref`s name. An unregistered function fails the return at once.
-    pub fn submit_task(&self, spec: TaskSpec, ret: &Arc<Slot>, pins: Vec<Arc<Slot>>) {
+    pub fn submit_task(&self, spec: TaskSpec, ret: &Arc<Slot>, pins: Vec<LocalRef>) {
         // A task submitted from a task is its child, for a recursive cancel.
         if let Some(parent) = crate::worker::current_task().and_then(|p| self.lookup(p)) {
             parent.add_child(ret);
         }
-        if !self.functions.contains(&spec.function) {
+        if !self.core.functions.contains(&spec.function) {
             ret.complete(Err(Error::FunctionNotRegistered {
                 name: spec.function.to_string(),
             }));
             return;
         }
-        self.table.record_lineage(ret, &spec, &pins);
-        self.table.submit_task(spec, pins);
+        let table = &self.core.table;
+        table.record_lineage(ret, &spec, &pins);
+        table.submit_task(ret.clone(), spec, pins);
     }
 
-    /// Injected fault: makes a child of the root supervisor (`owner`,
-    /// `object-store`, `router`) fail, so its strategy restarts it.
+    /// Injected fault: makes a child of the root supervisor (`router`) fail, so
+    /// its strategy restarts it.
     pub fn inject_system_failure(&self, child: &str) -> Result<(), Error> {
         self.check_open()?;
         if !CHILDREN.contains(&child) {
@@ -248,29 +239,31 @@ impl Node {
         slot.lose()
     }
 
-    /// Whether any task was ever cancelled here (until then, workers skip the
-    /// check).
-    pub(crate) fn cancels_seen(&self) -> bool {
-        self.cancels_seen.load(Ordering::Acquire)
-    }
-
-    /// Cancels the task that makes `slot` (Ray's `cancel`): a queued task never
-    /// runs; a running one sees `current_task_cancelled()`; with `force` its
-    /// worker is abandoned and replaced; with `recursive` the tasks it submitted
-    /// are cancelled too. Its object fails with `Cancelled` at once; a finished
-    /// task is left as it is. Cancelled tasks are never retried.
+    /// Cancels the task or actor call that makes `slot` (Ray's `cancel`): a
+    /// queued one never runs; a running task sees `current_task_cancelled()`;
+    /// a waiting async call's future is dropped; with `force` a task's worker is
+    /// abandoned and replaced; with `recursive` the tasks it submitted are
+    /// cancelled too. The object fails with `Cancelled` at once; a finished one
+    /// is left as it is. Cancelled tasks and calls are never retried.
     pub fn cancel(&self, slot: &Arc<Slot>, force: bool, recursive: bool) {
-        self.cancels_seen.store(true, Ordering::Release);
         let error = Error::Cancelled {
-            task: format!("task-{:x}", slot.id().0),
+            task: slot.id().to_string(),
             forced: force,
         };
-        let Some(children) = slot.cancel(error) else {
+        let Some(cancelled) = slot.cancel(error) else {
             return;
         };
-        self.run_queue.cancel_running(slot.id(), force);
+        match cancelled.actor {
+            Some(actor) => {
+                if let Some(host) = self.actor_by_id(actor) {
+                    host.cancel_call(slot.id());
+                }
+            }
+            None if force => self.core.run_queue.abandon_running(slot.id()),
+            None => {}
+        }
         if recursive {
-            for child in children {
+            for child in cancelled.children {
                 self.cancel(&child, force, true);
             }
         }
@@ -279,7 +272,7 @@ impl Node {
     /// Stores a value in the object table (large ones in the object store).
     pub fn put(&self, value: Value) -> Result<Arc<Slot>, Error> {
         self.check_open()?;
-        self.table.put(value)
+        self.core.table.put(value)
     }
 
     /// Starts an actor.
@@ -290,15 +283,13 @@ impl Node {
         let handles = &self.async_handles;
         let arbiter =
             handles[self.next_async.fetch_add(1, Ordering::Relaxed) % handles.len()].clone();
-        let id = ActorId(self.next_actor.fetch_add(1, Ordering::Relaxed));
-        let env = HostEnv {
-            table: self.table.clone(),
-            run_queue: self.run_queue.clone(),
-            events: self.events.clone(),
-            faults: self.faults.clone(),
+        let id = ActorId {
+            node: self.id(),
+            seq: self.next_actor.fetch_add(1, Ordering::Relaxed),
         };
+        let core = self.core.clone();
         self.directory.register(name, get_if_exists, || {
-            ActorHost::new(id, spec, env, arbiter)
+            ActorHost::new(id, spec, core, arbiter)
         })
     }
 
@@ -313,9 +304,23 @@ impl Node {
             })
     }
 
-    /// The live actor with this id.
+    /// The live actor with this id, on this node.
     pub fn actor_by_id(&self, id: ActorId) -> Option<Arc<ActorHost>> {
         self.directory.by_id(id)
+    }
+
+    /// The live actor with this id on any runtime of this process, with its
+    /// node; a typed error if it is not there.
+    pub fn resolve_actor(&self, id: ActorId) -> Result<(Arc<Node>, Arc<ActorHost>), Error> {
+        let node = known_node(id.node).ok_or_else(|| Error::OwnerUnknown {
+            id: id.to_string(),
+            owner: id.node.to_string(),
+        })?;
+        let host = node.actor_by_id(id).ok_or_else(|| Error::ActorDied {
+            actor: id.to_string(),
+            cause: "it is no longer alive on its node".into(),
+        })?;
+        Ok((node, host))
     }
 
     /// Kills an actor; with `no_restart` false it restarts if its policy allows.
@@ -328,29 +333,37 @@ impl Node {
         }
     }
 
+    /// Forgets a dead actor (it stopped itself), so a detached one can be freed.
+    pub fn forget_actor(&self, id: ActorId) {
+        self.directory.forget(id);
+    }
+
     /// Memory held by objects now.
     pub fn usage(&self) -> MemoryUsage {
-        self.table.usage()
+        self.core.table.usage()
     }
 
     /// Live workers and how many are blocked in `get`.
     pub fn worker_counts(&self) -> (usize, usize) {
-        self.run_queue.worker_counts()
+        self.core.run_queue.worker_counts()
     }
 
     /// Supervision events from now on.
-    pub fn subscribe(&self) -> Receiver<SupervisionEvent> {
-        self.events.subscribe()
+    pub fn subscribe(&self) -> Events {
+        self.core.events.subscribe()
     }
 
     /// Stops the node: pending objects fail with `ShutDown`, actors die, worker
-    /// threads stop after their current job. Idempotent.
+    /// threads stop after their current job. Idempotent, and callable from the
+    /// node's own threads (a handler may shut its runtime down).
     pub fn shutdown(&self) {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        self.table.fail_all(Error::ShutDown);
-        self.run_queue.close();
+        NODES.lock().remove(&self.id());
+        let core = &self.core;
+        core.table.fail_all(Error::ShutDown);
+        core.run_queue.close();
         self.directory.kill_all("the runtime shut down");
         for arbiter in self.async_arbiters.lock().drain(..) {
             arbiter.stop();
@@ -359,7 +372,7 @@ impl Node {
             Some(s) => s.do_send(Shutdown),
             None => self.system.stop(),
         }
-        let on_own_thread = crate::worker::current_node().is_some_and(|n| std::ptr::eq(&*n, self));
+        let on_own_thread = current_node().is_some_and(|n| std::ptr::eq(&*n, self));
         let thread = self.thread.lock().take();
         if let Some(t) = thread {
             if !on_own_thread && t.thread().id() != std::thread::current().id() {
@@ -367,4 +380,8 @@ impl Node {
             }
         }
     }
+}
+
+fn known_node(id: NodeId) -> Option<Arc<Node>> {
+    NODES.lock().get(&id).and_then(Weak::upgrade)
 }

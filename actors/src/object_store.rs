@@ -1,11 +1,10 @@
 //! The object store: the node's budget for large objects. Values live in shared
 //! memory (one `Arc` per value, no copy); the store admits them against its
 //! capacity and counts them, and a slot releases its share when it is freed.
+//! It is a table, not an actor: admission is one atomic step on the put path, and
+//! there is no state an actor's restart could reset.
 
 use crate::error::Error;
-use crate::supervisor::{supervised_child, ChildLink, Supervisor};
-use actix::{Actor, Addr, Context, Handler, Message, MessageResult};
-use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -78,42 +77,5 @@ impl ObjectStore {
     /// The capacity in bytes.
     pub fn capacity(&self) -> u64 {
         self.capacity
-    }
-}
-
-/// The store's actor: answers usage queries for the supervisor and tools.
-pub struct ObjectStoreActor {
-    store: Arc<ObjectStore>,
-    link: ChildLink,
-}
-
-impl ObjectStoreActor {
-    pub(crate) fn new(store: Arc<ObjectStore>, supervisor: Addr<Supervisor>) -> Self {
-        ObjectStoreActor {
-            store,
-            link: ChildLink::new("object-store", supervisor),
-        }
-    }
-}
-
-impl Actor for ObjectStoreActor {
-    type Context = Context<Self>;
-
-    fn stopped(&mut self, _: &mut Context<Self>) {
-        self.link.report();
-    }
-}
-
-supervised_child!(ObjectStoreActor);
-
-/// Asks the store for `(objects, bytes)` held.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, Message)]
-#[rtype(result = "(u64, u64)")]
-pub struct GetStoreUsage;
-
-impl Handler<GetStoreUsage> for ObjectStoreActor {
-    type Result = MessageResult<GetStoreUsage>;
-    fn handle(&mut self, _: GetStoreUsage, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.store.usage())
     }
 }

@@ -1,125 +1,94 @@
 //! A worker: an actor on its own thread that drains the run queue, running each
-//! task's registered function with panics caught and reporting the outcome to the
-//! owner of the task's return object.
+//! task's registered function with panics caught and completing the task's return
+//! object. A worker blocked in `get` on a task nobody has started runs that task
+//! itself (see [`WaitHooks`]).
 
+use crate::core::Core;
 use crate::error::Error;
 use crate::faults::{Chance, FaultPoint, Trigger};
+use crate::ids::ObjectId;
 use crate::messages::RetryExceptions;
-use crate::node::Node;
-use crate::owner::TaskJob;
-use crate::router::{Job, Router, RunQueue, WorkerFailed, WorkerRetired};
-use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message};
+use crate::object_table::{current_table, install_wait_hooks, Slot, TaskJob, WaitHooks};
+use crate::run_queue::{Drain, Job, WorkerState};
+use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message, Recipient};
 use crossbeam_utils::Backoff;
 use serde::{Deserialize, Serialize};
 use std::cell::{Cell, RefCell};
 use std::panic::{self, AssertUnwindSafe};
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Once, Weak};
+use std::sync::{Arc, Once};
 use std::time::Duration;
 
 /// How long a surplus worker stays idle before it retires.
 const RETIRE_AFTER: Duration = Duration::from_secs(2);
 
 thread_local! {
-    static CURRENT_QUEUE: RefCell<Option<Arc<RunQueue>>> = const { RefCell::new(None) };
-    static CURRENT_NODE: RefCell<Weak<Node>> = const { RefCell::new(Weak::new()) };
     static IN_USER_CODE: Cell<bool> = const { Cell::new(false) };
-    static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
-    static CURRENT_TASK: Cell<u64> = const { Cell::new(0) };
-    static CURRENT_RUNNING: RefCell<Option<Arc<Running>>> = const { RefCell::new(None) };
+    static LAST_PANIC: RefCell<Option<(String, String)>> = const { RefCell::new(None) };
+    static CURRENT_TASK: Cell<Option<ObjectId>> = const { Cell::new(None) };
 }
 
 /// The task running on this thread, if any (its return object's id).
-pub fn current_task() -> Option<crate::ids::ObjectId> {
-    let id = CURRENT_TASK.with(|t| t.get());
-    (id != 0).then_some(crate::ids::ObjectId(id))
+pub fn current_task() -> Option<ObjectId> {
+    CURRENT_TASK.with(|t| t.get())
+}
+
+/// Runs `f` as the task (or call) whose return object is `id`, for
+/// [`current_task`] and a cancel to see.
+pub fn with_current_task<R>(id: ObjectId, f: impl FnOnce() -> R) -> R {
+    let previous = CURRENT_TASK.with(|t| t.replace(Some(id)));
+    let result = f();
+    CURRENT_TASK.with(|t| t.set(previous));
+    result
 }
 
 /// Whether the task running on this thread has been cancelled: a long task
 /// checks this now and then and returns early (cooperative cancellation).
 pub fn current_task_cancelled() -> bool {
-    current_task().is_some()
-        && CURRENT_RUNNING.with(|r| {
-            r.borrow()
-                .as_ref()
-                .is_some_and(|r| r.cancelled.load(Ordering::SeqCst))
-        })
+    current_task()
+        .and_then(|id| current_table()?.lookup(id))
+        .is_some_and(|slot| slot.is_cancelled())
 }
 
-/// What a worker is running, for a forced cancel to find it.
-#[derive(Default)]
-pub struct Running {
-    /// The return object id of the task running now; 0 when idle.
-    pub(crate) task: std::sync::atomic::AtomicU64,
-    /// Set when the task running now is cancelled.
-    pub(crate) cancelled: std::sync::atomic::AtomicBool,
-    /// Set when a forced cancel gave up on this worker.
-    pub(crate) abandoned: std::sync::atomic::AtomicBool,
-    /// Set when its router stopped: finish the job in hand, take no more.
-    pub(crate) stop: std::sync::atomic::AtomicBool,
-}
+/// A worker's death: a retired surplus worker, or an abandoned one.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, Message)]
+#[rtype(result = "()")]
+pub struct WorkerRetired(pub usize);
 
-/// The node whose worker (or actor thread) this is, if any.
-pub fn current_node() -> Option<Arc<Node>> {
-    CURRENT_NODE.with(|n| n.borrow().upgrade())
-}
-
-/// Runs `f` with `node` as this thread's node (to decode refs and handles).
-pub fn with_node<R>(node: &Arc<Node>, f: impl FnOnce() -> R) -> R {
-    let previous =
-        CURRENT_NODE.with(|n| std::mem::replace(&mut *n.borrow_mut(), Arc::downgrade(node)));
-    let result = f();
-    CURRENT_NODE.with(|n| *n.borrow_mut() = previous);
-    result
-}
-
-/// Marks this thread as one of `node`'s; `get` on it counts as a blocked worker
-/// when `queue` is given.
-pub(crate) fn enter_thread(node: &Arc<Node>, queue: Option<Arc<RunQueue>>) {
-    CURRENT_NODE.with(|n| *n.borrow_mut() = Arc::downgrade(node));
-    CURRENT_QUEUE.with(|q| *q.borrow_mut() = queue);
-}
-
-/// A stretch in which a worker thread waits for an object. While it lasts the
-/// worker does not count as running, so the router may start another.
-pub struct BlockingSection(Option<Arc<RunQueue>>);
-
-impl BlockingSection {
-    /// Enters the section (does nothing off worker threads).
-    pub fn enter() -> BlockingSection {
-        let queue = CURRENT_QUEUE.with(|q| q.borrow().clone());
-        if let Some(q) = &queue {
-            q.block_begin();
-        }
-        BlockingSection(queue)
-    }
-}
-
-impl Drop for BlockingSection {
-    fn drop(&mut self) {
-        if let Some(q) = &self.0 {
-            q.block_end();
-        }
-    }
+/// A worker died (an injected fault): its router replaces it, within the
+/// restart intensity.
+#[derive(Debug, Clone, Serialize, Deserialize, Message)]
+#[rtype(result = "()")]
+pub struct WorkerFailed {
+    /// Which worker.
+    pub worker: usize,
+    /// Why it died.
+    pub cause: String,
 }
 
 /// Runs user code, turning a panic into its message and location.
 pub fn catch_user<R>(f: impl FnOnce() -> R) -> Result<R, String> {
     install_panic_hook();
+    // A panic caught inside the user's own code may have left its message here.
+    LAST_PANIC.with(|p| p.borrow_mut().take());
     let outer = IN_USER_CODE.with(|c| c.replace(true));
     let result = panic::catch_unwind(AssertUnwindSafe(f));
     IN_USER_CODE.with(|c| c.set(outer));
     result.map_err(|payload| {
-        LAST_PANIC
-            .with(|p| p.borrow_mut().take())
-            .unwrap_or_else(|| {
-                let msg = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "non-string panic payload".to_string());
-                format!("panicked: {msg}")
-            })
+        let msg = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-string panic payload".to_string());
+        // The hook's record (with the location) describes this panic only if
+        // its message is this payload's: a panic re-raised with `resume_unwind`
+        // (as rayon does) never reaches the hook, and the record may be of an
+        // earlier panic the user's code caught.
+        match LAST_PANIC.with(|p| p.borrow_mut().take()) {
+            Some((recorded, text)) if recorded == msg => text,
+            _ => format!("panicked: {msg}"),
+        }
     })
 }
 
@@ -142,7 +111,7 @@ fn install_panic_hook() {
                     None => format!("panicked: {msg}"),
                 };
                 tracing::debug!("rayx: user code {text}");
-                LAST_PANIC.with(|p| *p.borrow_mut() = Some(text));
+                LAST_PANIC.with(|p| *p.borrow_mut() = Some((msg.to_string(), text)));
             } else {
                 previous(info);
             }
@@ -150,37 +119,192 @@ fn install_panic_hook() {
     });
 }
 
+/// Runs tasks for one worker: from the queue, or inline for a `get` on it.
+struct TaskRunner {
+    id: usize,
+    core: Arc<Core>,
+    state: Arc<WorkerState>,
+    retired: Recipient<WorkerRetired>,
+    failed: Recipient<WorkerFailed>,
+}
+
+/// What running a task did to its worker.
+enum After {
+    /// The worker goes on.
+    Continue,
+    /// The worker died (an injected fault): its router replaces it.
+    Died,
+    /// A forced cancel abandoned the worker, and it was replaced: it retires.
+    Retire,
+}
+
+impl WaitHooks for TaskRunner {
+    fn node(&self) -> crate::ids::NodeId {
+        self.core.node
+    }
+    fn run_inline(&self, slot: Arc<Slot>, job: TaskJob) {
+        match self.run_task(slot, job) {
+            After::Continue | After::Retire => {}
+            // An injected death inside a nested task: the task was handled as
+            // lost (retried or failed); this thread goes on with the outer one.
+            After::Died => {}
+        }
+    }
+    fn block_begin(&self) {
+        self.core.run_queue.block_begin();
+    }
+    fn block_end(&self) {
+        self.core.run_queue.block_end();
+    }
+    fn starved(&self) -> Option<usize> {
+        self.core.run_queue.starved()
+    }
+}
+
+impl TaskRunner {
+    fn run_task(&self, slot: Arc<Slot>, mut job: TaskJob) -> After {
+        let core = &self.core;
+        let faults = &core.faults;
+        let dies = faults.fires(Chance::KillWorker);
+        if dies && faults.faults().kill_worker_at == FaultPoint::BeforeRun {
+            self.lost(slot, job);
+            return After::Died;
+        }
+        if core.table.cancels_seen() && slot.is_cancelled() {
+            // Cancelled while queued: never run. The cancel failed the object.
+            return After::Continue;
+        }
+        let id = slot.id();
+        // Keep the arguments for another attempt only if one can happen: a
+        // failure that is retried, or a worker death (in one process, only
+        // injected).
+        let options = &job.spec.options;
+        let keep = !options.max_retries.is_none()
+            && (options.retry_exceptions != RetryExceptions::None
+                || faults.faults().kill_worker != Trigger::Never);
+        let result = match core.functions.get(&job.spec.function) {
+            None => Err(Error::FunctionNotRegistered {
+                name: job.spec.function.to_string(),
+            }),
+            Some(invoke) => match job.resolve_args(keep) {
+                Err(e) => Err(e),
+                Ok(args) => {
+                    let outer = self.state.task.begin(id.tag());
+                    let ran = with_current_task(id, || catch_user(|| invoke(args)));
+                    if self.state.task.end(outer) {
+                        // Abandoned by a forced cancel (which failed the object)
+                        // and replaced: this worker leaves the pool.
+                        core.run_queue.abandoned_worker_returned(self.id);
+                        self.retired.do_send(WorkerRetired(self.id));
+                        return After::Retire;
+                    }
+                    match ran {
+                        Ok(result) => result,
+                        Err(cause) => {
+                            let options = &job.spec.options;
+                            if options.retry_exceptions.covers(&cause)
+                                && options.may_retry(job.failures.len() + 1)
+                                && !slot.is_cancelled()
+                            {
+                                job.failures.push(cause);
+                                core.table.resubmit(slot, job);
+                                return if dies { After::Died } else { After::Continue };
+                            }
+                            Err(final_error(&mut job, cause))
+                        }
+                    }
+                }
+            },
+        };
+        if dies {
+            // The function ran, but its worker died before reporting: the result is lost.
+            self.lost(slot, job);
+            return After::Died;
+        }
+        // Unpin the arguments before the result wakes anyone: once a caller has
+        // the result, the task holds none of its inputs.
+        drop(job);
+        slot.complete(result);
+        After::Continue
+    }
+
+    /// This worker died running `job` (a system failure): the task runs again
+    /// within its `max_retries`, and the router replaces the worker.
+    fn lost(&self, slot: Arc<Slot>, mut job: TaskJob) {
+        let cause = format!("worker-{} died (injected fault)", self.id);
+        if slot.is_cancelled() {
+            // Cancelled tasks never run again.
+        } else if job.spec.options.may_retry(job.failures.len() + 1) {
+            job.failures.push(cause.clone());
+            self.core.table.resubmit(slot, job);
+        } else {
+            let error = if job.failures.is_empty() {
+                Error::WorkerCrashed {
+                    task: job.spec.display_name().to_string(),
+                    cause: cause.clone(),
+                }
+            } else {
+                final_error(&mut job, cause.clone())
+            };
+            drop(job);
+            slot.complete(Err(error));
+        }
+        self.failed.do_send(WorkerFailed {
+            worker: self.id,
+            cause,
+        });
+    }
+}
+
+/// The error a task ends with after its last failure, `cause`.
+fn final_error(job: &mut TaskJob, cause: String) -> Error {
+    let task = job.spec.display_name().to_string();
+    if job.failures.is_empty() {
+        Error::TaskFailed { task, cause }
+    } else {
+        job.failures.push(cause);
+        Error::RetriesExhausted {
+            task,
+            attempts: std::mem::take(&mut job.failures),
+        }
+    }
+}
+
 /// A worker of the pool.
 pub struct Worker {
-    id: usize,
-    node: Arc<Node>,
-    router: Addr<Router>,
-    running: Arc<Running>,
+    runner: Rc<TaskRunner>,
 }
 
 impl Worker {
-    pub(crate) fn new(id: usize, node: Arc<Node>, router: Addr<Router>) -> Self {
-        let running = node.run_queue.register_running(id);
+    /// A worker numbered `id` of `core`'s pool, reporting to its router.
+    pub fn new(
+        id: usize,
+        core: Arc<Core>,
+        retired: Recipient<WorkerRetired>,
+        failed: Recipient<WorkerFailed>,
+    ) -> Self {
+        let state = core.run_queue.register_running(id);
         Worker {
-            id,
-            node,
-            router,
-            running,
+            runner: Rc::new(TaskRunner {
+                id,
+                core,
+                state,
+                retired,
+                failed,
+            }),
         }
     }
 
-    fn is_cancelled(&self, id: crate::ids::ObjectId) -> bool {
-        self.node.cancels_seen() && self.node.lookup(id).is_some_and(|s| s.is_cancelled())
-    }
-
     fn drain(&mut self, ctx: &mut Context<Self>) {
-        let queue = self.node.run_queue.clone();
+        let queue = self.runner.core.run_queue.clone();
         loop {
-            while let Some(job) = self.next_job(&queue) {
-                if !self.run(job) {
-                    // Dead: the router stops this thread and starts a replacement.
-                    ctx.stop();
-                    return;
+            while let Some(job) = self.next_job() {
+                match self.run(job) {
+                    After::Continue => {}
+                    After::Died | After::Retire => {
+                        ctx.stop();
+                        return;
+                    }
                 }
                 if queue.is_closed() {
                     return;
@@ -193,11 +317,11 @@ impl Worker {
             if !queue.is_empty() {
                 continue;
             }
-            if self.running.stop.load(Ordering::SeqCst) {
+            if self.runner.state.stop.load(Ordering::Acquire) {
                 ctx.stop();
                 return;
             }
-            if queue.is_closed() || queue.sleep(self.id, ctx.address()) {
+            if queue.is_closed() || queue.sleep(self.runner.id, ctx.address().recipient()) {
                 if queue.surplus() {
                     ctx.run_later(RETIRE_AFTER, |w, ctx| w.maybe_retire(ctx));
                 }
@@ -206,180 +330,57 @@ impl Worker {
         }
     }
 
-    fn next_job(&self, queue: &RunQueue) -> Option<Job> {
-        if self.running.stop.load(Ordering::SeqCst) {
+    fn next_job(&self) -> Option<Job> {
+        if self.runner.state.stop.load(Ordering::Acquire) {
             return None;
         }
-        queue.pop()
+        self.runner.core.run_queue.pop()
     }
 
     fn maybe_retire(&mut self, ctx: &mut Context<Self>) {
-        let queue = &self.node.run_queue;
-        if !queue.surplus() || !queue.unregister(self.id) {
+        let runner = self.runner.clone();
+        let queue = &runner.core.run_queue;
+        if !queue.surplus() || !queue.unregister(runner.id) {
             return;
         }
         if queue.try_retire() {
             ctx.stop();
-            self.router.do_send(WorkerRetired(self.id));
-        } else if queue.sleep(self.id, ctx.address()) {
+            runner.retired.do_send(WorkerRetired(runner.id));
+        } else if queue.sleep(runner.id, ctx.address().recipient()) {
             // Still needed: back to the idle list.
         } else {
             self.drain(ctx);
         }
     }
 
-    /// Runs one job; false if the worker died doing it (an injected fault).
-    fn run(&self, job: Job) -> bool {
+    fn run(&self, job: Job) -> After {
         match job {
-            Job::Task(task) => self.run_task(task),
+            Job::Task(slot) => match slot.take_job() {
+                Some(task) => self.runner.run_task(slot, task),
+                // A getter took it to run inline, or it was cancelled.
+                None => After::Continue,
+            },
             Job::Actor(host) => {
                 host.run_batch();
-                true
+                After::Continue
             }
         }
-    }
-
-    fn run_task(&self, mut job: TaskJob) -> bool {
-        let faults = &self.node.faults;
-        let dies = faults.fires(Chance::KillWorker);
-        if dies && faults.faults().kill_worker_at == FaultPoint::BeforeRun {
-            self.lost(job);
-            return false;
-        }
-        let id = job.spec.task_id.return_id();
-        // Keep the arguments for another attempt only if one can happen: a panic
-        // that is retried, or a worker death (in one process, only injected).
-        let options = &job.spec.options;
-        let keep = options.max_retries != 0
-            && (options.retry_exceptions != RetryExceptions::None
-                || faults.faults().kill_worker != Trigger::Never);
-        let result = match self.node.functions.get(&job.spec.function) {
-            None => Err(Error::FunctionNotRegistered {
-                name: job.spec.function.to_string(),
-            }),
-            Some(invoke) => match job.resolve_args(keep) {
-                Err(e) => Err(e),
-                Ok(args) => match self.invoke(id, || invoke(args)) {
-                    None => return false,
-                    Some(Ok(result)) => result,
-                    Some(Err(cause)) => {
-                        let options = &job.spec.options;
-                        if options.retry_exceptions.covers(&cause)
-                            && options.may_retry(job.failures.len() + 1)
-                            && !self.is_cancelled(id)
-                        {
-                            job.failures.push(cause);
-                            self.node.run_queue.submit(Job::Task(job));
-                            return !dies;
-                        }
-                        Err(self.final_error(&mut job, cause))
-                    }
-                },
-            },
-        };
-        if dies {
-            // The function ran, but its worker died before reporting: the result is lost.
-            self.lost(job);
-            return false;
-        }
-        // Unpin the arguments before the result wakes anyone: once a caller has
-        // the result, the task holds none of its inputs.
-        drop(job);
-        self.node.table.complete(id, result);
-        true
-    }
-
-    /// Runs user code for task `id`, visible to `current_task` and to a forced
-    /// cancel. `None` if a forced cancel abandoned this worker meanwhile: it was
-    /// replaced, so it retires now.
-    fn invoke<R>(
-        &self,
-        id: crate::ids::ObjectId,
-        f: impl FnOnce() -> R,
-    ) -> Option<Result<R, String>> {
-        // Cleared before the id is published: a cancel that sees the id sets the
-        // flag after this, and one that does not is seen by the check below.
-        self.running.cancelled.store(false, Ordering::SeqCst);
-        self.running.task.store(id.0, Ordering::SeqCst);
-        let result = if self.is_cancelled(id) {
-            // Cancelled while queued: never run.
-            Err("cancelled before it ran".to_string())
-        } else {
-            CURRENT_TASK.with(|t| t.set(id.0));
-            let result = catch_user(f);
-            CURRENT_TASK.with(|t| t.set(0));
-            result
-        };
-        self.running.task.store(0, Ordering::SeqCst);
-        if self.running.abandoned.load(Ordering::SeqCst) {
-            self.node.run_queue.abandoned_worker_returned(self.id);
-            self.router.do_send(WorkerRetired(self.id));
-            return None;
-        }
-        Some(result)
-    }
-
-    /// The error a task ends with after its last failure, `cause`.
-    fn final_error(&self, job: &mut TaskJob, cause: String) -> Error {
-        let task = job.spec.display_name().to_string();
-        if job.failures.is_empty() {
-            Error::TaskFailed { task, cause }
-        } else {
-            job.failures.push(cause);
-            Error::RetriesExhausted {
-                task,
-                attempts: std::mem::take(&mut job.failures),
-            }
-        }
-    }
-
-    /// This worker died running `job` (a system failure): the task runs again
-    /// within its `max_retries`, and the router replaces the worker.
-    fn lost(&self, mut job: TaskJob) {
-        let cause = format!("worker-{} died (injected fault)", self.id);
-        let id = job.spec.task_id.return_id();
-        if self.is_cancelled(id) {
-            // Cancelled tasks never run again.
-        } else if job.spec.options.may_retry(job.failures.len() + 1) {
-            job.failures.push(cause.clone());
-            self.node.run_queue.submit(Job::Task(job));
-        } else {
-            let error = if job.failures.is_empty() {
-                Error::WorkerCrashed {
-                    task: job.spec.display_name().to_string(),
-                    cause: cause.clone(),
-                }
-            } else {
-                self.final_error(&mut job, cause.clone())
-            };
-            drop(job);
-            self.node.table.complete(id, Err(error));
-        }
-        self.router.do_send(WorkerFailed {
-            worker: self.id,
-            cause,
-        });
     }
 }
 
 impl Actor for Worker {
     type Context = Context<Self>;
 
-    fn stopped(&mut self, _: &mut Context<Self>) {
-        self.node.run_queue.unregister_running(self.id);
-    }
-
     fn started(&mut self, ctx: &mut Context<Self>) {
-        enter_thread(&self.node, Some(self.node.run_queue.clone()));
-        CURRENT_RUNNING.with(|r| *r.borrow_mut() = Some(self.running.clone()));
+        self.runner.core.enter_thread();
+        install_wait_hooks(self.runner.clone());
         ctx.notify(Drain);
     }
-}
 
-/// Wakes an idle worker: there is work in the run queue.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, Message)]
-#[rtype(result = "()")]
-pub struct Drain;
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.runner.core.run_queue.unregister_running(self.runner.id);
+    }
+}
 
 impl Handler<Drain> for Worker {
     type Result = ();

@@ -2,6 +2,8 @@
 //! known point, and a bounded wait for a condition.
 #![allow(dead_code)]
 
+pub mod failing;
+
 use parking_lot::{Condvar, Mutex};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,24 +1,28 @@
-//! The owner: the table of objects this node owns, their values, their waiters and
-//! the tasks that wait on them. A value is freed when the last reference to its
-//! slot is dropped, wherever that reference lives (a driver's `ObjectRef`, a
-//! pending task's arguments, another object, an actor's state).
+//! The object table of one node (Ray's owner's reference table): every object this
+//! node owns — pending, ready, failed or lost — with its waiters, the tasks waiting
+//! on it, its lineage, and the task that will make it while that task is queued.
 //!
-//! The table is sharded: completions and lookups from many workers never meet on
-//! one lock. The `Owner` actor answers the control plane (usage, fail-all).
+//! A value is held while a [`LocalRef`] to it lives (a driver's `ObjectRef`, a
+//! queued task's argument); when the last one goes, the value is freed. The slot
+//! itself may live on, without its value, as lineage of another object (Ray keeps
+//! an argument's lineage, not its value, while a result that used it can still be
+//! rebuilt); reading it then rebuilds it.
+//!
+//! The table is sharded: completions and look-ups from many workers never meet
+//! on one lock. It reaches the run queue only through [`Dispatch`], and a worker
+//! blocked in `get` only through [`WaitHooks`], so it sits below both.
 
 use crate::error::Error;
-use crate::faults::{Chance, FaultInjector, Trigger};
-use crate::ids::{IdMap, ObjectId};
+use crate::faults::{Chance, FaultInjector};
+use crate::ids::{ActorId, IdMap, NodeId, ObjectId};
 use crate::messages::{Arg, TaskSpec};
 use crate::object_store::ObjectStore;
-use crate::router::{Job, RunQueue};
-use crate::supervisor::{supervised_child, ChildLink, Supervisor};
 use crate::value::Value;
-use crate::worker::BlockingSection;
-use actix::{Actor, Addr, Context, Handler, Message, MessageResult};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context as TaskContext, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
@@ -31,11 +35,14 @@ const LOST: u8 = 2;
 /// Polls of a pending slot before a getter parks: a round trip to a spinning
 /// worker is far cheaper than a thread wake-up.
 const SPINS: u32 = 2_000;
+/// How often a worker blocked in `get` checks whether the pool can still make
+/// progress (every worker blocked at `max_workers` with work queued).
+const STARVATION_CHECK: Duration = Duration::from_millis(100);
 
 /// Memory held by a node's objects.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemoryUsage {
-    /// Live objects (pending or ready) the owner tracks.
+    /// Live objects (pending, ready, or kept as lineage) the owner tracks.
     pub objects: u64,
     /// Bytes of small values held inline by the owner.
     pub inline_bytes: u64,
@@ -49,6 +56,71 @@ pub struct MemoryUsage {
     pub lineage_bytes: u64,
 }
 
+/// Where a task whose arguments are ready goes to run (the run queue).
+pub trait Dispatch: Send + Sync {
+    /// Queues the task that makes `task` (its job is in the slot).
+    fn dispatch(&self, task: Arc<Slot>);
+}
+
+/// What a worker thread does when it waits for an object, installed per thread
+/// with [`install_wait_hooks`]. Other threads just park.
+pub trait WaitHooks {
+    /// The node whose worker this is: only its own tasks run here inline.
+    fn node(&self) -> NodeId;
+    /// Runs the task that makes `slot` on this thread, instead of waiting for
+    /// another worker to start it: recursion needs threads in proportion to its
+    /// depth, not its width.
+    fn run_inline(&self, slot: Arc<Slot>, job: TaskJob);
+    /// This worker starts waiting: the pool may start another.
+    fn block_begin(&self);
+    /// This worker stops waiting.
+    fn block_end(&self);
+    /// `Some(max_workers)` if no thread can run queued work any more: every
+    /// worker the pool may have is blocked and work is queued.
+    fn starved(&self) -> Option<usize>;
+}
+
+thread_local! {
+    static HOOKS: RefCell<Option<Rc<dyn WaitHooks>>> = const { RefCell::new(None) };
+}
+
+/// Installs this thread's [`WaitHooks`] (a worker does, when it starts).
+pub fn install_wait_hooks(hooks: Rc<dyn WaitHooks>) {
+    HOOKS.with(|h| *h.borrow_mut() = Some(hooks));
+}
+
+fn wait_hooks() -> Option<Rc<dyn WaitHooks>> {
+    HOOKS.with(|h| h.borrow().clone())
+}
+
+/// A stretch in which a worker waits for an object and does not count as
+/// running, so the pool may start another (Ray releases a blocked worker's CPU).
+struct Blocked<'a>(Option<&'a Rc<dyn WaitHooks>>, bool);
+
+impl<'a> Blocked<'a> {
+    fn new(hooks: Option<&'a Rc<dyn WaitHooks>>) -> Self {
+        Blocked(hooks, false)
+    }
+    fn set(&mut self, blocked: bool) {
+        if let Some(h) = self.0 {
+            if blocked != self.1 {
+                if blocked {
+                    h.block_begin()
+                } else {
+                    h.block_end()
+                }
+            }
+        }
+        self.1 = blocked;
+    }
+}
+
+impl Drop for Blocked<'_> {
+    fn drop(&mut self) {
+        self.set(false);
+    }
+}
+
 struct Shard {
     index: Mutex<IdMap<ObjectId, Weak<Slot>>>,
     inline_bytes: AtomicU64,
@@ -56,29 +128,29 @@ struct Shard {
 
 /// The object table of one node.
 pub struct OwnerTable {
+    node: NodeId,
     shards: Box<[Shard]>,
-    next_id: AtomicU64,
+    next_seq: AtomicU64,
     store: Arc<ObjectStore>,
     inline_threshold: usize,
-    run_queue: Arc<RunQueue>,
-    closed: std::sync::atomic::AtomicBool,
+    dispatch: Arc<dyn Dispatch>,
+    closed: AtomicBool,
     faults: Arc<FaultInjector>,
-    /// Lineage is kept only where an object can be lost; in one process only
-    /// an injected fault loses one.
-    keep_lineage: bool,
     max_lineage_bytes: u64,
     lineage_bytes: AtomicU64,
+    cancels_seen: AtomicBool,
 }
 
 impl OwnerTable {
-    pub(crate) fn new(
+    /// An empty table of `node`'s objects.
+    pub fn new(
+        node: NodeId,
         store: Arc<ObjectStore>,
-        run_queue: Arc<RunQueue>,
+        dispatch: Arc<dyn Dispatch>,
         inline_threshold: usize,
         faults: Arc<FaultInjector>,
         max_lineage_bytes: u64,
     ) -> Arc<Self> {
-        let keep_lineage = faults.faults().drop_object != Trigger::Never;
         let shards = (0..SHARDS)
             .map(|_| Shard {
                 index: Mutex::new(IdMap::default()),
@@ -86,33 +158,55 @@ impl OwnerTable {
             })
             .collect();
         Arc::new(OwnerTable {
+            node,
             shards,
-            next_id: AtomicU64::new(1),
+            next_seq: AtomicU64::new(1),
             store,
             inline_threshold,
-            run_queue,
-            closed: std::sync::atomic::AtomicBool::new(false),
+            dispatch,
+            closed: AtomicBool::new(false),
             faults,
-            keep_lineage,
             max_lineage_bytes,
             lineage_bytes: AtomicU64::new(0),
+            cancels_seen: AtomicBool::new(false),
         })
     }
 
-    fn shard(&self, id: ObjectId) -> &Shard {
-        &self.shards[(id.0 as usize) % SHARDS]
+    /// The node whose objects these are.
+    pub fn node(&self) -> NodeId {
+        self.node
     }
 
-    /// A fresh id for an object or a task.
-    pub fn next_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
+    fn shard(&self, id: ObjectId) -> &Shard {
+        &self.shards[(id.seq as usize) % SHARDS]
+    }
+
+    /// Whether the node has shut down.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Whether any task or call was ever cancelled here (until then, workers
+    /// skip the check).
+    pub fn cancels_seen(&self) -> bool {
+        self.cancels_seen.load(Ordering::Acquire)
+    }
+
+    /// Notes that cancels happen here from now on.
+    pub fn note_cancel(&self) {
+        self.cancels_seen.store(true, Ordering::Release);
     }
 
     /// Registers a pending object (a task's or a call's return).
     pub fn new_pending(self: &Arc<Self>) -> Arc<Slot> {
-        let id = ObjectId(self.next_id());
-        let slot = self.insert(Slot::new(id, self.clone()));
-        // Checked after the insert: either fail_all sees this slot, or we see it closed.
+        let id = ObjectId {
+            node: self.node,
+            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
+        };
+        let slot = Arc::new(Slot::new(id, self.clone()));
+        self.shard(id).index.lock().insert(id, Arc::downgrade(&slot));
+        // SeqCst pairs with `fail_all`'s store: either it sees this slot in the
+        // index, or we see the table closed.
         if self.closed.load(Ordering::SeqCst) {
             slot.complete(Err(Error::ShutDown));
         }
@@ -129,28 +223,14 @@ impl OwnerTable {
         }
     }
 
-    fn insert(&self, slot: Slot) -> Arc<Slot> {
-        let slot = Arc::new(slot);
-        self.shard(slot.id)
-            .index
-            .lock()
-            .insert(slot.id, Arc::downgrade(&slot));
-        slot
-    }
-
     /// The live slot of an object, if any reference to it remains.
     pub fn lookup(&self, id: ObjectId) -> Option<Arc<Slot>> {
         self.shard(id).index.lock().get(&id).and_then(Weak::upgrade)
     }
 
-    /// Reports a task's outcome; a result nobody references any more is dropped.
-    pub fn complete(&self, id: ObjectId, result: Result<Value, Error>) {
-        if let Some(slot) = self.lookup(id) {
-            slot.complete(result);
-        }
-    }
-
-    /// Fails every pending object with `error` (used at shutdown).
+    /// Fails every pending object with `error` (at shutdown). From the moment
+    /// this starts, every completion is `error` too, so no pending object ends
+    /// with another outcome because its shard was reached late.
     pub fn fail_all(&self, error: Error) {
         self.closed.store(true, Ordering::SeqCst);
         for shard in self.shards.iter() {
@@ -181,52 +261,59 @@ impl OwnerTable {
         u
     }
 
-    /// Keeps `spec` as the lineage of `ret`, if lineage is kept here and fits
-    /// the budget (`max_lineage_bytes`); otherwise `ret` cannot be rebuilt.
-    pub(crate) fn record_lineage(&self, ret: &Slot, spec: &TaskSpec, pins: &[Arc<Slot>]) {
-        if !self.keep_lineage {
+    /// Keeps `spec` as the lineage of `ret` (always, as Ray does, while `ret`
+    /// lives): only for a task that may run again (`max_retries` not 0) whose
+    /// inline arguments are small, and within `max_lineage_bytes`.
+    pub fn record_lineage(&self, ret: &Slot, spec: &TaskSpec, deps: &[LocalRef]) {
+        if spec.options.max_retries.is_none() {
             return;
         }
-        let bytes = 64
-            + spec
-                .args
-                .iter()
-                .map(|a| match a {
-                    Arg::Value(v) => v.size() as u64,
-                    Arg::Ref(_) => 8,
-                })
-                .sum::<u64>();
+        let inline: u64 = spec
+            .args
+            .iter()
+            .map(|a| match a {
+                Arg::Value(v) => v.size() as u64,
+                Arg::Ref(_) => 0,
+            })
+            .sum();
+        if inline > self.inline_threshold as u64 {
+            ret.inner.lock().lineage = Lineage::Unkept(
+                "its arguments were passed by value and are too large to keep; pass them as refs",
+            );
+            return;
+        }
+        let bytes = 64 + inline + 16 * deps.len() as u64;
         let mut used = self.lineage_bytes.load(Ordering::Relaxed);
         loop {
             if used + bytes > self.max_lineage_bytes {
-                ret.inner.lock().lineage = Lineage::Evicted;
+                ret.inner.lock().lineage =
+                    Lineage::Unkept("its lineage was not kept: max_lineage_bytes was reached");
                 return;
             }
             match self.lineage_bytes.compare_exchange_weak(
                 used,
                 used + bytes,
-                Ordering::AcqRel,
+                Ordering::Relaxed,
                 Ordering::Relaxed,
             ) {
                 Ok(_) => break,
                 Err(now) => used = now,
             }
         }
-        let rebuilds_left = spec.options.max_retries as i64;
         ret.inner.lock().lineage = Lineage::Kept(Box::new(Kept {
             spec: spec.clone(),
-            pins: pins.to_vec(),
+            deps: deps.iter().map(|d| d.slot().clone()).collect(),
             bytes,
-            rebuilds_left,
+            rebuilds: 0,
         }));
     }
 
-    /// Submits a task: dispatched at once if its arguments are ready, else when
-    /// the last one is. `pins` are the slots of its `Arg::Ref` arguments; they are
-    /// held until the task has run, so its inputs stay counted.
-    pub fn submit_task(self: &Arc<Self>, spec: TaskSpec, pins: Vec<Arc<Slot>>) {
+    /// Submits the task that makes `ret`: dispatched at once if its arguments are
+    /// ready, else when the last one is. `pins` hold its `Arg::Ref` arguments
+    /// until it has run.
+    pub fn submit_task(self: &Arc<Self>, ret: Arc<Slot>, spec: TaskSpec, pins: Vec<LocalRef>) {
         if self.closed.load(Ordering::SeqCst) {
-            self.complete(spec.task_id.return_id(), Err(Error::ShutDown));
+            ret.complete(Err(Error::ShutDown));
             return;
         }
         let job = TaskJob {
@@ -235,31 +322,83 @@ impl OwnerTable {
             failures: Vec::new(),
         };
         if job.pins.is_empty() {
-            self.run_queue.submit(Job::Task(job));
+            if ret.set_job(job) {
+                self.dispatch.dispatch(ret);
+            }
             return;
         }
+        let deps: Vec<Arc<Slot>> = job.pins.iter().map(|p| p.slot().clone()).collect();
         let waiting = Arc::new(PendingTask {
-            remaining: AtomicUsize::new(job.pins.len() + 1),
-            job: Mutex::new(None),
-            table: self.clone(),
+            remaining: AtomicUsize::new(deps.len() + 1),
+            job: Mutex::new(Some(job)),
+            ret,
         });
-        let pins = job.pins.clone();
-        *waiting.job.lock() = Some(job);
-        for pin in &pins {
-            if let Some(done) = pin.add_dependent(&waiting) {
+        for dep in &deps {
+            if let Some(done) = dep.add_dependent(&waiting) {
                 waiting.dependency_done(done.err());
             }
         }
         waiting.dependency_done(None);
     }
+
+    /// Runs a task again (a retry): its job goes back into its slot and queue.
+    pub fn resubmit(&self, ret: Arc<Slot>, job: TaskJob) {
+        if ret.set_job(job) {
+            self.dispatch.dispatch(ret);
+        }
+    }
 }
 
-/// A task with the slots of its arguments pinned.
+/// A reference that holds an object's value (Ray's local reference): a
+/// driver's `ObjectRef`, a queued task's argument. When the last one goes the
+/// value is freed, even while the slot lives on as another object's lineage.
+pub struct LocalRef(Arc<Slot>);
+
+impl LocalRef {
+    /// A new holder of `slot`'s value.
+    pub fn new(slot: Arc<Slot>) -> LocalRef {
+        // Relaxed, as Arc's own increment: a new holder is made from one that
+        // exists (or from a fresh slot), so the count cannot be racing to zero.
+        slot.local_refs.fetch_add(1, Ordering::Relaxed);
+        LocalRef(slot)
+    }
+
+    /// The slot.
+    pub fn slot(&self) -> &Arc<Slot> {
+        &self.0
+    }
+}
+
+impl Clone for LocalRef {
+    fn clone(&self) -> Self {
+        LocalRef::new(self.0.clone())
+    }
+}
+
+impl std::ops::Deref for LocalRef {
+    type Target = Slot;
+    fn deref(&self) -> &Slot {
+        &self.0
+    }
+}
+
+impl Drop for LocalRef {
+    fn drop(&mut self) {
+        // AcqRel, as Arc's decrement: the last holder sees every other holder's
+        // use. When nobody else holds the slot, dropping it frees everything.
+        if self.0.local_refs.fetch_sub(1, Ordering::AcqRel) == 1 && Arc::strong_count(&self.0) > 1
+        {
+            self.0.out_of_scope();
+        }
+    }
+}
+
+/// A task with its argument objects pinned.
 pub struct TaskJob {
     /// The task.
     pub spec: TaskSpec,
-    /// The slots its `Arg::Ref`s name, held until it has run.
-    pub pins: Vec<Arc<Slot>>,
+    /// Holders of its `Arg::Ref`s' values, until it has run.
+    pub pins: Vec<LocalRef>,
     /// Why each earlier attempt failed.
     pub failures: Vec<String>,
 }
@@ -301,7 +440,7 @@ impl TaskJob {
 struct PendingTask {
     remaining: AtomicUsize,
     job: Mutex<Option<TaskJob>>,
-    table: Arc<OwnerTable>,
+    ret: Arc<Slot>,
 }
 
 impl PendingTask {
@@ -313,13 +452,15 @@ impl PendingTask {
                     task: job.spec.display_name().to_string(),
                     cause: Box::new(cause),
                 };
-                self.table.complete(job.spec.task_id.return_id(), Err(err));
+                drop(job);
+                self.ret.complete(Err(err));
             }
             return;
         }
+        // AcqRel: the last argument's completion sees every earlier one's.
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
             if let Some(job) = self.job.lock().take() {
-                self.table.run_queue.submit(Job::Task(job));
+                self.ret.table.resubmit(self.ret.clone(), job);
             }
         }
     }
@@ -329,27 +470,28 @@ enum State {
     Pending,
     Ready(Value),
     Failed(Error),
-    /// The value was lost (an injected fault); the next reader rebuilds it
-    /// from its lineage, or fails.
+    /// The value was lost (or freed while the slot lives as lineage); the next
+    /// reader rebuilds it from its lineage, or fails.
     Lost,
 }
 
 /// How an object can be rebuilt.
 enum Lineage {
-    /// A `put` object, or no lineage is kept here: it cannot be rebuilt.
+    /// A `put` object or a call's reply: it cannot be rebuilt.
     None,
-    /// It had lineage, but the lineage budget was full.
-    Evicted,
+    /// A task's result whose lineage was not kept, and why.
+    Unkept(&'static str),
     /// The task that made it (boxed: most objects carry none).
     Kept(Box<Kept>),
 }
 
-/// A task kept to rebuild its result: its spec, with its argument slots.
+/// A task kept to rebuild its result: its spec, with its arguments' slots
+/// (their lineage, not their values).
 struct Kept {
     spec: TaskSpec,
-    pins: Vec<Arc<Slot>>,
+    deps: Vec<Arc<Slot>>,
     bytes: u64,
-    rebuilds_left: i64,
+    rebuilds: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -367,13 +509,26 @@ struct Inner {
     dependents: Vec<Arc<PendingTask>>,
     children: Vec<Weak<Slot>>,
     lineage: Lineage,
+    /// The task that makes this object, while it is queued and not started.
+    job: Option<TaskJob>,
+    /// The actor whose call makes this object, for a cancel to reach it.
+    actor: Option<ActorId>,
 }
 
-/// One object: pending, ready or failed, with whoever waits for it.
+/// What a cancel found: the tasks to cancel too, and the actor running the call.
+pub struct Cancelled {
+    /// Tasks the cancelled task submitted.
+    pub children: Vec<Arc<Slot>>,
+    /// The actor, if the object is an actor call's reply.
+    pub actor: Option<ActorId>,
+}
+
+/// One object: pending, ready, failed or lost, with whoever waits for it.
 pub struct Slot {
     id: ObjectId,
     status: AtomicU8,
-    cancelled: std::sync::atomic::AtomicBool,
+    cancelled: AtomicBool,
+    local_refs: AtomicUsize,
     inner: Mutex<Inner>,
     table: Arc<OwnerTable>,
 }
@@ -383,7 +538,8 @@ impl Slot {
         Slot {
             id,
             status: AtomicU8::new(PENDING),
-            cancelled: std::sync::atomic::AtomicBool::new(false),
+            cancelled: AtomicBool::new(false),
+            local_refs: AtomicUsize::new(0),
             inner: Mutex::new(Inner {
                 state: State::Pending,
                 held: Held::Nothing,
@@ -392,27 +548,53 @@ impl Slot {
                 dependents: Vec::new(),
                 children: Vec::new(),
                 lineage: Lineage::None,
+                job: None,
+                actor: None,
             }),
             table,
         }
     }
 
-    /// Whether the task that makes this object was cancelled.
+    /// The object's id.
+    pub fn id(&self) -> ObjectId {
+        self.id
+    }
+
+    /// The table that owns it.
+    pub fn table(&self) -> &Arc<OwnerTable> {
+        &self.table
+    }
+
+    /// Whether the task or call that makes this object was cancelled.
     pub fn is_cancelled(&self) -> bool {
         self.cancelled.load(Ordering::Acquire)
     }
 
-    /// Marks the task cancelled and fails the object with `error`; returns the
-    /// tasks it submitted, to cancel too. False (and no children) if the object
-    /// was already done: a finished task cannot be cancelled.
-    pub fn cancel(&self, error: Error) -> Option<Vec<Arc<Slot>>> {
+    /// Marks the task cancelled and fails the object with `error`; a queued task
+    /// is dropped with its arguments. `None` if the object was already done: a
+    /// finished task cannot be cancelled.
+    pub fn cancel(&self, error: Error) -> Option<Cancelled> {
         if self.is_done() {
             return None;
         }
+        self.table.note_cancel();
+        // Release pairs with the Acquire in `is_cancelled`: whoever sees the flag
+        // sees the cancel as done from here on.
         self.cancelled.store(true, Ordering::Release);
-        let children = std::mem::take(&mut self.inner.lock().children);
+        let (children, actor, job) = {
+            let mut inner = self.inner.lock();
+            (
+                std::mem::take(&mut inner.children),
+                inner.actor,
+                inner.job.take(),
+            )
+        };
+        drop(job);
         self.complete(Err(error));
-        Some(children.iter().filter_map(Weak::upgrade).collect())
+        Some(Cancelled {
+            children: children.iter().filter_map(Weak::upgrade).collect(),
+            actor,
+        })
     }
 
     /// Records a task submitted by the task that makes this object.
@@ -424,16 +606,41 @@ impl Slot {
         }
     }
 
-    /// The object's id.
-    pub fn id(&self) -> ObjectId {
-        self.id
+    /// Records that an actor call makes this object.
+    pub fn set_actor(&self, actor: ActorId) {
+        self.inner.lock().actor = Some(actor);
+    }
+
+    /// Puts the task that makes this object in it, ready to run; false (and
+    /// the job dropped) if the object is already done, e.g. cancelled.
+    fn set_job(&self, job: TaskJob) -> bool {
+        let mut inner = self.inner.lock();
+        if matches!(inner.state, State::Ready(_) | State::Failed(_)) {
+            drop(inner);
+            drop(job);
+            return false;
+        }
+        inner.job = Some(job);
+        true
+    }
+
+    /// Takes the queued task that makes this object, to run it. `None` if it
+    /// was taken already (by a worker, or by a getter running it inline).
+    pub fn take_job(&self) -> Option<TaskJob> {
+        self.inner.lock().job.take()
     }
 
     /// Sets the outcome and wakes every waiter; a second outcome is ignored.
+    /// Once the node is shutting down every outcome is `ShutDown`.
     pub fn complete(&self, result: Result<Value, Error>) {
         if self.status.load(Ordering::Acquire) == DONE {
             return;
         }
+        let result = if self.table.is_closed() {
+            Err(Error::ShutDown)
+        } else {
+            result
+        };
         let (result, held) = match result {
             Ok(v) => match self.account(&v) {
                 Ok(held) => (Ok(v), held),
@@ -464,15 +671,24 @@ impl Slot {
             Err(e) => State::Failed(e.clone()),
         };
         inner.held = held;
+        let job = inner.job.take();
+        // Release pairs with the Acquire loads of `status`: a reader that sees
+        // DONE finds the state above under the lock.
         self.status.store(DONE, Ordering::Release);
         let waiters = std::mem::take(&mut inner.waiters);
         let dependents = std::mem::take(&mut inner.dependents);
         drop(inner);
+        drop(job);
         for (_, w) in waiters {
             w.wake();
         }
         for d in dependents {
-            d.dependency_done(result.as_ref().err().map(|e| self.as_seen_by(e, &d.table)));
+            d.dependency_done(
+                result
+                    .as_ref()
+                    .err()
+                    .map(|e| self.as_seen_by(e, &d.ret.table)),
+            );
         }
     }
 
@@ -503,6 +719,22 @@ impl Slot {
         }
     }
 
+    /// The last holder of the value went while the slot lives on as another
+    /// object's lineage: free the value (Ray frees an object out of scope; one
+    /// with lineage is rebuilt if it is needed again, a `put` cannot be).
+    fn out_of_scope(&self) {
+        let mut inner = self.inner.lock();
+        if self.local_refs.load(Ordering::Acquire) != 0 || !matches!(inner.state, State::Ready(_))
+        {
+            return;
+        }
+        inner.state = State::Lost;
+        let held = std::mem::replace(&mut inner.held, Held::Nothing);
+        self.status.store(LOST, Ordering::Release);
+        drop(inner);
+        self.release(held);
+    }
+
     /// Rebuilds a lost object by running the task that made it again (its
     /// lost arguments are rebuilt the same way when that task waits for them),
     /// within the task's `max_retries`; an object that cannot be rebuilt fails
@@ -515,44 +747,43 @@ impl Slot {
         if !matches!(inner.state, State::Lost) {
             return;
         }
-        let rebuild = match &mut inner.lineage {
-            Lineage::Kept(kept) if kept.rebuilds_left != 0 => {
-                if kept.rebuilds_left > 0 {
-                    kept.rebuilds_left -= 1;
-                }
-                Some((kept.spec.clone(), kept.pins.clone()))
-            }
-            _ => None,
-        };
         let id = self.id.to_string();
-        let error = match &inner.lineage {
-            Lineage::None => Error::ObjectLost { id },
-            Lineage::Evicted => Error::ObjectReconstructionFailed {
-                id,
-                cause: "its lineage was not kept: max_lineage_bytes was reached".into(),
-            },
-            Lineage::Kept(kept) => Error::ObjectReconstructionFailed {
+        let rebuild = match &mut inner.lineage {
+            Lineage::Kept(kept) if kept.spec.options.max_retries.allows(kept.rebuilds + 1) => {
+                kept.rebuilds += 1;
+                Ok((kept.spec.clone(), kept.deps.clone()))
+            }
+            Lineage::Kept(kept) => Err(Error::ObjectReconstructionFailed {
                 id,
                 cause: format!(
                     "task `{}` was already run again max_retries ({}) times",
                     kept.spec.display_name(),
                     kept.spec.options.max_retries
                 ),
-            },
+            }),
+            Lineage::None => Err(Error::ObjectLost { id }),
+            Lineage::Unkept(why) => Err(Error::ObjectReconstructionFailed {
+                id,
+                cause: why.to_string(),
+            }),
         };
         inner.state = State::Pending;
         self.status.store(PENDING, Ordering::Release);
         drop(inner);
         match rebuild {
-            Some((spec, pins)) => {
+            Ok((spec, deps)) => {
+                let Some(me) = self.table.lookup(self.id) else {
+                    return;
+                };
                 tracing::debug!(
                     "rayx: rebuilding lost {} by running {} again",
                     self.id,
                     spec.display_name()
                 );
-                self.table.submit_task(spec, pins);
+                let pins = deps.into_iter().map(LocalRef::new).collect();
+                self.table.submit_task(me, spec, pins);
             }
-            None => self.complete(Err(error)),
+            Err(error) => self.complete(Err(error)),
         }
     }
 
@@ -596,8 +827,8 @@ impl Slot {
 
     /// An error as the runtime of the calling thread sees it.
     fn as_seen_here(&self, e: &Error) -> Error {
-        match (e, crate::worker::current_node()) {
-            (Error::ShutDown, Some(node)) => self.as_seen_by(e, &node.table),
+        match (e, current_table()) {
+            (Error::ShutDown, Some(table)) => self.as_seen_by(e, &table),
             (e, _) => e.clone(),
         }
     }
@@ -607,14 +838,37 @@ impl Slot {
         self.status.load(Ordering::Acquire) == DONE
     }
 
-    /// Blocks until the outcome is known or `timeout` passes. On a worker thread
-    /// the worker counts as blocked, so the router can start another.
-    pub fn wait(&self, timeout: Option<Duration>) -> Result<Value, Error> {
+    /// On a worker: runs the task that makes this object here if nobody has
+    /// started it. True if it did.
+    fn run_here(self: &Arc<Self>, hooks: Option<&Rc<dyn WaitHooks>>) -> bool {
+        let Some(hooks) = hooks.filter(|h| h.node() == self.table.node) else {
+            return false;
+        };
+        match self.take_job() {
+            Some(job) => {
+                hooks.run_inline(self.clone(), job);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Blocks until the outcome is known or `timeout` passes (a timeout too
+    /// long to add to now is none). On a worker thread, a task nobody has
+    /// started is run right here; otherwise the worker counts as blocked, so
+    /// the pool can start another.
+    pub fn wait(self: &Arc<Self>, timeout: Option<Duration>) -> Result<Value, Error> {
         if let Some(r) = self.try_get() {
             return r;
         }
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let hooks = wait_hooks();
         self.recover();
-        let deadline = timeout.map(|t| Instant::now() + t);
+        if self.run_here(hooks.as_ref()) {
+            if let Some(r) = self.try_get() {
+                return r;
+            }
+        }
         for _ in 0..SPINS {
             if self.is_done() {
                 break;
@@ -624,25 +878,46 @@ impl Slot {
         if let Some(r) = self.try_get() {
             return r;
         }
-        let _blocked = BlockingSection::enter();
+        let mut blocked = Blocked::new(hooks.as_ref());
+        blocked.set(true);
         let waker = thread_waker();
         let token = self.register(&waker);
+        let mut starved_checks = 0;
         let outcome = loop {
             if let Some(r) = self.try_get() {
                 break r;
             }
             self.recover();
-            match deadline {
-                None => std::thread::park(),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        break Err(Error::GetTimeout {
-                            timeout: timeout.unwrap_or_default(),
-                        });
+            if hooks.is_some() && self.inner.lock().job.is_some() {
+                // Queued again (a retry, a rebuild): run it here.
+                blocked.set(false);
+                self.run_here(hooks.as_ref());
+                blocked.set(true);
+                continue;
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                break Err(Error::GetTimeout {
+                    timeout: timeout.unwrap_or_default(),
+                });
+            }
+            match (&hooks, deadline) {
+                (Some(h), _) => {
+                    match h.starved() {
+                        Some(max_workers) => {
+                            starved_checks += 1;
+                            if starved_checks >= 3 {
+                                break Err(Error::WorkerLimitReached { max_workers });
+                            }
+                        }
+                        None => starved_checks = 0,
                     }
-                    std::thread::park_timeout(d - now);
+                    let nap = deadline
+                        .map_or(STARVATION_CHECK, |d| (d - now).min(STARVATION_CHECK));
+                    std::thread::park_timeout(nap);
                 }
+                (None, Some(d)) => std::thread::park_timeout(d - now),
+                (None, None) => std::thread::park(),
             }
         };
         if let Some(t) = token {
@@ -722,7 +997,7 @@ impl Slot {
                 None
             }
             State::Ready(_) => Some(Ok(())),
-            State::Failed(e) => Some(Err(e.clone())),
+            State::Failed(e) => Some(Err(self.as_seen_by(e, &task.ret.table))),
         }
     }
 }
@@ -743,12 +1018,27 @@ impl Drop for Slot {
     }
 }
 
+thread_local! {
+    static CURRENT_TABLE: RefCell<Weak<OwnerTable>> = const { RefCell::new(Weak::new()) };
+}
+
+/// Marks this thread as one of the node owning `table` (its workers and actor
+/// threads), so errors read here are seen as that node sees them.
+pub fn set_current_table(table: &Arc<OwnerTable>) {
+    CURRENT_TABLE.with(|t| *t.borrow_mut() = Arc::downgrade(table));
+}
+
+/// The table of the node whose thread this is, if any.
+pub fn current_table() -> Option<Arc<OwnerTable>> {
+    CURRENT_TABLE.with(|t| t.borrow().upgrade())
+}
+
 /// Blocks on several slots until `num_ready` are done or the deadline passes;
 /// returns the positions of the first `num_ready` done slots, in input order
 /// (fewer if the deadline passed first). Slots past the last one counted are
-/// not looked at.
-pub fn wait_slots(slots: &[&Slot], num_ready: usize, timeout: Option<Duration>) -> Vec<usize> {
-    let first_done = |slots: &[&Slot]| -> Vec<usize> {
+/// not looked at. On a worker, tasks nobody has started are run here first.
+pub fn wait_slots(slots: &[&Arc<Slot>], num_ready: usize, timeout: Option<Duration>) -> Vec<usize> {
+    let first_done = |slots: &[&Arc<Slot>]| -> Vec<usize> {
         let mut done = Vec::with_capacity(num_ready);
         for (i, s) in slots.iter().enumerate() {
             if done.len() == num_ready {
@@ -764,8 +1054,16 @@ pub fn wait_slots(slots: &[&Slot], num_ready: usize, timeout: Option<Duration>) 
     if done.len() >= num_ready || timeout == Some(Duration::ZERO) {
         return done;
     }
-    let deadline = timeout.map(|t| Instant::now() + t);
-    let _blocked = BlockingSection::enter();
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+    let hooks = wait_hooks();
+    for s in slots {
+        if first_done(slots).len() >= num_ready {
+            break;
+        }
+        s.run_here(hooks.as_ref());
+    }
+    let mut blocked = Blocked::new(hooks.as_ref());
+    blocked.set(true);
     let waker = thread_waker();
     let tokens: Vec<Option<u64>> = slots.iter().map(|s| s.register(&waker)).collect();
     for s in slots {
@@ -773,15 +1071,11 @@ pub fn wait_slots(slots: &[&Slot], num_ready: usize, timeout: Option<Duration>) 
     }
     let mut done = first_done(slots);
     while done.len() < num_ready {
+        let now = Instant::now();
         match deadline {
+            Some(d) if now >= d => break,
+            Some(d) => std::thread::park_timeout(d - now),
             None => std::thread::park(),
-            Some(d) => {
-                let now = Instant::now();
-                if now >= d {
-                    break;
-                }
-                std::thread::park_timeout(d - now);
-            }
         }
         done = first_done(slots);
     }
@@ -806,41 +1100,4 @@ impl Wake for ThreadWaker {
 
 fn thread_waker() -> Waker {
     Waker::from(Arc::new(ThreadWaker(std::thread::current())))
-}
-
-/// The owner actor: the control plane of the object table.
-pub struct Owner {
-    table: Arc<OwnerTable>,
-    link: ChildLink,
-}
-
-impl Owner {
-    pub(crate) fn new(table: Arc<OwnerTable>, supervisor: Addr<Supervisor>) -> Self {
-        Owner {
-            table,
-            link: ChildLink::new("owner", supervisor),
-        }
-    }
-}
-
-impl Actor for Owner {
-    type Context = Context<Self>;
-
-    fn stopped(&mut self, _: &mut Context<Self>) {
-        self.link.report();
-    }
-}
-
-supervised_child!(Owner);
-
-/// Asks the owner for the node's memory usage.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, Message)]
-#[rtype(result = "MemoryUsage")]
-pub struct GetUsage;
-
-impl Handler<GetUsage> for Owner {
-    type Result = MessageResult<GetUsage>;
-    fn handle(&mut self, _: GetUsage, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.table.usage())
-    }
 }

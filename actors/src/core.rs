@@ -1,0 +1,89 @@
+//! What the system actors and actor hosts of one node share: its tables and
+//! settings, handed to each when it starts (a system actor reaches another only
+//! through messages or these tables).
+
+use crate::config::NodeConfig;
+use crate::events::EventBus;
+use crate::faults::FaultInjector;
+use crate::functions::FunctionTable;
+use crate::ids::NodeId;
+use crate::object_store::ObjectStore;
+use crate::object_table::{set_current_table, OwnerTable};
+use crate::run_queue::RunQueue;
+use std::sync::{Arc, OnceLock};
+
+type Hook = Box<dyn Fn() + Send + Sync>;
+
+/// The tables and settings of one node.
+pub struct Core {
+    /// The node's id.
+    pub node: NodeId,
+    /// Its settings.
+    pub config: NodeConfig,
+    /// Its objects.
+    pub table: Arc<OwnerTable>,
+    /// Jobs for its workers, and the pool's counts.
+    pub run_queue: Arc<RunQueue>,
+    /// The budget for large objects.
+    pub store: Arc<ObjectStore>,
+    /// Remote functions by name.
+    pub functions: FunctionTable,
+    /// Supervision events.
+    pub events: Arc<EventBus>,
+    /// Faults to inject.
+    pub faults: Arc<FaultInjector>,
+    thread_init: OnceLock<Hook>,
+    stop: OnceLock<Hook>,
+}
+
+impl Core {
+    /// Builds the tables of a node.
+    pub fn new(node: NodeId, config: NodeConfig, functions: FunctionTable) -> Arc<Core> {
+        let events = Arc::new(EventBus::default());
+        let store = ObjectStore::new(config.object_store_memory);
+        let run_queue = RunQueue::new(config.num_workers, config.max_workers, events.clone());
+        let faults = Arc::new(FaultInjector::new(config.faults));
+        let table = OwnerTable::new(
+            node,
+            store.clone(),
+            run_queue.clone(),
+            config.inline_threshold,
+            faults.clone(),
+            config.max_lineage_bytes,
+        );
+        Arc::new(Core {
+            node,
+            config,
+            table,
+            run_queue,
+            store,
+            functions,
+            events,
+            faults,
+            thread_init: OnceLock::new(),
+            stop: OnceLock::new(),
+        })
+    }
+
+    /// Sets what each of the node's threads runs first (the node marks the
+    /// thread as its own) and how the node stops when its root gives up.
+    pub fn set_hooks(&self, thread_init: Hook, stop: Hook) {
+        let _ = self.thread_init.set(thread_init);
+        let _ = self.stop.set(stop);
+    }
+
+    /// Marks the calling thread as one of this node's.
+    pub fn enter_thread(&self) {
+        set_current_table(&self.table);
+        if let Some(init) = self.thread_init.get() {
+            init();
+        }
+    }
+
+    /// Stops the node (its root supervisor gave up).
+    pub fn stop_node(&self) {
+        if let Some(stop) = self.stop.get() {
+            stop();
+        }
+    }
+}

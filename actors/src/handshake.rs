@@ -1,0 +1,216 @@
+//! The three handshakes between threads that the engine's hot path rests on, each
+//! small enough to model exhaustively (`actors/tests/loom.rs` runs them under loom
+//! in CI) and each used by exactly one caller:
+//!
+//! - [`IdleSet`]: the run queue's submit/sleep handshake. A submitter that pushed
+//!   a job wakes a sleeping worker; a worker going to sleep re-checks the queue.
+//!   Neither may miss the other, or a job waits with every worker asleep.
+//! - [`ScheduleFlag`]: an actor host's `scheduled` flag. Callers push to the
+//!   mailbox and schedule the host only on the idle-to-busy edge; the host, done,
+//!   releases the flag and re-checks the mailbox. No call may be left behind.
+//! - [`RunningTask`]: what a worker is running, for a forced cancel to abandon the
+//!   worker only while it still runs *that* task (never the next one).
+//!
+//! Every ordering below says what it pairs with.
+
+use crate::sync::{fence, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering};
+
+/// Sleeping workers, each with what wakes it (`W`, e.g. its address).
+pub struct IdleSet<W> {
+    sleepers: Mutex<Vec<(usize, W)>>,
+    /// `sleepers.len()`, readable without the lock by submitters.
+    count: AtomicUsize,
+}
+
+impl<W> Default for IdleSet<W> {
+    fn default() -> Self {
+        IdleSet {
+            sleepers: Mutex::new(Vec::new()),
+            count: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl<W> IdleSet<W> {
+    /// Called by a submitter right after its job became visible in the queue:
+    /// the sleeper it must wake, if any.
+    pub fn after_push(&self) -> Option<W> {
+        // Store buffering: the submitter writes the queue then reads `count`; a
+        // sleeper writes `count` then reads the queue. This fence pairs with the
+        // one in `park`: of the two reads, at least one sees the other's write, so
+        // either we see the sleeper (and wake it) or it sees our job.
+        fence(Ordering::SeqCst);
+        if self.count.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let mut sleepers = self.sleepers.lock();
+        let woken = sleepers.pop();
+        if woken.is_some() {
+            // Relaxed: `count` changes only under the lock; readers outside it
+            // order themselves with the fences.
+            self.count.fetch_sub(1, Ordering::Relaxed);
+        }
+        woken.map(|(_, w)| w)
+    }
+
+    /// Parks sleeper `id` unless `has_work()` says work arrived. True if it is
+    /// parked (a later `after_push` will hand out its `W`, or already has);
+    /// false if it should go on draining.
+    pub fn park(&self, id: usize, wake: W, has_work: impl Fn() -> bool) -> bool {
+        {
+            let mut sleepers = self.sleepers.lock();
+            sleepers.push((id, wake));
+            self.count.fetch_add(1, Ordering::Relaxed);
+        }
+        // Pairs with the fence in `after_push` (see there).
+        fence(Ordering::SeqCst);
+        if !has_work() {
+            return true;
+        }
+        // Work arrived: take ourselves off the list, unless a submitter already
+        // did, in which case its wake-up is on its way and we count as parked.
+        !self.remove(id)
+    }
+
+    /// Takes sleeper `id` off the list; false if it was not on it.
+    pub fn remove(&self, id: usize) -> bool {
+        let mut sleepers = self.sleepers.lock();
+        match sleepers.iter().position(|(i, _)| *i == id) {
+            Some(pos) => {
+                sleepers.swap_remove(pos);
+                self.count.fetch_sub(1, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Takes every sleeper for which `pick` holds off the list; returns them.
+    pub fn remove_where(&self, pick: impl Fn(usize) -> bool) -> Vec<W> {
+        let mut sleepers = self.sleepers.lock();
+        let mut taken = Vec::new();
+        let mut i = 0;
+        while i < sleepers.len() {
+            if pick(sleepers[i].0) {
+                taken.push(sleepers.swap_remove(i).1);
+            } else {
+                i += 1;
+            }
+        }
+        self.count.fetch_sub(taken.len(), Ordering::Relaxed);
+        taken
+    }
+
+    /// How many are parked now.
+    pub fn len(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Whether none is parked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Whether a consumer (an actor host's run loop) is scheduled or running.
+#[derive(Default)]
+pub struct ScheduleFlag(AtomicBool);
+
+impl ScheduleFlag {
+    /// A producer, after pushing to the mailbox (or the consumer itself, to keep
+    /// running): true if the caller won the idle-to-busy edge and must schedule
+    /// the consumer.
+    pub fn claim(&self) -> bool {
+        // AcqRel: the swaps of all producers and of the consumer's `release` are
+        // one modification order. A producer whose swap comes after the release
+        // reads `false` and schedules; one whose swap comes before is read by the
+        // release's swap (acquire), which then sees the producer's push.
+        !self.0.swap(true, Ordering::AcqRel)
+    }
+
+    /// The consumer, done with the mailbox: gives the flag up, then re-checks.
+    /// True if mail arrived meanwhile and the consumer claimed the flag back: it
+    /// must run (or be scheduled) again.
+    pub fn release(&self, has_mail: impl Fn() -> bool) -> bool {
+        // A swap, not a store: a store would not read the producers' swaps, and
+        // the mailbox read below could then miss a push (see `claim`).
+        self.0.swap(false, Ordering::AcqRel);
+        has_mail() && self.claim()
+    }
+
+    /// Whether the consumer is scheduled or running now (a hint).
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// The task a worker runs now (0: none), with a bit set when a forced cancel
+/// has abandoned the worker.
+#[derive(Default)]
+pub struct RunningTask(AtomicU64);
+
+/// Set in [`RunningTask`] when the worker was abandoned. Task numbers are below it.
+const ABANDONED: u64 = 1 << 63;
+
+impl RunningTask {
+    /// The worker starts task `task` (nonzero, below 2^63); returns the task it
+    /// was running, to pass back to [`end`](Self::end) (nested tasks: a worker
+    /// blocked in `get` runs the task it waits for itself).
+    pub fn begin(&self, task: u64) -> u64 {
+        debug_assert!(task != 0 && task & ABANDONED == 0);
+        let mut now = self.0.load(Ordering::Acquire);
+        loop {
+            // A worker abandoned while running the outer task stays abandoned:
+            // the mark moves to the nested task in the same exchange, so no
+            // cancel can abandon the worker a second time in between.
+            let next = task | (now & ABANDONED);
+            // AcqRel pairs with `abandon`'s compare-exchange, which must see this
+            // task's number, not the one before.
+            match self
+                .0
+                .compare_exchange(now, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return now & !ABANDONED,
+                Err(seen) => now = seen,
+            }
+        }
+    }
+
+    /// The worker finished its task and goes back to `outer` (0 at top level).
+    /// True if the worker was abandoned and has no outer task left: it must
+    /// retire now. An abandoned nested task passes the mark to its outer task.
+    pub fn end(&self, outer: u64) -> bool {
+        let mut now = self.0.load(Ordering::Acquire);
+        loop {
+            let abandoned = now & ABANDONED != 0;
+            let next = if abandoned && outer != 0 {
+                outer | ABANDONED
+            } else {
+                outer
+            };
+            // AcqRel pairs with `abandon`: a mark set before this exchange is in
+            // `now`; one tried after it finds another number and fails.
+            match self
+                .0
+                .compare_exchange(now, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return abandoned && outer == 0,
+                Err(seen) => now = seen,
+            }
+        }
+    }
+
+    /// A forced cancel of `task`: marks the worker abandoned if, and only if, it
+    /// is running `task` now. True if this call set the mark.
+    pub fn abandon(&self, task: u64) -> bool {
+        self.0
+            .compare_exchange(task, task | ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// The task running now, if any.
+    pub fn current(&self) -> Option<u64> {
+        let now = self.0.load(Ordering::Acquire) & !ABANDONED;
+        (now != 0).then_some(now)
+    }
+}

@@ -1,0 +1,301 @@
+//! The run queue between submitters and workers: the data plane of the router.
+//!
+//! Submitters push jobs to a lock-free queue that idle workers drain in batches; a
+//! worker is sent a [`Drain`] message only on its idle-to-busy edge (the
+//! [`IdleSet`] handshake), so a busy pool takes many jobs per wake-up. The queue
+//! also keeps the pool's counts — live workers, workers blocked in `get` — from
+//! which the router tops the pool up, and what each worker runs, for a forced
+//! cancel to find it.
+
+use crate::events::{EventBus, SupervisionEvent};
+use crate::handshake::{IdleSet, RunningTask};
+use crate::ids::ObjectId;
+use crate::object_table::{Dispatch, Slot};
+use actix::{Message, Recipient};
+use crossbeam_deque::{Injector, Steal};
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// A user actor's mailbox, run by a worker as one job (a batch of its calls).
+pub trait ActorRun: Send + Sync {
+    /// Runs a batch of calls; reschedules itself if mail is left.
+    fn run_batch(self: Arc<Self>);
+}
+
+/// A unit of work for a worker.
+pub enum Job {
+    /// Run the task that makes this object (its job is in the slot; a getter
+    /// may have taken it to run itself, then there is nothing to do).
+    Task(Arc<Slot>),
+    /// Run a batch of calls from an actor's mailbox.
+    Actor(Arc<dyn ActorRun>),
+}
+
+/// Wakes an idle worker: there is work in the run queue.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, Message)]
+#[rtype(result = "()")]
+pub struct Drain;
+
+/// Asks the router for one more worker (already counted by the sender).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, Message)]
+#[rtype(result = "()")]
+pub struct SpawnWorker;
+
+/// What one worker is doing, shared with those who may interrupt it.
+#[derive(Default)]
+pub struct WorkerState {
+    /// The task it runs now, and whether a forced cancel abandoned it.
+    pub task: RunningTask,
+    /// Set when its router stopped: finish the job in hand, take no more.
+    pub stop: AtomicBool,
+}
+
+/// The queue between submitters and workers, with the pool's counts.
+pub struct RunQueue {
+    injector: Injector<Job>,
+    idle: IdleSet<Recipient<Drain>>,
+    workers: AtomicUsize,
+    blocked: AtomicUsize,
+    target: usize,
+    max_workers: usize,
+    closed: AtomicBool,
+    router: RwLock<Option<Recipient<SpawnWorker>>>,
+    next_worker: AtomicUsize,
+    running: Mutex<Vec<(usize, Arc<WorkerState>)>>,
+    limit_reported: AtomicBool,
+    events: Arc<EventBus>,
+}
+
+impl Dispatch for RunQueue {
+    fn dispatch(&self, task: Arc<Slot>) {
+        self.submit(Job::Task(task));
+    }
+}
+
+impl RunQueue {
+    /// A queue for a pool of `target` running workers, at most `max_workers`.
+    pub fn new(target: usize, max_workers: usize, events: Arc<EventBus>) -> Arc<Self> {
+        Arc::new(RunQueue {
+            injector: Injector::new(),
+            idle: IdleSet::default(),
+            workers: AtomicUsize::new(0),
+            blocked: AtomicUsize::new(0),
+            target,
+            max_workers: max_workers.max(target),
+            closed: AtomicBool::new(false),
+            router: RwLock::new(None),
+            next_worker: AtomicUsize::new(0),
+            running: Mutex::new(Vec::new()),
+            limit_reported: AtomicBool::new(false),
+            events,
+        })
+    }
+
+    /// Queues a job and wakes an idle worker if there is one.
+    pub fn submit(&self, job: Job) {
+        if self.is_closed() {
+            // The owner failed every pending object at shutdown; the job is dropped.
+            return;
+        }
+        self.injector.push(job);
+        if let Some(worker) = self.idle.after_push() {
+            worker.do_send(Drain);
+        }
+    }
+
+    /// The next job, if any.
+    pub fn pop(&self) -> Option<Job> {
+        loop {
+            match self.injector.steal() {
+                Steal::Success(job) => return Some(job),
+                Steal::Empty => return None,
+                Steal::Retry => std::hint::spin_loop(),
+            }
+        }
+    }
+
+    /// Whether no job is queued.
+    pub fn is_empty(&self) -> bool {
+        self.injector.is_empty()
+    }
+
+    /// Parks worker `id` as idle; `wake` reaches it. False if work arrived
+    /// meanwhile and the worker should keep draining.
+    pub fn sleep(&self, id: usize, wake: Recipient<Drain>) -> bool {
+        self.idle
+            .park(id, wake, || !self.injector.is_empty() || self.is_closed())
+    }
+
+    /// Takes an idle worker off the idle list; false if it was not there.
+    pub fn unregister(&self, id: usize) -> bool {
+        self.idle.remove(id)
+    }
+
+    /// The router that starts workers for this queue (`None` while it restarts).
+    pub fn set_router(&self, router: Option<Recipient<SpawnWorker>>) {
+        *self.router.write() = router;
+    }
+
+    /// A fresh worker number.
+    pub fn next_worker_id(&self) -> usize {
+        self.next_worker.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Counts `n` workers about to start.
+    pub fn add_workers(&self, n: usize) {
+        self.workers.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// Uncounts `n` workers that did not start or have left.
+    pub fn remove_workers(&self, n: usize) {
+        self.workers.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// Workers beyond the target that are not blocked.
+    pub fn surplus(&self) -> bool {
+        let w = self.workers.load(Ordering::Acquire);
+        let b = self.blocked.load(Ordering::Acquire);
+        w.saturating_sub(b) > self.target
+    }
+
+    /// Takes one worker out of the count if it is surplus; true if it may retire.
+    pub fn try_retire(&self) -> bool {
+        let mut w = self.workers.load(Ordering::Acquire);
+        loop {
+            let b = self.blocked.load(Ordering::Acquire);
+            if w.saturating_sub(b) <= self.target {
+                return false;
+            }
+            match self
+                .workers
+                .compare_exchange(w, w - 1, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return true,
+                Err(now) => w = now,
+            }
+        }
+    }
+
+    /// A worker blocked in `get`: start another if too few are left running.
+    pub fn block_begin(&self) {
+        self.blocked.fetch_add(1, Ordering::AcqRel);
+        let mut w = self.workers.load(Ordering::Acquire);
+        loop {
+            let b = self.blocked.load(Ordering::Acquire);
+            if w.saturating_sub(b) >= self.target || self.is_closed() {
+                return;
+            }
+            if w >= self.max_workers {
+                if !self.limit_reported.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(
+                        "rayx: all {} worker threads are in use (max_workers); tasks wait",
+                        self.max_workers
+                    );
+                    self.events.publish(SupervisionEvent::WorkerLimitReached {
+                        max_workers: self.max_workers,
+                    });
+                }
+                return;
+            }
+            match self
+                .workers
+                .compare_exchange(w, w + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(now) => w = now,
+            }
+        }
+        match self.router.read().as_ref() {
+            Some(router) => router.do_send(SpawnWorker),
+            None => self.remove_workers(1),
+        }
+    }
+
+    /// A worker stopped waiting.
+    pub fn block_end(&self) {
+        self.blocked.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// `Some(max_workers)` when the pool cannot grow and every worker is
+    /// blocked while work is queued: nothing queued can start.
+    pub fn starved(&self) -> Option<usize> {
+        let w = self.workers.load(Ordering::Acquire);
+        let b = self.blocked.load(Ordering::Acquire);
+        (w >= self.max_workers && b >= w && !self.is_empty()).then_some(self.max_workers)
+    }
+
+    /// Whether the queue was closed.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Stops taking jobs; queued ones are dropped (their objects were failed).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        while self.pop().is_some() {}
+        drop(self.idle.remove_where(|_| true));
+    }
+
+    /// A worker starts: its state, for cancels and its router to reach it.
+    pub fn register_running(&self, worker: usize) -> Arc<WorkerState> {
+        let state = Arc::new(WorkerState::default());
+        self.running.lock().push((worker, state.clone()));
+        state
+    }
+
+    /// A worker is gone.
+    pub fn unregister_running(&self, worker: usize) {
+        self.running.lock().retain(|(w, _)| *w != worker);
+    }
+
+    /// A forced cancel of task `id`: gives up on the worker running it, if one
+    /// still is (its thread is stuck in user code and cannot be killed): it stops
+    /// counting as running, so a replacement starts, and it retires when its
+    /// code returns. A worker that has moved on to another task is left alone.
+    pub fn abandon_running(&self, id: ObjectId) {
+        let tag = id.tag();
+        let hit = self
+            .running
+            .lock()
+            .iter()
+            .any(|(_, state)| state.task.abandon(tag));
+        if hit {
+            self.block_begin();
+        }
+    }
+
+    /// An abandoned worker's code returned: it leaves the pool.
+    pub fn abandoned_worker_returned(&self, worker: usize) {
+        self.unregister_running(worker);
+        self.remove_workers(1);
+        self.block_end();
+    }
+
+    /// A stopping router's workers leave the pool: off the idle list, out of the
+    /// count, told to stop after the job in hand (queued jobs wait for the next
+    /// router's workers).
+    pub fn retire_pool(&self, workers: &[usize]) {
+        drop(self.idle.remove_where(|id| workers.contains(&id)));
+        for (id, state) in self.running.lock().iter() {
+            if workers.contains(id) {
+                state.stop.store(true, Ordering::Release);
+            }
+        }
+        self.remove_workers(workers.len());
+    }
+
+    /// The number of workers kept running.
+    pub fn target(&self) -> usize {
+        self.target
+    }
+
+    /// Live workers and how many of them are blocked in `get`.
+    pub fn worker_counts(&self) -> (usize, usize) {
+        (
+            self.workers.load(Ordering::Acquire),
+            self.blocked.load(Ordering::Acquire),
+        )
+    }
+}

@@ -1,0 +1,428 @@
+//! Exhaustive models of the engine's three thread handshakes
+//! (`actors/src/handshake.rs`), checked with loom.
+//!
+//! The models compile `handshake.rs` itself, not a copy: the `sync` module below
+//! stands in for the crate's `src/sync.rs` (loom's atomics, fence and a mutex
+//! with parking_lot's `lock()` signature), so the file's `crate::sync` resolves to
+//! loom here. Loom runs every interleaving of each model's threads (up to a
+//! preemption bound where one is given) and, for each load, every store the
+//! memory model lets it read; `loom::cell::UnsafeCell` also reports accesses not
+//! ordered by happens-before. No `--cfg loom` is needed:
+//! `cargo test -p rayx-actors --test loom --release` (a few seconds; about half a
+//! minute unoptimised). `LOOM_MAX_PREEMPTIONS=N` sets the bound of every model,
+//! for a deeper run.
+//!
+//! What each model proves:
+//!
+//! - `idle_set_one_worker_two_submitters`, `idle_set_two_workers_one_submitter`:
+//!   a job pushed to the run queue is never left there while every worker is
+//!   asleep and none was woken (the fence pair of `after_push` and `park`); and
+//!   every worker that parked is handed out by exactly one `after_push` or is
+//!   still on the idle list, never both, never twice.
+//! - `idle_set_remove_races_after_push`: a parked worker taking itself off the
+//!   list and a submitter waking it agree: exactly one of them gets it.
+//! - `schedule_flag_two_producers`: with two producers pushing and claiming the
+//!   flag, every message is consumed (none is left behind by the consumer's
+//!   `release`), at most one consumer runs at a time, successive consumer runs
+//!   are ordered by happens-before (their shared state is a loom `UnsafeCell`,
+//!   so a data race would be reported), and the flag ends released.
+//! - `running_task_abandon_never_lands_on_next_task` and
+//!   `running_task_abandon_each_task`: a forced cancel of task 1 abandons the
+//!   worker only while it runs task 1: the worker retires after task 1 if and
+//!   only if that cancel succeeded, and never after task 2 (and likewise for a
+//!   cancel of task 2).
+//! - `running_task_nested`: with task 2 nested in task 1, cancels of 1 and of 2
+//!   abandon the worker at most once between them, a nested `end` never retires,
+//!   and the top-level `end` retires iff a cancel succeeded.
+//!
+//! Each model fails on a broken copy of the protocol: either `SeqCst` fence of
+//! `IdleSet` removed, `park` ignoring `has_work`, `remove` finding and removing
+//! under two lock sections; `release`'s swap made a store or Release-only,
+//! `claim` made Relaxed, Release-only or a load then a store; `end`'s
+//! compare-exchange made a store, `begin` dropping the abandoned mark, `abandon`
+//! made a load then a `fetch_or`.
+//!
+//! Limits: loom treats SeqCst loads, stores and read-modify-writes as AcqRel
+//! (its SeqCst *fences* are modelled), so nothing here may lean on SeqCst
+//! accesses; `IdleSet` does not. `RunningTask` is one word changed only by
+//! read-modify-writes, so its results do not depend on its orderings, and these
+//! models (which hand no other data between worker and canceller) would pass
+//! with all of them Relaxed: what its Acquire/Release orderings publish is the
+//! callers' business.
+
+#![allow(dead_code)]
+
+/// Loom's versions of what `src/sync.rs` names, for `handshake.rs`.
+mod sync {
+    pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+    /// `loom::sync::Mutex` with parking_lot's signature: `lock()` returns the
+    /// guard itself (loom's mutex is never poisoned in a passing model).
+    pub(crate) struct Mutex<T>(loom::sync::Mutex<T>);
+
+    impl<T> Mutex<T> {
+        pub(crate) fn new(value: T) -> Self {
+            Mutex(loom::sync::Mutex::new(value))
+        }
+
+        pub(crate) fn lock(&self) -> loom::sync::MutexGuard<'_, T> {
+            self.0.lock().unwrap()
+        }
+    }
+}
+
+#[path = "../src/handshake.rs"]
+mod handshake;
+
+use handshake::{IdleSet, RunningTask, ScheduleFlag};
+use loom::cell::UnsafeCell;
+use loom::sync::atomic::{AtomicUsize, Ordering};
+use loom::sync::Arc;
+use loom::thread;
+
+/// Runs `model` under every interleaving with at most `preemptions` preemptions
+/// (`None`: no bound, all interleavings), unless `LOOM_MAX_PREEMPTIONS` sets
+/// another bound; prints how many executions that was (shown with
+/// `--nocapture`).
+fn check(preemptions: Option<usize>, model: impl Fn() + Sync + Send + 'static) {
+    let mut builder = loom::model::Builder::new();
+    if std::env::var_os("LOOM_MAX_PREEMPTIONS").is_none() {
+        builder.preemption_bound = preemptions;
+    }
+    let bound = builder.preemption_bound;
+    let executions = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = executions.clone();
+    builder.check(move || {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        model()
+    });
+    let executions = executions.load(std::sync::atomic::Ordering::Relaxed);
+    println!("{executions} executions, preemption bound {bound:?}");
+}
+
+/// Takes one item off a queue modelled as a count of queued items; false if it
+/// looked empty. Like crossbeam's `steal`/`pop`, it may see "empty" from a
+/// stale read: the handshakes must cope with that.
+fn pop(count: &AtomicUsize, order: Ordering) -> bool {
+    let mut now = count.load(order);
+    while now > 0 {
+        match count.compare_exchange(now, now - 1, order, order) {
+            Ok(_) => return true,
+            Err(seen) => now = seen,
+        }
+    }
+    false
+}
+
+/// Takes everything off the queue; how many items that was.
+fn drain(count: &AtomicUsize, order: Ordering) -> usize {
+    let mut taken = 0;
+    while pop(count, order) {
+        taken += 1;
+    }
+    taken
+}
+
+// ---------------------------------------------------------------------------
+// IdleSet: the run queue's submit/sleep handshake.
+//
+// The run queue is crossbeam's `Injector`, whose push is a SeqCst
+// compare-exchange on its tail index and whose emptiness check loads head and
+// tail with SeqCst: the model's queue is a count pushed with `fetch_add(SeqCst)`
+// and read with SeqCst. (Loom treats SeqCst accesses as AcqRel, so the
+// models lean on `handshake.rs`'s SeqCst fences, which loom does model, and not
+// on the queue's orderings.)
+// ---------------------------------------------------------------------------
+
+const QUEUE: Ordering = Ordering::SeqCst;
+
+/// `workers` workers drain the queue and park when it looks empty (a parked
+/// worker's thread ends); `submitters` submitters push one job each and wake
+/// the sleeper `after_push` hands them. Afterwards, each woken worker drains the
+/// queue again (as a woken worker does), and the queue must then be empty.
+fn idle_set_model(workers: usize, submitters: usize) {
+    let queue = Arc::new(AtomicUsize::new(0));
+    let idle = Arc::new(IdleSet::<usize>::default());
+
+    let worker_threads: Vec<_> = (0..workers)
+        .map(|id| {
+            let (queue, idle) = (queue.clone(), idle.clone());
+            thread::spawn(move || {
+                let mut popped = 0;
+                loop {
+                    popped += drain(&queue, QUEUE);
+                    if idle.park(id, id, || queue.load(QUEUE) > 0) {
+                        return popped;
+                    }
+                }
+            })
+        })
+        .collect();
+    let submitter_threads: Vec<_> = (0..submitters)
+        .map(|_| {
+            let (queue, idle) = (queue.clone(), idle.clone());
+            thread::spawn(move || {
+                queue.fetch_add(1, QUEUE);
+                idle.after_push()
+            })
+        })
+        .collect();
+
+    let popped: usize = worker_threads.into_iter().map(|t| t.join().unwrap()).sum();
+    let woken: Vec<usize> = submitter_threads
+        .into_iter()
+        .filter_map(|t| t.join().unwrap())
+        .collect();
+
+    // Every worker's thread ended parked: it was handed out to exactly one
+    // submitter, or it is still on the list.
+    for id in 0..workers {
+        let times_woken = woken.iter().filter(|&&w| w == id).count();
+        let still_parked = idle.remove(id);
+        assert!(times_woken <= 1, "worker {id} woken {times_woken} times");
+        assert!(
+            (times_woken == 1) != still_parked,
+            "worker {id}: woken {times_woken} times, still parked: {still_parked}"
+        );
+    }
+    assert!(idle.is_empty(), "the count disagrees with the list");
+
+    // A woken worker drains the queue again; one still asleep does not.
+    let drained_by_woken = if woken.is_empty() {
+        0
+    } else {
+        drain(&queue, QUEUE)
+    };
+    assert_eq!(
+        queue.load(QUEUE),
+        0,
+        "a job was left in the queue with every worker asleep and none woken \
+         (workers popped {popped}, woken: {woken:?})"
+    );
+    assert_eq!(popped + drained_by_woken, submitters);
+}
+
+#[test]
+fn idle_set_one_worker_two_submitters() {
+    check(Some(3), || idle_set_model(1, 2));
+}
+
+#[test]
+fn idle_set_two_workers_one_submitter() {
+    check(Some(3), || idle_set_model(2, 1));
+}
+
+/// A parked worker takes itself off the list (as it does when it stops) while a
+/// submitter's `after_push` may pop it: exactly one of them gets it.
+#[test]
+fn idle_set_remove_races_after_push() {
+    check(None, || {
+        let idle = Arc::new(IdleSet::<usize>::default());
+
+        let worker = {
+            let idle = idle.clone();
+            thread::spawn(move || {
+                assert!(idle.park(7, 7, || false), "park with no work must park");
+                idle.remove(7)
+            })
+        };
+        let submitter = {
+            let idle = idle.clone();
+            thread::spawn(move || idle.after_push())
+        };
+
+        let removed = worker.join().unwrap();
+        let woken = submitter.join().unwrap();
+        assert!(matches!(woken, None | Some(7)));
+        assert!(
+            removed != woken.is_some(),
+            "remove returned {removed}, after_push returned {woken:?}"
+        );
+        assert!(idle.is_empty());
+    });
+}
+
+// ---------------------------------------------------------------------------
+// ScheduleFlag: an actor host's mailbox and `scheduled` flag.
+//
+// The mailbox is crossbeam's `SegQueue`: its push publishes with a SeqCst
+// compare-exchange on the tail index and a Release store of the slot's state;
+// its pop and emptiness check read with Acquire (or SeqCst). The model uses the
+// weaker Release push / Acquire reads, which admits every behaviour the stronger
+// orderings do, so the flag's own orderings must carry the handshake.
+// ---------------------------------------------------------------------------
+
+/// The host's run loop, on the thread that claimed the flag: drains the
+/// mailbox, releases the flag, and runs again if `release` says mail arrived.
+/// `handled` is the host's own state: only the flag orders its accesses.
+fn run_host(
+    mailbox: &AtomicUsize,
+    flag: &ScheduleFlag,
+    running: &AtomicUsize,
+    handled: &UnsafeCell<usize>,
+) {
+    loop {
+        assert_eq!(
+            running.fetch_add(1, Ordering::Relaxed),
+            0,
+            "two consumers at once"
+        );
+        while pop(mailbox, Ordering::Acquire) {
+            handled.with_mut(|n| unsafe { *n += 1 });
+        }
+        running.fetch_sub(1, Ordering::Relaxed);
+        if !flag.release(|| mailbox.load(Ordering::Acquire) > 0) {
+            return;
+        }
+    }
+}
+
+#[test]
+fn schedule_flag_two_producers() {
+    check(Some(4), || {
+        let mailbox = Arc::new(AtomicUsize::new(0));
+        let flag = Arc::new(ScheduleFlag::default());
+        let running = Arc::new(AtomicUsize::new(0));
+        let handled = Arc::new(UnsafeCell::new(0usize));
+
+        let producers: Vec<_> = (0..2)
+            .map(|_| {
+                let (mailbox, flag) = (mailbox.clone(), flag.clone());
+                let (running, handled) = (running.clone(), handled.clone());
+                thread::spawn(move || {
+                    mailbox.fetch_add(1, Ordering::Release);
+                    if flag.claim() {
+                        run_host(&mailbox, &flag, &running, &handled);
+                    }
+                })
+            })
+            .collect();
+        for producer in producers {
+            producer.join().unwrap();
+        }
+
+        assert_eq!(
+            mailbox.load(Ordering::Acquire),
+            0,
+            "a message was left in the mailbox with the host idle"
+        );
+        assert_eq!(handled.with(|n| unsafe { *n }), 2);
+        assert!(
+            !flag.is_set(),
+            "the flag stayed claimed with no host running"
+        );
+    });
+}
+
+// ---------------------------------------------------------------------------
+// RunningTask: a forced cancel abandons a worker only while it runs that task.
+// ---------------------------------------------------------------------------
+
+/// The worker runs task 1 then task 2; returns whether each `end` said retire.
+fn run_tasks_1_then_2(rt: &RunningTask) -> (bool, bool) {
+    let outer = rt.begin(1);
+    assert_eq!(outer, 0);
+    let retire1 = rt.end(outer);
+    let outer = rt.begin(2);
+    assert_eq!(outer, 0);
+    let retire2 = rt.end(outer);
+    (retire1, retire2)
+}
+
+#[test]
+fn running_task_abandon_never_lands_on_next_task() {
+    check(None, || {
+        let rt = Arc::new(RunningTask::default());
+        let worker = {
+            let rt = rt.clone();
+            thread::spawn(move || run_tasks_1_then_2(&rt))
+        };
+        let canceller = {
+            let rt = rt.clone();
+            thread::spawn(move || rt.abandon(1))
+        };
+        let (retire1, retire2) = worker.join().unwrap();
+        let hit = canceller.join().unwrap();
+
+        assert_eq!(
+            retire1, hit,
+            "retire after task 1 iff the cancel of 1 landed"
+        );
+        assert!(
+            !retire2,
+            "the cancel of task 1 abandoned the worker in task 2"
+        );
+        assert_eq!(rt.current(), None);
+    });
+}
+
+/// Cancels of both tasks, on two threads: each retire matches its own cancel.
+#[test]
+fn running_task_abandon_each_task() {
+    check(Some(4), || {
+        let rt = Arc::new(RunningTask::default());
+        let worker = {
+            let rt = rt.clone();
+            thread::spawn(move || run_tasks_1_then_2(&rt))
+        };
+        let cancellers: Vec<_> = [1, 2]
+            .into_iter()
+            .map(|task| {
+                let rt = rt.clone();
+                thread::spawn(move || rt.abandon(task))
+            })
+            .collect();
+        let (retire1, retire2) = worker.join().unwrap();
+        let hits: Vec<bool> = cancellers.into_iter().map(|t| t.join().unwrap()).collect();
+
+        assert_eq!(
+            retire1, hits[0],
+            "retire after task 1 iff the cancel of 1 landed"
+        );
+        assert_eq!(
+            retire2, hits[1],
+            "retire after task 2 iff the cancel of 2 landed"
+        );
+        assert_eq!(rt.current(), None);
+    });
+}
+
+/// Task 2 runs nested in task 1 (a worker blocked in `get` runs the task it
+/// waits for); cancels of 1 and of 2 race with it on two threads.
+#[test]
+fn running_task_nested() {
+    check(Some(4), || {
+        let rt = Arc::new(RunningTask::default());
+        let worker = {
+            let rt = rt.clone();
+            thread::spawn(move || {
+                let top = rt.begin(1);
+                assert_eq!(top, 0);
+                let outer = rt.begin(2);
+                assert_eq!(outer, 1, "the nested task must return to task 1");
+                assert!(!rt.end(outer), "a nested end must not retire the worker");
+                rt.end(top)
+            })
+        };
+        let cancellers: Vec<_> = [1, 2]
+            .into_iter()
+            .map(|task| {
+                let rt = rt.clone();
+                thread::spawn(move || rt.abandon(task))
+            })
+            .collect();
+        let retire = worker.join().unwrap();
+        let hits: Vec<bool> = cancellers.into_iter().map(|t| t.join().unwrap()).collect();
+
+        assert!(
+            !(hits[0] && hits[1]),
+            "the worker was abandoned twice (by the cancels of 1 and of 2)"
+        );
+        assert_eq!(
+            retire,
+            hits[0] || hits[1],
+            "retire iff a cancel landed (cancels of 1, 2: {hits:?})"
+        );
+        assert_eq!(rt.current(), None);
+    });
+}

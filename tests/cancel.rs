@@ -1,0 +1,120 @@
+//! Cancellation of tasks: queued, running, recursive, forced.
+
+mod common;
+
+use common::failing::*;
+use common::{eventually, LONG};
+use rayx::prelude::*;
+
+#[test]
+fn a_cancelled_queued_task_never_runs() {
+    let rt = rayx::Builder::new().num_workers(1).start().unwrap();
+    let g = common::gate();
+    let busy = rt.task(held).remote(g);
+    let k = key();
+    let queued = rt.task(flaky).remote((k, 0));
+    rt.cancel(&queued);
+    assert!(matches!(
+        queued.get(),
+        Err(Error::Cancelled { forced: false, .. })
+    ));
+    common::open(g);
+    assert_eq!(busy.get().unwrap(), g);
+    // Run queue order: the cancelled task was taken (and skipped) before this one.
+    assert_eq!(rt.task(double).remote(4).get().unwrap(), 8);
+    assert!(!started(k), "the cancelled task never ran");
+}
+
+#[test]
+fn a_running_task_sees_its_cancel() {
+    let rt = rt2();
+    let k = key();
+    let r = rt.task(until_cancelled).remote((k, false));
+    assert!(eventually(LONG, || started(k)));
+    rt.cancel(&r);
+    assert!(matches!(r.get(), Err(Error::Cancelled { .. })));
+    assert!(
+        eventually(LONG, || saw_cancel(k)),
+        "the task saw rayx::cancelled()"
+    );
+    assert!(!rayx::cancelled(), "outside a task nothing is cancelled");
+}
+
+#[test]
+fn cancelling_a_finished_task_changes_nothing() {
+    let rt = rt2();
+    let r = rt.task(double).remote(21);
+    assert_eq!(r.get().unwrap(), 42);
+    rt.cancel(&r);
+    assert_eq!(r.get().unwrap(), 42);
+}
+
+#[test]
+fn a_cancel_reaches_the_tasks_a_task_submitted() {
+    let rt = rt2();
+    let child = key();
+    let parent = rt.task(parent_of).remote(child);
+    assert!(eventually(LONG, || started(child)), "the child is running");
+    rt.cancel(&parent);
+    assert!(matches!(parent.get(), Err(Error::Cancelled { .. })));
+    assert!(
+        eventually(LONG, || saw_cancel(child)),
+        "the child saw the cancel"
+    );
+}
+
+#[test]
+fn a_cancelled_task_is_never_retried() {
+    let rt = rt2();
+    let k = key();
+    let r = rt
+        .task(until_cancelled)
+        .retry_exceptions(true)
+        .max_retries(Retries::Infinite)
+        .remote((k, true));
+    assert!(eventually(LONG, || started(k)));
+    rt.cancel(&r);
+    assert!(eventually(LONG, || saw_cancel(k)));
+    // Give a retry every chance to show up: one more task through each worker.
+    let after: Vec<_> = (0..4).map(|i| rt.task(double).remote(i)).collect();
+    rt.get(&after, Some(LONG)).unwrap();
+    assert_eq!(ATTEMPTS.lock()[&k], 1, "ran once");
+}
+
+#[test]
+fn a_forced_cancel_abandons_and_replaces_the_worker() {
+    let rt = rayx::Builder::new().num_workers(1).start().unwrap();
+    let (k, g) = (key(), common::gate());
+    let stuck = rt.task(stuck_on).remote((k, g));
+    assert!(
+        eventually(LONG, || started(k)),
+        "the task is running on the only worker"
+    );
+    let behind = rt.task(double).remote(1);
+    rt.cancel_with(&stuck, true, true);
+    assert_eq!(
+        stuck.get(),
+        Err(Error::Cancelled {
+            task: stuck_name(&stuck),
+            forced: true
+        })
+    );
+    // A replacement worker runs what was queued behind the stuck task.
+    assert_eq!(behind.get_timeout(LONG).unwrap(), 2);
+    assert_eq!(
+        rt.worker_counts(),
+        (2, 1),
+        "the abandoned worker counts as blocked"
+    );
+    common::open(g);
+    // The abandoned worker retires once its code returns.
+    assert!(
+        eventually(LONG, || rt.worker_counts() == (1, 0)),
+        "{:?}",
+        rt.worker_counts()
+    );
+}
+
+fn stuck_name<T>(r: &ObjectRef<T>) -> String {
+    r.id().to_string()
+}

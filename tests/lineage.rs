@@ -1,0 +1,130 @@
+//! Lost objects rebuilt from lineage.
+
+mod common;
+
+use common::failing::*;
+use common::{eventually, LONG};
+use rayx::prelude::*;
+use rayx::{Faults, Trigger};
+
+/// A runtime that keeps lineage (the drop_object fault is on, but never fires
+/// unless asked) and stores values over 1 KiB in the object store.
+fn lineage_rt(drop_object: Trigger) -> Runtime {
+    rayx::Builder::new()
+        .num_workers(2)
+        .inline_threshold(1024)
+        .faults(Faults {
+            drop_object,
+            ..Faults::default()
+        })
+        .start()
+        .unwrap()
+}
+
+#[test]
+fn a_lost_object_is_rebuilt_by_running_its_task_again() {
+    let rt = lineage_rt(Trigger::EveryNth(u64::MAX));
+    let k = key();
+    let r = rt.task(big).remote((k, 7));
+    assert_eq!(r.get().unwrap(), vec![7; 4096]);
+    assert!(rt.memory().lineage_bytes > 0);
+    assert!(rt.lose_object(&r));
+    assert_eq!(rt.memory().store_bytes, 0, "the value is gone");
+    assert_eq!(r.get().unwrap(), vec![7; 4096], "rebuilt");
+    assert_eq!(ATTEMPTS.lock()[&k], 2, "by running its task a second time");
+    drop(r);
+    assert!(eventually(LONG, || rt.memory()
+        == rayx::MemoryUsage {
+            store_capacity: rt.memory().store_capacity,
+            ..Default::default()
+        }));
+}
+
+#[test]
+fn rebuilding_reaches_lost_arguments_too() {
+    let rt = lineage_rt(Trigger::EveryNth(u64::MAX));
+    let (ka, kb) = (key(), key());
+    let a = rt.task(big).remote((ka, 1));
+    let b = rt.task(big).remote((kb, 2));
+    let sum = rt.task(sum_of).remote((key(), &a));
+    assert_eq!(sum.get().unwrap(), 4096);
+    // Lose `a`; a new task that needs it waits while it is rebuilt.
+    assert!(rt.lose_object(&a));
+    assert_eq!(rt.task(sum_of).remote((key(), &a)).get().unwrap(), 4096);
+    assert_eq!(ATTEMPTS.lock()[&ka], 2);
+    // Lose `b` and the task built on it: reading that task's result runs it
+    // again, and it first rebuilds `b`, its lost argument.
+    let kh = key();
+    let head = rt.task(sum_of).remote((kh, &b));
+    assert_eq!(head.get().unwrap(), 2 * 4096);
+    assert!(rt.lose_object(&b));
+    assert!(rt.lose_object(&head));
+    drop(b);
+    assert_eq!(head.get().unwrap(), 2 * 4096);
+    let runs = ATTEMPTS.lock();
+    assert_eq!((runs[&kb], runs[&kh]), (2, 2));
+}
+
+#[test]
+fn objects_lost_as_they_land_are_rebuilt_transparently() {
+    let rt = lineage_rt(Trigger::EveryNth(3));
+    let keys: Vec<u64> = (0..30).map(|_| key()).collect();
+    let refs: Vec<_> = keys
+        .iter()
+        .map(|&k| rt.task(big).max_retries(Retries::Infinite).remote((k, 9)))
+        .collect();
+    for r in &refs {
+        assert_eq!(r.get_timeout(LONG).unwrap(), vec![9; 4096]);
+    }
+    let reruns: u32 = keys.iter().map(|k| ATTEMPTS.lock()[k] - 1).sum();
+    assert!(
+        reruns >= 10,
+        "about a third were lost and rebuilt: {reruns}"
+    );
+}
+
+#[test]
+fn a_lost_put_object_cannot_be_rebuilt() {
+    let rt = lineage_rt(Trigger::EveryNth(u64::MAX));
+    let r = rt.put(vec![5u8; 4096]).unwrap();
+    assert!(rt.lose_object(&r));
+    match r.get() {
+        Err(Error::ObjectLost { id }) => assert_eq!(id, r.id().to_string()),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn rebuilding_stays_within_max_retries_and_the_lineage_budget() {
+    let rt = lineage_rt(Trigger::EveryNth(u64::MAX));
+    let r = rt.task(big).max_retries(1).remote((key(), 1));
+    r.get().unwrap();
+    assert!(rt.lose_object(&r));
+    r.get().unwrap();
+    assert!(rt.lose_object(&r));
+    match r.get() {
+        Err(Error::ObjectReconstructionFailed { cause, .. }) => {
+            assert!(cause.contains("max_retries"), "{cause}")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+
+    let tight = rayx::Builder::new()
+        .inline_threshold(1024)
+        .max_lineage_bytes(10)
+        .faults(Faults {
+            drop_object: Trigger::EveryNth(u64::MAX),
+            ..Faults::default()
+        })
+        .start()
+        .unwrap();
+    let r = tight.task(big).remote((key(), 1));
+    r.get().unwrap();
+    assert!(tight.lose_object(&r));
+    match r.get() {
+        Err(Error::ObjectReconstructionFailed { cause, .. }) => {
+            assert!(cause.contains("max_lineage_bytes"), "{cause}")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
