@@ -212,7 +212,9 @@ impl Handler<SmallValueBatch> for BenchActor {
 }
 
 struct AsyncBenchActor;
-impl Actor for AsyncBenchActor {}
+impl Actor for AsyncBenchActor {
+    const ASYNC: bool = true;
+}
 impl AsyncHandler<SmallValue> for AsyncBenchActor {
     async fn handle(self: Arc<Self>, _: SmallValue, _: AsyncContext<Self>) -> Vec<u8> {
         b"ok".to_vec()

@@ -48,6 +48,25 @@ pub(crate) const DEFAULT_NAMESPACE: &str = "default";
 /// # Ok::<(), rayx::Error>(())
 /// ```
 pub trait Actor: Send + Sized + 'static {
+    /// Whether this is an async actor (handlers are futures, started with
+    /// [`Runtime::async_actor`]): set `const ASYNC: bool = true;` in its impl.
+    /// Starting or calling an actor the other way is a compile error.
+    ///
+    /// ```compile_fail
+    /// use rayx::prelude::*;
+    /// struct Sync1;
+    /// impl Actor for Sync1 {}
+    /// #[derive(Serialize, Deserialize)]
+    /// struct Hi;
+    /// impl Message for Hi { type Reply = (); }
+    /// impl AsyncHandler<Hi> for Sync1 {
+    ///     async fn handle(self: std::sync::Arc<Self>, _: Hi, _: AsyncContext<Self>) {}
+    /// }
+    /// let rt = rayx::init().unwrap();
+    /// // Sync1 is not marked ASYNC: an async handler of it does not compile.
+    /// let _ = rt.actor(|| Sync1).spawn().unwrap().call(Hi);
+    /// ```
+    const ASYNC: bool = false;
     /// Called once when the actor stops: killed, collected or shut down.
     fn stopped(&mut self) {}
 }
@@ -61,9 +80,65 @@ pub trait Message: Data {
 /// Handles `M` with exclusive access to the actor's state, one call at a time,
 /// in the order each caller made its calls.
 pub trait Handler<M: Message>: Actor {
-    /// Runs the call. A panic kills the actor: this and every queued call fail
-    /// with `ActorDied`, naming the panic.
+    /// Runs the call. A panic crashes the actor: it restarts within its
+    /// `max_restarts`, else this and every queued call fail with `ActorDied`,
+    /// naming the panic.
     fn handle(&mut self, msg: M, ctx: &mut ActorContext<'_, Self>) -> M::Reply;
+}
+
+/// Handles `M` like [`Handler`], but may fail: an `Err` fails this call only,
+/// with [`Error::CallFailed`] carrying the error's text, and the actor lives on
+/// (Ray: a method that raises leaves the actor alive). A panic is still a crash.
+///
+/// ```
+/// use rayx::prelude::*;
+///
+/// struct Account { balance: u64 }
+/// impl Actor for Account {}
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Withdraw(u64);
+/// impl Message for Withdraw { type Reply = u64; }
+///
+/// impl TryHandler<Withdraw> for Account {
+///     type Error = String;
+///     fn handle(&mut self, Withdraw(n): Withdraw, _: &mut ActorContext<Self>) -> Result<u64, String> {
+///         if n > self.balance {
+///             return Err(format!("only {} left", self.balance));
+///         }
+///         self.balance -= n;
+///         Ok(self.balance)
+///     }
+/// }
+///
+/// let rt = rayx::init()?;
+/// let a = rt.actor(|| Account { balance: 10 }).spawn()?;
+/// assert!(matches!(a.call(Withdraw(50)).get(), Err(Error::CallFailed { cause, .. }) if cause == "only 10 left"));
+/// assert_eq!(a.call(Withdraw(4)).get()?, 6, "the actor lived on");
+/// # Ok::<(), rayx::Error>(())
+/// ```
+pub trait TryHandler<M: Message>: Actor {
+    /// The error a call may end with.
+    type Error: std::fmt::Display;
+    /// Runs the call.
+    fn handle(
+        &mut self,
+        msg: M,
+        ctx: &mut ActorContext<'_, Self>,
+    ) -> std::result::Result<M::Reply, Self::Error>;
+}
+
+/// Handles `M` like [`AsyncHandler`], but may fail: an `Err` fails this call
+/// only, with [`Error::CallFailed`], and the actor lives on.
+pub trait AsyncTryHandler<M: Message>: Actor + Sync {
+    /// The error a call may end with.
+    type Error: std::fmt::Display;
+    /// Runs the call; the future runs on the actor's async thread.
+    fn handle(
+        self: Arc<Self>,
+        msg: M,
+        ctx: AsyncContext<Self>,
+    ) -> impl Future<Output = std::result::Result<M::Reply, Self::Error>>;
 }
 
 /// Handles `M` as a future on an async actor (Ray's async actors): many calls
@@ -74,7 +149,7 @@ pub trait Handler<M: Message>: Actor {
 /// use std::sync::{Arc, atomic::{AtomicU64, Ordering}};
 ///
 /// struct Pinger { count: AtomicU64 }
-/// impl Actor for Pinger {}
+/// impl Actor for Pinger { const ASYNC: bool = true; }
 ///
 /// #[derive(Serialize, Deserialize)]
 /// struct Ping;
@@ -206,24 +281,71 @@ fn runtime_here() -> Runtime {
         .unwrap_or_else(|| panic!("rayx: an actor context was used off the actor's thread"))
 }
 
-/// How a message is dispatched on `A`: `SyncCall` for [`Handler`], `AsyncCall`
-/// for [`AsyncHandler`]. Inferred; users never name it.
-pub trait Dispatches<M, Kind> {
+/// How a message is dispatched on `A`: through [`Handler`], [`TryHandler`],
+/// [`AsyncHandler`] or [`AsyncTryHandler`]. Inferred; users never name it.
+pub trait Dispatches<M, Kind: CallKind> {
     #[doc(hidden)]
     const DISPATCH: Dispatch;
 }
 
+/// Whether a kind of dispatch runs on async actors. Sealed.
+pub trait CallKind {
+    #[doc(hidden)]
+    const ASYNC: bool;
+}
+
 /// Marks dispatch through [`Handler`].
 pub enum SyncCall {}
+/// Marks dispatch through [`TryHandler`].
+pub enum TrySyncCall {}
 /// Marks dispatch through [`AsyncHandler`].
 pub enum AsyncCall {}
+/// Marks dispatch through [`AsyncTryHandler`].
+pub enum TryAsyncCall {}
+
+impl CallKind for SyncCall {
+    const ASYNC: bool = false;
+}
+impl CallKind for TrySyncCall {
+    const ASYNC: bool = false;
+}
+impl CallKind for AsyncCall {
+    const ASYNC: bool = true;
+}
+impl CallKind for TryAsyncCall {
+    const ASYNC: bool = true;
+}
 
 impl<A: Handler<M>, M: Message> Dispatches<M, SyncCall> for A {
     const DISPATCH: Dispatch = Dispatch::Sync(dispatch_sync::<A, M>);
 }
 
+impl<A: TryHandler<M>, M: Message> Dispatches<M, TrySyncCall> for A {
+    const DISPATCH: Dispatch = Dispatch::Sync(dispatch_try_sync::<A, M>);
+}
+
 impl<A: AsyncHandler<M>, M: Message> Dispatches<M, AsyncCall> for A {
     const DISPATCH: Dispatch = Dispatch::Async(dispatch_async::<A, M>);
+}
+
+impl<A: AsyncTryHandler<M>, M: Message> Dispatches<M, TryAsyncCall> for A {
+    const DISPATCH: Dispatch = Dispatch::Async(dispatch_try_async::<A, M>);
+}
+
+/// The error of a call whose handler returned `Err`.
+fn call_failed<A, M>(label: String, e: impl std::fmt::Display) -> Error {
+    let _ = std::marker::PhantomData::<A>;
+    Error::CallFailed {
+        actor: label,
+        method: std::any::type_name::<M>().to_string(),
+        cause: e.to_string(),
+    }
+}
+
+fn label_of(host: &ActorHost) -> String {
+    host.name()
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{}({})", host.type_name(), host.id()))
 }
 
 fn take_message<M: Data>(value: Value) -> Result<M> {
@@ -258,6 +380,51 @@ fn dispatch_sync<A: Handler<M>, M: Message>(
     };
     let reply = A::handle(actor, msg, &mut ctx);
     Ok(Value::new(reply))
+}
+
+fn dispatch_try_sync<A: TryHandler<M>, M: Message>(
+    state: &mut dyn Any,
+    msg: Value,
+    host: &mut HostContext<'_>,
+) -> Result<Value> {
+    let actor = state
+        .downcast_mut::<A>()
+        .ok_or_else(|| wrong_actor::<A>("another actor type"))?;
+    let msg = take_message::<M>(msg)?;
+    let mut ctx = ActorContext::<A> {
+        host: host.host(),
+        _actor: PhantomData,
+    };
+    match A::handle(actor, msg, &mut ctx) {
+        Ok(reply) => Ok(Value::new(reply)),
+        Err(e) => Err(call_failed::<A, M>(label_of(host.host()), e)),
+    }
+}
+
+fn dispatch_try_async<A: AsyncTryHandler<M>, M: Message>(
+    state: SharedState,
+    msg: Value,
+    info: CallInfo,
+) -> LocalFuture {
+    Box::pin(async move {
+        let actor = state
+            .downcast::<A>()
+            .map_err(|_| wrong_actor::<A>("another actor type"))?;
+        let msg = take_message::<M>(msg)?;
+        let label = info
+            .host
+            .upgrade()
+            .map(|h| label_of(&h))
+            .unwrap_or_else(|| info.actor_id.to_string());
+        let ctx = AsyncContext {
+            info,
+            _actor: PhantomData,
+        };
+        match A::handle(actor, msg, ctx).await {
+            Ok(reply) => Ok(Value::new(reply)),
+            Err(e) => Err(call_failed::<A, M>(label, e)),
+        }
+    })
 }
 
 fn dispatch_async<A: AsyncHandler<M>, M: Message>(
@@ -304,6 +471,12 @@ pub struct ActorBuilder<'r, A> {
 
 impl<'r, A: Actor> ActorBuilder<'r, A> {
     pub(crate) fn sync(rt: &'r Runtime, factory: impl Fn() -> A + Send + Sync + 'static) -> Self {
+        const {
+            assert!(
+                !A::ASYNC,
+                "an actor with `const ASYNC: bool = true` starts with Runtime::async_actor"
+            )
+        };
         let factory: Box<dyn Fn() -> Box<dyn ActorState> + Send + Sync> =
             Box::new(move || Box::new(Boxed(factory())));
         Self::with_kind(rt, ActorKind::Sync(factory))
@@ -316,6 +489,12 @@ impl<'r, A: Actor> ActorBuilder<'r, A> {
     where
         A: Sync,
     {
+        const {
+            assert!(
+                A::ASYNC,
+                "Runtime::async_actor needs an actor with `const ASYNC: bool = true` in its impl"
+            )
+        };
         let factory: Box<dyn Fn() -> SharedState + Send + Sync> =
             Box::new(move || Arc::new(factory()));
         // Ray's default for async actors.
@@ -531,30 +710,18 @@ impl<A> ActorHandle<A> {
 
     /// Sends `msg`; the reply's `ObjectRef` comes back at once. Calls from one
     /// caller run in the order they were made.
-    pub fn call<M: Message, Kind>(&self, msg: M) -> ObjectRef<M::Reply>
+    pub fn call<M: Message, Kind: CallKind>(&self, msg: M) -> ObjectRef<M::Reply>
     where
-        A: Dispatches<M, Kind>,
+        A: Actor + Dispatches<M, Kind>,
     {
         let reply = self.node.new_pending();
+        const {
+            assert!(
+                A::ASYNC == Kind::ASYNC,
+                "a sync actor's messages need Handler or TryHandler; an async actor's (`const ASYNC: bool = true`) need AsyncHandler or AsyncTryHandler"
+            )
+        };
         let dispatch = <A as Dispatches<M, Kind>>::DISPATCH;
-        if matches!(dispatch, Dispatch::Async(_)) != self.host.is_async() {
-            reply.complete(Err(Error::InvalidArgument(format!(
-                "{} was started as a {} actor but `{}` is handled by {}",
-                self.host.type_name(),
-                if self.host.is_async() {
-                    "async"
-                } else {
-                    "sync"
-                },
-                std::any::type_name::<M>(),
-                if self.host.is_async() {
-                    "Handler (sync)"
-                } else {
-                    "AsyncHandler"
-                },
-            ))));
-            return ObjectRef::from_slot(reply);
-        }
         if self.host.is_async() {
             // A waiting async call can be cancelled: the reply names its actor.
             reply.set_actor(self.host.id());

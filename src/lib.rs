@@ -24,8 +24,8 @@ mod remote;
 mod runtime;
 
 pub use actor::{
-    Actor, ActorBuilder, ActorContext, ActorHandle, AsyncContext, AsyncHandler, Handler, Message,
-    WeakActorHandle,
+    Actor, ActorBuilder, ActorContext, ActorHandle, AsyncContext, AsyncHandler, AsyncTryHandler,
+    CallKind, Handler, Message, TryHandler, WeakActorHandle,
 };
 pub use object_ref::{GetFuture, ObjectRef, RefList};
 pub use rayx_actors::faults::{FaultPoint, Faults, Trigger};

@@ -118,3 +118,43 @@ fn a_forced_cancel_abandons_and_replaces_the_worker() {
 fn stuck_name<T>(r: &ObjectRef<T>) -> String {
     r.id().to_string()
 }
+
+fn saw_cancel_flag(_: u64) -> bool {
+    rayx::cancelled()
+}
+rayx::remote!(saw_cancel_flag);
+
+/// Issue 7, defect 3: a forced cancel racing the end of its task must not land
+/// on the task the worker starts next (its result thrown away, or a spurious
+/// `cancelled()`). The handshake is proven by the loom model of `RunningTask`;
+/// this drives the real race many times.
+#[test]
+fn a_cancel_never_lands_on_the_next_task_of_the_same_worker() {
+    let rt = rayx::Builder::new().num_workers(1).start().unwrap();
+    for i in 0..2_000u64 {
+        let first = rt.task(double).remote(i);
+        let next = rt.task(saw_cancel_flag).remote(i);
+        rt.cancel_with(&first, i % 2 == 0, false);
+        assert!(
+            matches!(first.get_timeout(LONG), Ok(_) | Err(Error::Cancelled { .. })),
+            "round {i}"
+        );
+        assert_eq!(next.get_timeout(LONG), Ok(false), "round {i}");
+    }
+}
+
+/// Issue 7, defect 8: a cancel racing dispatch ends the object `Cancelled`,
+/// never `TaskFailed`.
+#[test]
+fn a_cancel_racing_dispatch_is_always_cancelled() {
+    let rt = rayx::Builder::new().num_workers(1).start().unwrap();
+    for i in 0..5_000u64 {
+        let r = rt.task(double).remote(i);
+        rt.cancel(&r);
+        match r.get_timeout(LONG) {
+            Ok(v) => assert_eq!(v, 2 * i),
+            Err(Error::Cancelled { forced: false, .. }) => {}
+            other => panic!("round {i}: {other:?}"),
+        }
+    }
+}

@@ -293,3 +293,46 @@ fn refs_can_be_awaited() {
         g
     );
 }
+
+// Timeouts too long to add to now (issue 7, defect 4).
+
+#[test]
+fn the_longest_timeouts_wait_like_none() {
+    let rt = rt2();
+    let g = gate();
+    let r = rt.task(gated).remote(g);
+    let opener = std::thread::spawn(move || open(g));
+    assert_eq!(r.get_timeout(Duration::MAX), Ok(g));
+    let g2 = gate();
+    let refs = vec![rt.task(gated).remote(g2)];
+    let opener2 = std::thread::spawn(move || open(g2));
+    assert_eq!(rt.get(&refs, Some(Duration::MAX)), Ok(vec![g2]));
+    let g3 = gate();
+    let refs = vec![rt.task(gated).remote(g3)];
+    let opener3 = std::thread::spawn(move || open(g3));
+    let (ready, pending) = rt.wait(&refs, 1, Some(Duration::MAX)).unwrap();
+    assert_eq!((ready.len(), pending.len()), (1, 0));
+    for t in [opener, opener2, opener3] {
+        t.join().unwrap();
+    }
+}
+
+// Ids unique across runtimes (issue 7, defect 5).
+
+#[test]
+fn a_ref_decoded_in_another_runtime_names_its_real_owner() {
+    let a = rt2();
+    let b = rt2();
+    let in_a = a.put(String::from("owned by a")).unwrap();
+    let _in_b = b.put(String::from("owned by b")).unwrap();
+    let bytes = a.encode(&in_a).unwrap();
+    let seen_from_b: ObjectRef<String> = b.decode(&bytes).unwrap();
+    assert_eq!(seen_from_b.get().unwrap(), "owned by a");
+    assert_eq!(seen_from_b, in_a);
+    drop(seen_from_b);
+    a.shutdown();
+    match b.decode::<ObjectRef<String>>(&bytes) {
+        Err(Error::Serialization(m)) => assert!(m.contains("does not know"), "{m}"),
+        other => panic!("unexpected {other:?}"),
+    }
+}

@@ -22,7 +22,10 @@ fn blocks_on_actor(s: String) -> String {
     let echo = rt.actor(|| Echo).spawn().expect("actor");
     echo.call(Say(s)).get().expect("reply")
 }
-rayx::remote!(double, gated, blocks_on_child, blocks_on_actor);
+fn to_i64(x: u64) -> i64 {
+    x as i64
+}
+rayx::remote!(double, gated, blocks_on_child, blocks_on_actor, to_i64);
 
 struct Echo;
 impl Actor for Echo {}
@@ -239,4 +242,36 @@ fn fresh_runtimes_under_load_from_many_threads_lose_no_wakeup() {
             t.join().unwrap();
         }
     }
+}
+
+/// Issue 7, defect 10: objects pending at shutdown fail with `ShutDown`, every
+/// one, whichever shard it is in and whatever it waited on.
+#[test]
+fn every_object_pending_at_shutdown_fails_with_shut_down() {
+    let rt = rayx::Builder::new().num_workers(2).start().unwrap();
+    let g = gate();
+    let held: Vec<ObjectRef<u64>> = (0..200).map(|_| rt.task(gated).remote(g)).collect();
+    let dependents: Vec<ObjectRef<i64>> = held.iter().map(|h| rt.task(to_i64).remote(h)).collect();
+    rt.shutdown();
+    open(g);
+    for r in &held {
+        assert_eq!(r.get_timeout(LONG), Err(Error::ShutDown));
+    }
+    for r in &dependents {
+        assert_eq!(r.get_timeout(LONG), Err(Error::ShutDown));
+    }
+}
+
+/// Issue 7, defect 12: settings that cannot work are refused at start.
+#[test]
+fn settings_that_cannot_work_are_refused_at_start() {
+    let refused = |b: rayx::Builder| match b.start() {
+        Err(Error::InvalidArgument(why)) => why,
+        other => panic!("unexpected {other:?}"),
+    };
+    assert!(refused(rayx::Builder::new().mailbox_capacity(0)).contains("mailbox_capacity"));
+    assert!(refused(rayx::Builder::new().max_workers(0)).contains("max_workers"));
+    assert!(refused(rayx::Builder::new().async_threads(0)).contains("async_threads"));
+    assert!(refused(rayx::Builder::new().num_workers(0)).contains("num_workers"));
+    assert!(refused(rayx::Builder::new().num_workers(4).max_workers(2)).contains("max_workers"));
 }

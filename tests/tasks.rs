@@ -241,3 +241,99 @@ fn a_failed_task_error_is_stable_across_gets() {
     let b = r.get().unwrap_err();
     assert_eq!(a, b);
 }
+
+// Recursion with bounded threads (issue 7, defect 1).
+
+/// Counts the worker threads a runtime started, from its events.
+fn workers_started(events: &rayx::Events) -> usize {
+    events
+        .try_iter()
+        .filter(|e| matches!(e, rayx::SupervisionEvent::Started { child } if child.starts_with("worker-")))
+        .count()
+}
+
+#[test]
+fn fib_25_by_tasks_on_two_workers_needs_threads_for_its_depth_not_its_width() {
+    let rt = rayx::Builder::new().num_workers(2).start().unwrap();
+    let events = rt.events();
+    // 242,785 tasks, each waiting on two children. A worker that waits for a
+    // task nobody has started runs it itself, so threads grow with the depth.
+    assert_eq!(
+        rt.task(fib).remote(25).get_timeout(Duration::from_secs(600)),
+        Ok(75_025)
+    );
+    let started = workers_started(&events) + 2;
+    println!("fib(25) on 2 workers started {started} worker threads in all");
+    assert!(started <= 2 * 26 + 2, "{started} threads for a tree of depth 25");
+}
+
+#[test]
+fn fib_16_finishes_on_a_default_runtime() {
+    let rt = rayx::init().unwrap();
+    assert_eq!(
+        rt.task(fib).remote(16).get_timeout(Duration::from_secs(300)),
+        Ok(987)
+    );
+}
+
+struct Slow;
+impl Actor for Slow {}
+#[derive(Serialize, Deserialize)]
+struct Answer;
+impl Message for Answer {
+    type Reply = u64;
+}
+impl Handler<Answer> for Slow {
+    fn handle(&mut self, _: Answer, _: &mut ActorContext<Self>) -> u64 {
+        42
+    }
+}
+/// Waits for a sync actor's reply: its mailbox needs a worker of its own.
+fn ask_actor(_: u8) -> Result<u64, String> {
+    let rt = Runtime::current().expect("in a task");
+    let a = rt.actor(|| Slow).spawn().map_err(|e| e.to_string())?;
+    a.call(Answer).get().map_err(|e| e.to_string())
+}
+rayx::remote!(ask_actor);
+
+#[test]
+fn a_pool_at_max_workers_says_so_and_a_get_that_cannot_progress_fails() {
+    let rt = rayx::Builder::new()
+        .num_workers(1)
+        .max_workers(1)
+        .start()
+        .unwrap();
+    let events = rt.events();
+    // The only worker waits for an actor whose mailbox no worker can run.
+    let r = rt.task(ask_actor).remote(0).get_timeout(LONG).unwrap();
+    let err = r.unwrap_err();
+    assert!(err.contains("max_workers"), "{err}");
+    let limit = std::iter::from_fn(|| events.recv_timeout(LONG).ok())
+        .find(|e| matches!(e, rayx::SupervisionEvent::WorkerLimitReached { .. }));
+    assert_eq!(
+        limit,
+        Some(rayx::SupervisionEvent::WorkerLimitReached { max_workers: 1 })
+    );
+}
+
+// Panic messages (issue 7, defect 9).
+
+fn resumes_a_caught_panic(_: u8) -> u8 {
+    // User code catches one panic, then re-raises another without the hook
+    // (as rayon re-raises a worker's panic).
+    let _ = std::panic::catch_unwind(|| panic!("first, caught and handled"));
+    std::panic::resume_unwind(Box::new("second, re-raised".to_string()))
+}
+rayx::remote!(resumes_a_caught_panic);
+
+#[test]
+fn a_resumed_panic_is_reported_with_its_own_message() {
+    let rt = rt2();
+    match rt.task(resumes_a_caught_panic).remote(0).get() {
+        Err(Error::TaskFailed { cause, .. }) => {
+            assert!(cause.contains("second, re-raised"), "{cause}");
+            assert!(!cause.contains("first"), "{cause}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}

@@ -183,30 +183,32 @@ enum Cell<S> {
     Dead,
 }
 
-/// The actor's life and the calls to send again after a crash, ahead of the
-/// mailbox. Only the host's run loop locks it.
-struct Life<S> {
+/// The actor's life, its constructor, and the calls to send again after a
+/// crash, ahead of the mailbox. Only the host's run loop locks it.
+struct Life<S, F> {
     cell: Cell<S>,
     retry: VecDeque<CallJob>,
+    /// Kept only while the actor may need it again (a restart): whatever it
+    /// captured (a runtime handle, say) is released once it cannot.
+    factory: Option<F>,
 }
 
-impl<S> Life<S> {
-    fn new() -> Self {
+impl<S, F> Life<S, F> {
+    fn new(factory: F) -> Self {
         Life {
             cell: Cell::Unstarted,
             retry: VecDeque::new(),
+            factory: Some(factory),
         }
     }
 }
 
 enum Kind {
     Sync {
-        cell: Mutex<Life<Box<dyn ActorState>>>,
-        factory: SyncFactory,
+        cell: Mutex<Life<Box<dyn ActorState>, SyncFactory>>,
     },
     Async {
-        cell: Mutex<Life<SharedState>>,
-        factory: AsyncFactory,
+        cell: Mutex<Life<SharedState, AsyncFactory>>,
         arbiter: ArbiterHandle,
         max_concurrency: usize,
         in_flight: AtomicUsize,
@@ -241,15 +243,13 @@ impl ActorHost {
     pub fn new(id: ActorId, spec: ActorSpec, core: Arc<Core>, arbiter: ArbiterHandle) -> Arc<Self> {
         let kind = match spec.kind {
             ActorKind::Sync(factory) => Kind::Sync {
-                cell: Mutex::new(Life::new()),
-                factory,
+                cell: Mutex::new(Life::new(factory)),
             },
             ActorKind::Async {
                 factory,
                 max_concurrency,
             } => Kind::Async {
-                cell: Mutex::new(Life::new()),
-                factory,
+                cell: Mutex::new(Life::new(factory)),
                 arbiter,
                 max_concurrency: max_concurrency.max(1),
                 in_flight: AtomicUsize::new(0),
@@ -432,7 +432,7 @@ impl ActorHost {
     }
 
     /// Applies pending signals (between messages, with the state's lock held).
-    fn apply_signals<S>(&self, life: &mut Life<S>) {
+    fn apply_signals<S, F>(&self, life: &mut Life<S, F>) {
         if self.signals.load(Ordering::Acquire) == 0 {
             return;
         }
@@ -457,9 +457,9 @@ impl ActorHost {
     /// it within its policy or let it die; `in_flight` is the call it was
     /// running. With `fail_queued`, calls queued now are failed under
     /// at-most-once (a restart signal has failed those queued when it was sent).
-    fn crash<S>(
+    fn crash<S, F>(
         &self,
-        life: &mut Life<S>,
+        life: &mut Life<S, F>,
         cause: String,
         in_flight: Option<CallJob>,
         fail_queued: bool,
@@ -475,6 +475,7 @@ impl ActorHost {
         let done = self.restarts();
         if !self.restart.may_restart(done) {
             life.cell = Cell::Dead;
+            life.factory = None;
             let why = if self.restart.max_restarts.is_none() {
                 cause
             } else {
@@ -561,7 +562,7 @@ impl ActorHost {
 
     /// The next call to run: a retried one first, then the mailbox; cancelled
     /// calls are skipped (their replies already failed).
-    fn next_call<S>(&self, life: &mut Life<S>) -> Option<CallJob> {
+    fn next_call<S, F>(&self, life: &mut Life<S, F>) -> Option<CallJob> {
         loop {
             let job = life.retry.pop_front().or_else(|| self.take())?;
             if self.core.table.cancels_seen() && job.reply.is_cancelled() {
@@ -572,14 +573,24 @@ impl ActorHost {
     }
 
     /// Runs the constructor if the actor has none running; a panic there is final.
-    fn construct<S>(&self, life: &mut Life<S>, factory: impl FnOnce() -> S) {
+    fn construct<S, F: Fn() -> S>(&self, life: &mut Life<S, F>) {
         if !matches!(life.cell, Cell::Unstarted) || self.is_dead() {
             return;
         }
+        let Some(factory) = &life.factory else {
+            return;
+        };
         match catch_user(factory) {
-            Ok(state) => life.cell = Cell::Running(state),
+            Ok(state) => {
+                life.cell = Cell::Running(state);
+                if !self.restart.may_restart(self.restarts()) {
+                    // It can never be built again: let go of what it captured.
+                    life.factory = None;
+                }
+            }
             Err(cause) => {
                 life.cell = Cell::Dead;
+                life.factory = None;
                 self.die(format!("its constructor {cause}"));
                 self.fail_retries(&mut life.retry);
                 self.fail_queued(&self.died_error());
@@ -602,7 +613,7 @@ impl ActorHost {
     }
 
     fn sync_batch(self: &Arc<Self>) {
-        let Kind::Sync { cell, factory } = &self.kind else {
+        let Kind::Sync { cell } = &self.kind else {
             return;
         };
         let mut life = cell.lock();
@@ -611,7 +622,7 @@ impl ActorHost {
             if self.is_dead() {
                 break;
             }
-            self.construct(&mut life, factory);
+            self.construct(&mut life);
             let Some(job) = self.next_call(&mut life) else {
                 break;
             };
@@ -640,6 +651,7 @@ impl ActorHost {
         }
         if self.is_dead() {
             stop_sync(&mut life.cell);
+            life.factory = None;
             self.fail_retries(&mut life.retry);
             self.fail_queued(&self.died_error());
         }
@@ -656,7 +668,6 @@ impl ActorHost {
     fn pump(self: Arc<Self>) {
         let Kind::Async {
             cell,
-            factory,
             max_concurrency,
             in_flight,
             waiting,
@@ -672,11 +683,12 @@ impl ActorHost {
                 if let Cell::Running(state) = std::mem::replace(&mut life.cell, Cell::Dead) {
                     let _ = catch_user(|| drop(state));
                 }
+                life.factory = None;
                 self.fail_retries(&mut life.retry);
                 self.fail_queued(&self.died_error());
                 break;
             }
-            self.construct(&mut life, factory);
+            self.construct(&mut life);
             if in_flight.load(Ordering::Acquire) >= *max_concurrency {
                 break;
             }
@@ -832,7 +844,7 @@ fn stop_sync(cell: &mut Cell<Box<dyn ActorState>>) {
 
 impl Drop for ActorHost {
     fn drop(&mut self) {
-        if let Kind::Sync { cell, .. } = &mut self.kind {
+        if let Kind::Sync { cell } = &mut self.kind {
             stop_sync(&mut cell.get_mut().cell);
         }
         let error = Error::ActorDied {

@@ -1,0 +1,369 @@
+//! Actor control: kill, restart and stop are signals the actor's own run loop
+//! applies between messages, so any handler — sync or async — may send them to
+//! its own actor; calls can be cancelled; weak handles; messages kept for retry.
+
+mod common;
+
+use common::{eventually, gate, open, pass, LONG};
+use rayx::prelude::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+fn rt2() -> Runtime {
+    rayx::Builder::new().num_workers(2).start().unwrap()
+}
+
+/// A sync actor that counts its calls and can act on itself.
+struct Selfish {
+    calls: u64,
+}
+impl Actor for Selfish {}
+
+#[derive(Serialize, Deserialize)]
+enum Do {
+    Count,
+    KillMe,
+    RestartMe,
+    StopMe,
+    RestartByName(String),
+}
+impl Message for Do {
+    type Reply = (u64, bool);
+}
+impl Handler<Do> for Selfish {
+    fn handle(&mut self, msg: Do, ctx: &mut ActorContext<Self>) -> (u64, bool) {
+        self.calls += 1;
+        match msg {
+            Do::Count => {}
+            Do::KillMe => ctx.handle().kill(),
+            Do::RestartMe => ctx.handle().restart(),
+            Do::StopMe => ctx.stop(),
+            Do::RestartByName(name) => ctx
+                .runtime()
+                .get_actor::<Selfish>(&name)
+                .expect("by name")
+                .restart(),
+        }
+        (self.calls, ctx.was_restarted())
+    }
+}
+
+#[test]
+fn a_sync_handler_may_kill_restart_or_stop_its_own_actor() {
+    let rt = rt2();
+    let a = rt
+        .actor(|| Selfish { calls: 0 })
+        .name("selfish")
+        .max_restarts(5)
+        .spawn()
+        .unwrap();
+    assert_eq!(a.call(Do::Count).get(), Ok((1, false)));
+    // The call that restarts finishes, then the restart applies.
+    assert_eq!(a.call(Do::RestartMe).get_timeout(LONG), Ok((2, false)));
+    assert_eq!(a.call(Do::Count).get_timeout(LONG), Ok((1, true)));
+    assert_eq!(
+        a.call(Do::RestartByName("selfish".into())).get_timeout(LONG),
+        Ok((2, true))
+    );
+    assert_eq!(a.call(Do::Count).get_timeout(LONG), Ok((1, true)));
+    // Kill from inside: this call answers, later ones fail.
+    assert_eq!(a.call(Do::KillMe).get_timeout(LONG), Ok((2, true)));
+    assert!(matches!(
+        a.call(Do::Count).get_timeout(LONG),
+        Err(Error::ActorDied { .. })
+    ));
+    let b = rt.actor(|| Selfish { calls: 0 }).spawn().unwrap();
+    assert_eq!(b.call(Do::StopMe).get_timeout(LONG), Ok((1, false)));
+    match b.call(Do::Count).get_timeout(LONG) {
+        Err(Error::ActorDied { cause, .. }) => assert!(cause.contains("stopped itself"), "{cause}"),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// An async actor that can act on itself before its first await.
+struct AsyncSelfish {
+    calls: AtomicUsize,
+}
+impl Actor for AsyncSelfish {
+    const ASYNC: bool = true;
+}
+
+#[derive(Serialize, Deserialize)]
+enum AsyncDo {
+    Count,
+    KillByName(String),
+    RestartByName(String),
+    Stop,
+    ShutDownTheRuntime,
+    Park(u64),
+}
+impl Message for AsyncDo {
+    type Reply = usize;
+}
+impl AsyncHandler<AsyncDo> for AsyncSelfish {
+    async fn handle(self: Arc<Self>, msg: AsyncDo, ctx: AsyncContext<Self>) -> usize {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        match msg {
+            AsyncDo::Count => {}
+            AsyncDo::KillByName(name) => ctx
+                .runtime()
+                .get_actor::<AsyncSelfish>(&name)
+                .expect("by name")
+                .kill(),
+            AsyncDo::RestartByName(name) => ctx
+                .runtime()
+                .get_actor::<AsyncSelfish>(&name)
+                .expect("by name")
+                .restart(),
+            AsyncDo::Stop => ctx.stop(),
+            AsyncDo::ShutDownTheRuntime => ctx.runtime().shutdown(),
+            // Blocks the actor's thread: a handler stuck in synchronous code.
+            AsyncDo::Park(g) => {
+                pass(g);
+            }
+        }
+        n
+    }
+}
+
+fn async_selfish() -> AsyncSelfish {
+    AsyncSelfish {
+        calls: AtomicUsize::new(0),
+    }
+}
+
+#[test]
+fn an_async_handler_may_kill_restart_or_stop_its_own_actor() {
+    let rt = rt2();
+    let a = rt
+        .async_actor(async_selfish)
+        .name("async-selfish")
+        .max_restarts(3)
+        .spawn()
+        .unwrap();
+    let other = rt.async_actor(async_selfish).spawn().unwrap();
+    assert_eq!(
+        a.call(AsyncDo::RestartByName("async-selfish".into())).get_timeout(LONG),
+        Ok(1)
+    );
+    // A fresh incarnation counts from one again.
+    assert_eq!(a.call(AsyncDo::Count).get_timeout(LONG), Ok(1));
+    assert_eq!(
+        a.call(AsyncDo::KillByName("async-selfish".into())).get_timeout(LONG),
+        Ok(2)
+    );
+    assert!(matches!(
+        a.call(AsyncDo::Count).get_timeout(LONG),
+        Err(Error::ActorDied { .. })
+    ));
+    // Other async actors on the same thread go on.
+    assert_eq!(other.call(AsyncDo::Count).get_timeout(LONG), Ok(1));
+    assert_eq!(other.call(AsyncDo::Stop).get_timeout(LONG), Ok(2));
+    assert!(matches!(
+        other.call(AsyncDo::Count).get_timeout(LONG),
+        Err(Error::ActorDied { .. })
+    ));
+}
+
+#[test]
+fn an_async_handler_may_shut_its_runtime_down() {
+    let rt = rt2();
+    let a = rt.async_actor(async_selfish).spawn().unwrap();
+    let r = a.call(AsyncDo::ShutDownTheRuntime);
+    assert!(eventually(LONG, || rt.is_shut_down()));
+    // Its own reply may be the shutdown, or the answer if it landed first.
+    assert!(matches!(r.get_timeout(LONG), Ok(1) | Err(Error::ShutDown)));
+    drop(rt);
+}
+
+#[test]
+fn shutdown_does_not_wait_for_a_handler_stuck_in_synchronous_code() {
+    let rt = rt2();
+    let a = rt.async_actor(async_selfish).spawn().unwrap();
+    let g = gate();
+    let stuck = a.call(AsyncDo::Park(g));
+    assert!(eventually(LONG, || a.queued() == 0));
+    // If shutdown waited for the handler, it would never return: the gate
+    // opens only after it does.
+    rt.shutdown();
+    open(g);
+    assert!(matches!(stuck.get_timeout(LONG), Err(Error::ShutDown) | Ok(1)));
+}
+
+#[test]
+fn a_weak_handle_does_not_keep_its_actor_alive() {
+    let rt = rt2();
+    let a = rt.actor(|| Selfish { calls: 0 }).spawn().unwrap();
+    let weak = a.downgrade();
+    assert_eq!(weak.upgrade().unwrap().call(Do::Count).get(), Ok((1, false)));
+    drop(a);
+    assert!(weak.upgrade().is_none());
+}
+
+// Messages kept to send again after a crash (issue 7, defect 6).
+
+struct Keeper;
+impl Actor for Keeper {}
+#[derive(Serialize, Deserialize)]
+struct WithSkipped {
+    kept: u32,
+    #[serde(skip)]
+    local_only: Option<Arc<u32>>,
+}
+impl Message for WithSkipped {
+    type Reply = Option<u32>;
+}
+impl Handler<WithSkipped> for Keeper {
+    fn handle(&mut self, m: WithSkipped, _: &mut ActorContext<Self>) -> Option<u32> {
+        m.local_only.map(|v| *v + m.kept)
+    }
+}
+
+#[test]
+fn a_message_kept_for_a_retry_reaches_the_handler_as_it_was_sent() {
+    let rt = rt2();
+    let k = rt
+        .actor(|| Keeper)
+        .max_restarts(3)
+        .max_task_retries(3)
+        .spawn()
+        .unwrap();
+    let reply = k.call(WithSkipped {
+        kept: 1,
+        local_only: Some(Arc::new(41)),
+    });
+    assert_eq!(reply.get(), Ok(Some(42)), "no serde round trip without a retry");
+}
+
+// Cancelled calls (issue 7, defect 7).
+
+struct Tally {
+    runs: Arc<AtomicUsize>,
+}
+impl Actor for Tally {}
+#[derive(Serialize, Deserialize)]
+struct Hold(u64);
+impl Message for Hold {
+    type Reply = usize;
+}
+impl Handler<Hold> for Tally {
+    fn handle(&mut self, Hold(g): Hold, _: &mut ActorContext<Self>) -> usize {
+        if g != 0 {
+            pass(g);
+        }
+        self.runs.fetch_add(1, Ordering::SeqCst) + 1
+    }
+}
+
+#[test]
+fn a_cancelled_queued_call_never_runs() {
+    let rt = rt2();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counter = runs.clone();
+    let t = rt
+        .actor(move || Tally {
+            runs: counter.clone(),
+        })
+        .spawn()
+        .unwrap();
+    let g = gate();
+    let first = t.call(Hold(g));
+    let queued = t.call(Hold(0));
+    rt.cancel(&queued);
+    assert!(matches!(queued.get(), Err(Error::Cancelled { .. })));
+    open(g);
+    assert_eq!(first.get_timeout(LONG), Ok(1));
+    // A later call runs after the cancelled one would have: it saw one run.
+    assert_eq!(t.call(Hold(0)).get_timeout(LONG), Ok(2));
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "the cancelled call never ran");
+}
+
+struct Sleeper {
+    finished: Arc<AtomicUsize>,
+}
+impl Actor for Sleeper {
+    const ASYNC: bool = true;
+}
+#[derive(Serialize, Deserialize)]
+struct Nap;
+impl Message for Nap {
+    type Reply = ();
+}
+impl AsyncHandler<Nap> for Sleeper {
+    async fn handle(self: Arc<Self>, _: Nap, _: AsyncContext<Self>) {
+        // Waits forever unless its future is dropped.
+        std::future::pending::<()>().await;
+        self.finished.fetch_add(1, Ordering::SeqCst);
+    }
+}
+#[derive(Serialize, Deserialize)]
+struct Poke;
+impl Message for Poke {
+    type Reply = usize;
+}
+impl AsyncHandler<Poke> for Sleeper {
+    async fn handle(self: Arc<Self>, _: Poke, _: AsyncContext<Self>) -> usize {
+        self.finished.load(Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn a_cancelled_waiting_async_call_has_its_future_dropped() {
+    let rt = rt2();
+    let finished = Arc::new(AtomicUsize::new(0));
+    let f = finished.clone();
+    let s = rt
+        .async_actor(move || Sleeper {
+            finished: f.clone(),
+        })
+        .max_concurrency(1)
+        .spawn()
+        .unwrap();
+    let nap = s.call(Nap);
+    // With max_concurrency 1, this runs only once the nap's slot is free.
+    let poke = s.call(Poke);
+    assert!(eventually(LONG, || s.queued() <= 1));
+    rt.cancel(&nap);
+    assert!(matches!(nap.get(), Err(Error::Cancelled { .. })));
+    assert_eq!(poke.get_timeout(LONG), Ok(0), "the nap never finished");
+}
+
+// Detached actors and the runtime's lifetime (issue 7, defect 13).
+
+struct Detached {
+    stopped: Arc<std::sync::atomic::AtomicBool>,
+}
+impl Actor for Detached {
+    fn stopped(&mut self) {
+        self.stopped.store(true, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_detached_actor_whose_factory_captured_the_runtime_does_not_keep_it_alive() {
+    let rt = rt2();
+    let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (captured, flag) = (rt.clone(), stopped.clone());
+    let d = rt
+        .actor(move || {
+            let _ = &captured;
+            Detached {
+                stopped: flag.clone(),
+            }
+        })
+        .name("detached")
+        .detached()
+        .spawn()
+        .unwrap();
+    // Its constructor has run once it answers a look-up's call.
+    assert!(eventually(LONG, || rt.get_actor::<Detached>("detached").is_ok()));
+    drop(d);
+    assert!(rt.get_actor::<Detached>("detached").is_ok(), "detached: alive with no handle");
+    let node = rt.clone();
+    drop(rt);
+    // `node` is the last user handle; once it goes the runtime stops and the
+    // detached actor with it.
+    assert!(!node.is_shut_down());
+    drop(node);
+    assert!(eventually(LONG, || stopped.load(Ordering::SeqCst)));
+}
