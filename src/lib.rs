@@ -49,6 +49,6 @@ impl<T: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static> 
 
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::remote::{invoke, name_of, Registration};
+    pub use crate::remote::{invoke, name_of, Output, Registration, ReturnsErr, ReturnsValue};
     pub use inventory;
 }

@@ -27,16 +27,81 @@ use std::sync::Arc;
 /// assert_eq!(rt.task(b::f).remote(0).get()?, 2);
 /// # Ok::<(), rayx::Error>(())
 /// ```
+///
+/// A function that returns `Result<T, E>` with `E: Display` fails its task on
+/// `Err` (Ray: a task that raises), with `TaskFailed` carrying the error's text;
+/// it is retried only with `retry_exceptions`. Its `ObjectRef` holds the
+/// `Result`, which is always `Ok` when read.
+///
+/// ```
+/// # use rayx::prelude::*;
+/// fn parse(s: String) -> Result<i64, String> { s.parse().map_err(|e| format!("{e}")) }
+/// rayx::remote!(parse);
+/// let rt = rayx::init()?;
+/// assert_eq!(rt.task(parse).remote("42".to_string()).get()?, Ok(42));
+/// match rt.task(parse).remote("x".to_string()).get() {
+///     Err(Error::TaskFailed { cause, .. }) => assert!(cause.contains("invalid digit")),
+///     other => panic!("{other:?}"),
+/// }
+/// # Ok::<(), rayx::Error>(())
+/// ```
 #[macro_export]
 macro_rules! remote {
     ($($f:path),+ $(,)?) => {$(
         $crate::__private::inventory::submit! {
             $crate::__private::Registration::new(
                 || $crate::__private::name_of(&$f),
-                |args| $crate::__private::invoke(&$f, args),
+                |args| {
+                    #[allow(unused_imports)]
+                    use $crate::__private::{ReturnsErr as _, ReturnsValue as _};
+                    let out = $crate::__private::invoke(&$f, args)?;
+                    // Chosen by the concrete return type: an `Err` of a
+                    // `Result<T, E: Display>` fails the task, anything else is
+                    // its value.
+                    Ok((&&$crate::__private::Output(std::cell::Cell::new(Some(out)))).outcome())
+                },
             )
         }
     )+};
+}
+
+/// A task's raw return value, to be turned into its outcome.
+#[doc(hidden)]
+pub struct Output<R>(pub std::cell::Cell<Option<R>>);
+
+impl<R> Output<R> {
+    fn take(&self) -> R {
+        // Filled by `remote!` and read once.
+        self.0.take().expect("rayx: a task's output is read once")
+    }
+}
+
+/// The outcome of a function that returns `Result<T, E>`: `Err` is a failure.
+#[doc(hidden)]
+pub trait ReturnsErr {
+    fn outcome(&self) -> std::result::Result<Value, String>;
+}
+
+impl<T: Data, E: Data + std::fmt::Display> ReturnsErr for &Output<std::result::Result<T, E>> {
+    fn outcome(&self) -> std::result::Result<Value, String> {
+        let out = self.take();
+        if let Err(e) = &out {
+            return Err(e.to_string());
+        }
+        Ok(Value::new(out))
+    }
+}
+
+/// The outcome of any other function: its value.
+#[doc(hidden)]
+pub trait ReturnsValue {
+    fn outcome(&self) -> std::result::Result<Value, String>;
+}
+
+impl<R: Data> ReturnsValue for Output<R> {
+    fn outcome(&self) -> std::result::Result<Value, String> {
+        Ok(Value::new(self.take()))
+    }
 }
 
 /// One remote function, as `remote!` submits it.
@@ -70,9 +135,9 @@ pub fn name_of<F>(_: &F) -> &'static str {
     std::any::type_name::<F>()
 }
 
-/// Runs `f` on engine values (what a worker calls).
+/// Runs `f` on engine values (what a worker calls), returning what it returned.
 #[doc(hidden)]
-pub fn invoke<F: RemoteFunction<Args, R>, Args, R>(f: &F, args: Vec<Value>) -> Result<Value> {
+pub fn invoke<F: RemoteFunction<Args, R>, Args, R>(f: &F, args: Vec<Value>) -> Result<R> {
     f.call(args)
 }
 
@@ -81,7 +146,7 @@ pub trait RemoteFunction<Args, R>: Send + Sync + 'static {
     /// How many arguments it takes.
     const ARITY: usize;
     /// Calls it on engine values.
-    fn call(&self, args: Vec<Value>) -> Result<Value>;
+    fn call(&self, args: Vec<Value>) -> Result<R>;
 }
 
 fn take_arg<A: Data + Clone>(value: Value) -> Result<A> {
@@ -98,7 +163,7 @@ macro_rules! remote_fn {
         {
             const ARITY: usize = $n;
             #[allow(non_snake_case, unused_mut, unused_variables)]
-            fn call(&self, args: Vec<Value>) -> Result<Value> {
+            fn call(&self, args: Vec<Value>) -> Result<R> {
                 if args.len() != $n {
                     return Err(Error::ArityMismatch {
                         function: std::any::type_name::<Func>().to_string(),
@@ -108,7 +173,7 @@ macro_rules! remote_fn {
                 }
                 let mut args = args.into_iter();
                 $(let $a = take_arg::<$a>(args.next().ok_or(Error::ShutDown)?)?;)*
-                Ok(Value::new(self($($a),*)))
+                Ok(self($($a),*))
             }
         }
     };

@@ -204,3 +204,31 @@ fn a_worker_pool_that_fails_too_fast_gives_up_and_stops_the_runtime() {
     assert!(gave_up);
     assert!(eventually(LONG, || rt.is_shut_down()));
 }
+
+/// Fails (returns `Err`) on its first `fail_first` attempts.
+fn fallible(key: u64, fail_first: u32) -> Result<u32, String> {
+    let n = attempt(key);
+    if n <= fail_first {
+        return Err(format!("refused on attempt {n}"));
+    }
+    Ok(n)
+}
+rayx::remote!(fallible);
+
+#[test]
+fn a_task_that_returns_err_fails_and_is_retried_only_with_retry_exceptions() {
+    let rt = rt2();
+    let k = key();
+    match rt.task(fallible).remote((k, 1)).get() {
+        Err(Error::TaskFailed { cause, .. }) => assert_eq!(cause, "refused on attempt 1"),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(ATTEMPTS.lock()[&k], 1, "not retried by default");
+    let k = key();
+    let r = rt
+        .task(fallible)
+        .max_retries(3)
+        .retry_exceptions(true)
+        .remote((k, 2));
+    assert_eq!(r.get(), Ok(Ok(3)));
+}

@@ -5,8 +5,10 @@ use crate::error::Error;
 use crate::value::Value;
 use std::collections::HashMap;
 
-/// Runs a registered function on its decoded arguments.
-pub type Invoke = fn(Vec<Value>) -> Result<Value, Error>;
+/// Runs a registered function on its arguments: `Err` if it could not be
+/// called (wrong arity or types), `Ok(Err(text))` if it returned an error of its
+/// own (an application failure, retried only with `retry_exceptions`).
+pub type Invoke = fn(Vec<Value>) -> Result<Result<Value, String>, Error>;
 
 /// Remote functions by name.
 #[derive(Default, Clone)]

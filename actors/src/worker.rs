@@ -198,6 +198,14 @@ impl TaskRunner {
                         self.retired.do_send(WorkerRetired(self.id));
                         return After::Retire;
                     }
+                    // A panic and an `Err` returned by the function are both
+                    // application failures; a call that could not be made is not.
+                    let ran = match ran {
+                        Ok(Ok(Ok(value))) => Ok(Ok(value)),
+                        Ok(Ok(Err(returned))) => Err(returned),
+                        Ok(Err(e)) => Ok(Err(e)),
+                        Err(panic) => Err(panic),
+                    };
                     match ran {
                         Ok(result) => result,
                         Err(cause) => {
