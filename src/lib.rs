@@ -28,8 +28,8 @@ pub use actor::{
     CallKind, Handler, Message, TryHandler, WeakActorHandle,
 };
 pub use object_ref::{GetFuture, ObjectRef, RefList};
-pub use rayx_actors::faults::{FaultPoint, Faults, Trigger};
 pub use rayx_actors::events::{Events, RecvError, SupervisionEvent};
+pub use rayx_actors::faults::{FaultPoint, Faults, Trigger};
 pub use rayx_actors::messages::{Retries, RetryExceptions};
 pub use rayx_actors::object_table::MemoryUsage;
 pub use rayx_actors::supervision::Strategy;

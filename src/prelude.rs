@@ -1,8 +1,8 @@
 //! The names most programs use: `use rayx::prelude::*;`.
 
 pub use crate::{
-    Actor, ActorContext, ActorHandle, AsyncContext, AsyncHandler, AsyncTryHandler, Data, Error, Handler, Message,
-    ObjectRef, Retries, Runtime, TryHandler, WeakActorHandle,
+    Actor, ActorContext, ActorHandle, AsyncContext, AsyncHandler, AsyncTryHandler, Data, Error,
+    Handler, Message, ObjectRef, Retries, Runtime, TryHandler, WeakActorHandle,
 };
 pub use serde::{Deserialize, Serialize};
 pub use std::time::Duration;

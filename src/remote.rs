@@ -51,6 +51,7 @@ macro_rules! remote {
         $crate::__private::inventory::submit! {
             $crate::__private::Registration::new(
                 || $crate::__private::name_of(&$f),
+                concat!(file!(), ":", line!()),
                 |args| {
                     #[allow(unused_imports)]
                     use $crate::__private::{ReturnsErr as _, ReturnsValue as _};
@@ -108,25 +109,27 @@ impl<R: Data> ReturnsValue for Output<R> {
 #[doc(hidden)]
 pub struct Registration {
     name: fn() -> &'static str,
+    site: &'static str,
     invoke: Invoke,
 }
 
 impl Registration {
     #[doc(hidden)]
-    pub const fn new(name: fn() -> &'static str, invoke: Invoke) -> Self {
-        Registration { name, invoke }
+    pub const fn new(name: fn() -> &'static str, site: &'static str, invoke: Invoke) -> Self {
+        Registration { name, site, invoke }
     }
 }
 
 inventory::collect!(Registration);
 
-/// Every function registered in this binary.
-pub(crate) fn function_table() -> FunctionTable {
+/// Every function registered in this binary; a name registered twice is
+/// refused, naming both places.
+pub(crate) fn function_table() -> Result<FunctionTable> {
     let mut table = FunctionTable::new();
     for r in inventory::iter::<Registration> {
-        table.insert((r.name)(), r.invoke);
+        table.insert((r.name)(), r.site, r.invoke)?;
     }
-    table
+    Ok(table)
 }
 
 /// The stable name of a function item: its full path.

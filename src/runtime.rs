@@ -103,7 +103,7 @@ impl Builder {
     }
     /// Starts the runtime.
     pub fn start(self) -> Result<Runtime> {
-        let node = Node::start(self.config, function_table())?;
+        let node = Node::start(self.config, function_table()?)?;
         Ok(Runtime {
             node: node.clone(),
             _guard: Some(Arc::new(Guard(node))),
@@ -318,11 +318,13 @@ impl Runtime {
     }
 
     /// Live worker threads, and how many of them are blocked in `get`.
+    #[cfg(feature = "testing")]
     pub fn worker_counts(&self) -> (usize, usize) {
         self.node.worker_counts()
     }
 
     /// Fault injection: makes a system actor (`"router"`) fail, so the root supervisor restarts it by its strategy.
+    #[cfg(feature = "testing")]
     pub fn inject_system_failure(&self, child: &str) -> Result<()> {
         self.node.inject_system_failure(child)
     }
@@ -332,6 +334,7 @@ impl Runtime {
     /// lineage is kept, see [`Builder::max_lineage_bytes`]), or fails with
     /// `ObjectLost` (a `put`) or `ObjectReconstructionFailed`. False if the
     /// object had no value yet.
+    #[cfg(feature = "testing")]
     pub fn lose_object<T>(&self, r: &ObjectRef<T>) -> bool {
         self.node.lose_object(r.slot())
     }

@@ -136,7 +136,10 @@ fn a_cancel_never_lands_on_the_next_task_of_the_same_worker() {
         let next = rt.task(saw_cancel_flag).remote(i);
         rt.cancel_with(&first, i % 2 == 0, false);
         assert!(
-            matches!(first.get_timeout(LONG), Ok(_) | Err(Error::Cancelled { .. })),
+            matches!(
+                first.get_timeout(LONG),
+                Ok(_) | Err(Error::Cancelled { .. })
+            ),
             "round {i}"
         );
         assert_eq!(next.get_timeout(LONG), Ok(false), "round {i}");

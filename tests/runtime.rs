@@ -182,7 +182,10 @@ fn supervision_events_are_observable() {
     // task it would run itself; an actor's mailbox needs another worker).
     assert_eq!(rt.task(blocks_on_child).remote(5).get().unwrap(), 10);
     assert_eq!(
-        rt.task(blocks_on_actor).remote("hi".to_string()).get().unwrap(),
+        rt.task(blocks_on_actor)
+            .remote("hi".to_string())
+            .get()
+            .unwrap(),
         "hi"
     );
     // worker-0 is the configured one; worker-1 was started for the blocked task.

@@ -8,10 +8,7 @@ use rayx::prelude::*;
 use rayx::SupervisionEvent;
 
 /// Collects events until `last` arrives (or the wait runs out); returns them.
-fn events_until(
-    events: &rayx::Events,
-    last: &SupervisionEvent,
-) -> Vec<SupervisionEvent> {
+fn events_until(events: &rayx::Events, last: &SupervisionEvent) -> Vec<SupervisionEvent> {
     let mut seen = Vec::new();
     while let Ok(e) = events.recv_timeout(LONG) {
         let done = &e == last;

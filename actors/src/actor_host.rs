@@ -409,9 +409,7 @@ impl ActorHost {
         if self.is_dead() {
             return;
         }
-        if self.restart.max_task_retries.is_none()
-            && self.restart.may_restart(self.restarts())
-        {
+        if self.restart.max_task_retries.is_none() && self.restart.may_restart(self.restarts()) {
             self.fail_queued(&Error::ActorDied {
                 actor: self.label(),
                 cause: "it was restarted with restart(); calls queued then are not sent again (max_task_retries 0)".into(),
@@ -632,7 +630,12 @@ impl ActorHost {
                 continue;
             };
             if self.core.faults.fires(Chance::CrashActor) {
-                self.crash(&mut life, "crashed by an injected fault".into(), Some(job), true);
+                self.crash(
+                    &mut life,
+                    "crashed by an injected fault".into(),
+                    Some(job),
+                    true,
+                );
                 continue;
             }
             let mut ctx = HostContext { host: self };
@@ -703,7 +706,12 @@ impl ActorHost {
                 }
             };
             if self.core.faults.fires(Chance::CrashActor) {
-                self.crash(&mut life, "crashed by an injected fault".into(), Some(job), true);
+                self.crash(
+                    &mut life,
+                    "crashed by an injected fault".into(),
+                    Some(job),
+                    true,
+                );
                 continue;
             }
             let Dispatch::Async(dispatch) = job.dispatch else {

@@ -199,21 +199,13 @@ mod tests {
                 child: i.to_string(),
             });
         }
+        assert_eq!(rx.try_recv(), Some(SupervisionEvent::Lagged { missed: 10 }));
         assert_eq!(
             rx.try_recv(),
-            Some(SupervisionEvent::Lagged { missed: 10 })
-        );
-        assert_eq!(
-            rx.try_recv(),
-            Some(SupervisionEvent::Started {
-                child: "10".into()
-            })
+            Some(SupervisionEvent::Started { child: "10".into() })
         );
         assert_eq!(rx.try_iter().count(), EVENT_QUEUE - 1);
-        assert_eq!(
-            rx.recv_timeout(Duration::ZERO),
-            Err(RecvError::Timeout)
-        );
+        assert_eq!(rx.recv_timeout(Duration::ZERO), Err(RecvError::Timeout));
     }
 
     #[test]

@@ -10,10 +10,10 @@ use std::collections::HashMap;
 /// own (an application failure, retried only with `retry_exceptions`).
 pub type Invoke = fn(Vec<Value>) -> Result<Result<Value, String>, Error>;
 
-/// Remote functions by name.
+/// Remote functions by name, with where each was registered.
 #[derive(Default, Clone)]
 pub struct FunctionTable {
-    map: HashMap<&'static str, Invoke>,
+    map: HashMap<&'static str, (Invoke, &'static str)>,
 }
 
 impl FunctionTable {
@@ -21,13 +21,26 @@ impl FunctionTable {
     pub fn new() -> Self {
         Self::default()
     }
-    /// Registers `invoke` under `name`; a later registration of the same name wins.
-    pub fn insert(&mut self, name: &'static str, invoke: Invoke) {
-        self.map.insert(name, invoke);
+    /// Registers `invoke` under `name`, registered at `site` (file:line). A
+    /// name registered twice is an error that names both sites: every node must
+    /// mean the same function by a name.
+    pub fn insert(
+        &mut self,
+        name: &'static str,
+        site: &'static str,
+        invoke: Invoke,
+    ) -> Result<(), Error> {
+        if let Some((_, first)) = self.map.get(name) {
+            return Err(Error::InvalidArgument(format!(
+                "remote function `{name}` is registered twice: at {first} and at {site}"
+            )));
+        }
+        self.map.insert(name, (invoke, site));
+        Ok(())
     }
     /// The function registered under `name`.
     pub fn get(&self, name: &str) -> Option<Invoke> {
-        self.map.get(name).copied()
+        self.map.get(name).map(|(invoke, _)| *invoke)
     }
     /// Whether `name` is registered.
     pub fn contains(&self, name: &str) -> bool {

@@ -204,7 +204,10 @@ impl OwnerTable {
             seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
         };
         let slot = Arc::new(Slot::new(id, self.clone()));
-        self.shard(id).index.lock().insert(id, Arc::downgrade(&slot));
+        self.shard(id)
+            .index
+            .lock()
+            .insert(id, Arc::downgrade(&slot));
         // SeqCst pairs with `fail_all`'s store: either it sees this slot in the
         // index, or we see the table closed.
         if self.closed.load(Ordering::SeqCst) {
@@ -386,8 +389,7 @@ impl Drop for LocalRef {
     fn drop(&mut self) {
         // AcqRel, as Arc's decrement: the last holder sees every other holder's
         // use. When nobody else holds the slot, dropping it frees everything.
-        if self.0.local_refs.fetch_sub(1, Ordering::AcqRel) == 1 && Arc::strong_count(&self.0) > 1
-        {
+        if self.0.local_refs.fetch_sub(1, Ordering::AcqRel) == 1 && Arc::strong_count(&self.0) > 1 {
             self.0.out_of_scope();
         }
     }
@@ -724,8 +726,7 @@ impl Slot {
     /// with lineage is rebuilt if it is needed again, a `put` cannot be).
     fn out_of_scope(&self) {
         let mut inner = self.inner.lock();
-        if self.local_refs.load(Ordering::Acquire) != 0 || !matches!(inner.state, State::Ready(_))
-        {
+        if self.local_refs.load(Ordering::Acquire) != 0 || !matches!(inner.state, State::Ready(_)) {
             return;
         }
         inner.state = State::Lost;
@@ -912,8 +913,8 @@ impl Slot {
                         }
                         None => starved_checks = 0,
                     }
-                    let nap = deadline
-                        .map_or(STARVATION_CHECK, |d| (d - now).min(STARVATION_CHECK));
+                    let nap =
+                        deadline.map_or(STARVATION_CHECK, |d| (d - now).min(STARVATION_CHECK));
                     std::thread::park_timeout(nap);
                 }
                 (None, Some(d)) => std::thread::park_timeout(d - now),

@@ -5,7 +5,9 @@
 use crate::core::Core;
 use crate::events::SupervisionEvent;
 use crate::router::{Router, StopWorkers};
-use crate::supervision::{ChildFailed, ChildLink, Escalate, Fail, RestartIntensity, StopChild, Strategy};
+use crate::supervision::{
+    ChildFailed, ChildLink, Escalate, Fail, RestartIntensity, StopChild, Strategy,
+};
 use actix::{Actor, Addr, AsyncContext, Context, Handler, Message};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -58,7 +60,10 @@ impl Supervisor {
     }
 
     fn send_failure(&self, _child: usize, cause: String) -> bool {
-        self.router.as_ref().map(|a| a.do_send(Fail(cause))).is_some()
+        self.router
+            .as_ref()
+            .map(|a| a.do_send(Fail(cause)))
+            .is_some()
     }
 }
 

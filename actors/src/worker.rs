@@ -386,7 +386,10 @@ impl Actor for Worker {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        self.runner.core.run_queue.unregister_running(self.runner.id);
+        self.runner
+            .core
+            .run_queue
+            .unregister_running(self.runner.id);
     }
 }
 
