@@ -4,6 +4,7 @@
 use crate::object_ref::ObjectRef;
 use crate::runtime::Runtime;
 use crate::{Data, Error, Result};
+use rayx_actors::actor_group::ActorGroup;
 use rayx_actors::actor_host::{
     ActorHost, ActorKind, ActorSpec, ActorState, CallInfo, CallJob, Dispatch, HostContext,
     LocalFuture, RestartPolicy, SharedState,
@@ -466,6 +467,7 @@ pub struct ActorBuilder<'r, A> {
     detached: bool,
     max_concurrency: Option<usize>,
     restart: RestartPolicy,
+    group: Option<Arc<ActorGroup>>,
     _actor: PhantomData<fn() -> A>,
 }
 
@@ -517,6 +519,7 @@ impl<'r, A: Actor> ActorBuilder<'r, A> {
             detached: false,
             max_concurrency: None,
             restart: RestartPolicy::default(),
+            group: None,
             _actor: PhantomData,
         }
     }
@@ -555,6 +558,13 @@ impl<'r, A: Actor> ActorBuilder<'r, A> {
         self.restart.max_task_retries = n.into();
         self
     }
+    /// Puts the actor under a supervision group: the group's strategy and
+    /// restart intensity decide whether it comes back after a crash (set
+    /// `max_restarts` on the group, not on the actor).
+    pub fn supervisor(mut self, group: &Supervisor) -> Self {
+        self.group = Some(group.group.clone());
+        self
+    }
     /// Calls in flight at once on an async actor (default 1000).
     pub fn max_concurrency(mut self, n: usize) -> Self {
         self.max_concurrency = Some(n);
@@ -585,6 +595,11 @@ impl<'r, A: Actor> ActorBuilder<'r, A> {
             }
             _ => {}
         }
+        if self.group.is_some() && !self.restart.max_restarts.is_none() {
+            return Err(Error::InvalidArgument(
+                "an actor under a supervisor restarts by its supervisor's limit: set max_restarts on the supervisor, not the actor".into(),
+            ));
+        }
         let node = self.rt.node().clone();
         let spec = ActorSpec {
             name: self.name,
@@ -596,6 +611,7 @@ impl<'r, A: Actor> ActorBuilder<'r, A> {
             type_name: std::any::type_name::<A>(),
             kind,
             restart: self.restart,
+            group: self.group,
         };
         let (host, _existed) = node.spawn_actor(spec)?;
         ActorHandle::from_host(node, host)
@@ -770,5 +786,109 @@ impl<'de, A: Actor> Deserialize<'de> for ActorHandle<A> {
         })?;
         let (node, host) = here.resolve_actor(id).map_err(serde::de::Error::custom)?;
         ActorHandle::from_host(node, host).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A supervision group of actors (Erlang/OTP's supervisor, which Ray lacks): it
+/// restarts its children by its [`Strategy`](crate::Strategy) within its
+/// restart intensity — at most `max` restarts within `within` — and past it
+/// escalates to its parent group, which restarts the whole group by its own
+/// strategy; a group with no parent (or whose parent gives up) stops every child
+/// for good. Groups nest: a group can be a child of another.
+///
+/// ```
+/// use rayx::prelude::*;
+/// use rayx::Strategy;
+///
+/// struct Cache { warm: bool }
+/// impl Actor for Cache {}
+/// #[derive(Serialize, Deserialize)]
+/// struct Get(bool);
+/// impl Message for Get { type Reply = bool; }
+/// impl Handler<Get> for Cache {
+///     fn handle(&mut self, Get(crash): Get, _: &mut ActorContext<Self>) -> bool {
+///         assert!(!crash, "cache corrupted");
+///         std::mem::replace(&mut self.warm, true)
+///     }
+/// }
+///
+/// let rt = rayx::init()?;
+/// let group = rt.supervisor("caches").strategy(Strategy::OneForAll)
+///     .max_restarts(3, Duration::from_secs(60)).start();
+/// let a = rt.actor(|| Cache { warm: false }).supervisor(&group).spawn()?;
+/// let b = rt.actor(|| Cache { warm: false }).supervisor(&group).spawn()?;
+/// assert_eq!(b.call(Get(false)).get()?, false);
+/// assert!(a.call(Get(true)).get().is_err());      // a crashes: one-for-all
+/// assert_eq!(a.call(Get(false)).get()?, false);   // a restarted...
+/// assert_eq!(b.call(Get(false)).get()?, false);   // ...and b with it
+/// # Ok::<(), rayx::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Supervisor {
+    group: Arc<ActorGroup>,
+}
+
+impl Supervisor {
+    /// The group's name.
+    pub fn name(&self) -> &str {
+        self.group.name()
+    }
+    /// Whether it gave up (its children were stopped for good).
+    pub fn gave_up(&self) -> bool {
+        self.group.gave_up()
+    }
+}
+
+/// Options of a supervision group before it starts.
+pub struct SupervisorBuilder<'r> {
+    rt: &'r Runtime,
+    name: String,
+    strategy: crate::Strategy,
+    max: usize,
+    within: std::time::Duration,
+    parent: Option<Arc<ActorGroup>>,
+}
+
+impl<'r> SupervisorBuilder<'r> {
+    pub(crate) fn new(rt: &'r Runtime, name: String) -> Self {
+        SupervisorBuilder {
+            rt,
+            name,
+            strategy: crate::Strategy::OneForOne,
+            max: 3,
+            within: std::time::Duration::from_secs(5),
+            parent: None,
+        }
+    }
+    /// Which children restart when one fails (default one-for-one).
+    pub fn strategy(mut self, strategy: crate::Strategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+    /// At most `max` restarts within `within` (default 3 in 5 s, as OTP's 3
+    /// in 5); one more and the group escalates.
+    pub fn max_restarts(mut self, max: usize, within: std::time::Duration) -> Self {
+        self.max = max;
+        self.within = within;
+        self
+    }
+    /// Makes the group a child of `parent`.
+    pub fn parent(mut self, parent: &Supervisor) -> Self {
+        self.parent = Some(parent.group.clone());
+        self
+    }
+    /// Starts the group.
+    pub fn start(self) -> Supervisor {
+        let events = self.rt.node().core().events.clone();
+        Supervisor {
+            group: ActorGroup::new(
+                self.name,
+                self.strategy,
+                self.max,
+                self.within,
+                self.parent,
+                events,
+            ),
+        }
     }
 }

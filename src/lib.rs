@@ -25,7 +25,7 @@ mod runtime;
 
 pub use actor::{
     Actor, ActorBuilder, ActorContext, ActorHandle, AsyncContext, AsyncHandler, AsyncTryHandler,
-    CallKind, Handler, Message, TryHandler, WeakActorHandle,
+    CallKind, Handler, Message, Supervisor, SupervisorBuilder, TryHandler, WeakActorHandle,
 };
 pub use object_ref::{GetFuture, ObjectRef, RefList};
 pub use rayx_actors::events::{Events, RecvError, SupervisionEvent};

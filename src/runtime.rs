@@ -1,7 +1,7 @@
 //! The runtime handle: `Clone + Send + Sync`, usable from plain threads and from
 //! async code. Several runtimes can live in one process.
 
-use crate::actor::{ActorBuilder, ActorHandle};
+use crate::actor::{ActorBuilder, ActorHandle, SupervisorBuilder};
 use crate::object_ref::{ObjectRef, RefList};
 use crate::remote::{function_table, RemoteFunction, TaskBuilder};
 use crate::{Actor, Data, Error, MemoryUsage, Result};
@@ -292,6 +292,11 @@ impl Runtime {
         factory: impl Fn() -> A + Send + Sync + 'static,
     ) -> ActorBuilder<'_, A> {
         ActorBuilder::asynchronous(self, factory)
+    }
+
+    /// Prepares a supervision group for actors (see [`Supervisor`](crate::Supervisor)).
+    pub fn supervisor(&self, name: impl Into<String>) -> SupervisorBuilder<'_> {
+        SupervisorBuilder::new(self, name.into())
     }
 
     /// The live actor named `name` in the default namespace (Ray's `get_actor`).

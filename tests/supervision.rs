@@ -103,3 +103,145 @@ fn only_system_actors_can_be_failed() {
         ));
     }
 }
+
+// Supervision groups of user actors.
+
+/// Counts its calls since it was (re)built; crashes on request.
+struct Worker {
+    calls: u32,
+}
+impl Actor for Worker {}
+#[derive(Serialize, Deserialize)]
+enum Job {
+    Count,
+    Crash,
+}
+impl Message for Job {
+    type Reply = u32;
+}
+impl Handler<Job> for Worker {
+    fn handle(&mut self, job: Job, _: &mut ActorContext<Self>) -> u32 {
+        if let Job::Crash = job {
+            panic!("worker crashed on purpose");
+        }
+        self.calls += 1;
+        self.calls
+    }
+}
+fn worker() -> Worker {
+    Worker { calls: 0 }
+}
+
+/// Warms each actor up (one call each), so a restart shows as a count back at 1.
+fn warmed(group: &rayx::Supervisor, rt: &Runtime, n: usize) -> Vec<ActorHandle<Worker>> {
+    (0..n)
+        .map(|_| {
+            let a = rt.actor(worker).supervisor(group).spawn().unwrap();
+            assert_eq!(a.call(Job::Count).get_timeout(LONG), Ok(1));
+            a
+        })
+        .collect()
+}
+
+fn counts(actors: &[ActorHandle<Worker>]) -> Vec<u32> {
+    actors
+        .iter()
+        .map(|a| a.call(Job::Count).get_timeout(LONG).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_group_restarts_its_actors_by_its_strategy() {
+    let rt = rt2();
+    let hour = std::time::Duration::from_secs(3600);
+    for (strategy, after) in [
+        (rayx::Strategy::OneForOne, vec![2, 1, 2]),
+        (rayx::Strategy::OneForAll, vec![1, 1, 1]),
+        (rayx::Strategy::RestForOne, vec![2, 1, 1]),
+    ] {
+        let group = rt
+            .supervisor("group")
+            .strategy(strategy)
+            .max_restarts(5, hour)
+            .start();
+        let actors = warmed(&group, &rt, 3);
+        assert!(actors[1].call(Job::Crash).get_timeout(LONG).is_err());
+        assert_eq!(counts(&actors), after, "{strategy:?}");
+    }
+}
+
+#[test]
+fn a_group_past_its_restart_intensity_stops_every_child_and_says_so() {
+    let rt = rt2();
+    let events = rt.events();
+    let group = rt
+        .supervisor("fragile")
+        .strategy(rayx::Strategy::OneForOne)
+        .max_restarts(1, std::time::Duration::from_secs(3600))
+        .start();
+    let actors = warmed(&group, &rt, 2);
+    assert!(actors[0].call(Job::Crash).get_timeout(LONG).is_err());
+    assert_eq!(
+        actors[0].call(Job::Count).get_timeout(LONG),
+        Ok(1),
+        "restarted once"
+    );
+    assert!(actors[0].call(Job::Crash).get_timeout(LONG).is_err());
+    for a in &actors {
+        match a.call(Job::Count).get_timeout(LONG) {
+            Err(Error::ActorDied { cause, .. }) => assert!(cause.contains("fragile"), "{cause}"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(group.gave_up());
+    let gave_up = SupervisionEvent::GaveUp {
+        child: "fragile".into(),
+        restarts: 1,
+    };
+    assert!(events_until(&events, &gave_up).contains(&gave_up));
+}
+
+#[test]
+fn a_nested_group_past_its_intensity_is_restarted_whole_by_its_parent() {
+    let rt = rt2();
+    let hour = std::time::Duration::from_secs(3600);
+    let parent = rt
+        .supervisor("parent")
+        .strategy(rayx::Strategy::OneForOne)
+        .max_restarts(1, hour)
+        .start();
+    let child = rt
+        .supervisor("child")
+        .strategy(rayx::Strategy::OneForOne)
+        .max_restarts(0, hour)
+        .parent(&parent)
+        .start();
+    let outside = warmed(&parent, &rt, 1);
+    let inside = warmed(&child, &rt, 2);
+    // The child group may not restart anything: it escalates, and the parent
+    // restarts the whole child group (both its actors), not its own actor.
+    assert!(inside[0].call(Job::Crash).get_timeout(LONG).is_err());
+    assert_eq!(counts(&inside), vec![1, 1]);
+    assert_eq!(counts(&outside), vec![2]);
+    assert!(!child.gave_up());
+    // Once more: the parent is past its own limit and, with no parent of its
+    // own, gives up: everything under it stops.
+    assert!(inside[1].call(Job::Crash).get_timeout(LONG).is_err());
+    for a in outside.iter().chain(&inside) {
+        assert!(matches!(
+            a.call(Job::Count).get_timeout(LONG),
+            Err(Error::ActorDied { .. })
+        ));
+    }
+    assert!(parent.gave_up() && child.gave_up());
+}
+
+#[test]
+fn an_actor_under_a_supervisor_takes_its_restart_limit_from_it() {
+    let rt = rt2();
+    let group = rt.supervisor("g").start();
+    assert!(matches!(
+        rt.actor(worker).supervisor(&group).max_restarts(2).spawn(),
+        Err(Error::InvalidArgument(_))
+    ));
+}

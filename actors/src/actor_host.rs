@@ -18,6 +18,7 @@
 //! queued calls under at-most-once (`max_task_retries = 0`). Past `max_restarts`,
 //! or when the constructor itself panics, the actor is dead for good.
 
+use crate::actor_group::{ActorGroup, Membership, Supervised};
 use crate::core::Core;
 use crate::error::Error;
 use crate::events::SupervisionEvent;
@@ -37,7 +38,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context, Poll, Waker};
 
 /// Calls a sync actor runs per turn on a worker before yielding to other jobs.
@@ -45,8 +46,11 @@ const BATCH: usize = 256;
 /// How long an idle async actor keeps watching its mailbox.
 const LINGER: std::time::Duration = std::time::Duration::from_micros(50);
 
-/// Signal bits, applied by the run loop between messages.
+/// Signal bits, applied by the run loop between messages: a restart asked for
+/// with `restart()` (a failure, as Ray's `kill(no_restart=False)`), and one
+/// its supervision group orders (a sibling failed).
 const RESTART: u8 = 1;
+const SUPERVISED_RESTART: u8 = 2;
 
 /// A sync actor's state, type-erased.
 pub trait ActorState: Send + 'static {
@@ -175,6 +179,10 @@ pub struct ActorSpec {
     pub kind: ActorKind,
     /// How it comes back after a crash.
     pub restart: RestartPolicy,
+    /// The supervision group it belongs to, if any: then the group's restart
+    /// intensity and strategy decide whether it comes back, not `restart`'s
+    /// `max_restarts`.
+    pub group: Option<Arc<ActorGroup>>,
 }
 
 enum Cell<S> {
@@ -234,6 +242,8 @@ pub struct ActorHost {
     death: Mutex<Option<String>>,
     restart: RestartPolicy,
     restarts: AtomicU64,
+    membership: OnceLock<Membership>,
+    supervised_cause: Mutex<Option<String>>,
     core: Arc<Core>,
     kind: Kind,
 }
@@ -272,9 +282,15 @@ impl ActorHost {
             death: Mutex::new(None),
             restart: spec.restart,
             restarts: AtomicU64::new(0),
+            membership: OnceLock::new(),
+            supervised_cause: Mutex::new(None),
             core,
             kind,
         });
+        if let Some(group) = spec.group {
+            let me: Arc<dyn Supervised> = host.clone();
+            let _ = host.membership.set(group.join(Arc::downgrade(&me)));
+        }
         host.core.events.publish(SupervisionEvent::Started {
             child: host.label(),
         });
@@ -434,8 +450,21 @@ impl ActorHost {
         if self.signals.load(Ordering::Acquire) == 0 {
             return;
         }
-        if self.signals.swap(0, Ordering::AcqRel) & RESTART != 0 && !self.is_dead() {
+        let signals = self.signals.swap(0, Ordering::AcqRel);
+        if self.is_dead() {
+            return;
+        }
+        if signals & RESTART != 0 {
             self.crash(life, "it was restarted with restart()".into(), None, false);
+        } else if signals & SUPERVISED_RESTART != 0 {
+            let cause = self
+                .supervised_cause
+                .lock()
+                .take()
+                .unwrap_or_else(|| "its supervisor restarted it".into());
+            self.drop_state(life);
+            self.events_failed(&cause);
+            self.come_back(life, cause, None, false);
         }
     }
 
@@ -451,10 +480,11 @@ impl ActorHost {
         }
     }
 
-    /// The actor crashed (a panic, an injected fault, a restart signal): restart
-    /// it within its policy or let it die; `in_flight` is the call it was
-    /// running. With `fail_queued`, calls queued now are failed under
-    /// at-most-once (a restart signal has failed those queued when it was sent).
+    /// The actor crashed (a panic, an injected fault, a restart signal): it
+    /// comes back if its group (or, outside a group, its `max_restarts`) allows,
+    /// else it dies; `in_flight` is the call it was running. With
+    /// `fail_queued`, calls queued now are failed under at-most-once (a restart
+    /// signal has failed those queued when it was sent).
     fn crash<S, F>(
         &self,
         life: &mut Life<S, F>,
@@ -462,40 +492,68 @@ impl ActorHost {
         in_flight: Option<CallJob>,
         fail_queued: bool,
     ) {
-        // Drop the broken state first: its destructor runs, `stopped` does not.
-        let _ = catch_user(|| drop(std::mem::replace(&mut life.cell, Cell::Unstarted)));
-        let events = &self.core.events;
-        events.publish(SupervisionEvent::Failed {
-            child: self.label(),
-            cause: cause.clone(),
-        });
+        self.drop_state(life);
+        self.events_failed(&cause);
         // Events go out before any reply, so whoever sees a reply sees them too.
         let done = self.restarts();
-        if !self.restart.may_restart(done) {
-            life.cell = Cell::Dead;
-            life.factory = None;
-            let why = if self.restart.max_restarts.is_none() {
-                cause
-            } else {
-                format!(
-                    "{cause} (after {done} restarts, max_restarts is {})",
-                    self.restart.max_restarts
-                )
-            };
-            events.publish(SupervisionEvent::GaveUp {
-                child: self.label(),
-                restarts: done,
-            });
-            self.die(why);
-            if let Some(job) = in_flight {
-                job.reply.complete(Err(self.died_error()));
-            }
-            self.fail_retries(&mut life.retry);
-            self.fail_queued(&self.died_error());
+        let comes_back = match self.membership.get() {
+            Some(m) => m.failed(&cause),
+            None => self.restart.may_restart(done),
+        };
+        if comes_back {
+            self.come_back(life, cause, in_flight, fail_queued);
             return;
         }
+        life.cell = Cell::Dead;
+        life.factory = None;
+        let why = if let Some(m) = self.membership.get() {
+            format!("{cause}; its supervisor `{}` gave up", m.group().name())
+        } else if self.restart.max_restarts.is_none() {
+            cause
+        } else {
+            format!(
+                "{cause} (after {done} restarts, max_restarts is {})",
+                self.restart.max_restarts
+            )
+        };
+        self.core.events.publish(SupervisionEvent::GaveUp {
+            child: self.label(),
+            restarts: done,
+        });
+        self.die(why);
+        if let Some(job) = in_flight {
+            job.reply.complete(Err(self.died_error()));
+        }
+        self.fail_retries(&mut life.retry);
+        self.fail_queued(&self.died_error());
+    }
+
+    /// Drops the actor's state (a crash or a restart): its destructor runs,
+    /// `stopped` does not.
+    fn drop_state<S, F>(&self, life: &mut Life<S, F>) {
+        let _ = catch_user(|| drop(std::mem::replace(&mut life.cell, Cell::Unstarted)));
+    }
+
+    fn events_failed(&self, cause: &str) {
+        self.core.events.publish(SupervisionEvent::Failed {
+            child: self.label(),
+            cause: cause.to_string(),
+        });
+    }
+
+    /// The actor restarts: its constructor runs again before the next call;
+    /// the calls queued or in flight are sent again or failed by
+    /// `max_task_retries`.
+    fn come_back<S, F>(
+        &self,
+        life: &mut Life<S, F>,
+        cause: String,
+        in_flight: Option<CallJob>,
+        fail_queued: bool,
+    ) {
+        let done = self.restarts();
         self.restarts.store(done + 1, Ordering::Release);
-        events.publish(SupervisionEvent::Restarted {
+        self.core.events.publish(SupervisionEvent::Restarted {
             child: self.label(),
             attempt: done + 1,
         });
@@ -581,7 +639,7 @@ impl ActorHost {
         match catch_user(factory) {
             Ok(state) => {
                 life.cell = Cell::Running(state);
-                if !self.restart.may_restart(self.restarts()) {
+                if self.membership.get().is_none() && !self.restart.may_restart(self.restarts()) {
                     // It can never be built again: let go of what it captured.
                     life.factory = None;
                 }
@@ -810,6 +868,29 @@ impl ActorHost {
             host: self.clone(),
             until: std::time::Instant::now() + LINGER,
         });
+    }
+}
+
+impl Supervised for ActorHost {
+    fn restart_by_supervisor(self: Arc<Self>, cause: &str) {
+        if self.is_dead() {
+            return;
+        }
+        if self.restart.max_task_retries.is_none() {
+            self.fail_queued(&Error::ActorDied {
+                actor: self.label(),
+                cause: format!(
+                    "{cause}; calls queued then are not sent again (max_task_retries 0)"
+                ),
+            });
+        }
+        *self.supervised_cause.lock() = Some(cause.to_string());
+        self.signals.fetch_or(SUPERVISED_RESTART, Ordering::AcqRel);
+        self.schedule();
+    }
+
+    fn stop_by_supervisor(self: Arc<Self>, cause: &str) {
+        self.kill(cause);
     }
 }
 

@@ -4,11 +4,12 @@
 //!
 //! - **base** — [`ids`], [`error`](Error), [`value`], [`messages`], [`config`],
 //!   [`faults`], [`events`], [`supervision`], [`functions`], and the thread
-//!   [`handshake`]s (over [`sync`](crate::handshake)'s atomics, modelled with loom).
+//!   [`handshake`]s (modelled with loom in `actors/tests/loom.rs`).
 //! - **tables** — [`object_table`] (objects, waiters, lineage), [`object_store`]
 //!   (the budget for large objects), [`run_queue`], [`directory`], bundled for each
 //!   node in [`core`].
-//! - **actors** — [`worker`], [`router`], [`actor_host`], [`supervisor`].
+//! - **actors** — [`worker`], [`router`], [`actor_host`], [`actor_group`]
+//!   (supervision groups of user actors), [`supervisor`].
 //! - **node** — [`node`]: wiring.
 //!
 //! Engine messages ([`messages`]) carry ids and values, never closures, and are
@@ -36,6 +37,7 @@ pub mod object_store;
 pub mod object_table;
 pub mod run_queue;
 // actors
+pub mod actor_group;
 pub mod actor_host;
 pub mod router;
 pub mod supervisor;

@@ -1,5 +1,5 @@
-//! The atomics and the lock of the engine's thread handshakes, named in one place:
-//! [`handshake`](crate::handshake) uses only these, so the loom models in
+//! The atomics and the lock of the engine's thread handshakes, named in one
+//! place: the handshake module uses only these, so the loom models in
 //! `actors/tests/loom.rs` compile the same file against loom's versions.
 
 pub(crate) use parking_lot::Mutex;
