@@ -41,6 +41,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context, Poll, Waker};
 
+mod async_run;
+mod restart;
+mod sync_run;
+
+use async_run::CallCancel;
+use sync_run::stop_sync;
+
 /// Calls a sync actor runs per turn on a worker before yielding to other jobs.
 const BATCH: usize = 256;
 /// How long an idle async actor keeps watching its mailbox.
@@ -445,29 +452,6 @@ impl ActorHost {
         }
     }
 
-    /// Applies pending signals (between messages, with the state's lock held).
-    fn apply_signals<S, F>(&self, life: &mut Life<S, F>) {
-        if self.signals.load(Ordering::Acquire) == 0 {
-            return;
-        }
-        let signals = self.signals.swap(0, Ordering::AcqRel);
-        if self.is_dead() {
-            return;
-        }
-        if signals & RESTART != 0 {
-            self.crash(life, "it was restarted with restart()".into(), None, false);
-        } else if signals & SUPERVISED_RESTART != 0 {
-            let cause = self
-                .supervised_cause
-                .lock()
-                .take()
-                .unwrap_or_else(|| "its supervisor restarted it".into());
-            self.drop_state(life);
-            self.events_failed(&cause);
-            self.come_back(life, cause, None, false);
-        }
-    }
-
     fn fail_queued(&self, error: &Error) {
         while let Some(job) = self.take() {
             job.reply.complete(Err(error.clone()));
@@ -477,115 +461,6 @@ impl ActorHost {
     fn fail_retries(&self, retry: &mut VecDeque<CallJob>) {
         for job in retry.drain(..) {
             job.reply.complete(Err(self.died_error()));
-        }
-    }
-
-    /// The actor crashed (a panic, an injected fault, a restart signal): it
-    /// comes back if its group (or, outside a group, its `max_restarts`) allows,
-    /// else it dies; `in_flight` is the call it was running. With
-    /// `fail_queued`, calls queued now are failed under at-most-once (a restart
-    /// signal has failed those queued when it was sent).
-    fn crash<S, F>(
-        &self,
-        life: &mut Life<S, F>,
-        cause: String,
-        in_flight: Option<CallJob>,
-        fail_queued: bool,
-    ) {
-        self.drop_state(life);
-        self.events_failed(&cause);
-        // Events go out before any reply, so whoever sees a reply sees them too.
-        let done = self.restarts();
-        let comes_back = match self.membership.get() {
-            Some(m) => m.failed(&cause),
-            None => self.restart.may_restart(done),
-        };
-        if comes_back {
-            self.come_back(life, cause, in_flight, fail_queued);
-            return;
-        }
-        life.cell = Cell::Dead;
-        life.factory = None;
-        let why = if let Some(m) = self.membership.get() {
-            format!("{cause}; its supervisor `{}` gave up", m.group().name())
-        } else if self.restart.max_restarts.is_none() {
-            cause
-        } else {
-            format!(
-                "{cause} (after {done} restarts, max_restarts is {})",
-                self.restart.max_restarts
-            )
-        };
-        self.core.events.publish(SupervisionEvent::GaveUp {
-            child: self.label(),
-            restarts: done,
-        });
-        self.die(why);
-        if let Some(job) = in_flight {
-            job.reply.complete(Err(self.died_error()));
-        }
-        self.fail_retries(&mut life.retry);
-        self.fail_queued(&self.died_error());
-    }
-
-    /// Drops the actor's state (a crash or a restart): its destructor runs,
-    /// `stopped` does not.
-    fn drop_state<S, F>(&self, life: &mut Life<S, F>) {
-        let _ = catch_user(|| drop(std::mem::replace(&mut life.cell, Cell::Unstarted)));
-    }
-
-    fn events_failed(&self, cause: &str) {
-        self.core.events.publish(SupervisionEvent::Failed {
-            child: self.label(),
-            cause: cause.to_string(),
-        });
-    }
-
-    /// The actor restarts: its constructor runs again before the next call;
-    /// the calls queued or in flight are sent again or failed by
-    /// `max_task_retries`.
-    fn come_back<S, F>(
-        &self,
-        life: &mut Life<S, F>,
-        cause: String,
-        in_flight: Option<CallJob>,
-        fail_queued: bool,
-    ) {
-        let done = self.restarts();
-        self.restarts.store(done + 1, Ordering::Release);
-        self.core.events.publish(SupervisionEvent::Restarted {
-            child: self.label(),
-            attempt: done + 1,
-        });
-        if self.restart.max_task_retries.is_none() && fail_queued {
-            // At-most-once: what was queued when it crashed fails too. This comes
-            // before the interrupted call's reply, so a call made after that reply
-            // is not mistaken for one queued at the crash.
-            let error = Error::ActorDied {
-                actor: self.label(),
-                cause: format!(
-                    "{cause}; the actor restarts, but calls queued at the crash are not sent again (max_task_retries 0)"
-                ),
-            };
-            self.fail_queued(&error);
-            for job in life.retry.drain(..) {
-                job.reply.complete(Err(error.clone()));
-            }
-        }
-        if let Some(mut job) = in_flight {
-            if self.restart.may_retry(job.retries) && !job.reply.is_cancelled() {
-                job.retries += 1;
-                life.retry.push_front(job);
-            } else {
-                let error = Error::ActorDied {
-                    actor: self.label(),
-                    cause: format!(
-                        "{cause}; the actor restarts, but the call is not sent again ({} retries, max_task_retries {})",
-                        job.retries, self.restart.max_task_retries
-                    ),
-                };
-                job.reply.complete(Err(error));
-            }
         }
     }
 
@@ -628,36 +503,6 @@ impl ActorHost {
         }
     }
 
-    /// Runs the constructor if the actor has none running; a panic there is final.
-    fn construct<S, F: Fn() -> S>(&self, life: &mut Life<S, F>) {
-        if !matches!(life.cell, Cell::Unstarted) || self.is_dead() {
-            return;
-        }
-        let Some(factory) = &life.factory else {
-            return;
-        };
-        match catch_user(factory) {
-            Ok(state) => {
-                life.cell = Cell::Running(state);
-                if self.membership.get().is_none() && !self.restart.may_restart(self.restarts()) {
-                    // It can never be built again: let go of what it captured.
-                    life.factory = None;
-                }
-            }
-            Err(cause) => {
-                life.cell = Cell::Dead;
-                life.factory = None;
-                self.die(format!("its constructor {cause}"));
-                self.fail_retries(&mut life.retry);
-                self.fail_queued(&self.died_error());
-                self.core.events.publish(SupervisionEvent::Failed {
-                    child: self.label(),
-                    cause: format!("its constructor {cause}"),
-                });
-            }
-        }
-    }
-
     fn die(&self, cause: String) {
         let mut death = self.death.lock();
         if death.is_none() {
@@ -666,208 +511,6 @@ impl ActorHost {
         }
         // Release pairs with `is_dead`'s Acquire: who sees it dead sees the cause.
         self.dead.store(true, Ordering::Release);
-    }
-
-    fn sync_batch(self: &Arc<Self>) {
-        let Kind::Sync { cell } = &self.kind else {
-            return;
-        };
-        let mut life = cell.lock();
-        for _ in 0..BATCH {
-            self.apply_signals(&mut life);
-            if self.is_dead() {
-                break;
-            }
-            self.construct(&mut life);
-            let Some(job) = self.next_call(&mut life) else {
-                break;
-            };
-            let (Cell::Running(state), Dispatch::Sync(dispatch)) = (&mut life.cell, job.dispatch)
-            else {
-                job.reply.complete(Err(self.died_error()));
-                continue;
-            };
-            if self.core.faults.fires(Chance::CrashActor) {
-                self.crash(
-                    &mut life,
-                    "crashed by an injected fault".into(),
-                    Some(job),
-                    true,
-                );
-                continue;
-            }
-            let mut ctx = HostContext { host: self };
-            let (message, keep) = self.split(job);
-            let reply_id = keep.reply.id();
-            let ran = with_current_task(reply_id, || {
-                catch_user(|| dispatch(state.as_any_mut(), message, &mut ctx))
-            });
-            match ran {
-                Ok(result) => keep.reply.complete(result),
-                Err(cause) => {
-                    let cause = format!("{} {cause}", keep.call.method);
-                    self.crash(&mut life, cause, Some(keep), true);
-                }
-            }
-        }
-        if self.is_dead() {
-            stop_sync(&mut life.cell);
-            life.factory = None;
-            self.fail_retries(&mut life.retry);
-            self.fail_queued(&self.died_error());
-        }
-        let more = !life.retry.is_empty() || self.signals.load(Ordering::Acquire) != 0;
-        drop(life);
-        // With retries or signals left we keep the flag and go again; else we
-        // give it up, and take it back if mail came meanwhile.
-        if more || self.scheduled.release(|| !self.mailbox.is_empty()) {
-            self.submit();
-        }
-    }
-
-    /// Starts queued calls of an async actor (on its arbiter thread).
-    fn pump(self: Arc<Self>) {
-        let Kind::Async {
-            cell,
-            max_concurrency,
-            in_flight,
-            waiting,
-            ..
-        } = &self.kind
-        else {
-            return;
-        };
-        let mut life = cell.lock();
-        loop {
-            self.apply_signals(&mut life);
-            if self.is_dead() {
-                if let Cell::Running(state) = std::mem::replace(&mut life.cell, Cell::Dead) {
-                    let _ = catch_user(|| drop(state));
-                }
-                life.factory = None;
-                self.fail_retries(&mut life.retry);
-                self.fail_queued(&self.died_error());
-                break;
-            }
-            self.construct(&mut life);
-            if in_flight.load(Ordering::Acquire) >= *max_concurrency {
-                break;
-            }
-            let Some(job) = self.next_call(&mut life) else {
-                break;
-            };
-            let state = match (&life.cell, job.dispatch) {
-                (Cell::Running(s), Dispatch::Async(_)) => s.clone(),
-                _ => {
-                    job.reply.complete(Err(self.died_error()));
-                    continue;
-                }
-            };
-            if self.core.faults.fires(Chance::CrashActor) {
-                self.crash(
-                    &mut life,
-                    "crashed by an injected fault".into(),
-                    Some(job),
-                    true,
-                );
-                continue;
-            }
-            let Dispatch::Async(dispatch) = job.dispatch else {
-                continue;
-            };
-            in_flight.fetch_add(1, Ordering::AcqRel);
-            let (message, job) = self.split(job);
-            let info = CallInfo {
-                host: Arc::downgrade(&self),
-                actor_id: self.id,
-                restarts: self.restarts(),
-            };
-            // Most handlers finish without waiting: run them to completion here,
-            // and make a task only of one that has to wait. The state lock is
-            // released meanwhile: the handler may signal its own actor.
-            drop(life);
-            let reply_id = job.reply.id();
-            let first = with_current_task(reply_id, || {
-                catch_user(|| dispatch(state, message, info)).map(|fut| {
-                    let mut fut = CatchUnwind(fut);
-                    match Pin::new(&mut fut).poll(&mut Context::from_waker(Waker::noop())) {
-                        Poll::Ready(result) => Ok(result),
-                        Poll::Pending => Err(fut),
-                    }
-                })
-            });
-            let result = match first {
-                Err(cause) => Err(cause),
-                Ok(Ok(result)) => result,
-                Ok(Err(fut)) => {
-                    let cancel = Arc::new(CallCancel::default());
-                    waiting.lock().insert(reply_id, cancel.clone());
-                    if job.reply.is_cancelled() {
-                        cancel.cancel();
-                    }
-                    self.clone().spawn_call(fut, job, cancel);
-                    life = cell.lock();
-                    continue;
-                }
-            };
-            in_flight.fetch_sub(1, Ordering::AcqRel);
-            life = cell.lock();
-            match result {
-                Ok(reply) => job.reply.complete(reply),
-                Err(cause) => {
-                    let cause = format!("{} {cause}", job.call.method);
-                    self.crash(&mut life, cause, Some(job), true);
-                }
-            }
-        }
-        let idle = life.retry.is_empty();
-        drop(life);
-        if idle && in_flight.load(Ordering::Acquire) == 0 && !self.is_dead() {
-            self.linger();
-        } else if self.scheduled.release(|| !self.mailbox.is_empty()) {
-            self.submit();
-        }
-    }
-
-    /// Runs an async call that has to wait as a task on the actor's thread.
-    fn spawn_call(self: Arc<Self>, fut: CatchUnwind, job: CallJob, cancel: Arc<CallCancel>) {
-        actix_rt::spawn(async move {
-            let result = Cancellable { fut, cancel }.await;
-            let Kind::Async {
-                cell,
-                in_flight,
-                waiting,
-                ..
-            } = &self.kind
-            else {
-                return;
-            };
-            waiting.lock().remove(&job.reply.id());
-            match result {
-                // Cancelled: the future is dropped; the cancel failed the reply.
-                None => {}
-                Some(Ok(reply)) => job.reply.complete(reply),
-                Some(Err(cause)) => {
-                    let cause = format!("{} {cause}", job.call.method);
-                    self.crash(&mut cell.lock(), cause, Some(job), true);
-                }
-            }
-            in_flight.fetch_sub(1, Ordering::AcqRel);
-            if self.scheduled.claim() {
-                self.pump();
-            }
-        });
-    }
-
-    /// Keeps watching an idle async actor's mailbox for a moment, on its own
-    /// thread: a caller that sends its next call right after a reply then finds
-    /// the actor awake instead of paying for a thread wake-up. Holds the
-    /// `scheduled` flag meanwhile, so callers do not wake the thread.
-    fn linger(self: &Arc<Self>) {
-        actix_rt::spawn(Linger {
-            host: self.clone(),
-            until: std::time::Instant::now() + LINGER,
-        });
     }
 }
 
@@ -900,37 +543,6 @@ impl ActorRun for ActorHost {
     }
 }
 
-/// Watches an idle async actor's mailbox until mail comes or time runs out.
-struct Linger {
-    host: Arc<ActorHost>,
-    until: std::time::Instant,
-}
-
-impl Future for Linger {
-    type Output = ();
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let host = &self.host;
-        if !host.mailbox.is_empty() || host.signals.load(Ordering::Acquire) != 0 {
-            host.clone().pump();
-            return Poll::Ready(());
-        }
-        if std::time::Instant::now() >= self.until || host.is_dead() {
-            if host.scheduled.release(|| !host.mailbox.is_empty()) {
-                host.clone().pump();
-            }
-            return Poll::Ready(());
-        }
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-}
-
-fn stop_sync(cell: &mut Cell<Box<dyn ActorState>>) {
-    if let Cell::Running(mut state) = std::mem::replace(cell, Cell::Dead) {
-        let _ = catch_user(|| state.stopped());
-    }
-}
-
 impl Drop for ActorHost {
     fn drop(&mut self) {
         if let Kind::Sync { cell } = &mut self.kind {
@@ -943,58 +555,5 @@ impl Drop for ActorHost {
         while let Some(job) = self.mailbox.pop() {
             job.reply.complete(Err(error.clone()));
         }
-    }
-}
-
-/// Polls a future with panics caught.
-struct CatchUnwind(LocalFuture);
-
-impl Future for CatchUnwind {
-    type Output = Result<Result<Value, Error>, String>;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let fut = &mut self.0;
-        match catch_user(|| fut.as_mut().poll(cx)) {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(r)) => Poll::Ready(Ok(r)),
-            Err(cause) => Poll::Ready(Err(cause)),
-        }
-    }
-}
-
-/// A cancel for a call that is waiting: sets the flag and wakes the call.
-#[derive(Default)]
-struct CallCancel {
-    cancelled: AtomicBool,
-    waker: Mutex<Option<Waker>>,
-}
-
-impl CallCancel {
-    fn cancel(&self) {
-        self.cancelled.store(true, Ordering::Release);
-        if let Some(w) = self.waker.lock().take() {
-            w.wake();
-        }
-    }
-}
-
-/// A waiting call that ends early (`None`) when cancelled.
-struct Cancellable {
-    fut: CatchUnwind,
-    cancel: Arc<CallCancel>,
-}
-
-impl Future for Cancellable {
-    type Output = Option<<CatchUnwind as Future>::Output>;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if self.cancel.cancelled.load(Ordering::Acquire) {
-            return Poll::Ready(None);
-        }
-        *self.cancel.waker.lock() = Some(cx.waker().clone());
-        // Checked again after the waker is in place: a cancel between the two
-        // either saw the waker or is seen here.
-        if self.cancel.cancelled.load(Ordering::Acquire) {
-            return Poll::Ready(None);
-        }
-        Pin::new(&mut self.fut).poll(cx).map(Some)
     }
 }

@@ -1,0 +1,234 @@
+//! An async actor's run loop: calls as futures on the actor's arbiter thread,
+//! up to `max_concurrency` at once; waiting calls can be cancelled.
+
+use super::*;
+
+impl ActorHost {
+    /// Starts queued calls of an async actor (on its arbiter thread).
+    pub(super) fn pump(self: Arc<Self>) {
+        let Kind::Async {
+            cell,
+            max_concurrency,
+            in_flight,
+            waiting,
+            ..
+        } = &self.kind
+        else {
+            return;
+        };
+        let mut life = cell.lock();
+        loop {
+            self.apply_signals(&mut life);
+            if self.is_dead() {
+                if let Cell::Running(state) = std::mem::replace(&mut life.cell, Cell::Dead) {
+                    let _ = catch_user(|| drop(state));
+                }
+                life.factory = None;
+                self.fail_retries(&mut life.retry);
+                self.fail_queued(&self.died_error());
+                break;
+            }
+            self.construct(&mut life);
+            if in_flight.load(Ordering::Acquire) >= *max_concurrency {
+                break;
+            }
+            let Some(job) = self.next_call(&mut life) else {
+                break;
+            };
+            let state = match (&life.cell, job.dispatch) {
+                (Cell::Running(s), Dispatch::Async(_)) => s.clone(),
+                _ => {
+                    job.reply.complete(Err(self.died_error()));
+                    continue;
+                }
+            };
+            if self.core.faults.fires(Chance::CrashActor) {
+                self.crash(
+                    &mut life,
+                    "crashed by an injected fault".into(),
+                    Some(job),
+                    true,
+                );
+                continue;
+            }
+            let Dispatch::Async(dispatch) = job.dispatch else {
+                continue;
+            };
+            in_flight.fetch_add(1, Ordering::AcqRel);
+            let (message, job) = self.split(job);
+            let info = CallInfo {
+                host: Arc::downgrade(&self),
+                actor_id: self.id,
+                restarts: self.restarts(),
+            };
+            // Most handlers finish without waiting: run them to completion here,
+            // and make a task only of one that has to wait. The state lock is
+            // released meanwhile: the handler may signal its own actor.
+            drop(life);
+            let reply_id = job.reply.id();
+            let first = with_current_task(reply_id, || {
+                catch_user(|| dispatch(state, message, info)).map(|fut| {
+                    let mut fut = CatchUnwind(fut);
+                    match Pin::new(&mut fut).poll(&mut Context::from_waker(Waker::noop())) {
+                        Poll::Ready(result) => Ok(result),
+                        Poll::Pending => Err(fut),
+                    }
+                })
+            });
+            let result = match first {
+                Err(cause) => Err(cause),
+                Ok(Ok(result)) => result,
+                Ok(Err(fut)) => {
+                    let cancel = Arc::new(CallCancel::default());
+                    waiting.lock().insert(reply_id, cancel.clone());
+                    if job.reply.is_cancelled() {
+                        cancel.cancel();
+                    }
+                    self.clone().spawn_call(fut, job, cancel);
+                    life = cell.lock();
+                    continue;
+                }
+            };
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+            life = cell.lock();
+            match result {
+                Ok(reply) => job.reply.complete(reply),
+                Err(cause) => {
+                    let cause = format!("{} {cause}", job.call.method);
+                    self.crash(&mut life, cause, Some(job), true);
+                }
+            }
+        }
+        let idle = life.retry.is_empty();
+        drop(life);
+        if idle && in_flight.load(Ordering::Acquire) == 0 && !self.is_dead() {
+            self.linger();
+        } else if self.scheduled.release(|| !self.mailbox.is_empty()) {
+            self.submit();
+        }
+    }
+
+    /// Runs an async call that has to wait as a task on the actor's thread.
+    pub(super) fn spawn_call(
+        self: Arc<Self>,
+        fut: CatchUnwind,
+        job: CallJob,
+        cancel: Arc<CallCancel>,
+    ) {
+        actix_rt::spawn(async move {
+            let result = Cancellable { fut, cancel }.await;
+            let Kind::Async {
+                cell,
+                in_flight,
+                waiting,
+                ..
+            } = &self.kind
+            else {
+                return;
+            };
+            waiting.lock().remove(&job.reply.id());
+            match result {
+                // Cancelled: the future is dropped; the cancel failed the reply.
+                None => {}
+                Some(Ok(reply)) => job.reply.complete(reply),
+                Some(Err(cause)) => {
+                    let cause = format!("{} {cause}", job.call.method);
+                    self.crash(&mut cell.lock(), cause, Some(job), true);
+                }
+            }
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+            if self.scheduled.claim() {
+                self.pump();
+            }
+        });
+    }
+
+    /// Keeps watching an idle async actor's mailbox for a moment, on its own
+    /// thread: a caller that sends its next call right after a reply then finds
+    /// the actor awake instead of paying for a thread wake-up. Holds the
+    /// `scheduled` flag meanwhile, so callers do not wake the thread.
+    pub(super) fn linger(self: &Arc<Self>) {
+        actix_rt::spawn(Linger {
+            host: self.clone(),
+            until: std::time::Instant::now() + LINGER,
+        });
+    }
+}
+
+/// Watches an idle async actor's mailbox until mail comes or time runs out.
+pub(super) struct Linger {
+    host: Arc<ActorHost>,
+    until: std::time::Instant,
+}
+
+impl Future for Linger {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let host = &self.host;
+        if !host.mailbox.is_empty() || host.signals.load(Ordering::Acquire) != 0 {
+            host.clone().pump();
+            return Poll::Ready(());
+        }
+        if std::time::Instant::now() >= self.until || host.is_dead() {
+            if host.scheduled.release(|| !host.mailbox.is_empty()) {
+                host.clone().pump();
+            }
+            return Poll::Ready(());
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// Polls a future with panics caught.
+pub(super) struct CatchUnwind(LocalFuture);
+
+impl Future for CatchUnwind {
+    type Output = Result<Result<Value, Error>, String>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let fut = &mut self.0;
+        match catch_user(|| fut.as_mut().poll(cx)) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(r)) => Poll::Ready(Ok(r)),
+            Err(cause) => Poll::Ready(Err(cause)),
+        }
+    }
+}
+
+/// A cancel for a call that is waiting: sets the flag and wakes the call.
+#[derive(Default)]
+pub(super) struct CallCancel {
+    cancelled: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl CallCancel {
+    pub(super) fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Release);
+        if let Some(w) = self.waker.lock().take() {
+            w.wake();
+        }
+    }
+}
+
+/// A waiting call that ends early (`None`) when cancelled.
+pub(super) struct Cancellable {
+    fut: CatchUnwind,
+    cancel: Arc<CallCancel>,
+}
+
+impl Future for Cancellable {
+    type Output = Option<<CatchUnwind as Future>::Output>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.cancel.cancelled.load(Ordering::Acquire) {
+            return Poll::Ready(None);
+        }
+        *self.cancel.waker.lock() = Some(cx.waker().clone());
+        // Checked again after the waker is in place: a cancel between the two
+        // either saw the waker or is seen here.
+        if self.cancel.cancelled.load(Ordering::Acquire) {
+            return Poll::Ready(None);
+        }
+        Pin::new(&mut self.fut).poll(cx).map(Some)
+    }
+}

@@ -1,0 +1,432 @@
+//! The object table of one node (Ray's owner's reference table): every object this
+//! node owns — pending, ready, failed or lost — with its waiters, the tasks waiting
+//! on it, its lineage, and the task that will make it while that task is queued.
+//!
+//! A value is held while a [`LocalRef`] to it lives (a driver's `ObjectRef`, a
+//! queued task's argument); when the last one goes, the value is freed. The slot
+//! itself may live on, without its value, as lineage of another object (Ray keeps
+//! an argument's lineage, not its value, while a result that used it can still be
+//! rebuilt); reading it then rebuilds it.
+//!
+//! The table is sharded: completions and look-ups from many workers never meet
+//! on one lock. It reaches the run queue only through [`Dispatch`], and a worker
+//! blocked in `get` only through [`WaitHooks`], so it sits below both.
+
+use crate::error::Error;
+use crate::faults::{Chance, FaultInjector};
+use crate::ids::{ActorId, IdMap, NodeId, ObjectId};
+use crate::messages::{Arg, TaskSpec};
+use crate::object_store::ObjectStore;
+use crate::value::Value;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Context as TaskContext, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+mod slot;
+mod wait;
+
+pub use slot::{Cancelled, Slot};
+use slot::{Kept, Lineage, State};
+pub use wait::{install_wait_hooks, wait_slots, WaitHooks};
+
+const SHARDS: usize = 64;
+const PENDING: u8 = 0;
+const DONE: u8 = 1;
+/// Lost: no value, and no rebuild started yet.
+const LOST: u8 = 2;
+/// Polls of a pending slot before a getter parks: a round trip to a spinning
+/// worker is far cheaper than a thread wake-up.
+const SPINS: u32 = 2_000;
+/// How often a worker blocked in `get` checks whether the pool can still make
+/// progress (every worker blocked at `max_workers` with work queued).
+const STARVATION_CHECK: Duration = Duration::from_millis(100);
+
+/// Memory held by a node's objects.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryUsage {
+    /// Live objects (pending, ready, or kept as lineage) the owner tracks.
+    pub objects: u64,
+    /// Bytes of small values held inline by the owner.
+    pub inline_bytes: u64,
+    /// Objects in the object store.
+    pub store_objects: u64,
+    /// Bytes in the object store.
+    pub store_bytes: u64,
+    /// The object store's capacity in bytes.
+    pub store_capacity: u64,
+    /// Bytes of task specs kept as lineage, to rebuild lost objects.
+    pub lineage_bytes: u64,
+}
+
+/// Where a task whose arguments are ready goes to run (the run queue).
+pub trait Dispatch: Send + Sync {
+    /// Queues the task that makes `task` (its job is in the slot).
+    fn dispatch(&self, task: Arc<Slot>);
+}
+
+struct Shard {
+    index: Mutex<IdMap<ObjectId, Weak<Slot>>>,
+    inline_bytes: AtomicU64,
+}
+
+/// The object table of one node.
+pub struct OwnerTable {
+    node: NodeId,
+    shards: Box<[Shard]>,
+    next_seq: AtomicU64,
+    store: Arc<ObjectStore>,
+    inline_threshold: usize,
+    dispatch: Arc<dyn Dispatch>,
+    closed: AtomicBool,
+    faults: Arc<FaultInjector>,
+    max_lineage_bytes: u64,
+    lineage_bytes: AtomicU64,
+    cancels_seen: AtomicBool,
+}
+
+impl OwnerTable {
+    /// An empty table of `node`'s objects.
+    pub fn new(
+        node: NodeId,
+        store: Arc<ObjectStore>,
+        dispatch: Arc<dyn Dispatch>,
+        inline_threshold: usize,
+        faults: Arc<FaultInjector>,
+        max_lineage_bytes: u64,
+    ) -> Arc<Self> {
+        let shards = (0..SHARDS)
+            .map(|_| Shard {
+                index: Mutex::new(IdMap::default()),
+                inline_bytes: AtomicU64::new(0),
+            })
+            .collect();
+        Arc::new(OwnerTable {
+            node,
+            shards,
+            next_seq: AtomicU64::new(1),
+            store,
+            inline_threshold,
+            dispatch,
+            closed: AtomicBool::new(false),
+            faults,
+            max_lineage_bytes,
+            lineage_bytes: AtomicU64::new(0),
+            cancels_seen: AtomicBool::new(false),
+        })
+    }
+
+    /// The node whose objects these are.
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    fn shard(&self, id: ObjectId) -> &Shard {
+        &self.shards[(id.seq as usize) % SHARDS]
+    }
+
+    /// Whether the node has shut down.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Whether any task or call was ever cancelled here (until then, workers
+    /// skip the check).
+    pub fn cancels_seen(&self) -> bool {
+        self.cancels_seen.load(Ordering::Acquire)
+    }
+
+    /// Notes that cancels happen here from now on.
+    pub fn note_cancel(&self) {
+        self.cancels_seen.store(true, Ordering::Release);
+    }
+
+    /// Registers a pending object (a task's or a call's return).
+    pub fn new_pending(self: &Arc<Self>) -> Arc<Slot> {
+        let id = ObjectId {
+            node: self.node,
+            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
+        };
+        let slot = Arc::new(Slot::new(id, self.clone()));
+        self.shard(id)
+            .index
+            .lock()
+            .insert(id, Arc::downgrade(&slot));
+        // SeqCst pairs with `fail_all`'s store: either it sees this slot in the
+        // index, or we see the table closed.
+        if self.closed.load(Ordering::SeqCst) {
+            slot.complete(Err(Error::ShutDown));
+        }
+        slot
+    }
+
+    /// Stores a value put by the caller. Fails when the object store is full.
+    pub fn put(self: &Arc<Self>, value: Value) -> Result<Arc<Slot>, Error> {
+        let slot = self.new_pending();
+        slot.complete(Ok(value));
+        match slot.try_get() {
+            Some(Err(e)) => Err(e),
+            _ => Ok(slot),
+        }
+    }
+
+    /// The live slot of an object, if any reference to it remains.
+    pub fn lookup(&self, id: ObjectId) -> Option<Arc<Slot>> {
+        self.shard(id).index.lock().get(&id).and_then(Weak::upgrade)
+    }
+
+    /// Fails every pending object with `error` (at shutdown). From the moment
+    /// this starts, every completion is `error` too, so no pending object ends
+    /// with another outcome because its shard was reached late.
+    pub fn fail_all(&self, error: Error) {
+        self.closed.store(true, Ordering::SeqCst);
+        for shard in self.shards.iter() {
+            let slots: Vec<Arc<Slot>> = shard
+                .index
+                .lock()
+                .values()
+                .filter_map(Weak::upgrade)
+                .collect();
+            for slot in slots {
+                slot.complete(Err(error.clone()));
+            }
+        }
+    }
+
+    /// The memory the node's objects hold now.
+    pub fn usage(&self) -> MemoryUsage {
+        let mut u = MemoryUsage::default();
+        for shard in self.shards.iter() {
+            u.objects += shard.index.lock().len() as u64;
+            u.inline_bytes += shard.inline_bytes.load(Ordering::Relaxed);
+        }
+        let (objects, bytes) = self.store.usage();
+        u.store_objects = objects;
+        u.store_bytes = bytes;
+        u.store_capacity = self.store.capacity();
+        u.lineage_bytes = self.lineage_bytes.load(Ordering::Relaxed);
+        u
+    }
+
+    /// Keeps `spec` as the lineage of `ret` (always, as Ray does, while `ret`
+    /// lives): only for a task that may run again (`max_retries` not 0) whose
+    /// inline arguments are small, and within `max_lineage_bytes`.
+    pub fn record_lineage(&self, ret: &Slot, spec: &TaskSpec, deps: &[LocalRef]) {
+        if spec.options.max_retries.is_none() {
+            return;
+        }
+        let inline: u64 = spec
+            .args
+            .iter()
+            .map(|a| match a {
+                Arg::Value(v) => v.size() as u64,
+                Arg::Ref(_) => 0,
+            })
+            .sum();
+        if inline > self.inline_threshold as u64 {
+            ret.inner.lock().lineage = Lineage::Unkept(
+                "its arguments were passed by value and are too large to keep; pass them as refs",
+            );
+            return;
+        }
+        let bytes = 64 + inline + 16 * deps.len() as u64;
+        let mut used = self.lineage_bytes.load(Ordering::Relaxed);
+        loop {
+            if used + bytes > self.max_lineage_bytes {
+                ret.inner.lock().lineage =
+                    Lineage::Unkept("its lineage was not kept: max_lineage_bytes was reached");
+                return;
+            }
+            match self.lineage_bytes.compare_exchange_weak(
+                used,
+                used + bytes,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(now) => used = now,
+            }
+        }
+        ret.inner.lock().lineage = Lineage::Kept(Box::new(Kept {
+            spec: spec.clone(),
+            deps: deps.iter().map(|d| d.slot().clone()).collect(),
+            bytes,
+            rebuilds: 0,
+        }));
+    }
+
+    /// Submits the task that makes `ret`: dispatched at once if its arguments are
+    /// ready, else when the last one is. `pins` hold its `Arg::Ref` arguments
+    /// until it has run.
+    pub fn submit_task(self: &Arc<Self>, ret: Arc<Slot>, spec: TaskSpec, pins: Vec<LocalRef>) {
+        if self.closed.load(Ordering::SeqCst) {
+            ret.complete(Err(Error::ShutDown));
+            return;
+        }
+        let job = TaskJob {
+            spec,
+            pins,
+            failures: Vec::new(),
+        };
+        if job.pins.is_empty() {
+            if ret.set_job(job) {
+                self.dispatch.dispatch(ret);
+            }
+            return;
+        }
+        let deps: Vec<Arc<Slot>> = job.pins.iter().map(|p| p.slot().clone()).collect();
+        let waiting = Arc::new(PendingTask {
+            remaining: AtomicUsize::new(deps.len() + 1),
+            job: Mutex::new(Some(job)),
+            ret,
+        });
+        for dep in &deps {
+            if let Some(done) = dep.add_dependent(&waiting) {
+                waiting.dependency_done(done.err());
+            }
+        }
+        waiting.dependency_done(None);
+    }
+
+    /// Runs a task again (a retry): its job goes back into its slot and queue.
+    pub fn resubmit(&self, ret: Arc<Slot>, job: TaskJob) {
+        if ret.set_job(job) {
+            self.dispatch.dispatch(ret);
+        }
+    }
+}
+
+/// A reference that holds an object's value (Ray's local reference): a
+/// driver's `ObjectRef`, a queued task's argument. When the last one goes the
+/// value is freed, even while the slot lives on as another object's lineage.
+pub struct LocalRef(Arc<Slot>);
+
+impl LocalRef {
+    /// A new holder of `slot`'s value.
+    pub fn new(slot: Arc<Slot>) -> LocalRef {
+        // Relaxed, as Arc's own increment: a new holder is made from one that
+        // exists (or from a fresh slot), so the count cannot be racing to zero.
+        slot.local_refs.fetch_add(1, Ordering::Relaxed);
+        LocalRef(slot)
+    }
+
+    /// The slot.
+    pub fn slot(&self) -> &Arc<Slot> {
+        &self.0
+    }
+}
+
+impl Clone for LocalRef {
+    fn clone(&self) -> Self {
+        LocalRef::new(self.0.clone())
+    }
+}
+
+impl std::ops::Deref for LocalRef {
+    type Target = Slot;
+    fn deref(&self) -> &Slot {
+        &self.0
+    }
+}
+
+impl Drop for LocalRef {
+    fn drop(&mut self) {
+        // AcqRel, as Arc's decrement: the last holder sees every other holder's
+        // use. When nobody else holds the slot, dropping it frees everything.
+        if self.0.local_refs.fetch_sub(1, Ordering::AcqRel) == 1 && Arc::strong_count(&self.0) > 1 {
+            self.0.out_of_scope();
+        }
+    }
+}
+
+/// A task with its argument objects pinned.
+pub struct TaskJob {
+    /// The task.
+    pub spec: TaskSpec,
+    /// Holders of its `Arg::Ref`s' values, until it has run.
+    pub pins: Vec<LocalRef>,
+    /// Why each earlier attempt failed.
+    pub failures: Vec<String>,
+}
+
+impl TaskJob {
+    /// The argument values, in order; an argument that failed fails the task.
+    /// Inline values are taken out unless the task may run again, in which case
+    /// they are shared (a pointer copy).
+    pub fn resolve_args(&mut self, keep: bool) -> Result<Vec<Value>, Error> {
+        let args: Vec<Arg> = if keep {
+            self.spec.args.clone()
+        } else {
+            std::mem::take(&mut self.spec.args)
+        };
+        args.into_iter()
+            .map(|arg| match arg {
+                Arg::Value(v) => Ok(v),
+                Arg::Ref(id) => {
+                    let pin = self
+                        .pins
+                        .iter()
+                        .find(|p| p.id == id)
+                        .ok_or_else(|| Error::ObjectLost { id: id.to_string() })?;
+                    match pin.try_get() {
+                        Some(Ok(v)) => Ok(v),
+                        Some(Err(e)) => Err(Error::DependencyFailed {
+                            task: self.spec.display_name().to_string(),
+                            cause: Box::new(e),
+                        }),
+                        None => Err(Error::ObjectLost { id: id.to_string() }),
+                    }
+                }
+            })
+            .collect()
+    }
+}
+
+/// A task waiting for its arguments.
+struct PendingTask {
+    remaining: AtomicUsize,
+    job: Mutex<Option<TaskJob>>,
+    ret: Arc<Slot>,
+}
+
+impl PendingTask {
+    /// One argument is done; `failed` carries its error if it failed.
+    fn dependency_done(&self, failed: Option<Error>) {
+        if let Some(cause) = failed {
+            if let Some(job) = self.job.lock().take() {
+                let err = Error::DependencyFailed {
+                    task: job.spec.display_name().to_string(),
+                    cause: Box::new(cause),
+                };
+                drop(job);
+                self.ret.complete(Err(err));
+            }
+            return;
+        }
+        // AcqRel: the last argument's completion sees every earlier one's.
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if let Some(job) = self.job.lock().take() {
+                self.ret.table.resubmit(self.ret.clone(), job);
+            }
+        }
+    }
+}
+
+thread_local! {
+    static CURRENT_TABLE: RefCell<Weak<OwnerTable>> = const { RefCell::new(Weak::new()) };
+}
+
+/// Marks this thread as one of the node owning `table` (its workers and actor
+/// threads), so errors read here are seen as that node sees them.
+pub fn set_current_table(table: &Arc<OwnerTable>) {
+    CURRENT_TABLE.with(|t| *t.borrow_mut() = Arc::downgrade(table));
+}
+
+/// The table of the node whose thread this is, if any.
+pub fn current_table() -> Option<Arc<OwnerTable>> {
+    CURRENT_TABLE.with(|t| t.borrow().upgrade())
+}

@@ -1,0 +1,412 @@
+//! One object's slot: its state machine (pending, ready, failed, lost), its
+//! waiters and dependents, its lineage, and the queued task that makes it.
+
+use super::*;
+
+pub(super) enum State {
+    Pending,
+    Ready(Value),
+    Failed(Error),
+    /// The value was lost (or freed while the slot lives as lineage); the next
+    /// reader rebuilds it from its lineage, or fails.
+    Lost,
+}
+
+/// How an object can be rebuilt.
+pub(super) enum Lineage {
+    /// A `put` object or a call's reply: it cannot be rebuilt.
+    None,
+    /// A task's result whose lineage was not kept, and why.
+    Unkept(&'static str),
+    /// The task that made it (boxed: most objects carry none).
+    Kept(Box<Kept>),
+}
+
+/// A task kept to rebuild its result: its spec, with its arguments' slots
+/// (their lineage, not their values).
+pub(super) struct Kept {
+    pub(super) spec: TaskSpec,
+    pub(super) deps: Vec<Arc<Slot>>,
+    pub(super) bytes: u64,
+    pub(super) rebuilds: u64,
+}
+
+#[derive(Clone, Copy)]
+pub(super) enum Held {
+    Nothing,
+    Inline(u64),
+    Stored(u64),
+}
+
+pub(super) struct Inner {
+    pub(super) state: State,
+    pub(super) held: Held,
+    pub(super) waiters: Vec<(u64, Waker)>,
+    pub(super) next_token: u64,
+    pub(super) dependents: Vec<Arc<PendingTask>>,
+    pub(super) children: Vec<Weak<Slot>>,
+    pub(super) lineage: Lineage,
+    /// The task that makes this object, while it is queued and not started.
+    pub(super) job: Option<TaskJob>,
+    /// The actor whose call makes this object, for a cancel to reach it.
+    pub(super) actor: Option<ActorId>,
+}
+
+/// What a cancel found: the tasks to cancel too, and the actor running the call.
+pub struct Cancelled {
+    /// Tasks the cancelled task submitted.
+    pub children: Vec<Arc<Slot>>,
+    /// The actor, if the object is an actor call's reply.
+    pub actor: Option<ActorId>,
+}
+
+/// One object: pending, ready, failed or lost, with whoever waits for it.
+pub struct Slot {
+    pub(super) id: ObjectId,
+    pub(super) status: AtomicU8,
+    pub(super) cancelled: AtomicBool,
+    pub(super) local_refs: AtomicUsize,
+    pub(super) inner: Mutex<Inner>,
+    pub(super) table: Arc<OwnerTable>,
+}
+
+impl Slot {
+    pub(super) fn new(id: ObjectId, table: Arc<OwnerTable>) -> Slot {
+        Slot {
+            id,
+            status: AtomicU8::new(PENDING),
+            cancelled: AtomicBool::new(false),
+            local_refs: AtomicUsize::new(0),
+            inner: Mutex::new(Inner {
+                state: State::Pending,
+                held: Held::Nothing,
+                waiters: Vec::new(),
+                next_token: 0,
+                dependents: Vec::new(),
+                children: Vec::new(),
+                lineage: Lineage::None,
+                job: None,
+                actor: None,
+            }),
+            table,
+        }
+    }
+
+    /// The object's id.
+    pub fn id(&self) -> ObjectId {
+        self.id
+    }
+
+    /// The table that owns it.
+    pub fn table(&self) -> &Arc<OwnerTable> {
+        &self.table
+    }
+
+    /// Whether the task or call that makes this object was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
+
+    /// Marks the task cancelled and fails the object with `error`; a queued task
+    /// is dropped with its arguments. `None` if the object was already done: a
+    /// finished task cannot be cancelled.
+    pub fn cancel(&self, error: Error) -> Option<Cancelled> {
+        if self.is_done() {
+            return None;
+        }
+        self.table.note_cancel();
+        // Release pairs with the Acquire in `is_cancelled`: whoever sees the flag
+        // sees the cancel as done from here on.
+        self.cancelled.store(true, Ordering::Release);
+        let (children, actor, job) = {
+            let mut inner = self.inner.lock();
+            (
+                std::mem::take(&mut inner.children),
+                inner.actor,
+                inner.job.take(),
+            )
+        };
+        drop(job);
+        self.complete(Err(error));
+        Some(Cancelled {
+            children: children.iter().filter_map(Weak::upgrade).collect(),
+            actor,
+        })
+    }
+
+    /// Records a task submitted by the task that makes this object.
+    pub fn add_child(&self, child: &Arc<Slot>) {
+        let mut inner = self.inner.lock();
+        if matches!(inner.state, State::Pending) {
+            inner.children.retain(|c| c.strong_count() > 0);
+            inner.children.push(Arc::downgrade(child));
+        }
+    }
+
+    /// Records that an actor call makes this object.
+    pub fn set_actor(&self, actor: ActorId) {
+        self.inner.lock().actor = Some(actor);
+    }
+
+    /// Puts the task that makes this object in it, ready to run; false (and
+    /// the job dropped) if the object is already done, e.g. cancelled.
+    pub(super) fn set_job(&self, job: TaskJob) -> bool {
+        let mut inner = self.inner.lock();
+        if matches!(inner.state, State::Ready(_) | State::Failed(_)) {
+            drop(inner);
+            drop(job);
+            return false;
+        }
+        inner.job = Some(job);
+        true
+    }
+
+    /// Takes the queued task that makes this object, to run it. `None` if it
+    /// was taken already (by a worker, or by a getter running it inline).
+    pub fn take_job(&self) -> Option<TaskJob> {
+        self.inner.lock().job.take()
+    }
+
+    /// Sets the outcome and wakes every waiter; a second outcome is ignored.
+    /// Once the node is shutting down every outcome is `ShutDown`.
+    pub fn complete(&self, result: Result<Value, Error>) {
+        if self.status.load(Ordering::Acquire) == DONE {
+            return;
+        }
+        let result = if self.table.is_closed() {
+            Err(Error::ShutDown)
+        } else {
+            result
+        };
+        let (result, held) = match result {
+            Ok(v) => match self.account(&v) {
+                Ok(held) => (Ok(v), held),
+                Err(e) => (Err(e), Held::Nothing),
+            },
+            Err(e) => (Err(e), Held::Nothing),
+        };
+        let mut inner = self.inner.lock();
+        if !matches!(inner.state, State::Pending | State::Lost) {
+            drop(inner);
+            self.release(held);
+            return;
+        }
+        if matches!(held, Held::Stored(_)) && self.table.faults.fires(Chance::DropObject) {
+            // Injected fault: the stored value is lost as soon as it lands.
+            inner.state = State::Lost;
+            self.status.store(LOST, Ordering::Release);
+            let someone_waits = !inner.waiters.is_empty() || !inner.dependents.is_empty();
+            drop(inner);
+            self.release(held);
+            if someone_waits {
+                self.recover();
+            }
+            return;
+        }
+        inner.state = match &result {
+            Ok(v) => State::Ready(v.clone()),
+            Err(e) => State::Failed(e.clone()),
+        };
+        inner.held = held;
+        let job = inner.job.take();
+        // Release pairs with the Acquire loads of `status`: a reader that sees
+        // DONE finds the state above under the lock.
+        self.status.store(DONE, Ordering::Release);
+        let waiters = std::mem::take(&mut inner.waiters);
+        let dependents = std::mem::take(&mut inner.dependents);
+        drop(inner);
+        drop(job);
+        for (_, w) in waiters {
+            w.wake();
+        }
+        for d in dependents {
+            d.dependency_done(
+                result
+                    .as_ref()
+                    .err()
+                    .map(|e| self.as_seen_by(e, &d.ret.table)),
+            );
+        }
+    }
+
+    pub(super) fn account(&self, v: &Value) -> Result<Held, Error> {
+        let size = v.size() as u64;
+        if size as usize > self.table.inline_threshold {
+            self.table.store.admit(size)?;
+            Ok(Held::Stored(size))
+        } else {
+            self.table
+                .shard(self.id)
+                .inline_bytes
+                .fetch_add(size, Ordering::Relaxed);
+            Ok(Held::Inline(size))
+        }
+    }
+
+    pub(super) fn release(&self, held: Held) {
+        match held {
+            Held::Nothing => {}
+            Held::Inline(n) => {
+                self.table
+                    .shard(self.id)
+                    .inline_bytes
+                    .fetch_sub(n, Ordering::Relaxed);
+            }
+            Held::Stored(n) => self.table.store.release(n),
+        }
+    }
+
+    /// The last holder of the value went while the slot lives on as another
+    /// object's lineage: free the value (Ray frees an object out of scope; one
+    /// with lineage is rebuilt if it is needed again, a `put` cannot be).
+    pub(super) fn out_of_scope(&self) {
+        let mut inner = self.inner.lock();
+        if self.local_refs.load(Ordering::Acquire) != 0 || !matches!(inner.state, State::Ready(_)) {
+            return;
+        }
+        inner.state = State::Lost;
+        let held = std::mem::replace(&mut inner.held, Held::Nothing);
+        self.status.store(LOST, Ordering::Release);
+        drop(inner);
+        self.release(held);
+    }
+
+    /// Rebuilds a lost object by running the task that made it again (its
+    /// lost arguments are rebuilt the same way when that task waits for them),
+    /// within the task's `max_retries`; an object that cannot be rebuilt fails
+    /// with `ObjectLost` (a `put`) or `ObjectReconstructionFailed`.
+    pub fn recover(&self) {
+        if self.status.load(Ordering::Acquire) != LOST {
+            return;
+        }
+        let mut inner = self.inner.lock();
+        if !matches!(inner.state, State::Lost) {
+            return;
+        }
+        let id = self.id.to_string();
+        let rebuild = match &mut inner.lineage {
+            Lineage::Kept(kept) if kept.spec.options.max_retries.allows(kept.rebuilds + 1) => {
+                kept.rebuilds += 1;
+                Ok((kept.spec.clone(), kept.deps.clone()))
+            }
+            Lineage::Kept(kept) => Err(Error::ObjectReconstructionFailed {
+                id,
+                cause: format!(
+                    "task `{}` was already run again max_retries ({}) times",
+                    kept.spec.display_name(),
+                    kept.spec.options.max_retries
+                ),
+            }),
+            Lineage::None => Err(Error::ObjectLost { id }),
+            Lineage::Unkept(why) => Err(Error::ObjectReconstructionFailed {
+                id,
+                cause: why.to_string(),
+            }),
+        };
+        inner.state = State::Pending;
+        self.status.store(PENDING, Ordering::Release);
+        drop(inner);
+        match rebuild {
+            Ok((spec, deps)) => {
+                let Some(me) = self.table.lookup(self.id) else {
+                    return;
+                };
+                tracing::debug!(
+                    "rayx: rebuilding lost {} by running {} again",
+                    self.id,
+                    spec.display_name()
+                );
+                let pins = deps.into_iter().map(LocalRef::new).collect();
+                self.table.submit_task(me, spec, pins);
+            }
+            Err(error) => self.complete(Err(error)),
+        }
+    }
+
+    /// Injected fault: drops a ready value as if the node holding it died.
+    /// Returns false if there was no value to lose.
+    pub fn lose(&self) -> bool {
+        let mut inner = self.inner.lock();
+        if !matches!(inner.state, State::Ready(_)) {
+            return false;
+        }
+        inner.state = State::Lost;
+        let held = std::mem::replace(&mut inner.held, Held::Nothing);
+        self.status.store(LOST, Ordering::Release);
+        drop(inner);
+        self.release(held);
+        true
+    }
+
+    /// The outcome, if there is one yet.
+    pub fn try_get(&self) -> Option<Result<Value, Error>> {
+        if self.status.load(Ordering::Acquire) != DONE {
+            return None;
+        }
+        match &self.inner.lock().state {
+            State::Pending | State::Lost => None,
+            State::Ready(v) => Some(Ok(v.clone())),
+            State::Failed(e) => Some(Err(self.as_seen_here(e))),
+        }
+    }
+
+    /// An error as a reader owned by `table` sees it: this object's runtime
+    /// shutting down is, to another runtime, its owner dying.
+    pub(super) fn as_seen_by(&self, e: &Error, table: &Arc<OwnerTable>) -> Error {
+        match e {
+            Error::ShutDown if !Arc::ptr_eq(&self.table, table) => Error::OwnerDied {
+                id: self.id.to_string(),
+            },
+            e => e.clone(),
+        }
+    }
+
+    /// An error as the runtime of the calling thread sees it.
+    pub(super) fn as_seen_here(&self, e: &Error) -> Error {
+        match (e, current_table()) {
+            (Error::ShutDown, Some(table)) => self.as_seen_by(e, &table),
+            (e, _) => e.clone(),
+        }
+    }
+
+    /// Whether the outcome is known.
+    pub fn is_done(&self) -> bool {
+        self.status.load(Ordering::Acquire) == DONE
+    }
+
+    /// Adds a task waiting on this object; returns the outcome instead if known.
+    pub(super) fn add_dependent(&self, task: &Arc<PendingTask>) -> Option<Result<(), Error>> {
+        let mut inner = self.inner.lock();
+        match &inner.state {
+            State::Pending => {
+                inner.dependents.push(task.clone());
+                None
+            }
+            State::Lost => {
+                // A task needs it: rebuild it, and run the task after.
+                inner.dependents.push(task.clone());
+                drop(inner);
+                self.recover();
+                None
+            }
+            State::Ready(_) => Some(Ok(())),
+            State::Failed(e) => Some(Err(self.as_seen_by(e, &task.ret.table))),
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Lineage::Kept(kept) = &self.inner.get_mut().lineage {
+            self.table
+                .lineage_bytes
+                .fetch_sub(kept.bytes, Ordering::Relaxed);
+        }
+        let held = self.inner.get_mut().held;
+        self.release(held);
+        let mut index = self.table.shard(self.id).index.lock();
+        if index.get(&self.id).is_some_and(|w| w.strong_count() == 0) {
+            index.remove(&self.id);
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! Waiting for objects: `get` (blocking, with a worker running a task it waits
+//! for itself), `poll` (async), and `wait` on many.
+
+use super::*;
+
+/// What a worker thread does when it waits for an object, installed per thread
+/// with [`install_wait_hooks`]. Other threads just park.
+pub trait WaitHooks {
+    /// The node whose worker this is: only its own tasks run here inline.
+    fn node(&self) -> NodeId;
+    /// Runs the task that makes `slot` on this thread, instead of waiting for
+    /// another worker to start it: recursion needs threads in proportion to its
+    /// depth, not its width.
+    fn run_inline(&self, slot: Arc<Slot>, job: TaskJob);
+    /// This worker starts waiting: the pool may start another.
+    fn block_begin(&self);
+    /// This worker stops waiting.
+    fn block_end(&self);
+    /// `Some(max_workers)` if no thread can run queued work any more: every
+    /// worker the pool may have is blocked and work is queued.
+    fn starved(&self) -> Option<usize>;
+}
+
+thread_local! {
+    static HOOKS: RefCell<Option<Rc<dyn WaitHooks>>> = const { RefCell::new(None) };
+}
+
+/// Installs this thread's [`WaitHooks`] (a worker does, when it starts).
+pub fn install_wait_hooks(hooks: Rc<dyn WaitHooks>) {
+    HOOKS.with(|h| *h.borrow_mut() = Some(hooks));
+}
+
+pub(super) fn wait_hooks() -> Option<Rc<dyn WaitHooks>> {
+    HOOKS.with(|h| h.borrow().clone())
+}
+
+/// A stretch in which a worker waits for an object and does not count as
+/// running, so the pool may start another (Ray releases a blocked worker's CPU).
+pub(super) struct Blocked<'a>(Option<&'a Rc<dyn WaitHooks>>, bool);
+
+impl<'a> Blocked<'a> {
+    pub(super) fn new(hooks: Option<&'a Rc<dyn WaitHooks>>) -> Self {
+        Blocked(hooks, false)
+    }
+    pub(super) fn set(&mut self, blocked: bool) {
+        if let Some(h) = self.0 {
+            if blocked != self.1 {
+                if blocked {
+                    h.block_begin()
+                } else {
+                    h.block_end()
+                }
+            }
+        }
+        self.1 = blocked;
+    }
+}
+
+impl Drop for Blocked<'_> {
+    fn drop(&mut self) {
+        self.set(false);
+    }
+}
+
+/// Blocks on several slots until `num_ready` are done or the deadline passes;
+/// returns the positions of the first `num_ready` done slots, in input order
+/// (fewer if the deadline passed first). Slots past the last one counted are
+/// not looked at. On a worker, tasks nobody has started are run here first.
+pub fn wait_slots(slots: &[&Arc<Slot>], num_ready: usize, timeout: Option<Duration>) -> Vec<usize> {
+    let first_done = |slots: &[&Arc<Slot>]| -> Vec<usize> {
+        let mut done = Vec::with_capacity(num_ready);
+        for (i, s) in slots.iter().enumerate() {
+            if done.len() == num_ready {
+                break;
+            }
+            if s.is_done() {
+                done.push(i);
+            }
+        }
+        done
+    };
+    let done = first_done(slots);
+    if done.len() >= num_ready || timeout == Some(Duration::ZERO) {
+        return done;
+    }
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+    let hooks = wait_hooks();
+    for s in slots {
+        if first_done(slots).len() >= num_ready {
+            break;
+        }
+        s.run_here(hooks.as_ref());
+    }
+    let mut blocked = Blocked::new(hooks.as_ref());
+    blocked.set(true);
+    let waker = thread_waker();
+    let tokens: Vec<Option<u64>> = slots.iter().map(|s| s.register(&waker)).collect();
+    for s in slots {
+        s.recover();
+    }
+    let mut done = first_done(slots);
+    while done.len() < num_ready {
+        let now = Instant::now();
+        match deadline {
+            Some(d) if now >= d => break,
+            Some(d) => std::thread::park_timeout(d - now),
+            None => std::thread::park(),
+        }
+        done = first_done(slots);
+    }
+    for (slot, token) in slots.iter().zip(tokens) {
+        if let Some(t) = token {
+            slot.deregister(t);
+        }
+    }
+    done
+}
+
+pub(super) struct ThreadWaker(std::thread::Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+pub(super) fn thread_waker() -> Waker {
+    Waker::from(Arc::new(ThreadWaker(std::thread::current())))
+}
+
+impl Slot {
+    /// On a worker: runs the task that makes this object here if nobody has
+    /// started it. True if it did.
+    pub(super) fn run_here(self: &Arc<Self>, hooks: Option<&Rc<dyn WaitHooks>>) -> bool {
+        let Some(hooks) = hooks.filter(|h| h.node() == self.table.node) else {
+            return false;
+        };
+        match self.take_job() {
+            Some(job) => {
+                hooks.run_inline(self.clone(), job);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Blocks until the outcome is known or `timeout` passes (a timeout too
+    /// long to add to now is none). On a worker thread, a task nobody has
+    /// started is run right here; otherwise the worker counts as blocked, so
+    /// the pool can start another.
+    pub fn wait(self: &Arc<Self>, timeout: Option<Duration>) -> Result<Value, Error> {
+        if let Some(r) = self.try_get() {
+            return r;
+        }
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let hooks = wait_hooks();
+        self.recover();
+        if self.run_here(hooks.as_ref()) {
+            if let Some(r) = self.try_get() {
+                return r;
+            }
+        }
+        for _ in 0..SPINS {
+            if self.is_done() {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        if let Some(r) = self.try_get() {
+            return r;
+        }
+        let mut blocked = Blocked::new(hooks.as_ref());
+        blocked.set(true);
+        let waker = thread_waker();
+        let token = self.register(&waker);
+        let mut starved_checks = 0;
+        let outcome = loop {
+            if let Some(r) = self.try_get() {
+                break r;
+            }
+            self.recover();
+            if hooks.is_some() && self.inner.lock().job.is_some() {
+                // Queued again (a retry, a rebuild): run it here.
+                blocked.set(false);
+                self.run_here(hooks.as_ref());
+                blocked.set(true);
+                continue;
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                break Err(Error::GetTimeout {
+                    timeout: timeout.unwrap_or_default(),
+                });
+            }
+            match (&hooks, deadline) {
+                (Some(h), _) => {
+                    match h.starved() {
+                        Some(max_workers) => {
+                            starved_checks += 1;
+                            if starved_checks >= 3 {
+                                break Err(Error::WorkerLimitReached { max_workers });
+                            }
+                        }
+                        None => starved_checks = 0,
+                    }
+                    let nap =
+                        deadline.map_or(STARVATION_CHECK, |d| (d - now).min(STARVATION_CHECK));
+                    std::thread::park_timeout(nap);
+                }
+                (None, Some(d)) => std::thread::park_timeout(d - now),
+                (None, None) => std::thread::park(),
+            }
+        };
+        if let Some(t) = token {
+            self.deregister(t);
+        }
+        outcome
+    }
+
+    /// Registers `waker`; `None` when the outcome is already known.
+    pub fn register(&self, waker: &Waker) -> Option<u64> {
+        let mut inner = self.inner.lock();
+        if !matches!(inner.state, State::Pending | State::Lost) {
+            return None;
+        }
+        inner.next_token += 1;
+        let token = inner.next_token;
+        inner.waiters.push((token, waker.clone()));
+        Some(token)
+    }
+
+    /// Removes a waker registered under `token` (a timeout or a dropped future).
+    pub fn deregister(&self, token: u64) {
+        self.inner.lock().waiters.retain(|(t, _)| *t != token);
+    }
+
+    /// Polls for the outcome, keeping at most one waker per `token`.
+    pub fn poll(
+        &self,
+        cx: &mut TaskContext<'_>,
+        token: &mut Option<u64>,
+    ) -> Poll<Result<Value, Error>> {
+        if let Some(r) = self.try_get() {
+            return Poll::Ready(r);
+        }
+        let mut inner = self.inner.lock();
+        let lost = match &inner.state {
+            State::Ready(v) => return Poll::Ready(Ok(v.clone())),
+            State::Failed(e) => return Poll::Ready(Err(self.as_seen_here(e))),
+            State::Pending => false,
+            State::Lost => true,
+        };
+        match token {
+            Some(t) => {
+                if let Some((_, w)) = inner.waiters.iter_mut().find(|(k, _)| k == t) {
+                    if !w.will_wake(cx.waker()) {
+                        *w = cx.waker().clone();
+                    }
+                }
+            }
+            None => {
+                inner.next_token += 1;
+                let t = inner.next_token;
+                inner.waiters.push((t, cx.waker().clone()));
+                *token = Some(t);
+            }
+        }
+        drop(inner);
+        if lost {
+            self.recover();
+        }
+        Poll::Pending
+    }
+}
