@@ -2,7 +2,7 @@
 
 use crate::{Data, Result};
 use rayx_actors::ids::ObjectId;
-use rayx_actors::object_table::{LocalRef, Slot};
+use rayx_actors::object_table::Slot;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
@@ -28,16 +28,13 @@ use std::time::Duration;
 /// # Ok::<(), rayx::Error>(())
 /// ```
 pub struct ObjectRef<T> {
-    local: LocalRef,
+    slot: Arc<Slot>,
     _type: PhantomData<fn() -> T>,
 }
 
 impl<T> Clone for ObjectRef<T> {
     fn clone(&self) -> Self {
-        ObjectRef {
-            local: self.local.clone(),
-            _type: PhantomData,
-        }
+        ObjectRef::from_slot(self.slot.clone())
     }
 }
 
@@ -47,48 +44,44 @@ impl<T> std::fmt::Debug for ObjectRef<T> {
             f,
             "ObjectRef<{}>({})",
             std::any::type_name::<T>(),
-            self.local.id()
+            self.slot.id()
         )
     }
 }
 
 impl<T> PartialEq for ObjectRef<T> {
     fn eq(&self, other: &Self) -> bool {
-        self.local.id() == other.local.id()
+        self.slot.id() == other.slot.id()
     }
 }
 impl<T> Eq for ObjectRef<T> {}
 
 impl<T> std::hash::Hash for ObjectRef<T> {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.local.id().hash(state)
+        self.slot.id().hash(state)
     }
 }
 
 impl<T> ObjectRef<T> {
     pub(crate) fn from_slot(slot: Arc<Slot>) -> Self {
         ObjectRef {
-            local: LocalRef::new(slot),
+            slot,
             _type: PhantomData,
         }
     }
 
     pub(crate) fn slot(&self) -> &Arc<Slot> {
-        self.local.slot()
-    }
-
-    pub(crate) fn local(&self) -> &LocalRef {
-        &self.local
+        &self.slot
     }
 
     /// The object's id.
     pub fn id(&self) -> ObjectId {
-        self.local.id()
+        self.slot.id()
     }
 
     /// Whether the value (or its error) is there, without blocking.
     pub fn is_ready(&self) -> bool {
-        self.local.is_done()
+        self.slot.is_done()
     }
 }
 
@@ -187,7 +180,7 @@ impl<T: Data + Clone> IntoFuture for &ObjectRef<T> {
 
 impl<T> Serialize for ObjectRef<T> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        self.local.id().serialize(s)
+        self.slot.id().serialize(s)
     }
 }
 

@@ -6,7 +6,7 @@ use crate::runtime::Runtime;
 use crate::{Data, Error, Result};
 use rayx_actors::functions::{FunctionTable, Invoke};
 use rayx_actors::messages::{Arg, Retries, RetryExceptions, TaskOptions, TaskSpec};
-use rayx_actors::object_table::LocalRef;
+use rayx_actors::object_table::Slot;
 use rayx_actors::value::Value;
 use std::borrow::Cow;
 use std::marker::PhantomData;
@@ -195,25 +195,25 @@ remote_fn!(8; A0, A1, A2, A3, A4, A5, A6, A7);
 /// `ObjectRef<A>` (resolved to its value before the task runs, as in Ray).
 pub trait IntoArg<A> {
     /// The engine argument; a ref's slot is pinned until the task has run.
-    fn into_arg(self, pins: &mut Vec<LocalRef>) -> Arg;
+    fn into_arg(self, pins: &mut Vec<Arc<Slot>>) -> Arg;
 }
 
 impl<A: Data> IntoArg<A> for A {
-    fn into_arg(self, _: &mut Vec<LocalRef>) -> Arg {
+    fn into_arg(self, _: &mut Vec<Arc<Slot>>) -> Arg {
         Arg::Value(Value::new(self))
     }
 }
 
 impl<A: Data> IntoArg<A> for ObjectRef<A> {
-    fn into_arg(self, pins: &mut Vec<LocalRef>) -> Arg {
+    fn into_arg(self, pins: &mut Vec<Arc<Slot>>) -> Arg {
         let id = self.id();
-        pins.push(self.local().clone());
+        pins.push(self.slot().clone());
         Arg::Ref(id)
     }
 }
 
 impl<A: Data> IntoArg<A> for &ObjectRef<A> {
-    fn into_arg(self, pins: &mut Vec<LocalRef>) -> Arg {
+    fn into_arg(self, pins: &mut Vec<Arc<Slot>>) -> Arg {
         <ObjectRef<A> as IntoArg<A>>::into_arg(self.clone(), pins)
     }
 }
@@ -221,17 +221,17 @@ impl<A: Data> IntoArg<A> for &ObjectRef<A> {
 /// The arguments of a call: `()`, one argument, or a tuple of them.
 pub trait IntoArgs<Args> {
     /// The engine arguments, in order.
-    fn into_args(self, pins: &mut Vec<LocalRef>) -> Vec<Arg>;
+    fn into_args(self, pins: &mut Vec<Arc<Slot>>) -> Vec<Arg>;
 }
 
 impl IntoArgs<()> for () {
-    fn into_args(self, _: &mut Vec<LocalRef>) -> Vec<Arg> {
+    fn into_args(self, _: &mut Vec<Arc<Slot>>) -> Vec<Arg> {
         Vec::new()
     }
 }
 
 impl<A0, X0: IntoArg<A0>> IntoArgs<(A0,)> for X0 {
-    fn into_args(self, pins: &mut Vec<LocalRef>) -> Vec<Arg> {
+    fn into_args(self, pins: &mut Vec<Arc<Slot>>) -> Vec<Arg> {
         vec![self.into_arg(pins)]
     }
 }
@@ -239,7 +239,7 @@ impl<A0, X0: IntoArg<A0>> IntoArgs<(A0,)> for X0 {
 macro_rules! into_args {
     ($(($a:ident, $x:ident, $i:tt)),*) => {
         impl<$($a, $x: IntoArg<$a>),*> IntoArgs<($($a,)*)> for ($($x,)*) {
-            fn into_args(self, pins: &mut Vec<LocalRef>) -> Vec<Arg> {
+            fn into_args(self, pins: &mut Vec<Arc<Slot>>) -> Vec<Arg> {
                 vec![$(self.$i.into_arg(pins)),*]
             }
         }

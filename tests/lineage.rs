@@ -128,3 +128,59 @@ fn rebuilding_stays_within_max_retries_and_the_lineage_budget() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+/// Lineage is kept on a plain runtime (no fault configured), and an argument
+/// nobody else holds is freed while its lineage lives on: a lost result is
+/// rebuilt by rebuilding that argument first (Ray's lineage pinning).
+#[test]
+fn lineage_is_kept_by_default_and_keeps_arguments_lineage_not_their_values() {
+    let rt = rayx::Builder::new()
+        .num_workers(2)
+        .inline_threshold(1024)
+        .start()
+        .unwrap();
+    let (ka, kh) = (key(), key());
+    let arg = rt.task(big).remote((ka, 3));
+    let head = rt.task(sum_of).remote((kh, &arg));
+    assert_eq!(head.get().unwrap(), 3 * 4096);
+    assert!(
+        rt.memory().lineage_bytes > 0,
+        "kept without a fault configured"
+    );
+    assert_eq!(
+        rt.memory().store_bytes,
+        4096,
+        "the argument is in the store"
+    );
+    drop(arg);
+    assert_eq!(
+        rt.memory().store_bytes,
+        0,
+        "the argument's value is freed with its last ref"
+    );
+    assert!(rt.lose_object(&head));
+    assert_eq!(head.get().unwrap(), 3 * 4096, "rebuilt");
+    assert_eq!(ATTEMPTS.lock()[&ka], 2, "the argument was rebuilt first");
+    assert_eq!(ATTEMPTS.lock()[&kh], 2);
+    drop(head);
+    assert!(eventually(LONG, || rt.memory().objects == 0
+        && rt.memory().lineage_bytes == 0
+        && rt.memory().store_bytes == 0));
+}
+
+/// A task that may not be retried keeps no lineage: a lost result of it
+/// cannot be rebuilt, and says why.
+#[test]
+fn a_task_with_max_retries_zero_keeps_no_lineage() {
+    let rt = rayx::Builder::new().num_workers(2).start().unwrap();
+    let r = rt.task(big).max_retries(0).remote((key(), 1));
+    r.get().unwrap();
+    assert_eq!(rt.memory().lineage_bytes, 0);
+    assert!(rt.lose_object(&r));
+    match r.get() {
+        Err(Error::ObjectReconstructionFailed { cause, .. }) => {
+            assert!(cause.contains("max_retries"), "{cause}")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}

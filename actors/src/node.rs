@@ -11,7 +11,7 @@ use crate::events::Events;
 use crate::functions::FunctionTable;
 use crate::ids::{ActorId, NodeId, ObjectId};
 use crate::messages::TaskSpec;
-use crate::object_table::{LocalRef, MemoryUsage, Slot};
+use crate::object_table::{MemoryUsage, Slot};
 use crate::supervisor::{InjectFailure, Shutdown, Supervisor, CHILDREN};
 use crate::value::Value;
 use actix::{Actor, Addr};
@@ -200,7 +200,7 @@ impl Node {
 
     /// Submits a task whose return slot is `ret`; `pins` hold the objects its
     /// `Arg::Ref`s name. An unregistered function fails the return at once.
-    pub fn submit_task(&self, spec: TaskSpec, ret: &Arc<Slot>, pins: Vec<LocalRef>) {
+    pub fn submit_task(&self, spec: TaskSpec, ret: &Arc<Slot>, pins: Vec<Arc<Slot>>) {
         // A task submitted from a task is its child, for a recursive cancel.
         if let Some(parent) = crate::worker::current_task().and_then(|p| self.lookup(p)) {
             parent.add_child(ret);
@@ -212,8 +212,7 @@ impl Node {
             return;
         }
         let table = &self.core.table;
-        table.record_lineage(ret, &spec, &pins);
-        table.submit_task(ret.clone(), spec, pins);
+        table.submit_task(ret.clone(), spec, pins, true);
     }
 
     /// Injected fault: makes a child of the root supervisor (`router`) fail, so

@@ -6,6 +6,14 @@
 //! also keeps the pool's counts — live workers, workers blocked in `get` — from
 //! which the router tops the pool up, and what each worker runs, for a forced
 //! cancel to find it.
+//!
+//! Memory orderings: the wake-up handshake is [`IdleSet`]'s (modelled with loom).
+//! The pool counts (`workers`, `blocked`) publish no data; they are read to
+//! decide whether to start or retire a worker, and the decisions that must be
+//! exact (never two retirements for one surplus, never more than `max_workers`)
+//! are compare-exchanges on `workers`. `closed` is a Release store read with
+//! Acquire: a submitter that misses it pushes a job nobody will run, which is
+//! harmless because the node failed every pending object before closing.
 
 use crate::events::{EventBus, SupervisionEvent};
 use crate::handshake::{IdleSet, RunningTask};

@@ -146,8 +146,9 @@ impl WaitHooks for TaskRunner {
         match self.run_task(slot, job) {
             After::Continue | After::Retire => {}
             // An injected death inside a nested task: the task was handled as
-            // lost (retried or failed); this thread goes on with the outer one.
-            After::Died => {}
+            // lost (retried or failed) and the router is replacing this worker;
+            // it finishes the outer task and takes no more jobs.
+            After::Died => self.state.stop.store(true, Ordering::Release),
         }
     }
     fn block_begin(&self) {

@@ -165,11 +165,12 @@ impl Future for Linger {
     type Output = ();
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let host = &self.host;
-        if !host.mailbox.is_empty() || host.signals.load(Ordering::Acquire) != 0 {
+        // Mail, a signal, or a kill (its state is dropped by the run loop).
+        if !host.mailbox.is_empty() || host.signals.load(Ordering::Acquire) != 0 || host.is_dead() {
             host.clone().pump();
             return Poll::Ready(());
         }
-        if std::time::Instant::now() >= self.until || host.is_dead() {
+        if std::time::Instant::now() >= self.until {
             if host.scheduled.release(|| !host.mailbox.is_empty()) {
                 host.clone().pump();
             }

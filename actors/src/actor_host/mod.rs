@@ -233,6 +233,14 @@ enum Kind {
 }
 
 /// One user actor.
+///
+/// Memory orderings: `scheduled` is the [`ScheduleFlag`] handshake (modelled
+/// with loom). `queued` is only a bound on the mailbox: its fetch-add is what
+/// makes the bound exact, no data rides on it. `dead` is stored with Release
+/// after the cause is written and read with Acquire, so whoever sees the actor
+/// dead reads why. `signals` is set with an AcqRel fetch-or after the signal's
+/// data (a supervisor's cause, under its own lock) and taken with an AcqRel swap
+/// by the run loop, which then sees that data.
 pub struct ActorHost {
     id: ActorId,
     name: Option<String>,

@@ -31,7 +31,7 @@ mod slot;
 mod wait;
 
 pub use slot::{Cancelled, Slot};
-use slot::{Kept, Lineage, State};
+use slot::{Dep, Kept, Lineage, State};
 pub use wait::{install_wait_hooks, wait_slots, WaitHooks};
 
 const SHARDS: usize = 64;
@@ -85,7 +85,7 @@ pub struct OwnerTable {
     closed: AtomicBool,
     faults: Arc<FaultInjector>,
     max_lineage_bytes: u64,
-    lineage_bytes: AtomicU64,
+    lineage_bytes: Arc<AtomicU64>,
     cancels_seen: AtomicBool,
 }
 
@@ -115,7 +115,7 @@ impl OwnerTable {
             closed: AtomicBool::new(false),
             faults,
             max_lineage_bytes,
-            lineage_bytes: AtomicU64::new(0),
+            lineage_bytes: Arc::new(AtomicU64::new(0)),
             cancels_seen: AtomicBool::new(false),
         })
     }
@@ -135,7 +135,9 @@ impl OwnerTable {
     }
 
     /// Whether any task or call was ever cancelled here (until then, workers
-    /// skip the check).
+    /// skip the check). Acquire pairs with `note_cancel`'s Release; a worker
+    /// that reads it stale runs a task that was just cancelled, whose object
+    /// the cancel has already failed, so its result is ignored.
     pub fn cancels_seen(&self) -> bool {
         self.cancels_seen.load(Ordering::Acquire)
     }
@@ -215,9 +217,10 @@ impl OwnerTable {
     /// Keeps `spec` as the lineage of `ret` (always, as Ray does, while `ret`
     /// lives): only for a task that may run again (`max_retries` not 0) whose
     /// inline arguments are small, and within `max_lineage_bytes`.
-    pub fn record_lineage(&self, ret: &Slot, spec: &TaskSpec, deps: &[LocalRef]) {
+    fn lineage_of(&self, spec: &TaskSpec, deps: &[Arc<Slot>]) -> Lineage {
+        let unkept = Lineage::Unkept;
         if spec.options.max_retries.is_none() {
-            return;
+            return unkept("its task may not run again (max_retries is 0)");
         }
         let inline: u64 = spec
             .args
@@ -228,57 +231,95 @@ impl OwnerTable {
             })
             .sum();
         if inline > self.inline_threshold as u64 {
-            ret.inner.lock().lineage = Lineage::Unkept(
+            return unkept(
                 "its arguments were passed by value and are too large to keep; pass them as refs",
             );
-            return;
         }
-        let bytes = 64 + inline + 16 * deps.len() as u64;
-        let mut used = self.lineage_bytes.load(Ordering::Relaxed);
-        loop {
-            if used + bytes > self.max_lineage_bytes {
-                ret.inner.lock().lineage =
-                    Lineage::Unkept("its lineage was not kept: max_lineage_bytes was reached");
-                return;
-            }
-            match self.lineage_bytes.compare_exchange_weak(
-                used,
-                used + bytes,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => break,
-                Err(now) => used = now,
-            }
+        let bytes = 64 + inline + 32 * deps.len() as u64;
+        // One add, taken back if it went past the budget: no compare-exchange
+        // loop for submitters to contend on.
+        if self.lineage_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes > self.max_lineage_bytes {
+            self.lineage_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            return unkept("its lineage was not kept: max_lineage_bytes was reached");
         }
-        ret.inner.lock().lineage = Lineage::Kept(Box::new(Kept {
+        let deps = deps
+            .iter()
+            .map(|d| Dep {
+                id: d.id(),
+                slot: Arc::downgrade(d),
+                lineage: match &d.inner.lock().lineage {
+                    Lineage::Kept(k) => Some(k.clone()),
+                    _ => None,
+                },
+            })
+            .collect();
+        Lineage::Kept(Arc::new(Kept {
             spec: spec.clone(),
-            deps: deps.iter().map(|d| d.slot().clone()).collect(),
+            deps,
             bytes,
-            rebuilds: 0,
-        }));
+            rebuilds: AtomicU64::new(0),
+            budget: self.lineage_bytes.clone(),
+        }))
+    }
+
+    /// The slot of a kept task's argument, to run that task again: the live
+    /// one, or — if it was freed — a lost one again under its id, with its
+    /// lineage, that rebuilds itself when the task waits for it.
+    fn revive(self: &Arc<Self>, dep: &Dep) -> Arc<Slot> {
+        if let Some(slot) = dep.slot.upgrade() {
+            return slot;
+        }
+        let mut index = self.shard(dep.id).index.lock();
+        if let Some(slot) = index.get(&dep.id).and_then(Weak::upgrade) {
+            return slot;
+        }
+        let slot = Arc::new(Slot::new(dep.id, self.clone()));
+        {
+            let mut inner = slot.inner.lock();
+            inner.state = State::Lost;
+            inner.lineage = match &dep.lineage {
+                Some(k) => Lineage::Kept(k.clone()),
+                None => Lineage::None,
+            };
+        }
+        slot.status.store(LOST, Ordering::Release);
+        index.insert(dep.id, Arc::downgrade(&slot));
+        slot
     }
 
     /// Submits the task that makes `ret`: dispatched at once if its arguments are
     /// ready, else when the last one is. `pins` hold its `Arg::Ref` arguments
-    /// until it has run.
-    pub fn submit_task(self: &Arc<Self>, ret: Arc<Slot>, spec: TaskSpec, pins: Vec<LocalRef>) {
+    /// until it has run. A new task's lineage is kept with `ret` (always, as Ray
+    /// does, while `ret` lives): for a task that may run again (`max_retries`
+    /// not 0) whose inline arguments are small, within `max_lineage_bytes`; a
+    /// rebuild (`new` false) has its lineage already.
+    pub fn submit_task(
+        self: &Arc<Self>,
+        ret: Arc<Slot>,
+        spec: TaskSpec,
+        pins: Vec<Arc<Slot>>,
+        new: bool,
+    ) {
         if self.closed.load(Ordering::SeqCst) {
             ret.complete(Err(Error::ShutDown));
             return;
         }
+        let lineage = new.then(|| self.lineage_of(&spec, &pins));
         let job = TaskJob {
             spec,
             pins,
             failures: Vec::new(),
         };
         if job.pins.is_empty() {
-            if ret.set_job(job) {
+            if ret.set_job(job, lineage) {
                 self.dispatch.dispatch(ret);
             }
             return;
         }
-        let deps: Vec<Arc<Slot>> = job.pins.iter().map(|p| p.slot().clone()).collect();
+        if let Some(lineage) = lineage {
+            ret.inner.lock().lineage = lineage;
+        }
+        let deps: Vec<Arc<Slot>> = job.pins.clone();
         let waiting = Arc::new(PendingTask {
             remaining: AtomicUsize::new(deps.len() + 1),
             job: Mutex::new(Some(job)),
@@ -294,51 +335,8 @@ impl OwnerTable {
 
     /// Runs a task again (a retry): its job goes back into its slot and queue.
     pub fn resubmit(&self, ret: Arc<Slot>, job: TaskJob) {
-        if ret.set_job(job) {
+        if ret.set_job(job, None) {
             self.dispatch.dispatch(ret);
-        }
-    }
-}
-
-/// A reference that holds an object's value (Ray's local reference): a
-/// driver's `ObjectRef`, a queued task's argument. When the last one goes the
-/// value is freed, even while the slot lives on as another object's lineage.
-pub struct LocalRef(Arc<Slot>);
-
-impl LocalRef {
-    /// A new holder of `slot`'s value.
-    pub fn new(slot: Arc<Slot>) -> LocalRef {
-        // Relaxed, as Arc's own increment: a new holder is made from one that
-        // exists (or from a fresh slot), so the count cannot be racing to zero.
-        slot.local_refs.fetch_add(1, Ordering::Relaxed);
-        LocalRef(slot)
-    }
-
-    /// The slot.
-    pub fn slot(&self) -> &Arc<Slot> {
-        &self.0
-    }
-}
-
-impl Clone for LocalRef {
-    fn clone(&self) -> Self {
-        LocalRef::new(self.0.clone())
-    }
-}
-
-impl std::ops::Deref for LocalRef {
-    type Target = Slot;
-    fn deref(&self) -> &Slot {
-        &self.0
-    }
-}
-
-impl Drop for LocalRef {
-    fn drop(&mut self) {
-        // AcqRel, as Arc's decrement: the last holder sees every other holder's
-        // use. When nobody else holds the slot, dropping it frees everything.
-        if self.0.local_refs.fetch_sub(1, Ordering::AcqRel) == 1 && Arc::strong_count(&self.0) > 1 {
-            self.0.out_of_scope();
         }
     }
 }
@@ -347,8 +345,8 @@ impl Drop for LocalRef {
 pub struct TaskJob {
     /// The task.
     pub spec: TaskSpec,
-    /// Holders of its `Arg::Ref`s' values, until it has run.
-    pub pins: Vec<LocalRef>,
+    /// The slots of its `Arg::Ref`s, held (with their values) until it has run.
+    pub pins: Vec<Arc<Slot>>,
     /// Why each earlier attempt failed.
     pub failures: Vec<String>,
 }

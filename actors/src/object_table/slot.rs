@@ -18,17 +18,36 @@ pub(super) enum Lineage {
     None,
     /// A task's result whose lineage was not kept, and why.
     Unkept(&'static str),
-    /// The task that made it (boxed: most objects carry none).
-    Kept(Box<Kept>),
+    /// The task that made it, shared with the lineage of the objects built
+    /// from it.
+    Kept(Arc<Kept>),
 }
 
-/// A task kept to rebuild its result: its spec, with its arguments' slots
-/// (their lineage, not their values).
+/// A task kept to rebuild its result: its spec, and for each argument object
+/// its lineage — not its value: an argument nobody else holds is freed, and
+/// rebuilt from that lineage if the result must be rebuilt (Ray's lineage
+/// pinning).
 pub(super) struct Kept {
     pub(super) spec: TaskSpec,
-    pub(super) deps: Vec<Arc<Slot>>,
+    pub(super) deps: Vec<Dep>,
     pub(super) bytes: u64,
-    pub(super) rebuilds: u64,
+    pub(super) rebuilds: AtomicU64,
+    /// The table's lineage byte count, given back when this is dropped.
+    pub(super) budget: Arc<AtomicU64>,
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        self.budget.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// An argument object of a kept task: its slot while something else holds
+/// it, and the lineage to rebuild it from once nothing does.
+pub(super) struct Dep {
+    pub(super) id: ObjectId,
+    pub(super) slot: Weak<Slot>,
+    pub(super) lineage: Option<Arc<Kept>>,
 }
 
 #[derive(Clone, Copy)]
@@ -46,8 +65,9 @@ pub(super) struct Inner {
     pub(super) dependents: Vec<Arc<PendingTask>>,
     pub(super) children: Vec<Weak<Slot>>,
     pub(super) lineage: Lineage,
-    /// The task that makes this object, while it is queued and not started.
-    pub(super) job: Option<TaskJob>,
+    /// The task that makes this object, while it is queued and not started
+    /// (boxed: a slot is mostly without one).
+    pub(super) job: Option<Box<TaskJob>>,
     /// The actor whose call makes this object, for a cancel to reach it.
     pub(super) actor: Option<ActorId>,
 }
@@ -61,11 +81,16 @@ pub struct Cancelled {
 }
 
 /// One object: pending, ready, failed or lost, with whoever waits for it.
+///
+/// Memory orderings: `status` mirrors the state under `inner`'s lock; it is
+/// stored with Release after the state is set and loaded with Acquire by the
+/// lock-free fast paths (`is_done`, `try_get`), which then take the lock to
+/// read the value. `cancelled` is stored with Release before the cancel
+/// completes the object and read with Acquire.
 pub struct Slot {
     pub(super) id: ObjectId,
     pub(super) status: AtomicU8,
     pub(super) cancelled: AtomicBool,
-    pub(super) local_refs: AtomicUsize,
     pub(super) inner: Mutex<Inner>,
     pub(super) table: Arc<OwnerTable>,
 }
@@ -76,7 +101,6 @@ impl Slot {
             id,
             status: AtomicU8::new(PENDING),
             cancelled: AtomicBool::new(false),
-            local_refs: AtomicUsize::new(0),
             inner: Mutex::new(Inner {
                 state: State::Pending,
                 held: Held::Nothing,
@@ -138,7 +162,12 @@ impl Slot {
     pub fn add_child(&self, child: &Arc<Slot>) {
         let mut inner = self.inner.lock();
         if matches!(inner.state, State::Pending) {
-            inner.children.retain(|c| c.strong_count() > 0);
+            // Sweep finished children only when the list is about to grow:
+            // amortized O(1) per child, so a task (or call) that submits 10,000
+            // tasks pays no quadratic cost.
+            if inner.children.len() == inner.children.capacity() {
+                inner.children.retain(|c| c.strong_count() > 0);
+            }
             inner.children.push(Arc::downgrade(child));
         }
     }
@@ -148,23 +177,27 @@ impl Slot {
         self.inner.lock().actor = Some(actor);
     }
 
-    /// Puts the task that makes this object in it, ready to run; false (and
-    /// the job dropped) if the object is already done, e.g. cancelled.
-    pub(super) fn set_job(&self, job: TaskJob) -> bool {
+    /// Puts the task that makes this object in it, ready to run, with its
+    /// lineage if given (one lock for both); false (and the job dropped) if the
+    /// object is already done, e.g. cancelled.
+    pub(super) fn set_job(&self, job: TaskJob, lineage: Option<Lineage>) -> bool {
         let mut inner = self.inner.lock();
+        if let Some(lineage) = lineage {
+            inner.lineage = lineage;
+        }
         if matches!(inner.state, State::Ready(_) | State::Failed(_)) {
             drop(inner);
             drop(job);
             return false;
         }
-        inner.job = Some(job);
+        inner.job = Some(Box::new(job));
         true
     }
 
     /// Takes the queued task that makes this object, to run it. `None` if it
     /// was taken already (by a worker, or by a getter running it inline).
     pub fn take_job(&self) -> Option<TaskJob> {
-        self.inner.lock().job.take()
+        self.inner.lock().job.take().map(|job| *job)
     }
 
     /// Sets the outcome and wakes every waiter; a second outcome is ignored.
@@ -256,21 +289,6 @@ impl Slot {
         }
     }
 
-    /// The last holder of the value went while the slot lives on as another
-    /// object's lineage: free the value (Ray frees an object out of scope; one
-    /// with lineage is rebuilt if it is needed again, a `put` cannot be).
-    pub(super) fn out_of_scope(&self) {
-        let mut inner = self.inner.lock();
-        if self.local_refs.load(Ordering::Acquire) != 0 || !matches!(inner.state, State::Ready(_)) {
-            return;
-        }
-        inner.state = State::Lost;
-        let held = std::mem::replace(&mut inner.held, Held::Nothing);
-        self.status.store(LOST, Ordering::Release);
-        drop(inner);
-        self.release(held);
-    }
-
     /// Rebuilds a lost object by running the task that made it again (its
     /// lost arguments are rebuilt the same way when that task waits for them),
     /// within the task's `max_retries`; an object that cannot be rebuilt fails
@@ -284,10 +302,16 @@ impl Slot {
             return;
         }
         let id = self.id.to_string();
-        let rebuild = match &mut inner.lineage {
-            Lineage::Kept(kept) if kept.spec.options.max_retries.allows(kept.rebuilds + 1) => {
-                kept.rebuilds += 1;
-                Ok((kept.spec.clone(), kept.deps.clone()))
+        let rebuild = match &inner.lineage {
+            Lineage::Kept(kept)
+                if kept
+                    .spec
+                    .options
+                    .max_retries
+                    .allows(kept.rebuilds.load(Ordering::Relaxed) + 1) =>
+            {
+                kept.rebuilds.fetch_add(1, Ordering::Relaxed);
+                Ok(kept.clone())
             }
             Lineage::Kept(kept) => Err(Error::ObjectReconstructionFailed {
                 id,
@@ -307,17 +331,19 @@ impl Slot {
         self.status.store(PENDING, Ordering::Release);
         drop(inner);
         match rebuild {
-            Ok((spec, deps)) => {
+            Ok(kept) => {
                 let Some(me) = self.table.lookup(self.id) else {
                     return;
                 };
                 tracing::debug!(
                     "rayx: rebuilding lost {} by running {} again",
                     self.id,
-                    spec.display_name()
+                    kept.spec.display_name()
                 );
-                let pins = deps.into_iter().map(LocalRef::new).collect();
-                self.table.submit_task(me, spec, pins);
+                // Arguments still held are used as they are; freed ones come
+                // back as lost slots that rebuild themselves from their lineage.
+                let pins = kept.deps.iter().map(|d| self.table.revive(d)).collect();
+                self.table.submit_task(me, kept.spec.clone(), pins, false);
             }
             Err(error) => self.complete(Err(error)),
         }
@@ -397,11 +423,6 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Lineage::Kept(kept) = &self.inner.get_mut().lineage {
-            self.table
-                .lineage_bytes
-                .fetch_sub(kept.bytes, Ordering::Relaxed);
-        }
         let held = self.inner.get_mut().held;
         self.release(held);
         let mut index = self.table.shard(self.id).index.lock();
