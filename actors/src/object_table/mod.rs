@@ -85,7 +85,7 @@ pub struct OwnerTable {
     closed: AtomicBool,
     faults: Arc<FaultInjector>,
     max_lineage_bytes: u64,
-    lineage_bytes: Arc<AtomicU64>,
+    lineage_bytes: AtomicU64,
     cancels_seen: AtomicBool,
 }
 
@@ -115,7 +115,7 @@ impl OwnerTable {
             closed: AtomicBool::new(false),
             faults,
             max_lineage_bytes,
-            lineage_bytes: Arc::new(AtomicU64::new(0)),
+            lineage_bytes: AtomicU64::new(0),
             cancels_seen: AtomicBool::new(false),
         })
     }
@@ -258,7 +258,6 @@ impl OwnerTable {
             deps,
             bytes,
             rebuilds: AtomicU64::new(0),
-            budget: self.lineage_bytes.clone(),
         }))
     }
 

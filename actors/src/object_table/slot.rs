@@ -32,14 +32,6 @@ pub(super) struct Kept {
     pub(super) deps: Vec<Dep>,
     pub(super) bytes: u64,
     pub(super) rebuilds: AtomicU64,
-    /// The table's lineage byte count, given back when this is dropped.
-    pub(super) budget: Arc<AtomicU64>,
-}
-
-impl Drop for Kept {
-    fn drop(&mut self) {
-        self.budget.fetch_sub(self.bytes, Ordering::Relaxed);
-    }
 }
 
 /// An argument object of a kept task: its slot while something else holds
@@ -67,7 +59,7 @@ pub(super) struct Inner {
     pub(super) lineage: Lineage,
     /// The task that makes this object, while it is queued and not started
     /// (boxed: a slot is mostly without one).
-    pub(super) job: Option<Box<TaskJob>>,
+    pub(super) job: Option<TaskJob>,
     /// The actor whose call makes this object, for a cancel to reach it.
     pub(super) actor: Option<ActorId>,
 }
@@ -190,14 +182,14 @@ impl Slot {
             drop(job);
             return false;
         }
-        inner.job = Some(Box::new(job));
+        inner.job = Some(job);
         true
     }
 
     /// Takes the queued task that makes this object, to run it. `None` if it
     /// was taken already (by a worker, or by a getter running it inline).
     pub fn take_job(&self) -> Option<TaskJob> {
-        self.inner.lock().job.take().map(|job| *job)
+        self.inner.lock().job.take()
     }
 
     /// Sets the outcome and wakes every waiter; a second outcome is ignored.
@@ -423,6 +415,14 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        // The lineage budget counts the lineage of live objects: a kept task
+        // still referenced as an argument's lineage by another object's lineage
+        // lives on, counted in that object's bytes.
+        if let Lineage::Kept(kept) = &self.inner.get_mut().lineage {
+            self.table
+                .lineage_bytes
+                .fetch_sub(kept.bytes, Ordering::Relaxed);
+        }
         let held = self.inner.get_mut().held;
         self.release(held);
         let mut index = self.table.shard(self.id).index.lock();
