@@ -277,7 +277,12 @@ impl OwnerTable {
             let mut inner = slot.inner.lock();
             inner.state = State::Lost;
             inner.lineage = match &dep.lineage {
-                Some(k) => Lineage::Kept(k.clone()),
+                Some(k) => {
+                    // Live again with its lineage: counted again, given back
+                    // when it is freed again.
+                    self.lineage_bytes.fetch_add(k.bytes, Ordering::Relaxed);
+                    Lineage::Kept(k.clone())
+                }
                 None => Lineage::None,
             };
         }
