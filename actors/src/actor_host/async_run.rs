@@ -103,7 +103,7 @@ impl ActorHost {
         drop(life);
         if idle && in_flight.load(Ordering::Acquire) == 0 && !self.is_dead() {
             self.linger();
-        } else if self.scheduled.release(|| !self.mailbox.is_empty()) {
+        } else if self.scheduled.release(|| self.has_work()) {
             self.submit();
         }
     }
@@ -171,7 +171,7 @@ impl Future for Linger {
             return Poll::Ready(());
         }
         if std::time::Instant::now() >= self.until {
-            if host.scheduled.release(|| !host.mailbox.is_empty()) {
+            if host.scheduled.release(|| host.has_work()) {
                 host.clone().pump();
             }
             return Poll::Ready(());

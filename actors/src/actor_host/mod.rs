@@ -58,6 +58,8 @@ const LINGER: std::time::Duration = std::time::Duration::from_micros(50);
 /// its supervision group orders (a sibling failed).
 const RESTART: u8 = 1;
 const SUPERVISED_RESTART: u8 = 2;
+/// Set by `kill` after the actor is marked dead: the run loop drops its state.
+const KILL: u8 = 4;
 
 /// A sync actor's state, type-erased.
 pub trait ActorState: Send + 'static {
@@ -428,7 +430,15 @@ impl ActorHost {
             child: self.label(),
             reason: cause.to_string(),
         });
+        self.signals.fetch_or(KILL, Ordering::AcqRel);
         self.schedule();
+    }
+
+    /// Whether the run loop has work: mail, or a signal to apply. What a
+    /// consumer re-checks after giving up the `scheduled` flag: a signal sent
+    /// while it held the flag is data like a call in the mailbox.
+    fn has_work(&self) -> bool {
+        !self.mailbox.is_empty() || self.signals.load(Ordering::Acquire) != 0
     }
 
     /// Kills the actor so that it restarts, if its `max_restarts` allows (Ray's
@@ -440,7 +450,11 @@ impl ActorHost {
         if self.is_dead() {
             return;
         }
-        if self.restart.max_task_retries.is_none() && self.restart.may_restart(self.restarts()) {
+        // Under a supervision group the group decides whether it comes back;
+        // either way the calls queued now are not sent again under at-most-once.
+        let may_come_back =
+            self.membership.get().is_some() || self.restart.may_restart(self.restarts());
+        if self.restart.max_task_retries.is_none() && may_come_back {
             self.fail_queued(&Error::ActorDied {
                 actor: self.label(),
                 cause: "it was restarted with restart(); calls queued then are not sent again (max_task_retries 0)".into(),

@@ -55,7 +55,7 @@ impl ActorHost {
         drop(life);
         // With retries or signals left we keep the flag and go again; else we
         // give it up, and take it back if mail came meanwhile.
-        if more || self.scheduled.release(|| !self.mailbox.is_empty()) {
+        if more || self.scheduled.release(|| self.has_work()) {
             self.submit();
         }
     }
