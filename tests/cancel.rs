@@ -161,3 +161,73 @@ fn a_cancel_racing_dispatch_is_always_cancelled() {
         }
     }
 }
+
+static INNER_REF: parking_lot::Mutex<Option<ObjectRef<u64>>> = parking_lot::Mutex::new(None);
+
+/// Submits `stuck_on(key, gate)` and waits for it (running it inline, since
+/// nobody has started it); returns 42 whatever the inner task's outcome.
+fn outer_of_stuck(key: u64, gate: u64) -> u64 {
+    let rt = Runtime::current().expect("in a task");
+    let inner = rt.task(stuck_on).remote((key, gate));
+    *INNER_REF.lock() = Some(inner.clone());
+    let _ = inner.get();
+    42
+}
+rayx::remote!(outer_of_stuck);
+
+/// A forced cancel of a task that its caller runs inline abandons the worker,
+/// but the caller's own result is still reported, and the pool carries on.
+#[test]
+fn a_forced_cancel_of_an_inline_task_keeps_its_callers_result() {
+    let rt = rayx::Builder::new().num_workers(1).start().unwrap();
+    let (k, g) = (key(), common::gate());
+    let outer = rt.task(outer_of_stuck).remote((k, g));
+    assert!(
+        eventually(LONG, || started(k)),
+        "the inner task runs inline"
+    );
+    let inner = INNER_REF
+        .lock()
+        .take()
+        .expect("the outer task published it");
+    rt.cancel_with(&inner, true, false);
+    assert!(matches!(
+        inner.get(),
+        Err(Error::Cancelled { forced: true, .. })
+    ));
+    common::open(g);
+    assert_eq!(outer.get_timeout(LONG), Ok(42));
+    assert_eq!(rt.task(double).remote(21).get_timeout(LONG), Ok(42));
+    assert!(
+        eventually(LONG, || rt.worker_counts() == (1, 0)),
+        "{:?}",
+        rt.worker_counts()
+    );
+}
+
+/// A forced cancel of a task on a worker of a router that was restarted
+/// meanwhile does not uncount that worker twice (the count wrapped below zero
+/// and every worker retired).
+#[test]
+fn a_forced_cancel_after_a_router_restart_keeps_the_pool_counted() {
+    let rt = rayx::Builder::new().num_workers(2).start().unwrap();
+    let events = rt.events();
+    let (k, g) = (key(), common::gate());
+    let stuck = rt.task(stuck_on).remote((k, g));
+    assert!(eventually(LONG, || started(k)));
+    rt.inject_system_failure("router").unwrap();
+    let restarted = rayx::SupervisionEvent::Restarted {
+        child: "router".into(),
+        attempt: 1,
+    };
+    assert!(std::iter::from_fn(|| events.recv_timeout(LONG).ok()).any(|e| e == restarted));
+    rt.cancel_with(&stuck, true, false);
+    common::open(g);
+    let refs: Vec<_> = (0..200u64).map(|i| rt.task(double).remote(i)).collect();
+    assert_eq!(rt.get(&refs, Some(LONG)).unwrap().len(), 200);
+    assert!(
+        eventually(LONG, || rt.worker_counts() == (2, 0)),
+        "{:?}",
+        rt.worker_counts()
+    );
+}

@@ -184,3 +184,77 @@ fn a_task_with_max_retries_zero_keeps_no_lineage() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+fn step(x: u64) -> u64 {
+    x + 1
+}
+rayx::remote!(step);
+
+/// A chain of 20,000 tasks, each the argument of the next: freeing it and
+/// rebuilding its end both go in loops, not in recursions as deep as the chain
+/// (which overflowed the stack), and the lineage budget counts the whole chain.
+#[test]
+fn a_long_lineage_chain_frees_and_rebuilds_without_deep_recursion() {
+    let rt = rayx::Builder::new().num_workers(2).start().unwrap();
+    let n = 20_000u64;
+    let mut r = rt.task(step).remote(0u64);
+    for _ in 1..n {
+        r = rt.task(step).remote(&r);
+    }
+    assert_eq!(r.get_timeout(LONG), Ok(n));
+    assert!(
+        rt.memory().lineage_bytes >= 64 * n,
+        "every kept task is counted: {:?}",
+        rt.memory()
+    );
+    assert!(rt.lose_object(&r));
+    // Every link was freed (only `r` is held): all are rebuilt, in a loop.
+    assert_eq!(r.get_timeout(LONG), Ok(n));
+    drop(r);
+    assert!(eventually(LONG, || {
+        let m = rt.memory();
+        m.objects == 0 && m.lineage_bytes == 0
+    }));
+}
+
+/// A lost result whose argument was freed and had no lineage (`max_retries`
+/// 0) says why it cannot be rebuilt.
+#[test]
+fn a_freed_argument_without_lineage_names_why_it_cannot_be_rebuilt() {
+    let rt = rayx::Builder::new().num_workers(2).start().unwrap();
+    let arg = rt.task(step).max_retries(0).remote(1u64);
+    let head = rt.task(step).remote(&arg);
+    assert_eq!(head.get_timeout(LONG), Ok(3));
+    drop(arg);
+    assert!(rt.lose_object(&head));
+    match head.get_timeout(LONG) {
+        Err(e) => assert!(
+            matches!(e.root_cause(), Error::ObjectReconstructionFailed { cause, .. } if cause.contains("max_retries")),
+            "{e:?}"
+        ),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn fail_at_start(g: u64) -> u64 {
+    common::pass(g);
+    panic!("the chain's first task fails")
+}
+rayx::remote!(fail_at_start);
+
+/// A failure at the start of a 20,000-task chain reaches its end without a
+/// recursion as deep as the chain.
+#[test]
+fn a_failure_cascades_down_a_long_chain_without_deep_recursion() {
+    let rt = rayx::Builder::new().num_workers(2).start().unwrap();
+    let g = common::gate();
+    let mut r = rt.task(fail_at_start).remote(g);
+    for _ in 1..20_000 {
+        r = rt.task(step).remote(&r);
+    }
+    common::open(g);
+    match r.get_timeout(LONG) {
+        Err(e) => assert!(matches!(e.root_cause(), Error::TaskFailed { .. }), "{e:?}"),
+        other => panic!("unexpected {other:?}"),
+    }
+}

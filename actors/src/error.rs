@@ -183,6 +183,18 @@ pub enum Error {
 }
 
 impl Error {
+    /// The error of a task not run because its argument failed with `cause`.
+    /// The cause kept is the original failure, not a chain of one
+    /// `DependencyFailed` per task in between (a chain of 100,000 tasks would
+    /// nest 100,000 deep).
+    pub fn dependency_failed(task: String, cause: Error) -> Error {
+        let cause = match cause {
+            Error::DependencyFailed { cause, .. } => cause,
+            other => Box::new(other),
+        };
+        Error::DependencyFailed { task, cause }
+    }
+
     /// The original failure: follows `DependencyFailed` down to the first error.
     pub fn root_cause(&self) -> &Error {
         match self {

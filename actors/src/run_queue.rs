@@ -156,9 +156,13 @@ impl RunQueue {
         self.workers.fetch_add(n, Ordering::AcqRel);
     }
 
-    /// Uncounts `n` workers that did not start or have left.
+    /// Uncounts `n` workers that did not start or have left (never below 0).
     pub fn remove_workers(&self, n: usize) {
-        self.workers.fetch_sub(n, Ordering::AcqRel);
+        let _ = self
+            .workers
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                Some(w.saturating_sub(n))
+            });
     }
 
     /// Workers beyond the target that are not blocked.
@@ -264,20 +268,25 @@ impl RunQueue {
     /// code returns. A worker that has moved on to another task is left alone.
     pub fn abandon_running(&self, id: ObjectId) {
         let tag = id.tag();
+        // A worker of a stopped router is no longer counted (nor replaced):
+        // it finishes the task and leaves; only a counted worker is abandoned.
         let hit = self
             .running
             .lock()
             .iter()
-            .any(|(_, state)| state.task.abandon(tag));
+            .any(|(_, state)| !state.stop.load(Ordering::Acquire) && state.task.abandon(tag));
         if hit {
             self.block_begin();
         }
     }
 
-    /// An abandoned worker's code returned: it leaves the pool.
-    pub fn abandoned_worker_returned(&self, worker: usize) {
+    /// An abandoned worker's code returned: it leaves the pool (uncounted
+    /// already if its router stopped meanwhile, `stopped`).
+    pub fn abandoned_worker_returned(&self, worker: usize, stopped: bool) {
         self.unregister_running(worker);
-        self.remove_workers(1);
+        if !stopped {
+            self.remove_workers(1);
+        }
         self.block_end();
     }
 

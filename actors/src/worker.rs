@@ -122,6 +122,9 @@ fn install_panic_hook() {
 /// Runs tasks for one worker: from the queue, or inline for a `get` on it.
 struct TaskRunner {
     id: usize,
+    /// Set when a forced cancel abandoned this worker: it retires after the
+    /// job in hand.
+    retire: Cell<bool>,
     core: Arc<Core>,
     state: Arc<WorkerState>,
     retired: Recipient<WorkerRetired>,
@@ -194,10 +197,12 @@ impl TaskRunner {
                     let ran = with_current_task(id, || catch_user(|| invoke(args)));
                     if self.state.task.end(outer) {
                         // Abandoned by a forced cancel (which failed the object)
-                        // and replaced: this worker leaves the pool.
-                        core.run_queue.abandoned_worker_returned(self.id);
-                        self.retired.do_send(WorkerRetired(self.id));
-                        return After::Retire;
+                        // and replaced: this worker leaves the pool once its
+                        // job in hand is done. The task's own outcome is still
+                        // reported (it is ignored if this task was the one
+                        // cancelled; it matters if the mark was a nested
+                        // task's).
+                        self.retire.set(true);
                     }
                     // A panic and an `Err` returned by the function are both
                     // application failures; a call that could not be made is not.
@@ -296,6 +301,7 @@ impl Worker {
         Worker {
             runner: Rc::new(TaskRunner {
                 id,
+                retire: Cell::new(false),
                 core,
                 state,
                 retired,
@@ -363,6 +369,23 @@ impl Worker {
     }
 
     fn run(&self, job: Job) -> After {
+        let after = self.run_job(job);
+        let runner = &self.runner;
+        if runner.retire.get() {
+            // Abandoned (by a forced cancel, in this job or a task it ran
+            // inline) and replaced: this worker leaves the pool.
+            let stopped = runner.state.stop.load(Ordering::Acquire);
+            runner
+                .core
+                .run_queue
+                .abandoned_worker_returned(runner.id, stopped);
+            runner.retired.do_send(WorkerRetired(runner.id));
+            return After::Retire;
+        }
+        after
+    }
+
+    fn run_job(&self, job: Job) -> After {
         match job {
             Job::Task(slot) => match slot.take_job() {
                 Some(task) => self.runner.run_task(slot, task),

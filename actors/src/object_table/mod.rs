@@ -31,7 +31,7 @@ mod slot;
 mod wait;
 
 pub use slot::{Cancelled, Slot};
-use slot::{Dep, Kept, Lineage, State};
+use slot::{Dep, DepLineage, Kept, Lineage, State};
 pub use wait::{install_wait_hooks, wait_slots, WaitHooks};
 
 const SHARDS: usize = 64;
@@ -247,9 +247,12 @@ impl OwnerTable {
             .map(|d| Dep {
                 id: d.id(),
                 slot: Arc::downgrade(d),
+                // An argument owned by another runtime is not rebuilt here.
                 lineage: match &d.inner.lock().lineage {
-                    Lineage::Kept(k) => Some(k.clone()),
-                    _ => None,
+                    _ if d.id().node != self.node => DepLineage::Lost,
+                    Lineage::Kept(k) => DepLineage::Kept(k.clone()),
+                    Lineage::Unkept(why) => DepLineage::Unkept(why),
+                    Lineage::None => DepLineage::Lost,
                 },
             })
             .collect();
@@ -268,27 +271,49 @@ impl OwnerTable {
         if let Some(slot) = dep.slot.upgrade() {
             return slot;
         }
-        let mut index = self.shard(dep.id).index.lock();
-        if let Some(slot) = index.get(&dep.id).and_then(Weak::upgrade) {
+        let slot = Arc::new(Slot::new(dep.id, self.clone()));
+        if dep.id.node != self.node {
+            // Another runtime's object, gone: it cannot be rebuilt here.
+            slot.complete(Err(Error::ObjectLost {
+                id: dep.id.to_string(),
+            }));
             return slot;
         }
-        let slot = Arc::new(Slot::new(dep.id, self.clone()));
+        let mut index = self.shard(dep.id).index.lock();
+        if let Some(live) = index.get(&dep.id).and_then(Weak::upgrade) {
+            return live;
+        }
         {
             let mut inner = slot.inner.lock();
             inner.state = State::Lost;
+            // Freed, not failed: rebuilding it does not use up its retries.
+            inner.freed = true;
             inner.lineage = match &dep.lineage {
-                Some(k) => {
-                    // Live again with its lineage: counted again, given back
-                    // when it is freed again.
-                    self.lineage_bytes.fetch_add(k.bytes, Ordering::Relaxed);
-                    Lineage::Kept(k.clone())
-                }
-                None => Lineage::None,
+                DepLineage::Kept(k) => Lineage::Kept(k.clone()),
+                DepLineage::Unkept(why) => Lineage::Unkept(why),
+                DepLineage::Lost => Lineage::None,
             };
         }
         slot.status.store(LOST, Ordering::Release);
         index.insert(dep.id, Arc::downgrade(&slot));
         slot
+    }
+
+    /// Lets go of a kept task's lineage; when this was its last holder, its
+    /// bytes go back to the budget and its arguments' lineage is let go the
+    /// same way — iteratively: a chain of a million tasks frees without deep
+    /// recursion.
+    fn release_lineage(&self, kept: Arc<Kept>) {
+        let mut stack = vec![kept];
+        while let Some(k) = stack.pop() {
+            if let Ok(mut k) = Arc::try_unwrap(k) {
+                self.lineage_bytes.fetch_sub(k.bytes, Ordering::Relaxed);
+                stack.extend(k.deps.drain(..).filter_map(|d| match d.lineage {
+                    DepLineage::Kept(k) => Some(k),
+                    _ => None,
+                }));
+            }
+        }
     }
 
     /// Submits the task that makes `ret`: dispatched at once if its arguments are
@@ -376,10 +401,10 @@ impl TaskJob {
                         .ok_or_else(|| Error::ObjectLost { id: id.to_string() })?;
                     match pin.try_get() {
                         Some(Ok(v)) => Ok(v),
-                        Some(Err(e)) => Err(Error::DependencyFailed {
-                            task: self.spec.display_name().to_string(),
-                            cause: Box::new(e),
-                        }),
+                        Some(Err(e)) => Err(Error::dependency_failed(
+                            self.spec.display_name().to_string(),
+                            e,
+                        )),
                         None => Err(Error::ObjectLost { id: id.to_string() }),
                     }
                 }
@@ -400,12 +425,11 @@ impl PendingTask {
     fn dependency_done(&self, failed: Option<Error>) {
         if let Some(cause) = failed {
             if let Some(job) = self.job.lock().take() {
-                let err = Error::DependencyFailed {
-                    task: job.spec.display_name().to_string(),
-                    cause: Box::new(cause),
-                };
+                let err = Error::dependency_failed(job.spec.display_name().to_string(), cause);
                 drop(job);
-                self.ret.complete(Err(err));
+                // Not a nested call: a failure runs down a long chain of
+                // dependents in a loop, not a recursion as deep as the chain.
+                Slot::fail_later(&self.ret, err);
             }
             return;
         }

@@ -39,7 +39,40 @@ pub(super) struct Kept {
 pub(super) struct Dep {
     pub(super) id: ObjectId,
     pub(super) slot: Weak<Slot>,
-    pub(super) lineage: Option<Arc<Kept>>,
+    pub(super) lineage: DepLineage,
+}
+
+/// How a freed argument can be rebuilt.
+pub(super) enum DepLineage {
+    /// From its task.
+    Kept(Arc<Kept>),
+    /// Not: its lineage was not kept, for this reason.
+    Unkept(&'static str),
+    /// Not: a `put`, or another runtime's object.
+    Lost,
+}
+
+impl Drop for Kept {
+    // A kept task usually goes through `OwnerTable::release_lineage`; if one
+    // is dropped elsewhere, its arguments' lineage still goes iteratively.
+    fn drop(&mut self) {
+        let mut stack: Vec<Arc<Kept>> = self
+            .deps
+            .drain(..)
+            .filter_map(|d| match d.lineage {
+                DepLineage::Kept(k) => Some(k),
+                _ => None,
+            })
+            .collect();
+        while let Some(k) = stack.pop() {
+            if let Ok(mut k) = Arc::try_unwrap(k) {
+                stack.extend(k.deps.drain(..).filter_map(|d| match d.lineage {
+                    DepLineage::Kept(k) => Some(k),
+                    _ => None,
+                }));
+            }
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -57,6 +90,8 @@ pub(super) struct Inner {
     pub(super) dependents: Vec<Arc<PendingTask>>,
     pub(super) children: Vec<Weak<Slot>>,
     pub(super) lineage: Lineage,
+    /// Lost because it was freed (a revived argument), not because it failed.
+    pub(super) freed: bool,
     /// The task that makes this object, while it is queued and not started
     /// (boxed: a slot is mostly without one).
     pub(super) job: Option<TaskJob>,
@@ -101,6 +136,7 @@ impl Slot {
                 dependents: Vec::new(),
                 children: Vec::new(),
                 lineage: Lineage::None,
+                freed: false,
                 job: None,
                 actor: None,
             }),
@@ -289,12 +325,67 @@ impl Slot {
         if self.status.load(Ordering::Acquire) != LOST {
             return;
         }
+        let outermost = RECOVERING.with(|r| {
+            let mut r = r.borrow_mut();
+            r.is_none().then(|| *r = Some(Vec::new())).is_some()
+        });
+        self.recover_one();
+        if outermost {
+            while let Some(next) = RECOVERING.with(|r| r.borrow_mut().as_mut().and_then(Vec::pop)) {
+                next.recover_one();
+            }
+            RECOVERING.with(|r| *r.borrow_mut() = None);
+        }
+    }
+
+    /// Fails `slot` with `error` after the object being failed now (on this
+    /// thread), or now if none is: a failure that runs down a chain of
+    /// dependents is a loop.
+    pub(super) fn fail_later(slot: &Arc<Slot>, error: Error) {
+        let error = FAILING.with(|f| match &mut *f.borrow_mut() {
+            Some(list) => {
+                list.push((slot.clone(), error));
+                None
+            }
+            None => Some(error),
+        });
+        let Some(error) = error else {
+            return;
+        };
+        FAILING.with(|f| *f.borrow_mut() = Some(Vec::new()));
+        slot.complete(Err(error));
+        while let Some((next, e)) = FAILING.with(|f| f.borrow_mut().as_mut().and_then(Vec::pop)) {
+            next.complete(Err(e));
+        }
+        FAILING.with(|f| *f.borrow_mut() = None);
+    }
+
+    /// Recovers this object after the one being recovered now (on this
+    /// thread), or now if none is.
+    fn recover_later(self: &Arc<Self>) {
+        let queued = RECOVERING.with(|r| match &mut *r.borrow_mut() {
+            Some(list) => {
+                list.push(self.clone());
+                true
+            }
+            None => false,
+        });
+        if !queued {
+            self.recover();
+        }
+    }
+
+    fn recover_one(&self) {
+        if self.status.load(Ordering::Acquire) != LOST {
+            return;
+        }
         let mut inner = self.inner.lock();
         if !matches!(inner.state, State::Lost) {
             return;
         }
         let id = self.id.to_string();
         let rebuild = match &inner.lineage {
+            Lineage::Kept(kept) if inner.freed => Ok(kept.clone()),
             Lineage::Kept(kept)
                 if kept
                     .spec
@@ -320,6 +411,7 @@ impl Slot {
             }),
         };
         inner.state = State::Pending;
+        inner.freed = false;
         self.status.store(PENDING, Ordering::Release);
         drop(inner);
         match rebuild {
@@ -393,7 +485,10 @@ impl Slot {
     }
 
     /// Adds a task waiting on this object; returns the outcome instead if known.
-    pub(super) fn add_dependent(&self, task: &Arc<PendingTask>) -> Option<Result<(), Error>> {
+    pub(super) fn add_dependent(
+        self: &Arc<Self>,
+        task: &Arc<PendingTask>,
+    ) -> Option<Result<(), Error>> {
         let mut inner = self.inner.lock();
         match &inner.state {
             State::Pending => {
@@ -401,10 +496,12 @@ impl Slot {
                 None
             }
             State::Lost => {
-                // A task needs it: rebuild it, and run the task after.
+                // A task needs it: rebuild it, and run the task after. Later,
+                // not here: a chain of lost objects rebuilds in a loop, not
+                // in a recursion as deep as the chain.
                 inner.dependents.push(task.clone());
                 drop(inner);
-                self.recover();
+                self.recover_later();
                 None
             }
             State::Ready(_) => Some(Ok(())),
@@ -413,15 +510,22 @@ impl Slot {
     }
 }
 
+thread_local! {
+    /// Objects to fail on this thread, while one is being failed.
+    static FAILING: std::cell::RefCell<Option<Vec<(Arc<Slot>, Error)>>> = const { std::cell::RefCell::new(None) };
+    /// Objects waiting to be recovered on this thread, while one is.
+    static RECOVERING: std::cell::RefCell<Option<Vec<Arc<Slot>>>> = const { std::cell::RefCell::new(None) };
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
         // The lineage budget counts the lineage of live objects: a kept task
         // still referenced as an argument's lineage by another object's lineage
         // lives on, counted in that object's bytes.
-        if let Lineage::Kept(kept) = &self.inner.get_mut().lineage {
-            self.table
-                .lineage_bytes
-                .fetch_sub(kept.bytes, Ordering::Relaxed);
+        if let Lineage::Kept(kept) =
+            std::mem::replace(&mut self.inner.get_mut().lineage, Lineage::None)
+        {
+            self.table.release_lineage(kept);
         }
         let held = self.inner.get_mut().held;
         self.release(held);
