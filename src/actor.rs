@@ -595,6 +595,12 @@ impl<'r, A: Actor> ActorBuilder<'r, A> {
             }
             _ => {}
         }
+        if let Some(group) = self.group.as_ref().filter(|g| g.gave_up()) {
+            return Err(Error::InvalidArgument(format!(
+                "supervisor `{}` gave up: it takes no new actors",
+                group.name()
+            )));
+        }
         if self.group.is_some() && !self.restart.max_restarts.is_none() {
             return Err(Error::InvalidArgument(
                 "an actor under a supervisor restarts by its supervisor's limit: set max_restarts on the supervisor, not the actor".into(),
@@ -784,8 +790,10 @@ impl<'de, A: Actor> Deserialize<'de> for ActorHandle<A> {
                 "an ActorHandle can be decoded only in a rayx worker or with Runtime::decode",
             )
         })?;
-        let (node, host) = here.resolve_actor(id).map_err(serde::de::Error::custom)?;
-        ActorHandle::from_host(node, host).map_err(serde::de::Error::custom)
+        let (node, host) = here
+            .resolve_actor(id)
+            .map_err(crate::runtime::decode_error)?;
+        ActorHandle::from_host(node, host).map_err(crate::runtime::decode_error)
     }
 }
 

@@ -17,6 +17,19 @@ use std::time::Duration;
 /// What [`Runtime::wait`] returns: `(ready, not_ready)`, each in input order.
 pub type Waited<T> = (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>);
 
+thread_local! {
+    /// The typed error of a ref or handle that failed to decode on this thread.
+    static DECODE_ERROR: std::cell::RefCell<Option<Error>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A ref or handle could not be decoded: keeps the typed error for
+/// [`Runtime::decode`] and gives serde its text.
+pub(crate) fn decode_error<E: serde::de::Error>(e: Error) -> E {
+    let text = e.to_string();
+    DECODE_ERROR.with(|t| *t.borrow_mut() = Some(e));
+    E::custom(text)
+}
+
 /// Starts a runtime on this machine with one worker per core.
 ///
 /// ```
@@ -349,10 +362,18 @@ impl Runtime {
         self.node.subscribe()
     }
 
-    /// Decodes bytes that may hold `ObjectRef`s or `ActorHandle`s of this runtime.
+    /// Decodes bytes that may hold `ObjectRef`s or `ActorHandle`s (of this
+    /// runtime or another of the process). A ref or handle that cannot be
+    /// resolved fails with its own typed error (`OwnerUnknown`, `ObjectLost`,
+    /// `ActorDied`, `TypeMismatch`); bytes that do not decode, `Serialization`.
     pub fn decode<T: Data>(&self, bytes: &[u8]) -> Result<T> {
+        DECODE_ERROR.with(|e| e.borrow_mut().take());
         rayx_actors::node::with_node(&self.node, || {
-            rmp_serde::from_slice(bytes).map_err(|e| Error::Serialization(e.to_string()))
+            rmp_serde::from_slice(bytes).map_err(|e| {
+                DECODE_ERROR
+                    .with(|t| t.borrow_mut().take())
+                    .unwrap_or_else(|| Error::Serialization(e.to_string()))
+            })
         })
     }
 

@@ -390,3 +390,123 @@ fn a_detached_actor_whose_factory_captured_the_runtime_does_not_keep_it_alive() 
     drop(node);
     assert!(eventually(LONG, || stopped.load(Ordering::SeqCst)));
 }
+
+// Found in review: deaths of detached actors, panicking destructors of
+// cancelled calls, groups that gave up, stale calls of a restarted actor.
+
+#[test]
+fn a_detached_actor_is_freed_however_it_dies() {
+    let rt = rt2();
+    let crashed = rt.actor(|| Keeper).detached().spawn().unwrap();
+    let weak = crashed.downgrade();
+    // Keeper's handler does not panic; crash it with a restart past its limit.
+    crashed.restart();
+    assert!(eventually(LONG, || crashed.is_dead()));
+    drop(crashed);
+    assert!(
+        eventually(LONG, || weak.upgrade().is_none()),
+        "freed after a crash"
+    );
+    let group = rt
+        .supervisor("zero")
+        .max_restarts(0, std::time::Duration::from_secs(3600))
+        .start();
+    let a = rt
+        .actor(|| Keeper)
+        .detached()
+        .supervisor(&group)
+        .spawn()
+        .unwrap();
+    let b = rt
+        .actor(|| Keeper)
+        .detached()
+        .supervisor(&group)
+        .spawn()
+        .unwrap();
+    let wb = b.downgrade();
+    a.restart();
+    assert!(eventually(LONG, || b.is_dead()), "stopped by its group");
+    assert!(group.gave_up());
+    drop((a, b));
+    assert!(
+        eventually(LONG, || wb.upgrade().is_none()),
+        "freed after its group stopped it"
+    );
+    // A group that gave up takes no new actors.
+    assert!(matches!(
+        rt.actor(|| Keeper).supervisor(&group).spawn(),
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+struct Bomb;
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("a destructor panicked");
+        }
+    }
+}
+struct Napper;
+impl Actor for Napper {
+    const ASYNC: bool = true;
+}
+#[derive(Serialize, Deserialize)]
+struct NapWithBomb(bool);
+impl Message for NapWithBomb {
+    type Reply = u8;
+}
+impl AsyncHandler<NapWithBomb> for Napper {
+    async fn handle(
+        self: Arc<Self>,
+        NapWithBomb(forever): NapWithBomb,
+        _: AsyncContext<Self>,
+    ) -> u8 {
+        if forever {
+            let bomb = Bomb;
+            std::future::pending::<()>().await;
+            std::mem::forget(bomb);
+        }
+        1
+    }
+}
+
+#[test]
+fn a_cancelled_call_whose_destructor_panics_leaves_its_actor_serving() {
+    let rt = rt2();
+    let a = rt
+        .async_actor(|| Napper)
+        .max_concurrency(1)
+        .spawn()
+        .unwrap();
+    let stuck = a.call(NapWithBomb(true));
+    assert!(eventually(LONG, || a.queued() == 0));
+    rt.cancel(&stuck);
+    assert!(matches!(stuck.get(), Err(Error::Cancelled { .. })));
+    assert_eq!(a.call(NapWithBomb(false)).get_timeout(LONG), Ok(1));
+}
+
+#[test]
+fn a_runtime_decode_that_panics_leaves_the_thread_as_it_was() {
+    struct Explodes;
+    impl<'de> Deserialize<'de> for Explodes {
+        fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+            panic!("a user Deserialize panicked")
+        }
+    }
+    impl Serialize for Explodes {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_u8(0)
+        }
+    }
+    let rt = rt2();
+    let bytes = rt.encode(&1u8).unwrap();
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = rt.decode::<Explodes>(&bytes);
+    }));
+    assert!(decoded.is_err());
+    assert!(
+        Runtime::current().is_none(),
+        "the driver thread is not a runtime thread"
+    );
+}

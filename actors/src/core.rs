@@ -13,6 +13,7 @@ use crate::run_queue::RunQueue;
 use std::sync::{Arc, OnceLock};
 
 type Hook = Box<dyn Fn() + Send + Sync>;
+type ActorHook = Box<dyn Fn(crate::ids::ActorId) + Send + Sync>;
 
 /// The tables and settings of one node.
 pub struct Core {
@@ -34,6 +35,7 @@ pub struct Core {
     pub faults: Arc<FaultInjector>,
     thread_init: OnceLock<Hook>,
     stop: OnceLock<Hook>,
+    actor_died: OnceLock<ActorHook>,
 }
 
 impl Core {
@@ -62,6 +64,7 @@ impl Core {
             faults,
             thread_init: OnceLock::new(),
             stop: OnceLock::new(),
+            actor_died: OnceLock::new(),
         })
     }
 
@@ -70,6 +73,19 @@ impl Core {
     pub fn set_hooks(&self, thread_init: Hook, stop: Hook) {
         let _ = self.thread_init.set(thread_init);
         let _ = self.stop.set(stop);
+    }
+
+    /// Sets what the node does when one of its actors dies for good (its
+    /// directory forgets it, so a detached one is freed).
+    pub fn set_actor_hook(&self, died: ActorHook) {
+        let _ = self.actor_died.set(died);
+    }
+
+    /// An actor died for good.
+    pub fn actor_died(&self, id: crate::ids::ActorId) {
+        if let Some(died) = self.actor_died.get() {
+            died(id);
+        }
     }
 
     /// Marks the calling thread as one of this node's.

@@ -102,7 +102,9 @@ impl<H: Entry> Directory<H> {
 
     /// Forgets a killed actor, so a detached one can be freed.
     pub fn forget(&self, id: ActorId) {
-        self.detached.lock().remove(&id);
+        // Dropped after the lock is released: it may be the actor's last handle.
+        let gone = self.detached.lock().remove(&id);
+        drop(gone);
     }
 
     /// Kills every actor (at shutdown).

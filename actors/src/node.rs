@@ -38,11 +38,18 @@ pub fn current_node() -> Option<Arc<Node>> {
 
 /// Runs `f` with `node` as this thread's node (to decode refs and handles).
 pub fn with_node<R>(node: &Arc<Node>, f: impl FnOnce() -> R) -> R {
-    let previous =
-        CURRENT_NODE.with(|n| std::mem::replace(&mut *n.borrow_mut(), Arc::downgrade(node)));
-    let result = f();
-    CURRENT_NODE.with(|n| *n.borrow_mut() = previous);
-    result
+    /// Puts the previous node back, also if `f` panics.
+    struct Restore(Weak<Node>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = std::mem::take(&mut self.0);
+            CURRENT_NODE.with(|n| *n.borrow_mut() = previous);
+        }
+    }
+    let _restore = Restore(
+        CURRENT_NODE.with(|n| std::mem::replace(&mut *n.borrow_mut(), Arc::downgrade(node))),
+    );
+    f()
 }
 
 impl Entry for ActorHost {
@@ -128,6 +135,12 @@ impl Node {
                 }
             }),
         );
+        let for_actors = Arc::downgrade(&node);
+        core.set_actor_hook(Box::new(move |id| {
+            if let Some(node) = for_actors.upgrade() {
+                node.directory.forget(id);
+            }
+        }));
         for handle in &node.async_handles {
             let core = core.clone();
             handle.spawn_fn(move || core.enter_thread());
@@ -245,6 +258,13 @@ impl Node {
     /// cancelled too. The object fails with `Cancelled` at once; a finished one
     /// is left as it is. Cancelled tasks and calls are never retried.
     pub fn cancel(&self, slot: &Arc<Slot>, force: bool, recursive: bool) {
+        if slot.id().node != self.id() {
+            // Another runtime's task or call: its owner cancels it.
+            if let Some(owner) = known_node(slot.id().node) {
+                owner.cancel(slot, force, recursive);
+            }
+            return;
+        }
         let error = Error::Cancelled {
             task: slot.id().to_string(),
             forced: force,

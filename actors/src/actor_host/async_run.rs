@@ -103,7 +103,12 @@ impl ActorHost {
         drop(life);
         if idle && in_flight.load(Ordering::Acquire) == 0 && !self.is_dead() {
             self.linger();
-        } else if self.scheduled.release(|| self.has_work()) {
+        } else if self.scheduled.release(|| {
+            // At `max_concurrency`, mail waits for a call to finish (its end
+            // pumps again); only a signal needs the loop now.
+            let room = in_flight.load(Ordering::Acquire) < *max_concurrency;
+            (room && self.has_work()) || self.signals.load(Ordering::Acquire) != 0
+        }) {
             self.submit();
         }
     }
@@ -115,8 +120,15 @@ impl ActorHost {
         job: CallJob,
         cancel: Arc<CallCancel>,
     ) {
+        // The incarnation the call runs on: a panic of a call that outlived a
+        // restart fails that call, not the new incarnation.
+        let incarnation = self.restarts();
         actix_rt::spawn(async move {
-            let result = Cancellable { fut, cancel }.await;
+            let result = Cancellable {
+                fut: Some(fut),
+                cancel,
+            }
+            .await;
             let Kind::Async {
                 cell,
                 in_flight,
@@ -131,6 +143,15 @@ impl ActorHost {
                 // Cancelled: the future is dropped; the cancel failed the reply.
                 None => {}
                 Some(Ok(reply)) => job.reply.complete(reply),
+                Some(Err(cause)) if self.restarts() != incarnation || self.is_dead() => {
+                    job.reply.complete(Err(Error::ActorDied {
+                        actor: self.label(),
+                        cause: format!(
+                            "{} {cause}, after the incarnation it ran on was restarted or stopped",
+                            job.call.method
+                        ),
+                    }));
+                }
                 Some(Err(cause)) => {
                     let cause = format!("{} {cause}", job.call.method);
                     self.crash(&mut cell.lock(), cause, Some(job), true);
@@ -214,22 +235,44 @@ impl CallCancel {
 
 /// A waiting call that ends early (`None`) when cancelled.
 pub(super) struct Cancellable {
-    fut: CatchUnwind,
+    fut: Option<CatchUnwind>,
     cancel: Arc<CallCancel>,
+}
+
+impl Cancellable {
+    /// Drops the call's future (user code: its destructors may panic).
+    fn drop_call(&mut self) -> Poll<Option<<CatchUnwind as Future>::Output>> {
+        let fut = self.fut.take();
+        let _ = catch_user(|| drop(fut));
+        Poll::Ready(None)
+    }
 }
 
 impl Future for Cancellable {
     type Output = Option<<CatchUnwind as Future>::Output>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         if self.cancel.cancelled.load(Ordering::Acquire) {
-            return Poll::Ready(None);
+            return self.drop_call();
         }
         *self.cancel.waker.lock() = Some(cx.waker().clone());
         // Checked again after the waker is in place: a cancel between the two
         // either saw the waker or is seen here.
         if self.cancel.cancelled.load(Ordering::Acquire) {
-            return Poll::Ready(None);
+            return self.drop_call();
         }
-        Pin::new(&mut self.fut).poll(cx).map(Some)
+        match self.fut.as_mut() {
+            Some(fut) => Pin::new(fut).poll(cx).map(Some),
+            None => Poll::Ready(None),
+        }
+    }
+}
+
+impl Drop for Cancellable {
+    fn drop(&mut self) {
+        // A call dropped unfinished (its actor's thread stopping): its
+        // destructors are user code too.
+        if self.fut.is_some() {
+            let _ = self.drop_call();
+        }
     }
 }

@@ -532,7 +532,13 @@ impl ActorHost {
             *death = Some(cause);
         }
         // Release pairs with `is_dead`'s Acquire: who sees it dead sees the cause.
-        self.dead.store(true, Ordering::Release);
+        let was_dead = self.dead.swap(true, Ordering::AcqRel);
+        drop(death);
+        if !was_dead {
+            // However it died (killed, crashed past its limit, stopped by its
+            // group): the directory forgets it, so a detached one is freed.
+            self.core.actor_died(self.id);
+        }
     }
 }
 

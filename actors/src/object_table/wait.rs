@@ -185,9 +185,11 @@ impl Slot {
             if hooks.is_some() && self.inner.lock().job.is_some() {
                 // Queued again (a retry, a rebuild): run it here.
                 blocked.set(false);
-                self.run_here(hooks.as_ref());
+                let ran = self.run_here(hooks.as_ref());
                 blocked.set(true);
-                continue;
+                if ran {
+                    continue;
+                }
             }
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
