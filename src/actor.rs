@@ -359,6 +359,17 @@ fn take_message<M: Data>(value: Value) -> Result<M> {
     })
 }
 
+/// The copy of a message kept to send it again after a crash: a serde round
+/// trip on the actor's thread, so the refs and handles in it are decoded — and
+/// held — like any other (the handler gets the message itself; a retry gets
+/// this copy).
+fn copy_message<M: Data>(message: &Value) -> Result<Value> {
+    let original = message.downcast::<M>()?;
+    let bytes = rmp_serde::to_vec(&*original).map_err(|e| Error::Serialization(e.to_string()))?;
+    let copy: M = rmp_serde::from_slice(&bytes).map_err(|e| Error::Serialization(e.to_string()))?;
+    Ok(Value::new(copy))
+}
+
 fn wrong_actor<A>(found: &str) -> Error {
     Error::TypeMismatch {
         expected: std::any::type_name::<A>().to_string(),
@@ -759,6 +770,7 @@ impl<A> ActorHandle<A> {
             dispatch,
             retries: 0,
             reply: reply.clone(),
+            copy: Some(copy_message::<M>),
         });
         ObjectRef::from_slot(reply)
     }

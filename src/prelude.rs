@@ -2,7 +2,7 @@
 
 pub use crate::{
     Actor, ActorContext, ActorHandle, AsyncContext, AsyncHandler, AsyncTryHandler, Data, Error,
-    Handler, Message, ObjectRef, Retries, Runtime, TryHandler, WeakActorHandle,
+    Handler, Message, ObjectRef, Retries, Runtime, Strategy, TryHandler, WeakActorHandle,
 };
 pub use serde::{Deserialize, Serialize};
 pub use std::time::Duration;

@@ -257,7 +257,7 @@ impl Runtime {
             )));
         }
         let slots: Vec<&_> = refs.iter().map(|r| r.slot()).collect();
-        let done = wait_slots(&slots, num_returns, timeout);
+        let done = wait_slots(&slots, num_returns, timeout)?;
         drop(slots);
         let mut ready = Vec::with_capacity(done.len());
         let mut pending = Vec::with_capacity(refs.len() - done.len());

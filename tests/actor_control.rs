@@ -510,3 +510,43 @@ fn a_runtime_decode_that_panics_leaves_the_thread_as_it_was() {
         "the driver thread is not a runtime thread"
     );
 }
+
+struct FailsFirst {
+    attempts: Arc<AtomicUsize>,
+}
+impl Actor for FailsFirst {}
+#[derive(Serialize, Deserialize)]
+struct Carry(ObjectRef<u64>);
+impl Message for Carry {
+    type Reply = u64;
+}
+impl Handler<Carry> for FailsFirst {
+    fn handle(&mut self, Carry(r): Carry, _: &mut ActorContext<Self>) -> u64 {
+        if self.attempts.fetch_add(1, Ordering::SeqCst) == 0 {
+            panic!("the first attempt crashes");
+        }
+        r.get().unwrap()
+    }
+}
+
+/// The copy of a message kept for a retry holds the objects it refers to,
+/// though the caller let go of its own ref.
+#[test]
+fn a_retried_call_keeps_the_objects_its_message_refers_to() {
+    let rt = rt2();
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let counter = attempts.clone();
+    let a = rt
+        .actor(move || FailsFirst {
+            attempts: counter.clone(),
+        })
+        .max_restarts(1)
+        .max_task_retries(1)
+        .spawn()
+        .unwrap();
+    let call = a.call(Carry(rt.put(77u64).unwrap()));
+    assert_eq!(call.get_timeout(LONG), Ok(77));
+    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+    drop(call);
+    assert!(eventually(LONG, || rt.memory().objects == 0));
+}

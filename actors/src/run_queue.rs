@@ -219,6 +219,8 @@ impl RunQueue {
                 Err(now) => w = now,
             }
         }
+        // Room again under the limit: a later shortage is reported again.
+        self.limit_reported.store(false, Ordering::Relaxed);
         match self.router.read().as_ref() {
             Some(router) => router.do_send(SpawnWorker),
             None => self.remove_workers(1),

@@ -102,7 +102,14 @@ pub struct CallJob {
     pub retries: u32,
     /// Its reply object.
     pub reply: Arc<Slot>,
+    /// Makes the copy of the message kept to send it again after a crash: a
+    /// typed copy, so the objects it refers to stay held. Without it the copy
+    /// is the message's encoding.
+    pub copy: Option<CopyMessage>,
 }
+
+/// Copies a call's message for a retry (given by the typed caller).
+pub type CopyMessage = fn(&Value) -> Result<Value, Error>;
 
 /// What a sync handler may see and do to its own actor.
 pub struct HostContext<'a> {
@@ -490,9 +497,14 @@ impl ActorHost {
     /// after a crash, the copy kept for that is its encoding: the handler gets
     /// the message itself, never a serde round trip of it.
     fn split(&self, mut job: CallJob) -> (Value, CallJob) {
-        let keep = if self.restart.may_retry(job.retries) && !self.restart.max_restarts.is_none() {
-            match job.call.message.to_bytes() {
-                Ok(bytes) => Value::Encoded(bytes),
+        let may_restart = self.membership.get().is_some() || !self.restart.max_restarts.is_none();
+        let keep = if self.restart.may_retry(job.retries) && may_restart {
+            let copy = match job.copy {
+                Some(copy) => copy(&job.call.message),
+                None => job.call.message.to_bytes().map(Value::Encoded),
+            };
+            match copy {
+                Ok(copy) => copy,
                 Err(e) => {
                     tracing::warn!(
                         "rayx: a {} cannot be kept to send again after a crash: {e}",

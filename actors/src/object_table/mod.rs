@@ -45,6 +45,10 @@ const SPINS: u32 = 2_000;
 /// How often a worker blocked in `get` checks whether the pool can still make
 /// progress (every worker blocked at `max_workers` with work queued).
 const STARVATION_CHECK: Duration = Duration::from_millis(100);
+/// How long a blocked worker waits, with every worker blocked at
+/// `max_workers`, work queued and no object completing anywhere, before its
+/// `get` gives up with `WorkerLimitReached`.
+const STARVATION_WINDOW: Duration = Duration::from_secs(1);
 
 /// Memory held by a node's objects.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +76,8 @@ pub trait Dispatch: Send + Sync {
 struct Shard {
     index: Mutex<IdMap<ObjectId, Weak<Slot>>>,
     inline_bytes: AtomicU64,
+    /// Objects completed in this shard: progress, for starvation checks.
+    completed: AtomicU64,
 }
 
 /// The object table of one node.
@@ -103,6 +109,7 @@ impl OwnerTable {
             .map(|_| Shard {
                 index: Mutex::new(IdMap::default()),
                 inline_bytes: AtomicU64::new(0),
+                completed: AtomicU64::new(0),
             })
             .collect();
         Arc::new(OwnerTable {
@@ -197,6 +204,14 @@ impl OwnerTable {
                 slot.complete(Err(error.clone()));
             }
         }
+    }
+
+    /// How many objects have completed here: moves while anything progresses.
+    fn progress(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.completed.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// The memory the node's objects hold now.

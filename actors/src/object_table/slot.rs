@@ -273,6 +273,10 @@ impl Slot {
         // Release pairs with the Acquire loads of `status`: a reader that sees
         // DONE finds the state above under the lock.
         self.status.store(DONE, Ordering::Release);
+        self.table
+            .shard(self.id)
+            .completed
+            .fetch_add(1, Ordering::Relaxed);
         let waiters = std::mem::take(&mut inner.waiters);
         let dependents = std::mem::take(&mut inner.dependents);
         drop(inner);
@@ -510,9 +514,12 @@ impl Slot {
     }
 }
 
+/// Objects to fail, each with its error.
+type Failures = Vec<(Arc<Slot>, Error)>;
+
 thread_local! {
     /// Objects to fail on this thread, while one is being failed.
-    static FAILING: std::cell::RefCell<Option<Vec<(Arc<Slot>, Error)>>> = const { std::cell::RefCell::new(None) };
+    static FAILING: std::cell::RefCell<Option<Failures>> = const { std::cell::RefCell::new(None) };
     /// Objects waiting to be recovered on this thread, while one is.
     static RECOVERING: std::cell::RefCell<Option<Vec<Arc<Slot>>>> = const { std::cell::RefCell::new(None) };
 }

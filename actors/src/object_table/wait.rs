@@ -66,7 +66,11 @@ impl Drop for Blocked<'_> {
 /// returns the positions of the first `num_ready` done slots, in input order
 /// (fewer if the deadline passed first). Slots past the last one counted are
 /// not looked at. On a worker, tasks nobody has started are run here first.
-pub fn wait_slots(slots: &[&Arc<Slot>], num_ready: usize, timeout: Option<Duration>) -> Vec<usize> {
+pub fn wait_slots(
+    slots: &[&Arc<Slot>],
+    num_ready: usize,
+    timeout: Option<Duration>,
+) -> Result<Vec<usize>, Error> {
     let first_done = |slots: &[&Arc<Slot>]| -> Vec<usize> {
         let mut done = Vec::with_capacity(num_ready);
         for (i, s) in slots.iter().enumerate() {
@@ -81,7 +85,7 @@ pub fn wait_slots(slots: &[&Arc<Slot>], num_ready: usize, timeout: Option<Durati
     };
     let done = first_done(slots);
     if done.len() >= num_ready || timeout == Some(Duration::ZERO) {
-        return done;
+        return Ok(done);
     }
     let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
     let hooks = wait_hooks();
@@ -99,12 +103,24 @@ pub fn wait_slots(slots: &[&Arc<Slot>], num_ready: usize, timeout: Option<Durati
         s.recover();
     }
     let mut done = first_done(slots);
+    let mut starvation = Starvation::default();
+    let mut starved = None;
     while done.len() < num_ready {
         let now = Instant::now();
-        match deadline {
-            Some(d) if now >= d => break,
-            Some(d) => std::thread::park_timeout(d - now),
-            None => std::thread::park(),
+        match (&hooks, deadline) {
+            (_, Some(d)) if now >= d => break,
+            (Some(h), _) => {
+                if let Some(table) = slots.first().map(|s| &s.table) {
+                    if let Some(e) = starvation.check(&**h, table, now) {
+                        starved = Some(e);
+                        break;
+                    }
+                }
+                let nap = deadline.map_or(STARVATION_CHECK, |d| (d - now).min(STARVATION_CHECK));
+                std::thread::park_timeout(nap);
+            }
+            (None, Some(d)) => std::thread::park_timeout(d - now),
+            (None, None) => std::thread::park(),
         }
         done = first_done(slots);
     }
@@ -113,7 +129,38 @@ pub fn wait_slots(slots: &[&Arc<Slot>], num_ready: usize, timeout: Option<Durati
             slot.deregister(t);
         }
     }
-    done
+    match starved {
+        Some(e) => Err(e),
+        None => Ok(done),
+    }
+}
+
+/// Whether a blocked worker's wait can no longer end: every worker the pool
+/// may have is blocked with work queued, and no object has completed anywhere
+/// for `STARVATION_WINDOW` (a long call still running elsewhere completes
+/// objects of its own, or finishes, and resets the clock).
+#[derive(Default)]
+struct Starvation {
+    since: Option<(Instant, u64)>,
+}
+
+impl Starvation {
+    fn check(&mut self, hooks: &dyn WaitHooks, table: &OwnerTable, now: Instant) -> Option<Error> {
+        let Some(max_workers) = hooks.starved() else {
+            self.since = None;
+            return None;
+        };
+        let progress = table.progress();
+        match self.since {
+            Some((since, seen)) if seen == progress => (now.duration_since(since)
+                >= STARVATION_WINDOW)
+                .then_some(Error::WorkerLimitReached { max_workers }),
+            _ => {
+                self.since = Some((now, progress));
+                None
+            }
+        }
+    }
 }
 
 pub(super) struct ThreadWaker(std::thread::Thread);
@@ -176,7 +223,7 @@ impl Slot {
         blocked.set(true);
         let waker = thread_waker();
         let token = self.register(&waker);
-        let mut starved_checks = 0;
+        let mut starvation = Starvation::default();
         let outcome = loop {
             if let Some(r) = self.try_get() {
                 break r;
@@ -199,14 +246,8 @@ impl Slot {
             }
             match (&hooks, deadline) {
                 (Some(h), _) => {
-                    match h.starved() {
-                        Some(max_workers) => {
-                            starved_checks += 1;
-                            if starved_checks >= 3 {
-                                break Err(Error::WorkerLimitReached { max_workers });
-                            }
-                        }
-                        None => starved_checks = 0,
+                    if let Some(e) = starvation.check(&**h, &self.table, now) {
+                        break Err(e);
                     }
                     let nap =
                         deadline.map_or(STARVATION_CHECK, |d| (d - now).min(STARVATION_CHECK));
