@@ -377,11 +377,13 @@ fn wrong_actor<A>(found: &str) -> Error {
     }
 }
 
-fn dispatch_sync<A: Handler<M>, M: Message>(
+/// Runs `handle` on a sync actor's state with its message and context.
+fn on_sync_actor<A: Actor, M: Message, R>(
     state: &mut dyn Any,
     msg: Value,
     host: &mut HostContext<'_>,
-) -> Result<Value> {
+    handle: impl FnOnce(&mut A, M, &mut ActorContext<'_, A>) -> R,
+) -> Result<R> {
     let actor = state
         .downcast_mut::<A>()
         .ok_or_else(|| wrong_actor::<A>("another actor type"))?;
@@ -390,8 +392,15 @@ fn dispatch_sync<A: Handler<M>, M: Message>(
         host: host.host(),
         _actor: PhantomData,
     };
-    let reply = A::handle(actor, msg, &mut ctx);
-    Ok(Value::new(reply))
+    Ok(handle(actor, msg, &mut ctx))
+}
+
+fn dispatch_sync<A: Handler<M>, M: Message>(
+    state: &mut dyn Any,
+    msg: Value,
+    host: &mut HostContext<'_>,
+) -> Result<Value> {
+    on_sync_actor(state, msg, host, A::handle).map(Value::new)
 }
 
 fn dispatch_try_sync<A: TryHandler<M>, M: Message>(
@@ -399,17 +408,10 @@ fn dispatch_try_sync<A: TryHandler<M>, M: Message>(
     msg: Value,
     host: &mut HostContext<'_>,
 ) -> Result<Value> {
-    let actor = state
-        .downcast_mut::<A>()
-        .ok_or_else(|| wrong_actor::<A>("another actor type"))?;
-    let msg = take_message::<M>(msg)?;
-    let mut ctx = ActorContext::<A> {
-        host: host.host(),
-        _actor: PhantomData,
-    };
-    match A::handle(actor, msg, &mut ctx) {
+    let label = label_of(host.host());
+    match on_sync_actor(state, msg, host, A::handle)? {
         Ok(reply) => Ok(Value::new(reply)),
-        Err(e) => Err(call_failed::<A, M>(label_of(host.host()), e)),
+        Err(e) => Err(call_failed::<A, M>(label, e)),
     }
 }
 
