@@ -97,6 +97,7 @@ supervised_child!(Router);
 impl Handler<SpawnWorker> for Router {
     type Result = ();
     fn handle(&mut self, _: SpawnWorker, ctx: &mut Context<Self>) {
+        self.core.run_queue.spawn_started();
         self.start_worker(ctx);
     }
 }

@@ -73,6 +73,9 @@ pub struct RunQueue {
     next_worker: AtomicUsize,
     running: Mutex<Vec<(usize, Arc<WorkerState>)>>,
     limit_reported: AtomicBool,
+    /// Workers counted and asked of the router, not started yet: uncounted if
+    /// the router stops before it starts them.
+    spawns_pending: AtomicUsize,
     events: Arc<EventBus>,
 }
 
@@ -97,6 +100,7 @@ impl RunQueue {
             next_worker: AtomicUsize::new(0),
             running: Mutex::new(Vec::new()),
             limit_reported: AtomicBool::new(false),
+            spawns_pending: AtomicUsize::new(0),
             events,
         })
     }
@@ -222,9 +226,21 @@ impl RunQueue {
         // Room again under the limit: a later shortage is reported again.
         self.limit_reported.store(false, Ordering::Relaxed);
         match self.router.read().as_ref() {
-            Some(router) => router.do_send(SpawnWorker),
+            Some(router) => {
+                self.spawns_pending.fetch_add(1, Ordering::AcqRel);
+                router.do_send(SpawnWorker);
+            }
             None => self.remove_workers(1),
         }
+    }
+
+    /// The router starts a worker it was asked for.
+    pub fn spawn_started(&self) {
+        let _ = self
+            .spawns_pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(1))
+            });
     }
 
     /// A worker stopped waiting.
@@ -296,6 +312,9 @@ impl RunQueue {
     /// count, told to stop after the job in hand (queued jobs wait for the next
     /// router's workers).
     pub fn retire_pool(&self, workers: &[usize]) {
+        // Workers asked of the stopping router and never started.
+        let never_started = self.spawns_pending.swap(0, Ordering::AcqRel);
+        self.remove_workers(never_started);
         drop(self.idle.remove_where(|id| workers.contains(&id)));
         for (id, state) in self.running.lock().iter() {
             if workers.contains(id) {
