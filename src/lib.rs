@@ -35,7 +35,7 @@ pub use rayx_actors::object_table::MemoryUsage;
 pub use rayx_actors::supervision::Strategy;
 pub use rayx_actors::{Error, Result};
 pub use remote::{IntoArg, IntoArgs, RemoteFunction, TaskBuilder};
-pub use runtime::{init, Builder, Runtime, Waited};
+pub use runtime::{init, Builder, Runtime, Waited, WeakRuntime};
 
 /// Whether the task running on this thread has been cancelled. A long task
 /// checks it now and then and returns early; outside a task it is `false`.

@@ -133,6 +133,23 @@ impl Drop for Guard {
     }
 }
 
+/// A runtime handle that does not keep it alive (see [`Runtime::downgrade`]).
+#[derive(Clone, Debug)]
+pub struct WeakRuntime {
+    node: std::sync::Weak<Node>,
+}
+
+impl WeakRuntime {
+    /// A handle to the runtime, if it is still running (a handle from
+    /// `upgrade` does not keep it alive either).
+    pub fn upgrade(&self) -> Option<Runtime> {
+        self.node
+            .upgrade()
+            .filter(|n| !n.is_closed())
+            .map(|node| Runtime { node, _guard: None })
+    }
+}
+
 /// A handle to a running rayx runtime.
 ///
 /// Dropping the last handle returned by [`init`] or [`Builder::start`] shuts the
@@ -171,6 +188,24 @@ impl Runtime {
     /// ```
     pub fn current() -> Option<Runtime> {
         rayx_actors::node::current_node().map(|node| Runtime { node, _guard: None })
+    }
+
+    /// A handle that does not keep the runtime alive: what an actor's factory
+    /// or a long-lived structure of the runtime's own should hold, so the
+    /// runtime still shuts down when its users drop their handles.
+    ///
+    /// ```
+    /// let rt = rayx::init()?;
+    /// let weak = rt.downgrade();
+    /// assert!(weak.upgrade().is_some());
+    /// drop(rt);
+    /// assert!(weak.upgrade().is_none(), "the last user handle shut it down");
+    /// # Ok::<(), rayx::Error>(())
+    /// ```
+    pub fn downgrade(&self) -> WeakRuntime {
+        WeakRuntime {
+            node: Arc::downgrade(&self.node),
+        }
     }
 
     pub(crate) fn node(&self) -> &Arc<Node> {

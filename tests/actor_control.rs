@@ -373,7 +373,7 @@ fn a_detached_actor_whose_factory_captured_the_runtime_does_not_keep_it_alive() 
         .detached()
         .spawn()
         .unwrap();
-    // Its constructor has run once it answers a look-up's call.
+    // Found by name as soon as it is spawned (its constructor may run later).
     assert!(eventually(LONG, || rt
         .get_actor::<Detached>("detached")
         .is_ok()));
@@ -549,4 +549,31 @@ fn a_retried_call_keeps_the_objects_its_message_refers_to() {
     assert_eq!(attempts.load(Ordering::SeqCst), 2);
     drop(call);
     assert!(eventually(LONG, || rt.memory().objects == 0));
+}
+
+/// A restartable detached actor keeps its factory; one that needs the runtime
+/// holds a `WeakRuntime` there, and the runtime still stops with its users.
+#[test]
+fn a_weak_runtime_in_a_restartable_actors_factory_does_not_keep_it_alive() {
+    let rt = rt2();
+    let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let built = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (weak, flag, done) = (rt.downgrade(), stopped.clone(), built.clone());
+    let d = rt
+        .actor(move || {
+            assert!(weak.upgrade().is_some(), "running while the runtime runs");
+            done.store(true, Ordering::SeqCst);
+            Detached {
+                stopped: flag.clone(),
+            }
+        })
+        .detached()
+        .max_restarts(Retries::Infinite)
+        .spawn()
+        .unwrap();
+    // `stopped` runs only for an actor that was built.
+    assert!(eventually(LONG, || built.load(Ordering::SeqCst)));
+    drop(d);
+    drop(rt);
+    assert!(eventually(LONG, || stopped.load(Ordering::SeqCst)));
 }

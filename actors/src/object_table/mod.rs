@@ -319,7 +319,23 @@ impl OwnerTable {
     /// same way — iteratively: a chain of a million tasks frees without deep
     /// recursion.
     fn release_lineage(&self, kept: Arc<Kept>) {
-        let mut stack = vec![kept];
+        // Most kept tasks have no argument objects and one holder: no stack.
+        let mut kept = match Arc::try_unwrap(kept) {
+            Err(_) => return,
+            Ok(kept) => kept,
+        };
+        self.lineage_bytes.fetch_sub(kept.bytes, Ordering::Relaxed);
+        if kept.deps.is_empty() {
+            return;
+        }
+        let mut stack: Vec<Arc<Kept>> = kept
+            .deps
+            .drain(..)
+            .filter_map(|d| match d.lineage {
+                DepLineage::Kept(k) => Some(k),
+                _ => None,
+            })
+            .collect();
         while let Some(k) = stack.pop() {
             if let Ok(mut k) = Arc::try_unwrap(k) {
                 self.lineage_bytes.fetch_sub(k.bytes, Ordering::Relaxed);
