@@ -1,8 +1,8 @@
 //! Actors: stateful workers defined by implementing [`Actor`] and [`Handler`]
 //! (or [`AsyncHandler`]) for each [`Message`] they take.
 
+use crate::handle::Runtime;
 use crate::object_ref::ObjectRef;
-use crate::runtime::Runtime;
 use crate::{Data, Error, Result};
 use rayx_actors::actor_group::ActorGroup;
 use rayx_actors::actor_host::{
@@ -66,6 +66,23 @@ pub trait Actor: Send + Sized + 'static {
     /// let rt = rayx::init().unwrap();
     /// // Sync1 is not marked ASYNC: an async handler of it does not compile.
     /// let _ = rt.actor(|| Sync1).spawn().unwrap().call(Hi);
+    /// ```
+    ///
+    /// The same actor marked `ASYNC` and started with `async_actor` compiles
+    /// (so the example above fails for that reason alone):
+    ///
+    /// ```
+    /// use rayx::prelude::*;
+    /// struct Async1;
+    /// impl Actor for Async1 { const ASYNC: bool = true; }
+    /// #[derive(Serialize, Deserialize)]
+    /// struct Hi;
+    /// impl Message for Hi { type Reply = (); }
+    /// impl AsyncHandler<Hi> for Async1 {
+    ///     async fn handle(self: std::sync::Arc<Self>, _: Hi, _: AsyncContext<Self>) {}
+    /// }
+    /// let rt = rayx::init().unwrap();
+    /// rt.async_actor(|| Async1).spawn().unwrap().call(Hi).get().unwrap();
     /// ```
     const ASYNC: bool = false;
     /// Called once when the actor stops: killed, collected or shut down.
@@ -248,11 +265,7 @@ impl<A: Actor> AsyncContext<A> {
     }
     /// A weak handle to this actor.
     pub fn weak_handle(&self) -> WeakActorHandle<A> {
-        WeakActorHandle {
-            host: self.info.host.clone(),
-            node: Arc::downgrade(&node_here()),
-            _actor: PhantomData,
-        }
+        WeakActorHandle::from_weak(&node_here(), self.info.host.clone())
     }
     /// Stops the actor: calls queued and made later fail with `ActorDied`;
     /// calls running now finish.
@@ -264,10 +277,8 @@ impl<A: Actor> AsyncContext<A> {
 }
 
 fn stop_host(host: &Arc<ActorHost>) {
+    // Its death tells the directory to forget it (a detached one is freed).
     host.kill("it stopped itself");
-    if let Some(node) = rayx_actors::node::current_node() {
-        node.forget_actor(host.id());
-    }
 }
 
 /// The node of the thread a handler runs on.
@@ -709,8 +720,12 @@ impl<A> Clone for WeakActorHandle<A> {
 
 impl<A: Actor> WeakActorHandle<A> {
     fn new(node: &Arc<Node>, host: &Arc<ActorHost>) -> Self {
+        Self::from_weak(node, Arc::downgrade(host))
+    }
+
+    fn from_weak(node: &Arc<Node>, host: Weak<ActorHost>) -> Self {
         WeakActorHandle {
-            host: Arc::downgrade(host),
+            host,
             node: Arc::downgrade(node),
             _actor: PhantomData,
         }
@@ -749,7 +764,8 @@ impl<A> ActorHandle<A> {
     where
         A: Actor + Dispatches<M, Kind>,
     {
-        let reply = self.node.new_pending();
+        // The reply names its actor, for a cancel to reach a waiting call.
+        let reply = self.node.new_pending_call(self.host.id());
         const {
             assert!(
                 A::ASYNC == Kind::ASYNC,
@@ -757,10 +773,6 @@ impl<A> ActorHandle<A> {
             )
         };
         let dispatch = <A as Dispatches<M, Kind>>::DISPATCH;
-        if self.host.is_async() {
-            // A waiting async call can be cancelled: the reply names its actor.
-            reply.set_actor(self.host.id());
-        }
         let call = ActorCall {
             actor: self.host.id(),
             method: Cow::Borrowed(std::any::type_name::<M>()),
@@ -806,8 +818,8 @@ impl<'de, A: Actor> Deserialize<'de> for ActorHandle<A> {
         })?;
         let (node, host) = here
             .resolve_actor(id)
-            .map_err(crate::runtime::decode_error)?;
-        ActorHandle::from_host(node, host).map_err(crate::runtime::decode_error)
+            .map_err(crate::handle::decode_error)?;
+        ActorHandle::from_host(node, host).map_err(crate::handle::decode_error)
     }
 }
 

@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 mod actor;
+mod handle;
 mod object_ref;
 pub mod prelude;
 mod remote;
@@ -27,6 +28,7 @@ pub use actor::{
     Actor, ActorBuilder, ActorContext, ActorHandle, AsyncContext, AsyncHandler, AsyncTryHandler,
     CallKind, Handler, Message, Supervisor, SupervisorBuilder, TryHandler, WeakActorHandle,
 };
+pub use handle::{Runtime, WeakRuntime};
 pub use object_ref::{GetFuture, ObjectRef, RefList};
 pub use rayx_actors::events::{Events, RecvError, SupervisionEvent};
 pub use rayx_actors::faults::{FaultPoint, Faults, Trigger};
@@ -35,7 +37,7 @@ pub use rayx_actors::object_table::MemoryUsage;
 pub use rayx_actors::supervision::Strategy;
 pub use rayx_actors::{Error, Result};
 pub use remote::{IntoArg, IntoArgs, RemoteFunction, TaskBuilder};
-pub use runtime::{init, Builder, Runtime, Waited, WeakRuntime};
+pub use runtime::{init, Builder, Waited};
 
 /// Whether the task running on this thread has been cancelled. A long task
 /// checks it now and then and returns early; outside a task it is `false`.

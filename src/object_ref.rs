@@ -192,7 +192,7 @@ impl<'de, T> Deserialize<'de> for ObjectRef<T> {
                 "an ObjectRef can be decoded only in a rayx worker or with Runtime::decode",
             )
         })?;
-        let slot = node.resolve(id).map_err(crate::runtime::decode_error)?;
+        let slot = node.resolve(id).map_err(crate::handle::decode_error)?;
         Ok(ObjectRef::from_slot(slot))
     }
 }

@@ -1,8 +1,8 @@
 //! Remote functions: registered under a stable name (their full Rust path), so
 //! the same call can run on any node that runs the same binary.
 
+use crate::handle::Runtime;
 use crate::object_ref::ObjectRef;
-use crate::runtime::Runtime;
 use crate::{Data, Error, Result};
 use rayx_actors::functions::{FunctionTable, Invoke};
 use rayx_actors::messages::{Arg, Retries, RetryExceptions, TaskOptions, TaskSpec};

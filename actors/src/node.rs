@@ -179,9 +179,14 @@ impl Node {
         }
     }
 
-    /// Registers the pending return object of a task or call about to be made.
+    /// Registers the pending return object of a task about to be submitted.
     pub fn new_pending(&self) -> Arc<Slot> {
-        self.core.table.new_pending()
+        self.core.table.new_pending(None)
+    }
+
+    /// Registers the pending reply of a call to `actor` about to be made.
+    pub fn new_pending_call(&self, actor: ActorId) -> Arc<Slot> {
+        self.core.table.new_pending(Some(actor))
     }
 
     /// The live slot of an object owned here.
@@ -215,9 +220,7 @@ impl Node {
     /// `Arg::Ref`s name. An unregistered function fails the return at once.
     pub fn submit_task(&self, spec: TaskSpec, ret: &Arc<Slot>, pins: Vec<Arc<Slot>>) {
         // A task submitted from a task is its child, for a recursive cancel.
-        if let Some(parent) = crate::worker::current_task().and_then(|p| self.lookup(p)) {
-            parent.add_child(ret);
-        }
+        crate::worker::add_child_of_current_task(ret);
         if !self.core.functions.contains(&spec.function) {
             ret.complete(Err(Error::FunctionNotRegistered {
                 name: spec.function.to_string(),
@@ -345,16 +348,11 @@ impl Node {
     /// Kills an actor; with `no_restart` false it restarts if its policy allows.
     pub fn kill_actor(&self, host: &Arc<ActorHost>, no_restart: bool) {
         if no_restart {
+            // Its death tells the directory to forget it (see `build`).
             host.kill("it was killed with kill()");
-            self.directory.forget(host.id());
         } else {
             host.restart();
         }
-    }
-
-    /// Forgets a dead actor (it stopped itself), so a detached one can be freed.
-    pub fn forget_actor(&self, id: ActorId) {
-        self.directory.forget(id);
     }
 
     /// Memory held by objects now.

@@ -6,9 +6,8 @@
 use crate::core::Core;
 use crate::error::Error;
 use crate::faults::{Chance, FaultPoint, Trigger};
-use crate::ids::ObjectId;
 use crate::messages::RetryExceptions;
-use crate::object_table::{current_table, install_wait_hooks, Slot, TaskJob, WaitHooks};
+use crate::object_table::{install_wait_hooks, Slot, TaskJob, WaitHooks};
 use crate::run_queue::{Drain, Job, WorkerState};
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message, Recipient};
 use crossbeam_utils::Backoff;
@@ -26,29 +25,34 @@ const RETIRE_AFTER: Duration = Duration::from_secs(2);
 thread_local! {
     static IN_USER_CODE: Cell<bool> = const { Cell::new(false) };
     static LAST_PANIC: RefCell<Option<(String, String)>> = const { RefCell::new(None) };
-    static CURRENT_TASK: Cell<Option<ObjectId>> = const { Cell::new(None) };
+    /// The return object of the task (or actor call) running on this thread:
+    /// held here, so a task it submits finds its parent without a look-up.
+    static CURRENT_TASK: RefCell<Option<Arc<Slot>>> = const { RefCell::new(None) };
 }
 
-/// The task running on this thread, if any (its return object's id).
-pub fn current_task() -> Option<ObjectId> {
-    CURRENT_TASK.with(|t| t.get())
+/// Records `child` as submitted by the task (or call) running on this thread,
+/// if any, for a recursive cancel to reach it.
+pub fn add_child_of_current_task(child: &Arc<Slot>) {
+    CURRENT_TASK.with(|t| {
+        if let Some(parent) = &*t.borrow() {
+            parent.add_child(child);
+        }
+    });
 }
 
-/// Runs `f` as the task (or call) whose return object is `id`, for
-/// [`current_task`] and a cancel to see.
-pub fn with_current_task<R>(id: ObjectId, f: impl FnOnce() -> R) -> R {
-    let previous = CURRENT_TASK.with(|t| t.replace(Some(id)));
+/// Runs `f` as the task (or call) whose return object is `slot`, for its
+/// children and a cancel to see.
+pub fn with_current_task<R>(slot: &Arc<Slot>, f: impl FnOnce() -> R) -> R {
+    let previous = CURRENT_TASK.with(|t| t.replace(Some(slot.clone())));
     let result = f();
-    CURRENT_TASK.with(|t| t.set(previous));
+    CURRENT_TASK.with(|t| *t.borrow_mut() = previous);
     result
 }
 
 /// Whether the task running on this thread has been cancelled: a long task
 /// checks this now and then and returns early (cooperative cancellation).
 pub fn current_task_cancelled() -> bool {
-    current_task()
-        .and_then(|id| current_table()?.lookup(id))
-        .is_some_and(|slot| slot.is_cancelled())
+    CURRENT_TASK.with(|t| t.borrow().as_ref().is_some_and(|s| s.is_cancelled()))
 }
 
 /// A worker's death: a retired surplus worker, or an abandoned one.
@@ -194,7 +198,7 @@ impl TaskRunner {
                 Err(e) => Err(e),
                 Ok(args) => {
                     let outer = self.state.task.begin(id.tag());
-                    let ran = with_current_task(id, || catch_user(|| invoke(args)));
+                    let ran = with_current_task(&slot, || catch_user(|| invoke(args)));
                     if self.state.task.end(outer) {
                         // Abandoned by a forced cancel (which failed the object)
                         // and replaced: this worker leaves the pool once its

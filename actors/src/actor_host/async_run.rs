@@ -18,42 +18,18 @@ impl ActorHost {
         };
         let mut life = cell.lock();
         loop {
-            self.apply_signals(&mut life);
-            if self.is_dead() {
-                if let Cell::Running(state) = std::mem::replace(&mut life.cell, Cell::Dead) {
-                    let _ = catch_user(|| drop(state));
-                }
-                life.factory = None;
-                self.fail_retries(&mut life.retry);
-                self.fail_queued(&self.died_error());
-                break;
-            }
-            self.construct(&mut life);
-            if in_flight.load(Ordering::Acquire) >= *max_concurrency {
-                break;
-            }
-            let Some(job) = self.next_call(&mut life) else {
+            let room = || in_flight.load(Ordering::Acquire) < *max_concurrency;
+            let Some(job) = self.next_to_run(&mut life, drop, room) else {
                 break;
             };
-            let state = match (&life.cell, job.dispatch) {
-                (Cell::Running(s), Dispatch::Async(_)) => s.clone(),
-                _ => {
-                    job.reply.complete(Err(self.died_error()));
-                    continue;
-                }
-            };
-            if self.core.faults.fires(Chance::CrashActor) {
-                self.crash(
-                    &mut life,
-                    "crashed by an injected fault".into(),
-                    Some(job),
-                    true,
-                );
-                continue;
-            }
-            let Dispatch::Async(dispatch) = job.dispatch else {
+            // `next_to_run` gives a call only to a running actor; the kind of
+            // dispatch matches the actor's at compile time (`Actor::ASYNC`).
+            let (Cell::Running(state), Dispatch::Async(dispatch)) = (&life.cell, job.dispatch)
+            else {
+                job.reply.complete(Err(self.died_error()));
                 continue;
             };
+            let state = state.clone();
             in_flight.fetch_add(1, Ordering::AcqRel);
             let (message, job) = self.split(job);
             let info = CallInfo {
@@ -66,7 +42,7 @@ impl ActorHost {
             // released meanwhile: the handler may signal its own actor.
             drop(life);
             let reply_id = job.reply.id();
-            let first = with_current_task(reply_id, || {
+            let first = with_current_task(&job.reply, || {
                 catch_user(|| dispatch(state, message, info)).map(|fut| {
                     let mut fut = CatchUnwind(fut);
                     match Pin::new(&mut fut).poll(&mut Context::from_waker(Waker::noop())) {

@@ -525,12 +525,44 @@ impl ActorHost {
         Some(job)
     }
 
-    /// The next call to run: a retried one first, then the mailbox; cancelled
-    /// calls are skipped (their replies already failed).
-    fn next_call<S, F>(&self, life: &mut Life<S, F>) -> Option<CallJob> {
+    /// The run loop's next call, shared by the sync and the async loop.
+    /// Signals are applied first. A dead actor's state is dropped here (`stop`
+    /// runs on it), what waited fails, and there is no call. Else, if `room`
+    /// says a call may start, the next one: a retried call first, then the
+    /// mailbox; cancelled calls are skipped (their replies already failed),
+    /// and one the fault injector crashes the actor on is handled here.
+    fn next_to_run<S, F: Fn() -> S>(
+        &self,
+        life: &mut Life<S, F>,
+        stop: impl Fn(S),
+        room: impl Fn() -> bool,
+    ) -> Option<CallJob> {
         loop {
+            self.apply_signals(life);
+            if self.is_dead() {
+                if let Cell::Running(state) = std::mem::replace(&mut life.cell, Cell::Dead) {
+                    let _ = catch_user(|| stop(state));
+                }
+                life.factory = None;
+                self.fail_retries(&mut life.retry);
+                self.fail_queued(&self.died_error());
+                return None;
+            }
+            self.construct(life);
+            if !room() {
+                return None;
+            }
             let job = life.retry.pop_front().or_else(|| self.take())?;
             if self.core.table.cancels_seen() && job.reply.is_cancelled() {
+                continue;
+            }
+            if !matches!(life.cell, Cell::Running(_)) {
+                job.reply.complete(Err(self.died_error()));
+                continue;
+            }
+            if self.core.faults.fires(Chance::CrashActor) {
+                let cause = "crashed by an injected fault".to_string();
+                self.crash(life, cause, Some(job), true);
                 continue;
             }
             return Some(job);

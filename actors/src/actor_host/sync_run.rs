@@ -9,12 +9,8 @@ impl ActorHost {
         };
         let mut life = cell.lock();
         for _ in 0..BATCH {
-            self.apply_signals(&mut life);
-            if self.is_dead() {
-                break;
-            }
-            self.construct(&mut life);
-            let Some(job) = self.next_call(&mut life) else {
+            let stop = |mut state: Box<dyn ActorState>| state.stopped();
+            let Some(job) = self.next_to_run(&mut life, stop, || true) else {
                 break;
             };
             let (Cell::Running(state), Dispatch::Sync(dispatch)) = (&mut life.cell, job.dispatch)
@@ -22,19 +18,9 @@ impl ActorHost {
                 job.reply.complete(Err(self.died_error()));
                 continue;
             };
-            if self.core.faults.fires(Chance::CrashActor) {
-                self.crash(
-                    &mut life,
-                    "crashed by an injected fault".into(),
-                    Some(job),
-                    true,
-                );
-                continue;
-            }
             let mut ctx = HostContext { host: self };
             let (message, keep) = self.split(job);
-            let reply_id = keep.reply.id();
-            let ran = with_current_task(reply_id, || {
+            let ran = with_current_task(&keep.reply, || {
                 catch_user(|| dispatch(state.as_any_mut(), message, &mut ctx))
             });
             match ran {
@@ -45,16 +31,12 @@ impl ActorHost {
                 }
             }
         }
-        if self.is_dead() {
-            stop_sync(&mut life.cell);
-            life.factory = None;
-            self.fail_retries(&mut life.retry);
-            self.fail_queued(&self.died_error());
-        }
-        let more = !life.retry.is_empty() || self.signals.load(Ordering::Acquire) != 0;
+        // A kill during the batch left its signal: `has_work` sees it and the
+        // next batch drops the state.
+        let more = !life.retry.is_empty();
         drop(life);
-        // With retries or signals left we keep the flag and go again; else we
-        // give it up, and take it back if mail came meanwhile.
+        // With retries left we keep the flag and go again; else we give it up,
+        // and take it back if mail or a signal came meanwhile.
         if more || self.scheduled.release(|| self.has_work()) {
             self.submit();
         }

@@ -154,13 +154,14 @@ impl OwnerTable {
         self.cancels_seen.store(true, Ordering::Release);
     }
 
-    /// Registers a pending object (a task's or a call's return).
-    pub fn new_pending(self: &Arc<Self>) -> Arc<Slot> {
+    /// Registers a pending object: a task's return, a `put`, or — with
+    /// `call_of` — the reply of a call to that actor (for a cancel to reach it).
+    pub fn new_pending(self: &Arc<Self>, call_of: Option<ActorId>) -> Arc<Slot> {
         let id = ObjectId {
             node: self.node,
             seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
         };
-        let slot = Arc::new(Slot::new(id, self.clone()));
+        let slot = Arc::new(Slot::new(id, self.clone(), call_of));
         self.shard(id)
             .index
             .lock()
@@ -175,7 +176,7 @@ impl OwnerTable {
 
     /// Stores a value put by the caller. Fails when the object store is full.
     pub fn put(self: &Arc<Self>, value: Value) -> Result<Arc<Slot>, Error> {
-        let slot = self.new_pending();
+        let slot = self.new_pending(None);
         slot.complete(Ok(value));
         match slot.try_get() {
             Some(Err(e)) => Err(e),
@@ -286,7 +287,7 @@ impl OwnerTable {
         if let Some(slot) = dep.slot.upgrade() {
             return slot;
         }
-        let slot = Arc::new(Slot::new(dep.id, self.clone()));
+        let slot = Arc::new(Slot::new(dep.id, self.clone(), None));
         if dep.id.node != self.node {
             // Another runtime's object, gone: it cannot be rebuilt here.
             slot.complete(Err(Error::ObjectLost {
@@ -319,31 +320,12 @@ impl OwnerTable {
     /// same way — iteratively: a chain of a million tasks frees without deep
     /// recursion.
     fn release_lineage(&self, kept: Arc<Kept>) {
-        // Most kept tasks have no argument objects and one holder: no stack.
-        let mut kept = match Arc::try_unwrap(kept) {
-            Err(_) => return,
-            Ok(kept) => kept,
-        };
-        self.lineage_bytes.fetch_sub(kept.bytes, Ordering::Relaxed);
-        if kept.deps.is_empty() {
-            return;
-        }
-        let mut stack: Vec<Arc<Kept>> = kept
-            .deps
-            .drain(..)
-            .filter_map(|d| match d.lineage {
-                DepLineage::Kept(k) => Some(k),
-                _ => None,
-            })
-            .collect();
-        while let Some(k) = stack.pop() {
-            if let Ok(mut k) = Arc::try_unwrap(k) {
-                self.lineage_bytes.fetch_sub(k.bytes, Ordering::Relaxed);
-                stack.extend(k.deps.drain(..).filter_map(|d| match d.lineage {
-                    DepLineage::Kept(k) => Some(k),
-                    _ => None,
-                }));
-            }
+        if let Ok(mut kept) = Arc::try_unwrap(kept) {
+            let budget = &self.lineage_bytes;
+            budget.fetch_sub(kept.bytes, Ordering::Relaxed);
+            kept.release_deps(|bytes| {
+                budget.fetch_sub(bytes, Ordering::Relaxed);
+            });
         }
     }
 

@@ -52,26 +52,33 @@ pub(super) enum DepLineage {
     Lost,
 }
 
-impl Drop for Kept {
-    // A kept task usually goes through `OwnerTable::release_lineage`; if one
-    // is dropped elsewhere, its arguments' lineage still goes iteratively.
-    fn drop(&mut self) {
-        let mut stack: Vec<Arc<Kept>> = self
-            .deps
-            .drain(..)
-            .filter_map(|d| match d.lineage {
+impl Kept {
+    /// Lets go of this task's arguments' lineage, and of theirs when this was
+    /// the last holder — iteratively: a chain of a million tasks frees without
+    /// a recursion as deep as the chain. `freed` hears the bytes of each kept
+    /// task freed on the way.
+    pub(super) fn release_deps(&mut self, mut freed: impl FnMut(u64)) {
+        fn kept_of(deps: &mut Vec<Dep>) -> impl Iterator<Item = Arc<Kept>> + '_ {
+            deps.drain(..).filter_map(|d| match d.lineage {
                 DepLineage::Kept(k) => Some(k),
                 _ => None,
             })
-            .collect();
+        }
+        let mut stack: Vec<Arc<Kept>> = kept_of(&mut self.deps).collect();
         while let Some(k) = stack.pop() {
             if let Ok(mut k) = Arc::try_unwrap(k) {
-                stack.extend(k.deps.drain(..).filter_map(|d| match d.lineage {
-                    DepLineage::Kept(k) => Some(k),
-                    _ => None,
-                }));
+                freed(k.bytes);
+                stack.extend(kept_of(&mut k.deps));
             }
         }
+    }
+}
+
+impl Drop for Kept {
+    // A kept task usually goes through `OwnerTable::release_lineage`, which
+    // gives its bytes back; dropped elsewhere, it still frees iteratively.
+    fn drop(&mut self) {
+        self.release_deps(|_| {});
     }
 }
 
@@ -123,7 +130,7 @@ pub struct Slot {
 }
 
 impl Slot {
-    pub(super) fn new(id: ObjectId, table: Arc<OwnerTable>) -> Slot {
+    pub(super) fn new(id: ObjectId, table: Arc<OwnerTable>, actor: Option<ActorId>) -> Slot {
         Slot {
             id,
             status: AtomicU8::new(PENDING),
@@ -138,7 +145,7 @@ impl Slot {
                 lineage: Lineage::None,
                 freed: false,
                 job: None,
-                actor: None,
+                actor,
             }),
             table,
         }
@@ -198,11 +205,6 @@ impl Slot {
             }
             inner.children.push(Arc::downgrade(child));
         }
-    }
-
-    /// Records that an actor call makes this object.
-    pub fn set_actor(&self, actor: ActorId) {
-        self.inner.lock().actor = Some(actor);
     }
 
     /// Puts the task that makes this object in it, ready to run, with its
