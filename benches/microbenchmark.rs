@@ -1,10 +1,14 @@
 //! Ray's `ray microbenchmark` (python/ray/_private/ray_perf.py), metric by metric,
 //! in rayx: the same names, shapes, batch sizes and method (1 s warm-up, then 4
 //! runs of at least 2 s; mean and population sd of `multiplier × calls/s`),
-//! printed as Ray prints them: `NAME per second MEAN +- SD`.
+//! printed as Ray prints them, `NAME per second MEAN +- SD`, followed by the
+//! CPU time of the whole process per operation (`cpu US us/op`: user + system
+//! time from `getrusage` over the 4 runs, divided by `multiplier × calls`).
 //!
-//! Also measured in the same run: the floor (raw actix message passing and
-//! memory-copy bandwidth) and scale (1M queued tasks; memory per idle actor).
+//! Also measured in the same run: the floor (raw actix and crossbeam message
+//! passing, memory-copy bandwidth), CPU at idle and under light traffic, and
+//! scale (tasks queued behind busy workers; 1M queued tasks; memory per idle
+//! actor). `benches/ray/ray_bench.py` measures the same extras for Ray.
 //!
 //! `cargo bench --bench microbenchmark`; `-- --quick` for CI (short runs, small
 //! scale). `TESTS_TO_RUN` / `TESTS_TO_SKIP` filter metrics by substring, as in Ray.
@@ -63,6 +67,18 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
+/// CPU time (user + system) of this process so far, all threads.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage writes into the zeroed struct we pass and reads nothing else.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
 fn mib(bytes: usize) -> f64 {
     bytes as f64 / (1 << 20) as f64
 }
@@ -96,6 +112,7 @@ impl Bench {
         }
         let step = count / 10 + 1;
         let mut stats = Vec::new();
+        let (cpu0, mut ops) = (cpu_time(), 0.0);
         for _ in 0..4 {
             let start = Instant::now();
             let mut count = 0u64;
@@ -106,11 +123,13 @@ impl Bench {
                 count += step;
             }
             stats.push(multiplier * count as f64 / start.elapsed().as_secs_f64());
+            ops += multiplier * count as f64;
         }
+        let cpu_us = (cpu_time() - cpu0).as_secs_f64() * 1e6 / ops;
         let mean = stats.iter().sum::<f64>() / stats.len() as f64;
         let sd =
             (stats.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / stats.len() as f64).sqrt();
-        println!("{name} per second {:.2} +- {:.2}", mean, sd);
+        println!("{name} per second {mean:.2} +- {sd:.2} cpu {cpu_us:.4} us/op");
     }
 }
 
@@ -301,8 +320,10 @@ fn main() {
         100 * 1024 * 1024
     };
     let arr: Vec<i64> = (0..len as i64).collect();
-    let gb = |bytes: usize| bytes as f64 / 1e9;
-    bench.timeit("single client put gigabytes", gb(len * 8), || {
+    // Ray's multipliers: it counts its 100 Mi int64 array (839 MB) as 0.8
+    // "gigabytes" per put, and 8 per round of the multi-client metric.
+    let gb = |elements: usize| 0.8 * elements as f64 / (100.0 * 1024.0 * 1024.0);
+    bench.timeit("single client put gigabytes", gb(len), || {
         drop(rt.put(arr.clone()).expect("put"));
     });
 
@@ -314,7 +335,7 @@ fn main() {
     let template = rt
         .put((0..(len / 10) as i64).collect::<Vec<i64>>())
         .expect("put");
-    bench.timeit("multi client put gigabytes", gb(len / 10 * 8 * 100), || {
+    bench.timeit("multi client put gigabytes", gb(len / 10 * 100), || {
         let refs: Vec<_> = (0..10)
             .map(|_| rt.task(do_put).remote(template.clone()))
             .collect();
@@ -462,7 +483,59 @@ fn main() {
 
     floor(&bench, &arr);
     drop(arr);
+    light(&bench);
     scale(&bench);
+}
+
+fn sleep_ms(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+rayx::remote!(sleep_ms);
+
+/// CPU when little happens: a runtime at idle, and one call or task every
+/// 5 ms (a service under light traffic), as `cpu: NAME: X us ...` lines.
+fn light(bench: &Bench) {
+    let window = if bench.quick {
+        Duration::from_millis(100)
+    } else {
+        Duration::from_secs(3)
+    };
+    let rt = rayx::init().expect("runtime");
+    let a = rt.actor(|| BenchActor).spawn().expect("actor");
+    a.call(SmallValue).get().expect("warm-up");
+    rt.task(small_value).remote(()).get().expect("warm-up");
+
+    let name = "cpu: idle runtime";
+    if bench.selected(name) {
+        let c0 = cpu_time();
+        std::thread::sleep(window);
+        let us = (cpu_time() - c0).as_secs_f64() * 1e6 / window.as_secs_f64();
+        println!("{name}: {us:.1} us of CPU per second");
+    }
+    let every = Duration::from_millis(5);
+    let paced = |name: &str, op: &dyn Fn()| {
+        if !bench.selected(name) {
+            return;
+        }
+        let n = (window.as_secs_f64() / every.as_secs_f64()) as u32;
+        let (c0, t0) = (cpu_time(), Instant::now());
+        for i in 1..=n {
+            op();
+            if let Some(rest) = (t0 + every * i).checked_duration_since(Instant::now()) {
+                std::thread::sleep(rest);
+            }
+        }
+        let us = (cpu_time() - c0).as_secs_f64() * 1e6 / n as f64;
+        println!("{name}: {us:.1} us of CPU per call");
+    };
+    paced("cpu: one actor call every 5 ms", &|| {
+        a.call(SmallValue).get().expect("call");
+    });
+    paced("cpu: one task every 5 ms", &|| {
+        rt.task(small_value).remote(()).get().expect("task");
+    });
+    drop(a);
+    rt.shutdown();
 }
 
 /// What the parts cost: raw actix message passing and memory copies.
@@ -509,6 +582,39 @@ fn floor(bench: &Bench, arr: &[i64]) {
         },
     );
     arbiter.stop();
+
+    // The spinning floor: a thread serving a crossbeam channel (its receivers
+    // spin a little before they sleep), one reply channel per request.
+    let (requests, serve) = crossbeam_channel::unbounded::<(u64, crossbeam_channel::Sender<u64>)>();
+    let server = std::thread::spawn(move || {
+        for (x, reply) in serve {
+            let _ = reply.send(x);
+        }
+    });
+    let ask = |x: u64| {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        requests.send((x, reply)).expect("server");
+        answer
+    };
+    bench.timeit(
+        "floor: crossbeam channel round trip to another thread",
+        1.0,
+        || {
+            ask(1).recv().expect("echo");
+        },
+    );
+    bench.timeit(
+        "floor: crossbeam channel batch of 1000 to another thread",
+        1000.0,
+        || {
+            let answers: Vec<_> = (0..1000).map(ask).collect();
+            for a in answers {
+                a.recv().expect("echo");
+            }
+        },
+    );
+    drop(requests);
+    server.join().expect("server");
 
     let bytes = std::mem::size_of_val(arr);
     bench.timeit(
@@ -561,6 +667,39 @@ fn scale(bench: &Bench) {
     } else {
         (1_000_000, 10_000)
     };
+    // The shape both systems are measured on (benches/ray/ray_bench.py): every
+    // worker busy in a 0.5 s task, then no-op tasks submitted (they queue)
+    // and all got. The time includes the 0.5 s.
+    let queued = if bench.quick { 10_000 } else { 100_000 };
+    let name = format!("scale: {queued} tasks queued behind busy workers, then got");
+    if bench.selected(&name) {
+        let rt = rayx::init().expect("runtime");
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+        let base = LIVE.load(Ordering::Relaxed);
+        PEAK.store(base, Ordering::Relaxed);
+        let start = Instant::now();
+        let busy: Vec<_> = (0..rt.num_workers())
+            .map(|_| rt.task(sleep_ms).remote(500))
+            .collect();
+        let refs: Vec<_> = (0..queued)
+            .map(|_| rt.task(small_value).remote(()))
+            .collect();
+        let submitted = start.elapsed();
+        let values = rt.get(&refs, None).expect("all tasks");
+        let total = start.elapsed();
+        rt.get(&busy, None).expect("busy tasks");
+        assert_eq!(values.len(), queued);
+        println!(
+            "{name}: {:.2} s (submitted in {:.2} s); peak heap {:.0} MiB above the start, peak RSS {:.0} MiB",
+            total.as_secs_f64(),
+            submitted.as_secs_f64(),
+            mib(PEAK.load(Ordering::Relaxed).saturating_sub(base)),
+            peak_rss_kib() as f64 / 1024.0
+        );
+        drop((refs, values));
+        rt.shutdown();
+    }
+
     let name = format!("scale: submit {tasks} no-op tasks and get them all");
     if bench.selected(&name) {
         let rt = rayx::init().expect("runtime");

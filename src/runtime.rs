@@ -6,7 +6,7 @@ use crate::object_ref::{ObjectRef, RefList};
 use crate::remote::{function_table, RemoteFunction, TaskBuilder};
 use crate::{Actor, Data, Error, Result, Runtime};
 use rayx_actors::faults::Faults;
-use rayx_actors::object_table::wait_slots;
+use rayx_actors::object_table::{on_worker_thread, wait_slots};
 use rayx_actors::supervision::Strategy;
 use rayx_actors::value::Value;
 use rayx_actors::{Node, NodeConfig};
@@ -143,6 +143,18 @@ impl Runtime {
     ) -> Result<Vec<T>> {
         // A timeout too long to add to now is none.
         let deadline = timeout.and_then(|t| std::time::Instant::now().checked_add(t));
+        // Off the workers, wait for the last first: results mostly come in the
+        // order they were asked for, so one wait (one wake-up) covers the batch
+        // instead of one per ref. (A worker instead runs the tasks it waits for
+        // itself, in order.) Ray's `get` too waits for all, then reads in order.
+        if let (true, Some(last)) = (refs.len() > 1 && !on_worker_thread(), refs.last()) {
+            let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+            if let Err(Error::GetTimeout { .. }) = last.slot().wait(left) {
+                return Err(Error::GetTimeout {
+                    timeout: timeout.unwrap_or_default(),
+                });
+            }
+        }
         refs.iter()
             .map(|r| {
                 let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));

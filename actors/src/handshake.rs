@@ -3,8 +3,10 @@
 //! in CI) and each used by exactly one caller:
 //!
 //! - [`IdleSet`]: the run queue's submit/sleep handshake. A submitter that pushed
-//!   a job wakes a sleeping worker; a worker going to sleep re-checks the queue.
-//!   Neither may miss the other, or a job waits with every worker asleep.
+//!   a job wakes a sleeping worker, unless a worker is watching the queue (an
+//!   idle worker spinning before it sleeps); a worker that stops watching, or
+//!   goes to sleep, re-checks the queue. Neither may miss the other, or a job
+//!   waits with every worker asleep.
 //! - [`ScheduleFlag`]: an actor host's `scheduled` flag. Callers push to the
 //!   mailbox and schedule the host only on the idle-to-busy edge; the host, done,
 //!   releases the flag and re-checks the mailbox. No call may be left behind.
@@ -20,6 +22,8 @@ pub struct IdleSet<W> {
     sleepers: Mutex<Vec<(usize, W)>>,
     /// `sleepers.len()`, readable without the lock by submitters.
     count: AtomicUsize,
+    /// Workers watching the queue (spinning) instead of sleeping.
+    watching: AtomicUsize,
 }
 
 impl<W> Default for IdleSet<W> {
@@ -27,19 +31,26 @@ impl<W> Default for IdleSet<W> {
         IdleSet {
             sleepers: Mutex::new(Vec::new()),
             count: AtomicUsize::new(0),
+            watching: AtomicUsize::new(0),
         }
     }
 }
 
 impl<W> IdleSet<W> {
     /// Called by a submitter right after its job became visible in the queue:
-    /// the sleeper it must wake, if any.
+    /// the sleeper it must wake, if any (none while a worker watches).
     pub fn after_push(&self) -> Option<W> {
-        // Store buffering: the submitter writes the queue then reads `count`; a
-        // sleeper writes `count` then reads the queue. This fence pairs with the
-        // one in `park`: of the two reads, at least one sees the other's write, so
-        // either we see the sleeper (and wake it) or it sees our job.
+        // Store buffering: the submitter writes the queue then reads `watching`
+        // and `count`; a worker that stops watching writes `watching`, then (if
+        // it saw no work) `count` in `park`, then reads the queue. This fence
+        // pairs with `park`'s: of the two reads, at least one sees the other's
+        // writes, so either we see the sleeper (and wake it) or it sees our job.
         fence(Ordering::SeqCst);
+        if self.watching.load(Ordering::Relaxed) > 0 {
+            // A watcher takes the job: it sees it while it watches, or in
+            // `park`'s re-check if we read its count before `watch_end`.
+            return None;
+        }
         if self.count.load(Ordering::Relaxed) == 0 {
             return None;
         }
@@ -51,6 +62,20 @@ impl<W> IdleSet<W> {
             self.count.fetch_sub(1, Ordering::Relaxed);
         }
         woken.map(|(_, w)| w)
+    }
+
+    /// A worker starts watching the queue instead of sleeping: submitters
+    /// wake nobody meanwhile. It must end with [`IdleSet::watch_end`].
+    pub fn watch_begin(&self) {
+        // Relaxed: a submitter that misses it wakes a sleeper, which is harmless.
+        self.watching.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The worker stops watching. Unless it saw work, it must then `park`
+    /// (whose re-check finds a job a submitter left to it) or stop for good.
+    pub fn watch_end(&self) {
+        // Relaxed: ordered before the queue's re-check by `park`'s fence.
+        self.watching.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Parks sleeper `id` unless `has_work()` says work arrived. True if it is

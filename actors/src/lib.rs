@@ -3,8 +3,8 @@
 //! It is layered, and a layer imports only the ones below it:
 //!
 //! - **base** — [`ids`], [`error`](Error), [`value`], [`messages`], [`config`],
-//!   [`faults`], [`events`], [`supervision`], [`functions`], and the thread
-//!   [`handshake`]s (modelled with loom in `actors/tests/loom.rs`).
+//!   [`faults`], [`events`], [`supervision`], [`functions`], the [`spin`]
+//!   policy, and the thread [`handshake`]s (modelled with loom in `actors/tests/loom.rs`).
 //! - **tables** — [`object_table`] (objects, waiters, lineage), [`object_store`]
 //!   (the budget for large objects), [`run_queue`], [`directory`], bundled for each
 //!   node in [`core`].
@@ -27,6 +27,7 @@ pub mod functions;
 pub mod handshake;
 pub mod ids;
 pub mod messages;
+pub mod spin;
 pub mod supervision;
 mod sync;
 pub mod value;

@@ -19,6 +19,7 @@ use crate::events::{EventBus, SupervisionEvent};
 use crate::handshake::{IdleSet, RunningTask};
 use crate::ids::ObjectId;
 use crate::object_table::{Dispatch, Slot};
+use crate::spin::{Site, SpinPolicy};
 use actix::{Message, Recipient};
 use crossbeam_deque::{Injector, Steal};
 use parking_lot::{Mutex, RwLock};
@@ -77,11 +78,15 @@ pub struct RunQueue {
     /// the router stops before it starts them.
     spawns_pending: AtomicUsize,
     events: Arc<EventBus>,
+    spin: SpinPolicy,
 }
 
 impl Dispatch for RunQueue {
     fn dispatch(&self, task: Arc<Slot>) {
         self.submit(Job::Task(task));
+    }
+    fn spin_until(&self, site: Site, done: &mut dyn FnMut() -> bool) -> bool {
+        self.spin.spin_until(site, &|| !self.is_empty(), done)
     }
 }
 
@@ -102,6 +107,7 @@ impl RunQueue {
             limit_reported: AtomicBool::new(false),
             spawns_pending: AtomicUsize::new(0),
             events,
+            spin: SpinPolicy::default(),
         })
     }
 
@@ -126,6 +132,31 @@ impl RunQueue {
                 Steal::Retry => std::hint::spin_loop(),
             }
         }
+    }
+
+    /// An idle worker watches the queue for a moment before it sleeps, as the
+    /// spin policy allows; true if work came (it must drain the queue again),
+    /// otherwise it must [`sleep`](Self::sleep) or stop. Submitters wake nobody
+    /// while a worker watches.
+    pub fn watch(&self) -> bool {
+        self.idle.watch_begin();
+        let came = self
+            .spin
+            .spin_until(Site::IdleWorker, &|| false, &mut || !self.is_empty());
+        self.idle.watch_end();
+        if came && self.injector.len() > 1 {
+            // More than this worker will take at once: wake another, as a
+            // submitter would have.
+            if let Some(worker) = self.idle.after_push() {
+                worker.do_send(Drain);
+            }
+        }
+        came
+    }
+
+    /// The node's spin policy (see [`crate::spin`]).
+    pub fn spin(&self) -> &SpinPolicy {
+        &self.spin
     }
 
     /// Whether no job is queued.

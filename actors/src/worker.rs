@@ -10,7 +10,6 @@ use crate::messages::RetryExceptions;
 use crate::object_table::{install_wait_hooks, Slot, TaskJob, WaitHooks};
 use crate::run_queue::{Drain, Job, WorkerState};
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message, Recipient};
-use crossbeam_utils::Backoff;
 use serde::{Deserialize, Serialize};
 use std::cell::{Cell, RefCell};
 use std::panic::{self, AssertUnwindSafe};
@@ -329,11 +328,9 @@ impl Worker {
                     return;
                 }
             }
-            let backoff = Backoff::new();
-            while queue.is_empty() && !backoff.is_completed() {
-                backoff.snooze();
-            }
-            if !queue.is_empty() {
+            // Watch the queue a moment before sleeping, as the spin policy
+            // allows (work right after work is the common case under load).
+            if queue.watch() {
                 continue;
             }
             if self.runner.state.stop.load(Ordering::Acquire) {

@@ -19,6 +19,10 @@
 //!   asleep and none was woken (the fence pair of `after_push` and `park`); and
 //!   every worker that parked is handed out by exactly one `after_push` or is
 //!   still on the idle list, never both, never twice.
+//! - `idle_set_watching_worker_two_submitters`,
+//!   `idle_set_two_watching_workers_one_submitter`: the same, with workers that
+//!   watch the queue before they sleep while submitters leave their jobs to a
+//!   watcher (a job left to a watcher that then sleeps is found by `park`).
 //! - `idle_set_remove_races_after_push`: a parked worker taking itself off the
 //!   list and a submitter waking it agree: exactly one of them gets it.
 //! - `schedule_flag_two_producers`: with two producers pushing and claiming the
@@ -36,7 +40,8 @@
 //!   and the top-level `end` retires iff a cancel succeeded.
 //!
 //! Each model fails on a broken copy of the protocol: either `SeqCst` fence of
-//! `IdleSet` removed, `park` ignoring `has_work`, `remove` finding and removing
+//! `IdleSet` removed (the watching models too: a worker that stops watching
+//! is covered by `park`'s fence and re-check), `park` ignoring `has_work`, `remove` finding and removing
 //! under two lock sections; `release`'s swap made a store or Release-only,
 //! `claim` made Relaxed, Release-only or a load then a store; `end`'s
 //! compare-exchange made a store, `begin` dropping the abandoned mark, `abandon`
@@ -141,6 +146,14 @@ const QUEUE: Ordering = Ordering::SeqCst;
 /// the sleeper `after_push` hands them. Afterwards, each woken worker drains the
 /// queue again (as a woken worker does), and the queue must then be empty.
 fn idle_set_model(workers: usize, submitters: usize) {
+    idle_set_model_watching(workers, submitters, false)
+}
+
+/// As [`idle_set_model`]; with `watch`, a worker whose queue looks empty first
+/// watches it (one look while counted as watching, then `watch_end`'s
+/// re-check), as an idle worker spins before it sleeps, and submitters leave
+/// their job to a watcher instead of waking a sleeper.
+fn idle_set_model_watching(workers: usize, submitters: usize, watch: bool) {
     let queue = Arc::new(AtomicUsize::new(0));
     let idle = Arc::new(IdleSet::<usize>::default());
 
@@ -151,6 +164,14 @@ fn idle_set_model(workers: usize, submitters: usize) {
                 let mut popped = 0;
                 loop {
                     popped += drain(&queue, QUEUE);
+                    if watch {
+                        idle.watch_begin();
+                        let seen = queue.load(QUEUE) > 0;
+                        idle.watch_end();
+                        if seen {
+                            continue;
+                        }
+                    }
                     if idle.park(id, id, || queue.load(QUEUE) > 0) {
                         return popped;
                     }
@@ -210,6 +231,16 @@ fn idle_set_one_worker_two_submitters() {
 #[test]
 fn idle_set_two_workers_one_submitter() {
     check(Some(3), || idle_set_model(2, 1));
+}
+
+#[test]
+fn idle_set_watching_worker_two_submitters() {
+    check(Some(2), || idle_set_model_watching(1, 2, true));
+}
+
+#[test]
+fn idle_set_two_watching_workers_one_submitter() {
+    check(Some(2), || idle_set_model_watching(2, 1, true));
 }
 
 /// A parked worker takes itself off the list (as it does when it stops) while a

@@ -1,7 +1,10 @@
-"""Builds the Ray vs rayx table from the two microbenchmark outputs.
+"""Builds the tables of BENCHMARKS.md from the raw outputs of one run.
 
-    python3 table.py RAY_OUT RAYX_OUT               # prints the markdown
-    python3 table.py --update BENCHMARKS.md RAY_OUT RAYX_OUT  # rewrites its table section
+    python3 table.py RAY_OUT RAYX_OUT [PEERS_OUT]               # prints the markdown
+    python3 table.py --update BENCHMARKS.md RAY_OUT RAYX_OUT [PEERS_OUT]  # rewrites its table section
+
+RAY_OUT is benches/ray/ray_bench.py's output, RAYX_OUT the microbenchmark's,
+PEERS_OUT benches/peers.rs's.
 """
 import datetime
 import os
@@ -9,28 +12,42 @@ import platform
 import re
 import sys
 
-LINE = re.compile(r"^(?P<name>.+?) per second (?P<mean>[\d.]+) \+- (?P<sd>[\d.]+)\s*$")
+LINE = re.compile(
+    r"^(?P<name>.+?) per second (?P<mean>[\d.]+) \+- (?P<sd>[\d.]+)(?: cpu (?P<cpu>[\d.]+) us/op)?\s*$"
+)
+CPU_LINE = re.compile(r"^(?P<name>cpu: [^:]+): (?P<value>[\d.]+) (?P<unit>us of CPU per \w+)")
 BEGIN, END = "<!-- table:begin -->", "<!-- table:end -->"
 
 
-def parse(path):
-    out = {}
-    if not os.path.exists(path):
-        return out
+def lines(path):
+    if not path or not os.path.exists(path):
+        return []
     with open(path) as f:
-        for line in f:
-            m = LINE.match(line.strip())
-            if m:
-                out[m["name"]] = (float(m["mean"]), float(m["sd"]))
+        return [l.rstrip("\n") for l in f]
+
+
+def parse(path):
+    """name -> (mean, sd, cpu us/op or None)."""
+    out = {}
+    for line in lines(path):
+        m = LINE.match(line.strip())
+        if m:
+            cpu = float(m["cpu"]) if m["cpu"] else None
+            out[m["name"]] = (float(m["mean"]), float(m["sd"]), cpu)
     return out
 
 
-def extra_lines(path):
-    """rayx lines that are not `per second` metrics (scale, not-measured notes)."""
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [l.rstrip() for l in f if (l.startswith("scale:") or "not measured" in l)]
+def cpu_lines(path):
+    out = {}
+    for line in lines(path):
+        m = CPU_LINE.match(line.strip())
+        if m:
+            out[m["name"]] = (float(m["value"]), m["unit"])
+    return out
+
+
+def prefixed(path, prefix):
+    return [l for l in lines(path) if l.startswith(prefix)]
 
 
 def machine():
@@ -57,47 +74,122 @@ def fmt(x):
     return f"{x:,.2f}" if x < 100 else f"{x:,.0f}"
 
 
-def table(ray_path, rayx_path):
+def fcpu(x):
+    if x is None:
+        return "—"
+    return f"{x:,.3f}" if x < 10 else f"{x:,.1f}" if x < 1000 else f"{x:,.0f}"
+
+
+def ratio(a, b):
+    if not a or not b:
+        return "—"
+    q = a / b
+    return f"{q:,.0f}×" if q >= 10 else f"{q:.2f}×"
+
+
+def table(ray_path, rayx_path, peers_path=None):
     ray, rayx = parse(ray_path), parse(rayx_path)
     names = [n for n in rayx if not n.startswith("floor:")]
     names += [n for n in ray if n not in rayx and not n.startswith("client:")]
     rows = [
         f"Measured {datetime.date.today().isoformat()} on {machine()}.",
+        "CPU is the CPU time per operation of every process of the system "
+        "(rayx: its one process; Ray: the driver, GCS, raylet, workers and agents), "
+        "user + system, over the timed runs.",
         "",
-        "| metric | Ray 2.60 | rayx | rayx/Ray |",
-        "|---|---:|---:|---:|",
+        "| metric | Ray 2.60 per s | Ray CPU µs/op | rayx per s | rayx CPU µs/op | rayx/Ray |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for n in names:
         r, x = ray.get(n), rayx.get(n)
         rs = f"{fmt(r[0])} ± {fmt(r[1])}" if r else "—"
         xs = f"{fmt(x[0])} ± {fmt(x[1])}" if x else "not measured"
-        ratio = "—"
-        if r and x and r[0] > 0:
-            q = x[0] / r[0]
-            ratio = f"{q:,.0f}×" if q >= 10 else f"{q:.2f}×"
-        rows.append(f"| {n} | {rs} | {xs} | {ratio} |")
+        rows.append(
+            f"| {n} | {rs} | {fcpu(r[2]) if r else '—'} | {xs} | {fcpu(x[2]) if x else '—'} "
+            f"| {ratio(x and x[0], r and r[0])} |"
+        )
+    rows += [f"", *[f"- {l}" for l in prefixed(rayx_path, "placement group")]]
+
     floor = [n for n in rayx if n.startswith("floor:")]
     if floor:
-        rows += ["", "The floor, measured in the same rayx run:", "", "| what | per second |", "|---|---:|"]
-        rows += [f"| {n[len('floor: '):]} | {fmt(rayx[n][0])} ± {fmt(rayx[n][1])} |" for n in floor]
-    extra = extra_lines(rayx_path)
-    if extra:
-        rows += ["", "Scale, from the same rayx run:", ""] + [f"- {l}" for l in extra]
+        rows += [
+            "",
+            "The floor, measured in the same rayx run, and rayx's overhead over it "
+            "(time per call of the rayx metric minus the floor's, per call):",
+            "",
+            "| floor | per second | CPU µs/op | rayx beside it | rayx per s | overhead per call |",
+            "|---|---:|---:|---|---:|---:|",
+        ]
+        beside = {
+            "round trip": "1:1 actor calls sync",
+            "batch of 1000": "1:1 actor calls async",
+        }
+        for n in floor:
+            f = rayx[n]
+            match = next((m for k, m in beside.items() if k in n), None)
+            if match and match in rayx:
+                over = 1e6 / rayx[match][0] - 1e6 / f[0]
+                extra = f"| {match} | {fmt(rayx[match][0])} | {over:+.2f} µs |"
+            else:
+                extra = "| — | — | — |"
+            rows.append(f"| {n[len('floor: '):]} | {fmt(f[0])} ± {fmt(f[1])} | {fcpu(f[2])} {extra}")
+
+    rc, xc = cpu_lines(ray_path), cpu_lines(rayx_path)
+    if rc or xc:
+        rows += [
+            "",
+            "CPU at idle and under light traffic (3 s each; one call is made and got, "
+            "then the caller sleeps to the next 5 ms tick):",
+            "",
+            "| what | Ray 2.60 | rayx |",
+            "|---|---:|---:|",
+        ]
+        for n in list(xc) + [n for n in rc if n not in xc]:
+            unit = (xc.get(n) or rc.get(n))[1]
+            r = f"{fmt(rc[n][0])}" if n in rc else "—"
+            x = f"{fmt(xc[n][0])}" if n in xc else "—"
+            rows.append(f"| {n[len('cpu: '):]} ({unit.replace('us', 'µs')}) | {r} | {x} |")
+
+    rs, xs = prefixed(ray_path, "scale:"), prefixed(rayx_path, "scale:")
+    if rs or xs:
+        rows += ["", "Scale (the first line is the same shape for both systems):", ""]
+        rows += [f"- Ray 2.60: {l}" for l in rs] + [f"- rayx: {l}" for l in xs]
+
+    peers = [l.split(" | ") for l in prefixed(peers_path, "peer | ")]
+    if peers:
+        head = next((l for l in lines(peers_path) if l.startswith("# rayx and its peers")), "")
+        rows += [
+            "",
+            f"rayx and the libraries a Rust user would pick instead ({head.lstrip('# ')}; "
+            "spread = slowest..fastest run; CPU = process CPU per operation; "
+            "efficiency = the work's serial time / (cores × wall time)):",
+        ]
+        workload = None
+        for p in peers:
+            _, w, lib, med, spread, cpu, eff = (x.strip() for x in p)
+            if w != workload:
+                workload = w
+                rows += ["", f"**{w}**", "", "| library | median per s | spread | CPU µs/op | efficiency |",
+                         "|---|---:|---:|---:|---:|"]
+            lo, hi = spread.split("..")
+            rows.append(
+                f"| {lib} | {fmt(float(med))} | {fmt(float(lo))}..{fmt(float(hi))} | {cpu} | {eff} |"
+            )
     return "\n".join(rows) + "\n"
 
 
 def main(argv):
     if argv and argv[0] == "--update":
-        doc, ray_path, rayx_path = argv[1:4]
+        doc, paths = argv[1], argv[2:]
         text = open(doc).read() if os.path.exists(doc) else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
         if BEGIN not in text:
             text += f"\n{BEGIN}\n{END}\n"
         head, rest = text.split(BEGIN, 1)
         _, tail = rest.split(END, 1)
         with open(doc, "w") as f:
-            f.write(head + BEGIN + "\n" + table(ray_path, rayx_path) + END + tail)
+            f.write(head + BEGIN + "\n" + table(*paths) + END + tail)
     else:
-        sys.stdout.write(table(*argv[:2]))
+        sys.stdout.write(table(*argv))
 
 
 if __name__ == "__main__":

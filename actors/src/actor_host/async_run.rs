@@ -78,8 +78,13 @@ impl ActorHost {
         let idle = life.retry.is_empty();
         drop(life);
         if idle && in_flight.load(Ordering::Acquire) == 0 && !self.is_dead() {
-            self.linger();
-        } else if self.scheduled.release(|| {
+            let queue = &self.core.run_queue;
+            if let Some(spin) = queue.spin().begin(Site::IdleActor, !queue.is_empty()) {
+                self.linger(spin);
+                return;
+            }
+        }
+        if self.scheduled.release(|| {
             // At `max_concurrency`, mail waits for a call to finish (its end
             // pumps again); only a signal needs the loop now.
             let room = in_flight.load(Ordering::Acquire) < *max_concurrency;
@@ -144,10 +149,11 @@ impl ActorHost {
     /// thread: a caller that sends its next call right after a reply then finds
     /// the actor awake instead of paying for a thread wake-up. Holds the
     /// `scheduled` flag meanwhile, so callers do not wake the thread.
-    pub(super) fn linger(self: &Arc<Self>) {
+    /// For as long as the spin policy granted (`spin`).
+    pub(super) fn linger(self: &Arc<Self>, spin: Spin) {
         actix_rt::spawn(Linger {
             host: self.clone(),
-            until: std::time::Instant::now() + LINGER,
+            spin: Some(spin),
         });
     }
 }
@@ -155,21 +161,38 @@ impl ActorHost {
 /// Watches an idle async actor's mailbox until mail comes or time runs out.
 pub(super) struct Linger {
     host: Arc<ActorHost>,
-    until: std::time::Instant,
+    spin: Option<Spin>,
+}
+
+impl Linger {
+    fn end(&mut self, paid: bool) {
+        if let Some(spin) = self.spin.take() {
+            self.host.core.run_queue.spin().end(spin, paid);
+        }
+    }
+}
+
+impl Drop for Linger {
+    fn drop(&mut self) {
+        // Dropped unfinished (its arbiter stopped): the spin is over.
+        self.end(false);
+    }
 }
 
 impl Future for Linger {
     type Output = ();
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let host = &self.host;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let host = self.host.clone();
         // Mail, a signal, or a kill (its state is dropped by the run loop).
         if !host.mailbox.is_empty() || host.signals.load(Ordering::Acquire) != 0 || host.is_dead() {
-            host.clone().pump();
+            self.end(true);
+            host.pump();
             return Poll::Ready(());
         }
-        if std::time::Instant::now() >= self.until {
+        if self.spin.as_ref().is_none_or(Spin::expired) {
+            self.end(false);
             if host.scheduled.release(|| host.has_work()) {
-                host.clone().pump();
+                host.pump();
             }
             return Poll::Ready(());
         }

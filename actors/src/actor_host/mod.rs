@@ -28,6 +28,7 @@ use crate::ids::{ActorId, IdMap, ObjectId};
 use crate::messages::{ActorCall, Retries};
 use crate::object_table::Slot;
 use crate::run_queue::{ActorRun, Job};
+use crate::spin::{Site, Spin};
 use crate::value::Value;
 use crate::worker::{catch_user, with_current_task};
 use actix_rt::ArbiterHandle;
@@ -50,8 +51,6 @@ use sync_run::stop_sync;
 
 /// Calls a sync actor runs per turn on a worker before yielding to other jobs.
 const BATCH: usize = 256;
-/// How long an idle async actor keeps watching its mailbox.
-const LINGER: std::time::Duration = std::time::Duration::from_micros(50);
 
 /// Signal bits, applied by the run loop between messages: a restart asked for
 /// with `restart()` (a failure, as Ray's `kill(no_restart=False)`), and one

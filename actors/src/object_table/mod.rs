@@ -17,6 +17,7 @@ use crate::faults::{Chance, FaultInjector};
 use crate::ids::{ActorId, IdMap, NodeId, ObjectId};
 use crate::messages::{Arg, TaskSpec};
 use crate::object_store::ObjectStore;
+use crate::spin::Site;
 use crate::value::Value;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -32,16 +33,13 @@ mod wait;
 
 pub use slot::{Cancelled, Slot};
 use slot::{Dep, DepLineage, Kept, Lineage, State};
-pub use wait::{install_wait_hooks, wait_slots, WaitHooks};
+pub use wait::{install_wait_hooks, on_worker_thread, wait_slots, WaitHooks};
 
 const SHARDS: usize = 64;
 const PENDING: u8 = 0;
 const DONE: u8 = 1;
 /// Lost: no value, and no rebuild started yet.
 const LOST: u8 = 2;
-/// Polls of a pending slot before a getter parks: a round trip to a spinning
-/// worker is far cheaper than a thread wake-up.
-const SPINS: u32 = 2_000;
 /// How often a worker blocked in `get` checks whether the pool can still make
 /// progress (every worker blocked at `max_workers` with work queued).
 const STARVATION_CHECK: Duration = Duration::from_millis(100);
@@ -71,6 +69,9 @@ pub struct MemoryUsage {
 pub trait Dispatch: Send + Sync {
     /// Queues the task that makes `task` (its job is in the slot).
     fn dispatch(&self, task: Arc<Slot>);
+    /// Spins until `done()` as the node's [`SpinPolicy`](crate::spin) allows
+    /// a waiter at `site` to; true if done (otherwise the caller sleeps).
+    fn spin_until(&self, site: Site, done: &mut dyn FnMut() -> bool) -> bool;
 }
 
 struct Shard {

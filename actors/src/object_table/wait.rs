@@ -30,6 +30,11 @@ pub fn install_wait_hooks(hooks: Rc<dyn WaitHooks>) {
     HOOKS.with(|h| *h.borrow_mut() = Some(hooks));
 }
 
+/// Whether this thread is a worker (it runs tasks it waits for itself).
+pub fn on_worker_thread() -> bool {
+    HOOKS.with(|h| h.borrow().is_some())
+}
+
 pub(super) fn wait_hooks() -> Option<Rc<dyn WaitHooks>> {
     HOOKS.with(|h| h.borrow().clone())
 }
@@ -210,12 +215,11 @@ impl Slot {
                 return r;
             }
         }
-        for _ in 0..SPINS {
-            if self.is_done() {
-                break;
-            }
-            std::hint::spin_loop();
-        }
+        // Spin as the node's policy allows: a round trip to an awake worker is
+        // far cheaper than a thread wake-up, when a core is free for it.
+        self.table
+            .dispatch
+            .spin_until(Site::Get, &mut || self.is_done());
         if let Some(r) = self.try_get() {
             return r;
         }

@@ -1,0 +1,329 @@
+//! The spin policy: when a thread with nothing to do spins, and when it sleeps.
+//!
+//! Three kinds of thread wait on a node: a getter waiting for an object
+//! ([`Site::Get`]), a worker whose run queue is empty ([`Site::IdleWorker`]),
+//! and an async actor whose mailbox is empty ([`Site::IdleActor`]). Sleeping
+//! costs the waker a system call and the sleeper a wake-up of tens of
+//! microseconds; spinning costs a core for as long as it lasts. One rule
+//! decides for all three. A thread spins only when
+//!
+//! 1. **no work is queued**: queued work means every core is, or is about to
+//!    be, needed to run it. An idle worker or actor then has work or leaves
+//!    the core to those that do; a getter (whose object may be that very
+//!    work) keeps watching but yields its core between polls, so a runnable
+//!    worker always runs first;
+//! 2. **a core is free for it**: at most half the node's cores have a
+//!    spinning getter, and at most half an idle worker or actor spinning, so
+//!    spinners never crowd out the threads that run work however many clients
+//!    wait at once, and an idle worker can spin beside a spinning getter
+//!    (request–reply is exactly that pair). On one core nothing spins: what
+//!    a spinner waits for cannot run meanwhile;
+//! 3. **spinning has recently paid off at this site on this thread**: each
+//!    thread keeps a budget per site that doubles (up to [`MAX`]) when a wait
+//!    ended while spinning and halves (down to nothing) when the spin ran out
+//!    and the thread slept anyway. With no budget the thread sleeps at once,
+//!    and every [`PROBE_EVERY`]th wait spins [`PROBE`] (a round trip to an
+//!    awake thread, with room) to find out whether spinning pays again.
+//!
+//! So under full load nobody takes a core from work (rule 1), under light traffic (a call
+//! every few milliseconds) the budget decays to nothing after a few waits and
+//! each wait costs a probe at most (rule 3), at idle nothing runs, and in
+//! request–reply ping-pong the answer comes within the spin and the thread
+//! never sleeps.
+//!
+//! The `spinning` count publishes no data: it is a hint read to decide, so
+//! its operations are `Relaxed` (a stale read lets one more or one fewer
+//! thread spin for one budget).
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// The longest a thread spins before it sleeps (a budget that paid off).
+pub const MAX: Duration = Duration::from_micros(50);
+/// The smallest budget that is kept.
+pub const MIN: Duration = Duration::from_micros(2);
+/// The spin of a probe.
+pub const PROBE: Duration = Duration::from_micros(16);
+/// With no budget, one wait in this many probes.
+pub const PROBE_EVERY: u32 = 16;
+
+/// Where a thread waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Site {
+    /// A `get` or `wait` for an object.
+    Get = 0,
+    /// A worker with an empty run queue.
+    IdleWorker = 1,
+    /// An async actor with an empty mailbox.
+    IdleActor = 2,
+}
+
+const SITES: usize = 3;
+
+/// A site's record on one thread.
+#[derive(Clone, Copy)]
+struct Record {
+    /// Nanoseconds to spin next time; 0: sleep at once (but probe).
+    budget_ns: u32,
+    /// Waits since the last probe, while the budget is 0.
+    since_probe: u32,
+}
+
+thread_local! {
+    static RECORDS: [Cell<Record>; SITES] = const {
+        [const { Cell::new(Record { budget_ns: MAX.as_nanos() as u32, since_probe: 0 }) }; SITES]
+    };
+}
+
+/// A node's spin policy: the cores it may spin on and who spins now.
+#[derive(Debug)]
+pub struct SpinPolicy {
+    /// Spinning getters, and spinning idle workers and actors, allowed at
+    /// once: half the cores each.
+    max_each: usize,
+    getters: AtomicUsize,
+    idlers: AtomicUsize,
+}
+
+impl Default for SpinPolicy {
+    fn default() -> Self {
+        SpinPolicy::new(
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+        )
+    }
+}
+
+/// A spin in progress, granted by [`SpinPolicy::begin`]; hand it back with
+/// [`SpinPolicy::end`].
+#[derive(Debug)]
+#[must_use = "a spin must be ended with SpinPolicy::end"]
+pub struct Spin {
+    site: Site,
+    started: Instant,
+    deadline: Instant,
+}
+
+impl Spin {
+    /// Whether its budget ran out.
+    pub fn expired(&self) -> bool {
+        Instant::now() >= self.deadline
+    }
+
+    /// When its budget runs out.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+}
+
+impl SpinPolicy {
+    /// The policy for a machine of `cores` cores.
+    pub fn new(cores: usize) -> Self {
+        SpinPolicy {
+            max_each: cores / 2,
+            getters: AtomicUsize::new(0),
+            idlers: AtomicUsize::new(0),
+        }
+    }
+
+    /// A spin at `site` if the rule allows one now (`work_queued`: the node has
+    /// jobs no worker has taken); `None`: sleep at once.
+    pub fn begin(&self, site: Site, work_queued: bool) -> Option<Spin> {
+        if work_queued {
+            return None;
+        }
+        let budget = RECORDS.with(|r| {
+            let cell = &r[site as usize];
+            let mut rec = cell.get();
+            let budget = if rec.budget_ns > 0 {
+                rec.budget_ns
+            } else {
+                rec.since_probe += 1;
+                if rec.since_probe < PROBE_EVERY {
+                    0
+                } else {
+                    rec.since_probe = 0;
+                    PROBE.as_nanos() as u32
+                }
+            };
+            cell.set(rec);
+            budget
+        });
+        if budget == 0 {
+            return None;
+        }
+        // Relaxed: a hint (see the module docs).
+        let count = self.count(site);
+        if count.fetch_add(1, Ordering::Relaxed) >= self.max_each {
+            count.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        let started = Instant::now();
+        Some(Spin {
+            site,
+            started,
+            deadline: started + Duration::from_nanos(budget as u64),
+        })
+    }
+
+    /// Ends a spin: `paid` if the wait ended while spinning.
+    pub fn end(&self, spin: Spin, paid: bool) {
+        self.count(spin.site).fetch_sub(1, Ordering::Relaxed);
+        let spent = spin.started.elapsed();
+        RECORDS.with(|r| {
+            let cell = &r[spin.site as usize];
+            let mut rec = cell.get();
+            rec.budget_ns = next_budget(rec.budget_ns, paid, spent);
+            rec.since_probe = 0;
+            cell.set(rec);
+        });
+    }
+
+    /// Spins at `site` until `done()` or the budget runs out; true if done.
+    /// While `work_queued()`, yields the core between rounds of polls (rule 1).
+    /// Sleeps nothing: the caller sleeps if this returns false.
+    pub fn spin_until(
+        &self,
+        site: Site,
+        work_queued: &dyn Fn() -> bool,
+        done: &mut dyn FnMut() -> bool,
+    ) -> bool {
+        let Some(spin) = self.begin(site, false) else {
+            return false;
+        };
+        let mut paid = false;
+        'spin: loop {
+            // Read the clock once per 64 polls (a poll is a few nanoseconds).
+            for _ in 0..64 {
+                if done() {
+                    paid = true;
+                    break 'spin;
+                }
+                std::hint::spin_loop();
+            }
+            if spin.expired() {
+                break;
+            }
+            if work_queued() {
+                std::thread::yield_now();
+            }
+        }
+        self.end(spin, paid);
+        paid
+    }
+
+    fn count(&self, site: Site) -> &AtomicUsize {
+        match site {
+            Site::Get => &self.getters,
+            Site::IdleWorker | Site::IdleActor => &self.idlers,
+        }
+    }
+
+    /// Threads spinning now.
+    pub fn spinning(&self) -> usize {
+        self.getters.load(Ordering::Relaxed) + self.idlers.load(Ordering::Relaxed)
+    }
+}
+
+/// The budget after a spin: doubled (at least [`MIN`], at most [`MAX`]) when it
+/// paid, halved when it did not (nothing below [`MIN`]).
+fn next_budget(budget_ns: u32, paid: bool, spent: Duration) -> u32 {
+    let min = MIN.as_nanos() as u32;
+    let max = MAX.as_nanos() as u32;
+    if paid {
+        // What it took, with room to spare, and never less than before.
+        let took = spent.as_nanos().min(max as u128) as u32;
+        budget_ns.max(took.saturating_mul(2)).max(min).min(max)
+    } else {
+        let half = budget_ns / 2;
+        if half < min {
+            0
+        } else {
+            half
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_halves_to_nothing_when_spinning_does_not_pay() {
+        let mut b = MAX.as_nanos() as u32;
+        let mut steps = 0;
+        while b > 0 {
+            b = next_budget(b, false, MAX);
+            steps += 1;
+        }
+        // 50 µs halves below 2 µs in five steps.
+        assert_eq!(steps, 5);
+        assert_eq!(next_budget(0, false, MIN), 0);
+    }
+
+    #[test]
+    fn budget_grows_when_spinning_pays() {
+        let min = MIN.as_nanos() as u32;
+        assert_eq!(next_budget(min, true, Duration::from_micros(3)), 6_000);
+        assert_eq!(next_budget(6_000, true, Duration::from_micros(1)), 6_000);
+        assert_eq!(
+            next_budget(6_000, true, Duration::from_secs(1)),
+            MAX.as_nanos() as u32
+        );
+    }
+
+    #[test]
+    fn no_spin_while_work_is_queued_or_cores_are_taken() {
+        std::thread::spawn(|| {
+            let policy = SpinPolicy::new(2);
+            assert!(policy.begin(Site::Get, true).is_none());
+            let getter = policy.begin(Site::Get, false).expect("a free core");
+            // One spinning getter on two cores: the other core is for work.
+            assert!(policy.begin(Site::Get, false).is_none());
+            // An idle worker may spin beside it (request–reply), not a third.
+            let worker = policy.begin(Site::IdleWorker, false).expect("a core");
+            assert!(policy.begin(Site::IdleActor, false).is_none());
+            // On one core nothing spins.
+            assert!(SpinPolicy::new(1).begin(Site::Get, false).is_none());
+            policy.end(getter, true);
+            policy.end(worker, true);
+            let again = policy.begin(Site::Get, false).expect("free again");
+            policy.end(again, true);
+            assert_eq!(policy.spinning(), 0);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn an_idle_site_stops_spinning_and_probes() {
+        // On a fresh thread: its own records.
+        std::thread::spawn(|| {
+            let policy = SpinPolicy::new(4);
+            let mut spins = 0;
+            for _ in 0..100 {
+                if policy.spin_until(Site::IdleActor, &|| false, &mut || false) {
+                    unreachable!("never done");
+                }
+                if RECORDS.with(|r| r[Site::IdleActor as usize].get().budget_ns) > 0 {
+                    spins += 1;
+                }
+            }
+            // Four waits decay the budget; then one probe per PROBE_EVERY waits.
+            assert!(spins <= 4, "spun {spins} times");
+            let probes = (0..PROBE_EVERY * 3)
+                .filter(|_| {
+                    policy
+                        .begin(Site::IdleActor, false)
+                        .map(|s| policy.end(s, false))
+                        .is_some()
+                })
+                .count();
+            assert_eq!(probes, 3);
+        })
+        .join()
+        .unwrap();
+    }
+}
