@@ -143,16 +143,23 @@ impl Runtime {
     ) -> Result<Vec<T>> {
         // A timeout too long to add to now is none.
         let deadline = timeout.and_then(|t| std::time::Instant::now().checked_add(t));
-        // Off the workers, wait for the last first: results mostly come in the
-        // order they were asked for, so one wait (one wake-up) covers the batch
-        // instead of one per ref. (A worker instead runs the tasks it waits for
-        // itself, in order.) Ray's `get` too waits for all, then reads in order.
+        // Off the workers, with many clients waiting at once (other getters
+        // hold every spinning place), sleep for the last ref rather than for
+        // each: results mostly come in the order they were asked for, so one
+        // wake-up covers the batch instead of one per ref, and the thread that
+        // makes them is not slowed by a wake-up per result. A lone getter waits
+        // in order, so it is awake to go on the moment its batch is done. (A
+        // worker runs the tasks it waits for itself, in order.) Ray's `get`
+        // too waits for all, then reads them in order.
         if let (true, Some(last)) = (refs.len() > 1 && !on_worker_thread(), refs.last()) {
-            let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
-            if let Err(Error::GetTimeout { .. }) = last.slot().wait(left) {
-                return Err(Error::GetTimeout {
-                    timeout: timeout.unwrap_or_default(),
-                });
+            let pending = refs.iter().find(|r| !r.slot().is_done());
+            if pending.is_some_and(|r| r.slot().getters_crowded()) {
+                let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+                if let Err(Error::GetTimeout { .. }) = last.slot().wait(left) {
+                    return Err(Error::GetTimeout {
+                        timeout: timeout.unwrap_or_default(),
+                    });
+                }
             }
         }
         refs.iter()

@@ -51,6 +51,58 @@ fn get_many_keeps_input_order() {
     assert_eq!(rt.get::<usize>(&[], None).unwrap(), Vec::<usize>::new());
 }
 
+/// Many clients getting batches at once (the getters beyond the spin policy's
+/// places sleep for a batch's last ref first): every value, in input order;
+/// a failed ref's error, not another's; and the timeout, once.
+#[test]
+fn many_clients_getting_batches_read_every_value_in_order() {
+    fn echo(i: u64) -> u64 {
+        i
+    }
+    fn fail_on(i: u64) -> Result<u64, String> {
+        if i == 7 {
+            Err(format!("no {i}"))
+        } else {
+            Ok(i)
+        }
+    }
+    rayx::remote!(echo, fail_on);
+    let rt = rt2();
+    std::thread::scope(|s| {
+        for client in 0..4u64 {
+            let rt = &rt;
+            s.spawn(move || {
+                for round in 0..50u64 {
+                    let base = client * 1_000_000 + round * 1000;
+                    let refs: Vec<_> = (0..100).map(|i| rt.task(echo).remote(base + i)).collect();
+                    let want: Vec<u64> = (0..100).map(|i| base + i).collect();
+                    assert_eq!(rt.get(&refs, None).unwrap(), want);
+                }
+                let refs: Vec<_> = (0..20).map(|i| rt.task(fail_on).remote(i)).collect();
+                match rt.get(&refs, None) {
+                    Err(Error::TaskFailed { cause, .. }) => {
+                        assert!(cause.contains("no 7"), "{cause}")
+                    }
+                    other => panic!("expected the failure of ref 7, got {other:?}"),
+                }
+                // A ref that never completes within the timeout, last or first.
+                let g = gate();
+                let stuck = rt.task(gated).remote(g);
+                let done = rt.put(1u64).unwrap();
+                let t = Duration::from_millis(50);
+                for refs in [[done.clone(), stuck.clone()], [stuck.clone(), done.clone()]] {
+                    assert_eq!(
+                        rt.get(&refs, Some(t)),
+                        Err(Error::GetTimeout { timeout: t })
+                    );
+                }
+                open(g);
+                assert_eq!(rt.get(&[done, stuck], Some(LONG)).unwrap(), vec![1, g]);
+            });
+        }
+    });
+}
+
 #[test]
 fn get_times_out_with_a_typed_error() {
     let rt = rt2();

@@ -88,6 +88,9 @@ impl Dispatch for RunQueue {
     fn spin_until(&self, site: Site, done: &mut dyn FnMut() -> bool) -> bool {
         self.spin.spin_until(site, &|| !self.is_empty(), done)
     }
+    fn getters_crowded(&self) -> bool {
+        self.spin.getters_crowded()
+    }
 }
 
 impl RunQueue {

@@ -22,8 +22,9 @@
 //!    thread keeps a budget per site that doubles (up to [`MAX`]) when a wait
 //!    ended while spinning and halves (down to nothing) when the spin ran out
 //!    and the thread slept anyway. With no budget the thread sleeps at once,
-//!    and every [`PROBE_EVERY`]th wait spins [`PROBE`] (a round trip to an
-//!    awake thread, with room) to find out whether spinning pays again.
+//!    and every [`PROBE_EVERY`]th wait spins a probe ([`PROBE`] for a getter,
+//!    a round trip to an awake thread with room; [`MIN`] for an idle worker
+//!    or actor) to find out whether spinning pays again.
 //!
 //! So under full load nobody takes a core from work (rule 1), under light traffic (a call
 //! every few milliseconds) the budget decays to nothing after a few waits and
@@ -43,7 +44,7 @@ use std::time::{Duration, Instant};
 pub const MAX: Duration = Duration::from_micros(50);
 /// The smallest budget that is kept.
 pub const MIN: Duration = Duration::from_micros(2);
-/// The spin of a probe.
+/// The spin of a getter's probe.
 pub const PROBE: Duration = Duration::from_micros(16);
 /// With no budget, one wait in this many probes.
 pub const PROBE_EVERY: u32 = 16;
@@ -60,6 +61,18 @@ pub enum Site {
 }
 
 const SITES: usize = 3;
+
+impl Site {
+    /// A probe's spin: for a getter, a round trip to an awake thread with
+    /// room ([`PROBE`]); for an idle worker or actor, [`MIN`] (work that comes
+    /// at all under load comes at once).
+    fn probe(self) -> Duration {
+        match self {
+            Site::Get => PROBE,
+            Site::IdleWorker | Site::IdleActor => MIN,
+        }
+    }
+}
 
 /// A site's record on one thread.
 #[derive(Clone, Copy)]
@@ -145,7 +158,7 @@ impl SpinPolicy {
                     0
                 } else {
                     rec.since_probe = 0;
-                    PROBE.as_nanos() as u32
+                    site.probe().as_nanos() as u32
                 }
             };
             cell.set(rec);
@@ -219,6 +232,12 @@ impl SpinPolicy {
             Site::Get => &self.getters,
             Site::IdleWorker | Site::IdleActor => &self.idlers,
         }
+    }
+
+    /// Whether as many getters spin as allowed: a getter refused now is one of
+    /// many clients waiting at once.
+    pub fn getters_crowded(&self) -> bool {
+        self.getters.load(Ordering::Relaxed) >= self.max_each
     }
 
     /// Threads spinning now.

@@ -72,6 +72,8 @@ pub trait Dispatch: Send + Sync {
     /// Spins until `done()` as the node's [`SpinPolicy`](crate::spin) allows
     /// a waiter at `site` to; true if done (otherwise the caller sleeps).
     fn spin_until(&self, site: Site, done: &mut dyn FnMut() -> bool) -> bool;
+    /// Whether as many getters spin as the spin policy allows (a hint).
+    fn getters_crowded(&self) -> bool;
 }
 
 struct Shard {

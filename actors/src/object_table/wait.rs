@@ -199,6 +199,12 @@ impl Slot {
         }
     }
 
+    /// Whether other getters of its node hold every spinning place the spin
+    /// policy allows: a getter now is one of many clients waiting at once.
+    pub fn getters_crowded(&self) -> bool {
+        self.table.dispatch.getters_crowded()
+    }
+
     /// Blocks until the outcome is known or `timeout` passes (a timeout too
     /// long to add to now is none). On a worker thread, a task nobody has
     /// started is run right here; otherwise the worker counts as blocked, so
