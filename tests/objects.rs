@@ -66,7 +66,14 @@ fn many_clients_getting_batches_read_every_value_in_order() {
             Ok(i)
         }
     }
-    rayx::remote!(echo, fail_on);
+    fn fail_or_hold(fail: bool, g: u64) -> Result<u64, String> {
+        if fail {
+            Err("failed first".into())
+        } else {
+            Ok(pass(g))
+        }
+    }
+    rayx::remote!(echo, fail_on, fail_or_hold);
     let rt = rt2();
     std::thread::scope(|s| {
         for client in 0..4u64 {
@@ -85,6 +92,20 @@ fn many_clients_getting_batches_read_every_value_in_order() {
                     }
                     other => panic!("expected the failure of ref 7, got {other:?}"),
                 }
+                // A failure early in a batch is reported as itself, not after
+                // the last ref (held until the end of the test) nor as a timeout.
+                let g = gate();
+                let refs = [
+                    rt.task(fail_or_hold).remote((true, g)),
+                    rt.task(fail_or_hold).remote((false, g)),
+                ];
+                match rt.get(&refs, Some(LONG)) {
+                    Err(Error::TaskFailed { cause, .. }) => {
+                        assert!(cause.contains("failed first"), "{cause}")
+                    }
+                    other => panic!("expected the first ref's failure, got {other:?}"),
+                }
+                open(g);
                 // A ref that never completes within the timeout, last or first.
                 let g = gate();
                 let stuck = rt.task(gated).remote(g);

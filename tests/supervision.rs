@@ -245,3 +245,43 @@ fn an_actor_under_a_supervisor_takes_its_restart_limit_from_it() {
         Err(Error::InvalidArgument(_))
     ));
 }
+
+fn hold_until(started: u64, release: u64) -> u64 {
+    common::open(started);
+    common::pass(release)
+}
+fn echo(x: u64) -> u64 {
+    x
+}
+rayx::remote!(hold_until, echo);
+
+/// A worker of a router that was restarted finishes its task and leaves: a
+/// job submitted just then (while it may be watching the queue, when
+/// submitters wake nobody) still runs, on the new pool.
+#[test]
+fn a_job_submitted_as_an_old_pool_worker_leaves_runs_on_the_new_pool() {
+    let rt = supervised(rayx::Strategy::RestForOne, 1_000_000);
+    for trial in 0..100u64 {
+        let events = rt.events();
+        let (started, release) = (common::gate(), common::gate());
+        let held = rt.task(hold_until).remote((started, release));
+        common::pass(started);
+        rt.inject_system_failure("router").unwrap();
+        loop {
+            match events.recv_timeout(LONG) {
+                Ok(SupervisionEvent::Restarted { child, .. }) if child == "router" => break,
+                Ok(_) => {}
+                Err(e) => panic!("trial {trial}: no restart of the router: {e:?}"),
+            }
+        }
+        common::open(release);
+        assert_eq!(held.get_timeout(LONG).unwrap(), release);
+        // Submit 1..40 µs after the old worker's task ended.
+        let at = std::time::Instant::now() + Duration::from_micros(trial % 40 + 1);
+        while std::time::Instant::now() < at {
+            std::hint::spin_loop();
+        }
+        let job = rt.task(echo).remote(trial);
+        assert_eq!(job.get_timeout(LONG), Ok(trial), "trial {trial}");
+    }
+}

@@ -41,14 +41,15 @@ impl<W> IdleSet<W> {
     /// the sleeper it must wake, if any (none while a worker watches).
     pub fn after_push(&self) -> Option<W> {
         // Store buffering: the submitter writes the queue then reads `watching`
-        // and `count`; a worker that stops watching writes `watching`, then (if
-        // it saw no work) `count` in `park`, then reads the queue. This fence
-        // pairs with `park`'s: of the two reads, at least one sees the other's
-        // writes, so either we see the sleeper (and wake it) or it sees our job.
+        // and `count`; a watcher writes `watching` (`watch_end`) and a sleeper
+        // `count` (`park`), each then reads the queue. This fence pairs with
+        // theirs: of the two reads, at least one sees the other's write, so
+        // either we see the watcher or sleeper (and leave the job to it, or
+        // wake it) or it sees our job.
         fence(Ordering::SeqCst);
         if self.watching.load(Ordering::Relaxed) > 0 {
-            // A watcher takes the job: it sees it while it watches, or in
-            // `park`'s re-check if we read its count before `watch_end`.
+            // A watcher takes the job (or hands it on): it sees it while it
+            // watches, or in `watch_end`'s re-check.
             return None;
         }
         if self.count.load(Ordering::Relaxed) == 0 {
@@ -71,11 +72,16 @@ impl<W> IdleSet<W> {
         self.watching.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The worker stops watching. Unless it saw work, it must then `park`
-    /// (whose re-check finds a job a submitter left to it) or stop for good.
-    pub fn watch_end(&self) {
-        // Relaxed: ordered before the queue's re-check by `park`'s fence.
+    /// The worker stops watching; true if `has_work()` then says work is
+    /// there. A submitter may have left it to this watcher: the worker must
+    /// take it, or hand it on with [`IdleSet::after_push`] if it is leaving.
+    /// Otherwise it parks (whose own re-check covers later pushes) or leaves.
+    pub fn watch_end(&self, has_work: impl Fn() -> bool) -> bool {
         self.watching.fetch_sub(1, Ordering::Relaxed);
+        // Pairs with the fence in `after_push`: either the submitter read our
+        // decrement (and woke a sleeper itself) or we see its job here.
+        fence(Ordering::SeqCst);
+        has_work()
     }
 
     /// Parks sleeper `id` unless `has_work()` says work arrived. True if it is

@@ -138,23 +138,30 @@ impl RunQueue {
     }
 
     /// An idle worker watches the queue for a moment before it sleeps, as the
-    /// spin policy allows; true if work came (it must drain the queue again),
-    /// otherwise it must [`sleep`](Self::sleep) or stop. Submitters wake nobody
-    /// while a worker watches.
+    /// spin policy allows; true if work came: it must drain the queue again,
+    /// or [`hand_on`](Self::hand_on) the work if it is leaving. Submitters
+    /// wake nobody while a worker watches.
     pub fn watch(&self) -> bool {
         self.idle.watch_begin();
-        let came = self
+        let seen = self
             .spin
             .spin_until(Site::IdleWorker, &|| false, &mut || !self.is_empty());
-        self.idle.watch_end();
+        let came = self.idle.watch_end(|| !self.is_empty()) || seen;
         if came && self.injector.len() > 1 {
             // More than this worker will take at once: wake another, as a
             // submitter would have.
-            if let Some(worker) = self.idle.after_push() {
-                worker.do_send(Drain);
-            }
+            self.hand_on();
         }
         came
+    }
+
+    /// A worker that watched and saw work but is leaving (stopped) hands the
+    /// work on: it wakes a sleeper, as the submitters that left it to the
+    /// watcher did not.
+    pub fn hand_on(&self) {
+        if let Some(worker) = self.idle.after_push() {
+            worker.do_send(Drain);
+        }
     }
 
     /// The node's spin policy (see [`crate::spin`]).

@@ -12,16 +12,19 @@
 //!    the core to those that do; a getter (whose object may be that very
 //!    work) keeps watching but yields its core between polls, so a runnable
 //!    worker always runs first;
-//! 2. **a core is free for it**: at most half the node's cores have a
-//!    spinning getter, and at most half an idle worker or actor spinning, so
-//!    spinners never crowd out the threads that run work however many clients
-//!    wait at once, and an idle worker can spin beside a spinning getter
-//!    (request–reply is exactly that pair). On one core nothing spins: what
+//! 2. **few spin at once**: at most half the node's cores have a spinning
+//!    getter, and at most half an idle worker or actor spinning, however many
+//!    clients wait at once; an idle worker can spin beside a spinning getter
+//!    (request–reply is exactly that pair). With both halves taken every core
+//!    may spin, for one budget at most, beside the work; a getter that finds
+//!    its places taken is one of many clients, and `Runtime::get` then sleeps
+//!    for a batch's last ref instead of each. On one core nothing spins: what
 //!    a spinner waits for cannot run meanwhile;
 //! 3. **spinning has recently paid off at this site on this thread**: each
-//!    thread keeps a budget per site that doubles (up to [`MAX`]) when a wait
-//!    ended while spinning and halves (down to nothing) when the spin ran out
-//!    and the thread slept anyway. With no budget the thread sleeps at once,
+//!    thread keeps a budget per site that grows to twice what the wait took
+//!    (never shrinking, up to [`MAX`]) when a wait ended while spinning, and
+//!    halves (down to nothing) when the spin ran out and the thread slept
+//!    anyway. With no budget the thread sleeps at once,
 //!    and every [`PROBE_EVERY`]th wait spins a probe ([`PROBE`] for a getter,
 //!    a round trip to an awake thread with room; [`MIN`] for an idle worker
 //!    or actor) to find out whether spinning pays again.
@@ -32,8 +35,8 @@
 //! request–reply ping-pong the answer comes within the spin and the thread
 //! never sleeps.
 //!
-//! The `spinning` count publishes no data: it is a hint read to decide, so
-//! its operations are `Relaxed` (a stale read lets one more or one fewer
+//! The spinner counts publish no data: they are hints read to decide, so
+//! their operations are `Relaxed` (a stale read lets one more or one fewer
 //! thread spin for one budget).
 
 use std::cell::Cell;
@@ -246,8 +249,9 @@ impl SpinPolicy {
     }
 }
 
-/// The budget after a spin: doubled (at least [`MIN`], at most [`MAX`]) when it
-/// paid, halved when it did not (nothing below [`MIN`]).
+/// The budget after a spin: when it paid, twice what the wait took if that is
+/// more (at least [`MIN`], at most [`MAX`]); when it did not, halved (nothing
+/// below [`MIN`]).
 fn next_budget(budget_ns: u32, paid: bool, spent: Duration) -> u32 {
     let min = MIN.as_nanos() as u32;
     let max = MAX.as_nanos() as u32;

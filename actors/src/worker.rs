@@ -328,9 +328,21 @@ impl Worker {
                     return;
                 }
             }
+            if self.runner.state.stop.load(Ordering::Acquire) {
+                // Its router stopped: it takes no more jobs (the next pool does).
+                ctx.stop();
+                return;
+            }
             // Watch the queue a moment before sleeping, as the spin policy
             // allows (work right after work is the common case under load).
             if queue.watch() {
+                if self.runner.state.stop.load(Ordering::Acquire) {
+                    // Stopped while watching: the work it saw is the next
+                    // pool's, and nobody else was woken for it.
+                    queue.hand_on();
+                    ctx.stop();
+                    return;
+                }
                 continue;
             }
             if self.runner.state.stop.load(Ordering::Acquire) {

@@ -22,7 +22,9 @@
 //! - `idle_set_watching_worker_two_submitters`,
 //!   `idle_set_two_watching_workers_one_submitter`: the same, with workers that
 //!   watch the queue before they sleep while submitters leave their jobs to a
-//!   watcher (a job left to a watcher that then sleeps is found by `park`).
+//!   watcher (the fence pairs of `after_push` with `watch_end` and `park`).
+//! - `idle_set_a_stopped_watcher_hands_work_on`: a watcher of a stopped pool
+//!   that leaves hands on the work left to it: no job is stranded.
 //! - `idle_set_remove_races_after_push`: a parked worker taking itself off the
 //!   list and a submitter waking it agree: exactly one of them gets it.
 //! - `schedule_flag_two_producers`: with two producers pushing and claiming the
@@ -40,8 +42,8 @@
 //!   and the top-level `end` retires iff a cancel succeeded.
 //!
 //! Each model fails on a broken copy of the protocol: either `SeqCst` fence of
-//! `IdleSet` removed (the watching models too: a worker that stops watching
-//! is covered by `park`'s fence and re-check), `park` ignoring `has_work`, `remove` finding and removing
+//! `IdleSet` removed (the leaving model: `watch_end`'s fence removed, or the
+//! leaver not handing on), `park` ignoring `has_work`, `remove` finding and removing
 //! under two lock sections; `release`'s swap made a store or Release-only,
 //! `claim` made Relaxed, Release-only or a load then a store; `end`'s
 //! compare-exchange made a store, `begin` dropping the abandoned mark, `abandon`
@@ -154,8 +156,29 @@ fn idle_set_model(workers: usize, submitters: usize) {
 /// re-check), as an idle worker spins before it sleeps, and submitters leave
 /// their job to a watcher instead of waking a sleeper.
 fn idle_set_model_watching(workers: usize, submitters: usize, watch: bool) {
+    idle_set_model_leaving(workers, submitters, watch, 0)
+}
+
+/// As [`idle_set_model_watching`], plus `leavers` workers of a stopped pool:
+/// each watches once and leaves without taking work, handing on (with
+/// `after_push`) what it saw, as a stopped worker does.
+fn idle_set_model_leaving(workers: usize, submitters: usize, watch: bool, leavers: usize) {
     let queue = Arc::new(AtomicUsize::new(0));
     let idle = Arc::new(IdleSet::<usize>::default());
+    let leaver_threads: Vec<_> = (0..leavers)
+        .map(|_| {
+            let (queue, idle) = (queue.clone(), idle.clone());
+            thread::spawn(move || {
+                idle.watch_begin();
+                let seen = queue.load(QUEUE) > 0;
+                if idle.watch_end(|| queue.load(QUEUE) > 0) || seen {
+                    idle.after_push()
+                } else {
+                    None
+                }
+            })
+        })
+        .collect();
 
     let worker_threads: Vec<_> = (0..workers)
         .map(|id| {
@@ -167,8 +190,7 @@ fn idle_set_model_watching(workers: usize, submitters: usize, watch: bool) {
                     if watch {
                         idle.watch_begin();
                         let seen = queue.load(QUEUE) > 0;
-                        idle.watch_end();
-                        if seen {
+                        if idle.watch_end(|| queue.load(QUEUE) > 0) || seen {
                             continue;
                         }
                     }
@@ -192,6 +214,7 @@ fn idle_set_model_watching(workers: usize, submitters: usize, watch: bool) {
     let popped: usize = worker_threads.into_iter().map(|t| t.join().unwrap()).sum();
     let woken: Vec<usize> = submitter_threads
         .into_iter()
+        .chain(leaver_threads)
         .filter_map(|t| t.join().unwrap())
         .collect();
 
@@ -236,6 +259,11 @@ fn idle_set_two_workers_one_submitter() {
 #[test]
 fn idle_set_watching_worker_two_submitters() {
     check(Some(2), || idle_set_model_watching(1, 2, true));
+}
+
+#[test]
+fn idle_set_a_stopped_watcher_hands_work_on() {
+    check(Some(2), || idle_set_model_leaving(1, 1, true, 1));
 }
 
 #[test]
