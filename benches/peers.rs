@@ -151,6 +151,18 @@ rayx::remote!(burn);
 
 /// The `burn` steps that take `target` on one thread, and their measured time.
 fn calibrate(target: Duration) -> (u64, Duration) {
+    // Warm the core up first (clock, caches), then find the steps twice.
+    let warm = Instant::now();
+    while warm.elapsed() < Duration::from_millis(300) {
+        black_box(burn(10_000));
+    }
+    let (iters, _) = find_steps(target);
+    let per = serial_time(iters);
+    let iters = (iters as f64 * target.as_secs_f64() / per.as_secs_f64()) as u64;
+    (iters, serial_time(iters))
+}
+
+fn find_steps(target: Duration) -> (u64, Duration) {
     let mut iters = 1000u64;
     loop {
         let t = Instant::now();
@@ -187,6 +199,10 @@ fn tasks(cfg: &Config, workload: &str, n: u64, each: Duration) {
     let n = if cfg.quick { n / 20 } else { n };
     let (iters, serial) = calibrate(each);
     let cores = cfg.cores;
+    println!(
+        "# {workload}: burn({iters}) takes {:.2} us on one thread (the efficiency's serial time)",
+        serial.as_secs_f64() * 1e6
+    );
 
     let rt = rayx::init().expect("runtime");
     report(cfg, workload, "rayx", Some(serial), || {
@@ -253,6 +269,10 @@ fn tasks(cfg: &Config, workload: &str, n: u64, each: Duration) {
             n
         })
     });
+    println!(
+        "# {workload}: burn({iters}) takes {:.2} us on one thread after the runs",
+        serial_time(iters).as_secs_f64() * 1e6
+    );
 }
 
 // ---------------------------------------------------------------- calls
@@ -661,7 +681,7 @@ fn main() {
     }
     {
         let (caller, server) = ThreadCaller::start();
-        calls(&cfg, "floor: thread + crossbeam channel", caller.clone());
+        calls(&cfg, "floor: thread + crossbeam channel (blocking recv)", caller.clone());
         drop(caller);
         server.join().expect("server");
     }

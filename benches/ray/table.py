@@ -164,17 +164,19 @@ def table(ray_path, rayx_path, peers_path=None):
             "spread = slowest..fastest run; CPU = process CPU per operation; "
             "efficiency = the work's serial time / (cores × wall time)):",
         ]
-        workload = None
+        by_workload = {}
         for p in peers:
             _, w, lib, med, spread, cpu, eff = (x.strip() for x in p)
-            if w != workload:
-                workload = w
-                rows += ["", f"**{w}**", "", "| library | median per s | spread | CPU µs/op | efficiency |",
-                         "|---|---:|---:|---:|---:|"]
-            lo, hi = spread.split("..")
-            rows.append(
-                f"| {lib} | {fmt(float(med))} | {fmt(float(lo))}..{fmt(float(hi))} | {cpu} | {eff} |"
-            )
+            by_workload.setdefault(w, []).append((lib, med, spread, cpu, eff))
+        for w, libs in by_workload.items():
+            tasks = any(eff != "-" for *_, eff in libs)
+            rows += ["", f"**{w}**", ""]
+            rows += (["| library | median per s | spread | CPU µs/op | efficiency |", "|---|---:|---:|---:|---:|"]
+                     if tasks else ["| library | median per s | spread | CPU µs/op |", "|---|---:|---:|---:|"])
+            for lib, med, spread, cpu, eff in libs:
+                lo, hi = spread.split("..")
+                row = f"| {lib} | {fmt(float(med))} | {fmt(float(lo))}..{fmt(float(hi))} | {cpu} |"
+                rows.append(row + (f" {eff} |" if tasks else ""))
     return "\n".join(rows) + "\n"
 
 
