@@ -681,7 +681,11 @@ fn main() {
     }
     {
         let (caller, server) = ThreadCaller::start();
-        calls(&cfg, "floor: thread + crossbeam channel (blocking recv)", caller.clone());
+        calls(
+            &cfg,
+            "floor: thread + crossbeam channel (blocking recv)",
+            caller.clone(),
+        );
         drop(caller);
         server.join().expect("server");
     }
