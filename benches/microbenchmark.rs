@@ -13,6 +13,9 @@
 //! `cargo bench --bench microbenchmark`; `-- --quick` for CI (short runs, small
 //! scale). `TESTS_TO_RUN` / `TESTS_TO_SKIP` filter metrics by substring, as in Ray.
 
+#[path = "common/cpu.rs"]
+mod cpu;
+use cpu::cpu_time;
 use rayx::prelude::*;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -66,18 +69,6 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
-
-/// CPU time (user + system) of this process so far, all threads.
-fn cpu_time() -> Duration {
-    // SAFETY: getrusage writes into the zeroed struct we pass and reads nothing else.
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
-        usage
-    };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
-}
 
 fn mib(bytes: usize) -> f64 {
     bytes as f64 / (1 << 20) as f64

@@ -20,6 +20,9 @@
 //! `TESTS_TO_RUN` / `TESTS_TO_SKIP` filter workloads by substring, `LIBRARIES`
 //! libraries (e.g. `LIBRARIES=rayx,rayon`).
 
+#[path = "common/cpu.rs"]
+mod cpu;
+use cpu::cpu_time;
 use rayx::prelude::*;
 use std::future::IntoFuture;
 use std::hint::black_box;
@@ -29,18 +32,6 @@ use std::time::{Duration, Instant};
 const CLIENTS: usize = 4;
 
 // ---------------------------------------------------------------- measuring
-
-/// CPU time (user + system) of this process so far.
-fn cpu_time() -> Duration {
-    // SAFETY: getrusage writes into the zeroed struct we pass and reads nothing else.
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
-        usage
-    };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
-}
 
 struct Config {
     quick: bool,
