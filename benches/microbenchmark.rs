@@ -650,7 +650,43 @@ fn status_kib(key: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Ray's single-node envelope: 1M queued tasks; and memory per idle actor.
+/// Submits `tasks` no-op tasks on a fresh runtime, first making every worker
+/// busy for `busy_ms` (if not 0), gets them all, and prints the time and the
+/// peak memory of it.
+fn submit_and_get_all(name: &str, tasks: usize, busy_ms: u64) {
+    let rt = rayx::init().expect("runtime");
+    // Reset the peak marks, so the peaks are this run's.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let base = LIVE.load(Ordering::Relaxed);
+    PEAK.store(base, Ordering::Relaxed);
+    let start = Instant::now();
+    let busy: Vec<_> = (0..rt.num_workers())
+        .filter(|_| busy_ms > 0)
+        .map(|_| rt.task(sleep_ms).remote(busy_ms))
+        .collect();
+    let refs: Vec<_> = (0..tasks)
+        .map(|_| rt.task(small_value).remote(()))
+        .collect();
+    let submitted = start.elapsed();
+    let values = rt.get(&refs, None).expect("all tasks");
+    let total = start.elapsed();
+    rt.get(&busy, None).expect("busy tasks");
+    assert_eq!(values.len(), tasks);
+    println!(
+        "{name}: {:.2} s (submitted in {:.2} s); peak heap {:.0} MiB above the start, peak RSS {:.0} MiB",
+        total.as_secs_f64(),
+        submitted.as_secs_f64(),
+        mib(PEAK.load(Ordering::Relaxed).saturating_sub(base)),
+        peak_rss_kib() as f64 / 1024.0
+    );
+    drop((refs, values));
+    rt.shutdown();
+}
+
+/// Scale: tasks queued behind busy workers (the shape both systems are
+/// measured on, with benches/ray/ray_bench.py: every worker busy in a 0.5 s
+/// task, then no-op tasks submitted and all got; the time includes the
+/// 0.5 s), 1M queued tasks, and memory per idle actor.
 fn scale(bench: &Bench) {
     struct Idle;
     impl Actor for Idle {}
@@ -668,63 +704,14 @@ fn scale(bench: &Bench) {
     } else {
         (1_000_000, 10_000)
     };
-    // The shape both systems are measured on (benches/ray/ray_bench.py): every
-    // worker busy in a 0.5 s task, then no-op tasks submitted (they queue)
-    // and all got. The time includes the 0.5 s.
     let queued = if bench.quick { 10_000 } else { 100_000 };
     let name = format!("scale: {queued} tasks queued behind busy workers, then got");
     if bench.selected(&name) {
-        let rt = rayx::init().expect("runtime");
-        let _ = std::fs::write("/proc/self/clear_refs", "5");
-        let base = LIVE.load(Ordering::Relaxed);
-        PEAK.store(base, Ordering::Relaxed);
-        let start = Instant::now();
-        let busy: Vec<_> = (0..rt.num_workers())
-            .map(|_| rt.task(sleep_ms).remote(500))
-            .collect();
-        let refs: Vec<_> = (0..queued)
-            .map(|_| rt.task(small_value).remote(()))
-            .collect();
-        let submitted = start.elapsed();
-        let values = rt.get(&refs, None).expect("all tasks");
-        let total = start.elapsed();
-        rt.get(&busy, None).expect("busy tasks");
-        assert_eq!(values.len(), queued);
-        println!(
-            "{name}: {:.2} s (submitted in {:.2} s); peak heap {:.0} MiB above the start, peak RSS {:.0} MiB",
-            total.as_secs_f64(),
-            submitted.as_secs_f64(),
-            mib(PEAK.load(Ordering::Relaxed).saturating_sub(base)),
-            peak_rss_kib() as f64 / 1024.0
-        );
-        drop((refs, values));
-        rt.shutdown();
+        submit_and_get_all(&name, queued, 500);
     }
-
     let name = format!("scale: submit {tasks} no-op tasks and get them all");
     if bench.selected(&name) {
-        let rt = rayx::init().expect("runtime");
-        // Reset the peak marks, so the peaks are this run's.
-        let _ = std::fs::write("/proc/self/clear_refs", "5");
-        let base = LIVE.load(Ordering::Relaxed);
-        PEAK.store(base, Ordering::Relaxed);
-        let start = Instant::now();
-        let refs: Vec<_> = (0..tasks)
-            .map(|_| rt.task(small_value).remote(()))
-            .collect();
-        let submitted = start.elapsed();
-        let values = rt.get(&refs, None).expect("all tasks");
-        let total = start.elapsed();
-        assert_eq!(values.len(), tasks);
-        println!(
-            "{name}: {:.2} s (submitted in {:.2} s); peak heap {:.0} MiB above the start, peak RSS {:.0} MiB",
-            total.as_secs_f64(),
-            submitted.as_secs_f64(),
-            mib(PEAK.load(Ordering::Relaxed).saturating_sub(base)),
-            peak_rss_kib() as f64 / 1024.0
-        );
-        drop((refs, values));
-        rt.shutdown();
+        submit_and_get_all(&name, tasks, 0);
     }
     let name = format!("scale: memory per idle actor ({actors} actors)");
     if bench.selected(&name) {

@@ -436,33 +436,6 @@ impl ractor::Actor for RactorPong {
     }
 }
 
-struct RactorCaller {
-    rt: tokio::runtime::Handle,
-    actor: ractor::ActorRef<RactorMsg>,
-}
-impl RactorCaller {
-    async fn ask(actor: &ractor::ActorRef<RactorMsg>) -> u64 {
-        ractor::call!(actor, RactorMsg::Ping).expect("call")
-    }
-}
-impl Caller for RactorCaller {
-    fn call(&self) {
-        black_box(self.rt.block_on(Self::ask(&self.actor)));
-    }
-    fn batch(&self, n: usize) {
-        self.rt.block_on(async {
-            let calls = (0..n).map(|_| Self::ask(&self.actor));
-            black_box(futures::future::join_all(calls).await);
-        });
-    }
-    fn batch_async(self: Arc<Self>, n: usize) -> futures::future::BoxFuture<'static, ()> {
-        Box::pin(async move {
-            let calls = (0..n).map(|_| Self::ask(&self.actor));
-            black_box(futures::future::join_all(calls).await);
-        })
-    }
-}
-
 // kameo
 
 struct KameoPing;
@@ -476,33 +449,6 @@ impl kameo::message::Message<KameoPing> for KameoPong {
         _: &mut kameo::message::Context<Self, Self::Reply>,
     ) -> u64 {
         1
-    }
-}
-
-struct KameoCaller {
-    rt: tokio::runtime::Handle,
-    actor: kameo::actor::ActorRef<KameoPong>,
-}
-impl KameoCaller {
-    async fn ask(actor: &kameo::actor::ActorRef<KameoPong>) -> u64 {
-        actor.ask(KameoPing).await.expect("call")
-    }
-}
-impl Caller for KameoCaller {
-    fn call(&self) {
-        black_box(self.rt.block_on(Self::ask(&self.actor)));
-    }
-    fn batch(&self, n: usize) {
-        self.rt.block_on(async {
-            let calls = (0..n).map(|_| Self::ask(&self.actor));
-            black_box(futures::future::join_all(calls).await);
-        });
-    }
-    fn batch_async(self: Arc<Self>, n: usize) -> futures::future::BoxFuture<'static, ()> {
-        Box::pin(async move {
-            let calls = (0..n).map(|_| Self::ask(&self.actor));
-            black_box(futures::future::join_all(calls).await);
-        })
     }
 }
 
@@ -523,22 +469,52 @@ impl actix::Handler<ActixPing> for ActixPong {
     }
 }
 
-struct ActixCaller {
-    actor: actix::Addr<ActixPong>,
+/// What ractor, kameo and actix share here: an async `ask` of one call.
+trait Ask: Send + Sync + 'static {
+    fn ask(&self) -> impl std::future::Future<Output = u64> + Send;
 }
-impl Caller for ActixCaller {
+impl Ask for ractor::ActorRef<RactorMsg> {
+    async fn ask(&self) -> u64 {
+        ractor::call!(self, RactorMsg::Ping).expect("call")
+    }
+}
+impl Ask for kameo::actor::ActorRef<KameoPong> {
+    async fn ask(&self) -> u64 {
+        self.ask(KameoPing).await.expect("call")
+    }
+}
+impl Ask for actix::Addr<ActixPong> {
+    async fn ask(&self) -> u64 {
+        self.send(ActixPing).await.expect("call")
+    }
+}
+
+/// A library's actor, reached from plain threads by blocking on its tokio
+/// runtime (`rt`), or on a plain executor (actix, whose actor lives on its
+/// own arbiter).
+struct AskCaller<A> {
+    rt: Option<tokio::runtime::Handle>,
+    actor: A,
+}
+impl<A: Ask> AskCaller<A> {
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        match &self.rt {
+            Some(rt) => rt.block_on(f),
+            None => futures::executor::block_on(f),
+        }
+    }
+}
+impl<A: Ask> Caller for AskCaller<A> {
     fn call(&self) {
-        black_box(futures::executor::block_on(self.actor.send(ActixPing)).expect("call"));
+        black_box(self.block_on(self.actor.ask()));
     }
     fn batch(&self, n: usize) {
-        let calls = (0..n).map(|_| self.actor.send(ActixPing));
-        black_box(futures::executor::block_on(futures::future::join_all(
-            calls,
-        )));
+        let calls = (0..n).map(|_| self.actor.ask());
+        black_box(self.block_on(futures::future::join_all(calls)));
     }
     fn batch_async(self: Arc<Self>, n: usize) -> futures::future::BoxFuture<'static, ()> {
         Box::pin(async move {
-            let calls = (0..n).map(|_| self.actor.send(ActixPing));
+            let calls = (0..n).map(|_| self.actor.ask());
             black_box(futures::future::join_all(calls).await);
         })
     }
@@ -642,8 +618,8 @@ fn main() {
         calls(
             &cfg,
             "ractor",
-            Arc::new(RactorCaller {
-                rt: handle.clone(),
+            Arc::new(AskCaller {
+                rt: Some(handle.clone()),
                 actor: actor.clone(),
             }),
         );
@@ -652,7 +628,14 @@ fn main() {
             use kameo::actor::Spawn;
             KameoPong::spawn(KameoPong)
         });
-        calls(&cfg, "kameo", Arc::new(KameoCaller { rt: handle, actor }));
+        calls(
+            &cfg,
+            "kameo",
+            Arc::new(AskCaller {
+                rt: Some(handle),
+                actor,
+            }),
+        );
     }
     {
         // actix: the actor on its system's arbiter thread.
@@ -666,7 +649,7 @@ fn main() {
             sys.run().expect("actix system");
         });
         let (actor, sys) = rx.recv().expect("actix actor");
-        calls(&cfg, "actix", Arc::new(ActixCaller { actor }));
+        calls(&cfg, "actix", Arc::new(AskCaller { rt: None, actor }));
         sys.stop();
         system.join().expect("actix system");
     }

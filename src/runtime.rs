@@ -6,7 +6,7 @@ use crate::object_ref::{ObjectRef, RefList};
 use crate::remote::{function_table, RemoteFunction, TaskBuilder};
 use crate::{Actor, Data, Error, Result, Runtime};
 use rayx_actors::faults::Faults;
-use rayx_actors::object_table::{on_worker_thread, wait_slots};
+use rayx_actors::object_table::{wait_batch, wait_slots};
 use rayx_actors::supervision::Strategy;
 use rayx_actors::value::Value;
 use rayx_actors::{Node, NodeConfig};
@@ -143,9 +143,8 @@ impl Runtime {
     ) -> Result<Vec<T>> {
         // A timeout too long to add to now is none.
         let deadline = timeout.and_then(|t| std::time::Instant::now().checked_add(t));
-        if refs.len() > 1 && !on_worker_thread() {
-            Self::wait_for_last(refs, deadline);
-        }
+        // With many clients waiting at once, one sleep for the batch.
+        wait_batch(refs.len(), |i| refs[i].slot(), deadline);
         refs.iter()
             .map(|r| {
                 let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
@@ -157,48 +156,6 @@ impl Runtime {
                 }
             })
             .collect()
-    }
-
-    /// Before a batch `get` off the workers: with many clients waiting at once
-    /// (other getters hold every spinning place), sleep for the last ref
-    /// rather than for each. Results mostly come in the order they were asked
-    /// for, so one wake-up covers the batch instead of one per ref, and the
-    /// thread that makes them is not slowed by a wake-up per result. A lone
-    /// getter waits in order, awake to go on the moment its batch is done (a
-    /// worker runs the tasks it waits for itself, in order). Every
-    /// `FAILURE_CHECK` the refs done so far are looked at, so a failure is
-    /// reported without waiting for the rest; the in-order read that follows
-    /// finds it (or the timeout) exactly as it would have.
-    fn wait_for_last<T: Data>(refs: &[ObjectRef<T>], deadline: Option<std::time::Instant>) {
-        const FAILURE_CHECK: Duration = Duration::from_millis(1);
-        let mut checked = 0;
-        // Advances past the refs done so far; true if one of them failed.
-        let failed = |checked: &mut usize| {
-            while let Some(r) = refs.get(*checked) {
-                match r.slot().try_get() {
-                    None => return false,
-                    Some(Err(_)) => return true,
-                    Some(Ok(_)) => *checked += 1,
-                }
-            }
-            false
-        };
-        if failed(&mut checked) || checked == refs.len() || !refs[checked].slot().getters_crowded()
-        {
-            return;
-        }
-        let last = refs[refs.len() - 1].slot();
-        loop {
-            let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
-            if left == Some(Duration::ZERO) {
-                return;
-            }
-            let nap = left.map_or(FAILURE_CHECK, |l| l.min(FAILURE_CHECK));
-            match last.wait(Some(nap)) {
-                Err(Error::GetTimeout { .. }) if !failed(&mut checked) => {}
-                _ => return,
-            }
-        }
     }
 
     /// Waits until `num_returns` of `refs` are ready or `timeout` passes; returns

@@ -127,11 +127,6 @@ impl Spin {
     pub fn expired(&self) -> bool {
         Instant::now() >= self.deadline
     }
-
-    /// When its budget runs out.
-    pub fn deadline(&self) -> Instant {
-        self.deadline
-    }
 }
 
 impl SpinPolicy {
@@ -244,7 +239,8 @@ impl SpinPolicy {
     }
 
     /// Threads spinning now.
-    pub fn spinning(&self) -> usize {
+    #[cfg(test)]
+    fn spinning(&self) -> usize {
         self.getters.load(Ordering::Relaxed) + self.idlers.load(Ordering::Relaxed)
     }
 }

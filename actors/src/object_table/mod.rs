@@ -33,7 +33,7 @@ mod wait;
 
 pub use slot::{Cancelled, Slot};
 use slot::{Dep, DepLineage, Kept, Lineage, State};
-pub use wait::{install_wait_hooks, on_worker_thread, wait_slots, WaitHooks};
+pub use wait::{install_wait_hooks, wait_batch, wait_slots, WaitHooks};
 
 const SHARDS: usize = 64;
 const PENDING: u8 = 0;

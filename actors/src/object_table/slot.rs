@@ -485,6 +485,11 @@ impl Slot {
         }
     }
 
+    /// Whether the outcome is known to be a failure.
+    pub fn has_failed(&self) -> bool {
+        self.is_done() && matches!(self.inner.lock().state, State::Failed(_))
+    }
+
     /// Whether the outcome is known.
     pub fn is_done(&self) -> bool {
         self.status.load(Ordering::Acquire) == DONE

@@ -30,11 +30,6 @@ pub fn install_wait_hooks(hooks: Rc<dyn WaitHooks>) {
     HOOKS.with(|h| *h.borrow_mut() = Some(hooks));
 }
 
-/// Whether this thread is a worker (it runs tasks it waits for itself).
-pub fn on_worker_thread() -> bool {
-    HOOKS.with(|h| h.borrow().is_some())
-}
-
 pub(super) fn wait_hooks() -> Option<Rc<dyn WaitHooks>> {
     HOOKS.with(|h| h.borrow().clone())
 }
@@ -140,6 +135,60 @@ pub fn wait_slots(
     }
 }
 
+/// Before a batch read of `len` objects (`slot(i)`, in input order) off the
+/// workers: with many clients waiting at once (other getters hold every
+/// spinning place the spin policy allows), sleeps for the last object rather
+/// than for each. Results mostly come in the order they were asked for, so one
+/// wake-up covers the batch instead of one per object, and the thread that
+/// makes them is not slowed by a wake-up per result. Returns when the last is
+/// done, one done so far failed (looked at every `BATCH_FAILURE_CHECK`), or
+/// `deadline` passes; the in-order read that follows reports what it finds,
+/// exactly as it would have. Does nothing for a lone getter (it waits in
+/// order, awake the moment its batch is done) nor on a worker (it runs the
+/// tasks it waits for itself, in order).
+pub fn wait_batch<'a>(
+    len: usize,
+    slot: impl Fn(usize) -> &'a Arc<Slot>,
+    deadline: Option<Instant>,
+) {
+    const BATCH_FAILURE_CHECK: Duration = Duration::from_millis(1);
+    if len < 2 || HOOKS.with(|h| h.borrow().is_some()) {
+        return;
+    }
+    let Some(first) = (0..len).find(|&i| !slot(i).is_done()) else {
+        return;
+    };
+    if !slot(first).table.dispatch.getters_crowded() {
+        return;
+    }
+    // Advances past the objects done so far; true if one of them failed.
+    let mut checked = 0;
+    let mut failed = || {
+        while checked < len && slot(checked).is_done() {
+            if slot(checked).has_failed() {
+                return true;
+            }
+            checked += 1;
+        }
+        false
+    };
+    if failed() {
+        return;
+    }
+    let last = slot(len - 1);
+    loop {
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if left == Some(Duration::ZERO) {
+            return;
+        }
+        let nap = left.map_or(BATCH_FAILURE_CHECK, |l| l.min(BATCH_FAILURE_CHECK));
+        match last.wait(Some(nap)) {
+            Err(Error::GetTimeout { .. }) if !failed() => {}
+            _ => return,
+        }
+    }
+}
+
 /// Whether a blocked worker's wait can no longer end: every worker the pool
 /// may have is blocked with work queued, and no object has completed anywhere
 /// for `STARVATION_WINDOW` (a long call still running elsewhere completes
@@ -197,12 +246,6 @@ impl Slot {
             }
             None => false,
         }
-    }
-
-    /// Whether other getters of its node hold every spinning place the spin
-    /// policy allows: a getter now is one of many clients waiting at once.
-    pub fn getters_crowded(&self) -> bool {
-        self.table.dispatch.getters_crowded()
     }
 
     /// Blocks until the outcome is known or `timeout` passes (a timeout too
