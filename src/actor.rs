@@ -1,6 +1,7 @@
 //! Actors: stateful workers defined by implementing [`Actor`] and [`Handler`]
 //! (or [`AsyncHandler`]) for each [`Message`] they take.
 
+use crate::cluster::RemoteActor;
 use crate::handle::Runtime;
 use crate::object_ref::ObjectRef;
 use crate::{Data, Error, Result};
@@ -9,8 +10,9 @@ use rayx_actors::actor_host::{
     ActorHost, ActorKind, ActorSpec, ActorState, CallInfo, CallJob, Dispatch, HostContext,
     LocalFuture, RestartPolicy, SharedState,
 };
-use rayx_actors::ids::ActorId;
-use rayx_actors::messages::{ActorCall, Retries};
+use rayx_actors::cluster::wire::{ActorCreate, Answer, Ask};
+use rayx_actors::ids::{ActorId, NodeId};
+use rayx_actors::messages::{ActorCall, Retries, Scheduling};
 use rayx_actors::value::Value;
 use rayx_actors::Node;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -374,7 +376,7 @@ fn take_message<M: Data>(value: Value) -> Result<M> {
 /// trip on the actor's thread, so the refs and handles in it are decoded — and
 /// held — like any other (the handler gets the message itself; a retry gets
 /// this copy).
-fn copy_message<M: Data>(message: &Value) -> Result<Value> {
+pub(crate) fn copy_message<M: Data>(message: &Value) -> Result<Value> {
     let original = message.downcast::<M>()?;
     let bytes = rmp_serde::to_vec(&*original).map_err(|e| Error::Serialization(e.to_string()))?;
     let copy: M = rmp_serde::from_slice(&bytes).map_err(|e| Error::Serialization(e.to_string()))?;
@@ -470,7 +472,7 @@ fn dispatch_async<A: AsyncHandler<M>, M: Message>(
     })
 }
 
-struct Boxed<A>(A);
+pub(crate) struct Boxed<A>(pub(crate) A);
 
 impl<A: Actor> ActorState for Boxed<A> {
     fn as_any_mut(&mut self) -> &mut dyn Any {
@@ -492,6 +494,11 @@ pub struct ActorBuilder<'r, A> {
     max_concurrency: Option<usize>,
     restart: RestartPolicy,
     group: Option<Arc<ActorGroup>>,
+    /// The constructor's encoded argument, when the actor type is registered
+    /// (`remote_actor!`) and so may start on another node.
+    remote: Option<Value>,
+    scheduling: Scheduling,
+    num_cpus: f64,
     _actor: PhantomData<fn() -> A>,
 }
 
@@ -533,6 +540,13 @@ impl<'r, A: Actor> ActorBuilder<'r, A> {
         )
     }
 
+    /// Marks the actor as startable on another node, from this encoded
+    /// constructor argument.
+    pub(crate) fn with_remote(mut self, arg: Value) -> Self {
+        self.remote = Some(arg);
+        self
+    }
+
     fn with_kind(rt: &'r Runtime, kind: ActorKind) -> Self {
         ActorBuilder {
             rt,
@@ -544,8 +558,27 @@ impl<'r, A: Actor> ActorBuilder<'r, A> {
             max_concurrency: None,
             restart: RestartPolicy::default(),
             group: None,
+            remote: None,
+            scheduling: Scheduling::Default,
+            num_cpus: 1.0,
             _actor: PhantomData,
         }
+    }
+
+    /// Where in a cluster it may start (Ray's scheduling strategy); only an
+    /// actor made with `actor_of` (a registered type) can start on another node.
+    pub fn scheduling(mut self, scheduling: Scheduling) -> Self {
+        self.scheduling = scheduling;
+        self
+    }
+    /// Starts it on `node` (if it cannot: elsewhere when `soft`, else it fails).
+    pub fn node_affinity(self, node: NodeId, soft: bool) -> Self {
+        self.scheduling(Scheduling::NodeAffinity { node, soft })
+    }
+    /// CPUs it needs on its node, for placement (Ray's `num_cpus`; default 1).
+    pub fn num_cpus(mut self, cpus: f64) -> Self {
+        self.num_cpus = cpus;
+        self
     }
 
     /// Names the actor, so [`Runtime::get_actor`] finds it. Names are unique.
@@ -631,6 +664,61 @@ impl<'r, A: Actor> ActorBuilder<'r, A> {
             ));
         }
         let node = self.rt.node().clone();
+        let mut id = None;
+        if let Some(cluster) = node.cluster() {
+            // The head places it (a closure-built actor stays here) and
+            // reserves its name cluster-wide.
+            let actor = node.new_actor_id();
+            let local_only = self.remote.is_none() || self.group.is_some();
+            let name = self.name.clone().map(|n| (self.namespace.clone(), n));
+            let placed = cluster.ask(Ask::PlaceActor {
+                actor,
+                type_name: std::any::type_name::<A>().to_string(),
+                name: name.clone(),
+                get_if_exists: self.get_if_exists,
+                cpus: if local_only { 0.0 } else { self.num_cpus },
+                scheduling: if local_only {
+                    Scheduling::NodeAffinity {
+                        node: node.id(),
+                        soft: false,
+                    }
+                } else {
+                    self.scheduling
+                },
+                from: node.id(),
+            })?;
+            match placed {
+                Answer::Actor(place) => {
+                    return handle_at(&node, place.actor, place.node, place.type_name, self.name)
+                }
+                Answer::Placed(at) if at.id != node.id() => {
+                    let create = ActorCreate {
+                        actor,
+                        type_name: std::any::type_name::<A>().to_string(),
+                        args: self.remote.clone().unwrap_or_else(|| Value::new(())),
+                        name,
+                        detached: self.detached,
+                        max_restarts: self.restart.max_restarts,
+                        max_task_retries: self.restart.max_task_retries,
+                        max_concurrency: self.max_concurrency,
+                    };
+                    if let Err(e) = cluster.create_actor(at.id, create) {
+                        cluster.actor_gone(actor);
+                        return Err(e);
+                    }
+                    return ActorHandle::remote(RemoteActor {
+                        id: actor,
+                        host_node: at.id,
+                        name: self.name,
+                        type_name: std::any::type_name::<A>().to_string(),
+                        node: node.clone(),
+                        owned: !self.detached,
+                        dead: std::sync::atomic::AtomicBool::new(false),
+                    });
+                }
+                _ => id = Some(actor),
+            }
+        }
         let spec = ActorSpec {
             name: self.name,
             namespace: self.namespace,
@@ -643,25 +731,47 @@ impl<'r, A: Actor> ActorBuilder<'r, A> {
             restart: self.restart,
             group: self.group,
         };
-        let (host, _existed) = node.spawn_actor(spec)?;
+        let spawned = match id {
+            Some(id) => node.spawn_actor_as(id, spec),
+            None => node.spawn_actor(spec),
+        };
+        let (host, _existed) = match spawned {
+            Ok(s) => s,
+            Err(e) => {
+                if let (Some(id), Some(c)) = (id, node.cluster()) {
+                    c.actor_gone(id);
+                }
+                return Err(e);
+            }
+        };
         ActorHandle::from_host(node, host)
     }
 }
 
 /// A handle to an actor: `Clone + Send + Sync`, passable into tasks and other
-/// actors (it serializes as the actor's id). The actor is collected when its
-/// last handle is dropped, unless it is detached.
+/// actors, on this node or another (it serializes as the actor's id and
+/// node). The actor is collected when its creator's last handle is dropped,
+/// unless it is detached.
 pub struct ActorHandle<A> {
-    host: Arc<ActorHost>,
-    node: Arc<Node>,
+    target: Target,
     _actor: PhantomData<fn() -> A>,
+}
+
+#[derive(Clone)]
+enum Target {
+    /// An actor of this process.
+    Local {
+        host: Arc<ActorHost>,
+        node: Arc<Node>,
+    },
+    /// An actor on another node of the cluster.
+    Remote(Arc<RemoteActor>),
 }
 
 impl<A> Clone for ActorHandle<A> {
     fn clone(&self) -> Self {
         ActorHandle {
-            host: self.host.clone(),
-            node: self.node.clone(),
+            target: self.target.clone(),
             _actor: PhantomData,
         }
     }
@@ -669,12 +779,16 @@ impl<A> Clone for ActorHandle<A> {
 
 impl<A> std::fmt::Debug for ActorHandle<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "ActorHandle<{}>({})",
-            self.host.type_name(),
-            self.host.id()
-        )
+        match &self.target {
+            Target::Local { host, .. } => {
+                write!(f, "ActorHandle<{}>({})", host.type_name(), host.id())
+            }
+            Target::Remote(r) => write!(
+                f,
+                "ActorHandle<{}>({} on {})",
+                r.type_name, r.id, r.host_node
+            ),
+        }
     }
 }
 
@@ -688,31 +802,53 @@ impl<A: Actor> ActorHandle<A> {
 
     fn new(node: Arc<Node>, host: Arc<ActorHost>) -> Self {
         ActorHandle {
-            host,
-            node,
+            target: Target::Local { host, node },
             _actor: PhantomData,
         }
     }
 
+    pub(crate) fn remote(remote: RemoteActor) -> Result<Self> {
+        if remote.type_name != std::any::type_name::<A>() {
+            return Err(wrong_actor::<A>(&remote.type_name));
+        }
+        Ok(ActorHandle {
+            target: Target::Remote(Arc::new(remote)),
+            _actor: PhantomData,
+        })
+    }
+
     /// A weak handle: it names the actor without keeping it alive.
     pub fn downgrade(&self) -> WeakActorHandle<A> {
-        WeakActorHandle::new(&self.node, &self.host)
+        match &self.target {
+            Target::Local { host, node } => WeakActorHandle::new(node, host),
+            Target::Remote(r) => WeakActorHandle {
+                target: WeakTarget::Remote(Arc::downgrade(r)),
+                _actor: PhantomData,
+            },
+        }
     }
 }
 
 /// A handle that does not keep its actor alive (an actor can hold one to
 /// itself): upgrade it to call.
 pub struct WeakActorHandle<A> {
-    host: Weak<ActorHost>,
-    node: Weak<Node>,
+    target: WeakTarget,
     _actor: PhantomData<fn() -> A>,
+}
+
+#[derive(Clone)]
+enum WeakTarget {
+    Local {
+        host: Weak<ActorHost>,
+        node: Weak<Node>,
+    },
+    Remote(Weak<RemoteActor>),
 }
 
 impl<A> Clone for WeakActorHandle<A> {
     fn clone(&self) -> Self {
         WeakActorHandle {
-            host: self.host.clone(),
-            node: self.node.clone(),
+            target: self.target.clone(),
             _actor: PhantomData,
         }
     }
@@ -725,101 +861,195 @@ impl<A: Actor> WeakActorHandle<A> {
 
     fn from_weak(node: &Arc<Node>, host: Weak<ActorHost>) -> Self {
         WeakActorHandle {
-            host,
-            node: Arc::downgrade(node),
+            target: WeakTarget::Local {
+                host,
+                node: Arc::downgrade(node),
+            },
             _actor: PhantomData,
         }
     }
 
     /// A handle, if the actor is still there.
     pub fn upgrade(&self) -> Option<ActorHandle<A>> {
-        Some(ActorHandle::new(self.node.upgrade()?, self.host.upgrade()?))
+        let target = match &self.target {
+            WeakTarget::Local { host, node } => Target::Local {
+                host: host.upgrade()?,
+                node: node.upgrade()?,
+            },
+            WeakTarget::Remote(r) => Target::Remote(r.upgrade()?),
+        };
+        Some(ActorHandle {
+            target,
+            _actor: PhantomData,
+        })
     }
 }
 
 impl<A> ActorHandle<A> {
     /// The actor's id.
     pub fn id(&self) -> ActorId {
-        self.host.id()
+        match &self.target {
+            Target::Local { host, .. } => host.id(),
+            Target::Remote(r) => r.id,
+        }
+    }
+
+    /// The node the actor runs on.
+    pub fn node_id(&self) -> NodeId {
+        match &self.target {
+            Target::Local { node, .. } => node.id(),
+            Target::Remote(r) => r.host_node,
+        }
     }
 
     /// The actor's name, if it has one.
     pub fn name(&self) -> Option<&str> {
-        self.host.name()
+        match &self.target {
+            Target::Local { host, .. } => host.name(),
+            Target::Remote(r) => r.name.as_deref(),
+        }
     }
 
-    /// Whether the actor has died.
+    /// Whether the actor is known here to have died (an actor on another
+    /// node is known dead once a call to it fails with `ActorDied`).
     pub fn is_dead(&self) -> bool {
-        self.host.is_dead()
+        match &self.target {
+            Target::Local { host, .. } => host.is_dead(),
+            Target::Remote(r) => r.dead.load(std::sync::atomic::Ordering::Acquire),
+        }
     }
 
-    /// Calls queued and not yet started.
+    /// Calls queued and not yet started (0 for an actor on another node).
     pub fn queued(&self) -> usize {
-        self.host.queued()
+        match &self.target {
+            Target::Local { host, .. } => host.queued(),
+            Target::Remote(_) => 0,
+        }
     }
 
     /// Sends `msg`; the reply's `ObjectRef` comes back at once. Calls from one
-    /// caller run in the order they were made.
+    /// caller run in the order they were made, on this node or another.
     pub fn call<M: Message, Kind: CallKind>(&self, msg: M) -> ObjectRef<M::Reply>
     where
         A: Actor + Dispatches<M, Kind>,
     {
-        // The reply names its actor, for a cancel to reach a waiting call.
-        let reply = self.node.new_pending_call(self.host.id());
         const {
             assert!(
                 A::ASYNC == Kind::ASYNC,
                 "a sync actor's messages need Handler or TryHandler; an async actor's (`const ASYNC: bool = true`) need AsyncHandler or AsyncTryHandler"
             )
         };
-        let dispatch = <A as Dispatches<M, Kind>>::DISPATCH;
-        let call = ActorCall {
-            actor: self.host.id(),
-            method: Cow::Borrowed(std::any::type_name::<M>()),
-            message: Value::new(msg),
-            reply_to: reply.id(),
-        };
-        self.host.call(CallJob {
-            call,
-            dispatch,
-            retries: 0,
-            reply: reply.clone(),
-            copy: Some(copy_message::<M>),
-        });
-        ObjectRef::from_slot(reply)
+        match &self.target {
+            Target::Local { host, node } => {
+                // The reply names its actor, for a cancel to reach a waiting call.
+                let reply = node.new_pending_call(host.id());
+                let dispatch = <A as Dispatches<M, Kind>>::DISPATCH;
+                let call = ActorCall {
+                    actor: host.id(),
+                    method: Cow::Borrowed(std::any::type_name::<M>()),
+                    message: Value::new(msg),
+                    reply_to: reply.id(),
+                };
+                host.call(CallJob {
+                    call,
+                    dispatch,
+                    retries: 0,
+                    reply: reply.clone(),
+                    copy: Some(copy_message::<M>),
+                });
+                ObjectRef::from_slot(reply)
+            }
+            Target::Remote(r) => ObjectRef::from_slot(
+                r.call(Cow::Borrowed(std::any::type_name::<M>()), Value::new(msg)),
+            ),
+        }
     }
 
     /// Kills the actor: the running call finishes; queued and later calls fail
     /// with `ActorDied`; its state is dropped.
     pub fn kill(&self) {
-        self.node.kill_actor(&self.host, true);
+        match &self.target {
+            Target::Local { host, node } => node.kill_actor(host, true),
+            Target::Remote(r) => r.kill(true),
+        }
     }
 
     /// Kills the actor so that it restarts if its `max_restarts` allows (Ray's
     /// `kill(no_restart=False)`); otherwise it dies as with [`kill`](Self::kill).
     pub fn restart(&self) {
-        self.node.kill_actor(&self.host, false);
+        match &self.target {
+            Target::Local { host, node } => node.kill_actor(host, false),
+            Target::Remote(r) => r.kill(false),
+        }
     }
+}
+
+/// How a handle travels: the actor, its node, and its type's name.
+#[derive(Serialize, Deserialize)]
+struct HandleWire {
+    actor: ActorId,
+    node: NodeId,
+    type_name: String,
 }
 
 impl<A> Serialize for ActorHandle<A> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        self.host.id().serialize(s)
+        let type_name = match &self.target {
+            Target::Local { host, .. } => host.type_name().to_string(),
+            Target::Remote(r) => r.type_name.clone(),
+        };
+        HandleWire {
+            actor: self.id(),
+            node: self.node_id(),
+            type_name,
+        }
+        .serialize(s)
     }
 }
 
 impl<'de, A: Actor> Deserialize<'de> for ActorHandle<A> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let id = ActorId::deserialize(d)?;
+        let wire = HandleWire::deserialize(d)?;
         let here = rayx_actors::node::current_node().ok_or_else(|| {
             serde::de::Error::custom(
                 "an ActorHandle can be decoded only in a rayx worker or with Runtime::decode",
             )
         })?;
-        let (node, host) = here
-            .resolve_actor(id)
-            .map_err(crate::handle::decode_error)?;
-        ActorHandle::from_host(node, host).map_err(crate::handle::decode_error)
+        handle_at(&here, wire.actor, wire.node, wire.type_name, None)
+            .map_err(crate::handle::decode_error)
+    }
+}
+
+/// A handle to `actor` on `node`, seen from `here`: local if it is this
+/// process's, else through the cluster (not owning: it does not keep the
+/// actor alive).
+pub(crate) fn handle_at<A: Actor>(
+    here: &Arc<Node>,
+    actor: ActorId,
+    node: NodeId,
+    type_name: String,
+    name: Option<String>,
+) -> Result<ActorHandle<A>> {
+    if here.id() == node || here.cluster().is_none() || here.actor_by_id(actor).is_some() {
+        let (owner, host) = here.resolve_actor(actor)?;
+        return ActorHandle::from_host(owner, host);
+    }
+    match here.cluster() {
+        Some(cluster) if cluster.nodes().iter().any(|n| n.id == node) => {
+            ActorHandle::remote(RemoteActor {
+                id: actor,
+                host_node: node,
+                name,
+                type_name,
+                node: here.clone(),
+                owned: false,
+                dead: std::sync::atomic::AtomicBool::new(false),
+            })
+        }
+        _ => Err(Error::ActorDied {
+            actor: actor.to_string(),
+            cause: format!("its node {node} is not a live node of the cluster"),
+        }),
     }
 }
 

@@ -18,20 +18,26 @@
 #![forbid(unsafe_code)]
 
 mod actor;
+mod cluster;
 mod handle;
 mod object_ref;
 pub mod prelude;
 mod remote;
 mod runtime;
+pub mod testing;
 
 pub use actor::{
     Actor, ActorBuilder, ActorContext, ActorHandle, AsyncContext, AsyncHandler, AsyncTryHandler,
     CallKind, Handler, Message, Supervisor, SupervisorBuilder, TryHandler, WeakActorHandle,
 };
+pub use cluster::{Construct, NodeInfo};
 pub use handle::{Runtime, WeakRuntime};
 pub use object_ref::{GetFuture, ObjectRef, RefList};
+pub use rayx_actors::cluster::wire::ClusterStatus;
 pub use rayx_actors::events::{Events, RecvError, SupervisionEvent};
 pub use rayx_actors::faults::{FaultPoint, Faults, Trigger};
+pub use rayx_actors::ids::NodeId;
+pub use rayx_actors::messages::Scheduling;
 pub use rayx_actors::messages::{Retries, RetryExceptions};
 pub use rayx_actors::object_table::MemoryUsage;
 pub use rayx_actors::supervision::Strategy;
@@ -51,6 +57,7 @@ impl<T: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static> 
 
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::cluster::{make_async, make_sync, method, ActorRegistration};
     pub use crate::remote::{invoke, name_of, Output, Registration, ReturnsErr, ReturnsValue};
     pub use inventory;
 }

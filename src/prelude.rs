@@ -2,7 +2,8 @@
 
 pub use crate::{
     Actor, ActorContext, ActorHandle, AsyncContext, AsyncHandler, AsyncTryHandler, Data, Error,
-    Handler, Message, ObjectRef, Retries, Runtime, Strategy, TryHandler, WeakActorHandle,
+    Handler, Message, NodeId, ObjectRef, Retries, Runtime, Scheduling, Strategy, TryHandler,
+    WeakActorHandle,
 };
 pub use serde::{Deserialize, Serialize};
 pub use std::time::Duration;

@@ -5,7 +5,8 @@ use crate::handle::Runtime;
 use crate::object_ref::ObjectRef;
 use crate::{Data, Error, Result};
 use rayx_actors::functions::{FunctionTable, Invoke};
-use rayx_actors::messages::{Arg, Retries, RetryExceptions, TaskOptions, TaskSpec};
+use rayx_actors::ids::NodeId;
+use rayx_actors::messages::{Arg, Retries, RetryExceptions, Scheduling, TaskOptions, TaskSpec};
 use rayx_actors::object_table::Slot;
 use rayx_actors::value::Value;
 use std::borrow::Cow;
@@ -346,6 +347,27 @@ impl<'r, F: RemoteFunction<Args, R>, Args, R> TaskBuilder<'r, F, Args, R> {
     ) -> Self {
         self.options.retry_exceptions =
             RetryExceptions::Matching(needles.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Where in a cluster it may run (Ray's scheduling strategy): the
+    /// default is Ray's hybrid policy (here until this node is half busy,
+    /// then the least-loaded node); `Scheduling::Spread` takes turns.
+    pub fn scheduling(mut self, scheduling: Scheduling) -> Self {
+        self.options.scheduling = scheduling;
+        self
+    }
+
+    /// Runs it on `node`; if that node cannot (gone, too few CPUs), on
+    /// another when `soft`, else it fails with `Unschedulable`.
+    pub fn node_affinity(self, node: NodeId, soft: bool) -> Self {
+        self.scheduling(Scheduling::NodeAffinity { node, soft })
+    }
+
+    /// CPUs it needs (Ray's `num_cpus`, default 1): only a node with that
+    /// many runs it.
+    pub fn num_cpus(mut self, cpus: f64) -> Self {
+        self.options.num_cpus = cpus;
         self
     }
 

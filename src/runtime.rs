@@ -2,9 +2,12 @@
 //! objects and actors (the methods of [`Runtime`] that need them).
 
 use crate::actor::{ActorBuilder, ActorHandle, SupervisorBuilder};
+use crate::cluster::Construct;
 use crate::object_ref::{ObjectRef, RefList};
 use crate::remote::{function_table, RemoteFunction, TaskBuilder};
 use crate::{Actor, Data, Error, Result, Runtime};
+use rayx_actors::cluster::wire::{Answer, Ask};
+use rayx_actors::cluster::{ClusterConfig, Role};
 use rayx_actors::faults::Faults;
 use rayx_actors::object_table::{wait_batch, wait_slots};
 use rayx_actors::supervision::Strategy;
@@ -36,6 +39,11 @@ pub fn init() -> Result<Runtime> {
 #[derive(Debug, Clone, Default)]
 pub struct Builder {
     config: NodeConfig,
+    head: bool,
+    address: Option<String>,
+    listen: Option<String>,
+    cpus: Option<f64>,
+    standalone: bool,
 }
 
 impl Builder {
@@ -99,10 +107,126 @@ impl Builder {
         self.config.worker_restarts = (max, within);
         self
     }
-    /// Starts the runtime.
+    /// Starts a cluster: this runtime hosts its head (Ray's GCS) and is its
+    /// first node. Other processes join with its
+    /// [`cluster_address`](Runtime::cluster_address).
+    pub fn head(mut self) -> Self {
+        self.head = true;
+        self
+    }
+    /// Makes this head standalone (`rayx start --head`): it runs no user
+    /// code and takes the registry of the first node that joins.
+    #[doc(hidden)]
+    pub fn standalone_head(mut self) -> Self {
+        self.head = true;
+        self.standalone = true;
+        self
+    }
+    /// Joins the cluster whose head is at `address` (`host:port`); without
+    /// this, `RAYX_ADDRESS` says. Joining fails within a few seconds with
+    /// the address and the cause if the head cannot be reached.
+    pub fn address(mut self, address: impl Into<String>) -> Self {
+        self.address = Some(address.into());
+        self
+    }
+    /// Where this node's link listens (default `127.0.0.1:0`: loopback, a
+    /// port the OS picks; give `0.0.0.0:PORT` to take other machines).
+    pub fn listen(mut self, address: impl Into<String>) -> Self {
+        self.listen = Some(address.into());
+        self
+    }
+    /// CPUs this node offers the cluster (default: its workers; 0 for a
+    /// driver that runs no tasks itself). `RAYX_NUM_CPUS` says, if set.
+    pub fn num_cpus(mut self, cpus: f64) -> Self {
+        self.cpus = Some(cpus);
+        self
+    }
+
+    fn cluster(&self, node_role: bool) -> Result<Option<ClusterConfig>> {
+        let address = self
+            .address
+            .clone()
+            .or_else(|| std::env::var("RAYX_ADDRESS").ok().filter(|a| !a.is_empty()));
+        let cpus = match self.cpus {
+            Some(c) => Some(c),
+            None => match std::env::var("RAYX_NUM_CPUS") {
+                Ok(c) => Some(c.parse::<f64>().map_err(|_| {
+                    Error::InvalidArgument(format!("RAYX_NUM_CPUS is not a number: {c:?}"))
+                })?),
+                Err(_) => None,
+            },
+        };
+        let listen = self
+            .listen
+            .clone()
+            .unwrap_or_else(|| "127.0.0.1:0".to_string());
+        if self.head {
+            return Ok(Some(ClusterConfig {
+                role: Role::Head,
+                address: None,
+                listen,
+                cpus,
+                standalone: self.standalone,
+            }));
+        }
+        match address {
+            Some(address) => Ok(Some(ClusterConfig {
+                role: if node_role { Role::Node } else { Role::Driver },
+                address: Some(address),
+                listen,
+                cpus,
+                standalone: false,
+            })),
+            None if node_role => Err(Error::InvalidArgument(
+                "a worker node needs the head's address: set RAYX_ADDRESS or Builder::address"
+                    .into(),
+            )),
+            None => Ok(None),
+        }
+    }
+
+    fn start_node(self, node_role: bool) -> Result<std::sync::Arc<Node>> {
+        let cluster = self.cluster(node_role)?;
+        Node::start_in_cluster(
+            self.config,
+            function_table()?,
+            crate::cluster::actor_types()?,
+            cluster,
+        )
+    }
+
+    /// Starts the runtime. In a process started as a worker node
+    /// (`RAYX_ROLE=node`), this joins the cluster at `RAYX_ADDRESS`, serves
+    /// until the head stops it, and exits the process: the rest of `main`
+    /// is the driver's.
     pub fn start(self) -> Result<Runtime> {
-        let node = Node::start(self.config, function_table()?)?;
+        if std::env::var("RAYX_ROLE").is_ok_and(|r| r == "node") {
+            let result = self.serve();
+            if let Err(e) = &result {
+                eprintln!("rayx: this node stops: {e}");
+            }
+            std::process::exit(if result.is_ok() { 0 } else { 1 });
+        }
+        let node = self.start_node(false)?;
         Ok(Runtime::owning(node))
+    }
+
+    /// Joins the cluster as a worker node and serves its tasks and actors
+    /// until the head stops it (or is lost); then returns.
+    pub fn serve(self) -> Result<()> {
+        if std::env::var("RAYX_EXIT_WITH_PARENT").is_ok_and(|v| v == "1") {
+            // The parent holds our stdin: when it dies, even by SIGKILL, the
+            // pipe closes and this node goes with it (no orphans).
+            std::thread::spawn(|| {
+                use std::io::Read;
+                let mut sink = Vec::new();
+                let _ = std::io::stdin().read_to_end(&mut sink);
+                std::process::exit(0);
+            });
+        }
+        let node = self.start_node(true)?;
+        node.wait_stopped();
+        Ok(())
     }
 }
 
@@ -226,6 +350,29 @@ impl Runtime {
         ActorBuilder::sync(self, factory)
     }
 
+    /// Prepares a sync actor of a type registered with
+    /// [`remote_actor!`](crate::remote_actor), built by `ctor` from `arg`:
+    /// in a cluster the head may place it on any node.
+    pub fn actor_of<A: Actor, Mk, F: Construct<Mk, A>>(
+        &self,
+        ctor: F,
+        arg: F::Arg,
+    ) -> ActorBuilder<'_, A> {
+        let remote = Value::new(arg.clone());
+        ActorBuilder::sync(self, move || ctor.construct(arg.clone())).with_remote(remote)
+    }
+
+    /// Like [`actor_of`](Self::actor_of), for an async actor (registered with
+    /// `remote_actor!(async ...)`).
+    pub fn async_actor_of<A: Actor + Sync, Mk, F: Construct<Mk, A>>(
+        &self,
+        ctor: F,
+        arg: F::Arg,
+    ) -> ActorBuilder<'_, A> {
+        let remote = Value::new(arg.clone());
+        ActorBuilder::asynchronous(self, move || ctor.construct(arg.clone())).with_remote(remote)
+    }
+
     /// Prepares an async actor: handlers are futures, many in flight at once.
     pub fn async_actor<A: Actor + Sync>(
         &self,
@@ -246,8 +393,26 @@ impl Runtime {
 
     /// The live actor named `name` in `namespace`.
     pub fn get_actor_in<A: Actor>(&self, namespace: &str, name: &str) -> Result<ActorHandle<A>> {
-        let host = self.node().get_actor(namespace, name)?;
-        ActorHandle::from_host(self.node().clone(), host)
+        let node = self.node();
+        let local = node.get_actor(namespace, name);
+        match (local, node.cluster()) {
+            (Ok(host), _) => ActorHandle::from_host(node.clone(), host),
+            (Err(e), None) => Err(e),
+            // Named actors are cluster-wide: the head knows where it runs.
+            (Err(_), Some(cluster)) => match cluster.ask(Ask::LookupActor {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+            })? {
+                Answer::Actor(place) => crate::actor::handle_at(
+                    node,
+                    place.actor,
+                    place.node,
+                    place.type_name,
+                    Some(name.to_string()),
+                ),
+                other => Err(Error::Serialization(format!("unexpected answer {other:?}"))),
+            },
+        }
     }
 
     /// Kills an actor: queued and later calls fail with `ActorDied`.

@@ -100,6 +100,16 @@ impl<H: Entry> Directory<H> {
         self.ids.lock().0.get(&id).and_then(live)
     }
 
+    /// Live actors now.
+    pub fn live_count(&self) -> usize {
+        self.ids
+            .lock()
+            .0
+            .values()
+            .filter(|w| live(w).is_some())
+            .count()
+    }
+
     /// Forgets a killed actor, so a detached one can be freed.
     pub fn forget(&self, id: ActorId) {
         // Dropped after the lock is released: it may be the actor's last handle.

@@ -180,6 +180,37 @@ pub enum Error {
     /// The runtime could not start.
     #[error("the runtime could not start: {0}")]
     Startup(String),
+    /// A cluster address could not be reached or refused this process.
+    #[error("cannot join the cluster at {address}: {cause}")]
+    ClusterUnreachable {
+        /// The address tried.
+        address: String,
+        /// What went wrong (refused, timed out, wrong protocol, ...).
+        cause: String,
+    },
+    /// A node's registry of remote functions and actor types differs from the
+    /// cluster's: every node must run the same binary.
+    #[error("this node's registry differs from the cluster's: {differences}")]
+    RegistryMismatch {
+        /// The names registered on one side only.
+        differences: String,
+    },
+    /// No node of the cluster can run the task or actor as asked.
+    #[error("`{task}` cannot be scheduled: {reason}")]
+    Unschedulable {
+        /// The task's or actor's name.
+        task: String,
+        /// Why no node fits.
+        reason: String,
+    },
+    /// The node running the task or holding the object died or was cut off.
+    #[error("node {node} died: {cause}")]
+    NodeDied {
+        /// The node.
+        node: String,
+        /// Why it is considered dead.
+        cause: String,
+    },
 }
 
 impl Error {

@@ -46,6 +46,10 @@ impl FunctionTable {
     pub fn contains(&self, name: &str) -> bool {
         self.map.contains_key(name)
     }
+    /// Every registered name (the functions' part of a node's registry digest).
+    pub fn names(&self) -> Vec<String> {
+        self.map.keys().map(|n| format!("fn {n}")).collect()
+    }
     /// How many functions are registered.
     pub fn len(&self) -> usize {
         self.map.len()

@@ -37,6 +37,16 @@ impl<W> Default for IdleSet<W> {
 }
 
 impl<W> IdleSet<W> {
+    /// Workers asleep now (a hint: read without the lock).
+    pub fn sleeping(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Workers watching the queue now (a hint).
+    pub fn watching(&self) -> usize {
+        self.watching.load(Ordering::Relaxed)
+    }
+
     /// Called by a submitter right after its job became visible in the queue:
     /// the sleeper it must wake, if any (none while a worker watches).
     pub fn after_push(&self) -> Option<W> {

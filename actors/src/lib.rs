@@ -9,7 +9,8 @@
 //!   (the budget for large objects), [`run_queue`], [`directory`], bundled for each
 //!   node in [`core`].
 //! - **actors** — [`worker`], [`router`], [`actor_host`], [`actor_group`]
-//!   (supervision groups of user actors), [`supervisor`].
+//!   (supervision groups of user actors), [`supervisor`], and the
+//!   [`cluster`]: the head, node links, object transfer and placement.
 //! - **node** — [`node`]: wiring.
 //!
 //! Engine messages ([`messages`]) carry ids and values, never closures, and are
@@ -40,6 +41,8 @@ pub mod run_queue;
 // actors
 pub mod actor_group;
 pub mod actor_host;
+pub mod actor_types;
+pub mod cluster;
 pub mod router;
 pub mod supervisor;
 pub mod worker;

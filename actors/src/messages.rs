@@ -1,7 +1,7 @@
 //! The engine's data-plane messages. Each is `Serialize + Deserialize`, so a second
 //! node is a new transport rather than a rewrite.
 
-use crate::ids::{ActorId, ObjectId, TaskId};
+use crate::ids::{ActorId, NodeId, ObjectId, TaskId};
 use crate::value::Value;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -77,6 +77,11 @@ pub struct TaskOptions {
     pub max_retries: Retries,
     /// Which application failures (panics, `Err` returns) are retried.
     pub retry_exceptions: RetryExceptions,
+    /// Where in a cluster it may run (Ray's scheduling strategy).
+    pub scheduling: Scheduling,
+    /// CPUs it needs (Ray's `num_cpus`, default 1): only a node with at least
+    /// this many runs it.
+    pub num_cpus: f64,
 }
 
 impl Default for TaskOptions {
@@ -85,6 +90,8 @@ impl Default for TaskOptions {
             name: None,
             max_retries: Retries::Finite(3),
             retry_exceptions: RetryExceptions::None,
+            scheduling: Scheduling::Default,
+            num_cpus: 1.0,
         }
     }
 }
@@ -94,6 +101,25 @@ impl TaskOptions {
     pub fn may_retry(&self, failures: usize) -> bool {
         self.max_retries.allows(failures as u64)
     }
+}
+
+/// Where a task or actor runs in a cluster (Ray's scheduling strategies).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub enum Scheduling {
+    /// Ray's hybrid policy: on the submitting node while its load is under the
+    /// threshold (0.5), else on the least-loaded node that fits.
+    #[default]
+    Default,
+    /// Round-robin over the nodes that fit.
+    Spread,
+    /// On this node; if it is gone, elsewhere when `soft`, else the task fails
+    /// with `Unschedulable`.
+    NodeAffinity {
+        /// The node.
+        node: NodeId,
+        /// Whether another node may run it when this one cannot.
+        soft: bool,
+    },
 }
 
 /// Which application failures of a task are retried (Ray's `retry_exceptions`).

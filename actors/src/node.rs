@@ -2,21 +2,24 @@
 //! the root supervisor on its own system thread and the async actor threads, keeps
 //! the actor directory, and is what the typed API in `rayx` drives.
 
-use crate::actor_host::{ActorHost, ActorSpec};
+use crate::actor_host::{ActorHost, ActorSpec, CallJob, RestartPolicy};
+use crate::actor_types::ActorTypes;
+use crate::cluster::wire::ActorCreate;
+use crate::cluster::{ClusterConfig, ClusterNode, Host};
 use crate::config::NodeConfig;
 use crate::core::Core;
 use crate::directory::{Directory, Entry};
 use crate::error::Error;
 use crate::events::Events;
 use crate::functions::FunctionTable;
-use crate::ids::{ActorId, NodeId, ObjectId};
-use crate::messages::TaskSpec;
+use crate::ids::{ActorId, IdMap, NodeId, ObjectId};
+use crate::messages::{ActorCall, TaskSpec};
 use crate::object_table::{MemoryUsage, Slot};
 use crate::supervisor::{InjectFailure, Shutdown, Supervisor, CHILDREN};
 use crate::value::Value;
 use actix::{Actor, Addr};
 use actix_rt::{Arbiter, ArbiterHandle, System};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -79,18 +82,40 @@ pub struct Node {
     supervisor: OnceLock<Addr<Supervisor>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     closed: AtomicBool,
+    actor_types: ActorTypes,
+    cluster: OnceLock<Arc<ClusterNode>>,
+    /// Actors peers started here, kept until killed (their creator's handles
+    /// are in another process).
+    hosted: Mutex<IdMap<ActorId, Arc<ActorHost>>>,
+    stopped: (Mutex<bool>, Condvar),
 }
 
 impl Node {
     /// Starts a node on its own system thread.
     pub fn start(config: NodeConfig, functions: FunctionTable) -> Result<Arc<Node>, Error> {
+        Node::start_in_cluster(config, functions, ActorTypes::new(), None)
+    }
+
+    /// Starts a node with its actor types, as part of a cluster if
+    /// `cluster` says so (joining fails with the head's address and the
+    /// cause, within the handshake deadline).
+    pub fn start_in_cluster(
+        config: NodeConfig,
+        functions: FunctionTable,
+        actor_types: ActorTypes,
+        cluster: Option<ClusterConfig>,
+    ) -> Result<Arc<Node>, Error> {
         config.validate()?;
+        let mut registry = functions.names();
+        registry.extend(actor_types.names());
+        registry.sort();
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("rayx-supervisor".into())
             .spawn(move || {
                 let system = System::new();
-                let started = system.block_on(async move { Node::build(config, functions) });
+                let started =
+                    system.block_on(async move { Node::build(config, functions, actor_types) });
                 let ok = started.is_ok();
                 let _ = tx.send(started);
                 if ok {
@@ -102,10 +127,33 @@ impl Node {
             .recv()
             .map_err(|_| Error::Startup("the supervisor thread died while starting".into()))??;
         *node.thread.lock() = Some(thread);
+        if let Some(cluster) = cluster {
+            // Started from a thread of its own: the caller may be inside an
+            // async runtime, where the network runtime cannot block to start.
+            let core = node.core.clone();
+            let started = std::thread::spawn(move || ClusterNode::start(cluster, core, registry))
+                .join()
+                .map_err(|_| Error::Startup("the cluster failed to start".into()))?;
+            match started {
+                Ok(c) => {
+                    let host: Arc<dyn Host> = node.clone();
+                    c.set_host(Arc::downgrade(&host));
+                    let _ = node.cluster.set(c);
+                }
+                Err(e) => {
+                    node.shutdown();
+                    return Err(e);
+                }
+            }
+        }
         Ok(node)
     }
 
-    fn build(config: NodeConfig, functions: FunctionTable) -> Result<Arc<Node>, Error> {
+    fn build(
+        config: NodeConfig,
+        functions: FunctionTable,
+        actor_types: ActorTypes,
+    ) -> Result<Arc<Node>, Error> {
         let id = NodeId::random();
         let async_threads = config.async_threads;
         let core = Core::new(id, config, functions);
@@ -124,6 +172,10 @@ impl Node {
             supervisor: OnceLock::new(),
             thread: Mutex::new(None),
             closed: AtomicBool::new(false),
+            actor_types,
+            cluster: OnceLock::new(),
+            hosted: Mutex::default(),
+            stopped: (Mutex::new(false), Condvar::new()),
         });
         let weak = Arc::downgrade(&node);
         let for_threads = weak.clone();
@@ -139,6 +191,11 @@ impl Node {
         core.set_actor_hook(Box::new(move |id| {
             if let Some(node) = for_actors.upgrade() {
                 node.directory.forget(id);
+                let hosted = node.hosted.lock().remove(&id);
+                drop(hosted);
+                if let Some(c) = node.cluster.get() {
+                    c.actor_gone(id);
+                }
             }
         }));
         for handle in &node.async_handles {
@@ -201,10 +258,19 @@ impl Node {
         let owner = if id.node == self.id() {
             None
         } else {
-            Some(known_node(id.node).ok_or_else(|| Error::OwnerUnknown {
-                id: id.to_string(),
-                owner: id.node.to_string(),
-            })?)
+            match known_node(id.node) {
+                Some(n) => Some(n),
+                // Another process's object: borrowed through the cluster.
+                None => match self.cluster.get() {
+                    Some(c) => return c.borrow(id),
+                    None => {
+                        return Err(Error::OwnerUnknown {
+                            id: id.to_string(),
+                            owner: id.node.to_string(),
+                        })
+                    }
+                },
+            }
         };
         let node = owner.as_deref().unwrap_or(self);
         node.lookup(id).ok_or_else(|| {
@@ -297,18 +363,33 @@ impl Node {
         self.core.table.put(value)
     }
 
+    /// A fresh actor id, unique across processes (it names this node).
+    pub fn new_actor_id(&self) -> ActorId {
+        ActorId {
+            node: self.id(),
+            seq: self.next_actor.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
     /// Starts an actor.
     pub fn spawn_actor(&self, spec: ActorSpec) -> Result<(Arc<ActorHost>, bool), Error> {
+        let id = self.new_actor_id();
+        self.spawn_actor_as(id, spec)
+    }
+
+    /// Starts an actor under an id minted already (by its creator, maybe on
+    /// another node).
+    pub fn spawn_actor_as(
+        &self,
+        id: ActorId,
+        spec: ActorSpec,
+    ) -> Result<(Arc<ActorHost>, bool), Error> {
         self.check_open()?;
         let name = spec.name.clone().map(|n| (spec.namespace.clone(), n));
         let get_if_exists = spec.get_if_exists;
         let handles = &self.async_handles;
         let arbiter =
             handles[self.next_async.fetch_add(1, Ordering::Relaxed) % handles.len()].clone();
-        let id = ActorId {
-            node: self.id(),
-            seq: self.next_actor.fetch_add(1, Ordering::Relaxed),
-        };
         let core = self.core.clone();
         self.directory.register(name, get_if_exists, || {
             ActorHost::new(id, spec, core, arbiter)
@@ -334,6 +415,11 @@ impl Node {
     /// The live actor with this id on any runtime of this process, with its
     /// node; a typed error if it is not there.
     pub fn resolve_actor(&self, id: ActorId) -> Result<(Arc<Node>, Arc<ActorHost>), Error> {
+        if let Some(host) = self.actor_by_id(id) {
+            // Here, whoever minted its id (a peer may have created it here).
+            let me = known_node(self.id()).ok_or(Error::ShutDown)?;
+            return Ok((me, host));
+        }
         let node = known_node(id.node).ok_or_else(|| Error::OwnerUnknown {
             id: id.to_string(),
             owner: id.node.to_string(),
@@ -378,6 +464,10 @@ impl Node {
             return;
         }
         NODES.lock().remove(&self.id());
+        if let Some(c) = self.cluster.get() {
+            c.shutdown();
+        }
+        self.hosted.lock().clear();
         let core = &self.core;
         core.table.fail_all(Error::ShutDown);
         core.run_queue.close();
@@ -389,12 +479,133 @@ impl Node {
             Some(s) => s.do_send(Shutdown),
             None => self.system.stop(),
         }
+        {
+            let (lock, cvar) = &self.stopped;
+            *lock.lock() = true;
+            cvar.notify_all();
+        }
         let on_own_thread = current_node().is_some_and(|n| std::ptr::eq(&*n, self));
         let thread = self.thread.lock().take();
         if let Some(t) = thread {
             if !on_own_thread && t.thread().id() != std::thread::current().id() {
                 let _ = t.join();
             }
+        }
+    }
+}
+
+impl Node {
+    /// The node's part of its cluster, if it is in one.
+    pub fn cluster(&self) -> Option<&Arc<ClusterNode>> {
+        self.cluster.get()
+    }
+
+    /// The actor types this node can start for peers.
+    pub fn actor_types(&self) -> &ActorTypes {
+        &self.actor_types
+    }
+
+    /// Blocks until the node shuts down (a cluster node serving until told
+    /// to stop).
+    pub fn wait_stopped(&self) {
+        let (lock, cvar) = &self.stopped;
+        let mut stopped = lock.lock();
+        while !*stopped {
+            cvar.wait(&mut stopped);
+        }
+    }
+
+    /// Keeps an actor started for a peer alive until it is killed.
+    pub fn host_actor(&self, host: Arc<ActorHost>) {
+        self.hosted.lock().insert(host.id(), host);
+    }
+}
+
+impl Host for Node {
+    fn create_actor(&self, create: ActorCreate) -> Result<(), Error> {
+        let t = self
+            .actor_types
+            .get(&create.type_name)
+            .cloned()
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "actor type `{}` is not registered with rayx::remote_actor! on this node",
+                    create.type_name
+                ))
+            })?;
+        let kind = (t.make)(create.args, create.max_concurrency)?;
+        let (namespace, name) = match create.name {
+            Some((ns, n)) => (ns, Some(n)),
+            None => ("default".to_string(), None),
+        };
+        let spec = ActorSpec {
+            name,
+            namespace,
+            get_if_exists: false,
+            detached: create.detached,
+            mailbox_capacity: self.config().mailbox_capacity,
+            type_id: t.type_id,
+            type_name: t.type_name,
+            kind,
+            restart: RestartPolicy {
+                max_restarts: create.max_restarts,
+                max_task_retries: create.max_task_retries,
+            },
+            group: None,
+        };
+        let (host, _) = self.spawn_actor_as(create.actor, spec)?;
+        self.host_actor(host);
+        Ok(())
+    }
+
+    fn call_actor(&self, call: ActorCall, reply: Arc<Slot>) -> Result<(), Error> {
+        let host = self
+            .actor_by_id(call.actor)
+            .ok_or_else(|| Error::ActorDied {
+                actor: call.actor.to_string(),
+                cause: "it is no longer alive on its node".into(),
+            })?;
+        let t = self.actor_types.get(host.type_name()).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "actor type `{}` is not registered with rayx::remote_actor!: it cannot be called from another node",
+                host.type_name()
+            ))
+        })?;
+        let &(dispatch, copy) = t.methods.get(&*call.method).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "`{}` is not a registered message of actor type `{}`",
+                call.method,
+                host.type_name()
+            ))
+        })?;
+        host.call(CallJob {
+            call,
+            dispatch,
+            retries: 0,
+            reply,
+            copy: Some(copy),
+        });
+        Ok(())
+    }
+
+    fn kill_actor(&self, actor: ActorId, no_restart: bool) {
+        if let Some(host) = self.actor_by_id(actor) {
+            Node::kill_actor(self, &host, no_restart);
+        }
+        if no_restart {
+            let gone = self.hosted.lock().remove(&actor);
+            drop(gone);
+        }
+    }
+
+    fn live_actors(&self) -> u32 {
+        self.directory.live_count() as u32
+    }
+
+    fn stop(&self) {
+        // Not on the network thread, which the shutdown stops.
+        if let Some(me) = NODES.lock().get(&self.id()).and_then(Weak::upgrade) {
+            std::thread::spawn(move || me.shutdown());
         }
     }
 }

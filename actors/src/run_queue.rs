@@ -33,6 +33,13 @@ pub trait ActorRun: Send + Sync {
     fn run_batch(self: Arc<Self>);
 }
 
+/// Where a task may go instead of this node's queue: the cluster, which
+/// offers it to another node when the placement policy says so.
+pub trait Spill: Send + Sync {
+    /// Takes the task (true) to run it elsewhere, or leaves it here (false).
+    fn offer(self: Arc<Self>, task: &Arc<Slot>) -> bool;
+}
+
 /// A unit of work for a worker.
 pub enum Job {
     /// Run the task that makes this object (its job is in the slot; a getter
@@ -79,10 +86,17 @@ pub struct RunQueue {
     spawns_pending: AtomicUsize,
     events: Arc<EventBus>,
     spin: SpinPolicy,
+    /// The cluster, when this node is part of one (weak: it holds the node).
+    spill: std::sync::OnceLock<std::sync::Weak<dyn Spill>>,
 }
 
 impl Dispatch for RunQueue {
     fn dispatch(&self, task: Arc<Slot>) {
+        if let Some(spill) = self.spill.get().and_then(std::sync::Weak::upgrade) {
+            if spill.offer(&task) {
+                return;
+            }
+        }
         self.submit(Job::Task(task));
     }
     fn spin_until(&self, site: Site, done: &mut dyn FnMut() -> bool) -> bool {
@@ -111,6 +125,7 @@ impl RunQueue {
             spawns_pending: AtomicUsize::new(0),
             events,
             spin: SpinPolicy::default(),
+            spill: std::sync::OnceLock::new(),
         })
     }
 
@@ -162,6 +177,20 @@ impl RunQueue {
         if let Some(worker) = self.idle.after_push() {
             worker.do_send(Drain);
         }
+    }
+
+    /// Sends tasks through `spill` first (the cluster's placement).
+    pub fn set_spill(&self, spill: std::sync::Weak<dyn Spill>) {
+        let _ = self.spill.set(spill);
+    }
+
+    /// Jobs queued or running: the node's load, for placement. Approximate
+    /// (the counts are read one after another), which placement tolerates.
+    pub fn load(&self) -> usize {
+        let workers = self.workers.load(Ordering::Relaxed);
+        let resting =
+            self.idle.sleeping() + self.idle.watching() + self.blocked.load(Ordering::Relaxed);
+        self.injector.len() + workers.saturating_sub(resting)
     }
 
     /// The node's spin policy (see [`crate::spin`]).

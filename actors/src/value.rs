@@ -46,7 +46,7 @@ pub enum Value {
         size: usize,
     },
     /// Encoded bytes (rmp-serde), as they arrive from another process.
-    Encoded(Arc<[u8]>),
+    Encoded(bytes::Bytes),
     /// Nothing: the value was taken out to be consumed.
     Taken,
 }
@@ -100,11 +100,11 @@ impl Value {
     }
 
     /// The value's bytes, encoding it if it is local.
-    pub fn to_bytes(&self) -> Result<Arc<[u8]>, Error> {
+    pub fn to_bytes(&self) -> Result<bytes::Bytes, Error> {
         match self {
-            Value::Local { object, .. } => object.encode().map(Arc::from),
+            Value::Local { object, .. } => object.encode().map(bytes::Bytes::from),
             Value::Encoded(b) => Ok(b.clone()),
-            Value::Taken => Ok(Arc::from(&[][..])),
+            Value::Taken => Ok(bytes::Bytes::new()),
         }
     }
 }
@@ -131,7 +131,7 @@ impl Serialize for Value {
 impl<'de> Deserialize<'de> for Value {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
         let buf = serde_bytes::ByteBuf::deserialize(d)?;
-        Ok(Value::Encoded(Arc::from(buf.into_vec())))
+        Ok(Value::Encoded(bytes::Bytes::from(buf.into_vec())))
     }
 }
 

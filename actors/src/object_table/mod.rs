@@ -96,7 +96,12 @@ pub struct OwnerTable {
     max_lineage_bytes: u64,
     lineage_bytes: AtomicU64,
     cancels_seen: AtomicBool,
+    /// Hears the id of each borrowed object whose last local ref went.
+    borrow_hook: std::sync::OnceLock<BorrowHook>,
 }
+
+/// Called when a borrowed object's last local ref goes (the cluster tells the owner).
+pub type BorrowHook = Box<dyn Fn(ObjectId) + Send + Sync>;
 
 impl OwnerTable {
     /// An empty table of `node`'s objects.
@@ -127,6 +132,7 @@ impl OwnerTable {
             max_lineage_bytes,
             lineage_bytes: AtomicU64::new(0),
             cancels_seen: AtomicBool::new(false),
+            borrow_hook: std::sync::OnceLock::new(),
         })
     }
 
@@ -175,6 +181,29 @@ impl OwnerTable {
             slot.complete(Err(Error::ShutDown));
         }
         slot
+    }
+
+    /// A pending slot for another node's object `id`, borrowed here: the
+    /// cluster completes it with the owner's value, and `set_borrow_hook`'s
+    /// hook hears when its last local ref goes.
+    pub fn new_borrowed(self: &Arc<Self>, id: ObjectId) -> Arc<Slot> {
+        let mut slot = Slot::new(id, self.clone(), None);
+        slot.borrowed = true;
+        let slot = Arc::new(slot);
+        self.shard(id)
+            .index
+            .lock()
+            .insert(id, Arc::downgrade(&slot));
+        // SeqCst pairs with `fail_all`'s store, as in `new_pending`.
+        if self.closed.load(Ordering::SeqCst) {
+            slot.complete(Err(Error::ShutDown));
+        }
+        slot
+    }
+
+    /// Sets what hears of borrowed objects whose last local ref went.
+    pub fn set_borrow_hook(&self, hook: BorrowHook) {
+        let _ = self.borrow_hook.set(hook);
     }
 
     /// Stores a value put by the caller. Fails when the object store is full.

@@ -127,6 +127,8 @@ pub struct Slot {
     pub(super) cancelled: AtomicBool,
     pub(super) inner: Mutex<Inner>,
     pub(super) table: Arc<OwnerTable>,
+    /// Another node's object, borrowed here: its owner hears when it goes.
+    pub(super) borrowed: bool,
 }
 
 impl Slot {
@@ -148,6 +150,7 @@ impl Slot {
                 actor,
             }),
             table,
+            borrowed: false,
         }
     }
 
@@ -222,6 +225,16 @@ impl Slot {
         }
         inner.job = Some(job);
         true
+    }
+
+    /// Looks at the queued task that makes this object, if it is queued.
+    pub fn peek_job<R>(&self, f: impl FnOnce(&TaskJob) -> R) -> Option<R> {
+        self.inner.lock().job.as_ref().map(f)
+    }
+
+    /// Whether this is another node's object, borrowed here.
+    pub fn is_borrowed(&self) -> bool {
+        self.borrowed
     }
 
     /// Takes the queued task that makes this object, to run it. `None` if it
@@ -546,6 +559,12 @@ impl Drop for Slot {
         let mut index = self.table.shard(self.id).index.lock();
         if index.get(&self.id).is_some_and(|w| w.strong_count() == 0) {
             index.remove(&self.id);
+        }
+        drop(index);
+        if self.borrowed {
+            if let Some(released) = self.table.borrow_hook.get() {
+                released(self.id);
+            }
         }
     }
 }

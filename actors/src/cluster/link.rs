@@ -1,0 +1,412 @@
+//! A node link: one TCP connection to a peer, with a reader and a writer task
+//! on the node's network thread.
+//!
+//! The writer takes every message queued since its last write (one wake-up per
+//! batch), packs them into frames of many messages, and writes the frames at
+//! once; a large frame (a chunk of an object) is written from its own buffer,
+//! without a copy into the batch. The reader reads what the socket has, cuts it
+//! into frames with tokio-util's length-delimited codec (bounded by the lane's
+//! limit), decodes each and hands the batch to the node. A frame over the
+//! limit or bytes that do not decode close this connection — counted, logged,
+//! and harmless to every other connection.
+
+use super::wire::{self, Hello, Lane, Msg, NodeInfo, Rejections};
+use crate::error::Error;
+use bytes::{BufMut, BytesMut};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::{Decoder, LengthDelimitedCodec};
+
+/// How long a connection may take to say hello (or answer one).
+pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(5);
+/// Messages packed into one frame at most.
+const BATCH: usize = 512;
+/// A frame body past this is written from its own buffer, not copied.
+const LARGE_BODY: usize = 64 << 10;
+
+/// What the node does with what arrives on its links.
+pub trait Inbound: Send + Sync + 'static {
+    /// A batch of messages arrived on `link`, in the order they were sent.
+    fn on_msgs(&self, link: &Arc<Link>, msgs: Vec<Msg>);
+    /// `link` closed: by the peer, by an error, or for bad input (`reason`).
+    fn on_close(&self, link: &Arc<Link>, reason: Option<&str>);
+}
+
+enum Out {
+    Msg(Msg),
+    Close,
+}
+
+/// One connection to a peer.
+pub struct Link {
+    /// The peer, as its hello or welcome described it.
+    pub peer: NodeInfo,
+    /// What the connection carries.
+    pub lane: Lane,
+    /// A number unique in this process, to tell links apart.
+    pub serial: u64,
+    tx: mpsc::UnboundedSender<Out>,
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Link({:?} to {} at {})",
+            self.lane, self.peer.id, self.peer.address
+        )
+    }
+}
+
+static SERIAL: AtomicU64 = AtomicU64::new(1);
+
+impl Link {
+    /// Queues a message; false if the link is closed.
+    pub fn send(&self, msg: Msg) -> bool {
+        !self.is_closed() && self.tx.send(Out::Msg(msg)).is_ok()
+    }
+
+    /// Whether the link is closed.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Closes the link: queued messages are written, then the socket closes.
+    pub fn close(&self) {
+        let _ = self.tx.send(Out::Close);
+    }
+}
+
+fn max_frame(lane: Lane) -> usize {
+    match lane {
+        Lane::Bulk => wire::MAX_BULK_FRAME,
+        _ => wire::MAX_CONTROL_FRAME,
+    }
+}
+
+fn codec(lane: Lane) -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(max_frame(lane))
+        .new_codec()
+}
+
+/// Writes one frame (a hello or its answer) straight to the socket.
+async fn write_frame(stream: &mut TcpStream, msg: &Msg) -> Result<(), String> {
+    let body = wire::encode(std::slice::from_ref(msg)).map_err(|e| e.to_string())?;
+    let mut out = Vec::with_capacity(body.len() + 4);
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    stream.write_all(&out).await.map_err(|e| e.to_string())
+}
+
+/// Reads one frame holding one message, within the handshake deadline; what
+/// was read past it stays in `buf` for the link's reader.
+async fn read_one(stream: &mut TcpStream, lane: Lane, buf: &mut BytesMut) -> Result<Msg, String> {
+    let mut codec = codec(lane);
+    let read = async {
+        loop {
+            match codec.decode(buf) {
+                Ok(Some(frame)) => return wire::decode(&frame),
+                Ok(None) => {}
+                Err(e) => return Err(format!("frame over the limit: {e}")),
+            }
+            match stream.read_buf(buf).await {
+                Ok(0) => return Err("closed before its hello".to_string()),
+                Ok(_) => {}
+                Err(e) => return Err(format!("read failed: {e}")),
+            }
+        }
+    };
+    let mut msgs = tokio::time::timeout(HANDSHAKE_DEADLINE, read)
+        .await
+        .map_err(|_| format!("no hello within {HANDSHAKE_DEADLINE:?}"))??;
+    if msgs.len() != 1 {
+        return Err(format!(
+            "bad hello: a handshake frame holds one message, not {}",
+            msgs.len()
+        ));
+    }
+    Ok(msgs.pop().expect("one message"))
+}
+
+/// Connects to `address` and says `hello`; the peer's welcome names it.
+/// Fails within the handshake deadline with the address and the cause.
+pub async fn connect(
+    address: &str,
+    hello: Hello,
+    inbound: Arc<dyn Inbound>,
+    rejections: Arc<Rejections>,
+) -> Result<(Arc<Link>, Vec<NodeInfo>), Error> {
+    let unreachable = |cause: String| Error::ClusterUnreachable {
+        address: address.to_string(),
+        cause,
+    };
+    let lane = hello.lane;
+    let mut stream = tokio::time::timeout(HANDSHAKE_DEADLINE, TcpStream::connect(address))
+        .await
+        .map_err(|_| unreachable(format!("no connection within {HANDSHAKE_DEADLINE:?}")))?
+        .map_err(|e| unreachable(e.to_string()))?;
+    let _ = stream.set_nodelay(true);
+    write_frame(&mut stream, &Msg::Hello(hello))
+        .await
+        .map_err(unreachable)?;
+    let mut buf = BytesMut::with_capacity(64 << 10);
+    match read_one(&mut stream, lane, &mut buf)
+        .await
+        .map_err(unreachable)?
+    {
+        Msg::Welcome { node, cluster } => {
+            let link = start(stream, buf, node, lane, inbound, rejections);
+            Ok((link, cluster))
+        }
+        Msg::Refused { reason } => Err(unreachable(format!("refused: {reason}"))),
+        other => Err(unreachable(format!(
+            "answered its hello with {}",
+            kind_of(&other)
+        ))),
+    }
+}
+
+/// What a listener asks of the node about a new connection's hello.
+pub trait Admit: Send + Sync + 'static {
+    /// Accepts (the welcome: this node and, for a join, the cluster) or
+    /// refuses (why) a hello.
+    fn admit(&self, hello: &Hello) -> Result<(NodeInfo, Vec<NodeInfo>), String>;
+    /// The link of an admitted hello is up (a join is announced now).
+    fn admitted(&self, link: &Arc<Link>, hello: Hello);
+}
+
+/// Serves one accepted connection: its hello within the deadline, then its
+/// traffic. A bad hello is refused, counted and closed.
+pub async fn serve(
+    mut stream: TcpStream,
+    admit: Arc<dyn Admit>,
+    inbound: Arc<dyn Inbound>,
+    rejections: Arc<Rejections>,
+) {
+    let _ = stream.set_nodelay(true);
+    // A hello is small: read it with the control lane's limit at most.
+    let mut buf = BytesMut::with_capacity(64 << 10);
+    let hello = match read_one(&mut stream, Lane::Control, &mut buf).await {
+        Ok(Msg::Hello(h)) => h,
+        Ok(other) => {
+            reject(
+                &mut stream,
+                &rejections,
+                format!("no hello: the first message was {}", kind_of(&other)),
+            )
+            .await;
+            return;
+        }
+        Err(reason) => {
+            reject(&mut stream, &rejections, reason).await;
+            return;
+        }
+    };
+    if hello.version != wire::PROTOCOL_VERSION {
+        let reason = format!(
+            "wrong protocol version: {} (this node speaks {})",
+            hello.version,
+            wire::PROTOCOL_VERSION
+        );
+        reject(&mut stream, &rejections, reason).await;
+        return;
+    }
+    match admit.admit(&hello) {
+        Err(reason) => reject(&mut stream, &rejections, reason).await,
+        Ok((me, cluster)) => {
+            let welcome = Msg::Welcome { node: me, cluster };
+            if write_frame(&mut stream, &welcome).await.is_err() {
+                return;
+            }
+            let link = start(
+                stream,
+                buf,
+                hello.node.clone(),
+                hello.lane,
+                inbound,
+                rejections,
+            );
+            admit.admitted(&link, hello);
+        }
+    }
+}
+
+async fn reject(stream: &mut TcpStream, rejections: &Rejections, reason: String) {
+    tracing::warn!(
+        peer = ?stream.peer_addr().ok(),
+        "rayx: closing a connection: {reason}"
+    );
+    rejections.count(&reason);
+    let _ = write_frame(stream, &Msg::Refused { reason }).await;
+    let _ = stream.shutdown().await;
+}
+
+fn start(
+    stream: TcpStream,
+    buf: BytesMut,
+    peer: NodeInfo,
+    lane: Lane,
+    inbound: Arc<dyn Inbound>,
+    rejections: Arc<Rejections>,
+) -> Arc<Link> {
+    let (rd, wr) = stream.into_split();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let link = Arc::new(Link {
+        peer,
+        lane,
+        serial: SERIAL.fetch_add(1, Ordering::Relaxed),
+        tx,
+        closed: AtomicBool::new(false),
+    });
+    tokio::spawn(write_loop(wr, rx, link.clone()));
+    tokio::spawn(read_loop(rd, buf, link.clone(), inbound, rejections));
+    link
+}
+
+async fn read_loop(
+    mut rd: OwnedReadHalf,
+    mut buf: BytesMut,
+    link: Arc<Link>,
+    inbound: Arc<dyn Inbound>,
+    rejections: Arc<Rejections>,
+) {
+    let mut codec = codec(link.lane);
+    let bad: Option<String> = 'read: loop {
+        loop {
+            match codec.decode(&mut buf) {
+                Ok(Some(frame)) => match wire::decode(&frame) {
+                    Ok(msgs) => inbound.on_msgs(&link, msgs),
+                    Err(reason) => break 'read Some(reason),
+                },
+                Ok(None) => break,
+                Err(e) => break 'read Some(format!("frame over the limit: {e}")),
+            }
+        }
+        match rd.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => break None,
+            Ok(_) => {}
+        }
+    };
+    if let Some(reason) = &bad {
+        tracing::warn!(
+            "rayx: closing the {:?} link of {}: {reason}",
+            link.lane,
+            link.peer.id
+        );
+        rejections.count(reason);
+    }
+    // Release pairs with `is_closed`'s Acquire: whoever sees the link closed
+    // sees it after this reader stopped handing messages in.
+    link.closed.store(true, Ordering::Release);
+    link.close();
+    inbound.on_close(&link, bad.as_deref());
+}
+
+async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Out>, link: Arc<Link>) {
+    let limit = max_frame(link.lane);
+    let mut batch: Vec<Out> = Vec::with_capacity(BATCH);
+    let mut msgs: Vec<Msg> = Vec::with_capacity(BATCH);
+    let mut out = BytesMut::with_capacity(64 << 10);
+    'write: while rx.recv_many(&mut batch, BATCH).await > 0 {
+        let mut closing = false;
+        for o in batch.drain(..) {
+            match o {
+                Out::Msg(m) => msgs.push(m),
+                Out::Close => closing = true,
+            }
+        }
+        let mut frames = Vec::new();
+        pack(&mut msgs, limit, &mut frames);
+        for body in frames {
+            out.put_u32(body.len() as u32);
+            if body.len() >= LARGE_BODY {
+                if wr.write_all(&out).await.is_err() || wr.write_all(&body).await.is_err() {
+                    break 'write;
+                }
+                out.clear();
+            } else {
+                out.extend_from_slice(&body);
+            }
+        }
+        if !out.is_empty() {
+            if wr.write_all(&out).await.is_err() {
+                break;
+            }
+            out.clear();
+        }
+        if closing {
+            break;
+        }
+    }
+    link.closed.store(true, Ordering::Release);
+    let _ = wr.shutdown().await;
+}
+
+/// Packs messages into frame bodies within `limit`, halving a batch that is
+/// too large; a single message over the limit is dropped with an error log (the
+/// engine sends large values on the bulk lane, never inline).
+fn pack(msgs: &mut Vec<Msg>, limit: usize, frames: &mut Vec<Vec<u8>>) {
+    if msgs.is_empty() {
+        return;
+    }
+    match wire::encode(msgs) {
+        Ok(body) if body.len() <= limit => {
+            frames.push(body);
+            msgs.clear();
+        }
+        Ok(_) if msgs.len() > 1 => {
+            let mut tail = msgs.split_off(msgs.len() / 2);
+            pack(msgs, limit, frames);
+            pack(&mut tail, limit, frames);
+            msgs.clear();
+        }
+        Ok(body) => {
+            tracing::error!(
+                "rayx: a {} message of {} bytes is over the frame limit ({limit}); not sent",
+                kind_of(&msgs[0]),
+                body.len()
+            );
+            msgs.clear();
+        }
+        Err(e) => {
+            tracing::error!("rayx: a message could not be encoded: {e}");
+            msgs.clear();
+        }
+    }
+}
+
+/// A message's kind, for logs.
+pub fn kind_of(msg: &Msg) -> &'static str {
+    match msg {
+        Msg::Hello(_) => "Hello",
+        Msg::Welcome { .. } => "Welcome",
+        Msg::Refused { .. } => "Refused",
+        Msg::NodeJoined(_) => "NodeJoined",
+        Msg::NodeLeft { .. } => "NodeLeft",
+        Msg::Heartbeat(_) => "Heartbeat",
+        Msg::Stop => "Stop",
+        Msg::Ask { .. } => "Ask",
+        Msg::Answer { .. } => "Answer",
+        Msg::RunTask(_) => "RunTask",
+        Msg::TaskDone { .. } => "TaskDone",
+        Msg::CreateActor(_) => "CreateActor",
+        Msg::ActorCreated { .. } => "ActorCreated",
+        Msg::Call(_) => "Call",
+        Msg::CallDone { .. } => "CallDone",
+        Msg::KillActor { .. } => "KillActor",
+        Msg::Borrow { .. } => "Borrow",
+        Msg::Release { .. } => "Release",
+        Msg::ObjectReady { .. } => "ObjectReady",
+        Msg::Free { .. } => "Free",
+        Msg::Pull { .. } => "Pull",
+        Msg::Chunk { .. } => "Chunk",
+        Msg::PullFailed { .. } => "PullFailed",
+    }
+}

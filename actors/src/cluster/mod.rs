@@ -1,0 +1,1546 @@
+//! The cluster side of a node: its node links to the head and to its peers,
+//! the head itself when this process hosts it, and the owner's and the
+//! executor's halves of tasks, calls and objects that cross processes.
+//!
+//! - **Tasks.** The owner holds a task until its arguments are ready (as on one
+//!   node); then the run queue offers it here ([`Spill`]) and the placement
+//!   policy picks a node. A task for a peer goes out as `RunTask` with small
+//!   arguments inline and large ones as refs the peer borrows and pulls; the
+//!   owner keeps the job (and its pinned arguments) until `TaskDone`, and
+//!   retries it elsewhere within `max_retries` if that peer's link goes.
+//! - **Actors.** Placed by the head; calls go straight to the actor's node, in
+//!   order per caller (one link per peer).
+//! - **Objects.** The owner keeps each object; a node holding a ref to another
+//!   node's object is a borrower: it tells the owner (`Borrow`), which keeps
+//!   the value until every borrower has released it, and sends it when ready —
+//!   inline when small, else pulled on the bulk lane in chunks.
+//! - **Wake-ups.** Completions of objects that peers wait for are pushed to one
+//!   queue and drained by one task on the network thread: one wake-up per batch.
+
+pub mod head;
+pub mod link;
+pub mod placement;
+pub mod transfer;
+pub mod wire;
+
+use crate::core::Core;
+use crate::error::Error;
+use crate::ids::{ActorId, IdMap, NodeId, ObjectId, TaskId};
+use crate::messages::{ActorCall, Arg, Scheduling, TaskSpec};
+use crate::object_table::{Slot, TaskJob};
+use crate::run_queue::Spill;
+use crate::value::Value;
+use bytes::Bytes;
+use crossbeam_queue::SegQueue;
+use head::Head;
+use link::{Admit, Inbound, Link};
+use parking_lot::Mutex;
+use placement::{place, Candidate, SPILL_THRESHOLD};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Arc, OnceLock, Weak};
+use std::task::{Wake, Waker};
+use std::time::Duration;
+use transfer::{Pulls, Serving};
+use wire::{ActorCreate, Answer, Ask, Hello, Lane, Msg, NodeInfo, Payload, Rejections, Report};
+
+/// How long a request to the head or a peer may take before it fails.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a node reports to the head.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// What a process is in its cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Hosts the head, and is a node too.
+    Head,
+    /// Joins a head and serves until told to stop.
+    Node,
+    /// Joins a head, serves, and submits work (a driver is a node).
+    Driver,
+}
+
+/// How a process takes part in a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Its role.
+    pub role: Role,
+    /// The head to join (`host:port`); none for a head.
+    pub address: Option<String>,
+    /// Where its node link listens (default `127.0.0.1:0`: loopback, a port
+    /// the OS picks).
+    pub listen: String,
+    /// The CPUs it offers the cluster (default: its workers).
+    pub cpus: Option<f64>,
+    /// A head that runs no user code (`rayx start --head`): it takes the
+    /// registry of the first node that joins.
+    pub standalone: bool,
+}
+
+/// What the cluster asks of its node (the node implements it).
+pub trait Host: Send + Sync + 'static {
+    /// Starts an actor a peer placed here.
+    fn create_actor(&self, create: ActorCreate) -> Result<(), Error>;
+    /// Puts a peer's call into a local actor's mailbox; `reply` is its reply.
+    fn call_actor(&self, call: ActorCall, reply: Arc<Slot>) -> Result<(), Error>;
+    /// Kills (or restarts) a local actor.
+    fn kill_actor(&self, actor: ActorId, no_restart: bool);
+    /// Live actors here.
+    fn live_actors(&self) -> u32;
+    /// The head told this node to stop.
+    fn stop(&self);
+}
+
+/// A peer as this node knows it.
+struct Peer {
+    info: NodeInfo,
+    alive: bool,
+    control: Option<Arc<Link>>,
+    bulk: Option<Arc<Link>>,
+    /// Messages waiting for a link being opened: (bulk lane, message).
+    waiting: Vec<(bool, Msg)>,
+    connecting: [bool; 2],
+    /// The load it last reported.
+    reported: u32,
+    /// Tasks this node sent it and has not heard back about.
+    inflight: u32,
+}
+
+/// A task this node owns, running on a peer.
+struct InFlight {
+    slot: Arc<Slot>,
+    job: TaskJob,
+    node: NodeId,
+}
+
+/// Who waits for a local object a peer asked about.
+enum Reply {
+    /// A task a peer sent: its `TaskDone`.
+    Task { link: Arc<Link>, object: ObjectId },
+    /// A call a peer sent: its `CallDone`.
+    Call { link: Arc<Link>, object: ObjectId },
+    /// An object a peer borrows: its `ObjectReady`.
+    Lend { to: NodeId, object: ObjectId },
+}
+
+struct Waiting {
+    slot: Arc<Slot>,
+    reply: Reply,
+    cluster: Weak<ClusterNode>,
+}
+
+impl Wake for Waiting {
+    fn wake(self: Arc<Self>) {
+        if let Some(c) = self.cluster.upgrade() {
+            c.done.push(self);
+            c.wake.notify_one();
+        }
+    }
+}
+
+/// An object of this node that peers borrow: held until all release it.
+struct Lent {
+    _slot: Arc<Slot>,
+    by: HashMap<NodeId, u32>,
+}
+
+type Pending<T> = Mutex<HashMap<u64, SyncSender<Result<T, Error>>>>;
+
+/// One process's part of a cluster.
+pub struct ClusterNode {
+    me: NodeInfo,
+    role: Role,
+    core: Arc<Core>,
+    host: OnceLock<Weak<dyn Host>>,
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    net: tokio::runtime::Handle,
+    registry: Vec<String>,
+    head: Option<Head>,
+    head_link: Mutex<Option<Arc<Link>>>,
+    peers: Mutex<IdMap<NodeId, Peer>>,
+    /// Signalled when a peer joins or dies.
+    members: parking_lot::Condvar,
+    tasks: Mutex<IdMap<ObjectId, InFlight>>,
+    calls: Mutex<IdMap<ObjectId, (Arc<Slot>, NodeId)>>,
+    asks: Pending<Answer>,
+    creates: Pending<()>,
+    next_request: AtomicU64,
+    lent: Mutex<IdMap<ObjectId, Lent>>,
+    borrowed: Mutex<IdMap<ObjectId, Weak<Slot>>>,
+    held: Mutex<IdMap<ObjectId, Value>>,
+    pulls: Pulls,
+    serving: Serving,
+    done: SegQueue<Arc<Waiting>>,
+    wake: tokio::sync::Notify,
+    rejections: Arc<Rejections>,
+    spread: AtomicUsize,
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for ClusterNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClusterNode({} at {})", self.me.id, self.me.address)
+    }
+}
+
+impl ClusterNode {
+    /// Starts this process's part of a cluster: its listener, and for a node
+    /// or driver its join to the head (which fails within the handshake
+    /// deadline with the address and the cause).
+    pub fn start(
+        config: ClusterConfig,
+        core: Arc<Core>,
+        registry: Vec<String>,
+    ) -> Result<Arc<ClusterNode>, Error> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("rayx-net")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Startup(format!("the network thread: {e}")))?;
+        let net = runtime.handle().clone();
+        let listener = net
+            .block_on(tokio::net::TcpListener::bind(&config.listen))
+            .map_err(|e| Error::Startup(format!("cannot listen on {}: {e}", config.listen)))?;
+        let address = listener
+            .local_addr()
+            .map_err(|e| Error::Startup(e.to_string()))?
+            .to_string();
+        let me = NodeInfo {
+            id: core.node,
+            address,
+            cpus: config
+                .cpus
+                .unwrap_or(core.config.num_workers as f64)
+                .max(0.0),
+            head: config.role == Role::Head,
+        };
+        let rejections = Arc::new(Rejections::default());
+        let head = (config.role == Role::Head).then(|| {
+            let ours = (!config.standalone).then(|| registry.clone());
+            Head::new(me.clone(), ours, rejections.clone())
+        });
+        let cluster = Arc::new(ClusterNode {
+            me,
+            role: config.role,
+            core: core.clone(),
+            host: OnceLock::new(),
+            runtime: Mutex::new(Some(runtime)),
+            net,
+            registry,
+            head,
+            head_link: Mutex::new(None),
+            peers: Mutex::default(),
+            members: parking_lot::Condvar::new(),
+            tasks: Mutex::default(),
+            calls: Mutex::default(),
+            asks: Mutex::default(),
+            creates: Mutex::default(),
+            next_request: AtomicU64::new(1),
+            lent: Mutex::default(),
+            borrowed: Mutex::default(),
+            held: Mutex::default(),
+            pulls: Pulls::default(),
+            serving: Serving::default(),
+            done: SegQueue::new(),
+            wake: tokio::sync::Notify::new(),
+            rejections,
+            spread: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+        });
+        let weak = Arc::downgrade(&cluster);
+        cluster.net.spawn(accept_loop(listener, weak.clone()));
+        cluster.net.spawn(drain_completions(weak.clone()));
+        if let Some(address) = &config.address {
+            let hello = cluster.hello(Lane::Join);
+            let inbound: Arc<dyn Inbound> = Arc::new(Handler(weak.clone()));
+            let joined = cluster.net.block_on(link::connect(
+                address,
+                hello,
+                inbound,
+                cluster.rejections.clone(),
+            ));
+            let (link, members) = match joined {
+                Ok(j) => j,
+                Err(e) => {
+                    cluster.shutdown();
+                    return Err(e);
+                }
+            };
+            *cluster.head_link.lock() = Some(link);
+            for m in members {
+                cluster.add_peer(m);
+            }
+            cluster.net.spawn(heartbeats(weak));
+        }
+        let spill: Weak<dyn Spill> = Arc::downgrade(&cluster) as Weak<dyn Spill>;
+        core.run_queue.set_spill(spill);
+        let weak = Arc::downgrade(&cluster);
+        core.table.set_borrow_hook(Box::new(move |id| {
+            if let Some(c) = weak.upgrade() {
+                c.unborrow(id);
+            }
+        }));
+        Ok(cluster)
+    }
+
+    /// Sets the node this cluster part serves.
+    pub fn set_host(&self, host: Weak<dyn Host>) {
+        let _ = self.host.set(host);
+    }
+
+    fn host(&self) -> Option<Arc<dyn Host>> {
+        self.host.get().and_then(Weak::upgrade)
+    }
+
+    /// This node as the cluster knows it.
+    pub fn info(&self) -> &NodeInfo {
+        &self.me
+    }
+
+    /// Its role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Where its node link listens (for a head: the cluster's address).
+    pub fn address(&self) -> &str {
+        &self.me.address
+    }
+
+    /// Connections closed for bad input, by reason.
+    pub fn rejections(&self) -> &Rejections {
+        &self.rejections
+    }
+
+    /// The live nodes this node knows of, itself included.
+    pub fn nodes(&self) -> Vec<NodeInfo> {
+        let mut nodes = vec![self.me.clone()];
+        nodes.extend(
+            self.peers
+                .lock()
+                .values()
+                .filter(|p| p.alive)
+                .map(|p| p.info.clone()),
+        );
+        nodes
+    }
+
+    fn hello(&self, lane: Lane) -> Hello {
+        Hello {
+            version: wire::PROTOCOL_VERSION,
+            lane,
+            node: self.me.clone(),
+            registry: if lane == Lane::Join {
+                self.registry.clone()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    /// Waits until at least `n` live nodes (this one included) are known,
+    /// up to `timeout`; false if they were not.
+    pub fn wait_for_nodes(&self, n: usize, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut peers = self.peers.lock();
+        loop {
+            if 1 + peers.values().filter(|p| p.alive).count() >= n {
+                return true;
+            }
+            if self.members.wait_until(&mut peers, deadline).timed_out() {
+                return 1 + peers.values().filter(|p| p.alive).count() >= n;
+            }
+        }
+    }
+
+    fn add_peer(&self, info: NodeInfo) {
+        if info.id == self.me.id {
+            return;
+        }
+        let mut peers = self.peers.lock();
+        self.members.notify_all();
+        peers.entry(info.id).or_insert_with(|| Peer {
+            info,
+            alive: true,
+            control: None,
+            bulk: None,
+            waiting: Vec::new(),
+            connecting: [false; 2],
+            reported: 0,
+            inflight: 0,
+        });
+    }
+
+    /// Stops the network: every link closes, pending requests fail.
+    pub fn shutdown(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        for (_, tx) in self.asks.lock().drain() {
+            let _ = tx.send(Err(Error::ShutDown));
+        }
+        for (_, tx) in self.creates.lock().drain() {
+            let _ = tx.send(Err(Error::ShutDown));
+        }
+        let links: Vec<Arc<Link>> = {
+            let peers = self.peers.lock();
+            peers
+                .values()
+                .flat_map(|p| p.control.iter().chain(p.bulk.iter()).cloned())
+                .collect()
+        };
+        for l in links {
+            l.close();
+        }
+        if let Some(l) = self.head_link.lock().take() {
+            l.close();
+        }
+        if let Some(head) = &self.head {
+            for l in head.links() {
+                l.send(Msg::Stop);
+                l.close();
+            }
+        }
+        let runtime = self.runtime.lock().take();
+        if let Some(rt) = runtime {
+            rt.shutdown_background();
+        }
+        self.tasks.lock().clear();
+        self.calls.lock().clear();
+        self.lent.lock().clear();
+        self.held.lock().clear();
+    }
+
+    // ---- sending ------------------------------------------------------------
+
+    /// Sends `msg` to `node` on its control (or bulk) lane, opening the link
+    /// first if need be. False if the node is not a live peer.
+    fn send_to(self: &Arc<Self>, node: NodeId, bulk: bool, msg: Msg) -> bool {
+        let lane = bulk as usize;
+        let mut peers = self.peers.lock();
+        let Some(peer) = peers.get_mut(&node).filter(|p| p.alive) else {
+            return false;
+        };
+        let link = if bulk { &peer.bulk } else { &peer.control };
+        if let Some(l) = link.as_ref().filter(|l| !l.is_closed()) {
+            return l.send(msg);
+        }
+        peer.waiting.push((bulk, msg));
+        if !peer.connecting[lane] {
+            peer.connecting[lane] = true;
+            let address = peer.info.address.clone();
+            let weak = Arc::downgrade(self);
+            self.net.spawn(open_link(weak, node, address, bulk));
+        }
+        true
+    }
+
+    fn linked(&self, node: NodeId, link: Arc<Link>, bulk: bool) {
+        let mut peers = self.peers.lock();
+        let Some(peer) = peers.get_mut(&node) else {
+            link.close();
+            return;
+        };
+        peer.connecting[bulk as usize] = false;
+        let keep: Vec<(bool, Msg)> = std::mem::take(&mut peer.waiting);
+        let (mine, others): (Vec<_>, Vec<_>) = keep.into_iter().partition(|(b, _)| *b == bulk);
+        peer.waiting = others;
+        for (_, m) in mine {
+            link.send(m);
+        }
+        if bulk {
+            peer.bulk = Some(link);
+        } else {
+            peer.control = Some(link);
+        }
+    }
+
+    // ---- asks to the head -----------------------------------------------------
+
+    /// Asks the head; fails with a typed error if it cannot answer in time.
+    pub fn ask(&self, ask: Ask) -> Result<Answer, Error> {
+        if let Some(head) = &self.head {
+            if matches!(ask, Ask::StopCluster) {
+                for l in head.links() {
+                    l.send(Msg::Stop);
+                }
+            }
+            return head.ask(ask, self.report());
+        }
+        let link = self
+            .head_link
+            .lock()
+            .clone()
+            .ok_or_else(|| self.head_lost())?;
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = sync_channel(1);
+        self.asks.lock().insert(id, tx);
+        if !link.send(Msg::Ask { id, ask }) {
+            self.asks.lock().remove(&id);
+            return Err(self.head_lost());
+        }
+        match rx.recv_timeout(REQUEST_TIMEOUT) {
+            Ok(answer) => answer,
+            Err(_) => {
+                self.asks.lock().remove(&id);
+                Err(Error::ClusterUnreachable {
+                    address: link.peer.address.clone(),
+                    cause: format!("the head did not answer within {REQUEST_TIMEOUT:?}"),
+                })
+            }
+        }
+    }
+
+    fn head_lost(&self) -> Error {
+        Error::ClusterUnreachable {
+            address: "the head".into(),
+            cause: "this node lost its link to the head".into(),
+        }
+    }
+
+    fn report(&self) -> Report {
+        Report {
+            load: self.core.run_queue.load() as u32,
+            actors: self.host().map_or(0, |h| h.live_actors()),
+            memory: self.core.table.usage(),
+        }
+    }
+
+    // ---- actors ---------------------------------------------------------------
+
+    /// Starts an actor on `node` (placed there by the head) and waits until it
+    /// started.
+    pub fn create_actor(self: &Arc<Self>, node: NodeId, create: ActorCreate) -> Result<(), Error> {
+        if node == self.me.id {
+            return self.host().ok_or(Error::ShutDown)?.create_actor(create);
+        }
+        let key = actor_key(create.actor);
+        let (tx, rx) = sync_channel(1);
+        self.creates.lock().insert(key, tx);
+        if !self.send_to(node, false, Msg::CreateActor(create)) {
+            self.creates.lock().remove(&key);
+            return Err(Error::NodeDied {
+                node: node.to_string(),
+                cause: "it is not a live node of the cluster".into(),
+            });
+        }
+        match rx.recv_timeout(REQUEST_TIMEOUT) {
+            Ok(r) => r,
+            Err(_) => {
+                self.creates.lock().remove(&key);
+                Err(Error::NodeDied {
+                    node: node.to_string(),
+                    cause: format!("it did not start the actor within {REQUEST_TIMEOUT:?}"),
+                })
+            }
+        }
+    }
+
+    /// Sends a call to an actor on `node`; `reply` is completed with its reply.
+    pub fn call_actor(self: &Arc<Self>, node: NodeId, call: ActorCall, reply: Arc<Slot>) {
+        let object = reply.id();
+        let actor = call.actor;
+        self.calls.lock().insert(object, (reply, node));
+        if !self.send_to(node, false, Msg::Call(call)) {
+            if let Some((slot, _)) = self.calls.lock().remove(&object) {
+                slot.complete(Err(Error::ActorDied {
+                    actor: actor.to_string(),
+                    cause: format!("its node {node} is not a live node of the cluster"),
+                }));
+            }
+        }
+    }
+
+    /// An actor of this node died for good: the head frees its name.
+    pub fn actor_gone(&self, actor: ActorId) {
+        if let Some(head) = &self.head {
+            let _ = head.ask(Ask::ActorGone { actor }, self.report());
+            return;
+        }
+        if let Some(l) = self.head_link.lock().clone() {
+            // Nobody waits for the answer (request 0).
+            l.send(Msg::Ask {
+                id: 0,
+                ask: Ask::ActorGone { actor },
+            });
+        }
+    }
+
+    /// Kills (or restarts) an actor on `node`.
+    pub fn kill_actor(self: &Arc<Self>, node: NodeId, actor: ActorId, no_restart: bool) {
+        self.send_to(node, false, Msg::KillActor { actor, no_restart });
+    }
+
+    // ---- objects --------------------------------------------------------------
+
+    /// A local slot for another node's object: this node becomes a borrower,
+    /// and the owner sends the value when it is ready.
+    pub fn borrow(self: &Arc<Self>, id: ObjectId) -> Result<Arc<Slot>, Error> {
+        if let Some(slot) = self.core.table.lookup(id) {
+            return Ok(slot);
+        }
+        let owner_alive = self.peers.lock().get(&id.node).map(|p| p.alive);
+        match owner_alive {
+            None => Err(Error::OwnerUnknown {
+                id: id.to_string(),
+                owner: id.node.to_string(),
+            }),
+            Some(false) => Err(Error::OwnerDied { id: id.to_string() }),
+            Some(true) => {
+                let mut borrowed = self.borrowed.lock();
+                if let Some(slot) = borrowed.get(&id).and_then(Weak::upgrade) {
+                    return Ok(slot);
+                }
+                let slot = self.core.table.new_borrowed(id);
+                borrowed.insert(id, Arc::downgrade(&slot));
+                drop(borrowed);
+                if !self.send_to(id.node, false, Msg::Borrow { object: id }) {
+                    slot.complete(Err(Error::OwnerDied { id: id.to_string() }));
+                }
+                Ok(slot)
+            }
+        }
+    }
+
+    /// The last local ref to a borrowed object went: tell its owner.
+    fn unborrow(&self, id: ObjectId) {
+        let mut borrowed = self.borrowed.lock();
+        if borrowed.get(&id).is_some_and(|w| w.strong_count() == 0) {
+            borrowed.remove(&id);
+            drop(borrowed);
+            if let Some(me) = self
+                .peers
+                .lock()
+                .get(&id.node)
+                .and_then(|p| p.control.clone())
+            {
+                me.send(Msg::Release { object: id });
+            }
+        }
+    }
+
+    /// How a value of this node travels to a peer: inline when small, else
+    /// held here (for a task's result, until the owner frees it) and pulled.
+    fn payload(&self, object: ObjectId, value: Value, hold: bool) -> Payload {
+        let size = value.size() as u64;
+        if size as usize <= self.core.config.inline_threshold {
+            return Payload::Inline(value);
+        }
+        if hold {
+            self.held.lock().insert(object, value);
+        }
+        Payload::At {
+            node: self.me.id,
+            size,
+        }
+    }
+
+    /// Pulls `object` from `node` and hands the value to `done`.
+    fn pull(self: &Arc<Self>, node: NodeId, object: ObjectId, size: u64, done: transfer::PullDone) {
+        let link = self.peers.lock().get(&node).and_then(|p| p.bulk.clone());
+        match link.filter(|l| !l.is_closed()) {
+            Some(l) => self.pulls.start(&l, object, size, done),
+            None => {
+                // Open the bulk link first; the pull starts when it is up.
+                let (tx, rx) = tokio::sync::oneshot::channel::<Arc<Link>>();
+                self.waiting_bulk(node, tx);
+                let me = self.clone();
+                self.net.spawn(async move {
+                    match rx.await {
+                        Ok(l) => me.pulls.start(&l, object, size, done),
+                        Err(_) => done(Err(Error::NodeDied {
+                            node: node.to_string(),
+                            cause: "its bulk link could not be opened".into(),
+                        })),
+                    }
+                });
+            }
+        }
+    }
+
+    fn waiting_bulk(self: &Arc<Self>, node: NodeId, tx: tokio::sync::oneshot::Sender<Arc<Link>>) {
+        let mut peers = self.peers.lock();
+        let Some(peer) = peers.get_mut(&node).filter(|p| p.alive) else {
+            return;
+        };
+        if let Some(l) = peer.bulk.clone().filter(|l| !l.is_closed()) {
+            let _ = tx.send(l);
+            return;
+        }
+        let address = peer.info.address.clone();
+        drop(peers);
+        let weak = Arc::downgrade(self);
+        self.net.spawn(async move {
+            if let Some(l) = open_bulk(weak, node, address).await {
+                let _ = tx.send(l);
+            }
+        });
+    }
+
+    // ---- incoming ---------------------------------------------------------------
+
+    fn on_msg(self: &Arc<Self>, link: &Arc<Link>, msg: Msg) {
+        let from = link.peer.id;
+        match msg {
+            Msg::NodeJoined(info) => self.add_peer(info),
+            Msg::NodeLeft { node, cause } => self.peer_lost(node, &cause, true),
+            Msg::Heartbeat(report) => {
+                if let Some(head) = &self.head {
+                    head.report(from, report);
+                }
+            }
+            Msg::Stop => {
+                if let Some(h) = self.host() {
+                    h.stop();
+                }
+            }
+            Msg::Ask { id, ask } => {
+                let stop = matches!(ask, Ask::StopCluster);
+                let answer = match &self.head {
+                    Some(_) => self.ask(ask),
+                    None => Err(Error::InvalidArgument("this node is not the head".into())),
+                };
+                link.send(Msg::Answer { id, answer });
+                if stop && self.head.is_some() {
+                    if let Some(h) = self.host() {
+                        h.stop();
+                    }
+                }
+            }
+            Msg::Answer { id, answer } => {
+                if let Some(tx) = self.asks.lock().remove(&id) {
+                    let _ = tx.send(answer);
+                }
+            }
+            Msg::RunTask(spec) => self.run_task(link, spec),
+            Msg::TaskDone {
+                object,
+                result,
+                load,
+            } => self.task_done(from, object, result, load),
+            Msg::CreateActor(create) => {
+                let actor = create.actor;
+                let result = match self.host() {
+                    Some(h) => h.create_actor(create),
+                    None => Err(Error::ShutDown),
+                };
+                link.send(Msg::ActorCreated { actor, result });
+            }
+            Msg::ActorCreated { actor, result } => {
+                if let Some(tx) = self.creates.lock().remove(&actor_key(actor)) {
+                    let _ = tx.send(result);
+                }
+            }
+            Msg::Call(call) => self.run_call(link, call),
+            Msg::CallDone { object, result } => {
+                if let Some((slot, node)) = self.calls.lock().remove(&object) {
+                    self.complete_from(&slot, node, result);
+                }
+            }
+            Msg::KillActor { actor, no_restart } => {
+                if let Some(h) = self.host() {
+                    h.kill_actor(actor, no_restart);
+                }
+            }
+            Msg::Borrow { object } => self.lend(from, object),
+            Msg::Release { object } => self.unlend(from, object, 1),
+            Msg::ObjectReady { object, result } => {
+                let slot = self.borrowed.lock().get(&object).and_then(Weak::upgrade);
+                if let Some(slot) = slot {
+                    self.complete_from(&slot, object.node, result);
+                }
+            }
+            Msg::Free { object } => {
+                self.held.lock().remove(&object);
+            }
+            Msg::Pull {
+                object,
+                offset,
+                len,
+            } => self.serve_pull(link, object, offset, len),
+            Msg::Chunk {
+                object,
+                offset,
+                total,
+                data,
+            } => self.pulls.on_chunk(object, offset, total, data),
+            Msg::PullFailed { object, error } => self.pulls.on_failed(object, error),
+            Msg::Hello(_) | Msg::Welcome { .. } | Msg::Refused { .. } => {
+                link.close();
+                self.rejections
+                    .count("handshake message after the handshake");
+            }
+        }
+    }
+
+    /// Completes `slot` with a peer's result: inline, or pulled from its holder.
+    fn complete_from(
+        self: &Arc<Self>,
+        slot: &Arc<Slot>,
+        _from: NodeId,
+        result: Result<Payload, Error>,
+    ) {
+        match result {
+            Ok(Payload::Inline(v)) => slot.complete(Ok(v)),
+            Err(e) => slot.complete(Err(e)),
+            Ok(Payload::At { node, size }) => {
+                let target = slot.clone();
+                let object = slot.id();
+                let me = Arc::downgrade(self);
+                self.pull(
+                    node,
+                    object,
+                    size,
+                    Box::new(move |r| {
+                        target.complete(r);
+                        if let Some(me) = me.upgrade() {
+                            if node != object.node {
+                                // A task's result held for us: free it there.
+                                me.send_to(node, false, Msg::Free { object });
+                            }
+                        }
+                    }),
+                );
+            }
+        }
+    }
+
+    /// Runs a task a peer owns; its result goes back as `TaskDone`.
+    fn run_task(self: &Arc<Self>, link: &Arc<Link>, mut spec: TaskSpec) {
+        let object = spec.task_id.return_id();
+        let fail = |e: Error| {
+            link.send(Msg::TaskDone {
+                object,
+                result: Err(e),
+                load: 0,
+            });
+        };
+        if !self.core.functions.contains(&spec.function) {
+            return fail(Error::FunctionNotRegistered {
+                name: spec.function.to_string(),
+            });
+        }
+        let mut pins = Vec::new();
+        for arg in &spec.args {
+            if let Arg::Ref(id) = arg {
+                match self.borrow(*id) {
+                    Ok(slot) => pins.push(slot),
+                    Err(e) => {
+                        return fail(Error::dependency_failed(spec.display_name().to_string(), e))
+                    }
+                }
+            }
+        }
+        let ret = self.core.table.new_pending(None);
+        spec.task_id = TaskId(ret.id());
+        // Placed here by its owner: it runs here (a retry too), never spilled on.
+        spec.options.scheduling = Scheduling::NodeAffinity {
+            node: self.me.id,
+            soft: false,
+        };
+        spec.options.num_cpus = 0.0;
+        self.core.table.submit_task(ret.clone(), spec, pins, false);
+        self.wait_for(
+            ret,
+            Reply::Task {
+                link: link.clone(),
+                object,
+            },
+        );
+    }
+
+    /// Runs a call a peer made to a local actor; its reply goes back as `CallDone`.
+    fn run_call(self: &Arc<Self>, link: &Arc<Link>, mut call: ActorCall) {
+        let object = call.reply_to;
+        let reply = self.core.table.new_pending(Some(call.actor));
+        call.reply_to = reply.id();
+        let result = match self.host() {
+            Some(h) => h.call_actor(call, reply.clone()),
+            None => Err(Error::ShutDown),
+        };
+        if let Err(e) = result {
+            link.send(Msg::CallDone {
+                object,
+                result: Err(e),
+            });
+            return;
+        }
+        self.wait_for(
+            reply,
+            Reply::Call {
+                link: link.clone(),
+                object,
+            },
+        );
+    }
+
+    /// A peer borrows a local object: keep it, and send it when ready.
+    fn lend(self: &Arc<Self>, to: NodeId, object: ObjectId) {
+        let Some(slot) = self.core.table.lookup(object) else {
+            let error = if object.node == self.me.id {
+                Error::ObjectLost {
+                    id: object.to_string(),
+                }
+            } else {
+                Error::OwnerUnknown {
+                    id: object.to_string(),
+                    owner: object.node.to_string(),
+                }
+            };
+            self.send_to(
+                to,
+                false,
+                Msg::ObjectReady {
+                    object,
+                    result: Err(error),
+                },
+            );
+            return;
+        };
+        {
+            let mut lent = self.lent.lock();
+            let entry = lent.entry(object).or_insert_with(|| Lent {
+                _slot: slot.clone(),
+                by: HashMap::new(),
+            });
+            *entry.by.entry(to).or_default() += 1;
+        }
+        self.wait_for(slot, Reply::Lend { to, object });
+    }
+
+    fn unlend(&self, from: NodeId, object: ObjectId, n: u32) {
+        let gone = {
+            let mut lent = self.lent.lock();
+            let Some(entry) = lent.get_mut(&object) else {
+                return;
+            };
+            if let Some(count) = entry.by.get_mut(&from) {
+                *count = count.saturating_sub(n);
+                if *count == 0 {
+                    entry.by.remove(&from);
+                }
+            }
+            if entry.by.is_empty() {
+                lent.remove(&object)
+            } else {
+                None
+            }
+        };
+        // The slot may be the last ref: dropped outside the lock.
+        drop(gone);
+    }
+
+    /// Calls back (on the network thread) when `slot` is done.
+    fn wait_for(self: &Arc<Self>, slot: Arc<Slot>, reply: Reply) {
+        let waiting = Arc::new(Waiting {
+            slot: slot.clone(),
+            reply,
+            cluster: Arc::downgrade(self),
+        });
+        let waker = Waker::from(waiting.clone());
+        if slot.register(&waker).is_none() {
+            self.done.push(waiting);
+            self.wake.notify_one();
+        }
+    }
+
+    fn finish(self: &Arc<Self>, w: Arc<Waiting>) {
+        let result = match w.slot.try_get() {
+            Some(r) => r,
+            None => return,
+        };
+        match &w.reply {
+            Reply::Task { link, object } => {
+                let result = result.map(|v| self.payload(*object, v, true));
+                link.send(Msg::TaskDone {
+                    object: *object,
+                    result,
+                    load: self.core.run_queue.load() as u32,
+                });
+            }
+            Reply::Call { link, object } => {
+                let result = result.map(|v| self.payload(*object, v, true));
+                link.send(Msg::CallDone {
+                    object: *object,
+                    result,
+                });
+            }
+            Reply::Lend { to, object } => {
+                // The owner serves a large value from its own table.
+                let result = result.map(|v| self.payload(*object, v, false));
+                self.send_to(
+                    *to,
+                    false,
+                    Msg::ObjectReady {
+                        object: *object,
+                        result,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Serves one chunk of a held or owned value, encoding it once (off the
+    /// network thread) per transfer.
+    fn serve_pull(self: &Arc<Self>, link: &Arc<Link>, object: ObjectId, offset: u64, len: u64) {
+        if let Some(bytes) = self.serving.cached(object) {
+            link.send(self.serving.chunk(object, &bytes, offset, len));
+            return;
+        }
+        let value = self.held.lock().get(&object).cloned().or_else(|| {
+            self.core
+                .table
+                .lookup(object)
+                .and_then(|s| s.try_get())
+                .and_then(Result::ok)
+        });
+        let Some(value) = value else {
+            link.send(Msg::PullFailed {
+                object,
+                error: Error::ObjectLost {
+                    id: object.to_string(),
+                },
+            });
+            return;
+        };
+        let link = link.clone();
+        let me = self.clone();
+        self.net.spawn(async move {
+            let encoded: Result<Bytes, Error> = match &value {
+                Value::Encoded(b) => Ok(b.clone()),
+                _ => tokio::task::spawn_blocking(move || value.to_bytes())
+                    .await
+                    .unwrap_or_else(|e| Err(Error::Serialization(e.to_string()))),
+            };
+            match encoded {
+                Ok(bytes) => {
+                    me.serving.keep(object, bytes.clone());
+                    link.send(me.serving.chunk(object, &bytes, offset, len));
+                }
+                Err(error) => {
+                    link.send(Msg::PullFailed { object, error });
+                }
+            }
+        });
+    }
+
+    // ---- the owner's side of tasks -----------------------------------------------
+
+    fn task_done(
+        self: &Arc<Self>,
+        from: NodeId,
+        object: ObjectId,
+        result: Result<Payload, Error>,
+        load: u32,
+    ) {
+        let flight = self.tasks.lock().remove(&object);
+        if let Some(p) = self.peers.lock().get_mut(&from) {
+            p.reported = load;
+            if flight.is_some() {
+                p.inflight = p.inflight.saturating_sub(1);
+            }
+        }
+        let Some(flight) = flight else {
+            if let Ok(Payload::At { node, .. }) = result {
+                self.send_to(node, false, Msg::Free { object });
+            }
+            return;
+        };
+        // The task ran: its arguments are unpinned before the result wakes anyone.
+        drop(flight.job);
+        self.complete_from(&flight.slot, from, result);
+    }
+
+    /// A peer's link closed or the head says it died: the tasks and calls it
+    /// ran are retried or failed, its borrows end, and refs it owns fail.
+    fn peer_lost(self: &Arc<Self>, node: NodeId, cause: &str, dead: bool) {
+        let (control, bulk) = {
+            let mut peers = self.peers.lock();
+            match peers.get_mut(&node) {
+                Some(p) => {
+                    if dead {
+                        p.alive = false;
+                        self.members.notify_all();
+                    }
+                    p.inflight = 0;
+                    p.waiting.clear();
+                    (p.control.take(), p.bulk.take())
+                }
+                None => (None, None),
+            }
+        };
+        for l in control.iter().chain(bulk.iter()) {
+            l.close();
+            self.pulls.link_closed(
+                l,
+                Error::NodeDied {
+                    node: node.to_string(),
+                    cause: cause.to_string(),
+                },
+            );
+        }
+        let lost: Vec<InFlight> = {
+            let mut tasks = self.tasks.lock();
+            let ids: Vec<ObjectId> = tasks
+                .iter()
+                .filter(|(_, f)| f.node == node)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.iter().filter_map(|id| tasks.remove(id)).collect()
+        };
+        for InFlight { slot, mut job, .. } in lost {
+            let why = format!("node {node} died: {cause}");
+            if job.spec.options.may_retry(job.failures.len() + 1) && !slot.is_cancelled() {
+                job.failures.push(why);
+                self.core.table.resubmit(slot, job);
+            } else {
+                slot.complete(Err(Error::NodeDied {
+                    node: node.to_string(),
+                    cause: format!(
+                        "{cause}; task `{}` ran there and max_retries ({}) is used up",
+                        job.spec.display_name(),
+                        job.spec.options.max_retries
+                    ),
+                }));
+            }
+        }
+        let calls: Vec<Arc<Slot>> = {
+            let mut calls = self.calls.lock();
+            let ids: Vec<ObjectId> = calls
+                .iter()
+                .filter(|(_, (_, n))| *n == node)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.iter()
+                .filter_map(|id| calls.remove(id).map(|(s, _)| s))
+                .collect()
+        };
+        for slot in calls {
+            slot.complete(Err(Error::ActorDied {
+                actor: format!("an actor on {node}"),
+                cause: format!("its node died: {cause}"),
+            }));
+        }
+        let lent: Vec<ObjectId> = self
+            .lent
+            .lock()
+            .iter()
+            .filter(|(_, l)| l.by.contains_key(&node))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in lent {
+            self.unlend(node, id, u32::MAX);
+        }
+        if dead {
+            let owned: Vec<Arc<Slot>> = self
+                .borrowed
+                .lock()
+                .iter()
+                .filter(|(id, _)| id.node == node)
+                .filter_map(|(_, w)| w.upgrade())
+                .collect();
+            for slot in owned {
+                slot.complete(Err(Error::OwnerDied {
+                    id: slot.id().to_string(),
+                }));
+            }
+        }
+    }
+
+    /// Sends a task to `node`: its job (with pinned arguments) stays here until
+    /// the peer reports back.
+    fn send_task(self: &Arc<Self>, slot: &Arc<Slot>, node: NodeId) {
+        let Some(mut job) = slot.take_job() else {
+            return;
+        };
+        let threshold = self.core.config.inline_threshold;
+        let mut spec = job.spec.clone();
+        for arg in spec.args.iter_mut() {
+            match arg {
+                Arg::Value(v) if v.size() > threshold => match self.core.table.put(v.clone()) {
+                    Ok(s) => {
+                        *arg = Arg::Ref(s.id());
+                        job.pins.push(s);
+                    }
+                    Err(e) => {
+                        drop(job);
+                        slot.complete(Err(e));
+                        return;
+                    }
+                },
+                Arg::Ref(id) if id.node == self.me.id => {
+                    let value = job
+                        .pins
+                        .iter()
+                        .find(|p| p.id() == *id)
+                        .and_then(|p| p.try_get())
+                        .and_then(Result::ok);
+                    if let Some(v) = value.filter(|v| v.size() <= threshold) {
+                        *arg = Arg::Value(v);
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.tasks.lock().insert(
+            slot.id(),
+            InFlight {
+                slot: slot.clone(),
+                job,
+                node,
+            },
+        );
+        if let Some(p) = self.peers.lock().get_mut(&node) {
+            p.inflight += 1;
+        }
+        if !self.send_to(node, false, Msg::RunTask(spec)) {
+            self.peer_lost(node, "it is not a live node of the cluster", false);
+        }
+    }
+
+    /// The candidates for work from this node: itself and its live peers.
+    fn candidates(&self) -> Vec<Candidate> {
+        let mut c = vec![Candidate {
+            id: self.me.id,
+            cpus: self.me.cpus,
+            load: self.core.run_queue.load() as f64,
+        }];
+        c.extend(
+            self.peers
+                .lock()
+                .values()
+                .filter(|p| p.alive)
+                .map(|p| Candidate {
+                    id: p.info.id,
+                    cpus: p.info.cpus,
+                    load: p.reported.max(p.inflight) as f64,
+                }),
+        );
+        c
+    }
+
+    /// Chooses a node for an actor's or a task's needs (the head places
+    /// actors; this is the tasks' own choice).
+    pub fn place(&self, scheduling: Scheduling, cpus: f64) -> Result<NodeId, String> {
+        place(
+            &self.candidates(),
+            self.me.id,
+            scheduling,
+            cpus,
+            &self.spread,
+        )
+    }
+}
+
+impl Spill for ClusterNode {
+    fn offer(self: Arc<Self>, slot: &Arc<Slot>) -> bool {
+        if self.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        let Some((scheduling, cpus, name)) = slot.peek_job(|j| {
+            (
+                j.spec.options.scheduling,
+                j.spec.options.num_cpus,
+                j.spec.display_name().to_string(),
+            )
+        }) else {
+            return false;
+        };
+        if scheduling == Scheduling::Default && cpus <= self.me.cpus && self.me.cpus > 0.0 {
+            let load = self.core.run_queue.load() as f64;
+            if load / self.me.cpus < SPILL_THRESHOLD {
+                return false;
+            }
+        }
+        match self.place(scheduling, cpus) {
+            Ok(node) if node == self.me.id => false,
+            Ok(node) => {
+                self.send_task(slot, node);
+                true
+            }
+            Err(reason) => {
+                if let Some(job) = slot.take_job() {
+                    drop(job);
+                    slot.complete(Err(Error::Unschedulable { task: name, reason }));
+                }
+                true
+            }
+        }
+    }
+}
+
+fn actor_key(actor: ActorId) -> u64 {
+    actor.seq ^ actor.node.0.rotate_left(17)
+}
+
+/// The handler of every link: a weak ref, so links never keep a node alive.
+struct Handler(Weak<ClusterNode>);
+
+impl Inbound for Handler {
+    fn on_msgs(&self, link: &Arc<Link>, msgs: Vec<Msg>) {
+        if let Some(c) = self.0.upgrade() {
+            for m in msgs {
+                c.on_msg(link, m);
+            }
+        }
+    }
+
+    fn on_close(&self, link: &Arc<Link>, reason: Option<&str>) {
+        let Some(c) = self.0.upgrade() else { return };
+        if c.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let node = link.peer.id;
+        let cause = reason.map_or_else(
+            || "its connection closed".to_string(),
+            |r| format!("its connection was closed: {r}"),
+        );
+        match link.lane {
+            Lane::Join => {
+                if let Some(head) = &c.head {
+                    if head.left(node, &cause) {
+                        c.peer_lost(node, &cause, true);
+                    }
+                } else {
+                    // This node lost its head.
+                    c.head_link.lock().take();
+                    for (_, tx) in c.asks.lock().drain() {
+                        let _ = tx.send(Err(c.head_lost()));
+                    }
+                    if c.role == Role::Node {
+                        tracing::warn!("rayx: lost the head ({cause}); this node stops");
+                        if let Some(h) = c.host() {
+                            h.stop();
+                        }
+                    }
+                }
+            }
+            Lane::Control => {
+                let mine = c
+                    .peers
+                    .lock()
+                    .get(&node)
+                    .and_then(|p| p.control.as_ref().map(|l| l.serial == link.serial))
+                    .unwrap_or(false);
+                if mine {
+                    c.peer_lost(node, &cause, false);
+                }
+            }
+            Lane::Bulk => {
+                {
+                    let mut peers = c.peers.lock();
+                    if let Some(p) = peers.get_mut(&node) {
+                        if p.bulk.as_ref().is_some_and(|l| l.serial == link.serial) {
+                            p.bulk = None;
+                        }
+                    }
+                }
+                c.pulls.link_closed(
+                    link,
+                    Error::NodeDied {
+                        node: node.to_string(),
+                        cause,
+                    },
+                );
+            }
+            Lane::Admin => {}
+        }
+    }
+}
+
+impl Admit for Handler {
+    fn admit(&self, hello: &Hello) -> Result<(NodeInfo, Vec<NodeInfo>), String> {
+        let c = self.0.upgrade().ok_or("the node is shutting down")?;
+        match hello.lane {
+            Lane::Join => match &c.head {
+                Some(head) => Ok((c.me.clone(), head.check_join(hello)?)),
+                None => Err("not the head: join the head's address".into()),
+            },
+            Lane::Admin => match &c.head {
+                Some(_) => Ok((c.me.clone(), Vec::new())),
+                None => Err("not the head: ask the head's address".into()),
+            },
+            Lane::Control | Lane::Bulk => Ok((c.me.clone(), Vec::new())),
+        }
+    }
+
+    fn admitted(&self, link: &Arc<Link>, hello: Hello) {
+        let Some(c) = self.0.upgrade() else {
+            link.close();
+            return;
+        };
+        match hello.lane {
+            Lane::Join => {
+                // In the head's table first: a node this node knows of can be
+                // placed on.
+                if let Some(head) = &c.head {
+                    head.joined(link);
+                }
+                c.add_peer(hello.node.clone());
+            }
+            Lane::Control => {
+                c.add_peer(hello.node.clone());
+                let mut peers = c.peers.lock();
+                if let Some(p) = peers.get_mut(&hello.node.id) {
+                    if p.control.as_ref().is_none_or(|l| l.is_closed()) {
+                        p.control = Some(link.clone());
+                        p.connecting[0] = false;
+                        let waiting = std::mem::take(&mut p.waiting);
+                        let (mine, others): (Vec<_>, Vec<_>) =
+                            waiting.into_iter().partition(|(b, _)| !*b);
+                        p.waiting = others;
+                        for (_, m) in mine {
+                            link.send(m);
+                        }
+                    }
+                }
+            }
+            Lane::Bulk | Lane::Admin => {}
+        }
+    }
+}
+
+async fn accept_loop(listener: tokio::net::TcpListener, node: Weak<ClusterNode>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let Some(c) = node.upgrade() else { return };
+        let handler = Arc::new(Handler(node.clone()));
+        tokio::spawn(link::serve(
+            stream,
+            handler.clone(),
+            handler,
+            c.rejections.clone(),
+        ));
+    }
+}
+
+async fn open_link(node: Weak<ClusterNode>, peer: NodeId, address: String, bulk: bool) {
+    let Some(c) = node.upgrade() else { return };
+    let lane = if bulk { Lane::Bulk } else { Lane::Control };
+    let hello = c.hello(lane);
+    let inbound: Arc<dyn Inbound> = Arc::new(Handler(node.clone()));
+    let rejections = c.rejections.clone();
+    drop(c);
+    let opened = link::connect(&address, hello, inbound, rejections).await;
+    let Some(c) = node.upgrade() else { return };
+    match opened {
+        Ok((l, _)) => c.linked(peer, l, bulk),
+        Err(e) => {
+            tracing::warn!("rayx: cannot reach {peer} at {address}: {e}");
+            if let Some(p) = c.peers.lock().get_mut(&peer) {
+                p.connecting[bulk as usize] = false;
+            }
+            c.peer_lost(peer, &e.to_string(), false);
+        }
+    }
+}
+
+async fn open_bulk(node: Weak<ClusterNode>, peer: NodeId, address: String) -> Option<Arc<Link>> {
+    let c = node.upgrade()?;
+    let hello = c.hello(Lane::Bulk);
+    let inbound: Arc<dyn Inbound> = Arc::new(Handler(node.clone()));
+    let rejections = c.rejections.clone();
+    drop(c);
+    let (l, _) = link::connect(&address, hello, inbound, rejections)
+        .await
+        .ok()?;
+    let c = node.upgrade()?;
+    let mut peers = c.peers.lock();
+    let p = peers.get_mut(&peer)?;
+    match p.bulk.clone().filter(|b| !b.is_closed()) {
+        Some(existing) => {
+            l.close();
+            Some(existing)
+        }
+        None => {
+            p.bulk = Some(l.clone());
+            Some(l)
+        }
+    }
+}
+
+async fn drain_completions(node: Weak<ClusterNode>) {
+    loop {
+        let Some(c) = node.upgrade() else { return };
+        while let Some(w) = c.done.pop() {
+            c.finish(w);
+        }
+        // A push after the drain above left a permit: this returns at once.
+        c.wake.notified().await;
+    }
+}
+
+async fn heartbeats(node: Weak<ClusterNode>) {
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    loop {
+        tick.tick().await;
+        let Some(c) = node.upgrade() else { return };
+        let Some(link) = c.head_link.lock().clone() else {
+            return;
+        };
+        link.send(Msg::Heartbeat(c.report()));
+    }
+}
+
+/// Asks the head at `address` as an admin client (`rayx status`, `rayx
+/// stop`), without joining: fails within the handshake deadline if the head
+/// cannot be reached.
+pub fn admin_ask(address: &str, ask: Ask) -> Result<Answer, Error> {
+    struct Client(Mutex<Option<tokio::sync::oneshot::Sender<Result<Answer, Error>>>>);
+    impl Inbound for Client {
+        fn on_msgs(&self, _: &Arc<Link>, msgs: Vec<Msg>) {
+            for m in msgs {
+                if let Msg::Answer { answer, .. } = m {
+                    if let Some(tx) = self.0.lock().take() {
+                        let _ = tx.send(answer);
+                    }
+                }
+            }
+        }
+        fn on_close(&self, _: &Arc<Link>, _: Option<&str>) {
+            self.0.lock().take();
+        }
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Startup(e.to_string()))?;
+    rt.block_on(async {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let hello = Hello {
+            version: wire::PROTOCOL_VERSION,
+            lane: Lane::Admin,
+            node: NodeInfo {
+                id: NodeId::random(),
+                address: String::new(),
+                cpus: 0.0,
+                head: false,
+            },
+            registry: Vec::new(),
+        };
+        let client = Arc::new(Client(Mutex::new(Some(tx))));
+        let (link, _) =
+            link::connect(address, hello, client, Arc::new(Rejections::default())).await?;
+        let stopping = matches!(ask, Ask::StopCluster);
+        link.send(Msg::Ask { id: 1, ask });
+        let answer = tokio::time::timeout(REQUEST_TIMEOUT, rx).await;
+        link.close();
+        match answer {
+            Ok(Ok(answer)) => answer,
+            // A head told to stop may close before its answer is written.
+            Ok(Err(_)) if stopping => Ok(Answer::Done),
+            Ok(Err(_)) => Err(Error::ClusterUnreachable {
+                address: address.to_string(),
+                cause: "the head closed the connection without an answer".into(),
+            }),
+            Err(_) => Err(Error::ClusterUnreachable {
+                address: address.to_string(),
+                cause: format!("the head did not answer within {REQUEST_TIMEOUT:?}"),
+            }),
+        }
+    })
+}

@@ -1,0 +1,456 @@
+//! What crosses the wire between the processes of a cluster: the protocol's
+//! version, its frame limits, and every message a node, the head or an admin
+//! client sends. Engine messages ([`TaskSpec`], [`ActorCall`]) travel as they
+//! are; values travel as their rmp-serde bytes.
+//!
+//! A frame is a 4-byte big-endian length and an rmp-serde array of messages
+//! (tokio-util's length-delimited codec): many messages per frame, many frames
+//! per write. Bytes that do not decode, an unknown message kind, a frame over
+//! the limit or a wrong version close that one connection with a counted
+//! reason ([`Rejections`]); nothing a peer sends can panic a node or make it
+//! allocate more than a frame's limit.
+
+use crate::error::Error;
+use crate::ids::{ActorId, NodeId, ObjectId};
+use crate::messages::{ActorCall, Retries, Scheduling, TaskSpec};
+use crate::object_table::MemoryUsage;
+use crate::value::Value;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The protocol's version: a peer with another one is refused at its hello.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The largest frame a control connection accepts (a batch of messages).
+pub const MAX_CONTROL_FRAME: usize = 64 << 20;
+/// The bytes of one chunk of a large object on the bulk lane.
+pub const CHUNK: usize = 4 << 20;
+/// The largest frame a bulk connection accepts: one chunk and its header.
+pub const MAX_BULK_FRAME: usize = CHUNK + (64 << 10);
+/// Chunks of one pull in flight at once (the bound on bytes in flight).
+pub const PULL_WINDOW: u64 = 4;
+
+/// Which kind of connection a hello opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Lane {
+    /// A node joining the cluster (to the head): membership, heartbeats,
+    /// requests to the head.
+    Join,
+    /// Engine traffic between two nodes: tasks, calls, results, borrows.
+    Control,
+    /// Chunks of large objects, so a transfer never delays a small message.
+    Bulk,
+    /// A tool asking the head (`rayx status`, `rayx stop`).
+    Admin,
+}
+
+/// A node as the cluster knows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Its id.
+    pub id: NodeId,
+    /// Where its node link listens (`host:port`).
+    pub address: String,
+    /// Its CPUs (tasks it runs at once).
+    pub cpus: f64,
+    /// Whether it hosts the head.
+    pub head: bool,
+}
+
+/// The first message on every connection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hello {
+    /// The sender's protocol version.
+    pub version: u32,
+    /// What the connection is for.
+    pub lane: Lane,
+    /// The sender, as the cluster will know it (admin clients send a dummy).
+    pub node: NodeInfo,
+    /// Names of the sender's remote functions and actor types (on `Join`).
+    pub registry: Vec<String>,
+}
+
+/// What a node reports to the head with each heartbeat.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Tasks queued or running there.
+    pub load: u32,
+    /// Live actors there.
+    pub actors: u32,
+    /// Its objects.
+    pub memory: MemoryUsage,
+}
+
+/// A value in a reply: inline, or held by a node to pull it from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Payload {
+    /// The value's bytes.
+    Inline(Value),
+    /// Too large to travel inline: pull `size` bytes from `node`.
+    At {
+        /// The node that holds it.
+        node: NodeId,
+        /// Its encoded size.
+        size: u64,
+    },
+}
+
+/// An actor to create on a node (placed there by the head).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ActorCreate {
+    /// The id its creator minted.
+    pub actor: ActorId,
+    /// The actor type's registered name.
+    pub type_name: String,
+    /// The constructor's argument.
+    pub args: Value,
+    /// Its name and namespace, if named.
+    pub name: Option<(String, String)>,
+    /// Whether it lives on with no handle left.
+    pub detached: bool,
+    /// Restarts after crashes.
+    pub max_restarts: Retries,
+    /// Retries of calls interrupted by a crash.
+    pub max_task_retries: Retries,
+    /// Calls in flight at once (async actors).
+    pub max_concurrency: Option<usize>,
+}
+
+/// A request to the head.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Ask {
+    /// Nodes, actors and objects, for `rayx status`.
+    Status,
+    /// Choose a node for an actor and reserve its name.
+    PlaceActor {
+        /// The actor's id.
+        actor: ActorId,
+        /// Its type, for `get_actor`'s type check.
+        type_name: String,
+        /// Its name and namespace, if named.
+        name: Option<(String, String)>,
+        /// Return an existing actor of that name instead of failing.
+        get_if_exists: bool,
+        /// CPUs it needs.
+        cpus: f64,
+        /// Where it may go.
+        scheduling: Scheduling,
+        /// The node asking (placed there when it fits and is least loaded).
+        from: NodeId,
+    },
+    /// The actor did not start (its name is freed), or it died for good.
+    ActorGone {
+        /// The actor.
+        actor: ActorId,
+    },
+    /// The live actor with this name.
+    LookupActor {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+    /// Stores a value in the head's key-value store.
+    KvPut {
+        /// The key.
+        key: String,
+        /// The value.
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        /// Overwrite an existing value.
+        overwrite: bool,
+    },
+    /// Reads a value of the key-value store.
+    KvGet {
+        /// The key.
+        key: String,
+    },
+    /// Deletes a key.
+    KvDelete {
+        /// The key.
+        key: String,
+    },
+    /// Stops every node and the head (`rayx stop`).
+    StopCluster,
+}
+
+/// Where an actor is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActorPlace {
+    /// The actor.
+    pub actor: ActorId,
+    /// The node hosting it.
+    pub node: NodeId,
+    /// Its type's name.
+    pub type_name: String,
+}
+
+/// The head's answer to an [`Ask`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Answer {
+    /// The cluster's state.
+    Status(ClusterStatus),
+    /// Start the actor on this node.
+    Placed(NodeInfo),
+    /// An actor of that name exists (with `get_if_exists`, or a lookup).
+    Actor(ActorPlace),
+    /// Done.
+    Done,
+    /// A stored value (or none).
+    Value(Option<serde_bytes::ByteBuf>),
+    /// Whether a put stored its value.
+    Stored(bool),
+}
+
+/// One node in `rayx status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The node.
+    pub info: NodeInfo,
+    /// Whether it is alive.
+    pub alive: bool,
+    /// Why it is dead, if it is.
+    pub cause: Option<String>,
+    /// Its last report.
+    pub report: Report,
+}
+
+/// The cluster's state as the head sees it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// Every node that joined, alive or dead.
+    pub nodes: Vec<NodeStatus>,
+    /// Named and placed actors.
+    pub actors: Vec<(ActorPlace, Option<(String, String)>)>,
+    /// Connections the head closed, by reason.
+    pub rejections: BTreeMap<String, u64>,
+}
+
+/// Every message of the protocol.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Msg {
+    /// Opens a connection.
+    Hello(Hello),
+    /// Accepts a hello; from the head, with the cluster's live nodes.
+    Welcome {
+        /// The node that accepted.
+        node: NodeInfo,
+        /// The cluster's live nodes (from the head).
+        cluster: Vec<NodeInfo>,
+    },
+    /// Refuses a hello, saying why; the connection closes.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+    /// A node joined (head to nodes).
+    NodeJoined(NodeInfo),
+    /// A node left or died (head to nodes).
+    NodeLeft {
+        /// The node.
+        node: NodeId,
+        /// Why.
+        cause: String,
+    },
+    /// A node is alive, with its load (node to head).
+    Heartbeat(Report),
+    /// Stop serving and exit (head to nodes).
+    Stop,
+    /// A request to the head.
+    Ask {
+        /// Matches the answer.
+        id: u64,
+        /// The request.
+        ask: Ask,
+    },
+    /// The head's answer.
+    Answer {
+        /// The request's id.
+        id: u64,
+        /// The answer, or why not.
+        answer: Result<Answer, Error>,
+    },
+    /// Run this task (its return object is the sender's).
+    RunTask(TaskSpec),
+    /// A task sent with `RunTask` finished.
+    TaskDone {
+        /// Its return object.
+        object: ObjectId,
+        /// Its value, or its error.
+        result: Result<Payload, Error>,
+        /// Tasks queued or running on the sender now.
+        load: u32,
+    },
+    /// Start an actor here.
+    CreateActor(ActorCreate),
+    /// The actor of a `CreateActor` started (or why not).
+    ActorCreated {
+        /// The actor.
+        actor: ActorId,
+        /// Whether it started.
+        result: Result<(), Error>,
+    },
+    /// Call an actor of this node.
+    Call(ActorCall),
+    /// A call sent with `Call` finished.
+    CallDone {
+        /// Its reply object.
+        object: ObjectId,
+        /// The reply, or its error.
+        result: Result<Payload, Error>,
+    },
+    /// Kill an actor of this node.
+    KillActor {
+        /// The actor.
+        actor: ActorId,
+        /// Kill it for good (else restart it if its policy allows).
+        no_restart: bool,
+    },
+    /// The sender holds a reference to this object of the receiver's: keep it,
+    /// and send its value when it is ready.
+    Borrow {
+        /// The object.
+        object: ObjectId,
+    },
+    /// The sender dropped its last reference to this object.
+    Release {
+        /// The object.
+        object: ObjectId,
+    },
+    /// A borrowed object is ready.
+    ObjectReady {
+        /// The object.
+        object: ObjectId,
+        /// Its value, or its error.
+        result: Result<Payload, Error>,
+    },
+    /// The owner has pulled this value: drop the copy held for it.
+    Free {
+        /// The object.
+        object: ObjectId,
+    },
+    /// Send these bytes of an object (bulk lane).
+    Pull {
+        /// The object.
+        object: ObjectId,
+        /// From this byte.
+        offset: u64,
+        /// This many bytes at most.
+        len: u64,
+    },
+    /// Bytes of an object (bulk lane).
+    Chunk {
+        /// The object.
+        object: ObjectId,
+        /// Where they start.
+        offset: u64,
+        /// The object's whole size.
+        total: u64,
+        /// The bytes (as a value: sent from a slice of the object's bytes
+        /// without a copy, received as one buffer).
+        data: Value,
+    },
+    /// A pull cannot be served.
+    PullFailed {
+        /// The object.
+        object: ObjectId,
+        /// Why.
+        error: Error,
+    },
+}
+
+/// Encodes messages as one frame's body.
+pub fn encode(msgs: &[Msg]) -> Result<Vec<u8>, Error> {
+    rmp_serde::to_vec(msgs).map_err(|e| Error::Serialization(e.to_string()))
+}
+
+/// Decodes a frame's body. Reads only within `frame` (no length a peer claims
+/// makes it allocate past the frame), with rmp-serde's depth limit.
+pub fn decode(frame: &[u8]) -> Result<Vec<Msg>, String> {
+    rmp_serde::from_slice(frame).map_err(|e| format!("undecodable frame: {e}"))
+}
+
+/// Connections closed for bad input, by reason: counted, for `rayx status`
+/// and tests.
+#[derive(Default)]
+pub struct Rejections {
+    counts: parking_lot::Mutex<BTreeMap<String, u64>>,
+    total: AtomicU64,
+}
+
+impl Rejections {
+    /// Counts one connection closed for `reason` (its kind: the text before
+    /// the first `:`).
+    pub fn count(&self, reason: &str) {
+        let kind = reason
+            .split(':')
+            .next()
+            .unwrap_or(reason)
+            .trim()
+            .to_string();
+        *self.counts.lock().entry(kind).or_default() += 1;
+        self.total.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Every reason with its count.
+    pub fn snapshot(&self) -> BTreeMap<String, u64> {
+        self.counts.lock().clone()
+    }
+    /// How many connections were closed for bad input.
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_round_trips() {
+        let msgs = vec![
+            Msg::Heartbeat(Report::default()),
+            Msg::Release {
+                object: ObjectId {
+                    node: NodeId(7),
+                    seq: 3,
+                },
+            },
+        ];
+        let back = decode(&encode(&msgs).unwrap()).unwrap();
+        assert_eq!(back.len(), 2);
+        assert!(matches!(back[1], Msg::Release { object } if object.seq == 3));
+    }
+
+    #[test]
+    fn garbage_and_lying_lengths_are_errors_not_allocations() {
+        assert!(decode(&[0xc1]).is_err(), "0xc1 is never used by msgpack");
+        // An array that claims 4 billion messages, in a 5-byte frame.
+        assert!(decode(&[0xdd, 0xff, 0xff, 0xff, 0xff]).is_err());
+        // A bin of 4 GiB claimed inside a Chunk: refused, nothing allocated.
+        let mut lie = encode(&[Msg::Chunk {
+            object: ObjectId {
+                node: NodeId(1),
+                seq: 1,
+            },
+            offset: 0,
+            total: 1,
+            data: Value::Encoded(bytes::Bytes::from(vec![1u8])),
+        }])
+        .unwrap();
+        let at = lie.len() - 2; // bin8 marker, length 1, then the byte
+        lie[at - 1] = 0xc6;
+        lie.truncate(at);
+        lie.extend_from_slice(&[0xff, 0xff, 0xff, 0xff]);
+        assert!(decode(&lie).is_err());
+    }
+
+    #[test]
+    fn rejections_count_by_kind() {
+        let r = Rejections::default();
+        r.count("undecodable frame: bad marker");
+        r.count("undecodable frame: eof");
+        r.count("frame over the limit");
+        assert_eq!(r.total(), 3);
+        assert_eq!(r.snapshot()["undecodable frame"], 2);
+    }
+}

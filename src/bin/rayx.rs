@@ -1,0 +1,157 @@
+//! The `rayx` command: start a standalone head, show a cluster's state, stop it.
+//!
+//! ```text
+//! rayx start --head [--port P] [--host H]   a head that serves until stopped
+//! rayx status [--address A]                 nodes, actors and objects per node
+//! rayx stop [--address A]                   stops every node and the head
+//! ```
+//! `--address` defaults to `RAYX_ADDRESS`.
+
+use rayx_actors::cluster::admin_ask;
+use rayx_actors::cluster::wire::{Answer, Ask, ClusterStatus};
+use std::process::ExitCode;
+
+const USAGE: &str = "usage:
+  rayx start --head [--port P] [--host H]   start a head here; it serves until `rayx stop`
+  rayx status [--address HOST:PORT]         the cluster's nodes, actors and objects
+  rayx stop [--address HOST:PORT]           stop every node and the head
+(--address defaults to RAYX_ADDRESS)";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rayx: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn flag(args: &[String], name: &str) -> Result<Option<String>, String> {
+    match args.iter().position(|a| a == name) {
+        None => Ok(None),
+        Some(i) => args
+            .get(i + 1)
+            .cloned()
+            .map(Some)
+            .ok_or_else(|| format!("{name} needs a value\n{USAGE}")),
+    }
+}
+
+fn address(args: &[String]) -> Result<String, String> {
+    flag(args, "--address")?
+        .or_else(|| std::env::var("RAYX_ADDRESS").ok())
+        .ok_or_else(|| format!("no address: pass --address or set RAYX_ADDRESS\n{USAGE}"))
+}
+
+fn run(args: &[String]) -> Result<(), String> {
+    match args.first().map(String::as_str) {
+        Some("start") => {
+            if !args.iter().any(|a| a == "--head") {
+                return Err(format!(
+                    "only a head starts from this binary: worker nodes run your own binary \
+                     with RAYX_ROLE=node and RAYX_ADDRESS set\n{USAGE}"
+                ));
+            }
+            let port = flag(args, "--port")?.unwrap_or_else(|| "6379".to_string());
+            let host = flag(args, "--host")?.unwrap_or_else(|| "127.0.0.1".to_string());
+            let rt = rayx::Builder::new()
+                .num_workers(1)
+                .num_cpus(0.0)
+                .standalone_head()
+                .listen(format!("{host}:{port}"))
+                .start()
+                .map_err(|e| e.to_string())?;
+            let address = rt.cluster_address().unwrap_or_default();
+            println!("rayx head started at {address}");
+            println!("join it with: RAYX_ADDRESS={address} <your binary>");
+            println!("stop it with: rayx stop --address {address}");
+            rt.serve_until_stopped();
+            Ok(())
+        }
+        Some("status") => {
+            let address = address(args)?;
+            match admin_ask(&address, Ask::Status).map_err(|e| e.to_string())? {
+                Answer::Status(s) => {
+                    print!("{}", render(&address, &s));
+                    Ok(())
+                }
+                other => Err(format!("unexpected answer: {other:?}")),
+            }
+        }
+        Some("stop") => {
+            let address = address(args)?;
+            admin_ask(&address, Ask::StopCluster).map_err(|e| e.to_string())?;
+            println!("rayx: the cluster at {address} is stopping");
+            Ok(())
+        }
+        _ => Err(USAGE.to_string()),
+    }
+}
+
+fn bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} B"),
+    }
+}
+
+fn render(address: &str, s: &ClusterStatus) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let alive = s.nodes.iter().filter(|n| n.alive).count();
+    let _ = writeln!(
+        out,
+        "cluster at {address}: {alive} nodes alive, {} dead",
+        s.nodes.len() - alive
+    );
+    let _ = writeln!(
+        out,
+        "{:<24} {:<22} {:<6} {:>5} {:>5} {:>7} {:>8} {:>10}",
+        "NODE", "ADDRESS", "STATE", "CPUS", "LOAD", "ACTORS", "OBJECTS", "MEMORY"
+    );
+    for n in &s.nodes {
+        let id = format!("{}{}", n.info.id, if n.info.head { "*" } else { "" });
+        let r = &n.report;
+        let _ = writeln!(
+            out,
+            "{:<24} {:<22} {:<6} {:>5} {:>5} {:>7} {:>8} {:>10}",
+            id,
+            n.info.address,
+            if n.alive { "alive" } else { "dead" },
+            n.info.cpus,
+            r.load,
+            r.actors,
+            r.memory.objects,
+            bytes(r.memory.inline_bytes + r.memory.store_bytes),
+        );
+        if let Some(cause) = &n.cause {
+            let _ = writeln!(out, "    died: {cause}");
+        }
+    }
+    let _ = writeln!(out, "(* the head)");
+    if !s.actors.is_empty() {
+        let _ = writeln!(out, "actors:");
+        for (place, name) in &s.actors {
+            let name = name
+                .as_ref()
+                .map(|(ns, n)| format!(" named {ns}/{n}"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  {} {} on {}{name}",
+                place.actor, place.type_name, place.node
+            );
+        }
+    }
+    if !s.rejections.is_empty() {
+        let _ = writeln!(out, "connections closed for bad input:");
+        for (reason, n) in &s.rejections {
+            let _ = writeln!(out, "  {n} × {reason}");
+        }
+    }
+    out
+}

@@ -1,0 +1,607 @@
+//! A cluster of real OS processes on loopback: this binary is the driver (and
+//! the head), and re-runs itself as node processes (its `main` serves as a
+//! node first). Node processes are killed with SIGKILL, never asked nicely.
+//!
+//! Its own runner (harness = false): `cargo test --test cluster [filter]`.
+//! The tests run one after another; each starts its own cluster.
+
+use rayx::prelude::*;
+use rayx::testing::Cluster;
+use rayx::Builder;
+use serde_bytes::ByteBuf;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Instant;
+
+// ---- what the nodes run -------------------------------------------------------
+
+fn where_am_i(i: u64) -> (u64, u64) {
+    (i, Runtime::current().expect("in a task").node_id().0)
+}
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn blob(n: usize, seed: u8) -> ByteBuf {
+    ByteBuf::from(
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect::<Vec<u8>>(),
+    )
+}
+
+fn checksum(b: ByteBuf) -> (usize, u64) {
+    let sum = b
+        .iter()
+        .enumerate()
+        .fold(0u64, |s, (i, x)| s.wrapping_add((i as u64 + 1) * *x as u64));
+    (b.len(), sum)
+}
+
+fn sum_refs(refs: Vec<ObjectRef<u64>>) -> u64 {
+    refs.iter()
+        .map(|r| r.get().expect("a borrowed ref resolves"))
+        .sum()
+}
+
+fn fan_out(n: u64) -> u64 {
+    // A task on a node submits tasks of its own (the node owns them).
+    let rt = Runtime::current().expect("in a task");
+    let refs: Vec<_> = (0..n).map(|i| rt.task(square).remote(i)).collect();
+    rt.get(&refs, None).expect("nested tasks").into_iter().sum()
+}
+
+fn call_counter(c: ActorHandle<Counter>, k: u64) -> u64 {
+    c.call(Add(k)).get().expect("a call from another node")
+}
+
+fn lookup_and_add(name: String, k: u64) -> u64 {
+    let rt = Runtime::current().expect("in a task");
+    let c = rt
+        .get_actor::<Counter>(&name)
+        .expect("named actors are cluster-wide");
+    c.call(Add(k)).get().expect("call")
+}
+
+rayx::remote!(
+    where_am_i,
+    square,
+    blob,
+    checksum,
+    sum_refs,
+    fan_out,
+    call_counter,
+    lookup_and_add
+);
+
+pub struct Counter {
+    n: u64,
+    log: Vec<u64>,
+}
+impl Counter {
+    fn new(start: u64) -> Counter {
+        Counter {
+            n: start,
+            log: Vec::new(),
+        }
+    }
+}
+impl Actor for Counter {}
+
+#[derive(Serialize, Deserialize)]
+pub struct Add(u64);
+impl Message for Add {
+    type Reply = u64;
+}
+impl Handler<Add> for Counter {
+    fn handle(&mut self, Add(k): Add, _: &mut ActorContext<Self>) -> u64 {
+        self.n += k;
+        self.log.push(k);
+        self.n
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct Log;
+impl Message for Log {
+    type Reply = (Vec<u64>, u64);
+}
+impl Handler<Log> for Counter {
+    fn handle(&mut self, _: Log, _: &mut ActorContext<Self>) -> (Vec<u64>, u64) {
+        let here = Runtime::current().expect("on a node").node_id().0;
+        (self.log.clone(), here)
+    }
+}
+
+rayx::remote_actor!(Counter, Counter::new, [Add, Log]);
+
+// ---- the tests ----------------------------------------------------------------
+
+fn node_ids(c: &Cluster) -> Vec<u64> {
+    c.nodes().iter().map(|n| n.id.0).collect()
+}
+
+fn tasks_run_on_every_node_and_their_results_come_back() {
+    let c = Cluster::start(2).unwrap();
+    let rt = c.driver();
+    assert_eq!(rt.nodes().len(), 3, "the driver and two nodes");
+    let refs: Vec<_> = (0..400)
+        .map(|i| rt.task(where_am_i).scheduling(Scheduling::Spread).remote(i))
+        .collect();
+    let out = rt.get(&refs, None).unwrap();
+    let mut per_node: BTreeMap<u64, usize> = BTreeMap::new();
+    for (i, (echo, node)) in out.iter().enumerate() {
+        assert_eq!(*echo, i as u64, "results come back in order, each its own");
+        *per_node.entry(*node).or_default() += 1;
+    }
+    let nodes: BTreeSet<u64> = node_ids(&c).into_iter().collect();
+    assert_eq!(
+        per_node.keys().copied().collect::<BTreeSet<_>>(),
+        nodes,
+        "the driver offers no CPUs: both node processes ran tasks, nothing else did: {per_node:?}"
+    );
+    // Default placement: the driver has no CPUs, so work spills to the nodes.
+    let squares: Vec<_> = (0..100u64).map(|i| rt.task(square).remote(i)).collect();
+    assert_eq!(
+        rt.get(&squares, None).unwrap(),
+        (0..100u64).map(|i| i * i).collect::<Vec<_>>()
+    );
+    // A task on a node submits its own tasks there.
+    assert_eq!(
+        rt.task(fan_out).remote(10).get().unwrap(),
+        (0..10u64).map(|i| i * i).sum::<u64>()
+    );
+}
+
+fn node_affinity_is_hard_unless_soft() {
+    let c = Cluster::start(2).unwrap();
+    let rt = c.driver();
+    let target = c.nodes()[1].id;
+    let refs: Vec<_> = (0..50)
+        .map(|i| rt.task(where_am_i).node_affinity(target, false).remote(i))
+        .collect();
+    for (_, node) in rt.get(&refs, None).unwrap() {
+        assert_eq!(node, target.0);
+    }
+    let nowhere = NodeId(12345);
+    match rt
+        .task(square)
+        .node_affinity(nowhere, false)
+        .remote(3)
+        .get()
+    {
+        Err(Error::Unschedulable { reason, .. }) => {
+            assert!(reason.contains("affinity"), "{reason}")
+        }
+        other => panic!("a hard affinity to no node must fail: {other:?}"),
+    }
+    assert_eq!(
+        rt.task(square)
+            .node_affinity(nowhere, true)
+            .remote(3)
+            .get()
+            .unwrap(),
+        9
+    );
+    match rt.task(square).num_cpus(64.0).remote(3).get() {
+        Err(Error::Unschedulable { reason, .. }) => assert!(reason.contains("64"), "{reason}"),
+        other => panic!("no node has 64 CPUs: {other:?}"),
+    }
+}
+
+fn large_objects_move_between_nodes_intact_and_are_freed() {
+    let c = Cluster::start(2).unwrap();
+    let rt = c.driver();
+    let (n0, n1) = (c.nodes()[0].id, c.nodes()[1].id);
+    // Driver to node: a 9 MB put, read on a node (pulled in chunks).
+    let data = blob(9 << 20, 7);
+    let expect = checksum(data.clone());
+    let put = rt.put(data).unwrap();
+    let seen = rt
+        .task(checksum)
+        .node_affinity(n0, false)
+        .remote(&put)
+        .get()
+        .unwrap();
+    assert_eq!(seen, expect);
+    // Node to driver: a 20 MB result, pulled back.
+    let made = rt.task(blob).node_affinity(n1, false).remote((20 << 20, 3));
+    let got = made.get().unwrap();
+    assert_eq!(checksum(got.clone()), checksum(blob(20 << 20, 3)));
+    // Node to node: the result, owned by the driver, read on the other node.
+    let there = rt
+        .task(checksum)
+        .node_affinity(n0, false)
+        .remote(&made)
+        .get()
+        .unwrap();
+    assert_eq!(there, checksum(got));
+    drop((put, made));
+    wait_until("every node's objects are freed", || {
+        rt.memory().objects == 0
+            && rt
+                .cluster_status()
+                .unwrap()
+                .nodes
+                .iter()
+                .all(|n| n.report.memory.objects == 0)
+    });
+}
+
+fn refs_inside_values_are_borrowed_from_their_owner() {
+    let c = Cluster::start(2).unwrap();
+    let rt = c.driver();
+    let refs: Vec<ObjectRef<u64>> = (1..=20u64).map(|i| rt.put(i).unwrap()).collect();
+    let total = rt
+        .task(sum_refs)
+        .node_affinity(c.nodes()[0].id, false)
+        .remote(refs.clone())
+        .get()
+        .unwrap();
+    assert_eq!(total, 210);
+    drop(refs);
+    wait_until("the driver freed what the node borrowed", || {
+        rt.memory().objects == 0
+            && rt
+                .cluster_status()
+                .unwrap()
+                .nodes
+                .iter()
+                .all(|n| n.report.memory.objects == 0)
+    });
+}
+
+fn actors_live_on_other_nodes_and_take_calls_in_order() {
+    let c = Cluster::start(2).unwrap();
+    let rt = c.driver();
+    let target = c.nodes()[1].id;
+    let counter = rt
+        .actor_of(Counter::new, 100)
+        .name("tally")
+        .node_affinity(target, false)
+        .spawn()
+        .unwrap();
+    assert_eq!(counter.node_id(), target);
+    let replies: Vec<_> = (1..=200u64).map(|k| counter.call(Add(k))).collect();
+    let got = rt.get(&replies, None).unwrap();
+    let mut n = 100;
+    for (k, r) in (1..=200u64).zip(got) {
+        n += k;
+        assert_eq!(r, n, "calls from one caller run in order");
+    }
+    let (log, ran_on) = counter.call(Log).get().unwrap();
+    assert_eq!(log, (1..=200).collect::<Vec<_>>());
+    assert_eq!(ran_on, target.0);
+    // A handle passed to a task on the other node, and a lookup by name there.
+    let other = c.nodes()[0].id;
+    assert_eq!(
+        rt.task(call_counter)
+            .node_affinity(other, false)
+            .remote((counter.clone(), 1))
+            .get()
+            .unwrap(),
+        n + 1
+    );
+    assert_eq!(
+        rt.task(lookup_and_add)
+            .node_affinity(other, false)
+            .remote(("tally".to_string(), 1))
+            .get()
+            .unwrap(),
+        n + 2
+    );
+    let found = rt.get_actor::<Counter>("tally").unwrap();
+    assert_eq!(found.call(Add(0)).get().unwrap(), n + 2);
+    match rt.actor_of(Counter::new, 0).name("tally").spawn() {
+        Err(Error::ActorNameTaken { .. }) => {}
+        other => panic!("names are unique cluster-wide: {other:?}"),
+    }
+    // Spread places actors on both nodes.
+    let spread: Vec<_> = (0..4)
+        .map(|_| {
+            rt.actor_of(Counter::new, 0)
+                .scheduling(Scheduling::Spread)
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let homes: BTreeSet<u64> = spread.iter().map(|a| a.node_id().0).collect();
+    assert_eq!(homes, node_ids(&c).into_iter().collect());
+    counter.kill();
+    match counter.call(Add(1)).get() {
+        Err(Error::ActorDied { .. }) => {}
+        other => panic!("a killed actor takes no calls: {other:?}"),
+    }
+    wait_until("the dead actor's name is free", || {
+        rt.get_actor::<Counter>("tally").is_err()
+    });
+}
+
+fn a_killed_node_s_tasks_run_again_elsewhere() {
+    let mut c = Cluster::start(2).unwrap();
+    let victim = c.nodes()[0].id;
+    let rt = c.driver().clone();
+    let refs: Vec<_> = (0..40)
+        .map(|i| rt.task(where_am_i).scheduling(Scheduling::Spread).remote(i))
+        .collect();
+    rt.get(&refs, None).unwrap();
+    c.kill_node(0).unwrap();
+    wait_until("the head saw the node die", || {
+        rt.nodes().iter().all(|n| n.id != victim)
+    });
+    let again: Vec<_> = (0..40).map(|i| rt.task(where_am_i).remote(i)).collect();
+    for (_, node) in rt.get(&again, None).unwrap() {
+        assert_ne!(node, victim.0, "a dead node runs nothing");
+    }
+    let status = rt.cluster_status().unwrap();
+    let dead = status.nodes.iter().find(|n| n.info.id == victim).unwrap();
+    assert!(!dead.alive && dead.cause.is_some(), "{dead:?}");
+}
+
+fn an_unreachable_head_fails_init_in_bounded_time() {
+    let started = Instant::now();
+    // A port nobody listens on: connection refused at once.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    match Builder::new().address(address.clone()).start() {
+        Err(Error::ClusterUnreachable { address: a, cause }) => {
+            assert_eq!(a, address);
+            assert!(!cause.is_empty());
+        }
+        other => panic!("expected ClusterUnreachable: {other:?}"),
+    }
+    // A listener that never answers the hello: the handshake deadline.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = silent.local_addr().unwrap().to_string();
+    match Builder::new().address(address.clone()).start() {
+        Err(Error::ClusterUnreachable { cause, .. }) => assert!(cause.contains("hello"), "{cause}"),
+        other => panic!("expected ClusterUnreachable: {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+// ---- bad input from a peer ----------------------------------------------------
+
+fn frame(body: &[u8]) -> Vec<u8> {
+    let mut f = (body.len() as u32).to_be_bytes().to_vec();
+    f.extend_from_slice(body);
+    f
+}
+
+fn hello(lane: rayx_actors::cluster::wire::Lane, version: u32, registry: Vec<String>) -> Vec<u8> {
+    use rayx_actors::cluster::wire::{encode, Hello, Msg, NodeInfo};
+    frame(
+        &encode(&[Msg::Hello(Hello {
+            version,
+            lane,
+            node: NodeInfo {
+                id: NodeId(99),
+                address: "127.0.0.1:1".into(),
+                cpus: 0.0,
+                head: false,
+            },
+            registry,
+        })])
+        .unwrap(),
+    )
+}
+
+/// Reads frames until the peer closes; returns the messages read.
+fn read_until_closed(s: &mut TcpStream) -> Vec<rayx_actors::cluster::wire::Msg> {
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    let mut msgs = Vec::new();
+    let mut at = 0;
+    while at + 4 <= all.len() {
+        let n = u32::from_be_bytes(all[at..at + 4].try_into().unwrap()) as usize;
+        if at + 4 + n > all.len() {
+            break;
+        }
+        msgs.extend(rayx_actors::cluster::wire::decode(&all[at + 4..at + 4 + n]).unwrap());
+        at += 4 + n;
+    }
+    msgs
+}
+
+/// Reads frames until one holds a message `stop` accepts (or 20 s pass).
+fn read_frames_until(
+    s: &mut TcpStream,
+    stop: impl Fn(&rayx_actors::cluster::wire::Msg) -> bool,
+) -> Vec<rayx_actors::cluster::wire::Msg> {
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut msgs = Vec::new();
+    loop {
+        let mut len = [0u8; 4];
+        if s.read_exact(&mut len).is_err() {
+            return msgs;
+        }
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        if s.read_exact(&mut body).is_err() {
+            return msgs;
+        }
+        let batch = rayx_actors::cluster::wire::decode(&body).unwrap();
+        let done = batch.iter().any(&stop);
+        msgs.extend(batch);
+        if done {
+            return msgs;
+        }
+    }
+}
+
+fn bad_bytes_close_one_connection_and_are_counted() {
+    use rayx_actors::cluster::wire::{Lane, Msg, PROTOCOL_VERSION};
+    let c = Cluster::start(1).unwrap();
+    let rt = c.driver();
+    let addr = c.address().to_string();
+    let before = rt
+        .cluster_status()
+        .unwrap()
+        .rejections
+        .values()
+        .sum::<u64>();
+    // Garbage instead of a hello.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.write_all(&frame(&[0xc1, 0xc1, 0xc1])).unwrap();
+    assert!(matches!(
+        read_until_closed(&mut s).as_slice(),
+        [Msg::Refused { .. }]
+    ));
+    // A frame that claims 2 GB: refused without reading (or allocating) it.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.write_all(&0x7fff_ffffu32.to_be_bytes()).unwrap();
+    match read_until_closed(&mut s).as_slice() {
+        [Msg::Refused { reason }] => assert!(reason.contains("limit"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    // A wrong protocol version.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.write_all(&hello(Lane::Control, PROTOCOL_VERSION + 7, vec![]))
+        .unwrap();
+    match read_until_closed(&mut s).as_slice() {
+        [Msg::Refused { reason }] => assert!(reason.contains("version"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    // A registry that differs: refused, naming the difference.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.write_all(&hello(
+        Lane::Join,
+        PROTOCOL_VERSION,
+        vec!["fn only_mine".into()],
+    ))
+    .unwrap();
+    match read_until_closed(&mut s).as_slice() {
+        [Msg::Refused { reason }] => {
+            assert!(
+                reason.contains("registry") && reason.contains("only_mine"),
+                "{reason}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    // After a good hello, bytes that do not decode close that link.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.write_all(&hello(Lane::Control, PROTOCOL_VERSION, vec![]))
+        .unwrap();
+    s.write_all(&frame(&[0x92, 0xc1, 0xff])).unwrap();
+    assert!(matches!(
+        read_until_closed(&mut s).as_slice(),
+        [Msg::Welcome { .. }]
+    ));
+    // An unknown function from a peer is a typed task error.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.write_all(&hello(Lane::Control, PROTOCOL_VERSION, vec![]))
+        .unwrap();
+    let spec = rayx_actors::messages::TaskSpec {
+        task_id: rayx_actors::ids::TaskId(rayx_actors::ids::ObjectId {
+            node: NodeId(99),
+            seq: 1,
+        }),
+        function: "no::such::function".into(),
+        args: vec![],
+        options: Default::default(),
+    };
+    s.write_all(&frame(
+        &rayx_actors::cluster::wire::encode(&[Msg::RunTask(spec)]).unwrap(),
+    ))
+    .unwrap();
+    let answers = read_frames_until(&mut s, |m| matches!(m, Msg::TaskDone { .. }));
+    assert!(
+        answers.iter().any(|m| matches!(m,
+            Msg::TaskDone { result: Err(Error::FunctionNotRegistered { name }), .. } if name == "no::such::function")),
+        "{answers:?}"
+    );
+    let after = rt.cluster_status().unwrap().rejections;
+    assert!(after.values().sum::<u64>() >= before + 5, "{after:?}");
+    // And the cluster still works.
+    assert_eq!(rt.task(square).remote(12).get().unwrap(), 144);
+}
+
+// ---- the runner ---------------------------------------------------------------
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::yield_now();
+        std::thread::park_timeout(Duration::from_millis(20));
+    }
+}
+
+fn main() {
+    rayx::testing::serve_if_node();
+    let tests: &[(&str, fn())] = &[
+        (
+            "tasks_run_on_every_node_and_their_results_come_back",
+            tasks_run_on_every_node_and_their_results_come_back,
+        ),
+        (
+            "node_affinity_is_hard_unless_soft",
+            node_affinity_is_hard_unless_soft,
+        ),
+        (
+            "large_objects_move_between_nodes_intact_and_are_freed",
+            large_objects_move_between_nodes_intact_and_are_freed,
+        ),
+        (
+            "refs_inside_values_are_borrowed_from_their_owner",
+            refs_inside_values_are_borrowed_from_their_owner,
+        ),
+        (
+            "actors_live_on_other_nodes_and_take_calls_in_order",
+            actors_live_on_other_nodes_and_take_calls_in_order,
+        ),
+        (
+            "a_killed_node_s_tasks_run_again_elsewhere",
+            a_killed_node_s_tasks_run_again_elsewhere,
+        ),
+        (
+            "an_unreachable_head_fails_init_in_bounded_time",
+            an_unreachable_head_fails_init_in_bounded_time,
+        ),
+        (
+            "bad_bytes_close_one_connection_and_are_counted",
+            bad_bytes_close_one_connection_and_are_counted,
+        ),
+    ];
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    if std::env::args().any(|a| a == "--list") {
+        for (name, _) in tests {
+            println!("{name}: test");
+        }
+        return;
+    }
+    let mut failed = Vec::new();
+    let mut ran = 0;
+    for (name, test) in tests {
+        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
+            continue;
+        }
+        ran += 1;
+        let started = Instant::now();
+        let outcome = std::panic::catch_unwind(test);
+        let took = started.elapsed();
+        match outcome {
+            Ok(()) => println!("test {name} ... ok ({took:.1?})"),
+            Err(_) => {
+                println!("test {name} ... FAILED ({took:.1?})");
+                failed.push(*name);
+            }
+        }
+    }
+    println!(
+        "\ncluster tests: {} passed, {} failed",
+        ran - failed.len(),
+        failed.len()
+    );
+    if !failed.is_empty() {
+        println!("failed: {failed:?}");
+        std::process::exit(101);
+    }
+}
