@@ -12,7 +12,15 @@
 //!
 //! `cargo bench --bench microbenchmark`; `-- --quick` for CI (short runs, small
 //! scale). `TESTS_TO_RUN` / `TESTS_TO_SKIP` filter metrics by substring, as in Ray.
+//!
+//! `-- --cluster` runs the same metrics across processes: this process is the
+//! driver (and the head) and offers no CPUs; every task and actor runs in a
+//! node process (this binary again) on loopback, as Ray's run in its workers.
+//! Then the cluster's own measures: object transfer beside the loopback TCP
+//! floor, and 100,000 tasks over two node processes, round after round.
 
+#[path = "common/cluster.rs"]
+mod cluster;
 #[path = "common/cpu.rs"]
 mod cpu;
 use cpu::cpu_time;
@@ -200,6 +208,11 @@ impl Message for SmallValueBatchArg {
 }
 
 struct BenchActor;
+impl BenchActor {
+    fn new() -> BenchActor {
+        BenchActor
+    }
+}
 impl Actor for BenchActor {}
 impl Handler<SmallValue> for BenchActor {
     fn handle(&mut self, _: SmallValue, _: &mut ActorContext<Self>) -> Vec<u8> {
@@ -222,6 +235,11 @@ impl Handler<SmallValueBatch> for BenchActor {
 }
 
 struct AsyncBenchActor;
+impl AsyncBenchActor {
+    fn new() -> AsyncBenchActor {
+        AsyncBenchActor
+    }
+}
 impl Actor for AsyncBenchActor {
     const ASYNC: bool = true;
 }
@@ -239,6 +257,11 @@ impl AsyncHandler<SmallValueWithArg> for AsyncBenchActor {
 /// Ray's `Client`: calls its servers from inside an actor.
 struct Client<S: Actor> {
     servers: Vec<ActorHandle<S>>,
+}
+impl<S: Actor> Client<S> {
+    fn new(servers: Vec<ActorHandle<S>>) -> Client<S> {
+        Client { servers }
+    }
 }
 impl<S: Actor> Actor for Client<S> {}
 impl Handler<SmallValueBatch> for Client<BenchActor> {
@@ -274,7 +297,33 @@ impl Handler<SmallValueBatch> for Client<AsyncBenchActor> {
     }
 }
 
+// Registered by name, so that in cluster mode the head can place them on the
+// node process (the same binary).
+rayx::remote_actor!(
+    BenchActor,
+    BenchActor::new,
+    [SmallValue, SmallValueArg, SmallValueBatch]
+);
+rayx::remote_actor!(
+    async AsyncBenchActor,
+    AsyncBenchActor::new,
+    [SmallValue, SmallValueWithArg]
+);
+rayx::remote_actor!(
+    Client<BenchActor>,
+    Client::<BenchActor>::new,
+    [SmallValueBatch, SmallValueBatchArg]
+);
+rayx::remote_actor!(
+    Client<AsyncBenchActor>,
+    Client::<AsyncBenchActor>::new,
+    [SmallValueBatch]
+);
+
 fn main() {
+    // In cluster mode this binary is also the node process.
+    rayx::testing::serve_if_node();
+    let cluster_mode = std::env::args().any(|a| a == "--cluster");
     let bench = Bench {
         quick: std::env::args().any(|a| a == "--quick")
             || std::env::var_os("RAYX_BENCH_QUICK").is_some(),
@@ -283,11 +332,29 @@ fn main() {
             .ok()
             .filter(|s| !s.is_empty()),
     };
-    let rt = rayx::init().expect("runtime");
-    let n_cpu = (rt.num_workers() / 2).max(1);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cluster = cluster_mode.then(|| {
+        // The driver (and head) offers no CPUs: tasks, actors and the objects
+        // they make live in the node process, as Ray's do in its workers.
+        rayx::testing::Cluster::builder()
+            .nodes(1)
+            .node_cpus(cores as f64)
+            .start()
+            .expect("cluster")
+    });
+    let rt = match &cluster {
+        Some(c) => c.driver().clone(),
+        None => rayx::init().expect("runtime"),
+    };
+    let n_cpu = (cores / 2).max(1);
     println!(
-        "# rayx microbenchmark: {} workers{}",
-        rt.num_workers(),
+        "# rayx microbenchmark: {} workers{}{}",
+        cores,
+        if cluster_mode {
+            ", cluster mode (a driver process, and a node process on loopback running every task and actor)"
+        } else {
+            ""
+        },
         if bench.quick { ", quick mode" } else { "" }
     );
 
@@ -356,14 +423,14 @@ fn main() {
 
     let (n, m) = (10_000, 4);
     let actors: Vec<_> = (0..m)
-        .map(|_| rt.actor(|| BenchActor).spawn().expect("actor"))
+        .map(|_| rt.actor_of(BenchActor::new, ()).spawn().expect("actor"))
         .collect();
     bench.timeit("multi client tasks async", (n * m) as f64, || {
         let refs: Vec<_> = actors.iter().map(|a| a.call(SmallValueBatch(n))).collect();
         rt.get(&refs, None).expect("batches");
     });
 
-    let a = rt.actor(|| BenchActor).spawn().expect("actor");
+    let a = rt.actor_of(BenchActor::new, ()).spawn().expect("actor");
     bench.timeit("1:1 actor calls sync", 1.0, || {
         a.call(SmallValue).get().expect("call");
     });
@@ -374,7 +441,7 @@ fn main() {
     // Ray's threaded actor (max_concurrency=16 on a sync actor); rayx runs
     // concurrent calls on an async actor.
     let c = rt
-        .async_actor(|| AsyncBenchActor)
+        .async_actor_of(AsyncBenchActor::new, ())
         .max_concurrency(16)
         .spawn()
         .expect("actor");
@@ -385,11 +452,10 @@ fn main() {
 
     let n = 5000;
     let servers: Vec<_> = (0..n_cpu)
-        .map(|_| rt.actor(|| BenchActor).spawn().expect("actor"))
+        .map(|_| rt.actor_of(BenchActor::new, ()).spawn().expect("actor"))
         .collect();
-    let s = servers.clone();
     let client = rt
-        .actor(move || Client { servers: s.clone() })
+        .actor_of(Client::<BenchActor>::new, servers.clone())
         .spawn()
         .expect("client");
     bench.timeit("1:n actor calls async", (n * servers.len()) as f64, || {
@@ -407,12 +473,10 @@ fn main() {
     let n = 1000;
     let clients: Vec<_> = (0..n_cpu)
         .map(|_| {
-            let server = rt.actor(|| BenchActor).spawn().expect("actor");
-            rt.actor(move || Client {
-                servers: vec![server.clone()],
-            })
-            .spawn()
-            .expect("client")
+            let server = rt.actor_of(BenchActor::new, ()).spawn().expect("actor");
+            rt.actor_of(Client::<BenchActor>::new, vec![server])
+                .spawn()
+                .expect("client")
         })
         .collect();
     bench.timeit(
@@ -427,7 +491,10 @@ fn main() {
         },
     );
 
-    let a = rt.async_actor(|| AsyncBenchActor).spawn().expect("actor");
+    let a = rt
+        .async_actor_of(AsyncBenchActor::new, ())
+        .spawn()
+        .expect("actor");
     bench.timeit("1:1 async-actor calls sync", 1.0, || {
         a.call(SmallValue).get().expect("call");
     });
@@ -442,11 +509,14 @@ fn main() {
 
     let n = 5000;
     let servers: Vec<_> = (0..n_cpu)
-        .map(|_| rt.async_actor(|| AsyncBenchActor).spawn().expect("actor"))
+        .map(|_| {
+            rt.async_actor_of(AsyncBenchActor::new, ())
+                .spawn()
+                .expect("actor")
+        })
         .collect();
-    let s = servers.clone();
     let client = rt
-        .actor(move || Client { servers: s.clone() })
+        .actor_of(Client::<AsyncBenchActor>::new, servers.clone())
         .spawn()
         .expect("client");
     bench.timeit(
@@ -470,6 +540,11 @@ fn main() {
     drop((
         value, template, containing, actors, a, c, client, clients, servers,
     ));
+    if let Some(cluster) = cluster {
+        drop(rt);
+        cluster::extras(&bench, cluster);
+        return;
+    }
     rt.shutdown();
 
     floor(&bench, &arr);
@@ -492,7 +567,7 @@ fn light(bench: &Bench) {
         Duration::from_secs(3)
     };
     let rt = rayx::init().expect("runtime");
-    let a = rt.actor(|| BenchActor).spawn().expect("actor");
+    let a = rt.actor_of(BenchActor::new, ()).spawn().expect("actor");
     a.call(SmallValue).get().expect("warm-up");
     rt.task(small_value).remote(()).get().expect("warm-up");
 

@@ -1,9 +1,9 @@
 //! Actors: stateful workers defined by implementing [`Actor`] and [`Handler`]
 //! (or [`AsyncHandler`]) for each [`Message`] they take.
 
-use crate::cluster::RemoteActor;
 use crate::handle::Runtime;
 use crate::object_ref::ObjectRef;
+use crate::remote_actor::RemoteActor;
 use crate::{Data, Error, Result};
 use rayx_actors::actor_group::ActorGroup;
 use rayx_actors::actor_host::{
@@ -712,7 +712,8 @@ impl<'r, A: Actor> ActorBuilder<'r, A> {
                         name: self.name,
                         type_name: std::any::type_name::<A>().to_string(),
                         node: node.clone(),
-                        owned: !self.detached,
+                        owned: true,
+                        detached: self.detached,
                         dead: std::sync::atomic::AtomicBool::new(false),
                     });
                 }
@@ -1035,17 +1036,19 @@ pub(crate) fn handle_at<A: Actor>(
         return ActorHandle::from_host(owner, host);
     }
     match here.cluster() {
-        Some(cluster) if cluster.nodes().iter().any(|n| n.id == node) => {
-            ActorHandle::remote(RemoteActor {
+        Some(cluster) if cluster.nodes().iter().any(|n| n.id == node) => ActorHandle::remote(
+            RemoteActor {
                 id: actor,
                 host_node: node,
                 name,
                 type_name,
                 node: here.clone(),
                 owned: false,
+                detached: false,
                 dead: std::sync::atomic::AtomicBool::new(false),
-            })
-        }
+            }
+            .held(),
+        ),
         _ => Err(Error::ActorDied {
             actor: actor.to_string(),
             cause: format!("its node {node} is not a live node of the cluster"),

@@ -8,14 +8,9 @@ use crate::{Actor, Data, Error, Result, Runtime};
 use rayx_actors::actor_host::{ActorKind, CopyMessage, Dispatch, SharedState};
 use rayx_actors::actor_types::{ActorType, ActorTypes};
 use rayx_actors::cluster::wire::{Answer, Ask, ClusterStatus};
-use rayx_actors::ids::{ActorId, NodeId};
-use rayx_actors::messages::ActorCall;
-use rayx_actors::object_table::Slot;
+use rayx_actors::ids::NodeId;
 use rayx_actors::value::Value;
-use rayx_actors::Node;
 use std::any::TypeId;
-use std::borrow::Cow;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 pub use rayx_actors::cluster::wire::NodeInfo;
@@ -183,53 +178,6 @@ where
         <A as crate::actor::Dispatches<M, K>>::DISPATCH,
         crate::actor::copy_message::<M>,
     )
-}
-
-/// An actor on another node, as its handles here see it.
-pub(crate) struct RemoteActor {
-    pub(crate) id: ActorId,
-    pub(crate) host_node: NodeId,
-    pub(crate) name: Option<String>,
-    pub(crate) type_name: String,
-    pub(crate) node: Arc<Node>,
-    /// Its creator's handles: the last one going kills it (unless detached).
-    pub(crate) owned: bool,
-    pub(crate) dead: AtomicBool,
-}
-
-impl RemoteActor {
-    /// Sends a call; the reply's slot comes back at once.
-    pub(crate) fn call(&self, method: Cow<'static, str>, message: Value) -> Arc<Slot> {
-        let reply = self.node.new_pending_call(self.id);
-        let call = ActorCall {
-            actor: self.id,
-            method,
-            message,
-            reply_to: reply.id(),
-        };
-        match self.node.cluster() {
-            Some(c) => c.call_actor(self.host_node, call, reply.clone()),
-            None => reply.complete(Err(Error::ShutDown)),
-        }
-        reply
-    }
-
-    pub(crate) fn kill(&self, no_restart: bool) {
-        if let Some(c) = self.node.cluster() {
-            c.kill_actor(self.host_node, self.id, no_restart);
-        }
-        if no_restart {
-            self.dead.store(true, Ordering::Release);
-        }
-    }
-}
-
-impl Drop for RemoteActor {
-    fn drop(&mut self) {
-        if self.owned && !self.dead.load(Ordering::Acquire) {
-            self.kill(true);
-        }
-    }
 }
 
 impl Runtime {

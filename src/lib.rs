@@ -23,6 +23,7 @@ mod handle;
 mod object_ref;
 pub mod prelude;
 mod remote;
+mod remote_actor;
 mod runtime;
 pub mod testing;
 

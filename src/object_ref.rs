@@ -3,6 +3,7 @@
 use crate::{Data, Result};
 use rayx_actors::ids::ObjectId;
 use rayx_actors::object_table::Slot;
+use rayx_actors::value::Value;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
@@ -88,14 +89,14 @@ impl<T> ObjectRef<T> {
 impl<T: Data> ObjectRef<T> {
     /// Blocks until the value is there; returns a shared pointer to it (no copy).
     pub fn get_shared(&self) -> Result<Arc<T>> {
-        self.slot().wait(None)?.downcast::<T>()
+        typed(self.slot(), self.slot().wait(None)?)
     }
 
     pub(crate) fn get_timeout_inner(&self, timeout: Option<Duration>) -> Result<T>
     where
         T: Clone,
     {
-        let value = self.slot().wait(timeout)?.downcast::<T>()?;
+        let value = typed::<T>(self.slot(), self.slot().wait(timeout)?)?;
         Ok(Arc::unwrap_or_clone(value))
     }
 
@@ -128,6 +129,18 @@ impl<T: Data> ObjectRef<T> {
     }
 }
 
+/// The value as a `T`. Bytes from another node are decoded as its node's
+/// runtime (a thread of any kind may read them), so the refs and handles in
+/// them resolve.
+fn typed<T: Data>(slot: &Slot, value: Value) -> Result<Arc<T>> {
+    if matches!(value, Value::Encoded(_)) {
+        if let Some(node) = rayx_actors::node::by_id(slot.table().node()) {
+            return rayx_actors::node::with_node(&node, || value.into_typed::<T>());
+        }
+    }
+    value.into_typed::<T>()
+}
+
 /// The future of `ref.await`.
 pub struct GetFuture<T> {
     object: ObjectRef<T>,
@@ -142,7 +155,11 @@ impl<T: Data + Clone> Future for GetFuture<T> {
             Poll::Pending => Poll::Pending,
             Poll::Ready(r) => {
                 this.token = None;
-                Poll::Ready(r.and_then(|v| v.downcast::<T>()).map(Arc::unwrap_or_clone))
+                let slot = this.object.slot();
+                Poll::Ready(
+                    r.and_then(|v| typed::<T>(slot, v))
+                        .map(Arc::unwrap_or_clone),
+                )
             }
         }
     }

@@ -33,6 +33,13 @@ pub struct NodeProcess {
     child: Child,
 }
 
+impl NodeProcess {
+    /// Its OS process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 /// A head in this process and node processes.
 pub struct Cluster {
     driver: Runtime,

@@ -39,6 +39,11 @@ pub fn current_node() -> Option<Arc<Node>> {
     CURRENT_NODE.with(|n| n.borrow().upgrade())
 }
 
+/// The runtime of this process with this id, if it is running.
+pub fn by_id(id: NodeId) -> Option<Arc<Node>> {
+    known_node(id)
+}
+
 /// Runs `f` with `node` as this thread's node (to decode refs and handles).
 pub fn with_node<R>(node: &Arc<Node>, f: impl FnOnce() -> R) -> R {
     /// Puts the previous node back, also if `f` panics.
@@ -70,6 +75,13 @@ impl Entry for ActorHost {
     }
 }
 
+/// An actor other nodes hold handles to.
+struct Hosted {
+    /// Holds the actor alive.
+    _host: Arc<ActorHost>,
+    holders: HashMap<NodeId, u32>,
+}
+
 /// One runtime's engine.
 pub struct Node {
     core: Arc<Core>,
@@ -84,9 +96,10 @@ pub struct Node {
     closed: AtomicBool,
     actor_types: ActorTypes,
     cluster: OnceLock<Arc<ClusterNode>>,
-    /// Actors peers started here, kept until killed (their creator's handles
-    /// are in another process).
-    hosted: Mutex<IdMap<ActorId, Arc<ActorHost>>>,
+    /// Actors of this node that other nodes hold handles to, with how many
+    /// holds each node has: kept while any node holds one (handles here keep
+    /// it alive as they always do).
+    hosted: Mutex<IdMap<ActorId, Hosted>>,
     stopped: (Mutex<bool>, Condvar),
 }
 
@@ -515,9 +528,14 @@ impl Node {
         }
     }
 
-    /// Keeps an actor started for a peer alive until it is killed.
-    pub fn host_actor(&self, host: Arc<ActorHost>) {
-        self.hosted.lock().insert(host.id(), host);
+    /// Keeps a local actor alive while `by` holds handles to it.
+    fn hold(&self, host: Arc<ActorHost>, by: NodeId) {
+        let mut hosted = self.hosted.lock();
+        let entry = hosted.entry(host.id()).or_insert_with(|| Hosted {
+            _host: host,
+            holders: HashMap::new(),
+        });
+        *entry.holders.entry(by).or_default() += 1;
     }
 }
 
@@ -533,7 +551,9 @@ impl Host for Node {
                     create.type_name
                 ))
             })?;
-        let kind = (t.make)(create.args, create.max_concurrency)?;
+        // The argument may hold refs and handles: decoded as this node.
+        let me = known_node(self.id()).ok_or(Error::ShutDown)?;
+        let kind = with_node(&me, || (t.make)(create.args, create.max_concurrency))?;
         let (namespace, name) = match create.name {
             Some((ns, n)) => (ns, Some(n)),
             None => ("default".to_string(), None),
@@ -554,7 +574,8 @@ impl Host for Node {
             group: None,
         };
         let (host, _) = self.spawn_actor_as(create.actor, spec)?;
-        self.host_actor(host);
+        // Its creator's handles hold it.
+        self.hold(host, create.actor.node);
         Ok(())
     }
 
@@ -596,6 +617,42 @@ impl Host for Node {
             let gone = self.hosted.lock().remove(&actor);
             drop(gone);
         }
+    }
+
+    fn hold_actor(&self, actor: ActorId, by: NodeId) {
+        if let Some(host) = self.actor_by_id(actor) {
+            self.hold(host, by);
+        }
+    }
+
+    fn release_actor(&self, actor: Option<ActorId>, by: NodeId) {
+        let mut gone = Vec::new();
+        {
+            let mut hosted = self.hosted.lock();
+            let ids: Vec<ActorId> = match actor {
+                Some(a) => vec![a],
+                None => hosted.keys().copied().collect(),
+            };
+            for id in ids {
+                let Some(h) = hosted.get_mut(&id) else {
+                    continue;
+                };
+                if actor.is_none() {
+                    h.holders.remove(&by);
+                } else if let Some(n) = h.holders.get_mut(&by) {
+                    *n -= 1;
+                    if *n == 0 {
+                        h.holders.remove(&by);
+                    }
+                }
+                if h.holders.is_empty() {
+                    gone.extend(hosted.remove(&id));
+                }
+            }
+        }
+        // Dropped outside the lock: it may be the actor's last handle, and
+        // a collected actor's stop runs now.
+        drop(gone);
     }
 
     fn live_actors(&self) -> u32 {

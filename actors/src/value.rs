@@ -12,6 +12,8 @@ use std::sync::Arc;
 pub trait Object: Any + Send + Sync {
     /// Encodes the value with rmp-serde, for a trip out of the process.
     fn encode(&self) -> Result<Vec<u8>, Error>;
+    /// Encodes the value with rmp-serde onto the end of `out`.
+    fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), Error>;
     /// The Rust type's name, for type-mismatch errors.
     fn type_name(&self) -> &'static str;
     /// The value as `Any`, to downcast.
@@ -23,6 +25,9 @@ pub trait Object: Any + Send + Sync {
 impl<T: Serialize + Send + Sync + 'static> Object for T {
     fn encode(&self) -> Result<Vec<u8>, Error> {
         rmp_serde::to_vec(self).map_err(|e| Error::Serialization(e.to_string()))
+    }
+    fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), Error> {
+        rmp_serde::encode::write(out, self).map_err(|e| Error::Serialization(e.to_string()))
     }
     fn type_name(&self) -> &'static str {
         std::any::type_name::<T>()
@@ -47,8 +52,32 @@ pub enum Value {
     },
     /// Encoded bytes (rmp-serde), as they arrive from another process.
     Encoded(bytes::Bytes),
+    /// A byte buffer (`serde_bytes::ByteBuf`) from another process: its
+    /// bytes without their msgpack header, so reading it as a `ByteBuf`
+    /// takes the buffer over without a copy.
+    Bin(bytes::Bytes),
     /// Nothing: the value was taken out to be consumed.
     Taken,
+}
+
+/// The msgpack header of a bin of `len` bytes.
+pub fn bin_header(len: usize) -> Vec<u8> {
+    let mut h = Vec::with_capacity(5);
+    // rmp's own writer: the shortest header for the length.
+    let _ = rmp::encode::write_bin_len(&mut h, len as u32);
+    h
+}
+
+/// Shares a local `ByteBuf`'s bytes as `Bytes` without a copy.
+struct SharedBin(Arc<dyn Object>);
+
+impl AsRef<[u8]> for SharedBin {
+    fn as_ref(&self) -> &[u8] {
+        self.0
+            .as_any()
+            .downcast_ref::<serde_bytes::ByteBuf>()
+            .map_or(&[], |b| b.as_slice())
+    }
 }
 
 impl Value {
@@ -66,6 +95,7 @@ impl Value {
         match self {
             Value::Local { size, .. } => *size,
             Value::Encoded(b) => b.len(),
+            Value::Bin(b) => b.len() + bin_header(b.len()).len(),
             Value::Taken => 0,
         }
     }
@@ -89,6 +119,19 @@ impl Value {
                         found: found.to_string(),
                     })
             }
+            Value::Bin(bytes) => {
+                if TypeId::of::<T>() == TypeId::of::<serde_bytes::ByteBuf>() {
+                    // The buffer itself, taken over when nobody shares it.
+                    let buf: Box<dyn Any> =
+                        Box::new(serde_bytes::ByteBuf::from(Vec::<u8>::from(bytes)));
+                    return buf.downcast::<T>().map(|b| Arc::new(*b)).map_err(|_| {
+                        Error::Serialization("a byte buffer is not a ByteBuf".into())
+                    });
+                }
+                let mut encoded = bin_header(bytes.len());
+                encoded.extend_from_slice(&bytes);
+                Value::Encoded(bytes::Bytes::from(encoded)).into_typed()
+            }
             Value::Encoded(bytes) => rmp_serde::from_slice(&bytes).map(Arc::new).map_err(|e| {
                 Error::Serialization(format!(
                     "cannot decode a `{}`: {e}",
@@ -102,9 +145,32 @@ impl Value {
     /// The value's bytes, encoding it if it is local.
     pub fn to_bytes(&self) -> Result<bytes::Bytes, Error> {
         match self {
-            Value::Local { object, .. } => object.encode().map(bytes::Bytes::from),
+            Value::Local { object, size } => {
+                // Sized up front: a large value is written once, never regrown.
+                let mut out = Vec::with_capacity(size.saturating_add(16));
+                object.encode_into(&mut out)?;
+                Ok(bytes::Bytes::from(out))
+            }
             Value::Encoded(b) => Ok(b.clone()),
+            Value::Bin(b) => {
+                let mut out = bin_header(b.len());
+                out.extend_from_slice(b);
+                Ok(bytes::Bytes::from(out))
+            }
             Value::Taken => Ok(bytes::Bytes::new()),
+        }
+    }
+
+    /// The value's encoding as a header and a body, sharing a byte buffer's
+    /// bytes rather than copying them (what a transfer sends from).
+    pub fn to_parts(&self) -> Result<(bytes::Bytes, bytes::Bytes), Error> {
+        match self {
+            Value::Local { object, .. } if object.as_any().is::<serde_bytes::ByteBuf>() => {
+                let body = bytes::Bytes::from_owner(SharedBin(object.clone()));
+                Ok((bytes::Bytes::from(bin_header(body.len())), body))
+            }
+            Value::Bin(b) => Ok((bytes::Bytes::from(bin_header(b.len())), b.clone())),
+            other => Ok((other.to_bytes()?, bytes::Bytes::new())),
         }
     }
 }
@@ -116,6 +182,7 @@ impl fmt::Debug for Value {
                 write!(f, "Value::Local({}, {size} bytes)", object.type_name())
             }
             Value::Encoded(b) => write!(f, "Value::Encoded({} bytes)", b.len()),
+            Value::Bin(b) => write!(f, "Value::Bin({} bytes)", b.len()),
             Value::Taken => write!(f, "Value::Taken"),
         }
     }

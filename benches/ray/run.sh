@@ -2,7 +2,7 @@
 # Runs Ray 2.60's `ray microbenchmark` and rayx's microbenchmark one after the
 # other on this machine, and writes the side-by-side table to BENCHMARKS.md.
 #
-#   bash benches/ray/run.sh            # full run: about 25 minutes on 2 cores
+#   bash benches/ray/run.sh            # full run: about 30 minutes on 2 cores
 #   RAYX_ONLY=1 bash benches/ray/run.sh  # reuse the last Ray output
 #
 # Needs python3 with venv and pip (PyPI reachable) and cargo.
@@ -29,6 +29,8 @@ fi
 
 echo "== rayx microbenchmark"
 (cd "$root" && cargo bench --bench microbenchmark 2>/dev/null) | tee "$out/rayx.txt"
+echo "== rayx microbenchmark in cluster mode (a driver and a node process on loopback)"
+(cd "$root" && cargo bench --bench microbenchmark -- --cluster 2>/dev/null) | tee "$out/cluster.txt"
 echo "== rayx and its peers (rayon, tokio, ractor, kameo, actix)"
 (cd "$root" && cargo bench --bench peers 2>/dev/null) | tee "$out/peers.txt"
 
@@ -39,7 +41,9 @@ mkdir -p "$results"
 [ -s "$out/ray.txt" ] && cp "$out/ray.txt" "$results/$day-ray.txt"
 cp "$out/rayx.txt" "$results/$day-rayx.txt"
 cp "$out/peers.txt" "$results/$day-peers.txt"
+cp "$out/cluster.txt" "$results/$day-cluster.txt"
 
 python3 "$here/table.py" "$out/ray.txt" "$out/rayx.txt" "$out/peers.txt" > "$out/table.md"
 python3 "$here/table.py" --update "$root/BENCHMARKS.md" "$out/ray.txt" "$out/rayx.txt" "$out/peers.txt"
+python3 "$here/table.py" --update-cluster "$root/BENCHMARKS.md" "$out/ray.txt" "$out/cluster.txt"
 cat "$out/table.md"

@@ -12,6 +12,7 @@
 
 use super::wire::{self, Hello, Lane, Msg, NodeInfo, Rejections};
 use crate::error::Error;
+use crate::ids::ObjectId;
 use bytes::{BufMut, BytesMut};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -35,6 +36,21 @@ pub trait Inbound: Send + Sync + 'static {
     fn on_msgs(&self, link: &Arc<Link>, msgs: Vec<Msg>);
     /// `link` closed: by the peer, by an error, or for bad input (`reason`).
     fn on_close(&self, link: &Arc<Link>, reason: Option<&str>);
+    /// Where the `len` bytes of a chunk of `object` at `offset` go, so the
+    /// bulk reader reads them from the socket straight into place: the
+    /// buffer, lent, and the position in it. `None`: read them as a message.
+    fn chunk_target(
+        &self,
+        _object: ObjectId,
+        _offset: u64,
+        _total: u64,
+        _len: usize,
+    ) -> Option<(Vec<u8>, usize)> {
+        None
+    }
+    /// The bytes of a chunk landed in a lent buffer (or the read failed:
+    /// `len` 0); the buffer goes back.
+    fn chunk_landed(&self, _object: ObjectId, _buf: Vec<u8>, _total: u64, _len: usize) {}
 }
 
 enum Out {
@@ -280,11 +296,25 @@ async fn read_loop(
     let mut codec = codec(link.lane);
     let bad: Option<String> = 'read: loop {
         loop {
+            if link.lane == Lane::Bulk {
+                match read_chunk_in_place(&mut rd, &mut buf, inbound.as_ref()).await {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(reason) => break 'read reason,
+                }
+            }
             match codec.decode(&mut buf) {
-                Ok(Some(frame)) => match wire::decode(&frame) {
-                    Ok(msgs) => inbound.on_msgs(&link, msgs),
-                    Err(reason) => break 'read Some(reason),
-                },
+                Ok(Some(frame)) => {
+                    let decoded = if link.lane == Lane::Bulk {
+                        read_bulk_frame(frame.freeze())
+                    } else {
+                        wire::decode(&frame)
+                    };
+                    match decoded {
+                        Ok(msgs) => inbound.on_msgs(&link, msgs),
+                        Err(reason) => break 'read Some(reason),
+                    }
+                }
                 Ok(None) => break,
                 Err(e) => break 'read Some(format!("frame over the limit: {e}")),
             }
@@ -322,6 +352,30 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Out>
                 Out::Close => closing = true,
             }
         }
+        if link.lane == Lane::Bulk {
+            // One message per frame; a chunk's bytes go from the served
+            // buffer to the socket without a copy.
+            let mut failed = false;
+            for m in msgs.drain(..) {
+                let Some((head, tail)) = bulk_frame(m) else {
+                    continue;
+                };
+                let len = 4 + head.len() + tail.as_ref().map_or(0, |t| t.len());
+                out.put_u32(len as u32);
+                out.put_u32(head.len() as u32);
+                out.extend_from_slice(&head);
+                if let Some(tail) = tail {
+                    if wr.write_all(&out).await.is_err() || wr.write_all(&tail).await.is_err() {
+                        failed = true;
+                        break;
+                    }
+                    out.clear();
+                }
+            }
+            if failed {
+                break 'write;
+            }
+        }
         let mut frames = Vec::new();
         pack(&mut msgs, limit, &mut frames);
         for body in frames {
@@ -347,6 +401,114 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Out>
     }
     link.closed.store(true, Ordering::Release);
     let _ = wr.shutdown().await;
+}
+
+/// If `buf` starts with a chunk's frame whose bytes have a place to land,
+/// reads them from the socket straight into it (what is buffered already is
+/// copied, the rest read in place) and returns true. `Err(None)`: the socket
+/// closed mid-chunk; `Err(Some(reason))`: bad input.
+async fn read_chunk_in_place(
+    rd: &mut OwnedReadHalf,
+    buf: &mut BytesMut,
+    inbound: &dyn Inbound,
+) -> Result<bool, Option<String>> {
+    if buf.len() < 8 {
+        return Ok(false);
+    }
+    let frame = u32::from_be_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
+    let head = u32::from_be_bytes(buf[4..8].try_into().expect("4 bytes")) as usize;
+    if frame > wire::MAX_BULK_FRAME || head + 4 > frame || buf.len() < 8 + head {
+        // Not ours to judge, or not all here yet: the frame path decides.
+        return Ok(false);
+    }
+    let len = frame - 4 - head;
+    if len == 0 {
+        return Ok(false);
+    }
+    let (object, offset, total) = match wire::decode(&buf[8..8 + head]).as_deref() {
+        Ok(
+            [Msg::Chunk {
+                object,
+                offset,
+                total,
+                data: crate::value::Value::Encoded(b),
+            }],
+        ) if b.is_empty() => (*object, *offset, *total),
+        _ => return Ok(false),
+    };
+    let Some((mut target, at)) = inbound.chunk_target(object, offset, total, len) else {
+        return Ok(false);
+    };
+    let _ = buf.split_to(8 + head);
+    let have = buf.len().min(len);
+    target[at..at + have].copy_from_slice(&buf[..have]);
+    let _ = buf.split_to(have);
+    let read = rd.read_exact(&mut target[at + have..at + len]).await;
+    let landed = if read.is_ok() { len } else { 0 };
+    inbound.chunk_landed(object, target, total, landed);
+    match read {
+        Ok(_) => Ok(true),
+        Err(_) => Err(None),
+    }
+}
+
+/// A bulk-lane frame body: a 4-byte length, the message (a chunk without its
+/// bytes), then the chunk's bytes as they are.
+fn bulk_frame(msg: Msg) -> Option<(Vec<u8>, Option<bytes::Bytes>)> {
+    let (msg, tail) = match msg {
+        Msg::Chunk {
+            object,
+            offset,
+            total,
+            data: crate::value::Value::Encoded(bytes),
+        } => (
+            Msg::Chunk {
+                object,
+                offset,
+                total,
+                data: crate::value::Value::Encoded(bytes::Bytes::new()),
+            },
+            Some(bytes),
+        ),
+        other => (other, None),
+    };
+    match wire::encode(std::slice::from_ref(&msg)) {
+        Ok(head) => Some((head, tail)),
+        Err(e) => {
+            tracing::error!("rayx: a bulk message could not be encoded: {e}");
+            None
+        }
+    }
+}
+
+/// Reads a bulk-lane frame: its message, with a chunk's bytes a slice of the
+/// frame (no copy).
+fn read_bulk_frame(frame: bytes::Bytes) -> Result<Vec<Msg>, String> {
+    if frame.len() < 4 {
+        return Err("bad bulk frame: shorter than its header".into());
+    }
+    let head = u32::from_be_bytes(frame[..4].try_into().expect("4 bytes")) as usize;
+    if head > frame.len() - 4 {
+        return Err(format!(
+            "bad bulk frame: a header of {head} bytes in a frame of {}",
+            frame.len()
+        ));
+    }
+    let mut msgs = wire::decode(&frame[4..4 + head])?;
+    let tail = frame.slice(4 + head..);
+    match msgs.as_mut_slice() {
+        [Msg::Chunk { data, .. }] => {
+            if matches!(data, crate::value::Value::Encoded(b) if !b.is_empty()) {
+                return Err("bad bulk frame: a chunk with inline bytes".into());
+            }
+            *data = crate::value::Value::Encoded(tail);
+        }
+        _ if !tail.is_empty() => {
+            return Err("bad bulk frame: bytes after a message that takes none".into())
+        }
+        _ => {}
+    }
+    Ok(msgs)
 }
 
 /// Packs messages into frame bodies within `limit`, halving a batch that is
@@ -401,6 +563,8 @@ pub fn kind_of(msg: &Msg) -> &'static str {
         Msg::Call(_) => "Call",
         Msg::CallDone { .. } => "CallDone",
         Msg::KillActor { .. } => "KillActor",
+        Msg::HoldActor { .. } => "HoldActor",
+        Msg::ReleaseActor { .. } => "ReleaseActor",
         Msg::Borrow { .. } => "Borrow",
         Msg::Release { .. } => "Release",
         Msg::ObjectReady { .. } => "ObjectReady",

@@ -30,7 +30,6 @@ use crate::messages::{ActorCall, Arg, Scheduling, TaskSpec};
 use crate::object_table::{Slot, TaskJob};
 use crate::run_queue::Spill;
 use crate::value::Value;
-use bytes::Bytes;
 use crossbeam_queue::SegQueue;
 use head::Head;
 use link::{Admit, Inbound, Link};
@@ -86,6 +85,11 @@ pub trait Host: Send + Sync + 'static {
     fn call_actor(&self, call: ActorCall, reply: Arc<Slot>) -> Result<(), Error>;
     /// Kills (or restarts) a local actor.
     fn kill_actor(&self, actor: ActorId, no_restart: bool);
+    /// A node holds handles to a local actor (keep it while any does).
+    fn hold_actor(&self, actor: ActorId, by: NodeId);
+    /// A node dropped its handles to a local actor (`all`: every hold it had,
+    /// as when it died).
+    fn release_actor(&self, actor: Option<ActorId>, by: NodeId);
     /// Live actors here.
     fn live_actors(&self) -> u32;
     /// The head told this node to stop.
@@ -568,6 +572,17 @@ impl ClusterNode {
         }
     }
 
+    /// This node holds handles to an actor on `node` (`hold`), or dropped
+    /// its last one.
+    pub fn hold_actor(self: &Arc<Self>, node: NodeId, actor: ActorId, hold: bool) {
+        let msg = if hold {
+            Msg::HoldActor { actor }
+        } else {
+            Msg::ReleaseActor { actor }
+        };
+        self.send_to(node, false, msg);
+    }
+
     /// Kills (or restarts) an actor on `node`.
     pub fn kill_actor(self: &Arc<Self>, node: NodeId, actor: ActorId, no_restart: bool) {
         self.send_to(node, false, Msg::KillActor { actor, no_restart });
@@ -742,6 +757,16 @@ impl ClusterNode {
             Msg::KillActor { actor, no_restart } => {
                 if let Some(h) = self.host() {
                     h.kill_actor(actor, no_restart);
+                }
+            }
+            Msg::HoldActor { actor } => {
+                if let Some(h) = self.host() {
+                    h.hold_actor(actor, from);
+                }
+            }
+            Msg::ReleaseActor { actor } => {
+                if let Some(h) = self.host() {
+                    h.release_actor(Some(actor), from);
                 }
             }
             Msg::Borrow { object } => self.lend(from, object),
@@ -985,45 +1010,47 @@ impl ClusterNode {
     /// Serves one chunk of a held or owned value, encoding it once (off the
     /// network thread) per transfer.
     fn serve_pull(self: &Arc<Self>, link: &Arc<Link>, object: ObjectId, offset: u64, len: u64) {
-        if let Some(bytes) = self.serving.cached(object) {
-            link.send(self.serving.chunk(object, &bytes, offset, len));
-            return;
-        }
-        let value = self.held.lock().get(&object).cloned().or_else(|| {
-            self.core
-                .table
-                .lookup(object)
-                .and_then(|s| s.try_get())
-                .and_then(Result::ok)
-        });
-        let Some(value) = value else {
-            link.send(Msg::PullFailed {
-                object,
-                error: Error::ObjectLost {
-                    id: object.to_string(),
-                },
-            });
-            return;
-        };
-        let link = link.clone();
-        let me = self.clone();
-        self.net.spawn(async move {
-            let encoded: Result<Bytes, Error> = match &value {
-                Value::Encoded(b) => Ok(b.clone()),
-                _ => tokio::task::spawn_blocking(move || value.to_bytes())
-                    .await
-                    .unwrap_or_else(|e| Err(Error::Serialization(e.to_string()))),
-            };
-            match encoded {
-                Ok(bytes) => {
-                    me.serving.keep(object, bytes.clone());
-                    link.send(me.serving.chunk(object, &bytes, offset, len));
-                }
-                Err(error) => {
-                    link.send(Msg::PullFailed { object, error });
-                }
+        match self.serving.pull(link, object, offset, len) {
+            transfer::Serve::Chunk(msg) => {
+                link.send(msg);
             }
-        });
+            transfer::Serve::Wait => {}
+            transfer::Serve::Encode => {
+                let value = self.held.lock().get(&object).cloned().or_else(|| {
+                    self.core
+                        .table
+                        .lookup(object)
+                        .and_then(|s| s.try_get())
+                        .and_then(Result::ok)
+                });
+                let Some(value) = value else {
+                    self.serving.encoded(
+                        object,
+                        Err(Error::ObjectLost {
+                            id: object.to_string(),
+                        }),
+                    );
+                    return;
+                };
+                let cheap = match &value {
+                    Value::Local { object, .. } => object.as_any().is::<serde_bytes::ByteBuf>(),
+                    _ => true,
+                };
+                if cheap {
+                    // Bytes already, or a byte buffer shared as it is.
+                    self.serving.encoded(object, value.to_parts());
+                    return;
+                }
+                let me = self.clone();
+                self.net.spawn(async move {
+                    // Encoding a large value takes a while: off the network thread.
+                    let encoded = tokio::task::spawn_blocking(move || value.to_parts())
+                        .await
+                        .unwrap_or_else(|e| Err(Error::Serialization(e.to_string())));
+                    me.serving.encoded(object, encoded);
+                });
+            }
+        }
     }
 
     // ---- the owner's side of tasks -----------------------------------------------
@@ -1132,6 +1159,11 @@ impl ClusterNode {
             .collect();
         for id in lent {
             self.unlend(node, id, u32::MAX);
+        }
+        if dead {
+            if let Some(h) = self.host() {
+                h.release_actor(None, node);
+            }
         }
         if dead {
             let owned: Vec<Arc<Slot>> = self
@@ -1287,6 +1319,22 @@ impl Inbound for Handler {
         }
     }
 
+    fn chunk_target(
+        &self,
+        object: ObjectId,
+        offset: u64,
+        total: u64,
+        len: usize,
+    ) -> Option<(Vec<u8>, usize)> {
+        self.lend_target(object, offset, total, len)
+    }
+
+    fn chunk_landed(&self, object: ObjectId, buf: Vec<u8>, _total: u64, len: usize) {
+        if let Some(c) = self.0.upgrade() {
+            c.pulls.landed(object, buf, len);
+        }
+    }
+
     fn on_close(&self, link: &Arc<Link>, reason: Option<&str>) {
         let Some(c) = self.0.upgrade() else { return };
         if c.closed.load(Ordering::Acquire) {
@@ -1347,6 +1395,18 @@ impl Inbound for Handler {
             }
             Lane::Admin => {}
         }
+    }
+}
+
+impl Handler {
+    fn lend_target(
+        &self,
+        object: ObjectId,
+        offset: u64,
+        total: u64,
+        len: usize,
+    ) -> Option<(Vec<u8>, usize)> {
+        self.0.upgrade()?.pulls.lend(object, offset, total, len)
     }
 }
 

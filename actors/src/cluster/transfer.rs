@@ -13,16 +13,44 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use std::sync::Arc;
 
+/// The largest object a pull accepts (what a peer may make this node allocate).
+pub const MAX_OBJECT: u64 = 1 << 40;
+
 /// What to do with a pulled value (or the pull's error).
 pub type PullDone = Box<dyn FnOnce(Result<Value, Error>) + Send>;
 
 struct Assembly {
     link: Arc<Link>,
+    /// The bytes so far: of the whole encoding, or — for a byte buffer —
+    /// of its contents only (`skip` header bytes left out), so that it is
+    /// read as a `ByteBuf` without a copy.
     buf: Vec<u8>,
+    skip: u64,
+    started: bool,
+    /// The buffer is lent to the bulk reader (a chunk landing in place).
+    lent: bool,
     total: u64,
     received: u64,
     next: u64,
     done: Vec<PullDone>,
+}
+
+/// The length of a msgpack bin header at the start of `data`, if the bin
+/// fills exactly `total` bytes.
+fn bin_header_len(data: &[u8], total: u64) -> Option<u64> {
+    let (h, len) = match *data.first()? {
+        0xc4 => (2, *data.get(1)? as u64),
+        0xc5 => (
+            3,
+            u16::from_be_bytes(data.get(1..3)?.try_into().ok()?) as u64,
+        ),
+        0xc6 => (
+            5,
+            u32::from_be_bytes(data.get(1..5)?.try_into().ok()?) as u64,
+        ),
+        _ => return None,
+    };
+    (h + len == total).then_some(h)
 }
 
 /// Pulls in progress on this node.
@@ -47,23 +75,14 @@ impl Pulls {
         let mut a = Assembly {
             link: link.clone(),
             buf: Vec::new(),
+            skip: 0,
+            started: false,
+            lent: false,
             total: size,
             received: 0,
             next: 0,
             done: vec![done],
         };
-        if a.buf.try_reserve_exact(size as usize).is_err() {
-            drop(active);
-            for d in std::mem::take(&mut a.done) {
-                d(Err(Error::ObjectStoreFull {
-                    requested: size,
-                    used: 0,
-                    capacity: 0,
-                }));
-            }
-            return;
-        }
-        a.buf.resize(size as usize, 0);
         for _ in 0..PULL_WINDOW {
             request_next(&mut a, object);
         }
@@ -78,54 +97,69 @@ impl Pulls {
             let Some(a) = active.get_mut(&object) else {
                 return;
             };
-            if a.received == 0 && total != a.total && total > 0 {
-                // The size asked for was the value's measure; the holder's
-                // encoding is the truth (a few header bytes more or less).
-                if a.buf
-                    .try_reserve_exact((total as usize).saturating_sub(a.buf.len()))
-                    .is_err()
-                {
-                    let a = active.remove(&object).expect("present");
-                    drop(active);
-                    fail_all(
-                        a.done,
-                        Error::ObjectStoreFull {
-                            requested: total,
-                            used: 0,
-                            capacity: 0,
-                        },
-                    );
-                    return;
-                }
-                a.buf.resize(total as usize, 0);
-                a.total = total;
-            }
-            if bytes.is_empty() {
-                return;
-            }
-            let end = offset.checked_add(bytes.len() as u64);
-            if total != a.total || end.is_none_or(|e| e > a.total) {
+            if let Err(e) = a.take(offset, total, &bytes) {
                 let a = active.remove(&object).expect("present");
                 drop(active);
-                fail_all(
-                    a.done,
-                    Error::Serialization(format!(
-                        "a chunk of {object} does not fit the object ({offset}+{} of {total}, expected {})",
-                        bytes.len(),
-                        a.total
-                    )),
-                );
+                fail_all(a.done, e);
                 return;
             }
-            a.buf[offset as usize..(offset as usize + bytes.len())].copy_from_slice(&bytes);
-            a.received += bytes.len() as u64;
             if a.received < a.total {
                 request_next(a, object);
                 return;
             }
             active.remove(&object).expect("present")
         };
-        let value = Value::Encoded(Bytes::from(finished.buf));
+        self.finish(finished);
+    }
+
+    /// Lends the buffer of `object`'s pull for a chunk's `len` bytes at
+    /// `offset` to land in place: once the pull has started (its first chunk
+    /// fixed the layout) and the chunk is past a byte buffer's header.
+    pub fn lend(
+        &self,
+        object: ObjectId,
+        offset: u64,
+        total: u64,
+        len: usize,
+    ) -> Option<(Vec<u8>, usize)> {
+        let mut active = self.active.lock();
+        let a = active.get_mut(&object)?;
+        let end = offset.checked_add(len as u64)?;
+        if !a.started || a.lent || total != a.total || offset < a.skip || end > a.total {
+            return None;
+        }
+        a.lent = true;
+        Some((std::mem::take(&mut a.buf), (offset - a.skip) as usize))
+    }
+
+    /// A lent buffer comes back with `len` bytes landed (0: the read failed).
+    pub fn landed(&self, object: ObjectId, buf: Vec<u8>, len: usize) {
+        let finished = {
+            let mut active = self.active.lock();
+            let Some(a) = active.get_mut(&object) else {
+                return;
+            };
+            a.buf = buf;
+            a.lent = false;
+            a.received += len as u64;
+            if len == 0 || a.received < a.total {
+                if len > 0 {
+                    request_next(a, object);
+                }
+                return;
+            }
+            active.remove(&object).expect("present")
+        };
+        self.finish(finished);
+    }
+
+    fn finish(&self, finished: Assembly) {
+        let buf = Bytes::from(finished.buf);
+        let value = if finished.skip > 0 {
+            Value::Bin(buf)
+        } else {
+            Value::Encoded(buf)
+        };
         for d in finished.done {
             d(Ok(value.clone()));
         }
@@ -166,6 +200,54 @@ impl Pulls {
     }
 }
 
+impl Assembly {
+    /// Takes a chunk in. The first (offset 0, asked for first on one ordered
+    /// link) fixes the size — the holder's encoding is the truth, the size
+    /// asked for was a measure — and whether it is a byte buffer.
+    fn take(&mut self, offset: u64, total: u64, bytes: &[u8]) -> Result<(), Error> {
+        let bad = |why: String| Err(Error::Serialization(why));
+        if self.lent {
+            return bad("a chunk came while another was landing".into());
+        }
+        if !self.started {
+            if offset != 0 {
+                return bad(format!("a chunk at {offset} came before the first"));
+            }
+            self.total = total;
+            self.skip = bin_header_len(bytes, total).unwrap_or(0);
+            if total > MAX_OBJECT {
+                return Err(Error::ObjectStoreFull {
+                    requested: total,
+                    used: 0,
+                    capacity: MAX_OBJECT,
+                });
+            }
+            // Zeroed by the allocator (fresh pages are zero already): no pass
+            // over the buffer before the bytes land.
+            self.buf = vec![0u8; (total - self.skip) as usize];
+            self.started = true;
+        }
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let end = offset.checked_add(bytes.len() as u64);
+        if total != self.total || end.is_none_or(|e| e > self.total) {
+            return bad(format!(
+                "a chunk does not fit the object ({offset}+{} of {total}, expected {})",
+                bytes.len(),
+                self.total
+            ));
+        }
+        // Header bytes of a byte buffer are dropped; the rest lands in place.
+        let cut = self.skip.saturating_sub(offset).min(bytes.len() as u64) as usize;
+        let at = (offset + cut as u64 - self.skip) as usize;
+        let body = &bytes[cut..];
+        self.buf[at..at + body.len()].copy_from_slice(body);
+        self.received += bytes.len() as u64;
+        Ok(())
+    }
+}
+
 fn request_next(a: &mut Assembly, object: ObjectId) {
     if a.next >= a.total {
         return;
@@ -185,37 +267,106 @@ fn fail_all(done: Vec<PullDone>, error: Error) {
     }
 }
 
+/// A value being served: encoded once per transfer, while pulls that came
+/// during the encoding wait for it.
+enum Served {
+    Encoding(Vec<(Arc<Link>, u64, u64)>),
+    /// The encoding as a header and a body (a byte buffer's own bytes).
+    Ready(Bytes, Bytes),
+}
+
 /// Values being served, encoded once per transfer.
 #[derive(Default)]
 pub struct Serving {
-    encoded: Mutex<IdMap<ObjectId, Bytes>>,
+    encoded: Mutex<IdMap<ObjectId, Served>>,
+}
+
+/// What to do with a pull.
+pub enum Serve {
+    /// Send this chunk.
+    Chunk(Msg),
+    /// Encode the value (then call [`Serving::encoded`]); this pull waits.
+    Encode,
+    /// Another pull is encoding it; this one waits.
+    Wait,
 }
 
 impl Serving {
-    /// The encoded bytes of `object` if a transfer of it is under way.
-    pub fn cached(&self, object: ObjectId) -> Option<Bytes> {
-        self.encoded.lock().get(&object).cloned()
+    /// A pull of `len` bytes of `object` from `offset`, on `link`.
+    pub fn pull(&self, link: &Arc<Link>, object: ObjectId, offset: u64, len: u64) -> Serve {
+        let mut encoded = self.encoded.lock();
+        match encoded.get_mut(&object) {
+            Some(Served::Ready(head, body)) => {
+                let parts = (head.clone(), body.clone());
+                drop(encoded);
+                Serve::Chunk(self.chunk(object, &parts, offset, len))
+            }
+            Some(Served::Encoding(waiting)) => {
+                waiting.push((link.clone(), offset, len));
+                Serve::Wait
+            }
+            None => {
+                encoded.insert(object, Served::Encoding(vec![(link.clone(), offset, len)]));
+                Serve::Encode
+            }
+        }
     }
 
-    /// Keeps `bytes` for the rest of the transfer.
-    pub fn keep(&self, object: ObjectId, bytes: Bytes) {
-        self.encoded.lock().insert(object, bytes);
+    /// The encoding of `object` is done: every waiting pull is served.
+    pub fn encoded(&self, object: ObjectId, result: Result<(Bytes, Bytes), Error>) {
+        let waiting = {
+            let mut encoded = self.encoded.lock();
+            let waiting = match encoded.remove(&object) {
+                Some(Served::Encoding(w)) => w,
+                _ => Vec::new(),
+            };
+            if let Ok((head, body)) = &result {
+                encoded.insert(object, Served::Ready(head.clone(), body.clone()));
+            }
+            waiting
+        };
+        for (link, offset, len) in waiting {
+            match &result {
+                Ok(bytes) => {
+                    link.send(self.chunk(object, bytes, offset, len));
+                }
+                Err(error) => {
+                    link.send(Msg::PullFailed {
+                        object,
+                        error: error.clone(),
+                    });
+                }
+            }
+        }
     }
 
-    /// The chunk a pull asks for; the cache is dropped once the last byte is
-    /// served.
-    pub fn chunk(&self, object: ObjectId, bytes: &Bytes, offset: u64, len: u64) -> Msg {
-        let total = bytes.len() as u64;
+    /// The chunk a pull asks for; the encoding is dropped once the last byte
+    /// is served.
+    fn chunk(&self, object: ObjectId, (head, body): &(Bytes, Bytes), offset: u64, len: u64) -> Msg {
+        let h = head.len() as u64;
+        let total = h + body.len() as u64;
         let start = offset.min(total);
         let end = offset.saturating_add(len.min(CHUNK as u64)).min(total);
         if end >= total {
             self.encoded.lock().remove(&object);
         }
+        let data = if start >= h {
+            // A slice of the body: no copy.
+            body.slice((start - h) as usize..(end - h) as usize)
+        } else {
+            // The chunk that holds the header: copied once.
+            let mut d = Vec::with_capacity((end - start) as usize);
+            d.extend_from_slice(&head[start as usize..(end.min(h)) as usize]);
+            if end > h {
+                d.extend_from_slice(&body[..(end - h) as usize]);
+            }
+            Bytes::from(d)
+        };
         Msg::Chunk {
             object,
             offset: start,
             total,
-            data: Value::Encoded(bytes.slice(start as usize..end as usize)),
+            data: Value::Encoded(data),
         }
     }
 }

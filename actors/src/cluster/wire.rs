@@ -28,7 +28,7 @@ pub const CHUNK: usize = 4 << 20;
 /// The largest frame a bulk connection accepts: one chunk and its header.
 pub const MAX_BULK_FRAME: usize = CHUNK + (64 << 10);
 /// Chunks of one pull in flight at once (the bound on bytes in flight).
-pub const PULL_WINDOW: u64 = 4;
+pub const PULL_WINDOW: u64 = 16;
 
 /// Which kind of connection a hello opens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -305,6 +305,16 @@ pub enum Msg {
         actor: ActorId,
         /// Kill it for good (else restart it if its policy allows).
         no_restart: bool,
+    },
+    /// The sender holds handles to this actor of the receiver's: keep it.
+    HoldActor {
+        /// The actor.
+        actor: ActorId,
+    },
+    /// The sender dropped its last handle to this actor.
+    ReleaseActor {
+        /// The actor.
+        actor: ActorId,
     },
     /// The sender holds a reference to this object of the receiver's: keep it,
     /// and send its value when it is ready.
