@@ -111,7 +111,18 @@ fn main() -> rayx::Result<()> {
     }
     println!("  tasks per node: {per_node:?}");
 
-    let tally = rt.actor_of(Tally::new, 100).name("tally").spawn()?;
+    // Another node than this driver, for the actor and the large object.
+    let other = rt
+        .nodes()
+        .into_iter()
+        .find(|n| n.id != rt.node_id() && n.cpus > 0.0)
+        .map(|n| n.id)
+        .unwrap_or(rt.node_id());
+    let tally = rt
+        .actor_of(Tally::new, 100)
+        .name("tally")
+        .node_affinity(other, false)
+        .spawn()?;
     let (n, pid) = tally.call(Add(5)).get()?;
     println!(
         "\nthe actor `tally` lives on node {} (pid {pid}); 100 + 5 = {n}",
@@ -125,7 +136,7 @@ fn main() -> rayx::Result<()> {
     let big = rt.put(serde_bytes::ByteBuf::from(data))?;
     let (len, sum, node) = rt
         .task(checksum)
-        .scheduling(Scheduling::Spread)
+        .node_affinity(other, false)
         .remote(&big)
         .get()?;
     println!(

@@ -996,8 +996,14 @@ struct HandleWire {
 impl<A> Serialize for ActorHandle<A> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         let type_name = match &self.target {
-            Target::Local { host, .. } => host.type_name().to_string(),
-            Target::Remote(r) => r.type_name.clone(),
+            Target::Local { host, .. } => {
+                rayx_actors::value::pin_while_sending(host.clone());
+                host.type_name().to_string()
+            }
+            Target::Remote(r) => {
+                rayx_actors::value::pin_while_sending(r.clone());
+                r.type_name.clone()
+            }
         };
         HandleWire {
             actor: self.id(),

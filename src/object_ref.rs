@@ -197,6 +197,9 @@ impl<T: Data + Clone> IntoFuture for &ObjectRef<T> {
 
 impl<T> Serialize for ObjectRef<T> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        // On its way to another node, the sender keeps it until the receiver
+        // holds its own.
+        rayx_actors::value::pin_while_sending(self.slot.clone());
         self.slot.id().serialize(s)
     }
 }

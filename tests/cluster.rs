@@ -65,6 +65,20 @@ fn lookup_and_add(name: String, k: u64) -> u64 {
     c.call(Add(k)).get().expect("call")
 }
 
+fn put_here(x: u64, big: usize) -> (ObjectRef<u64>, ObjectRef<ByteBuf>) {
+    // Objects this node owns, returned inside the result: they must outlive
+    // the task until the driver holds them.
+    let rt = Runtime::current().expect("in a task");
+    (rt.put(x).unwrap(), rt.put(blob(big, 1)).unwrap())
+}
+
+fn spawn_counter(start: u64) -> ActorHandle<Counter> {
+    let rt = Runtime::current().expect("in a task");
+    rt.actor_of(Counter::new, start)
+        .spawn()
+        .expect("spawn on a node")
+}
+
 rayx::remote!(
     where_am_i,
     square,
@@ -73,7 +87,9 @@ rayx::remote!(
     sum_refs,
     fan_out,
     call_counter,
-    lookup_and_add
+    lookup_and_add,
+    put_here,
+    spawn_counter
 );
 
 pub struct Counter {
@@ -116,6 +132,71 @@ impl Handler<Log> for Counter {
 }
 
 rayx::remote_actor!(Counter, Counter::new, [Add, Log]);
+
+/// Keeps what it is sent: a ref and a handle, to use later.
+pub struct Keeper {
+    kept: Option<ObjectRef<u64>>,
+    counter: Option<ActorHandle<Counter>>,
+}
+impl Keeper {
+    fn new() -> Keeper {
+        Keeper {
+            kept: None,
+            counter: None,
+        }
+    }
+}
+impl Actor for Keeper {}
+
+#[derive(Serialize, Deserialize)]
+pub struct Keep(ObjectRef<u64>, ActorHandle<Counter>);
+impl Message for Keep {
+    type Reply = ();
+}
+impl Handler<Keep> for Keeper {
+    fn handle(&mut self, Keep(r, c): Keep, _: &mut ActorContext<Self>) {
+        self.kept = Some(r);
+        self.counter = Some(c);
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct UseKept;
+impl Message for UseKept {
+    type Reply = (u64, u64);
+}
+impl Handler<UseKept> for Keeper {
+    fn handle(&mut self, _: UseKept, _: &mut ActorContext<Self>) -> (u64, u64) {
+        let v = self
+            .kept
+            .as_ref()
+            .expect("kept")
+            .get()
+            .expect("the kept ref reads");
+        let n = self
+            .counter
+            .as_ref()
+            .expect("kept")
+            .call(Add(1))
+            .get()
+            .expect("the kept handle calls");
+        (v, n)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct Forget;
+impl Message for Forget {
+    type Reply = ();
+}
+impl Handler<Forget> for Keeper {
+    fn handle(&mut self, _: Forget, _: &mut ActorContext<Self>) {
+        self.kept = None;
+        self.counter = None;
+    }
+}
+
+rayx::remote_actor!(Keeper, Keeper::new, [Keep, UseKept, Forget]);
 
 // ---- the tests ----------------------------------------------------------------
 
@@ -316,6 +397,53 @@ fn actors_live_on_other_nodes_and_take_calls_in_order() {
     }
     wait_until("the dead actor's name is free", || {
         rt.get_actor::<Counter>("tally").is_err()
+    });
+}
+
+fn refs_and_handles_sent_in_results_and_calls_outlive_their_sender() {
+    let c = Cluster::start(2).unwrap();
+    let rt = c.driver();
+    let (n0, n1) = (c.nodes()[0].id, c.nodes()[1].id);
+    // Refs a task returns, owned by its node: readable after the task ended.
+    let (small, big) = rt
+        .task(put_here)
+        .node_affinity(n0, false)
+        .remote((42, 3 << 20))
+        .get()
+        .unwrap();
+    assert_eq!(small.get().unwrap(), 42);
+    assert_eq!(checksum(big.get().unwrap()), checksum(blob(3 << 20, 1)));
+    // A handle a task returns, to an actor it started on its node.
+    let counter = rt
+        .task(spawn_counter)
+        .node_affinity(n1, false)
+        .remote(7)
+        .get()
+        .unwrap();
+    assert_eq!(counter.node_id(), n1);
+    assert_eq!(counter.call(Add(1)).get().unwrap(), 8);
+    // A ref and a handle sent in a call, then dropped by the sender.
+    let keeper = rt
+        .actor_of(Keeper::new, ())
+        .node_affinity(n0, false)
+        .spawn()
+        .unwrap();
+    let value = rt.put(5u64).unwrap();
+    keeper
+        .call(Keep(value.clone(), counter.clone()))
+        .get()
+        .unwrap();
+    drop((value, counter, small, big));
+    assert_eq!(keeper.call(UseKept).get().unwrap(), (5, 9));
+    keeper.call(Forget).get().unwrap();
+    drop(keeper);
+    wait_until("every node's objects and actors are freed", || {
+        let status = rt.cluster_status().unwrap();
+        rt.memory().objects == 0
+            && status
+                .nodes
+                .iter()
+                .all(|n| n.report.memory.objects == 0 && n.report.actors == 0)
     });
 }
 
@@ -520,6 +648,127 @@ fn bad_bytes_close_one_connection_and_are_counted() {
     assert_eq!(rt.task(square).remote(12).get().unwrap(), 144);
 }
 
+/// A fake peer (node 99) sends a task whose argument it "owns", then answers
+/// the victim's pull with lying chunks: each attack must fail that pull (and
+/// the task, with a typed error), never the node.
+fn a_lying_peer_s_chunks_fail_its_pull_not_the_node() {
+    use rayx_actors::cluster::wire::{self, Hello, Lane, Msg, NodeInfo, Payload, PROTOCOL_VERSION};
+    use rayx_actors::ids::{ObjectId, TaskId};
+    use rayx_actors::messages::{Arg, TaskSpec};
+    use rayx_actors::value::Value;
+    fn chunk(object: ObjectId, offset: u64, total: u64, data: &[u8]) -> Vec<u8> {
+        let head = wire::encode(&[Msg::Chunk {
+            object,
+            offset,
+            total,
+            data: Value::Encoded(Vec::new().into()),
+        }])
+        .unwrap();
+        let mut f = ((4 + head.len() + data.len()) as u32)
+            .to_be_bytes()
+            .to_vec();
+        f.extend_from_slice(&(head.len() as u32).to_be_bytes());
+        f.extend_from_slice(&head);
+        f.extend_from_slice(data);
+        f
+    }
+    let mut c = Cluster::start(1).unwrap();
+    let rt = c.driver().clone();
+    let victim = c.nodes()[0].id;
+    let address = rt
+        .nodes()
+        .into_iter()
+        .find(|n| n.id == victim)
+        .unwrap()
+        .address;
+    // A 1 TiB object (refused before any allocation); a bin header, then a
+    // chunk inside it out of order; the same chunk twice.
+    for (round, attack) in ["huge", "underflow", "repeat"].into_iter().enumerate() {
+        let bulk = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let me = NodeInfo {
+            id: NodeId(99 + round as u64),
+            address: bulk.local_addr().unwrap().to_string(),
+            cpus: 0.0,
+            head: false,
+        };
+        let obj = ObjectId {
+            node: me.id,
+            seq: 7,
+        };
+        let mut s = TcpStream::connect(&address).unwrap();
+        let hello = Msg::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            lane: Lane::Control,
+            node: me.clone(),
+            registry: vec![],
+        });
+        s.write_all(&frame(&wire::encode(&[hello]).unwrap()))
+            .unwrap();
+        let spec = TaskSpec {
+            task_id: TaskId(ObjectId {
+                node: me.id,
+                seq: 1,
+            }),
+            function: rayx::__private::name_of(&checksum).into(),
+            args: vec![Arg::Ref(obj)],
+            options: Default::default(),
+        };
+        s.write_all(&frame(&wire::encode(&[Msg::RunTask(spec)]).unwrap()))
+            .unwrap();
+        read_frames_until(&mut s, |m| matches!(m, Msg::Borrow { .. }));
+        let ready = Msg::ObjectReady {
+            object: obj,
+            result: Ok(Payload::At {
+                node: me.id,
+                size: 105,
+            }),
+        };
+        s.write_all(&frame(&wire::encode(&[ready]).unwrap()))
+            .unwrap();
+        let (mut b, _) = bulk.accept().unwrap();
+        read_frames_until(&mut b, |m| matches!(m, Msg::Hello(_)));
+        let welcome = Msg::Welcome {
+            node: me.clone(),
+            cluster: vec![],
+        };
+        b.write_all(&frame(&wire::encode(&[welcome]).unwrap()))
+            .unwrap();
+        match attack {
+            "huge" => b
+                .write_all(&chunk(obj, 0, (1 << 40) - 1, &[1, 2, 3]))
+                .unwrap(),
+            "underflow" => {
+                b.write_all(&chunk(obj, 0, 105, &[0xc6, 0, 0, 0, 100]))
+                    .unwrap();
+                b.write_all(&chunk(obj, 2, 105, &[9])).unwrap();
+            }
+            _ => {
+                let mut d = vec![0xc4u8, 103];
+                d.extend(std::iter::repeat_n(5u8, 51));
+                b.write_all(&chunk(obj, 0, 105, &d)).unwrap();
+                b.write_all(&chunk(obj, 0, 105, &d)).unwrap();
+            }
+        }
+        let answers = read_frames_until(&mut s, |m| matches!(m, Msg::TaskDone { .. }));
+        assert!(
+            answers
+                .iter()
+                .any(|m| matches!(m, Msg::TaskDone { result: Err(_), .. })),
+            "{attack}: the task fails with a typed error: {answers:?}"
+        );
+        assert!(c.is_running(0), "{attack}: the node lives");
+        assert_eq!(
+            rt.task(square)
+                .node_affinity(victim, false)
+                .remote(4)
+                .get()
+                .unwrap(),
+            16,
+            "{attack}: and serves"
+        );
+    }
+}
+
 // ---- the runner ---------------------------------------------------------------
 
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
@@ -533,39 +782,20 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 
 fn main() {
     rayx::testing::serve_if_node();
-    let tests: &[(&str, fn())] = &[
-        (
-            "tasks_run_on_every_node_and_their_results_come_back",
-            tasks_run_on_every_node_and_their_results_come_back,
-        ),
-        (
-            "node_affinity_is_hard_unless_soft",
-            node_affinity_is_hard_unless_soft,
-        ),
-        (
-            "large_objects_move_between_nodes_intact_and_are_freed",
-            large_objects_move_between_nodes_intact_and_are_freed,
-        ),
-        (
-            "refs_inside_values_are_borrowed_from_their_owner",
-            refs_inside_values_are_borrowed_from_their_owner,
-        ),
-        (
-            "actors_live_on_other_nodes_and_take_calls_in_order",
-            actors_live_on_other_nodes_and_take_calls_in_order,
-        ),
-        (
-            "a_killed_node_s_tasks_run_again_elsewhere",
-            a_killed_node_s_tasks_run_again_elsewhere,
-        ),
-        (
-            "an_unreachable_head_fails_init_in_bounded_time",
-            an_unreachable_head_fails_init_in_bounded_time,
-        ),
-        (
-            "bad_bytes_close_one_connection_and_are_counted",
-            bad_bytes_close_one_connection_and_are_counted,
-        ),
+    macro_rules! tests {
+        ($($t:ident),* $(,)?) => { &[$((stringify!($t), $t as fn())),*] };
+    }
+    let tests: &[(&str, fn())] = tests![
+        tasks_run_on_every_node_and_their_results_come_back,
+        node_affinity_is_hard_unless_soft,
+        large_objects_move_between_nodes_intact_and_are_freed,
+        refs_inside_values_are_borrowed_from_their_owner,
+        actors_live_on_other_nodes_and_take_calls_in_order,
+        refs_and_handles_sent_in_results_and_calls_outlive_their_sender,
+        a_killed_node_s_tasks_run_again_elsewhere,
+        an_unreachable_head_fails_init_in_bounded_time,
+        bad_bytes_close_one_connection_and_are_counted,
+        a_lying_peer_s_chunks_fail_its_pull_not_the_node,
     ];
     let filters: Vec<String> = std::env::args()
         .skip(1)

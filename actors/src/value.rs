@@ -60,6 +60,33 @@ pub enum Value {
     Taken,
 }
 
+/// What a sender keeps alive while a value it encoded is on its way: the refs
+/// and handles inside it, until the receiver holds its own.
+pub type Pin = Arc<dyn Any + Send + Sync>;
+
+thread_local! {
+    static SENDING: std::cell::RefCell<Option<Vec<Pin>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` (an encoding for another node), collecting the pins of the refs
+/// and handles it encodes ([`pin_while_sending`]).
+pub fn collect_pins<R>(f: impl FnOnce() -> R) -> (R, Vec<Pin>) {
+    let outer = SENDING.with(|s| s.borrow_mut().replace(Vec::new()));
+    let r = f();
+    let pins = SENDING.with(|s| std::mem::replace(&mut *s.borrow_mut(), outer));
+    (r, pins.unwrap_or_default())
+}
+
+/// Called by a ref or handle as it is encoded: while [`collect_pins`] runs,
+/// `pin` is kept alive by the sender.
+pub fn pin_while_sending(pin: Pin) {
+    SENDING.with(|s| {
+        if let Some(pins) = s.borrow_mut().as_mut() {
+            pins.push(pin);
+        }
+    });
+}
+
 /// The msgpack header of a bin of `len` bytes.
 pub fn bin_header(len: usize) -> Vec<u8> {
     let mut h = Vec::with_capacity(5);

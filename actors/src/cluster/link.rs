@@ -41,6 +41,7 @@ pub trait Inbound: Send + Sync + 'static {
     /// buffer, lent, and the position in it. `None`: read them as a message.
     fn chunk_target(
         &self,
+        _link: &Link,
         _object: ObjectId,
         _offset: u64,
         _total: u64,
@@ -297,7 +298,7 @@ async fn read_loop(
     let bad: Option<String> = 'read: loop {
         loop {
             if link.lane == Lane::Bulk {
-                match read_chunk_in_place(&mut rd, &mut buf, inbound.as_ref()).await {
+                match read_chunk_in_place(&mut rd, &mut buf, &link, inbound.as_ref()).await {
                     Ok(true) => continue,
                     Ok(false) => {}
                     Err(reason) => break 'read reason,
@@ -311,7 +312,17 @@ async fn read_loop(
                         wire::decode(&frame)
                     };
                     match decoded {
-                        Ok(msgs) => inbound.on_msgs(&link, msgs),
+                        Ok(msgs) => {
+                            // A bug a peer's message trips closes its link (and
+                            // is counted), never the node or its other links.
+                            let handled =
+                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                    inbound.on_msgs(&link, msgs)
+                                }));
+                            if handled.is_err() {
+                                break 'read Some("a message made the node panic".into());
+                            }
+                        }
                         Err(reason) => break 'read Some(reason),
                     }
                 }
@@ -410,6 +421,7 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Out>
 async fn read_chunk_in_place(
     rd: &mut OwnedReadHalf,
     buf: &mut BytesMut,
+    link: &Link,
     inbound: &dyn Inbound,
 ) -> Result<bool, Option<String>> {
     if buf.len() < 8 {
@@ -436,7 +448,7 @@ async fn read_chunk_in_place(
         ) if b.is_empty() => (*object, *offset, *total),
         _ => return Ok(false),
     };
-    let Some((mut target, at)) = inbound.chunk_target(object, offset, total, len) else {
+    let Some((mut target, at)) = inbound.chunk_target(link, object, offset, total, len) else {
         return Ok(false);
     };
     let _ = buf.split_to(8 + head);
@@ -558,12 +570,14 @@ pub fn kind_of(msg: &Msg) -> &'static str {
         Msg::Answer { .. } => "Answer",
         Msg::RunTask(_) => "RunTask",
         Msg::TaskDone { .. } => "TaskDone",
+        Msg::Contains { .. } => "Contains",
         Msg::CreateActor(_) => "CreateActor",
         Msg::ActorCreated { .. } => "ActorCreated",
         Msg::Call(_) => "Call",
         Msg::CallDone { .. } => "CallDone",
         Msg::KillActor { .. } => "KillActor",
         Msg::HoldActor { .. } => "HoldActor",
+        Msg::HoldAck { .. } => "HoldAck",
         Msg::ReleaseActor { .. } => "ReleaseActor",
         Msg::Borrow { .. } => "Borrow",
         Msg::Release { .. } => "Release",

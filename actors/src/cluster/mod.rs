@@ -44,6 +44,11 @@ use std::time::Duration;
 use transfer::{Pulls, Serving};
 use wire::{ActorCreate, Answer, Ask, Hello, Lane, Msg, NodeInfo, Payload, Rejections, Report};
 
+thread_local! {
+    /// Whether this thread is a node's network thread (or its blocking pool).
+    static ON_NET_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// How long a request to the head or a peer may take before it fails.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a node reports to the head.
@@ -151,6 +156,9 @@ struct Lent {
 
 type Pending<T> = Mutex<HashMap<u64, SyncSender<Result<T, Error>>>>;
 
+/// A call to an actor on a peer: its reply, the peer, and its message.
+type RemoteCall = (Arc<Slot>, NodeId, Value);
+
 /// One process's part of a cluster.
 pub struct ClusterNode {
     me: NodeInfo,
@@ -166,9 +174,14 @@ pub struct ClusterNode {
     /// Signalled when a peer joins or dies.
     members: parking_lot::Condvar,
     tasks: Mutex<IdMap<ObjectId, InFlight>>,
-    calls: Mutex<IdMap<ObjectId, (Arc<Slot>, NodeId)>>,
+    /// Calls to actors on peers, with their messages: the refs and handles in
+    /// a message stay alive until the call is done (the receiver holds its own).
+    calls: Mutex<IdMap<ObjectId, RemoteCall>>,
+    /// What results sent to peers refer to, kept until the result is freed.
+    contained: Mutex<IdMap<ObjectId, Vec<crate::value::Pin>>>,
     asks: Pending<Answer>,
     creates: Pending<()>,
+    acks: Pending<()>,
     next_request: AtomicU64,
     lent: Mutex<IdMap<ObjectId, Lent>>,
     borrowed: Mutex<IdMap<ObjectId, Weak<Slot>>>,
@@ -200,6 +213,7 @@ impl ClusterNode {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("rayx-net")
+            .on_thread_start(|| ON_NET_THREAD.with(|n| n.set(true)))
             .enable_all()
             .build()
             .map_err(|e| Error::Startup(format!("the network thread: {e}")))?;
@@ -239,13 +253,15 @@ impl ClusterNode {
             members: parking_lot::Condvar::new(),
             tasks: Mutex::default(),
             calls: Mutex::default(),
+            contained: Mutex::default(),
             asks: Mutex::default(),
             creates: Mutex::default(),
+            acks: Mutex::default(),
             next_request: AtomicU64::new(1),
             lent: Mutex::default(),
             borrowed: Mutex::default(),
             held: Mutex::default(),
-            pulls: Pulls::default(),
+            pulls: Pulls::new(core.config.object_store_memory),
             serving: Serving::default(),
             done: SegQueue::new(),
             wake: tokio::sync::Notify::new(),
@@ -281,9 +297,14 @@ impl ClusterNode {
         let spill: Weak<dyn Spill> = Arc::downgrade(&cluster) as Weak<dyn Spill>;
         core.run_queue.set_spill(spill);
         let weak = Arc::downgrade(&cluster);
-        core.table.set_borrow_hook(Box::new(move |id| {
+        core.table.set_borrow_hook(Box::new(move |id, keeper| {
             if let Some(c) = weak.upgrade() {
-                c.unborrow(id);
+                match keeper {
+                    None => c.unborrow(id),
+                    Some(node) => {
+                        c.send_to(node, false, Msg::Free { object: id });
+                    }
+                }
             }
         }));
         Ok(cluster)
@@ -388,6 +409,9 @@ impl ClusterNode {
         for (_, tx) in self.creates.lock().drain() {
             let _ = tx.send(Err(Error::ShutDown));
         }
+        for (_, tx) in self.acks.lock().drain() {
+            let _ = tx.send(Err(Error::ShutDown));
+        }
         let links: Vec<Arc<Link>> = {
             let peers = self.peers.lock();
             peers
@@ -413,6 +437,7 @@ impl ClusterNode {
         }
         self.tasks.lock().clear();
         self.calls.lock().clear();
+        self.contained.lock().clear();
         self.lent.lock().clear();
         self.held.lock().clear();
     }
@@ -448,16 +473,28 @@ impl ClusterNode {
             return;
         };
         peer.connecting[bulk as usize] = false;
+        let slot = if bulk {
+            &mut peer.bulk
+        } else {
+            &mut peer.control
+        };
+        let kept = match slot {
+            // The peer opened one first (and the queued messages went on
+            // it): keep it, so a caller's messages stay on one ordered link.
+            Some(open) if !open.is_closed() => {
+                link.close();
+                open.clone()
+            }
+            _ => {
+                *slot = Some(link.clone());
+                link
+            }
+        };
         let keep: Vec<(bool, Msg)> = std::mem::take(&mut peer.waiting);
         let (mine, others): (Vec<_>, Vec<_>) = keep.into_iter().partition(|(b, _)| *b == bulk);
         peer.waiting = others;
         for (_, m) in mine {
-            link.send(m);
-        }
-        if bulk {
-            peer.bulk = Some(link);
-        } else {
-            peer.control = Some(link);
+            kept.send(m);
         }
     }
 
@@ -546,9 +583,11 @@ impl ClusterNode {
     pub fn call_actor(self: &Arc<Self>, node: NodeId, call: ActorCall, reply: Arc<Slot>) {
         let object = reply.id();
         let actor = call.actor;
-        self.calls.lock().insert(object, (reply, node));
+        self.calls
+            .lock()
+            .insert(object, (reply, node, call.message.clone()));
         if !self.send_to(node, false, Msg::Call(call)) {
-            if let Some((slot, _)) = self.calls.lock().remove(&object) {
+            if let Some((slot, _, _)) = self.calls.lock().remove(&object) {
                 slot.complete(Err(Error::ActorDied {
                     actor: actor.to_string(),
                     cause: format!("its node {node} is not a live node of the cluster"),
@@ -573,14 +612,31 @@ impl ClusterNode {
     }
 
     /// This node holds handles to an actor on `node` (`hold`), or dropped
-    /// its last one.
+    /// its last one. A hold waits (off the network thread) until `node` has
+    /// counted it, so that whoever sent the handle here may drop its own at
+    /// once: the actor never sees a moment with no holder.
     pub fn hold_actor(self: &Arc<Self>, node: NodeId, actor: ActorId, hold: bool) {
-        let msg = if hold {
-            Msg::HoldActor { actor }
-        } else {
-            Msg::ReleaseActor { actor }
-        };
-        self.send_to(node, false, msg);
+        if !hold {
+            self.send_to(node, false, Msg::ReleaseActor { actor });
+            return;
+        }
+        if ON_NET_THREAD.with(|n| n.get()) {
+            // On the network thread: the ack could not be read while
+            // waiting here.
+            self.send_to(node, false, Msg::HoldActor { actor, ack: 0 });
+            return;
+        }
+        let ack = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = sync_channel(1);
+        self.acks.lock().insert(ack, tx);
+        if !self.send_to(node, false, Msg::HoldActor { actor, ack }) {
+            self.acks.lock().remove(&ack);
+            return;
+        }
+        if rx.recv_timeout(REQUEST_TIMEOUT).is_err() {
+            self.acks.lock().remove(&ack);
+            tracing::warn!("rayx: {node} did not count a hold of {actor} in time");
+        }
     }
 
     /// Kills (or restarts) an actor on `node`.
@@ -619,21 +675,17 @@ impl ClusterNode {
         }
     }
 
-    /// The last local ref to a borrowed object went: tell its owner.
-    fn unborrow(&self, id: ObjectId) {
-        let mut borrowed = self.borrowed.lock();
-        if borrowed.get(&id).is_some_and(|w| w.strong_count() == 0) {
-            borrowed.remove(&id);
-            drop(borrowed);
-            if let Some(me) = self
-                .peers
-                .lock()
-                .get(&id.node)
-                .and_then(|p| p.control.clone())
-            {
-                me.send(Msg::Release { object: id });
+    /// A borrowed slot's last local ref went: tell its owner. Each borrowed
+    /// slot sent one `Borrow`, so each sends one `Release` (a new slot for the
+    /// same object, made meanwhile, sent its own).
+    fn unborrow(self: &Arc<Self>, id: ObjectId) {
+        {
+            let mut borrowed = self.borrowed.lock();
+            if borrowed.get(&id).is_some_and(|w| w.strong_count() == 0) {
+                borrowed.remove(&id);
             }
         }
+        self.send_to(id.node, false, Msg::Release { object: id });
     }
 
     /// How a value of this node travels to a peer: inline when small, else
@@ -736,12 +788,21 @@ impl ClusterNode {
                 load,
             } => self.task_done(from, object, result, load),
             Msg::CreateActor(create) => {
-                let actor = create.actor;
-                let result = match self.host() {
-                    Some(h) => h.create_actor(create),
-                    None => Err(Error::ShutDown),
-                };
-                link.send(Msg::ActorCreated { actor, result });
+                // Off the network thread: the constructor's argument may hold
+                // handles, whose holds wait for their nodes' answers.
+                let me = self.clone();
+                let link = link.clone();
+                self.net.spawn_blocking(move || {
+                    // A blocking thread may wait for answers the network
+                    // thread reads.
+                    ON_NET_THREAD.with(|n| n.set(false));
+                    let actor = create.actor;
+                    let result = match me.host() {
+                        Some(h) => h.create_actor(create),
+                        None => Err(Error::ShutDown),
+                    };
+                    link.send(Msg::ActorCreated { actor, result });
+                });
             }
             Msg::ActorCreated { actor, result } => {
                 if let Some(tx) = self.creates.lock().remove(&actor_key(actor)) {
@@ -750,8 +811,22 @@ impl ClusterNode {
             }
             Msg::Call(call) => self.run_call(link, call),
             Msg::CallDone { object, result } => {
-                if let Some((slot, node)) = self.calls.lock().remove(&object) {
+                let call = self.calls.lock().remove(&object);
+                if let Some((slot, node, _message)) = call {
                     self.complete_from(&slot, node, result);
+                }
+            }
+            Msg::Contains { object } => {
+                let slot = match self.tasks.lock().get(&object) {
+                    Some(f) => Some(f.slot.clone()),
+                    None => self.calls.lock().get(&object).map(|c| c.0.clone()),
+                };
+                match slot {
+                    Some(s) => s.tell_on_drop(from),
+                    // Gone already: the sender may let go at once.
+                    None => {
+                        link.send(Msg::Free { object });
+                    }
                 }
             }
             Msg::KillActor { actor, no_restart } => {
@@ -759,9 +834,17 @@ impl ClusterNode {
                     h.kill_actor(actor, no_restart);
                 }
             }
-            Msg::HoldActor { actor } => {
+            Msg::HoldActor { actor, ack } => {
                 if let Some(h) = self.host() {
                     h.hold_actor(actor, from);
+                }
+                if ack != 0 {
+                    link.send(Msg::HoldAck { ack });
+                }
+            }
+            Msg::HoldAck { ack } => {
+                if let Some(tx) = self.acks.lock().remove(&ack) {
+                    let _ = tx.send(Ok(()));
                 }
             }
             Msg::ReleaseActor { actor } => {
@@ -779,6 +862,8 @@ impl ClusterNode {
             }
             Msg::Free { object } => {
                 self.held.lock().remove(&object);
+                let pins = self.contained.lock().remove(&object);
+                drop(pins);
             }
             Msg::Pull {
                 object,
@@ -790,7 +875,7 @@ impl ClusterNode {
                 offset,
                 total,
                 data,
-            } => self.pulls.on_chunk(object, offset, total, data),
+            } => self.pulls.on_chunk(link, object, offset, total, data),
             Msg::PullFailed { object, error } => self.pulls.on_failed(object, error),
             Msg::Hello(_) | Msg::Welcome { .. } | Msg::Refused { .. } => {
                 link.close();
@@ -976,6 +1061,12 @@ impl ClusterNode {
             Some(r) => r,
             None => return,
         };
+        let result = match (&w.reply, result) {
+            (Reply::Task { link, object } | Reply::Call { link, object }, Ok(v)) => {
+                Ok(self.encode_result(link, *object, v))
+            }
+            (_, other) => other,
+        };
         match &w.reply {
             Reply::Task { link, object } => {
                 let result = result.map(|v| self.payload(*object, v, true));
@@ -1005,6 +1096,25 @@ impl ClusterNode {
                 );
             }
         }
+    }
+
+    /// A small result is encoded here, collecting the refs and handles in it:
+    /// if there are any, they are kept until the result's owner frees it
+    /// (`Contains` tells it to say so), so a ref a task returns outlives the
+    /// task. A large one is held whole until pulled (and keeps them so).
+    fn encode_result(&self, link: &Arc<Link>, object: ObjectId, v: Value) -> Value {
+        if !matches!(v, Value::Local { .. }) || v.size() > self.core.config.inline_threshold {
+            return v;
+        }
+        let (encoded, pins) = crate::value::collect_pins(|| v.to_bytes());
+        let Ok(bytes) = encoded else {
+            return v;
+        };
+        if !pins.is_empty() {
+            self.contained.lock().insert(object, pins);
+            link.send(Msg::Contains { object });
+        }
+        Value::Encoded(bytes)
     }
 
     /// Serves one chunk of a held or owned value, encoding it once (off the
@@ -1137,17 +1247,22 @@ impl ClusterNode {
             let mut calls = self.calls.lock();
             let ids: Vec<ObjectId> = calls
                 .iter()
-                .filter(|(_, (_, n))| *n == node)
+                .filter(|(_, (_, n, _))| *n == node)
                 .map(|(id, _)| *id)
                 .collect();
             ids.iter()
-                .filter_map(|id| calls.remove(id).map(|(s, _)| s))
+                .filter_map(|id| calls.remove(id).map(|(s, _, _)| s))
                 .collect()
         };
         for slot in calls {
+            let why = if dead {
+                format!("its node died: {cause}")
+            } else {
+                format!("the link to its node was lost while the call ran: {cause}")
+            };
             slot.complete(Err(Error::ActorDied {
                 actor: format!("an actor on {node}"),
-                cause: format!("its node died: {cause}"),
+                cause: why,
             }));
         }
         let lent: Vec<ObjectId> = self
@@ -1166,6 +1281,10 @@ impl ClusterNode {
             }
         }
         if dead {
+            // Results held for its pulls, and what its results refer to: it
+            // will never pull or free them.
+            self.held.lock().retain(|id, _| id.node != node);
+            self.contained.lock().retain(|id, _| id.node != node);
             let owned: Vec<Arc<Slot>> = self
                 .borrowed
                 .lock()
@@ -1321,12 +1440,16 @@ impl Inbound for Handler {
 
     fn chunk_target(
         &self,
+        link: &Link,
         object: ObjectId,
         offset: u64,
         total: u64,
         len: usize,
     ) -> Option<(Vec<u8>, usize)> {
-        self.lend_target(object, offset, total, len)
+        self.0
+            .upgrade()?
+            .pulls
+            .lend(link, object, offset, total, len)
     }
 
     fn chunk_landed(&self, object: ObjectId, buf: Vec<u8>, _total: u64, len: usize) {
@@ -1377,6 +1500,7 @@ impl Inbound for Handler {
                 }
             }
             Lane::Bulk => {
+                c.serving.forget_ready();
                 {
                     let mut peers = c.peers.lock();
                     if let Some(p) = peers.get_mut(&node) {
@@ -1395,18 +1519,6 @@ impl Inbound for Handler {
             }
             Lane::Admin => {}
         }
-    }
-}
-
-impl Handler {
-    fn lend_target(
-        &self,
-        object: ObjectId,
-        offset: u64,
-        total: u64,
-        len: usize,
-    ) -> Option<(Vec<u8>, usize)> {
-        self.0.upgrade()?.pulls.lend(object, offset, total, len)
     }
 }
 

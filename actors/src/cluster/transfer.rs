@@ -13,9 +13,6 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use std::sync::Arc;
 
-/// The largest object a pull accepts (what a peer may make this node allocate).
-pub const MAX_OBJECT: u64 = 1 << 40;
-
 /// What to do with a pulled value (or the pull's error).
 pub type PullDone = Box<dyn FnOnce(Result<Value, Error>) + Send>;
 
@@ -54,12 +51,22 @@ fn bin_header_len(data: &[u8], total: u64) -> Option<u64> {
 }
 
 /// Pulls in progress on this node.
-#[derive(Default)]
 pub struct Pulls {
     active: Mutex<IdMap<ObjectId, Assembly>>,
+    /// The largest object a pull accepts: what a peer may make this node
+    /// allocate (its object store's capacity).
+    max_object: u64,
 }
 
 impl Pulls {
+    /// No pulls yet; objects over `max_object` bytes are refused.
+    pub fn new(max_object: u64) -> Pulls {
+        Pulls {
+            active: Mutex::default(),
+            max_object,
+        }
+    }
+
     /// Pulls `object` (`size` bytes) over `link`; `done` hears the value.
     pub fn start(&self, link: &Arc<Link>, object: ObjectId, size: u64, done: PullDone) {
         let mut active = self.active.lock();
@@ -90,14 +97,18 @@ impl Pulls {
     }
 
     /// A chunk arrived; when it was the last, the value goes to every waiter.
-    pub fn on_chunk(&self, object: ObjectId, offset: u64, total: u64, data: Value) {
+    pub fn on_chunk(&self, link: &Link, object: ObjectId, offset: u64, total: u64, data: Value) {
         let Value::Encoded(bytes) = data else { return };
         let finished = {
             let mut active = self.active.lock();
             let Some(a) = active.get_mut(&object) else {
                 return;
             };
-            if let Err(e) = a.take(offset, total, &bytes) {
+            if a.link.serial != link.serial {
+                // Only the link the pull asked on answers it.
+                return;
+            }
+            if let Err(e) = a.take(offset, total, &bytes, self.max_object) {
                 let a = active.remove(&object).expect("present");
                 drop(active);
                 fail_all(a.done, e);
@@ -117,6 +128,7 @@ impl Pulls {
     /// fixed the layout) and the chunk is past a byte buffer's header.
     pub fn lend(
         &self,
+        link: &Link,
         object: ObjectId,
         offset: u64,
         total: u64,
@@ -125,7 +137,14 @@ impl Pulls {
         let mut active = self.active.lock();
         let a = active.get_mut(&object)?;
         let end = offset.checked_add(len as u64)?;
-        if !a.started || a.lent || total != a.total || offset < a.skip || end > a.total {
+        if a.link.serial != link.serial
+            || !a.started
+            || a.lent
+            || total != a.total
+            || offset != a.received
+            || offset < a.skip
+            || end > a.total
+        {
             return None;
         }
         a.lent = true;
@@ -204,10 +223,18 @@ impl Assembly {
     /// Takes a chunk in. The first (offset 0, asked for first on one ordered
     /// link) fixes the size — the holder's encoding is the truth, the size
     /// asked for was a measure — and whether it is a byte buffer.
-    fn take(&mut self, offset: u64, total: u64, bytes: &[u8]) -> Result<(), Error> {
+    fn take(&mut self, offset: u64, total: u64, bytes: &[u8], max: u64) -> Result<(), Error> {
         let bad = |why: String| Err(Error::Serialization(why));
         if self.lent {
             return bad("a chunk came while another was landing".into());
+        }
+        if offset != self.received {
+            // Chunks are asked for in order on one ordered link: anything
+            // else (a repeat, a gap) is a broken or lying peer.
+            return bad(format!(
+                "a chunk at {offset} where {} was due",
+                self.received
+            ));
         }
         if !self.started {
             if offset != 0 {
@@ -215,11 +242,11 @@ impl Assembly {
             }
             self.total = total;
             self.skip = bin_header_len(bytes, total).unwrap_or(0);
-            if total > MAX_OBJECT {
+            if total > max {
                 return Err(Error::ObjectStoreFull {
                     requested: total,
                     used: 0,
-                    capacity: MAX_OBJECT,
+                    capacity: max,
                 });
             }
             // Zeroed by the allocator (fresh pages are zero already): no pass
@@ -238,10 +265,14 @@ impl Assembly {
                 self.total
             ));
         }
-        // Header bytes of a byte buffer are dropped; the rest lands in place.
+        // Header bytes of a byte buffer are dropped; the rest lands in place
+        // (`end` ≤ total was checked, so the body fits the buffer).
         let cut = self.skip.saturating_sub(offset).min(bytes.len() as u64) as usize;
-        let at = (offset + cut as u64 - self.skip) as usize;
+        let at = (offset + cut as u64).saturating_sub(self.skip) as usize;
         let body = &bytes[cut..];
+        if at + body.len() > self.buf.len() {
+            return bad("a chunk past the end of the object".into());
+        }
         self.buf[at..at + body.len()].copy_from_slice(body);
         self.received += bytes.len() as u64;
         Ok(())
@@ -310,6 +341,15 @@ impl Serving {
                 Serve::Encode
             }
         }
+    }
+
+    /// A bulk link closed: encodings kept for transfers are dropped (a pull
+    /// still going elsewhere encodes again), so a puller that died mid-way
+    /// leaves nothing behind.
+    pub fn forget_ready(&self) {
+        self.encoded
+            .lock()
+            .retain(|_, s| matches!(s, Served::Encoding(_)));
     }
 
     /// The encoding of `object` is done: every waiting pull is served.

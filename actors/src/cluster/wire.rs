@@ -272,6 +272,12 @@ pub enum Msg {
     },
     /// Run this task (its return object is the sender's).
     RunTask(TaskSpec),
+    /// The result about to be reported holds refs or handles, which the
+    /// sender keeps until it hears `Free` for the result.
+    Contains {
+        /// The result object.
+        object: ObjectId,
+    },
     /// A task sent with `RunTask` finished.
     TaskDone {
         /// Its return object.
@@ -310,6 +316,13 @@ pub enum Msg {
     HoldActor {
         /// The actor.
         actor: ActorId,
+        /// Answer with `HoldAck` carrying this (0: no answer wanted).
+        ack: u64,
+    },
+    /// A `HoldActor` took effect.
+    HoldAck {
+        /// Its `ack`.
+        ack: u64,
     },
     /// The sender dropped its last handle to this actor.
     ReleaseActor {

@@ -100,8 +100,10 @@ pub struct OwnerTable {
     borrow_hook: std::sync::OnceLock<BorrowHook>,
 }
 
-/// Called when a borrowed object's last local ref goes (the cluster tells the owner).
-pub type BorrowHook = Box<dyn Fn(ObjectId) + Send + Sync>;
+/// Called when a borrowed object's last local ref goes (`None`: the cluster
+/// tells its owner), or an object that a node keeps refs for goes (`Some`:
+/// the cluster tells that node).
+pub type BorrowHook = Box<dyn Fn(ObjectId, Option<NodeId>) + Send + Sync>;
 
 impl OwnerTable {
     /// An empty table of `node`'s objects.

@@ -129,6 +129,9 @@ pub struct Slot {
     pub(super) table: Arc<OwnerTable>,
     /// Another node's object, borrowed here: its owner hears when it goes.
     pub(super) borrowed: bool,
+    /// A node that keeps what this object's value refers to until it goes
+    /// (the node that made it, whose result held refs); 0 if none.
+    pub(super) tell_on_drop: AtomicU64,
 }
 
 impl Slot {
@@ -151,7 +154,14 @@ impl Slot {
             }),
             table,
             borrowed: false,
+            tell_on_drop: AtomicU64::new(0),
         }
+    }
+
+    /// Has `node` told when this object goes (it keeps the refs and handles
+    /// inside the value until then).
+    pub fn tell_on_drop(&self, node: crate::ids::NodeId) {
+        self.tell_on_drop.store(node.0, Ordering::Relaxed);
     }
 
     /// The object's id.
@@ -561,9 +571,10 @@ impl Drop for Slot {
             index.remove(&self.id);
         }
         drop(index);
-        if self.borrowed {
+        let tell = *self.tell_on_drop.get_mut();
+        if self.borrowed || tell != 0 {
             if let Some(released) = self.table.borrow_hook.get() {
-                released(self.id);
+                released(self.id, (tell != 0).then_some(crate::ids::NodeId(tell)));
             }
         }
     }
