@@ -161,13 +161,17 @@ pub fn extras(bench: &Bench, mut cluster: Cluster) {
                 .iter()
                 .map(|n| format!("{} MiB", rss_kib(n.pid()) / 1024))
                 .collect();
+            let status = rt.cluster_status().expect("status");
+            let objects: u64 = status.nodes.iter().map(|n| n.report.memory.objects).sum();
             println!(
-                "{tasks} tasks over two nodes, round {round}: {:.2} s ({:.0} tasks/s), all correct; driver cpu {:.2} us/task; rss: driver {} MiB, nodes {}",
+                "{tasks} tasks over two nodes, round {round}: {:.2} s ({:.0} tasks/s), all correct; driver cpu {:.2} us/task; driver live heap {:.1} MiB, objects {}; node rss {}; nodes' objects at their last report {}",
                 took,
                 tasks as f64 / took,
                 cpu * 1e6 / tasks as f64,
-                rss_kib(std::process::id()) / 1024,
-                rss.join(", ")
+                super::LIVE.load(std::sync::atomic::Ordering::Relaxed) as f64 / (1 << 20) as f64,
+                rt.memory().objects,
+                rss.join(", "),
+                objects
             );
         }
     }

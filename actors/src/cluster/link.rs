@@ -580,6 +580,7 @@ pub fn kind_of(msg: &Msg) -> &'static str {
         Msg::HoldAck { .. } => "HoldAck",
         Msg::ReleaseActor { .. } => "ReleaseActor",
         Msg::Borrow { .. } => "Borrow",
+        Msg::Fetch { .. } => "Fetch",
         Msg::Release { .. } => "Release",
         Msg::ObjectReady { .. } => "ObjectReady",
         Msg::Free { .. } => "Free",

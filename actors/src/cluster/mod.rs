@@ -156,6 +156,20 @@ struct Lent {
 
 type Pending<T> = Mutex<HashMap<u64, SyncSender<Result<T, Error>>>>;
 
+/// Borrows and releases waiting to be sent (`None`: a borrow cancelled by its
+/// release before either went out).
+#[derive(Default)]
+struct Outbox {
+    queued: Vec<Option<(NodeId, Msg)>>,
+    /// Where each queued borrow is, so its release can cancel it.
+    borrows: IdMap<ObjectId, usize>,
+}
+
+/// How long borrows and releases wait to go out together. Nothing waits for
+/// them (a fetch, a result or a free sends them first), and a ref decoded and
+/// dropped within it costs no message at all.
+const OUTBOX_DELAY: Duration = Duration::from_millis(1);
+
 /// A call to an actor on a peer: its reply, the peer, and its message.
 type RemoteCall = (Arc<Slot>, NodeId, Value);
 
@@ -177,6 +191,9 @@ pub struct ClusterNode {
     /// Calls to actors on peers, with their messages: the refs and handles in
     /// a message stay alive until the call is done (the receiver holds its own).
     calls: Mutex<IdMap<ObjectId, RemoteCall>>,
+    /// Borrows and releases not sent yet: many refs decoded or dropped at once
+    /// go out as one batch, with one wake-up of the network thread.
+    outbox: Mutex<Outbox>,
     /// What results sent to peers refer to, kept until the result is freed.
     contained: Mutex<IdMap<ObjectId, Vec<crate::value::Pin>>>,
     asks: Pending<Answer>,
@@ -254,6 +271,7 @@ impl ClusterNode {
             tasks: Mutex::default(),
             calls: Mutex::default(),
             contained: Mutex::default(),
+            outbox: Mutex::default(),
             asks: Mutex::default(),
             creates: Mutex::default(),
             acks: Mutex::default(),
@@ -297,6 +315,16 @@ impl ClusterNode {
         let spill: Weak<dyn Spill> = Arc::downgrade(&cluster) as Weak<dyn Spill>;
         core.run_queue.set_spill(spill);
         let weak = Arc::downgrade(&cluster);
+        let fetcher = weak.clone();
+        core.table.set_fetch_hook(Box::new(move |id| {
+            if let Some(c) = fetcher.upgrade() {
+                if !c.send_to(id.node, false, Msg::Fetch { object: id }) {
+                    if let Some(slot) = c.core.table.lookup(id) {
+                        slot.complete(Err(Error::OwnerDied { id: id.to_string() }));
+                    }
+                }
+            }
+        }));
         core.table.set_borrow_hook(Box::new(move |id, keeper| {
             if let Some(c) = weak.upgrade() {
                 match keeper {
@@ -447,6 +475,68 @@ impl ClusterNode {
     /// Sends `msg` to `node` on its control (or bulk) lane, opening the link
     /// first if need be. False if the node is not a live peer.
     fn send_to(self: &Arc<Self>, node: NodeId, bulk: bool, msg: Msg) -> bool {
+        // Borrows and releases queued earlier go first: a fetch never
+        // overtakes its borrow.
+        self.flush_outbox();
+        self.send_now(node, bulk, msg)
+    }
+
+    /// Queues a borrow or release; the first one queued schedules a flush on
+    /// the network thread. A release whose borrow has not gone out yet
+    /// cancels it instead.
+    fn post(self: &Arc<Self>, node: NodeId, msg: Msg) {
+        let first = {
+            let mut outbox = self.outbox.lock();
+            let Outbox { queued, borrows } = &mut *outbox;
+            match &msg {
+                Msg::Release { object } => {
+                    if let Some(at) = borrows.remove(object) {
+                        queued[at] = None;
+                        return;
+                    }
+                }
+                Msg::Borrow { object } => {
+                    borrows.insert(*object, queued.len());
+                }
+                _ => {}
+            }
+            queued.push(Some((node, msg)));
+            queued.len() == 1
+        };
+        if first {
+            let me = Arc::downgrade(self);
+            self.net.spawn(async move {
+                tokio::time::sleep(OUTBOX_DELAY).await;
+                if let Some(c) = me.upgrade() {
+                    c.flush_outbox();
+                }
+            });
+        }
+    }
+
+    /// Sends every queued borrow and release, in order.
+    fn flush_outbox(self: &Arc<Self>) {
+        let queued = {
+            let mut outbox = self.outbox.lock();
+            outbox.borrows.clear();
+            std::mem::take(&mut outbox.queued)
+        };
+        for (node, msg) in queued.into_iter().flatten() {
+            let failed = match &msg {
+                Msg::Borrow { object } => Some(*object),
+                _ => None,
+            };
+            if !self.send_now(node, false, msg) {
+                if let Some(id) = failed {
+                    if let Some(slot) = self.core.table.lookup(id) {
+                        slot.complete(Err(Error::OwnerDied { id: id.to_string() }));
+                    }
+                }
+            }
+        }
+    }
+
+    fn send_now(self: &Arc<Self>, node: NodeId, bulk: bool, msg: Msg) -> bool {
         let lane = bulk as usize;
         let mut peers = self.peers.lock();
         let Some(peer) = peers.get_mut(&node).filter(|p| p.alive) else {
@@ -667,9 +757,7 @@ impl ClusterNode {
                 let slot = self.core.table.new_borrowed(id);
                 borrowed.insert(id, Arc::downgrade(&slot));
                 drop(borrowed);
-                if !self.send_to(id.node, false, Msg::Borrow { object: id }) {
-                    slot.complete(Err(Error::OwnerDied { id: id.to_string() }));
-                }
+                self.post(id.node, Msg::Borrow { object: id });
                 Ok(slot)
             }
         }
@@ -685,7 +773,7 @@ impl ClusterNode {
                 borrowed.remove(&id);
             }
         }
-        self.send_to(id.node, false, Msg::Release { object: id });
+        self.post(id.node, Msg::Release { object: id });
     }
 
     /// How a value of this node travels to a peer: inline when small, else
@@ -853,6 +941,7 @@ impl ClusterNode {
                 }
             }
             Msg::Borrow { object } => self.lend(from, object),
+            Msg::Fetch { object } => self.send_value(from, object),
             Msg::Release { object } => self.unlend(from, object, 1),
             Msg::ObjectReady { object, result } => {
                 let slot = self.borrowed.lock().get(&object).and_then(Weak::upgrade);
@@ -986,8 +1075,22 @@ impl ClusterNode {
         );
     }
 
-    /// A peer borrows a local object: keep it, and send it when ready.
+    /// A peer borrows a local object: keep it until it releases it.
     fn lend(self: &Arc<Self>, to: NodeId, object: ObjectId) {
+        let Some(slot) = self.core.table.lookup(object) else {
+            // Gone: its fetch (if it comes) is answered with the error.
+            return;
+        };
+        let mut lent = self.lent.lock();
+        let entry = lent.entry(object).or_insert_with(|| Lent {
+            _slot: slot,
+            by: HashMap::new(),
+        });
+        *entry.by.entry(to).or_default() += 1;
+    }
+
+    /// A borrower wants the value: sent when it is ready.
+    fn send_value(self: &Arc<Self>, to: NodeId, object: ObjectId) {
         let Some(slot) = self.core.table.lookup(object) else {
             let error = if object.node == self.me.id {
                 Error::ObjectLost {
@@ -1009,14 +1112,6 @@ impl ClusterNode {
             );
             return;
         };
-        {
-            let mut lent = self.lent.lock();
-            let entry = lent.entry(object).or_insert_with(|| Lent {
-                _slot: slot.clone(),
-                by: HashMap::new(),
-            });
-            *entry.by.entry(to).or_default() += 1;
-        }
         self.wait_for(slot, Reply::Lend { to, object });
     }
 
@@ -1057,6 +1152,8 @@ impl ClusterNode {
     }
 
     fn finish(self: &Arc<Self>, w: Arc<Waiting>) {
+        // The borrows the work made reach their owners before its result.
+        self.flush_outbox();
         let result = match w.slot.try_get() {
             Some(r) => r,
             None => return,

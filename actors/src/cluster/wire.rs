@@ -329,9 +329,15 @@ pub enum Msg {
         /// The actor.
         actor: ActorId,
     },
-    /// The sender holds a reference to this object of the receiver's: keep it,
-    /// and send its value when it is ready.
+    /// The sender holds a reference to this object of the receiver's: keep it
+    /// until the sender releases it.
     Borrow {
+        /// The object.
+        object: ObjectId,
+    },
+    /// The sender wants the value of an object it borrows: send it
+    /// (`ObjectReady`) when it is ready.
+    Fetch {
         /// The object.
         object: ObjectId,
     },

@@ -98,6 +98,8 @@ pub struct OwnerTable {
     cancels_seen: AtomicBool,
     /// Hears the id of each borrowed object whose last local ref went.
     borrow_hook: std::sync::OnceLock<BorrowHook>,
+    /// Asks a borrowed object's owner for its value (the first time it is wanted).
+    fetch_hook: std::sync::OnceLock<Box<dyn Fn(ObjectId) + Send + Sync>>,
 }
 
 /// Called when a borrowed object's last local ref goes (`None`: the cluster
@@ -135,6 +137,7 @@ impl OwnerTable {
             lineage_bytes: AtomicU64::new(0),
             cancels_seen: AtomicBool::new(false),
             borrow_hook: std::sync::OnceLock::new(),
+            fetch_hook: std::sync::OnceLock::new(),
         })
     }
 
@@ -191,6 +194,7 @@ impl OwnerTable {
     pub fn new_borrowed(self: &Arc<Self>, id: ObjectId) -> Arc<Slot> {
         let mut slot = Slot::new(id, self.clone(), None);
         slot.borrowed = true;
+        *slot.unfetched.get_mut() = true;
         let slot = Arc::new(slot);
         self.shard(id)
             .index
@@ -206,6 +210,11 @@ impl OwnerTable {
     /// Sets what hears of borrowed objects whose last local ref went.
     pub fn set_borrow_hook(&self, hook: BorrowHook) {
         let _ = self.borrow_hook.set(hook);
+    }
+
+    /// Sets what asks a borrowed object's owner for its value.
+    pub fn set_fetch_hook(&self, hook: Box<dyn Fn(ObjectId) + Send + Sync>) {
+        let _ = self.fetch_hook.set(hook);
     }
 
     /// Stores a value put by the caller. Fails when the object store is full.

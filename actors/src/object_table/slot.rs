@@ -132,6 +132,9 @@ pub struct Slot {
     /// A node that keeps what this object's value refers to until it goes
     /// (the node that made it, whose result held refs); 0 if none.
     pub(super) tell_on_drop: AtomicU64,
+    /// A borrowed object whose value nobody has asked for yet: the first
+    /// wait, poll or dependent task asks its owner (the fetch hook).
+    pub(super) unfetched: AtomicBool,
 }
 
 impl Slot {
@@ -155,6 +158,17 @@ impl Slot {
             table,
             borrowed: false,
             tell_on_drop: AtomicU64::new(0),
+            unfetched: AtomicBool::new(false),
+        }
+    }
+
+    /// A borrowed object's value is wanted: asks its owner, once. A ref that
+    /// is only passed on or dropped never moves its value.
+    pub fn fetch(&self) {
+        if self.borrowed && self.unfetched.swap(false, Ordering::AcqRel) {
+            if let Some(fetch) = self.table.fetch_hook.get() {
+                fetch(self.id);
+            }
         }
     }
 
@@ -351,6 +365,7 @@ impl Slot {
     /// within the task's `max_retries`; an object that cannot be rebuilt fails
     /// with `ObjectLost` (a `put`) or `ObjectReconstructionFailed`.
     pub fn recover(&self) {
+        self.fetch();
         if self.status.load(Ordering::Acquire) != LOST {
             return;
         }
@@ -523,6 +538,7 @@ impl Slot {
         self: &Arc<Self>,
         task: &Arc<PendingTask>,
     ) -> Option<Result<(), Error>> {
+        self.fetch();
         let mut inner = self.inner.lock();
         match &inner.state {
             State::Pending => {

@@ -318,6 +318,7 @@ impl Slot {
 
     /// Registers `waker`; `None` when the outcome is already known.
     pub fn register(&self, waker: &Waker) -> Option<u64> {
+        self.fetch();
         let mut inner = self.inner.lock();
         if !matches!(inner.state, State::Pending | State::Lost) {
             return None;
@@ -342,6 +343,7 @@ impl Slot {
         if let Some(r) = self.try_get() {
             return Poll::Ready(r);
         }
+        self.fetch();
         let mut inner = self.inner.lock();
         let lost = match &inner.state {
             State::Ready(v) => return Poll::Ready(Ok(v.clone())),
