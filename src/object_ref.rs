@@ -82,6 +82,8 @@ impl<T> ObjectRef<T> {
 
     /// Whether the value (or its error) is there, without blocking.
     pub fn is_ready(&self) -> bool {
+        // A borrowed value is asked for, so that looking again sees it come.
+        self.slot.fetch();
         self.slot.is_done()
     }
 }

@@ -411,6 +411,22 @@ fn refs_and_handles_sent_in_results_and_calls_outlive_their_sender() {
         .remote((42, 3 << 20))
         .get()
         .unwrap();
+    // Looking without waiting (Ray's `wait(timeout=0)` loop, `is_ready`)
+    // sees a borrowed value arrive.
+    wait_until("a zero-timeout wait sees the borrowed ref ready", || {
+        !rt.wait(vec![small.clone()], 1, Some(Duration::ZERO))
+            .unwrap()
+            .0
+            .is_empty()
+    });
+    let (other, _) = rt
+        .task(put_here)
+        .node_affinity(n0, false)
+        .remote((7, 0))
+        .get()
+        .unwrap();
+    wait_until("is_ready sees the borrowed ref ready", || other.is_ready());
+    drop(other);
     assert_eq!(small.get().unwrap(), 42);
     assert_eq!(checksum(big.get().unwrap()), checksum(blob(3 << 20, 1)));
     // A handle a task returns, to an actor it started on its node.

@@ -514,24 +514,29 @@ impl ClusterNode {
         }
     }
 
-    /// Sends every queued borrow and release, in order.
+    /// Sends every queued borrow and release, in order. The outbox stays
+    /// locked while they are handed to their links, so a flush on another
+    /// thread cannot overtake them.
     fn flush_outbox(self: &Arc<Self>) {
-        let queued = {
+        let mut failed = Vec::new();
+        {
             let mut outbox = self.outbox.lock();
             outbox.borrows.clear();
-            std::mem::take(&mut outbox.queued)
-        };
-        for (node, msg) in queued.into_iter().flatten() {
-            let failed = match &msg {
-                Msg::Borrow { object } => Some(*object),
-                _ => None,
-            };
-            if !self.send_now(node, false, msg) {
-                if let Some(id) = failed {
-                    if let Some(slot) = self.core.table.lookup(id) {
-                        slot.complete(Err(Error::OwnerDied { id: id.to_string() }));
-                    }
+            let queued = std::mem::take(&mut outbox.queued);
+            for (node, msg) in queued.into_iter().flatten() {
+                let borrow = match &msg {
+                    Msg::Borrow { object } => Some(*object),
+                    _ => None,
+                };
+                if !self.send_now(node, false, msg) {
+                    failed.extend(borrow);
                 }
+            }
+        }
+        // Completed outside the lock: a completion may submit work that sends.
+        for id in failed {
+            if let Some(slot) = self.core.table.lookup(id) {
+                slot.complete(Err(Error::OwnerDied { id: id.to_string() }));
             }
         }
     }
@@ -1375,6 +1380,20 @@ impl ClusterNode {
         if dead {
             if let Some(h) = self.host() {
                 h.release_actor(None, node);
+            }
+        }
+        if !dead {
+            // Its link closed but it lives: fetches that were in flight go
+            // again on a new link.
+            let pending: Vec<ObjectId> = self
+                .borrowed
+                .lock()
+                .iter()
+                .filter(|(id, w)| id.node == node && w.upgrade().is_some_and(|s| !s.is_done()))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in pending {
+                self.send_to(node, false, Msg::Fetch { object: id });
             }
         }
         if dead {

@@ -83,6 +83,11 @@ pub fn wait_slots(
         }
         done
     };
+    // Borrowed values are asked for now, so that a wait that only looks
+    // (a zero timeout, polled again later) sees them arrive.
+    for s in slots {
+        s.fetch();
+    }
     let done = first_done(slots);
     if done.len() >= num_ready || timeout == Some(Duration::ZERO) {
         return Ok(done);
