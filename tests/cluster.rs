@@ -453,14 +453,18 @@ fn refs_and_handles_sent_in_results_and_calls_outlive_their_sender() {
     assert_eq!(keeper.call(UseKept).get().unwrap(), (5, 9));
     keeper.call(Forget).get().unwrap();
     drop(keeper);
-    wait_until("every node's objects and actors are freed", || {
-        let status = rt.cluster_status().unwrap();
-        rt.memory().objects == 0
-            && status
-                .nodes
-                .iter()
-                .all(|n| n.report.memory.objects == 0 && n.report.actors == 0)
-    });
+    wait_until(
+        "every node's objects and actors are freed, and the head forgot the actors",
+        || {
+            let status = rt.cluster_status().unwrap();
+            rt.memory().objects == 0
+                && status.actors.is_empty()
+                && status
+                    .nodes
+                    .iter()
+                    .all(|n| n.report.memory.objects == 0 && n.report.actors == 0)
+        },
+    );
 }
 
 fn a_killed_node_s_tasks_run_again_elsewhere() {

@@ -36,6 +36,7 @@ pub struct Core {
     thread_init: OnceLock<Hook>,
     stop: OnceLock<Hook>,
     actor_died: OnceLock<ActorHook>,
+    actor_collected: OnceLock<ActorHook>,
 }
 
 impl Core {
@@ -65,6 +66,7 @@ impl Core {
             thread_init: OnceLock::new(),
             stop: OnceLock::new(),
             actor_died: OnceLock::new(),
+            actor_collected: OnceLock::new(),
         })
     }
 
@@ -79,6 +81,19 @@ impl Core {
     /// directory forgets it, so a detached one is freed).
     pub fn set_actor_hook(&self, died: ActorHook) {
         let _ = self.actor_died.set(died);
+    }
+
+    /// Sets what the node does when an actor is collected (its last handle
+    /// went): the cluster's head forgets it.
+    pub fn set_collected_hook(&self, collected: ActorHook) {
+        let _ = self.actor_collected.set(collected);
+    }
+
+    /// An actor was collected.
+    pub fn actor_collected(&self, id: crate::ids::ActorId) {
+        if let Some(collected) = self.actor_collected.get() {
+            collected(id);
+        }
     }
 
     /// An actor died for good.

@@ -211,6 +211,14 @@ impl Node {
                 }
             }
         }));
+        let for_collected = Arc::downgrade(&node);
+        core.set_collected_hook(Box::new(move |id| {
+            if let Some(node) = for_collected.upgrade() {
+                if let Some(c) = node.cluster.get() {
+                    c.actor_gone(id);
+                }
+            }
+        }));
         for handle in &node.async_handles {
             let core = core.clone();
             handle.spawn_fn(move || core.enter_thread());

@@ -626,5 +626,6 @@ impl Drop for ActorHost {
         while let Some(job) = self.mailbox.pop() {
             job.reply.complete(Err(error.clone()));
         }
+        self.core.actor_collected(self.id);
     }
 }

@@ -51,6 +51,9 @@ thread_local! {
 
 /// How long a request to the head or a peer may take before it fails.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a joining node keeps trying a head that refuses connections
+/// (one that is still starting).
+pub const JOIN_RETRY: Duration = Duration::from_secs(10);
 /// How often a node reports to the head.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 
@@ -291,14 +294,28 @@ impl ClusterNode {
         cluster.net.spawn(accept_loop(listener, weak.clone()));
         cluster.net.spawn(drain_completions(weak.clone()));
         if let Some(address) = &config.address {
-            let hello = cluster.hello(Lane::Join);
-            let inbound: Arc<dyn Inbound> = Arc::new(Handler(weak.clone()));
-            let joined = cluster.net.block_on(link::connect(
-                address,
-                hello,
-                inbound,
-                cluster.rejections.clone(),
-            ));
+            let joined = cluster.net.block_on(async {
+                // A head started a moment ago may not listen yet: a refused
+                // connection is tried again, for JOIN_RETRY at most. A head
+                // that answers and refuses is not asked twice.
+                let deadline = tokio::time::Instant::now() + JOIN_RETRY;
+                loop {
+                    let hello = cluster.hello(Lane::Join);
+                    let inbound: Arc<dyn Inbound> = Arc::new(Handler(weak.clone()));
+                    let tried =
+                        link::connect(address, hello, inbound, cluster.rejections.clone()).await;
+                    match &tried {
+                        Err(Error::ClusterUnreachable { cause, .. })
+                            if cause.contains("refused")
+                                && !cause.starts_with("refused:")
+                                && tokio::time::Instant::now() < deadline =>
+                        {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        _ => return tried,
+                    }
+                }
+            });
             let (link, members) = match joined {
                 Ok(j) => j,
                 Err(e) => {
