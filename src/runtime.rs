@@ -123,8 +123,9 @@ impl Builder {
         self
     }
     /// Joins the cluster whose head is at `address` (`host:port`); without
-    /// this, `RAYX_ADDRESS` says. Joining fails within a few seconds with
-    /// the address and the cause if the head cannot be reached.
+    /// this, `RAYX_ADDRESS` says. Joining fails with the address and the cause
+    /// if the head cannot be reached: a head refusing connections (still
+    /// starting) is tried again for 10 s, a silent one is given 5 s.
     pub fn address(mut self, address: impl Into<String>) -> Self {
         self.address = Some(address.into());
         self
@@ -136,7 +137,8 @@ impl Builder {
         self
     }
     /// CPUs this node offers the cluster (default: its workers; 0 for a
-    /// driver that runs no tasks itself). `RAYX_NUM_CPUS` says, if set.
+    /// driver that runs no tasks itself). Without this call, `RAYX_NUM_CPUS`
+    /// says, if set.
     pub fn num_cpus(mut self, cpus: f64) -> Self {
         self.cpus = Some(cpus);
         self
