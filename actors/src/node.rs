@@ -144,15 +144,19 @@ impl Node {
             // Started from a thread of its own: the caller may be inside an
             // async runtime, where the network runtime cannot block to start.
             let core = node.core.clone();
-            let started = std::thread::spawn(move || ClusterNode::start(cluster, core, registry))
-                .join()
-                .map_err(|_| Error::Startup("the cluster failed to start".into()))?;
+            let host: Arc<dyn Host> = node.clone();
+            let host = Arc::downgrade(&host);
+            let wired = node.clone();
+            let ready: Box<dyn FnOnce(&Arc<ClusterNode>) + Send> = Box::new(move |c| {
+                let _ = wired.cluster.set(c.clone());
+            });
+            let started = std::thread::spawn(move || {
+                ClusterNode::start(cluster, core, registry, host, ready)
+            })
+            .join()
+            .map_err(|_| Error::Startup("the cluster failed to start".into()))?;
             match started {
-                Ok(c) => {
-                    let host: Arc<dyn Host> = node.clone();
-                    c.set_host(Arc::downgrade(&host));
-                    let _ = node.cluster.set(c);
-                }
+                Ok(_) => {}
                 Err(e) => {
                     node.shutdown();
                     return Err(e);

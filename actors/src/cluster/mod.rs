@@ -145,8 +145,19 @@ struct Waiting {
 impl Wake for Waiting {
     fn wake(self: Arc<Self>) {
         if let Some(c) = self.cluster.upgrade() {
-            c.done.push(self);
-            c.wake.notify_one();
+            let lone = match &self.reply {
+                Reply::Task { link, .. } | Reply::Call { link, .. } => link.idle(),
+                Reply::Lend { .. } => false,
+            };
+            if lone && !ON_NET_THREAD.with(|n| n.get()) {
+                // A lone reply on an idle link: the thread that made it writes
+                // it, with no wake-up of the network thread. Replies in a
+                // burst go to the network thread, which batches them.
+                c.finish(self);
+            } else {
+                c.done.push(self);
+                c.wake.notify_one();
+            }
         }
     }
 }
@@ -229,6 +240,8 @@ impl ClusterNode {
         config: ClusterConfig,
         core: Arc<Core>,
         registry: Vec<String>,
+        host: Weak<dyn Host>,
+        ready: Box<dyn FnOnce(&Arc<ClusterNode>) + Send>,
     ) -> Result<Arc<ClusterNode>, Error> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -263,7 +276,7 @@ impl ClusterNode {
             me,
             role: config.role,
             core: core.clone(),
-            host: OnceLock::new(),
+            host: OnceLock::from(host),
             runtime: Mutex::new(Some(runtime)),
             net,
             registry,
@@ -290,6 +303,9 @@ impl ClusterNode {
             spread: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
         });
+        // Wired into its node before anything can arrive: a peer's first
+        // message may come the moment the head announces this node.
+        ready(&cluster);
         let weak = Arc::downgrade(&cluster);
         cluster.net.spawn(accept_loop(listener, weak.clone()));
         cluster.net.spawn(drain_completions(weak.clone()));
