@@ -147,7 +147,7 @@ impl Node {
             let host: Arc<dyn Host> = node.clone();
             let host = Arc::downgrade(&host);
             let wired = node.clone();
-            let ready: Box<dyn FnOnce(&Arc<ClusterNode>) + Send> = Box::new(move |c| {
+            let ready: crate::cluster::Ready = Box::new(move |c| {
                 let _ = wired.cluster.set(c.clone());
             });
             let started = std::thread::spawn(move || {

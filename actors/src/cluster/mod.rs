@@ -184,6 +184,9 @@ struct Outbox {
 /// dropped within it costs no message at all.
 const OUTBOX_DELAY: Duration = Duration::from_millis(1);
 
+/// Wires a cluster part into its node, before it joins.
+pub type Ready = Box<dyn FnOnce(&Arc<ClusterNode>) + Send>;
+
 /// A call to an actor on a peer: its reply, the peer, and its message.
 type RemoteCall = (Arc<Slot>, NodeId, Value);
 
@@ -241,7 +244,7 @@ impl ClusterNode {
         core: Arc<Core>,
         registry: Vec<String>,
         host: Weak<dyn Host>,
-        ready: Box<dyn FnOnce(&Arc<ClusterNode>) + Send>,
+        ready: Ready,
     ) -> Result<Arc<ClusterNode>, Error> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
