@@ -56,8 +56,6 @@ pub trait Inbound: Send + Sync + 'static {
 
 enum Out {
     Msg(Msg),
-    /// Wakes the writer task for a direct write's backlog.
-    Wake,
     Close,
 }
 
@@ -71,29 +69,7 @@ pub struct Link {
     pub serial: u64,
     tx: mpsc::UnboundedSender<Out>,
     closed: AtomicBool,
-    write: parking_lot::Mutex<WriteState>,
 }
-
-/// Who may write the socket now. A sender finding the writer idle (nothing
-/// queued, and no message sent in the last [`DIRECT_GAP`]) writes its
-/// message itself — a request–reply pays no wake-up of the network thread —
-/// while a burst queues for the writer task, which packs it into frames.
-struct WriteState {
-    /// The socket's write half; gone once the link closes.
-    sock: Option<Arc<OwnedWriteHalf>>,
-    /// A sender is writing directly now.
-    direct: bool,
-    /// Messages are queued for the writer task (set under this lock before
-    /// they are pushed; cleared by the task when it finds the queue empty).
-    queued: bool,
-    /// What a direct write could not write: the writer task writes it first.
-    backlog: Option<bytes::Bytes>,
-    /// When the last message was sent (directly or queued).
-    last: Option<std::time::Instant>,
-}
-
-/// Messages closer together than this go through the writer task, in batches.
-const DIRECT_GAP: Duration = Duration::from_micros(50);
 
 impl std::fmt::Debug for Link {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -110,71 +86,7 @@ static SERIAL: AtomicU64 = AtomicU64::new(1);
 impl Link {
     /// Queues a message; false if the link is closed.
     pub fn send(&self, msg: Msg) -> bool {
-        if self.is_closed() {
-            return false;
-        }
-        let mut st = self.write.lock();
-        let now = std::time::Instant::now();
-        let idle = self.lane == Lane::Control
-            && !st.direct
-            && !st.queued
-            && st.backlog.is_none()
-            && st.last.is_none_or(|t| now.duration_since(t) >= DIRECT_GAP);
-        // A message close behind another (a burst) queues, to be batched.
-        st.last = Some(now);
-        let sock = st.sock.clone().filter(|_| idle);
-        let Some(sock) = sock else {
-            // Marked under the lock, then pushed: the writer task clears the
-            // mark only when it finds the queue empty, under the same lock.
-            st.queued = true;
-            return self.tx.send(Out::Msg(msg)).is_ok();
-        };
-        st.direct = true;
-        drop(st);
-        let frame = match wire::encode(std::slice::from_ref(&msg)) {
-            Ok(body) if body.len() <= LARGE_BODY => {
-                let mut f = Vec::with_capacity(body.len() + 4);
-                f.extend_from_slice(&(body.len() as u32).to_be_bytes());
-                f.extend_from_slice(&body);
-                f
-            }
-            _ => {
-                // Large or unencodable: the writer task handles (or reports) it.
-                let mut st = self.write.lock();
-                st.direct = false;
-                st.queued = true;
-                return self.tx.send(Out::Msg(msg)).is_ok();
-            }
-        };
-        let mut written = 0;
-        while written < frame.len() {
-            match sock.as_ref().try_write(&frame[written..]) {
-                Ok(n) => written += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                // Broken: its reader sees it and closes the link.
-                Err(_) => written = frame.len(),
-            }
-        }
-        let mut st = self.write.lock();
-        st.direct = false;
-        if written < frame.len() {
-            st.backlog = Some(bytes::Bytes::from(frame).slice(written..));
-            st.queued = true;
-            let _ = self.tx.send(Out::Wake);
-        }
-        true
-    }
-
-    /// Whether a message sent now would be written directly (the writer is
-    /// idle and no message was sent recently).
-    pub fn idle(&self) -> bool {
-        let st = self.write.lock();
-        self.lane == Lane::Control
-            && st.sock.is_some()
-            && !st.direct
-            && !st.queued
-            && st.backlog.is_none()
-            && st.last.is_none_or(|t| t.elapsed() >= DIRECT_GAP)
+        !self.is_closed() && self.tx.send(Out::Msg(msg)).is_ok()
     }
 
     /// Whether the link is closed.
@@ -362,7 +274,6 @@ fn start(
     rejections: Arc<Rejections>,
 ) -> Arc<Link> {
     let (rd, wr) = stream.into_split();
-    let wr = Arc::new(wr);
     let (tx, rx) = mpsc::unbounded_channel();
     let link = Arc::new(Link {
         peer,
@@ -370,13 +281,6 @@ fn start(
         serial: SERIAL.fetch_add(1, Ordering::Relaxed),
         tx,
         closed: AtomicBool::new(false),
-        write: parking_lot::Mutex::new(WriteState {
-            sock: Some(wr.clone()),
-            direct: false,
-            queued: false,
-            backlog: None,
-            last: None,
-        }),
     });
     tokio::spawn(write_loop(wr, rx, link.clone()));
     tokio::spawn(read_loop(rd, buf, link.clone(), inbound, rejections));
@@ -446,51 +350,16 @@ async fn read_loop(
     inbound.on_close(&link, bad.as_deref());
 }
 
-/// Writes all of `buf` to the shared write half, waiting while the socket is full.
-async fn write_all(wr: &OwnedWriteHalf, mut buf: &[u8]) -> std::io::Result<()> {
-    while !buf.is_empty() {
-        match wr.as_ref().try_write(buf) {
-            Ok(n) => buf = &buf[n..],
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                wr.as_ref().writable().await?;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-async fn write_loop(
-    wr: Arc<OwnedWriteHalf>,
-    mut rx: mpsc::UnboundedReceiver<Out>,
-    link: Arc<Link>,
-) {
+async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Out>, link: Arc<Link>) {
     let limit = max_frame(link.lane);
     let mut batch: Vec<Out> = Vec::with_capacity(BATCH);
     let mut msgs: Vec<Msg> = Vec::with_capacity(BATCH);
     let mut out = BytesMut::with_capacity(64 << 10);
     'write: while rx.recv_many(&mut batch, BATCH).await > 0 {
-        // A direct write in progress finishes first; what it left is
-        // written before anything queued after it.
-        let backlog = loop {
-            {
-                let mut st = link.write.lock();
-                if !st.direct {
-                    break st.backlog.take();
-                }
-            }
-            tokio::task::yield_now().await;
-        };
-        if let Some(b) = backlog {
-            if write_all(&wr, &b).await.is_err() {
-                break 'write;
-            }
-        }
         let mut closing = false;
         for o in batch.drain(..) {
             match o {
                 Out::Msg(m) => msgs.push(m),
-                Out::Wake => {}
                 Out::Close => closing = true,
             }
         }
@@ -507,7 +376,7 @@ async fn write_loop(
                 out.put_u32(head.len() as u32);
                 out.extend_from_slice(&head);
                 if let Some(tail) = tail {
-                    if write_all(&wr, &out).await.is_err() || write_all(&wr, &tail).await.is_err() {
+                    if wr.write_all(&out).await.is_err() || wr.write_all(&tail).await.is_err() {
                         failed = true;
                         break;
                     }
@@ -523,7 +392,7 @@ async fn write_loop(
         for body in frames {
             out.put_u32(body.len() as u32);
             if body.len() >= LARGE_BODY {
-                if write_all(&wr, &out).await.is_err() || write_all(&wr, &body).await.is_err() {
+                if wr.write_all(&out).await.is_err() || wr.write_all(&body).await.is_err() {
                     break 'write;
                 }
                 out.clear();
@@ -532,7 +401,7 @@ async fn write_loop(
             }
         }
         if !out.is_empty() {
-            if write_all(&wr, &out).await.is_err() {
+            if wr.write_all(&out).await.is_err() {
                 break;
             }
             out.clear();
@@ -540,16 +409,9 @@ async fn write_loop(
         if closing {
             break;
         }
-        // All written: senders may write directly again once nothing is queued.
-        let mut st = link.write.lock();
-        if rx.is_empty() && st.backlog.is_none() {
-            st.queued = false;
-        }
     }
     link.closed.store(true, Ordering::Release);
-    // The last handle to the write half goes: the socket's write side shuts.
-    link.write.lock().sock = None;
-    drop(wr);
+    let _ = wr.shutdown().await;
 }
 
 /// If `buf` starts with a chunk's frame whose bytes have a place to land,

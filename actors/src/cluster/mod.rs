@@ -145,19 +145,8 @@ struct Waiting {
 impl Wake for Waiting {
     fn wake(self: Arc<Self>) {
         if let Some(c) = self.cluster.upgrade() {
-            let lone = match &self.reply {
-                Reply::Task { link, .. } | Reply::Call { link, .. } => link.idle(),
-                Reply::Lend { .. } => false,
-            };
-            if lone && !ON_NET_THREAD.with(|n| n.get()) {
-                // A lone reply on an idle link: the thread that made it writes
-                // it, with no wake-up of the network thread. Replies in a
-                // burst go to the network thread, which batches them.
-                c.finish(self);
-            } else {
-                c.done.push(self);
-                c.wake.notify_one();
-            }
+            c.done.push(self);
+            c.wake.notify_one();
         }
     }
 }
