@@ -74,7 +74,9 @@ fn put_here(x: u64, big: usize) -> (ObjectRef<u64>, ObjectRef<ByteBuf>) {
 
 fn spawn_counter(start: u64) -> ActorHandle<Counter> {
     let rt = Runtime::current().expect("in a task");
+    // On this node (the default policy may place it elsewhere when busy).
     rt.actor_of(Counter::new, start)
+        .node_affinity(rt.node_id(), false)
         .spawn()
         .expect("spawn on a node")
 }
