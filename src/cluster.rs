@@ -64,23 +64,18 @@ impl<F: Fn(C) -> A + Clone + Send + Sync + 'static, C: Data + Clone, A> Construc
 #[macro_export]
 macro_rules! remote_actor {
     (async $actor:ty, $ctor:expr, [$($msg:ty),* $(,)?]) => {
-        $crate::__private::inventory::submit! {
-            $crate::__private::ActorRegistration::new(
-                || std::any::type_name::<$actor>(),
-                || std::any::TypeId::of::<$actor>(),
-                concat!(file!(), ":", line!()),
-                |args, mc| $crate::__private::make_async::<$actor, _, _>($ctor, args, mc),
-                || vec![$($crate::__private::method::<$actor, $msg, _>()),*],
-            )
-        }
+        $crate::remote_actor!(@register make_async, $actor, $ctor, [$($msg),*]);
     };
     ($actor:ty, $ctor:expr, [$($msg:ty),* $(,)?]) => {
+        $crate::remote_actor!(@register make_sync, $actor, $ctor, [$($msg),*]);
+    };
+    (@register $make:ident, $actor:ty, $ctor:expr, [$($msg:ty),*]) => {
         $crate::__private::inventory::submit! {
             $crate::__private::ActorRegistration::new(
                 || std::any::type_name::<$actor>(),
                 || std::any::TypeId::of::<$actor>(),
                 concat!(file!(), ":", line!()),
-                |args, mc| $crate::__private::make_sync::<$actor, _, _>($ctor, args, mc),
+                |args, mc| $crate::__private::$make::<$actor, _, _>($ctor, args, mc),
                 || vec![$($crate::__private::method::<$actor, $msg, _>()),*],
             )
         }

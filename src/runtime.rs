@@ -269,10 +269,6 @@ impl Runtime {
     ) -> Result<Vec<T>> {
         // A timeout too long to add to now is none.
         let deadline = timeout.and_then(|t| std::time::Instant::now().checked_add(t));
-        // Borrowed values are asked for all at once, not one round trip each.
-        for r in refs {
-            r.slot().fetch();
-        }
         // With many clients waiting at once, one sleep for the batch.
         wait_batch(refs.len(), |i| refs[i].slot(), deadline);
         refs.iter()

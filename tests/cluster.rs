@@ -303,14 +303,19 @@ fn large_objects_move_between_nodes_intact_and_are_freed() {
     assert_eq!(there, checksum(got));
     drop((put, made));
     wait_until("every node's objects are freed", || {
-        rt.memory().objects == 0
-            && rt
-                .cluster_status()
-                .unwrap()
-                .nodes
-                .iter()
-                .all(|n| n.report.memory.objects == 0)
+        objects_freed_everywhere(rt)
     });
+}
+
+/// No objects on the driver, nor on any node at its last report.
+fn objects_freed_everywhere(rt: &Runtime) -> bool {
+    rt.memory().objects == 0
+        && rt
+            .cluster_status()
+            .unwrap()
+            .nodes
+            .iter()
+            .all(|n| n.report.memory.objects == 0)
 }
 
 fn refs_inside_values_are_borrowed_from_their_owner() {
@@ -326,13 +331,7 @@ fn refs_inside_values_are_borrowed_from_their_owner() {
     assert_eq!(total, 210);
     drop(refs);
     wait_until("the driver freed what the node borrowed", || {
-        rt.memory().objects == 0
-            && rt
-                .cluster_status()
-                .unwrap()
-                .nodes
-                .iter()
-                .all(|n| n.report.memory.objects == 0)
+        objects_freed_everywhere(rt)
     });
 }
 

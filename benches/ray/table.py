@@ -228,14 +228,7 @@ def main(argv):
         update(argv[1], CBEGIN, CEND, cluster_table(*argv[2:]))
         return
     if argv and argv[0] == "--update":
-        doc, paths = argv[1], argv[2:]
-        text = open(doc).read() if os.path.exists(doc) else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
-        if BEGIN not in text:
-            text += f"\n{BEGIN}\n{END}\n"
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        with open(doc, "w") as f:
-            f.write(head + BEGIN + "\n" + table(*paths) + END + tail)
+        update(argv[1], BEGIN, END, table(*argv[2:]))
     else:
         sys.stdout.write(table(*argv))
 

@@ -363,33 +363,13 @@ impl ClusterNode {
         Ok(cluster)
     }
 
-    /// Sets the node this cluster part serves.
-    pub fn set_host(&self, host: Weak<dyn Host>) {
-        let _ = self.host.set(host);
-    }
-
     fn host(&self) -> Option<Arc<dyn Host>> {
         self.host.get().and_then(Weak::upgrade)
-    }
-
-    /// This node as the cluster knows it.
-    pub fn info(&self) -> &NodeInfo {
-        &self.me
-    }
-
-    /// Its role.
-    pub fn role(&self) -> Role {
-        self.role
     }
 
     /// Where its node link listens (for a head: the cluster's address).
     pub fn address(&self) -> &str {
         &self.me.address
-    }
-
-    /// Connections closed for bad input, by reason.
-    pub fn rejections(&self) -> &Rejections {
-        &self.rejections
     }
 
     /// The live nodes this node knows of, itself included.

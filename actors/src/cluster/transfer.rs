@@ -207,16 +207,6 @@ impl Pulls {
             fail_all(a.done, error.clone());
         }
     }
-
-    /// Pulls in progress.
-    pub fn len(&self) -> usize {
-        self.active.lock().len()
-    }
-
-    /// Whether none is.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 impl Assembly {

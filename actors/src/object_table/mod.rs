@@ -175,11 +175,17 @@ impl OwnerTable {
             node: self.node,
             seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
         };
-        let slot = Arc::new(Slot::new(id, self.clone(), call_of));
-        self.shard(id)
+        self.index(Slot::new(id, self.clone(), call_of))
+    }
+
+    /// Puts a new slot in the index; one made after the table closed fails
+    /// at once.
+    fn index(&self, slot: Slot) -> Arc<Slot> {
+        let slot = Arc::new(slot);
+        self.shard(slot.id)
             .index
             .lock()
-            .insert(id, Arc::downgrade(&slot));
+            .insert(slot.id, Arc::downgrade(&slot));
         // SeqCst pairs with `fail_all`'s store: either it sees this slot in the
         // index, or we see the table closed.
         if self.closed.load(Ordering::SeqCst) {
@@ -195,16 +201,7 @@ impl OwnerTable {
         let mut slot = Slot::new(id, self.clone(), None);
         slot.borrowed = true;
         *slot.unfetched.get_mut() = true;
-        let slot = Arc::new(slot);
-        self.shard(id)
-            .index
-            .lock()
-            .insert(id, Arc::downgrade(&slot));
-        // SeqCst pairs with `fail_all`'s store, as in `new_pending`.
-        if self.closed.load(Ordering::SeqCst) {
-            slot.complete(Err(Error::ShutDown));
-        }
-        slot
+        self.index(slot)
     }
 
     /// Sets what hears of borrowed objects whose last local ref went.

@@ -140,8 +140,8 @@ pub fn wait_slots(
     }
 }
 
-/// Before a batch read of `len` objects (`slot(i)`, in input order) off the
-/// workers: with many clients waiting at once (other getters hold every
+/// Before a batch read of `len` objects (`slot(i)`, in input order): asks
+/// for every borrowed value at once; then, off the workers, with many clients waiting at once (other getters hold every
 /// spinning place the spin policy allows), sleeps for the last object rather
 /// than for each. Results mostly come in the order they were asked for, so one
 /// wake-up covers the batch instead of one per object, and the thread that
@@ -157,6 +157,11 @@ pub fn wait_batch<'a>(
     deadline: Option<Instant>,
 ) {
     const BATCH_FAILURE_CHECK: Duration = Duration::from_millis(1);
+    // Borrowed values are asked for all at once, not one round trip each as
+    // the batch's gets reach them.
+    for i in 0..len {
+        slot(i).fetch();
+    }
     if len < 2 || HOOKS.with(|h| h.borrow().is_some()) {
         return;
     }
