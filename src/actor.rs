@@ -671,6 +671,20 @@ impl<'r, A: Actor> ActorBuilder<'r, A> {
             let actor = node.new_actor_id();
             let local_only = self.remote.is_none() || self.group.is_some();
             let name = self.name.clone().map(|n| (self.namespace.clone(), n));
+            let create = ActorCreate {
+                actor,
+                type_name: std::any::type_name::<A>().to_string(),
+                args: self.remote.clone().unwrap_or_else(|| Value::new(())),
+                name: name.clone(),
+                detached: self.detached,
+                max_restarts: self.restart.max_restarts,
+                max_task_retries: self.restart.max_task_retries,
+                max_concurrency: self.max_concurrency,
+            };
+            // Restarted on another node if its node dies: an actor with
+            // restarts left and a registered constructor.
+            let restart = (!local_only && !self.restart.max_restarts.is_none())
+                .then(|| Box::new(create.clone()));
             let placed = cluster.ask(Ask::PlaceActor {
                 actor,
                 type_name: std::any::type_name::<A>().to_string(),
@@ -686,22 +700,13 @@ impl<'r, A: Actor> ActorBuilder<'r, A> {
                     self.scheduling
                 },
                 from: node.id(),
+                restart,
             })?;
             match placed {
                 Answer::Actor(place) => {
                     return handle_at(&node, place.actor, place.node, place.type_name, self.name)
                 }
                 Answer::Placed(at) if at.id != node.id() => {
-                    let create = ActorCreate {
-                        actor,
-                        type_name: std::any::type_name::<A>().to_string(),
-                        args: self.remote.clone().unwrap_or_else(|| Value::new(())),
-                        name,
-                        detached: self.detached,
-                        max_restarts: self.restart.max_restarts,
-                        max_task_retries: self.restart.max_task_retries,
-                        max_concurrency: self.max_concurrency,
-                    };
                     if let Err(e) = cluster.create_actor(at.id, create) {
                         cluster.actor_gone(actor);
                         return Err(e);
@@ -899,7 +904,11 @@ impl<A> ActorHandle<A> {
     pub fn node_id(&self) -> NodeId {
         match &self.target {
             Target::Local { node, .. } => node.id(),
-            Target::Remote(r) => r.host_node,
+            Target::Remote(r) => match r.node.cluster() {
+                // Started again elsewhere after its node died.
+                Some(c) => c.actor_node(r.id, r.host_node),
+                None => r.host_node,
+            },
         }
     }
 
@@ -1041,6 +1050,7 @@ pub(crate) fn handle_at<A: Actor>(
         let (owner, host) = here.resolve_actor(actor)?;
         return ActorHandle::from_host(owner, host);
     }
+    let node = here.cluster().map_or(node, |c| c.actor_node(actor, node));
     match here.cluster() {
         Some(cluster) if cluster.nodes().iter().any(|n| n.id == node) => ActorHandle::remote(
             RemoteActor {

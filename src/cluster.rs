@@ -201,6 +201,14 @@ impl Runtime {
         self.node().cluster().map(|c| c.address().to_string())
     }
 
+    /// The cluster token this runtime proves, to hand to processes that join
+    /// it (as `RAYX_TOKEN`); `None` outside a cluster or with `no_auth`.
+    pub fn cluster_token(&self) -> Option<String> {
+        self.node()
+            .cluster()
+            .and_then(|c| c.token().map(str::to_string))
+    }
+
     /// Blocks until this runtime shuts down (a head or node told to stop).
     pub fn serve_until_stopped(&self) {
         self.node().wait_stopped();

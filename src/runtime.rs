@@ -7,7 +7,7 @@ use crate::object_ref::{ObjectRef, RefList};
 use crate::remote::{function_table, RemoteFunction, TaskBuilder};
 use crate::{Actor, Data, Error, Result, Runtime};
 use rayx_actors::cluster::wire::{Answer, Ask};
-use rayx_actors::cluster::{ClusterConfig, Role};
+use rayx_actors::cluster::{auth, ClusterConfig, Health, Role};
 use rayx_actors::faults::Faults;
 use rayx_actors::object_table::{wait_batch, wait_slots};
 use rayx_actors::supervision::Strategy;
@@ -44,6 +44,9 @@ pub struct Builder {
     listen: Option<String>,
     cpus: Option<f64>,
     standalone: bool,
+    token: Option<String>,
+    no_auth: bool,
+    health: Option<Health>,
 }
 
 impl Builder {
@@ -144,6 +147,79 @@ impl Builder {
         self
     }
 
+    /// The cluster token this process proves (and, for a head, asks of
+    /// every connection). Without this call: `RAYX_TOKEN`, else the token
+    /// file (`RAYX_TOKEN_FILE`, else `~/.rayx/token`), which a head makes
+    /// (readable by its user only) when there is none.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self.no_auth = false;
+        self
+    }
+    /// Turns authentication off (as `RAYX_AUTH=none` does): allowed only
+    /// on a loopback listener, and every process of the cluster must do it.
+    pub fn no_auth(mut self) -> Self {
+        self.no_auth = true;
+        self.token = None;
+        self
+    }
+    /// Failure detection: heartbeats every `period`, and a node (or the
+    /// head) silent for `misses` periods is dead. Default: Ray's 3 s and 5
+    /// misses; without this call `RAYX_HEALTH_CHECK_PERIOD_MS` and
+    /// `RAYX_HEALTH_CHECK_FAILURE_THRESHOLD` say, if set.
+    pub fn health_check(mut self, period: Duration, misses: u32) -> Self {
+        self.health = Some(Health { period, misses });
+        self
+    }
+
+    fn resolve_token(&self, head: bool) -> Result<Option<String>> {
+        if self.no_auth || std::env::var("RAYX_AUTH").is_ok_and(|a| a == "none") {
+            return Ok(None);
+        }
+        if let Some(t) = &self.token {
+            return Ok(Some(t.clone()));
+        }
+        if let Some(t) = std::env::var("RAYX_TOKEN").ok().filter(|t| !t.is_empty()) {
+            return Ok(Some(t));
+        }
+        let Some(path) = auth::default_path() else {
+            return Ok(head.then(auth::generate));
+        };
+        let read = if head {
+            auth::read_or_create(&path).map(Some)
+        } else {
+            auth::read(&path)
+        };
+        read.map_err(|e| {
+            Error::Startup(format!(
+                "cannot read the cluster token at {}: {e}",
+                path.display()
+            ))
+        })
+    }
+
+    fn resolve_health(&self) -> Result<Health> {
+        if let Some(h) = self.health {
+            return Ok(h);
+        }
+        let mut h = Health::default();
+        let num = |name: &str| -> Result<Option<u64>> {
+            match std::env::var(name) {
+                Ok(v) => v.parse::<u64>().map(Some).map_err(|_| {
+                    Error::InvalidArgument(format!("{name} is not a whole number: {v:?}"))
+                }),
+                Err(_) => Ok(None),
+            }
+        };
+        if let Some(ms) = num("RAYX_HEALTH_CHECK_PERIOD_MS")? {
+            h.period = Duration::from_millis(ms.max(1));
+        }
+        if let Some(n) = num("RAYX_HEALTH_CHECK_FAILURE_THRESHOLD")? {
+            h.misses = n.clamp(1, u32::MAX as u64) as u32;
+        }
+        Ok(h)
+    }
+
     fn cluster(&self, node_role: bool) -> Result<Option<ClusterConfig>> {
         let address = self
             .address
@@ -169,6 +245,8 @@ impl Builder {
                 listen,
                 cpus,
                 standalone: self.standalone,
+                token: self.resolve_token(true)?,
+                health: self.resolve_health()?,
             }));
         }
         match address {
@@ -178,6 +256,8 @@ impl Builder {
                 listen,
                 cpus,
                 standalone: false,
+                token: self.resolve_token(false)?,
+                health: self.resolve_health()?,
             })),
             None if node_role => Err(Error::InvalidArgument(
                 "a worker node needs the head's address: set RAYX_ADDRESS or Builder::address"

@@ -47,6 +47,7 @@ pub struct Cluster {
     nodes: Vec<NodeProcess>,
     node_cpus: f64,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -65,6 +66,7 @@ pub struct ClusterBuilder {
     node_cpus: f64,
     driver: Builder,
     args: Vec<String>,
+    health: Option<(Duration, u32)>,
 }
 
 impl ClusterBuilder {
@@ -89,19 +91,43 @@ impl ClusterBuilder {
         self.args = args.into_iter().map(Into::into).collect();
         self
     }
+    /// Failure detection of the head and every node (see
+    /// [`Builder::health_check`]); tests use a fast profile such as 100 ms × 10.
+    pub fn health_check(mut self, period: Duration, misses: u32) -> Self {
+        self.health = Some((period, misses));
+        self
+    }
     /// Starts the head here and the node processes, and waits until every
-    /// node joined.
+    /// node joined. The nodes get the head's token (`RAYX_TOKEN`).
     pub fn start(self) -> Result<Cluster> {
-        let driver = self.driver.head().start()?;
+        let mut driver = self.driver;
+        let mut env = Vec::new();
+        if let Some((period, misses)) = self.health {
+            driver = driver.health_check(period, misses);
+            env.push((
+                "RAYX_HEALTH_CHECK_PERIOD_MS".to_string(),
+                period.as_millis().to_string(),
+            ));
+            env.push((
+                "RAYX_HEALTH_CHECK_FAILURE_THRESHOLD".to_string(),
+                misses.to_string(),
+            ));
+        }
+        let driver = driver.head().start()?;
         let address = driver
             .cluster_address()
             .ok_or_else(|| Error::Startup("the head has no address".into()))?;
+        match driver.cluster_token() {
+            Some(t) => env.push(("RAYX_TOKEN".to_string(), t)),
+            None => env.push(("RAYX_AUTH".to_string(), "none".to_string())),
+        }
         let mut cluster = Cluster {
             driver,
             address,
             nodes: Vec::new(),
             node_cpus: self.node_cpus,
             args: self.args,
+            env,
         };
         for _ in 0..self.nodes {
             cluster.add_node()?;
@@ -118,6 +144,7 @@ impl Cluster {
             node_cpus: 2.0,
             driver: Builder::new().num_cpus(0.0),
             args: Vec::new(),
+            health: None,
         }
     }
 
@@ -141,18 +168,37 @@ impl Cluster {
         &self.nodes
     }
 
-    /// Starts one more node process and waits until it joined.
-    pub fn add_node(&mut self) -> Result<NodeId> {
-        let before: Vec<NodeId> = self.driver.nodes().iter().map(|n| n.id).collect();
+    /// The command that starts a node process joining `address` (the head's,
+    /// or a [`Proxy`]'s in front of it), with the cluster's token and
+    /// health settings; a test may change its environment before spawning it.
+    pub fn node_command(&self, address: &str) -> Result<Command> {
         let exe = std::env::current_exe()
             .map_err(|e| Error::Startup(format!("cannot find this binary: {e}")))?;
-        let child = Command::new(exe)
-            .args(&self.args)
+        let mut cmd = Command::new(exe);
+        cmd.args(&self.args)
             .env("RAYX_ROLE", "node")
-            .env("RAYX_ADDRESS", &self.address)
+            .env("RAYX_ADDRESS", address)
             .env("RAYX_NUM_CPUS", self.node_cpus.to_string())
             .env("RAYX_EXIT_WITH_PARENT", "1")
-            .stdin(Stdio::piped())
+            .env_remove("RAYX_TOKEN")
+            .env_remove("RAYX_AUTH")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped());
+        Ok(cmd)
+    }
+
+    /// Starts one more node process and waits until it joined.
+    pub fn add_node(&mut self) -> Result<NodeId> {
+        let address = self.address.clone();
+        self.add_node_via(&address)
+    }
+
+    /// Starts one more node process that joins through `address` (a
+    /// [`Proxy`] to the head, which can partition it) and waits until it joined.
+    pub fn add_node_via(&mut self, address: &str) -> Result<NodeId> {
+        let before: Vec<NodeId> = self.driver.nodes().iter().map(|n| n.id).collect();
+        let child = self
+            .node_command(address)?
             .spawn()
             .map_err(|e| Error::Startup(format!("cannot start a node process: {e}")))?;
         let mut node = NodeProcess {
@@ -196,6 +242,146 @@ impl Cluster {
         self.nodes
             .get_mut(i)
             .is_some_and(|n| matches!(n.child.try_wait(), Ok(None)))
+    }
+
+    /// Waits up to `timeout` for node process `i` to exit by itself; its
+    /// exit status, or `None` if it still runs.
+    pub fn wait_exit(&mut self, i: usize, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let node = self.nodes.get_mut(i)?;
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = node.child.try_wait() {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            // Polling a child's exit: there is no event to wait on portably.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A TCP proxy on loopback in front of one address, for partition tests: it
+/// forwards bytes both ways until [`silence`](Proxy::silence), then forwards
+/// nothing and closes nothing — the peers see silence, not a reset, as in a
+/// network partition. Connections stay open until the proxy is dropped.
+pub struct Proxy {
+    address: String,
+    silent: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Proxy({})", self.address)
+    }
+}
+
+impl Proxy {
+    /// A proxy listening on a loopback port the OS picks, forwarding to `target`.
+    pub fn start(target: &str) -> Result<Proxy> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")
+            .map_err(|e| Error::Startup(format!("proxy: {e}")))?;
+        let address = listener
+            .local_addr()
+            .map_err(|e| Error::Startup(format!("proxy: {e}")))?
+            .to_string();
+        let silent = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (target, s, st) = (target.to_string(), silent.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for inbound in listener.incoming() {
+                if st.load(Ordering::Acquire) {
+                    return;
+                }
+                let Ok(inbound) = inbound else { continue };
+                let Ok(outbound) = std::net::TcpStream::connect(&target) else {
+                    continue;
+                };
+                for (from, to) in [
+                    (inbound.try_clone(), outbound.try_clone()),
+                    (outbound.try_clone(), inbound.try_clone()),
+                ] {
+                    let (Ok(from), Ok(to)) = (from, to) else {
+                        continue;
+                    };
+                    let (s, st) = (s.clone(), st.clone());
+                    std::thread::spawn(move || pipe(from, to, &s, &st));
+                }
+            }
+        });
+        Ok(Proxy {
+            address,
+            silent,
+            stop,
+        })
+    }
+
+    /// Where to connect instead of the target.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// From now on nothing passes either way, and nothing is closed.
+    pub fn silence(&self) {
+        // Release pairs with the pipes' Acquire loads: a pipe that sees it
+        // forwards nothing read after.
+        self.silent
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        // Wake the accept loop so it sees the stop.
+        let _ = std::net::TcpStream::connect(&self.address);
+    }
+}
+
+fn pipe(
+    mut from: std::net::TcpStream,
+    mut to: std::net::TcpStream,
+    silent: &std::sync::atomic::AtomicBool,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        if stop.load(Ordering::Acquire) {
+            return;
+        }
+        match from.read(&mut buf) {
+            Ok(0) => {
+                if !silent.load(Ordering::Acquire) {
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                }
+                // Silent: the close is swallowed too; hold both ends open.
+                while !stop.load(Ordering::Acquire) && silent.load(Ordering::Acquire) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                return;
+            }
+            Ok(n) => {
+                if silent.load(Ordering::Acquire) {
+                    continue;
+                }
+                if to.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
     }
 }
 

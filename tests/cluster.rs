@@ -5,12 +5,15 @@
 //! Its own runner (harness = false): `cargo test --test cluster [filter]`.
 //! The tests run one after another; each starts its own cluster.
 
+mod common;
+
+use common::raw_peer::{accept_shake, frame, hello, read_frames_until, read_until_closed, shake};
 use rayx::prelude::*;
 use rayx::testing::Cluster;
 use rayx::Builder;
 use serde_bytes::ByteBuf;
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::time::Instant;
 
@@ -506,7 +509,9 @@ fn an_unreachable_head_fails_init_in_bounded_time() {
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = silent.local_addr().unwrap().to_string();
     match Builder::new().address(address.clone()).start() {
-        Err(Error::ClusterUnreachable { cause, .. }) => assert!(cause.contains("hello"), "{cause}"),
+        Err(Error::ClusterUnreachable { cause, .. }) => {
+            assert!(cause.contains("handshake"), "{cause}")
+        }
         other => panic!("expected ClusterUnreachable: {other:?}"),
     }
     // 10 s of retries of a refused head, then 5 s for a silent one.
@@ -515,78 +520,12 @@ fn an_unreachable_head_fails_init_in_bounded_time() {
 
 // ---- bad input from a peer ----------------------------------------------------
 
-fn frame(body: &[u8]) -> Vec<u8> {
-    let mut f = (body.len() as u32).to_be_bytes().to_vec();
-    f.extend_from_slice(body);
-    f
-}
-
-fn hello(lane: rayx_actors::cluster::wire::Lane, version: u32, registry: Vec<String>) -> Vec<u8> {
-    use rayx_actors::cluster::wire::{encode, Hello, Msg, NodeInfo};
-    frame(
-        &encode(&[Msg::Hello(Hello {
-            version,
-            lane,
-            node: NodeInfo {
-                id: NodeId(99),
-                address: "127.0.0.1:1".into(),
-                cpus: 0.0,
-                head: false,
-            },
-            registry,
-        })])
-        .unwrap(),
-    )
-}
-
-/// Reads frames until the peer closes; returns the messages read.
-fn read_until_closed(s: &mut TcpStream) -> Vec<rayx_actors::cluster::wire::Msg> {
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut all = Vec::new();
-    let _ = s.read_to_end(&mut all);
-    let mut msgs = Vec::new();
-    let mut at = 0;
-    while at + 4 <= all.len() {
-        let n = u32::from_be_bytes(all[at..at + 4].try_into().unwrap()) as usize;
-        if at + 4 + n > all.len() {
-            break;
-        }
-        msgs.extend(rayx_actors::cluster::wire::decode(&all[at + 4..at + 4 + n]).unwrap());
-        at += 4 + n;
-    }
-    msgs
-}
-
-/// Reads frames until one holds a message `stop` accepts (or 20 s pass).
-fn read_frames_until(
-    s: &mut TcpStream,
-    stop: impl Fn(&rayx_actors::cluster::wire::Msg) -> bool,
-) -> Vec<rayx_actors::cluster::wire::Msg> {
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut msgs = Vec::new();
-    loop {
-        let mut len = [0u8; 4];
-        if s.read_exact(&mut len).is_err() {
-            return msgs;
-        }
-        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-        if s.read_exact(&mut body).is_err() {
-            return msgs;
-        }
-        let batch = rayx_actors::cluster::wire::decode(&body).unwrap();
-        let done = batch.iter().any(&stop);
-        msgs.extend(batch);
-        if done {
-            return msgs;
-        }
-    }
-}
-
 fn bad_bytes_close_one_connection_and_are_counted() {
     use rayx_actors::cluster::wire::{Lane, Msg, PROTOCOL_VERSION};
     let c = Cluster::start(1).unwrap();
     let rt = c.driver();
     let addr = c.address().to_string();
+    let token = rt.cluster_token().expect("a test cluster authenticates");
     let before = rt
         .cluster_status()
         .unwrap()
@@ -617,12 +556,11 @@ fn bad_bytes_close_one_connection_and_are_counted() {
     }
     // A registry that differs: refused, naming the difference.
     let mut s = TcpStream::connect(&addr).unwrap();
-    s.write_all(&hello(
-        Lane::Join,
-        PROTOCOL_VERSION,
-        vec!["fn only_mine".into()],
-    ))
-    .unwrap();
+    shake(
+        &mut s,
+        &token,
+        &hello(Lane::Join, PROTOCOL_VERSION, vec!["fn only_mine".into()]),
+    );
     match read_until_closed(&mut s).as_slice() {
         [Msg::Refused { reason }] => {
             assert!(
@@ -634,8 +572,11 @@ fn bad_bytes_close_one_connection_and_are_counted() {
     }
     // After a good hello, bytes that do not decode close that link.
     let mut s = TcpStream::connect(&addr).unwrap();
-    s.write_all(&hello(Lane::Control, PROTOCOL_VERSION, vec![]))
-        .unwrap();
+    shake(
+        &mut s,
+        &token,
+        &hello(Lane::Control, PROTOCOL_VERSION, vec![]),
+    );
     s.write_all(&frame(&[0x92, 0xc1, 0xff])).unwrap();
     assert!(matches!(
         read_until_closed(&mut s).as_slice(),
@@ -643,8 +584,11 @@ fn bad_bytes_close_one_connection_and_are_counted() {
     ));
     // An unknown function from a peer is a typed task error.
     let mut s = TcpStream::connect(&addr).unwrap();
-    s.write_all(&hello(Lane::Control, PROTOCOL_VERSION, vec![]))
-        .unwrap();
+    shake(
+        &mut s,
+        &token,
+        &hello(Lane::Control, PROTOCOL_VERSION, vec![]),
+    );
     let spec = rayx_actors::messages::TaskSpec {
         task_id: rayx_actors::ids::TaskId(rayx_actors::ids::ObjectId {
             node: NodeId(99),
@@ -696,6 +640,7 @@ fn a_lying_peer_s_chunks_fail_its_pull_not_the_node() {
     }
     let mut c = Cluster::start(1).unwrap();
     let rt = c.driver().clone();
+    let token = rt.cluster_token().unwrap();
     let victim = c.nodes()[0].id;
     let address = rt
         .nodes()
@@ -723,9 +668,10 @@ fn a_lying_peer_s_chunks_fail_its_pull_not_the_node() {
             lane: Lane::Control,
             node: me.clone(),
             registry: vec![],
+            nonce: serde_bytes::ByteBuf::from(vec![7u8; 32]),
         });
-        s.write_all(&frame(&wire::encode(&[hello]).unwrap()))
-            .unwrap();
+        shake(&mut s, &token, &frame(&wire::encode(&[hello]).unwrap()));
+        read_frames_until(&mut s, |m| matches!(m, Msg::Welcome { .. }));
         let spec = TaskSpec {
             task_id: TaskId(ObjectId {
                 node: me.id,
@@ -748,13 +694,11 @@ fn a_lying_peer_s_chunks_fail_its_pull_not_the_node() {
         s.write_all(&frame(&wire::encode(&[ready]).unwrap()))
             .unwrap();
         let (mut b, _) = bulk.accept().unwrap();
-        read_frames_until(&mut b, |m| matches!(m, Msg::Hello(_)));
         let welcome = Msg::Welcome {
             node: me.clone(),
             cluster: vec![],
         };
-        b.write_all(&frame(&wire::encode(&[welcome]).unwrap()))
-            .unwrap();
+        accept_shake(&mut b, &token, welcome);
         match attack {
             "huge" => b
                 .write_all(&chunk(obj, 0, (1 << 40) - 1, &[1, 2, 3]))
@@ -819,41 +763,5 @@ fn main() {
         bad_bytes_close_one_connection_and_are_counted,
         a_lying_peer_s_chunks_fail_its_pull_not_the_node,
     ];
-    let filters: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    if std::env::args().any(|a| a == "--list") {
-        for (name, _) in tests {
-            println!("{name}: test");
-        }
-        return;
-    }
-    let mut failed = Vec::new();
-    let mut ran = 0;
-    for (name, test) in tests {
-        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
-            continue;
-        }
-        ran += 1;
-        let started = Instant::now();
-        let outcome = std::panic::catch_unwind(test);
-        let took = started.elapsed();
-        match outcome {
-            Ok(()) => println!("test {name} ... ok ({took:.1?})"),
-            Err(_) => {
-                println!("test {name} ... FAILED ({took:.1?})");
-                failed.push(*name);
-            }
-        }
-    }
-    println!(
-        "\ncluster tests: {} passed, {} failed",
-        ran - failed.len(),
-        failed.len()
-    );
-    if !failed.is_empty() {
-        println!("failed: {failed:?}");
-        std::process::exit(101);
-    }
+    common::run_tests(tests);
 }

@@ -121,7 +121,7 @@ pub enum Error {
     },
     /// The object's owner died (its runtime shut down) while another runtime
     /// still needed it (Ray's `OwnerDiedError`).
-    #[error("object {id} is lost: its owner (another rayx runtime) shut down")]
+    #[error("object {id} is lost: its owner (another rayx runtime or node) died or shut down")]
     OwnerDied {
         /// The object's id, as text.
         id: String,
@@ -186,6 +186,15 @@ pub enum Error {
         /// The address tried.
         address: String,
         /// What went wrong (refused, timed out, wrong protocol, ...).
+        cause: String,
+    },
+    /// The cluster's token check failed: this process or the listener at
+    /// `address` has no token, or another one. The token never crosses the wire.
+    #[error("not admitted to the cluster at {address}: {cause}")]
+    Unauthenticated {
+        /// The address tried.
+        address: String,
+        /// What failed.
         cause: String,
     },
     /// A node's registry of remote functions and actor types differs from the

@@ -54,6 +54,15 @@ pub enum SupervisionEvent {
         /// The limit.
         max_workers: usize,
     },
+    /// A node of the cluster died (its connection reset, it went silent
+    /// past the health limit, or it was declared dead); `node` is the head
+    /// when this node lost the head.
+    NodeDied {
+        /// The node.
+        node: String,
+        /// Why it is considered dead.
+        cause: String,
+    },
     /// This subscriber fell behind: this many older events were dropped.
     Lagged {
         /// How many.

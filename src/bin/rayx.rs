@@ -1,21 +1,41 @@
 //! The `rayx` command: start a standalone head, show a cluster's state, stop it.
 //!
 //! ```text
-//! rayx start --head [--port P] [--host H]   a head that serves until stopped
+//! rayx start --head [--port P] [--host H] [--no-auth]   a head that serves until stopped
 //! rayx status [--address A]                 nodes, actors and objects per node
 //! rayx stop [--address A]                   stops every node and the head
 //! ```
-//! `--address` defaults to `RAYX_ADDRESS`.
+//! `--address` defaults to `RAYX_ADDRESS`. The cluster token is `RAYX_TOKEN`,
+//! else the file `RAYX_TOKEN_FILE`, else `~/.rayx/token`, which
+//! `rayx start --head` makes (readable by its user only) when there is none.
 
-use rayx_actors::cluster::admin_ask;
 use rayx_actors::cluster::wire::{Answer, Ask, ClusterStatus};
+use rayx_actors::cluster::{admin_ask, auth};
 use std::process::ExitCode;
 
 const USAGE: &str = "usage:
-  rayx start --head [--port P] [--host H]   start a head here; it serves until `rayx stop`
+  rayx start --head [--port P] [--host H] [--no-auth]
+                                            start a head here; it serves until `rayx stop`
   rayx status [--address HOST:PORT]         the cluster's nodes, actors and objects
   rayx stop [--address HOST:PORT]           stop every node and the head
-(--address defaults to RAYX_ADDRESS)";
+(--address defaults to RAYX_ADDRESS; the cluster token is RAYX_TOKEN, else the
+file RAYX_TOKEN_FILE, else ~/.rayx/token, which `start --head` makes if missing;
+--no-auth, loopback only: every process then needs RAYX_AUTH=none)";
+
+/// The token a command proves: `RAYX_TOKEN`, else the token file.
+fn token() -> Result<Option<String>, String> {
+    if std::env::var("RAYX_AUTH").is_ok_and(|a| a == "none") {
+        return Ok(None);
+    }
+    if let Some(t) = std::env::var("RAYX_TOKEN").ok().filter(|t| !t.is_empty()) {
+        return Ok(Some(t));
+    }
+    match auth::default_path() {
+        Some(path) => auth::read(&path)
+            .map_err(|e| format!("cannot read the cluster token at {}: {e}", path.display())),
+        None => Ok(None),
+    }
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -56,15 +76,27 @@ fn run(args: &[String]) -> Result<(), String> {
             }
             let port = flag(args, "--port")?.unwrap_or_else(|| "6379".to_string());
             let host = flag(args, "--host")?.unwrap_or_else(|| "127.0.0.1".to_string());
-            let rt = rayx::Builder::new()
+            let mut builder = rayx::Builder::new()
                 .num_workers(1)
                 .num_cpus(0.0)
                 .standalone_head()
-                .listen(format!("{host}:{port}"))
-                .start()
-                .map_err(|e| e.to_string())?;
+                .listen(format!("{host}:{port}"));
+            let no_auth = args.iter().any(|a| a == "--no-auth");
+            if no_auth {
+                builder = builder.no_auth();
+            }
+            let rt = builder.start().map_err(|e| e.to_string())?;
             let address = rt.cluster_address().unwrap_or_default();
             println!("rayx head started at {address}");
+            match (rt.cluster_token(), auth::default_path()) {
+                (None, _) => println!("authentication is off: loopback only"),
+                (Some(_), Some(path)) if std::env::var("RAYX_TOKEN").is_err() => println!(
+                    "cluster token: {} (readable by this user only; other machines need a copy, \
+                     or RAYX_TOKEN)",
+                    path.display()
+                ),
+                (Some(_), _) => println!("cluster token: from RAYX_TOKEN"),
+            }
             println!("join it with: RAYX_ADDRESS={address} <your binary>");
             println!("stop it with: rayx stop --address {address}");
             rt.serve_until_stopped();
@@ -72,7 +104,8 @@ fn run(args: &[String]) -> Result<(), String> {
         }
         Some("status") => {
             let address = address(args)?;
-            match admin_ask(&address, Ask::Status).map_err(|e| e.to_string())? {
+            let token = token()?;
+            match admin_ask(&address, token.as_deref(), Ask::Status).map_err(|e| e.to_string())? {
                 Answer::Status(s) => {
                     print!("{}", render(&address, &s));
                     Ok(())
@@ -82,7 +115,8 @@ fn run(args: &[String]) -> Result<(), String> {
         }
         Some("stop") => {
             let address = address(args)?;
-            admin_ask(&address, Ask::StopCluster).map_err(|e| e.to_string())?;
+            let token = token()?;
+            admin_ask(&address, token.as_deref(), Ask::StopCluster).map_err(|e| e.to_string())?;
             println!("rayx: the cluster at {address} is stopping");
             Ok(())
         }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod failing;
+pub mod raw_peer;
 
 use parking_lot::{Condvar, Mutex};
 use std::collections::HashMap;
@@ -61,3 +62,47 @@ pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 
 /// A bound on how long a test waits for something that should happen at once.
 pub const LONG: Duration = Duration::from_secs(30);
+
+/// The runner of the test binaries with `harness = false` (the cluster
+/// tests, whose binaries are also their node processes): runs the tests
+/// whose names contain a filter argument (all without one), one after
+/// another, and exits 101 if any failed. `--list` lists them.
+pub fn run_tests(tests: &[(&str, fn())]) {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    if std::env::args().any(|a| a == "--list") {
+        for (name, _) in tests {
+            println!("{name}: test");
+        }
+        return;
+    }
+    let mut failed = Vec::new();
+    let mut ran = 0;
+    for (name, test) in tests {
+        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
+            continue;
+        }
+        ran += 1;
+        let started = Instant::now();
+        let outcome = std::panic::catch_unwind(test);
+        let took = started.elapsed();
+        match outcome {
+            Ok(()) => println!("test {name} ... ok ({took:.1?})"),
+            Err(_) => {
+                println!("test {name} ... FAILED ({took:.1?})");
+                failed.push(*name);
+            }
+        }
+    }
+    println!(
+        "\ncluster tests: {} passed, {} failed",
+        ran - failed.len(),
+        failed.len()
+    );
+    if !failed.is_empty() {
+        println!("failed: {failed:?}");
+        std::process::exit(101);
+    }
+}

@@ -6,14 +6,17 @@
 use super::link::Link;
 use super::placement::{place, Candidate};
 use super::wire::{
-    ActorPlace, Answer, Ask, ClusterStatus, Hello, Msg, NodeInfo, NodeStatus, Rejections, Report,
+    ActorCreate, ActorPlace, Answer, Ask, ClusterStatus, Hello, Msg, NodeInfo, NodeStatus,
+    Rejections, Report,
 };
 use crate::error::Error;
 use crate::ids::{ActorId, IdMap, NodeId};
+use crate::messages::{Retries, Scheduling};
 use parking_lot::Mutex;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 struct Member {
     info: NodeInfo,
@@ -23,11 +26,40 @@ struct Member {
     /// Actors placed there and not gone.
     actors: u32,
     link: Option<Arc<Link>>,
+    /// When it was last heard from.
+    heard: Instant,
 }
 
 struct Placed {
     place: ActorPlace,
     name: Option<(String, String)>,
+    restart: Option<Restart>,
+}
+
+/// How to start an actor again on another node when its node dies.
+struct Restart {
+    create: ActorCreate,
+    cpus: f64,
+    scheduling: Scheduling,
+    /// Restarts on other nodes so far.
+    done: u64,
+}
+
+/// A restart under way: where, and the death that caused it.
+struct Restarting {
+    node: NodeId,
+    died: NodeId,
+    cause: String,
+    retries: Retries,
+}
+
+/// What a node's death does to its actors.
+pub struct Left {
+    /// Actors to start again: each on its new node.
+    pub restarts: Vec<(ActorCreate, NodeId)>,
+    /// `ActorMoved` for actors gone for good (sent to every other node
+    /// already; the head's own node applies them).
+    pub gone: Vec<Msg>,
 }
 
 #[derive(Default)]
@@ -37,6 +69,7 @@ struct Tables {
     actors: IdMap<ActorId, Placed>,
     names: HashMap<(String, String), ActorId>,
     kv: HashMap<String, Vec<u8>>,
+    restarting: IdMap<ActorId, Restarting>,
 }
 
 /// The head of a cluster.
@@ -66,6 +99,7 @@ impl Head {
             report: Report::default(),
             actors: 0,
             link: None,
+            heard: Instant::now(),
         });
         head
     }
@@ -73,6 +107,22 @@ impl Head {
     /// Checks a joining node's registry against the cluster's; the error
     /// names what differs.
     pub fn check_join(&self, hello: &Hello) -> Result<Vec<NodeInfo>, String> {
+        if let Some(m) = self
+            .tables
+            .lock()
+            .nodes
+            .iter()
+            .find(|m| m.info.id == hello.node.id)
+        {
+            // Death is final; and one id is one node.
+            return Err(match &m.cause {
+                Some(cause) => format!(
+                    "node {} was declared dead ({cause}): it may rejoin only as a new node",
+                    hello.node.id
+                ),
+                None => format!("node {} is a member already", hello.node.id),
+            });
+        }
         let theirs: BTreeSet<String> = hello.registry.iter().cloned().collect();
         let mut registry = self.registry.lock();
         let ours = registry.get_or_insert_with(|| theirs.clone());
@@ -125,6 +175,7 @@ impl Head {
                 report: Report::default(),
                 actors: 0,
                 link: Some(link.clone()),
+                heard: Instant::now(),
             });
             others
         };
@@ -133,25 +184,50 @@ impl Head {
         }
     }
 
-    /// A node died (`cause`): marked dead for good, its actors forgotten, and
-    /// every other node told. Returns false if it was already dead.
-    pub fn left(&self, node: NodeId, cause: &str) -> bool {
+    /// A node died (`cause`): marked dead for good and every other node
+    /// told. Its actors with restarts left (and a live owner, or detached)
+    /// are placed again, to be started by the caller; the others are gone.
+    /// `None` if it was dead already.
+    pub fn left(&self, node: NodeId, cause: &str) -> Option<Left> {
+        let mut left = Left {
+            restarts: Vec::new(),
+            gone: Vec::new(),
+        };
         let others: Vec<Arc<Link>> = {
             let mut t = self.tables.lock();
-            let Some(m) = t.nodes.iter_mut().find(|m| m.info.id == node && m.alive) else {
-                return false;
-            };
+            let m = t.nodes.iter_mut().find(|m| m.info.id == node && m.alive)?;
             m.alive = false;
             m.cause = Some(cause.to_string());
-            m.link = None;
-            let gone: Vec<ActorId> = t
+            m.actors = 0;
+            if let Some(link) = m.link.take() {
+                // Told, in case it still listens (a hang, not a crash), and
+                // cut off: a silent link never closes by itself.
+                link.send(Msg::NodeLeft {
+                    node,
+                    cause: cause.to_string(),
+                });
+                link.abort();
+            }
+            let there: Vec<ActorId> = t
                 .actors
                 .iter()
                 .filter(|(_, p)| p.place.node == node)
                 .map(|(id, _)| *id)
                 .collect();
-            for id in gone {
-                forget_actor(&mut t, id);
+            for id in there {
+                match self.replace(&mut t, id, node, cause) {
+                    Ok(restart) => left.restarts.push(restart),
+                    Err(why) => {
+                        forget_actor(&mut t, id);
+                        left.gone.push(Msg::ActorMoved {
+                            actor: id,
+                            node: None,
+                            died: node,
+                            cause: why,
+                            retries: Retries::NONE,
+                        });
+                    }
+                }
             }
             t.nodes.iter().filter_map(|m| m.link.clone()).collect()
         };
@@ -160,8 +236,139 @@ impl Head {
                 node,
                 cause: cause.to_string(),
             });
+            for m in &left.gone {
+                l.send(m.clone());
+            }
         }
-        true
+        Some(left)
+    }
+
+    /// Places actor `id` of dead node `died` again, if it may restart.
+    fn replace(
+        &self,
+        t: &mut Tables,
+        id: ActorId,
+        died: NodeId,
+        cause: &str,
+    ) -> Result<(ActorCreate, NodeId), String> {
+        let why = format!("its node {died} died: {cause}");
+        let candidates: Vec<Candidate> = t
+            .nodes
+            .iter()
+            .filter(|m| m.alive)
+            .map(|m| Candidate {
+                id: m.info.id,
+                cpus: m.info.cpus,
+                load: m.report.load as f64 + m.actors as f64,
+            })
+            .collect();
+        let p = t.actors.get_mut(&id).expect("listed");
+        let Some(r) = p.restart.as_mut() else {
+            return Err(why);
+        };
+        if id.node == died && !r.create.detached {
+            // Ray's fate-sharing: an actor dies with its owner.
+            return Err(format!("{why} (its owner was there)"));
+        }
+        if !r.create.max_restarts.allows(r.done + 1) {
+            return Err(format!(
+                "{why}; its max_restarts ({:?}) is used up",
+                r.create.max_restarts
+            ));
+        }
+        let node = place(&candidates, id.node, r.scheduling, r.cpus, &self.spread)
+            .map_err(|reason| format!("{why}; no node can take it: {reason}"))?;
+        r.done += 1;
+        let mut create = r.create.clone();
+        create.max_restarts = match create.max_restarts {
+            Retries::Finite(n) => Retries::Finite(n.saturating_sub(r.done as u32)),
+            Retries::Infinite => Retries::Infinite,
+        };
+        let retries = create.max_task_retries;
+        p.place.node = node;
+        if let Some(m) = t.nodes.iter_mut().find(|m| m.info.id == node) {
+            m.actors += 1;
+        }
+        t.restarting.insert(
+            id,
+            Restarting {
+                node,
+                died,
+                cause: why,
+                retries,
+            },
+        );
+        Ok((create, node))
+    }
+
+    /// A restarted actor started (or failed to): the `ActorMoved` to apply,
+    /// sent to every node already. `None`: not a restart under way.
+    pub fn restarted(&self, actor: ActorId, result: Result<(), Error>) -> Option<Msg> {
+        let (msg, links) = {
+            let mut t = self.tables.lock();
+            let r = t.restarting.remove(&actor)?;
+            let msg = match result {
+                Ok(()) => Msg::ActorMoved {
+                    actor,
+                    node: Some(r.node),
+                    died: r.died,
+                    cause: r.cause,
+                    retries: r.retries,
+                },
+                Err(e) => {
+                    forget_actor(&mut t, actor);
+                    Msg::ActorMoved {
+                        actor,
+                        node: None,
+                        died: r.died,
+                        cause: format!("{}; starting it again on {} failed: {e}", r.cause, r.node),
+                        retries: Retries::NONE,
+                    }
+                }
+            };
+            let links: Vec<Arc<Link>> = t.nodes.iter().filter_map(|m| m.link.clone()).collect();
+            (msg, links)
+        };
+        for l in links {
+            l.send(msg.clone());
+        }
+        Some(msg)
+    }
+
+    /// The join link of a live node (none for the head's own).
+    pub fn link_of(&self, node: NodeId) -> Option<Arc<Link>> {
+        let t = self.tables.lock();
+        t.nodes
+            .iter()
+            .find(|m| m.info.id == node && m.alive)
+            .and_then(|m| m.link.clone())
+    }
+
+    /// A message from `node` arrived on its join link.
+    pub fn heard(&self, node: NodeId) {
+        let mut t = self.tables.lock();
+        if let Some(m) = t.nodes.iter_mut().find(|m| m.info.id == node) {
+            m.heard = Instant::now();
+        }
+    }
+
+    /// The head's heartbeat: sent to every live node, with its own report
+    /// kept; returns the nodes silent for longer than `limit`, and for how long.
+    pub fn beat(&self, mine: Report, limit: Duration) -> Vec<(NodeId, Duration)> {
+        let mut t = self.tables.lock();
+        if let Some(me) = t.nodes.first_mut() {
+            me.report = mine;
+        }
+        let mut silent = Vec::new();
+        for m in t.nodes.iter().filter(|m| m.alive) {
+            let Some(link) = &m.link else { continue };
+            link.send(Msg::Heartbeat(mine));
+            let quiet = m.heard.elapsed();
+            if quiet > limit {
+                silent.push((m.info.id, quiet));
+            }
+        }
+        silent
     }
 
     /// A node's heartbeat.
@@ -211,6 +418,7 @@ impl Head {
                 cpus,
                 scheduling,
                 from,
+                restart,
             } => {
                 if let Some(key) = &name {
                     if let Some(existing) = t.names.get(key).and_then(|id| t.actors.get(id)) {
@@ -259,6 +467,12 @@ impl Head {
                             type_name,
                         },
                         name,
+                        restart: restart.map(|create| Restart {
+                            create: *create,
+                            cpus,
+                            scheduling,
+                            done: 0,
+                        }),
                     },
                 );
                 Ok(Answer::Placed(info))
@@ -298,6 +512,7 @@ impl Head {
 }
 
 fn forget_actor(t: &mut Tables, actor: ActorId) {
+    t.restarting.remove(&actor);
     if let Some(p) = t.actors.remove(&actor) {
         if let Some(key) = p.name {
             if t.names.get(&key) == Some(&actor) {

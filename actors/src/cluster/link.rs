@@ -10,11 +10,13 @@
 //! limit or bytes that do not decode close this connection — counted, logged,
 //! and harmless to every other connection.
 
+use super::auth::{self, Side, Token};
 use super::wire::{self, Hello, Lane, Msg, NodeInfo, Rejections};
 use crate::error::Error;
 use crate::ids::ObjectId;
 use bytes::{BufMut, BytesMut};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use serde_bytes::ByteBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,8 +24,10 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::{Decoder, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
 
-/// How long a connection may take to say hello (or answer one).
+/// How long a connection may take for its whole handshake (hello,
+/// challenge, proof, welcome).
 pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(5);
 /// Messages packed into one frame at most.
 const BATCH: usize = 512;
@@ -69,6 +73,8 @@ pub struct Link {
     pub serial: u64,
     tx: mpsc::UnboundedSender<Out>,
     closed: AtomicBool,
+    /// Stops the reader: a peer gone silent never closes its socket.
+    abort: CancellationToken,
 }
 
 impl std::fmt::Debug for Link {
@@ -98,6 +104,13 @@ impl Link {
     pub fn close(&self) {
         let _ = self.tx.send(Out::Close);
     }
+
+    /// Closes the link at once, reader included, for a peer that went silent
+    /// (declared dead): its handler hears `on_close` with `reason`.
+    pub fn abort(&self) {
+        self.close();
+        self.abort.cancel();
+    }
 }
 
 fn max_frame(lane: Lane) -> usize {
@@ -113,7 +126,32 @@ fn codec(lane: Lane) -> LengthDelimitedCodec {
         .new_codec()
 }
 
-/// Writes one frame (a hello or its answer) straight to the socket.
+/// What guards a node's connections: the cluster token, the count of
+/// connections refused for bad input, and the handshakes under way.
+pub struct Gate {
+    /// The cluster token; `None`: this node neither asks for nor proves one.
+    pub token: Option<Token>,
+    /// Connections closed for bad input, by reason.
+    pub rejections: Arc<Rejections>,
+    handshakes: AtomicUsize,
+}
+
+/// Handshakes a node runs at once; a connection past it is closed at once
+/// (a flood of slow strangers cannot pin the node's memory).
+pub const MAX_HANDSHAKES: usize = 256;
+
+impl Gate {
+    /// A gate with this token.
+    pub fn new(token: Option<Token>, rejections: Arc<Rejections>) -> Arc<Gate> {
+        Arc::new(Gate {
+            token,
+            rejections,
+            handshakes: AtomicUsize::new(0),
+        })
+    }
+}
+
+/// Writes one frame (a handshake message) straight to the socket.
 async fn write_frame(stream: &mut TcpStream, msg: &Msg) -> Result<(), String> {
     let body = wire::encode(std::slice::from_ref(msg)).map_err(|e| e.to_string())?;
     let mut out = Vec::with_capacity(body.len() + 4);
@@ -122,47 +160,67 @@ async fn write_frame(stream: &mut TcpStream, msg: &Msg) -> Result<(), String> {
     stream.write_all(&out).await.map_err(|e| e.to_string())
 }
 
-/// Reads one frame holding one message, within the handshake deadline; what
-/// was read past it stays in `buf` for the link's reader.
-async fn read_one(stream: &mut TcpStream, lane: Lane, buf: &mut BytesMut) -> Result<Msg, String> {
-    let mut codec = codec(lane);
-    let read = async {
-        loop {
-            match codec.decode(buf) {
-                Ok(Some(frame)) => return wire::decode(&frame),
-                Ok(None) => {}
-                Err(e) => return Err(format!("frame over the limit: {e}")),
-            }
-            match stream.read_buf(buf).await {
-                Ok(0) => return Err("closed before its hello".to_string()),
-                Ok(_) => {}
-                Err(e) => return Err(format!("read failed: {e}")),
-            }
+/// Reads one frame holding one message, of `limit` bytes at most; what was
+/// read past it stays in `buf` for the link's reader.
+async fn read_one(stream: &mut TcpStream, limit: usize, buf: &mut BytesMut) -> Result<Msg, String> {
+    let mut codec = LengthDelimitedCodec::builder()
+        .max_frame_length(limit)
+        .new_codec();
+    let mut msgs = loop {
+        match codec.decode(buf) {
+            Ok(Some(frame)) => break wire::decode(&frame)?,
+            Ok(None) => {}
+            Err(e) => return Err(format!("frame over the limit: {e}")),
+        }
+        match stream.read_buf(buf).await {
+            Ok(0) => return Err("closed during the handshake".to_string()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("read failed: {e}")),
         }
     };
-    let mut msgs = tokio::time::timeout(HANDSHAKE_DEADLINE, read)
-        .await
-        .map_err(|_| format!("no hello within {HANDSHAKE_DEADLINE:?}"))??;
     if msgs.len() != 1 {
         return Err(format!(
-            "bad hello: a handshake frame holds one message, not {}",
+            "bad handshake: a handshake frame holds one message, not {}",
             msgs.len()
         ));
     }
     Ok(msgs.pop().expect("one message"))
 }
 
-/// Connects to `address` and says `hello`; the peer's welcome names it.
-/// Fails within the handshake deadline with the address and the cause.
+/// Tells the peer why, and fails with the same reason.
+async fn refuse<T>(stream: &mut TcpStream, reason: String) -> Result<T, String> {
+    let _ = write_frame(
+        stream,
+        &Msg::Refused {
+            reason: reason.clone(),
+        },
+    )
+    .await;
+    Err(reason)
+}
+
+/// Connects to `address` and says `hello`, proving the token (and checking
+/// the listener's proof); the peer's welcome names it. Fails within the
+/// handshake deadline with the address and the cause; a failed
+/// authentication is `Unauthenticated`.
 pub async fn connect(
     address: &str,
-    hello: Hello,
+    mut hello: Hello,
     inbound: Arc<dyn Inbound>,
-    rejections: Arc<Rejections>,
+    gate: &Arc<Gate>,
 ) -> Result<(Arc<Link>, Vec<NodeInfo>), Error> {
-    let unreachable = |cause: String| Error::ClusterUnreachable {
-        address: address.to_string(),
-        cause,
+    let unreachable = |cause: String| {
+        if cause.contains("authentication failed") {
+            Error::Unauthenticated {
+                address: address.to_string(),
+                cause,
+            }
+        } else {
+            Error::ClusterUnreachable {
+                address: address.to_string(),
+                cause,
+            }
+        }
     };
     let lane = hello.lane;
     let mut stream = tokio::time::timeout(HANDSHAKE_DEADLINE, TcpStream::connect(address))
@@ -170,73 +228,96 @@ pub async fn connect(
         .map_err(|_| unreachable(format!("no connection within {HANDSHAKE_DEADLINE:?}")))?
         .map_err(|e| unreachable(e.to_string()))?;
     let _ = stream.set_nodelay(true);
-    write_frame(&mut stream, &Msg::Hello(hello))
-        .await
-        .map_err(unreachable)?;
+    let mine = auth::nonce();
+    hello.nonce = ByteBuf::from(mine.clone());
     let mut buf = BytesMut::with_capacity(64 << 10);
-    match read_one(&mut stream, lane, &mut buf)
-        .await
-        .map_err(unreachable)?
-    {
-        Msg::Welcome { node, cluster } => {
-            let link = start(stream, buf, node, lane, inbound, rejections);
-            Ok((link, cluster))
+    let shake = async {
+        write_frame(&mut stream, &Msg::Hello(hello)).await?;
+        let (theirs, proof) = match read_one(&mut stream, wire::PREAUTH_FRAME, &mut buf).await? {
+            Msg::Challenge { nonce, proof } => (nonce, proof),
+            Msg::Refused { reason } => return Err(format!("refused: {reason}")),
+            other => return Err(format!("answered its hello with {}", kind_of(&other))),
+        };
+        let answer = match (gate.token.as_deref(), proof) {
+            (Some(t), Some(p)) if auth::verify(t, Side::Listener, &mine, &theirs, &p) => Some(
+                ByteBuf::from(auth::prove(t, Side::Connector, &theirs, &mine)),
+            ),
+            (None, None) => None,
+            (Some(_), Some(_)) => {
+                let why = "authentication failed: wrong cluster token (the listener's proof \
+                           does not match this node's token)";
+                return refuse(&mut stream, why.into()).await;
+            }
+            (Some(_), None) => {
+                let why = "authentication failed: the listener has no cluster token and this \
+                           node requires one";
+                return refuse(&mut stream, why.into()).await;
+            }
+            (None, Some(_)) => {
+                let why = "authentication failed: the cluster requires a token and this node \
+                           has none (set RAYX_TOKEN, or RAYX_TOKEN_FILE, or put it in ~/.rayx/token)";
+                return refuse(&mut stream, why.into()).await;
+            }
+        };
+        write_frame(&mut stream, &Msg::Proof { proof: answer }).await?;
+        match read_one(&mut stream, max_frame(lane), &mut buf).await? {
+            Msg::Welcome { node, cluster } => Ok((node, cluster)),
+            Msg::Refused { reason } => Err(format!("refused: {reason}")),
+            other => Err(format!("answered its proof with {}", kind_of(&other))),
         }
-        Msg::Refused { reason } => Err(unreachable(format!("refused: {reason}"))),
-        other => Err(unreachable(format!(
-            "answered its hello with {}",
-            kind_of(&other)
-        ))),
-    }
+    };
+    let (node, cluster) = tokio::time::timeout(HANDSHAKE_DEADLINE, shake)
+        .await
+        .map_err(|_| unreachable(format!("no handshake within {HANDSHAKE_DEADLINE:?}")))?
+        .map_err(unreachable)?;
+    let link = start(stream, buf, node, lane, inbound, gate.rejections.clone());
+    Ok((link, cluster))
 }
 
 /// What a listener asks of the node about a new connection's hello.
 pub trait Admit: Send + Sync + 'static {
     /// Accepts (the welcome: this node and, for a join, the cluster) or
-    /// refuses (why) a hello.
+    /// refuses (why) an authenticated hello.
     fn admit(&self, hello: &Hello) -> Result<(NodeInfo, Vec<NodeInfo>), String>;
     /// The link of an admitted hello is up (a join is announced now).
     fn admitted(&self, link: &Arc<Link>, hello: Hello);
 }
 
-/// Serves one accepted connection: its hello within the deadline, then its
-/// traffic. A bad hello is refused, counted and closed.
+/// Serves one accepted connection: its hello and the token's
+/// challenge–response within the deadline, then its traffic. A stranger, a
+/// wrong token or bad bytes are refused (saying why), counted and closed;
+/// past [`MAX_HANDSHAKES`] at once, a connection is closed unread.
 pub async fn serve(
     mut stream: TcpStream,
     admit: Arc<dyn Admit>,
     inbound: Arc<dyn Inbound>,
-    rejections: Arc<Rejections>,
+    gate: Arc<Gate>,
 ) {
-    let _ = stream.set_nodelay(true);
-    // A hello is small: read it with the control lane's limit at most.
-    let mut buf = BytesMut::with_capacity(64 << 10);
-    let hello = match read_one(&mut stream, Lane::Control, &mut buf).await {
-        Ok(Msg::Hello(h)) => h,
-        Ok(other) => {
-            reject(
-                &mut stream,
-                &rejections,
-                format!("no hello: the first message was {}", kind_of(&other)),
-            )
-            .await;
-            return;
+    struct Slot<'a>(&'a AtomicUsize);
+    impl Drop for Slot<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
         }
-        Err(reason) => {
-            reject(&mut stream, &rejections, reason).await;
-            return;
-        }
-    };
-    if hello.version != wire::PROTOCOL_VERSION {
-        let reason = format!(
-            "wrong protocol version: {} (this node speaks {})",
-            hello.version,
-            wire::PROTOCOL_VERSION
-        );
-        reject(&mut stream, &rejections, reason).await;
+    }
+    // Relaxed: a bound on concurrent handshakes, not a handshake between threads.
+    if gate.handshakes.fetch_add(1, Ordering::Relaxed) >= MAX_HANDSHAKES {
+        gate.handshakes.fetch_sub(1, Ordering::Relaxed);
+        gate.rejections.count("too many handshakes at once");
         return;
     }
+    let slot = Slot(&gate.handshakes);
+    let _ = stream.set_nodelay(true);
+    let mut buf = BytesMut::with_capacity(8 << 10);
+    let greeted = tokio::time::timeout(HANDSHAKE_DEADLINE, greet(&mut stream, &mut buf, &gate))
+        .await
+        .unwrap_or_else(|_| Err(format!("no handshake within {HANDSHAKE_DEADLINE:?}")));
+    drop(slot);
+    let hello = match greeted {
+        Ok(h) => h,
+        Err(reason) => return reject(&mut stream, &gate.rejections, reason).await,
+    };
     match admit.admit(&hello) {
-        Err(reason) => reject(&mut stream, &rejections, reason).await,
+        Err(reason) => reject(&mut stream, &gate.rejections, reason).await,
         Ok((me, cluster)) => {
             let welcome = Msg::Welcome { node: me, cluster };
             if write_frame(&mut stream, &welcome).await.is_err() {
@@ -248,10 +329,68 @@ pub async fn serve(
                 hello.node.clone(),
                 hello.lane,
                 inbound,
-                rejections,
+                gate.rejections.clone(),
             );
             admit.admitted(&link, hello);
         }
+    }
+}
+
+/// The listener's half of the handshake: a hello of the right version, then
+/// the token's challenge–response.
+async fn greet(stream: &mut TcpStream, buf: &mut BytesMut, gate: &Gate) -> Result<Hello, String> {
+    let hello = match read_one(stream, wire::PREAUTH_FRAME, buf).await? {
+        Msg::Hello(h) => h,
+        other => {
+            return Err(format!(
+                "no hello: the first message was {}",
+                kind_of(&other)
+            ))
+        }
+    };
+    if hello.version != wire::PROTOCOL_VERSION {
+        return Err(format!(
+            "wrong protocol version: {} (this node speaks {})",
+            hello.version,
+            wire::PROTOCOL_VERSION
+        ));
+    }
+    if hello.nonce.len() != auth::NONCE {
+        return Err(format!(
+            "bad hello: a nonce of {} bytes, not {}",
+            hello.nonce.len(),
+            auth::NONCE
+        ));
+    }
+    let mine = auth::nonce();
+    let proof = gate
+        .token
+        .as_deref()
+        .map(|t| ByteBuf::from(auth::prove(t, Side::Listener, &hello.nonce, &mine)));
+    let challenge = Msg::Challenge {
+        nonce: ByteBuf::from(mine.clone()),
+        proof,
+    };
+    write_frame(stream, &challenge).await?;
+    let answer = read_one(stream, wire::PREAUTH_FRAME, buf).await?;
+    let failed = |why: &str| Err(format!("authentication failed: {why}"));
+    match (answer, gate.token.as_deref()) {
+        (Msg::Proof { proof: Some(p) }, Some(t)) => {
+            if auth::verify(t, Side::Connector, &mine, &hello.nonce, &p) {
+                Ok(hello)
+            } else {
+                failed("wrong cluster token")
+            }
+        }
+        (Msg::Proof { proof: None }, None) => Ok(hello),
+        (Msg::Proof { proof: None }, Some(_)) => {
+            failed("this cluster requires a token and the peer presented none")
+        }
+        (Msg::Proof { proof: Some(_) }, None) => {
+            failed("the peer presented a token and this node has none")
+        }
+        (Msg::Refused { reason }, _) => failed(&format!("the peer refused: {reason}")),
+        (other, _) => Err(format!("no proof: the peer sent {}", kind_of(&other))),
     }
 }
 
@@ -281,6 +420,7 @@ fn start(
         serial: SERIAL.fetch_add(1, Ordering::Relaxed),
         tx,
         closed: AtomicBool::new(false),
+        abort: CancellationToken::new(),
     });
     tokio::spawn(write_loop(wr, rx, link.clone()));
     tokio::spawn(read_loop(rd, buf, link.clone(), inbound, rejections));
@@ -294,47 +434,13 @@ async fn read_loop(
     inbound: Arc<dyn Inbound>,
     rejections: Arc<Rejections>,
 ) {
-    let mut codec = codec(link.lane);
-    let bad: Option<String> = 'read: loop {
-        loop {
-            if link.lane == Lane::Bulk {
-                match read_chunk_in_place(&mut rd, &mut buf, &link, inbound.as_ref()).await {
-                    Ok(true) => continue,
-                    Ok(false) => {}
-                    Err(reason) => break 'read reason,
-                }
-            }
-            match codec.decode(&mut buf) {
-                Ok(Some(frame)) => {
-                    let decoded = if link.lane == Lane::Bulk {
-                        read_bulk_frame(frame.freeze())
-                    } else {
-                        wire::decode(&frame)
-                    };
-                    match decoded {
-                        Ok(msgs) => {
-                            // A bug a peer's message trips closes its link (and
-                            // is counted), never the node or its other links.
-                            let handled =
-                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                    inbound.on_msgs(&link, msgs)
-                                }));
-                            if handled.is_err() {
-                                break 'read Some("a message made the node panic".into());
-                            }
-                        }
-                        Err(reason) => break 'read Some(reason),
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => break 'read Some(format!("frame over the limit: {e}")),
-            }
-        }
-        match rd.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => break None,
-            Ok(_) => {}
-        }
+    let reading = read_frames(&mut rd, &mut buf, &link, inbound.as_ref());
+    let bad = tokio::select! {
+        bad = reading => bad,
+        _ = link.abort.cancelled() => Some(String::new()),
     };
+    // An abort is this node's choice (a silent peer), not the peer's fault.
+    let bad = bad.filter(|b| !b.is_empty());
     if let Some(reason) = &bad {
         tracing::warn!(
             "rayx: closing the {:?} link of {}: {reason}",
@@ -348,6 +454,57 @@ async fn read_loop(
     link.closed.store(true, Ordering::Release);
     link.close();
     inbound.on_close(&link, bad.as_deref());
+}
+
+/// Reads and hands in frames until the socket closes (`None`) or a peer's
+/// bad input (the reason).
+async fn read_frames(
+    rd: &mut OwnedReadHalf,
+    buf: &mut BytesMut,
+    link: &Arc<Link>,
+    inbound: &dyn Inbound,
+) -> Option<String> {
+    let mut codec = codec(link.lane);
+    'read: loop {
+        loop {
+            if link.lane == Lane::Bulk {
+                match read_chunk_in_place(rd, buf, link, inbound).await {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(reason) => break 'read reason,
+                }
+            }
+            match codec.decode(buf) {
+                Ok(Some(frame)) => {
+                    let decoded = if link.lane == Lane::Bulk {
+                        read_bulk_frame(frame.freeze())
+                    } else {
+                        wire::decode(&frame)
+                    };
+                    match decoded {
+                        Ok(msgs) => {
+                            // A bug a peer's message trips closes its link (and
+                            // is counted), never the node or its other links.
+                            let handled =
+                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                    inbound.on_msgs(link, msgs)
+                                }));
+                            if handled.is_err() {
+                                break 'read Some("a message made the node panic".into());
+                            }
+                        }
+                        Err(reason) => break 'read Some(reason),
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => break 'read Some(format!("frame over the limit: {e}")),
+            }
+        }
+        match rd.read_buf(buf).await {
+            Ok(0) | Err(_) => break None,
+            Ok(_) => {}
+        }
+    }
 }
 
 async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Out>, link: Arc<Link>) {
@@ -561,6 +718,8 @@ pub fn kind_of(msg: &Msg) -> &'static str {
     match msg {
         Msg::Hello(_) => "Hello",
         Msg::Welcome { .. } => "Welcome",
+        Msg::Challenge { .. } => "Challenge",
+        Msg::Proof { .. } => "Proof",
         Msg::Refused { .. } => "Refused",
         Msg::NodeJoined(_) => "NodeJoined",
         Msg::NodeLeft { .. } => "NodeLeft",
@@ -573,6 +732,7 @@ pub fn kind_of(msg: &Msg) -> &'static str {
         Msg::Contains { .. } => "Contains",
         Msg::CreateActor(_) => "CreateActor",
         Msg::ActorCreated { .. } => "ActorCreated",
+        Msg::ActorMoved { .. } => "ActorMoved",
         Msg::Call(_) => "Call",
         Msg::CallDone { .. } => "CallDone",
         Msg::KillActor { .. } => "KillActor",

@@ -17,6 +17,7 @@
 //! - **Wake-ups.** Completions of objects that peers wait for are pushed to one
 //!   queue and drained by one task on the network thread: one wake-up per batch.
 
+pub mod auth;
 pub mod head;
 pub mod link;
 pub mod placement;
@@ -32,7 +33,7 @@ use crate::run_queue::Spill;
 use crate::value::Value;
 use crossbeam_queue::SegQueue;
 use head::Head;
-use link::{Admit, Inbound, Link};
+use link::{Admit, Gate, Inbound, Link};
 use parking_lot::Mutex;
 use placement::{place, Candidate, SPILL_THRESHOLD};
 use std::collections::HashMap;
@@ -54,8 +55,36 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a joining node keeps trying a head that refuses connections
 /// (one that is still starting).
 pub const JOIN_RETRY: Duration = Duration::from_secs(10);
-/// How often a node reports to the head.
-pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How often a node reports its load to the head, at least.
+pub const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// How the head and its nodes watch each other: each sends a heartbeat every
+/// `period` (every second at least, for the load reports), and one silent
+/// for `period × misses` is dead — a node to the head, the head to a node.
+/// Ray's defaults: 3 s and 5 misses. A reset connection is noticed at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Health {
+    /// Between checks.
+    pub period: Duration,
+    /// Checks missed in a row that make a peer dead.
+    pub misses: u32,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            period: Duration::from_secs(3),
+            misses: 5,
+        }
+    }
+}
+
+impl Health {
+    /// How long a peer may be silent before it is dead.
+    pub fn limit(&self) -> Duration {
+        self.period * self.misses.max(1)
+    }
+}
 
 /// What a process is in its cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +112,11 @@ pub struct ClusterConfig {
     /// A head that runs no user code (`rayx start --head`): it takes the
     /// registry of the first node that joins.
     pub standalone: bool,
+    /// The cluster token every connection proves (see [`auth`]); `None`: no
+    /// authentication, which only a loopback listener may have.
+    pub token: Option<String>,
+    /// Failure detection.
+    pub health: Health,
 }
 
 /// What the cluster asks of its node (the node implements it).
@@ -176,8 +210,19 @@ const OUTBOX_DELAY: Duration = Duration::from_millis(1);
 /// Wires a cluster part into its node, before it joins.
 pub type Ready = Box<dyn FnOnce(&Arc<ClusterNode>) + Send>;
 
-/// A call to an actor on a peer: its reply, the peer, and its message.
-type RemoteCall = (Arc<Slot>, NodeId, Value);
+/// A call to an actor on a peer, kept until its reply comes: the refs and
+/// handles in its message stay alive meanwhile, and it can go again to the
+/// actor's new node if its node dies.
+struct RemoteCall {
+    slot: Arc<Slot>,
+    node: NodeId,
+    call: ActorCall,
+    /// Times it went again after a node death.
+    attempts: u64,
+    /// When the link it went on was lost (its fate is unknown until the
+    /// head says the node died and where the actor went).
+    lost: Option<std::time::Instant>,
+}
 
 /// One process's part of a cluster.
 pub struct ClusterNode {
@@ -197,12 +242,25 @@ pub struct ClusterNode {
     /// Calls to actors on peers, with their messages: the refs and handles in
     /// a message stay alive until the call is done (the receiver holds its own).
     calls: Mutex<IdMap<ObjectId, RemoteCall>>,
+    /// Actors started again on another node after theirs died.
+    moved: Mutex<IdMap<ActorId, NodeId>>,
+    /// Holds this node counts on actors of peers (handles it has), to count
+    /// them again where a moved actor went.
+    holding: Mutex<IdMap<ActorId, u32>>,
     /// Borrows and releases not sent yet: many refs decoded or dropped at once
     /// go out as one batch, with one wake-up of the network thread.
     outbox: Mutex<Outbox>,
     /// What results sent to peers refer to, kept until the result is freed.
     contained: Mutex<IdMap<ObjectId, Vec<crate::value::Pin>>>,
     asks: Pending<Answer>,
+    gate: Arc<Gate>,
+    health: Health,
+    /// When this node started: the clock of `head_heard`.
+    epoch: std::time::Instant,
+    /// When the head was last heard from (ms since `epoch`).
+    head_heard: AtomicU64,
+    /// Dropped to stop the health thread.
+    health_stop: Mutex<Option<std::sync::mpsc::Sender<()>>>,
     creates: Pending<()>,
     acks: Pending<()>,
     next_request: AtomicU64,
@@ -213,7 +271,6 @@ pub struct ClusterNode {
     serving: Serving,
     done: SegQueue<Arc<Waiting>>,
     wake: tokio::sync::Notify,
-    rejections: Arc<Rejections>,
     spread: AtomicUsize,
     closed: AtomicBool,
 }
@@ -246,10 +303,16 @@ impl ClusterNode {
         let listener = net
             .block_on(tokio::net::TcpListener::bind(&config.listen))
             .map_err(|e| Error::Startup(format!("cannot listen on {}: {e}", config.listen)))?;
-        let address = listener
+        let bound = listener
             .local_addr()
-            .map_err(|e| Error::Startup(e.to_string()))?
-            .to_string();
+            .map_err(|e| Error::Startup(e.to_string()))?;
+        if config.token.is_none() && !bound.ip().is_loopback() {
+            return Err(Error::Startup(format!(
+                "refusing to listen on {bound} without a cluster token: a listener other \
+                 machines can reach must authenticate them (give a token, or listen on loopback)"
+            )));
+        }
+        let address = bound.to_string();
         let me = NodeInfo {
             id: core.node,
             address,
@@ -260,9 +323,13 @@ impl ClusterNode {
             head: config.role == Role::Head,
         };
         let rejections = Arc::new(Rejections::default());
+        let gate = Gate::new(
+            config.token.as_deref().map(auth::Token::from),
+            rejections.clone(),
+        );
         let head = (config.role == Role::Head).then(|| {
             let ours = (!config.standalone).then(|| registry.clone());
-            Head::new(me.clone(), ours, rejections.clone())
+            Head::new(me.clone(), ours, rejections)
         });
         let cluster = Arc::new(ClusterNode {
             me,
@@ -278,9 +345,16 @@ impl ClusterNode {
             members: parking_lot::Condvar::new(),
             tasks: Mutex::default(),
             calls: Mutex::default(),
+            moved: Mutex::default(),
+            holding: Mutex::default(),
             contained: Mutex::default(),
             outbox: Mutex::default(),
             asks: Mutex::default(),
+            gate,
+            health: config.health,
+            epoch: std::time::Instant::now(),
+            head_heard: AtomicU64::new(0),
+            health_stop: Mutex::new(None),
             creates: Mutex::default(),
             acks: Mutex::default(),
             next_request: AtomicU64::new(1),
@@ -291,7 +365,6 @@ impl ClusterNode {
             serving: Serving::default(),
             done: SegQueue::new(),
             wake: tokio::sync::Notify::new(),
-            rejections,
             spread: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
         });
@@ -310,8 +383,7 @@ impl ClusterNode {
                 loop {
                     let hello = cluster.hello(Lane::Join);
                     let inbound: Arc<dyn Inbound> = Arc::new(Handler(weak.clone()));
-                    let tried =
-                        link::connect(address, hello, inbound, cluster.rejections.clone()).await;
+                    let tried = link::connect(address, hello, inbound, &cluster.gate).await;
                     match &tried {
                         Err(Error::ClusterUnreachable { cause, .. })
                             if cause.contains("refused")
@@ -331,12 +403,13 @@ impl ClusterNode {
                     return Err(e);
                 }
             };
+            cluster.heard_head();
             *cluster.head_link.lock() = Some(link);
             for m in members {
                 cluster.add_peer(m);
             }
-            cluster.net.spawn(heartbeats(weak));
         }
+        cluster.start_health()?;
         let spill: Weak<dyn Spill> = Arc::downgrade(&cluster) as Weak<dyn Spill>;
         core.run_queue.set_spill(spill);
         let weak = Arc::downgrade(&cluster);
@@ -372,6 +445,11 @@ impl ClusterNode {
         &self.me.address
     }
 
+    /// The cluster token its connections prove, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.gate.token.as_deref()
+    }
+
     /// The live nodes this node knows of, itself included.
     pub fn nodes(&self) -> Vec<NodeInfo> {
         let mut nodes = vec![self.me.clone()];
@@ -387,6 +465,7 @@ impl ClusterNode {
 
     fn hello(&self, lane: Lane) -> Hello {
         Hello {
+            nonce: Default::default(),
             version: wire::PROTOCOL_VERSION,
             lane,
             node: self.me.clone(),
@@ -445,6 +524,7 @@ impl ClusterNode {
         for (_, tx) in self.acks.lock().drain() {
             let _ = tx.send(Err(Error::ShutDown));
         }
+        self.health_stop.lock().take();
         let links: Vec<Arc<Link>> = {
             let peers = self.peers.lock();
             peers
@@ -634,6 +714,172 @@ impl ClusterNode {
         }
     }
 
+    /// Starts the thread that sends heartbeats and declares silent peers
+    /// dead: its own thread, so neither user code nor a busy network thread
+    /// can delay it.
+    fn start_health(self: &Arc<Self>) -> Result<(), Error> {
+        if self.head.is_none() && self.head_link.lock().is_none() {
+            return Ok(());
+        }
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        *self.health_stop.lock() = Some(tx);
+        let weak = Arc::downgrade(self);
+        let health = self.health;
+        std::thread::Builder::new()
+            .name("rayx-health".into())
+            .spawn(move || {
+                let tick = health.period.min(REPORT_EVERY);
+                // Dropping the sender (shutdown) ends the wait at once.
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(tick) {
+                    let Some(c) = weak.upgrade() else { return };
+                    if c.closed.load(Ordering::Acquire) {
+                        return;
+                    }
+                    c.check_health();
+                }
+            })
+            .map(drop)
+            .map_err(|e| Error::Startup(format!("the health thread: {e}")))
+    }
+
+    /// One round of the health thread: heartbeats out, silent peers dead.
+    fn check_health(self: &Arc<Self>) {
+        let limit = self.health.limit();
+        let report = self.report();
+        if let Some(head) = &self.head {
+            for (node, silent) in head.beat(report, limit) {
+                let cause = format!(
+                    "no heartbeat for {:.1} s (the limit is {:.1} s): a partition, a hang or a \
+                     dead machine",
+                    silent.as_secs_f64(),
+                    limit.as_secs_f64()
+                );
+                self.declare_dead(node, &cause);
+            }
+            self.sweep_lost_calls();
+            return;
+        }
+        let Some(link) = self.head_link.lock().clone() else {
+            return;
+        };
+        link.send(Msg::Heartbeat(report));
+        self.sweep_lost_calls();
+        let silent = self.since(&self.head_heard);
+        if silent > limit {
+            link.abort();
+            self.lost_head(&format!(
+                "the head was silent for {:.1} s (the limit is {:.1} s)",
+                silent.as_secs_f64(),
+                limit.as_secs_f64()
+            ));
+        }
+    }
+
+    /// The head declares `node` dead: its work here is redone or failed,
+    /// and its actors with restarts left start again elsewhere.
+    fn declare_dead(self: &Arc<Self>, node: NodeId, cause: &str) {
+        let Some(head) = &self.head else { return };
+        let Some(left) = head.left(node, cause) else {
+            return;
+        };
+        self.peer_lost(node, cause, true);
+        for m in left.gone {
+            if let Msg::ActorMoved {
+                actor,
+                node: to,
+                died,
+                cause,
+                retries,
+            } = m
+            {
+                self.on_move(actor, to, died, &cause, retries);
+            }
+        }
+        for (create, at) in left.restarts {
+            let actor = create.actor;
+            if at == self.me.id {
+                let me = self.clone();
+                self.net.spawn_blocking(move || {
+                    // Its constructor's argument may hold handles, whose
+                    // holds wait for answers the network thread reads.
+                    ON_NET_THREAD.with(|n| n.set(false));
+                    let result = match me.host() {
+                        Some(h) => h.create_actor(create),
+                        None => Err(Error::ShutDown),
+                    };
+                    me.actor_restarted(actor, result);
+                });
+            } else {
+                match head.link_of(at) {
+                    Some(link) => {
+                        link.send(Msg::CreateActor(create));
+                    }
+                    None => self.actor_restarted(
+                        actor,
+                        Err(Error::NodeDied {
+                            node: at.to_string(),
+                            cause: "it left before the actor started there".into(),
+                        }),
+                    ),
+                }
+            }
+        }
+    }
+
+    /// A restart the head asked for is done: every node learns where the
+    /// actor is (or that it is gone).
+    fn actor_restarted(self: &Arc<Self>, actor: ActorId, result: Result<(), Error>) {
+        let Some(head) = &self.head else { return };
+        if let Some(Msg::ActorMoved {
+            actor,
+            node,
+            died,
+            cause,
+            retries,
+        }) = head.restarted(actor, result)
+        {
+            self.on_move(actor, node, died, &cause, retries);
+        }
+    }
+
+    fn since(&self, heard: &AtomicU64) -> Duration {
+        // Relaxed: a timestamp, read for a timeout; nothing else is published by it.
+        let at = Duration::from_millis(heard.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(at)
+    }
+
+    fn heard_head(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.head_heard.store(now, Ordering::Relaxed);
+    }
+
+    /// This node lost the head (its link closed, it went silent, or it said
+    /// this node is dead): pending asks fail, and a worker node stops — it
+    /// may come back only as a new node.
+    fn lost_head(self: &Arc<Self>, cause: &str) {
+        let Some(link) = self.head_link.lock().take() else {
+            return;
+        };
+        link.abort();
+        for (_, tx) in self.asks.lock().drain() {
+            let _ = tx.send(Err(self.head_lost()));
+        }
+        self.core
+            .events
+            .publish(crate::events::SupervisionEvent::NodeDied {
+                node: link.peer.id.to_string(),
+                cause: format!("the head: {cause}"),
+            });
+        if self.role == Role::Node {
+            tracing::warn!("rayx: lost the head ({cause}); this node stops");
+            if let Some(h) = self.host() {
+                h.stop();
+            }
+        } else {
+            tracing::warn!("rayx: lost the head ({cause}); cluster requests fail from now on");
+        }
+    }
+
     fn head_lost(&self) -> Error {
         Error::ClusterUnreachable {
             address: "the head".into(),
@@ -679,20 +925,144 @@ impl ClusterNode {
         }
     }
 
-    /// Sends a call to an actor on `node`; `reply` is completed with its reply.
+    /// The node an actor handle for `node` should reach: the actor's new
+    /// node if it was started again elsewhere.
+    pub fn actor_node(&self, actor: ActorId, node: NodeId) -> NodeId {
+        self.moved.lock().get(&actor).copied().unwrap_or(node)
+    }
+
+    /// Sends a call to an actor on `node` (or where it moved); `reply` is
+    /// completed with its reply.
     pub fn call_actor(self: &Arc<Self>, node: NodeId, call: ActorCall, reply: Arc<Slot>) {
         let object = reply.id();
         let actor = call.actor;
-        self.calls
-            .lock()
-            .insert(object, (reply, node, call.message.clone()));
-        if !self.send_to(node, false, Msg::Call(call)) {
-            if let Some((slot, _, _)) = self.calls.lock().remove(&object) {
-                slot.complete(Err(Error::ActorDied {
-                    actor: actor.to_string(),
-                    cause: format!("its node {node} is not a live node of the cluster"),
-                }));
+        self.flush_outbox();
+        let unsent = {
+            // Sent under the calls lock: a move that sends interrupted calls
+            // again (under it too) cannot be overtaken by a later call.
+            let mut calls = self.calls.lock();
+            let node = self.actor_node(actor, node);
+            calls.insert(
+                object,
+                RemoteCall {
+                    slot: reply,
+                    node,
+                    call: call.clone(),
+                    attempts: 0,
+                    lost: None,
+                },
+            );
+            if self.send_now(node, false, Msg::Call(call)) {
+                None
+            } else {
+                calls.remove(&object).map(|c| (c.slot, node))
             }
+        };
+        // Completed outside the lock: a completion may run code that calls.
+        if let Some((slot, node)) = unsent {
+            slot.complete(Err(Error::ActorDied {
+                actor: actor.to_string(),
+                cause: format!("its node {node} is not a live node of the cluster"),
+            }));
+        }
+    }
+
+    /// The head says where an actor of a dead node went (or that it is
+    /// gone): calls interrupted by the death go there again, in the order
+    /// they were made, within the actor's `max_task_retries`; the rest fail.
+    fn on_move(
+        self: &Arc<Self>,
+        actor: ActorId,
+        to: Option<NodeId>,
+        died: NodeId,
+        cause: &str,
+        retries: crate::messages::Retries,
+    ) {
+        self.flush_outbox();
+        let mut failed = Vec::new();
+        {
+            let mut calls = self.calls.lock();
+            if let Some(to) = to {
+                self.moved.lock().insert(actor, to);
+                let holds = self.holding.lock().get(&actor).copied().unwrap_or(0);
+                for _ in 0..holds {
+                    self.send_now(to, false, Msg::HoldActor { actor, ack: 0 });
+                }
+            }
+            let mut ids: Vec<ObjectId> = calls
+                .iter()
+                .filter(|(_, c)| c.call.actor == actor && c.node == died)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.sort_by_key(|id| id.seq);
+            for id in ids {
+                let c = calls.get_mut(&id).expect("listed");
+                c.attempts += 1;
+                match to {
+                    Some(to) if retries.allows(c.attempts) => {
+                        c.node = to;
+                        c.lost = None;
+                        let again = Msg::Call(c.call.clone());
+                        if !self.send_now(to, false, again) {
+                            failed.extend(calls.remove(&id).map(|c| (c.slot, "its new node is gone too".to_string())));
+                        }
+                    }
+                    Some(_) => failed.extend(calls.remove(&id).map(|c| {
+                        (c.slot, format!("{cause}; the call ran there and max_task_retries ({retries:?}) is used up"))
+                    })),
+                    None => failed.extend(calls.remove(&id).map(|c| (c.slot, cause.to_string()))),
+                }
+            }
+        }
+        for (slot, why) in failed {
+            slot.complete(Err(Error::ActorDied {
+                actor: actor.to_string(),
+                cause: why,
+            }));
+        }
+    }
+
+    /// Fails calls whose link was lost and whose fate nobody told: after the
+    /// health limit if the node lives (the link alone broke), after the
+    /// request timeout if it died and the head reported no move.
+    fn sweep_lost_calls(&self) {
+        let now = std::time::Instant::now();
+        let lost: Vec<(ObjectId, NodeId, Duration)> = self
+            .calls
+            .lock()
+            .iter()
+            .filter_map(|(id, c)| c.lost.map(|t| (*id, c.node, now - t)))
+            .collect();
+        if lost.is_empty() {
+            return;
+        }
+        let alive: Vec<NodeId> = self
+            .peers
+            .lock()
+            .iter()
+            .filter(|(_, p)| p.alive)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut failed = Vec::new();
+        {
+            let mut calls = self.calls.lock();
+            for (id, node, waited) in lost {
+                let live = alive.contains(&node);
+                let why = if live && waited > self.health.limit() + Duration::from_secs(1) {
+                    format!("the link to its node {node} was lost while the call ran")
+                } else if !live && waited > REQUEST_TIMEOUT {
+                    format!("its node {node} died and the head reported no restart")
+                } else {
+                    continue;
+                };
+                failed.extend(calls.remove(&id).map(|c| (c.call.actor, c.slot, why)));
+            }
+        }
+        for (actor, slot, why) in failed {
+            slot.complete(Err(Error::ActorDied {
+                actor: actor.to_string(),
+                cause: why,
+            }));
         }
     }
 
@@ -716,6 +1086,19 @@ impl ClusterNode {
     /// counted it, so that whoever sent the handle here may drop its own at
     /// once: the actor never sees a moment with no holder.
     pub fn hold_actor(self: &Arc<Self>, node: NodeId, actor: ActorId, hold: bool) {
+        let node = self.actor_node(actor, node);
+        {
+            let mut holding = self.holding.lock();
+            let n = holding.entry(actor).or_default();
+            if hold {
+                *n += 1;
+            } else {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    holding.remove(&actor);
+                }
+            }
+        }
         if !hold {
             self.send_to(node, false, Msg::ReleaseActor { actor });
             return;
@@ -741,6 +1124,7 @@ impl ClusterNode {
 
     /// Kills (or restarts) an actor on `node`.
     pub fn kill_actor(self: &Arc<Self>, node: NodeId, actor: ActorId, no_restart: bool) {
+        let node = self.actor_node(actor, node);
         self.send_to(node, false, Msg::KillActor { actor, no_restart });
     }
 
@@ -850,6 +1234,9 @@ impl ClusterNode {
         let from = link.peer.id;
         match msg {
             Msg::NodeJoined(info) => self.add_peer(info),
+            Msg::NodeLeft { node, cause } if node == self.me.id => {
+                self.lost_head(&format!("it declared this node dead ({cause})"));
+            }
             Msg::NodeLeft { node, cause } => self.peer_lost(node, &cause, true),
             Msg::Heartbeat(report) => {
                 if let Some(head) = &self.head {
@@ -903,21 +1290,33 @@ impl ClusterNode {
                 });
             }
             Msg::ActorCreated { actor, result } => {
-                if let Some(tx) = self.creates.lock().remove(&actor_key(actor)) {
-                    let _ = tx.send(result);
+                let waiting = self.creates.lock().remove(&actor_key(actor));
+                match waiting {
+                    Some(tx) => {
+                        let _ = tx.send(result);
+                    }
+                    // A restart the head asked for.
+                    None => self.actor_restarted(actor, result),
                 }
             }
+            Msg::ActorMoved {
+                actor,
+                node,
+                died,
+                cause,
+                retries,
+            } => self.on_move(actor, node, died, &cause, retries),
             Msg::Call(call) => self.run_call(link, call),
             Msg::CallDone { object, result } => {
                 let call = self.calls.lock().remove(&object);
-                if let Some((slot, node, _message)) = call {
-                    self.complete_from(&slot, node, result);
+                if let Some(c) = call {
+                    self.complete_from(&c.slot, c.node, result);
                 }
             }
             Msg::Contains { object } => {
                 let slot = match self.tasks.lock().get(&object) {
                     Some(f) => Some(f.slot.clone()),
-                    None => self.calls.lock().get(&object).map(|c| c.0.clone()),
+                    None => self.calls.lock().get(&object).map(|c| c.slot.clone()),
                 };
                 match slot {
                     Some(s) => s.tell_on_drop(from),
@@ -976,9 +1375,14 @@ impl ClusterNode {
                 data,
             } => self.pulls.on_chunk(link, object, offset, total, data),
             Msg::PullFailed { object, error } => self.pulls.on_failed(object, error),
-            Msg::Hello(_) | Msg::Welcome { .. } | Msg::Refused { .. } => {
+            Msg::Hello(_)
+            | Msg::Welcome { .. }
+            | Msg::Challenge { .. }
+            | Msg::Proof { .. }
+            | Msg::Refused { .. } => {
                 link.close();
-                self.rejections
+                self.gate
+                    .rejections
                     .count("handshake message after the handshake");
             }
         }
@@ -1304,9 +1708,16 @@ impl ClusterNode {
             let mut peers = self.peers.lock();
             match peers.get_mut(&node) {
                 Some(p) => {
-                    if dead {
+                    if dead && p.alive {
                         p.alive = false;
                         self.members.notify_all();
+                        tracing::warn!("rayx: node {node} died: {cause}");
+                        self.core
+                            .events
+                            .publish(crate::events::SupervisionEvent::NodeDied {
+                                node: node.to_string(),
+                                cause: cause.to_string(),
+                            });
                     }
                     p.inflight = 0;
                     p.waiting.clear();
@@ -1316,7 +1727,12 @@ impl ClusterNode {
             }
         };
         for l in control.iter().chain(bulk.iter()) {
-            l.close();
+            if dead {
+                // A silent peer never closes its end: stop reading it too.
+                l.abort();
+            } else {
+                l.close();
+            }
             self.pulls.link_closed(
                 l,
                 Error::NodeDied {
@@ -1350,27 +1766,15 @@ impl ClusterNode {
                 }));
             }
         }
-        let calls: Vec<Arc<Slot>> = {
-            let mut calls = self.calls.lock();
-            let ids: Vec<ObjectId> = calls
-                .iter()
-                .filter(|(_, (_, n, _))| *n == node)
-                .map(|(id, _)| *id)
-                .collect();
-            ids.iter()
-                .filter_map(|id| calls.remove(id).map(|(s, _, _)| s))
-                .collect()
-        };
-        for slot in calls {
-            let why = if dead {
-                format!("its node died: {cause}")
-            } else {
-                format!("the link to its node was lost while the call ran: {cause}")
-            };
-            slot.complete(Err(Error::ActorDied {
-                actor: format!("an actor on {node}"),
-                cause: why,
-            }));
+        {
+            // Their fate is unknown: the head tells where the actor went (or
+            // that it is gone); a link that broke alone fails them later.
+            let now = std::time::Instant::now();
+            for c in self.calls.lock().values_mut() {
+                if c.node == node && c.lost.is_none() {
+                    c.lost = Some(now);
+                }
+            }
         }
         let lent: Vec<ObjectId> = self
             .lent
@@ -1553,6 +1957,12 @@ struct Handler(Weak<ClusterNode>);
 impl Inbound for Handler {
     fn on_msgs(&self, link: &Arc<Link>, msgs: Vec<Msg>) {
         if let Some(c) = self.0.upgrade() {
+            if link.lane == Lane::Join {
+                match &c.head {
+                    Some(head) => head.heard(link.peer.id),
+                    None => c.heard_head(),
+                }
+            }
             for m in msgs {
                 c.on_msg(link, m);
             }
@@ -1591,22 +2001,10 @@ impl Inbound for Handler {
         );
         match link.lane {
             Lane::Join => {
-                if let Some(head) = &c.head {
-                    if head.left(node, &cause) {
-                        c.peer_lost(node, &cause, true);
-                    }
-                } else {
-                    // This node lost its head.
-                    c.head_link.lock().take();
-                    for (_, tx) in c.asks.lock().drain() {
-                        let _ = tx.send(Err(c.head_lost()));
-                    }
-                    if c.role == Role::Node {
-                        tracing::warn!("rayx: lost the head ({cause}); this node stops");
-                        if let Some(h) = c.host() {
-                            h.stop();
-                        }
-                    }
+                if c.head.is_some() {
+                    c.declare_dead(node, &cause);
+                } else if c.head_link.lock().as_ref().map(|l| l.serial) == Some(link.serial) {
+                    c.lost_head(&cause);
                 }
             }
             Lane::Control => {
@@ -1655,7 +2053,17 @@ impl Admit for Handler {
                 Some(_) => Ok((c.me.clone(), Vec::new())),
                 None => Err("not the head: ask the head's address".into()),
             },
-            Lane::Control | Lane::Bulk => Ok((c.me.clone(), Vec::new())),
+            Lane::Control | Lane::Bulk => {
+                let dead = c.peers.lock().get(&hello.node.id).is_some_and(|p| !p.alive);
+                if dead {
+                    // Death is final: it may come back only as a new node.
+                    return Err(format!(
+                        "node {} was declared dead: it may rejoin only as a new node",
+                        hello.node.id
+                    ));
+                }
+                Ok((c.me.clone(), Vec::new()))
+            }
         }
     }
 
@@ -1706,7 +2114,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, node: Weak<ClusterNode>)
             stream,
             handler.clone(),
             handler,
-            c.rejections.clone(),
+            c.gate.clone(),
         ));
     }
 }
@@ -1716,9 +2124,9 @@ async fn open_link(node: Weak<ClusterNode>, peer: NodeId, address: String, bulk:
     let lane = if bulk { Lane::Bulk } else { Lane::Control };
     let hello = c.hello(lane);
     let inbound: Arc<dyn Inbound> = Arc::new(Handler(node.clone()));
-    let rejections = c.rejections.clone();
+    let gate = c.gate.clone();
     drop(c);
-    let opened = link::connect(&address, hello, inbound, rejections).await;
+    let opened = link::connect(&address, hello, inbound, &gate).await;
     let Some(c) = node.upgrade() else { return };
     match opened {
         Ok((l, _)) => c.linked(peer, l, bulk),
@@ -1736,11 +2144,9 @@ async fn open_bulk(node: Weak<ClusterNode>, peer: NodeId, address: String) -> Op
     let c = node.upgrade()?;
     let hello = c.hello(Lane::Bulk);
     let inbound: Arc<dyn Inbound> = Arc::new(Handler(node.clone()));
-    let rejections = c.rejections.clone();
+    let gate = c.gate.clone();
     drop(c);
-    let (l, _) = link::connect(&address, hello, inbound, rejections)
-        .await
-        .ok()?;
+    let (l, _) = link::connect(&address, hello, inbound, &gate).await.ok()?;
     let c = node.upgrade()?;
     let mut peers = c.peers.lock();
     let p = peers.get_mut(&peer)?;
@@ -1767,22 +2173,10 @@ async fn drain_completions(node: Weak<ClusterNode>) {
     }
 }
 
-async fn heartbeats(node: Weak<ClusterNode>) {
-    let mut tick = tokio::time::interval(HEARTBEAT);
-    loop {
-        tick.tick().await;
-        let Some(c) = node.upgrade() else { return };
-        let Some(link) = c.head_link.lock().clone() else {
-            return;
-        };
-        link.send(Msg::Heartbeat(c.report()));
-    }
-}
-
 /// Asks the head at `address` as an admin client (`rayx status`, `rayx
 /// stop`), without joining: fails within the handshake deadline if the head
 /// cannot be reached.
-pub fn admin_ask(address: &str, ask: Ask) -> Result<Answer, Error> {
+pub fn admin_ask(address: &str, token: Option<&str>, ask: Ask) -> Result<Answer, Error> {
     struct Client(Mutex<Option<tokio::sync::oneshot::Sender<Result<Answer, Error>>>>);
     impl Inbound for Client {
         fn on_msgs(&self, _: &Arc<Link>, msgs: Vec<Msg>) {
@@ -1805,6 +2199,7 @@ pub fn admin_ask(address: &str, ask: Ask) -> Result<Answer, Error> {
     rt.block_on(async {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let hello = Hello {
+            nonce: Default::default(),
             version: wire::PROTOCOL_VERSION,
             lane: Lane::Admin,
             node: NodeInfo {
@@ -1816,8 +2211,8 @@ pub fn admin_ask(address: &str, ask: Ask) -> Result<Answer, Error> {
             registry: Vec::new(),
         };
         let client = Arc::new(Client(Mutex::new(Some(tx))));
-        let (link, _) =
-            link::connect(address, hello, client, Arc::new(Rejections::default())).await?;
+        let gate = Gate::new(token.map(auth::Token::from), Arc::default());
+        let (link, _) = link::connect(address, hello, client, &gate).await?;
         let stopping = matches!(ask, Ask::StopCluster);
         link.send(Msg::Ask { id: 1, ask });
         let answer = tokio::time::timeout(REQUEST_TIMEOUT, rx).await;

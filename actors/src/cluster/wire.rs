@@ -20,7 +20,10 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The protocol's version: a peer with another one is refused at its hello.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
+/// The largest frame accepted before a connection has authenticated (a
+/// hello with its registry, a proof): a stranger cannot make a node buffer more.
+pub const PREAUTH_FRAME: usize = 1 << 20;
 /// The largest frame a control connection accepts (a batch of messages).
 pub const MAX_CONTROL_FRAME: usize = 64 << 20;
 /// The bytes of one chunk of a large object on the bulk lane.
@@ -68,6 +71,8 @@ pub struct Hello {
     pub node: NodeInfo,
     /// Names of the sender's remote functions and actor types (on `Join`).
     pub registry: Vec<String>,
+    /// A fresh nonce for the listener's proof (see [`super::auth`]).
+    pub nonce: serde_bytes::ByteBuf,
 }
 
 /// What a node reports to the head with each heartbeat.
@@ -137,6 +142,9 @@ pub enum Ask {
         scheduling: Scheduling,
         /// The node asking (placed there when it fits and is least loaded).
         from: NodeId,
+        /// How to start it again on another node if its node dies (an
+        /// actor with restarts left and a registered constructor).
+        restart: Option<Box<ActorCreate>>,
     },
     /// The actor did not start (its name is freed), or it died for good.
     ActorGone {
@@ -238,6 +246,19 @@ pub enum Msg {
         /// The cluster's live nodes (from the head).
         cluster: Vec<NodeInfo>,
     },
+    /// The listener's answer to a hello: its nonce, and its proof that it
+    /// knows the cluster's token (none if it has no token).
+    Challenge {
+        /// A fresh nonce for the connector's proof.
+        nonce: serde_bytes::ByteBuf,
+        /// HMAC over both nonces.
+        proof: Option<serde_bytes::ByteBuf>,
+    },
+    /// The connector's proof that it knows the token (none if it has none).
+    Proof {
+        /// HMAC over both nonces.
+        proof: Option<serde_bytes::ByteBuf>,
+    },
     /// Refuses a hello, saying why; the connection closes.
     Refused {
         /// Why.
@@ -252,7 +273,8 @@ pub enum Msg {
         /// Why.
         cause: String,
     },
-    /// A node is alive, with its load (node to head).
+    /// A node is alive, with its load (node to head); the head's own
+    /// heartbeat to each node carries its report too.
     Heartbeat(Report),
     /// Stop serving and exit (head to nodes).
     Stop,
@@ -295,6 +317,21 @@ pub enum Msg {
         actor: ActorId,
         /// Whether it started.
         result: Result<(), Error>,
+    },
+    /// An actor's node died (head to nodes): it was started again on
+    /// `node`, where calls interrupted by the death go again within
+    /// `retries`; or (`node` none) it is gone for good, and they fail.
+    ActorMoved {
+        /// The actor.
+        actor: ActorId,
+        /// Its new node, if it was restarted.
+        node: Option<NodeId>,
+        /// The node that died.
+        died: NodeId,
+        /// Why it died (or why the actor could not be restarted).
+        cause: String,
+        /// Its `max_task_retries`.
+        retries: Retries,
     },
     /// Call an actor of this node.
     Call(ActorCall),

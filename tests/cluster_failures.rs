@@ -1,0 +1,566 @@
+//! Failures and strangers, with real OS processes on loopback: nodes killed
+//! with SIGKILL, hung with SIGSTOP, cut off by a proxy that goes silent (a
+//! partition is silence, not a reset), wrong tokens, and hostile bytes.
+//!
+//! Its own runner (harness = false): `cargo test --test cluster_failures [filter]`.
+//! The tests run one after another; each starts its own cluster.
+
+mod common;
+
+use common::raw_peer::{frame, hello, read_frame, read_until_closed, shake};
+use rayx::prelude::*;
+use rayx::testing::{Cluster, Proxy};
+use rayx::{NodeId, SupervisionEvent};
+use serde_bytes::ByteBuf;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+/// The fast health profile of the tests: heartbeats every 100 ms, dead after
+/// 10 missed (1 s of silence).
+const PERIOD: Duration = Duration::from_millis(100);
+const MISSES: u32 = 10;
+
+// ---- what the nodes run -------------------------------------------------------
+
+fn where_am_i(i: u64) -> (u64, u64) {
+    (i, Runtime::current().expect("in a task").node_id().0)
+}
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+/// Works for `ms` (a task that is still running when its node dies).
+fn slow_where(i: u64, ms: u64) -> (u64, u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+    where_am_i(i)
+}
+
+/// An object this node owns, returned inside the result.
+fn own_blob(n: usize) -> ObjectRef<ByteBuf> {
+    let rt = Runtime::current().expect("in a task");
+    rt.put(ByteBuf::from(vec![7u8; n])).unwrap()
+}
+
+fn call_by_name(name: String, k: u64) -> u64 {
+    let rt = Runtime::current().expect("in a task");
+    let c = rt.get_actor::<Counter>(&name).expect("named actor");
+    c.call(Add(k)).get().expect("call")
+}
+
+rayx::remote!(where_am_i, square, slow_where, own_blob, call_by_name);
+
+pub struct Counter {
+    n: u64,
+}
+impl Actor for Counter {}
+
+#[derive(Serialize, Deserialize)]
+pub struct Add(u64);
+impl Message for Add {
+    type Reply = u64;
+}
+impl Handler<Add> for Counter {
+    fn handle(&mut self, Add(k): Add, _: &mut ActorContext<Self>) -> u64 {
+        self.n += k;
+        self.n
+    }
+}
+
+/// Adds after working `ms`: calls still in flight when the node dies.
+#[derive(Serialize, Deserialize)]
+pub struct SlowAdd(u64, u64);
+impl Message for SlowAdd {
+    type Reply = u64;
+}
+impl Handler<SlowAdd> for Counter {
+    fn handle(&mut self, SlowAdd(k, ms): SlowAdd, _: &mut ActorContext<Self>) -> u64 {
+        std::thread::sleep(Duration::from_millis(ms));
+        self.n += k;
+        self.n
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct Where;
+impl Message for Where {
+    type Reply = u64;
+}
+impl Handler<Where> for Counter {
+    fn handle(&mut self, _: Where, _: &mut ActorContext<Self>) -> u64 {
+        Runtime::current().expect("on a node").node_id().0
+    }
+}
+
+fn new_counter(n: u64) -> Counter {
+    Counter { n }
+}
+
+rayx::remote_actor!(Counter, new_counter, [Add, SlowAdd, Where]);
+
+// ---- helpers ------------------------------------------------------------------
+
+fn fast_cluster(nodes: usize) -> Cluster {
+    Cluster::builder()
+        .nodes(nodes)
+        .health_check(PERIOD, MISSES)
+        .start()
+        .expect("a cluster starts")
+}
+
+/// Waits (up to `within`) for the event that `node` died; its cause.
+fn death_of(events: &rayx::Events, node: NodeId, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match events.recv_timeout(left) {
+            Ok(SupervisionEvent::NodeDied { node: n, cause }) if n == node.to_string() => {
+                return cause
+            }
+            Ok(_) => {}
+            Err(e) => panic!("no NodeDied event for {node} within {within:?}: {e:?}"),
+        }
+    }
+}
+
+fn pid_of(c: &Cluster, i: usize) -> i32 {
+    c.nodes()[i].pid() as i32
+}
+
+fn signal(pid: i32, sig: i32) {
+    // SAFETY: kill(2) on a child process of this test; no memory is shared.
+    let r = unsafe { libc::kill(pid, sig) };
+    assert_eq!(r, 0, "kill({pid}, {sig})");
+}
+
+// ---- node deaths ----------------------------------------------------------------
+
+/// kill -9 one of three nodes while 10,000 tasks run: every result correct.
+fn a_node_killed_mid_job_loses_no_result() {
+    let mut c = fast_cluster(3);
+    let rt = c.driver().clone();
+    let events = rt.events();
+    let victim = c.nodes()[0].id;
+    // Tasks of about a millisecond each: ~2 s of work over six CPUs.
+    let refs: Vec<_> = (0..10_000u64)
+        .map(|i| rt.task(slow_where).remote((i, 1)))
+        .collect();
+    // Part of the job is done, part is queued or running: now the kill.
+    rt.wait(&refs, 1_000, Some(Duration::from_secs(60)))
+        .expect("a thousand finish");
+    c.kill_node(0).unwrap();
+    let (done, _) = rt.wait(&refs, refs.len(), Some(Duration::ZERO)).unwrap();
+    assert!(done.len() < refs.len(), "the kill came mid-job");
+    let results = rt
+        .get(&refs, Some(Duration::from_secs(120)))
+        .expect("every task finishes despite the kill");
+    let mut nodes = std::collections::BTreeSet::new();
+    for (i, (j, node)) in results.into_iter().enumerate() {
+        assert_eq!(j, i as u64, "task {i}");
+        nodes.insert(node);
+    }
+    assert!(nodes.len() >= 2, "the job ran on several nodes: {nodes:?}");
+    let cause = death_of(&events, victim, Duration::from_secs(10));
+    assert!(cause.contains("connection"), "a kill is a reset: {cause}");
+    let status = rt.cluster_status().unwrap();
+    let dead = status.nodes.iter().find(|n| n.info.id == victim).unwrap();
+    assert!(!dead.alive, "{dead:?}");
+}
+
+/// A named actor with restarts, on a node that dies: the same handle keeps
+/// answering from another node; calls in flight go again, in order.
+fn a_named_actor_restarts_on_another_node_and_keeps_answering() {
+    let mut c = fast_cluster(2);
+    let rt = c.driver().clone();
+    let (first, second) = (c.nodes()[0].id, c.nodes()[1].id);
+    let counter = rt
+        .actor_of(|n: u64| Counter { n }, 0)
+        .name("survivor")
+        .max_restarts(1)
+        .max_task_retries(5)
+        .node_affinity(first, true)
+        .spawn()
+        .unwrap();
+    assert_eq!(counter.node_id(), first);
+    assert_eq!(counter.call(Add(1)).get().unwrap(), 1);
+    // Twenty calls of 50 ms each; the node dies while they run.
+    let ks: Vec<u64> = (1..=20).collect();
+    let replies: Vec<_> = ks.iter().map(|k| counter.call(SlowAdd(*k, 50))).collect();
+    rt.wait(&replies[..1], 1, Some(Duration::from_secs(30)))
+        .unwrap();
+    c.kill_node(0).unwrap();
+    let got = rt
+        .get(&replies, Some(Duration::from_secs(60)))
+        .expect("every call is answered, before or after the restart");
+    // In order: a prefix ran on the first node (its state started at 1),
+    // the rest again on the second (its state started anew at 0).
+    let split = (0..=ks.len())
+        .find(|&s| {
+            let mut before = 1;
+            let mut after = 0;
+            ks.iter().zip(&got).enumerate().all(|(i, (k, r))| {
+                if i < s {
+                    before += k;
+                    *r == before
+                } else {
+                    after += k;
+                    *r == after
+                }
+            })
+        })
+        .unwrap_or_else(|| panic!("replies are not two in-order runs: {got:?}"));
+    assert!(split < ks.len(), "some calls went again: {got:?}");
+    assert_eq!(counter.node_id(), second, "the handle follows the actor");
+    assert_eq!(counter.call(Where).get().unwrap(), second.0);
+    // Its name moved with it: a lookup here, and from a task on its node.
+    let named = rt.get_actor::<Counter>("survivor").unwrap();
+    assert_eq!(named.node_id(), second);
+    let n = counter.call(Add(0)).get().unwrap();
+    assert_eq!(
+        rt.task(call_by_name)
+            .remote(("survivor".to_string(), 5))
+            .get()
+            .unwrap(),
+        n + 5
+    );
+}
+
+/// Without restarts, calls to an actor whose node died fail `ActorDied`,
+/// naming the node.
+fn an_actor_without_restarts_fails_naming_its_node() {
+    let mut c = fast_cluster(2);
+    let rt = c.driver().clone();
+    let first = c.nodes()[0].id;
+    let counter = rt
+        .actor_of(|n: u64| Counter { n }, 0)
+        .node_affinity(first, false)
+        .spawn()
+        .unwrap();
+    assert_eq!(counter.call(Add(2)).get().unwrap(), 2);
+    let slow = counter.call(SlowAdd(1, 2_000));
+    c.kill_node(0).unwrap();
+    for r in [slow.get(), counter.call(Add(1)).get()] {
+        match r {
+            Err(Error::ActorDied { cause, .. }) => {
+                assert!(cause.contains(&first.to_string()), "{cause}")
+            }
+            other => panic!("expected ActorDied: {other:?}"),
+        }
+    }
+}
+
+/// An object whose owner died fails `OwnerDied` on its borrower.
+fn an_object_whose_owner_died_fails_owner_died() {
+    let mut c = fast_cluster(2);
+    let rt = c.driver().clone();
+    let first = c.nodes()[0].id;
+    let inner = rt
+        .task(own_blob)
+        .node_affinity(first, false)
+        .remote(1 << 20)
+        .get()
+        .unwrap();
+    c.kill_node(0).unwrap();
+    match inner.get_timeout(Duration::from_secs(30)) {
+        Err(Error::OwnerDied { .. }) => {}
+        other => panic!("expected OwnerDied: {:?}", other.map(|b| b.len())),
+    }
+}
+
+// ---- partitions and hangs ----------------------------------------------------------
+
+/// A node cut off by a silent proxy (no reset): declared dead within the
+/// health limit, its running tasks redone elsewhere, and it stops itself.
+fn a_partitioned_node_is_declared_dead_and_its_work_redone() {
+    let mut c = fast_cluster(1);
+    let rt = c.driver().clone();
+    let events = rt.events();
+    let proxy = Proxy::start(c.address()).unwrap();
+    let cut = c.add_node_via(proxy.address()).unwrap();
+    // Tasks of 3 s on the node to be cut off (soft: they may go elsewhere).
+    let refs: Vec<_> = (0..4u64)
+        .map(|i| {
+            rt.task(slow_where)
+                .node_affinity(cut, true)
+                .remote((i, 3_000))
+        })
+        .collect();
+    let started = Instant::now();
+    // Give the tasks a moment to reach it: wait until the head sees its load.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rt
+        .cluster_status()
+        .unwrap()
+        .nodes
+        .iter()
+        .all(|n| n.info.id != cut || n.report.load == 0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the tasks never reached the node"
+        );
+        std::thread::park_timeout(PERIOD);
+    }
+    proxy.silence();
+    let silenced = Instant::now();
+    let cause = death_of(&events, cut, Duration::from_secs(15));
+    let detected = silenced.elapsed();
+    assert!(cause.contains("heartbeat"), "{cause}");
+    assert!(
+        detected < PERIOD * MISSES + Duration::from_secs(5),
+        "declared dead after {detected:?}"
+    );
+    for (i, (j, node)) in rt
+        .get(&refs, Some(Duration::from_secs(60)))
+        .unwrap()
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(i as u64, j);
+        assert_ne!(node, cut.0, "task {i} was redone on a live node");
+    }
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    // It heard nothing from the head either: it stops by itself.
+    assert!(
+        c.wait_exit(1, Duration::from_secs(20)).is_some(),
+        "the cut-off node exits"
+    );
+    let status = rt.cluster_status().unwrap();
+    let dead = status.nodes.iter().find(|n| n.info.id == cut).unwrap();
+    assert!(
+        !dead.alive
+            && dead
+                .cause
+                .as_deref()
+                .is_some_and(|c| c.contains("heartbeat")),
+        "{dead:?}"
+    );
+    // And the cluster serves on.
+    assert_eq!(rt.task(square).remote(9).get().unwrap(), 81);
+}
+
+/// A hung node (SIGSTOP) is declared dead; when it wakes it is told so and
+/// exits, and its id may not join again.
+fn a_hung_node_is_declared_dead_and_may_not_come_back() {
+    let mut c = fast_cluster(2);
+    let rt = c.driver().clone();
+    let events = rt.events();
+    let hung = c.nodes()[0].id;
+    let pid = pid_of(&c, 0);
+    signal(pid, libc::SIGSTOP);
+    let cause = death_of(&events, hung, Duration::from_secs(15));
+    assert!(cause.contains("heartbeat"), "{cause}");
+    let refs: Vec<_> = (0..20u64).map(|i| rt.task(where_am_i).remote(i)).collect();
+    for (_, node) in rt.get(&refs, Some(Duration::from_secs(30))).unwrap() {
+        assert_ne!(node, hung.0);
+    }
+    signal(pid, libc::SIGCONT);
+    assert!(
+        c.wait_exit(0, Duration::from_secs(20)).is_some(),
+        "a node declared dead exits when it wakes"
+    );
+    // Its id is dead for good: a join with it is refused, saying so.
+    let token = rt.cluster_token().unwrap();
+    let mut s = TcpStream::connect(c.address()).unwrap();
+    let registry = Vec::new();
+    shake(
+        &mut s,
+        &token,
+        &common::raw_peer::hello_as(
+            hung,
+            rayx_actors::cluster::wire::Lane::Join,
+            rayx_actors::cluster::wire::PROTOCOL_VERSION,
+            registry,
+        ),
+    );
+    match read_until_closed(&mut s).as_slice() {
+        [rayx_actors::cluster::wire::Msg::Refused { reason }] => {
+            assert!(reason.contains("declared dead"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+// ---- strangers ------------------------------------------------------------------
+
+/// A node with a wrong token, or none, is refused with a clear reason on
+/// both sides, and the token never crosses the wire.
+fn a_wrong_or_missing_token_is_refused_on_both_sides() {
+    let c = fast_cluster(1);
+    let rt = c.driver().clone();
+    for (env, says) in [
+        (("RAYX_TOKEN", "not-the-token"), "wrong cluster token"),
+        (("RAYX_AUTH", "none"), "requires a token"),
+    ] {
+        let out = c
+            .node_command(c.address())
+            .unwrap()
+            .env_remove("RAYX_TOKEN")
+            .env(env.0, env.1)
+            // Its stdin is not a pipe from us: it must not exit on its EOF.
+            .env_remove("RAYX_EXIT_WITH_PARENT")
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{env:?}: the node is refused");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("authentication failed") && err.contains(says),
+            "{env:?}: {err}"
+        );
+    }
+    let rejected = rt.cluster_status().unwrap().rejections;
+    assert!(
+        rejected.get("authentication failed").copied().unwrap_or(0) >= 2,
+        "the head says why too: {rejected:?}"
+    );
+    assert_eq!(rt.nodes().len(), 2, "nobody joined");
+    // The token is never sent: a listener sees only nonces and proofs.
+    let token = rt.cluster_token().unwrap();
+    let sniff = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = sniff.local_addr().unwrap().to_string();
+    let mut cmd = c.node_command(&at).unwrap();
+    let mut child = cmd
+        .env_remove("RAYX_EXIT_WITH_PARENT")
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (mut s, _) = sniff.accept().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut seen = Vec::new();
+    let hello_frame = read_frame(&mut s);
+    seen.extend(format!("{hello_frame:?}").into_bytes());
+    // Answer with a challenge carrying a bogus proof: the node must refuse.
+    let challenge = rayx_actors::cluster::wire::Msg::Challenge {
+        nonce: ByteBuf::from(vec![1u8; 32]),
+        proof: Some(ByteBuf::from(vec![0u8; 32])),
+    };
+    s.write_all(&frame(
+        &rayx_actors::cluster::wire::encode(&[challenge]).unwrap(),
+    ))
+    .unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    seen.extend(rest);
+    assert!(
+        !seen.windows(token.len()).any(|w| w == token.as_bytes()),
+        "the token crossed the wire"
+    );
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "a listener without the token is refused");
+}
+
+/// Random bytes, oversized frames, a slow-loris hello and a flood of idle
+/// connections: each closes only its own connection, and the cluster serves.
+fn hostile_bytes_leave_the_cluster_serving() {
+    let c = fast_cluster(1);
+    let rt = c.driver().clone();
+    let addr = c.address().to_string();
+    let node_addr = rt
+        .nodes()
+        .into_iter()
+        .find(|n| n.id == c.nodes()[0].id)
+        .unwrap()
+        .address;
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for target in [&addr, &node_addr] {
+        // Random bytes, with and without a plausible length prefix.
+        for round in 0..50 {
+            let mut s = TcpStream::connect(target).unwrap();
+            let n = (next() % 4096) as usize + 1;
+            let mut junk: Vec<u8> = (0..n).map(|_| next() as u8).collect();
+            if round % 2 == 0 {
+                junk.splice(0..0, ((n as u32).min(1 << 16)).to_be_bytes());
+            }
+            let _ = s.write_all(&junk);
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            read_until_closed(&mut s);
+        }
+        // Over the limit before authentication: refused unread.
+        let mut s = TcpStream::connect(target).unwrap();
+        s.write_all(&(64u32 << 20).to_be_bytes()).unwrap();
+        match read_until_closed(&mut s).as_slice() {
+            [rayx_actors::cluster::wire::Msg::Refused { reason }] => {
+                assert!(reason.contains("limit"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // A slow loris: a hello one byte at a time, too slowly.
+        let h = hello(
+            rayx_actors::cluster::wire::Lane::Control,
+            rayx_actors::cluster::wire::PROTOCOL_VERSION,
+            vec![],
+        );
+        let mut s = TcpStream::connect(target).unwrap();
+        let began = Instant::now();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut closed = false;
+        for b in &h {
+            if s.write_all(&[*b]).is_err() {
+                closed = true;
+                break;
+            }
+            let mut one = [0u8; 1];
+            match s.read(&mut one) {
+                Ok(_) => {
+                    closed = true;
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        assert!(closed, "a slow loris is cut off");
+        assert!(began.elapsed() < Duration::from_secs(15));
+    }
+    // A flood of idle connections past the handshake bound.
+    let idle: Vec<TcpStream> = (0..300)
+        .map(|_| TcpStream::connect(&addr).unwrap())
+        .collect();
+    // Work over the links already up goes on meanwhile.
+    let refs: Vec<_> = (0..100u64).map(|i| rt.task(square).remote(i)).collect();
+    let got = rt.get(&refs, Some(Duration::from_secs(30))).unwrap();
+    assert_eq!(got, (0..100u64).map(|i| i * i).collect::<Vec<_>>());
+    drop(idle);
+    let rejected = rt.cluster_status().unwrap().rejections;
+    for kind in [
+        "undecodable frame",
+        "frame over the limit",
+        "no handshake within 5s",
+    ] {
+        assert!(rejected.contains_key(kind), "{kind}: {rejected:?}");
+    }
+    assert!(c.nodes().len() == 1 && rt.nodes().len() == 2);
+}
+
+// ---- the runner ---------------------------------------------------------------
+
+fn main() {
+    rayx::testing::serve_if_node();
+    macro_rules! tests {
+        ($($t:ident),* $(,)?) => { &[$((stringify!($t), $t as fn())),*] };
+    }
+    let tests: &[(&str, fn())] = tests![
+        a_node_killed_mid_job_loses_no_result,
+        a_named_actor_restarts_on_another_node_and_keeps_answering,
+        an_actor_without_restarts_fails_naming_its_node,
+        an_object_whose_owner_died_fails_owner_died,
+        a_partitioned_node_is_declared_dead_and_its_work_redone,
+        a_hung_node_is_declared_dead_and_may_not_come_back,
+        a_wrong_or_missing_token_is_refused_on_both_sides,
+        hostile_bytes_leave_the_cluster_serving,
+    ];
+    common::run_tests(tests);
+}

@@ -1,0 +1,149 @@
+//! A raw peer for cluster tests: frames, hellos and both halves of the
+//! token handshake, written by hand so a test can send what no node would.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+pub fn frame(body: &[u8]) -> Vec<u8> {
+    let mut f = (body.len() as u32).to_be_bytes().to_vec();
+    f.extend_from_slice(body);
+    f
+}
+
+/// A hello frame of node 99 (its nonce: 32 sevens, as [`shake`] expects).
+pub fn hello(
+    lane: rayx_actors::cluster::wire::Lane,
+    version: u32,
+    registry: Vec<String>,
+) -> Vec<u8> {
+    hello_as(rayx::NodeId(99), lane, version, registry)
+}
+
+/// A hello frame of node `id`.
+pub fn hello_as(
+    id: rayx::NodeId,
+    lane: rayx_actors::cluster::wire::Lane,
+    version: u32,
+    registry: Vec<String>,
+) -> Vec<u8> {
+    use rayx_actors::cluster::wire::{encode, Hello, Msg, NodeInfo};
+    frame(
+        &encode(&[Msg::Hello(Hello {
+            version,
+            lane,
+            node: NodeInfo {
+                id,
+                address: "127.0.0.1:1".into(),
+                cpus: 0.0,
+                head: false,
+            },
+            registry,
+            nonce: serde_bytes::ByteBuf::from(vec![7u8; 32]),
+        })])
+        .unwrap(),
+    )
+}
+
+/// Reads one frame's messages.
+pub fn read_frame(s: &mut TcpStream) -> Vec<rayx_actors::cluster::wire::Msg> {
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body).unwrap();
+    rayx_actors::cluster::wire::decode(&body).unwrap()
+}
+
+/// Plays a connecting node: sends `hello` (as [`hello`] made it), answers
+/// the listener's challenge with the token's proof; what follows (a welcome
+/// or a refusal) is the caller's to read.
+pub fn shake(s: &mut TcpStream, token: &str, hello_frame: &[u8]) {
+    use rayx_actors::cluster::auth::{prove, Side};
+    use rayx_actors::cluster::wire::{encode, Msg};
+    s.write_all(hello_frame).unwrap();
+    match read_frame(s).as_slice() {
+        [Msg::Challenge { nonce, proof }] => {
+            assert!(proof.is_some(), "the listener proves the token");
+            let mine = prove(token, Side::Connector, nonce, &[7u8; 32]);
+            let answer = Msg::Proof {
+                proof: Some(serde_bytes::ByteBuf::from(mine)),
+            };
+            s.write_all(&frame(&encode(&[answer]).unwrap())).unwrap();
+        }
+        other => panic!("expected a challenge: {other:?}"),
+    }
+}
+
+/// Plays a listening node for a connection the cluster opened: its hello,
+/// the challenge, its proof, then `welcome`.
+pub fn accept_shake(s: &mut TcpStream, token: &str, welcome: rayx_actors::cluster::wire::Msg) {
+    use rayx_actors::cluster::auth::{prove, verify, Side};
+    use rayx_actors::cluster::wire::{encode, Msg};
+    let theirs = match read_frame(s).as_slice() {
+        [Msg::Hello(h)] => h.nonce.to_vec(),
+        other => panic!("expected a hello: {other:?}"),
+    };
+    let mine = vec![9u8; 32];
+    let challenge = Msg::Challenge {
+        nonce: serde_bytes::ByteBuf::from(mine.clone()),
+        proof: Some(serde_bytes::ByteBuf::from(prove(
+            token,
+            Side::Listener,
+            &theirs,
+            &mine,
+        ))),
+    };
+    s.write_all(&frame(&encode(&[challenge]).unwrap())).unwrap();
+    match read_frame(s).as_slice() {
+        [Msg::Proof { proof: Some(p) }] => {
+            assert!(verify(token, Side::Connector, &mine, &theirs, p))
+        }
+        other => panic!("expected a proof: {other:?}"),
+    }
+    s.write_all(&frame(&encode(&[welcome]).unwrap())).unwrap();
+}
+
+/// Reads frames until the peer closes; returns the messages read.
+pub fn read_until_closed(s: &mut TcpStream) -> Vec<rayx_actors::cluster::wire::Msg> {
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    let mut msgs = Vec::new();
+    let mut at = 0;
+    while at + 4 <= all.len() {
+        let n = u32::from_be_bytes(all[at..at + 4].try_into().unwrap()) as usize;
+        if at + 4 + n > all.len() {
+            break;
+        }
+        msgs.extend(rayx_actors::cluster::wire::decode(&all[at + 4..at + 4 + n]).unwrap());
+        at += 4 + n;
+    }
+    msgs
+}
+
+/// Reads frames until one holds a message `stop` accepts (or 20 s pass).
+pub fn read_frames_until(
+    s: &mut TcpStream,
+    stop: impl Fn(&rayx_actors::cluster::wire::Msg) -> bool,
+) -> Vec<rayx_actors::cluster::wire::Msg> {
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut msgs = Vec::new();
+    loop {
+        let mut len = [0u8; 4];
+        if s.read_exact(&mut len).is_err() {
+            return msgs;
+        }
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        if s.read_exact(&mut body).is_err() {
+            return msgs;
+        }
+        let batch = rayx_actors::cluster::wire::decode(&body).unwrap();
+        let done = batch.iter().any(&stop);
+        msgs.extend(batch);
+        if done {
+            return msgs;
+        }
+    }
+}
