@@ -201,6 +201,21 @@ impl Runtime {
         self.node().cluster().map(|c| c.address().to_string())
     }
 
+    /// Where each object's value is now (Ray's `get_object_locations`): this
+    /// node once it is here; for a large result of a task that ran on another
+    /// node and was not read yet, that node (it stays there until a `get`, a
+    /// `wait` or a dependent task wants it, and is made again if that node
+    /// dies first); `None` while it is pending or if it failed.
+    pub fn object_locations<T>(&self, refs: &[crate::ObjectRef<T>]) -> Vec<Option<NodeId>> {
+        let node = self.node();
+        refs.iter()
+            .map(|r| match node.cluster() {
+                Some(c) => c.location(r.slot()),
+                None => (r.slot().is_done() && !r.slot().has_failed()).then(|| node.id()),
+            })
+            .collect()
+    }
+
     /// The cluster token this runtime proves, to hand to processes that join
     /// it (as `RAYX_TOKEN`); `None` outside a cluster or with `no_auth`.
     pub fn cluster_token(&self) -> Option<String> {

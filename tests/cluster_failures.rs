@@ -49,7 +49,21 @@ fn call_by_name(name: String, k: u64) -> u64 {
     c.call(Add(k)).get().expect("call")
 }
 
-rayx::remote!(where_am_i, square, slow_where, own_blob, call_by_name);
+/// A large result (held on the node that ran it until it is read), tagged
+/// with its node.
+fn big_result(n: usize) -> (u64, ByteBuf) {
+    let node = Runtime::current().expect("in a task").node_id().0;
+    (node, ByteBuf::from(vec![(n % 251) as u8; n]))
+}
+
+rayx::remote!(
+    where_am_i,
+    square,
+    slow_where,
+    own_blob,
+    call_by_name,
+    big_result
+);
 
 pub struct Counter {
     n: u64,
@@ -265,6 +279,47 @@ fn an_object_whose_owner_died_fails_owner_died() {
     match inner.get_timeout(Duration::from_secs(30)) {
         Err(Error::OwnerDied { .. }) => {}
         other => panic!("expected OwnerDied: {:?}", other.map(|b| b.len())),
+    }
+}
+
+/// A task's large result whose only copy died with its node is made again on
+/// the next read (lineage); without retries the read fails, saying why.
+fn a_result_whose_only_copy_died_is_rebuilt() {
+    let mut c = fast_cluster(2);
+    let rt = c.driver().clone();
+    let first = c.nodes()[0].id;
+    let n = 1 << 20;
+    let kept = rt.task(big_result).node_affinity(first, true).remote(n);
+    let lost = rt
+        .task(big_result)
+        .node_affinity(first, true)
+        .max_retries(0)
+        .remote(n);
+    // Both ran and are held there, unread.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rt.object_locations(&[kept.clone(), lost.clone()]) != [Some(first), Some(first)] {
+        assert!(
+            Instant::now() < deadline,
+            "the results never landed on {first}"
+        );
+        std::thread::park_timeout(PERIOD);
+    }
+    c.kill_node(0).unwrap();
+    let (ran_on, bytes) = kept
+        .get_timeout(Duration::from_secs(60))
+        .expect("rebuilt from lineage");
+    assert_ne!(ran_on, first.0, "made again on a live node");
+    assert_eq!(bytes.len(), n);
+    assert!(bytes.iter().all(|b| *b == (n % 251) as u8));
+    assert_eq!(rt.object_locations(&[kept]), [Some(rt.node_id())]);
+    match lost.get_timeout(Duration::from_secs(60)) {
+        Err(Error::ObjectReconstructionFailed { cause, .. }) => {
+            assert!(cause.contains(&first.to_string()), "{cause}")
+        }
+        other => panic!(
+            "expected ObjectReconstructionFailed: {:?}",
+            other.map(|v| v.0)
+        ),
     }
 }
 
@@ -557,6 +612,7 @@ fn main() {
         a_named_actor_restarts_on_another_node_and_keeps_answering,
         an_actor_without_restarts_fails_naming_its_node,
         an_object_whose_owner_died_fails_owner_died,
+        a_result_whose_only_copy_died_is_rebuilt,
         a_partitioned_node_is_declared_dead_and_its_work_redone,
         a_hung_node_is_declared_dead_and_may_not_come_back,
         a_wrong_or_missing_token_is_refused_on_both_sides,

@@ -19,7 +19,7 @@ use serde_bytes::ByteBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -152,7 +152,7 @@ impl Gate {
 }
 
 /// Writes one frame (a handshake message) straight to the socket.
-async fn write_frame(stream: &mut TcpStream, msg: &Msg) -> Result<(), String> {
+async fn write_frame<S: AsyncWrite + Unpin>(stream: &mut S, msg: &Msg) -> Result<(), String> {
     let body = wire::encode(std::slice::from_ref(msg)).map_err(|e| e.to_string())?;
     let mut out = Vec::with_capacity(body.len() + 4);
     out.extend_from_slice(&(body.len() as u32).to_be_bytes());
@@ -162,7 +162,11 @@ async fn write_frame(stream: &mut TcpStream, msg: &Msg) -> Result<(), String> {
 
 /// Reads one frame holding one message, of `limit` bytes at most; what was
 /// read past it stays in `buf` for the link's reader.
-async fn read_one(stream: &mut TcpStream, limit: usize, buf: &mut BytesMut) -> Result<Msg, String> {
+async fn read_one<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    limit: usize,
+    buf: &mut BytesMut,
+) -> Result<Msg, String> {
     let mut codec = LengthDelimitedCodec::builder()
         .max_frame_length(limit)
         .new_codec();
@@ -188,7 +192,7 @@ async fn read_one(stream: &mut TcpStream, limit: usize, buf: &mut BytesMut) -> R
 }
 
 /// Tells the peer why, and fails with the same reason.
-async fn refuse<T>(stream: &mut TcpStream, reason: String) -> Result<T, String> {
+async fn refuse<T, S: AsyncWrite + Unpin>(stream: &mut S, reason: String) -> Result<T, String> {
     let _ = write_frame(
         stream,
         &Msg::Refused {
@@ -337,8 +341,14 @@ pub async fn serve(
 }
 
 /// The listener's half of the handshake: a hello of the right version, then
-/// the token's challenge–response.
-async fn greet(stream: &mut TcpStream, buf: &mut BytesMut, gate: &Gate) -> Result<Hello, String> {
+/// the token's challenge–response. Public for the fuzz target, which drives
+/// it over an in-memory stream.
+#[doc(hidden)]
+pub async fn greet<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    gate: &Gate,
+) -> Result<Hello, String> {
     let hello = match read_one(stream, wire::PREAUTH_FRAME, buf).await? {
         Msg::Hello(h) => h,
         other => {
@@ -651,8 +661,9 @@ fn bulk_frame(msg: Msg) -> Option<(Vec<u8>, Option<bytes::Bytes>)> {
 }
 
 /// Reads a bulk-lane frame: its message, with a chunk's bytes a slice of the
-/// frame (no copy).
-fn read_bulk_frame(frame: bytes::Bytes) -> Result<Vec<Msg>, String> {
+/// frame (no copy). Public for the fuzz target.
+#[doc(hidden)]
+pub fn read_bulk_frame(frame: bytes::Bytes) -> Result<Vec<Msg>, String> {
     if frame.len() < 4 {
         return Err("bad bulk frame: shorter than its header".into());
     }

@@ -193,6 +193,14 @@ struct Lent {
 
 type Pending<T> = Mutex<HashMap<u64, SyncSender<Result<T, Error>>>>;
 
+/// A task's large result, held on the node that ran it until this node (its
+/// owner) wants it; the task is kept to run again if that node dies first.
+struct HeldAt {
+    node: NodeId,
+    size: u64,
+    job: TaskJob,
+}
+
 /// Borrows and releases waiting to be sent (`None`: a borrow cancelled by its
 /// release before either went out).
 #[derive(Default)]
@@ -267,6 +275,8 @@ pub struct ClusterNode {
     lent: Mutex<IdMap<ObjectId, Lent>>,
     borrowed: Mutex<IdMap<ObjectId, Weak<Slot>>>,
     held: Mutex<IdMap<ObjectId, Value>>,
+    /// Results of this node's tasks held on the peers that ran them.
+    remote: Mutex<IdMap<ObjectId, HeldAt>>,
     pulls: Pulls,
     serving: Serving,
     done: SegQueue<Arc<Waiting>>,
@@ -361,6 +371,7 @@ impl ClusterNode {
             lent: Mutex::default(),
             borrowed: Mutex::default(),
             held: Mutex::default(),
+            remote: Mutex::default(),
             pulls: Pulls::new(core.config.object_store_memory),
             serving: Serving::default(),
             done: SegQueue::new(),
@@ -416,6 +427,11 @@ impl ClusterNode {
         let fetcher = weak.clone();
         core.table.set_fetch_hook(Box::new(move |id| {
             if let Some(c) = fetcher.upgrade() {
+                if id.node == c.me.id {
+                    // A result of ours, held where its task ran.
+                    c.fetch_held(id);
+                    return;
+                }
                 if !c.send_to(id.node, false, Msg::Fetch { object: id }) {
                     if let Some(slot) = c.core.table.lookup(id) {
                         slot.complete(Err(Error::OwnerDied { id: id.to_string() }));
@@ -428,6 +444,10 @@ impl ClusterNode {
                 match keeper {
                     None => c.unborrow(id),
                     Some(node) => {
+                        // Dropped outside the lock: the task's pins may be
+                        // last refs whose own hooks run now.
+                        let unfetched = c.remote.lock().remove(&id);
+                        drop(unfetched);
                         c.send_to(node, false, Msg::Free { object: id });
                     }
                 }
@@ -553,6 +573,8 @@ impl ClusterNode {
         self.contained.lock().clear();
         self.lent.lock().clear();
         self.held.lock().clear();
+        let remote = std::mem::take(&mut *self.remote.lock());
+        drop(remote);
     }
 
     // ---- sending ------------------------------------------------------------
@@ -1696,9 +1718,95 @@ impl ClusterNode {
             }
             return;
         };
-        // The task ran: its arguments are unpinned before the result wakes anyone.
-        drop(flight.job);
-        self.complete_from(&flight.slot, from, result);
+        match result {
+            Ok(Payload::At { node, size }) if node == from => {
+                // Large: it stays where it ran until it is wanted (as in
+                // Ray), and its task is kept to make it again if that node
+                // dies first. Its holder frees it when the ref goes.
+                flight.slot.tell_on_drop(node);
+                self.remote.lock().insert(
+                    object,
+                    HeldAt {
+                        node,
+                        size,
+                        job: flight.job,
+                    },
+                );
+                flight.slot.held_elsewhere();
+            }
+            result => {
+                // The task ran: its arguments are unpinned before the result
+                // wakes anyone.
+                drop(flight.job);
+                self.complete_from(&flight.slot, from, result);
+            }
+        }
+    }
+
+    /// A result of this node's task is wanted: pulled from the node that
+    /// holds it, or made again if that node died.
+    fn fetch_held(self: &Arc<Self>, object: ObjectId) {
+        let Some(held) = self.remote.lock().remove(&object) else {
+            return;
+        };
+        let Some(slot) = self.core.table.lookup(object) else {
+            return;
+        };
+        let HeldAt { node, size, job } = held;
+        let alive = self.peers.lock().get(&node).is_some_and(|p| p.alive);
+        if !alive {
+            return self.rebuild(slot, job, node, "it died before the value was read");
+        }
+        let me = Arc::downgrade(self);
+        self.pull(
+            node,
+            object,
+            size,
+            Box::new(move |r| match (r, me.upgrade()) {
+                (Err(e @ Error::NodeDied { .. }), Some(me)) => {
+                    me.rebuild(slot, job, node, &e.to_string())
+                }
+                (r, me) => {
+                    drop(job);
+                    slot.complete(r);
+                    if let Some(me) = me {
+                        me.send_to(node, false, Msg::Free { object });
+                    }
+                }
+            }),
+        );
+    }
+
+    /// The only copy of a result was on `node`, which died: its task runs
+    /// again (lineage) within its `max_retries`, else the result fails.
+    fn rebuild(&self, slot: Arc<Slot>, mut job: TaskJob, node: NodeId, cause: &str) {
+        slot.tell_on_drop(NodeId(0));
+        let why = format!("its only copy was on node {node}: {cause}");
+        if job.spec.options.may_retry(job.failures.len() + 1) && !slot.is_cancelled() {
+            job.failures.push(why);
+            self.core.table.resubmit(slot, job);
+        } else {
+            let cause = format!(
+                "{why}; task `{}` may not run again (max_retries {:?})",
+                job.spec.display_name(),
+                job.spec.options.max_retries
+            );
+            drop(job);
+            slot.complete(Err(Error::ObjectReconstructionFailed {
+                id: slot.id().to_string(),
+                cause,
+            }));
+        }
+    }
+
+    /// Where an object's value is: this node once it is here, the node that
+    /// holds a result of this node's task not read yet, `None` while it is
+    /// pending, failed or elsewhere unknown.
+    pub fn location(&self, slot: &Slot) -> Option<NodeId> {
+        if slot.is_done() {
+            return (!slot.has_failed()).then_some(self.me.id);
+        }
+        self.remote.lock().get(&slot.id()).map(|h| h.node)
     }
 
     /// A peer's link closed or the head says it died: the tasks and calls it

@@ -132,8 +132,9 @@ pub struct Slot {
     /// A node that keeps what this object's value refers to until it goes
     /// (the node that made it, whose result held refs); 0 if none.
     pub(super) tell_on_drop: AtomicU64,
-    /// A borrowed object whose value nobody has asked for yet: the first
-    /// wait, poll or dependent task asks its owner (the fetch hook).
+    /// A value elsewhere that nobody has asked for yet — a borrowed object,
+    /// or a task's result held on the node that ran it: the first get, wait,
+    /// poll or dependent task asks for it (the fetch hook).
     pub(super) unfetched: AtomicBool,
 }
 
@@ -162,13 +163,31 @@ impl Slot {
         }
     }
 
-    /// A borrowed object's value is wanted: asks its owner, once. A ref that
-    /// is only passed on or dropped never moves its value.
+    /// The value is wanted: if it is elsewhere (a borrowed object, or a
+    /// result held on the node that ran its task), asks for it, once. A ref
+    /// that is only passed on or dropped never moves its value.
     pub fn fetch(&self) {
-        if self.borrowed && self.unfetched.swap(false, Ordering::AcqRel) {
+        // The plain load keeps a local object's get free of a read-modify-write.
+        if self.unfetched.load(Ordering::Relaxed) && self.unfetched.swap(false, Ordering::AcqRel) {
             if let Some(fetch) = self.table.fetch_hook.get() {
                 fetch(self.id);
             }
+        }
+    }
+
+    /// This pending object's value is on another node (`fetch` asks for it):
+    /// asked for at once if something waits for it already. A getter that
+    /// registers after the check below asks itself (it fetches again once
+    /// registered): the flag is set before the check, and the check and the
+    /// registration are ordered by the slot's lock.
+    pub fn held_elsewhere(&self) {
+        self.unfetched.store(true, Ordering::Release);
+        let wanted = {
+            let inner = self.inner.lock();
+            !inner.waiters.is_empty() || !inner.dependents.is_empty()
+        };
+        if wanted {
+            self.fetch();
         }
     }
 
@@ -543,6 +562,9 @@ impl Slot {
         match &inner.state {
             State::Pending => {
                 inner.dependents.push(task.clone());
+                drop(inner);
+                // Its value may have become held elsewhere meanwhile.
+                self.fetch();
                 None
             }
             State::Lost => {

@@ -336,6 +336,10 @@ impl Slot {
         inner.next_token += 1;
         let token = inner.next_token;
         inner.waiters.push((token, waker.clone()));
+        drop(inner);
+        // Its value may have become held elsewhere since the fetch above
+        // (see `held_elsewhere`).
+        self.fetch();
         Some(token)
     }
 
@@ -377,6 +381,9 @@ impl Slot {
             }
         }
         drop(inner);
+        // Its value may have become held elsewhere since the fetch above
+        // (see `held_elsewhere`).
+        self.fetch();
         if lost {
             self.recover();
         }
