@@ -47,6 +47,7 @@ pub struct Builder {
     token: Option<String>,
     no_auth: bool,
     health: Option<Health>,
+    storage: Option<std::path::PathBuf>,
 }
 
 impl Builder {
@@ -172,6 +173,16 @@ impl Builder {
         self
     }
 
+    /// For a head: writes its tables (nodes, actors, names, the key-value
+    /// store) through to a database at `path` (redb), so that a head killed
+    /// and started again on the same file and address has its cluster back;
+    /// the nodes rejoin. An orderly stop removes the file. Without this call
+    /// `RAYX_HEAD_STORAGE` says, if set; else the head keeps them in memory.
+    pub fn head_storage(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.storage = Some(path.into());
+        self
+    }
+
     fn resolve_token(&self, head: bool) -> Result<Option<String>> {
         if self.no_auth || std::env::var("RAYX_AUTH").is_ok_and(|a| a == "none") {
             return Ok(None);
@@ -247,6 +258,11 @@ impl Builder {
                 standalone: self.standalone,
                 token: self.resolve_token(true)?,
                 health: self.resolve_health()?,
+                storage: self.storage.clone().or_else(|| {
+                    std::env::var_os("RAYX_HEAD_STORAGE")
+                        .filter(|p| !p.is_empty())
+                        .map(Into::into)
+                }),
             }));
         }
         match address {
@@ -258,6 +274,7 @@ impl Builder {
                 standalone: false,
                 token: self.resolve_token(false)?,
                 health: self.resolve_health()?,
+                storage: None,
             })),
             None if node_role => Err(Error::InvalidArgument(
                 "a worker node needs the head's address: set RAYX_ADDRESS or Builder::address"

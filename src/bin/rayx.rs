@@ -1,7 +1,8 @@
 //! The `rayx` command: start a standalone head, show a cluster's state, stop it.
 //!
 //! ```text
-//! rayx start --head [--port P] [--host H] [--no-auth]   a head that serves until stopped
+//! rayx start --head [--port P] [--host H] [--no-auth] [--storage F|none]
+//!                                           a head that serves until stopped
 //! rayx status [--address A]                 nodes, actors and objects per node
 //! rayx stop [--address A]                   stops every node and the head
 //! ```
@@ -14,8 +15,11 @@ use rayx_actors::cluster::{admin_ask, auth};
 use std::process::ExitCode;
 
 const USAGE: &str = "usage:
-  rayx start --head [--port P] [--host H] [--no-auth]
-                                            start a head here; it serves until `rayx stop`
+  rayx start --head [--port P] [--host H] [--no-auth] [--storage FILE|none]
+                                            start a head here; it serves until `rayx stop`;
+                                            its tables live in FILE (default
+                                            ~/.rayx/head-PORT.redb): killed and started
+                                            again on it, the head has its cluster back
   rayx status [--address HOST:PORT]         the cluster's nodes, actors and objects
   rayx stop [--address HOST:PORT]           stop every node and the head
 (--address defaults to RAYX_ADDRESS; the cluster token is RAYX_TOKEN, else the
@@ -81,6 +85,15 @@ fn run(args: &[String]) -> Result<(), String> {
                 .num_cpus(0.0)
                 .standalone_head()
                 .listen(format!("{host}:{port}"));
+            let storage = match flag(args, "--storage")? {
+                Some(s) if s == "none" => None,
+                Some(s) => Some(std::path::PathBuf::from(s)),
+                None => auth::default_path()
+                    .and_then(|p| p.parent().map(|d| d.join(format!("head-{port}.redb")))),
+            };
+            if let Some(path) = &storage {
+                builder = builder.head_storage(path);
+            }
             let no_auth = args.iter().any(|a| a == "--no-auth");
             if no_auth {
                 builder = builder.no_auth();
@@ -88,6 +101,9 @@ fn run(args: &[String]) -> Result<(), String> {
             let rt = builder.start().map_err(|e| e.to_string())?;
             let address = rt.cluster_address().unwrap_or_default();
             println!("rayx head started at {address}");
+            if let Some(path) = &storage {
+                println!("its tables: {} (removed by `rayx stop`)", path.display());
+            }
             match (rt.cluster_token(), auth::default_path()) {
                 (None, _) => println!("authentication is off: loopback only"),
                 (Some(_), Some(path)) if std::env::var("RAYX_TOKEN").is_err() => println!(

@@ -2,9 +2,15 @@
 //! placement and the cluster-wide directory of named actors, and a small
 //! key-value store. It lives in the process that started the cluster (a
 //! driver, or `rayx start --head`) and answers [`Ask`]s from every node.
+//!
+//! With a database ([`HeadStore`]) its tables are written through on every
+//! change; a head started again on the same file takes its cluster back: the
+//! nodes that were alive have a while to rejoin (with their ids) before they
+//! are declared dead, and actors, names and the key-value store are as they were.
 
 use super::link::Link;
 use super::placement::{place, Candidate};
+use super::store::{self, ActorRecord, HeadStore, NodeRecord};
 use super::wire::{
     ActorCreate, ActorPlace, Answer, Ask, ClusterStatus, Hello, Msg, NodeInfo, NodeStatus,
     Rejections, Report,
@@ -28,7 +34,13 @@ struct Member {
     link: Option<Arc<Link>>,
     /// When it was last heard from.
     heard: Instant,
+    /// Its record's key in the database.
+    key: String,
 }
+
+/// How long a node the head found alive in its database has to rejoin a
+/// head started again, at least.
+pub const REJOIN_GRACE: Duration = Duration::from_secs(10);
 
 struct Placed {
     place: ActorPlace,
@@ -70,6 +82,49 @@ struct Tables {
     names: HashMap<(String, String), ActorId>,
     kv: HashMap<String, Vec<u8>>,
     restarting: IdMap<ActorId, Restarting>,
+    /// The next node record's sequence number.
+    next_seq: usize,
+}
+
+impl Tables {
+    fn new_member(&mut self, info: NodeInfo, link: Option<Arc<Link>>) -> &Member {
+        let key = store::node_key(self.next_seq, info.id);
+        self.next_seq += 1;
+        self.nodes.push(Member {
+            info,
+            alive: true,
+            cause: None,
+            report: Report::default(),
+            actors: 0,
+            link,
+            heard: Instant::now(),
+            key,
+        });
+        self.nodes.last().expect("pushed")
+    }
+}
+
+type Record = (String, Option<Vec<u8>>);
+
+fn node_record(m: &Member) -> Record {
+    let r = NodeRecord {
+        info: m.info.clone(),
+        alive: m.alive,
+        cause: m.cause.clone(),
+    };
+    (m.key.clone(), HeadStore::encode(&r))
+}
+
+fn actor_record(p: &Placed) -> Record {
+    let r = ActorRecord {
+        place: p.place.clone(),
+        name: p.name.clone(),
+        restart: p
+            .restart
+            .as_ref()
+            .map(|r| (r.create.clone(), r.cpus, r.scheduling, r.done)),
+    };
+    (store::actor_key(p.place.actor), HeadStore::encode(&r))
 }
 
 /// The head of a cluster.
@@ -80,28 +135,121 @@ pub struct Head {
     tables: Mutex<Tables>,
     spread: AtomicUsize,
     rejections: Arc<Rejections>,
+    /// Where the tables are written through, if anywhere.
+    store: Mutex<Option<HeadStore>>,
 }
 
 impl Head {
     /// A head whose cluster runs a binary with this registry; `me` is the
-    /// node of its own process.
-    pub fn new(me: NodeInfo, registry: Option<Vec<String>>, rejections: Arc<Rejections>) -> Head {
-        let head = Head {
-            registry: Mutex::new(registry.map(|r| r.into_iter().collect())),
-            tables: Mutex::default(),
+    /// node of its own process. With a database, what it holds is the
+    /// cluster's state (a head started again): the old head's node is dead,
+    /// and the nodes that were alive have [`REJOIN_GRACE`] (or the health
+    /// limit, if longer) to rejoin.
+    pub fn new(
+        me: NodeInfo,
+        registry: Option<Vec<String>>,
+        rejections: Arc<Rejections>,
+        store: Option<HeadStore>,
+    ) -> Result<Head, Error> {
+        let mut tables = Tables::default();
+        let mut registry: Option<BTreeSet<String>> = registry.map(|r| r.into_iter().collect());
+        let mut records = Vec::new();
+        let restored = match &store {
+            Some(s) => s.load()?,
+            None => Default::default(),
+        };
+        if registry.is_none() {
+            registry = restored.registry.map(|r| r.into_iter().collect());
+        }
+        if let Some(r) = &registry {
+            records.push((
+                "registry".to_string(),
+                HeadStore::encode(&r.iter().collect::<Vec<_>>()),
+            ));
+        }
+        // Restored nodes keep their keys; new ones are numbered after them.
+        tables.next_seq = restored
+            .nodes
+            .iter()
+            .filter_map(|(k, _)| store::node_seq(k))
+            .max()
+            .map_or(0, |s| s + 1);
+        let me = tables.new_member(me, None);
+        records.push(node_record(me));
+        for (key, r) in restored.nodes {
+            let mut m = Member {
+                alive: r.alive,
+                cause: r.cause,
+                report: Report::default(),
+                actors: 0,
+                link: None,
+                heard: Instant::now(),
+                key,
+                info: r.info,
+            };
+            if m.alive && m.info.head {
+                m.alive = false;
+                m.cause = Some("the head it ran was killed and started again".into());
+                records.push(node_record(&m));
+            }
+            tables.nodes.push(m);
+        }
+        for r in restored.actors {
+            let id = r.place.actor;
+            if let Some(m) = tables
+                .nodes
+                .iter_mut()
+                .find(|m| m.info.id == r.place.node && m.alive)
+            {
+                m.actors += 1;
+            }
+            if let Some(key) = &r.name {
+                tables.names.insert(key.clone(), id);
+            }
+            tables.actors.insert(
+                id,
+                Placed {
+                    place: r.place,
+                    name: r.name,
+                    restart: r.restart.map(|(create, cpus, scheduling, done)| Restart {
+                        create,
+                        cpus,
+                        scheduling,
+                        done,
+                    }),
+                },
+            );
+        }
+        tables.kv = restored.kv.into_iter().collect();
+        if let Some(s) = &store {
+            s.write(&records);
+        }
+        Ok(Head {
+            registry: Mutex::new(registry),
+            tables: Mutex::new(tables),
             spread: AtomicUsize::new(0),
             rejections,
-        };
-        head.tables.lock().nodes.push(Member {
-            info: me,
-            alive: true,
-            cause: None,
-            report: Report::default(),
-            actors: 0,
-            link: None,
-            heard: Instant::now(),
-        });
-        head
+            store: Mutex::new(store),
+        })
+    }
+
+    /// Writes records through to the database, if there is one.
+    fn save(&self, records: &[Record]) {
+        if let Some(s) = self.store.lock().as_ref() {
+            s.write(records);
+        }
+    }
+
+    /// The cluster is over (an orderly stop): its database goes.
+    pub fn close(&self) {
+        if let Some(s) = self.store.lock().take() {
+            s.remove();
+        }
+    }
+
+    /// Whether the head keeps its tables in a database.
+    pub fn persistent(&self) -> bool {
+        self.store.lock().is_some()
     }
 
     /// Checks a joining node's registry against the cluster's; the error
@@ -114,18 +262,30 @@ impl Head {
             .iter()
             .find(|m| m.info.id == hello.node.id)
         {
-            // Death is final; and one id is one node.
-            return Err(match &m.cause {
-                Some(cause) => format!(
-                    "node {} was declared dead ({cause}): it may rejoin only as a new node",
-                    hello.node.id
-                ),
-                None => format!("node {} is a member already", hello.node.id),
-            });
+            // Death is final; a live member may rejoin (after this head
+            // started again, or lost only its link) if nobody holds its place.
+            match &m.cause {
+                Some(cause) => {
+                    return Err(format!(
+                        "node {} was declared dead ({cause}): it may rejoin only as a new node",
+                        hello.node.id
+                    ))
+                }
+                None if m.link.as_ref().is_some_and(|l| !l.is_closed()) => {
+                    return Err(format!("node {} is a member already", hello.node.id))
+                }
+                None => {}
+            }
         }
         let theirs: BTreeSet<String> = hello.registry.iter().cloned().collect();
         let mut registry = self.registry.lock();
-        let ours = registry.get_or_insert_with(|| theirs.clone());
+        let ours = registry.get_or_insert_with(|| {
+            self.save(&[(
+                "registry".to_string(),
+                HeadStore::encode(&theirs.iter().collect::<Vec<_>>()),
+            )]);
+            theirs.clone()
+        });
         if theirs != *ours {
             let only = |a: &BTreeSet<String>, b: &BTreeSet<String>| {
                 a.difference(b)
@@ -162,21 +322,20 @@ impl Head {
             .collect()
     }
 
-    /// A node joined on `link`: it is announced to every other node.
+    /// A node joined on `link`: it is announced to every other node. A
+    /// member rejoining takes its place back, and its peers know it already.
     pub fn joined(&self, link: &Arc<Link>) {
         let info = link.peer.clone();
         let others: Vec<Arc<Link>> = {
             let mut t = self.tables.lock();
+            if let Some(m) = t.nodes.iter_mut().find(|m| m.info.id == info.id && m.alive) {
+                m.link = Some(link.clone());
+                m.heard = Instant::now();
+                return;
+            }
             let others = t.nodes.iter().filter_map(|m| m.link.clone()).collect();
-            t.nodes.push(Member {
-                info: info.clone(),
-                alive: true,
-                cause: None,
-                report: Report::default(),
-                actors: 0,
-                link: Some(link.clone()),
-                heard: Instant::now(),
-            });
+            let m = t.new_member(info.clone(), Some(link.clone()));
+            self.save(&[node_record(m)]);
             others
         };
         for l in others {
@@ -199,6 +358,7 @@ impl Head {
             m.alive = false;
             m.cause = Some(cause.to_string());
             m.actors = 0;
+            let mut records = vec![node_record(m)];
             if let Some(link) = m.link.take() {
                 // Told, in case it still listens (a hang, not a crash), and
                 // cut off: a silent link never closes by itself.
@@ -216,9 +376,12 @@ impl Head {
                 .collect();
             for id in there {
                 match self.replace(&mut t, id, node, cause) {
-                    Ok(restart) => left.restarts.push(restart),
+                    Ok(restart) => {
+                        records.extend(t.actors.get(&id).map(actor_record));
+                        left.restarts.push(restart);
+                    }
                     Err(why) => {
-                        forget_actor(&mut t, id);
+                        records.extend(forget_actor(&mut t, id));
                         left.gone.push(Msg::ActorMoved {
                             actor: id,
                             node: None,
@@ -229,6 +392,7 @@ impl Head {
                     }
                 }
             }
+            self.save(&records);
             t.nodes.iter().filter_map(|m| m.link.clone()).collect()
         };
         for l in others {
@@ -316,7 +480,8 @@ impl Head {
                     retries: r.retries,
                 },
                 Err(e) => {
-                    forget_actor(&mut t, actor);
+                    let gone = forget_actor(&mut t, actor);
+                    self.save(gone.as_slice());
                     Msg::ActorMoved {
                         actor,
                         node: None,
@@ -360,12 +525,19 @@ impl Head {
             me.report = mine;
         }
         let mut silent = Vec::new();
-        for m in t.nodes.iter().filter(|m| m.alive) {
-            let Some(link) = &m.link else { continue };
-            link.send(Msg::Heartbeat(mine));
+        for m in t.nodes.iter().skip(1).filter(|m| m.alive) {
             let quiet = m.heard.elapsed();
-            if quiet > limit {
-                silent.push((m.info.id, quiet));
+            match &m.link {
+                Some(link) => {
+                    link.send(Msg::Heartbeat(mine));
+                    if quiet > limit {
+                        silent.push((m.info.id, quiet));
+                    }
+                }
+                // Alive in the database of a head started again: it has a
+                // while to rejoin.
+                None if quiet > limit.max(REJOIN_GRACE) => silent.push((m.info.id, quiet)),
+                None => {}
             }
         }
         silent
@@ -458,27 +630,27 @@ impl Head {
                 if let Some(key) = &name {
                     t.names.insert(key.clone(), actor);
                 }
-                t.actors.insert(
-                    actor,
-                    Placed {
-                        place: ActorPlace {
-                            actor,
-                            node,
-                            type_name,
-                        },
-                        name,
-                        restart: restart.map(|create| Restart {
-                            create: *create,
-                            cpus,
-                            scheduling,
-                            done: 0,
-                        }),
+                let placed = Placed {
+                    place: ActorPlace {
+                        actor,
+                        node,
+                        type_name,
                     },
-                );
+                    name,
+                    restart: restart.map(|create| Restart {
+                        create: *create,
+                        cpus,
+                        scheduling,
+                        done: 0,
+                    }),
+                };
+                self.save(&[actor_record(&placed)]);
+                t.actors.insert(actor, placed);
                 Ok(Answer::Placed(info))
             }
             Ask::ActorGone { actor } => {
-                forget_actor(&mut t, actor);
+                let gone = forget_actor(&mut t, actor);
+                self.save(gone.as_slice());
                 Ok(Answer::Done)
             }
             Ask::LookupActor { namespace, name } => {
@@ -499,28 +671,36 @@ impl Head {
                 if !overwrite && t.kv.contains_key(&key) {
                     return Ok(Answer::Stored(false));
                 }
+                self.save(&[(store::kv_key(&key), Some(value.clone()))]);
                 t.kv.insert(key, value);
                 Ok(Answer::Stored(true))
             }
             Ask::KvGet { key } => Ok(Answer::Value(
                 t.kv.get(&key).cloned().map(serde_bytes::ByteBuf::from),
             )),
-            Ask::KvDelete { key } => Ok(Answer::Stored(t.kv.remove(&key).is_some())),
+            Ask::KvDelete { key } => {
+                let had = t.kv.remove(&key).is_some();
+                if had {
+                    self.save(&[(store::kv_key(&key), None)]);
+                }
+                Ok(Answer::Stored(had))
+            }
             Ask::StopCluster => Ok(Answer::Done),
         }
     }
 }
 
-fn forget_actor(t: &mut Tables, actor: ActorId) {
+/// Forgets an actor; the record to delete, if it was known.
+fn forget_actor(t: &mut Tables, actor: ActorId) -> Option<Record> {
     t.restarting.remove(&actor);
-    if let Some(p) = t.actors.remove(&actor) {
-        if let Some(key) = p.name {
-            if t.names.get(&key) == Some(&actor) {
-                t.names.remove(&key);
-            }
-        }
-        if let Some(m) = t.nodes.iter_mut().find(|m| m.info.id == p.place.node) {
-            m.actors = m.actors.saturating_sub(1);
+    let p = t.actors.remove(&actor)?;
+    if let Some(key) = p.name {
+        if t.names.get(&key) == Some(&actor) {
+            t.names.remove(&key);
         }
     }
+    if let Some(m) = t.nodes.iter_mut().find(|m| m.info.id == p.place.node) {
+        m.actors = m.actors.saturating_sub(1);
+    }
+    Some((store::actor_key(actor), None))
 }

@@ -21,6 +21,7 @@ pub mod auth;
 pub mod head;
 pub mod link;
 pub mod placement;
+pub mod store;
 pub mod transfer;
 pub mod wire;
 
@@ -117,6 +118,10 @@ pub struct ClusterConfig {
     pub token: Option<String>,
     /// Failure detection.
     pub health: Health,
+    /// For a head: the database its tables are written through to, so that
+    /// a head killed and started again on it has its cluster back (removed
+    /// when the head stops in order). `None`: memory only.
+    pub storage: Option<std::path::PathBuf>,
 }
 
 /// What the cluster asks of its node (the node implements it).
@@ -263,6 +268,10 @@ pub struct ClusterNode {
     asks: Pending<Answer>,
     gate: Arc<Gate>,
     health: Health,
+    /// The head's address (for a node or driver), to rejoin it.
+    head_address: Option<String>,
+    /// A rejoin is under way.
+    rejoining: AtomicBool,
     /// When this node started: the clock of `head_heard`.
     epoch: std::time::Instant,
     /// When the head was last heard from (ms since `epoch`).
@@ -337,10 +346,17 @@ impl ClusterNode {
             config.token.as_deref().map(auth::Token::from),
             rejections.clone(),
         );
-        let head = (config.role == Role::Head).then(|| {
-            let ours = (!config.standalone).then(|| registry.clone());
-            Head::new(me.clone(), ours, rejections)
-        });
+        let head = match config.role {
+            Role::Head => {
+                let ours = (!config.standalone).then(|| registry.clone());
+                let store = match &config.storage {
+                    Some(path) => Some(store::HeadStore::open(path)?),
+                    None => None,
+                };
+                Some(Head::new(me.clone(), ours, rejections, store)?)
+            }
+            _ => None,
+        };
         let cluster = Arc::new(ClusterNode {
             me,
             role: config.role,
@@ -362,6 +378,8 @@ impl ClusterNode {
             asks: Mutex::default(),
             gate,
             health: config.health,
+            head_address: config.address.clone(),
+            rejoining: AtomicBool::new(false),
             epoch: std::time::Instant::now(),
             head_heard: AtomicU64::new(0),
             health_stop: Mutex::new(None),
@@ -563,6 +581,8 @@ impl ClusterNode {
                 l.send(Msg::Stop);
                 l.close();
             }
+            // An orderly stop ends the cluster: its database goes too.
+            head.close();
         }
         let runtime = self.runtime.lock().take();
         if let Some(rt) = runtime {
@@ -781,19 +801,22 @@ impl ClusterNode {
             self.sweep_lost_calls();
             return;
         }
+        self.sweep_lost_calls();
         let Some(link) = self.head_link.lock().clone() else {
             return;
         };
         link.send(Msg::Heartbeat(report));
-        self.sweep_lost_calls();
         let silent = self.since(&self.head_heard);
         if silent > limit {
             link.abort();
-            self.lost_head(&format!(
-                "the head was silent for {:.1} s (the limit is {:.1} s)",
-                silent.as_secs_f64(),
-                limit.as_secs_f64()
-            ));
+            self.lost_head(
+                &format!(
+                    "the head was silent for {:.1} s (the limit is {:.1} s)",
+                    silent.as_secs_f64(),
+                    limit.as_secs_f64()
+                ),
+                false,
+            );
         }
     }
 
@@ -875,11 +898,16 @@ impl ClusterNode {
         self.head_heard.store(now, Ordering::Relaxed);
     }
 
-    /// This node lost the head (its link closed, it went silent, or it said
-    /// this node is dead): pending asks fail, and a worker node stops — it
-    /// may come back only as a new node.
-    fn lost_head(self: &Arc<Self>, cause: &str) {
+    /// This node lost the head: its link closed or went silent, or (`dead`)
+    /// the head said this node is dead. Pending asks fail; a node the head
+    /// declared dead stops (it may come back only as a new node); otherwise it
+    /// tries to rejoin — the head may have been started again — and a worker
+    /// node that cannot stops. Work between nodes goes on meanwhile.
+    fn lost_head(self: &Arc<Self>, cause: &str, dead: bool) {
         let Some(link) = self.head_link.lock().take() else {
+            if dead {
+                self.give_up(cause);
+            }
             return;
         };
         link.abort();
@@ -892,6 +920,91 @@ impl ClusterNode {
                 node: link.peer.id.to_string(),
                 cause: format!("the head: {cause}"),
             });
+        if dead {
+            self.give_up(cause);
+        } else {
+            tracing::warn!("rayx: lost the head ({cause}); rejoining");
+            self.rejoin(cause.to_string());
+        }
+    }
+
+    /// How long a node keeps trying to rejoin a head it lost (Ray's nodes
+    /// wait 60 s for their GCS): four health limits (60 s by default), 10 s
+    /// at least.
+    fn rejoin_window(&self) -> Duration {
+        (self.health.limit() * 4).max(Duration::from_secs(10))
+    }
+
+    fn rejoin(self: &Arc<Self>, cause: String) {
+        let Some(address) = self.head_address.clone() else {
+            return self.give_up(&cause);
+        };
+        if self.rejoining.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        let deadline = tokio::time::Instant::now() + self.rejoin_window();
+        self.net.spawn(async move {
+            loop {
+                let Some(c) = weak.upgrade() else { return };
+                if c.closed.load(Ordering::Acquire) {
+                    return;
+                }
+                let hello = c.hello(Lane::Join);
+                let inbound: Arc<dyn Inbound> = Arc::new(Handler(weak.clone()));
+                let gate = c.gate.clone();
+                drop(c);
+                let tried = link::connect(&address, hello, inbound, &gate).await;
+                let Some(c) = weak.upgrade() else { return };
+                match tried {
+                    Ok((link, members)) => return c.rejoined(link, members),
+                    Err(e) => {
+                        // Refused by a head that answered (declared dead, a
+                        // wrong token): final. Unreachable: try again.
+                        let final_ = match &e {
+                            Error::ClusterUnreachable { cause, .. } => {
+                                cause.starts_with("refused:")
+                            }
+                            _ => true,
+                        };
+                        if final_ || tokio::time::Instant::now() >= deadline {
+                            c.rejoining.store(false, Ordering::Release);
+                            return c.give_up(&format!("{cause}; rejoining failed: {e}"));
+                        }
+                    }
+                }
+                drop(c);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
+
+    /// Back in the cluster: peers the head no longer lists are dead (the
+    /// old head among them, if it was started again), new ones are added.
+    fn rejoined(self: &Arc<Self>, link: Arc<Link>, members: Vec<NodeInfo>) {
+        self.heard_head();
+        *self.head_link.lock() = Some(link);
+        self.rejoining.store(false, Ordering::Release);
+        let listed: std::collections::HashSet<NodeId> = members.iter().map(|m| m.id).collect();
+        let gone: Vec<NodeId> = self
+            .peers
+            .lock()
+            .iter()
+            .filter(|(id, p)| p.alive && !listed.contains(id))
+            .map(|(id, _)| *id)
+            .collect();
+        for node in gone {
+            self.peer_lost(node, "the head, started again, does not list it", true);
+        }
+        for m in members {
+            self.add_peer(m);
+        }
+        tracing::info!("rayx: rejoined the head");
+    }
+
+    /// The head is gone for good for this node: a worker node stops; a
+    /// driver goes on without it (cluster requests fail).
+    fn give_up(&self, cause: &str) {
         if self.role == Role::Node {
             tracing::warn!("rayx: lost the head ({cause}); this node stops");
             if let Some(h) = self.host() {
@@ -1257,7 +1370,7 @@ impl ClusterNode {
         match msg {
             Msg::NodeJoined(info) => self.add_peer(info),
             Msg::NodeLeft { node, cause } if node == self.me.id => {
-                self.lost_head(&format!("it declared this node dead ({cause})"));
+                self.lost_head(&format!("it declared this node dead ({cause})"), true);
             }
             Msg::NodeLeft { node, cause } => self.peer_lost(node, &cause, true),
             Msg::Heartbeat(report) => {
@@ -2112,7 +2225,7 @@ impl Inbound for Handler {
                 if c.head.is_some() {
                     c.declare_dead(node, &cause);
                 } else if c.head_link.lock().as_ref().map(|l| l.serial) == Some(link.serial) {
-                    c.lost_head(&cause);
+                    c.lost_head(&cause, false);
                 }
             }
             Lane::Control => {

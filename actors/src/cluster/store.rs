@@ -1,0 +1,208 @@
+//! The head's tables on disk (Ray's GCS fault tolerance, without Redis): the
+//! registry, the node table, the actors with their names and how to restart
+//! them, and the key-value store, written through to an embedded redb
+//! database on every change, so a head killed and started again on the same
+//! file has its cluster back. Heartbeat reports are not written: they are
+//! stale by the time anyone would read them.
+//!
+//! redb: pure Rust, ACID, crash-safe (copy-on-write B-trees, a commit is
+//! durable when it returns), one file, no server — what a head needs and
+//! nothing more. Each record is rmp-serde bytes under a key whose prefix says
+//! what it is (`node/`, `actor/`, `kv/`, `registry`).
+
+use super::wire::{ActorCreate, ActorPlace, NodeInfo};
+use crate::error::Error;
+use crate::ids::{ActorId, NodeId};
+use crate::messages::Scheduling;
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("head");
+
+/// A node as the head's table keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// The node.
+    pub info: NodeInfo,
+    /// Whether it is alive.
+    pub alive: bool,
+    /// Why it died.
+    pub cause: Option<String>,
+}
+
+/// An actor as the head's table keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ActorRecord {
+    /// Where it is.
+    pub place: ActorPlace,
+    /// Its namespace and name.
+    pub name: Option<(String, String)>,
+    /// How to start it again elsewhere: the create, its CPUs, its
+    /// scheduling, restarts done.
+    pub restart: Option<(ActorCreate, f64, Scheduling, u64)>,
+}
+
+/// What a head finds in its file when it starts.
+#[derive(Debug, Default)]
+pub struct Restored {
+    /// The cluster's registry.
+    pub registry: Option<Vec<String>>,
+    /// Nodes, in the order they joined, with their records' keys.
+    pub nodes: Vec<(String, NodeRecord)>,
+    /// Actors.
+    pub actors: Vec<ActorRecord>,
+    /// The key-value store.
+    pub kv: Vec<(String, Vec<u8>)>,
+}
+
+/// The head's database.
+pub struct HeadStore {
+    db: redb::Database,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for HeadStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HeadStore({})", self.path.display())
+    }
+}
+
+fn failed(what: &str, path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Startup(format!(
+        "the head's database {}: {what}: {e}",
+        path.display()
+    ))
+}
+
+/// The key of a node's record (zero-padded: the order they joined is kept
+/// by a sequence number in the record's key).
+pub fn node_key(seq: usize, id: NodeId) -> String {
+    format!("node/{seq:08}/{:016x}", id.0)
+}
+
+/// The sequence number in a node record's key.
+pub fn node_seq(key: &str) -> Option<usize> {
+    key.strip_prefix("node/")?.split('/').next()?.parse().ok()
+}
+
+/// The key of an actor's record.
+pub fn actor_key(id: ActorId) -> String {
+    format!("actor/{:016x}/{}", id.node.0, id.seq)
+}
+
+/// The key of a key-value entry.
+pub fn kv_key(key: &str) -> String {
+    format!("kv/{key}")
+}
+
+impl HeadStore {
+    /// Opens (or makes) the database at `path`.
+    pub fn open(path: &Path) -> Result<HeadStore, Error> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| failed("cannot make its folder", path, e))?;
+        }
+        let db = redb::Database::create(path).map_err(|e| failed("cannot open it", path, e))?;
+        let txn = db
+            .begin_write()
+            .map_err(|e| failed("cannot write", path, e))?;
+        txn.open_table(TABLE)
+            .map_err(|e| failed("cannot open its table", path, e))?;
+        txn.commit().map_err(|e| failed("cannot write", path, e))?;
+        Ok(HeadStore {
+            db,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Everything in it. A record that does not decode is skipped, logged.
+    pub fn load(&self) -> Result<Restored, Error> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| failed("cannot read", &self.path, e))?;
+        let table = txn
+            .open_table(TABLE)
+            .map_err(|e| failed("cannot read", &self.path, e))?;
+        let mut restored = Restored::default();
+        let rows = table
+            .iter()
+            .map_err(|e| failed("cannot read", &self.path, e))?;
+        for row in rows {
+            let (k, v) = row.map_err(|e| failed("cannot read", &self.path, e))?;
+            let (key, bytes) = (k.value(), v.value());
+            let bad = |e: rmp_serde::decode::Error| {
+                tracing::error!("rayx: the head's record {key} does not decode, skipped: {e}");
+            };
+            if key == "registry" {
+                match rmp_serde::from_slice(bytes) {
+                    Ok(r) => restored.registry = Some(r),
+                    Err(e) => bad(e),
+                }
+            } else if key.starts_with("node/") {
+                match rmp_serde::from_slice(bytes) {
+                    Ok(r) => restored.nodes.push((key.to_string(), r)),
+                    Err(e) => bad(e),
+                }
+            } else if key.starts_with("actor/") {
+                match rmp_serde::from_slice(bytes) {
+                    Ok(r) => restored.actors.push(r),
+                    Err(e) => bad(e),
+                }
+            } else if let Some(k) = key.strip_prefix("kv/") {
+                restored.kv.push((k.to_string(), bytes.to_vec()));
+            }
+        }
+        Ok(restored)
+    }
+
+    /// Writes (or, with `None`, deletes) records in one durable commit. A
+    /// failed write is logged: the head serves on from memory.
+    pub fn write(&self, records: &[(String, Option<Vec<u8>>)]) {
+        let result = (|| -> Result<(), String> {
+            let txn = self.db.begin_write().map_err(|e| e.to_string())?;
+            {
+                let mut table = txn.open_table(TABLE).map_err(|e| e.to_string())?;
+                for (key, value) in records {
+                    match value {
+                        Some(v) => {
+                            table
+                                .insert(key.as_str(), v.as_slice())
+                                .map_err(|e| e.to_string())?;
+                        }
+                        None => {
+                            table.remove(key.as_str()).map_err(|e| e.to_string())?;
+                        }
+                    }
+                }
+            }
+            txn.commit().map_err(|e| e.to_string())
+        })();
+        if let Err(e) = result {
+            tracing::error!(
+                "rayx: the head could not write its database {}: {e}",
+                self.path.display()
+            );
+        }
+    }
+
+    /// Encodes a record for [`write`](Self::write).
+    pub fn encode<T: Serialize>(value: &T) -> Option<Vec<u8>> {
+        match rmp_serde::to_vec(value) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::error!("rayx: a head record does not encode: {e}");
+                None
+            }
+        }
+    }
+
+    /// A clean stop: the cluster is over, and so is its file.
+    pub fn remove(self) {
+        let path = self.path.clone();
+        drop(self.db);
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::warn!("rayx: cannot remove {}: {e}", path.display());
+        }
+    }
+}
