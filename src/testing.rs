@@ -205,20 +205,23 @@ impl Cluster {
             id: NodeId(0),
             child,
         };
-        if !self.driver.wait_for_nodes(before.len() + 1, JOIN_TIMEOUT) {
-            let _ = node.child.kill();
-            let _ = node.child.wait();
-            return Err(Error::Startup(format!(
-                "a node process did not join within {JOIN_TIMEOUT:?}"
-            )));
-        }
-        node.id = self
+        // A node that joins, not one more in the count: a node killed a
+        // moment ago may still be counted.
+        let joined = self
             .driver
-            .nodes()
-            .iter()
-            .map(|n| n.id)
-            .find(|id| !before.contains(id))
-            .ok_or_else(|| Error::Startup("the new node is not in the cluster".into()))?;
+            .node()
+            .cluster()
+            .and_then(|c| c.wait_for_new_node(&before, JOIN_TIMEOUT));
+        match joined {
+            Some(id) => node.id = id,
+            None => {
+                let _ = node.child.kill();
+                let _ = node.child.wait();
+                return Err(Error::Startup(format!(
+                    "a node process did not join within {JOIN_TIMEOUT:?}"
+                )));
+            }
+        }
         let id = node.id;
         self.nodes.push(node);
         Ok(id)

@@ -240,6 +240,47 @@ fn a_named_actor_restarts_on_another_node_and_keeps_answering() {
     );
 }
 
+/// Calls made between a node's death and the news of where its actor went
+/// wait for the news, and go there in order; and if the node the actor was
+/// moving to dies too, the interrupted calls follow it to the third.
+fn calls_follow_an_actor_through_two_deaths() {
+    let mut c = fast_cluster(3);
+    let rt = c.driver().clone();
+    let (first, third) = (c.nodes()[0].id, c.nodes()[2].id);
+    let counter = rt
+        .actor_of(new_counter, 0)
+        .max_restarts(3)
+        .max_task_retries(5)
+        .node_affinity(first, true)
+        .spawn()
+        .unwrap();
+    let ks: Vec<u64> = (1..=10).collect();
+    let mut replies: Vec<_> = ks.iter().map(|k| counter.call(SlowAdd(*k, 100))).collect();
+    rt.wait(&replies[..1], 1, Some(Duration::from_secs(30)))
+        .unwrap();
+    // Its node dies, and the node it is likely to move to right after.
+    c.kill_node(0).unwrap();
+    c.kill_node(1).unwrap();
+    // Calls made at once, before anyone heard where it went.
+    let more: Vec<u64> = (11..=40).collect();
+    replies.extend(more.iter().map(|k| counter.call(Add(*k))));
+    let got = rt
+        .get(&replies, Some(Duration::from_secs(60)))
+        .expect("no call is lost");
+    // Each reply goes on from the one before, or starts over (a restart
+    // resets the state to 0): in order, nothing else.
+    let mut prev = 0;
+    for (k, r) in ks.iter().chain(&more).zip(&got) {
+        assert!(
+            *r == prev + k || *r == *k,
+            "reply {r} after {prev} for +{k}: {got:?}"
+        );
+        prev = *r;
+    }
+    assert_eq!(counter.node_id(), third);
+    assert_eq!(counter.call(Where).get().unwrap(), third.0);
+}
+
 /// Without restarts, calls to an actor whose node died fail `ActorDied`,
 /// naming the node.
 fn an_actor_without_restarts_fails_naming_its_node() {
@@ -630,7 +671,7 @@ fn a_wrong_or_missing_token_is_refused_on_both_sides() {
 /// Random bytes, oversized frames, a slow-loris hello and a flood of idle
 /// connections: each closes only its own connection, and the cluster serves.
 fn hostile_bytes_leave_the_cluster_serving() {
-    let c = fast_cluster(1);
+    let mut c = fast_cluster(1);
     let rt = c.driver().clone();
     let addr = c.address().to_string();
     let node_addr = rt
@@ -700,24 +741,44 @@ fn hostile_bytes_leave_the_cluster_serving() {
         assert!(closed, "a slow loris is cut off");
         assert!(began.elapsed() < Duration::from_secs(15));
     }
-    // A flood of idle connections past the handshake bound.
+    // A flood of idle connections past the handshake bound, to the head and
+    // to the node, while a large result waits on the node, unread.
+    let first = c.nodes()[0].id;
+    let held = rt
+        .task(big_result)
+        .node_affinity(first, false)
+        .remote(1 << 20);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rt.object_locations(std::slice::from_ref(&held)) != [Some(first)] {
+        assert!(Instant::now() < deadline, "the result never landed");
+        std::thread::park_timeout(PERIOD);
+    }
     let idle: Vec<TcpStream> = (0..300)
-        .map(|_| TcpStream::connect(&addr).unwrap())
+        .flat_map(|_| [TcpStream::connect(&addr), TcpStream::connect(&node_addr)])
+        .map(Result::unwrap)
         .collect();
-    // Work over the links already up goes on meanwhile.
+    // Work over the links already up goes on meanwhile; the held result is
+    // read over a new link, and a new node joins: a flood of strangers cuts
+    // off the oldest handshakes, not the newest.
     let refs: Vec<_> = (0..100u64).map(|i| rt.task(square).remote(i)).collect();
     let got = rt.get(&refs, Some(Duration::from_secs(30))).unwrap();
     assert_eq!(got, (0..100u64).map(|i| i * i).collect::<Vec<_>>());
+    let (_, bytes) = held
+        .get_timeout(Duration::from_secs(30))
+        .expect("read during the flood");
+    assert_eq!(bytes.len(), 1 << 20);
+    c.add_node().expect("a node joins during the flood");
     drop(idle);
     let rejected = rt.cluster_status().unwrap().rejections;
     for kind in [
         "undecodable frame",
         "frame over the limit",
         "no handshake within 5s",
+        "too many handshakes at once",
     ] {
         assert!(rejected.contains_key(kind), "{kind}: {rejected:?}");
     }
-    assert!(c.nodes().len() == 1 && rt.nodes().len() == 2);
+    assert!(c.nodes().len() == 2 && rt.nodes().len() == 3);
 }
 
 // ---- the runner ---------------------------------------------------------------
@@ -730,6 +791,7 @@ fn main() {
     let tests: &[(&str, fn())] = tests![
         a_node_killed_mid_job_loses_no_result,
         a_named_actor_restarts_on_another_node_and_keeps_answering,
+        calls_follow_an_actor_through_two_deaths,
         an_actor_without_restarts_fails_naming_its_node,
         an_object_whose_owner_died_fails_owner_died,
         a_result_whose_only_copy_died_is_rebuilt,

@@ -181,7 +181,7 @@ pub enum Error {
     #[error("the runtime could not start: {0}")]
     Startup(String),
     /// A cluster address could not be reached or refused this process.
-    #[error("cannot join the cluster at {address}: {cause}")]
+    #[error("cannot reach {address} in the cluster: {cause}")]
     ClusterUnreachable {
         /// The address tried.
         address: String,
@@ -211,6 +211,17 @@ pub enum Error {
         task: String,
         /// Why no node fits.
         reason: String,
+    },
+    /// A value held on another node could not be read from it (its node
+    /// lives, but did not serve it in time).
+    #[error("object {id} could not be fetched from node {node}: {cause}")]
+    ObjectFetchFailed {
+        /// The object's id, as text.
+        id: String,
+        /// The node that holds it.
+        node: String,
+        /// Why not.
+        cause: String,
     },
     /// The node running the task or holding the object died or was cut off.
     #[error("node {node} died: {cause}")]

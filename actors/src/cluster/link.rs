@@ -16,7 +16,7 @@ use crate::error::Error;
 use crate::ids::ObjectId;
 use bytes::{BufMut, BytesMut};
 use serde_bytes::ByteBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -133,11 +133,14 @@ pub struct Gate {
     pub token: Option<Token>,
     /// Connections closed for bad input, by reason.
     pub rejections: Arc<Rejections>,
-    handshakes: AtomicUsize,
+    /// Handshakes under way, oldest first, each with what cancels it.
+    pending: parking_lot::Mutex<std::collections::VecDeque<(u64, CancellationToken)>>,
+    next: AtomicU64,
 }
 
-/// Handshakes a node runs at once; a connection past it is closed at once
-/// (a flood of slow strangers cannot pin the node's memory).
+/// Handshakes a node runs at once. One more cancels the oldest: a flood of
+/// slow strangers can neither pin the node's memory nor keep a real peer —
+/// whose handshake takes a round trip or two — from getting through.
 pub const MAX_HANDSHAKES: usize = 256;
 
 impl Gate {
@@ -146,8 +149,28 @@ impl Gate {
         Arc::new(Gate {
             token,
             rejections,
-            handshakes: AtomicUsize::new(0),
+            pending: Default::default(),
+            next: AtomicU64::new(0),
         })
+    }
+
+    /// A handshake starts: its id and what cancels it; the oldest one
+    /// under way is cancelled if there are too many.
+    fn begin(&self) -> (u64, CancellationToken) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let cancel = CancellationToken::new();
+        let mut pending = self.pending.lock();
+        pending.push_back((id, cancel.clone()));
+        if pending.len() > MAX_HANDSHAKES {
+            if let Some((_, oldest)) = pending.pop_front() {
+                oldest.cancel();
+            }
+        }
+        (id, cancel)
+    }
+
+    fn end(&self, id: u64) {
+        self.pending.lock().retain(|(i, _)| *i != id);
     }
 }
 
@@ -290,32 +313,22 @@ pub trait Admit: Send + Sync + 'static {
 /// Serves one accepted connection: its hello and the token's
 /// challenge–response within the deadline, then its traffic. A stranger, a
 /// wrong token or bad bytes are refused (saying why), counted and closed;
-/// past [`MAX_HANDSHAKES`] at once, a connection is closed unread.
+/// past [`MAX_HANDSHAKES`] at once, the oldest handshake is cut off.
 pub async fn serve(
     mut stream: TcpStream,
     admit: Arc<dyn Admit>,
     inbound: Arc<dyn Inbound>,
     gate: Arc<Gate>,
 ) {
-    struct Slot<'a>(&'a AtomicUsize);
-    impl Drop for Slot<'_> {
-        fn drop(&mut self) {
-            self.0.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-    // Relaxed: a bound on concurrent handshakes, not a handshake between threads.
-    if gate.handshakes.fetch_add(1, Ordering::Relaxed) >= MAX_HANDSHAKES {
-        gate.handshakes.fetch_sub(1, Ordering::Relaxed);
-        gate.rejections.count("too many handshakes at once");
-        return;
-    }
-    let slot = Slot(&gate.handshakes);
+    let (id, cancel) = gate.begin();
     let _ = stream.set_nodelay(true);
     let mut buf = BytesMut::with_capacity(8 << 10);
-    let greeted = tokio::time::timeout(HANDSHAKE_DEADLINE, greet(&mut stream, &mut buf, &gate))
-        .await
-        .unwrap_or_else(|_| Err(format!("no handshake within {HANDSHAKE_DEADLINE:?}")));
-    drop(slot);
+    let shake = tokio::time::timeout(HANDSHAKE_DEADLINE, greet(&mut stream, &mut buf, &gate));
+    let greeted = tokio::select! {
+        r = shake => r.unwrap_or_else(|_| Err(format!("no handshake within {HANDSHAKE_DEADLINE:?}"))),
+        _ = cancel.cancelled() => Err("too many handshakes at once: the oldest was cut off".to_string()),
+    };
+    gate.end(id);
     let hello = match greeted {
         Ok(h) => h,
         Err(reason) => return reject(&mut stream, &gate.rejections, reason).await,

@@ -156,6 +156,9 @@ struct Peer {
     reported: u32,
     /// Tasks this node sent it and has not heard back about.
     inflight: u32,
+    /// Its last link could not be opened: no work is placed there until one
+    /// opens (a node gone while the head, which declares deaths, is away).
+    unreachable: bool,
 }
 
 /// A task this node owns, running on a peer.
@@ -197,6 +200,15 @@ struct Lent {
 }
 
 type Pending<T> = Mutex<HashMap<u64, SyncSender<Result<T, Error>>>>;
+
+/// What the head said of an actor whose node died.
+#[derive(Debug, Clone)]
+enum Moved {
+    /// Started again on this node.
+    To(NodeId),
+    /// Gone for good, and why.
+    Gone(String),
+}
 
 /// A task's large result, held on the node that ran it until this node (its
 /// owner) wants it; the task is kept to run again if that node dies first.
@@ -256,7 +268,7 @@ pub struct ClusterNode {
     /// a message stay alive until the call is done (the receiver holds its own).
     calls: Mutex<IdMap<ObjectId, RemoteCall>>,
     /// Actors started again on another node after theirs died.
-    moved: Mutex<IdMap<ActorId, NodeId>>,
+    moved: Mutex<IdMap<ActorId, Moved>>,
     /// Holds this node counts on actors of peers (handles it has), to count
     /// them again where a moved actor went.
     holding: Mutex<IdMap<ActorId, u32>>,
@@ -414,9 +426,12 @@ impl ClusterNode {
                     let inbound: Arc<dyn Inbound> = Arc::new(Handler(weak.clone()));
                     let tried = link::connect(address, hello, inbound, &cluster.gate).await;
                     match &tried {
+                        // Refused by the OS (nobody listens yet), or closed
+                        // mid-handshake (a head busy with a flood of
+                        // strangers): try again. A refusal with a reason is final.
                         Err(Error::ClusterUnreachable { cause, .. })
-                            if cause.contains("refused")
-                                && !cause.starts_with("refused:")
+                            if ((cause.contains("refused") && !cause.starts_with("refused:"))
+                                || cause.contains("closed during the handshake"))
                                 && tokio::time::Instant::now() < deadline =>
                         {
                             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -530,6 +545,24 @@ impl ClusterNode {
         }
     }
 
+    /// Waits until a live node not in `known` joins, up to `timeout`; its id.
+    pub fn wait_for_new_node(&self, known: &[NodeId], timeout: Duration) -> Option<NodeId> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut peers = self.peers.lock();
+        loop {
+            if let Some(id) = peers
+                .iter()
+                .find(|(id, p)| p.alive && !known.contains(id))
+                .map(|(id, _)| *id)
+            {
+                return Some(id);
+            }
+            if self.members.wait_until(&mut peers, deadline).timed_out() {
+                return None;
+            }
+        }
+    }
+
     fn add_peer(&self, info: NodeInfo) {
         if info.id == self.me.id {
             return;
@@ -545,6 +578,7 @@ impl ClusterNode {
             connecting: [false; 2],
             reported: 0,
             inflight: 0,
+            unreachable: false,
         });
     }
 
@@ -695,6 +729,7 @@ impl ClusterNode {
             return;
         };
         peer.connecting[bulk as usize] = false;
+        peer.unreachable = false;
         let slot = if bulk {
             &mut peer.bulk
         } else {
@@ -1063,7 +1098,10 @@ impl ClusterNode {
     /// The node an actor handle for `node` should reach: the actor's new
     /// node if it was started again elsewhere.
     pub fn actor_node(&self, actor: ActorId, node: NodeId) -> NodeId {
-        self.moved.lock().get(&actor).copied().unwrap_or(node)
+        match self.moved.lock().get(&actor) {
+            Some(Moved::To(n)) => *n,
+            _ => node,
+        }
     }
 
     /// Sends a call to an actor on `node` (or where it moved); `reply` is
@@ -1072,32 +1110,42 @@ impl ClusterNode {
         let object = reply.id();
         let actor = call.actor;
         self.flush_outbox();
-        let unsent = {
+        let gone = {
             // Sent under the calls lock: a move that sends interrupted calls
             // again (under it too) cannot be overtaken by a later call.
             let mut calls = self.calls.lock();
-            let node = self.actor_node(actor, node);
-            calls.insert(
-                object,
-                RemoteCall {
-                    slot: reply,
-                    node,
-                    call: call.clone(),
-                    attempts: 0,
-                    lost: None,
-                },
-            );
-            if self.send_now(node, false, Msg::Call(call)) {
-                None
-            } else {
-                calls.remove(&object).map(|c| (c.slot, node))
+            let node = match self.moved.lock().get(&actor) {
+                Some(Moved::Gone(cause)) => Err(cause.clone()),
+                Some(Moved::To(n)) => Ok(*n),
+                None => Ok(node),
+            };
+            match node {
+                Err(cause) => Some((reply, cause)),
+                Ok(node) => {
+                    let sent = self.send_now(node, false, Msg::Call(call.clone()));
+                    calls.insert(
+                        object,
+                        RemoteCall {
+                            slot: reply,
+                            node,
+                            call,
+                            attempts: 0,
+                            // Its node is dead, the actor's fate not yet
+                            // known here: the head says where it went (the
+                            // call goes there, in order) or that it is gone;
+                            // the sweep bounds the wait.
+                            lost: (!sent).then(std::time::Instant::now),
+                        },
+                    );
+                    None
+                }
             }
         };
         // Completed outside the lock: a completion may run code that calls.
-        if let Some((slot, node)) = unsent {
+        if let Some((slot, cause)) = gone {
             slot.complete(Err(Error::ActorDied {
                 actor: actor.to_string(),
-                cause: format!("its node {node} is not a live node of the cluster"),
+                cause,
             }));
         }
     }
@@ -1117,16 +1165,29 @@ impl ClusterNode {
         let mut failed = Vec::new();
         {
             let mut calls = self.calls.lock();
+            let moved = match to {
+                Some(to) => Moved::To(to),
+                None => Moved::Gone(cause.to_string()),
+            };
+            self.moved.lock().insert(actor, moved);
             if let Some(to) = to {
-                self.moved.lock().insert(actor, to);
                 let holds = self.holding.lock().get(&actor).copied().unwrap_or(0);
                 for _ in 0..holds {
                     self.send_now(to, false, Msg::HoldActor { actor, ack: 0 });
                 }
             }
+            // The calls interrupted by the death: on the node that died, or
+            // lost on an earlier move's target that died too. Gone for good:
+            // all of its calls.
             let mut ids: Vec<ObjectId> = calls
                 .iter()
-                .filter(|(_, c)| c.call.actor == actor && c.node == died)
+                .filter(|(_, c)| {
+                    c.call.actor == actor
+                        && match to {
+                            Some(to) => c.node != to && (c.node == died || c.lost.is_some()),
+                            None => true,
+                        }
+                })
                 .map(|(id, _)| *id)
                 .collect();
             ids.sort_by_key(|id| id.seq);
@@ -1862,25 +1923,62 @@ impl ClusterNode {
         let Some(held) = self.remote.lock().remove(&object) else {
             return;
         };
+        self.fetch_held_from(object, held, std::time::Instant::now());
+    }
+
+    fn is_alive(&self, node: NodeId) -> bool {
+        self.peers.lock().get(&node).is_some_and(|p| p.alive)
+    }
+
+    /// Pulls a held result. A pull that fails while its holder lives (a link
+    /// that could not be opened, say) is tried again for the request
+    /// timeout, then fails `ObjectFetchFailed`; one whose holder died makes
+    /// the result again.
+    fn fetch_held_from(
+        self: &Arc<Self>,
+        object: ObjectId,
+        held: HeldAt,
+        since: std::time::Instant,
+    ) {
         let Some(slot) = self.core.table.lookup(object) else {
+            // Nobody wants it any more: its holder may let go.
+            self.send_to(held.node, false, Msg::Free { object });
             return;
         };
-        let HeldAt { node, size, job } = held;
-        let alive = self.peers.lock().get(&node).is_some_and(|p| p.alive);
-        if !alive {
-            return self.rebuild(slot, job, node, "it died before the value was read");
+        let node = held.node;
+        if !self.is_alive(node) {
+            return self.rebuild(slot, held.job, node, "it died before the value was read");
         }
         let me = Arc::downgrade(self);
         self.pull(
             node,
             object,
-            size,
+            held.size,
             Box::new(move |r| match (r, me.upgrade()) {
-                (Err(e @ Error::NodeDied { .. }), Some(me)) => {
-                    me.rebuild(slot, job, node, &e.to_string())
+                (Err(e), Some(me)) if matches!(e, Error::NodeDied { .. }) => {
+                    if !me.is_alive(node) {
+                        return me.rebuild(slot, held.job, node, &e.to_string());
+                    }
+                    if since.elapsed() >= REQUEST_TIMEOUT {
+                        drop(held);
+                        me.send_to(node, false, Msg::Free { object });
+                        return slot.complete(Err(Error::ObjectFetchFailed {
+                            id: object.to_string(),
+                            node: node.to_string(),
+                            cause: format!("it could not be pulled for {REQUEST_TIMEOUT:?}: {e}"),
+                        }));
+                    }
+                    drop(slot);
+                    let again = Arc::downgrade(&me);
+                    me.net.spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        if let Some(me) = again.upgrade() {
+                            me.fetch_held_from(object, held, since);
+                        }
+                    });
                 }
                 (r, me) => {
-                    drop(job);
+                    drop(held);
                     slot.complete(r);
                     if let Some(me) = me {
                         me.send_to(node, false, Msg::Free { object });
@@ -1919,7 +2017,8 @@ impl ClusterNode {
         if slot.is_done() {
             return (!slot.has_failed()).then_some(self.me.id);
         }
-        self.remote.lock().get(&slot.id()).map(|h| h.node)
+        let holder = self.remote.lock().get(&slot.id()).map(|h| h.node);
+        holder.filter(|n| self.is_alive(*n))
     }
 
     /// A peer's link closed or the head says it died: the tasks and calls it
@@ -2108,7 +2207,7 @@ impl ClusterNode {
             self.peers
                 .lock()
                 .values()
-                .filter(|p| p.alive)
+                .filter(|p| p.alive && !p.unreachable)
                 .map(|p| Candidate {
                     id: p.info.id,
                     cpus: p.info.cpus,
@@ -2308,6 +2407,7 @@ impl Admit for Handler {
                 if let Some(p) = peers.get_mut(&hello.node.id) {
                     if p.control.as_ref().is_none_or(|l| l.is_closed()) {
                         p.control = Some(link.clone());
+                        p.unreachable = false;
                         p.connecting[0] = false;
                         let waiting = std::mem::take(&mut p.waiting);
                         let (mine, others): (Vec<_>, Vec<_>) =
@@ -2355,6 +2455,7 @@ async fn open_link(node: Weak<ClusterNode>, peer: NodeId, address: String, bulk:
             tracing::warn!("rayx: cannot reach {peer} at {address}: {e}");
             if let Some(p) = c.peers.lock().get_mut(&peer) {
                 p.connecting[bulk as usize] = false;
+                p.unreachable = true;
             }
             c.peer_lost(peer, &e.to_string(), false);
         }
