@@ -1,4 +1,4 @@
-//! The three handshakes between threads that the engine's hot path rests on, each
+//! The four handshakes between threads that the engine rests on, each
 //! small enough to model exhaustively (`actors/tests/loom.rs` runs them under loom
 //! in CI) and each used by exactly one caller:
 //!
@@ -12,6 +12,9 @@
 //!   releases the flag and re-checks the mailbox. No call may be left behind.
 //! - [`RunningTask`]: what a worker is running, for a forced cancel to abandon the
 //!   worker only while it still runs *that* task (never the next one).
+//! - [`Elsewhere`]: an object slot whose value is on another node. Whoever marks
+//!   it so (a result arrived as "held there") and whoever starts waiting for it
+//!   must not miss each other: its value is asked for exactly once.
 //!
 //! Every ordering below says what it pairs with.
 
@@ -253,5 +256,41 @@ impl RunningTask {
     pub fn current(&self) -> Option<u64> {
         let now = self.0.load(Ordering::Acquire) & !ABANDONED;
         (now != 0).then_some(now)
+    }
+}
+
+/// A value on another node, asked for once by whoever wants it first.
+///
+/// The protocol, with the lock that guards the slot's waiters:
+/// - the marker calls [`mark`](Self::mark), then looks under the lock whether
+///   anyone waits, and if so calls [`take`](Self::take) (and asks on a `true`);
+/// - a waiter registers under the lock, then calls `take` (and asks on a
+///   `true`). (It may also `take` before registering: a borrowed value is asked
+///   for as soon as it is wanted.)
+///
+/// The lock orders the marker's look against the waiter's registration: if
+/// the look comes first, the waiter's `take` comes after the mark and sees
+/// it; if the registration comes first, the look sees the waiter. `take` is a
+/// swap, so of all who see the mark exactly one asks.
+pub struct Elsewhere(AtomicBool);
+
+impl Elsewhere {
+    /// A flag, set or not.
+    pub fn new(marked: bool) -> Self {
+        Elsewhere(AtomicBool::new(marked))
+    }
+
+    /// The value is elsewhere: the next `take` asks for it.
+    pub fn mark(&self) {
+        // Release pairs with the Acquire of the swap in `take`: whoever takes
+        // the mark sees what the marker wrote before it (where the value is).
+        self.0.store(true, Ordering::Release);
+    }
+
+    /// The right to ask for the value: true for exactly one caller per mark.
+    pub fn take(&self) -> bool {
+        // The Relaxed load keeps a local value's reads free of a
+        // read-modify-write; a stale `false` is covered by the lock (above).
+        self.0.load(Ordering::Relaxed) && self.0.swap(false, Ordering::AcqRel)
     }
 }

@@ -1,4 +1,4 @@
-//! Exhaustive models of the engine's three thread handshakes
+//! Exhaustive models of the engine's four thread handshakes
 //! (`actors/src/handshake.rs`), checked with loom.
 //!
 //! The models compile `handshake.rs` itself, not a copy: the `sync` module below
@@ -40,6 +40,10 @@
 //! - `running_task_nested`: with task 2 nested in task 1, cancels of 1 and of 2
 //!   abandon the worker at most once between them, a nested `end` never retires,
 //!   and the top-level `end` retires iff a cancel succeeded.
+//! - `elsewhere_marker_and_a_waiter`, `elsewhere_marker_and_two_waiters`: a slot
+//!   marked "held on another node" while getters register (each also asking
+//!   before it registers, as a borrowed value's getter does): the value is asked
+//!   for exactly once.
 //!
 //! Each model fails on a broken copy of the protocol: either `SeqCst` fence of
 //! `IdleSet` removed (the leaving model: `watch_end`'s fence removed, or the
@@ -47,7 +51,8 @@
 //! under two lock sections; `release`'s swap made a store or Release-only,
 //! `claim` made Relaxed, Release-only or a load then a store; `end`'s
 //! compare-exchange made a store, `begin` dropping the abandoned mark, `abandon`
-//! made a load then a `fetch_or`.
+//! made a load then a `fetch_or`; a getter of `Elsewhere` that does not ask again
+//! once registered.
 //!
 //! Limits: loom treats SeqCst loads, stores and read-modify-writes as AcqRel
 //! (its SeqCst *fences* are modelled), so nothing here may lean on SeqCst
@@ -81,7 +86,7 @@ mod sync {
 #[path = "../src/handshake.rs"]
 mod handshake;
 
-use handshake::{IdleSet, RunningTask, ScheduleFlag};
+use handshake::{Elsewhere, IdleSet, RunningTask, ScheduleFlag};
 use loom::cell::UnsafeCell;
 use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::sync::Arc;
@@ -484,4 +489,60 @@ fn running_task_nested() {
         );
         assert_eq!(rt.current(), None);
     });
+}
+
+// ---------------------------------------------------------------------------
+// Elsewhere: a value marked as held on another node is asked for exactly once.
+// ---------------------------------------------------------------------------
+
+/// The marker and `getters` threads, each getter asking before it
+/// registers and after: the value must be asked for exactly once.
+fn elsewhere_model(getters: usize) {
+    let flag = Arc::new(Elsewhere::new(false));
+    // The slot's waiters, behind the slot's lock.
+    let waiters = Arc::new(sync::Mutex::new(0usize));
+    let asked = Arc::new(AtomicUsize::new(0));
+    let marker = {
+        let (flag, waiters, asked) = (flag.clone(), waiters.clone(), asked.clone());
+        thread::spawn(move || {
+            flag.mark();
+            let wanted = *waiters.lock() > 0;
+            if wanted && flag.take() {
+                asked.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let getters: Vec<_> = (0..getters)
+        .map(|_| {
+            let (flag, waiters, asked) = (flag.clone(), waiters.clone(), asked.clone());
+            thread::spawn(move || {
+                if flag.take() {
+                    asked.fetch_add(1, Ordering::Relaxed);
+                }
+                *waiters.lock() += 1;
+                if flag.take() {
+                    asked.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    marker.join().unwrap();
+    for g in getters {
+        g.join().unwrap();
+    }
+    assert_eq!(
+        asked.load(Ordering::Relaxed),
+        1,
+        "the value was asked for once"
+    );
+}
+
+#[test]
+fn elsewhere_marker_and_a_waiter() {
+    check(None, || elsewhere_model(1));
+}
+
+#[test]
+fn elsewhere_marker_and_two_waiters() {
+    check(Some(3), || elsewhere_model(2));
 }

@@ -200,7 +200,7 @@ impl OwnerTable {
     pub fn new_borrowed(self: &Arc<Self>, id: ObjectId) -> Arc<Slot> {
         let mut slot = Slot::new(id, self.clone(), None);
         slot.borrowed = true;
-        *slot.unfetched.get_mut() = true;
+        slot.unfetched = crate::handshake::Elsewhere::new(true);
         self.index(slot)
     }
 

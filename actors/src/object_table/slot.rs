@@ -2,6 +2,7 @@
 //! waiters and dependents, its lineage, and the queued task that makes it.
 
 use super::*;
+use crate::handshake::Elsewhere;
 
 pub(super) enum State {
     Pending,
@@ -135,7 +136,7 @@ pub struct Slot {
     /// A value elsewhere that nobody has asked for yet — a borrowed object,
     /// or a task's result held on the node that ran it: the first get, wait,
     /// poll or dependent task asks for it (the fetch hook).
-    pub(super) unfetched: AtomicBool,
+    pub(super) unfetched: Elsewhere,
 }
 
 impl Slot {
@@ -159,7 +160,7 @@ impl Slot {
             table,
             borrowed: false,
             tell_on_drop: AtomicU64::new(0),
-            unfetched: AtomicBool::new(false),
+            unfetched: Elsewhere::new(false),
         }
     }
 
@@ -167,8 +168,7 @@ impl Slot {
     /// result held on the node that ran its task), asks for it, once. A ref
     /// that is only passed on or dropped never moves its value.
     pub fn fetch(&self) {
-        // The plain load keeps a local object's get free of a read-modify-write.
-        if self.unfetched.load(Ordering::Relaxed) && self.unfetched.swap(false, Ordering::AcqRel) {
+        if self.unfetched.take() {
             if let Some(fetch) = self.table.fetch_hook.get() {
                 fetch(self.id);
             }
@@ -176,12 +176,11 @@ impl Slot {
     }
 
     /// This pending object's value is on another node (`fetch` asks for it):
-    /// asked for at once if something waits for it already. A getter that
-    /// registers after the check below asks itself (it fetches again once
-    /// registered): the flag is set before the check, and the check and the
-    /// registration are ordered by the slot's lock.
+    /// asked for at once if something waits for it already; a getter that
+    /// registers later asks itself (it fetches again once registered). The
+    /// handshake is [`Elsewhere`], model-checked with loom.
     pub fn held_elsewhere(&self) {
-        self.unfetched.store(true, Ordering::Release);
+        self.unfetched.mark();
         let wanted = {
             let inner = self.inner.lock();
             !inner.waiters.is_empty() || !inner.dependents.is_empty()
