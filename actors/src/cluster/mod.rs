@@ -1964,8 +1964,10 @@ impl ClusterNode {
                         me.send_to(node, false, Msg::Free { object });
                         return slot.complete(Err(Error::ObjectFetchFailed {
                             id: object.to_string(),
-                            node: node.to_string(),
-                            cause: format!("it could not be pulled for {REQUEST_TIMEOUT:?}: {e}"),
+                            cause: format!(
+                                "node {node} holds it, and it could not be pulled from there \
+                                 for {REQUEST_TIMEOUT:?}: {e}"
+                            ),
                         }));
                     }
                     drop(slot);
