@@ -138,6 +138,21 @@ fn death_of(events: &rayx::Events, node: NodeId, within: Duration) -> String {
     }
 }
 
+/// Waits (a bounded wait) until the head sees at least `n` tasks on `node`.
+fn wait_for_load(rt: &Runtime, node: NodeId, n: u32) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !rt
+        .cluster_status()
+        .unwrap()
+        .nodes
+        .iter()
+        .any(|s| s.info.id == node && s.report.load >= n)
+    {
+        assert!(Instant::now() < deadline, "{node} never ran {n} tasks");
+        std::thread::park_timeout(PERIOD);
+    }
+}
+
 fn pid_of(c: &Cluster, i: usize) -> i32 {
     c.nodes()[i].pid() as i32
 }
@@ -180,6 +195,44 @@ fn a_node_killed_mid_job_loses_no_result() {
     let status = rt.cluster_status().unwrap();
     let dead = status.nodes.iter().find(|n| n.info.id == victim).unwrap();
     assert!(!dead.alive, "{dead:?}");
+}
+
+/// A task whose node dies once too often fails as a worker's death does:
+/// `WorkerCrashed` without retries, `RetriesExhausted` with every attempt's
+/// cause — each naming its node.
+fn a_task_out_of_retries_names_the_dead_nodes() {
+    let mut c = fast_cluster(2);
+    let rt = c.driver().clone();
+    let (first, second) = (c.nodes()[0].id, c.nodes()[1].id);
+    let once = rt
+        .task(slow_where)
+        .node_affinity(first, true)
+        .max_retries(0)
+        .remote((1, 5_000));
+    let twice = rt
+        .task(slow_where)
+        .node_affinity(first, true)
+        .max_retries(1)
+        .remote((2, 5_000));
+    wait_for_load(&rt, first, 2);
+    c.kill_node(0).unwrap();
+    match once.get_timeout(Duration::from_secs(30)) {
+        Err(Error::WorkerCrashed { cause, .. }) => {
+            assert!(cause.contains(&first.to_string()), "{cause}")
+        }
+        other => panic!("expected WorkerCrashed: {other:?}"),
+    }
+    // Its one retry runs on the other node, which dies too.
+    wait_for_load(&rt, second, 1);
+    c.kill_node(1).unwrap();
+    match twice.get_timeout(Duration::from_secs(30)) {
+        Err(Error::RetriesExhausted { attempts, .. }) => {
+            assert_eq!(attempts.len(), 2, "{attempts:?}");
+            assert!(attempts[0].contains(&first.to_string()), "{attempts:?}");
+            assert!(attempts[1].contains(&second.to_string()), "{attempts:?}");
+        }
+        other => panic!("expected RetriesExhausted: {other:?}"),
+    }
 }
 
 /// A named actor with restarts, on a node that dies: the same handle keeps
@@ -790,6 +843,7 @@ fn main() {
     }
     let tests: &[(&str, fn())] = tests![
         a_node_killed_mid_job_loses_no_result,
+        a_task_out_of_retries_names_the_dead_nodes,
         a_named_actor_restarts_on_another_node_and_keeps_answering,
         calls_follow_an_actor_through_two_deaths,
         an_actor_without_restarts_fails_naming_its_node,

@@ -2073,19 +2073,30 @@ impl ClusterNode {
             ids.iter().filter_map(|id| tasks.remove(id)).collect()
         };
         for InFlight { slot, mut job, .. } in lost {
-            let why = format!("node {node} died: {cause}");
+            // A system failure, as a worker's death is (Ray's): retried within
+            // max_retries, then WorkerCrashed (no retries allowed) or
+            // RetriesExhausted (every attempt's cause), naming the node.
+            let why = if dead {
+                format!("node {node} died: {cause}")
+            } else {
+                format!("the link to node {node} was lost: {cause}")
+            };
             if job.spec.options.may_retry(job.failures.len() + 1) && !slot.is_cancelled() {
                 job.failures.push(why);
                 self.core.table.resubmit(slot, job);
             } else {
-                slot.complete(Err(Error::NodeDied {
-                    node: node.to_string(),
-                    cause: format!(
-                        "{cause}; task `{}` ran there and max_retries ({}) is used up",
-                        job.spec.display_name(),
-                        job.spec.options.max_retries
-                    ),
-                }));
+                let task = job.spec.display_name().to_string();
+                let error = if job.failures.is_empty() {
+                    Error::WorkerCrashed { task, cause: why }
+                } else {
+                    job.failures.push(why);
+                    Error::RetriesExhausted {
+                        task,
+                        attempts: std::mem::take(&mut job.failures),
+                    }
+                };
+                drop(job);
+                slot.complete(Err(error));
             }
         }
         {
