@@ -669,6 +669,7 @@ fn a_lying_peer_s_chunks_fail_its_pull_not_the_node() {
             node: me.clone(),
             registry: vec![],
             nonce: serde_bytes::ByteBuf::from(vec![7u8; 32]),
+            driver: false,
         });
         shake(&mut s, &token, &frame(&wire::encode(&[hello]).unwrap()));
         read_frames_until(&mut s, |m| matches!(m, Msg::Welcome { .. }));

@@ -153,6 +153,17 @@ fn wait_for_load(rt: &Runtime, node: NodeId, n: u32) {
     }
 }
 
+/// A process this test started outside a `Cluster`, killed if the test
+/// fails (it would outlive it otherwise).
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn pid_of(c: &Cluster, i: usize) -> i32 {
     c.nodes()[i].pid() as i32
 }
@@ -565,19 +576,21 @@ fn the_head_killed_and_restarted_during_a_job_the_job_finishes() {
             .spawn()
             .unwrap()
     };
-    let mut head = start_head();
-    let nodes: Vec<std::process::Child> = (0..2)
+    let mut head = Reap(start_head());
+    let nodes: Vec<Reap> = (0..2)
         .map(|_| {
-            Command::new(std::env::current_exe().unwrap())
-                .env("RAYX_ROLE", "node")
-                .env("RAYX_ADDRESS", &address)
-                .env("RAYX_TOKEN", token)
-                .env("RAYX_NUM_CPUS", "2")
-                .env("RAYX_EXIT_WITH_PARENT", "1")
-                .envs(health.iter().map(|(k, v)| (k, v)))
-                .stdin(Stdio::piped())
-                .spawn()
-                .unwrap()
+            Reap(
+                Command::new(std::env::current_exe().unwrap())
+                    .env("RAYX_ROLE", "node")
+                    .env("RAYX_ADDRESS", &address)
+                    .env("RAYX_TOKEN", token)
+                    .env("RAYX_NUM_CPUS", "2")
+                    .env("RAYX_EXIT_WITH_PARENT", "1")
+                    .envs(health.iter().map(|(k, v)| (k, v)))
+                    .stdin(Stdio::piped())
+                    .spawn()
+                    .unwrap(),
+            )
         })
         .collect();
     let rt = rayx::Builder::new()
@@ -598,11 +611,11 @@ fn the_head_killed_and_restarted_during_a_job_the_job_finishes() {
         .map(|i| rt.task(slow_where).remote((i, 20)))
         .collect();
     rt.wait(&refs, 30, Some(Duration::from_secs(60))).unwrap();
-    head.kill().unwrap();
-    head.wait().unwrap();
+    head.0.kill().unwrap();
+    head.0.wait().unwrap();
     // While it is down, calls between live nodes go on.
     assert_eq!(keeper.call(Add(1)).get().unwrap(), 7);
-    let mut head = start_head();
+    head = Reap(start_head());
     let results = rt
         .get(&refs, Some(Duration::from_secs(120)))
         .expect("the job finishes");
@@ -643,12 +656,121 @@ fn the_head_killed_and_restarted_during_a_job_the_job_finishes() {
         .status()
         .unwrap();
     assert!(stopped.success());
-    head.wait().unwrap();
+    head.0.wait().unwrap();
     for mut n in nodes {
-        n.wait().unwrap();
+        n.0.wait().unwrap();
     }
     assert!(!storage.exists(), "an orderly stop removes the head's file");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The head's job table: a driver that shuts down in order is a finished
+/// job, one killed is a failed one, naming why; both survive the head's
+/// restart (its database).
+fn jobs_are_kept_by_the_head_through_its_restart() {
+    use rayx_actors::cluster::wire::{Answer, Ask, ClusterStatus, JobState};
+    use std::process::{Command, Stdio};
+    let dir = std::env::temp_dir().join(format!("rayx-jobs-{}", std::process::id()));
+    let storage = dir.join("head.redb");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port().to_string()
+    };
+    let address = format!("127.0.0.1:{port}");
+    let token = "jobs-test-token";
+    let start_head = || {
+        Command::new(env!("CARGO_BIN_EXE_rayx"))
+            .args(["start", "--head", "--port", &port, "--storage"])
+            .arg(&storage)
+            .env("RAYX_TOKEN", token)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let driver = |mode: &str| {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.env("RAYX_TEST_DRIVER", mode)
+            .env("RAYX_ADDRESS", &address)
+            .env("RAYX_TOKEN", token)
+            .env_remove("RAYX_ROLE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        cmd
+    };
+    let status = || -> ClusterStatus {
+        match rayx_actors::cluster::admin_ask(&address, Some(token), Ask::Status).unwrap() {
+            Answer::Status(s) => s,
+            other => panic!("{other:?}"),
+        }
+    };
+    let mut head = Reap(start_head());
+    // A driver that runs a task and shuts down in order.
+    let out = driver("finish").output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // One killed while it runs.
+    let mut doomed = driver("hang").spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(doomed.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "joined");
+    doomed.kill().unwrap();
+    doomed.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let jobs = loop {
+        let jobs = status().jobs;
+        if jobs.len() == 2 && jobs.iter().all(|j| j.state != JobState::Running) {
+            break jobs;
+        }
+        assert!(Instant::now() < deadline, "the jobs never ended: {jobs:?}");
+        std::thread::park_timeout(PERIOD);
+    };
+    assert_eq!(jobs[0].state, JobState::Finished, "{jobs:?}");
+    assert!(
+        matches!(&jobs[1].state, JobState::Failed(why) if why.contains("driver died")),
+        "{jobs:?}"
+    );
+    assert!(jobs.iter().all(|j| j.ended.is_some_and(|e| e >= j.started)));
+    // The head is killed and started again: the table is as it was.
+    head.0.kill().unwrap();
+    head.0.wait().unwrap();
+    head = Reap(start_head());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let again = loop {
+        match rayx_actors::cluster::admin_ask(&address, Some(token), Ask::Status) {
+            Ok(Answer::Status(s)) => break s.jobs,
+            _ => {
+                assert!(Instant::now() < deadline, "the head came back");
+                std::thread::park_timeout(PERIOD);
+            }
+        }
+    };
+    assert_eq!(again, jobs);
+    let stopped = Command::new(env!("CARGO_BIN_EXE_rayx"))
+        .args(["stop", "--address", &address])
+        .env("RAYX_TOKEN", token)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    head.0.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The test binary as a driver of `jobs_are_kept_by_the_head_through_its_restart`.
+fn run_as_driver(mode: &str) {
+    let rt = rayx::init().expect("the driver joins");
+    assert_eq!(rt.task(square).remote(3).get().unwrap(), 9);
+    if mode == "hang" {
+        println!("joined");
+        // Killed here by the test.
+        loop {
+            std::thread::park();
+        }
+    }
+    rt.shutdown();
 }
 
 // ---- strangers ------------------------------------------------------------------
@@ -838,6 +960,9 @@ fn hostile_bytes_leave_the_cluster_serving() {
 
 fn main() {
     rayx::testing::serve_if_node();
+    if let Ok(mode) = std::env::var("RAYX_TEST_DRIVER") {
+        return run_as_driver(&mode);
+    }
     macro_rules! tests {
         ($($t:ident),* $(,)?) => { &[$((stringify!($t), $t as fn())),*] };
     }
@@ -852,6 +977,7 @@ fn main() {
         a_partitioned_node_is_declared_dead_and_its_work_redone,
         a_hung_node_is_declared_dead_and_may_not_come_back,
         the_head_killed_and_restarted_during_a_job_the_job_finishes,
+        jobs_are_kept_by_the_head_through_its_restart,
         a_wrong_or_missing_token_is_refused_on_both_sides,
         hostile_bytes_leave_the_cluster_serving,
     ];

@@ -10,7 +10,7 @@
 //! else the file `RAYX_TOKEN_FILE`, else `~/.rayx/token`, which
 //! `rayx start --head` makes (readable by its user only) when there is none.
 
-use rayx_actors::cluster::wire::{Answer, Ask, ClusterStatus};
+use rayx_actors::cluster::wire::{Answer, Ask, ClusterStatus, JobState};
 use rayx_actors::cluster::{admin_ask, auth};
 use std::process::ExitCode;
 
@@ -195,6 +195,25 @@ fn render(address: &str, s: &ClusterStatus) -> String {
                 "  {} {} on {}{name}",
                 place.actor, place.type_name, place.node
             );
+        }
+    }
+    if !s.jobs.is_empty() {
+        let _ = writeln!(out, "jobs:");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        for j in &s.jobs {
+            let took = |end: u64| end.saturating_sub(j.started) as f64 / 1000.0;
+            let state = match (&j.state, j.ended) {
+                (JobState::Running, _) => format!("running for {:.1} s", took(now)),
+                (JobState::Finished, end) => {
+                    format!("finished after {:.1} s", took(end.unwrap_or(now)))
+                }
+                (JobState::Failed(why), end) => {
+                    format!("failed after {:.1} s: {why}", took(end.unwrap_or(now)))
+                }
+            };
+            let _ = writeln!(out, "  {} (driver at {}): {state}", j.id, j.address);
         }
     }
     if !s.rejections.is_empty() {

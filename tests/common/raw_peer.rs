@@ -41,6 +41,7 @@ pub fn hello_as(
             },
             registry,
             nonce: serde_bytes::ByteBuf::from(vec![7u8; 32]),
+            driver: false,
         })])
         .unwrap(),
     )

@@ -12,8 +12,8 @@ use super::link::Link;
 use super::placement::{place, Candidate};
 use super::store::{self, ActorRecord, HeadStore, NodeRecord};
 use super::wire::{
-    ActorCreate, ActorPlace, Answer, Ask, ClusterStatus, Hello, Msg, NodeInfo, NodeStatus,
-    Rejections, Report,
+    ActorCreate, ActorPlace, Answer, Ask, ClusterStatus, Hello, JobInfo, JobState, Msg, NodeInfo,
+    NodeStatus, Rejections, Report,
 };
 use crate::error::Error;
 use crate::ids::{ActorId, IdMap, NodeId};
@@ -84,6 +84,18 @@ struct Tables {
     restarting: IdMap<ActorId, Restarting>,
     /// The next node record's sequence number.
     next_seq: usize,
+    /// Jobs, in the order they began.
+    jobs: Vec<JobInfo>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn job_record(job: &JobInfo) -> Record {
+    (store::job_key(job), HeadStore::encode(job))
 }
 
 impl Tables {
@@ -151,6 +163,8 @@ impl Head {
         rejections: Arc<Rejections>,
         store: Option<HeadStore>,
     ) -> Result<Head, Error> {
+        // A head that knows the registry runs the user's program: a driver.
+        let standalone = registry.is_none();
         let mut tables = Tables::default();
         let mut registry: Option<BTreeSet<String>> = registry.map(|r| r.into_iter().collect());
         let mut records = Vec::new();
@@ -221,6 +235,20 @@ impl Head {
             );
         }
         tables.kv = restored.kv.into_iter().collect();
+        tables.jobs = restored.jobs;
+        if !standalone {
+            // The program that started the cluster is its first job.
+            let me = &tables.nodes[0].info;
+            let job = JobInfo {
+                id: me.id,
+                address: me.address.clone(),
+                started: now_ms(),
+                ended: None,
+                state: JobState::Running,
+            };
+            records.push(job_record(&job));
+            tables.jobs.push(job);
+        }
         if let Some(s) = &store {
             s.write(&records);
         }
@@ -324,7 +352,7 @@ impl Head {
 
     /// A node joined on `link`: it is announced to every other node. A
     /// member rejoining takes its place back, and its peers know it already.
-    pub fn joined(&self, link: &Arc<Link>) {
+    pub fn joined(&self, link: &Arc<Link>, driver: bool) {
         let info = link.peer.clone();
         let others: Vec<Arc<Link>> = {
             let mut t = self.tables.lock();
@@ -335,7 +363,19 @@ impl Head {
             }
             let others = t.nodes.iter().filter_map(|m| m.link.clone()).collect();
             let m = t.new_member(info.clone(), Some(link.clone()));
-            self.save(&[node_record(m)]);
+            let mut records = vec![node_record(m)];
+            if driver {
+                let job = JobInfo {
+                    id: info.id,
+                    address: info.address.clone(),
+                    started: now_ms(),
+                    ended: None,
+                    state: JobState::Running,
+                };
+                records.push(job_record(&job));
+                t.jobs.push(job);
+            }
+            self.save(&records);
             others
         };
         for l in others {
@@ -353,12 +393,22 @@ impl Head {
             gone: Vec::new(),
         };
         let others: Vec<Arc<Link>> = {
-            let mut t = self.tables.lock();
+            let mut guard = self.tables.lock();
+            let t = &mut *guard;
             let m = t.nodes.iter_mut().find(|m| m.info.id == node && m.alive)?;
             m.alive = false;
             m.cause = Some(cause.to_string());
             m.actors = 0;
             let mut records = vec![node_record(m)];
+            if let Some(job) = t
+                .jobs
+                .iter_mut()
+                .find(|j| j.id == node && j.state == JobState::Running)
+            {
+                job.state = JobState::Failed(format!("its driver died: {cause}"));
+                job.ended = Some(now_ms());
+                records.push(job_record(job));
+            }
             if let Some(link) = m.link.take() {
                 // Told, in case it still listens (a hang, not a crash), and
                 // cut off: a silent link never closes by itself.
@@ -375,13 +425,13 @@ impl Head {
                 .map(|(id, _)| *id)
                 .collect();
             for id in there {
-                match self.replace(&mut t, id, node, cause) {
+                match self.replace(t, id, node, cause) {
                     Ok(restart) => {
                         records.extend(t.actors.get(&id).map(actor_record));
                         left.restarts.push(restart);
                     }
                     Err(why) => {
-                        records.extend(forget_actor(&mut t, id));
+                        records.extend(forget_actor(t, id));
                         left.gone.push(Msg::ActorMoved {
                             actor: id,
                             node: None,
@@ -581,6 +631,7 @@ impl Head {
                     .map(|p| (p.place.clone(), p.name.clone()))
                     .collect(),
                 rejections: self.rejections.snapshot(),
+                jobs: t.jobs.clone(),
             })),
             Ask::PlaceActor {
                 actor,
@@ -686,6 +737,19 @@ impl Head {
                 Ok(Answer::Stored(had))
             }
             Ask::StopCluster => Ok(Answer::Done),
+            Ask::JobFinished { driver } => {
+                if let Some(job) = t
+                    .jobs
+                    .iter_mut()
+                    .find(|j| j.id == driver && j.state == JobState::Running)
+                {
+                    job.state = JobState::Finished;
+                    job.ended = Some(now_ms());
+                    let record = job_record(job);
+                    self.save(&[record]);
+                }
+                Ok(Answer::Done)
+            }
         }
     }
 }

@@ -75,6 +75,9 @@ pub struct Link {
     closed: AtomicBool,
     /// Stops the reader: a peer gone silent never closes its socket.
     abort: CancellationToken,
+    /// Set when the writer has stopped (everything queued before a close is
+    /// written by then).
+    written: (parking_lot::Mutex<bool>, parking_lot::Condvar),
 }
 
 impl std::fmt::Debug for Link {
@@ -103,6 +106,20 @@ impl Link {
     /// Closes the link: queued messages are written, then the socket closes.
     pub fn close(&self) {
         let _ = self.tx.send(Out::Close);
+    }
+
+    /// Waits up to `timeout` until the writer has stopped — after a
+    /// [`close`](Self::close), until what was queued before it is written.
+    /// Not on the network thread (the writer runs there). False on timeout.
+    pub fn wait_written(&self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut done = self.written.0.lock();
+        while !*done {
+            if self.written.1.wait_until(&mut done, deadline).timed_out() {
+                return *done;
+            }
+        }
+        true
     }
 
     /// Closes the link at once, reader included, for a peer that went silent
@@ -444,6 +461,7 @@ fn start(
         tx,
         closed: AtomicBool::new(false),
         abort: CancellationToken::new(),
+        written: Default::default(),
     });
     tokio::spawn(write_loop(wr, rx, link.clone()));
     tokio::spawn(read_loop(rd, buf, link.clone(), inbound, rejections));
@@ -592,6 +610,8 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Out>
     }
     link.closed.store(true, Ordering::Release);
     let _ = wr.shutdown().await;
+    *link.written.0.lock() = true;
+    link.written.1.notify_all();
 }
 
 /// If `buf` starts with a chunk's frame whose bytes have a place to land,

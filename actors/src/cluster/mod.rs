@@ -156,9 +156,11 @@ struct Peer {
     reported: u32,
     /// Tasks this node sent it and has not heard back about.
     inflight: u32,
-    /// Its last link could not be opened: no work is placed there until one
-    /// opens (a node gone while the head, which declares deaths, is away).
-    unreachable: bool,
+    /// Its link was lost or could not be opened: no work is placed there
+    /// until then — long enough for the head to say whether it died (a task
+    /// moved off it is not sent back to a dying node), and a bound for a
+    /// node gone while the head is away.
+    unreachable_until: Option<std::time::Instant>,
 }
 
 /// A task this node owns, running on a peer.
@@ -519,6 +521,7 @@ impl ClusterNode {
     fn hello(&self, lane: Lane) -> Hello {
         Hello {
             nonce: Default::default(),
+            driver: lane == Lane::Join && self.role == Role::Driver,
             version: wire::PROTOCOL_VERSION,
             lane,
             node: self.me.clone(),
@@ -578,7 +581,7 @@ impl ClusterNode {
             connecting: [false; 2],
             reported: 0,
             inflight: 0,
-            unreachable: false,
+            unreachable_until: None,
         });
     }
 
@@ -608,7 +611,17 @@ impl ClusterNode {
             l.close();
         }
         if let Some(l) = self.head_link.lock().take() {
+            let finished = self.role == Role::Driver
+                && l.send(Msg::Ask {
+                    id: 0,
+                    ask: Ask::JobFinished { driver: self.me.id },
+                });
             l.close();
+            if finished && !ON_NET_THREAD.with(|n| n.get()) {
+                // Its job is over, in order: written before the network
+                // stops (a second at most; the head may be gone).
+                l.wait_written(Duration::from_secs(1));
+            }
         }
         if let Some(head) = &self.head {
             for l in head.links() {
@@ -729,7 +742,7 @@ impl ClusterNode {
             return;
         };
         peer.connecting[bulk as usize] = false;
-        peer.unreachable = false;
+        peer.unreachable_until = None;
         let slot = if bulk {
             &mut peer.bulk
         } else {
@@ -1926,6 +1939,11 @@ impl ClusterNode {
         self.fetch_held_from(object, held, std::time::Instant::now());
     }
 
+    /// Until when a peer whose link was lost gets no new work.
+    fn unreachable_until(&self) -> std::time::Instant {
+        std::time::Instant::now() + self.health.limit() + Duration::from_secs(1)
+    }
+
     fn is_alive(&self, node: NodeId) -> bool {
         self.peers.lock().get(&node).is_some_and(|p| p.alive)
     }
@@ -2030,6 +2048,9 @@ impl ClusterNode {
             let mut peers = self.peers.lock();
             match peers.get_mut(&node) {
                 Some(p) => {
+                    if !dead {
+                        p.unreachable_until = Some(self.unreachable_until());
+                    }
                     if dead && p.alive {
                         p.alive = false;
                         self.members.notify_all();
@@ -2220,7 +2241,11 @@ impl ClusterNode {
             self.peers
                 .lock()
                 .values()
-                .filter(|p| p.alive && !p.unreachable)
+                .filter(|p| {
+                    p.alive
+                        && p.unreachable_until
+                            .is_none_or(|t| t <= std::time::Instant::now())
+                })
                 .map(|p| Candidate {
                     id: p.info.id,
                     cpus: p.info.cpus,
@@ -2410,7 +2435,7 @@ impl Admit for Handler {
                 // In the head's table first: a node this node knows of can be
                 // placed on.
                 if let Some(head) = &c.head {
-                    head.joined(link);
+                    head.joined(link, hello.driver);
                 }
                 c.add_peer(hello.node.clone());
             }
@@ -2420,7 +2445,7 @@ impl Admit for Handler {
                 if let Some(p) = peers.get_mut(&hello.node.id) {
                     if p.control.as_ref().is_none_or(|l| l.is_closed()) {
                         p.control = Some(link.clone());
-                        p.unreachable = false;
+                        p.unreachable_until = None;
                         p.connecting[0] = false;
                         let waiting = std::mem::take(&mut p.waiting);
                         let (mine, others): (Vec<_>, Vec<_>) =
@@ -2468,7 +2493,7 @@ async fn open_link(node: Weak<ClusterNode>, peer: NodeId, address: String, bulk:
             tracing::warn!("rayx: cannot reach {peer} at {address}: {e}");
             if let Some(p) = c.peers.lock().get_mut(&peer) {
                 p.connecting[bulk as usize] = false;
-                p.unreachable = true;
+                p.unreachable_until = Some(c.unreachable_until());
             }
             c.peer_lost(peer, &e.to_string(), false);
         }
@@ -2535,6 +2560,7 @@ pub fn admin_ask(address: &str, token: Option<&str>, ask: Ask) -> Result<Answer,
         let (tx, rx) = tokio::sync::oneshot::channel();
         let hello = Hello {
             nonce: Default::default(),
+            driver: false,
             version: wire::PROTOCOL_VERSION,
             lane: Lane::Admin,
             node: NodeInfo {

@@ -10,7 +10,7 @@
 //! nothing more. Each record is rmp-serde bytes under a key whose prefix says
 //! what it is (`node/`, `actor/`, `kv/`, `registry`).
 
-use super::wire::{ActorCreate, ActorPlace, NodeInfo};
+use super::wire::{ActorCreate, ActorPlace, JobInfo, NodeInfo};
 use crate::error::Error;
 use crate::ids::{ActorId, NodeId};
 use crate::messages::Scheduling;
@@ -54,6 +54,8 @@ pub struct Restored {
     pub actors: Vec<ActorRecord>,
     /// The key-value store.
     pub kv: Vec<(String, Vec<u8>)>,
+    /// Jobs, in the order they began.
+    pub jobs: Vec<JobInfo>,
 }
 
 /// The head's database.
@@ -89,6 +91,11 @@ pub fn node_seq(key: &str) -> Option<usize> {
 /// The key of an actor's record.
 pub fn actor_key(id: ActorId) -> String {
     format!("actor/{:016x}/{}", id.node.0, id.seq)
+}
+
+/// The key of a job's record (by when it began, so they load in order).
+pub fn job_key(job: &JobInfo) -> String {
+    format!("job/{:016x}/{:016x}", job.started, job.id.0)
 }
 
 /// The key of a key-value entry.
@@ -147,6 +154,11 @@ impl HeadStore {
             } else if key.starts_with("actor/") {
                 match rmp_serde::from_slice(bytes) {
                     Ok(r) => restored.actors.push(r),
+                    Err(e) => bad(e),
+                }
+            } else if key.starts_with("job/") {
+                match rmp_serde::from_slice(bytes) {
+                    Ok(r) => restored.jobs.push(r),
                     Err(e) => bad(e),
                 }
             } else if let Some(k) = key.strip_prefix("kv/") {

@@ -73,6 +73,35 @@ pub struct Hello {
     pub registry: Vec<String>,
     /// A fresh nonce for the listener's proof (see [`super::auth`]).
     pub nonce: serde_bytes::ByteBuf,
+    /// A driver joining (on `Join`): its program is one of the cluster's jobs.
+    #[serde(default)]
+    pub driver: bool,
+}
+
+/// A job: a driver's program, from its join to its end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobInfo {
+    /// The job's id: its driver's node.
+    pub id: NodeId,
+    /// Where its driver ran.
+    pub address: String,
+    /// When it began and, if it is over, ended (ms since the Unix epoch).
+    pub started: u64,
+    /// When it ended.
+    pub ended: Option<u64>,
+    /// How it is doing.
+    pub state: JobState,
+}
+
+/// A job's state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum JobState {
+    /// Its driver is alive.
+    Running,
+    /// Its driver shut down in order.
+    Finished,
+    /// Its driver died (why).
+    Failed(String),
 }
 
 /// What a node reports to the head with each heartbeat.
@@ -180,6 +209,11 @@ pub enum Ask {
     },
     /// Stops every node and the head (`rayx stop`).
     StopCluster,
+    /// This driver's job is over (it shuts down in order).
+    JobFinished {
+        /// The driver's node.
+        driver: NodeId,
+    },
 }
 
 /// Where an actor is.
@@ -232,6 +266,9 @@ pub struct ClusterStatus {
     pub actors: Vec<(ActorPlace, Option<(String, String)>)>,
     /// Connections the head closed, by reason.
     pub rejections: BTreeMap<String, u64>,
+    /// Every job: the drivers' programs, running or over.
+    #[serde(default)]
+    pub jobs: Vec<JobInfo>,
 }
 
 /// Every message of the protocol.
