@@ -6,6 +6,7 @@ use crate::cluster::Construct;
 use crate::object_ref::{ObjectRef, RefList};
 use crate::remote::{function_table, RemoteFunction, TaskBuilder};
 use crate::{Actor, Data, Error, Result, Runtime};
+use rayx_actors::cluster::tls::TlsFiles;
 use rayx_actors::cluster::wire::{Answer, Ask};
 use rayx_actors::cluster::{auth, ClusterConfig, Health, Role};
 use rayx_actors::faults::Faults;
@@ -48,6 +49,7 @@ pub struct Builder {
     no_auth: bool,
     health: Option<Health>,
     storage: Option<std::path::PathBuf>,
+    tls: Option<TlsFiles>,
 }
 
 impl Builder {
@@ -183,6 +185,48 @@ impl Builder {
         self
     }
 
+    /// Encrypts every connection of the cluster with TLS, under the cluster
+    /// certificate `cert` and its key `key` (PEM; `rayx start --head --tls`
+    /// makes them). Every process of the cluster needs the same two files.
+    /// Without this call: `RAYX_TLS_CERT` and `RAYX_TLS_KEY`, or `RAYX_TLS=1`
+    /// for `~/.rayx/cluster.crt` and `cluster.key` (which a head makes when
+    /// they are not there).
+    pub fn tls(
+        mut self,
+        cert: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.tls = Some(TlsFiles {
+            cert: cert.into(),
+            key: key.into(),
+        });
+        self
+    }
+
+    fn resolve_tls(&self, head: bool) -> Result<Option<TlsFiles>> {
+        if let Some(t) = &self.tls {
+            return Ok(Some(t.clone()));
+        }
+        let var = |n: &str| std::env::var_os(n).filter(|v| !v.is_empty());
+        if let (Some(cert), Some(key)) = (var("RAYX_TLS_CERT"), var("RAYX_TLS_KEY")) {
+            return Ok(Some(TlsFiles {
+                cert: cert.into(),
+                key: key.into(),
+            }));
+        }
+        if !std::env::var("RAYX_TLS").is_ok_and(|v| v == "1") {
+            return Ok(None);
+        }
+        let dir = auth::default_path()
+            .and_then(|p| p.parent().map(std::path::Path::to_path_buf))
+            .ok_or_else(|| Error::Startup("RAYX_TLS=1 but there is no home folder".into()))?;
+        let files = TlsFiles::in_dir(&dir);
+        if head {
+            rayx_actors::cluster::tls::generate(&files)?;
+        }
+        Ok(Some(files))
+    }
+
     fn resolve_token(&self, head: bool) -> Result<Option<String>> {
         if self.no_auth || std::env::var("RAYX_AUTH").is_ok_and(|a| a == "none") {
             return Ok(None);
@@ -263,6 +307,7 @@ impl Builder {
                         .filter(|p| !p.is_empty())
                         .map(Into::into)
                 }),
+                tls: self.resolve_tls(true)?,
             }));
         }
         match address {
@@ -275,6 +320,7 @@ impl Builder {
                 token: self.resolve_token(false)?,
                 health: self.resolve_health()?,
                 storage: None,
+                tls: self.resolve_tls(false)?,
             })),
             None if node_role => Err(Error::InvalidArgument(
                 "a worker node needs the head's address: set RAYX_ADDRESS or Builder::address"

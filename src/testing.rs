@@ -67,6 +67,7 @@ pub struct ClusterBuilder {
     driver: Builder,
     args: Vec<String>,
     health: Option<(Duration, u32)>,
+    tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl ClusterBuilder {
@@ -97,11 +98,32 @@ impl ClusterBuilder {
         self.health = Some((period, misses));
         self
     }
+    /// TLS for every connection, with this certificate and key (the nodes
+    /// get them as `RAYX_TLS_CERT` and `RAYX_TLS_KEY`).
+    pub fn tls(
+        mut self,
+        cert: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.tls = Some((cert.into(), key.into()));
+        self
+    }
     /// Starts the head here and the node processes, and waits until every
     /// node joined. The nodes get the head's token (`RAYX_TOKEN`).
     pub fn start(self) -> Result<Cluster> {
         let mut driver = self.driver;
         let mut env = Vec::new();
+        if let Some((cert, key)) = &self.tls {
+            driver = driver.tls(cert, key);
+            env.push((
+                "RAYX_TLS_CERT".to_string(),
+                cert.to_string_lossy().into_owned(),
+            ));
+            env.push((
+                "RAYX_TLS_KEY".to_string(),
+                key.to_string_lossy().into_owned(),
+            ));
+        }
         if let Some((period, misses)) = self.health {
             driver = driver.health_check(period, misses);
             env.push((
@@ -145,6 +167,7 @@ impl Cluster {
             driver: Builder::new().num_cpus(0.0),
             args: Vec::new(),
             health: None,
+            tls: None,
         }
     }
 
@@ -182,6 +205,9 @@ impl Cluster {
             .env("RAYX_EXIT_WITH_PARENT", "1")
             .env_remove("RAYX_TOKEN")
             .env_remove("RAYX_AUTH")
+            .env_remove("RAYX_TLS")
+            .env_remove("RAYX_TLS_CERT")
+            .env_remove("RAYX_TLS_KEY")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped());
         Ok(cmd)
@@ -273,7 +299,14 @@ pub struct Proxy {
     address: String,
     silent: std::sync::Arc<std::sync::atomic::AtomicBool>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    seen: Seen,
 }
+
+/// What a proxy forwarded, both ways (the first [`RECORDED`] bytes).
+type Seen = std::sync::Arc<parking_lot::Mutex<Vec<u8>>>;
+
+/// Bytes a proxy keeps of what it forwards, for a test to look at.
+pub const RECORDED: usize = 64 << 20;
 
 impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -294,7 +327,13 @@ impl Proxy {
             .to_string();
         let silent = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
-        let (target, s, st) = (target.to_string(), silent.clone(), stop.clone());
+        let seen = Seen::default();
+        let (target, s, st, sn) = (
+            target.to_string(),
+            silent.clone(),
+            stop.clone(),
+            seen.clone(),
+        );
         std::thread::spawn(move || {
             for inbound in listener.incoming() {
                 if st.load(Ordering::Acquire) {
@@ -311,8 +350,8 @@ impl Proxy {
                     let (Ok(from), Ok(to)) = (from, to) else {
                         continue;
                     };
-                    let (s, st) = (s.clone(), st.clone());
-                    std::thread::spawn(move || pipe(from, to, &s, &st));
+                    let (s, st, sn) = (s.clone(), st.clone(), sn.clone());
+                    std::thread::spawn(move || pipe(from, to, &s, &st, &sn));
                 }
             }
         });
@@ -320,12 +359,19 @@ impl Proxy {
             address,
             silent,
             stop,
+            seen,
         })
     }
 
     /// Where to connect instead of the target.
     pub fn address(&self) -> &str {
         &self.address
+    }
+
+    /// The bytes it forwarded so far, both ways interleaved (the first
+    /// [`RECORDED`]): what a wiretap on the network would see.
+    pub fn seen(&self) -> Vec<u8> {
+        self.seen.lock().clone()
     }
 
     /// From now on nothing passes either way, and nothing is closed.
@@ -350,6 +396,7 @@ fn pipe(
     mut to: std::net::TcpStream,
     silent: &std::sync::atomic::AtomicBool,
     stop: &std::sync::atomic::AtomicBool,
+    seen: &Seen,
 ) {
     use std::io::{Read, Write};
     use std::sync::atomic::Ordering;
@@ -373,6 +420,11 @@ fn pipe(
             Ok(n) => {
                 if silent.load(Ordering::Acquire) {
                     continue;
+                }
+                {
+                    let mut seen = seen.lock();
+                    let room = RECORDED.saturating_sub(seen.len()).min(n);
+                    seen.extend_from_slice(&buf[..room]);
                 }
                 if to.write_all(&buf[..n]).is_err() {
                     return;

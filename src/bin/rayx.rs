@@ -10,12 +10,13 @@
 //! else the file `RAYX_TOKEN_FILE`, else `~/.rayx/token`, which
 //! `rayx start --head` makes (readable by its user only) when there is none.
 
+use rayx_actors::cluster::tls::{self, TlsFiles};
 use rayx_actors::cluster::wire::{Answer, Ask, ClusterStatus, JobState};
 use rayx_actors::cluster::{admin_ask, auth};
 use std::process::ExitCode;
 
 const USAGE: &str = "usage:
-  rayx start --head [--port P] [--host H] [--no-auth] [--storage FILE|none]
+  rayx start --head [--port P] [--host H] [--no-auth] [--storage FILE|none] [--tls]
                                             start a head here; it serves until `rayx stop`;
                                             its tables live in FILE (default
                                             ~/.rayx/head-PORT.redb): killed and started
@@ -24,7 +25,29 @@ const USAGE: &str = "usage:
   rayx stop [--address HOST:PORT]           stop every node and the head
 (--address defaults to RAYX_ADDRESS; the cluster token is RAYX_TOKEN, else the
 file RAYX_TOKEN_FILE, else ~/.rayx/token, which `start --head` makes if missing;
---no-auth, loopback only: every process then needs RAYX_AUTH=none)";
+--no-auth, loopback only: every process then needs RAYX_AUTH=none; --tls encrypts
+every connection with ~/.rayx/cluster.crt and cluster.key, made if missing: every
+process then needs RAYX_TLS=1, or RAYX_TLS_CERT and RAYX_TLS_KEY)";
+
+/// The TLS files a command uses: `RAYX_TLS_CERT` and `RAYX_TLS_KEY`, or
+/// `RAYX_TLS=1` for the default ones; none otherwise.
+fn tls_files() -> Option<TlsFiles> {
+    let var = |n: &str| std::env::var_os(n).filter(|v| !v.is_empty());
+    if let (Some(cert), Some(key)) = (var("RAYX_TLS_CERT"), var("RAYX_TLS_KEY")) {
+        return Some(TlsFiles {
+            cert: cert.into(),
+            key: key.into(),
+        });
+    }
+    if std::env::var("RAYX_TLS").is_ok_and(|v| v == "1") {
+        return default_tls();
+    }
+    None
+}
+
+fn default_tls() -> Option<TlsFiles> {
+    auth::default_path().and_then(|p| p.parent().map(TlsFiles::in_dir))
+}
 
 /// The token a command proves: `RAYX_TOKEN`, else the token file.
 fn token() -> Result<Option<String>, String> {
@@ -94,6 +117,23 @@ fn run(args: &[String]) -> Result<(), String> {
             if let Some(path) = &storage {
                 builder = builder.head_storage(path);
             }
+            let tls_files = if args.iter().any(|a| a == "--tls") {
+                let files = tls_files()
+                    .or_else(default_tls)
+                    .ok_or("--tls: there is no home folder for the certificate")?;
+                if tls::generate(&files).map_err(|e| e.to_string())? {
+                    println!(
+                        "made the cluster certificate {} and its key {} (readable by this user \
+                         only; every node needs both)",
+                        files.cert.display(),
+                        files.key.display()
+                    );
+                }
+                builder = builder.tls(&files.cert, &files.key);
+                Some(files)
+            } else {
+                None
+            };
             let no_auth = args.iter().any(|a| a == "--no-auth");
             if no_auth {
                 builder = builder.no_auth();
@@ -103,6 +143,13 @@ fn run(args: &[String]) -> Result<(), String> {
             println!("rayx head started at {address}");
             if let Some(path) = &storage {
                 println!("its tables: {} (removed by `rayx stop`)", path.display());
+            }
+            if let Some(files) = &tls_files {
+                println!(
+                    "TLS: on (nodes join with RAYX_TLS_CERT={} RAYX_TLS_KEY={}, or RAYX_TLS=1 here)",
+                    files.cert.display(),
+                    files.key.display()
+                );
             }
             match (rt.cluster_token(), auth::default_path()) {
                 (None, _) => println!("authentication is off: loopback only"),
@@ -121,7 +168,10 @@ fn run(args: &[String]) -> Result<(), String> {
         Some("status") => {
             let address = address(args)?;
             let token = token()?;
-            match admin_ask(&address, token.as_deref(), Ask::Status).map_err(|e| e.to_string())? {
+            let tls = tls_files();
+            match admin_ask(&address, token.as_deref(), tls.as_ref(), Ask::Status)
+                .map_err(|e| e.to_string())?
+            {
                 Answer::Status(s) => {
                     print!("{}", render(&address, &s));
                     Ok(())
@@ -132,7 +182,9 @@ fn run(args: &[String]) -> Result<(), String> {
         Some("stop") => {
             let address = address(args)?;
             let token = token()?;
-            admin_ask(&address, token.as_deref(), Ask::StopCluster).map_err(|e| e.to_string())?;
+            let tls = tls_files();
+            admin_ask(&address, token.as_deref(), tls.as_ref(), Ask::StopCluster)
+                .map_err(|e| e.to_string())?;
             println!("rayx: the cluster at {address} is stopping");
             Ok(())
         }

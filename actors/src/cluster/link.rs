@@ -11,6 +11,7 @@
 //! and harmless to every other connection.
 
 use super::auth::{self, Side, Token};
+use super::tls::Tls;
 use super::wire::{self, Hello, Lane, Msg, NodeInfo, Rejections};
 use crate::error::Error;
 use crate::ids::ObjectId;
@@ -150,6 +151,8 @@ pub struct Gate {
     pub token: Option<Token>,
     /// Connections closed for bad input, by reason.
     pub rejections: Arc<Rejections>,
+    /// TLS for every connection, if the cluster uses it.
+    pub tls: Option<Arc<Tls>>,
     /// Handshakes under way, oldest first, each with what cancels it.
     pending: parking_lot::Mutex<std::collections::VecDeque<(u64, CancellationToken)>>,
     next: AtomicU64,
@@ -161,11 +164,21 @@ pub struct Gate {
 pub const MAX_HANDSHAKES: usize = 256;
 
 impl Gate {
-    /// A gate with this token.
+    /// A gate with this token (and no TLS).
     pub fn new(token: Option<Token>, rejections: Arc<Rejections>) -> Arc<Gate> {
+        Gate::with_tls(token, rejections, None)
+    }
+
+    /// A gate with this token and TLS.
+    pub fn with_tls(
+        token: Option<Token>,
+        rejections: Arc<Rejections>,
+        tls: Option<Arc<Tls>>,
+    ) -> Arc<Gate> {
         Arc::new(Gate {
             token,
             rejections,
+            tls,
             pending: Default::default(),
             next: AtomicU64::new(0),
         })
@@ -197,7 +210,8 @@ async fn write_frame<S: AsyncWrite + Unpin>(stream: &mut S, msg: &Msg) -> Result
     let mut out = Vec::with_capacity(body.len() + 4);
     out.extend_from_slice(&(body.len() as u32).to_be_bytes());
     out.extend_from_slice(&body);
-    stream.write_all(&out).await.map_err(|e| e.to_string())
+    stream.write_all(&out).await.map_err(|e| e.to_string())?;
+    stream.flush().await.map_err(|e| e.to_string())
 }
 
 /// Reads one frame holding one message, of `limit` bytes at most; what was
@@ -249,7 +263,7 @@ async fn refuse<T, S: AsyncWrite + Unpin>(stream: &mut S, reason: String) -> Res
 /// authentication is `Unauthenticated`.
 pub async fn connect(
     address: &str,
-    mut hello: Hello,
+    hello: Hello,
     inbound: Arc<dyn Inbound>,
     gate: &Arc<Gate>,
 ) -> Result<(Arc<Link>, Vec<NodeInfo>), Error> {
@@ -266,12 +280,40 @@ pub async fn connect(
             }
         }
     };
-    let lane = hello.lane;
-    let mut stream = tokio::time::timeout(HANDSHAKE_DEADLINE, TcpStream::connect(address))
+    let stream = tokio::time::timeout(HANDSHAKE_DEADLINE, TcpStream::connect(address))
         .await
         .map_err(|_| unreachable(format!("no connection within {HANDSHAKE_DEADLINE:?}")))?
         .map_err(|e| unreachable(e.to_string()))?;
     let _ = stream.set_nodelay(true);
+    match &gate.tls {
+        None => shake_hands(stream, hello, inbound, gate).await,
+        Some(tls) => {
+            let tls = tokio::time::timeout(
+                HANDSHAKE_DEADLINE,
+                tls.connector.connect(Tls::server_name(), stream),
+            )
+            .await
+            .map_err(|_| unreachable(format!("no TLS handshake within {HANDSHAKE_DEADLINE:?}")))?
+            .map_err(|e| {
+                unreachable(format!(
+                    "TLS handshake failed (does the cluster use TLS, with this certificate?): {e}"
+                ))
+            })?;
+            shake_hands(tls, hello, inbound, gate).await
+        }
+    }
+    .map_err(unreachable)
+}
+
+/// The connecting side's handshake on an open connection: hello, the
+/// listener's proof checked, our proof, its welcome.
+async fn shake_hands<S: Conn>(
+    mut stream: S,
+    mut hello: Hello,
+    inbound: Arc<dyn Inbound>,
+    gate: &Arc<Gate>,
+) -> Result<(Arc<Link>, Vec<NodeInfo>), String> {
+    let lane = hello.lane;
     let mine = auth::nonce();
     hello.nonce = ByteBuf::from(mine.clone());
     let mut buf = BytesMut::with_capacity(64 << 10);
@@ -312,8 +354,7 @@ pub async fn connect(
     };
     let (node, cluster) = tokio::time::timeout(HANDSHAKE_DEADLINE, shake)
         .await
-        .map_err(|_| unreachable(format!("no handshake within {HANDSHAKE_DEADLINE:?}")))?
-        .map_err(unreachable)?;
+        .map_err(|_| format!("no handshake within {HANDSHAKE_DEADLINE:?}"))??;
     let link = start(stream, buf, node, lane, inbound, gate.rejections.clone());
     Ok((link, cluster))
 }
@@ -337,8 +378,63 @@ pub async fn serve(
     inbound: Arc<dyn Inbound>,
     gate: Arc<Gate>,
 ) {
-    let (id, cancel) = gate.begin();
     let _ = stream.set_nodelay(true);
+    // Counted from the first byte, TLS included.
+    let (id, cancel) = gate.begin();
+    let Some(tls) = gate.tls.clone() else {
+        return admit_on(stream, admit, inbound, gate, (id, cancel)).await;
+    };
+    // A peer speaking plain frames to a TLS cluster is told so, in plain
+    // frames (a TLS record starts with 0x16; a frame with its length).
+    let mut first = [0u8; 1];
+    let peeked = tokio::time::timeout(HANDSHAKE_DEADLINE, stream.peek(&mut first)).await;
+    match peeked {
+        Ok(Ok(1)) if first[0] != 0x16 => {
+            gate.end(id);
+            let why = "this cluster uses TLS: join it with its certificate (RAYX_TLS=1, or \
+                       RAYX_TLS_CERT and RAYX_TLS_KEY)";
+            return reject(&mut stream, &gate.rejections, why.to_string()).await;
+        }
+        Ok(Ok(1)) => {}
+        _ => {
+            gate.end(id);
+            gate.rejections
+                .count(&format!("no handshake within {HANDSHAKE_DEADLINE:?}"));
+            return;
+        }
+    }
+    let accept = tokio::time::timeout(HANDSHAKE_DEADLINE, tls.acceptor.accept(stream));
+    let accepted = tokio::select! {
+        r = accept => r,
+        _ = cancel.cancelled() => {
+            gate.end(id);
+            gate.rejections.count("too many handshakes at once: the oldest was cut off");
+            return;
+        }
+    };
+    match accepted {
+        Ok(Ok(tls)) => admit_on(tls, admit, inbound, gate, (id, cancel)).await,
+        Ok(Err(e)) => {
+            gate.end(id);
+            tracing::warn!("rayx: closing a connection: TLS handshake failed: {e}");
+            gate.rejections.count("TLS handshake failed");
+        }
+        Err(_) => {
+            gate.end(id);
+            gate.rejections
+                .count(&format!("no handshake within {HANDSHAKE_DEADLINE:?}"));
+        }
+    }
+}
+
+/// The listener's handshake and admission on an accepted connection.
+async fn admit_on<S: Conn>(
+    mut stream: S,
+    admit: Arc<dyn Admit>,
+    inbound: Arc<dyn Inbound>,
+    gate: Arc<Gate>,
+    (id, cancel): (u64, CancellationToken),
+) {
     let mut buf = BytesMut::with_capacity(8 << 10);
     let shake = tokio::time::timeout(HANDSHAKE_DEADLINE, greet(&mut stream, &mut buf, &gate));
     let greeted = tokio::select! {
@@ -434,9 +530,9 @@ pub async fn greet<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-async fn reject(stream: &mut TcpStream, rejections: &Rejections, reason: String) {
+async fn reject<S: Conn>(stream: &mut S, rejections: &Rejections, reason: String) {
     tracing::warn!(
-        peer = ?stream.peer_addr().ok(),
+        peer = ?stream.peer(),
         "rayx: closing a connection: {reason}"
     );
     rejections.count(&reason);
@@ -444,15 +540,72 @@ async fn reject(stream: &mut TcpStream, rejections: &Rejections, reason: String)
     let _ = stream.shutdown().await;
 }
 
-fn start(
-    stream: TcpStream,
+/// A connection a link can run on: plain TCP, or TLS over it.
+pub trait Conn: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Its reading half.
+    type R: AsyncRead + Unpin + Send + 'static;
+    /// Its writing half.
+    type W: AsyncWrite + Unpin + Send + 'static;
+    /// Splits it (plain TCP without a lock; TLS shares one stream).
+    fn halves(self) -> (Self::R, Self::W);
+    /// The peer's address, for logs.
+    fn peer(&self) -> Option<std::net::SocketAddr>;
+}
+
+impl Conn for TcpStream {
+    type R = OwnedReadHalf;
+    type W = OwnedWriteHalf;
+    fn halves(self) -> (OwnedReadHalf, OwnedWriteHalf) {
+        self.into_split()
+    }
+    fn peer(&self) -> Option<std::net::SocketAddr> {
+        self.peer_addr().ok()
+    }
+}
+
+impl Conn for tokio_rustls::client::TlsStream<TcpStream> {
+    type R = tokio::io::ReadHalf<Self>;
+    type W = tokio::io::WriteHalf<Self>;
+    fn halves(self) -> (Self::R, Self::W) {
+        tokio::io::split(self)
+    }
+    fn peer(&self) -> Option<std::net::SocketAddr> {
+        self.get_ref().0.peer_addr().ok()
+    }
+}
+
+impl Conn for tokio_rustls::server::TlsStream<TcpStream> {
+    type R = tokio::io::ReadHalf<Self>;
+    type W = tokio::io::WriteHalf<Self>;
+    fn halves(self) -> (Self::R, Self::W) {
+        tokio::io::split(self)
+    }
+    fn peer(&self) -> Option<std::net::SocketAddr> {
+        self.get_ref().0.peer_addr().ok()
+    }
+}
+
+/// An in-memory stream, for the fuzz target and tests.
+impl Conn for tokio::io::DuplexStream {
+    type R = tokio::io::ReadHalf<Self>;
+    type W = tokio::io::WriteHalf<Self>;
+    fn halves(self) -> (Self::R, Self::W) {
+        tokio::io::split(self)
+    }
+    fn peer(&self) -> Option<std::net::SocketAddr> {
+        None
+    }
+}
+
+fn start<S: Conn>(
+    stream: S,
     buf: BytesMut,
     peer: NodeInfo,
     lane: Lane,
     inbound: Arc<dyn Inbound>,
     rejections: Arc<Rejections>,
 ) -> Arc<Link> {
-    let (rd, wr) = stream.into_split();
+    let (rd, wr) = stream.halves();
     let (tx, rx) = mpsc::unbounded_channel();
     let link = Arc::new(Link {
         peer,
@@ -468,8 +621,8 @@ fn start(
     link
 }
 
-async fn read_loop(
-    mut rd: OwnedReadHalf,
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut rd: R,
     mut buf: BytesMut,
     link: Arc<Link>,
     inbound: Arc<dyn Inbound>,
@@ -499,8 +652,8 @@ async fn read_loop(
 
 /// Reads and hands in frames until the socket closes (`None`) or a peer's
 /// bad input (the reason).
-async fn read_frames(
-    rd: &mut OwnedReadHalf,
+async fn read_frames<R: AsyncRead + Unpin>(
+    rd: &mut R,
     buf: &mut BytesMut,
     link: &Arc<Link>,
     inbound: &dyn Inbound,
@@ -548,7 +701,11 @@ async fn read_frames(
     }
 }
 
-async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Out>, link: Arc<Link>) {
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    mut rx: mpsc::UnboundedReceiver<Out>,
+    link: Arc<Link>,
+) {
     let limit = max_frame(link.lane);
     let mut batch: Vec<Out> = Vec::with_capacity(BATCH);
     let mut msgs: Vec<Msg> = Vec::with_capacity(BATCH);
@@ -604,6 +761,11 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Out>
             }
             out.clear();
         }
+        // TLS keeps what the socket did not take in its own buffer until a
+        // flush (plain TCP's flush does nothing): a batch goes out whole.
+        if wr.flush().await.is_err() {
+            break;
+        }
         if closing {
             break;
         }
@@ -618,8 +780,8 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Out>
 /// reads them from the socket straight into it (what is buffered already is
 /// copied, the rest read in place) and returns true. `Err(None)`: the socket
 /// closed mid-chunk; `Err(Some(reason))`: bad input.
-async fn read_chunk_in_place(
-    rd: &mut OwnedReadHalf,
+async fn read_chunk_in_place<R: AsyncRead + Unpin>(
+    rd: &mut R,
     buf: &mut BytesMut,
     link: &Link,
     inbound: &dyn Inbound,

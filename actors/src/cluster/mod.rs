@@ -22,6 +22,7 @@ pub mod head;
 pub mod link;
 pub mod placement;
 pub mod store;
+pub mod tls;
 pub mod transfer;
 pub mod wire;
 
@@ -122,6 +123,9 @@ pub struct ClusterConfig {
     /// a head killed and started again on it has its cluster back (removed
     /// when the head stops in order). `None`: memory only.
     pub storage: Option<std::path::PathBuf>,
+    /// TLS for every connection (the cluster certificate's files); `None`:
+    /// plain TCP (authenticated by the token, not encrypted).
+    pub tls: Option<tls::TlsFiles>,
 }
 
 /// What the cluster asks of its node (the node implements it).
@@ -356,9 +360,11 @@ impl ClusterNode {
             head: config.role == Role::Head,
         };
         let rejections = Arc::new(Rejections::default());
-        let gate = Gate::new(
+        let tls = config.tls.as_ref().map(tls::Tls::load).transpose()?;
+        let gate = Gate::with_tls(
             config.token.as_deref().map(auth::Token::from),
             rejections.clone(),
+            tls,
         );
         let head = match config.role {
             Role::Head => {
@@ -2536,7 +2542,12 @@ async fn drain_completions(node: Weak<ClusterNode>) {
 /// Asks the head at `address` as an admin client (`rayx status`, `rayx
 /// stop`), without joining: fails within the handshake deadline if the head
 /// cannot be reached.
-pub fn admin_ask(address: &str, token: Option<&str>, ask: Ask) -> Result<Answer, Error> {
+pub fn admin_ask(
+    address: &str,
+    token: Option<&str>,
+    tls: Option<&tls::TlsFiles>,
+    ask: Ask,
+) -> Result<Answer, Error> {
     struct Client(Mutex<Option<tokio::sync::oneshot::Sender<Result<Answer, Error>>>>);
     impl Inbound for Client {
         fn on_msgs(&self, _: &Arc<Link>, msgs: Vec<Msg>) {
@@ -2572,7 +2583,8 @@ pub fn admin_ask(address: &str, token: Option<&str>, ask: Ask) -> Result<Answer,
             registry: Vec::new(),
         };
         let client = Arc::new(Client(Mutex::new(Some(tx))));
-        let gate = Gate::new(token.map(auth::Token::from), Arc::default());
+        let tls = tls.map(tls::Tls::load).transpose()?;
+        let gate = Gate::with_tls(token.map(auth::Token::from), Arc::default(), tls);
         let (link, _) = link::connect(address, hello, client, &gate).await?;
         let stopping = matches!(ask, Ask::StopCluster);
         link.send(Msg::Ask { id: 1, ask });
