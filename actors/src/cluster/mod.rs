@@ -217,11 +217,11 @@ enum Moved {
 }
 
 /// A task's large result, held on the node that ran it until this node (its
-/// owner) wants it; the task is kept to run again if that node dies first.
+/// owner) wants it. If that node dies first, the result is lost and rebuilt
+/// from its lineage (kept with its slot, within `max_lineage_bytes`).
 struct HeldAt {
     node: NodeId,
     size: u64,
-    job: TaskJob,
 }
 
 /// Borrows and releases waiting to be sent (`None`: a borrow cancelled by its
@@ -1914,17 +1914,12 @@ impl ClusterNode {
         match result {
             Ok(Payload::At { node, size }) if node == from => {
                 // Large: it stays where it ran until it is wanted (as in
-                // Ray), and its task is kept to make it again if that node
-                // dies first. Its holder frees it when the ref goes.
+                // Ray); its arguments are let go, as for any task that ran —
+                // its lineage (kept with its slot) can make it again if that
+                // node dies first. Its holder frees it when the ref goes.
+                drop(flight.job);
                 flight.slot.tell_on_drop(node);
-                self.remote.lock().insert(
-                    object,
-                    HeldAt {
-                        node,
-                        size,
-                        job: flight.job,
-                    },
-                );
+                self.remote.lock().insert(object, HeldAt { node, size });
                 flight.slot.held_elsewhere();
             }
             result => {
@@ -1971,7 +1966,7 @@ impl ClusterNode {
         };
         let node = held.node;
         if !self.is_alive(node) {
-            return self.rebuild(slot, held.job, node, "it died before the value was read");
+            return self.rebuild(&slot, node);
         }
         let me = Arc::downgrade(self);
         self.pull(
@@ -1981,7 +1976,7 @@ impl ClusterNode {
             Box::new(move |r| match (r, me.upgrade()) {
                 (Err(e), Some(me)) if matches!(e, Error::NodeDied { .. }) => {
                     if !me.is_alive(node) {
-                        return me.rebuild(slot, held.job, node, &e.to_string());
+                        return me.rebuild(&slot, node);
                     }
                     if since.elapsed() >= REQUEST_TIMEOUT {
                         drop(held);
@@ -2014,26 +2009,21 @@ impl ClusterNode {
         );
     }
 
-    /// The only copy of a result was on `node`, which died: its task runs
-    /// again (lineage) within its `max_retries`, else the result fails.
-    fn rebuild(&self, slot: Arc<Slot>, mut job: TaskJob, node: NodeId, cause: &str) {
+    /// The only copy of a result was on `node`, which died: the object is
+    /// lost, and rebuilt from its lineage on its next read (its task runs
+    /// again, within `max_retries`), or fails `ObjectReconstructionFailed`.
+    fn rebuild(&self, slot: &Arc<Slot>, node: NodeId) {
         slot.tell_on_drop(NodeId(0));
-        let why = format!("its only copy was on node {node}: {cause}");
-        if job.spec.options.may_retry(job.failures.len() + 1) && !slot.is_cancelled() {
-            job.failures.push(why);
-            self.core.table.resubmit(slot, job);
-        } else {
-            let cause = format!(
-                "{why}; task `{}` may not run again (max_retries {:?})",
-                job.spec.display_name(),
-                job.spec.options.max_retries
-            );
-            drop(job);
+        if let Some(why) = slot.why_unrebuildable() {
+            // Said now, naming the node, rather than on the next read.
             slot.complete(Err(Error::ObjectReconstructionFailed {
                 id: slot.id().to_string(),
-                cause,
+                cause: format!("its only copy was on node {node}, which died, and {why}"),
             }));
+            return;
         }
+        tracing::debug!("rayx: {} was lost with node {node}", slot.id());
+        slot.lost_elsewhere();
     }
 
     /// Where an object's value is: this node once it is here, the node that

@@ -495,6 +495,33 @@ impl Slot {
         }
     }
 
+    /// Why this object could not be rebuilt from its lineage, if it could not.
+    pub fn why_unrebuildable(&self) -> Option<String> {
+        match &self.inner.lock().lineage {
+            Lineage::Kept(_) => None,
+            Lineage::Unkept(why) => Some(why.to_string()),
+            Lineage::None => Some("no lineage was kept for it".into()),
+        }
+    }
+
+    /// The value was held on another node, which died before anyone read it:
+    /// the object is lost, and the next read rebuilds it from its lineage
+    /// (now, if something waits for it already). False if it was not pending.
+    pub fn lost_elsewhere(&self) -> bool {
+        let mut inner = self.inner.lock();
+        if !matches!(inner.state, State::Pending) || inner.job.is_some() {
+            return false;
+        }
+        inner.state = State::Lost;
+        self.status.store(LOST, Ordering::Release);
+        let someone_waits = !inner.waiters.is_empty() || !inner.dependents.is_empty();
+        drop(inner);
+        if someone_waits {
+            self.recover();
+        }
+        true
+    }
+
     /// Injected fault: drops a ready value as if the node holding it died.
     /// Returns false if there was no value to lose.
     pub fn lose(&self) -> bool {
