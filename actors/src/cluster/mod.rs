@@ -485,10 +485,7 @@ impl ClusterNode {
                 match keeper {
                     None => c.unborrow(id),
                     Some(node) => {
-                        // Dropped outside the lock: the task's pins may be
-                        // last refs whose own hooks run now.
-                        let unfetched = c.remote.lock().remove(&id);
-                        drop(unfetched);
+                        c.remote.lock().remove(&id);
                         c.send_to(node, false, Msg::Free { object: id });
                     }
                 }
@@ -1979,7 +1976,6 @@ impl ClusterNode {
                         return me.rebuild(&slot, node);
                     }
                     if since.elapsed() >= REQUEST_TIMEOUT {
-                        drop(held);
                         me.send_to(node, false, Msg::Free { object });
                         return slot.complete(Err(Error::ObjectFetchFailed {
                             id: object.to_string(),
@@ -1999,7 +1995,6 @@ impl ClusterNode {
                     });
                 }
                 (r, me) => {
-                    drop(held);
                     slot.complete(r);
                     if let Some(me) = me {
                         me.send_to(node, false, Msg::Free { object });
