@@ -1,7 +1,7 @@
 //! The `rayx` command: start a standalone head, show a cluster's state, stop it.
 //!
 //! ```text
-//! rayx start --head [--port P] [--host H] [--no-auth] [--storage F|none]
+//! rayx start --head [--port P] [--host H] [--no-auth] [--storage F|none] [--tls]
 //!                                           a head that serves until stopped
 //! rayx status [--address A]                 nodes, actors and objects per node
 //! rayx stop [--address A]                   stops every node and the head
@@ -160,8 +160,15 @@ fn run(args: &[String]) -> Result<(), String> {
                 ),
                 (Some(_), _) => println!("cluster token: from RAYX_TOKEN"),
             }
-            println!("join it with: RAYX_ADDRESS={address} <your binary>");
-            println!("stop it with: rayx stop --address {address}");
+            // Every process of a TLS cluster needs the certificate, the
+            // `rayx` commands included.
+            let tls_env = if tls_files.is_some() {
+                "RAYX_TLS=1 "
+            } else {
+                ""
+            };
+            println!("join it with: {tls_env}RAYX_ADDRESS={address} <your binary>");
+            println!("stop it with: {tls_env}rayx stop --address {address}");
             rt.serve_until_stopped();
             Ok(())
         }

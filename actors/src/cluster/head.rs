@@ -88,6 +88,13 @@ struct Tables {
     jobs: Vec<JobInfo>,
 }
 
+/// Whether work may be placed on member `i`: alive, and linked — the head's
+/// own node (the first), or a node that joined or rejoined. A node a head
+/// started again found in its database is not, until it rejoins.
+fn placeable(i: usize, m: &Member) -> bool {
+    m.alive && (i == 0 || m.link.as_ref().is_some_and(|l| !l.is_closed()))
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -469,8 +476,9 @@ impl Head {
         let candidates: Vec<Candidate> = t
             .nodes
             .iter()
-            .filter(|m| m.alive)
-            .map(|m| Candidate {
+            .enumerate()
+            .filter(|(i, m)| placeable(*i, m))
+            .map(|(_, m)| Candidate {
                 id: m.info.id,
                 cpus: m.info.cpus,
                 load: m.report.load as f64 + m.actors as f64,
@@ -657,8 +665,9 @@ impl Head {
                 let candidates: Vec<Candidate> = t
                     .nodes
                     .iter()
-                    .filter(|m| m.alive)
-                    .map(|m| Candidate {
+                    .enumerate()
+                    .filter(|(i, m)| placeable(*i, m))
+                    .map(|(_, m)| Candidate {
                         id: m.info.id,
                         cpus: m.info.cpus,
                         load: m.report.load as f64 + m.actors as f64,

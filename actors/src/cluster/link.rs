@@ -387,7 +387,15 @@ pub async fn serve(
     // A peer speaking plain frames to a TLS cluster is told so, in plain
     // frames (a TLS record starts with 0x16; a frame with its length).
     let mut first = [0u8; 1];
-    let peeked = tokio::time::timeout(HANDSHAKE_DEADLINE, stream.peek(&mut first)).await;
+    let peek = tokio::time::timeout(HANDSHAKE_DEADLINE, stream.peek(&mut first));
+    let peeked = tokio::select! {
+        r = peek => r,
+        _ = cancel.cancelled() => {
+            gate.end(id);
+            gate.rejections.count("too many handshakes at once: the oldest was cut off");
+            return;
+        }
+    };
     match peeked {
         Ok(Ok(1)) if first[0] != 0x16 => {
             gate.end(id);

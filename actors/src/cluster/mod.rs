@@ -2455,8 +2455,15 @@ impl Admit for Handler {
 
 async fn accept_loop(listener: tokio::net::TcpListener, node: Weak<ClusterNode>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors (a flood), say: back off a little
+                // rather than spin on the error.
+                tracing::warn!("rayx: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
         };
         let Some(c) = node.upgrade() else { return };
         let handler = Arc::new(Handler(node.clone()));

@@ -109,7 +109,21 @@ impl HeadStore {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| failed("cannot make its folder", path, e))?;
         }
-        let db = redb::Database::create(path).map_err(|e| failed("cannot open it", path, e))?;
+        let db = redb::Database::create(path).map_err(|e| {
+            failed(
+                "cannot open it (to start without it: remove the file, or use another \
+                 storage file, or --storage none)",
+                path,
+                e,
+            )
+        })?;
+        #[cfg(unix)]
+        {
+            // It holds the key-value store and the actors' arguments: its
+            // user's only, as the token is.
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        }
         let txn = db
             .begin_write()
             .map_err(|e| failed("cannot write", path, e))?;
