@@ -56,13 +56,19 @@ fn big_result(n: usize) -> (u64, ByteBuf) {
     (node, ByteBuf::from(vec![(n % 251) as u8; n]))
 }
 
+/// The OS process a node runs in.
+fn pid_here(_: ()) -> u32 {
+    std::process::id()
+}
+
 rayx::remote!(
     where_am_i,
     square,
     slow_where,
     own_blob,
     call_by_name,
-    big_result
+    big_result,
+    pid_here
 );
 
 pub struct Counter {
@@ -577,7 +583,7 @@ fn the_head_killed_and_restarted_during_a_job_the_job_finishes() {
             .unwrap()
     };
     let mut head = Reap(start_head());
-    let nodes: Vec<Reap> = (0..2)
+    let mut nodes: Vec<Reap> = (0..3)
         .map(|_| {
             Reap(
                 Command::new(std::env::current_exe().unwrap())
@@ -601,20 +607,59 @@ fn the_head_killed_and_restarted_during_a_job_the_job_finishes() {
         .start()
         .expect("the driver joins");
     assert!(
-        rt.wait_for_nodes(4, Duration::from_secs(60)),
-        "head, two nodes, driver"
+        rt.wait_for_nodes(5, Duration::from_secs(60)),
+        "head, three nodes, driver"
     );
+    // Which node is which process.
+    let ids: Vec<NodeId> = nodes
+        .iter()
+        .map(|n| {
+            rt.nodes()
+                .into_iter()
+                .filter(|i| i.cpus > 0.0)
+                .map(|i| i.id)
+                .find(|id| {
+                    rt.task(pid_here)
+                        .node_affinity(*id, false)
+                        .remote(())
+                        .get()
+                        .unwrap()
+                        == n.0.id()
+                })
+                .expect("each node process is a node")
+        })
+        .collect();
     rt.kv_put("config", b"kept", true).unwrap();
-    let keeper = rt.actor_of(new_counter, 5).name("keeper").spawn().unwrap();
+    let keeper = rt
+        .actor_of(new_counter, 5)
+        .name("keeper")
+        .node_affinity(ids[2], false)
+        .spawn()
+        .unwrap();
     assert_eq!(keeper.call(Add(1)).get().unwrap(), 6);
+    // An actor that will lose its node while the head is down.
+    let mover = rt
+        .actor_of(new_counter, 0)
+        .name("mover")
+        .detached()
+        .max_restarts(3)
+        .node_affinity(ids[0], true)
+        .spawn()
+        .unwrap();
+    assert_eq!(mover.call(Where).get().unwrap(), ids[0].0);
     let refs: Vec<_> = (0..300u64)
         .map(|i| rt.task(slow_where).remote((i, 20)))
         .collect();
     rt.wait(&refs, 30, Some(Duration::from_secs(60))).unwrap();
     head.0.kill().unwrap();
     head.0.wait().unwrap();
-    // While it is down, calls between live nodes go on.
+    // While it is down, calls between live nodes go on; and two nodes die
+    // (the mover's among them), which only the head can declare.
     assert_eq!(keeper.call(Add(1)).get().unwrap(), 7);
+    for n in &mut nodes[..2] {
+        n.0.kill().unwrap();
+        n.0.wait().unwrap();
+    }
     head = Reap(start_head());
     let results = rt
         .get(&refs, Some(Duration::from_secs(120)))
@@ -626,7 +671,7 @@ fn the_head_killed_and_restarted_during_a_job_the_job_finishes() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         match rt.cluster_status() {
-            Ok(s) if s.nodes.iter().filter(|n| n.alive).count() == 4 => break s,
+            Ok(s) if s.nodes.iter().filter(|n| n.alive).count() == 3 => break s,
             _ => {
                 assert!(Instant::now() < deadline, "the cluster came back");
                 std::thread::park_timeout(PERIOD);
@@ -646,6 +691,21 @@ fn the_head_killed_and_restarted_during_a_job_the_job_finishes() {
         .get_actor::<Counter>("keeper")
         .expect("names survive the head");
     assert_eq!(found.call(Add(1)).get().unwrap(), 8);
+    // The mover's node died while the head was down: declared dead once its
+    // time to rejoin is over, it starts again on the live node — not on the
+    // other node that died, which the restarted head lists but never heard.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let moved = rt
+            .get_actor::<Counter>("mover")
+            .is_ok_and(|m| m.node_id() == ids[2]);
+        if moved {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the mover never came back");
+        std::thread::park_timeout(PERIOD);
+    }
+    assert_eq!(mover.call(Where).get().unwrap(), ids[2].0);
     let more: Vec<_> = (0..20u64).map(|i| rt.task(square).remote(i)).collect();
     assert_eq!(rt.get(&more, None).unwrap()[19], 361);
     // An orderly stop ends the cluster and removes the database.
@@ -657,7 +717,7 @@ fn the_head_killed_and_restarted_during_a_job_the_job_finishes() {
         .unwrap();
     assert!(stopped.success());
     head.0.wait().unwrap();
-    for mut n in nodes {
+    for mut n in nodes.into_iter().skip(2) {
         n.0.wait().unwrap();
     }
     assert!(!storage.exists(), "an orderly stop removes the head's file");
