@@ -6,7 +6,7 @@ use crate::cluster::Construct;
 use crate::object_ref::{ObjectRef, RefList};
 use crate::remote::{function_table, RemoteFunction, TaskBuilder};
 use crate::{Actor, Data, Error, Result, Runtime};
-use rayx_actors::cluster::tls::TlsFiles;
+use rayx_actors::cluster::tls::{self, TlsFiles};
 use rayx_actors::cluster::wire::{Answer, Ask};
 use rayx_actors::cluster::{auth, ClusterConfig, Health, Role};
 use rayx_actors::faults::Faults;
@@ -207,50 +207,30 @@ impl Builder {
         if let Some(t) = &self.tls {
             return Ok(Some(t.clone()));
         }
-        let var = |n: &str| std::env::var_os(n).filter(|v| !v.is_empty());
-        if let (Some(cert), Some(key)) = (var("RAYX_TLS_CERT"), var("RAYX_TLS_KEY")) {
-            return Ok(Some(TlsFiles {
-                cert: cert.into(),
-                key: key.into(),
-            }));
+        let files = tls::files_from_env();
+        if std::env::var("RAYX_TLS").is_ok_and(|v| v == "1") && files.is_none() {
+            return Err(Error::Startup(
+                "RAYX_TLS=1 but there is no home folder".into(),
+            ));
         }
-        if !std::env::var("RAYX_TLS").is_ok_and(|v| v == "1") {
-            return Ok(None);
+        if let Some(f) = files
+            .as_ref()
+            .filter(|f| head && Some(*f) == tls::default_files().as_ref())
+        {
+            // A head makes the default certificate when there is none.
+            tls::generate(f)?;
         }
-        let dir = auth::default_path()
-            .and_then(|p| p.parent().map(std::path::Path::to_path_buf))
-            .ok_or_else(|| Error::Startup("RAYX_TLS=1 but there is no home folder".into()))?;
-        let files = TlsFiles::in_dir(&dir);
-        if head {
-            rayx_actors::cluster::tls::generate(&files)?;
-        }
-        Ok(Some(files))
+        Ok(files)
     }
 
     fn resolve_token(&self, head: bool) -> Result<Option<String>> {
-        if self.no_auth || std::env::var("RAYX_AUTH").is_ok_and(|a| a == "none") {
+        if self.no_auth || auth::disabled_by_env() {
             return Ok(None);
         }
         if let Some(t) = &self.token {
             return Ok(Some(t.clone()));
         }
-        if let Some(t) = std::env::var("RAYX_TOKEN").ok().filter(|t| !t.is_empty()) {
-            return Ok(Some(t));
-        }
-        let Some(path) = auth::default_path() else {
-            return Ok(head.then(auth::generate));
-        };
-        let read = if head {
-            auth::read_or_create(&path).map(Some)
-        } else {
-            auth::read(&path)
-        };
-        read.map_err(|e| {
-            Error::Startup(format!(
-                "cannot read the cluster token at {}: {e}",
-                path.display()
-            ))
-        })
+        auth::from_env(head)
     }
 
     fn resolve_health(&self) -> Result<Health> {

@@ -170,6 +170,76 @@ impl Drop for Reap {
     }
 }
 
+/// A standalone head (`rayx start --head`) on a port of its own, with a
+/// database and the fast health profile, for the tests that kill and restart it.
+struct StandaloneHead {
+    dir: std::path::PathBuf,
+    storage: std::path::PathBuf,
+    port: String,
+    address: String,
+    token: &'static str,
+}
+
+impl StandaloneHead {
+    fn new(tag: &str, token: &'static str) -> StandaloneHead {
+        let dir = std::env::temp_dir().join(format!("rayx-{tag}-{}", std::process::id()));
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port().to_string()
+        };
+        StandaloneHead {
+            storage: dir.join("head.redb"),
+            dir,
+            address: format!("127.0.0.1:{port}"),
+            port,
+            token,
+        }
+    }
+
+    /// The fast health profile, for the head and the processes that join it.
+    fn health() -> [(&'static str, String); 2] {
+        [
+            (
+                "RAYX_HEALTH_CHECK_PERIOD_MS",
+                PERIOD.as_millis().to_string(),
+            ),
+            ("RAYX_HEALTH_CHECK_FAILURE_THRESHOLD", MISSES.to_string()),
+        ]
+    }
+
+    /// Starts it (again, on the same database and port).
+    fn start(&self) -> Reap {
+        Reap(
+            std::process::Command::new(env!("CARGO_BIN_EXE_rayx"))
+                .args(["start", "--head", "--port", &self.port, "--storage"])
+                .arg(&self.storage)
+                .env("RAYX_TOKEN", self.token)
+                .envs(Self::health())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    /// `rayx stop`: the cluster ends in order; waits for the head to exit.
+    fn stop(&self, mut head: Reap) {
+        let stopped = std::process::Command::new(env!("CARGO_BIN_EXE_rayx"))
+            .args(["stop", "--address", &self.address])
+            .env("RAYX_TOKEN", self.token)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(stopped.success());
+        head.0.wait().unwrap();
+    }
+}
+
+impl Drop for StandaloneHead {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 fn pid_of(c: &Cluster, i: usize) -> i32 {
     c.nodes()[i].pid() as i32
 }
@@ -557,32 +627,10 @@ fn a_hung_node_is_declared_dead_and_may_not_come_back() {
 /// the head's tables (key-value store, named actors) are as they were.
 fn the_head_killed_and_restarted_during_a_job_the_job_finishes() {
     use std::process::{Command, Stdio};
-    let dir = std::env::temp_dir().join(format!("rayx-head-{}", std::process::id()));
-    let storage = dir.join("head.redb");
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port().to_string()
-    };
-    let address = format!("127.0.0.1:{port}");
-    let token = "head-restart-test-token";
-    let health = [
-        (
-            "RAYX_HEALTH_CHECK_PERIOD_MS",
-            PERIOD.as_millis().to_string(),
-        ),
-        ("RAYX_HEALTH_CHECK_FAILURE_THRESHOLD", MISSES.to_string()),
-    ];
-    let start_head = || {
-        Command::new(env!("CARGO_BIN_EXE_rayx"))
-            .args(["start", "--head", "--port", &port, "--storage"])
-            .arg(&storage)
-            .env("RAYX_TOKEN", token)
-            .envs(health.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    let mut head = Reap(start_head());
+    let sh = StandaloneHead::new("head", "head-restart-test-token");
+    let (address, token) = (sh.address.clone(), sh.token);
+    let health = StandaloneHead::health();
+    let mut head = sh.start();
     let mut nodes: Vec<Reap> = (0..3)
         .map(|_| {
             Reap(
@@ -660,7 +708,7 @@ fn the_head_killed_and_restarted_during_a_job_the_job_finishes() {
         n.0.kill().unwrap();
         n.0.wait().unwrap();
     }
-    head = Reap(start_head());
+    head = sh.start();
     let results = rt
         .get(&refs, Some(Duration::from_secs(120)))
         .expect("the job finishes");
@@ -709,19 +757,14 @@ fn the_head_killed_and_restarted_during_a_job_the_job_finishes() {
     let more: Vec<_> = (0..20u64).map(|i| rt.task(square).remote(i)).collect();
     assert_eq!(rt.get(&more, None).unwrap()[19], 361);
     // An orderly stop ends the cluster and removes the database.
-    let stopped = Command::new(env!("CARGO_BIN_EXE_rayx"))
-        .args(["stop", "--address", &address])
-        .env("RAYX_TOKEN", token)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(stopped.success());
-    head.0.wait().unwrap();
+    sh.stop(head);
     for mut n in nodes.into_iter().skip(2) {
         n.0.wait().unwrap();
     }
-    assert!(!storage.exists(), "an orderly stop removes the head's file");
-    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        !sh.storage.exists(),
+        "an orderly stop removes the head's file"
+    );
 }
 
 /// The head's job table: a driver that shuts down in order is a finished
@@ -730,23 +773,8 @@ fn the_head_killed_and_restarted_during_a_job_the_job_finishes() {
 fn jobs_are_kept_by_the_head_through_its_restart() {
     use rayx_actors::cluster::wire::{Answer, Ask, ClusterStatus, JobState};
     use std::process::{Command, Stdio};
-    let dir = std::env::temp_dir().join(format!("rayx-jobs-{}", std::process::id()));
-    let storage = dir.join("head.redb");
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port().to_string()
-    };
-    let address = format!("127.0.0.1:{port}");
-    let token = "jobs-test-token";
-    let start_head = || {
-        Command::new(env!("CARGO_BIN_EXE_rayx"))
-            .args(["start", "--head", "--port", &port, "--storage"])
-            .arg(&storage)
-            .env("RAYX_TOKEN", token)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    let sh = StandaloneHead::new("jobs", "jobs-test-token");
+    let (address, token) = (sh.address.clone(), sh.token);
     let driver = |mode: &str| {
         let mut cmd = Command::new(std::env::current_exe().unwrap());
         cmd.env("RAYX_TEST_DRIVER", mode)
@@ -763,7 +791,7 @@ fn jobs_are_kept_by_the_head_through_its_restart() {
             other => panic!("{other:?}"),
         }
     };
-    let mut head = Reap(start_head());
+    let mut head = sh.start();
     // A driver that runs a task and shuts down in order.
     let out = driver("finish").output().unwrap();
     assert!(out.status.success(), "{out:?}");
@@ -796,7 +824,7 @@ fn jobs_are_kept_by_the_head_through_its_restart() {
     // The head is killed and started again: the table is as it was.
     head.0.kill().unwrap();
     head.0.wait().unwrap();
-    head = Reap(start_head());
+    head = sh.start();
     let deadline = Instant::now() + Duration::from_secs(30);
     let again = loop {
         match rayx_actors::cluster::admin_ask(&address, Some(token), None, Ask::Status) {
@@ -808,15 +836,7 @@ fn jobs_are_kept_by_the_head_through_its_restart() {
         }
     };
     assert_eq!(again, jobs);
-    let stopped = Command::new(env!("CARGO_BIN_EXE_rayx"))
-        .args(["stop", "--address", &address])
-        .env("RAYX_TOKEN", token)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(stopped.success());
-    head.0.wait().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    sh.stop(head);
 }
 
 /// The test binary as a driver of `jobs_are_kept_by_the_head_through_its_restart`.

@@ -10,7 +10,7 @@
 //! else the file `RAYX_TOKEN_FILE`, else `~/.rayx/token`, which
 //! `rayx start --head` makes (readable by its user only) when there is none.
 
-use rayx_actors::cluster::tls::{self, TlsFiles};
+use rayx_actors::cluster::tls;
 use rayx_actors::cluster::wire::{Answer, Ask, ClusterStatus, JobState};
 use rayx_actors::cluster::{admin_ask, auth};
 use std::process::ExitCode;
@@ -28,41 +28,6 @@ file RAYX_TOKEN_FILE, else ~/.rayx/token, which `start --head` makes if missing;
 --no-auth, loopback only: every process then needs RAYX_AUTH=none; --tls encrypts
 every connection with ~/.rayx/cluster.crt and cluster.key, made if missing: every
 process then needs RAYX_TLS=1, or RAYX_TLS_CERT and RAYX_TLS_KEY)";
-
-/// The TLS files a command uses: `RAYX_TLS_CERT` and `RAYX_TLS_KEY`, or
-/// `RAYX_TLS=1` for the default ones; none otherwise.
-fn tls_files() -> Option<TlsFiles> {
-    let var = |n: &str| std::env::var_os(n).filter(|v| !v.is_empty());
-    if let (Some(cert), Some(key)) = (var("RAYX_TLS_CERT"), var("RAYX_TLS_KEY")) {
-        return Some(TlsFiles {
-            cert: cert.into(),
-            key: key.into(),
-        });
-    }
-    if std::env::var("RAYX_TLS").is_ok_and(|v| v == "1") {
-        return default_tls();
-    }
-    None
-}
-
-fn default_tls() -> Option<TlsFiles> {
-    auth::default_path().and_then(|p| p.parent().map(TlsFiles::in_dir))
-}
-
-/// The token a command proves: `RAYX_TOKEN`, else the token file.
-fn token() -> Result<Option<String>, String> {
-    if std::env::var("RAYX_AUTH").is_ok_and(|a| a == "none") {
-        return Ok(None);
-    }
-    if let Some(t) = std::env::var("RAYX_TOKEN").ok().filter(|t| !t.is_empty()) {
-        return Ok(Some(t));
-    }
-    match auth::default_path() {
-        Some(path) => auth::read(&path)
-            .map_err(|e| format!("cannot read the cluster token at {}: {e}", path.display())),
-        None => Ok(None),
-    }
-}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -118,8 +83,8 @@ fn run(args: &[String]) -> Result<(), String> {
                 builder = builder.head_storage(path);
             }
             let tls_files = if args.iter().any(|a| a == "--tls") {
-                let files = tls_files()
-                    .or_else(default_tls)
+                let files = tls::files_from_env()
+                    .or_else(tls::default_files)
                     .ok_or("--tls: there is no home folder for the certificate")?;
                 if tls::generate(&files).map_err(|e| e.to_string())? {
                     println!(
@@ -174,8 +139,8 @@ fn run(args: &[String]) -> Result<(), String> {
         }
         Some("status") => {
             let address = address(args)?;
-            let token = token()?;
-            let tls = tls_files();
+            let token = auth::from_env(false).map_err(|e| e.to_string())?;
+            let tls = tls::files_from_env();
             match admin_ask(&address, token.as_deref(), tls.as_ref(), Ask::Status)
                 .map_err(|e| e.to_string())?
             {
@@ -188,8 +153,8 @@ fn run(args: &[String]) -> Result<(), String> {
         }
         Some("stop") => {
             let address = address(args)?;
-            let token = token()?;
-            let tls = tls_files();
+            let token = auth::from_env(false).map_err(|e| e.to_string())?;
+            let tls = tls::files_from_env();
             admin_ask(&address, token.as_deref(), tls.as_ref(), Ask::StopCluster)
                 .map_err(|e| e.to_string())?;
             println!("rayx: the cluster at {address} is stopping");

@@ -85,6 +85,37 @@ pub fn default_path() -> Option<PathBuf> {
         .map(|h| PathBuf::from(h).join(".rayx").join("token"))
 }
 
+/// Whether `RAYX_AUTH=none` turns authentication off.
+pub fn disabled_by_env() -> bool {
+    std::env::var("RAYX_AUTH").is_ok_and(|a| a == "none")
+}
+
+/// The token this process proves, from its environment: none with
+/// `RAYX_AUTH=none`; else `RAYX_TOKEN`; else the token file
+/// ([`default_path`]), which a head (`make`) creates when there is none.
+pub fn from_env(make: bool) -> Result<Option<String>, crate::error::Error> {
+    if disabled_by_env() {
+        return Ok(None);
+    }
+    if let Some(t) = std::env::var("RAYX_TOKEN").ok().filter(|t| !t.is_empty()) {
+        return Ok(Some(t));
+    }
+    let Some(path) = default_path() else {
+        return Ok(make.then(generate));
+    };
+    let read = if make {
+        read_or_create(&path).map(Some)
+    } else {
+        read(&path)
+    };
+    read.map_err(|e| {
+        crate::error::Error::Startup(format!(
+            "cannot read the cluster token at {}: {e}",
+            path.display()
+        ))
+    })
+}
+
 /// Reads a token file (its first line, trimmed).
 pub fn read(path: &Path) -> std::io::Result<Option<String>> {
     match std::fs::read_to_string(path) {

@@ -88,13 +88,6 @@ struct Tables {
     jobs: Vec<JobInfo>,
 }
 
-/// Whether work may be placed on member `i`: alive, and linked — the head's
-/// own node (the first), or a node that joined or rejoined. A node a head
-/// started again found in its database is not, until it rejoins.
-fn placeable(i: usize, m: &Member) -> bool {
-    m.alive && (i == 0 || m.link.as_ref().is_some_and(|l| !l.is_closed()))
-}
-
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -106,6 +99,24 @@ fn job_record(job: &JobInfo) -> Record {
 }
 
 impl Tables {
+    /// The nodes work may be placed on: alive, and linked — the head's own
+    /// node (the first), or a node that joined or rejoined. A node a head
+    /// started again found in its database is not, until it rejoins.
+    fn candidates(&self) -> Vec<Candidate> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, m)| {
+                m.alive && (*i == 0 || m.link.as_ref().is_some_and(|l| !l.is_closed()))
+            })
+            .map(|(_, m)| Candidate {
+                id: m.info.id,
+                cpus: m.info.cpus,
+                load: m.report.load as f64 + m.actors as f64,
+            })
+            .collect()
+    }
+
     fn new_member(&mut self, info: NodeInfo, link: Option<Arc<Link>>) -> &Member {
         let key = store::node_key(self.next_seq, info.id);
         self.next_seq += 1;
@@ -280,11 +291,6 @@ impl Head {
         if let Some(s) = self.store.lock().take() {
             s.remove();
         }
-    }
-
-    /// Whether the head keeps its tables in a database.
-    pub fn persistent(&self) -> bool {
-        self.store.lock().is_some()
     }
 
     /// Checks a joining node's registry against the cluster's; the error
@@ -473,17 +479,7 @@ impl Head {
         cause: &str,
     ) -> Result<(ActorCreate, NodeId), String> {
         let why = format!("its node {died} died: {cause}");
-        let candidates: Vec<Candidate> = t
-            .nodes
-            .iter()
-            .enumerate()
-            .filter(|(i, m)| placeable(*i, m))
-            .map(|(_, m)| Candidate {
-                id: m.info.id,
-                cpus: m.info.cpus,
-                load: m.report.load as f64 + m.actors as f64,
-            })
-            .collect();
+        let candidates = t.candidates();
         let p = t.actors.get_mut(&id).expect("listed");
         let Some(r) = p.restart.as_mut() else {
             return Err(why);
@@ -662,17 +658,7 @@ impl Head {
                         });
                     }
                 }
-                let candidates: Vec<Candidate> = t
-                    .nodes
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, m)| placeable(*i, m))
-                    .map(|(_, m)| Candidate {
-                        id: m.info.id,
-                        cpus: m.info.cpus,
-                        load: m.report.load as f64 + m.actors as f64,
-                    })
-                    .collect();
+                let candidates = t.candidates();
                 let node =
                     place(&candidates, from, scheduling, cpus, &self.spread).map_err(|reason| {
                         Error::Unschedulable {

@@ -299,7 +299,7 @@ pub async fn connect(
                     "TLS handshake failed (does the cluster use TLS, with this certificate?): {e}"
                 ))
             })?;
-            shake_hands(tls, hello, inbound, gate).await
+            shake_hands(tokio_rustls::TlsStream::from(tls), hello, inbound, gate).await
         }
     }
     .map_err(unreachable)
@@ -421,7 +421,10 @@ pub async fn serve(
         }
     };
     match accepted {
-        Ok(Ok(tls)) => admit_on(tls, admit, inbound, gate, (id, cancel)).await,
+        Ok(Ok(tls)) => {
+            let tls = tokio_rustls::TlsStream::from(tls);
+            admit_on(tls, admit, inbound, gate, (id, cancel)).await
+        }
         Ok(Err(e)) => {
             gate.end(id);
             tracing::warn!("rayx: closing a connection: TLS handshake failed: {e}");
@@ -571,18 +574,8 @@ impl Conn for TcpStream {
     }
 }
 
-impl Conn for tokio_rustls::client::TlsStream<TcpStream> {
-    type R = tokio::io::ReadHalf<Self>;
-    type W = tokio::io::WriteHalf<Self>;
-    fn halves(self) -> (Self::R, Self::W) {
-        tokio::io::split(self)
-    }
-    fn peer(&self) -> Option<std::net::SocketAddr> {
-        self.get_ref().0.peer_addr().ok()
-    }
-}
-
-impl Conn for tokio_rustls::server::TlsStream<TcpStream> {
+/// Either side of TLS (tokio-rustls' own enum of the client and server streams).
+impl Conn for tokio_rustls::TlsStream<TcpStream> {
     type R = tokio::io::ReadHalf<Self>;
     type W = tokio::io::WriteHalf<Self>;
     fn halves(self) -> (Self::R, Self::W) {

@@ -36,6 +36,28 @@ impl TlsFiles {
     }
 }
 
+/// The cluster certificate's files in the default place: `cluster.crt` and
+/// `cluster.key` beside the token file (`~/.rayx/`).
+pub fn default_files() -> Option<TlsFiles> {
+    super::auth::default_path().and_then(|p| p.parent().map(TlsFiles::in_dir))
+}
+
+/// The TLS files the environment names: `RAYX_TLS_CERT` and `RAYX_TLS_KEY`,
+/// else [`default_files`] with `RAYX_TLS=1`; none otherwise.
+pub fn files_from_env() -> Option<TlsFiles> {
+    let var = |n: &str| std::env::var_os(n).filter(|v| !v.is_empty());
+    if let (Some(cert), Some(key)) = (var("RAYX_TLS_CERT"), var("RAYX_TLS_KEY")) {
+        return Some(TlsFiles {
+            cert: cert.into(),
+            key: key.into(),
+        });
+    }
+    if std::env::var("RAYX_TLS").is_ok_and(|v| v == "1") {
+        return default_files();
+    }
+    None
+}
+
 /// A node's TLS: what it accepts with and what it connects with.
 pub struct Tls {
     /// For connections it accepts.
