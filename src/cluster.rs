@@ -255,7 +255,17 @@ impl Runtime {
 
     /// Stores `value` under `key` in the head's key-value store; with
     /// `overwrite` false an existing value stays. True if it was stored.
+    /// Outside a cluster the runtime keeps the store itself (it outlives every
+    /// actor of the runtime, not the process).
     pub fn kv_put(&self, key: &str, value: &[u8], overwrite: bool) -> Result<bool> {
+        if self.node().cluster().is_none() {
+            let mut kv = self.node().local_kv().lock();
+            if !overwrite && kv.contains_key(key) {
+                return Ok(false);
+            }
+            kv.insert(key.to_string(), value.to_vec());
+            return Ok(true);
+        }
         match self.ask_head(Ask::KvPut {
             key: key.to_string(),
             value: value.to_vec(),
@@ -268,6 +278,9 @@ impl Runtime {
 
     /// The value under `key` in the head's key-value store.
     pub fn kv_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        if self.node().cluster().is_none() {
+            return Ok(self.node().local_kv().lock().get(key).cloned());
+        }
         match self.ask_head(Ask::KvGet {
             key: key.to_string(),
         })? {
@@ -278,6 +291,9 @@ impl Runtime {
 
     /// Deletes `key` from the head's key-value store; true if it was there.
     pub fn kv_delete(&self, key: &str) -> Result<bool> {
+        if self.node().cluster().is_none() {
+            return Ok(self.node().local_kv().lock().remove(key).is_some());
+        }
         match self.ask_head(Ask::KvDelete {
             key: key.to_string(),
         })? {

@@ -278,3 +278,21 @@ fn settings_that_cannot_work_are_refused_at_start() {
     assert!(refused(rayx::Builder::new().num_workers(0)).contains("num_workers"));
     assert!(refused(rayx::Builder::new().num_workers(4).max_workers(2)).contains("max_workers"));
 }
+
+#[test]
+fn the_key_value_store_works_outside_a_cluster_and_per_runtime() {
+    let a = rayx::Builder::new().num_workers(1).start().unwrap();
+    let b = rayx::Builder::new().num_workers(1).start().unwrap();
+    assert!(a.kv_put("k", b"one", false).unwrap());
+    assert!(
+        !a.kv_put("k", b"two", false).unwrap(),
+        "kept without overwrite"
+    );
+    assert_eq!(a.kv_get("k").unwrap().as_deref(), Some(&b"one"[..]));
+    assert!(a.kv_put("k", b"two", true).unwrap());
+    assert_eq!(a.kv_get("k").unwrap().as_deref(), Some(&b"two"[..]));
+    assert_eq!(b.kv_get("k").unwrap(), None, "each runtime has its own");
+    assert!(a.kv_delete("k").unwrap());
+    assert!(!a.kv_delete("k").unwrap());
+    assert_eq!(a.kv_get("k").unwrap(), None);
+}

@@ -101,6 +101,9 @@ pub struct Node {
     /// it alive as they always do).
     hosted: Mutex<IdMap<ActorId, Hosted>>,
     stopped: (Mutex<bool>, Condvar),
+    /// The key-value store of a runtime that is not part of a cluster (in a
+    /// cluster the head keeps it): it outlives every actor of the runtime.
+    local_kv: Mutex<HashMap<String, Vec<u8>>>,
 }
 
 impl Node {
@@ -193,6 +196,7 @@ impl Node {
             cluster: OnceLock::new(),
             hosted: Mutex::default(),
             stopped: (Mutex::new(false), Condvar::new()),
+            local_kv: Mutex::new(HashMap::new()),
         });
         let weak = Arc::downgrade(&node);
         let for_threads = weak.clone();
@@ -523,6 +527,11 @@ impl Node {
     /// The node's part of its cluster, if it is in one.
     pub fn cluster(&self) -> Option<&Arc<ClusterNode>> {
         self.cluster.get()
+    }
+
+    /// The key-value store of a runtime outside a cluster.
+    pub fn local_kv(&self) -> &Mutex<HashMap<String, Vec<u8>>> {
+        &self.local_kv
     }
 
     /// The actor types this node can start for peers.
