@@ -25,6 +25,7 @@ pub mod prelude;
 mod remote;
 mod remote_actor;
 mod runtime;
+pub mod services;
 pub mod testing;
 
 pub use actor::{

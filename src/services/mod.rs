@@ -1,0 +1,14 @@
+//! Ready-made distributed services built from rayx actors: a lock service with
+//! fencing tokens ([`lock`]), a sharded transactional key-value store
+//! ([`kv`]) and a sharded cache with single-flight computation ([`cache`]).
+//!
+//! Each service is a set of ordinary rayx actors (registered with
+//! [`remote_actor!`](crate::remote_actor), so the head can place them on any
+//! node of a cluster and restart them elsewhere) and a client type that holds
+//! their handles. What must survive the restart of a service's actor is kept
+//! in the runtime's key-value store ([`Runtime::kv_put`](crate::Runtime::kv_put)):
+//! the head's in a cluster, the runtime's own outside one.
+
+pub mod cache;
+pub mod kv;
+pub mod lock;
