@@ -6,7 +6,8 @@
 //!   a job wakes a sleeping worker, unless a worker is watching the queue (an
 //!   idle worker spinning before it sleeps); a worker that stops watching, or
 //!   goes to sleep, re-checks the queue. Neither may miss the other, or a job
-//!   waits with every worker asleep.
+//!   waits with every worker asleep. A worker that takes a job and leaves more
+//!   wakes the next sleeper, since the job it took may block it for good.
 //! - [`ScheduleFlag`]: an actor host's `scheduled` flag. Callers push to the
 //!   mailbox and schedule the host only on the idle-to-busy edge; the host, done,
 //!   releases the flag and re-checks the mailbox. No call may be left behind.
@@ -76,6 +77,20 @@ impl<W> IdleSet<W> {
             self.count.fetch_sub(1, Ordering::Relaxed);
         }
         woken.map(|(_, w)| w)
+    }
+
+    /// Called by a worker right after it took a job: the sleeper it must wake
+    /// if `has_more()` says jobs are still queued (none while a worker
+    /// watches). The job taken may block this worker for good, and a push that
+    /// found a watcher woke nobody, so each worker that takes a job and leaves
+    /// more wakes the next: a queued job never waits while workers sleep and
+    /// every awake worker is blocked.
+    pub fn after_take(&self, has_more: impl Fn() -> bool) -> Option<W> {
+        if has_more() {
+            self.after_push()
+        } else {
+            None
+        }
     }
 
     /// A worker starts watching the queue instead of sleeping: submitters

@@ -141,7 +141,19 @@ impl RunQueue {
         }
     }
 
-    /// The next job, if any.
+    /// A worker's next job, if any. If more are queued, another sleeper is
+    /// woken for them ([`IdleSet::after_take`]): the job taken may block this
+    /// worker for good (a `get` on a call whose actor's job is queued behind
+    /// it), and without the chain such a job could wait while workers sleep.
+    pub fn take(&self) -> Option<Job> {
+        let job = self.pop()?;
+        if let Some(worker) = self.idle.after_take(|| !self.injector.is_empty()) {
+            worker.do_send(Drain);
+        }
+        Some(job)
+    }
+
+    /// The next job, if any (no wake-up: see [`take`](Self::take)).
     pub fn pop(&self) -> Option<Job> {
         loop {
             match self.injector.steal() {
@@ -161,13 +173,9 @@ impl RunQueue {
         let seen = self
             .spin
             .spin_until(Site::IdleWorker, &|| false, &mut || !self.is_empty());
-        let came = self.idle.watch_end(|| !self.is_empty()) || seen;
-        if came && self.injector.len() > 1 {
-            // More than this worker will take at once: wake another, as a
-            // submitter would have.
-            self.hand_on();
-        }
-        came
+        // A watcher that saw work takes it with `take`, which wakes another
+        // worker if more is queued: submitters woke nobody for it.
+        self.idle.watch_end(|| !self.is_empty()) || seen
     }
 
     /// A worker that watched and saw work but is leaving (stopped) hands the

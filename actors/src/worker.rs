@@ -362,7 +362,7 @@ impl Worker {
         if self.runner.state.stop.load(Ordering::Acquire) {
             return None;
         }
-        self.runner.core.run_queue.pop()
+        self.runner.core.run_queue.take()
     }
 
     fn maybe_retire(&mut self, ctx: &mut Context<Self>) {

@@ -25,6 +25,14 @@
 //!   watcher (the fence pairs of `after_push` with `watch_end` and `park`).
 //! - `idle_set_a_stopped_watcher_hands_work_on`: a watcher of a stopped pool
 //!   that leaves hands on the work left to it: no job is stranded.
+//! - `idle_set_workers_that_block_one_submitter`,
+//!   `idle_set_watching_workers_that_block`: workers that take one job each and
+//!   then block for good (a `get` on a call whose actor's job is queued behind
+//!   theirs): every job is still taken while a worker sleeps, because each
+//!   worker that takes a job and leaves more wakes the next (`after_take`).
+//!   With the rule the run queue had before (a watcher that saw more than one
+//!   job woke one sleeper, and nobody else did), the watching model fails: it
+//!   is the hang that the cluster-mode benchmark showed under load.
 //! - `idle_set_remove_races_after_push`: a parked worker taking itself off the
 //!   list and a submitter waking it agree: exactly one of them gets it.
 //! - `schedule_flag_two_producers`: with two producers pushing and claiming the
@@ -274,6 +282,88 @@ fn idle_set_a_stopped_watcher_hands_work_on() {
 #[test]
 fn idle_set_two_watching_workers_one_submitter() {
     check(Some(2), || idle_set_model_watching(2, 1, true));
+}
+
+/// `workers` workers, each of which takes at most one job and then blocks for
+/// good, and one submitter that pushes `jobs` jobs one after another. A worker
+/// whose queue looks empty watches it (with `watch`) and then parks. Afterwards
+/// each woken worker, in turn, takes a job and blocks (waking the next as it
+/// does). With no more jobs than workers, no job may be left in the queue.
+fn idle_set_model_blocking(workers: usize, jobs: usize, watch: bool) {
+    let queue = Arc::new(AtomicUsize::new(0));
+    let idle = Arc::new(IdleSet::<usize>::default());
+    let worker_threads: Vec<_> = (0..workers)
+        .map(|id| {
+            let (queue, idle) = (queue.clone(), idle.clone());
+            thread::spawn(move || loop {
+                if pop(&queue, QUEUE) {
+                    // Took a job, and blocks in it for good.
+                    return (true, idle.after_take(|| queue.load(QUEUE) > 0));
+                }
+                if watch {
+                    idle.watch_begin();
+                    let seen = queue.load(QUEUE) > 0;
+                    if idle.watch_end(|| queue.load(QUEUE) > 0) || seen {
+                        continue;
+                    }
+                }
+                if idle.park(id, id, || queue.load(QUEUE) > 0) {
+                    return (false, None);
+                }
+            })
+        })
+        .collect();
+    let submitter = {
+        let (queue, idle) = (queue.clone(), idle.clone());
+        thread::spawn(move || {
+            (0..jobs)
+                .filter_map(|_| {
+                    queue.fetch_add(1, QUEUE);
+                    idle.after_push()
+                })
+                .collect::<Vec<_>>()
+        })
+    };
+
+    let mut woken = submitter.join().unwrap();
+    let mut blocked = 0;
+    for t in worker_threads {
+        let (took, woke) = t.join().unwrap();
+        blocked += usize::from(took);
+        woken.extend(woke);
+    }
+    // The woken workers run, one after another: each takes a job if one is
+    // there (and wakes the next if more are), then blocks.
+    let mut next = 0;
+    while next < woken.len() {
+        if pop(&queue, QUEUE) {
+            blocked += 1;
+            woken.extend(idle.after_take(|| queue.load(QUEUE) > 0));
+        }
+        next += 1;
+    }
+    let mut sorted = woken.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), woken.len(), "a worker woken twice: {woken:?}");
+    assert_eq!(
+        queue.load(QUEUE),
+        0,
+        "a job was left in the queue while a worker slept and every other \
+         worker was blocked (blocked {blocked}, woken {woken:?}, asleep {})",
+        idle.len()
+    );
+    assert_eq!(blocked, jobs);
+}
+
+#[test]
+fn idle_set_workers_that_block_one_submitter() {
+    check(Some(3), || idle_set_model_blocking(2, 2, false));
+}
+
+#[test]
+fn idle_set_watching_workers_that_block() {
+    check(Some(2), || idle_set_model_blocking(3, 3, true));
 }
 
 /// A parked worker takes itself off the list (as it does when it stops) while a
