@@ -75,9 +75,9 @@
 //!   completes is not stored);
 //! - a miss is always allowed (eviction, expiry, a lost shard).
 //!
-//! [`get_or_compute`] returns the stored value, or the result of a
-//! computation of the key that started after every write that completed
-//! before the call began (or one running when it began). Concurrent misses
+//! [`get_or_compute`] returns the stored value (as a get would), or the
+//! result of a computation of the key claimed after every write of the key
+//! that completed before the call began. Concurrent misses
 //! of one key on a live shard run the function once; it runs again only
 //! after that computation failed or was dropped (the key was written or
 //! deleted meanwhile, its shard restarted, its claimer vanished).
@@ -86,8 +86,9 @@
 //!
 //! Membership changes ([`add_shard`](Cache::add_shard),
 //! [`remove_shard`](Cache::remove_shard)) from two clients at once are
-//! refused to all but one (the loser refreshes and may try again); a client
-//! that dies between reserving an epoch and publishing it leaves the ring
+//! ordered by the reservation of the next epoch: the loser takes the
+//! winner's ring and tries again on it. A client that dies between
+//! reserving an epoch and publishing it leaves the ring
 //! unable to change. The client's calls block (use it from threads, tasks
 //! and sync actors, not from an async actor's handler). Values are copied
 //! into the reply of each hit.
