@@ -182,7 +182,11 @@ fn a_conflict_aborts_with_the_typed_error_and_transact_retries_it() {
     assert_eq!(store.get::<u64>("counter").unwrap(), Some(101));
 
     // Past max_attempts it gives up, with the last conflict.
-    let stubborn = KvStore::builder("conflict").shards(2).max_attempts(3).open(&rt).unwrap();
+    let stubborn = KvStore::builder("conflict")
+        .shards(2)
+        .max_attempts(3)
+        .open(&rt)
+        .unwrap();
     match stubborn.transact(|t| {
         let n: u64 = t.get("counter")?.unwrap_or(0);
         store.put("counter", &(n + 1000))?;
@@ -333,11 +337,19 @@ fn bank(store: &KvStore, rt: &Runtime, accounts: usize, threads: u64, tasks: u64
     }
     stop.store(true, Ordering::SeqCst);
     let audits = auditor.join().expect("the auditor panicked");
-    assert_eq!(fates.len() as u64, (threads + tasks) * per, "every transfer reported");
+    assert_eq!(
+        fates.len() as u64,
+        (threads + tasks) * per,
+        "every transfer reported"
+    );
 
     // What is in the store now (reads resolve any decided transaction).
     let balances = audit(store, accounts).unwrap();
-    assert_eq!(balances.iter().sum::<i64>(), total, "total balance constant");
+    assert_eq!(
+        balances.iter().sum::<i64>(),
+        total,
+        "total balance constant"
+    );
     let mut replay = vec![START; accounts];
     let mut count = HashMap::<Fate, u64>::new();
     let mut in_doubt_committed = 0;
@@ -498,8 +510,16 @@ fn shards_crashing_at_each_commit_point_lose_nothing() {
             })
             .unwrap();
     }
-    assert_eq!(store.get::<i64>(a).unwrap(), Some(940), "60 debits, each once");
-    assert_eq!(store.get::<i64>(b).unwrap(), Some(30), "30 credits, each once");
+    assert_eq!(
+        store.get::<i64>(a).unwrap(),
+        Some(940),
+        "60 debits, each once"
+    );
+    assert_eq!(
+        store.get::<i64>(b).unwrap(),
+        Some(30),
+        "30 credits, each once"
+    );
     assert!(restarts(&events) >= 10, "the shards crashed along the way");
 }
 

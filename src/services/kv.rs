@@ -132,7 +132,9 @@ pub enum KvError {
     },
     /// A shard could not be reached or could not reach its storage, and the
     /// transaction did not commit. Run it again once the shard is back.
-    #[error("shard {shard} is unavailable ({source}); the transaction did not commit: run it again")]
+    #[error(
+        "shard {shard} is unavailable ({source}); the transaction did not commit: run it again"
+    )]
     Unavailable {
         /// The shard's index.
         shard: usize,
@@ -591,9 +593,12 @@ impl KvStore {
         let calls: Vec<_> = shards
             .map(|s| self.shards[s].call(Decide { txn, commit }))
             .collect();
-        calls.into_iter().fold(true, |all, r| {
-            matches!(r.get_timeout(self.call_timeout), Ok(Answer::Done(()))) && all
-        })
+        // Every reply is waited for, so the shards are done when this returns.
+        let failed = calls
+            .into_iter()
+            .filter(|r| !matches!(r.get_timeout(self.call_timeout), Ok(Answer::Done(()))))
+            .count();
+        failed == 0
     }
 
     /// Whether the injected coordinator fault at `point` fires now.
@@ -618,7 +623,7 @@ impl KvStore {
 /// a jitter in [0.5, 1.5) drawn from the transaction's id.
 fn backoff(attempt: u32, seed: u64) -> Duration {
     let base = 50u64 << attempt.min(9);
-    let jitter = (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54) as u64; // 0..1024
+    let jitter = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54; // 0..1024
     Duration::from_micros(base.min(20_000) * (512 + jitter) / 1024)
 }
 
@@ -855,7 +860,9 @@ impl Txn<'_> {
             cause: cause.into(),
         };
         if self.store.coordinator_stops(0) {
-            return Err(in_doubt("injected: the coordinator stopped before deciding"));
+            return Err(in_doubt(
+                "injected: the coordinator stopped before deciding",
+            ));
         }
         match self
             .store
@@ -877,8 +884,11 @@ impl Txn<'_> {
             return Err(in_doubt("injected: the coordinator stopped after deciding"));
         }
         if self.store.coordinator_stops(2) {
-            self.store.tell(self.id, shards.iter().copied().take(1), true);
-            return Err(in_doubt("injected: the coordinator stopped while committing"));
+            self.store
+                .tell(self.id, shards.iter().copied().take(1), true);
+            return Err(in_doubt(
+                "injected: the coordinator stopped while committing",
+            ));
         }
         if self.store.tell(self.id, shards.iter().copied(), true) {
             self.store.forget(self.id);

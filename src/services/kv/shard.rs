@@ -230,7 +230,11 @@ impl Shard {
 
 impl Actor for Shard {}
 
-crate::remote_actor!(Shard, Shard::new, [Read, Validate, Prepare, CommitOne, Decide]);
+crate::remote_actor!(
+    Shard,
+    Shard::new,
+    [Read, Validate, Prepare, CommitOne, Decide]
+);
 
 impl Handler<Read> for Shard {
     fn handle(&mut self, m: Read, ctx: &mut ActorContext<'_, Self>) -> Answer<Vec<Versioned>> {
@@ -619,7 +623,8 @@ impl State {
         }
         let intents: Vec<(&TxnId, &Intent)> =
             self.prepared.iter().map(|(t, p)| (t, &p.intent)).collect();
-        self.rt.kv_put(&self.intents_key, &encode(&intents)?, true)?;
+        self.rt
+            .kv_put(&self.intents_key, &encode(&intents)?, true)?;
         Ok(())
     }
 
