@@ -83,7 +83,7 @@
 
 use crate::{
     Actor, ActorHandle, AsyncContext, AsyncHandler, Error, Message, NodeId, ObjectRef, Retries,
-    Runtime, SupervisionEvent, WeakRuntime,
+    Runtime, Scheduling, SupervisionEvent, WeakRuntime,
 };
 use parking_lot::{Mutex, MutexGuard};
 use rayx_actors::ids::ActorId;
@@ -180,6 +180,7 @@ pub struct LockServiceBuilder {
     shards: u32,
     max_lease: Duration,
     detached: bool,
+    scheduling: Scheduling,
 }
 
 impl LockServiceBuilder {
@@ -194,6 +195,12 @@ impl LockServiceBuilder {
     /// say why), so keep it near the leases you use.
     pub fn max_lease(mut self, max: Duration) -> Self {
         self.max_lease = max;
+        self
+    }
+    /// Where in a cluster its shards may start (default: where the head
+    /// places them; they need no CPUs).
+    pub fn scheduling(mut self, scheduling: Scheduling) -> Self {
+        self.scheduling = scheduling;
         self
     }
     /// Keeps the service's actors alive with no handle left (until killed or
@@ -246,7 +253,8 @@ impl LockServiceBuilder {
                     // Waiting acquires are calls in flight: no limit may
                     // make a release queue behind them.
                     .max_concurrency(usize::MAX)
-                    .num_cpus(0.0);
+                    .num_cpus(0.0)
+                    .scheduling(self.scheduling);
                 if self.detached {
                     builder.detached().spawn()
                 } else {
@@ -267,6 +275,7 @@ impl LockService {
             shards: 1,
             max_lease: DEFAULT_MAX_LEASE,
             detached: false,
+            scheduling: Scheduling::Default,
         }
     }
 
@@ -868,14 +877,21 @@ impl Shard {
         Ok(())
     }
 
-    /// Persists what a grant of `lease` needs and takes its token.
-    fn take_token(&mut self, lease: Duration) -> Result<u64, Error> {
+    /// Persists `lease` if it is the longest yet, before it takes effect:
+    /// a restarted shard waits out the longest lease (the module docs).
+    fn persist_lease(&mut self, lease: Duration) -> Result<(), Error> {
         if lease > self.longest_lease {
             let nanos = u64::try_from(lease.as_nanos()).unwrap_or(u64::MAX);
             self.runtime()?
                 .kv_put(&self.spec.keys().lease, &nanos.to_le_bytes(), true)?;
             self.longest_lease = lease;
         }
+        Ok(())
+    }
+
+    /// Persists what a grant of `lease` needs and takes its token.
+    fn take_token(&mut self, lease: Duration) -> Result<u64, Error> {
+        self.persist_lease(lease)?;
         if self.next_token >= self.block_end {
             let end = self.next_token + TOKEN_BLOCK;
             self.runtime()?
@@ -885,6 +901,31 @@ impl Shard {
         let token = self.next_token;
         self.next_token += 1;
         Ok(token)
+    }
+
+    /// Extends the lease of `token` on `name` to `lease` from `now`, if it
+    /// has not ended.
+    fn renew(
+        &mut self,
+        name: &str,
+        token: u64,
+        lease: Duration,
+        now: Instant,
+    ) -> Result<(), Refusal> {
+        self.check_lease(lease)?;
+        let old = match self.locks.get(name).and_then(|l| l.holder.as_ref()) {
+            Some(h) if h.token == token && h.deadline > now => h.deadline,
+            _ => return Err(Refusal::NotHeld),
+        };
+        self.persist_lease(lease).map_err(Refusal::Unavailable)?;
+        let deadline = now + lease;
+        if let Some(h) = self.locks.get_mut(name).and_then(|l| l.holder.as_mut()) {
+            h.deadline = deadline;
+        }
+        self.deadlines.remove(&(old, token));
+        self.deadlines.insert((deadline, token), name.to_string());
+        self.arm(deadline);
+        Ok(())
     }
 
     /// Makes `node` the holder of the free lock `name` for `lease`.
@@ -1196,36 +1237,8 @@ impl AsyncHandler<Release> for LockShard {
 
 impl AsyncHandler<Renew> for LockShard {
     async fn handle(self: Arc<Self>, msg: Renew, ctx: AsyncContext<Self>) -> Result<(), Refusal> {
-        let mut shard = self.ready(&ctx)?;
-        shard.check_lease(msg.lease)?;
-        let now = Instant::now();
-        let old = match shard.locks.get(&msg.name).and_then(|l| l.holder.as_ref()) {
-            Some(h) if h.token == msg.token && h.deadline > now => h.deadline,
-            _ => return Err(Refusal::NotHeld),
-        };
-        if msg.lease > shard.longest_lease {
-            // Persist the longer lease before it takes effect (quiet period).
-            let nanos = u64::try_from(msg.lease.as_nanos()).unwrap_or(u64::MAX);
-            shard
-                .runtime()
-                .and_then(|rt| rt.kv_put(&shard.spec.keys().lease, &nanos.to_le_bytes(), true))
-                .map_err(Refusal::Unavailable)?;
-            shard.longest_lease = msg.lease;
-        }
-        let deadline = now + msg.lease;
-        shard.deadlines.remove(&(old, msg.token));
-        shard
-            .deadlines
-            .insert((deadline, msg.token), msg.name.clone());
-        if let Some(h) = shard
-            .locks
-            .get_mut(&msg.name)
-            .and_then(|l| l.holder.as_mut())
-        {
-            h.deadline = deadline;
-        }
-        shard.arm(deadline);
-        Ok(())
+        self.ready(&ctx)?
+            .renew(&msg.name, msg.token, msg.lease, Instant::now())
     }
 }
 
