@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod failing;
+pub mod linearizability;
 pub mod raw_peer;
 
 use parking_lot::{Condvar, Mutex};
