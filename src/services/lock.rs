@@ -52,20 +52,39 @@
 //!
 //! # Surviving a restart: persisted, with a recovery quiet period
 //!
-//! A shard keeps two numbers in the runtime's key-value store
-//! ([`Runtime::kv_put`]; the head's, persisted, in a cluster), written before
-//! they take effect:
+//! A shard keeps three records in the runtime's key-value store
+//! ([`Runtime::kv_put`]; the head's, persisted, in a cluster), each written
+//! before it takes effect:
 //!
 //! - **the token high-water mark.** Tokens are handed out from blocks of
 //!   4,096; the end of a block is stored before its first token is granted, and
 //!   a new incarnation starts at the stored end. So a token is never granted
 //!   twice and tokens never go back, across any number of restarts, at one
-//!   store write per 4,096 grants.
-//! - **the longest lease it has granted** (stored when it grows). A new
-//!   incarnation does not know who held what, so it grants nothing for that
-//!   long after it starts (a *quiet period*): every lease the old incarnation
-//!   granted has ended by then. Acquires made meanwhile wait in FIFO order and
-//!   are granted when it ends; `try_acquire` finds the lock busy.
+//!   store write per 4,096 grants. Every incarnation's first grant takes a new
+//!   block, so the mark moves whenever anything has been granted.
+//! - **a bound on the leases granted**: the wall-clock time by which every
+//!   lease granted so far has ended, and the longest lease granted. A grant
+//!   or renewal whose lease would outlast the stored time stores a later one
+//!   first, a step beyond what it needs (the lease, at least a second), so a
+//!   busy shard writes it about once per step, not per grant.
+//! - **an idle record**: an incarnation that ends (stopped with its last
+//!   handle, or crashed) holding no unexpired lease, and past its own quiet
+//!   period, stores the token mark it ends at: nothing granted up to that mark
+//!   is outstanding.
+//!
+//! A new incarnation does not know who held what. If the idle record names
+//! the current token mark, nothing has been granted since a shard ended with
+//! nothing outstanding, and it grants at once: a clean stop and start costs
+//! nothing. Otherwise it grants nothing for a *quiet period*: until the stored
+//! time plus one second (the slack for clocks of different nodes, or a clock
+//! stepped forward), but never longer than the longest lease granted, nor than
+//! `max_lease` — every earlier lease was granted before this incarnation began
+//! and none was longer, whatever the clocks say (which is why `max_lease`
+//! cannot change: see [`LockServiceBuilder::start`]). Acquires made meanwhile
+//! wait in FIFO order and are granted when it ends; `try_acquire` finds the
+//! lock busy. The idle record cannot open a quiet period too early even when
+//! it is stored late (in a cluster it is stored from a thread of its own): a
+//! grant after it moved the mark, and a record naming an old mark is ignored.
 //!
 //! Why not write the holders through instead? That is a store write on every
 //! grant and every release — in a cluster a round trip to the head on the
@@ -83,7 +102,9 @@
 //! partition (a node declared dead that still runs); the key-value store has
 //! no compare-and-set, so there the old one may still grant from its current
 //! token block — always smaller tokens than the new one's, which a fenced
-//! resource then refuses.
+//! resource then refuses — and may store a lower lease bound than the new
+//! one's (a later crash then waits less than it should): there the tokens
+//! are the guard.
 
 #[cfg(doc)]
 use crate::SupervisionEvent;
@@ -103,6 +124,9 @@ const REPLY_SLACK: Duration = Duration::from_secs(30);
 /// The longest lease a service grants unless told otherwise; it bounds the
 /// quiet period after a restart.
 const DEFAULT_MAX_LEASE: Duration = Duration::from_secs(60);
+/// The largest `max_lease` a service accepts: a day. A lock held longer is
+/// renewed; and a shard that restarts may pause grants for up to `max_lease`.
+const MAX_LEASE_LIMIT: Duration = Duration::from_secs(24 * 3600);
 
 /// What can go wrong with a lock.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -132,6 +156,26 @@ pub enum LockError {
         /// The service's `max_lease`.
         max: Duration,
     },
+    /// The service's `max_lease` is zero or longer than a day.
+    #[error("a max_lease of {max_lease:?} is refused: it must be more than zero and at most {limit:?} (a restarted shard may pause grants that long); renew longer holds")]
+    InvalidMaxLease {
+        /// The `max_lease` asked for.
+        max_lease: Duration,
+        /// The largest accepted.
+        limit: Duration,
+    },
+    /// The service runs with other settings than this start asked for.
+    #[error("lock service `{service}` runs with {setting} {running}, not {asked}: a service keeps the shards and max_lease of its first start; start it with those, or under another name")]
+    SettingsDiffer {
+        /// The service.
+        service: String,
+        /// Which setting differs: `shards` or `max_lease`.
+        setting: &'static str,
+        /// Its value in the running service.
+        running: String,
+        /// Its value in this start.
+        asked: String,
+    },
     /// The service could not be reached, or could not persist what a grant
     /// needs (its store); nothing was granted.
     #[error("lock service `{service}` is unavailable: {cause}")]
@@ -157,6 +201,7 @@ pub struct LockService {
 
 struct Client {
     service: String,
+    max_lease: Duration,
     shards: Vec<ActorHandle<LockShard>>,
     /// The node holders made through this client live on.
     node: NodeId,
@@ -190,9 +235,10 @@ impl LockServiceBuilder {
         self.shards = n;
         self
     }
-    /// The longest lease a holder may ask for (default 60 s). After a
-    /// restart a shard grants nothing for up to this long (the module docs
-    /// say why), so keep it near the leases you use.
+    /// The longest lease a holder may ask for (default 60 s; more than zero
+    /// and at most a day, else [`LockError::InvalidMaxLease`]). After a
+    /// crash a shard grants nothing for up to this long (the module docs say
+    /// why), so keep it near the leases you use.
     pub fn max_lease(mut self, max: Duration) -> Self {
         self.max_lease = max;
         self
@@ -210,30 +256,46 @@ impl LockServiceBuilder {
         self
     }
     /// Starts the service, or joins the one already running under this name.
+    /// The first start under a name fixes its `shards` and `max_lease`; a
+    /// later start that asks for others is refused
+    /// ([`LockError::SettingsDiffer`]). `detached` and `scheduling` apply to
+    /// the shards this start starts; joining keeps those running.
     pub fn start(self, rt: &Runtime) -> Result<LockService, LockError> {
         if self.shards == 0 {
             return Err(
                 Error::InvalidArgument("a lock service needs at least one shard".into()).into(),
             );
         }
-        if self.max_lease.is_zero() {
-            return Err(Error::InvalidArgument("max_lease must be more than zero".into()).into());
+        if self.max_lease.is_zero() || self.max_lease > MAX_LEASE_LIMIT {
+            return Err(LockError::InvalidMaxLease {
+                max_lease: self.max_lease,
+                limit: MAX_LEASE_LIMIT,
+            });
         }
-        // The first start fixes the number of shards: names hash over it.
-        rt.kv_put(
-            &shards_key(&self.service),
-            &self.shards.to_le_bytes(),
-            false,
-        )?;
-        let shards = read_shards(rt, &self.service)?;
-        if shards != self.shards {
-            return Err(Error::InvalidArgument(format!(
-                "lock service `{}` runs with {shards} shards, not {}",
-                self.service, self.shards
-            ))
-            .into());
+        // Names hash over the number of shards, and a restarted shard's quiet
+        // period relies on no lease ever exceeding max_lease: both stay as
+        // the first start stored them (one key, so one start's pair wins whole).
+        let asked = Settings {
+            shards: self.shards,
+            max_lease: self.max_lease,
+        };
+        rt.kv_put(&settings_key(&self.service), &asked.encode()?, false)?;
+        let running = read_settings(rt, &self.service)?;
+        let differ = |setting, running: String, asked: String| LockError::SettingsDiffer {
+            service: self.service.clone(),
+            setting,
+            running,
+            asked,
+        };
+        if running.shards != asked.shards {
+            let (r, a) = (running.shards.to_string(), asked.shards.to_string());
+            return Err(differ("shards", r, a));
         }
-        let handles = (0..shards)
+        if running.max_lease != asked.max_lease {
+            let (r, a) = (running.max_lease, asked.max_lease);
+            return Err(differ("max_lease", format!("{r:?}"), format!("{a:?}")));
+        }
+        let handles = (0..running.shards)
             .map(|shard| {
                 let spec = ShardSpec {
                     service: self.service.clone(),
@@ -262,7 +324,12 @@ impl LockServiceBuilder {
                 }
             })
             .collect::<Result<Vec<_>, Error>>()?;
-        Ok(LockService::new(rt, self.service, handles))
+        Ok(LockService::new(
+            rt,
+            self.service,
+            running.max_lease,
+            handles,
+        ))
     }
 }
 
@@ -288,17 +355,28 @@ impl LockService {
     /// The lock service already running under `service` (started by another
     /// program of the cluster, say).
     pub fn connect(rt: &Runtime, service: &str) -> Result<LockService, LockError> {
-        let shards = read_shards(rt, service)?;
-        let handles = (0..shards)
+        let settings = read_settings(rt, service)?;
+        let handles = (0..settings.shards)
             .map(|shard| rt.get_actor_in::<LockShard>(NAMESPACE, &shard_name(service, shard)))
             .collect::<Result<Vec<_>, Error>>()?;
-        Ok(LockService::new(rt, service.to_string(), handles))
+        Ok(LockService::new(
+            rt,
+            service.to_string(),
+            settings.max_lease,
+            handles,
+        ))
     }
 
-    fn new(rt: &Runtime, service: String, shards: Vec<ActorHandle<LockShard>>) -> Self {
+    fn new(
+        rt: &Runtime,
+        service: String,
+        max_lease: Duration,
+        shards: Vec<ActorHandle<LockShard>>,
+    ) -> Self {
         LockService {
             client: Arc::new(Client {
                 service,
+                max_lease,
                 shards,
                 node: rt.node_id(),
                 rt: rt.downgrade(),
@@ -320,6 +398,7 @@ impl LockService {
         lease: Duration,
         timeout: Duration,
     ) -> Result<LockGuard, LockError> {
+        self.check_lease(lease)?;
         let deadline = deadline_after(timeout);
         loop {
             let sent = Instant::now();
@@ -353,6 +432,7 @@ impl LockService {
         let this = self.clone();
         let name = name.into();
         async move {
+            this.check_lease(lease)?;
             let deadline = deadline_after(timeout);
             loop {
                 let sent = Instant::now();
@@ -378,6 +458,7 @@ impl LockService {
     /// Acquires `name` for `lease` if it is free now and nobody is waiting
     /// for it; `None` if it is held.
     pub fn try_acquire(&self, name: &str, lease: Duration) -> Result<Option<LockGuard>, LockError> {
+        self.check_lease(lease)?;
         let sent = Instant::now();
         let result = self.call_acquire(name, lease, None).get();
         match self.settle(name, lease, Duration::ZERO, sent, sent, result) {
@@ -386,6 +467,16 @@ impl LockService {
             // Only a waiting call can outlive its incarnation.
             ControlFlow::Continue(()) => Ok(None),
         }
+    }
+
+    /// Refuses a lease the service would refuse, without a call (the shard
+    /// checks again).
+    fn check_lease(&self, lease: Duration) -> Result<(), LockError> {
+        let max = self.client.max_lease;
+        if lease.is_zero() || lease > max {
+            return Err(LockError::InvalidLease { lease, max });
+        }
+        Ok(())
     }
 
     fn shard(&self, name: &str) -> &ActorHandle<LockShard> {
@@ -407,6 +498,13 @@ impl LockService {
             lease,
             wait,
             node: self.client.node,
+        })
+    }
+
+    fn call_release(&self, name: &str, token: u64) -> ObjectRef<Result<(), Refusal>> {
+        self.shard(name).call(Release {
+            name: name.to_string(),
+            token,
         })
     }
 
@@ -432,15 +530,28 @@ impl LockService {
             timeout,
         };
         ControlFlow::Break(match result {
-            Ok(Ok(grant)) => Ok(LockGuard {
-                service: self.clone(),
-                name: name.to_string(),
-                token: grant.token,
-                // The lease started no earlier than the call was sent plus
-                // the time it waited in the shard.
-                expires_at: sent + grant.waited + lease,
-                released: false,
-            }),
+            // The lease started no earlier than the call was sent plus the
+            // time it waited in the shard.
+            Ok(Ok(grant)) => match sent
+                .checked_add(grant.waited)
+                .and_then(|t| t.checked_add(lease))
+            {
+                Some(expires_at) => Ok(LockGuard {
+                    service: self.clone(),
+                    name: name.to_string(),
+                    token: grant.token,
+                    expires_at,
+                    released: false,
+                }),
+                // A lease this process's clock cannot time: handed back.
+                None => {
+                    drop(self.call_release(name, grant.token));
+                    Err(LockError::InvalidLease {
+                        lease,
+                        max: self.client.max_lease,
+                    })
+                }
+            },
             Ok(Err(Refusal::Restarted)) if Instant::now() < deadline => {
                 return ControlFlow::Continue(())
             }
@@ -471,20 +582,22 @@ impl LockService {
 
 impl Serialize for LockService {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        (&self.client.service, &self.client.shards).serialize(s)
+        let c = &self.client;
+        (&c.service, c.max_lease, &c.shards).serialize(s)
     }
 }
 
 impl<'de> Deserialize<'de> for LockService {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let (service, shards) = <(String, Vec<ActorHandle<LockShard>>)>::deserialize(d)?;
+        let (service, max_lease, shards) =
+            <(String, Duration, Vec<ActorHandle<LockShard>>)>::deserialize(d)?;
         // Handles decode only where a runtime is current, so this one is.
         let rt = Runtime::current().ok_or_else(|| {
             serde::de::Error::custom(
                 "a LockService can be decoded only in a rayx worker or with Runtime::decode",
             )
         })?;
-        Ok(LockService::new(&rt, service, shards))
+        Ok(LockService::new(&rt, service, max_lease, shards))
     }
 }
 
@@ -565,7 +678,14 @@ impl LockGuard {
     /// Extends the lease to `lease` from now (a keep-alive);
     /// [`LockError::NotHeld`] if it has already ended.
     pub fn renew(&mut self, lease: Duration) -> Result<(), LockError> {
+        self.service.check_lease(lease)?;
         let sent = Instant::now();
+        let expires_at = sent
+            .checked_add(lease)
+            .ok_or_else(|| LockError::InvalidLease {
+                lease,
+                max: self.service.client.max_lease,
+            })?;
         let reply = self.service.shard(&self.name).call(Renew {
             name: self.name.clone(),
             token: self.token,
@@ -573,7 +693,7 @@ impl LockGuard {
         });
         match reply.get_timeout(REPLY_SLACK) {
             Ok(Ok(())) => {
-                self.expires_at = sent + lease;
+                self.expires_at = expires_at;
                 Ok(())
             }
             Ok(Err(r)) => Err(self.service.refused(&self.name, self.token, lease, r)),
@@ -584,10 +704,7 @@ impl LockGuard {
     /// Releases the lock now; [`LockError::NotHeld`] if its lease had ended.
     pub fn release(mut self) -> Result<(), LockError> {
         self.released = true;
-        let reply = self.service.shard(&self.name).call(Release {
-            name: self.name.clone(),
-            token: self.token,
-        });
+        let reply = self.service.call_release(&self.name, self.token);
         match reply.get_timeout(REPLY_SLACK) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(r)) => Err(self
@@ -602,10 +719,7 @@ impl Drop for LockGuard {
     fn drop(&mut self) {
         if !self.released {
             // Fire and forget: a panicking task or a dying actor must not wait.
-            let _ = self.service.shard(&self.name).call(Release {
-                name: self.name.clone(),
-                token: self.token,
-            });
+            drop(self.service.call_release(&self.name, self.token));
         }
     }
 }
@@ -617,19 +731,30 @@ fn shard_name(service: &str, shard: u32) -> String {
     format!("{service}/{shard}")
 }
 
-fn shards_key(service: &str) -> String {
-    format!("{NAMESPACE}/{service}/shards")
+/// What the first start of a service fixes, as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct Settings {
+    shards: u32,
+    max_lease: Duration,
 }
 
-fn read_shards(rt: &Runtime, service: &str) -> Result<u32, Error> {
+impl Settings {
+    fn encode(&self) -> Result<Vec<u8>, Error> {
+        rmp_serde::to_vec(self).map_err(|e| Error::Serialization(e.to_string()))
+    }
+}
+
+fn settings_key(service: &str) -> String {
+    format!("{NAMESPACE}/{service}/settings")
+}
+
+fn read_settings(rt: &Runtime, service: &str) -> Result<Settings, Error> {
     let bytes = rt
-        .kv_get(&shards_key(service))?
+        .kv_get(&settings_key(service))?
         .ok_or_else(|| Error::ActorNotFound {
             namespace: NAMESPACE.to_string(),
             name: format!("{service} (no lock service was started under this name)"),
         })?;
-    let bytes: [u8; 4] = bytes
-        .try_into()
-        .map_err(|_| Error::Serialization(format!("lock service `{service}`: bad shard count")))?;
-    Ok(u32::from_le_bytes(bytes))
+    rmp_serde::from_slice(&bytes)
+        .map_err(|e| Error::Serialization(format!("lock service `{service}`: settings: {e}")))
 }

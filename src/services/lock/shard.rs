@@ -12,11 +12,19 @@ use rayx_actors::ids::ActorId;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, LazyLock, Weak};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{oneshot, Notify};
 
 /// Tokens a shard takes from the store at once.
 const TOKEN_BLOCK: u64 = 4096;
+/// When the stored lease bound must grow, it grows past what the lease
+/// needs by the lease or this, whichever is longer: a busy shard writes it
+/// about once per step, not on every grant.
+const BOUND_STEP: Duration = Duration::from_secs(1);
+/// How far apart the wall clocks of the nodes a shard runs on may be (or
+/// one node's clock may be stepped forward) without a quiet period ending
+/// too soon.
+const CLOCK_SLACK: Duration = Duration::from_secs(1);
 
 /// What a shard is built from.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -121,10 +129,11 @@ struct Shard {
     /// Lease ends, earliest first, with their lock.
     deadlines: BTreeMap<(Instant, u64), String>,
     next_token: u64,
-    /// No token at or past this was persisted; the next block starts here.
+    /// The token high-water mark as this incarnation last read or wrote it:
+    /// no token at or past it was granted; the next block starts here.
     block_end: u64,
-    /// The longest lease granted, as persisted.
-    longest_lease: Duration,
+    /// The bound on every lease granted so far, as persisted.
+    bound: LeaseBound,
     /// After a restart, nothing is granted before this.
     quiet_until: Option<Instant>,
     /// When the sweeper wakes next, if it sleeps until a time.
@@ -160,12 +169,42 @@ impl Drop for Shard {
         if let Some(sweeper) = self.sweeper.take() {
             sweeper.abort();
         }
+        self.record_idle();
+    }
+}
+
+/// What bounds the leases granted by all incarnations of a shard so far,
+/// as stored (written before a grant or renewal it must cover).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+struct LeaseBound {
+    /// No lease ends after this, by the wall clock (ms since the Unix epoch).
+    ends_by_ms: u64,
+    /// The longest lease granted.
+    longest: Duration,
+}
+
+impl LeaseBound {
+    /// How long leases granted before `now_ms` may still run: until the
+    /// stored end (plus the clocks' slack), and never longer than the
+    /// longest granted, nor than `max_lease` (which no grant exceeded, a
+    /// service's `max_lease` being fixed by its first start) — those two
+    /// hold whatever the clocks say.
+    fn outstanding(&self, now_ms: u64, max_lease: Duration) -> Duration {
+        if self.ends_by_ms == 0 {
+            return Duration::ZERO; // nothing was ever granted
+        }
+        let by_clock = Duration::from_millis(self.ends_by_ms.saturating_sub(now_ms));
+        by_clock
+            .saturating_add(CLOCK_SLACK)
+            .min(self.longest)
+            .min(max_lease)
     }
 }
 
 struct Keys {
     tokens: String,
-    lease: String,
+    leases: String,
+    idle: String,
 }
 
 impl ShardSpec {
@@ -173,20 +212,48 @@ impl ShardSpec {
         let base = format!("{NAMESPACE}/{}/{}", self.service, self.shard);
         Keys {
             tokens: format!("{base}/tokens"),
-            lease: format!("{base}/longest_lease_ns"),
+            leases: format!("{base}/leases"),
+            idle: format!("{base}/idle_at"),
         }
     }
 }
 
-fn read_u64(rt: &Runtime, key: &str) -> Result<u64, Error> {
-    Ok(match rt.kv_get(key)? {
-        Some(bytes) => u64::from_le_bytes(
-            bytes
+fn read_u64(rt: &Runtime, key: &str) -> Result<Option<u64>, Error> {
+    rt.kv_get(key)?
+        .map(|bytes| {
+            let bytes: [u8; 8] = bytes
                 .try_into()
-                .map_err(|_| Error::Serialization(format!("{key}: not a u64")))?,
-        ),
-        None => 0,
-    })
+                .map_err(|_| Error::Serialization(format!("{key}: not a u64")))?;
+            Ok(u64::from_le_bytes(bytes))
+        })
+        .transpose()
+}
+
+fn read_bound(rt: &Runtime, key: &str) -> Result<LeaseBound, Error> {
+    match rt.kv_get(key)? {
+        Some(bytes) => {
+            rmp_serde::from_slice(&bytes).map_err(|e| Error::Serialization(format!("{key}: {e}")))
+        }
+        None => Ok(LeaseBound::default()),
+    }
+}
+
+/// The wall clock, in ms since the Unix epoch: it is what two incarnations
+/// on different nodes, or in different processes, can compare.
+fn wall_ms() -> Result<u64, Error> {
+    let since = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_err(|_| {
+            Error::InvalidArgument(
+                "the system clock reads before 1970: leases cannot be bounded".into(),
+            )
+        })?;
+    Ok(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `d` in whole ms, rounded up.
+fn ceil_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
 }
 
 impl Shard {
@@ -198,7 +265,7 @@ impl Shard {
             deadlines: BTreeMap::new(),
             next_token: 0,
             block_end: 0,
-            longest_lease: Duration::ZERO,
+            bound: LeaseBound::default(),
             quiet_until: None,
             sweep_at: None,
             wake: Arc::new(Notify::new()),
@@ -220,14 +287,24 @@ impl Shard {
         }
         let rt = ctx.runtime();
         let keys = self.spec.keys();
-        let block_end = read_u64(&rt, &keys.tokens)?;
-        let longest = Duration::from_nanos(read_u64(&rt, &keys.lease)?);
-        self.next_token = block_end.max(1);
-        self.block_end = self.next_token;
-        self.longest_lease = longest;
-        if !longest.is_zero() {
-            // An earlier incarnation granted leases this long: wait them out.
-            let until = Instant::now() + longest;
+        let mark = read_u64(&rt, &keys.tokens)?.unwrap_or(0);
+        let bound = read_bound(&rt, &keys.leases)?;
+        // An earlier incarnation that ended with nothing outstanding recorded
+        // the mark it ended at; a grant since would have moved the mark.
+        let idle = read_u64(&rt, &keys.idle)? == Some(mark);
+        let quiet = if idle {
+            Duration::ZERO
+        } else {
+            bound.outstanding(wall_ms()?, self.spec.max_lease)
+        };
+        self.next_token = mark.max(1);
+        self.block_end = mark;
+        self.bound = bound;
+        if !quiet.is_zero() {
+            // Leases of an earlier incarnation may run this long: wait them out.
+            let until = Instant::now().checked_add(quiet).ok_or_else(|| {
+                Error::InvalidArgument(format!("a quiet period of {quiet:?} overflows the clock"))
+            })?;
             self.quiet_until = Some(until);
             self.sweep_at = Some(until);
         }
@@ -253,28 +330,50 @@ impl Shard {
 
     fn check_lease(&self, lease: Duration) -> Result<(), Refusal> {
         if lease.is_zero() || lease > self.spec.max_lease {
-            return Err(Refusal::InvalidLease {
-                max: self.spec.max_lease,
-            });
+            return Err(self.invalid_lease());
         }
         Ok(())
     }
 
-    /// Persists `lease` if it is the longest yet, before it takes effect:
-    /// a restarted shard waits out the longest lease (the docs of `services::lock`).
-    fn persist_lease(&mut self, lease: Duration) -> Result<(), Error> {
-        if lease > self.longest_lease {
-            let nanos = u64::try_from(lease.as_nanos()).unwrap_or(u64::MAX);
-            self.runtime()?
-                .kv_put(&self.spec.keys().lease, &nanos.to_le_bytes(), true)?;
-            self.longest_lease = lease;
+    fn invalid_lease(&self) -> Refusal {
+        Refusal::InvalidLease {
+            max: self.spec.max_lease,
         }
+    }
+
+    /// When a lease of `lease` from `now` ends: checked before anything is
+    /// stored for it.
+    fn deadline(&self, lease: Duration, now: Instant) -> Result<Instant, Refusal> {
+        self.check_lease(lease)?;
+        now.checked_add(lease).ok_or_else(|| self.invalid_lease())
+    }
+
+    /// Makes the stored bound cover a lease of `lease` from `now` (taken
+    /// before this is called), before it takes effect: a restarted shard
+    /// waits out what the bound says may still run (the docs of
+    /// `services::lock`). Writes only when the bound must grow.
+    fn cover(&mut self, lease: Duration) -> Result<(), Error> {
+        let ends = wall_ms()?.saturating_add(ceil_ms(lease));
+        if ends <= self.bound.ends_by_ms && lease <= self.bound.longest {
+            return Ok(());
+        }
+        let bound = LeaseBound {
+            ends_by_ms: if ends > self.bound.ends_by_ms {
+                ends.saturating_add(ceil_ms(lease.max(BOUND_STEP)))
+            } else {
+                self.bound.ends_by_ms
+            },
+            longest: self.bound.longest.max(lease),
+        };
+        let bytes = rmp_serde::to_vec(&bound).map_err(|e| Error::Serialization(e.to_string()))?;
+        self.runtime()?
+            .kv_put(&self.spec.keys().leases, &bytes, true)?;
+        self.bound = bound;
         Ok(())
     }
 
-    /// Persists what a grant of `lease` needs and takes its token.
-    fn take_token(&mut self, lease: Duration) -> Result<u64, Error> {
-        self.persist_lease(lease)?;
+    /// Takes a token, persisting a new block first when this one is used up.
+    fn take_token(&mut self) -> Result<u64, Error> {
         if self.next_token >= self.block_end {
             let end = self.next_token + TOKEN_BLOCK;
             self.runtime()?
@@ -295,13 +394,12 @@ impl Shard {
         lease: Duration,
         now: Instant,
     ) -> Result<(), Refusal> {
-        self.check_lease(lease)?;
+        let deadline = self.deadline(lease, now)?;
         let old = match self.locks.get(name).and_then(|l| l.holder.as_ref()) {
             Some(h) if h.token == token && h.deadline > now => h.deadline,
             _ => return Err(Refusal::NotHeld),
         };
-        self.persist_lease(lease).map_err(Refusal::Unavailable)?;
-        let deadline = now + lease;
+        self.cover(lease).map_err(Refusal::Unavailable)?;
         if let Some(h) = self.locks.get_mut(name).and_then(|l| l.holder.as_mut()) {
             h.deadline = deadline;
         }
@@ -318,9 +416,10 @@ impl Shard {
         lease: Duration,
         node: NodeId,
         now: Instant,
-    ) -> Result<u64, Error> {
-        let token = self.take_token(lease)?;
-        let deadline = now + lease;
+    ) -> Result<u64, Refusal> {
+        let deadline = self.deadline(lease, now)?;
+        self.cover(lease).map_err(Refusal::Unavailable)?;
+        let token = self.take_token().map_err(Refusal::Unavailable)?;
         self.locks.entry(name.to_string()).or_default().holder = Some(Holder {
             token,
             deadline,
@@ -379,8 +478,7 @@ impl Shard {
                 .map(|token| Grant {
                     token,
                     waited: now.saturating_duration_since(waiter.since),
-                })
-                .map_err(Refusal::Unavailable);
+                });
             let token = reply.as_ref().ok().map(|g| g.token);
             if waiter.tx.send(reply).is_err() {
                 // Its caller went away just now: take the grant back.
@@ -415,6 +513,38 @@ impl Shard {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// As the incarnation ends (stopped, or crashed): if no lease it knows
+    /// of may still run — none of its own, and its quiet period for earlier
+    /// ones over — records so with the token mark, and the next incarnation
+    /// grants at once. Any later grant takes a new token block first, which
+    /// moves the mark and voids the record (the docs of `services::lock`).
+    fn record_idle(&self) {
+        let now = Instant::now();
+        let held = self
+            .deadlines
+            .keys()
+            .next_back()
+            .is_some_and(|(t, _)| *t > now);
+        if self.rt.is_none() || held || self.quiet(now) {
+            return;
+        }
+        let Ok(rt) = self.runtime() else {
+            return; // best effort: without the record the next one waits
+        };
+        let (key, mark) = (self.spec.keys().idle, self.block_end.to_le_bytes());
+        if rt.cluster_address().is_none() {
+            let _ = rt.kv_put(&key, &mark, true);
+            return;
+        }
+        // The head's store is a round trip away, and the state may be dropped
+        // on the thread that would carry the answer (a remote holder's
+        // release of the last handle arrives on the network thread). The
+        // record may land late: the mark keeps it from voiding a later grant.
+        let _ = std::thread::Builder::new()
+            .name("rayx-lock-idle".into())
+            .spawn(move || rt.kv_put(&key, &mark, true));
     }
 }
 
@@ -502,9 +632,7 @@ impl AsyncHandler<Acquire> for LockShard {
                 .get(&msg.name)
                 .is_none_or(|l| l.holder.is_none() && l.waiters.is_empty());
             if free && !shard.quiet(arrived) {
-                let token = shard
-                    .grant(&msg.name, msg.lease, msg.node, arrived)
-                    .map_err(Refusal::Unavailable)?;
+                let token = shard.grant(&msg.name, msg.lease, msg.node, arrived)?;
                 return Ok(Grant {
                     token,
                     waited: Duration::ZERO,
