@@ -199,6 +199,39 @@ fn a_conflict_aborts_with_the_typed_error_and_transact_retries_it() {
     }
 }
 
+#[test]
+fn store_names_with_slashes_keep_their_keys_apart() {
+    let rt = rt();
+    let open = |name: &str| KvStore::builder(name).shards(1).open(&rt).unwrap();
+    // A key of one store spelled like another store's shard count...
+    let s = open("s");
+    s.put("k/shards", "hello").unwrap();
+    let s_d_k = open("s/d/k");
+    assert_eq!(
+        s.get::<String>("k/shards").unwrap().as_deref(),
+        Some("hello")
+    );
+    assert_eq!(s_d_k.get::<String>("shards").unwrap(), None);
+    // ...and the other way: a store's shard count spelled like a key.
+    let _t_d_k = open("t/d/k");
+    let t = open("t");
+    assert_eq!(t.get::<String>("k/shards").unwrap(), None);
+    // Data keys, both ways.
+    let u = open("u");
+    let u_d_v = open("u/d/v");
+    u.put("v/d/x", &1).unwrap();
+    assert_eq!(u_d_v.get::<i32>("x").unwrap(), None);
+    u_d_v.put("x", &2).unwrap();
+    assert_eq!(u.get::<i32>("v/d/x").unwrap(), Some(1));
+    assert_eq!(u_d_v.get::<i32>("x").unwrap(), Some(2));
+    // A name spelling the escape of another.
+    let (p_q, p_esc_q) = (open("p/q"), open("p%2Fq"));
+    p_q.put("x", &1).unwrap();
+    p_esc_q.put("x", &2).unwrap();
+    assert_eq!(p_q.get::<i32>("x").unwrap(), Some(1));
+    assert_eq!(p_esc_q.get::<i32>("x").unwrap(), Some(2));
+}
+
 /// Shared by the tests of transfers: account `i`'s key.
 fn account(i: usize) -> String {
     format!("acct-{i:02}")

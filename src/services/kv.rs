@@ -89,6 +89,10 @@
 //! `transact`). A client that cannot learn the outcome (the key-value store
 //! itself unreachable while it decides) reports [`KvError::InDoubt`], which
 //! `transact` does not retry.
+//!
+//! **Names.** Every key the store keeps in the runtime's store is under
+//! `rayx.kv/STORE/`, the store's name escaped so that it holds no `/`: no
+//! store's keys meet another's, whatever the names (`/` included) and keys.
 
 mod shard;
 

@@ -3,7 +3,10 @@
 //! prepared on it; and their write-through to the runtime's key-value store,
 //! from which a restarted shard reloads.
 //!
-//! What is kept in the runtime's store (`rt.kv_put`), under `rayx.kv/STORE/`:
+//! What is kept in the runtime's store (`rt.kv_put`), under `rayx.kv/STORE/`,
+//! where `STORE` is the store's name with `%` written `%25` and `/` written
+//! `%2F` (so it holds no `/`, and the first `/` after it ends it: a store's
+//! keys never meet another store's, whatever the names and keys):
 //! - `d/KEY`: a key's committed version and value (a delete keeps its version,
 //!   so versions never repeat);
 //! - `sN/intents`: shard N's prepared transactions, each with its reads and its
@@ -20,24 +23,42 @@ use serde_bytes::ByteBuf;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+/// The prefix of every runtime-store key of `store`: `rayx.kv/STORE/`, with
+/// `STORE` escaped so that it holds no `/`. What follows the prefix is
+/// unambiguous too: a data key is the only kind that starts with `d/`, and
+/// the user's key is all the rest, so keys need no escaping.
+fn store_prefix(store: &str) -> String {
+    let mut out = String::with_capacity("rayx.kv//".len() + store.len());
+    out.push_str("rayx.kv/");
+    for c in store.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '/' => out.push_str("%2F"),
+            c => out.push(c),
+        }
+    }
+    out.push('/');
+    out
+}
+
 /// The runtime-store key of a data key of `store`.
 pub(super) fn data_key(store: &str, key: &str) -> String {
-    format!("rayx.kv/{store}/d/{key}")
+    format!("{}d/{key}", store_prefix(store))
 }
 
 /// The runtime-store key of a transaction's decision.
 pub(super) fn decision_key(store: &str, txn: TxnId) -> String {
-    format!("rayx.kv/{store}/t/{txn}")
+    format!("{}t/{txn}", store_prefix(store))
 }
 
 /// The runtime-store key of a shard's prepared transactions.
 fn intents_key(store: &str, shard: u32) -> String {
-    format!("rayx.kv/{store}/s{shard}/intents")
+    format!("{}s{shard}/intents", store_prefix(store))
 }
 
 /// The runtime-store key of a store's shard count.
 pub(super) fn meta_key(store: &str) -> String {
-    format!("rayx.kv/{store}/shards")
+    format!("{}shards", store_prefix(store))
 }
 
 pub(super) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, Error> {
