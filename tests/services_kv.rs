@@ -200,6 +200,56 @@ fn a_conflict_aborts_with_the_typed_error_and_transact_retries_it() {
 }
 
 #[test]
+fn a_call_after_shutdown_fails_at_once_with_shut_down() {
+    let rt = rt();
+    let store = KvStore::builder("shut down").shards(2).open(&rt).unwrap();
+    let keys = keys_on_distinct_shards(&store, "k", 2);
+    let (a, b) = (keys[0].as_str(), keys[1].as_str());
+    store.put(a, &1).unwrap();
+    // Transactions of each kind, read before the runtime stops.
+    let mut two_shards = store.begin();
+    let mut one_shard = store.begin();
+    let mut read_only = store.begin();
+    for t in [&mut two_shards, &mut one_shard, &mut read_only] {
+        let _: Vec<Option<i32>> = t.get_many(&[a, b]).unwrap();
+    }
+    two_shards.put(a, &2).unwrap();
+    two_shards.put(b, &2).unwrap();
+    one_shard.put(a, &3).unwrap();
+    rt.shutdown();
+
+    let shut_down = || KvError::Runtime(Error::ShutDown);
+    let runs = AtomicU64::new(0);
+    let got = store.transact(|t| {
+        runs.fetch_add(1, Ordering::SeqCst);
+        t.get::<i32>(a)
+    });
+    assert_eq!(got, Err(shut_down()), "not retried until it gives up");
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "run once");
+    assert_eq!(store.get::<i32>(a), Err(shut_down()));
+    assert_eq!(store.put(a, &4), Err(shut_down()));
+    assert_eq!(store.delete(a), Err(shut_down()));
+    assert_eq!(two_shards.commit(), Err(shut_down()));
+    assert_eq!(one_shard.commit(), Err(shut_down()));
+    assert_eq!(read_only.commit(), Err(shut_down()));
+    assert_eq!(store.begin().get::<i32>(a), Err(shut_down()));
+    // A cause that cannot pass is not worth a retry, however it is wrapped.
+    let wrapped = KvError::Unavailable {
+        shard: 0,
+        source: Error::ShutDown,
+    };
+    assert!(!wrapped.is_retryable());
+    assert!(!shut_down().is_retryable());
+
+    // The runtime dropped rather than shut down: the same.
+    let rt = self::rt();
+    let store = KvStore::builder("dropped").shards(2).open(&rt).unwrap();
+    store.put("k", &1).unwrap();
+    drop(rt);
+    assert_eq!(store.get::<i32>("k"), Err(shut_down()));
+}
+
+#[test]
 fn store_names_with_slashes_keep_their_keys_apart() {
     let rt = rt();
     let open = |name: &str| KvStore::builder(name).shards(1).open(&rt).unwrap();

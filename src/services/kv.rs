@@ -90,6 +90,11 @@
 //! itself unreachable while it decides) reports [`KvError::InDoubt`], which
 //! `transact` does not retry.
 //!
+//! **Failures that cannot pass** — the runtime shut down, a shard's type not
+//! registered on a node, a reply that does not decode — are not retried:
+//! they return at once as [`KvError::Runtime`], never as a retryable
+//! [`KvError::Unavailable`].
+//!
 //! **Names.** Every key the store keeps in the runtime's store is under
 //! `rayx.kv/STORE/`, the store's name escaped so that it holds no `/`: no
 //! store's keys meet another's, whatever the names (`/` included) and keys.
@@ -134,8 +139,11 @@ pub enum KvError {
         /// Why.
         reason: String,
     },
-    /// A shard could not be reached or could not reach its storage, and the
-    /// transaction did not commit. Run it again once the shard is back.
+    /// A shard could not be reached or could not reach its storage, for a
+    /// reason that may pass (it crashed and restarts, its node died, a call
+    /// timed out), and the transaction did not commit. Run it again once the
+    /// shard is back. A cause that cannot pass (the runtime shut down, a type
+    /// not registered) is [`KvError::Runtime`] instead.
     #[error(
         "shard {shard} is unavailable ({source}); the transaction did not commit: run it again"
     )]
@@ -172,20 +180,55 @@ pub enum KvError {
         /// The encoder's or decoder's message.
         cause: String,
     },
-    /// The runtime failed (it shut down, or the store could not be opened).
+    /// The runtime failed for good (it shut down, or a shard's type is not
+    /// registered), or the store could not be opened as asked (an
+    /// [`Error::InvalidArgument`] names the setting); running the
+    /// transaction again cannot help, and it did not commit.
     #[error(transparent)]
     Runtime(#[from] Error),
 }
 
 impl KvError {
     /// Whether running the transaction again may succeed and cannot apply it
-    /// twice: conflicts, aborts and unavailable shards.
+    /// twice: conflicts, aborts and shards unavailable for a reason that may
+    /// pass.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            KvError::Conflict { .. } | KvError::Aborted { .. } | KvError::Unavailable { .. }
-        )
+        match self {
+            KvError::Conflict { .. } | KvError::Aborted { .. } => true,
+            KvError::Unavailable { source, .. } => !is_permanent(source),
+            _ => false,
+        }
     }
+
+    /// A failed call to `shard`: [`KvError::Unavailable`] if its cause may
+    /// pass, else the cause itself, so that nobody waits for it to pass.
+    fn unavailable(shard: usize, source: Error) -> KvError {
+        if is_permanent(&source) {
+            KvError::Runtime(source)
+        } else {
+            KvError::Unavailable { shard, source }
+        }
+    }
+}
+
+/// Whether a call that failed with `e` fails again however often it is
+/// made: the runtime is gone, or the call itself is wrong (a type or
+/// function not registered, a message that does not fit). Everything else
+/// (a shard that crashed and restarts, a node that died, a timeout, its
+/// storage unreachable) may pass.
+fn is_permanent(e: &Error) -> bool {
+    matches!(
+        e.root_cause(),
+        Error::ShutDown
+            | Error::FunctionNotRegistered { .. }
+            | Error::TypeMismatch { .. }
+            | Error::ArityMismatch { .. }
+            | Error::Serialization(_)
+            | Error::InvalidArgument(_)
+            | Error::Startup(_)
+            | Error::Unauthenticated { .. }
+            | Error::RegistryMismatch { .. }
+    )
 }
 
 /// A transaction's id: unique across processes (a random half drawn once
@@ -504,6 +547,7 @@ impl KvStore {
     /// an unavailable shard (nothing applied), runs it again in a new one, up
     /// to the store's `max_attempts`, with exponential backoff. `f` may run
     /// several times: it should have no effects outside the transaction.
+    /// A failure that cannot pass (the runtime shut down) returns at once.
     pub fn transact<R>(&self, mut f: impl FnMut(&mut Txn<'_>) -> Result<R>) -> Result<R> {
         let mut attempt = 0;
         loop {
@@ -513,6 +557,11 @@ impl KvStore {
             let out = f(&mut txn).and_then(|r| txn.commit().map(|_| r));
             match out {
                 Err(e) if e.is_retryable() => {
+                    // A call that was under way when the runtime stopped may
+                    // fail with a cause that looks passing (its actor died).
+                    if self.runtime_gone() {
+                        return Err(KvError::Runtime(Error::ShutDown));
+                    }
                     if attempt >= self.max_attempts {
                         return Err(KvError::GaveUp {
                             attempts: attempt,
@@ -524,6 +573,11 @@ impl KvStore {
                 other => return other,
             }
         }
+    }
+
+    /// Whether the runtime this client was made in has stopped.
+    fn runtime_gone(&self) -> bool {
+        self.rt.as_ref().is_some_and(|rt| rt.upgrade().is_none())
     }
 
     fn runtime(&self) -> Result<Runtime> {
@@ -555,7 +609,7 @@ impl KvStore {
                     }
                 }
                 Ok(Answer::Unavailable(source)) | Err(source) => {
-                    return Err(KvError::Unavailable { shard, source })
+                    return Err(KvError::unavailable(shard, source))
                 }
             }
         }
@@ -770,9 +824,7 @@ impl Txn<'_> {
             let err = match reply.get_timeout(self.store.call_timeout) {
                 Ok(Vote::Yes(_)) => continue,
                 Ok(Vote::Conflict(key)) => self.conflict(key),
-                Ok(Vote::Unavailable(source)) | Err(source) => {
-                    KvError::Unavailable { shard, source }
-                }
+                Ok(Vote::Unavailable(source)) | Err(source) => KvError::unavailable(shard, source),
             };
             failed.get_or_insert(err);
         }
@@ -818,7 +870,7 @@ impl Txn<'_> {
             }
             Decision::Abort => {
                 self.store.tell(self.id, std::iter::once(shard), false);
-                Err(KvError::Unavailable { shard, source })
+                Err(KvError::unavailable(shard, source))
             }
         }
     }
@@ -847,9 +899,7 @@ impl Txn<'_> {
                     continue;
                 }
                 Ok(Vote::Conflict(key)) => self.conflict(key),
-                Ok(Vote::Unavailable(source)) | Err(source) => {
-                    KvError::Unavailable { shard, source }
-                }
+                Ok(Vote::Unavailable(source)) | Err(source) => KvError::unavailable(shard, source),
             };
             failed.get_or_insert(err);
         }
