@@ -282,6 +282,68 @@ fn store_names_with_slashes_keep_their_keys_apart() {
     assert_eq!(p_esc_q.get::<i32>("x").unwrap(), Some(2));
 }
 
+/// The message of an open refused for an invalid argument.
+fn refused(open: Result<KvStore, KvError>) -> String {
+    match open {
+        Err(KvError::Runtime(Error::InvalidArgument(why))) => why,
+        other => panic!("expected InvalidArgument: {other:?}"),
+    }
+}
+
+#[test]
+fn settings_that_cannot_work_are_refused_at_open() {
+    let rt = rt();
+    let b = || KvStore::builder("settings");
+    let why = refused(b().lock_ttl(Duration::ZERO).open(&rt));
+    assert!(why.contains("lock_ttl"), "{why}");
+    let why = refused(b().max_attempts(0).open(&rt));
+    assert!(why.contains("max_attempts"), "{why}");
+    let why = refused(b().call_timeout(Duration::ZERO).open(&rt));
+    assert!(why.contains("call_timeout"), "{why}");
+    let why = refused(b().shards(0).open(&rt));
+    assert!(why.contains("shards"), "{why}");
+    // A refused open left nothing behind: the store opens with any count.
+    let store = b().shards(3).open(&rt).unwrap();
+    store.put("k", &1).unwrap();
+    assert_eq!(store.get::<i32>("k").unwrap(), Some(1));
+}
+
+#[test]
+fn reopening_with_other_shard_settings_is_refused_and_client_settings_are_its_own() {
+    let rt = rt();
+    let ttl = Duration::from_millis(500);
+    let b = || KvStore::builder("reopen").shards(2).lock_ttl(ttl);
+    let store = b().open(&rt).unwrap();
+    store.put("counter", &0u64).unwrap();
+    let why = refused(KvStore::builder("reopen").shards(2).open(&rt));
+    assert!(why.contains("lock_ttl 500ms, not 2s"), "{why}");
+    let why = refused(b().detached().open(&rt));
+    assert!(why.contains("detached false, not true"), "{why}");
+    let why = refused(
+        b().faults(KvFaults {
+            shard_mid_apply: 5,
+            ..KvFaults::default()
+        })
+        .open(&rt),
+    );
+    assert!(why.contains("faults"), "{why}");
+    // The client's settings are the opener's: two attempts here.
+    let impatient = b()
+        .max_attempts(2)
+        .call_timeout(Duration::from_secs(5))
+        .open(&rt)
+        .unwrap();
+    match impatient.transact(|t| {
+        let n: u64 = t.get("counter")?.unwrap_or(0);
+        store.put("counter", &(n + 1))?;
+        t.put("counter", &n)
+    }) {
+        Err(KvError::GaveUp { attempts: 2, .. }) => {}
+        other => panic!("expected GaveUp after 2 attempts: {other:?}"),
+    }
+    assert_eq!(store.get::<u64>("counter").unwrap(), Some(2));
+}
+
 /// Shared by the tests of transfers: account `i`'s key.
 fn account(i: usize) -> String {
     format!("acct-{i:02}")

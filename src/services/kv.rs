@@ -30,7 +30,11 @@
 //! [`remote_actor!`](crate::remote_actor), so in a cluster the head places
 //! them and restarts them elsewhere; `max_restarts` is infinite). A key lives
 //! on shard `fnv1a(key) % n`. Each key has a version, 0 before its first
-//! write and one more at each committed write (a delete keeps it).
+//! write and one more at each committed write (a delete keeps it). The
+//! shards' settings (count, lock TTL, detached) are fixed by the open that
+//! starts them: a later open that asks for others is refused, naming the
+//! difference; a client's own (`max_attempts`, `call_timeout`) are per
+//! handle (see [`KvStoreBuilder`]).
 //!
 //! **Isolation: optimistic, validated, no waiting.** A transaction reads
 //! committed values and records their versions; its writes stay in the
@@ -107,7 +111,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use shard::{
     decision_key, decode, encode, meta_key, Answer, CommitOne, Decide, Outcome, Prepare, Read,
-    Shard, ShardConfig, Validate, Versioned, Vote, WriteOp,
+    Settings, Shard, ShardConfig, Validate, Versioned, Vote, WriteOp,
 };
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -313,6 +317,31 @@ pub struct KvFaults {
 }
 
 /// Options of a store before it opens.
+///
+/// Two kinds: the shards' (`shards`, `lock_ttl`, `detached`), fixed by the
+/// open that starts them, which a later open must repeat while they run (it
+/// is refused, naming the difference, otherwise); and the client's
+/// (`max_attempts`, `call_timeout`), which each open chooses for the handle
+/// it returns. Settings that cannot work are refused:
+///
+/// ```
+/// use rayx::services::kv::{KvError, KvStore};
+/// use std::time::Duration;
+///
+/// let rt = rayx::init()?;
+/// let zero_ttl = KvStore::builder("doc-ttl").lock_ttl(Duration::ZERO).open(&rt);
+/// assert!(matches!(zero_ttl, Err(KvError::Runtime(rayx::Error::InvalidArgument(_)))));
+/// let store = KvStore::builder("doc-ttl").lock_ttl(Duration::from_secs(1)).open(&rt)?;
+/// // The shards run with a 1 s TTL: another one is refused...
+/// assert!(KvStore::builder("doc-ttl").open(&rt).is_err());
+/// // ...while a client's own settings are its own.
+/// let patient = KvStore::builder("doc-ttl")
+///     .lock_ttl(Duration::from_secs(1))
+///     .max_attempts(1000)
+///     .open(&rt)?;
+/// # drop((store, patient));
+/// # Ok::<(), KvError>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct KvStoreBuilder {
     name: String,
@@ -326,38 +355,40 @@ pub struct KvStoreBuilder {
 }
 
 impl KvStoreBuilder {
-    /// Shards (default 4). A store keeps its shard count: opening it again
-    /// with another fails.
+    /// Shards (default 4; 1 to `u32::MAX`). A store keeps its shard count:
+    /// opening it again with another fails.
     pub fn shards(mut self, n: usize) -> Self {
         self.shards = n;
         self
     }
     /// How long a shard holds a prepared transaction without a decision
-    /// before it aborts it (default 2 s). Short: a slow coordinator's
-    /// transactions abort; long: a dead one's keys stay locked that long.
+    /// before it aborts it (default 2 s; more than zero). Short: a slow
+    /// coordinator's transactions abort; long: a dead one's keys stay locked
+    /// that long. The shards' setting: fixed while they run.
     pub fn lock_ttl(mut self, ttl: Duration) -> Self {
         self.lock_ttl = ttl;
         self
     }
-    /// Attempts [`KvStore::transact`] makes (default 100).
+    /// Attempts [`KvStore::transact`] makes (default 100; at least 1). This
+    /// client's setting.
     pub fn max_attempts(mut self, n: u32) -> Self {
-        self.max_attempts = n.max(1);
+        self.max_attempts = n;
         self
     }
     /// How long a call to a shard may take before the shard counts as
-    /// unavailable (default 30 s).
+    /// unavailable (default 30 s; more than zero). This client's setting.
     pub fn call_timeout(mut self, timeout: Duration) -> Self {
         self.call_timeout = timeout;
         self
     }
     /// Keeps the shards alive when every handle is gone, until the runtime
     /// stops (Ray's detached actors); by default they go with the last
-    /// handle.
+    /// handle. The shards' setting: fixed while they run.
     pub fn detached(mut self) -> Self {
         self.detached = true;
         self
     }
-    /// Faults to inject, for tests.
+    /// Faults to inject, for tests (the shards' are fixed while they run).
     #[cfg(feature = "testing")]
     pub fn faults(mut self, faults: KvFaults) -> Self {
         self.faults = faults;
@@ -365,16 +396,11 @@ impl KvStoreBuilder {
     }
 
     /// Starts the store's shards, or finds them if the store is open already
-    /// (shards are named actors `NAME/i` in the namespace `rayx.kv`).
+    /// (shards are named actors `NAME/i` in the namespace `rayx.kv`). Fails
+    /// with [`Error::InvalidArgument`] if a setting cannot work, or differs
+    /// from the one the store has or its running shards were started with.
     pub fn open(self, rt: &Runtime) -> Result<KvStore> {
-        if self.shards == 0 || self.shards > u32::MAX as usize {
-            return Err(Error::InvalidArgument(format!(
-                "a store needs 1 to {} shards, not {}",
-                u32::MAX,
-                self.shards
-            ))
-            .into());
-        }
+        self.check()?;
         let meta = meta_key(&self.name);
         let count = self.shards.to_string();
         if !rt.kv_put(&meta, count.as_bytes(), false)? {
@@ -391,15 +417,8 @@ impl KvStoreBuilder {
         }
         let mut shards = Vec::with_capacity(self.shards);
         for index in 0..self.shards {
-            let cfg = ShardConfig {
-                store: self.name.clone(),
-                index: index as u32,
-                lock_ttl: self.lock_ttl,
-                #[cfg(feature = "testing")]
-                faults: self.faults.clone(),
-            };
             let mut b = rt
-                .actor_of(Shard::new, cfg)
+                .actor_of(Shard::new, self.shard_config(index as u32))
                 .name(format!("{}/{index}", self.name))
                 .namespace("rayx.kv")
                 .get_if_exists()
@@ -409,17 +428,62 @@ impl KvStoreBuilder {
             }
             shards.push(b.spawn()?);
         }
-        Ok(KvStore {
-            name: self.name,
+        let store = KvStore {
+            name: self.name.clone(),
             shards,
             max_attempts: self.max_attempts,
             call_timeout: self.call_timeout,
             rt: Some(rt.downgrade()),
             #[cfg(feature = "testing")]
-            faults: self.faults,
+            faults: self.faults.clone(),
             #[cfg(feature = "testing")]
             arrivals: std::sync::Arc::default(),
-        })
+        };
+        store.check_running(&self.shard_config(0))?;
+        Ok(store)
+    }
+
+    /// Refuses the settings that cannot work.
+    fn check(&self) -> Result<()> {
+        let refuse = |why: String| Err(KvError::Runtime(Error::InvalidArgument(why)));
+        if self.shards == 0 || self.shards > u32::MAX as usize {
+            return refuse(format!(
+                "a store needs 1 to {} shards, not {}",
+                u32::MAX,
+                self.shards
+            ));
+        }
+        if self.lock_ttl.is_zero() {
+            return refuse(format!(
+                "store `{}`: lock_ttl must be more than zero (a shard would abort every prepared transaction before its coordinator could decide it)",
+                self.name
+            ));
+        }
+        if self.max_attempts == 0 {
+            return refuse(format!(
+                "store `{}`: max_attempts must be at least 1 (transact would run nothing)",
+                self.name
+            ));
+        }
+        if self.call_timeout.is_zero() {
+            return refuse(format!(
+                "store `{}`: call_timeout must be more than zero (a zero timeout only looks, so every call to a shard would fail)",
+                self.name
+            ));
+        }
+        Ok(())
+    }
+
+    /// What shard `index` is started with.
+    fn shard_config(&self, index: u32) -> ShardConfig {
+        ShardConfig {
+            store: self.name.clone(),
+            index,
+            lock_ttl: self.lock_ttl,
+            detached: self.detached,
+            #[cfg(feature = "testing")]
+            faults: self.faults.clone(),
+        }
     }
 }
 
@@ -573,6 +637,61 @@ impl KvStore {
                 other => return other,
             }
         }
+    }
+
+    /// Refuses a store whose shards run with other settings than `want` (an
+    /// earlier open started them, and they keep their settings while they
+    /// run, restarts included); names each difference.
+    fn check_running(&self, want: &ShardConfig) -> Result<()> {
+        let calls: Vec<_> = self.shards.iter().map(|s| s.call(Settings)).collect();
+        for (shard, reply) in calls.into_iter().enumerate() {
+            let mut attempt = 1;
+            let mut reply = reply.get_timeout(self.call_timeout);
+            let running = loop {
+                let e = match reply {
+                    Ok(cfg) => break cfg,
+                    Err(e) => KvError::unavailable(shard, e),
+                };
+                // A shard that crashes restarts: ask it again, as transact would.
+                if !e.is_retryable() || attempt >= self.max_attempts {
+                    return Err(e);
+                }
+                std::thread::sleep(backoff(attempt, shard as u64));
+                attempt += 1;
+                reply = self.shards[shard]
+                    .call(Settings)
+                    .get_timeout(self.call_timeout);
+            };
+            let mut diffs = Vec::new();
+            if running.lock_ttl != want.lock_ttl {
+                diffs.push(format!(
+                    "lock_ttl {:?}, not {:?}",
+                    running.lock_ttl, want.lock_ttl
+                ));
+            }
+            if running.detached != want.detached {
+                diffs.push(format!(
+                    "detached {}, not {}",
+                    running.detached, want.detached
+                ));
+            }
+            #[cfg(feature = "testing")]
+            if running.faults != want.faults {
+                diffs.push(format!(
+                    "faults {:?}, not {:?}",
+                    running.faults, want.faults
+                ));
+            }
+            if !diffs.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "store `{}` runs with {}: open it with the settings its shards were started with (they keep them until every handle is gone, or the runtime stops if detached)",
+                    self.name,
+                    diffs.join(", ")
+                ))
+                .into());
+            }
+        }
+        Ok(())
     }
 
     /// Whether the runtime this client was made in has stopped.

@@ -69,7 +69,9 @@ pub(super) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, 
     rmp_serde::from_slice(bytes).map_err(|e| Error::Serialization(e.to_string()))
 }
 
-/// What a shard is started with (its constructor's argument).
+/// What a shard is started with (its constructor's argument). Fixed for
+/// its life, restarts included: a later open of the store must ask for the
+/// same (see [`Settings`]).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(super) struct ShardConfig {
     pub(super) store: String,
@@ -77,6 +79,8 @@ pub(super) struct ShardConfig {
     /// How long a prepared transaction may wait for its decision before the
     /// shard aborts it (if nobody decided first).
     pub(super) lock_ttl: Duration,
+    /// Whether the shard outlives its handles.
+    pub(super) detached: bool,
     #[cfg(feature = "testing")]
     pub(super) faults: super::KvFaults,
 }
@@ -115,6 +119,14 @@ impl Intent {
     fn versions(&self) -> Vec<u64> {
         self.writes.iter().map(|w| w.version).collect()
     }
+}
+
+/// The configuration the shard runs with, for an open to compare with its
+/// own (an open that finds the shards running gets them as they are).
+#[derive(Serialize, Deserialize)]
+pub(super) struct Settings;
+impl Message for Settings {
+    type Reply = ShardConfig;
 }
 
 /// Reads keys at their committed versions (a lock whose transaction is
@@ -254,8 +266,14 @@ impl Actor for Shard {}
 crate::remote_actor!(
     Shard,
     Shard::new,
-    [Read, Validate, Prepare, CommitOne, Decide]
+    [Settings, Read, Validate, Prepare, CommitOne, Decide]
 );
+
+impl Handler<Settings> for Shard {
+    fn handle(&mut self, _: Settings, _: &mut ActorContext<'_, Self>) -> ShardConfig {
+        self.cfg.clone()
+    }
+}
 
 impl Handler<Read> for Shard {
     fn handle(&mut self, m: Read, ctx: &mut ActorContext<'_, Self>) -> Answer<Vec<Versioned>> {
