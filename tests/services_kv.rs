@@ -785,6 +785,26 @@ fn the_history_checker_accepts_a_serial_history_and_rejects_a_write_skew() {
     assert!(std::panic::catch_unwind(|| check_serializable(&lost)).is_err());
 }
 
+/// Runs `attempt` until it succeeds, after a retryable failure backing off
+/// as [`KvStore::transact`] does (50 µs doubling to 20 ms, jittered): workers
+/// that retry at once keep each other's transactions conflicting and the
+/// shards from the CPU. Panics on any other failure, and after 500 attempts
+/// (some 10 s), so a livelock fails the test instead of stretching it.
+fn with_backoff<T>(rng: &mut Rng, mut attempt: impl FnMut() -> Result<T, KvError>) -> T {
+    for n in 0..500u32 {
+        match attempt() {
+            Ok(v) => return v,
+            Err(e) if e.is_retryable() => {
+                let base = 50u64 << n.min(9);
+                let micros = base.min(20_000) * (512 + rng.next(1024)) / 1024;
+                std::thread::sleep(Duration::from_micros(micros));
+            }
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    panic!("a transaction still conflicted after 500 attempts")
+}
+
 #[test]
 fn concurrent_transactions_under_crashes_are_serializable() {
     let rt = rt_with(Faults {
@@ -809,6 +829,8 @@ fn concurrent_transactions_under_crashes_are_serializable() {
             let (store, keys, history) = (store.clone(), keys.clone(), history.clone());
             std::thread::spawn(move || {
                 let mut rng = Rng(w * 104_729 + 7);
+                // Its own, so retries leave the workload as it was.
+                let mut jitter = Rng(w * 7_727 + 5);
                 for _ in 0..150 {
                     let n = 1 + rng.next(3) as usize;
                     let picked: Vec<&str> = (0..n)
@@ -816,26 +838,16 @@ fn concurrent_transactions_under_crashes_are_serializable() {
                         .collect();
                     let writes = rng.next(4) != 0; // a quarter read-only
                     let target = picked[rng.next(picked.len() as u64) as usize];
-                    loop {
+                    let committed = with_backoff(&mut jitter, || {
                         let mut t = store.begin();
-                        let Ok(vals) = t.get_many::<u64>(&picked) else {
-                            continue;
-                        };
+                        let vals = t.get_many::<u64>(&picked)?;
                         if writes {
                             let sum: u64 = vals.iter().flatten().copied().max().unwrap_or(0);
-                            if t.put(target, &(sum + 1)).is_err() {
-                                continue;
-                            }
+                            t.put(target, &(sum + 1))?;
                         }
-                        match t.commit() {
-                            Ok(c) => {
-                                history.lock().push(c);
-                                break;
-                            }
-                            Err(e) if e.is_retryable() => continue,
-                            Err(e) => panic!("unexpected {e}"),
-                        }
-                    }
+                        t.commit()
+                    });
+                    history.lock().push(committed);
                 }
             })
         })
