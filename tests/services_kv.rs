@@ -199,6 +199,151 @@ fn a_conflict_aborts_with_the_typed_error_and_transact_retries_it() {
     }
 }
 
+#[test]
+fn a_call_after_shutdown_fails_at_once_with_shut_down() {
+    let rt = rt();
+    let store = KvStore::builder("shut down").shards(2).open(&rt).unwrap();
+    let keys = keys_on_distinct_shards(&store, "k", 2);
+    let (a, b) = (keys[0].as_str(), keys[1].as_str());
+    store.put(a, &1).unwrap();
+    // Transactions of each kind, read before the runtime stops.
+    let mut two_shards = store.begin();
+    let mut one_shard = store.begin();
+    let mut read_only = store.begin();
+    for t in [&mut two_shards, &mut one_shard, &mut read_only] {
+        let _: Vec<Option<i32>> = t.get_many(&[a, b]).unwrap();
+    }
+    two_shards.put(a, &2).unwrap();
+    two_shards.put(b, &2).unwrap();
+    one_shard.put(a, &3).unwrap();
+    rt.shutdown();
+
+    let shut_down = || KvError::Runtime(Error::ShutDown);
+    let runs = AtomicU64::new(0);
+    let got = store.transact(|t| {
+        runs.fetch_add(1, Ordering::SeqCst);
+        t.get::<i32>(a)
+    });
+    assert_eq!(got, Err(shut_down()), "not retried until it gives up");
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "run once");
+    assert_eq!(store.get::<i32>(a), Err(shut_down()));
+    assert_eq!(store.put(a, &4), Err(shut_down()));
+    assert_eq!(store.delete(a), Err(shut_down()));
+    assert_eq!(two_shards.commit(), Err(shut_down()));
+    assert_eq!(one_shard.commit(), Err(shut_down()));
+    assert_eq!(read_only.commit(), Err(shut_down()));
+    assert_eq!(store.begin().get::<i32>(a), Err(shut_down()));
+    // A cause that cannot pass is not worth a retry, however it is wrapped.
+    let wrapped = KvError::Unavailable {
+        shard: 0,
+        source: Error::ShutDown,
+    };
+    assert!(!wrapped.is_retryable());
+    assert!(!shut_down().is_retryable());
+
+    // The runtime dropped rather than shut down: the same.
+    let rt = self::rt();
+    let store = KvStore::builder("dropped").shards(2).open(&rt).unwrap();
+    store.put("k", &1).unwrap();
+    drop(rt);
+    assert_eq!(store.get::<i32>("k"), Err(shut_down()));
+}
+
+#[test]
+fn store_names_with_slashes_keep_their_keys_apart() {
+    let rt = rt();
+    let open = |name: &str| KvStore::builder(name).shards(1).open(&rt).unwrap();
+    // A key of one store spelled like another store's shard count...
+    let s = open("s");
+    s.put("k/shards", "hello").unwrap();
+    let s_d_k = open("s/d/k");
+    assert_eq!(
+        s.get::<String>("k/shards").unwrap().as_deref(),
+        Some("hello")
+    );
+    assert_eq!(s_d_k.get::<String>("shards").unwrap(), None);
+    // ...and the other way: a store's shard count spelled like a key.
+    let _t_d_k = open("t/d/k");
+    let t = open("t");
+    assert_eq!(t.get::<String>("k/shards").unwrap(), None);
+    // Data keys, both ways.
+    let u = open("u");
+    let u_d_v = open("u/d/v");
+    u.put("v/d/x", &1).unwrap();
+    assert_eq!(u_d_v.get::<i32>("x").unwrap(), None);
+    u_d_v.put("x", &2).unwrap();
+    assert_eq!(u.get::<i32>("v/d/x").unwrap(), Some(1));
+    assert_eq!(u_d_v.get::<i32>("x").unwrap(), Some(2));
+    // A name spelling the escape of another.
+    let (p_q, p_esc_q) = (open("p/q"), open("p%2Fq"));
+    p_q.put("x", &1).unwrap();
+    p_esc_q.put("x", &2).unwrap();
+    assert_eq!(p_q.get::<i32>("x").unwrap(), Some(1));
+    assert_eq!(p_esc_q.get::<i32>("x").unwrap(), Some(2));
+}
+
+/// The message of an open refused for an invalid argument.
+fn refused(open: Result<KvStore, KvError>) -> String {
+    match open {
+        Err(KvError::Runtime(Error::InvalidArgument(why))) => why,
+        other => panic!("expected InvalidArgument: {other:?}"),
+    }
+}
+
+#[test]
+fn settings_that_cannot_work_are_refused_at_open() {
+    let rt = rt();
+    let b = || KvStore::builder("settings");
+    let why = refused(b().lock_ttl(Duration::ZERO).open(&rt));
+    assert!(why.contains("lock_ttl"), "{why}");
+    let why = refused(b().max_attempts(0).open(&rt));
+    assert!(why.contains("max_attempts"), "{why}");
+    let why = refused(b().call_timeout(Duration::ZERO).open(&rt));
+    assert!(why.contains("call_timeout"), "{why}");
+    let why = refused(b().shards(0).open(&rt));
+    assert!(why.contains("shards"), "{why}");
+    // A refused open left nothing behind: the store opens with any count.
+    let store = b().shards(3).open(&rt).unwrap();
+    store.put("k", &1).unwrap();
+    assert_eq!(store.get::<i32>("k").unwrap(), Some(1));
+}
+
+#[test]
+fn reopening_with_other_shard_settings_is_refused_and_client_settings_are_its_own() {
+    let rt = rt();
+    let ttl = Duration::from_millis(500);
+    let b = || KvStore::builder("reopen").shards(2).lock_ttl(ttl);
+    let store = b().open(&rt).unwrap();
+    store.put("counter", &0u64).unwrap();
+    let why = refused(KvStore::builder("reopen").shards(2).open(&rt));
+    assert!(why.contains("lock_ttl 500ms, not 2s"), "{why}");
+    let why = refused(b().detached().open(&rt));
+    assert!(why.contains("detached false, not true"), "{why}");
+    let why = refused(
+        b().faults(KvFaults {
+            shard_mid_apply: 5,
+            ..KvFaults::default()
+        })
+        .open(&rt),
+    );
+    assert!(why.contains("faults"), "{why}");
+    // The client's settings are the opener's: two attempts here.
+    let impatient = b()
+        .max_attempts(2)
+        .call_timeout(Duration::from_secs(5))
+        .open(&rt)
+        .unwrap();
+    match impatient.transact(|t| {
+        let n: u64 = t.get("counter")?.unwrap_or(0);
+        store.put("counter", &(n + 1))?;
+        t.put("counter", &n)
+    }) {
+        Err(KvError::GaveUp { attempts: 2, .. }) => {}
+        other => panic!("expected GaveUp after 2 attempts: {other:?}"),
+    }
+    assert_eq!(store.get::<u64>("counter").unwrap(), Some(2));
+}
+
 /// Shared by the tests of transfers: account `i`'s key.
 fn account(i: usize) -> String {
     format!("acct-{i:02}")
@@ -640,6 +785,26 @@ fn the_history_checker_accepts_a_serial_history_and_rejects_a_write_skew() {
     assert!(std::panic::catch_unwind(|| check_serializable(&lost)).is_err());
 }
 
+/// Runs `attempt` until it succeeds, after a retryable failure backing off
+/// as [`KvStore::transact`] does (50 µs doubling to 20 ms, jittered): workers
+/// that retry at once keep each other's transactions conflicting and the
+/// shards from the CPU. Panics on any other failure, and after 500 attempts
+/// (some 10 s), so a livelock fails the test instead of stretching it.
+fn with_backoff<T>(rng: &mut Rng, mut attempt: impl FnMut() -> Result<T, KvError>) -> T {
+    for n in 0..500u32 {
+        match attempt() {
+            Ok(v) => return v,
+            Err(e) if e.is_retryable() => {
+                let base = 50u64 << n.min(9);
+                let micros = base.min(20_000) * (512 + rng.next(1024)) / 1024;
+                std::thread::sleep(Duration::from_micros(micros));
+            }
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    panic!("a transaction still conflicted after 500 attempts")
+}
+
 #[test]
 fn concurrent_transactions_under_crashes_are_serializable() {
     let rt = rt_with(Faults {
@@ -664,6 +829,8 @@ fn concurrent_transactions_under_crashes_are_serializable() {
             let (store, keys, history) = (store.clone(), keys.clone(), history.clone());
             std::thread::spawn(move || {
                 let mut rng = Rng(w * 104_729 + 7);
+                // Its own, so retries leave the workload as it was.
+                let mut jitter = Rng(w * 7_727 + 5);
                 for _ in 0..150 {
                     let n = 1 + rng.next(3) as usize;
                     let picked: Vec<&str> = (0..n)
@@ -671,26 +838,16 @@ fn concurrent_transactions_under_crashes_are_serializable() {
                         .collect();
                     let writes = rng.next(4) != 0; // a quarter read-only
                     let target = picked[rng.next(picked.len() as u64) as usize];
-                    loop {
+                    let committed = with_backoff(&mut jitter, || {
                         let mut t = store.begin();
-                        let Ok(vals) = t.get_many::<u64>(&picked) else {
-                            continue;
-                        };
+                        let vals = t.get_many::<u64>(&picked)?;
                         if writes {
                             let sum: u64 = vals.iter().flatten().copied().max().unwrap_or(0);
-                            if t.put(target, &(sum + 1)).is_err() {
-                                continue;
-                            }
+                            t.put(target, &(sum + 1))?;
                         }
-                        match t.commit() {
-                            Ok(c) => {
-                                history.lock().push(c);
-                                break;
-                            }
-                            Err(e) if e.is_retryable() => continue,
-                            Err(e) => panic!("unexpected {e}"),
-                        }
-                    }
+                        t.commit()
+                    });
+                    history.lock().push(committed);
                 }
             })
         })

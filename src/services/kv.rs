@@ -30,7 +30,11 @@
 //! [`remote_actor!`](crate::remote_actor), so in a cluster the head places
 //! them and restarts them elsewhere; `max_restarts` is infinite). A key lives
 //! on shard `fnv1a(key) % n`. Each key has a version, 0 before its first
-//! write and one more at each committed write (a delete keeps it).
+//! write and one more at each committed write (a delete keeps it). The
+//! shards' settings (count, lock TTL, detached) are fixed by the open that
+//! starts them: a later open that asks for others is refused, naming the
+//! difference; a client's own (`max_attempts`, `call_timeout`) are per
+//! handle (see [`KvStoreBuilder`]).
 //!
 //! **Isolation: optimistic, validated, no waiting.** A transaction reads
 //! committed values and records their versions; its writes stay in the
@@ -89,6 +93,15 @@
 //! `transact`). A client that cannot learn the outcome (the key-value store
 //! itself unreachable while it decides) reports [`KvError::InDoubt`], which
 //! `transact` does not retry.
+//!
+//! **Failures that cannot pass** — the runtime shut down, a shard's type not
+//! registered on a node, a reply that does not decode — are not retried:
+//! they return at once as [`KvError::Runtime`], never as a retryable
+//! [`KvError::Unavailable`].
+//!
+//! **Names.** Every key the store keeps in the runtime's store is under
+//! `rayx.kv/STORE/`, the store's name escaped so that it holds no `/`: no
+//! store's keys meet another's, whatever the names (`/` included) and keys.
 
 mod shard;
 
@@ -98,7 +111,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use shard::{
     decision_key, decode, encode, meta_key, Answer, CommitOne, Decide, Outcome, Prepare, Read,
-    Shard, ShardConfig, Validate, Versioned, Vote, WriteOp,
+    Settings, Shard, ShardConfig, Validate, Versioned, Vote, WriteOp,
 };
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -130,8 +143,11 @@ pub enum KvError {
         /// Why.
         reason: String,
     },
-    /// A shard could not be reached or could not reach its storage, and the
-    /// transaction did not commit. Run it again once the shard is back.
+    /// A shard could not be reached or could not reach its storage, for a
+    /// reason that may pass (it crashed and restarts, its node died, a call
+    /// timed out), and the transaction did not commit. Run it again once the
+    /// shard is back. A cause that cannot pass (the runtime shut down, a type
+    /// not registered) is [`KvError::Runtime`] instead.
     #[error(
         "shard {shard} is unavailable ({source}); the transaction did not commit: run it again"
     )]
@@ -168,20 +184,55 @@ pub enum KvError {
         /// The encoder's or decoder's message.
         cause: String,
     },
-    /// The runtime failed (it shut down, or the store could not be opened).
+    /// The runtime failed for good (it shut down, or a shard's type is not
+    /// registered), or the store could not be opened as asked (an
+    /// [`Error::InvalidArgument`] names the setting); running the
+    /// transaction again cannot help, and it did not commit.
     #[error(transparent)]
     Runtime(#[from] Error),
 }
 
 impl KvError {
     /// Whether running the transaction again may succeed and cannot apply it
-    /// twice: conflicts, aborts and unavailable shards.
+    /// twice: conflicts, aborts and shards unavailable for a reason that may
+    /// pass.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            KvError::Conflict { .. } | KvError::Aborted { .. } | KvError::Unavailable { .. }
-        )
+        match self {
+            KvError::Conflict { .. } | KvError::Aborted { .. } => true,
+            KvError::Unavailable { source, .. } => !is_permanent(source),
+            _ => false,
+        }
     }
+
+    /// A failed call to `shard`: [`KvError::Unavailable`] if its cause may
+    /// pass, else the cause itself, so that nobody waits for it to pass.
+    fn unavailable(shard: usize, source: Error) -> KvError {
+        if is_permanent(&source) {
+            KvError::Runtime(source)
+        } else {
+            KvError::Unavailable { shard, source }
+        }
+    }
+}
+
+/// Whether a call that failed with `e` fails again however often it is
+/// made: the runtime is gone, or the call itself is wrong (a type or
+/// function not registered, a message that does not fit). Everything else
+/// (a shard that crashed and restarts, a node that died, a timeout, its
+/// storage unreachable) may pass.
+fn is_permanent(e: &Error) -> bool {
+    matches!(
+        e.root_cause(),
+        Error::ShutDown
+            | Error::FunctionNotRegistered { .. }
+            | Error::TypeMismatch { .. }
+            | Error::ArityMismatch { .. }
+            | Error::Serialization(_)
+            | Error::InvalidArgument(_)
+            | Error::Startup(_)
+            | Error::Unauthenticated { .. }
+            | Error::RegistryMismatch { .. }
+    )
 }
 
 /// A transaction's id: unique across processes (a random half drawn once
@@ -266,6 +317,31 @@ pub struct KvFaults {
 }
 
 /// Options of a store before it opens.
+///
+/// Two kinds: the shards' (`shards`, `lock_ttl`, `detached`), fixed by the
+/// open that starts them, which a later open must repeat while they run (it
+/// is refused, naming the difference, otherwise); and the client's
+/// (`max_attempts`, `call_timeout`), which each open chooses for the handle
+/// it returns. Settings that cannot work are refused:
+///
+/// ```
+/// use rayx::services::kv::{KvError, KvStore};
+/// use std::time::Duration;
+///
+/// let rt = rayx::init()?;
+/// let zero_ttl = KvStore::builder("doc-ttl").lock_ttl(Duration::ZERO).open(&rt);
+/// assert!(matches!(zero_ttl, Err(KvError::Runtime(rayx::Error::InvalidArgument(_)))));
+/// let store = KvStore::builder("doc-ttl").lock_ttl(Duration::from_secs(1)).open(&rt)?;
+/// // The shards run with a 1 s TTL: another one is refused...
+/// assert!(KvStore::builder("doc-ttl").open(&rt).is_err());
+/// // ...while a client's own settings are its own.
+/// let patient = KvStore::builder("doc-ttl")
+///     .lock_ttl(Duration::from_secs(1))
+///     .max_attempts(1000)
+///     .open(&rt)?;
+/// # drop((store, patient));
+/// # Ok::<(), KvError>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct KvStoreBuilder {
     name: String,
@@ -279,38 +355,40 @@ pub struct KvStoreBuilder {
 }
 
 impl KvStoreBuilder {
-    /// Shards (default 4). A store keeps its shard count: opening it again
-    /// with another fails.
+    /// Shards (default 4; 1 to `u32::MAX`). A store keeps its shard count:
+    /// opening it again with another fails.
     pub fn shards(mut self, n: usize) -> Self {
         self.shards = n;
         self
     }
     /// How long a shard holds a prepared transaction without a decision
-    /// before it aborts it (default 2 s). Short: a slow coordinator's
-    /// transactions abort; long: a dead one's keys stay locked that long.
+    /// before it aborts it (default 2 s; more than zero). Short: a slow
+    /// coordinator's transactions abort; long: a dead one's keys stay locked
+    /// that long. The shards' setting: fixed while they run.
     pub fn lock_ttl(mut self, ttl: Duration) -> Self {
         self.lock_ttl = ttl;
         self
     }
-    /// Attempts [`KvStore::transact`] makes (default 100).
+    /// Attempts [`KvStore::transact`] makes (default 100; at least 1). This
+    /// client's setting.
     pub fn max_attempts(mut self, n: u32) -> Self {
-        self.max_attempts = n.max(1);
+        self.max_attempts = n;
         self
     }
     /// How long a call to a shard may take before the shard counts as
-    /// unavailable (default 30 s).
+    /// unavailable (default 30 s; more than zero). This client's setting.
     pub fn call_timeout(mut self, timeout: Duration) -> Self {
         self.call_timeout = timeout;
         self
     }
     /// Keeps the shards alive when every handle is gone, until the runtime
     /// stops (Ray's detached actors); by default they go with the last
-    /// handle.
+    /// handle. The shards' setting: fixed while they run.
     pub fn detached(mut self) -> Self {
         self.detached = true;
         self
     }
-    /// Faults to inject, for tests.
+    /// Faults to inject, for tests (the shards' are fixed while they run).
     #[cfg(feature = "testing")]
     pub fn faults(mut self, faults: KvFaults) -> Self {
         self.faults = faults;
@@ -318,16 +396,11 @@ impl KvStoreBuilder {
     }
 
     /// Starts the store's shards, or finds them if the store is open already
-    /// (shards are named actors `NAME/i` in the namespace `rayx.kv`).
+    /// (shards are named actors `NAME/i` in the namespace `rayx.kv`). Fails
+    /// with [`Error::InvalidArgument`] if a setting cannot work, or differs
+    /// from the one the store has or its running shards were started with.
     pub fn open(self, rt: &Runtime) -> Result<KvStore> {
-        if self.shards == 0 || self.shards > u32::MAX as usize {
-            return Err(Error::InvalidArgument(format!(
-                "a store needs 1 to {} shards, not {}",
-                u32::MAX,
-                self.shards
-            ))
-            .into());
-        }
+        self.check()?;
         let meta = meta_key(&self.name);
         let count = self.shards.to_string();
         if !rt.kv_put(&meta, count.as_bytes(), false)? {
@@ -344,15 +417,8 @@ impl KvStoreBuilder {
         }
         let mut shards = Vec::with_capacity(self.shards);
         for index in 0..self.shards {
-            let cfg = ShardConfig {
-                store: self.name.clone(),
-                index: index as u32,
-                lock_ttl: self.lock_ttl,
-                #[cfg(feature = "testing")]
-                faults: self.faults.clone(),
-            };
             let mut b = rt
-                .actor_of(Shard::new, cfg)
+                .actor_of(Shard::new, self.shard_config(index as u32))
                 .name(format!("{}/{index}", self.name))
                 .namespace("rayx.kv")
                 .get_if_exists()
@@ -362,17 +428,62 @@ impl KvStoreBuilder {
             }
             shards.push(b.spawn()?);
         }
-        Ok(KvStore {
-            name: self.name,
+        let store = KvStore {
+            name: self.name.clone(),
             shards,
             max_attempts: self.max_attempts,
             call_timeout: self.call_timeout,
             rt: Some(rt.downgrade()),
             #[cfg(feature = "testing")]
-            faults: self.faults,
+            faults: self.faults.clone(),
             #[cfg(feature = "testing")]
             arrivals: std::sync::Arc::default(),
-        })
+        };
+        store.check_running(&self.shard_config(0))?;
+        Ok(store)
+    }
+
+    /// Refuses the settings that cannot work.
+    fn check(&self) -> Result<()> {
+        let refuse = |why: String| Err(KvError::Runtime(Error::InvalidArgument(why)));
+        if self.shards == 0 || self.shards > u32::MAX as usize {
+            return refuse(format!(
+                "a store needs 1 to {} shards, not {}",
+                u32::MAX,
+                self.shards
+            ));
+        }
+        if self.lock_ttl.is_zero() {
+            return refuse(format!(
+                "store `{}`: lock_ttl must be more than zero (a shard would abort every prepared transaction before its coordinator could decide it)",
+                self.name
+            ));
+        }
+        if self.max_attempts == 0 {
+            return refuse(format!(
+                "store `{}`: max_attempts must be at least 1 (transact would run nothing)",
+                self.name
+            ));
+        }
+        if self.call_timeout.is_zero() {
+            return refuse(format!(
+                "store `{}`: call_timeout must be more than zero (a zero timeout only looks, so every call to a shard would fail)",
+                self.name
+            ));
+        }
+        Ok(())
+    }
+
+    /// What shard `index` is started with.
+    fn shard_config(&self, index: u32) -> ShardConfig {
+        ShardConfig {
+            store: self.name.clone(),
+            index,
+            lock_ttl: self.lock_ttl,
+            detached: self.detached,
+            #[cfg(feature = "testing")]
+            faults: self.faults.clone(),
+        }
     }
 }
 
@@ -500,6 +611,7 @@ impl KvStore {
     /// an unavailable shard (nothing applied), runs it again in a new one, up
     /// to the store's `max_attempts`, with exponential backoff. `f` may run
     /// several times: it should have no effects outside the transaction.
+    /// A failure that cannot pass (the runtime shut down) returns at once.
     pub fn transact<R>(&self, mut f: impl FnMut(&mut Txn<'_>) -> Result<R>) -> Result<R> {
         let mut attempt = 0;
         loop {
@@ -509,6 +621,11 @@ impl KvStore {
             let out = f(&mut txn).and_then(|r| txn.commit().map(|_| r));
             match out {
                 Err(e) if e.is_retryable() => {
+                    // A call that was under way when the runtime stopped may
+                    // fail with a cause that looks passing (its actor died).
+                    if self.runtime_gone() {
+                        return Err(KvError::Runtime(Error::ShutDown));
+                    }
                     if attempt >= self.max_attempts {
                         return Err(KvError::GaveUp {
                             attempts: attempt,
@@ -520,6 +637,66 @@ impl KvStore {
                 other => return other,
             }
         }
+    }
+
+    /// Refuses a store whose shards run with other settings than `want` (an
+    /// earlier open started them, and they keep their settings while they
+    /// run, restarts included); names each difference.
+    fn check_running(&self, want: &ShardConfig) -> Result<()> {
+        let calls: Vec<_> = self.shards.iter().map(|s| s.call(Settings)).collect();
+        for (shard, reply) in calls.into_iter().enumerate() {
+            let mut attempt = 1;
+            let mut reply = reply.get_timeout(self.call_timeout);
+            let running = loop {
+                let e = match reply {
+                    Ok(cfg) => break cfg,
+                    Err(e) => KvError::unavailable(shard, e),
+                };
+                // A shard that crashes restarts: ask it again, as transact would.
+                if !e.is_retryable() || attempt >= self.max_attempts {
+                    return Err(e);
+                }
+                std::thread::sleep(backoff(attempt, shard as u64));
+                attempt += 1;
+                reply = self.shards[shard]
+                    .call(Settings)
+                    .get_timeout(self.call_timeout);
+            };
+            let mut diffs = Vec::new();
+            if running.lock_ttl != want.lock_ttl {
+                diffs.push(format!(
+                    "lock_ttl {:?}, not {:?}",
+                    running.lock_ttl, want.lock_ttl
+                ));
+            }
+            if running.detached != want.detached {
+                diffs.push(format!(
+                    "detached {}, not {}",
+                    running.detached, want.detached
+                ));
+            }
+            #[cfg(feature = "testing")]
+            if running.faults != want.faults {
+                diffs.push(format!(
+                    "faults {:?}, not {:?}",
+                    running.faults, want.faults
+                ));
+            }
+            if !diffs.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "store `{}` runs with {}: open it with the settings its shards were started with (they keep them until every handle is gone, or the runtime stops if detached)",
+                    self.name,
+                    diffs.join(", ")
+                ))
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the runtime this client was made in has stopped.
+    fn runtime_gone(&self) -> bool {
+        self.rt.as_ref().is_some_and(|rt| rt.upgrade().is_none())
     }
 
     fn runtime(&self) -> Result<Runtime> {
@@ -551,7 +728,7 @@ impl KvStore {
                     }
                 }
                 Ok(Answer::Unavailable(source)) | Err(source) => {
-                    return Err(KvError::Unavailable { shard, source })
+                    return Err(KvError::unavailable(shard, source))
                 }
             }
         }
@@ -766,9 +943,7 @@ impl Txn<'_> {
             let err = match reply.get_timeout(self.store.call_timeout) {
                 Ok(Vote::Yes(_)) => continue,
                 Ok(Vote::Conflict(key)) => self.conflict(key),
-                Ok(Vote::Unavailable(source)) | Err(source) => {
-                    KvError::Unavailable { shard, source }
-                }
+                Ok(Vote::Unavailable(source)) | Err(source) => KvError::unavailable(shard, source),
             };
             failed.get_or_insert(err);
         }
@@ -814,7 +989,7 @@ impl Txn<'_> {
             }
             Decision::Abort => {
                 self.store.tell(self.id, std::iter::once(shard), false);
-                Err(KvError::Unavailable { shard, source })
+                Err(KvError::unavailable(shard, source))
             }
         }
     }
@@ -843,9 +1018,7 @@ impl Txn<'_> {
                     continue;
                 }
                 Ok(Vote::Conflict(key)) => self.conflict(key),
-                Ok(Vote::Unavailable(source)) | Err(source) => {
-                    KvError::Unavailable { shard, source }
-                }
+                Ok(Vote::Unavailable(source)) | Err(source) => KvError::unavailable(shard, source),
             };
             failed.get_or_insert(err);
         }

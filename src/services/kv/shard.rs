@@ -3,7 +3,10 @@
 //! prepared on it; and their write-through to the runtime's key-value store,
 //! from which a restarted shard reloads.
 //!
-//! What is kept in the runtime's store (`rt.kv_put`), under `rayx.kv/STORE/`:
+//! What is kept in the runtime's store (`rt.kv_put`), under `rayx.kv/STORE/`,
+//! where `STORE` is the store's name with `%` written `%25` and `/` written
+//! `%2F` (so it holds no `/`, and the first `/` after it ends it: a store's
+//! keys never meet another store's, whatever the names and keys):
 //! - `d/KEY`: a key's committed version and value (a delete keeps its version,
 //!   so versions never repeat);
 //! - `sN/intents`: shard N's prepared transactions, each with its reads and its
@@ -20,24 +23,42 @@ use serde_bytes::ByteBuf;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+/// The prefix of every runtime-store key of `store`: `rayx.kv/STORE/`, with
+/// `STORE` escaped so that it holds no `/`. What follows the prefix is
+/// unambiguous too: a data key is the only kind that starts with `d/`, and
+/// the user's key is all the rest, so keys need no escaping.
+fn store_prefix(store: &str) -> String {
+    let mut out = String::with_capacity("rayx.kv//".len() + store.len());
+    out.push_str("rayx.kv/");
+    for c in store.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '/' => out.push_str("%2F"),
+            c => out.push(c),
+        }
+    }
+    out.push('/');
+    out
+}
+
 /// The runtime-store key of a data key of `store`.
 pub(super) fn data_key(store: &str, key: &str) -> String {
-    format!("rayx.kv/{store}/d/{key}")
+    format!("{}d/{key}", store_prefix(store))
 }
 
 /// The runtime-store key of a transaction's decision.
 pub(super) fn decision_key(store: &str, txn: TxnId) -> String {
-    format!("rayx.kv/{store}/t/{txn}")
+    format!("{}t/{txn}", store_prefix(store))
 }
 
 /// The runtime-store key of a shard's prepared transactions.
 fn intents_key(store: &str, shard: u32) -> String {
-    format!("rayx.kv/{store}/s{shard}/intents")
+    format!("{}s{shard}/intents", store_prefix(store))
 }
 
 /// The runtime-store key of a store's shard count.
 pub(super) fn meta_key(store: &str) -> String {
-    format!("rayx.kv/{store}/shards")
+    format!("{}shards", store_prefix(store))
 }
 
 pub(super) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, Error> {
@@ -48,7 +69,9 @@ pub(super) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, 
     rmp_serde::from_slice(bytes).map_err(|e| Error::Serialization(e.to_string()))
 }
 
-/// What a shard is started with (its constructor's argument).
+/// What a shard is started with (its constructor's argument). Fixed for
+/// its life, restarts included: a later open of the store must ask for the
+/// same (see [`Settings`]).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(super) struct ShardConfig {
     pub(super) store: String,
@@ -56,6 +79,8 @@ pub(super) struct ShardConfig {
     /// How long a prepared transaction may wait for its decision before the
     /// shard aborts it (if nobody decided first).
     pub(super) lock_ttl: Duration,
+    /// Whether the shard outlives its handles.
+    pub(super) detached: bool,
     #[cfg(feature = "testing")]
     pub(super) faults: super::KvFaults,
 }
@@ -94,6 +119,14 @@ impl Intent {
     fn versions(&self) -> Vec<u64> {
         self.writes.iter().map(|w| w.version).collect()
     }
+}
+
+/// The configuration the shard runs with, for an open to compare with its
+/// own (an open that finds the shards running gets them as they are).
+#[derive(Serialize, Deserialize)]
+pub(super) struct Settings;
+impl Message for Settings {
+    type Reply = ShardConfig;
 }
 
 /// Reads keys at their committed versions (a lock whose transaction is
@@ -233,8 +266,14 @@ impl Actor for Shard {}
 crate::remote_actor!(
     Shard,
     Shard::new,
-    [Read, Validate, Prepare, CommitOne, Decide]
+    [Settings, Read, Validate, Prepare, CommitOne, Decide]
 );
+
+impl Handler<Settings> for Shard {
+    fn handle(&mut self, _: Settings, _: &mut ActorContext<'_, Self>) -> ShardConfig {
+        self.cfg.clone()
+    }
+}
 
 impl Handler<Read> for Shard {
     fn handle(&mut self, m: Read, ctx: &mut ActorContext<'_, Self>) -> Answer<Vec<Versioned>> {
