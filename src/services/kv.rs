@@ -105,7 +105,7 @@
 
 mod shard;
 
-use crate::{ActorHandle, Error, NodeId, Retries, Runtime, WeakRuntime};
+use crate::{ActorHandle, Error, NodeId, Retries, Runtime, Scheduling, WeakRuntime};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
@@ -350,6 +350,7 @@ pub struct KvStoreBuilder {
     max_attempts: u32,
     call_timeout: Duration,
     detached: bool,
+    scheduling: Scheduling,
     #[cfg(feature = "testing")]
     faults: KvFaults,
 }
@@ -388,6 +389,13 @@ impl KvStoreBuilder {
         self.detached = true;
         self
     }
+    /// Where the shards this open starts may run (default: the head's
+    /// placement, Ray's hybrid policy); e.g. `Scheduling::Spread` over the
+    /// cluster's nodes. Shards already running stay where they are.
+    pub fn scheduling(mut self, scheduling: Scheduling) -> Self {
+        self.scheduling = scheduling;
+        self
+    }
     /// Faults to inject, for tests (the shards' are fixed while they run).
     #[cfg(feature = "testing")]
     pub fn faults(mut self, faults: KvFaults) -> Self {
@@ -422,6 +430,7 @@ impl KvStoreBuilder {
                 .name(format!("{}/{index}", self.name))
                 .namespace("rayx.kv")
                 .get_if_exists()
+                .scheduling(self.scheduling.clone())
                 .max_restarts(Retries::Infinite);
             if self.detached {
                 b = b.detached();
@@ -556,6 +565,7 @@ impl KvStore {
             max_attempts: 100,
             call_timeout: Duration::from_secs(30),
             detached: false,
+            scheduling: Scheduling::Default,
             #[cfg(feature = "testing")]
             faults: KvFaults::default(),
         }
