@@ -946,6 +946,45 @@ fn check(history: &[Op]) -> Result<usize, String> {
     Ok(reads)
 }
 
+/// Where a history's ring changes are: clients arrive at change `n` and
+/// wait; the changer starts it when all have arrived, which lets them go on.
+#[derive(Default)]
+struct Phase {
+    /// (clients arrived at the change being waited for, changes started)
+    state: Mutex<(u64, u64)>,
+    moved: parking_lot::Condvar,
+}
+
+impl Phase {
+    /// A client's arrival at change `n`; returns once it has started.
+    fn arrive_and_wait(&self, n: u64) {
+        let mut s = self.state.lock();
+        s.0 += 1;
+        self.moved.notify_all();
+        let deadline = Instant::now() + LONG;
+        while s.1 < n {
+            assert!(
+                !self.moved.wait_until(&mut s, deadline).timed_out(),
+                "change {n} never started"
+            );
+        }
+    }
+
+    /// The changer: waits until `clients` arrived at change `n`, starts it.
+    fn start_when_arrived(&self, n: u64, clients: u64) {
+        let mut s = self.state.lock();
+        let deadline = Instant::now() + LONG;
+        while s.0 < clients {
+            assert!(
+                !self.moved.wait_until(&mut s, deadline).timed_out(),
+                "the clients never reached change {n}"
+            );
+        }
+        *s = (0, n);
+        self.moved.notify_all();
+    }
+}
+
 #[test]
 fn a_concurrent_history_with_crashes_and_ring_changes_checks_out() {
     let rt = rayx::Builder::new()
@@ -962,12 +1001,21 @@ fn a_concurrent_history_with_crashes_and_ring_changes_checks_out() {
         .start()
         .unwrap();
     let history = Arc::new(Mutex::new(Vec::new()));
-    let clients: Vec<_> = (0..4u64)
+    // The ring changes while the clients run: each change waits until every
+    // client has made 100 more operations and waits for it, then the clients
+    // go on as the change starts.
+    const CLIENTS: u64 = 4;
+    const CHANGES: u64 = 3;
+    let phase = Arc::new(Phase::default());
+    let clients: Vec<_> = (0..CLIENTS)
         .map(|t| {
-            let (c, h) = (cache.clone(), history.clone());
+            let (c, h, phase) = (cache.clone(), history.clone(), phase.clone());
             std::thread::spawn(move || {
                 let mut x = t.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
                 for i in 0..400 {
+                    if i % 100 == 0 && (1..=CHANGES).contains(&(i / 100)) {
+                        phase.arrive_and_wait(i / 100);
+                    }
                     x ^= x << 13;
                     x ^= x >> 7;
                     x ^= x << 17;
@@ -996,10 +1044,15 @@ fn a_concurrent_history_with_crashes_and_ring_changes_checks_out() {
             })
         })
         .collect();
-    // The ring changes while they run.
-    let added = cache.add_shard().unwrap();
-    cache.remove_shard(ShardId(0)).unwrap();
-    cache.remove_shard(added).unwrap();
+    let mut added = None;
+    for change in 1..=CHANGES {
+        phase.start_when_arrived(change, CLIENTS);
+        match change {
+            1 => added = Some(cache.add_shard().unwrap()),
+            2 => cache.remove_shard(ShardId(0)).unwrap(),
+            _ => cache.remove_shard(added.unwrap()).unwrap(),
+        }
+    }
     for c in clients {
         c.join().unwrap();
     }
