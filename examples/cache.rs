@@ -18,7 +18,7 @@ fn profile(user: u64) -> String {
 }
 rayx::remote!(profile);
 
-fn main() -> Result<(), Error> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rt = rayx::init()?;
     let cache: Cache<u64, String> = Cache::builder(&rt, "profiles")
         .shards(3)

@@ -1,17 +1,18 @@
 //! The distributed cache (`rayx::services::cache`): get/put/delete, LRU by
 //! bytes, TTL, counts, single flight under concurrency, rendezvous moves,
-//! shard crashes (injected faults, restarts, kills), and a recorded
-//! concurrent history checked against what the cache guarantees.
+//! shard crashes (injected faults, restarts, kills), bounded waits, ring
+//! changes back to back, the cache's lifetime (its keys in the store), and a
+//! recorded concurrent history checked against what the cache guarantees.
 
 mod common;
 
 use common::{eventually, gate, open, pass, LONG};
 use parking_lot::Mutex;
 use rayx::prelude::*;
-use rayx::services::cache::{Cache, ShardId};
+use rayx::services::cache::{Cache, CacheError, ShardId};
 use rayx::{Faults, Trigger};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
@@ -63,7 +64,24 @@ fn compute_via_task(cache: Cache<String, String>, key: String) -> String {
         .expect("get_or_compute in a task")
 }
 
-rayx::remote!(compute, fail_once, compute_via_task, stamped);
+/// A computation that never waits.
+fn instant(key: String) -> String {
+    format!("instant {key}")
+}
+
+/// A computation of a number that never waits.
+fn ident(x: u64) -> u64 {
+    x
+}
+
+rayx::remote!(
+    compute,
+    fail_once,
+    compute_via_task,
+    stamped,
+    instant,
+    ident
+);
 
 fn rt() -> Runtime {
     rayx::Builder::new().num_workers(2).start().unwrap()
@@ -296,7 +314,9 @@ fn a_failed_computation_fails_every_waiter_and_is_not_cached() {
     open(g);
     for c in callers {
         match c.join().unwrap() {
-            Err(Error::TaskFailed { cause, .. }) => assert!(cause.contains("no value"), "{cause}"),
+            Err(CacheError::Rayx(Error::TaskFailed { cause, .. })) => {
+                assert!(cause.contains("no value"), "{cause}")
+            }
             other => panic!("every waiter sees the failure: {other:?}"),
         }
     }
@@ -339,6 +359,115 @@ fn a_write_during_a_computation_wins_over_its_result() {
             _ => assert_eq!(after, None),
         }
     }
+}
+
+// ---- bounded waits --------------------------------------------------------------
+
+/// Runs `call` on a thread; its result, or a panic if it has not returned
+/// within `LONG` (it is blocked: the bug the caller tests for).
+fn within_long<T: Send + 'static>(call: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(call());
+    });
+    rx.recv_timeout(LONG)
+        .expect("the call is still blocked after LONG")
+}
+
+#[test]
+fn a_caller_waits_for_another_computation_at_most_its_timeout() {
+    let rt = rt();
+    let cache: Cache<String, String> = Cache::builder(&rt, "bounded")
+        .shards(1)
+        .claim_lease(Duration::from_secs(1))
+        .compute_timeout(Duration::from_millis(300))
+        .start()
+        .unwrap();
+    let key = s("bounded-hang");
+    // The first caller's computation hangs until the gate opens (at the end).
+    let g = gate();
+    GATES.lock().insert(key.clone(), g);
+    let first = {
+        let (c, k) = (cache.clone(), key.clone());
+        std::thread::spawn(move || c.get_or_compute(&k, compute))
+    };
+    assert!(
+        eventually(LONG, || runs(&key) == 1),
+        "the computation started"
+    );
+    // A second caller, with another (instant) function and its own timeout,
+    // gives up while the computation still hangs.
+    let second = {
+        let (c, k) = (cache.clone(), key.clone());
+        within_long(move || c.get_or_compute_timeout(&k, instant, Duration::from_millis(100)))
+    };
+    match second {
+        Err(e @ CacheError::Timeout { .. }) => assert!(e.is_retryable(), "{e}"),
+        other => panic!("the second caller times out: {other:?}"),
+    }
+    // The claimer too, at the builder's compute_timeout.
+    let first = within_long(move || first.join().unwrap());
+    assert!(
+        matches!(first, Err(CacheError::Timeout { .. })),
+        "{first:?}"
+    );
+    // A caller with a longer timeout waits for the hung computation only as
+    // long as it counts as running, then computes the key again.
+    let third = {
+        let (c, k) = (cache.clone(), key.clone());
+        within_long(move || c.get_or_compute_timeout(&k, instant, LONG))
+    };
+    assert_eq!(third.unwrap(), format!("instant {key}"));
+    // The hung computation's late result does not replace it.
+    open(g);
+    assert_eq!(cache.get(&key).unwrap(), Some(format!("instant {key}")));
+    assert!(matches!(
+        cache.get_or_compute_timeout(&key, instant, Duration::ZERO),
+        Err(CacheError::Rayx(Error::InvalidArgument(_)))
+    ));
+}
+
+// ---- settings ---------------------------------------------------------------------
+
+#[test]
+fn nonsensical_settings_are_refused_at_start() {
+    let rt = rt();
+    let refused = |b: rayx::services::cache::CacheBuilder<'_, u32, u32>, what: &str| match b.start()
+    {
+        Err(CacheError::Rayx(Error::InvalidArgument(m))) => m,
+        other => panic!("{what} is refused: {other:?}"),
+    };
+    refused(Cache::builder(&rt, "zero").shards(0), "no shards");
+    let m = refused(
+        Cache::builder(&rt, "zero").capacity_per_shard(0),
+        "capacity 0",
+    );
+    assert!(m.contains("capacity_per_shard"), "{m}");
+    let m = refused(
+        Cache::builder(&rt, "zero").ttl(Some(Duration::ZERO)),
+        "ttl 0",
+    );
+    assert!(m.contains("ttl"), "{m}");
+    let m = refused(
+        Cache::builder(&rt, "zero").claim_lease(Duration::ZERO),
+        "lease 0",
+    );
+    assert!(m.contains("claim_lease"), "{m}");
+    let m = refused(
+        Cache::builder(&rt, "zero").compute_timeout(Duration::ZERO),
+        "compute_timeout 0",
+    );
+    assert!(m.contains("compute_timeout"), "{m}");
+    // The smallest sensible settings start.
+    let c: Cache<u32, u32> = Cache::builder(&rt, "one")
+        .shards(1)
+        .capacity_per_shard(1)
+        .ttl(Some(Duration::from_nanos(1)))
+        .claim_lease(Duration::from_nanos(1))
+        .compute_timeout(Duration::from_nanos(1))
+        .start()
+        .unwrap();
+    assert!(!c.put(&1, &1, None).unwrap(), "larger than the shard");
 }
 
 // ---- rendezvous -----------------------------------------------------------------
@@ -414,7 +543,7 @@ fn adding_or_removing_a_shard_moves_only_its_keys() {
     }
     assert!(matches!(
         cache.remove_shard(victim),
-        Err(Error::InvalidArgument(_))
+        Err(CacheError::Rayx(Error::InvalidArgument(_)))
     ));
 }
 
@@ -541,6 +670,169 @@ fn injected_shard_crashes_never_give_a_wrong_value() {
     assert_eq!(cache.shards().len(), 3);
 }
 
+#[test]
+fn calls_follow_ring_changes_made_back_to_back() {
+    // One thread adds a shard and removes the oldest, without pause, while
+    // three write, read and compute (one writer per key). No call fails, and
+    // none reads a value its writer replaced.
+    let rt = rt();
+    let cache: Cache<u64, u64> = Cache::builder(&rt, "churn").shards(3).start().unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let changer = {
+        let (c, done) = (cache.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut changes = 0;
+            while !done.load(Ordering::Relaxed) {
+                let added = c.add_shard().expect("add_shard");
+                let oldest = c.shards()[0];
+                assert_ne!(oldest, added);
+                c.remove_shard(oldest).expect("remove_shard");
+                changes += 2;
+            }
+            changes
+        })
+    };
+    let workers: Vec<_> = (0..3u64)
+        .map(|w| {
+            let c = cache.clone();
+            std::thread::spawn(move || {
+                for i in 1..=150u64 {
+                    let k = w * 1000 + i % 7;
+                    let v = w * 1_000_000 + i;
+                    c.put(&k, &v, None)
+                        .unwrap_or_else(|e| panic!("put {k}: {e}"));
+                    let got = c.get(&k).unwrap_or_else(|e| panic!("get {k}: {e}"));
+                    assert!(got.is_none() || got == Some(v), "{k}: {got:?}, not {v}");
+                    let got = c
+                        .get_or_compute(&k, ident)
+                        .unwrap_or_else(|e| panic!("get_or_compute {k}: {e}"));
+                    assert!(got == v || got == k, "{k}: {got}, not {v}");
+                }
+            })
+        })
+        .collect();
+    let results: Vec<_> = workers.into_iter().map(|w| w.join()).collect();
+    done.store(true, Ordering::Relaxed);
+    let changes = changer.join().unwrap();
+    for r in results {
+        r.unwrap();
+    }
+    assert!(changes >= 2, "the ring changed");
+    assert_eq!(cache.shards().len(), 3);
+}
+
+// ---- lifetime -----------------------------------------------------------------------
+
+/// The keys a cache may have left in the store under `prefix` (epochs up to 40).
+fn keys_left(rt: &Runtime, prefix: &str) -> Vec<String> {
+    let mut keys = vec![format!("{prefix}/members")];
+    for e in 0..=40 {
+        keys.push(format!("{prefix}/ring/{e}"));
+        keys.push(format!("{prefix}/change/{e}"));
+    }
+    keys.into_iter()
+        .filter(|k| rt.kv_get(k).unwrap().is_some())
+        .collect()
+}
+
+#[test]
+fn a_dropped_cache_leaves_nothing_in_the_store() {
+    let rt = rt();
+    let mut prefixes = Vec::new();
+    for i in 0..40u64 {
+        let c: Cache<u64, u64> = Cache::builder(&rt, "dropped").shards(2).start().unwrap();
+        c.put(&i, &i, None).unwrap();
+        let added = c.add_shard().unwrap();
+        assert_eq!(c.get_or_compute(&(i + 100), ident).unwrap(), i + 100);
+        c.remove_shard(added).unwrap();
+        // A borrower (decoded, as in a task) dropped before the owner.
+        let borrower: Cache<u64, u64> = rt.decode(&rt.encode(&c).unwrap()).unwrap();
+        borrower.get(&i).unwrap();
+        drop(borrower);
+        prefixes.push(c.store_prefix().to_string());
+    }
+    for p in &prefixes {
+        assert_eq!(keys_left(&rt, p), Vec::<String>::new(), "cache {p}");
+    }
+}
+
+#[test]
+fn a_cache_keeps_a_bounded_set_of_keys_however_often_its_ring_changes() {
+    let rt = rt();
+    let cache: Cache<u64, u64> = Cache::builder(&rt, "changes").shards(2).start().unwrap();
+    for _ in 0..10 {
+        let added = cache.add_shard().unwrap();
+        cache.remove_shard(added).unwrap();
+    }
+    // A borrower with an old ring changes it too: its stale reservation of a
+    // pruned epoch is refused and it follows the published ring.
+    let stale: Cache<u64, u64> = rt.decode(&rt.encode(&cache).unwrap()).unwrap();
+    cache.add_shard().unwrap();
+    let added = cache.add_shard().unwrap();
+    cache.remove_shard(added).unwrap();
+    let p = cache.store_prefix().to_string();
+    let epoch = 24;
+    assert_eq!(
+        keys_left(&rt, &p),
+        vec![format!("{p}/members"), format!("{p}/ring/{epoch}")]
+    );
+    // Ids 2..=11 came and went, 12 stays, 13 went: the borrower's is 14.
+    assert_eq!(stale.add_shard().unwrap(), ShardId(14));
+    assert_eq!(
+        stale.shards(),
+        [0, 1, 12, 14].map(ShardId).to_vec(),
+        "on the published ring"
+    );
+    for k in 0..100 {
+        cache.put(&k, &k, None).unwrap();
+        assert_eq!(stale.get(&k).unwrap(), Some(k));
+    }
+    assert_eq!(
+        keys_left(&rt, &p),
+        vec![format!("{p}/members"), format!("{p}/ring/{}", epoch + 1)]
+    );
+}
+
+#[test]
+fn destroy_deletes_the_keys_and_detached_caches_outlive_their_owner() {
+    let rt = rt();
+    let cache: Cache<u64, u64> = Cache::builder(&rt, "destroyed").shards(2).start().unwrap();
+    let borrower: Cache<u64, u64> = rt.decode(&rt.encode(&cache).unwrap()).unwrap();
+    cache.put(&1, &1, None).unwrap();
+    let p = cache.store_prefix().to_string();
+    cache.destroy().unwrap();
+    assert_eq!(keys_left(&rt, &p), Vec::<String>::new());
+    for r in [borrower.get(&1), cache.get(&1)] {
+        assert!(matches!(r, Err(CacheError::Destroyed { .. })), "{r:?}");
+    }
+    assert!(matches!(
+        borrower.add_shard(),
+        Err(CacheError::Destroyed { .. })
+    ));
+    cache.destroy().unwrap();
+    drop(cache);
+    assert_eq!(
+        keys_left(&rt, &p),
+        Vec::<String>::new(),
+        "nothing recreated"
+    );
+
+    // A detached cache stays when its owner goes; a borrower destroys it.
+    let owner: Cache<u64, u64> = Cache::builder(&rt, "detached")
+        .shards(2)
+        .detached()
+        .start()
+        .unwrap();
+    owner.put(&7, &70, None).unwrap();
+    let borrower: Cache<u64, u64> = rt.decode(&rt.encode(&owner).unwrap()).unwrap();
+    let p = owner.store_prefix().to_string();
+    drop(owner);
+    assert_eq!(borrower.get(&7).unwrap(), Some(70));
+    assert_eq!(keys_left(&rt, &p).len(), 2);
+    borrower.destroy().unwrap();
+    assert_eq!(keys_left(&rt, &p), Vec::<String>::new());
+}
+
 // ---- a checked history ----------------------------------------------------------
 
 /// One operation as a client saw it: when it began and ended (ns since the
@@ -654,6 +946,45 @@ fn check(history: &[Op]) -> Result<usize, String> {
     Ok(reads)
 }
 
+/// Where a history's ring changes are: clients arrive at change `n` and
+/// wait; the changer starts it when all have arrived, which lets them go on.
+#[derive(Default)]
+struct Phase {
+    /// (clients arrived at the change being waited for, changes started)
+    state: Mutex<(u64, u64)>,
+    moved: parking_lot::Condvar,
+}
+
+impl Phase {
+    /// A client's arrival at change `n`; returns once it has started.
+    fn arrive_and_wait(&self, n: u64) {
+        let mut s = self.state.lock();
+        s.0 += 1;
+        self.moved.notify_all();
+        let deadline = Instant::now() + LONG;
+        while s.1 < n {
+            assert!(
+                !self.moved.wait_until(&mut s, deadline).timed_out(),
+                "change {n} never started"
+            );
+        }
+    }
+
+    /// The changer: waits until `clients` arrived at change `n`, starts it.
+    fn start_when_arrived(&self, n: u64, clients: u64) {
+        let mut s = self.state.lock();
+        let deadline = Instant::now() + LONG;
+        while s.0 < clients {
+            assert!(
+                !self.moved.wait_until(&mut s, deadline).timed_out(),
+                "the clients never reached change {n}"
+            );
+        }
+        *s = (0, n);
+        self.moved.notify_all();
+    }
+}
+
 #[test]
 fn a_concurrent_history_with_crashes_and_ring_changes_checks_out() {
     let rt = rayx::Builder::new()
@@ -670,12 +1001,21 @@ fn a_concurrent_history_with_crashes_and_ring_changes_checks_out() {
         .start()
         .unwrap();
     let history = Arc::new(Mutex::new(Vec::new()));
-    let clients: Vec<_> = (0..4u64)
+    // The ring changes while the clients run: each change waits until every
+    // client has made 100 more operations and waits for it, then the clients
+    // go on as the change starts.
+    const CLIENTS: u64 = 4;
+    const CHANGES: u64 = 3;
+    let phase = Arc::new(Phase::default());
+    let clients: Vec<_> = (0..CLIENTS)
         .map(|t| {
-            let (c, h) = (cache.clone(), history.clone());
+            let (c, h, phase) = (cache.clone(), history.clone(), phase.clone());
             std::thread::spawn(move || {
                 let mut x = t.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
                 for i in 0..400 {
+                    if i % 100 == 0 && (1..=CHANGES).contains(&(i / 100)) {
+                        phase.arrive_and_wait(i / 100);
+                    }
                     x ^= x << 13;
                     x ^= x >> 7;
                     x ^= x << 17;
@@ -704,10 +1044,15 @@ fn a_concurrent_history_with_crashes_and_ring_changes_checks_out() {
             })
         })
         .collect();
-    // The ring changes while they run.
-    let added = cache.add_shard().unwrap();
-    cache.remove_shard(ShardId(0)).unwrap();
-    cache.remove_shard(added).unwrap();
+    let mut added = None;
+    for change in 1..=CHANGES {
+        phase.start_when_arrived(change, CLIENTS);
+        match change {
+            1 => added = Some(cache.add_shard().unwrap()),
+            2 => cache.remove_shard(ShardId(0)).unwrap(),
+            _ => cache.remove_shard(added.unwrap()).unwrap(),
+        }
+    }
     for c in clients {
         c.join().unwrap();
     }

@@ -19,7 +19,7 @@
 //! assert!(cache.delete(&8)?);
 //! let stats = cache.stats()?;
 //! assert_eq!((stats.total.hits, stats.total.misses, stats.total.computations), (1, 2, 1));
-//! # Ok::<(), rayx::Error>(())
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! # How it is built
@@ -56,11 +56,36 @@
 //!   every waiter and nothing is cached. A claim whose ref never arrives
 //!   within the lease ([`CacheBuilder::claim_lease`], 10 s: its caller died)
 //!   is taken over by the next miss.
+//! - **Bounded waits.** A caller waits for a value at most its timeout
+//!   ([`Cache::get_or_compute_timeout`]; [`CacheBuilder::compute_timeout`],
+//!   60 s, for [`Cache::get_or_compute`]), then fails with
+//!   [`CacheError::Timeout`]. The computation goes on: whoever reads its
+//!   result first (a caller still waiting, or a later miss of the key, which
+//!   waits for the same task) stores it. A computation claimed
+//!   `compute_timeout` ago is forgotten by its shard (it hangs, or everyone
+//!   gave up on it): the next miss computes again, and the old result is not
+//!   stored; a caller still waiting for it when its time is up (one with a
+//!   longer timeout) looks again, and so computes it anew. So a computation
+//!   that never ends holds its key for at most `compute_timeout`, and no
+//!   caller waits forever.
 //! - **Failures.** A shard restarts with an empty store (its keys miss and
 //!   are computed again, on it); calls interrupted by its crash are sent again
 //!   (`max_task_retries` is unlimited; every call is safe to repeat). A shard
 //!   that died for good leaves the ring: its keys move to the other shards,
-//!   as misses; the other keys stay where they are.
+//!   as misses; the other keys stay where they are. A call that meets a
+//!   removed shard or a moving ring follows the new ring, with backoff, for
+//!   up to 30 s; past it, it fails with [`CacheError::Unavailable`]
+//!   (retryable: [`CacheError::is_retryable`]).
+//! - **Lifetime.** The cache belongs to the client that [`start`](CacheBuilder::start)
+//!   returned, as a Ray actor belongs to its owner: when the owner's last
+//!   clone is dropped (or any client calls [`Cache::destroy`]) its shards are
+//!   killed and its keys deleted from the store; clients decoded elsewhere
+//!   then get [`CacheError::Destroyed`]. A [detached](CacheBuilder::detached)
+//!   cache stays until `destroy` or the runtime's end. At rest a cache holds
+//!   two keys in the store (`members` and the published `ring/{epoch}`), and
+//!   a third (`change/{epoch}`) while a membership change is under way: a
+//!   change's reservation is deleted once its ring is published, as the
+//!   published epoch fences it from then on.
 //!
 //! # What a reader sees
 //!
@@ -89,7 +114,7 @@
 //! ordered by the reservation of the next epoch: the loser takes the
 //! winner's ring and tries again on it. A client that dies between
 //! reserving an epoch and publishing it leaves the ring
-//! unable to change. The client's calls block (use it from threads, tasks
+//! unable to change (and its reservation in the store until `destroy`). The client's calls block (use it from threads, tasks
 //! and sync actors, not from an async actor's handler). Values are copied
 //! into the reply of each hit.
 //!
@@ -101,8 +126,8 @@ mod shard;
 
 use crate::actor::{AsyncCall, Dispatches};
 use crate::{
-    ActorHandle, Data, Error, Message, ObjectRef, RemoteFunction, Result, Retries, Runtime,
-    Scheduling, WeakRuntime,
+    ActorHandle, Data, Error, Message, ObjectRef, RemoteFunction, Retries, Runtime, Scheduling,
+    WeakRuntime,
 };
 use parking_lot::RwLock;
 use ring::{Member, Ring};
@@ -116,10 +141,68 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How often a call is tried again after its ring moved or its shard died.
-const ATTEMPTS: usize = 16;
+/// How long a call follows a moving ring (its shard removed, the ring
+/// changed again meanwhile) before it gives up with
+/// [`CacheError::Unavailable`].
+const RING_WAIT: Duration = Duration::from_secs(30);
 /// How long a client waits for a ring a shard has announced to be published.
 const PUBLISH_WAIT: Duration = Duration::from_secs(10);
+/// How long `get_or_compute` waits for a value, and a computation counts as
+/// running, unless the builder says otherwise.
+const DEFAULT_COMPUTE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the cache's operations return.
+pub type Result<T, E = CacheError> = std::result::Result<T, E>;
+
+/// Why a cache operation failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CacheError {
+    /// [`Cache::get_or_compute`] waited its timeout for the key's computation
+    /// (its own or another caller's). The computation goes on: a later call
+    /// of the key waits for it, until it has run for the builder's
+    /// `compute_timeout`; then the next miss computes again.
+    #[error("cache `{cache}`: no value was computed within {timeout:?}; the computation goes on: call again, or with a longer timeout")]
+    Timeout {
+        /// The cache.
+        cache: String,
+        /// How long the call waited.
+        timeout: Duration,
+    },
+    /// The key's shard could not be reached for 30 s while
+    /// the ring kept changing (shards added or removed, or a shard gone for
+    /// good) or was not published. The call may or may not have taken
+    /// effect; every call is safe to repeat.
+    #[error("cache `{cache}` is unavailable: {cause}; call again")]
+    Unavailable {
+        /// The cache.
+        cache: String,
+        /// What the call met last.
+        cause: String,
+    },
+    /// The cache was destroyed ([`Cache::destroy`], or its creator dropped
+    /// its last client): its shards and its keys in the store are gone.
+    #[error("cache `{cache}` was destroyed (by destroy(), or its creator dropped its last client); start a new one")]
+    Destroyed {
+        /// The cache.
+        cache: String,
+    },
+    /// rayx failed: a setting out of range (`InvalidArgument`), the
+    /// computation's task failed (`TaskFailed`), the runtime shut down...
+    #[error(transparent)]
+    Rayx(#[from] Error),
+}
+
+impl CacheError {
+    /// Whether the same call may succeed if made again: a timeout, or a
+    /// ring that kept changing.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            CacheError::Timeout { .. } | CacheError::Unavailable { .. }
+        )
+    }
+}
 
 /// The id of one shard of a cache (never reused within the cache).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -189,8 +272,10 @@ struct Config {
     capacity: u64,
     ttl: Option<Duration>,
     lease: Duration,
+    compute_timeout: Duration,
     scheduling: Scheduling,
     max_restarts: Retries,
+    detached: bool,
     /// This cache's keys in the runtime's key-value store.
     prefix: String,
 }
@@ -211,18 +296,19 @@ pub struct CacheBuilder<'r, K, V> {
 }
 
 impl<K: Data + Clone, V: Data + Clone> CacheBuilder<'_, K, V> {
-    /// Shards to start with (default 4).
+    /// Shards to start with (default 4; zero is refused at `start`).
     pub fn shards(mut self, n: usize) -> Self {
         self.shards = n;
         self
     }
-    /// Each shard's budget in bytes (default 64 MiB). An entry larger than it
-    /// is not stored.
+    /// Each shard's budget in bytes (default 64 MiB; zero is refused at
+    /// `start`). An entry larger than it is not stored.
     pub fn capacity_per_shard(mut self, bytes: u64) -> Self {
         self.config.capacity = bytes;
         self
     }
-    /// How long a computed value lives (default: until evicted).
+    /// How long a computed value lives (default `None`: until evicted; a
+    /// zero TTL is refused at `start`, as it would store nothing).
     pub fn ttl(mut self, ttl: Option<Duration>) -> Self {
         self.config.ttl = ttl;
         self
@@ -239,23 +325,48 @@ impl<K: Data + Clone, V: Data + Clone> CacheBuilder<'_, K, V> {
         self
     }
     /// How long a claimed computation may go without its task before the
-    /// next miss takes it over (default 10 s).
+    /// next miss takes it over (default 10 s; zero is refused at `start`).
     pub fn claim_lease(mut self, lease: Duration) -> Self {
         self.config.lease = lease;
         self
     }
+    /// How long [`Cache::get_or_compute`] waits for a value (default 60 s;
+    /// zero is refused at `start`), and how long a computation counts as
+    /// running: past it, its shard forgets it and the next miss of its key
+    /// computes again (its late result is not stored).
+    pub fn compute_timeout(mut self, timeout: Duration) -> Self {
+        self.config.compute_timeout = timeout;
+        self
+    }
+    /// Keeps the cache (its shards and its keys in the store) when its
+    /// creator's last client is dropped, until [`Cache::destroy`] or the
+    /// runtime stops (Ray's detached actors).
+    pub fn detached(mut self) -> Self {
+        self.config.detached = true;
+        self
+    }
 
-    /// Starts the shards and publishes the ring.
+    /// Starts the shards and publishes the ring. Settings that make no
+    /// sense (zero shards, capacity, TTL, lease or compute timeout) are
+    /// refused with `InvalidArgument`.
     pub fn start(self) -> Result<Cache<K, V>> {
+        let refuse = |what: &str| {
+            Err(Error::InvalidArgument(format!("cache `{}`: {what}", self.name)).into())
+        };
         if self.shards == 0 {
-            return Err(Error::InvalidArgument(
-                "a cache needs at least one shard".into(),
-            ));
+            return refuse("a cache needs at least one shard");
+        }
+        if self.config.capacity == 0 {
+            return refuse("capacity_per_shard must be more than zero bytes");
+        }
+        if self.config.ttl == Some(Duration::ZERO) {
+            return refuse("a ttl must be more than zero (None keeps values until evicted)");
         }
         if self.config.lease.is_zero() {
-            return Err(Error::InvalidArgument(
-                "claim_lease must be more than zero".into(),
-            ));
+            return refuse("claim_lease must be more than zero");
+        }
+        if self.config.compute_timeout.is_zero() {
+            return refuse("compute_timeout must be more than zero");
         }
         let ids: Vec<u64> = (0..self.shards as u64).collect();
         let members = ids
@@ -273,7 +384,13 @@ impl<K: Data + Clone, V: Data + Clone> CacheBuilder<'_, K, V> {
             members,
         };
         publish(self.rt, &self.config, &ring)?;
-        Ok(Cache::from_parts(self.rt, self.name, self.config, ring))
+        Ok(Cache::from_parts(
+            self.rt,
+            self.name,
+            self.config,
+            ring,
+            true,
+        ))
     }
 }
 
@@ -290,17 +407,33 @@ fn spawn_shard(
         epoch,
         ids: ids.to_vec(),
         lease: config.lease,
+        compute_timeout: config.compute_timeout,
         members_key: config.key("members"),
         change_key: config.key("change"),
     };
-    rt.async_actor_of(CacheShard::new, shard)
+    let builder = rt
+        .async_actor_of(CacheShard::new, shard)
         .scheduling(config.scheduling)
         .max_restarts(config.max_restarts)
-        .max_task_retries(Retries::Infinite)
-        .spawn()
+        .max_task_retries(Retries::Infinite);
+    Ok(if config.detached {
+        builder.detached().spawn()?
+    } else {
+        builder.spawn()?
+    })
 }
 
-/// Publishes `ring` as the cache's newest, dropping the one before.
+/// Publishes `ring` as the cache's newest, dropping the ring before and the
+/// reservation of this one.
+///
+/// The reservation `change/{epoch}` fenced the epoch while it was being
+/// changed to; once published, `members` (whose epoch only grows: epoch
+/// e+1 is reserved only by a client holding ring e, i.e. after e was
+/// published) fences it instead: [`Cache::commit`] checks it after
+/// reserving, so a client with an older ring that takes the deleted
+/// reservation again learns it lost. So a cache keeps three keys at rest
+/// (`members`, `ring/{epoch}`, and `change/{epoch + 1}` while a change is
+/// under way), however often its ring changes.
 fn publish(rt: &Runtime, config: &Config, ring: &Ring) -> Result<()> {
     rt.kv_put(
         &config.key(&format!("ring/{}", ring.epoch)),
@@ -310,18 +443,61 @@ fn publish(rt: &Runtime, config: &Config, ring: &Ring) -> Result<()> {
     rt.kv_put(&config.key("members"), &members_bytes(ring)?, true)?;
     if ring.epoch > 1 {
         rt.kv_delete(&config.key(&format!("ring/{}", ring.epoch - 1)))?;
+        rt.kv_delete(&config.key(&format!("change/{}", ring.epoch)))?;
     }
     Ok(())
 }
 
+/// The epoch of the published ring; `None` once the cache is destroyed.
+fn published_epoch(rt: &Runtime, config: &Config) -> Result<Option<u64>> {
+    Ok(rt
+        .kv_get(&config.key("members"))?
+        .and_then(|b| rmp_serde::from_slice::<(u64, Vec<u64>)>(&b).ok())
+        .map(|(e, _)| e))
+}
+
+/// Destroys a cache: deletes `members` first (from then on no client
+/// changes the ring, and calls find the cache destroyed), kills the shards of
+/// the newest ring and of `known`, then deletes the other keys. False if it
+/// was destroyed already.
+fn destroy(rt: &Runtime, config: &Config, known: &Ring) -> Result<bool> {
+    let Some(epoch) = published_epoch(rt, config)? else {
+        return Ok(false);
+    };
+    let ring_key = config.key(&format!("ring/{epoch}"));
+    let newest = rt
+        .kv_get(&ring_key)?
+        .and_then(|b| rt.decode::<Ring>(&b).ok());
+    rt.kv_delete(&config.key("members"))?;
+    for m in newest.iter().flat_map(|r| &r.members).chain(&known.members) {
+        if let Some(h) = &m.handle {
+            h.kill();
+        }
+    }
+    rt.kv_delete(&ring_key)?;
+    // Pruned when ring `epoch` was published, unless that client died first;
+    // and the next change's, if one was under way.
+    rt.kv_delete(&config.key(&format!("change/{epoch}")))?;
+    rt.kv_delete(&config.key(&format!("change/{}", epoch + 1)))?;
+    Ok(true)
+}
+
 /// A ring as the shards know it: its epoch and its members' ids.
 fn members_bytes(ring: &Ring) -> Result<Vec<u8>> {
-    rmp_serde::to_vec(&(ring.epoch, ring.ids())).map_err(|e| Error::Serialization(e.to_string()))
+    rmp_serde::to_vec(&(ring.epoch, ring.ids()))
+        .map_err(|e| Error::Serialization(e.to_string()).into())
 }
 
 /// A client of a sharded cache of `V`s by `K`: `Clone + Send + Sync`, and
 /// serializable, so tasks and actors (on any node) can take one. See the
 /// [module documentation](self) for what it guarantees.
+///
+/// The cache belongs to the client [`CacheBuilder::start`] returned (its
+/// owner): dropping the owner's last clone destroys it, as
+/// [`destroy`](Cache::destroy) does, unless it is
+/// [detached](CacheBuilder::detached). Clients decoded elsewhere (in tasks,
+/// actors) are borrowers: they must not outlive it, and their calls then fail
+/// with [`CacheError::Destroyed`].
 pub struct Cache<K, V> {
     inner: Arc<Inner>,
     _types: PhantomData<fn(K) -> V>,
@@ -333,6 +509,20 @@ struct Inner {
     name: String,
     config: Config,
     ring: RwLock<Arc<Ring>>,
+    /// Made by `start` (not decoded): the cache goes with it.
+    owner: bool,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Best effort: a runtime already shut down took a local store with
+        // it (a cluster's driver should drop its caches before it stops).
+        if self.owner && !self.config.detached {
+            if let Some(rt) = self.rt.upgrade() {
+                let _ = destroy(&rt, &self.config, &self.ring.read());
+            }
+        }
+    }
 }
 
 impl<K, V> Clone for Cache<K, V> {
@@ -382,18 +572,25 @@ impl<'de, K, V> Deserialize<'de> for Cache<K, V> {
                 "a Cache can be decoded only in a rayx worker or with Runtime::decode",
             )
         })?;
-        Ok(Cache::from_parts(&rt, wire.name, wire.config, wire.ring))
+        Ok(Cache::from_parts(
+            &rt,
+            wire.name,
+            wire.config,
+            wire.ring,
+            false,
+        ))
     }
 }
 
 impl<K, V> Cache<K, V> {
-    fn from_parts(rt: &Runtime, name: String, config: Config, ring: Ring) -> Self {
+    fn from_parts(rt: &Runtime, name: String, config: Config, ring: Ring, owner: bool) -> Self {
         Cache {
             inner: Arc::new(Inner {
                 rt: rt.downgrade(),
                 name,
                 config,
                 ring: RwLock::new(Arc::new(ring)),
+                owner,
             }),
             _types: PhantomData,
         }
@@ -425,8 +622,10 @@ impl<K: Data + Clone, V: Data + Clone> Cache<K, V> {
                 capacity: 64 << 20,
                 ttl: None,
                 lease: Duration::from_secs(10),
+                compute_timeout: DEFAULT_COMPUTE_TIMEOUT,
                 scheduling: Scheduling::Default,
                 max_restarts: Retries::Infinite,
+                detached: false,
                 prefix: format!("rayx.cache/{name}/{uid:016x}"),
             },
             name,
@@ -445,11 +644,11 @@ impl<K: Data + Clone, V: Data + Clone> Cache<K, V> {
         let rt = self.rt()?;
         let key = Blob(rt.encode(key)?);
         let hash = ring::key_hash(&key.0);
-        let (_, found) = self.route(hash, None, |epoch| Get {
+        let (_, found) = self.route(hash, ring_deadline(), None, |epoch| Get {
             epoch,
             key: key.clone(),
         })?;
-        found.map(|v| rt.decode(&v.0)).transpose()
+        Ok(found.map(|v| rt.decode(&v.0)).transpose()?)
     }
 
     /// Stores `value` under `key`, for `ttl` if given (else until evicted);
@@ -461,7 +660,7 @@ impl<K: Data + Clone, V: Data + Clone> Cache<K, V> {
         let key = Blob(rt.encode(key)?);
         let value = Blob(rt.encode(value)?);
         let hash = ring::key_hash(&key.0);
-        let (_, stored) = self.route(hash, None, |epoch| Put {
+        let (_, stored) = self.route(hash, ring_deadline(), None, |epoch| Put {
             epoch,
             key: key.clone(),
             value: value.clone(),
@@ -476,7 +675,7 @@ impl<K: Data + Clone, V: Data + Clone> Cache<K, V> {
         let rt = self.rt()?;
         let key = Blob(rt.encode(key)?);
         let hash = ring::key_hash(&key.0);
-        let (_, deleted) = self.route(hash, None, |epoch| Delete {
+        let (_, deleted) = self.route(hash, ring_deadline(), None, |epoch| Delete {
             epoch,
             key: key.clone(),
         })?;
@@ -487,7 +686,10 @@ impl<K: Data + Clone, V: Data + Clone> Cache<K, V> {
     /// one task for all the callers that miss the key at once — and stored
     /// (for the builder's `ttl`). `f` is a function registered with
     /// [`remote!`](crate::remote). A failed task fails every caller that
-    /// waited for it, with the task's error, and nothing is stored.
+    /// waited for it, with the task's error, and nothing is stored. Waits at
+    /// most the builder's [`compute_timeout`](CacheBuilder::compute_timeout)
+    /// (60 s by default), as
+    /// [`get_or_compute_timeout`](Cache::get_or_compute_timeout) does.
     ///
     /// ```
     /// # use rayx::prelude::*;
@@ -502,39 +704,81 @@ impl<K: Data + Clone, V: Data + Clone> Cache<K, V> {
     ///     .collect();
     /// for c in callers { assert_eq!(c.join().unwrap()?, 144); }
     /// assert_eq!(cache.stats()?.total.computations, 1, "eight misses, one task");
-    /// # Ok::<(), rayx::Error>(())
+    /// # Ok::<(), rayx::services::cache::CacheError>(())
     /// ```
     pub fn get_or_compute<F>(&self, key: &K, f: F) -> Result<V>
     where
         F: RemoteFunction<(K,), V> + Clone,
     {
+        self.get_or_compute_timeout(key, f, self.inner.config.compute_timeout)
+    }
+
+    /// [`get_or_compute`](Cache::get_or_compute), waiting at most `timeout`
+    /// for the value, whoever computes it; then it fails with
+    /// [`CacheError::Timeout`]. The computation is not stopped: the callers
+    /// still waiting for it, and those that miss the key later, get its
+    /// result (the first to read it stores it) — until it has run for the
+    /// builder's `compute_timeout`, when its shard forgets it: the next miss,
+    /// or a caller still waiting, computes again. A zero `timeout` is refused (`InvalidArgument`):
+    /// [`get`](Cache::get) is the lookup that never waits.
+    ///
+    /// ```
+    /// # use rayx::prelude::*;
+    /// # use rayx::services::cache::{Cache, CacheError};
+    /// fn slow(x: u64) -> u64 { std::thread::sleep(Duration::from_secs(1)); x }
+    /// rayx::remote!(slow);
+    ///
+    /// let rt = rayx::init()?;
+    /// let cache: Cache<u64, u64> = Cache::builder(&rt, "patient").shards(1).start()?;
+    /// let late = cache.get_or_compute_timeout(&1, slow, Duration::from_millis(50));
+    /// assert!(matches!(late, Err(CacheError::Timeout { .. })), "{late:?}");
+    /// # Ok::<(), CacheError>(())
+    /// ```
+    pub fn get_or_compute_timeout<F>(&self, key: &K, f: F, timeout: Duration) -> Result<V>
+    where
+        F: RemoteFunction<(K,), V> + Clone,
+    {
+        if timeout.is_zero() {
+            return Err(Error::InvalidArgument(format!(
+                "cache `{}`: get_or_compute_timeout needs a timeout of more than zero (get never waits)",
+                self.inner.name
+            ))
+            .into());
+        }
         let rt = self.rt()?;
         let blob = Blob(rt.encode(key)?);
         let hash = ring::key_hash(&blob.0);
+        let deadline = deadline_in(timeout);
+        let timed_out = || CacheError::Timeout {
+            cache: self.inner.name.clone(),
+            timeout,
+        };
         let lease = self.inner.config.lease;
         let mut count = true;
-        let mut last = None;
-        for _ in 0..ATTEMPTS {
-            let claimed = self.route(hash, Some(lease), |epoch| Claim {
+        let mut backoff = Backoff::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(timed_out());
+            }
+            let claimed = self.route(hash, deadline, Some(lease.min(left)), |epoch| Claim {
                 epoch,
                 key: blob.clone(),
                 count,
             });
             count = false;
             let (member, claimed) = match claimed {
-                // Parked past the lease: look again (and take the claim over).
-                Err(e @ Error::GetTimeout { .. }) => {
-                    last = Some(e);
-                    continue;
-                }
+                // Parked past the lease (look again, and take the claim
+                // over) or past the deadline (the loop's check says so).
+                Err(CacheError::Rayx(Error::GetTimeout { .. })) => continue,
                 other => other?,
             };
             let Some(shard) = &member.handle else {
                 continue;
             };
-            match claimed {
-                Claimed::Hit(v) => return rt.decode(&v.0),
-                Claimed::Retry => {}
+            let (claim, task, left) = match claimed {
+                Claimed::Hit(v) => return Ok(rt.decode(&v.0)?),
+                Claimed::Retry => continue,
                 Claimed::Compute { claim } => {
                     let task = rt.task(f.clone()).remote(key.clone());
                     // Fire and forget: the fill below comes after it (one
@@ -544,26 +788,34 @@ impl<K: Data + Clone, V: Data + Clone> Cache<K, V> {
                         claim,
                         pending: retype(&rt, &task)?,
                     }));
-                    return self.settle(&rt, shard, &blob, claim, &task);
+                    (claim, task, self.inner.config.compute_timeout)
                 }
-                Claimed::Wait { claim, pending } => {
-                    let task: ObjectRef<V> = retype(&rt, &pending)?;
-                    match self.settle(&rt, shard, &blob, claim, &task) {
-                        // Its claimer's process is gone with the result: compute again.
-                        Err(e) if lost(&e) => last = Some(e),
-                        other => return other,
-                    }
+                Claimed::Wait {
+                    claim,
+                    pending,
+                    left,
+                } => (claim, retype(&rt, &pending)?, left),
+            };
+            let until = deadline.min(deadline_in(left));
+            match self.settle(&rt, shard, &blob, claim, &task, until) {
+                Ok(Some(v)) => return Ok(v),
+                // The computation ran out of time (the shard forgot it: the
+                // next claim computes again), or this caller did (the loop's
+                // check says so).
+                Ok(None) => {
+                    backoff.pause(deadline);
                 }
+                // Its claimer's process is gone with the result: compute again.
+                Err(CacheError::Rayx(e)) if lost(&e) => {}
+                Err(e) => return Err(e),
             }
         }
-        Err(last.unwrap_or_else(|| Error::InvalidArgument(format!(
-            "cache `{}`: the key kept moving or its computation kept being dropped ({ATTEMPTS} attempts)",
-            self.inner.name
-        ))))
     }
 
     /// Reads a computation's result and reports it to the shard: stored if
-    /// the claim still holds, dropped if the computation failed.
+    /// the claim still holds, dropped if the computation failed. `None` if
+    /// it is still running at `until`: it is left running (not abandoned:
+    /// other callers may read its result).
     fn settle(
         &self,
         rt: &Runtime,
@@ -571,8 +823,9 @@ impl<K: Data + Clone, V: Data + Clone> Cache<K, V> {
         key: &Blob,
         claim: u64,
         task: &ObjectRef<V>,
-    ) -> Result<V> {
-        match task.get() {
+        until: Instant,
+    ) -> Result<Option<V>> {
+        match task.get_timeout(until.saturating_duration_since(Instant::now())) {
             Ok(v) => {
                 drop(shard.call(Fill {
                     key: key.clone(),
@@ -580,14 +833,15 @@ impl<K: Data + Clone, V: Data + Clone> Cache<K, V> {
                     value: Blob(rt.encode(&v)?),
                     ttl: self.inner.config.ttl,
                 }));
-                Ok(v)
+                Ok(Some(v))
             }
+            Err(Error::GetTimeout { .. }) => Ok(None),
             Err(e) => {
                 drop(shard.call(Abandon {
                     key: key.clone(),
                     claim,
                 }));
-                Err(e)
+                Err(e.into())
             }
         }
     }
@@ -613,7 +867,7 @@ impl<K: Data + Clone, V: Data + Clone> Cache<K, V> {
                 // A shard that died holds nothing; it leaves the ring at its
                 // next routed call.
                 Err(Error::ActorDied { .. }) => {}
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(stats)
@@ -637,7 +891,9 @@ impl<K: Data + Clone, V: Data + Clone> Cache<K, V> {
     /// Starts one more shard; the keys it now owns move to it (as misses).
     pub fn add_shard(&self) -> Result<ShardId> {
         let rt = self.rt()?;
-        for _ in 0..ATTEMPTS {
+        let deadline = ring_deadline();
+        let mut backoff = Backoff::new();
+        loop {
             let old = self.ring();
             let id = old.next_id;
             let epoch = old.epoch + 1;
@@ -654,30 +910,38 @@ impl<K: Data + Clone, V: Data + Clone> Cache<K, V> {
                 next_id: id + 1,
                 members,
             };
-            if self.commit(&rt, &old, new)? {
+            let committed = self.commit(&rt, &old, new, deadline);
+            if let Ok(true) = committed {
                 return Ok(ShardId(id));
             }
             handle.kill();
+            committed?;
+            if !backoff.pause(deadline) {
+                return Err(self.unavailable("other clients kept changing the ring"));
+            }
         }
-        Err(self.changing())
     }
 
     /// Stops a shard; its keys move to the others (as misses).
     pub fn remove_shard(&self, shard: ShardId) -> Result<()> {
         let rt = self.rt()?;
-        for _ in 0..ATTEMPTS {
+        let deadline = ring_deadline();
+        let mut backoff = Backoff::new();
+        loop {
             let old = self.ring();
             let Some(gone) = old.members.iter().find(|m| m.id == shard.0) else {
                 return Err(Error::InvalidArgument(format!(
                     "cache `{}` has no {shard}",
                     self.inner.name
-                )));
+                ))
+                .into());
             };
             if old.members.len() == 1 {
                 return Err(Error::InvalidArgument(format!(
                     "cache `{}`: its last shard cannot be removed",
                     self.inner.name
-                )));
+                ))
+                .into());
             }
             let new = Ring {
                 epoch: old.epoch + 1,
@@ -689,14 +953,45 @@ impl<K: Data + Clone, V: Data + Clone> Cache<K, V> {
                     .cloned()
                     .collect(),
             };
-            if self.commit(&rt, &old, new)? {
+            if self.commit(&rt, &old, new, deadline)? {
                 if let Some(h) = &gone.handle {
                     h.kill();
                 }
                 return Ok(());
             }
+            if !backoff.pause(deadline) {
+                return Err(self.unavailable("other clients kept changing the ring"));
+            }
         }
-        Err(self.changing())
+    }
+
+    /// Destroys the cache now, from any of its clients: kills its shards and
+    /// deletes its keys from the runtime's key-value store. Later calls of
+    /// every client fail with [`CacheError::Destroyed`]; destroying twice is
+    /// no error. (The owner's last drop does the same unless the cache is
+    /// [detached](CacheBuilder::detached).) A ring change that another client
+    /// publishes while the cache is destroyed may leave its keys behind.
+    ///
+    /// ```
+    /// # use rayx::services::cache::{Cache, CacheError};
+    /// let rt = rayx::init()?;
+    /// let cache: Cache<u32, u32> = Cache::builder(&rt, "brief").shards(2).start()?;
+    /// cache.put(&1, &1, None)?;
+    /// cache.destroy()?;
+    /// assert!(matches!(cache.get(&1), Err(CacheError::Destroyed { .. })));
+    /// # Ok::<(), CacheError>(())
+    /// ```
+    pub fn destroy(&self) -> Result<()> {
+        let rt = self.rt()?;
+        destroy(&rt, &self.inner.config, &self.ring())?;
+        Ok(())
+    }
+
+    /// Where this cache's keys are in the runtime's key-value store
+    /// (`{prefix}/members`, `{prefix}/ring/{epoch}`, `{prefix}/change/{epoch}`).
+    #[cfg(feature = "testing")]
+    pub fn store_prefix(&self) -> &str {
+        &self.inner.config.prefix
     }
 
     /// Kills a shard so that it restarts (as a crash would), within the
@@ -733,17 +1028,30 @@ impl<K: Data + Clone, V: Data + Clone> Cache<K, V> {
     /// Moves the ring from `old` to `new` (the next epoch): reserves the
     /// epoch, tells every shard of both rings, then publishes. False if
     /// another client took the epoch first (this one now has its ring).
-    fn commit(&self, rt: &Runtime, old: &Ring, new: Ring) -> Result<bool> {
+    fn commit(&self, rt: &Runtime, old: &Ring, new: Ring, deadline: Instant) -> Result<bool> {
         let config = &self.inner.config;
         // The reservation holds the new members: a shard that restarts before
         // the ring is published starts at this epoch, not the one before.
-        let reserved = rt.kv_put(
-            &config.key(&format!("change/{}", new.epoch)),
-            &members_bytes(&new)?,
-            false,
-        )?;
+        let change = config.key(&format!("change/{}", new.epoch));
+        let mut reserved = rt.kv_put(&change, &members_bytes(&new)?, false)?;
+        if reserved {
+            // A reservation is deleted once its ring is published (see
+            // `publish`): taken again by a client with an older ring, the
+            // published epoch says it is stale.
+            match published_epoch(rt, config)? {
+                None => {
+                    rt.kv_delete(&change)?;
+                    return Err(self.destroyed());
+                }
+                Some(e) if e >= new.epoch => {
+                    rt.kv_delete(&change)?;
+                    reserved = false;
+                }
+                Some(_) => {}
+            }
+        }
         if !reserved {
-            self.refresh(rt, new.epoch)?;
+            self.refresh(rt, new.epoch, deadline)?;
             return Ok(false);
         }
         let mut told: Vec<u64> = Vec::new();
@@ -758,19 +1066,19 @@ impl<K: Data + Clone, V: Data + Clone> Cache<K, V> {
         for r in replies {
             let _ = r.get();
         }
-        // The reservation stays: a client with an older ring must not take
-        // the epoch again.
         publish(rt, config, &new)?;
         self.adopt(Arc::new(new));
         Ok(true)
     }
 
     /// Routes a call to the shard that owns `hash`, following the ring as it
-    /// moves and leaving dead shards out; the shard and its answer.
+    /// moves (with backoff, until `deadline`) and leaving dead shards out;
+    /// the shard and its answer. `wait` bounds each call (a claim parks).
     fn route<M, R>(
         &self,
         hash: u64,
-        timeout: Option<Duration>,
+        deadline: Instant,
+        wait: Option<Duration>,
         mut make: impl FnMut(u64) -> M,
     ) -> Result<(Member, R)>
     where
@@ -778,46 +1086,58 @@ impl<K: Data + Clone, V: Data + Clone> Cache<K, V> {
         R: Data + Clone,
         CacheShard: Dispatches<M, AsyncCall>,
     {
-        let mut last = None;
-        for _ in 0..ATTEMPTS {
+        let rt = self.rt()?;
+        let mut backoff = Backoff::new();
+        loop {
             let ring = self.ring();
             let member = ring.owner(hash).ok_or_else(|| self.no_shards())?.clone();
-            let Some(handle) = &member.handle else {
+            let met = match &member.handle {
                 // Its handle did not decode here: it is gone.
-                self.forget(&ring, member.id)?;
-                continue;
+                None => {
+                    self.forget(&rt, &ring, member.id, deadline)?;
+                    format!("{} was gone", ShardId(member.id))
+                }
+                Some(handle) => {
+                    let reply = handle.call(make(ring.epoch));
+                    let answer = match wait {
+                        Some(t) => reply.get_timeout(t),
+                        None => reply.get(),
+                    };
+                    match answer {
+                        Ok(Served::Done(r)) => return Ok((member, r)),
+                        Ok(Served::Moved { epoch }) if epoch > ring.epoch => {
+                            self.refresh(&rt, epoch, deadline)?;
+                            format!("the ring moved to epoch {epoch}")
+                        }
+                        // The shard is behind (it restarted): tell it the
+                        // newest ring there is — never this call's, which
+                        // may be older by now.
+                        Ok(Served::Moved { epoch }) => {
+                            self.refresh(&rt, 0, deadline)?;
+                            let _ = tell(handle, &self.ring()).get();
+                            format!("{} was behind, at epoch {epoch}", ShardId(member.id))
+                        }
+                        // Its calls are sent again after a crash: a call that
+                        // fails this way met a shard that is gone for good
+                        // (removed from the ring, or dead).
+                        Err(Error::ActorDied { cause, .. }) => {
+                            self.forget(&rt, &ring, member.id, deadline)?;
+                            format!("{} was gone ({cause})", ShardId(member.id))
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
             };
-            let reply = handle.call(make(ring.epoch));
-            let answer = match timeout {
-                Some(t) => reply.get_timeout(t),
-                None => reply.get(),
-            };
-            match answer {
-                Ok(Served::Done(r)) => return Ok((member, r)),
-                Ok(Served::Moved { epoch }) if epoch > ring.epoch => {
-                    self.refresh(&self.rt()?, epoch)?
-                }
-                // The shard is behind (it restarted): tell it the newest ring
-                // there is — never this call's, which may be older by now.
-                Ok(Served::Moved { .. }) => {
-                    self.refresh(&self.rt()?, 0)?;
-                    let _ = tell(handle, &self.ring()).get();
-                }
-                // Its calls are sent again after a crash: a call that fails
-                // this way met a shard that is gone for good.
-                Err(e @ Error::ActorDied { .. }) => {
-                    self.forget(&ring, member.id)?;
-                    last = Some(e);
-                }
-                Err(e) => return Err(e),
+            if !backoff.pause(deadline) {
+                return Err(self.unavailable(&format!("the ring kept changing; last, {met}")));
             }
         }
-        Err(last.unwrap_or_else(|| self.changing()))
     }
 
-    /// Takes a dead shard out of the ring (unless the ring moved on already).
-    fn forget(&self, seen: &Ring, id: u64) -> Result<()> {
-        let rt = self.rt()?;
+    /// Takes a dead shard out of the ring, unless the ring moved on already
+    /// (a shard removed with `remove_shard` is out of the published ring).
+    fn forget(&self, rt: &Runtime, seen: &Ring, id: u64, deadline: Instant) -> Result<()> {
+        self.refresh(rt, 0, deadline)?;
         let now = self.ring();
         if now.epoch != seen.epoch || !now.members.iter().any(|m| m.id == id) {
             return Ok(());
@@ -826,30 +1146,31 @@ impl<K: Data + Clone, V: Data + Clone> Cache<K, V> {
             return Err(Error::ActorDied {
                 actor: format!("cache `{}` {}", self.inner.name, ShardId(id)),
                 cause: "the cache's last shard died".into(),
-            });
+            }
+            .into());
         }
         let new = Ring {
             epoch: now.epoch + 1,
             next_id: now.next_id,
             members: now.members.iter().filter(|m| m.id != id).cloned().collect(),
         };
-        self.commit(&rt, &now, new).map(drop)
+        self.commit(rt, &now, new, deadline).map(drop)
     }
 
     /// Takes the newest published ring, waiting until it is at least at
-    /// `epoch` (a shard announced it; its publisher is about to).
-    fn refresh(&self, rt: &Runtime, epoch: u64) -> Result<()> {
+    /// `epoch` (a shard announced it; its publisher is about to), for at most
+    /// `PUBLISH_WAIT` and until `deadline`.
+    fn refresh(&self, rt: &Runtime, epoch: u64, deadline: Instant) -> Result<()> {
         let config = &self.inner.config;
-        let deadline = Instant::now() + PUBLISH_WAIT;
-        let mut pause = Duration::from_micros(50);
+        let deadline = deadline.min(Instant::now() + PUBLISH_WAIT);
+        let mut backoff = Backoff::new();
         loop {
-            let published = rt
-                .kv_get(&config.key("members"))?
-                .and_then(|b| rmp_serde::from_slice::<(u64, Vec<u64>)>(&b).ok())
-                .map(|(e, _)| e);
-            if let Some(e) = published.filter(|&e| e > self.ring().epoch) {
+            let Some(published) = published_epoch(rt, config)? else {
+                return Err(self.destroyed());
+            };
+            if published > self.ring().epoch {
                 // Gone if a newer one replaced it meanwhile: look again.
-                if let Some(bytes) = rt.kv_get(&config.key(&format!("ring/{e}")))? {
+                if let Some(bytes) = rt.kv_get(&config.key(&format!("ring/{published}")))? {
                     self.adopt(Arc::new(rt.decode::<Ring>(&bytes)?));
                 }
                 continue;
@@ -857,14 +1178,11 @@ impl<K: Data + Clone, V: Data + Clone> Cache<K, V> {
             if self.ring().epoch >= epoch {
                 return Ok(());
             }
-            if Instant::now() >= deadline {
-                return Err(Error::InvalidArgument(format!(
-                    "cache `{}`: ring epoch {epoch} was announced but not published within {PUBLISH_WAIT:?} (did the client changing it die?)",
-                    self.inner.name
+            if !backoff.pause(deadline) {
+                return Err(self.unavailable(&format!(
+                    "ring epoch {epoch} was announced but not published in time (did the client changing it die?)"
                 )));
             }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(10));
         }
     }
 
@@ -880,18 +1198,56 @@ impl<K: Data + Clone, V: Data + Clone> Cache<K, V> {
     }
 
     fn rt(&self) -> Result<Runtime> {
-        self.inner.rt.upgrade().ok_or(Error::ShutDown)
+        Ok(self.inner.rt.upgrade().ok_or(Error::ShutDown)?)
     }
 
-    fn no_shards(&self) -> Error {
-        Error::InvalidArgument(format!("cache `{}` has no shards", self.inner.name))
+    fn no_shards(&self) -> CacheError {
+        Error::InvalidArgument(format!("cache `{}` has no shards", self.inner.name)).into()
     }
 
-    fn changing(&self) -> Error {
-        Error::InvalidArgument(format!(
-            "cache `{}`: its ring kept changing ({ATTEMPTS} attempts)",
-            self.inner.name
-        ))
+    fn unavailable(&self, cause: &str) -> CacheError {
+        CacheError::Unavailable {
+            cache: self.inner.name.clone(),
+            cause: cause.to_string(),
+        }
+    }
+
+    fn destroyed(&self) -> CacheError {
+        CacheError::Destroyed {
+            cache: self.inner.name.clone(),
+        }
+    }
+}
+
+/// When a call that follows a moving ring gives up.
+fn ring_deadline() -> Instant {
+    deadline_in(RING_WAIT)
+}
+
+/// `timeout` from now (a timeout too long to add is as good as none).
+fn deadline_in(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
+/// Pauses between attempts: 50 µs, doubling to 10 ms.
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff(Duration::from_micros(50))
+    }
+
+    /// Sleeps before the next attempt; false (at once) if `deadline` passed.
+    fn pause(&mut self, deadline: Instant) -> bool {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        std::thread::sleep(self.0.min(left));
+        self.0 = (self.0 * 2).min(Duration::from_millis(10));
+        true
     }
 }
 
@@ -906,7 +1262,7 @@ fn tell(shard: &ActorHandle<CacheShard>, ring: &Ring) -> ObjectRef<()> {
 /// The same object as a ref of another type (a ref is its id on the wire).
 fn retype<T: 'static, U: 'static>(rt: &Runtime, r: &ObjectRef<T>) -> Result<ObjectRef<U>> {
     let id = rmp_serde::to_vec(r).map_err(|e| Error::Serialization(e.to_string()))?;
-    rt.decode(&id)
+    Ok(rt.decode(&id)?)
 }
 
 /// Whether a computation's result is gone with a process, rather than failed:

@@ -13,7 +13,7 @@ use super::{Counts, ShardId, ShardStats};
 use crate::{Actor, AsyncContext, AsyncHandler, Message, ObjectRef, Runtime};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -77,10 +77,12 @@ pub(crate) enum Claimed {
     Hit(Blob),
     /// Nobody computes it: the caller does, under this claim.
     Compute { claim: u64 },
-    /// Someone computes it already: its task's result.
+    /// Someone computes it already: its task's result, worth waiting for
+    /// `left` more (then the shard forgets the computation).
     Wait {
         claim: u64,
         pending: ObjectRef<Computed>,
+        left: Duration,
     },
     /// The computation waited for was dropped (the key was written or
     /// deleted, the claimer gave up, the shard restarted): look again.
@@ -192,6 +194,9 @@ pub(crate) struct ShardConfig {
     pub ids: Vec<u64>,
     /// How long a claim may stay without its task before a caller takes it over.
     pub lease: Duration,
+    /// How long a computation counts as running: past it, it is forgotten and
+    /// the next miss computes again.
+    pub compute_timeout: Duration,
     /// Where the cache's published membership is kept in the runtime's
     /// key-value store.
     pub members_key: String,
@@ -223,6 +228,10 @@ struct State {
     pending: HashMap<Blob, Pending>,
     counts: Counts,
     lease: Duration,
+    compute_timeout: Duration,
+    /// The claims made, oldest first, to forget the computations that ran
+    /// past `compute_timeout` (a claim settled meanwhile is skipped).
+    claims: VecDeque<(Instant, Blob, u64)>,
     next_claim: u64,
 }
 
@@ -260,6 +269,8 @@ impl CacheShard {
                 pending: HashMap::new(),
                 counts: Counts::default(),
                 lease: config.lease,
+                compute_timeout: config.compute_timeout,
+                claims: VecDeque::new(),
                 next_claim: ring::key_hash(&seed.to_le_bytes()) ^ config.id,
             }),
         }
@@ -286,6 +297,25 @@ impl State {
 
     fn reclaim(&mut self, now: Instant) {
         self.counts.expirations += self.store.reclaim_expired(now);
+        self.forget_hung(now);
+    }
+
+    /// Forgets the computations claimed `compute_timeout` ago or more: they
+    /// hang (or their callers all gave up), and must not hold their key (or
+    /// their task's result) forever. Their callers still waiting keep the
+    /// ref; a late result does not match the key's claim and is not stored.
+    fn forget_hung(&mut self, now: Instant) {
+        while let Some((since, _, _)) = self.claims.front() {
+            if now.duration_since(*since) < self.compute_timeout {
+                break;
+            }
+            if let Some((_, key, claim)) = self.claims.pop_front() {
+                if self.pending.get(&key).is_some_and(|p| p.claim == claim) {
+                    // Its parked callers (if any) look again.
+                    self.pending.remove(&key);
+                }
+            }
+        }
     }
 
     /// Looks `key` up, counting the hit or miss when `count`.
@@ -335,6 +365,9 @@ impl State {
                 return Ok(Claimed::Wait {
                     claim: p.claim,
                     pending: task.clone(),
+                    left: self
+                        .compute_timeout
+                        .saturating_sub(now.duration_since(p.since)),
                 });
             }
             if now.duration_since(p.since) < self.lease {
@@ -347,6 +380,7 @@ impl State {
             // parked on the old claim look again (the insert below drops it).
         }
         let claim = self.new_claim();
+        self.claims.push_back((now, key.clone(), claim));
         self.pending.insert(
             key,
             Pending {
@@ -360,12 +394,15 @@ impl State {
     }
 
     fn computing(&mut self, key: &Blob, claim: u64, task: ObjectRef<Computed>) -> bool {
+        let compute_timeout = self.compute_timeout;
         match self.pending.get_mut(key) {
             Some(p) if p.claim == claim && p.task.is_none() => {
+                let left = compute_timeout.saturating_sub(p.since.elapsed());
                 for waiter in p.parked.drain(..) {
                     waiter.send(Woken::Task {
                         claim,
                         task: task.clone(),
+                        left,
                     });
                 }
                 p.task = Some(task);
@@ -449,9 +486,10 @@ impl AsyncHandler<Claim> for CacheShard {
         // incarnation's state is freed, which wakes it to look again.
         drop(self);
         Served::Done(match parked.await {
-            Woken::Task { claim, task } => Claimed::Wait {
+            Woken::Task { claim, task, left } => Claimed::Wait {
                 claim,
                 pending: task,
+                left,
             },
             Woken::Retry => Claimed::Retry,
         })
@@ -508,6 +546,7 @@ enum Woken {
     Task {
         claim: u64,
         task: ObjectRef<Computed>,
+        left: Duration,
     },
     Retry,
 }
