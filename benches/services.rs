@@ -141,7 +141,7 @@ fn next(seed: &mut u64) -> u64 {
 fn locks(bench: &Bench, rt: &Runtime, placement: &Scheduling) {
     let service = LockService::builder("bench-locks")
         .shards(1)
-        .scheduling(placement.clone())
+        .scheduling(*placement)
         .start(rt)
         .expect("lock service");
     // Warm the shard (its first call reads the store).
@@ -168,7 +168,7 @@ fn locks(bench: &Bench, rt: &Runtime, placement: &Scheduling) {
 fn transactions(bench: &Bench, rt: &Runtime, placement: &Scheduling) {
     let store = KvStore::builder("bench-accounts")
         .shards(4)
-        .scheduling(placement.clone())
+        .scheduling(*placement)
         .open(rt)
         .expect("store");
     for k in 0..KEYS {
@@ -207,7 +207,7 @@ fn transactions(bench: &Bench, rt: &Runtime, placement: &Scheduling) {
 fn cache(bench: &Bench, rt: &Runtime, placement: &Scheduling) {
     let cache: Cache<String, ByteBuf> = Cache::builder(rt, "bench-cache")
         .shards(4)
-        .scheduling(placement.clone())
+        .scheduling(*placement)
         .start()
         .expect("cache");
     for k in 0..KEYS {

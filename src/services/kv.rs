@@ -430,7 +430,7 @@ impl KvStoreBuilder {
                 .name(format!("{}/{index}", self.name))
                 .namespace("rayx.kv")
                 .get_if_exists()
-                .scheduling(self.scheduling.clone())
+                .scheduling(self.scheduling)
                 .max_restarts(Retries::Infinite);
             if self.detached {
                 b = b.detached();
