@@ -14,16 +14,16 @@
 
 #[path = "common/cpu.rs"]
 mod cpu;
+#[path = "common/rates.rs"]
+mod rates;
 
-use cpu::cpu_time;
+use rates::{latency, measure, next, process_cpu};
 use rayx::services::cache::Cache;
 use rayx::services::kv::KvStore;
 use rayx::services::lock::LockService;
 use rayx::{Runtime, Scheduling};
 use serde_bytes::ByteBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const LEASE: Duration = Duration::from_secs(30);
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -36,31 +36,12 @@ struct Bench {
     node_pid: Option<u32>,
 }
 
-fn process_cpu(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit(')').next().unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
-        .sum();
-    // SAFETY: sysconf reads a constant of the system.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Duration::from_nanos(ticks * 1_000_000_000 / hz)
-}
-
 impl Bench {
     fn selected(&self, name: &str) -> bool {
         self.run.as_ref().is_none_or(|r| name.contains(r.as_str()))
     }
 
-    fn node_cpu(&self) -> Duration {
-        self.node_pid.map_or(Duration::ZERO, process_cpu)
-    }
-
-    /// Runs `clients` threads calling `op` in a loop (each call returns how
-    /// many operations it completed): a warm-up, then timed runs; prints the
-    /// rate's mean and sd and the CPU per operation.
+    /// Measures `op` from `clients` threads and prints the metric.
     fn run<F>(&self, name: &str, clients: usize, op: F)
     where
         F: Fn(usize, &mut u64) -> u64 + Send + Sync + 'static,
@@ -68,74 +49,31 @@ impl Bench {
         if !self.selected(name) {
             return;
         }
-        let (warm, run, runs) = if self.quick {
-            (Duration::from_millis(200), Duration::from_millis(500), 2)
-        } else {
-            (Duration::from_secs(1), Duration::from_secs(2), 4)
-        };
-        let op = Arc::new(op);
-        let mut rates = Vec::new();
-        let mut total_ops = 0u64;
-        let (mut driver_cpu, mut node_cpu) = (Duration::ZERO, Duration::ZERO);
-        for round in 0..=runs {
-            let length = if round == 0 { warm } else { run };
-            let stop = Arc::new(AtomicBool::new(false));
-            let done = Arc::new(AtomicU64::new(0));
-            let (c0, n0) = (cpu_time(), self.node_cpu());
-            let start = Instant::now();
-            let threads: Vec<_> = (0..clients)
-                .map(|i| {
-                    let (stop, done, op) = (stop.clone(), done.clone(), op.clone());
-                    std::thread::spawn(move || {
-                        let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ (i as u64 + 1);
-                        let mut n = 0;
-                        while !stop.load(Ordering::Relaxed) {
-                            n += op(i, &mut seed);
-                        }
-                        done.fetch_add(n, Ordering::Relaxed);
-                    })
-                })
-                .collect();
-            std::thread::sleep(length);
-            stop.store(true, Ordering::Relaxed);
-            for t in threads {
-                t.join().expect("client thread");
-            }
-            let elapsed = start.elapsed();
-            let n = done.load(Ordering::Relaxed);
-            if round > 0 {
-                rates.push(n as f64 / elapsed.as_secs_f64());
-                total_ops += n;
-                driver_cpu += cpu_time() - c0;
-                node_cpu += self.node_cpu() - n0;
-            }
-        }
-        let mean = rates.iter().sum::<f64>() / rates.len() as f64;
-        let sd =
-            (rates.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / rates.len() as f64).sqrt();
-        let per = |d: Duration| d.as_secs_f64() * 1e6 / total_ops.max(1) as f64;
-        if self.node_pid.is_some() {
+        let pid = self.node_pid;
+        let node_cpu = move || pid.map_or(Duration::ZERO, process_cpu);
+        let m = measure(
+            self.quick,
+            clients,
+            &node_cpu,
+            |_| (),
+            move |_, i, seed| op(i, seed),
+        );
+        if pid.is_some() {
             println!(
-                "{name} per second {mean:.2} +- {sd:.2} cpu {:.3} us/op (driver {:.3}, node {:.3})",
-                per(driver_cpu + node_cpu),
-                per(driver_cpu),
-                per(node_cpu)
+                "{name} per second {:.2} +- {:.2} cpu {:.3} us/op (driver {:.3}, node {:.3})",
+                m.mean,
+                m.sd,
+                m.here_us + m.there_us,
+                m.here_us,
+                m.there_us
             );
         } else {
             println!(
-                "{name} per second {mean:.2} +- {sd:.2} cpu {:.3} us/op",
-                per(driver_cpu)
+                "{name} per second {:.2} +- {:.2} cpu {:.3} us/op",
+                m.mean, m.sd, m.here_us
             );
         }
     }
-}
-
-fn next(seed: &mut u64) -> u64 {
-    // xorshift64*: enough to pick keys.
-    *seed ^= *seed >> 12;
-    *seed ^= *seed << 25;
-    *seed ^= *seed >> 27;
-    seed.wrapping_mul(0x2545_f491_4f6c_dd1d)
 }
 
 fn locks(bench: &Bench, rt: &Runtime, placement: &Scheduling) {
@@ -229,24 +167,11 @@ fn cache(bench: &Bench, rt: &Runtime, placement: &Scheduling) {
     }
     if bench.selected("cache get hit latency") {
         let n = if bench.quick { 5_000 } else { 100_000 };
-        let mut lat: Vec<u64> = Vec::with_capacity(n);
         let mut seed = 42;
-        for _ in 0..n {
+        latency("cache get hit latency", n, |_| {
             let key = format!("cache:{}", next(&mut seed) % KEYS);
-            let t = Instant::now();
-            let v = cache.get(&key).expect("get");
-            lat.push(t.elapsed().as_nanos() as u64);
-            assert!(v.is_some());
-        }
-        lat.sort_unstable();
-        let pct =
-            |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] as f64 / 1000.0;
-        println!(
-            "cache get hit latency p50 {:.1} us p99 {:.1} us p99.9 {:.1} us ({n} gets)",
-            pct(0.50),
-            pct(0.99),
-            pct(0.999)
-        );
+            assert!(cache.get(&key).expect("get").is_some(), "a hit");
+        });
     }
 }
 

@@ -19,11 +19,12 @@
 
 #[path = "common/cpu.rs"]
 mod cpu;
+#[path = "common/rates.rs"]
+mod rates;
 
-use cpu::cpu_time;
+use rates::{latency, measure, next, process_cpu};
 use redis::{Commands, Connection, Script};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -71,20 +72,9 @@ impl Server {
         redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))?.get_connection()
     }
 
-    /// The server's CPU time so far (utime + stime from /proc, in clock ticks).
+    /// The server's CPU time so far.
     fn cpu(&self) -> Duration {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the command name (which is in parentheses).
-        let rest = stat.rsplit(')').next().unwrap_or("");
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = [11, 12]
-            .iter()
-            .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
-            .sum();
-        // SAFETY: sysconf reads a constant of the system.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-        Duration::from_nanos(ticks * 1_000_000_000 / hz)
+        process_cpu(self.child.id())
     }
 }
 
@@ -100,77 +90,28 @@ struct Bench {
 }
 
 impl Bench {
-    /// Runs `clients` threads, each making a connection and calling `op` in a
-    /// loop (each call returns how many operations it completed), for a
-    /// warm-up and then 4 timed runs; prints the mean and sd of the total rate
-    /// and the CPU per operation of client and server.
+    /// Measures `op` from `clients` threads, each with its own connection,
+    /// and prints the metric.
     fn run<F>(&self, server: &Server, name: &str, clients: usize, op: F)
     where
         F: Fn(&mut Connection, usize, &mut u64) -> u64 + Send + Sync + 'static,
     {
-        let (warm, run, runs) = if self.quick {
-            (Duration::from_millis(200), Duration::from_millis(500), 2)
-        } else {
-            (Duration::from_secs(1), Duration::from_secs(2), 4)
-        };
-        let op = Arc::new(op);
-        let mut rates = Vec::new();
-        let mut total_ops = 0u64;
-        let mut client_cpu = Duration::ZERO;
-        let mut server_cpu = Duration::ZERO;
-        for round in 0..=runs {
-            let length = if round == 0 { warm } else { run };
-            let stop = Arc::new(AtomicBool::new(false));
-            let done = Arc::new(AtomicU64::new(0));
-            let (c0, s0) = (cpu_time(), server.cpu());
-            let start = Instant::now();
-            let threads: Vec<_> = (0..clients)
-                .map(|i| {
-                    let (stop, done, op) = (stop.clone(), done.clone(), op.clone());
-                    let mut conn = server.connect().expect("connect to redis");
-                    std::thread::spawn(move || {
-                        let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ (i as u64 + 1);
-                        let mut n = 0;
-                        while !stop.load(Ordering::Relaxed) {
-                            n += op(&mut conn, i, &mut seed);
-                        }
-                        done.fetch_add(n, Ordering::Relaxed);
-                    })
-                })
-                .collect();
-            std::thread::sleep(length);
-            stop.store(true, Ordering::Relaxed);
-            for t in threads {
-                t.join().expect("client thread");
-            }
-            let elapsed = start.elapsed();
-            let n = done.load(Ordering::Relaxed);
-            if round > 0 {
-                rates.push(n as f64 / elapsed.as_secs_f64());
-                total_ops += n;
-                client_cpu += cpu_time() - c0;
-                server_cpu += server.cpu() - s0;
-            }
-        }
-        let mean = rates.iter().sum::<f64>() / rates.len() as f64;
-        let sd =
-            (rates.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / rates.len() as f64).sqrt();
-        let per = |d: Duration| d.as_secs_f64() * 1e6 / total_ops.max(1) as f64;
+        let m = measure(
+            self.quick,
+            clients,
+            &|| server.cpu(),
+            |_| server.connect().expect("connect to redis"),
+            op,
+        );
         println!(
-            "{name} per second {mean:.2} +- {sd:.2} cpu {:.3} us/op (client {:.3}, redis-server {:.3})",
-            per(client_cpu + server_cpu),
-            per(client_cpu),
-            per(server_cpu)
+            "{name} per second {:.2} +- {:.2} cpu {:.3} us/op (client {:.3}, redis-server {:.3})",
+            m.mean,
+            m.sd,
+            m.here_us + m.there_us,
+            m.here_us,
+            m.there_us
         );
     }
-}
-
-fn next(seed: &mut u64) -> u64 {
-    // xorshift64*: enough to pick keys.
-    *seed ^= *seed >> 12;
-    *seed ^= *seed << 25;
-    *seed ^= *seed >> 27;
-    seed.wrapping_mul(0x2545_f491_4f6c_dd1d)
 }
 
 const RELEASE: &str = r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) else return 0 end"#;
@@ -298,21 +239,10 @@ fn main() {
     // Latency of one hit, one client.
     let mut c = server.connect().expect("connect");
     let n = if quick { 5_000 } else { 100_000 };
-    let mut lat: Vec<u64> = Vec::with_capacity(n);
     let mut seed = 42;
-    for _ in 0..n {
+    latency("cache get hit latency", n, |_| {
         let key = format!("cache:{}", next(&mut seed) % 1000);
-        let t = Instant::now();
         let v: Option<Vec<u8>> = c.get(key).expect("GET");
-        lat.push(t.elapsed().as_nanos() as u64);
-        assert!(v.is_some());
-    }
-    lat.sort_unstable();
-    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] as f64 / 1000.0;
-    println!(
-        "cache get hit latency p50 {:.1} us p99 {:.1} us p99.9 {:.1} us ({n} gets)",
-        pct(0.50),
-        pct(0.99),
-        pct(0.999)
-    );
+        assert!(v.is_some(), "a hit");
+    });
 }
