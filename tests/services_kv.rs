@@ -926,7 +926,7 @@ fn single_key_gets_and_puts_are_linearizable_under_shard_crashes() {
                     seed ^= seed << 17;
                     let key = keys[(seed % keys.len() as u64) as usize].clone();
                     let call = clock.now();
-                    if seed % 3 == 0 {
+                    if seed.is_multiple_of(3) {
                         // Values are unique, so a get names the put it saw.
                         let v = next_value.fetch_add(1, Ordering::Relaxed) as i64;
                         let done = store.put(&key, &v);
@@ -964,6 +964,7 @@ fn single_key_gets_and_puts_are_linearizable_under_shard_crashes() {
         gets > 100,
         "too few gets succeeded to check anything: {gets}"
     );
+    assert!(restarts(&events) >= 2, "the shards crashed along the way");
     check_partitioned(&Register(None), &history, |op| match op {
         RegisterOp::Get(k) | RegisterOp::Put(k, _) => k.clone(),
     })
