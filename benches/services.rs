@@ -10,7 +10,10 @@
 //! CPU per operation is then the driver's plus the node's (from `/proc`).
 //! Without `--cluster` everything runs in one process (a service used by the
 //! program that started it). `-- --quick` for short runs; `TESTS_TO_RUN`
-//! filters metrics by substring.
+//! filters metrics by substring. After each service's lines shaped as Redis's
+//! come a few of its own with no Redis counterpart (4 lock shards; single-key
+//! gets and puts and transactions on 16 hot keys; get_or_compute, puts, and
+//! misses that each run a task).
 
 #[path = "common/cpu.rs"]
 mod cpu;
@@ -28,6 +31,12 @@ use std::time::Duration;
 const LEASE: Duration = Duration::from_secs(30);
 const TIMEOUT: Duration = Duration::from_secs(30);
 const KEYS: u64 = 1000;
+
+/// The cached value of a key: 100 bytes, computed by a task on a miss.
+fn value_of(_key: String) -> ByteBuf {
+    ByteBuf::from(vec![7u8; 100])
+}
+rayx::remote!(value_of);
 
 struct Bench {
     quick: bool,
@@ -101,6 +110,23 @@ fn locks(bench: &Bench, rt: &Runtime, placement: &Scheduling) {
     bench.run("lock acquire/release 8 clients 8 locks", 8, move |i, _| {
         pair(&s, &format!("lock:{i}"))
     });
+    // rayx's own (no Redis line): the 8 locks over 4 shards.
+    let four = LockService::builder("bench-locks-4")
+        .shards(4)
+        .scheduling(*placement)
+        .start(rt)
+        .expect("lock service");
+    for i in 0..8 {
+        drop(
+            four.acquire(&format!("lock:{i}"), LEASE, TIMEOUT)
+                .expect("warm-up"),
+        );
+    }
+    bench.run(
+        "lock acquire/release 8 clients 8 locks 4 shards",
+        8,
+        move |i, _| pair(&four, &format!("lock:{i}")),
+    );
 }
 
 fn transactions(bench: &Bench, rt: &Runtime, placement: &Scheduling) {
@@ -112,17 +138,31 @@ fn transactions(bench: &Bench, rt: &Runtime, placement: &Scheduling) {
     for k in 0..KEYS {
         store.put(&format!("acct:{k}"), &0i64).expect("put");
     }
+    // rayx's own (no Redis line): single-key operations, and transactions
+    // on 16 hot keys (many conflicts, run again by `transact`).
+    let s = store.clone();
+    bench.run("kv get 8 clients", 8, move |_, seed| {
+        s.get::<i64>(&format!("acct:{}", next(seed) % KEYS))
+            .expect("get");
+        1
+    });
+    let s = store.clone();
+    bench.run("kv put 8 clients", 8, move |_, seed| {
+        s.put(&format!("acct:{}", next(seed) % KEYS), &0i64)
+            .expect("put");
+        1
+    });
     for keys in [2usize, 8] {
-        for clients in [1usize, 8] {
+        for (clients, space, what) in [(1usize, KEYS, ""), (8, KEYS, ""), (8, 16, " 16 hot keys")] {
             let store = store.clone();
             let name = format!(
-                "transactions {keys} keys {clients} client{}",
+                "transactions {keys} keys {clients} client{}{what}",
                 if clients > 1 { "s" } else { "" }
             );
             bench.run(&name, clients, move |_, seed| {
                 let mut names: Vec<String> = Vec::with_capacity(keys);
                 while names.len() < keys {
-                    let k = format!("acct:{}", next(seed) % KEYS);
+                    let k = format!("acct:{}", next(seed) % space);
                     if !names.contains(&k) {
                         names.push(k);
                     }
@@ -150,7 +190,7 @@ fn cache(bench: &Bench, rt: &Runtime, placement: &Scheduling) {
         .expect("cache");
     for k in 0..KEYS {
         cache
-            .put(&format!("cache:{k}"), &ByteBuf::from(vec![7u8; 100]), None)
+            .put(&format!("cache:{k}"), &value_of(String::new()), None)
             .expect("put");
     }
     for clients in [1usize, 8] {
@@ -165,6 +205,32 @@ fn cache(bench: &Bench, rt: &Runtime, placement: &Scheduling) {
             1
         });
     }
+    // rayx's own (no Redis line): get_or_compute on hits, puts, and misses
+    // that each run the computation as a task.
+    let c = cache.clone();
+    bench.run("cache get_or_compute hit 1 client", 1, move |_, seed| {
+        let key = format!("cache:{}", next(seed) % KEYS);
+        c.get_or_compute(&key, value_of).expect("get_or_compute");
+        1
+    });
+    let c = cache.clone();
+    bench.run("cache put 8 clients", 8, move |_, seed| {
+        let key = format!("cache:{}", next(seed) % KEYS);
+        c.put(&key, &value_of(key.clone()), None).expect("put");
+        1
+    });
+    let c = cache.clone();
+    let fresh = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    bench.run(
+        "cache get_or_compute miss (a task) 1 client",
+        1,
+        move |_, _| {
+            let n = fresh.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            c.get_or_compute(&format!("miss:{n}"), value_of)
+                .expect("computed");
+            1
+        },
+    );
     if bench.selected("cache get hit latency") {
         let n = if bench.quick { 5_000 } else { 100_000 };
         let mut seed = 42;

@@ -87,6 +87,18 @@ fn rt() -> Runtime {
     rayx::Builder::new().num_workers(2).start().unwrap()
 }
 
+/// A runtime whose every actor crashes before a call with probability `p`.
+fn crashing_rt(p: f64, seed: u64) -> Runtime {
+    rayx::Builder::new()
+        .num_workers(2)
+        .faults(Faults {
+            crash_actor: Trigger::Probability { p, seed },
+            ..Faults::default()
+        })
+        .start()
+        .unwrap()
+}
+
 fn s(x: &str) -> String {
     x.to_string()
 }
@@ -633,14 +645,7 @@ fn a_dead_shard_leaves_the_ring_and_its_keys_move() {
 fn injected_shard_crashes_never_give_a_wrong_value() {
     // Every actor of this runtime crashes before 3% of its calls; the shards
     // restart (empty) and the interrupted calls are sent again.
-    let rt = rayx::Builder::new()
-        .num_workers(2)
-        .faults(Faults {
-            crash_actor: Trigger::Probability { p: 0.03, seed: 11 },
-            ..Faults::default()
-        })
-        .start()
-        .unwrap();
+    let rt = crashing_rt(0.03, 11);
     let events = rt.events();
     let cache: Cache<String, String> = Cache::builder(&rt, "crashes").shards(3).start().unwrap();
     let workers: Vec<_> = (0..4)
@@ -987,14 +992,7 @@ impl Phase {
 
 #[test]
 fn a_concurrent_history_with_crashes_and_ring_changes_checks_out() {
-    let rt = rayx::Builder::new()
-        .num_workers(2)
-        .faults(Faults {
-            crash_actor: Trigger::Probability { p: 0.01, seed: 5 },
-            ..Faults::default()
-        })
-        .start()
-        .unwrap();
+    let rt = crashing_rt(0.01, 5);
     let cache: Cache<u32, String> = Cache::builder(&rt, "history")
         .shards(3)
         .capacity_per_shard(200) // small: evictions happen too

@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::bank::{self, account, marker, Rng};
 use common::LONG;
 use rayx::prelude::*;
 use rayx::services::kv::{Committed, KvError, KvFaults, KvStore};
@@ -344,15 +345,6 @@ fn reopening_with_other_shard_settings_is_refused_and_client_settings_are_its_ow
     assert_eq!(store.get::<u64>("counter").unwrap(), Some(2));
 }
 
-/// Shared by the tests of transfers: account `i`'s key.
-fn account(i: usize) -> String {
-    format!("acct-{i:02}")
-}
-
-fn marker(id: u64) -> String {
-    format!("xfer-{id}")
-}
-
 /// What became of a transfer, as its client saw it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 enum Fate {
@@ -365,38 +357,14 @@ enum Fate {
     Failed,
 }
 
-/// Moves `amount` from `from` to `to` and writes the transfer's marker, in
-/// one transaction.
+/// Moves `amount` from `from` to `to` with its marker ([`bank::transfer`]).
 fn transfer(store: &KvStore, id: u64, from: usize, to: usize, amount: i64) -> Fate {
-    let (a, b) = (account(from), account(to));
-    let done = store.transact(|t| {
-        let v: Vec<Option<i64>> = t.get_many(&[&a, &b])?;
-        let (x, y) = (v[0].unwrap_or(0), v[1].unwrap_or(0));
-        if x < amount {
-            return Ok(false);
-        }
-        t.put(&a, &(x - amount))?;
-        t.put(&b, &(y + amount))?;
-        t.put(&marker(id), &(from, to, amount))?;
-        Ok(true)
-    });
-    match done {
+    match bank::transfer(store, id, from, to, amount) {
         Ok(true) => Fate::Committed,
         Ok(false) => Fate::Declined,
         Err(KvError::InDoubt { .. }) => Fate::InDoubt,
         Err(KvError::GaveUp { .. }) => Fate::Failed,
         Err(e) => panic!("transfer {id}: unexpected {e}"),
-    }
-}
-
-/// A small deterministic generator (xorshift), one per worker.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::bank::{account, marker, transfer, Rng};
 use common::{eventually, LONG};
 use rayx::services::kv::{KvError, KvStore};
 use rayx::testing::Cluster;
@@ -17,37 +18,6 @@ use std::time::Duration;
 
 const ACCOUNTS: usize = 12;
 const START: i64 = 1000;
-
-fn account(i: usize) -> String {
-    format!("acct-{i:02}")
-}
-
-fn marker(id: u64) -> String {
-    format!("xfer-{id}")
-}
-
-/// Moves `amount` and writes the transfer's marker, in one transaction; true
-/// if committed, false if declined; `GaveUp` is reported as an error.
-fn transfer(
-    store: &KvStore,
-    id: u64,
-    from: usize,
-    to: usize,
-    amount: i64,
-) -> Result<bool, KvError> {
-    let (a, b) = (account(from), account(to));
-    store.transact(|t| {
-        let v: Vec<Option<i64>> = t.get_many(&[&a, &b])?;
-        let (x, y) = (v[0].unwrap_or(0), v[1].unwrap_or(0));
-        if x < amount {
-            return Ok(false);
-        }
-        t.put(&a, &(x - amount))?;
-        t.put(&b, &(y + amount))?;
-        t.put(&marker(id), &(from, to, amount))?;
-        Ok(true)
-    })
-}
 
 /// The nodes the store's shards are on, as the head places them.
 fn shard_nodes(rt: &rayx::Runtime) -> Vec<rayx::NodeId> {
@@ -93,13 +63,8 @@ fn bank_transfers_survive_node_kills() {
         .map(|t| {
             let (store, committed) = (store.clone(), committed.clone());
             std::thread::spawn(move || {
-                let mut seed = t * 7919 + 3;
-                let mut next = |n: u64| {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    seed % n
-                };
+                let mut rng = Rng(t * 7919 + 3);
+                let mut next = |n: u64| rng.next(n);
                 let mut fates = Vec::new();
                 for i in 0..PER {
                     let id = t * PER + i;

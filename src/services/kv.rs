@@ -527,13 +527,6 @@ impl std::fmt::Debug for KvStore {
     }
 }
 
-/// The FNV-1a hash of a key: stable across processes and builds.
-fn fnv1a(key: &str) -> u64 {
-    key.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
 fn encode_value<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<ByteBuf> {
     rmp_serde::to_vec(value)
         .map(ByteBuf::from)
@@ -583,7 +576,7 @@ impl KvStore {
 
     /// The shard `key` lives on.
     pub fn shard_of(&self, key: &str) -> usize {
-        (fnv1a(key) % self.shards.len() as u64) as usize
+        (super::fnv1a(key.as_bytes()) % self.shards.len() as u64) as usize
     }
 
     /// The value of `key`, as last committed (`None`: absent); read again

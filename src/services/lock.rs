@@ -480,10 +480,7 @@ impl LockService {
     }
 
     fn shard(&self, name: &str) -> &ActorHandle<LockShard> {
-        // FNV-1a: the same shard for a name in every process of a cluster.
-        let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
+        let hash = super::fnv1a(name.as_bytes());
         &self.client.shards[(hash % self.client.shards.len() as u64) as usize]
     }
 

@@ -12,3 +12,11 @@
 pub mod cache;
 pub mod kv;
 pub mod lock;
+
+/// The FNV-1a hash of `bytes`: the same in every process and build, so every
+/// node of a cluster maps a name or a key to the same shard.
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}

@@ -2,6 +2,7 @@
 //! known point, and a bounded wait for a condition.
 #![allow(dead_code)]
 
+pub mod bank;
 pub mod failing;
 pub mod linearizability;
 pub mod raw_peer;

@@ -13,12 +13,7 @@ use serde::{Deserialize, Serialize};
 /// A key's hash, the same in every process of one build (FNV-1a, then a
 /// finalizer so that nearby keys spread).
 pub(super) fn key_hash(key: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in key {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    mix(h)
+    mix(crate::services::fnv1a(key))
 }
 
 /// SplitMix64's finalizer: a bijection that spreads every input bit.
