@@ -25,10 +25,13 @@ fn len_after_gate(v: Vec<u8>, _gate: u64) -> usize {
 fn sum_refs(refs: Vec<ObjectRef<i64>>) -> i64 {
     refs.iter().map(|r| r.get().expect("inner ref")).sum()
 }
+fn ident(x: u64) -> u64 {
+    x
+}
 fn make_ref(x: i64) -> ObjectRef<i64> {
     Runtime::current().expect("in a task").put(x).expect("put")
 }
-rayx::remote!(gated, len, len_after_gate, sum_refs, make_ref);
+rayx::remote!(gated, ident, len, len_after_gate, sum_refs, make_ref);
 
 const MIB: usize = 1 << 20;
 
@@ -213,6 +216,50 @@ fn store_usage_returns_to_zero_after_drops() {
         (m.objects, m.inline_bytes, m.store_objects, m.store_bytes),
         (0, 0, 0, 0)
     );
+}
+
+/// Object numbers come to each thread in blocks: ids stay unique when many
+/// threads put and submit at once, and when one thread alternates between
+/// two runtimes; the inline bytes one thread counts and another frees sum
+/// back to zero.
+#[test]
+fn ids_are_unique_across_threads_and_runtimes_and_memory_sums_to_zero() {
+    let (a, b) = (rt2(), rt2());
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let (a, b) = (a.clone(), b.clone());
+            std::thread::spawn(move || {
+                let mut refs = Vec::new();
+                for i in 0..2_000u64 {
+                    let rt = if (i / 7 + t) % 2 == 0 { &a } else { &b };
+                    let r = if i % 3 == 0 {
+                        rt.task(ident).remote(i)
+                    } else {
+                        rt.put(i).expect("put")
+                    };
+                    refs.push(r);
+                }
+                refs
+            })
+        })
+        .collect();
+    let refs: Vec<ObjectRef<u64>> = threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("thread"))
+        .collect();
+    let ids: std::collections::HashSet<_> = refs.iter().map(|r| r.id()).collect();
+    assert_eq!(ids.len(), refs.len(), "every object has its own id");
+    // Freed here, on another thread than the one that counted each value.
+    let values: Vec<u64> = refs.iter().map(|r| r.get().expect("value")).collect();
+    assert_eq!(values.iter().sum::<u64>(), 4 * (0..2_000u64).sum::<u64>());
+    drop(refs);
+    for rt in [&a, &b] {
+        // Task results go once their lineage and queued copies are let go.
+        assert!(eventually(LONG, || {
+            let m = rt.memory();
+            (m.objects, m.inline_bytes) == (0, 0)
+        }));
+    }
 }
 
 #[test]

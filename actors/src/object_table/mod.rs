@@ -29,13 +29,26 @@ use std::task::{Context as TaskContext, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 mod slot;
+mod stripes;
 mod wait;
 
 pub use slot::{Cancelled, Slot};
 use slot::{Dep, DepLineage, Kept, Lineage, State};
+use stripes::{Padded, Striped};
 pub use wait::{install_wait_hooks, wait_batch, wait_slots, WaitHooks};
 
 const SHARDS: usize = 64;
+/// Object numbers a thread takes from the table's counter at once.
+const ID_BLOCK: u64 = 256;
+/// Tables made in this process, to tell them apart (from 1: a thread's
+/// block of numbers starts as no table's).
+static TABLES: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// This thread's block of object numbers: its table's serial, the next,
+    /// the end.
+    static ID_BLOCKS: std::cell::Cell<(u64, u64, u64)> = const { std::cell::Cell::new((0, 0, 0)) };
+}
 const PENDING: u8 = 0;
 const DONE: u8 = 1;
 /// Lost: no value, and no rebuild started yet.
@@ -76,26 +89,42 @@ pub trait Dispatch: Send + Sync {
     fn getters_crowded(&self) -> bool;
 }
 
+/// One shard of the table's index, on cache lines of its own (two: the line
+/// beside it is prefetched with it): neighbouring ids fall in neighbouring
+/// shards, and threads making and dropping neighbouring objects must not
+/// contend for one line.
+#[repr(align(128))]
 struct Shard {
     index: Mutex<IdMap<ObjectId, Weak<Slot>>>,
-    inline_bytes: AtomicU64,
-    /// Objects completed in this shard: progress, for starvation checks.
-    completed: AtomicU64,
 }
 
 /// The object table of one node.
 pub struct OwnerTable {
     node: NodeId,
+    /// This table among the process's (for threads' blocks of numbers).
+    serial: u64,
     shards: Box<[Shard]>,
-    next_seq: AtomicU64,
+    /// Written by every submission and put, so on lines of its own: the
+    /// fields workers read per task (`closed`, `cancels_seen`) stay shared.
+    next_seq: Padded<AtomicU64>,
     store: Arc<ObjectStore>,
     inline_threshold: usize,
     dispatch: Arc<dyn Dispatch>,
     closed: AtomicBool,
     faults: Arc<FaultInjector>,
     max_lineage_bytes: u64,
-    lineage_bytes: AtomicU64,
+    /// Written by every submission and every drop of a kept task.
+    lineage_bytes: Padded<AtomicU64>,
+    /// Bytes of small values held inline, counted by whichever thread
+    /// completes or frees them.
+    inline_bytes: Striped,
+    /// Objects completed: progress, for starvation checks.
+    completed: Striped,
     cancels_seen: AtomicBool,
+    /// Whether any object here was ever held elsewhere (borrowed, or a
+    /// result held on the node that ran it): until then a `wait` asks no
+    /// slot for its value, and touches only the slots it must.
+    elsewhere_seen: AtomicBool,
     /// Hears the id of each borrowed object whose last local ref went.
     borrow_hook: std::sync::OnceLock<BorrowHook>,
     /// Asks a borrowed object's owner for its value (the first time it is wanted).
@@ -120,22 +149,24 @@ impl OwnerTable {
         let shards = (0..SHARDS)
             .map(|_| Shard {
                 index: Mutex::new(IdMap::default()),
-                inline_bytes: AtomicU64::new(0),
-                completed: AtomicU64::new(0),
             })
             .collect();
         Arc::new(OwnerTable {
             node,
+            serial: TABLES.fetch_add(1, Ordering::Relaxed),
             shards,
-            next_seq: AtomicU64::new(1),
+            next_seq: Padded(AtomicU64::new(1)),
             store,
             inline_threshold,
             dispatch,
             closed: AtomicBool::new(false),
             faults,
             max_lineage_bytes,
-            lineage_bytes: AtomicU64::new(0),
+            lineage_bytes: Padded(AtomicU64::new(0)),
+            inline_bytes: Striped::default(),
+            completed: Striped::default(),
             cancels_seen: AtomicBool::new(false),
+            elsewhere_seen: AtomicBool::new(false),
             borrow_hook: std::sync::OnceLock::new(),
             fetch_hook: std::sync::OnceLock::new(),
         })
@@ -163,6 +194,20 @@ impl OwnerTable {
         self.cancels_seen.load(Ordering::Acquire)
     }
 
+    /// Notes that objects here may be held elsewhere from now on. Release
+    /// pairs with `elsewhere_seen`'s Acquire: a wait that reads it false
+    /// began before any slot of this table was marked.
+    fn note_elsewhere(&self) {
+        if !self.elsewhere_seen.load(Ordering::Relaxed) {
+            self.elsewhere_seen.store(true, Ordering::Release);
+        }
+    }
+
+    /// Whether any object here was ever held elsewhere.
+    pub(super) fn elsewhere_seen(&self) -> bool {
+        self.elsewhere_seen.load(Ordering::Acquire)
+    }
+
     /// Notes that cancels happen here from now on.
     pub fn note_cancel(&self) {
         self.cancels_seen.store(true, Ordering::Release);
@@ -171,11 +216,36 @@ impl OwnerTable {
     /// Registers a pending object: a task's return, a `put`, or — with
     /// `call_of` — the reply of a call to that actor (for a cancel to reach it).
     pub fn new_pending(self: &Arc<Self>, call_of: Option<ActorId>) -> Arc<Slot> {
-        let id = ObjectId {
-            node: self.node,
-            seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
+        let id = match call_of {
+            // A call's reply: numbered in the order calls are made, which is
+            // the order calls interrupted by a node's death are sent again.
+            Some(_) => ObjectId {
+                node: self.node,
+                seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
+            },
+            None => self.next_id(),
         };
         self.index(Slot::new(id, self.clone(), call_of))
+    }
+
+    /// A new object id: from a block of [`ID_BLOCK`] numbers this thread
+    /// took from the table's counter, so threads making objects at once do
+    /// not pass the counter's cache line between them on every object.
+    fn next_id(&self) -> ObjectId {
+        let seq = ID_BLOCKS.with(|b| {
+            let (node, next, end) = b.get();
+            if node == self.serial && next < end {
+                b.set((node, next + 1, end));
+                return next;
+            }
+            let start = self.next_seq.fetch_add(ID_BLOCK, Ordering::Relaxed);
+            b.set((self.serial, start + 1, start + ID_BLOCK));
+            start
+        });
+        ObjectId {
+            node: self.node,
+            seq,
+        }
     }
 
     /// Puts a new slot in the index; one made after the table closed fails
@@ -198,6 +268,7 @@ impl OwnerTable {
     /// cluster completes it with the owner's value, and `set_borrow_hook`'s
     /// hook hears when its last local ref goes.
     pub fn new_borrowed(self: &Arc<Self>, id: ObjectId) -> Arc<Slot> {
+        self.note_elsewhere();
         let mut slot = Slot::new(id, self.clone(), None);
         slot.borrowed = true;
         slot.unfetched = crate::handshake::Elsewhere::new(true);
@@ -216,6 +287,16 @@ impl OwnerTable {
 
     /// Stores a value put by the caller. Fails when the object store is full.
     pub fn put(self: &Arc<Self>, value: Value) -> Result<Arc<Slot>, Error> {
+        if value.size() <= self.inline_threshold && !self.closed.load(Ordering::SeqCst) {
+            // A small value: its slot is made ready before anyone can see
+            // it — no pending state, no lock, no waiters to look for. (Made
+            // as the table closes, it stays ready: `fail_all` fails pending
+            // objects only.)
+            let mut slot = Slot::new(self.next_id(), self.clone(), None);
+            slot.fill(value);
+            self.completed.add(1);
+            return Ok(self.index(slot));
+        }
         let slot = self.new_pending(None);
         slot.complete(Ok(value));
         match slot.try_get() {
@@ -249,10 +330,7 @@ impl OwnerTable {
 
     /// How many objects have completed here: moves while anything progresses.
     fn progress(&self) -> u64 {
-        self.shards
-            .iter()
-            .map(|s| s.completed.load(Ordering::Relaxed))
-            .sum()
+        self.completed.sum()
     }
 
     /// The memory the node's objects hold now.
@@ -260,8 +338,8 @@ impl OwnerTable {
         let mut u = MemoryUsage::default();
         for shard in self.shards.iter() {
             u.objects += shard.index.lock().len() as u64;
-            u.inline_bytes += shard.inline_bytes.load(Ordering::Relaxed);
         }
+        u.inline_bytes = self.inline_bytes.sum();
         let (objects, bytes) = self.store.usage();
         u.store_objects = objects;
         u.store_bytes = bytes;

@@ -180,6 +180,7 @@ impl Slot {
     /// registers later asks itself (it fetches again once registered). The
     /// handshake is [`Elsewhere`], model-checked with loom.
     pub fn held_elsewhere(&self) {
+        self.table.note_elsewhere();
         self.unfetched.mark();
         let wanted = {
             let inner = self.inner.lock();
@@ -330,10 +331,7 @@ impl Slot {
         // Release pairs with the Acquire loads of `status`: a reader that sees
         // DONE finds the state above under the lock.
         self.status.store(DONE, Ordering::Release);
-        self.table
-            .shard(self.id)
-            .completed
-            .fetch_add(1, Ordering::Relaxed);
+        self.table.completed.add(1);
         let waiters = std::mem::take(&mut inner.waiters);
         let dependents = std::mem::take(&mut inner.dependents);
         drop(inner);
@@ -351,16 +349,25 @@ impl Slot {
         }
     }
 
+    /// Makes a new slot, not yet shared, ready with a small `value` (held
+    /// inline: nothing to admit, nothing that can fail).
+    pub(super) fn fill(&mut self, value: Value) {
+        let size = value.size() as u64;
+        debug_assert!(size as usize <= self.table.inline_threshold);
+        self.table.inline_bytes.add(size);
+        let inner = self.inner.get_mut();
+        inner.state = State::Ready(value);
+        inner.held = Held::Inline(size);
+        *self.status.get_mut() = DONE;
+    }
+
     pub(super) fn account(&self, v: &Value) -> Result<Held, Error> {
         let size = v.size() as u64;
         if size as usize > self.table.inline_threshold {
             self.table.store.admit(size)?;
             Ok(Held::Stored(size))
         } else {
-            self.table
-                .shard(self.id)
-                .inline_bytes
-                .fetch_add(size, Ordering::Relaxed);
+            self.table.inline_bytes.add(size);
             Ok(Held::Inline(size))
         }
     }
@@ -369,10 +376,7 @@ impl Slot {
         match held {
             Held::Nothing => {}
             Held::Inline(n) => {
-                self.table
-                    .shard(self.id)
-                    .inline_bytes
-                    .fetch_sub(n, Ordering::Relaxed);
+                self.table.inline_bytes.sub(n);
             }
             Held::Stored(n) => self.table.store.release(n),
         }

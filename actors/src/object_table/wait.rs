@@ -84,9 +84,15 @@ pub fn wait_slots(
         done
     };
     // Borrowed values are asked for now, so that a wait that only looks
-    // (a zero timeout, polled again later) sees them arrive.
-    for s in slots {
-        s.fetch();
+    // (a zero timeout, polled again later) sees them arrive — if the table
+    // ever had any: otherwise every slot would be touched for nothing (a
+    // wait for the first of n ready refs touches only the first ones).
+    // Refs of two runtimes mixed in one wait are judged by the first's; a
+    // blocking wait asks for the others' when it registers.
+    if slots.first().is_some_and(|s| s.table.elsewhere_seen()) {
+        for s in slots {
+            s.fetch();
+        }
     }
     let done = first_done(slots);
     if done.len() >= num_ready || timeout == Some(Duration::ZERO) {
@@ -94,11 +100,23 @@ pub fn wait_slots(
     }
     let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
     let hooks = wait_hooks();
-    for s in slots {
-        if first_done(slots).len() >= num_ready {
-            break;
+    if hooks.is_some() {
+        // On a worker: run here what nobody has started, until enough are
+        // done — counted as they finish here, and recounted in full now and
+        // then for those finished elsewhere (a full count per ref would make
+        // a wait on n refs cost n²).
+        let mut ready = done.len();
+        for (i, s) in slots.iter().enumerate() {
+            if i % 64 == 63 {
+                ready = first_done(slots).len();
+            }
+            if ready >= num_ready {
+                break;
+            }
+            if !s.is_done() && s.run_here(hooks.as_ref()) && s.is_done() {
+                ready += 1;
+            }
         }
-        s.run_here(hooks.as_ref());
     }
     let mut blocked = Blocked::new(hooks.as_ref());
     blocked.set(true);
