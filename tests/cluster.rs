@@ -736,6 +736,35 @@ fn a_lying_peer_s_chunks_fail_its_pull_not_the_node() {
     }
 }
 
+fn a_zero_timeout_wait_sees_borrowed_refs_arrive_after_another_runtime_s_ref() {
+    let c = Cluster::start(1).unwrap();
+    let rt = c.driver();
+    let n0 = c.nodes()[0].id;
+    // A second, local runtime in the driver's process; its table never had
+    // an object held elsewhere.
+    let local = Builder::new().num_workers(1).start().unwrap();
+    let mine = local.put(1u64).unwrap();
+    // A ref owned by the node, borrowed here; nobody asked for its value yet.
+    let (small, _big) = rt
+        .task(put_here)
+        .node_affinity(n0, false)
+        .remote((42, 0))
+        .get()
+        .unwrap();
+    // Ray's wait(timeout=0) loop over both.
+    wait_until(
+        "a zero-timeout wait sees the borrowed ref ready beside a local one",
+        || {
+            rt.wait(vec![mine.clone(), small.clone()], 2, Some(Duration::ZERO))
+                .unwrap()
+                .0
+                .len()
+                == 2
+        },
+    );
+    assert_eq!(small.get().unwrap(), 42);
+}
+
 // ---- the runner ---------------------------------------------------------------
 
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
@@ -763,6 +792,7 @@ fn main() {
         an_unreachable_head_fails_init_in_bounded_time,
         bad_bytes_close_one_connection_and_are_counted,
         a_lying_peer_s_chunks_fail_its_pull_not_the_node,
+        a_zero_timeout_wait_sees_borrowed_refs_arrive_after_another_runtime_s_ref,
     ];
     common::run_tests(tests);
 }

@@ -44,6 +44,27 @@ const ID_BLOCK: u64 = 256;
 /// block of numbers starts as no table's).
 static TABLES: AtomicU64 = AtomicU64::new(1);
 
+/// Whether any table of the process ever had an object held elsewhere
+/// (borrowed, or a result held on the node that ran it): until then a `wait`
+/// asks no slot for its value, and touches only the slots it must. A hint
+/// that only ever turns on: a process that joined a cluster keeps asking.
+static ELSEWHERE_SEEN: AtomicBool = AtomicBool::new(false);
+
+/// Notes that objects may be held elsewhere from now on. Release pairs with
+/// [`elsewhere_seen_anywhere`]'s Acquire: a wait that reads it false began
+/// before any slot was marked (a slot marked later is asked for by the wait
+/// that blocks on it, when it registers).
+fn note_elsewhere() {
+    if !ELSEWHERE_SEEN.load(Ordering::Relaxed) {
+        ELSEWHERE_SEEN.store(true, Ordering::Release);
+    }
+}
+
+/// Whether any table of the process ever had an object held elsewhere.
+pub(crate) fn elsewhere_seen_anywhere() -> bool {
+    ELSEWHERE_SEEN.load(Ordering::Acquire)
+}
+
 thread_local! {
     /// This thread's block of object numbers: its table's serial, the next,
     /// the end.
@@ -121,10 +142,6 @@ pub struct OwnerTable {
     /// Objects completed: progress, for starvation checks.
     completed: Striped,
     cancels_seen: AtomicBool,
-    /// Whether any object here was ever held elsewhere (borrowed, or a
-    /// result held on the node that ran it): until then a `wait` asks no
-    /// slot for its value, and touches only the slots it must.
-    elsewhere_seen: AtomicBool,
     /// Hears the id of each borrowed object whose last local ref went.
     borrow_hook: std::sync::OnceLock<BorrowHook>,
     /// Asks a borrowed object's owner for its value (the first time it is wanted).
@@ -166,7 +183,6 @@ impl OwnerTable {
             inline_bytes: Striped::default(),
             completed: Striped::default(),
             cancels_seen: AtomicBool::new(false),
-            elsewhere_seen: AtomicBool::new(false),
             borrow_hook: std::sync::OnceLock::new(),
             fetch_hook: std::sync::OnceLock::new(),
         })
@@ -194,18 +210,9 @@ impl OwnerTable {
         self.cancels_seen.load(Ordering::Acquire)
     }
 
-    /// Notes that objects here may be held elsewhere from now on. Release
-    /// pairs with `elsewhere_seen`'s Acquire: a wait that reads it false
-    /// began before any slot of this table was marked.
+    /// Notes that objects may be held elsewhere from now on.
     fn note_elsewhere(&self) {
-        if !self.elsewhere_seen.load(Ordering::Relaxed) {
-            self.elsewhere_seen.store(true, Ordering::Release);
-        }
-    }
-
-    /// Whether any object here was ever held elsewhere.
-    pub(super) fn elsewhere_seen(&self) -> bool {
-        self.elsewhere_seen.load(Ordering::Acquire)
+        note_elsewhere();
     }
 
     /// Notes that cancels happen here from now on.

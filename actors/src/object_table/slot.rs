@@ -86,7 +86,9 @@ impl Drop for Kept {
 #[derive(Clone, Copy)]
 pub(super) enum Held {
     Nothing,
-    Inline(u64),
+    /// Bytes held inline, counted on this stripe of the table's count (and
+    /// taken back from it: a stripe never reads below zero).
+    Inline(u64, u8),
     Stored(u64),
 }
 
@@ -354,10 +356,10 @@ impl Slot {
     pub(super) fn fill(&mut self, value: Value) {
         let size = value.size() as u64;
         debug_assert!(size as usize <= self.table.inline_threshold);
-        self.table.inline_bytes.add(size);
+        let stripe = self.table.inline_bytes.add(size);
         let inner = self.inner.get_mut();
         inner.state = State::Ready(value);
-        inner.held = Held::Inline(size);
+        inner.held = Held::Inline(size, stripe);
         *self.status.get_mut() = DONE;
     }
 
@@ -367,16 +369,16 @@ impl Slot {
             self.table.store.admit(size)?;
             Ok(Held::Stored(size))
         } else {
-            self.table.inline_bytes.add(size);
-            Ok(Held::Inline(size))
+            let stripe = self.table.inline_bytes.add(size);
+            Ok(Held::Inline(size, stripe))
         }
     }
 
     pub(super) fn release(&self, held: Held) {
         match held {
             Held::Nothing => {}
-            Held::Inline(n) => {
-                self.table.inline_bytes.sub(n);
+            Held::Inline(n, stripe) => {
+                self.table.inline_bytes.sub_from(stripe, n);
             }
             Held::Stored(n) => self.table.store.release(n),
         }
@@ -635,8 +637,12 @@ impl Drop for Slot {
         let held = self.inner.get_mut().held;
         self.release(held);
         let mut index = self.table.shard(self.id).index.lock();
-        if index.get(&self.id).is_some_and(|w| w.strong_count() == 0) {
-            index.remove(&self.id);
+        // One look-up: gone only if the entry is this dead slot's (a rebuilt
+        // one may have taken the id since).
+        if let std::collections::hash_map::Entry::Occupied(e) = index.entry(self.id) {
+            if e.get().strong_count() == 0 {
+                e.remove();
+            }
         }
         drop(index);
         let tell = *self.tell_on_drop.get_mut();

@@ -39,8 +39,10 @@ fn my_stripe() -> usize {
     })
 }
 
-/// A counter of many writers. Adds and subtracts wrap per stripe (a thread
-/// may take back what another added); the sum is exact. Its operations are
+/// A counter of many writers. Each add lands on the adding thread's stripe
+/// and says which; what is taken back is taken from the stripe it was added
+/// to, so no stripe ever holds less than zero and a sum read while others
+/// count — stripe after stripe — never wraps below zero. Its operations are
 /// `Relaxed`: it publishes no data, and a read is a snapshot of a moving
 /// count (memory in use, progress made).
 #[derive(Debug, Default)]
@@ -49,18 +51,20 @@ pub(super) struct Striped {
 }
 
 impl Striped {
-    pub(super) fn add(&self, n: u64) {
-        self.stripes[my_stripe()].fetch_add(n, Ordering::Relaxed);
+    /// Adds `n` on this thread's stripe; the stripe, to take it back from.
+    pub(super) fn add(&self, n: u64) -> u8 {
+        let stripe = my_stripe();
+        self.stripes[stripe].fetch_add(n, Ordering::Relaxed);
+        stripe as u8
     }
 
-    pub(super) fn sub(&self, n: u64) {
-        self.stripes[my_stripe()].fetch_sub(n, Ordering::Relaxed);
+    /// Takes back `n` added on `stripe`.
+    pub(super) fn sub_from(&self, stripe: u8, n: u64) {
+        self.stripes[stripe as usize % STRIPES].fetch_sub(n, Ordering::Relaxed);
     }
 
     pub(super) fn sum(&self) -> u64 {
-        self.stripes
-            .iter()
-            .fold(0u64, |acc, s| acc.wrapping_add(s.load(Ordering::Relaxed)))
+        self.stripes.iter().map(|s| s.load(Ordering::Relaxed)).sum()
     }
 }
 
@@ -70,28 +74,43 @@ mod tests {
     use std::sync::Arc;
 
     #[test]
-    fn adds_and_subtracts_from_many_threads_sum_exactly() {
+    fn adds_taken_back_on_other_threads_sum_exactly_and_never_below_zero() {
         let c = Arc::new(Striped::default());
-        // Each thread takes back, on its own stripe, what another added.
+        // Each thread adds on its own stripe; others take it back, from that
+        // stripe, while a reader sums stripe after stripe.
+        let (tx, rx) = std::sync::mpsc::channel::<u8>();
         let adders: Vec<_> = (0..4)
             .map(|_| {
-                let c = c.clone();
-                std::thread::spawn(move || (0..10_000).for_each(|_| c.add(3)))
+                let (c, tx) = (c.clone(), tx.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..10_000 {
+                        tx.send(c.add(3)).unwrap();
+                    }
+                })
             })
             .collect();
+        drop(tx);
+        let taker = {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                let mut taken = 0u64;
+                for (i, stripe) in rx.into_iter().enumerate() {
+                    if i % 2 == 0 {
+                        c.sub_from(stripe, 3);
+                        taken += 3;
+                    }
+                }
+                taken
+            })
+        };
+        while !taker.is_finished() {
+            assert!(c.sum() <= 120_000, "a sum that wrapped below zero");
+        }
         for t in adders {
             t.join().unwrap();
         }
-        assert_eq!(c.sum(), 120_000);
-        let subtracters: Vec<_> = (0..3)
-            .map(|_| {
-                let c = c.clone();
-                std::thread::spawn(move || (0..10_000).for_each(|_| c.sub(2)))
-            })
-            .collect();
-        for t in subtracters {
-            t.join().unwrap();
-        }
+        let taken = taker.join().unwrap();
+        assert_eq!(taken, 60_000);
         assert_eq!(c.sum(), 60_000);
     }
 }

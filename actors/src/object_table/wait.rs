@@ -84,12 +84,12 @@ pub fn wait_slots(
         done
     };
     // Borrowed values are asked for now, so that a wait that only looks
-    // (a zero timeout, polled again later) sees them arrive — if the table
-    // ever had any: otherwise every slot would be touched for nothing (a
-    // wait for the first of n ready refs touches only the first ones).
-    // Refs of two runtimes mixed in one wait are judged by the first's; a
-    // blocking wait asks for the others' when it registers.
-    if slots.first().is_some_and(|s| s.table.elsewhere_seen()) {
+    // (a zero timeout, polled again later) sees them arrive — if any table of
+    // the process ever had an object held elsewhere: otherwise every slot's
+    // line would be touched for nothing (a wait for the first of n ready
+    // refs touches only the first ones). Process-wide, not the first ref's
+    // table: one wait may mix refs of several runtimes.
+    if elsewhere_seen_anywhere() {
         for s in slots {
             s.fetch();
         }
@@ -102,20 +102,18 @@ pub fn wait_slots(
     let hooks = wait_hooks();
     if hooks.is_some() {
         // On a worker: run here what nobody has started, until enough are
-        // done — counted as they finish here, and recounted in full now and
-        // then for those finished elsewhere (a full count per ref would make
-        // a wait on n refs cost n²).
-        let mut ready = done.len();
-        for (i, s) in slots.iter().enumerate() {
-            if i % 64 == 63 {
-                ready = first_done(slots).len();
+        // done. Counted again before each task run here, not per ref (a
+        // count per ref would make a wait on n refs cost n²): a run may have
+        // completed others in the list (a get inside it, the same ref twice),
+        // and other workers complete some meanwhile.
+        for s in slots {
+            if s.is_done() || s.peek_job(|_| ()).is_none() {
+                continue;
             }
-            if ready >= num_ready {
+            if first_done(slots).len() >= num_ready {
                 break;
             }
-            if !s.is_done() && s.run_here(hooks.as_ref()) && s.is_done() {
-                ready += 1;
-            }
+            s.run_here(hooks.as_ref());
         }
     }
     let mut blocked = Blocked::new(hooks.as_ref());

@@ -1,0 +1,309 @@
+//! A worker's `wait` (it runs unstarted tasks itself, only until enough refs
+//! are ready) and the object table's counts read while many threads count.
+mod common;
+
+use common::LONG;
+use rayx::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+fn one_worker() -> Runtime {
+    rayx::Builder::new()
+        .num_workers(1)
+        .max_workers(1)
+        .start()
+        .expect("runtime starts")
+}
+
+// ---- A: a worker's wait runs a task past num_returns (duplicate refs) -------
+
+static A_LATE_RAN: AtomicBool = AtomicBool::new(false);
+fn a_quick(x: u64) -> u64 {
+    x
+}
+fn a_late(x: u64) -> u64 {
+    A_LATE_RAN.store(true, Ordering::SeqCst);
+    x
+}
+/// Waits for 2 of [quick, quick, late]: running `quick` alone makes 2 ready.
+/// Returns (ready, whether `late` had run when the wait returned).
+fn a_outer(_: u8) -> (usize, bool) {
+    let rt = Runtime::current().expect("in a task");
+    let quick = rt.task(a_quick).remote(1);
+    let late = rt.task(a_late).remote(2);
+    let (ready, _) = rt
+        .wait(
+            vec![quick.clone(), quick.clone(), late.clone()],
+            2,
+            Some(LONG),
+        )
+        .expect("wait");
+    (ready.len(), A_LATE_RAN.load(Ordering::SeqCst))
+}
+
+// ---- B: same, without duplicates: a nested get makes the 2nd ref ready ------
+
+static B_LATE_RAN: AtomicBool = AtomicBool::new(false);
+fn b_leaf(x: u64) -> u64 {
+    x
+}
+fn b_reader(refs: Vec<ObjectRef<u64>>) -> u64 {
+    refs.iter().map(|r| r.get().expect("leaf")).sum()
+}
+fn b_late(x: u64) -> u64 {
+    B_LATE_RAN.store(true, Ordering::SeqCst);
+    x
+}
+/// Waits for 2 of [reader, leaf, late]: running `reader` runs `leaf` too
+/// (its get), so 2 are ready and `late` need not run.
+fn b_outer(_: u8) -> (usize, bool) {
+    let rt = Runtime::current().expect("in a task");
+    let leaf = rt.task(b_leaf).remote(1);
+    let reader = rt.task(b_reader).remote(vec![leaf.clone()]);
+    let late = rt.task(b_late).remote(3);
+    let (ready, _) = rt
+        .wait(
+            vec![reader.clone(), leaf.clone(), late.clone()],
+            2,
+            Some(LONG),
+        )
+        .expect("wait");
+    (ready.len(), B_LATE_RAN.load(Ordering::SeqCst))
+}
+
+// ---- D: recursion through wait with num_returns > 1 ---------------------------
+
+fn tree(depth: u32) -> u64 {
+    if depth == 0 {
+        return 1;
+    }
+    let rt = Runtime::current().expect("in a task");
+    let kids: Vec<_> = (0..3).map(|_| rt.task(tree).remote(depth - 1)).collect();
+    let (ready, pending) = rt.wait(&kids, 2, Some(LONG)).expect("wait 2");
+    assert_eq!((ready.len(), pending.len()), (2, 1), "wait 2 of 3");
+    let (ready, pending) = rt.wait(&kids, 3, Some(LONG)).expect("wait 3");
+    assert_eq!((ready.len(), pending.len()), (3, 0), "wait 3 of 3");
+    rt.get(&kids, Some(LONG)).expect("get").into_iter().sum()
+}
+
+rayx::remote!(a_quick, a_late, a_outer, b_leaf, b_reader, b_late, b_outer, tree);
+
+#[test]
+fn a_workers_wait_runs_no_task_once_num_returns_are_ready_duplicate_refs() {
+    let rt = one_worker();
+    let (ready, late_ran) = rt.task(a_outer).remote(0).get_timeout(LONG).unwrap();
+    assert_eq!(ready, 2);
+    assert!(
+        !late_ran,
+        "wait(num_returns=2) on [quick, quick, late] ran `late` inline though running `quick` made 2 ready"
+    );
+}
+
+#[test]
+fn a_workers_wait_runs_no_task_once_num_returns_are_ready_nested_get() {
+    let rt = one_worker();
+    let (ready, late_ran) = rt.task(b_outer).remote(0).get_timeout(LONG).unwrap();
+    assert_eq!(ready, 2);
+    assert!(
+        !late_ran,
+        "wait(num_returns=2) on [reader, leaf, late] ran `late` inline though running `reader` made 2 ready"
+    );
+}
+
+#[test]
+fn recursion_through_wait_with_several_returns_finishes() {
+    for workers in [1, 2] {
+        let rt = rayx::Builder::new().num_workers(workers).start().unwrap();
+        assert_eq!(
+            rt.task(tree).remote(4).get_timeout(LONG),
+            Ok(81),
+            "num_workers({workers})"
+        );
+    }
+}
+
+// ---- C: the extra inline run is a stall when that task waits for the caller --
+
+static C_OPEN: (parking_lot::Mutex<bool>, parking_lot::Condvar) =
+    (parking_lot::Mutex::new(false), parking_lot::Condvar::new());
+fn c_quick(_: u64) -> bool {
+    true
+}
+/// Waits (at most 3 s) for the caller to open the latch after its wait.
+fn c_waits_for_caller(_: u64) -> bool {
+    let mut open = C_OPEN.0.lock();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while !*open {
+        if C_OPEN.1.wait_until(&mut open, deadline).timed_out() {
+            return false;
+        }
+    }
+    true
+}
+fn c_outer(_: u8) -> bool {
+    let rt = Runtime::current().expect("in a task");
+    let quick = rt.task(c_quick).remote(1);
+    let later = rt.task(c_waits_for_caller).remote(2);
+    let (ready, _) = rt
+        .wait(
+            vec![quick.clone(), quick.clone(), later.clone()],
+            2,
+            Some(LONG),
+        )
+        .expect("wait");
+    assert_eq!(ready.len(), 2);
+    *C_OPEN.0.lock() = true;
+    C_OPEN.1.notify_all();
+    later.get().expect("later")
+}
+
+// ---- S: the starvation check in a worker's wait -----------------------------
+
+struct Slow;
+impl Actor for Slow {}
+#[derive(Serialize, Deserialize)]
+struct Answer;
+impl Message for Answer {
+    type Reply = u64;
+}
+impl Handler<Answer> for Slow {
+    fn handle(&mut self, _: Answer, _: &mut ActorContext<Self>) -> u64 {
+        42
+    }
+}
+fn wait_for_actor(_: u8) -> String {
+    let rt = Runtime::current().expect("in a task");
+    let a = rt.actor(|| Slow).spawn().expect("spawn");
+    match rt.wait(vec![a.call(Answer)], 1, None) {
+        Ok((r, p)) => format!("returned {} ready {} pending", r.len(), p.len()),
+        Err(e) => format!("{e:?}"),
+    }
+}
+
+rayx::remote!(c_quick, c_waits_for_caller, c_outer, wait_for_actor);
+
+#[test]
+fn a_workers_wait_does_not_run_a_task_that_waits_for_its_caller() {
+    let rt = one_worker();
+    let t = std::time::Instant::now();
+    let saw_open = rt.task(c_outer).remote(0).get_timeout(LONG).unwrap();
+    assert!(
+        saw_open,
+        "the task queued after the refs waited for was run inside the wait, and waited 3 s for the caller ({:?})",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn a_workers_wait_that_cannot_progress_fails_with_worker_limit() {
+    let rt = one_worker();
+    let out = rt.task(wait_for_actor).remote(0).get_timeout(LONG).unwrap();
+    assert!(out.contains("WorkerLimitReached"), "{out}");
+}
+
+// ---- E: memory().inline_bytes read while objects are put on one thread and
+// freed on another ------------------------------------------------------------
+
+#[test]
+fn inline_bytes_never_reads_as_a_wrapped_count() {
+    use std::sync::mpsc::sync_channel;
+    use std::time::{Duration, Instant};
+    let rt = rayx::Builder::new().num_workers(1).start().unwrap();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    for _ in 0..3 {
+        // The producer counts first (takes the lower stripe), then its consumer.
+        let (tx, rx) = sync_channel::<ObjectRef<u64>>(0);
+        let (ready_tx, ready_rx) = sync_channel::<()>(1);
+        let (rt1, stop1) = (rt.clone(), stop.clone());
+        threads.push(std::thread::spawn(move || {
+            drop(rt1.put(0u64).unwrap());
+            ready_tx.send(()).unwrap();
+            while !stop1.load(Ordering::Relaxed) {
+                if tx.send(rt1.put(7u64).unwrap()).is_err() {
+                    break;
+                }
+            }
+        }));
+        ready_rx.recv().unwrap();
+        let rt2 = rt.clone();
+        threads.push(std::thread::spawn(move || {
+            drop(rt2.put(0u64).unwrap());
+            for r in rx {
+                drop(r);
+            }
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut worst = 0u64;
+    let mut reads = 0u64;
+    while Instant::now() < deadline && worst < (1 << 62) {
+        let m = rt.memory();
+        reads += 1;
+        worst = worst.max(m.inline_bytes);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(
+        worst < (1 << 40),
+        "memory().inline_bytes read {worst} (= -{}) in {reads} reads",
+        worst.wrapping_neg()
+    );
+}
+
+fn double(x: u64) -> u64 {
+    2 * x
+}
+rayx::remote!(double);
+
+#[test]
+fn memory_returns_to_zero_after_work_spread_over_threads() {
+    let rt = rayx::Builder::new().num_workers(2).start().unwrap();
+    for _ in 0..5 {
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let rt = rt.clone();
+                std::thread::spawn(move || {
+                    let mut refs = Vec::new();
+                    for i in 0..500u64 {
+                        refs.push(rt.put(i * t).unwrap());
+                        refs.push(rt.task(double).remote(i));
+                    }
+                    refs
+                })
+            })
+            .collect();
+        let refs: Vec<ObjectRef<u64>> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        // Freed by 3 threads, none of which counted them.
+        let mut chunks: Vec<Vec<ObjectRef<u64>>> = vec![Vec::new(), Vec::new(), Vec::new()];
+        for (i, r) in refs.into_iter().enumerate() {
+            chunks[i % 3].push(r);
+        }
+        let droppers: Vec<_> = chunks
+            .into_iter()
+            .map(|c| {
+                std::thread::spawn(move || {
+                    for r in &c {
+                        r.get_timeout(LONG).unwrap();
+                    }
+                    drop(c)
+                })
+            })
+            .collect();
+        for d in droppers {
+            d.join().unwrap();
+        }
+        assert!(
+            common::eventually(LONG, || {
+                let m = rt.memory();
+                (m.objects, m.inline_bytes) == (0, 0)
+            }),
+            "{:?}",
+            rt.memory()
+        );
+    }
+}
