@@ -210,11 +210,6 @@ impl OwnerTable {
         self.cancels_seen.load(Ordering::Acquire)
     }
 
-    /// Notes that objects may be held elsewhere from now on.
-    fn note_elsewhere(&self) {
-        note_elsewhere();
-    }
-
     /// Notes that cancels happen here from now on.
     pub fn note_cancel(&self) {
         self.cancels_seen.store(true, Ordering::Release);
@@ -275,7 +270,7 @@ impl OwnerTable {
     /// cluster completes it with the owner's value, and `set_borrow_hook`'s
     /// hook hears when its last local ref goes.
     pub fn new_borrowed(self: &Arc<Self>, id: ObjectId) -> Arc<Slot> {
-        self.note_elsewhere();
+        note_elsewhere();
         let mut slot = Slot::new(id, self.clone(), None);
         slot.borrowed = true;
         slot.unfetched = crate::handshake::Elsewhere::new(true);

@@ -182,7 +182,7 @@ impl Slot {
     /// registers later asks itself (it fetches again once registered). The
     /// handshake is [`Elsewhere`], model-checked with loom.
     pub fn held_elsewhere(&self) {
-        self.table.note_elsewhere();
+        note_elsewhere();
         self.unfetched.mark();
         let wanted = {
             let inner = self.inner.lock();
