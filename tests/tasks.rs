@@ -301,7 +301,16 @@ fn ask_actor(_: u8) -> Result<u64, String> {
     let a = rt.actor(|| Slow).spawn().map_err(|e| e.to_string())?;
     a.call(Answer).get().map_err(|e| e.to_string())
 }
-rayx::remote!(ask_actor);
+/// The same through `wait`: a worker's wait counts as blocked too.
+fn wait_for_actor(_: u8) -> String {
+    let rt = Runtime::current().expect("in a task");
+    let a = rt.actor(|| Slow).spawn().expect("spawn");
+    match rt.wait(vec![a.call(Answer)], 1, None) {
+        Ok((r, p)) => format!("returned {} ready {} pending", r.len(), p.len()),
+        Err(e) => format!("{e:?}"),
+    }
+}
+rayx::remote!(ask_actor, wait_for_actor);
 
 #[test]
 fn a_pool_at_max_workers_says_so_and_a_get_that_cannot_progress_fails() {
@@ -344,4 +353,15 @@ fn a_resumed_panic_is_reported_with_its_own_message() {
         }
         other => panic!("unexpected {other:?}"),
     }
+}
+
+#[test]
+fn a_workers_wait_that_cannot_progress_fails_with_worker_limit() {
+    let rt = rayx::Builder::new()
+        .num_workers(1)
+        .max_workers(1)
+        .start()
+        .expect("runtime starts");
+    let out = rt.task(wait_for_actor).remote(0).get_timeout(LONG).unwrap();
+    assert!(out.contains("WorkerLimitReached"), "{out}");
 }

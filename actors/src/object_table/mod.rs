@@ -61,7 +61,7 @@ fn note_elsewhere() {
 }
 
 /// Whether any table of the process ever had an object held elsewhere.
-pub(crate) fn elsewhere_seen_anywhere() -> bool {
+fn elsewhere_seen_anywhere() -> bool {
     ELSEWHERE_SEEN.load(Ordering::Acquire)
 }
 
@@ -289,13 +289,14 @@ impl OwnerTable {
 
     /// Stores a value put by the caller. Fails when the object store is full.
     pub fn put(self: &Arc<Self>, value: Value) -> Result<Arc<Slot>, Error> {
-        if value.size() <= self.inline_threshold && !self.closed.load(Ordering::SeqCst) {
+        let size = value.size();
+        if size <= self.inline_threshold && !self.closed.load(Ordering::SeqCst) {
             // A small value: its slot is made ready before anyone can see
             // it — no pending state, no lock, no waiters to look for. (Made
             // as the table closes, it stays ready: `fail_all` fails pending
             // objects only.)
             let mut slot = Slot::new(self.next_id(), self.clone(), None);
-            slot.fill(value);
+            slot.fill(value, size as u64);
             self.completed.add(1);
             return Ok(self.index(slot));
         }

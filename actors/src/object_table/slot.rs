@@ -351,15 +351,14 @@ impl Slot {
         }
     }
 
-    /// Makes a new slot, not yet shared, ready with a small `value` (held
-    /// inline: nothing to admit, nothing that can fail).
-    pub(super) fn fill(&mut self, value: Value) {
-        let size = value.size() as u64;
+    /// Makes a new slot, not yet shared, ready with a small `value` of
+    /// `size` bytes (held inline: nothing to admit, nothing that can fail).
+    pub(super) fn fill(&mut self, value: Value, size: u64) {
         debug_assert!(size as usize <= self.table.inline_threshold);
-        let stripe = self.table.inline_bytes.add(size);
+        let held = self.hold_inline(size);
         let inner = self.inner.get_mut();
         inner.state = State::Ready(value);
-        inner.held = Held::Inline(size, stripe);
+        inner.held = held;
         *self.status.get_mut() = DONE;
     }
 
@@ -369,9 +368,13 @@ impl Slot {
             self.table.store.admit(size)?;
             Ok(Held::Stored(size))
         } else {
-            let stripe = self.table.inline_bytes.add(size);
-            Ok(Held::Inline(size, stripe))
+            Ok(self.hold_inline(size))
         }
+    }
+
+    /// Counts `size` bytes held inline, on this thread's stripe.
+    fn hold_inline(&self, size: u64) -> Held {
+        Held::Inline(size, self.table.inline_bytes.add(size))
     }
 
     pub(super) fn release(&self, held: Held) {

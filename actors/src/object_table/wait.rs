@@ -62,6 +62,20 @@ impl Drop for Blocked<'_> {
     }
 }
 
+/// Asks every slot whose value is held elsewhere for it — if any table of
+/// the process ever had such an object: otherwise every slot's line would be
+/// touched for nothing (a wait for the first of n ready refs touches only the
+/// first ones; a batch get, each once more). Process-wide, not the first
+/// ref's table: one wait may mix refs of several runtimes. A slot marked
+/// after the hint was read is asked for by the wait that blocks on it.
+fn fetch_all<'a>(slots: impl Iterator<Item = &'a Arc<Slot>>) {
+    if elsewhere_seen_anywhere() {
+        for s in slots {
+            s.fetch();
+        }
+    }
+}
+
 /// Blocks on several slots until `num_ready` are done or the deadline passes;
 /// returns the positions of the first `num_ready` done slots, in input order
 /// (fewer if the deadline passed first). Slots past the last one counted are
@@ -84,16 +98,8 @@ pub fn wait_slots(
         done
     };
     // Borrowed values are asked for now, so that a wait that only looks
-    // (a zero timeout, polled again later) sees them arrive — if any table of
-    // the process ever had an object held elsewhere: otherwise every slot's
-    // line would be touched for nothing (a wait for the first of n ready
-    // refs touches only the first ones). Process-wide, not the first ref's
-    // table: one wait may mix refs of several runtimes.
-    if elsewhere_seen_anywhere() {
-        for s in slots {
-            s.fetch();
-        }
-    }
+    // (a zero timeout, polled again later) sees them arrive.
+    fetch_all(slots.iter().copied());
     let done = first_done(slots);
     if done.len() >= num_ready || timeout == Some(Duration::ZERO) {
         return Ok(done);
@@ -175,9 +181,7 @@ pub fn wait_batch<'a>(
     const BATCH_FAILURE_CHECK: Duration = Duration::from_millis(1);
     // Borrowed values are asked for all at once, not one round trip each as
     // the batch's gets reach them.
-    for i in 0..len {
-        slot(i).fetch();
-    }
+    fetch_all((0..len).map(&slot));
     if len < 2 || HOOKS.with(|h| h.borrow().is_some()) {
         return;
     }
