@@ -26,16 +26,42 @@ mod cpu;
 use cpu::cpu_time;
 use rayx::prelude::*;
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Counts live heap bytes and their peak, so the scale runs can report memory
-/// exactly rather than through RSS, which freed-but-kept pages blur.
+/// Counts live heap bytes and their peak while a scale run asks
+/// ([`count_heap_from_zero`]), so the scale runs can report memory exactly
+/// rather than through RSS, which freed-but-kept pages blur. Off, it costs one
+/// read of a flag nobody writes: counting every allocation of every metric
+/// made all threads that allocate write the same two counters, a contended
+/// line the measured engine does not have.
 struct Counting;
 
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
+static COUNTING: AtomicBool = AtomicBool::new(false);
+/// Bytes allocated minus bytes freed since counting began (negative when more
+/// was freed than allocated: memory from before).
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+static PEAK: AtomicIsize = AtomicIsize::new(0);
+
+fn count(delta: isize) {
+    // Relaxed: statistics read once the measured work has been joined.
+    if COUNTING.load(Ordering::Relaxed) {
+        let now = LIVE.fetch_add(delta, Ordering::Relaxed).wrapping_add(delta);
+        PEAK.fetch_max(now, Ordering::Relaxed);
+    }
+}
+
+/// Starts counting the heap from zero (until [`stop_counting_heap`]).
+fn count_heap_from_zero() {
+    LIVE.store(0, Ordering::Relaxed);
+    PEAK.store(0, Ordering::Relaxed);
+    COUNTING.store(true, Ordering::Relaxed);
+}
+
+fn stop_counting_heap() {
+    COUNTING.store(false, Ordering::Relaxed);
+}
 
 // SAFETY: every call is forwarded unchanged to the system allocator; the
 // counters are plain atomics and never affect the pointers returned.
@@ -43,33 +69,25 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let p = unsafe { System.alloc(layout) };
         if !p.is_null() {
-            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
+            count(layout.size() as isize);
         }
         p
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         let p = unsafe { System.alloc_zeroed(layout) };
         if !p.is_null() {
-            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
+            count(layout.size() as isize);
         }
         p
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        count(-(layout.size() as isize));
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let p = unsafe { System.realloc(ptr, layout, new_size) };
         if !p.is_null() {
-            if new_size >= layout.size() {
-                let now = LIVE.fetch_add(new_size - layout.size(), Ordering::Relaxed) + new_size
-                    - layout.size();
-                PEAK.fetch_max(now, Ordering::Relaxed);
-            } else {
-                LIVE.fetch_sub(layout.size() - new_size, Ordering::Relaxed);
-            }
+            count(new_size as isize - layout.size() as isize);
         }
         p
     }
@@ -732,8 +750,7 @@ fn submit_and_get_all(name: &str, tasks: usize, busy_ms: u64) {
     let rt = rayx::init().expect("runtime");
     // Reset the peak marks, so the peaks are this run's.
     let _ = std::fs::write("/proc/self/clear_refs", "5");
-    let base = LIVE.load(Ordering::Relaxed);
-    PEAK.store(base, Ordering::Relaxed);
+    count_heap_from_zero();
     let start = Instant::now();
     let busy: Vec<_> = (0..rt.num_workers())
         .filter(|_| busy_ms > 0)
@@ -746,12 +763,13 @@ fn submit_and_get_all(name: &str, tasks: usize, busy_ms: u64) {
     let values = rt.get(&refs, None).expect("all tasks");
     let total = start.elapsed();
     rt.get(&busy, None).expect("busy tasks");
+    stop_counting_heap();
     assert_eq!(values.len(), tasks);
     println!(
         "{name}: {:.2} s (submitted in {:.2} s); peak heap {:.0} MiB above the start, peak RSS {:.0} MiB",
         total.as_secs_f64(),
         submitted.as_secs_f64(),
-        mib(PEAK.load(Ordering::Relaxed).saturating_sub(base)),
+        mib(PEAK.load(Ordering::Relaxed).max(0) as usize),
         peak_rss_kib() as f64 / 1024.0
     );
     drop((refs, values));
@@ -791,7 +809,7 @@ fn scale(bench: &Bench) {
     let name = format!("scale: memory per idle actor ({actors} actors)");
     if bench.selected(&name) {
         let rt = rayx::init().expect("runtime");
-        let before = LIVE.load(Ordering::Relaxed);
+        count_heap_from_zero();
         let handles: Vec<_> = (0..actors)
             .map(|_| rt.actor(|| Idle).spawn().expect("actor"))
             .collect();
@@ -799,10 +817,11 @@ fn scale(bench: &Bench) {
         rt.get(&touched, Some(Duration::from_secs(120)))
             .expect("every actor started");
         drop(touched);
-        let after = LIVE.load(Ordering::Relaxed);
+        let grown = LIVE.load(Ordering::Relaxed);
+        stop_counting_heap();
         println!(
             "{name}: {:.0} bytes of heap per actor (handle included)",
-            after.saturating_sub(before) as f64 / actors as f64
+            grown.max(0) as f64 / actors as f64
         );
         drop(handles);
         rt.shutdown();
