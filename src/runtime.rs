@@ -30,6 +30,19 @@ pub fn init() -> Result<Runtime> {
     Builder::new().start()
 }
 
+/// The test-only link delay (see `ClusterConfig::link_delay`): with the
+/// `testing` feature, `RAYX_TEST_LINK_DELAY_MS` if set; otherwise none.
+fn test_link_delay() -> Duration {
+    #[cfg(feature = "testing")]
+    if let Some(ms) = std::env::var("RAYX_TEST_LINK_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        return Duration::from_millis(ms);
+    }
+    Duration::ZERO
+}
+
 /// Sizes a runtime before it starts.
 ///
 /// ```
@@ -288,6 +301,7 @@ impl Builder {
                         .map(Into::into)
                 }),
                 tls: self.resolve_tls(true)?,
+                link_delay: test_link_delay(),
             }));
         }
         match address {
@@ -301,6 +315,7 @@ impl Builder {
                 health: self.resolve_health()?,
                 storage: None,
                 tls: self.resolve_tls(false)?,
+                link_delay: test_link_delay(),
             })),
             None if node_role => Err(Error::InvalidArgument(
                 "a worker node needs the head's address: set RAYX_ADDRESS or Builder::address"

@@ -68,6 +68,7 @@ pub struct ClusterBuilder {
     args: Vec<String>,
     health: Option<(Duration, u32)>,
     tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    env: Vec<(String, String)>,
 }
 
 impl ClusterBuilder {
@@ -108,11 +109,17 @@ impl ClusterBuilder {
         self.tls = Some((cert.into(), key.into()));
         self
     }
+    /// Sets an environment variable in every node process.
+    pub fn node_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
     /// Starts the head here and the node processes, and waits until every
     /// node joined. The nodes get the head's token (`RAYX_TOKEN`).
     pub fn start(self) -> Result<Cluster> {
         let mut driver = self.driver;
-        let mut env = Vec::new();
+        let mut env = self.env;
         if let Some((cert, key)) = &self.tls {
             driver = driver.tls(cert, key);
             env.push((
@@ -168,6 +175,7 @@ impl Cluster {
             args: Vec::new(),
             health: None,
             tls: None,
+            env: Vec::new(),
         }
     }
 

@@ -767,6 +767,55 @@ fn a_zero_timeout_wait_sees_borrowed_refs_arrive_after_another_runtime_s_ref() {
 
 // ---- the runner ---------------------------------------------------------------
 
+/// Two nodes whose first messages to each other go out at once both open a
+/// link, and each may send on the other's: neither link may be closed under
+/// the messages its peer sends on it. The nodes here (`RAYX_TEST_LINK_DELAY_MS`)
+/// wait before they connect and again before they use a new link, so the
+/// opens cross every time; before the fix each node closed the link its peer
+/// had chosen, took the peer for lost and dropped the messages waiting for it
+/// (a hold of the other node's actor went unanswered for 30 s).
+fn two_nodes_opening_links_to_each_other_at_once_lose_nothing() {
+    let c = Cluster::builder()
+        .nodes(2)
+        .node_env("RAYX_TEST_LINK_DELAY_MS", "300")
+        .start()
+        .unwrap();
+    let rt = c.driver();
+    let (n0, n1) = (c.nodes()[0].id, c.nodes()[1].id);
+    let spawn_on = |node, start| {
+        rt.actor_of(Counter::new, start)
+            .node_affinity(node, false)
+            .spawn()
+            .unwrap()
+    };
+    let (on0, on1) = (spawn_on(n0, 0), spawn_on(n1, 1000));
+    // Rounds of a task on each node calling the actor on the other: the
+    // first round is the first traffic between the two nodes, from both
+    // sides at once; the rounds go on past the moment each node takes its
+    // own new link in hand (twice the delay after the first), when the old
+    // code closed the peer's.
+    let began = std::time::Instant::now();
+    let (mut sent0, mut sent1, mut rounds) = (0, 0, 0u64);
+    while began.elapsed() < Duration::from_millis(1500) {
+        rounds += 1;
+        let calls = [
+            rt.task(call_counter)
+                .node_affinity(n0, false)
+                .remote((on1.clone(), rounds)),
+            rt.task(call_counter)
+                .node_affinity(n1, false)
+                .remote((on0.clone(), rounds)),
+        ];
+        let got = rt
+            .get(&calls, Some(Duration::from_secs(10)))
+            .unwrap_or_else(|e| panic!("round {rounds}: {e} (a message was lost)"));
+        sent1 += rounds;
+        sent0 += rounds;
+        assert_eq!(got, vec![1000 + sent1, sent0], "round {rounds}");
+    }
+    assert!(rounds > 1);
+}
+
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !done() {
@@ -793,6 +842,7 @@ fn main() {
         bad_bytes_close_one_connection_and_are_counted,
         a_lying_peer_s_chunks_fail_its_pull_not_the_node,
         a_zero_timeout_wait_sees_borrowed_refs_arrive_after_another_runtime_s_ref,
+        two_nodes_opening_links_to_each_other_at_once_lose_nothing,
     ];
     common::run_tests(tests);
 }

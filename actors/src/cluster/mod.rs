@@ -126,6 +126,12 @@ pub struct ClusterConfig {
     /// TLS for every connection (the cluster certificate's files); `None`:
     /// plain TCP (authenticated by the token, not encrypted).
     pub tls: Option<tls::TlsFiles>,
+    /// For tests: each link this node opens to a peer waits this long before
+    /// it connects and again before this node sends on it, so that two
+    /// nodes' first messages to each other cross (both open a link at once)
+    /// every time. Zero (no wait) but in tests.
+    #[doc(hidden)]
+    pub link_delay: Duration,
 }
 
 /// What the cluster asks of its node (the node implements it).
@@ -151,7 +157,15 @@ pub trait Host: Send + Sync + 'static {
 struct Peer {
     info: NodeInfo,
     alive: bool,
+    /// The control link this node sends on: chosen once, kept while open, so
+    /// a caller's messages stay on one ordered link.
     control: Option<Arc<Link>>,
+    /// Control links this node does not send on: when both nodes opened one
+    /// at once, each keeps the link it chose first, and the peer may have
+    /// chosen the other. They are never closed from this side while the
+    /// peer lives (closing one the peer sends on would lose its messages and
+    /// make it take this node for lost); they go with the peer.
+    spare: Vec<Arc<Link>>,
     bulk: Option<Arc<Link>>,
     /// Messages waiting for a link being opened: (bulk lane, message).
     waiting: Vec<(bool, Msg)>,
@@ -285,6 +299,8 @@ pub struct ClusterNode {
     contained: Mutex<IdMap<ObjectId, Vec<crate::value::Pin>>>,
     asks: Pending<Answer>,
     gate: Arc<Gate>,
+    /// See [`ClusterConfig::link_delay`].
+    link_delay: Duration,
     health: Health,
     /// The head's address (for a node or driver), to rejoin it.
     head_address: Option<String>,
@@ -397,6 +413,7 @@ impl ClusterNode {
             outbox: Mutex::default(),
             asks: Mutex::default(),
             gate,
+            link_delay: config.link_delay,
             health: config.health,
             head_address: config.address.clone(),
             rejoining: AtomicBool::new(false),
@@ -579,6 +596,7 @@ impl ClusterNode {
             info,
             alive: true,
             control: None,
+            spare: Vec::new(),
             bulk: None,
             waiting: Vec::new(),
             connecting: [false; 2],
@@ -753,9 +771,19 @@ impl ClusterNode {
         };
         let kept = match slot {
             // The peer opened one first (and the queued messages went on
-            // it): keep it, so a caller's messages stay on one ordered link.
+            // it): keep sending on it, so a caller's messages stay on one
+            // ordered link. The new one is not closed: the peer may have
+            // chosen it for its own messages (each side chose the link it
+            // saw first); it stays open beside, and goes with the peer.
             Some(open) if !open.is_closed() => {
-                link.close();
+                if bulk {
+                    // Only this node opens its bulk links: nobody else
+                    // sends on the new one.
+                    link.close();
+                } else {
+                    peer.spare.retain(|l| !l.is_closed());
+                    peer.spare.push(link);
+                }
                 open.clone()
             }
             _ => {
@@ -2055,9 +2083,13 @@ impl ClusterNode {
                     }
                     p.inflight = 0;
                     p.waiting.clear();
-                    (p.control.take(), p.bulk.take())
+                    let spare = std::mem::take(&mut p.spare);
+                    (
+                        p.control.take().into_iter().chain(spare).collect(),
+                        p.bulk.take(),
+                    )
                 }
-                None => (None, None),
+                None => (Vec::new(), None),
             }
         };
         for l in control.iter().chain(bulk.iter()) {
@@ -2434,7 +2466,12 @@ impl Admit for Handler {
                 c.add_peer(hello.node.clone());
                 let mut peers = c.peers.lock();
                 if let Some(p) = peers.get_mut(&hello.node.id) {
-                    if p.control.as_ref().is_none_or(|l| l.is_closed()) {
+                    if p.control.as_ref().is_some_and(|l| !l.is_closed()) {
+                        // Both nodes opened one at once: the peer sends on
+                        // this one, this node on the one it chose first.
+                        p.spare.retain(|l| !l.is_closed());
+                        p.spare.push(link.clone());
+                    } else {
                         p.control = Some(link.clone());
                         p.unreachable_until = None;
                         p.connecting[0] = false;
@@ -2482,8 +2519,15 @@ async fn open_link(node: Weak<ClusterNode>, peer: NodeId, address: String, bulk:
     let hello = c.hello(lane);
     let inbound: Arc<dyn Inbound> = Arc::new(Handler(node.clone()));
     let gate = c.gate.clone();
+    let delay = c.link_delay;
     drop(c);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let opened = link::connect(&address, hello, inbound, &gate).await;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let Some(c) = node.upgrade() else { return };
     match opened {
         Ok((l, _)) => c.linked(peer, l, bulk),
