@@ -94,7 +94,8 @@ rayx::remote!(
     call_counter,
     lookup_and_add,
     put_here,
-    spawn_counter
+    spawn_counter,
+    hand_over
 );
 
 pub struct Counter {
@@ -137,6 +138,58 @@ impl Handler<Log> for Counter {
 }
 
 rayx::remote_actor!(Counter, Counter::new, [Add, Log]);
+
+/// Keeps the refs it is handed; reads them all on request.
+pub struct Stash {
+    kept: Vec<ObjectRef<u64>>,
+}
+impl Stash {
+    fn new() -> Stash {
+        Stash { kept: Vec::new() }
+    }
+}
+impl Actor for Stash {}
+#[derive(Serialize, Deserialize)]
+pub struct Stow(Vec<ObjectRef<u64>>);
+impl Message for Stow {
+    type Reply = ();
+}
+impl Handler<Stow> for Stash {
+    fn handle(&mut self, Stow(refs): Stow, _: &mut ActorContext<Self>) {
+        self.kept.extend(refs);
+    }
+}
+/// Reads every kept ref (the i-th holds i); the failures.
+#[derive(Serialize, Deserialize)]
+pub struct ReadStash;
+impl Message for ReadStash {
+    type Reply = Vec<String>;
+}
+impl Handler<ReadStash> for Stash {
+    fn handle(&mut self, _: ReadStash, _: &mut ActorContext<Self>) -> Vec<String> {
+        let mut bad = Vec::new();
+        for (i, r) in self.kept.iter().enumerate() {
+            match r.get_timeout(Duration::from_secs(5)) {
+                Ok(v) if v == i as u64 => {}
+                Ok(v) => bad.push(format!("#{i}: read {v}")),
+                Err(e) => bad.push(format!("#{i}: {e}")),
+            }
+        }
+        bad
+    }
+}
+rayx::remote_actor!(Stash, Stash::new, [Stow, ReadStash]);
+
+/// Puts `n` values one by one and hands each to `stash`, dropping its own ref
+/// once the call is answered.
+fn hand_over(stash: ActorHandle<Stash>, n: u64) -> u64 {
+    let rt = Runtime::current().expect("in a task");
+    for i in 0..n {
+        let x = rt.put(i).unwrap();
+        stash.call(Stow(vec![x])).get().expect("kept");
+    }
+    n
+}
 
 /// Keeps what it is sent: a ref and a handle, to use later.
 pub struct Keeper {
@@ -767,20 +820,24 @@ fn a_zero_timeout_wait_sees_borrowed_refs_arrive_after_another_runtime_s_ref() {
 
 // ---- the runner ---------------------------------------------------------------
 
-/// Two nodes whose first messages to each other go out at once both open a
-/// link, and each may send on the other's: neither link may be closed under
-/// the messages its peer sends on it. The nodes here (`RAYX_TEST_LINK_DELAY_MS`)
-/// wait before they connect and again before they use a new link, so the
-/// opens cross every time; before the fix each node closed the link its peer
-/// had chosen, took the peer for lost and dropped the messages waiting for it
-/// (a hold of the other node's actor went unanswered for 30 s).
-fn two_nodes_opening_links_to_each_other_at_once_lose_nothing() {
+/// A cluster of two nodes whose first messages to each other went out at
+/// once, so that both opened a link (each may then send on a different one):
+/// the nodes (`RAYX_TEST_LINK_DELAY_MS`) wait before they connect and again
+/// before they use a new link, so the opens cross every time. Rounds of a
+/// task on each node calling an actor on the other — the first round is the
+/// first traffic between the two nodes, from both sides at once — go on past
+/// the moment each node takes its own new link in hand, when the old code
+/// closed the link its peer had chosen: each node then took the other for
+/// lost and dropped the messages waiting for it (a hold of the other node's
+/// actor went unanswered for 30 s). Returns the two actors (on node 0, on
+/// node 1) and the value each holds.
+fn crossed_links() -> (Cluster, [(ActorHandle<Counter>, u64); 2]) {
     let c = Cluster::builder()
         .nodes(2)
         .node_env("RAYX_TEST_LINK_DELAY_MS", "300")
         .start()
         .unwrap();
-    let rt = c.driver();
+    let rt = c.driver().clone();
     let (n0, n1) = (c.nodes()[0].id, c.nodes()[1].id);
     let spawn_on = |node, start| {
         rt.actor_of(Counter::new, start)
@@ -789,13 +846,8 @@ fn two_nodes_opening_links_to_each_other_at_once_lose_nothing() {
             .unwrap()
     };
     let (on0, on1) = (spawn_on(n0, 0), spawn_on(n1, 1000));
-    // Rounds of a task on each node calling the actor on the other: the
-    // first round is the first traffic between the two nodes, from both
-    // sides at once; the rounds go on past the moment each node takes its
-    // own new link in hand (twice the delay after the first), when the old
-    // code closed the peer's.
     let began = std::time::Instant::now();
-    let (mut sent0, mut sent1, mut rounds) = (0, 0, 0u64);
+    let (mut sum, mut rounds) = (0, 0u64);
     while began.elapsed() < Duration::from_millis(1500) {
         rounds += 1;
         let calls = [
@@ -809,11 +861,49 @@ fn two_nodes_opening_links_to_each_other_at_once_lose_nothing() {
         let got = rt
             .get(&calls, Some(Duration::from_secs(10)))
             .unwrap_or_else(|e| panic!("round {rounds}: {e} (a message was lost)"));
-        sent1 += rounds;
-        sent0 += rounds;
-        assert_eq!(got, vec![1000 + sent1, sent0], "round {rounds}");
+        sum += rounds;
+        assert_eq!(got, vec![1000 + sum, sum], "round {rounds}");
     }
     assert!(rounds > 1);
+    (c, [(on0, sum), (on1, 1000 + sum)])
+}
+
+fn two_nodes_opening_links_to_each_other_at_once_lose_nothing() {
+    let (_c, actors) = crossed_links();
+    for (actor, n) in actors {
+        assert_eq!(actor.call(Add(0)).get().unwrap(), n);
+    }
+}
+
+/// After a crossed open each node may send on a different link; an answer
+/// must still follow, on one ordered link, the borrows its work made. Here
+/// a task on node 0 puts a value and hands it to an actor on node 1, which
+/// keeps it; the call's reply lets the task drop its own ref. The keeper's
+/// borrow of the value must reach node 0 before that reply, or node 0 frees
+/// a value node 1 still holds (with the reply on the request's link, about a
+/// quarter of them were gone when the keeper read them).
+fn answers_follow_their_borrows_after_a_crossed_open() {
+    let (c, _) = crossed_links();
+    let rt = c.driver();
+    let (n0, n1) = (c.nodes()[0].id, c.nodes()[1].id);
+    let keeper = rt
+        .actor_of(Stash::new, ())
+        .node_affinity(n1, false)
+        .spawn()
+        .unwrap();
+    let n = 300;
+    let handed = rt
+        .task(hand_over)
+        .node_affinity(n0, false)
+        .remote((keeper.clone(), n));
+    assert_eq!(handed.get_timeout(common::LONG).unwrap(), n);
+    let bad = keeper.call(ReadStash).get_timeout(common::LONG).unwrap();
+    assert!(
+        bad.is_empty(),
+        "{} of {n} kept refs failed: {:?}",
+        bad.len(),
+        &bad[..bad.len().min(3)]
+    );
 }
 
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
@@ -843,6 +933,7 @@ fn main() {
         a_lying_peer_s_chunks_fail_its_pull_not_the_node,
         a_zero_timeout_wait_sees_borrowed_refs_arrive_after_another_runtime_s_ref,
         two_nodes_opening_links_to_each_other_at_once_lose_nothing,
+        answers_follow_their_borrows_after_a_crossed_open,
     ];
     common::run_tests(tests);
 }

@@ -220,6 +220,8 @@ struct Lent {
 }
 
 type Pending<T> = Mutex<HashMap<u64, SyncSender<Result<T, Error>>>>;
+/// Pending requests with the node each went to.
+type Acks = Mutex<HashMap<u64, (NodeId, SyncSender<Result<(), Error>>)>>;
 
 /// What the head said of an actor whose node died.
 #[derive(Debug, Clone)]
@@ -313,7 +315,9 @@ pub struct ClusterNode {
     /// Dropped to stop the health thread.
     health_stop: Mutex<Option<std::sync::mpsc::Sender<()>>>,
     creates: Pending<()>,
-    acks: Pending<()>,
+    /// Holds waiting for their acks, with the node each was sent to: a
+    /// peer lost fails its own at once (its ack will not come).
+    acks: Acks,
     next_request: AtomicU64,
     lent: Mutex<IdMap<ObjectId, Lent>>,
     borrowed: Mutex<IdMap<ObjectId, Weak<Slot>>>,
@@ -617,7 +621,7 @@ impl ClusterNode {
         for (_, tx) in self.creates.lock().drain() {
             let _ = tx.send(Err(Error::ShutDown));
         }
-        for (_, tx) in self.acks.lock().drain() {
+        for (_, (_, tx)) in self.acks.lock().drain() {
             let _ = tx.send(Err(Error::ShutDown));
         }
         self.health_stop.lock().take();
@@ -625,7 +629,13 @@ impl ClusterNode {
             let peers = self.peers.lock();
             peers
                 .values()
-                .flat_map(|p| p.control.iter().chain(p.bulk.iter()).cloned())
+                .flat_map(|p| {
+                    p.control
+                        .iter()
+                        .chain(p.spare.iter())
+                        .chain(p.bulk.iter())
+                        .cloned()
+                })
                 .collect()
         };
         for l in links {
@@ -733,6 +743,22 @@ impl ClusterNode {
             if let Some(slot) = self.core.table.lookup(id) {
                 slot.complete(Err(Error::OwnerDied { id: id.to_string() }));
             }
+        }
+    }
+
+    /// Answers a request that came on `link`. One that came on a control
+    /// link is answered on this node's own control link to its sender, in
+    /// order behind everything else this node sent that node (the borrows a
+    /// task made, above all, which must reach their owner before its
+    /// result): after two nodes opened links to each other at once, the
+    /// link a request came on may not be the one this node sends on.
+    /// Anything else is answered on `link`.
+    fn reply(self: &Arc<Self>, link: &Arc<Link>, msg: Msg) {
+        let peer = link.peer.id;
+        if link.lane == Lane::Control && self.peers.lock().get(&peer).is_some_and(|p| p.alive) {
+            self.send_now(peer, false, msg);
+        } else {
+            link.send(msg);
         }
     }
 
@@ -1351,7 +1377,7 @@ impl ClusterNode {
         }
         let ack = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = sync_channel(1);
-        self.acks.lock().insert(ack, tx);
+        self.acks.lock().insert(ack, (node, tx));
         if !self.send_to(node, false, Msg::HoldActor { actor, ack }) {
             self.acks.lock().remove(&ack);
             return;
@@ -1526,7 +1552,7 @@ impl ClusterNode {
                         Some(h) => h.create_actor(create),
                         None => Err(Error::ShutDown),
                     };
-                    link.send(Msg::ActorCreated { actor, result });
+                    me.reply(&link, Msg::ActorCreated { actor, result });
                 });
             }
             Msg::ActorCreated { actor, result } => {
@@ -1561,9 +1587,7 @@ impl ClusterNode {
                 match slot {
                     Some(s) => s.tell_on_drop(from),
                     // Gone already: the sender may let go at once.
-                    None => {
-                        link.send(Msg::Free { object });
-                    }
+                    None => self.reply(link, Msg::Free { object }),
                 }
             }
             Msg::KillActor { actor, no_restart } => {
@@ -1576,11 +1600,11 @@ impl ClusterNode {
                     h.hold_actor(actor, from);
                 }
                 if ack != 0 {
-                    link.send(Msg::HoldAck { ack });
+                    self.reply(link, Msg::HoldAck { ack });
                 }
             }
             Msg::HoldAck { ack } => {
-                if let Some(tx) = self.acks.lock().remove(&ack) {
+                if let Some((_, tx)) = self.acks.lock().remove(&ack) {
                     let _ = tx.send(Ok(()));
                 }
             }
@@ -1664,11 +1688,14 @@ impl ClusterNode {
     fn run_task(self: &Arc<Self>, link: &Arc<Link>, mut spec: TaskSpec) {
         let object = spec.task_id.return_id();
         let fail = |e: Error| {
-            link.send(Msg::TaskDone {
-                object,
-                result: Err(e),
-                load: 0,
-            });
+            self.reply(
+                link,
+                Msg::TaskDone {
+                    object,
+                    result: Err(e),
+                    load: 0,
+                },
+            );
         };
         if !self.core.functions.contains(&spec.function) {
             return fail(Error::FunctionNotRegistered {
@@ -1714,10 +1741,13 @@ impl ClusterNode {
             None => Err(Error::ShutDown),
         };
         if let Err(e) = result {
-            link.send(Msg::CallDone {
-                object,
-                result: Err(e),
-            });
+            self.reply(
+                link,
+                Msg::CallDone {
+                    object,
+                    result: Err(e),
+                },
+            );
             return;
         }
         self.wait_for(
@@ -1821,18 +1851,25 @@ impl ClusterNode {
         match &w.reply {
             Reply::Task { link, object } => {
                 let result = result.map(|v| self.payload(*object, v, true));
-                link.send(Msg::TaskDone {
-                    object: *object,
-                    result,
-                    load: self.core.run_queue.load() as u32,
-                });
+                let load = self.core.run_queue.load() as u32;
+                self.reply(
+                    link,
+                    Msg::TaskDone {
+                        object: *object,
+                        result,
+                        load,
+                    },
+                );
             }
             Reply::Call { link, object } => {
                 let result = result.map(|v| self.payload(*object, v, true));
-                link.send(Msg::CallDone {
-                    object: *object,
-                    result,
-                });
+                self.reply(
+                    link,
+                    Msg::CallDone {
+                        object: *object,
+                        result,
+                    },
+                );
             }
             Reply::Lend { to, object } => {
                 // The owner serves a large value from its own table.
@@ -1853,7 +1890,7 @@ impl ClusterNode {
     /// if there are any, they are kept until the result's owner frees it
     /// (`Contains` tells it to say so), so a ref a task returns outlives the
     /// task. A large one is held whole until pulled (and keeps them so).
-    fn encode_result(&self, link: &Arc<Link>, object: ObjectId, v: Value) -> Value {
+    fn encode_result(self: &Arc<Self>, link: &Arc<Link>, object: ObjectId, v: Value) -> Value {
         if !matches!(v, Value::Local { .. }) || v.size() > self.core.config.inline_threshold {
             return v;
         }
@@ -1863,7 +1900,7 @@ impl ClusterNode {
         };
         if !pins.is_empty() {
             self.contained.lock().insert(object, pins);
-            link.send(Msg::Contains { object });
+            self.reply(link, Msg::Contains { object });
         }
         Value::Encoded(bytes)
     }
@@ -2092,6 +2129,17 @@ impl ClusterNode {
                 None => (Vec::new(), None),
             }
         };
+        // Its holds waiting for an ack are answered now: the messages waiting
+        // for it went, and a link that closed carries no ack.
+        self.acks.lock().retain(|_, (n, tx)| {
+            if *n == node {
+                let _ = tx.send(Err(Error::NodeDied {
+                    node: node.to_string(),
+                    cause: cause.to_string(),
+                }));
+            }
+            *n != node
+        });
         for l in control.iter().chain(bulk.iter()) {
             if dead {
                 // A silent peer never closes its end: stop reading it too.
@@ -2533,11 +2581,35 @@ async fn open_link(node: Weak<ClusterNode>, peer: NodeId, address: String, bulk:
         Ok((l, _)) => c.linked(peer, l, bulk),
         Err(e) => {
             tracing::warn!("rayx: cannot reach {peer} at {address}: {e}");
-            if let Some(p) = c.peers.lock().get_mut(&peer) {
-                p.connecting[bulk as usize] = false;
-                p.unreachable_until = Some(c.unreachable_until());
+            let served = match c.peers.lock().get_mut(&peer) {
+                Some(p) => {
+                    p.connecting[bulk as usize] = false;
+                    let open = if bulk { &p.bulk } else { &p.control };
+                    match open.clone().filter(|l| !l.is_closed()) {
+                        // The peer's own link was taken meanwhile (both
+                        // opened one at once): it serves; this failure
+                        // loses nothing, and what still waits goes on it.
+                        Some(l) => {
+                            let waiting = std::mem::take(&mut p.waiting);
+                            let (mine, others): (Vec<_>, Vec<_>) =
+                                waiting.into_iter().partition(|(b, _)| *b == bulk);
+                            p.waiting = others;
+                            for (_, m) in mine {
+                                l.send(m);
+                            }
+                            true
+                        }
+                        None => {
+                            p.unreachable_until = Some(c.unreachable_until());
+                            false
+                        }
+                    }
+                }
+                None => false,
+            };
+            if !served {
+                c.peer_lost(peer, &e.to_string(), false);
             }
-            c.peer_lost(peer, &e.to_string(), false);
         }
     }
 }
