@@ -95,7 +95,8 @@ rayx::remote!(
     lookup_and_add,
     put_here,
     spawn_counter,
-    hand_over
+    hand_over,
+    build_with_refs
 );
 
 pub struct Counter {
@@ -179,6 +180,43 @@ impl Handler<ReadStash> for Stash {
     }
 }
 rayx::remote_actor!(Stash, Stash::new, [Stow, ReadStash]);
+
+/// An actor whose constructor takes refs (to read them later).
+pub struct Built {
+    kept: Vec<ObjectRef<u64>>,
+}
+impl Built {
+    fn new(kept: Vec<ObjectRef<u64>>) -> Built {
+        Built { kept }
+    }
+}
+impl Actor for Built {}
+impl Handler<ReadStash> for Built {
+    fn handle(&mut self, _: ReadStash, _: &mut ActorContext<Self>) -> Vec<String> {
+        match self.kept[0].get_timeout(Duration::from_secs(5)) {
+            Ok(_) => Vec::new(),
+            Err(e) => vec![e.to_string()],
+        }
+    }
+}
+rayx::remote_actor!(Built, Built::new, [ReadStash]);
+
+/// `n` times: puts a value, starts an actor on `other` whose constructor
+/// argument holds it (this task keeps no ref), and asks the actor to read it.
+fn build_with_refs(other: u64, n: u64) -> Vec<String> {
+    let rt = Runtime::current().expect("in a task");
+    let mut bad = Vec::new();
+    for i in 0..n {
+        let x = rt.put(i).unwrap();
+        let built = rt
+            .actor_of(Built::new, vec![x])
+            .node_affinity(NodeId(other), false)
+            .spawn()
+            .expect("spawn");
+        bad.extend(built.call(ReadStash).get().expect("read"));
+    }
+    bad
+}
 
 /// Puts `n` values one by one and hands each to `stash`, dropping its own ref
 /// once the call is answered.
@@ -906,6 +944,30 @@ fn answers_follow_their_borrows_after_a_crossed_open() {
     );
 }
 
+/// A constructor's argument decoded on the actor's node borrows the refs in
+/// it; `ActorCreated` must reach the creator after those borrows reach their
+/// owner, or the creator (its `spawn` returned, its own ref gone) lets the
+/// owner free a value the new actor holds (found by a helper: about 9 in 10
+/// were gone when `ActorCreated` skipped the queued borrows).
+fn a_constructor_s_refs_are_borrowed_before_the_actor_is_reported_started() {
+    let c = Cluster::start(2).unwrap();
+    let rt = c.driver();
+    let (n0, n1) = (c.nodes()[0].id, c.nodes()[1].id);
+    let n = 100;
+    let bad = rt
+        .task(build_with_refs)
+        .node_affinity(n0, false)
+        .remote((n1.0, n))
+        .get_timeout(common::LONG)
+        .unwrap();
+    assert!(
+        bad.is_empty(),
+        "{} of {n} failed: {:?}",
+        bad.len(),
+        &bad[..bad.len().min(3)]
+    );
+}
+
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !done() {
@@ -934,6 +996,7 @@ fn main() {
         a_zero_timeout_wait_sees_borrowed_refs_arrive_after_another_runtime_s_ref,
         two_nodes_opening_links_to_each_other_at_once_lose_nothing,
         answers_follow_their_borrows_after_a_crossed_open,
+        a_constructor_s_refs_are_borrowed_before_the_actor_is_reported_started,
     ];
     common::run_tests(tests);
 }

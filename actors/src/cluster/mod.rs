@@ -747,16 +747,19 @@ impl ClusterNode {
     }
 
     /// Answers a request that came on `link`. One that came on a control
-    /// link is answered on this node's own control link to its sender, in
-    /// order behind everything else this node sent that node (the borrows a
-    /// task made, above all, which must reach their owner before its
-    /// result): after two nodes opened links to each other at once, the
-    /// link a request came on may not be the one this node sends on.
-    /// Anything else is answered on `link`.
+    /// link is answered on this node's own control link to its sender, after
+    /// the borrows and releases queued so far and in order behind everything
+    /// else this node sent that node: the borrows the work made must reach
+    /// their owner before its answer, or the owner may free what is borrowed.
+    /// (After two nodes opened links to each other at once, the link a
+    /// request came on may not be the one this node sends on.) Anything else
+    /// is answered on `link`.
     fn reply(self: &Arc<Self>, link: &Arc<Link>, msg: Msg) {
         let peer = link.peer.id;
         if link.lane == Lane::Control && self.peers.lock().get(&peer).is_some_and(|p| p.alive) {
-            self.send_now(peer, false, msg);
+            // `send_to` flushes the outbox first: borrows queued by the
+            // work (a constructor's argument decoded, say) go before.
+            self.send_to(peer, false, msg);
         } else {
             link.send(msg);
         }
