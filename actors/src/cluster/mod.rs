@@ -2062,12 +2062,13 @@ impl ClusterNode {
                         }
                     });
                 }
-                (r, me) => {
-                    slot.complete(r);
-                    if let Some(me) = me {
-                        me.send_to(node, false, Msg::Free { object });
-                    }
-                }
+                // Its holder keeps it until the ref goes (the slot says so
+                // when dropped: `task_done` set `tell_on_drop`), not only
+                // until this pull: the value is still encoded here, and the
+                // refs inside it are borrowed only when it is read; freed
+                // there at once, they went before (as Ray pins a primary
+                // copy where it was made while its ref lives).
+                (r, _) => slot.complete(r),
             }),
         );
     }
