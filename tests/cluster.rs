@@ -169,35 +169,47 @@ impl Message for ReadStash {
 }
 impl Handler<ReadStash> for Stash {
     fn handle(&mut self, _: ReadStash, _: &mut ActorContext<Self>) -> Vec<String> {
-        let mut bad = Vec::new();
-        for (i, r) in self.kept.iter().enumerate() {
-            match r.get_timeout(Duration::from_secs(5)) {
-                Ok(v) if v == i as u64 => {}
-                Ok(v) => bad.push(format!("#{i}: read {v}")),
-                Err(e) => bad.push(format!("#{i}: {e}")),
-            }
-        }
-        bad
+        (0..)
+            .zip(&self.kept)
+            .filter_map(|(i, r)| misread(i, r))
+            .collect()
     }
+}
+
+/// What went wrong reading `r`, which should hold `expected`; `None`: nothing.
+fn misread(expected: u64, r: &ObjectRef<u64>) -> Option<String> {
+    match r.get_timeout(Duration::from_secs(5)) {
+        Ok(v) if v == expected => None,
+        Ok(v) => Some(format!("#{expected}: read {v}")),
+        Err(e) => Some(format!("#{expected}: {e}")),
+    }
+}
+
+/// Asserts that none of `n` reads failed (`failed`: what went wrong).
+fn assert_all_read(failed: &[String], n: u64) {
+    assert!(
+        failed.is_empty(),
+        "{} of {n} reads failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
 }
 rayx::remote_actor!(Stash, Stash::new, [Stow, ReadStash]);
 
-/// An actor whose constructor takes refs (to read them later).
+/// An actor whose constructor takes a ref and the value it should hold (to
+/// read it later).
 pub struct Built {
-    kept: Vec<ObjectRef<u64>>,
+    kept: (u64, ObjectRef<u64>),
 }
 impl Built {
-    fn new(kept: Vec<ObjectRef<u64>>) -> Built {
+    fn new(kept: (u64, ObjectRef<u64>)) -> Built {
         Built { kept }
     }
 }
 impl Actor for Built {}
 impl Handler<ReadStash> for Built {
     fn handle(&mut self, _: ReadStash, _: &mut ActorContext<Self>) -> Vec<String> {
-        match self.kept[0].get_timeout(Duration::from_secs(5)) {
-            Ok(_) => Vec::new(),
-            Err(e) => vec![e.to_string()],
-        }
+        misread(self.kept.0, &self.kept.1).into_iter().collect()
     }
 }
 rayx::remote_actor!(Built, Built::new, [ReadStash]);
@@ -210,7 +222,7 @@ fn build_with_refs(other: u64, n: u64) -> Vec<String> {
     for i in 0..n {
         let x = rt.put(i).unwrap();
         let built = rt
-            .actor_of(Built::new, vec![x])
+            .actor_of(Built::new, (i, x))
             .node_affinity(NodeId(other), false)
             .spawn()
             .expect("spawn");
@@ -908,6 +920,15 @@ fn crossed_links() -> (Cluster, [(ActorHandle<Counter>, u64); 2]) {
             .unwrap_or_else(|e| panic!("round {rounds}: {e} (a message was lost)"));
         sum += rounds;
         assert_eq!(got, vec![1000 + sum, sum], "round {rounds}");
+        if rounds == 1 {
+            // The first traffic between the nodes waited for their links,
+            // each delayed: the opens did cross as the test means them to.
+            assert!(
+                began.elapsed() >= Duration::from_millis(300),
+                "the link delay did not apply ({:?})",
+                began.elapsed()
+            );
+        }
     }
     assert!(rounds > 1);
     (c, [(on0, sum), (on1, 1000 + sum)])
@@ -942,12 +963,9 @@ fn answers_follow_their_borrows_after_a_crossed_open() {
         .node_affinity(n0, false)
         .remote((keeper.clone(), n));
     assert_eq!(handed.get_timeout(common::LONG).unwrap(), n);
-    let bad = keeper.call(ReadStash).get_timeout(common::LONG).unwrap();
-    assert!(
-        bad.is_empty(),
-        "{} of {n} kept refs failed: {:?}",
-        bad.len(),
-        &bad[..bad.len().min(3)]
+    assert_all_read(
+        &keeper.call(ReadStash).get_timeout(common::LONG).unwrap(),
+        n,
     );
 }
 
@@ -961,18 +979,13 @@ fn a_constructor_s_refs_are_borrowed_before_the_actor_is_reported_started() {
     let rt = c.driver();
     let (n0, n1) = (c.nodes()[0].id, c.nodes()[1].id);
     let n = 100;
-    let bad = rt
+    let failed = rt
         .task(build_with_refs)
         .node_affinity(n0, false)
         .remote((n1.0, n))
         .get_timeout(common::LONG)
         .unwrap();
-    assert!(
-        bad.is_empty(),
-        "{} of {n} failed: {:?}",
-        bad.len(),
-        &bad[..bad.len().min(3)]
-    );
+    assert_all_read(&failed, n);
 }
 
 /// A large task result stays on the node that ran it until it is pulled;
@@ -984,23 +997,15 @@ fn refs_inside_a_large_pulled_result_stay_readable() {
     let c = Cluster::start(2).unwrap();
     let rt = c.driver();
     let n1 = c.nodes()[1].id;
-    let mut bad = Vec::new();
+    let mut failed = Vec::new();
     for i in 0..30u64 {
         let r = rt.task(big_with_ref).node_affinity(n1, false).remote(i);
         let (inner, buf) = r.get_timeout(common::LONG).unwrap();
         assert_eq!(buf.len(), 1 << 20);
         drop(r);
-        match inner.get_timeout(common::LONG) {
-            Ok(v) if v == i => {}
-            other => bad.push(format!("#{i}: {other:?}")),
-        }
+        failed.extend(misread(i, &inner));
     }
-    assert!(
-        bad.is_empty(),
-        "{} of 30 failed: {:?}",
-        bad.len(),
-        &bad[..bad.len().min(3)]
-    );
+    assert_all_read(&failed, 30);
     wait_until("every object freed once the refs are gone", || {
         objects_freed_everywhere(rt)
     });

@@ -17,7 +17,8 @@ fn one_worker() -> Runtime {
 // ---- A: a worker's wait runs a task past num_returns (duplicate refs) -------
 
 static A_LATE_RAN: AtomicBool = AtomicBool::new(false);
-fn a_quick(x: u64) -> u64 {
+/// A task that is done at once.
+fn echo(x: u64) -> u64 {
     x
 }
 fn a_late(x: u64) -> u64 {
@@ -28,7 +29,7 @@ fn a_late(x: u64) -> u64 {
 /// Returns (ready, whether `late` had run when the wait returned).
 fn a_outer(_: u8) -> (usize, bool) {
     let rt = Runtime::current().expect("in a task");
-    let quick = rt.task(a_quick).remote(1);
+    let quick = rt.task(echo).remote(1);
     let late = rt.task(a_late).remote(2);
     let (ready, _) = rt
         .wait(
@@ -43,9 +44,6 @@ fn a_outer(_: u8) -> (usize, bool) {
 // ---- B: same, without duplicates: a nested get makes the 2nd ref ready ------
 
 static B_LATE_RAN: AtomicBool = AtomicBool::new(false);
-fn b_leaf(x: u64) -> u64 {
-    x
-}
 fn b_reader(refs: Vec<ObjectRef<u64>>) -> u64 {
     refs.iter().map(|r| r.get().expect("leaf")).sum()
 }
@@ -57,7 +55,7 @@ fn b_late(x: u64) -> u64 {
 /// (its get), so 2 are ready and `late` need not run.
 fn b_outer(_: u8) -> (usize, bool) {
     let rt = Runtime::current().expect("in a task");
-    let leaf = rt.task(b_leaf).remote(1);
+    let leaf = rt.task(echo).remote(1);
     let reader = rt.task(b_reader).remote(vec![leaf.clone()]);
     let late = rt.task(b_late).remote(3);
     let (ready, _) = rt
@@ -85,7 +83,7 @@ fn tree(depth: u32) -> u64 {
     rt.get(&kids, Some(LONG)).expect("get").into_iter().sum()
 }
 
-rayx::remote!(a_quick, a_late, a_outer, b_leaf, b_reader, b_late, b_outer, tree);
+rayx::remote!(echo, a_late, a_outer, b_reader, b_late, b_outer, tree);
 
 /// What an outer task's wait for 2 refs saw: 2 ready, and the third
 /// (`late`) task not run inline.

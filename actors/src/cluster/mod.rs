@@ -181,6 +181,30 @@ struct Peer {
     unreachable_until: Option<std::time::Instant>,
 }
 
+impl Peer {
+    /// The open link this node sends on, of the bulk or the control lane.
+    fn open(&self, bulk: bool) -> Option<&Arc<Link>> {
+        let link = if bulk { &self.bulk } else { &self.control };
+        link.as_ref().filter(|l| !l.is_closed())
+    }
+
+    /// Sends on `link` the messages of its lane that waited for a link.
+    fn send_waiting(&mut self, bulk: bool, link: &Link) {
+        let waiting = std::mem::take(&mut self.waiting);
+        let (mine, others): (Vec<_>, Vec<_>) = waiting.into_iter().partition(|(b, _)| *b == bulk);
+        self.waiting = others;
+        for (_, m) in mine {
+            link.send(m);
+        }
+    }
+
+    /// Keeps a control link this node does not send on (see `spare`).
+    fn add_spare(&mut self, link: Arc<Link>) {
+        self.spare.retain(|l| !l.is_closed());
+        self.spare.push(link);
+    }
+}
+
 /// A task this node owns, running on a peer.
 struct InFlight {
     slot: Arc<Slot>,
@@ -752,14 +776,16 @@ impl ClusterNode {
     /// else this node sent that node: the borrows the work made must reach
     /// their owner before its answer, or the owner may free what is borrowed.
     /// (After two nodes opened links to each other at once, the link a
-    /// request came on may not be the one this node sends on.) Anything else
-    /// is answered on `link`.
+    /// request came on may not be the one this node sends on.) A request on
+    /// another lane is answered on `link`, after the same flush.
     fn reply(self: &Arc<Self>, link: &Arc<Link>, msg: Msg) {
-        let peer = link.peer.id;
-        if link.lane == Lane::Control && self.peers.lock().get(&peer).is_some_and(|p| p.alive) {
-            // `send_to` flushes the outbox first: borrows queued by the
-            // work (a constructor's argument decoded, say) go before.
-            self.send_to(peer, false, msg);
+        // Borrows queued by the work (a constructor's argument decoded, a
+        // task's result encoded) go before its answer.
+        self.flush_outbox();
+        if link.lane == Lane::Control {
+            // Its sender is a peer (admitted on this link); gone, the answer
+            // has nobody to go to.
+            self.send_now(link.peer.id, false, msg);
         } else {
             link.send(msg);
         }
@@ -771,8 +797,7 @@ impl ClusterNode {
         let Some(peer) = peers.get_mut(&node).filter(|p| p.alive) else {
             return false;
         };
-        let link = if bulk { &peer.bulk } else { &peer.control };
-        if let Some(l) = link.as_ref().filter(|l| !l.is_closed()) {
+        if let Some(l) = peer.open(bulk) {
             return l.send(msg);
         }
         peer.waiting.push((bulk, msg));
@@ -793,39 +818,33 @@ impl ClusterNode {
         };
         peer.connecting[bulk as usize] = false;
         peer.unreachable_until = None;
-        let slot = if bulk {
-            &mut peer.bulk
-        } else {
-            &mut peer.control
-        };
-        let kept = match slot {
+        let kept = match peer.open(bulk).cloned() {
             // The peer opened one first (and the queued messages went on
             // it): keep sending on it, so a caller's messages stay on one
             // ordered link. The new one is not closed: the peer may have
             // chosen it for its own messages (each side chose the link it
             // saw first); it stays open beside, and goes with the peer.
-            Some(open) if !open.is_closed() => {
+            Some(open) => {
                 if bulk {
                     // Only this node opens its bulk links: nobody else
                     // sends on the new one.
                     link.close();
                 } else {
-                    peer.spare.retain(|l| !l.is_closed());
-                    peer.spare.push(link);
+                    peer.add_spare(link);
                 }
-                open.clone()
+                open
             }
-            _ => {
+            None => {
+                let slot = if bulk {
+                    &mut peer.bulk
+                } else {
+                    &mut peer.control
+                };
                 *slot = Some(link.clone());
                 link
             }
         };
-        let keep: Vec<(bool, Msg)> = std::mem::take(&mut peer.waiting);
-        let (mine, others): (Vec<_>, Vec<_>) = keep.into_iter().partition(|(b, _)| *b == bulk);
-        peer.waiting = others;
-        for (_, m) in mine {
-            kept.send(m);
-        }
+        peer.send_waiting(bulk, &kept);
     }
 
     // ---- asks to the head -----------------------------------------------------
@@ -1839,8 +1858,8 @@ impl ClusterNode {
     }
 
     fn finish(self: &Arc<Self>, w: Arc<Waiting>) {
-        // The borrows the work made reach their owners before its result.
-        self.flush_outbox();
+        // The borrows the work made reach their owners before its result:
+        // `reply` (and `send_to`, for a lent value) flush them first.
         let result = match w.slot.try_get() {
             Some(r) => r,
             None => return,
@@ -2518,22 +2537,15 @@ impl Admit for Handler {
                 c.add_peer(hello.node.clone());
                 let mut peers = c.peers.lock();
                 if let Some(p) = peers.get_mut(&hello.node.id) {
-                    if p.control.as_ref().is_some_and(|l| !l.is_closed()) {
+                    if p.open(false).is_some() {
                         // Both nodes opened one at once: the peer sends on
                         // this one, this node on the one it chose first.
-                        p.spare.retain(|l| !l.is_closed());
-                        p.spare.push(link.clone());
+                        p.add_spare(link.clone());
                     } else {
                         p.control = Some(link.clone());
                         p.unreachable_until = None;
                         p.connecting[0] = false;
-                        let waiting = std::mem::take(&mut p.waiting);
-                        let (mine, others): (Vec<_>, Vec<_>) =
-                            waiting.into_iter().partition(|(b, _)| !*b);
-                        p.waiting = others;
-                        for (_, m) in mine {
-                            link.send(m);
-                        }
+                        p.send_waiting(false, link);
                     }
                 }
             }
@@ -2585,32 +2597,22 @@ async fn open_link(node: Weak<ClusterNode>, peer: NodeId, address: String, bulk:
         Ok((l, _)) => c.linked(peer, l, bulk),
         Err(e) => {
             tracing::warn!("rayx: cannot reach {peer} at {address}: {e}");
-            let served = match c.peers.lock().get_mut(&peer) {
-                Some(p) => {
-                    p.connecting[bulk as usize] = false;
-                    let open = if bulk { &p.bulk } else { &p.control };
-                    match open.clone().filter(|l| !l.is_closed()) {
-                        // The peer's own link was taken meanwhile (both
-                        // opened one at once): it serves; this failure
-                        // loses nothing, and what still waits goes on it.
-                        Some(l) => {
-                            let waiting = std::mem::take(&mut p.waiting);
-                            let (mine, others): (Vec<_>, Vec<_>) =
-                                waiting.into_iter().partition(|(b, _)| *b == bulk);
-                            p.waiting = others;
-                            for (_, m) in mine {
-                                l.send(m);
-                            }
-                            true
-                        }
-                        None => {
-                            p.unreachable_until = Some(c.unreachable_until());
-                            false
-                        }
+            let served = c.peers.lock().get_mut(&peer).is_some_and(|p| {
+                p.connecting[bulk as usize] = false;
+                match p.open(bulk).cloned() {
+                    // The peer's own link was taken meanwhile (both opened
+                    // one at once): it serves; this failure loses nothing,
+                    // and what still waits goes on it.
+                    Some(l) => {
+                        p.send_waiting(bulk, &l);
+                        true
+                    }
+                    None => {
+                        p.unreachable_until = Some(c.unreachable_until());
+                        false
                     }
                 }
-                None => false,
-            };
+            });
             if !served {
                 c.peer_lost(peer, &e.to_string(), false);
             }
