@@ -33,7 +33,7 @@ mod stripes;
 mod wait;
 
 pub use slot::{Cancelled, Slot};
-use slot::{Dep, DepLineage, Kept, Lineage, State};
+use slot::{Dep, DepLineage, Kept, Lineage, Lineal, NewLineage, State};
 use stripes::{Padded, Striped};
 pub use wait::{install_wait_hooks, wait_batch, wait_slots, WaitHooks};
 
@@ -354,10 +354,9 @@ impl OwnerTable {
     /// Keeps `spec` as the lineage of `ret` (always, as Ray does, while `ret`
     /// lives): only for a task that may run again (`max_retries` not 0) whose
     /// inline arguments are small, and within `max_lineage_bytes`.
-    fn lineage_of(&self, spec: &TaskSpec, deps: &[Arc<Slot>]) -> Lineage {
-        let unkept = Lineage::Unkept;
+    fn lineage_of(&self, spec: &TaskSpec, deps: &[Arc<Slot>]) -> NewLineage {
         if spec.options.max_retries.is_none() {
-            return unkept("its task may not run again (max_retries is 0)");
+            return Err("its task may not run again (max_retries is 0)");
         }
         let inline: u64 = spec
             .args
@@ -368,7 +367,7 @@ impl OwnerTable {
             })
             .sum();
         if inline > self.inline_threshold as u64 {
-            return unkept(
+            return Err(
                 "its arguments were passed by value and are too large to keep; pass them as refs",
             );
         }
@@ -377,7 +376,7 @@ impl OwnerTable {
         // loop for submitters to contend on.
         if self.lineage_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes > self.max_lineage_bytes {
             self.lineage_bytes.fetch_sub(bytes, Ordering::Relaxed);
-            return unkept("its lineage was not kept: max_lineage_bytes was reached");
+            return Err("its lineage was not kept: max_lineage_bytes was reached");
         }
         let deps = deps
             .iter()
@@ -385,20 +384,21 @@ impl OwnerTable {
                 id: d.id(),
                 slot: Arc::downgrade(d),
                 // An argument owned by another runtime is not rebuilt here.
-                lineage: match &d.inner.lock().lineage {
-                    _ if d.id().node != self.node => DepLineage::Lost,
-                    Lineage::Kept(k) => DepLineage::Kept(k.clone()),
-                    Lineage::Unkept(why) => DepLineage::Unkept(why),
-                    Lineage::None => DepLineage::Lost,
+                lineage: if d.id().node != self.node {
+                    DepLineage::Lost
+                } else {
+                    let mut inner = d.inner.lock();
+                    match inner.share_lineage() {
+                        Some(k) => DepLineage::Kept(k.clone()),
+                        None => match inner.lineage {
+                            Lineage::Unkept(why) => DepLineage::Unkept(why),
+                            _ => DepLineage::Lost,
+                        },
+                    }
                 },
             })
             .collect();
-        Lineage::Kept(Arc::new(Kept {
-            spec: spec.clone(),
-            deps,
-            bytes,
-            rebuilds: AtomicU64::new(0),
-        }))
+        Ok(Lineal { deps, bytes })
     }
 
     /// The slot of a kept task's argument, to run that task again: the live
@@ -442,12 +442,18 @@ impl OwnerTable {
     /// recursion.
     fn release_lineage(&self, kept: Arc<Kept>) {
         if let Ok(mut kept) = Arc::try_unwrap(kept) {
-            let budget = &self.lineage_bytes;
-            budget.fetch_sub(kept.bytes, Ordering::Relaxed);
-            kept.release_deps(|bytes| {
-                budget.fetch_sub(bytes, Ordering::Relaxed);
-            });
+            self.release_own(&mut kept.deps, kept.bytes);
         }
+    }
+
+    /// Lets go of a kept task nothing else holds (its `bytes` and `deps`),
+    /// as `release_lineage` does.
+    fn release_own(&self, deps: &mut Vec<Dep>, bytes: u64) {
+        let budget = &self.lineage_bytes;
+        budget.fetch_sub(bytes, Ordering::Relaxed);
+        slot::release_deps(deps, |bytes| {
+            budget.fetch_sub(bytes, Ordering::Relaxed);
+        });
     }
 
     /// Submits the task that makes `ret`: dispatched at once if its arguments are
@@ -480,7 +486,7 @@ impl OwnerTable {
             return;
         }
         if let Some(lineage) = lineage {
-            ret.inner.lock().lineage = lineage;
+            ret.keep_lineage(lineage, &job.spec);
         }
         let deps: Vec<Arc<Slot>> = job.pins.clone();
         let waiting = Arc::new(PendingTask {

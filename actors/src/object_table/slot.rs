@@ -19,9 +19,34 @@ pub(super) enum Lineage {
     None,
     /// A task's result whose lineage was not kept, and why.
     Unkept(&'static str),
+    /// The task that made it, kept in the slot's [`Work`] alone: no other
+    /// object's lineage names it yet. A task nobody builds on allocates
+    /// nothing for its lineage, and frees nothing on another thread.
+    Own,
     /// The task that made it, shared with the lineage of the objects built
     /// from it.
     Kept(Arc<Kept>),
+}
+
+/// The task of a slot: queued, or kept as its lineage (`Lineage::Own`), in
+/// one place — a task's job and its lineage share the spec while it is
+/// queued, and a put or a call's reply carries no room for either twice.
+pub(super) enum Work {
+    /// No task here (or its lineage is elsewhere: not kept, or shared).
+    None,
+    /// The task that makes this object, queued and not started, with the
+    /// rest of its lineage when the slot keeps it (`Lineage::Own`): its spec
+    /// is the job's.
+    Queued(TaskJob, Option<Lineal>),
+    /// The task that made this object, kept to rebuild it (`Lineage::Own`).
+    Kept(Kept),
+}
+
+/// A kept task's lineage beside its spec: its arguments' lineage and its
+/// bytes in the budget.
+pub(super) struct Lineal {
+    pub(super) deps: Vec<Dep>,
+    pub(super) bytes: u64,
 }
 
 /// A task kept to rebuild its result: its spec, and for each argument object
@@ -58,19 +83,27 @@ impl Kept {
     /// the last holder — iteratively: a chain of a million tasks frees without
     /// a recursion as deep as the chain. `freed` hears the bytes of each kept
     /// task freed on the way.
-    pub(super) fn release_deps(&mut self, mut freed: impl FnMut(u64)) {
-        fn kept_of(deps: &mut Vec<Dep>) -> impl Iterator<Item = Arc<Kept>> + '_ {
-            deps.drain(..).filter_map(|d| match d.lineage {
-                DepLineage::Kept(k) => Some(k),
-                _ => None,
-            })
-        }
-        let mut stack: Vec<Arc<Kept>> = kept_of(&mut self.deps).collect();
-        while let Some(k) = stack.pop() {
-            if let Ok(mut k) = Arc::try_unwrap(k) {
-                freed(k.bytes);
-                stack.extend(kept_of(&mut k.deps));
-            }
+    pub(super) fn release_deps(&mut self, freed: impl FnMut(u64)) {
+        release_deps(&mut self.deps, freed);
+    }
+}
+
+/// Lets go of `deps`' lineage, as [`Kept::release_deps`] does.
+pub(super) fn release_deps(deps: &mut Vec<Dep>, mut freed: impl FnMut(u64)) {
+    fn kept_of(deps: &mut Vec<Dep>) -> impl Iterator<Item = Arc<Kept>> + '_ {
+        deps.drain(..).filter_map(|d| match d.lineage {
+            DepLineage::Kept(k) => Some(k),
+            _ => None,
+        })
+    }
+    if deps.is_empty() {
+        return;
+    }
+    let mut stack: Vec<Arc<Kept>> = kept_of(deps).collect();
+    while let Some(k) = stack.pop() {
+        if let Ok(mut k) = Arc::try_unwrap(k) {
+            freed(k.bytes);
+            stack.extend(kept_of(&mut k.deps));
         }
     }
 }
@@ -102,11 +135,78 @@ pub(super) struct Inner {
     pub(super) lineage: Lineage,
     /// Lost because it was freed (a revived argument), not because it failed.
     pub(super) freed: bool,
-    /// The task that makes this object, while it is queued and not started
-    /// (boxed: a slot is mostly without one).
-    pub(super) job: Option<TaskJob>,
+    /// The task that makes this object while it is queued and not started,
+    /// and its lineage while the slot alone keeps it.
+    pub(super) work: Work,
     /// The actor whose call makes this object, for a cancel to reach it.
     pub(super) actor: Option<ActorId>,
+}
+
+/// A new task's lineage: kept (its spec is the job's) or not, and why.
+pub(super) type NewLineage = Result<Lineal, &'static str>;
+
+impl Kept {
+    pub(super) fn new(spec: TaskSpec, lineal: Lineal) -> Kept {
+        Kept {
+            spec,
+            deps: lineal.deps,
+            bytes: lineal.bytes,
+            rebuilds: AtomicU64::new(0),
+        }
+    }
+
+    /// Its lineage beside the spec, the spec dropped (an own kept task was
+    /// never rebuilt: a rebuild shares it first).
+    fn lineal(mut self) -> Lineal {
+        Lineal {
+            deps: std::mem::take(&mut self.deps),
+            bytes: self.bytes,
+        }
+    }
+}
+
+impl Inner {
+    /// Whether the task that makes this object is queued here.
+    pub(super) fn is_queued(&self) -> bool {
+        matches!(self.work, Work::Queued(..))
+    }
+
+    /// Takes the queued task out, to run or drop it; a lineage kept with it
+    /// stays, with a copy of its spec.
+    pub(super) fn unqueue(&mut self) -> Option<TaskJob> {
+        match std::mem::replace(&mut self.work, Work::None) {
+            Work::Queued(job, Some(lineal)) => {
+                self.work = Work::Kept(Kept::new(job.spec.clone(), lineal));
+                Some(job)
+            }
+            Work::Queued(job, None) => Some(job),
+            other => {
+                self.work = other;
+                None
+            }
+        }
+    }
+
+    /// This object's kept task, shared (a dependent's lineage or a rebuild
+    /// names it): an own one moves into an `Arc` first.
+    pub(super) fn share_lineage(&mut self) -> Option<&Arc<Kept>> {
+        if matches!(self.lineage, Lineage::Own) {
+            let kept = match std::mem::replace(&mut self.work, Work::None) {
+                Work::Queued(job, Some(lineal)) => {
+                    let kept = Kept::new(job.spec.clone(), lineal);
+                    self.work = Work::Queued(job, None);
+                    kept
+                }
+                Work::Kept(kept) => kept,
+                _ => unreachable!("an own lineage is in its slot's work"),
+            };
+            self.lineage = Lineage::Kept(Arc::new(kept));
+        }
+        match &self.lineage {
+            Lineage::Kept(k) => Some(k),
+            _ => None,
+        }
+    }
 }
 
 /// What a cancel found: the tasks to cancel too, and the actor running the call.
@@ -156,7 +256,7 @@ impl Slot {
                 children: Vec::new(),
                 lineage: Lineage::None,
                 freed: false,
-                job: None,
+                work: Work::None,
                 actor,
             }),
             table,
@@ -230,7 +330,7 @@ impl Slot {
             (
                 std::mem::take(&mut inner.children),
                 inner.actor,
-                inner.job.take(),
+                inner.unqueue(),
             )
         };
         drop(job);
@@ -256,25 +356,64 @@ impl Slot {
     }
 
     /// Puts the task that makes this object in it, ready to run, with its
-    /// lineage if given (one lock for both); false (and the job dropped) if the
+    /// lineage if given (one lock for both; a new task's lineage is its
+    /// spec, the job's, with `Lineal`); false (and the job dropped) if the
     /// object is already done, e.g. cancelled.
-    pub(super) fn set_job(&self, job: TaskJob, lineage: Option<Lineage>) -> bool {
+    pub(super) fn set_job(&self, job: TaskJob, lineage: Option<NewLineage>) -> bool {
         let mut inner = self.inner.lock();
-        if let Some(lineage) = lineage {
-            inner.lineage = lineage;
+        let done = matches!(inner.state, State::Ready(_) | State::Failed(_));
+        match lineage {
+            Some(Ok(lineal)) if done => {
+                inner.lineage = Lineage::Own;
+                inner.work = Work::Kept(Kept::new(job.spec, lineal));
+                return false;
+            }
+            Some(Ok(lineal)) => {
+                inner.lineage = Lineage::Own;
+                inner.work = Work::Queued(job, Some(lineal));
+                return true;
+            }
+            Some(Err(why)) => inner.lineage = Lineage::Unkept(why),
+            None => {}
         }
-        if matches!(inner.state, State::Ready(_) | State::Failed(_)) {
+        if done {
             drop(inner);
             drop(job);
             return false;
         }
-        inner.job = Some(job);
+        // Queued again (a retry, a rebuild): a lineage kept here goes back
+        // beside the job, whose spec is the same task's.
+        inner.work = match std::mem::replace(&mut inner.work, Work::None) {
+            Work::Kept(kept) => Work::Queued(job, Some(kept.lineal())),
+            Work::Queued(old, lineal) => {
+                debug_assert!(false, "a task queued twice in its slot");
+                drop(old);
+                Work::Queued(job, lineal)
+            }
+            Work::None => Work::Queued(job, None),
+        };
         true
+    }
+
+    /// Keeps a kept task's lineage in this slot before the task is queued (it
+    /// waits for its arguments).
+    pub(super) fn keep_lineage(&self, lineage: NewLineage, spec: &TaskSpec) {
+        let mut inner = self.inner.lock();
+        match lineage {
+            Ok(lineal) => {
+                inner.lineage = Lineage::Own;
+                inner.work = Work::Kept(Kept::new(spec.clone(), lineal));
+            }
+            Err(why) => inner.lineage = Lineage::Unkept(why),
+        }
     }
 
     /// Looks at the queued task that makes this object, if it is queued.
     pub fn peek_job<R>(&self, f: impl FnOnce(&TaskJob) -> R) -> Option<R> {
-        self.inner.lock().job.as_ref().map(f)
+        match &self.inner.lock().work {
+            Work::Queued(job, _) => Some(f(job)),
+            _ => None,
+        }
     }
 
     /// Whether this is another node's object, borrowed here.
@@ -285,7 +424,7 @@ impl Slot {
     /// Takes the queued task that makes this object, to run it. `None` if it
     /// was taken already (by a worker, or by a getter running it inline).
     pub fn take_job(&self) -> Option<TaskJob> {
-        self.inner.lock().job.take()
+        self.inner.lock().unqueue()
     }
 
     /// Sets the outcome and wakes every waiter; a second outcome is ignored.
@@ -329,7 +468,7 @@ impl Slot {
             Err(e) => State::Failed(e.clone()),
         };
         inner.held = held;
-        let job = inner.job.take();
+        let job = inner.unqueue();
         // Release pairs with the Acquire loads of `status`: a reader that sees
         // DONE finds the state above under the lock.
         self.status.store(DONE, Ordering::Release);
@@ -455,6 +594,7 @@ impl Slot {
             return;
         }
         let id = self.id.to_string();
+        inner.share_lineage();
         let rebuild = match &inner.lineage {
             Lineage::Kept(kept) if inner.freed => Ok(kept.clone()),
             Lineage::Kept(kept)
@@ -475,6 +615,7 @@ impl Slot {
                     kept.spec.options.max_retries
                 ),
             }),
+            Lineage::Own => unreachable!("shared above"),
             Lineage::None => Err(Error::ObjectLost { id }),
             Lineage::Unkept(why) => Err(Error::ObjectReconstructionFailed {
                 id,
@@ -507,7 +648,7 @@ impl Slot {
     /// Why this object could not be rebuilt from its lineage, if it could not.
     pub fn why_unrebuildable(&self) -> Option<String> {
         match &self.inner.lock().lineage {
-            Lineage::Kept(_) => None,
+            Lineage::Kept(_) | Lineage::Own => None,
             Lineage::Unkept(why) => Some(why.to_string()),
             Lineage::None => Some("no lineage was kept for it".into()),
         }
@@ -518,7 +659,7 @@ impl Slot {
     /// (now, if something waits for it already). False if it was not pending.
     pub fn lost_elsewhere(&self) -> bool {
         let mut inner = self.inner.lock();
-        if !matches!(inner.state, State::Pending) || inner.job.is_some() {
+        if !matches!(inner.state, State::Pending) || inner.is_queued() {
             return false;
         }
         inner.state = State::Lost;
@@ -632,10 +773,17 @@ impl Drop for Slot {
         // The lineage budget counts the lineage of live objects: a kept task
         // still referenced as an argument's lineage by another object's lineage
         // lives on, counted in that object's bytes.
-        if let Lineage::Kept(kept) =
-            std::mem::replace(&mut self.inner.get_mut().lineage, Lineage::None)
-        {
-            self.table.release_lineage(kept);
+        let inner = self.inner.get_mut();
+        match std::mem::replace(&mut inner.lineage, Lineage::None) {
+            Lineage::Kept(kept) => self.table.release_lineage(kept),
+            Lineage::Own => match &mut inner.work {
+                Work::Queued(_, Some(lineal)) => {
+                    self.table.release_own(&mut lineal.deps, lineal.bytes)
+                }
+                Work::Kept(kept) => self.table.release_own(&mut kept.deps, kept.bytes),
+                _ => debug_assert!(false, "an own lineage not in its slot"),
+            },
+            _ => {}
         }
         let held = self.inner.get_mut().held;
         self.release(held);

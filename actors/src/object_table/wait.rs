@@ -312,7 +312,7 @@ impl Slot {
                 break r;
             }
             self.recover();
-            if hooks.is_some() && self.inner.lock().job.is_some() {
+            if hooks.is_some() && self.inner.lock().is_queued() {
                 // Queued again (a retry, a rebuild): run it here.
                 blocked.set(false);
                 let ran = self.run_here(hooks.as_ref());
