@@ -194,7 +194,23 @@ fn assert_all_read(failed: &[String], n: u64) {
         &failed[..failed.len().min(3)]
     );
 }
-rayx::remote_actor!(Stash, Stash::new, [Stow, ReadStash]);
+/// A large reply holding a ref this actor's node owns (as `big_with_ref`).
+#[derive(Serialize, Deserialize)]
+pub struct BigWithRef(u64);
+impl Message for BigWithRef {
+    type Reply = (ObjectRef<u64>, ByteBuf);
+}
+impl Handler<BigWithRef> for Stash {
+    fn handle(
+        &mut self,
+        BigWithRef(x): BigWithRef,
+        _: &mut ActorContext<Self>,
+    ) -> (ObjectRef<u64>, ByteBuf) {
+        big_with_ref(x)
+    }
+}
+
+rayx::remote_actor!(Stash, Stash::new, [Stow, ReadStash, BigWithRef]);
 
 /// An actor whose constructor takes a ref and the value it should hold (to
 /// read it later).
@@ -1011,6 +1027,34 @@ fn refs_inside_a_large_pulled_result_stay_readable() {
     });
 }
 
+/// The same for an actor call's large reply: it stays on the actor's node
+/// until pulled, and that node must keep it (and the refs in it) while the
+/// reply's ref lives (9 to 29 of 30 inner refs were lost when the caller told
+/// it to let go right after the pull).
+fn refs_inside_a_large_pulled_reply_stay_readable() {
+    let c = Cluster::start(2).unwrap();
+    let rt = c.driver();
+    let n1 = c.nodes()[1].id;
+    let actor = rt
+        .actor_of(Stash::new, ())
+        .node_affinity(n1, false)
+        .spawn()
+        .unwrap();
+    let mut failed = Vec::new();
+    for i in 0..30u64 {
+        let r = actor.call(BigWithRef(i));
+        let (inner, buf) = r.get_timeout(common::LONG).unwrap();
+        assert_eq!(buf.len(), 1 << 20);
+        drop(r);
+        failed.extend(misread(i, &inner));
+    }
+    assert_all_read(&failed, 30);
+    drop(actor);
+    wait_until("every object freed once the refs are gone", || {
+        objects_freed_everywhere(rt)
+    });
+}
+
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !done() {
@@ -1041,6 +1085,7 @@ fn main() {
         answers_follow_their_borrows_after_a_crossed_open,
         a_constructor_s_refs_are_borrowed_before_the_actor_is_reported_started,
         refs_inside_a_large_pulled_result_stay_readable,
+        refs_inside_a_large_pulled_reply_stay_readable,
     ];
     common::run_tests(tests);
 }

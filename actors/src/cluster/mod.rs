@@ -1685,23 +1685,16 @@ impl ClusterNode {
             Ok(Payload::Inline(v)) => slot.complete(Ok(v)),
             Err(e) => slot.complete(Err(e)),
             Ok(Payload::At { node, size }) => {
+                if !slot.is_borrowed() && node != slot.id().node {
+                    // A call's reply held for us on the actor's node (a lent
+                    // value is served by its owner): its holder keeps it, and
+                    // the refs in it, until the reply's ref goes — the pulled
+                    // copy is still encoded, and the refs inside are borrowed
+                    // only when it is read.
+                    slot.tell_on_drop(node);
+                }
                 let target = slot.clone();
-                let object = slot.id();
-                let me = Arc::downgrade(self);
-                self.pull(
-                    node,
-                    object,
-                    size,
-                    Box::new(move |r| {
-                        target.complete(r);
-                        if let Some(me) = me.upgrade() {
-                            if node != object.node {
-                                // A task's result held for us: free it there.
-                                me.send_to(node, false, Msg::Free { object });
-                            }
-                        }
-                    }),
-                );
+                self.pull(node, slot.id(), size, Box::new(move |r| target.complete(r)));
             }
         }
     }
