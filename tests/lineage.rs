@@ -3,7 +3,7 @@
 mod common;
 
 use common::failing::*;
-use common::{eventually, LONG};
+use common::{eventually, gate, open, LONG};
 use rayx::prelude::*;
 use rayx::{Faults, Trigger};
 
@@ -63,6 +63,37 @@ fn rebuilding_reaches_lost_arguments_too() {
     assert_eq!(head.get().unwrap(), 2 * 4096);
     let runs = ATTEMPTS.lock();
     assert_eq!((runs[&kb], runs[&kh]), (2, 2));
+}
+
+/// An argument lost after its task was dispatched (queued behind busy
+/// workers) is rebuilt before the task runs, as Ray reconstructs a task's
+/// lost arguments (found by a helper: the task failed `ObjectLost`).
+#[test]
+fn an_argument_lost_while_its_task_is_queued_is_rebuilt_first() {
+    let rt = lineage_rt(Trigger::EveryNth(u64::MAX));
+    let ka = key();
+    let arg = rt.task(big).remote((ka, 5));
+    arg.get().unwrap();
+    let g = gate();
+    let busy: Vec<u64> = (0..2).map(|_| key()).collect();
+    let blockers: Vec<_> = busy
+        .iter()
+        .map(|&k| rt.task(stuck_on).remote((k, g)))
+        .collect();
+    assert!(
+        eventually(LONG, || busy.iter().all(|&k| started(k))),
+        "both workers are busy"
+    );
+    let kd = key();
+    let sum = rt.task(sum_of).remote((kd, &arg));
+    assert!(!started(kd), "queued behind the busy workers");
+    assert!(rt.lose_object(&arg));
+    open(g);
+    assert_eq!(sum.get_timeout(LONG).unwrap(), 5 * 4096);
+    assert_eq!(ATTEMPTS.lock()[&ka], 2, "the argument was rebuilt");
+    for b in blockers {
+        b.get_timeout(LONG).unwrap();
+    }
 }
 
 #[test]

@@ -539,13 +539,15 @@ impl TaskJob {
                         .iter()
                         .find(|p| p.id == id)
                         .ok_or_else(|| Error::ObjectLost { id: id.to_string() })?;
-                    match pin.try_get() {
-                        Some(Ok(v)) => Ok(v),
-                        Some(Err(e)) => Err(Error::dependency_failed(
+                    // Ready when the task was dispatched, but it may have been
+                    // lost since: then it is rebuilt from its lineage first
+                    // (its task run here, on this worker), or fails.
+                    match pin.try_get().unwrap_or_else(|| pin.wait(None)) {
+                        Ok(v) => Ok(v),
+                        Err(e) => Err(Error::dependency_failed(
                             self.spec.display_name().to_string(),
                             e,
                         )),
-                        None => Err(Error::ObjectLost { id: id.to_string() }),
                     }
                 }
             })
