@@ -1597,8 +1597,14 @@ impl ClusterNode {
             Msg::Call(call) => self.run_call(link, call),
             Msg::CallDone { object, result } => {
                 let call = self.calls.lock().remove(&object);
-                if let Some(c) = call {
-                    self.complete_from(&c.slot, c.node, result);
+                match (call, result) {
+                    (Some(c), result) => self.complete_from(&c.slot, c.node, result),
+                    // Answered after the call was given up on (its link was
+                    // lost, or its actor moved): a reply held for it may go.
+                    (None, Ok(Payload::At { node, .. })) => {
+                        self.send_to(node, false, Msg::Free { object });
+                    }
+                    (None, _) => {}
                 }
             }
             Msg::Contains { object } => {
