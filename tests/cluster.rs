@@ -97,7 +97,10 @@ rayx::remote!(
     spawn_counter,
     hand_over,
     build_with_refs,
-    big_with_ref
+    big_with_ref,
+    put_many,
+    take_and_read,
+    have_taken_and_read
 );
 
 pub struct Counter {
@@ -210,7 +213,19 @@ impl Handler<BigWithRef> for Stash {
     }
 }
 
-rayx::remote_actor!(Stash, Stash::new, [Stow, ReadStash, BigWithRef]);
+/// Hands over every kept ref (the stash keeps none).
+#[derive(Serialize, Deserialize)]
+pub struct Give;
+impl Message for Give {
+    type Reply = Vec<ObjectRef<u64>>;
+}
+impl Handler<Give> for Stash {
+    fn handle(&mut self, _: Give, _: &mut ActorContext<Self>) -> Vec<ObjectRef<u64>> {
+        std::mem::take(&mut self.kept)
+    }
+}
+
+rayx::remote_actor!(Stash, Stash::new, [Stow, ReadStash, BigWithRef, Give]);
 
 /// An actor whose constructor takes a ref and the value it should hold (to
 /// read it later).
@@ -245,6 +260,32 @@ fn build_with_refs(other: u64, n: u64) -> Vec<String> {
         bad.extend(built.call(ReadStash).get().expect("read"));
     }
     bad
+}
+
+/// `n` values put here, the i-th holding i.
+fn put_many(n: u64) -> Vec<ObjectRef<u64>> {
+    let rt = Runtime::current().expect("in a task");
+    (0..n).map(|i| rt.put(i).unwrap()).collect()
+}
+
+/// Takes the refs out of `stash` and reads them (the i-th holds i): the
+/// failures.
+fn take_and_read(stash: ActorHandle<Stash>) -> Vec<String> {
+    let refs = stash.call(Give).get().expect("given");
+    (0..)
+        .zip(&refs)
+        .filter_map(|(i, r)| misread(i, r))
+        .collect()
+}
+
+/// Runs `take_and_read` on `node`: its answers come here, not to the driver.
+fn have_taken_and_read(stash: ActorHandle<Stash>, node: u64) -> Vec<String> {
+    let rt = Runtime::current().expect("in a task");
+    rt.task(take_and_read)
+        .node_affinity(NodeId(node), false)
+        .remote(stash)
+        .get()
+        .expect("read")
 }
 
 /// A large result holding a ref this node owns.
@@ -1055,6 +1096,79 @@ fn refs_inside_a_large_pulled_reply_stay_readable() {
     });
 }
 
+/// A driver and two nodes whose links open 300 ms late, with a `Stash` on
+/// node `on`.
+fn slow_links_with_stash(on: usize) -> (Cluster, ActorHandle<Stash>) {
+    let c = Cluster::builder()
+        .nodes(2)
+        .node_env("RAYX_TEST_LINK_DELAY_MS", "300")
+        .start()
+        .unwrap();
+    let keeper = c
+        .driver()
+        .actor_of(Stash::new, ())
+        .node_affinity(c.nodes()[on].id, false)
+        .spawn()
+        .unwrap();
+    (c, keeper)
+}
+
+/// A ref passed on across three nodes: the driver borrows refs owned by
+/// node 0 and hands them to an actor on node 1, then lets go of them once the
+/// call is answered. Node 1's borrows travel on its own link to node 0 and
+/// the driver's releases on the driver's: node 1 must not answer before node
+/// 0 has its borrows, or node 0 frees values node 1 still holds. Here node
+/// 1's link to node 0 opens late (the link delay hook), while its link to
+/// the driver is open already.
+fn a_ref_passed_on_across_three_nodes_stays_borrowed() {
+    let (c, keeper) = slow_links_with_stash(1);
+    let rt = c.driver();
+    let n0 = c.nodes()[0].id;
+    // Node 1 has answered the driver (ActorCreated): that link is open.
+    keeper
+        .call(Stow(Vec::new()))
+        .get_timeout(common::LONG)
+        .unwrap();
+    let n = 100;
+    let made = rt.task(put_many).node_affinity(n0, false).remote(n);
+    let refs = made.get_timeout(common::LONG).unwrap();
+    drop(made);
+    keeper
+        .call(Stow(refs))
+        .get_timeout(common::LONG)
+        .expect("stowed");
+    // The driver's refs are gone (released to node 0); node 1 keeps its own.
+    assert_all_read(
+        &keeper.call(ReadStash).get_timeout(common::LONG).unwrap(),
+        n,
+    );
+}
+
+/// The same across three nodes when the refs come back in a result: node 1
+/// takes refs the driver owns out of an actor on node 0, whose reply pins
+/// them until node 1 frees it. Node 1's `Free` must not reach node 0 before
+/// the driver has node 1's borrows, or node 0 releases the last hold and the
+/// driver frees the values. Node 1 never sent the driver anything before (its
+/// task was node 0's), so its link there opens late.
+fn refs_in_a_reply_from_a_third_node_stay_borrowed_after_it_is_freed() {
+    let (c, keeper) = slow_links_with_stash(0);
+    let rt = c.driver();
+    let (n0, n1) = (c.nodes()[0].id, c.nodes()[1].id);
+    let n = 100;
+    let refs: Vec<ObjectRef<u64>> = (0..n).map(|i| rt.put(i).unwrap()).collect();
+    keeper
+        .call(Stow(refs))
+        .get_timeout(common::LONG)
+        .expect("stowed");
+    let failed = rt
+        .task(have_taken_and_read)
+        .node_affinity(n0, false)
+        .remote((keeper.clone(), n1.0))
+        .get_timeout(common::LONG)
+        .unwrap();
+    assert_all_read(&failed, n);
+}
+
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !done() {
@@ -1086,6 +1200,8 @@ fn main() {
         a_constructor_s_refs_are_borrowed_before_the_actor_is_reported_started,
         refs_inside_a_large_pulled_result_stay_readable,
         refs_inside_a_large_pulled_reply_stay_readable,
+        a_ref_passed_on_across_three_nodes_stays_borrowed,
+        refs_in_a_reply_from_a_third_node_stay_borrowed_after_it_is_freed,
     ];
     common::run_tests(tests);
 }

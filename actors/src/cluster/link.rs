@@ -954,5 +954,7 @@ pub fn kind_of(msg: &Msg) -> &'static str {
         Msg::Pull { .. } => "Pull",
         Msg::Chunk { .. } => "Chunk",
         Msg::PullFailed { .. } => "PullFailed",
+        Msg::Sync { .. } => "Sync",
+        Msg::Synced { .. } => "Synced",
     }
 }

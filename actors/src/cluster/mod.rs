@@ -18,6 +18,7 @@
 //!   queue and drained by one task on the network thread: one wake-up per batch.
 
 pub mod auth;
+mod barrier;
 pub mod head;
 pub mod link;
 pub mod placement;
@@ -321,6 +322,8 @@ pub struct ClusterNode {
     /// Borrows and releases not sent yet: many refs decoded or dropped at once
     /// go out as one batch, with one wake-up of the network thread.
     outbox: Mutex<Outbox>,
+    /// Answers held back until the borrows before them reached their owners.
+    barrier: barrier::Barrier,
     /// What results sent to peers refer to, kept until the result is freed.
     contained: Mutex<IdMap<ObjectId, Vec<crate::value::Pin>>>,
     asks: Pending<Answer>,
@@ -439,6 +442,7 @@ impl ClusterNode {
             holding: Mutex::default(),
             contained: Mutex::default(),
             outbox: Mutex::default(),
+            barrier: barrier::Barrier::default(),
             asks: Mutex::default(),
             gate,
             link_delay: config.link_delay,
@@ -531,7 +535,7 @@ impl ClusterNode {
                     None => c.unborrow(id),
                     Some(node) => {
                         c.remote.lock().remove(&id);
-                        c.send_to(node, false, Msg::Free { object: id });
+                        c.answer(node, Msg::Free { object: id });
                     }
                 }
             }
@@ -759,6 +763,8 @@ impl ClusterNode {
                 };
                 if !self.send_now(node, false, msg) {
                     failed.extend(borrow);
+                } else if borrow.is_some() {
+                    self.barrier.borrowed(node);
                 }
             }
         }
@@ -779,15 +785,36 @@ impl ClusterNode {
     /// request came on may not be the one this node sends on.) A request on
     /// another lane is answered on `link`, after the same flush.
     fn reply(self: &Arc<Self>, link: &Arc<Link>, msg: Msg) {
-        // Borrows queued by the work (a constructor's argument decoded, a
-        // task's result encoded) go before its answer.
-        self.flush_outbox();
         if link.lane == Lane::Control {
             // Its sender is a peer (admitted on this link); gone, the answer
             // has nobody to go to.
-            self.send_now(link.peer.id, false, msg);
+            self.answer(link.peer.id, msg);
         } else {
+            self.flush_outbox();
             link.send(msg);
+        }
+    }
+
+    /// Sends `node` a message that may let it drop what it holds for this
+    /// node (an answer, a `Free`): after the borrows and releases queued so
+    /// far (a constructor's argument decoded, a task's result encoded), on
+    /// this node's own control link, and — when some of those borrows went
+    /// to other owners — once those owners have confirmed them (see
+    /// [`barrier`]): else `node` could release its own hold on a value first
+    /// and its owner free what this node borrowed.
+    fn answer(self: &Arc<Self>, node: NodeId, msg: Msg) {
+        self.flush_outbox();
+        let parked = self
+            .barrier
+            .answer(node, msg, &mut |n, m| self.send_now(n, false, m));
+        if let Some(since) = parked {
+            let me = Arc::downgrade(self);
+            self.net.spawn(async move {
+                tokio::time::sleep(barrier::SYNC_TIMEOUT).await;
+                if let Some(c) = me.upgrade() {
+                    c.barrier.expire(since, &mut |n, m| c.send_now(n, false, m));
+                }
+            });
         }
     }
 
@@ -1631,6 +1658,14 @@ impl ClusterNode {
                     self.reply(link, Msg::HoldAck { ack });
                 }
             }
+            Msg::Sync { id } => {
+                // Everything the peer sent before it was handled (in order).
+                self.send_now(from, false, Msg::Synced { id });
+            }
+            Msg::Synced { id } => {
+                self.barrier
+                    .synced(from, id, &mut |n, m| self.send_now(n, false, m));
+            }
             Msg::HoldAck { ack } => {
                 if let Some((_, tx)) = self.acks.lock().remove(&ack) {
                     let _ = tx.send(Ok(()));
@@ -2151,6 +2186,10 @@ impl ClusterNode {
                 None => (Vec::new(), None),
             }
         };
+        // Answers waiting for its confirmation of borrows go (what it owned
+        // is lost with it, or its link is: the messages waiting for it went).
+        self.barrier
+            .lost(node, &mut |n, m| self.send_now(n, false, m));
         // Its holds waiting for an ack are answered now: the messages waiting
         // for it went, and a link that closed carries no ack.
         self.acks.lock().retain(|_, (n, tx)| {

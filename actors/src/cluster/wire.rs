@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The protocol's version: a peer with another one is refused at its hello.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// The largest frame accepted before a connection has authenticated (a
 /// hello with its registry, a proof): a stranger cannot make a node buffer more.
 pub const PREAUTH_FRAME: usize = 1 << 20;
@@ -459,6 +459,17 @@ pub enum Msg {
         object: ObjectId,
         /// Why.
         error: Error,
+    },
+    /// Answer `Synced` once every message the sender sent before this one
+    /// has been handled (its borrows counted).
+    Sync {
+        /// Echoed in `Synced`.
+        id: u64,
+    },
+    /// A `Sync` was reached.
+    Synced {
+        /// The `Sync`'s id.
+        id: u64,
     },
 }
 
