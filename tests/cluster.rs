@@ -100,7 +100,9 @@ rayx::remote!(
     big_with_ref,
     put_many,
     take_and_read,
-    have_taken_and_read
+    have_taken_and_read,
+    noted_square,
+    noted_square_on
 );
 
 pub struct Counter {
@@ -225,7 +227,48 @@ impl Handler<Give> for Stash {
     }
 }
 
-rayx::remote_actor!(Stash, Stash::new, [Stow, ReadStash, BigWithRef, Give]);
+/// Keeps refs, then (its node's borrows of them sent) marks `dir/stowed` and
+/// waits until `dir/go` exists: the test holds the answer back meanwhile.
+#[derive(Serialize, Deserialize)]
+pub struct StowUntil(Vec<ObjectRef<u64>>, String);
+impl Message for StowUntil {
+    type Reply = ();
+}
+impl Handler<StowUntil> for Stash {
+    fn handle(&mut self, StowUntil(refs, dir): StowUntil, _: &mut ActorContext<Self>) {
+        self.kept.extend(refs);
+        let dir = std::path::Path::new(&dir);
+        std::fs::write(dir.join("stowed"), b"").expect("mark");
+        wait_for_file(&dir.join("go"));
+    }
+}
+
+rayx::remote_actor!(
+    Stash,
+    Stash::new,
+    [Stow, ReadStash, BigWithRef, Give, StowUntil]
+);
+
+/// Waits (at most 30 s) until `path` exists: an event between processes.
+fn wait_for_file(path: &std::path::Path) {
+    wait_until(&format!("{} exists", path.display()), || path.exists());
+}
+
+/// Squares `x`, marking `dir/squared` first.
+fn noted_square(x: u64, dir: String) -> u64 {
+    std::fs::write(std::path::Path::new(&dir).join("squared"), b"").expect("mark");
+    x * x
+}
+
+/// Runs `noted_square` on `node`: its answer goes to this node.
+fn noted_square_on(node: u64, x: u64, dir: String) -> u64 {
+    let rt = Runtime::current().expect("in a task");
+    rt.task(noted_square)
+        .node_affinity(NodeId(node), false)
+        .remote((x, dir))
+        .get()
+        .expect("squared")
+}
 
 /// An actor whose constructor takes a ref and the value it should hold (to
 /// read it later).
@@ -1096,12 +1139,12 @@ fn refs_inside_a_large_pulled_reply_stay_readable() {
     });
 }
 
-/// A driver and two nodes whose links open 300 ms late, with a `Stash` on
-/// node `on`.
-fn slow_links_with_stash(on: usize) -> (Cluster, ActorHandle<Stash>) {
+/// A driver and `nodes` nodes whose links open `delay_ms` late, with a
+/// `Stash` on node `on`.
+fn slow_links_with_stash(nodes: usize, delay_ms: &str, on: usize) -> (Cluster, ActorHandle<Stash>) {
     let c = Cluster::builder()
-        .nodes(2)
-        .node_env("RAYX_TEST_LINK_DELAY_MS", "300")
+        .nodes(nodes)
+        .node_env("RAYX_TEST_LINK_DELAY_MS", delay_ms)
         .start()
         .unwrap();
     let keeper = c
@@ -1121,7 +1164,13 @@ fn slow_links_with_stash(on: usize) -> (Cluster, ActorHandle<Stash>) {
 /// 1's link to node 0 opens late (the link delay hook), while its link to
 /// the driver is open already.
 fn a_ref_passed_on_across_three_nodes_stays_borrowed() {
-    let (c, keeper) = slow_links_with_stash(1);
+    stow_refs_owned_by_node_0_on_node_1("300");
+}
+
+/// The driver stows 100 refs owned by node 0 in an actor on node 1, whose
+/// links open `delay_ms` late, lets go of its own, and node 1 reads them.
+fn stow_refs_owned_by_node_0_on_node_1(delay_ms: &str) {
+    let (c, keeper) = slow_links_with_stash(2, delay_ms, 1);
     let rt = c.driver();
     let n0 = c.nodes()[0].id;
     // Node 1 has answered the driver (ActorCreated): that link is open.
@@ -1151,7 +1200,7 @@ fn a_ref_passed_on_across_three_nodes_stays_borrowed() {
 /// driver frees the values. Node 1 never sent the driver anything before (its
 /// task was node 0's), so its link there opens late.
 fn refs_in_a_reply_from_a_third_node_stay_borrowed_after_it_is_freed() {
-    let (c, keeper) = slow_links_with_stash(0);
+    let (c, keeper) = slow_links_with_stash(2, "300", 0);
     let rt = c.driver();
     let (n0, n1) = (c.nodes()[0].id, c.nodes()[1].id);
     let n = 100;
@@ -1167,6 +1216,69 @@ fn refs_in_a_reply_from_a_third_node_stay_borrowed_after_it_is_freed() {
         .get_timeout(common::LONG)
         .unwrap();
     assert_all_read(&failed, n);
+}
+
+/// Four processes: node 1 borrows refs owned by node 0 (its link to node 0
+/// opening late) for a call from the driver, and before answering it
+/// answers node 2 about something else. That answer sends node 0 a `Sync`;
+/// the call's answer must still wait for that `Sync`'s confirmation (found
+/// by a helper: node 1 forgot node 0 once its `Sync` was sent, so the call's
+/// answer went at once and all 100 refs were freed).
+fn an_answer_between_waits_for_the_borrows_it_did_not_make() {
+    let (c, keeper) = slow_links_with_stash(3, "700", 1);
+    let rt = c.driver();
+    let (n0, n1, n2) = (c.nodes()[0].id, c.nodes()[1].id, c.nodes()[2].id);
+    let dir = std::env::temp_dir().join(format!(
+        "rayx-test-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.to_string_lossy().to_string();
+    // Node 2's link to node 1 and node 1's answers to it open first.
+    let warm = rt
+        .task(noted_square_on)
+        .node_affinity(n2, false)
+        .remote((n1.0, 3, path.clone()));
+    assert_eq!(warm.get_timeout(common::LONG).unwrap(), 9);
+    std::fs::remove_file(dir.join("squared")).unwrap();
+    let n = 100;
+    let made = rt.task(put_many).node_affinity(n0, false).remote(n);
+    let refs = made.get_timeout(common::LONG).unwrap();
+    drop(made);
+    let stowed = keeper.call(StowUntil(refs, path.clone()));
+    wait_for_file(&dir.join("stowed"));
+    let other = rt
+        .task(noted_square_on)
+        .node_affinity(n2, false)
+        .remote((n1.0, 4, path));
+    wait_for_file(&dir.join("squared"));
+    std::fs::write(dir.join("go"), b"").unwrap();
+    stowed.get_timeout(common::LONG).expect("stowed");
+    drop(stowed);
+    assert_eq!(other.get_timeout(common::LONG).unwrap(), 16);
+    assert_all_read(
+        &keeper.call(ReadStash).get_timeout(common::LONG).unwrap(),
+        n,
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A number to tell this test run's files from another's.
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// As `a_ref_passed_on_across_three_nodes_stays_borrowed`, with node 1's link
+/// to node 0 opening after about 2.2 s, longer than the barrier's timeout:
+/// an owner whose link is still being opened has not had the `Sync` yet, so
+/// the answer keeps waiting (found by a helper: all 100 refs were freed
+/// when the timeout let the answer go).
+fn an_answer_waits_for_a_link_slower_than_the_sync_timeout() {
+    stow_refs_owned_by_node_0_on_node_1("1100");
 }
 
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
@@ -1202,6 +1314,8 @@ fn main() {
         refs_inside_a_large_pulled_reply_stay_readable,
         a_ref_passed_on_across_three_nodes_stays_borrowed,
         refs_in_a_reply_from_a_third_node_stay_borrowed_after_it_is_freed,
+        an_answer_between_waits_for_the_borrows_it_did_not_make,
+        an_answer_waits_for_a_link_slower_than_the_sync_timeout,
     ];
     common::run_tests(tests);
 }

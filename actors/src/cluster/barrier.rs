@@ -17,7 +17,7 @@
 use super::wire::Msg;
 use crate::ids::NodeId;
 use parking_lot::Mutex;
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 /// The longest an answer waits for owners to confirm borrows.
@@ -36,6 +36,9 @@ struct State {
     /// Owners sent borrows since they last confirmed them.
     unsynced: HashSet<NodeId>,
     next_id: u64,
+    /// The latest `Sync` sent to each owner and not confirmed yet: a later
+    /// answer waits for it too (the borrows it covers went before it).
+    inflight: HashMap<NodeId, u64>,
     /// Answers held back, in order.
     parked: VecDeque<Parked>,
 }
@@ -68,9 +71,15 @@ impl Barrier {
             s.next_id += 1;
             // An owner that is gone confirms nothing; its objects are lost.
             if send(owner, Msg::Sync { id }) {
-                awaiting.push((owner, id));
+                s.inflight.insert(owner, id);
             }
         }
+        awaiting.extend(
+            s.inflight
+                .iter()
+                .filter(|(n, _)| **n != to)
+                .map(|(n, i)| (*n, *i)),
+        );
         if awaiting.is_empty() && !s.parked.iter().any(|p| p.to == to) {
             send(to, msg);
             return None;
@@ -88,27 +97,52 @@ impl Barrier {
     }
 
     /// Stops waiting for the confirmations of answers parked at `since` or
-    /// before: they go (with those behind them that wait for nothing).
-    pub(super) fn expire(&self, since: Instant, send: Send) {
+    /// before, except from owners whose link is still being opened
+    /// (`connecting`: their `Sync` has not even gone; the open either
+    /// succeeds or loses the peer, which releases the wait): the others go
+    /// (with those behind them that wait for nothing). True if some wait was
+    /// kept: expire again later.
+    pub(super) fn expire(
+        &self,
+        since: Instant,
+        connecting: &dyn Fn(NodeId) -> bool,
+        send: Send,
+    ) -> bool {
         let mut s = self.state.lock();
+        let mut expired = Vec::new();
+        let mut kept = false;
         for p in s.parked.iter_mut().filter(|p| p.since <= since) {
-            if !p.awaiting.is_empty() {
+            let (wait, gone): (Vec<_>, Vec<_>) =
+                p.awaiting.iter().partition(|(n, _)| connecting(*n));
+            kept |= !wait.is_empty();
+            if !gone.is_empty() {
                 tracing::warn!(
                     "rayx: {:?} did not confirm borrows within {SYNC_TIMEOUT:?}; an answer to {} goes without",
-                    p.awaiting.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>(),
+                    gone.iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>(),
                     p.to
                 );
-                p.awaiting.clear();
+            }
+            p.awaiting = wait;
+            expired.extend(gone);
+        }
+        for (n, i) in expired {
+            if s.inflight.get(&n) == Some(&i) {
+                s.inflight.remove(&n);
             }
         }
         s.release(send);
+        kept
     }
 
     /// `from` confirmed the `Sync` `id`.
     pub(super) fn synced(&self, from: NodeId, id: u64, send: Send) {
         let mut s = self.state.lock();
+        // One link, in order: an earlier Sync to `from` is reached too.
+        if s.inflight.get(&from).is_some_and(|&i| i <= id) {
+            s.inflight.remove(&from);
+        }
         for p in s.parked.iter_mut() {
-            p.awaiting.retain(|&(n, i)| (n, i) != (from, id));
+            p.awaiting.retain(|&(n, i)| !(n == from && i <= id));
         }
         s.release(send);
     }
@@ -117,6 +151,7 @@ impl Barrier {
     pub(super) fn lost(&self, node: NodeId, send: Send) {
         let mut s = self.state.lock();
         s.unsynced.remove(&node);
+        s.inflight.remove(&node);
         for p in s.parked.iter_mut() {
             p.awaiting.retain(|&(n, _)| n != node);
         }
@@ -205,10 +240,7 @@ mod tests {
         b.answer(NodeId(4), free(3), &mut send);
         assert_eq!(b.parked(), 3);
         b.synced(NodeId(2), 1, &mut send);
-        assert_eq!(b.parked(), 2, "node 4's answer went");
-        // A confirmation of another sync releases nothing.
-        b.synced(NodeId(3), 99, &mut send);
-        assert_eq!(b.parked(), 2);
+        assert_eq!(b.parked(), 3, "node 4's answer waits for node 3 too");
         b.synced(NodeId(3), 0, &mut send);
         assert_eq!(b.parked(), 0);
         // Everything is confirmed: the next answer goes at once.
@@ -220,9 +252,9 @@ mod tests {
                 (2, "Free", 1),
                 (3, "Sync", 0),
                 (2, "Sync", 1),
-                (4, "Free", 3),
                 (2, "Free", 2),
                 (2, "Free", 5),
+                (4, "Free", 3),
                 (3, "Free", 4)
             ]
         );
@@ -255,9 +287,15 @@ mod tests {
         b.borrowed(NodeId(5));
         let second = b.answer(NodeId(4), free(2), &mut send).expect("waits");
         assert!(first <= second);
-        b.expire(first, &mut send);
+        let connecting = |n: NodeId| n == NodeId(5);
+        assert!(!b.expire(first, &connecting, &mut send));
         assert_eq!(b.parked(), 1, "only what was parked by then");
-        b.expire(second, &mut send);
+        assert!(
+            b.expire(second, &connecting, &mut send),
+            "node 5's link is still opening: its Sync has not gone"
+        );
+        assert_eq!(b.parked(), 1);
+        assert!(!b.expire(second, &|_| false, &mut send));
         assert_eq!(b.parked(), 0);
         drop(send);
         assert_eq!(

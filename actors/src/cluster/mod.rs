@@ -808,14 +808,32 @@ impl ClusterNode {
             .barrier
             .answer(node, msg, &mut |n, m| self.send_now(n, false, m));
         if let Some(since) = parked {
-            let me = Arc::downgrade(self);
-            self.net.spawn(async move {
-                tokio::time::sleep(barrier::SYNC_TIMEOUT).await;
-                if let Some(c) = me.upgrade() {
-                    c.barrier.expire(since, &mut |n, m| c.send_now(n, false, m));
-                }
-            });
+            self.expire_later(since);
         }
+    }
+
+    /// Stops waiting, after [`barrier::SYNC_TIMEOUT`], for owners that did not
+    /// confirm the borrows before the answers parked at `since` — except
+    /// those whose link is still being opened (then it looks again later).
+    fn expire_later(self: &Arc<Self>, since: std::time::Instant) {
+        let me = Arc::downgrade(self);
+        self.net.spawn(async move {
+            tokio::time::sleep(barrier::SYNC_TIMEOUT).await;
+            let Some(c) = me.upgrade() else {
+                return;
+            };
+            let connecting = |n: NodeId| {
+                c.peers
+                    .lock()
+                    .get(&n)
+                    .is_some_and(|p| p.alive && p.open(false).is_none() && p.connecting[0])
+            };
+            if c.barrier
+                .expire(since, &connecting, &mut |n, m| c.send_now(n, false, m))
+            {
+                c.expire_later(since);
+            }
+        });
     }
 
     fn send_now(self: &Arc<Self>, node: NodeId, bulk: bool, msg: Msg) -> bool {
