@@ -149,10 +149,15 @@ rayx::remote_actor!(Counter, Counter::new, [Add, Log]);
 /// Keeps the refs it is handed; reads them all on request.
 pub struct Stash {
     kept: Vec<ObjectRef<u64>>,
+    /// Refs to values that hold refs.
+    boxes: Vec<ObjectRef<Vec<ObjectRef<u64>>>>,
 }
 impl Stash {
     fn new() -> Stash {
-        Stash { kept: Vec::new() }
+        Stash {
+            kept: Vec::new(),
+            boxes: Vec::new(),
+        }
     }
 }
 impl Actor for Stash {}
@@ -243,10 +248,35 @@ impl Handler<StowUntil> for Stash {
     }
 }
 
+/// Keeps a ref to a value that holds refs.
+#[derive(Serialize, Deserialize)]
+pub struct StowBox(ObjectRef<Vec<ObjectRef<u64>>>);
+impl Message for StowBox {
+    type Reply = ();
+}
+impl Handler<StowBox> for Stash {
+    fn handle(&mut self, StowBox(b): StowBox, _: &mut ActorContext<Self>) {
+        self.boxes.push(b);
+    }
+}
+/// Reads the kept boxes, keeps the refs inside, and lets the boxes go.
+#[derive(Serialize, Deserialize)]
+pub struct Unbox;
+impl Message for Unbox {
+    type Reply = ();
+}
+impl Handler<Unbox> for Stash {
+    fn handle(&mut self, _: Unbox, _: &mut ActorContext<Self>) {
+        for b in std::mem::take(&mut self.boxes) {
+            self.kept.extend(b.get().expect("a box"));
+        }
+    }
+}
+
 rayx::remote_actor!(
     Stash,
     Stash::new,
-    [Stow, ReadStash, BigWithRef, Give, StowUntil]
+    [Stow, ReadStash, BigWithRef, Give, StowUntil, StowBox, Unbox]
 );
 
 /// Waits (at most 30 s) until `path` exists: an event between processes.
@@ -1281,6 +1311,36 @@ fn an_answer_waits_for_a_link_slower_than_the_sync_timeout() {
     stow_refs_owned_by_node_0_on_node_1("1100");
 }
 
+/// A value holding refs, borrowed from its owner (the driver) by node 1 and
+/// read there: node 1 borrows the refs inside (owned by node 0, its link
+/// there opening late) and lets go of the value. Its release must wait for
+/// those borrows too, or the driver frees the value, releases the refs in it,
+/// and node 0 frees them before node 1's borrows arrive.
+fn refs_inside_a_borrowed_value_outlive_its_release() {
+    let (c, keeper) = slow_links_with_stash(2, "300", 1);
+    let rt = c.driver();
+    let n0 = c.nodes()[0].id;
+    let n = 100;
+    let made = rt.task(put_many).node_affinity(n0, false).remote(n);
+    let refs = made.get_timeout(common::LONG).unwrap();
+    drop(made);
+    let boxed = rt.put(refs).unwrap();
+    // Node 1 borrows the box (its link to the driver opened for its answer
+    // to the actor's creation); the driver keeps no ref of its own.
+    keeper
+        .call(StowBox(boxed))
+        .get_timeout(common::LONG)
+        .expect("stowed");
+    keeper
+        .call(Unbox)
+        .get_timeout(common::LONG)
+        .expect("unboxed");
+    assert_all_read(
+        &keeper.call(ReadStash).get_timeout(common::LONG).unwrap(),
+        n,
+    );
+}
+
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !done() {
@@ -1316,6 +1376,7 @@ fn main() {
         refs_in_a_reply_from_a_third_node_stay_borrowed_after_it_is_freed,
         an_answer_between_waits_for_the_borrows_it_did_not_make,
         an_answer_waits_for_a_link_slower_than_the_sync_timeout,
+        refs_inside_a_borrowed_value_outlive_its_release,
     ];
     common::run_tests(tests);
 }

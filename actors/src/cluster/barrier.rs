@@ -1,18 +1,20 @@
-//! Answers held back until this node's borrows have reached their owners.
+//! Answers (and releases) held back until this node's borrows have reached
+//! their owners.
 //!
 //! A node that decodes a ref owned by a third node tells that owner
 //! (`Borrow`) on its own link to it, while the answer to the work that
 //! decoded it goes to the requester on another link. The requester may then
 //! let go of its own borrow (`Release`, on a third link), and the owner,
-//! hearing the release before the borrow, frees a value still held. Between
-//! two nodes one ordered link settles it; across three, an answer waits
-//! here until every owner this node sent borrows to since its last answer
-//! has confirmed (`Sync` → `Synced`) that it handled them. Answers to one
-//! node keep their order: one held back holds back those after it to the same
-//! node (and only those). An owner that does not confirm within
-//! [`SYNC_TIMEOUT`] (silent, hostile, or its link slow to open) delays an
-//! answer no longer: the answer goes, and the order is not guaranteed for
-//! that one.
+//! hearing the release before the borrow, frees a value still held. The
+//! same holds for this node's own release of a value whose refs it just
+//! borrowed: its owner frees the value and releases those refs. Between
+//! two nodes one ordered link settles it; across three, an answer or a
+//! release waits here until every owner this node sent borrows to has
+//! confirmed (`Sync` → `Synced`) that it handled them. What goes to one node
+//! keeps its order: one held back holds back those after it to the same node
+//! (and only those). An owner that does not confirm within [`SYNC_TIMEOUT`]
+//! of having the `Sync` (silent, hostile) delays it no longer: it goes, and
+//! the order is not guaranteed for that one.
 
 use super::wire::Msg;
 use crate::ids::NodeId;

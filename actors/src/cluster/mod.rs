@@ -757,14 +757,20 @@ impl ClusterNode {
             outbox.borrows.clear();
             let queued = std::mem::take(&mut outbox.queued);
             for (node, msg) in queued.into_iter().flatten() {
-                let borrow = match &msg {
-                    Msg::Borrow { object } => Some(*object),
-                    _ => None,
-                };
-                if !self.send_now(node, false, msg) {
-                    failed.extend(borrow);
-                } else if borrow.is_some() {
-                    self.barrier.borrowed(node);
+                match msg {
+                    Msg::Borrow { object } => {
+                        if self.send_now(node, false, msg) {
+                            self.barrier.borrowed(node);
+                        } else {
+                            failed.push(object);
+                        }
+                    }
+                    // A release lets its owner free the value, and with it
+                    // what the value refers to: it waits, as an answer does,
+                    // for the borrows of those refs made here to reach their
+                    // owners. (Held back, it only comes later than a borrow
+                    // sent after it: a count never drops early.)
+                    msg => self.through_barrier(node, msg),
                 }
             }
         }
@@ -804,6 +810,12 @@ impl ClusterNode {
     /// and its owner free what this node borrowed.
     fn answer(self: &Arc<Self>, node: NodeId, msg: Msg) {
         self.flush_outbox();
+        self.through_barrier(node, msg);
+    }
+
+    /// Sends `msg` to `node` through the [`barrier`], arming its expiry if
+    /// it waits.
+    fn through_barrier(self: &Arc<Self>, node: NodeId, msg: Msg) {
         let parked = self
             .barrier
             .answer(node, msg, &mut |n, m| self.send_now(n, false, m));
