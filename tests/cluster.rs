@@ -1127,18 +1127,24 @@ fn refs_inside_a_large_pulled_result_stay_readable() {
     let c = Cluster::start(2).unwrap();
     let rt = c.driver();
     let n1 = c.nodes()[1].id;
+    read_refs_inside_large_values(|i| rt.task(big_with_ref).node_affinity(n1, false).remote(i));
+    wait_until("every object freed once the refs are gone", || {
+        objects_freed_everywhere(rt)
+    });
+}
+
+/// Reads 30 large values, each holding a ref to its number, from `make`
+/// (each value's own ref dropped before its inner ref is read); all must read.
+fn read_refs_inside_large_values(make: impl Fn(u64) -> ObjectRef<(ObjectRef<u64>, ByteBuf)>) {
     let mut failed = Vec::new();
     for i in 0..30u64 {
-        let r = rt.task(big_with_ref).node_affinity(n1, false).remote(i);
+        let r = make(i);
         let (inner, buf) = r.get_timeout(common::LONG).unwrap();
         assert_eq!(buf.len(), 1 << 20);
         drop(r);
         failed.extend(misread(i, &inner));
     }
     assert_all_read(&failed, 30);
-    wait_until("every object freed once the refs are gone", || {
-        objects_freed_everywhere(rt)
-    });
 }
 
 /// The same for an actor call's large reply: it stays on the actor's node
@@ -1154,15 +1160,7 @@ fn refs_inside_a_large_pulled_reply_stay_readable() {
         .node_affinity(n1, false)
         .spawn()
         .unwrap();
-    let mut failed = Vec::new();
-    for i in 0..30u64 {
-        let r = actor.call(BigWithRef(i));
-        let (inner, buf) = r.get_timeout(common::LONG).unwrap();
-        assert_eq!(buf.len(), 1 << 20);
-        drop(r);
-        failed.extend(misread(i, &inner));
-    }
-    assert_all_read(&failed, 30);
+    read_refs_inside_large_values(|i| actor.call(BigWithRef(i)));
     drop(actor);
     wait_until("every object freed once the refs are gone", || {
         objects_freed_everywhere(rt)

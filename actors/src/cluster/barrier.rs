@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 /// The longest an answer waits for owners to confirm borrows.
 pub(super) const SYNC_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Sends a message to a node on its control lane; false if it is gone.
-pub(super) type Send<'a> = &'a mut dyn FnMut(NodeId, Msg) -> bool;
+/// Hands a message to a node's control lane; false if the node is gone.
+pub(super) type Deliver<'a> = &'a mut dyn FnMut(NodeId, Msg) -> bool;
 
 #[derive(Default)]
 pub(super) struct Barrier {
@@ -59,31 +59,31 @@ impl Barrier {
         self.state.lock().unsynced.insert(owner);
     }
 
-    /// Sends an answer to `to` now, or once the borrows sent to other owners
-    /// before it are confirmed. Sends under the lock, so answers keep order.
-    /// True if it waits for a confirmation: call [`expire`](Self::expire)
-    /// with the instant returned after [`SYNC_TIMEOUT`].
-    pub(super) fn answer(&self, to: NodeId, msg: Msg, send: Send) -> Option<Instant> {
+    /// Sends `msg` (an answer, a free, a release) to `to` now, or once the
+    /// borrows sent to other owners before it are confirmed. Delivers under
+    /// the lock, so what goes to one node keeps its order. `Some` if it waits
+    /// for a confirmation: call [`expire`](Self::expire) with the instant
+    /// returned after [`SYNC_TIMEOUT`].
+    pub(super) fn send(&self, to: NodeId, msg: Msg, deliver: Deliver) -> Option<Instant> {
         let mut s = self.state.lock();
         let owners: Vec<NodeId> = s.unsynced.iter().copied().filter(|n| *n != to).collect();
-        let mut awaiting = Vec::new();
         for owner in owners {
             s.unsynced.remove(&owner);
             let id = s.next_id;
             s.next_id += 1;
             // An owner that is gone confirms nothing; its objects are lost.
-            if send(owner, Msg::Sync { id }) {
+            if deliver(owner, Msg::Sync { id }) {
                 s.inflight.insert(owner, id);
             }
         }
-        awaiting.extend(
-            s.inflight
-                .iter()
-                .filter(|(n, _)| **n != to)
-                .map(|(n, i)| (*n, *i)),
-        );
+        let awaiting: Vec<(NodeId, u64)> = s
+            .inflight
+            .iter()
+            .filter(|(n, _)| **n != to)
+            .map(|(n, i)| (*n, *i))
+            .collect();
         if awaiting.is_empty() && !s.parked.iter().any(|p| p.to == to) {
-            send(to, msg);
+            deliver(to, msg);
             return None;
         }
         let since = Instant::now();
@@ -94,7 +94,7 @@ impl Barrier {
             to,
             msg,
         });
-        s.release(send);
+        s.release(deliver);
         waits.then_some(since)
     }
 
@@ -108,7 +108,7 @@ impl Barrier {
         &self,
         since: Instant,
         connecting: &dyn Fn(NodeId) -> bool,
-        send: Send,
+        deliver: Deliver,
     ) -> bool {
         let mut s = self.state.lock();
         let mut expired = Vec::new();
@@ -132,12 +132,12 @@ impl Barrier {
                 s.inflight.remove(&n);
             }
         }
-        s.release(send);
+        s.release(deliver);
         kept
     }
 
     /// `from` confirmed the `Sync` `id`.
-    pub(super) fn synced(&self, from: NodeId, id: u64, send: Send) {
+    pub(super) fn synced(&self, from: NodeId, id: u64, deliver: Deliver) {
         let mut s = self.state.lock();
         // One link, in order: an earlier Sync to `from` is reached too.
         if s.inflight.get(&from).is_some_and(|&i| i <= id) {
@@ -146,18 +146,18 @@ impl Barrier {
         for p in s.parked.iter_mut() {
             p.awaiting.retain(|&(n, i)| !(n == from && i <= id));
         }
-        s.release(send);
+        s.release(deliver);
     }
 
     /// `node` is gone (or its link is): nothing waits for it any more.
-    pub(super) fn lost(&self, node: NodeId, send: Send) {
+    pub(super) fn lost(&self, node: NodeId, deliver: Deliver) {
         let mut s = self.state.lock();
         s.unsynced.remove(&node);
         s.inflight.remove(&node);
         for p in s.parked.iter_mut() {
             p.awaiting.retain(|&(n, _)| n != node);
         }
-        s.release(send);
+        s.release(deliver);
     }
 
     /// Answers held back now (for tests and status).
@@ -170,14 +170,14 @@ impl Barrier {
 impl State {
     /// Sends the answers that wait for nothing, each behind the earlier
     /// ones to its node.
-    fn release(&mut self, send: Send) {
+    fn release(&mut self, deliver: Deliver) {
         let mut held: Vec<NodeId> = Vec::new();
         let mut i = 0;
         while i < self.parked.len() {
             let p = &self.parked[i];
             if p.awaiting.is_empty() && !held.contains(&p.to) {
                 let p = self.parked.remove(i).expect("in range");
-                send(p.to, p.msg);
+                deliver(p.to, p.msg);
             } else {
                 held.push(p.to);
                 i += 1;
@@ -231,22 +231,22 @@ mod tests {
         let mut send = recorder(&mut sent, None);
         // Borrows only to the requester itself: one ordered link, no wait.
         b.borrowed(NodeId(2));
-        b.answer(NodeId(2), free(1), &mut send);
+        b.send(NodeId(2), free(1), &mut send);
         // A borrow to a third node holds the next answer back...
         b.borrowed(NodeId(3));
-        b.answer(NodeId(2), free(2), &mut send);
+        b.send(NodeId(2), free(2), &mut send);
         // ...and the next one to the same node, though it waits for nothing
         // itself; one to another node goes once its own wait (the borrows
         // to node 2, a third node to node 4) is over.
-        b.answer(NodeId(2), free(5), &mut send);
-        b.answer(NodeId(4), free(3), &mut send);
+        b.send(NodeId(2), free(5), &mut send);
+        b.send(NodeId(4), free(3), &mut send);
         assert_eq!(b.parked(), 3);
         b.synced(NodeId(2), 1, &mut send);
         assert_eq!(b.parked(), 3, "node 4's answer waits for node 3 too");
         b.synced(NodeId(3), 0, &mut send);
         assert_eq!(b.parked(), 0);
         // Everything is confirmed: the next answer goes at once.
-        b.answer(NodeId(3), free(4), &mut send);
+        b.send(NodeId(3), free(4), &mut send);
         drop(send);
         assert_eq!(
             sent_kinds(&sent),
@@ -269,9 +269,10 @@ mod tests {
         let mut send = recorder(&mut sent, None);
         b.borrowed(NodeId(3));
         b.borrowed(NodeId(5));
-        b.answer(NodeId(2), free(1), &mut send);
+        b.send(NodeId(2), free(1), &mut send);
+        // Whichever id node 5's Sync got (0 or 1), this confirms it: a
+        // confirmation covers every earlier Sync to its node.
         b.synced(NodeId(5), 1, &mut send);
-        b.synced(NodeId(5), 0, &mut send);
         assert_eq!(b.parked(), 1, "still waiting for node 3");
         b.lost(NodeId(3), &mut send);
         assert_eq!(b.parked(), 0);
@@ -285,9 +286,9 @@ mod tests {
         let mut sent = Vec::new();
         let mut send = recorder(&mut sent, None);
         b.borrowed(NodeId(3));
-        let first = b.answer(NodeId(2), free(1), &mut send).expect("waits");
+        let first = b.send(NodeId(2), free(1), &mut send).expect("waits");
         b.borrowed(NodeId(5));
-        let second = b.answer(NodeId(4), free(2), &mut send).expect("waits");
+        let second = b.send(NodeId(4), free(2), &mut send).expect("waits");
         assert!(first <= second);
         let connecting = |n: NodeId| n == NodeId(5);
         assert!(!b.expire(first, &connecting, &mut send));
@@ -317,7 +318,7 @@ mod tests {
         let mut sent = Vec::new();
         let mut send = recorder(&mut sent, Some(NodeId(3)));
         b.borrowed(NodeId(3));
-        b.answer(NodeId(2), free(1), &mut send);
+        b.send(NodeId(2), free(1), &mut send);
         assert_eq!(b.parked(), 0);
         drop(send);
         assert_eq!(sent_kinds(&sent), vec![(2, "Free", 1)]);

@@ -199,6 +199,12 @@ impl Peer {
         }
     }
 
+    /// Whether this live peer's control link is still being opened: what
+    /// this node sends it waits.
+    fn opening(&self) -> bool {
+        self.alive && self.open(false).is_none() && self.connecting[0]
+    }
+
     /// Keeps a control link this node does not send on (see `spare`).
     fn add_spare(&mut self, link: Arc<Link>) {
         self.spare.retain(|l| !l.is_closed());
@@ -322,7 +328,8 @@ pub struct ClusterNode {
     /// Borrows and releases not sent yet: many refs decoded or dropped at once
     /// go out as one batch, with one wake-up of the network thread.
     outbox: Mutex<Outbox>,
-    /// Answers held back until the borrows before them reached their owners.
+    /// Answers, frees and releases held back until the borrows before them
+    /// reached their owners.
     barrier: barrier::Barrier,
     /// What results sent to peers refer to, kept until the result is freed.
     contained: Mutex<IdMap<ObjectId, Vec<crate::value::Pin>>>,
@@ -818,7 +825,7 @@ impl ClusterNode {
     fn through_barrier(self: &Arc<Self>, node: NodeId, msg: Msg) {
         let parked = self
             .barrier
-            .answer(node, msg, &mut |n, m| self.send_now(n, false, m));
+            .send(node, msg, &mut |n, m| self.send_now(n, false, m));
         if let Some(since) = parked {
             self.expire_later(since);
         }
@@ -834,12 +841,7 @@ impl ClusterNode {
             let Some(c) = me.upgrade() else {
                 return;
             };
-            let connecting = |n: NodeId| {
-                c.peers
-                    .lock()
-                    .get(&n)
-                    .is_some_and(|p| p.alive && p.open(false).is_none() && p.connecting[0])
-            };
+            let connecting = |n: NodeId| c.peers.lock().get(&n).is_some_and(Peer::opening);
             if c.barrier
                 .expire(since, &connecting, &mut |n, m| c.send_now(n, false, m))
             {

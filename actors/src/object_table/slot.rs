@@ -78,17 +78,10 @@ pub(super) enum DepLineage {
     Lost,
 }
 
-impl Kept {
-    /// Lets go of this task's arguments' lineage, and of theirs when this was
-    /// the last holder — iteratively: a chain of a million tasks frees without
-    /// a recursion as deep as the chain. `freed` hears the bytes of each kept
-    /// task freed on the way.
-    pub(super) fn release_deps(&mut self, freed: impl FnMut(u64)) {
-        release_deps(&mut self.deps, freed);
-    }
-}
-
-/// Lets go of `deps`' lineage, as [`Kept::release_deps`] does.
+/// Lets go of a kept task's arguments' lineage (`deps`), and of theirs when
+/// this was the last holder — iteratively: a chain of a million tasks frees
+/// without a recursion as deep as the chain. `freed` hears the bytes of each
+/// kept task freed on the way.
 pub(super) fn release_deps(deps: &mut Vec<Dep>, mut freed: impl FnMut(u64)) {
     fn kept_of(deps: &mut Vec<Dep>) -> impl Iterator<Item = Arc<Kept>> + '_ {
         deps.drain(..).filter_map(|d| match d.lineage {
@@ -112,7 +105,7 @@ impl Drop for Kept {
     // A kept task usually goes through `OwnerTable::release_lineage`, which
     // gives its bytes back; dropped elsewhere, it still frees iteratively.
     fn drop(&mut self) {
-        self.release_deps(|_| {});
+        release_deps(&mut self.deps, |_| {});
     }
 }
 
@@ -166,6 +159,21 @@ impl Kept {
 }
 
 impl Inner {
+    /// Records a new task's lineage: `Own` when kept (the caller puts the
+    /// returned rest of it in `work`), else why not.
+    fn note_lineage(&mut self, lineage: NewLineage) -> Option<Lineal> {
+        match lineage {
+            Ok(lineal) => {
+                self.lineage = Lineage::Own;
+                Some(lineal)
+            }
+            Err(why) => {
+                self.lineage = Lineage::Unkept(why);
+                None
+            }
+        }
+    }
+
     /// Whether the task that makes this object is queued here.
     pub(super) fn is_queued(&self) -> bool {
         matches!(self.work, Work::Queued(..))
@@ -174,17 +182,17 @@ impl Inner {
     /// Takes the queued task out, to run or drop it; a lineage kept with it
     /// stays, with a copy of its spec.
     pub(super) fn unqueue(&mut self) -> Option<TaskJob> {
-        match std::mem::replace(&mut self.work, Work::None) {
-            Work::Queued(job, Some(lineal)) => {
-                self.work = Work::Kept(Kept::new(job.spec.clone(), lineal));
-                Some(job)
-            }
-            Work::Queued(job, None) => Some(job),
-            other => {
-                self.work = other;
-                None
-            }
+        // Most calls (every completion) find nothing queued: no move then.
+        if !self.is_queued() {
+            return None;
         }
+        let Work::Queued(job, lineal) = std::mem::replace(&mut self.work, Work::None) else {
+            unreachable!("queued")
+        };
+        if let Some(lineal) = lineal {
+            self.work = Work::Kept(Kept::new(job.spec.clone(), lineal));
+        }
+        Some(job)
     }
 
     /// This object's kept task, shared (a dependent's lineage or a rebuild
@@ -362,19 +370,14 @@ impl Slot {
     pub(super) fn set_job(&self, job: TaskJob, lineage: Option<NewLineage>) -> bool {
         let mut inner = self.inner.lock();
         let done = matches!(inner.state, State::Ready(_) | State::Failed(_));
-        match lineage {
-            Some(Ok(lineal)) if done => {
-                inner.lineage = Lineage::Own;
-                inner.work = Work::Kept(Kept::new(job.spec, lineal));
-                return false;
-            }
-            Some(Ok(lineal)) => {
-                inner.lineage = Lineage::Own;
-                inner.work = Work::Queued(job, Some(lineal));
-                return true;
-            }
-            Some(Err(why)) => inner.lineage = Lineage::Unkept(why),
-            None => {}
+        if let Some(lineal) = lineage.and_then(|l| inner.note_lineage(l)) {
+            // A new task: nothing is in its work yet.
+            inner.work = if done {
+                Work::Kept(Kept::new(job.spec, lineal))
+            } else {
+                Work::Queued(job, Some(lineal))
+            };
+            return !done;
         }
         if done {
             drop(inner);
@@ -399,12 +402,8 @@ impl Slot {
     /// waits for its arguments).
     pub(super) fn keep_lineage(&self, lineage: NewLineage, spec: &TaskSpec) {
         let mut inner = self.inner.lock();
-        match lineage {
-            Ok(lineal) => {
-                inner.lineage = Lineage::Own;
-                inner.work = Work::Kept(Kept::new(spec.clone(), lineal));
-            }
-            Err(why) => inner.lineage = Lineage::Unkept(why),
+        if let Some(lineal) = inner.note_lineage(lineage) {
+            inner.work = Work::Kept(Kept::new(spec.clone(), lineal));
         }
     }
 
@@ -785,7 +784,7 @@ impl Drop for Slot {
             },
             _ => {}
         }
-        let held = self.inner.get_mut().held;
+        let held = inner.held;
         self.release(held);
         let mut index = self.table.shard(self.id).index.lock();
         // One look-up: gone only if the entry is this dead slot's (a rebuilt
