@@ -381,7 +381,7 @@ impl<'r, F: RemoteFunction<Args, R>, Args, R> TaskBuilder<'r, F, Args, R> {
             task_id: rayx_actors::ids::TaskId(ret.id()),
             function: Cow::Borrowed(self.name),
             args,
-            options: self.options.clone(),
+            options: self.options.clone().into(),
         };
         node.submit_task(spec, &ret, pins);
         ObjectRef::from_slot(ret)

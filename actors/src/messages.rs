@@ -68,7 +68,7 @@ impl std::fmt::Display for Retries {
 }
 
 /// Per-call options of a task.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskOptions {
     /// A name for errors and debugging; defaults to the function's name.
     pub name: Option<String>,
@@ -86,17 +86,72 @@ pub struct TaskOptions {
 
 impl Default for TaskOptions {
     fn default() -> Self {
-        TaskOptions {
-            name: None,
-            max_retries: Retries::Finite(3),
-            retry_exceptions: RetryExceptions::None,
-            scheduling: Scheduling::Default,
-            num_cpus: 1.0,
+        TaskOptions::DEFAULT
+    }
+}
+
+/// The defaults, for a spec that carries none of its own.
+static DEFAULT_OPTIONS: TaskOptions = TaskOptions::DEFAULT;
+
+/// A task's options as its spec carries them: nothing for the defaults (most
+/// tasks), boxed otherwise — 8 bytes in every queued task and every kept
+/// lineage instead of 80. Reads see a [`TaskOptions`] either way (`Deref`); a
+/// write boxes the defaults first. On the wire it is a `TaskOptions`.
+#[derive(Clone, Default, PartialEq)]
+pub struct SpecOptions(Option<Box<TaskOptions>>);
+
+impl From<TaskOptions> for SpecOptions {
+    fn from(options: TaskOptions) -> Self {
+        if options == TaskOptions::DEFAULT {
+            SpecOptions(None)
+        } else {
+            SpecOptions(Some(Box::new(options)))
         }
     }
 }
 
+impl std::ops::Deref for SpecOptions {
+    type Target = TaskOptions;
+    fn deref(&self) -> &TaskOptions {
+        self.0.as_deref().unwrap_or(&DEFAULT_OPTIONS)
+    }
+}
+
+impl std::ops::DerefMut for SpecOptions {
+    fn deref_mut(&mut self) -> &mut TaskOptions {
+        self.0.get_or_insert_with(|| Box::new(TaskOptions::DEFAULT))
+    }
+}
+
+impl std::fmt::Debug for SpecOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+impl Serialize for SpecOptions {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (**self).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for SpecOptions {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        TaskOptions::deserialize(d).map(SpecOptions::from)
+    }
+}
+
 impl TaskOptions {
+    /// Ray's defaults: up to 3 retries after system failures, none after
+    /// application failures, the hybrid policy, one CPU.
+    pub const DEFAULT: TaskOptions = TaskOptions {
+        name: None,
+        max_retries: Retries::Finite(3),
+        retry_exceptions: RetryExceptions::None,
+        scheduling: Scheduling::Default,
+        num_cpus: 1.0,
+    };
+
     /// Whether a task that has failed `failures` times may run again.
     pub fn may_retry(&self, failures: usize) -> bool {
         self.max_retries.allows(failures as u64)
@@ -158,7 +213,7 @@ pub struct TaskSpec {
     /// The arguments, in order.
     pub args: Vec<Arg>,
     /// Options given at the call.
-    pub options: TaskOptions,
+    pub options: SpecOptions,
 }
 
 impl TaskSpec {
@@ -188,4 +243,49 @@ pub struct TaskResult {
     pub object: ObjectId,
     /// The value, or the error that took its place.
     pub result: Result<Value, crate::Error>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_options_box_only_what_differs_from_the_defaults() {
+        let default = SpecOptions::from(TaskOptions::default());
+        assert!(default.0.is_none(), "the defaults take no allocation");
+        assert_eq!(default.max_retries, Retries::Finite(3));
+
+        let named = SpecOptions::from(TaskOptions {
+            name: Some("f".into()),
+            ..TaskOptions::default()
+        });
+        assert_eq!(named.name.as_deref(), Some("f"));
+        assert!(named.0.is_some());
+
+        // A write to the defaults boxes them first and changes only this spec.
+        let mut written = default.clone();
+        written.num_cpus = 2.0;
+        assert_eq!(written.num_cpus, 2.0);
+        assert_eq!(default.num_cpus, 1.0);
+    }
+
+    #[test]
+    fn spec_options_are_task_options_on_the_wire() {
+        let options = TaskOptions {
+            max_retries: Retries::Infinite,
+            retry_exceptions: RetryExceptions::Matching(vec!["boom".into()]),
+            ..TaskOptions::default()
+        };
+        let spec = SpecOptions::from(options.clone());
+        let bytes = rmp_serde::to_vec(&spec).expect("encodes");
+        assert_eq!(bytes, rmp_serde::to_vec(&options).expect("encodes"));
+        let back: SpecOptions = rmp_serde::from_slice(&bytes).expect("decodes");
+        assert_eq!(*back, options);
+        let defaults = rmp_serde::to_vec(&TaskOptions::default()).expect("encodes");
+        let back: SpecOptions = rmp_serde::from_slice(&defaults).expect("decodes");
+        assert!(
+            back.0.is_none(),
+            "decoded defaults take no allocation either"
+        );
+    }
 }

@@ -7,7 +7,9 @@ use crate::handshake::Elsewhere;
 pub(super) enum State {
     Pending,
     Ready(Value),
-    Failed(Error),
+    /// Boxed: an error is rare and larger than a value; every slot carries
+    /// room for the larger of the two.
+    Failed(Box<Error>),
     /// The value was lost (or freed while the slot lives as lineage); the next
     /// reader rebuilds it from its lineage, or fails.
     Lost,
@@ -18,7 +20,7 @@ pub(super) enum Lineage {
     /// A `put` object or a call's reply: it cannot be rebuilt.
     None,
     /// A task's result whose lineage was not kept, and why.
-    Unkept(&'static str),
+    Unkept(Unkept),
     /// The task that made it, kept in the slot's [`Work`] alone: no other
     /// object's lineage names it yet. A task nobody builds on allocates
     /// nothing for its lineage, and frees nothing on another thread.
@@ -28,12 +30,16 @@ pub(super) enum Lineage {
     Kept(Arc<Kept>),
 }
 
-/// The task of a slot: queued, or kept as its lineage (`Lineage::Own`), in
-/// one place — a task's job and its lineage share the spec while it is
-/// queued, and a put or a call's reply carries no room for either twice.
+/// What makes a slot's object: its task, queued or kept as its lineage
+/// (`Lineage::Own`), or the actor call whose reply it is — in one place: a
+/// task's job and its lineage share the spec while it is queued, and a put
+/// or a call's reply carries no room for a task twice.
 pub(super) enum Work {
     /// No task here (or its lineage is elsewhere: not kept, or shared).
     None,
+    /// The reply of a call to this actor, for a cancel to reach it (a call
+    /// is never queued here nor kept as lineage).
+    Call(ActorId),
     /// The task that makes this object, queued and not started, with the
     /// rest of its lineage when the slot keeps it (`Lineage::Own`): its spec
     /// is the job's.
@@ -73,7 +79,7 @@ pub(super) enum DepLineage {
     /// From its task.
     Kept(Arc<Kept>),
     /// Not: its lineage was not kept, for this reason.
-    Unkept(&'static str),
+    Unkept(Unkept),
     /// Not: a `put`, or another runtime's object.
     Lost,
 }
@@ -129,14 +135,38 @@ pub(super) struct Inner {
     /// Lost because it was freed (a revived argument), not because it failed.
     pub(super) freed: bool,
     /// The task that makes this object while it is queued and not started,
-    /// and its lineage while the slot alone keeps it.
+    /// and its lineage while the slot alone keeps it; or the actor whose
+    /// call makes it.
     pub(super) work: Work,
-    /// The actor whose call makes this object, for a cancel to reach it.
-    pub(super) actor: Option<ActorId>,
 }
 
 /// A new task's lineage: kept (its spec is the job's) or not, and why.
-pub(super) type NewLineage = Result<Lineal, &'static str>;
+pub(super) type NewLineage = Result<Lineal, Unkept>;
+
+/// Why a task's lineage was not kept (a byte in every slot, not a string's
+/// 16: every object pays for the room).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Unkept {
+    /// `max_retries` is 0.
+    NoRetries,
+    /// Its inline arguments are over the inline threshold.
+    LargeArguments,
+    /// `max_lineage_bytes` was reached.
+    OverBudget,
+}
+
+impl Unkept {
+    /// The reason, as errors say it.
+    pub(super) fn reason(self) -> &'static str {
+        match self {
+            Unkept::NoRetries => "its task may not run again (max_retries is 0)",
+            Unkept::LargeArguments => {
+                "its arguments were passed by value and are too large to keep; pass them as refs"
+            }
+            Unkept::OverBudget => "its lineage was not kept: max_lineage_bytes was reached",
+        }
+    }
+}
 
 impl Kept {
     pub(super) fn new(spec: TaskSpec, lineal: Lineal) -> Kept {
@@ -250,22 +280,47 @@ pub struct Slot {
 }
 
 impl Slot {
+    /// A pending object's slot; a call's reply names its actor.
+    // Inlined, as `OwnerTable::index` is: built in place where it is made
+    // (a slot moved through a call is copied first, a tenth of a `put`).
+    #[inline(always)]
     pub(super) fn new(id: ObjectId, table: Arc<OwnerTable>, actor: Option<ActorId>) -> Slot {
+        let work = actor.map_or(Work::None, Work::Call);
+        Slot::build(id, table, State::Pending, Held::Nothing, PENDING, work)
+    }
+
+    /// A slot made ready with a small `value` of `size` bytes before anyone
+    /// can see it (held inline: nothing to admit, nothing that can fail).
+    #[inline(always)]
+    pub(super) fn filled(id: ObjectId, table: Arc<OwnerTable>, value: Value, size: u64) -> Slot {
+        debug_assert!(size as usize <= table.inline_threshold);
+        let held = Held::Inline(size, table.inline_bytes.add(size));
+        Slot::build(id, table, State::Ready(value), held, DONE, Work::None)
+    }
+
+    #[inline(always)]
+    fn build(
+        id: ObjectId,
+        table: Arc<OwnerTable>,
+        state: State,
+        held: Held,
+        status: u8,
+        work: Work,
+    ) -> Slot {
         Slot {
             id,
-            status: AtomicU8::new(PENDING),
+            status: AtomicU8::new(status),
             cancelled: AtomicBool::new(false),
             inner: Mutex::new(Inner {
-                state: State::Pending,
-                held: Held::Nothing,
+                state,
+                held,
                 waiters: Vec::new(),
                 next_token: 0,
                 dependents: Vec::new(),
                 children: Vec::new(),
                 lineage: Lineage::None,
                 freed: false,
-                work: Work::None,
-                actor,
+                work,
             }),
             table,
             borrowed: false,
@@ -337,7 +392,10 @@ impl Slot {
             let mut inner = self.inner.lock();
             (
                 std::mem::take(&mut inner.children),
-                inner.actor,
+                match inner.work {
+                    Work::Call(actor) => Some(actor),
+                    _ => None,
+                },
                 inner.unqueue(),
             )
         };
@@ -394,6 +452,10 @@ impl Slot {
                 Work::Queued(job, lineal)
             }
             Work::None => Work::Queued(job, None),
+            Work::Call(_) => {
+                debug_assert!(false, "an actor call's reply is made by no task");
+                Work::Queued(job, None)
+            }
         };
         true
     }
@@ -464,7 +526,7 @@ impl Slot {
         }
         inner.state = match &result {
             Ok(v) => State::Ready(v.clone()),
-            Err(e) => State::Failed(e.clone()),
+            Err(e) => State::Failed(Box::new(e.clone())),
         };
         inner.held = held;
         let job = inner.unqueue();
@@ -487,17 +549,6 @@ impl Slot {
                     .map(|e| self.as_seen_by(e, &d.ret.table)),
             );
         }
-    }
-
-    /// Makes a new slot, not yet shared, ready with a small `value` of
-    /// `size` bytes (held inline: nothing to admit, nothing that can fail).
-    pub(super) fn fill(&mut self, value: Value, size: u64) {
-        debug_assert!(size as usize <= self.table.inline_threshold);
-        let held = self.hold_inline(size);
-        let inner = self.inner.get_mut();
-        inner.state = State::Ready(value);
-        inner.held = held;
-        *self.status.get_mut() = DONE;
     }
 
     pub(super) fn account(&self, v: &Value) -> Result<Held, Error> {
@@ -618,7 +669,7 @@ impl Slot {
             Lineage::None => Err(Error::ObjectLost { id }),
             Lineage::Unkept(why) => Err(Error::ObjectReconstructionFailed {
                 id,
-                cause: why.to_string(),
+                cause: why.reason().to_string(),
             }),
         };
         inner.state = State::Pending;
@@ -648,7 +699,7 @@ impl Slot {
     pub fn why_unrebuildable(&self) -> Option<String> {
         match &self.inner.lock().lineage {
             Lineage::Kept(_) | Lineage::Own => None,
-            Lineage::Unkept(why) => Some(why.to_string()),
+            Lineage::Unkept(why) => Some(why.reason().to_string()),
             Lineage::None => Some("no lineage was kept for it".into()),
         }
     }
@@ -801,5 +852,28 @@ impl Drop for Slot {
                 released(self.id, (tell != 0).then_some(crate::ids::NodeId(tell)));
             }
         }
+    }
+}
+#[cfg(test)]
+mod size {
+    use super::*;
+    use std::mem::size_of;
+
+    /// Every object, a `put` or a finished task, is a slot, and a million
+    /// queued tasks are a million slots: what a field adds here, every
+    /// object pays. The defaults of a task's options and a failed object's
+    /// error take no room in it (both boxed when present).
+    #[test]
+    fn a_slot_stays_small() {
+        assert_eq!(size_of::<crate::messages::SpecOptions>(), 8);
+        assert_eq!(size_of::<State>(), size_of::<Value>());
+        assert!(
+            size_of::<Slot>() <= 360,
+            "a slot grew to {} bytes (work {}, job {}, kept {})",
+            size_of::<Slot>(),
+            size_of::<Work>(),
+            size_of::<TaskJob>(),
+            size_of::<Kept>()
+        );
     }
 }
