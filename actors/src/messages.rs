@@ -97,7 +97,7 @@ static DEFAULT_OPTIONS: TaskOptions = TaskOptions::DEFAULT;
 /// tasks), boxed otherwise — 8 bytes in every queued task and every kept
 /// lineage instead of 80. Reads see a [`TaskOptions`] either way (`Deref`); a
 /// write boxes the defaults first. On the wire it is a `TaskOptions`.
-#[derive(Clone, Default, PartialEq)]
+#[derive(Clone, Default)]
 pub struct SpecOptions(Option<Box<TaskOptions>>);
 
 impl From<TaskOptions> for SpecOptions {

@@ -823,9 +823,7 @@ impl ClusterNode {
     /// Sends `msg` to `node` through the [`barrier`], arming its expiry if
     /// it waits.
     fn through_barrier(self: &Arc<Self>, node: NodeId, msg: Msg) {
-        let parked = self
-            .barrier
-            .send(node, msg, &mut |n, m| self.send_now(n, false, m));
+        let parked = self.barrier.send(node, msg, &mut self.control());
         if let Some(since) = parked {
             self.expire_later(since);
         }
@@ -842,12 +840,15 @@ impl ClusterNode {
                 return;
             };
             let connecting = |n: NodeId| c.peers.lock().get(&n).is_some_and(Peer::opening);
-            if c.barrier
-                .expire(since, &connecting, &mut |n, m| c.send_now(n, false, m))
-            {
+            if c.barrier.expire(since, &connecting, &mut c.control()) {
                 c.expire_later(since);
             }
         });
+    }
+
+    /// Delivers to a node's control lane at once: what the barrier sends with.
+    fn control(self: &Arc<Self>) -> impl FnMut(NodeId, Msg) -> bool + '_ {
+        move |n, m| self.send_now(n, false, m)
     }
 
     fn send_now(self: &Arc<Self>, node: NodeId, bulk: bool, msg: Msg) -> bool {
@@ -1695,8 +1696,7 @@ impl ClusterNode {
                 self.send_now(from, false, Msg::Synced { id });
             }
             Msg::Synced { id } => {
-                self.barrier
-                    .synced(from, id, &mut |n, m| self.send_now(n, false, m));
+                self.barrier.synced(from, id, &mut self.control());
             }
             Msg::HoldAck { ack } => {
                 if let Some((_, tx)) = self.acks.lock().remove(&ack) {
@@ -2220,8 +2220,7 @@ impl ClusterNode {
         };
         // Answers waiting for its confirmation of borrows go (what it owned
         // is lost with it, or its link is: the messages waiting for it went).
-        self.barrier
-            .lost(node, &mut |n, m| self.send_now(n, false, m));
+        self.barrier.lost(node, &mut self.control());
         // Its holds waiting for an ack are answered now: the messages waiting
         // for it went, and a link that closed carries no ack.
         self.acks.lock().retain(|_, (n, tx)| {

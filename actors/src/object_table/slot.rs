@@ -124,6 +124,13 @@ pub(super) enum Held {
     Stored(u64),
 }
 
+impl Held {
+    /// `size` bytes held inline, counted on this thread's stripe of `table`'s count.
+    fn inline(table: &OwnerTable, size: u64) -> Held {
+        Held::Inline(size, table.inline_bytes.add(size))
+    }
+}
+
 pub(super) struct Inner {
     pub(super) state: State,
     pub(super) held: Held,
@@ -294,7 +301,7 @@ impl Slot {
     #[inline(always)]
     pub(super) fn filled(id: ObjectId, table: Arc<OwnerTable>, value: Value, size: u64) -> Slot {
         debug_assert!(size as usize <= table.inline_threshold);
-        let held = Held::Inline(size, table.inline_bytes.add(size));
+        let held = Held::inline(&table, size);
         Slot::build(id, table, State::Ready(value), held, DONE, Work::None)
     }
 
@@ -557,13 +564,8 @@ impl Slot {
             self.table.store.admit(size)?;
             Ok(Held::Stored(size))
         } else {
-            Ok(self.hold_inline(size))
+            Ok(Held::inline(&self.table, size))
         }
-    }
-
-    /// Counts `size` bytes held inline, on this thread's stripe.
-    fn hold_inline(&self, size: u64) -> Held {
-        Held::Inline(size, self.table.inline_bytes.add(size))
     }
 
     pub(super) fn release(&self, held: Held) {
