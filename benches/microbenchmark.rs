@@ -104,6 +104,9 @@ struct Bench {
     quick: bool,
     run: Option<String>,
     skip: Option<String>,
+    /// In cluster mode, the node processes, whose CPU is reported beside the
+    /// driver's (Ray's CPU column counts every process of its system).
+    nodes: Vec<u32>,
 }
 
 impl Bench {
@@ -129,7 +132,7 @@ impl Bench {
         }
         let step = count / 10 + 1;
         let mut stats = Vec::new();
-        let (cpu0, mut ops) = (cpu_time(), 0.0);
+        let (cpu0, nodes0, mut ops) = (cpu_time(), self.nodes_cpu(), 0.0);
         for _ in 0..4 {
             let start = Instant::now();
             let mut count = 0u64;
@@ -143,10 +146,24 @@ impl Bench {
             ops += multiplier * count as f64;
         }
         let cpu_us = (cpu_time() - cpu0).as_secs_f64() * 1e6 / ops;
+        let nodes = match (nodes0, self.nodes_cpu()) {
+            (Some(a), Some(b)) => {
+                format!(" node cpu {:.4} us/op", (b - a).as_secs_f64() * 1e6 / ops)
+            }
+            _ => String::new(),
+        };
         let mean = stats.iter().sum::<f64>() / stats.len() as f64;
         let sd =
             (stats.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / stats.len() as f64).sqrt();
-        println!("{name} per second {mean:.2} +- {sd:.2} cpu {cpu_us:.4} us/op");
+        println!("{name} per second {mean:.2} +- {sd:.2} cpu {cpu_us:.4} us/op{nodes}");
+    }
+
+    /// The node processes' CPU time so far (cluster mode), if readable.
+    fn nodes_cpu(&self) -> Option<std::time::Duration> {
+        if self.nodes.is_empty() {
+            return None;
+        }
+        self.nodes.iter().map(|&p| cpu::process_cpu_time(p)).sum()
     }
 }
 
@@ -349,6 +366,7 @@ fn main() {
         skip: std::env::var("TESTS_TO_SKIP")
             .ok()
             .filter(|s| !s.is_empty()),
+        nodes: Vec::new(),
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cluster = cluster_mode.then(|| {
@@ -363,6 +381,12 @@ fn main() {
     let rt = match &cluster {
         Some(c) => c.driver().clone(),
         None => rayx::init().expect("runtime"),
+    };
+    let bench = Bench {
+        nodes: cluster
+            .as_ref()
+            .map_or_else(Vec::new, |c| c.nodes().iter().map(|n| n.pid()).collect()),
+        ..bench
     };
     let n_cpu = (cores / 2).max(1);
     println!(
@@ -559,6 +583,8 @@ fn main() {
         value, template, containing, actors, a, c, client, clients, servers,
     ));
     if let Some(cluster) = cluster {
+        // Driver and node together, at idle and under light traffic.
+        light(&bench, &rt);
         drop(rt);
         cluster::extras(&bench, cluster);
         return;
@@ -567,7 +593,9 @@ fn main() {
 
     floor(&bench, &arr);
     drop(arr);
-    light(&bench);
+    let rt = rayx::init().expect("runtime");
+    light(&bench, &rt);
+    rt.shutdown();
     scale(&bench);
 }
 
@@ -577,23 +605,28 @@ fn sleep_ms(ms: u64) {
 rayx::remote!(sleep_ms);
 
 /// CPU when little happens: a runtime at idle, and one call or task every
-/// 5 ms (a service under light traffic), as `cpu: NAME: X us ...` lines.
-fn light(bench: &Bench) {
+/// 5 ms (a service under light traffic), as `cpu: NAME: X us ...` lines. In
+/// cluster mode on `rt`, the driver's (which offers no CPUs: the actor and
+/// tasks are on the node) with the node processes' CPU added.
+fn light(bench: &Bench, rt: &Runtime) {
     let window = if bench.quick {
         Duration::from_millis(100)
-    } else {
+    } else if bench.nodes.is_empty() {
         Duration::from_secs(3)
+    } else {
+        // The nodes' CPU comes in clock ticks (10 ms): a longer window.
+        Duration::from_secs(6)
     };
-    let rt = rayx::init().expect("runtime");
+    let cpu = || cpu_time() + bench.nodes_cpu().unwrap_or_default();
     let a = rt.actor_of(BenchActor::new, ()).spawn().expect("actor");
     a.call(SmallValue).get().expect("warm-up");
     rt.task(small_value).remote(()).get().expect("warm-up");
 
     let name = "cpu: idle runtime";
     if bench.selected(name) {
-        let c0 = cpu_time();
+        let c0 = cpu();
         std::thread::sleep(window);
-        let us = (cpu_time() - c0).as_secs_f64() * 1e6 / window.as_secs_f64();
+        let us = cpu().saturating_sub(c0).as_secs_f64() * 1e6 / window.as_secs_f64();
         println!("{name}: {us:.1} us of CPU per second");
     }
     let every = Duration::from_millis(5);
@@ -602,14 +635,14 @@ fn light(bench: &Bench) {
             return;
         }
         let n = (window.as_secs_f64() / every.as_secs_f64()) as u32;
-        let (c0, t0) = (cpu_time(), Instant::now());
+        let (c0, t0) = (cpu(), Instant::now());
         for i in 1..=n {
             op();
             if let Some(rest) = (t0 + every * i).checked_duration_since(Instant::now()) {
                 std::thread::sleep(rest);
             }
         }
-        let us = (cpu_time() - c0).as_secs_f64() * 1e6 / n as f64;
+        let us = cpu().saturating_sub(c0).as_secs_f64() * 1e6 / n as f64;
         println!("{name}: {us:.1} us of CPU per call");
     };
     paced("cpu: one actor call every 5 ms", &|| {
@@ -618,8 +651,6 @@ fn light(bench: &Bench) {
     paced("cpu: one task every 5 ms", &|| {
         rt.task(small_value).remote(()).get().expect("task");
     });
-    drop(a);
-    rt.shutdown();
 }
 
 /// What the parts cost: raw actix message passing and memory copies.

@@ -33,6 +33,7 @@ use crate::ids::{ActorId, IdMap, NodeId, ObjectId, TaskId};
 use crate::messages::{ActorCall, Arg, Scheduling, TaskSpec};
 use crate::object_table::{Slot, TaskJob};
 use crate::run_queue::Spill;
+use crate::spin::Site;
 use crate::value::Value;
 use crossbeam_queue::SegQueue;
 use head::Head;
@@ -362,6 +363,10 @@ pub struct ClusterNode {
     serving: Serving,
     done: SegQueue<Arc<Waiting>>,
     wake: tokio::sync::Notify,
+    /// A control message came in: the network thread lingers (see `linger`).
+    heard: tokio::sync::Notify,
+    /// Control message batches handled, for `linger` to see one come.
+    heard_count: AtomicU64,
     spread: AtomicUsize,
     closed: AtomicBool,
 }
@@ -470,6 +475,8 @@ impl ClusterNode {
             serving: Serving::default(),
             done: SegQueue::new(),
             wake: tokio::sync::Notify::new(),
+            heard: tokio::sync::Notify::new(),
+            heard_count: AtomicU64::new(0),
             spread: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
         });
@@ -479,6 +486,7 @@ impl ClusterNode {
         let weak = Arc::downgrade(&cluster);
         cluster.net.spawn(accept_loop(listener, weak.clone()));
         cluster.net.spawn(drain_completions(weak.clone()));
+        cluster.net.spawn(linger(weak.clone()));
         if let Some(address) = &config.address {
             let joined = cluster.net.block_on(async {
                 // A head started a moment ago may not listen yet: a refused
@@ -2487,6 +2495,11 @@ impl Inbound for Handler {
             for m in msgs {
                 c.on_msg(link, m);
             }
+            if link.lane == Lane::Control {
+                // Read on this (the network) thread only, by `linger`.
+                c.heard_count.fetch_add(1, Ordering::Relaxed);
+                c.heard.notify_one();
+            }
         }
     }
 
@@ -2708,6 +2721,40 @@ async fn open_bulk(node: Weak<ClusterNode>, peer: NodeId, address: String) -> Op
             p.bulk = Some(l.clone());
             Some(l)
         }
+    }
+}
+
+/// The network thread's linger (the spin policy's [`Site::Net`]): after a
+/// control message came in, it keeps polling its sockets — a task that
+/// yields, so the runtime polls them without sleeping — until the next one
+/// comes, the budget runs out, or the node stops. Awake, it reads an answer
+/// or a caller's next request without a wake-up, and what this node's
+/// threads hand it to send needs none either. It yields its core between
+/// polls: what it waits for may be a thread of another process on this core.
+///
+/// [`Site::Net`]: crate::spin::Site::Net
+async fn linger(node: Weak<ClusterNode>) {
+    loop {
+        let Some(c) = node.upgrade() else { return };
+        c.heard.notified().await;
+        let policy = c.core.run_queue.spin();
+        let Some(spin) = policy.begin(Site::Net, false) else {
+            continue;
+        };
+        // Relaxed: a count only compared for change, on this thread.
+        let seen = c.heard_count.load(Ordering::Relaxed);
+        let mut paid = false;
+        while !spin.expired() && !c.closed.load(Ordering::Acquire) {
+            tokio::task::yield_now().await;
+            if c.heard_count.load(Ordering::Relaxed) != seen {
+                paid = true;
+                break;
+            }
+            // The threads it waits for may be in another process on this
+            // core (the policy counts only this node's spinners): give way.
+            std::thread::yield_now();
+        }
+        policy.end(spin, paid);
     }
 }
 
