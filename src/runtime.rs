@@ -569,4 +569,13 @@ impl Runtime {
     pub fn lose_object<T>(&self, r: &ObjectRef<T>) -> bool {
         self.node().lose_object(r.slot())
     }
+
+    /// In a cluster, how often this process's network thread lingered after
+    /// a control message (polling its sockets rather than sleeping), and how
+    /// often the next message came while it did: `(begun, paid)`. `None`
+    /// outside a cluster.
+    #[cfg(feature = "testing")]
+    pub fn network_lingers(&self) -> Option<(u64, u64)> {
+        self.node().cluster().map(|c| c.lingers())
+    }
 }

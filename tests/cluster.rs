@@ -1348,6 +1348,31 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// A node's network thread polls its sockets for a moment after a control
+/// message (the spin policy's network site) on two cores or more, and never
+/// on one (what it waits for could not run meanwhile). How often the polling
+/// pays depends on timing, so only its start is asserted; the speed it buys
+/// is the benchmark's (`benches/results/2026-11-29-net-linger.txt`).
+fn the_network_thread_lingers_after_a_message_only_with_a_core_to_spare() {
+    let c = Cluster::start(1).unwrap();
+    let rt = c.driver();
+    let counter = rt.actor_of(Counter::new, 0).spawn().unwrap();
+    for k in 1..=50u64 {
+        assert_eq!(counter.call(Add(1)).get().unwrap(), k);
+    }
+    let (begun, paid) = rt.network_lingers().expect("in a cluster");
+    assert!(paid <= begun);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores >= 2 {
+        assert!(
+            begun > 0,
+            "50 replies came in and the network thread never lingered"
+        );
+    } else {
+        assert_eq!(begun, 0, "lingered on one core");
+    }
+}
+
 fn main() {
     rayx::testing::serve_if_node();
     macro_rules! tests {
@@ -1375,6 +1400,7 @@ fn main() {
         an_answer_between_waits_for_the_borrows_it_did_not_make,
         an_answer_waits_for_a_link_slower_than_the_sync_timeout,
         refs_inside_a_borrowed_value_outlive_its_release,
+        the_network_thread_lingers_after_a_message_only_with_a_core_to_spare,
     ];
     common::run_tests(tests);
 }

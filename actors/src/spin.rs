@@ -36,16 +36,22 @@
 //! the next request of a caller in request–reply) finds it awake. Waking a
 //! thread asleep in another process costs the sender of every message a
 //! system call that waits for the sleeper's core to wake: on this project's
-//! 2-core VM a blocking TCP ping-pong between two processes makes 11k round
-//! trips a second, one that polls 100–130k. Rules 2 and 3 hold, with a
-//! budget of up to [`NET_MAX`] (a round trip to another process with the far
-//! side asleep, with room) and probes of that length (a probe must be able
-//! to catch an answer). Rule 1 does not stop it: the message that starts it
-//! has usually just queued work (a peer's call). Instead it yields its core
-//! between polls, always: whatever it waits for, a worker here or a thread
-//! of another process on the same core, runs first.
+//! 2-core VM a blocking TCP ping-pong between two processes makes about 11k
+//! round trips a second, one that polls about 125k
+//! (`benches/loopback_pingpong.py`). Rule 3 holds, with a budget of up to
+//! [`NET_MAX`] (a round trip to another process with the far side asleep,
+//! with room) and probes of that length (a probe must be able to catch an
+//! answer), one in [`NET_PROBE_EVERY`] waits. Rule 2 allows one such thread
+//! (there is one per node) on two cores or more. Rule 1 does not stop it:
+//! the message that starts it has usually just queued work (a peer's call).
+//! Instead it offers its core to any other runnable thread between polls (a
+//! worker here, or a thread of another process on the same core), and stops
+//! as soon as one such offer took its core for longer than a poll should
+//! ([`CONTENDED`]): the cores are busy, and a thread waiting for the core
+//! cannot be woken by a message the way a sleeping one is.
 //!
-//! So under full load nobody takes a core from work (rule 1), under light traffic (a call
+//! So under full load nobody takes a core from work (rule 1; the network
+//! thread gives its core up at once), under light traffic (a call
 //! every few milliseconds) the budget decays to nothing after a few waits and
 //! each wait costs a probe at most (rule 3), at idle nothing runs, and in
 //! request–reply ping-pong the answer comes within the spin and the thread
@@ -67,8 +73,14 @@ pub const MIN: Duration = Duration::from_micros(2);
 pub const PROBE: Duration = Duration::from_micros(16);
 /// With no budget, one wait in this many probes.
 pub const PROBE_EVERY: u32 = 16;
+/// A network thread's offer of its core that took longer than this means
+/// another thread ran: the cores are busy, and the linger ends.
+pub const CONTENDED: Duration = Duration::from_micros(50);
 /// The longest a network thread polls before it sleeps, and its probe.
 pub const NET_MAX: Duration = Duration::from_micros(250);
+/// With no budget, one network thread's wait in this many probes: its probe
+/// is long ([`NET_MAX`]), so it comes more rarely.
+pub const NET_PROBE_EVERY: u32 = 64;
 
 /// Where a thread waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +106,14 @@ impl Site {
             Site::Get => PROBE,
             Site::IdleWorker | Site::IdleActor => MIN,
             Site::Net => NET_MAX,
+        }
+    }
+
+    /// With no budget, one wait in this many probes.
+    fn probe_every(self) -> u32 {
+        match self {
+            Site::Net => NET_PROBE_EVERY,
+            Site::Get | Site::IdleWorker | Site::IdleActor => PROBE_EVERY,
         }
     }
 
@@ -186,7 +206,7 @@ impl SpinPolicy {
                 rec.budget_ns
             } else {
                 rec.since_probe += 1;
-                if rec.since_probe < PROBE_EVERY {
+                if rec.since_probe < site.probe_every() {
                     0
                 } else {
                     rec.since_probe = 0;
@@ -410,12 +430,12 @@ mod tests {
             );
             assert_eq!(next_budget(0, true, Duration::from_millis(1), NET_MAX), net);
             // Polls that do not pay decay it to nothing; then one wait in
-            // PROBE_EVERY polls NET_MAX again, long enough to catch a reply.
+            // NET_PROBE_EVERY polls NET_MAX again, long enough to catch a reply.
             while RECORDS.with(|r| r[Site::Net as usize].get().budget_ns) > 0 {
                 let s = policy.begin(Site::Net, false).expect("a budget");
                 policy.end(s, false);
             }
-            let probes: Vec<Duration> = (0..PROBE_EVERY * 2)
+            let probes: Vec<Duration> = (0..NET_PROBE_EVERY * 2)
                 .filter_map(|_| {
                     let s = policy.begin(Site::Net, false)?;
                     let length = s.deadline - s.started;

@@ -367,6 +367,8 @@ pub struct ClusterNode {
     heard: tokio::sync::Notify,
     /// Control message batches handled, for `linger` to see one come.
     heard_count: AtomicU64,
+    /// Lingers begun, and those that paid (a message came while polling).
+    lingers: [AtomicU64; 2],
     spread: AtomicUsize,
     closed: AtomicBool,
 }
@@ -477,6 +479,7 @@ impl ClusterNode {
             wake: tokio::sync::Notify::new(),
             heard: tokio::sync::Notify::new(),
             heard_count: AtomicU64::new(0),
+            lingers: [AtomicU64::new(0), AtomicU64::new(0)],
             spread: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
         });
@@ -1476,6 +1479,15 @@ impl ClusterNode {
             self.acks.lock().remove(&ack);
             tracing::warn!("rayx: {node} did not count a hold of {actor} in time");
         }
+    }
+
+    /// The network thread's lingers so far (see `linger`): begun, and paid
+    /// (the next control message came while it polled).
+    pub fn lingers(&self) -> (u64, u64) {
+        (
+            self.lingers[0].load(Ordering::Relaxed),
+            self.lingers[1].load(Ordering::Relaxed),
+        )
     }
 
     /// Kills (or restarts) an actor on `node`.
@@ -2729,11 +2741,31 @@ async fn open_bulk(node: Weak<ClusterNode>, peer: NodeId, address: String) -> Op
 /// yields, so the runtime polls them without sleeping — until the next one
 /// comes, the budget runs out, or the node stops. Awake, it reads an answer
 /// or a caller's next request without a wake-up, and what this node's
-/// threads hand it to send needs none either. It yields its core between
-/// polls: what it waits for may be a thread of another process on this core.
+/// threads hand it to send needs none either. Between polls it offers its
+/// core to other threads, and stops when one took it (the cores are busy).
 ///
 /// [`Site::Net`]: crate::spin::Site::Net
 async fn linger(node: Weak<ClusterNode>) {
+    /// Ends a linger even if the runtime drops the task in the middle of one
+    /// (shutdown): the node's count of lingering threads stays true.
+    struct Lingering<'a>(&'a crate::spin::SpinPolicy, Option<crate::spin::Spin>);
+    impl Lingering<'_> {
+        fn expired(&self) -> bool {
+            self.1.as_ref().is_none_or(crate::spin::Spin::expired)
+        }
+        fn end(mut self, paid: bool) {
+            if let Some(spin) = self.1.take() {
+                self.0.end(spin, paid);
+            }
+        }
+    }
+    impl Drop for Lingering<'_> {
+        fn drop(&mut self) {
+            if let Some(spin) = self.1.take() {
+                self.0.end(spin, false);
+            }
+        }
+    }
     loop {
         let Some(c) = node.upgrade() else { return };
         c.heard.notified().await;
@@ -2741,20 +2773,31 @@ async fn linger(node: Weak<ClusterNode>) {
         let Some(spin) = policy.begin(Site::Net, false) else {
             continue;
         };
+        let lingering = Lingering(policy, Some(spin));
+        // Relaxed: counts for tests and diagnostics, publishing nothing.
+        c.lingers[0].fetch_add(1, Ordering::Relaxed);
         // Relaxed: a count only compared for change, on this thread.
         let seen = c.heard_count.load(Ordering::Relaxed);
         let mut paid = false;
-        while !spin.expired() && !c.closed.load(Ordering::Acquire) {
+        while !lingering.expired() && !c.closed.load(Ordering::Acquire) {
             tokio::task::yield_now().await;
             if c.heard_count.load(Ordering::Relaxed) != seen {
                 paid = true;
                 break;
             }
-            // The threads it waits for may be in another process on this
-            // core (the policy counts only this node's spinners): give way.
+            // Offer the core: what this waits for may be a worker here or a
+            // thread of another process on this core. If someone took it,
+            // the cores are busy: sleep, so that a message wakes this thread.
+            let offered = std::time::Instant::now();
             std::thread::yield_now();
+            if offered.elapsed() > crate::spin::CONTENDED {
+                break;
+            }
         }
-        policy.end(spin, paid);
+        if paid {
+            c.lingers[1].fetch_add(1, Ordering::Relaxed);
+        }
+        lingering.end(paid);
     }
 }
 
