@@ -6,7 +6,7 @@ use crate::object_ref::ObjectRef;
 use crate::{Data, Error, Result};
 use rayx_actors::functions::{FunctionTable, Invoke};
 use rayx_actors::ids::NodeId;
-use rayx_actors::messages::{Arg, Retries, RetryExceptions, Scheduling, TaskOptions, TaskSpec};
+use rayx_actors::messages::{Arg, Retries, RetryExceptions, Scheduling, SpecOptions, TaskSpec};
 use rayx_actors::object_table::Slot;
 use rayx_actors::value::Value;
 use std::borrow::Cow;
@@ -299,7 +299,9 @@ into_args!(
 pub struct TaskBuilder<'r, F, Args, R> {
     rt: &'r Runtime,
     name: &'static str,
-    options: TaskOptions,
+    /// Nothing until an option is set (the defaults: most tasks), so a
+    /// submit copies a pointer, not the options.
+    options: SpecOptions,
     _f: PhantomData<fn(F, Args) -> R>,
 }
 
@@ -308,7 +310,7 @@ impl<'r, F: RemoteFunction<Args, R>, Args, R> TaskBuilder<'r, F, Args, R> {
         TaskBuilder {
             rt,
             name: std::any::type_name::<F>(),
-            options: TaskOptions::default(),
+            options: SpecOptions::default(),
             _f: PhantomData,
         }
     }
@@ -381,7 +383,7 @@ impl<'r, F: RemoteFunction<Args, R>, Args, R> TaskBuilder<'r, F, Args, R> {
             task_id: rayx_actors::ids::TaskId(ret.id()),
             function: Cow::Borrowed(self.name),
             args,
-            options: self.options.clone().into(),
+            options: self.options.clone(),
         };
         node.submit_task(spec, &ret, pins);
         ObjectRef::from_slot(ret)

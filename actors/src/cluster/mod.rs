@@ -368,7 +368,8 @@ pub struct ClusterNode {
     /// Control message batches handled, for `linger` to see one come.
     heard_count: AtomicU64,
     /// Lingers begun, and those that paid (a message came while polling).
-    lingers: [AtomicU64; 2],
+    lingers_begun: AtomicU64,
+    lingers_paid: AtomicU64,
     spread: AtomicUsize,
     closed: AtomicBool,
 }
@@ -479,7 +480,8 @@ impl ClusterNode {
             wake: tokio::sync::Notify::new(),
             heard: tokio::sync::Notify::new(),
             heard_count: AtomicU64::new(0),
-            lingers: [AtomicU64::new(0), AtomicU64::new(0)],
+            lingers_begun: AtomicU64::new(0),
+            lingers_paid: AtomicU64::new(0),
             spread: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
         });
@@ -1485,8 +1487,8 @@ impl ClusterNode {
     /// (the next control message came while it polled).
     pub fn lingers(&self) -> (u64, u64) {
         (
-            self.lingers[0].load(Ordering::Relaxed),
-            self.lingers[1].load(Ordering::Relaxed),
+            self.lingers_begun.load(Ordering::Relaxed),
+            self.lingers_paid.load(Ordering::Relaxed),
         )
     }
 
@@ -2747,13 +2749,15 @@ async fn open_bulk(node: Weak<ClusterNode>, peer: NodeId, address: String) -> Op
 /// [`Site::Net`]: crate::spin::Site::Net
 async fn linger(node: Weak<ClusterNode>) {
     /// Ends a linger even if the runtime drops the task in the middle of one
-    /// (shutdown): the node's count of lingering threads stays true.
+    /// (shutdown): the node's count of lingering threads stays true. (A
+    /// `Spin` borrows nothing, so whoever holds one across an await ends it
+    /// on drop; the async actor's `Linger` does the same.)
     struct Lingering<'a>(&'a crate::spin::SpinPolicy, Option<crate::spin::Spin>);
     impl Lingering<'_> {
         fn expired(&self) -> bool {
             self.1.as_ref().is_none_or(crate::spin::Spin::expired)
         }
-        fn end(mut self, paid: bool) {
+        fn end(&mut self, paid: bool) {
             if let Some(spin) = self.1.take() {
                 self.0.end(spin, paid);
             }
@@ -2761,9 +2765,7 @@ async fn linger(node: Weak<ClusterNode>) {
     }
     impl Drop for Lingering<'_> {
         fn drop(&mut self) {
-            if let Some(spin) = self.1.take() {
-                self.0.end(spin, false);
-            }
+            self.end(false);
         }
     }
     loop {
@@ -2773,9 +2775,9 @@ async fn linger(node: Weak<ClusterNode>) {
         let Some(spin) = policy.begin(Site::Net, false) else {
             continue;
         };
-        let lingering = Lingering(policy, Some(spin));
+        let mut lingering = Lingering(policy, Some(spin));
         // Relaxed: counts for tests and diagnostics, publishing nothing.
-        c.lingers[0].fetch_add(1, Ordering::Relaxed);
+        c.lingers_begun.fetch_add(1, Ordering::Relaxed);
         // Relaxed: a count only compared for change, on this thread.
         let seen = c.heard_count.load(Ordering::Relaxed);
         let mut paid = false;
@@ -2795,7 +2797,7 @@ async fn linger(node: Weak<ClusterNode>) {
             }
         }
         if paid {
-            c.lingers[1].fetch_add(1, Ordering::Relaxed);
+            c.lingers_paid.fetch_add(1, Ordering::Relaxed);
         }
         lingering.end(paid);
     }
