@@ -32,6 +32,13 @@ pub use actor::{
     Actor, ActorBuilder, ActorContext, ActorHandle, AsyncContext, AsyncHandler, AsyncTryHandler,
     CallKind, Handler, Message, Supervisor, SupervisorBuilder, TryHandler, WeakActorHandle,
 };
+/// A shared, immutable byte buffer (the `bytes` crate's): the type to hold a
+/// large binary object in. Cloning one copies a pointer, so a task or `get`
+/// that takes it by value shares what the store holds; one that came from
+/// another node is read where its chunks landed, and one sent to another node
+/// goes out from where it lies. (A `serde_bytes::ByteBuf` is a `Vec`: taking
+/// it by value while the store holds it too is a copy.)
+pub use bytes::Bytes;
 pub use cluster::{Construct, NodeInfo};
 pub use handle::{Runtime, WeakRuntime};
 pub use object_ref::{GetFuture, ObjectRef, RefList};

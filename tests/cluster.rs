@@ -43,6 +43,21 @@ fn checksum(b: ByteBuf) -> (usize, u64) {
     (b.len(), sum)
 }
 
+fn shared_blob(n: usize, seed: u8) -> rayx::Bytes {
+    rayx::Bytes::from(blob(n, seed).into_vec())
+}
+
+fn shared_checksum(b: rayx::Bytes) -> (usize, u64) {
+    checksum(ByteBuf::from(b.to_vec()))
+}
+
+/// Reads `r` twice on this node: its checksum, and whether both reads share
+/// one buffer (read in place, not copied).
+fn read_twice_in_place(r: ObjectRef<rayx::Bytes>) -> ((usize, u64), bool) {
+    let (a, b) = (r.get().expect("read"), r.get().expect("read again"));
+    (shared_checksum(a.clone()), a.as_ptr() == b.as_ptr())
+}
+
 fn sum_refs(refs: Vec<ObjectRef<u64>>) -> u64 {
     refs.iter()
         .map(|r| r.get().expect("a borrowed ref resolves"))
@@ -89,6 +104,9 @@ rayx::remote!(
     square,
     blob,
     checksum,
+    shared_blob,
+    shared_checksum,
+    read_twice_in_place,
     sum_refs,
     fan_out,
     call_counter,
@@ -545,6 +563,55 @@ fn large_objects_move_between_nodes_intact_and_are_freed() {
         .unwrap();
     assert_eq!(there, checksum(got));
     drop((put, made));
+    wait_until("every node's objects are freed", || {
+        objects_freed_everywhere(rt)
+    });
+}
+
+fn shared_byte_buffers_move_between_nodes_and_are_read_in_place() {
+    let c = Cluster::start(1).unwrap();
+    let rt = c.driver();
+    let n0 = c.nodes()[0].id;
+    // Driver to node: read twice there, from one landed buffer.
+    let put = rt.put(shared_blob(12 << 20, 5)).unwrap();
+    let (seen, in_place) = rt
+        .task(read_twice_in_place)
+        .node_affinity(n0, false)
+        .remote(put.clone())
+        .get()
+        .unwrap();
+    assert_eq!(seen, checksum(blob(12 << 20, 5)));
+    assert!(in_place, "two reads on the node share one buffer");
+    // A task that takes it by value reads the same bytes.
+    let by_value = rt
+        .task(shared_checksum)
+        .node_affinity(n0, false)
+        .remote(&put)
+        .get()
+        .unwrap();
+    assert_eq!(by_value, seen);
+    // Node to driver: a 20 MB result, read twice here from one buffer.
+    let made = rt
+        .task(shared_blob)
+        .node_affinity(n0, false)
+        .remote((20 << 20, 9));
+    let (a, b) = (made.get().unwrap(), made.get().unwrap());
+    assert_eq!(a.as_ptr(), b.as_ptr(), "two gets share one buffer");
+    assert_eq!(shared_checksum(a), checksum(blob(20 << 20, 9)));
+    // An empty buffer, and one small enough to travel inline.
+    for n in [0, 1000] {
+        let r = rt.put(shared_blob(n, 1)).unwrap();
+        let there = rt
+            .task(shared_checksum)
+            .node_affinity(n0, false)
+            .remote(&r)
+            .get()
+            .unwrap();
+        assert_eq!(there, checksum(blob(n, 1)));
+        let back = rt.task(shared_blob).node_affinity(n0, false).remote((n, 2));
+        assert_eq!(back.get().unwrap(), shared_blob(n, 2));
+    }
+    drop((put, made, b));
     wait_until("every node's objects are freed", || {
         objects_freed_everywhere(rt)
     });
@@ -1382,6 +1449,7 @@ fn main() {
         tasks_run_on_every_node_and_their_results_come_back,
         node_affinity_is_hard_unless_soft,
         large_objects_move_between_nodes_intact_and_are_freed,
+        shared_byte_buffers_move_between_nodes_and_are_read_in_place,
         refs_inside_values_are_borrowed_from_their_owner,
         actors_live_on_other_nodes_and_take_calls_in_order,
         refs_and_handles_sent_in_results_and_calls_outlive_their_sender,

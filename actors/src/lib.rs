@@ -4,7 +4,7 @@
 //!
 //! - **base** — [`ids`], [`error`](Error), [`value`], [`messages`], [`config`],
 //!   [`faults`], [`events`], [`supervision`], [`functions`], the [`spin`]
-//!   policy, and the thread [`handshake`]s (modelled with loom in `actors/tests/loom.rs`).
+//!   policy, large buffers on huge [`pages`], and the thread [`handshake`]s (modelled with loom in `actors/tests/loom.rs`).
 //! - **tables** — [`object_table`] (objects, waiters, lineage), [`object_store`]
 //!   (the budget for large objects), [`run_queue`], [`directory`], bundled for each
 //!   node in [`core`].
@@ -17,7 +17,9 @@
 //! all `Serialize + Deserialize`.
 
 #![warn(missing_docs)]
-#![forbid(unsafe_code)]
+// One function asks for huge pages (`pages`), its proof beside it; nothing
+// else may use `unsafe`.
+#![deny(unsafe_code)]
 
 // base
 pub mod config;
@@ -28,6 +30,7 @@ pub mod functions;
 pub mod handshake;
 pub mod ids;
 pub mod messages;
+pub mod pages;
 pub mod spin;
 pub mod supervision;
 mod sync;

@@ -95,6 +95,30 @@ pub fn bin_header(len: usize) -> Vec<u8> {
     h
 }
 
+/// `bytes` as a `T` when `T` is `bytes::Bytes`: shared, not copied.
+fn shared_bytes<T: 'static>(bytes: &bytes::Bytes) -> Option<Arc<T>> {
+    let any: Box<dyn Any> = Box::new(bytes.clone());
+    any.downcast::<T>().ok().map(|b| Arc::new(*b))
+}
+
+/// The length of a msgpack bin header at the start of `data`, if the bin
+/// fills exactly `total` bytes (the whole of an encoding that starts there).
+pub fn bin_header_len(data: &[u8], total: u64) -> Option<usize> {
+    let (h, len) = match *data.first()? {
+        0xc4 => (2, *data.get(1)? as u64),
+        0xc5 => (
+            3,
+            u16::from_be_bytes(data.get(1..3)?.try_into().ok()?) as u64,
+        ),
+        0xc6 => (
+            5,
+            u32::from_be_bytes(data.get(1..5)?.try_into().ok()?) as u64,
+        ),
+        _ => return None,
+    };
+    (h as u64 + len == total).then_some(h)
+}
+
 /// Shares a local `ByteBuf`'s bytes as `Bytes` without a copy.
 struct SharedBin(Arc<dyn Object>);
 
@@ -147,6 +171,9 @@ impl Value {
                     })
             }
             Value::Bin(bytes) => {
+                if let Some(shared) = shared_bytes::<T>(&bytes) {
+                    return Ok(shared);
+                }
                 if TypeId::of::<T>() == TypeId::of::<serde_bytes::ByteBuf>() {
                     // The buffer itself, taken over when nobody shares it.
                     let buf: Box<dyn Any> =
@@ -159,14 +186,27 @@ impl Value {
                 encoded.extend_from_slice(&bytes);
                 Value::Encoded(bytes::Bytes::from(encoded)).into_typed()
             }
-            Value::Encoded(bytes) => rmp_serde::from_slice(&bytes).map(Arc::new).map_err(|e| {
-                Error::Serialization(format!(
-                    "cannot decode a `{}`: {e}",
-                    std::any::type_name::<T>()
-                ))
-            }),
+            Value::Encoded(bytes) => {
+                if TypeId::of::<T>() == TypeId::of::<bytes::Bytes>() {
+                    if let Some(h) = bin_header_len(&bytes, bytes.len() as u64) {
+                        if let Some(shared) = shared_bytes::<T>(&bytes.slice(h..)) {
+                            return Ok(shared);
+                        }
+                    }
+                }
+                Value::decode(&bytes)
+            }
             Value::Taken => Err(Error::Serialization("the value was already taken".into())),
         }
+    }
+
+    fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<Arc<T>, Error> {
+        rmp_serde::from_slice(bytes).map(Arc::new).map_err(|e| {
+            Error::Serialization(format!(
+                "cannot decode a `{}`: {e}",
+                std::any::type_name::<T>()
+            ))
+        })
     }
 
     /// The value's bytes, encoding it if it is local.
@@ -174,7 +214,7 @@ impl Value {
         match self {
             Value::Local { object, size } => {
                 // Sized up front: a large value is written once, never regrown.
-                let mut out = Vec::with_capacity(size.saturating_add(16));
+                let mut out = crate::pages::with_capacity(size.saturating_add(16));
                 object.encode_into(&mut out)?;
                 Ok(bytes::Bytes::from(out))
             }
@@ -188,10 +228,30 @@ impl Value {
         }
     }
 
+    /// Whether [`to_parts`](Self::to_parts) shares bytes that are there
+    /// already (a byte buffer, or an encoding) rather than encoding a value.
+    pub fn parts_are_shared(&self) -> bool {
+        match self {
+            Value::Local { object, .. } => {
+                let any = object.as_any();
+                any.is::<bytes::Bytes>() || any.is::<serde_bytes::ByteBuf>()
+            }
+            _ => true,
+        }
+    }
+
     /// The value's encoding as a header and a body, sharing a byte buffer's
     /// bytes rather than copying them (what a transfer sends from).
     pub fn to_parts(&self) -> Result<(bytes::Bytes, bytes::Bytes), Error> {
         match self {
+            Value::Local { object, .. } if object.as_any().is::<bytes::Bytes>() => {
+                let body = object
+                    .as_any()
+                    .downcast_ref::<bytes::Bytes>()
+                    .cloned()
+                    .unwrap_or_default();
+                Ok((bytes::Bytes::from(bin_header(body.len())), body))
+            }
             Value::Local { object, .. } if object.as_any().is::<serde_bytes::ByteBuf>() => {
                 let body = bytes::Bytes::from_owner(SharedBin(object.clone()));
                 Ok((bytes::Bytes::from(bin_header(body.len())), body))
@@ -249,6 +309,9 @@ pub fn encoded_size<T: Serialize + 'static>(value: &T) -> usize {
     if let Some(b) = any.downcast_ref::<serde_bytes::ByteBuf>() {
         return b.len();
     }
+    if let Some(b) = any.downcast_ref::<bytes::Bytes>() {
+        return b.len();
+    }
     let mut counter = Counter(0);
     match rmp_serde::encode::write(&mut counter, value) {
         Ok(()) => counter.0,
@@ -265,5 +328,89 @@ impl std::io::Write for Counter {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use serde_bytes::ByteBuf;
+
+    fn pattern(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7) as u8).collect()
+    }
+
+    #[test]
+    fn a_local_bytes_is_measured_by_its_length_and_sent_from_where_it_lies() {
+        let data = Bytes::from(pattern(70_000));
+        let value = Value::new(data.clone());
+        assert_eq!(value.size(), 70_000);
+        assert!(value.parts_are_shared());
+        let (head, body) = value.to_parts().unwrap();
+        assert_eq!(
+            body.as_ptr(),
+            data.as_ptr(),
+            "the body is the buffer itself"
+        );
+        assert_eq!(head.as_ref(), bin_header(70_000).as_slice());
+        // Its encoding is a msgpack bin, as a ByteBuf's is.
+        let encoded = value.to_bytes().unwrap();
+        assert_eq!(
+            encoded,
+            rmp_serde::to_vec(&ByteBuf::from(pattern(70_000))).unwrap()
+        );
+        assert!(!Value::new(pattern(10)).parts_are_shared());
+    }
+
+    #[test]
+    fn bytes_from_another_process_are_read_without_a_copy() {
+        // As a pulled byte buffer lands: its bytes without the header.
+        let landed = Bytes::from(pattern(300_000));
+        let read = Value::Bin(landed.clone()).into_typed::<Bytes>().unwrap();
+        assert_eq!(read.as_ptr(), landed.as_ptr());
+        // As an inline value arrives: a whole encoding, read past its header.
+        let encoded = Bytes::from(rmp_serde::to_vec(&ByteBuf::from(pattern(1000))).unwrap());
+        let read = Value::Encoded(encoded.clone())
+            .into_typed::<Bytes>()
+            .unwrap();
+        assert_eq!(read.as_ref(), pattern(1000).as_slice());
+        assert_eq!(read.as_ptr(), encoded[bin_header(1000).len()..].as_ptr());
+        // Empty.
+        let empty = Value::new(Bytes::new()).to_bytes().unwrap();
+        let read = Value::Encoded(empty).into_typed::<Bytes>().unwrap();
+        assert!(read.is_empty());
+    }
+
+    #[test]
+    fn bytes_and_byte_bufs_read_as_each_other_across_processes() {
+        let sent = Value::new(Bytes::from(pattern(5000))).to_bytes().unwrap();
+        let as_buf = Value::Encoded(sent).into_typed::<ByteBuf>().unwrap();
+        assert_eq!(as_buf.as_slice(), pattern(5000).as_slice());
+        let sent = Value::new(ByteBuf::from(pattern(5000))).to_bytes().unwrap();
+        let as_bytes = Value::Encoded(sent).into_typed::<Bytes>().unwrap();
+        assert_eq!(as_bytes.as_ref(), pattern(5000).as_slice());
+        let as_buf = Value::Bin(Bytes::from(pattern(77))).into_typed::<ByteBuf>();
+        assert_eq!(as_buf.unwrap().as_slice(), pattern(77).as_slice());
+    }
+
+    #[test]
+    fn bytes_that_are_not_a_byte_buffer_fail_to_read_as_bytes_with_a_typed_error() {
+        // A number's encoding is no bin: decoded by serde, which refuses it.
+        let number = Value::new(42u64).to_bytes().unwrap();
+        let err = Value::Encoded(number).into_typed::<Bytes>().unwrap_err();
+        assert!(matches!(err, Error::Serialization(_)), "{err:?}");
+        // A bin header that claims more than is there.
+        let mut short = bin_header(100);
+        short.extend_from_slice(&[1, 2, 3]);
+        let err = Value::Encoded(Bytes::from(short))
+            .into_typed::<Bytes>()
+            .unwrap_err();
+        assert!(matches!(err, Error::Serialization(_)), "{err:?}");
+        // In one process a value keeps its type.
+        let err = Value::new(ByteBuf::from(vec![1]))
+            .into_typed::<Bytes>()
+            .unwrap_err();
+        assert!(matches!(err, Error::TypeMismatch { .. }), "{err:?}");
     }
 }

@@ -2040,11 +2040,7 @@ impl ClusterNode {
                     );
                     return;
                 };
-                let cheap = match &value {
-                    Value::Local { object, .. } => object.as_any().is::<serde_bytes::ByteBuf>(),
-                    _ => true,
-                };
-                if cheap {
+                if value.parts_are_shared() {
                     // Bytes already, or a byte buffer shared as it is.
                     self.serving.encoded(object, value.to_parts());
                     return;

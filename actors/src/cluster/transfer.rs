@@ -8,7 +8,7 @@ use super::link::Link;
 use super::wire::{Msg, CHUNK, PULL_WINDOW};
 use crate::error::Error;
 use crate::ids::{IdMap, ObjectId};
-use crate::value::Value;
+use crate::value::{bin_header_len, Value};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -30,24 +30,6 @@ struct Assembly {
     received: u64,
     next: u64,
     done: Vec<PullDone>,
-}
-
-/// The length of a msgpack bin header at the start of `data`, if the bin
-/// fills exactly `total` bytes.
-fn bin_header_len(data: &[u8], total: u64) -> Option<u64> {
-    let (h, len) = match *data.first()? {
-        0xc4 => (2, *data.get(1)? as u64),
-        0xc5 => (
-            3,
-            u16::from_be_bytes(data.get(1..3)?.try_into().ok()?) as u64,
-        ),
-        0xc6 => (
-            5,
-            u32::from_be_bytes(data.get(1..5)?.try_into().ok()?) as u64,
-        ),
-        _ => return None,
-    };
-    (h + len == total).then_some(h)
 }
 
 /// Pulls in progress on this node.
@@ -231,7 +213,7 @@ impl Assembly {
                 return bad(format!("a chunk at {offset} came before the first"));
             }
             self.total = total;
-            self.skip = bin_header_len(bytes, total).unwrap_or(0);
+            self.skip = bin_header_len(bytes, total).map_or(0, |h| h as u64);
             if total > max {
                 return Err(Error::ObjectStoreFull {
                     requested: total,
@@ -240,8 +222,8 @@ impl Assembly {
                 });
             }
             // Zeroed by the allocator (fresh pages are zero already): no pass
-            // over the buffer before the bytes land.
-            self.buf = vec![0u8; (total - self.skip) as usize];
+            // over the buffer before the bytes land; huge pages when large.
+            self.buf = crate::pages::zeroed((total - self.skip) as usize);
             self.started = true;
         }
         if bytes.is_empty() {
