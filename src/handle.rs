@@ -49,7 +49,7 @@ impl WeakRuntime {
 
 /// A handle to a running rayx runtime.
 ///
-/// Dropping the last handle returned by [`init`] or [`Builder::start`] shuts the
+/// Dropping the last handle returned by [`init`](crate::init) or [`Builder::start`](crate::Builder::start) shuts the
 /// runtime down; handles from [`Runtime::current`] do not keep it alive.
 #[derive(Clone)]
 pub struct Runtime {

@@ -35,9 +35,16 @@ pub use actor::{
 /// A shared, immutable byte buffer (the `bytes` crate's): the type to hold a
 /// large binary object in. Cloning one copies a pointer, so a task or `get`
 /// that takes it by value shares what the store holds; one that came from
-/// another node is read where its chunks landed, and one sent to another node
-/// goes out from where it lies. (A `serde_bytes::ByteBuf` is a `Vec`: taking
-/// it by value while the store holds it too is a copy.)
+/// another node is read where its chunks landed (in a buffer asked for huge
+/// pages from 32 MiB), and one sent to another node goes out from where it
+/// lies. That holds for an object that *is* a `Bytes`: one inside a struct or
+/// a tuple is encoded and decoded with it, as any field. A `Bytes` you keep
+/// after its refs are gone is yours: `rt.memory()` counts objects, not the
+/// buffers their readers hold. (A `serde_bytes::ByteBuf` is a `Vec`: taking it
+/// by value while the store holds it too is a copy.)
+///
+/// Across processes a byte buffer is one msgpack value, at most `u32::MAX`
+/// bytes; a larger one fails to leave its process with `Error::Serialization`.
 pub use bytes::Bytes;
 pub use cluster::{Construct, NodeInfo};
 pub use handle::{Runtime, WeakRuntime};

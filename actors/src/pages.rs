@@ -8,22 +8,25 @@
 //! into warm ones, 6–7 GB/s into fresh 2 MiB pages: `benches/results/
 //! 2026-11-29-huge-pages.txt`). Where the kernel's policy is `madvise`
 //! (Debian's default) a region is backed by huge pages only when asked; this
-//! module asks, for the whole 2 MiB pages inside a buffer before it is first
-//! written. The buffer stays an ordinary `Vec<u8>` from the global allocator,
+//! module asks, for the whole 2 MiB pages inside a buffer of [`HUGE_FROM`] or
+//! more before it is first written. The buffer stays an ordinary `Vec<u8>` from the global allocator,
 //! so it is handed to the user (as a `ByteBuf`) without a copy and freed as
 //! any other.
 
-/// Buffers smaller than this are left alone: a huge page is 2 MiB, and a
-/// small buffer may share its pages with other allocations.
-pub const HUGE_FROM: usize = 8 << 20;
+/// Buffers smaller than this are left alone. A huge page is 2 MiB, and the
+/// advice must cover the buffer's own mapping only: glibc maps every block
+/// of 32 MiB or more on its own (its mmap threshold, however it adapts, stays
+/// at or under 32 MiB), where a smaller one may lie in a heap shared with
+/// other allocations, which the advice would outlive.
+pub const HUGE_FROM: usize = 32 << 20;
 
 const HUGE_PAGE: usize = 2 << 20;
 
 /// A zeroed buffer of `len` bytes, asked to be backed by huge pages when it
 /// is large (see the module's documentation).
 pub fn zeroed(len: usize) -> Vec<u8> {
-    // A large calloc is a fresh mapping the allocator knows to be zero: no
-    // page is touched before the advice.
+    // A calloc of HUGE_FROM or more is a fresh mapping the allocator knows
+    // to be zero: no page is touched before the advice.
     let mut buf = vec![0u8; len];
     advise_huge(&mut buf);
     buf
@@ -125,6 +128,44 @@ mod tests {
         let small = zeroed(1 << 20);
         let flags = vm_flags_at(small.as_ptr() as usize).expect("mapped");
         assert!(!flags.split(' ').any(|f| f == "hg"), "not advised: {flags}");
+        // The advice goes with the buffer: after glibc raised its mmap
+        // threshold (a freed 24 MiB block), an advised buffer is still a
+        // mapping of its own, and what is allocated after it is gone never
+        // lands in advised memory.
+        drop(std::hint::black_box(vec![1u8; 24 << 20]));
+        drop(std::hint::black_box(zeroed(HUGE_FROM)));
+        let after: Vec<Box<[u8; 4096]>> = (0..2000).map(|_| Box::new([0u8; 4096])).collect();
+        for b in after.iter().step_by(97) {
+            let flags = vm_flags_at(b.as_ptr() as usize).expect("mapped");
+            assert!(!flags.split(' ').any(|f| f == "hg"), "not advised: {flags}");
+        }
+    }
+
+    /// The crate denies `unsafe` rather than forbidding it, for this
+    /// module's one call: no other file may allow it.
+    #[test]
+    fn no_other_file_of_the_engine_allows_unsafe_code() {
+        fn walk(dir: &std::path::Path, found: &mut Vec<String>) {
+            for entry in std::fs::read_dir(dir).expect("the source is there") {
+                let path = entry.expect("an entry").path();
+                if path.is_dir() {
+                    walk(&path, found);
+                } else if path.extension().is_some_and(|e| e == "rs")
+                    && !path.ends_with("src/pages.rs")
+                {
+                    let text = std::fs::read_to_string(&path).expect("readable");
+                    if text.contains("allow(unsafe_code)") || text.contains("unsafe {") {
+                        found.push(path.display().to_string());
+                    }
+                }
+            }
+        }
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut found = Vec::new();
+        walk(&src, &mut found);
+        assert!(found.is_empty(), "unsafe code outside pages.rs: {found:?}");
+        let lib = std::fs::read_to_string(src.join("lib.rs")).expect("lib.rs");
+        assert!(lib.contains("#![deny(unsafe_code)]"));
     }
 
     #[test]

@@ -52,9 +52,10 @@ pub enum Value {
     },
     /// Encoded bytes (rmp-serde), as they arrive from another process.
     Encoded(bytes::Bytes),
-    /// A byte buffer (`serde_bytes::ByteBuf`) from another process: its
-    /// bytes without their msgpack header, so reading it as a `ByteBuf`
-    /// takes the buffer over without a copy.
+    /// A byte buffer (a `bytes::Bytes` or a `serde_bytes::ByteBuf`) from
+    /// another process: its bytes without their msgpack header, where they
+    /// landed, so that reading it as a `Bytes` shares them (and as a `ByteBuf`
+    /// takes them over when nobody else holds them).
     Bin(bytes::Bytes),
     /// Nothing: the value was taken out to be consumed.
     Taken,
@@ -87,7 +88,8 @@ pub fn pin_while_sending(pin: Pin) {
     });
 }
 
-/// The msgpack header of a bin of `len` bytes.
+/// The msgpack header of a bin of `len` bytes (at most `u32::MAX`: a value
+/// that leaves the process is checked first).
 pub fn bin_header(len: usize) -> Vec<u8> {
     let mut h = Vec::with_capacity(5);
     // rmp's own writer: the shortest header for the length.
@@ -175,9 +177,16 @@ impl Value {
                     return Ok(shared);
                 }
                 if TypeId::of::<T>() == TypeId::of::<serde_bytes::ByteBuf>() {
-                    // The buffer itself, taken over when nobody shares it.
-                    let buf: Box<dyn Any> =
-                        Box::new(serde_bytes::ByteBuf::from(Vec::<u8>::from(bytes)));
+                    // The buffer itself, taken over when nobody shares it;
+                    // else a copy, into huge pages when large.
+                    let vec = if bytes.is_unique() {
+                        Vec::<u8>::from(bytes)
+                    } else {
+                        let mut copy = crate::pages::with_capacity(bytes.len());
+                        copy.extend_from_slice(&bytes);
+                        copy
+                    };
+                    let buf: Box<dyn Any> = Box::new(serde_bytes::ByteBuf::from(vec));
                     return buf.downcast::<T>().map(|b| Arc::new(*b)).map_err(|_| {
                         Error::Serialization("a byte buffer is not a ByteBuf".into())
                     });
@@ -211,6 +220,7 @@ impl Value {
 
     /// The value's bytes, encoding it if it is local.
     pub fn to_bytes(&self) -> Result<bytes::Bytes, Error> {
+        self.fits_msgpack()?;
         match self {
             Value::Local { object, size } => {
                 // Sized up front: a large value is written once, never regrown.
@@ -240,9 +250,49 @@ impl Value {
         }
     }
 
+    /// Refuses a byte buffer or string longer than msgpack's one-value limit
+    /// (`u32::MAX` bytes): its encoder would write the length cut short, and
+    /// the receiver would read a value cut short.
+    fn fits_msgpack(&self) -> Result<(), Error> {
+        let len = match self {
+            Value::Local { object, .. } => {
+                let any = object.as_any();
+                if let Some(b) = any.downcast_ref::<bytes::Bytes>() {
+                    b.len()
+                } else if let Some(b) = any.downcast_ref::<serde_bytes::ByteBuf>() {
+                    b.len()
+                } else if let Some(s) = any.downcast_ref::<String>() {
+                    s.len()
+                } else if let Some(v) = any.downcast_ref::<Vec<u8>>() {
+                    v.len()
+                } else {
+                    0
+                }
+            }
+            Value::Bin(b) => b.len(),
+            Value::Encoded(_) | Value::Taken => 0,
+        };
+        if len > u32::MAX as usize {
+            return Err(Error::Serialization(format!(
+                "a {} of {len} bytes cannot leave the process: msgpack holds at most {} bytes in one value",
+                self.type_name(),
+                u32::MAX
+            )));
+        }
+        Ok(())
+    }
+
+    fn type_name(&self) -> &'static str {
+        match self {
+            Value::Local { object, .. } => object.type_name(),
+            _ => "byte buffer",
+        }
+    }
+
     /// The value's encoding as a header and a body, sharing a byte buffer's
     /// bytes rather than copying them (what a transfer sends from).
     pub fn to_parts(&self) -> Result<(bytes::Bytes, bytes::Bytes), Error> {
+        self.fits_msgpack()?;
         match self {
             Value::Local { object, .. } if object.as_any().is::<bytes::Bytes>() => {
                 let body = object
@@ -392,6 +442,26 @@ mod tests {
         assert_eq!(as_bytes.as_ref(), pattern(5000).as_slice());
         let as_buf = Value::Bin(Bytes::from(pattern(77))).into_typed::<ByteBuf>();
         assert_eq!(as_buf.unwrap().as_slice(), pattern(77).as_slice());
+    }
+
+    #[test]
+    fn a_byte_buffer_over_msgpack_s_limit_is_refused_not_cut_short() {
+        // Zeroed pages the allocator maps lazily: 4 GiB of address space, no
+        // memory touched.
+        let len = u32::MAX as usize + 11;
+        let huge = Value::new(Bytes::from(vec![0u8; len]));
+        for err in [huge.to_parts().unwrap_err(), huge.to_bytes().unwrap_err()] {
+            match err {
+                Error::Serialization(why) => assert!(why.contains("at most 4294967295"), "{why}"),
+                other => panic!("a typed refusal: {other:?}"),
+            }
+        }
+        let edge = Value::new(ByteBuf::from(vec![0u8; u32::MAX as usize]));
+        let (head, body) = edge.to_parts().unwrap();
+        assert_eq!(
+            (head.as_ref(), body.len()),
+            (&[0xc6, 0xff, 0xff, 0xff, 0xff][..], u32::MAX as usize)
+        );
     }
 
     #[test]

@@ -18,9 +18,9 @@ pub type PullDone = Box<dyn FnOnce(Result<Value, Error>) + Send>;
 
 struct Assembly {
     link: Arc<Link>,
-    /// The bytes so far: of the whole encoding, or — for a byte buffer —
-    /// of its contents only (`skip` header bytes left out), so that it is
-    /// read as a `ByteBuf` without a copy.
+    /// The bytes so far: of the whole encoding, or — for a byte buffer (a
+    /// `Bytes` or a `ByteBuf`) — of its contents only (`skip` header bytes
+    /// left out), so that it is read where it landed.
     buf: Vec<u8>,
     skip: u64,
     started: bool,

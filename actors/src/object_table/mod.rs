@@ -2,8 +2,8 @@
 //! node owns — pending, ready, failed or lost — with its waiters, the tasks waiting
 //! on it, its lineage, and the task that will make it while that task is queued.
 //!
-//! A value is held while a [`LocalRef`] to it lives (a driver's `ObjectRef`, a
-//! queued task's argument); when the last one goes, the value is freed. The slot
+//! A value is held while a counted ref to its [`Slot`] lives (a driver's
+//! `ObjectRef`, a queued task's argument); when the last one goes, the value is freed. The slot
 //! itself may live on, without its value, as lineage of another object (Ray keeps
 //! an argument's lineage, not its value, while a result that used it can still be
 //! rebuilt); reading it then rebuilds it.
