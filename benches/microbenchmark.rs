@@ -749,6 +749,18 @@ fn floor(bench: &Bench, arr: &[i64]) {
             drop(std::hint::black_box(arr.to_vec()));
         },
     );
+    let source = vec![7u8; bytes];
+    bench.timeit(
+        "floor: memory copy gigabytes (into fresh huge pages)",
+        bytes as f64 / 1e9,
+        || {
+            // As the engine's landing buffers: a new mapping asked for 2 MiB pages.
+            let mut fresh = rayx_actors::pages::zeroed(bytes);
+            fresh.copy_from_slice(&source);
+            drop(std::hint::black_box(fresh));
+        },
+    );
+    drop(source);
     let mut warm = vec![0i64; arr.len()];
     bench.timeit(
         "floor: memory copy gigabytes (into a warm buffer)",

@@ -578,4 +578,12 @@ impl Runtime {
     pub fn network_lingers(&self) -> Option<(u64, u64)> {
         self.node().cluster().map(|c| c.lingers())
     }
+
+    /// In a cluster, the landing buffers this process keeps for pulls (warm
+    /// memory for the next large transfer): `(bytes kept, pulls that landed
+    /// in a kept buffer)`. `None` outside a cluster.
+    #[cfg(feature = "testing")]
+    pub fn transfer_pool(&self) -> Option<(usize, u64)> {
+        self.node().cluster().map(|c| c.transfer_pool())
+    }
 }

@@ -598,6 +598,26 @@ fn shared_byte_buffers_move_between_nodes_and_are_read_in_place() {
     let (a, b) = (made.get().unwrap(), made.get().unwrap());
     assert_eq!(a.as_ptr(), b.as_ptr(), "two gets share one buffer");
     assert_eq!(shared_checksum(a), checksum(blob(20 << 20, 9)));
+    // Its buffer is kept once nobody reads it, and the next pull of a like
+    // size lands in it: its own bytes, none of the last object's.
+    drop((b, made));
+    wait_until("the landed buffer is kept", || {
+        rt.transfer_pool().unwrap().0 >= 20 << 20
+    });
+    let reused = rt.transfer_pool().unwrap().1;
+    let next = rt
+        .task(shared_blob)
+        .node_affinity(n0, false)
+        .remote((20 << 20, 11));
+    assert_eq!(
+        shared_checksum(next.get().unwrap()),
+        checksum(blob(20 << 20, 11))
+    );
+    assert_eq!(
+        rt.transfer_pool().unwrap().1,
+        reused + 1,
+        "landed in the kept buffer"
+    );
     // An empty buffer, and one small enough to travel inline.
     for n in [0, 1000] {
         let r = rt.put(shared_blob(n, 1)).unwrap();
@@ -611,7 +631,7 @@ fn shared_byte_buffers_move_between_nodes_and_are_read_in_place() {
         let back = rt.task(shared_blob).node_affinity(n0, false).remote((n, 2));
         assert_eq!(back.get().unwrap(), shared_blob(n, 2));
     }
-    drop((put, made, b));
+    drop((put, next));
     wait_until("every node's objects are freed", || {
         objects_freed_everywhere(rt)
     });

@@ -1,17 +1,25 @@
 //! Large buffers the engine fills itself — a pulled object landing from the
-//! wire, a value encoded for a transfer — asked to be backed by transparent
-//! huge pages.
+//! wire, a value encoded for a transfer, a copy of a landed byte buffer —
+//! asked to be backed by transparent huge pages, and a [`Pool`] that keeps
+//! landing buffers warm for the next transfer.
 //!
 //! A buffer of hundreds of megabytes is fresh memory: every 4 KiB page of it
-//! faults on its first write, and on a VM that fault, not the copy, bounds
-//! the transfer (about 1.3 GB/s to copy into fresh 4 KiB pages here, 16 GB/s
-//! into warm ones, 6–7 GB/s into fresh 2 MiB pages: `benches/results/
-//! 2026-11-29-huge-pages.txt`). Where the kernel's policy is `madvise`
-//! (Debian's default) a region is backed by huge pages only when asked; this
-//! module asks, for the whole 2 MiB pages inside a buffer of [`HUGE_FROM`] or
-//! more before it is first written. The buffer stays an ordinary `Vec<u8>` from the global allocator,
-//! so it is handed to the user (as a `ByteBuf`) without a copy and freed as
-//! any other.
+//! faults on its first write, and on a VM that fault, not the copy, bounds a
+//! transfer. The microbenchmark's floors measure it (`floor: memory copy
+//! gigabytes`: into fresh pages, into fresh huge pages, into a warm buffer);
+//! on this project's 2-core VM a copy into fresh 4 KiB pages runs at about a
+//! tenth of one into warm memory, and into fresh huge pages at several times
+//! the 4 KiB rate. Where the kernel's policy is `madvise` (Debian's default)
+//! a region is backed by huge pages only when asked; this module asks, for
+//! the whole 2 MiB pages inside a buffer of [`HUGE_FROM`] or more, before it
+//! is first written. The buffer stays an ordinary `Vec<u8>` from the global
+//! allocator.
+
+use parking_lot::Mutex;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 /// Buffers smaller than this are left alone. A huge page is 2 MiB, and the
 /// advice must cover the buffer's own mapping only: glibc maps every block
@@ -53,6 +61,172 @@ fn advise_huge<T>(region: &mut [T]) {
     let end = (start + bytes) / HUGE_PAGE * HUGE_PAGE;
     if end > first {
         madvise_huge(first, end - first);
+    }
+}
+
+/// Buffers smaller than this are not kept by a [`Pool`].
+pub const POOL_FROM: usize = 1 << 20;
+
+/// How long a [`Pool`] keeps a buffer nobody took: jemalloc's default for
+/// giving back memory it freed.
+pub const POOL_IDLE: Duration = Duration::from_secs(10);
+
+/// Landing buffers kept for the next transfer of a like size, up to a bound
+/// in bytes, each for at most [`POOL_IDLE`].
+///
+/// Fresh memory is the slow part of a large transfer: every page of a new
+/// buffer faults on its first write, and on a VM whose freed memory goes back
+/// to the host (free-page reporting) each fault is the host's too. A buffer
+/// the node wrote before is warm; a transfer that lands in one runs at the
+/// socket's speed (`benches/results/2026-11-29-transfer-shared.txt`). Ray's
+/// object store keeps its memory the same way.
+pub struct Pool {
+    idle: Mutex<Idle>,
+    max_bytes: usize,
+    reused: AtomicU64,
+}
+
+#[derive(Default)]
+struct Idle {
+    /// Oldest first.
+    buffers: VecDeque<(Vec<u8>, Instant)>,
+    bytes: usize,
+}
+
+impl Pool {
+    /// A pool keeping at most `max_bytes` of idle buffers.
+    pub fn new(max_bytes: usize) -> Arc<Pool> {
+        Arc::new(Pool {
+            idle: Mutex::default(),
+            max_bytes,
+            reused: AtomicU64::new(0),
+        })
+    }
+
+    /// A buffer of `len` bytes whose contents are *not* cleared: an earlier
+    /// buffer's bytes, or zeros. For a caller that writes every byte before
+    /// anything reads it (a transfer's assembly does: it finishes only when
+    /// every byte has landed, in order). A kept buffer is taken when it holds
+    /// `len` bytes and wastes at most a quarter of them; else a new zeroed one.
+    pub fn take(&self, len: usize) -> Vec<u8> {
+        if len >= POOL_FROM {
+            let found = {
+                let mut idle = self.idle.lock();
+                let best = idle
+                    .buffers
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (b, _))| b.capacity() >= len && b.capacity() - len <= len / 4)
+                    .min_by_key(|(_, (b, _))| b.capacity())
+                    .map(|(i, _)| i);
+                best.and_then(|i| idle.buffers.remove(i)).map(|(b, _)| {
+                    idle.bytes -= b.capacity();
+                    b
+                })
+            };
+            if let Some(mut buf) = found {
+                // Relaxed: a count for tests and reports, ordering nothing.
+                self.reused.fetch_add(1, Ordering::Relaxed);
+                // Shortens, or zero-fills up to `len` within the capacity.
+                buf.resize(len, 0);
+                return buf;
+            }
+        }
+        zeroed(len)
+    }
+
+    /// Keeps `buf` for a later [`take`](Self::take) when it is large and
+    /// fits the bound (the oldest kept buffers make room); else frees it.
+    pub fn give(&self, buf: Vec<u8>) {
+        let size = buf.capacity();
+        if size < POOL_FROM || size > self.max_bytes {
+            return;
+        }
+        let now = Instant::now();
+        let freed = {
+            let mut idle = self.idle.lock();
+            let mut freed = idle.expire(now);
+            while idle.bytes + size > self.max_bytes {
+                match idle.buffers.pop_front() {
+                    Some((b, _)) => {
+                        idle.bytes -= b.capacity();
+                        freed.push(b);
+                    }
+                    None => break,
+                }
+            }
+            idle.bytes += size;
+            idle.buffers.push_back((buf, now));
+            freed
+        };
+        // Unmapping a large buffer takes a while: outside the lock.
+        drop(freed);
+    }
+
+    /// Frees the buffers kept longer than [`POOL_IDLE`] (the node's health
+    /// thread calls this, so an idle node gives its memory back).
+    pub fn trim(&self) {
+        self.trim_at(Instant::now());
+    }
+
+    fn trim_at(&self, now: Instant) {
+        let freed = self.idle.lock().expire(now);
+        drop(freed);
+    }
+
+    /// Bytes kept now, and how many takes reused a kept buffer so far.
+    pub fn stats(&self) -> (usize, u64) {
+        (self.idle.lock().bytes, self.reused.load(Ordering::Relaxed))
+    }
+}
+
+impl Idle {
+    /// Takes out the buffers kept since before `now - POOL_IDLE`.
+    fn expire(&mut self, now: Instant) -> Vec<Vec<u8>> {
+        let mut freed = Vec::new();
+        while let Some((_, since)) = self.buffers.front() {
+            if now.saturating_duration_since(*since) < POOL_IDLE {
+                break;
+            }
+            let (b, _) = self.buffers.pop_front().expect("a front");
+            self.bytes -= b.capacity();
+            freed.push(b);
+        }
+        freed
+    }
+}
+
+/// A landed buffer shared as `Bytes`: back to its pool when the last reader
+/// drops it.
+pub struct Landed {
+    buf: Vec<u8>,
+    pool: Weak<Pool>,
+}
+
+impl Landed {
+    /// Shares `buf` (taken from `pool`) as `Bytes`.
+    pub fn share(buf: Vec<u8>, pool: &Arc<Pool>) -> bytes::Bytes {
+        if buf.capacity() < POOL_FROM {
+            return bytes::Bytes::from(buf);
+        }
+        bytes::Bytes::from_owner(Landed {
+            buf,
+            pool: Arc::downgrade(pool),
+        })
+    }
+}
+
+impl AsRef<[u8]> for Landed {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Landed {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.give(std::mem::take(&mut self.buf));
+        }
     }
 }
 
@@ -166,6 +340,90 @@ mod tests {
         assert!(found.is_empty(), "unsafe code outside pages.rs: {found:?}");
         let lib = std::fs::read_to_string(src.join("lib.rs")).expect("lib.rs");
         assert!(lib.contains("#![deny(unsafe_code)]"));
+    }
+
+    const MIB: usize = 1 << 20;
+
+    #[test]
+    fn a_pool_lends_a_kept_buffer_to_a_take_of_a_like_size_only() {
+        let pool = Pool::new(64 * MIB);
+        let mut a = pool.take(2 * MIB);
+        assert_eq!(
+            (a.len(), pool.stats()),
+            (2 * MIB, (0, 0)),
+            "nothing kept yet"
+        );
+        a.fill(9);
+        let at = a.as_ptr();
+        pool.give(a);
+        assert_eq!(pool.stats().0, 2 * MIB);
+        // Too small a take for it (it would waste half): a new buffer.
+        let small = pool.take(MIB);
+        assert_ne!(small.as_ptr(), at);
+        assert_eq!(pool.stats(), (2 * MIB, 0));
+        // A like size: the kept buffer, shortened; its old bytes are there.
+        let again = pool.take(2 * MIB - 1000);
+        assert_eq!((again.as_ptr(), again.len()), (at, 2 * MIB - 1000));
+        assert!(again.iter().all(|&b| b == 9));
+        assert_eq!(pool.stats(), (0, 1));
+        // Taken: a second take of the size gets a new, zeroed one.
+        let other = pool.take(2 * MIB);
+        assert!(other.iter().all(|&b| b == 0));
+        // Small buffers are never kept.
+        pool.give(vec![1u8; MIB - 1]);
+        pool.give(Vec::with_capacity(MIB / 2));
+        assert_eq!(pool.stats().0, 0);
+    }
+
+    #[test]
+    fn a_pool_keeps_at_most_its_bound_and_frees_the_oldest_first() {
+        let pool = Pool::new(5 * MIB);
+        let bufs: Vec<Vec<u8>> = (0..3).map(|_| vec![0u8; 2 * MIB]).collect();
+        let ptrs: Vec<*const u8> = bufs.iter().map(|b| b.as_ptr()).collect();
+        for b in bufs {
+            pool.give(b);
+        }
+        assert_eq!(pool.stats().0, 4 * MIB, "the first was freed for the third");
+        let (x, y) = (pool.take(2 * MIB), pool.take(2 * MIB));
+        let got = [x.as_ptr(), y.as_ptr()];
+        assert!(
+            got.contains(&ptrs[1]) && got.contains(&ptrs[2]),
+            "the newest two"
+        );
+        assert_eq!(pool.stats(), (0, 2));
+        // One over the bound is never kept.
+        pool.give(vec![0u8; 6 * MIB]);
+        assert_eq!(pool.stats().0, 0);
+    }
+
+    #[test]
+    fn a_pool_frees_what_was_kept_too_long() {
+        let pool = Pool::new(64 * MIB);
+        pool.give(vec![0u8; 2 * MIB]);
+        pool.trim();
+        assert_eq!(pool.stats().0, 2 * MIB, "kept for POOL_IDLE");
+        pool.trim_at(Instant::now() + POOL_IDLE);
+        assert_eq!(pool.stats().0, 0);
+    }
+
+    #[test]
+    fn a_landed_buffer_goes_back_to_its_pool_when_its_last_reader_drops_it() {
+        let pool = Pool::new(64 * MIB);
+        let buf = pool.take(3 * MIB);
+        let at = buf.as_ptr();
+        let shared = Landed::share(buf, &pool);
+        let reader = shared.clone();
+        assert_eq!((reader.as_ptr(), reader.len()), (at, 3 * MIB));
+        drop(shared);
+        assert_eq!(pool.stats().0, 0, "a reader holds it");
+        drop(reader);
+        assert_eq!(pool.stats().0, 3 * MIB);
+        assert_eq!(pool.take(3 * MIB).as_ptr(), at);
+        // A small buffer is shared as it is; a pool gone first is no harm.
+        assert_eq!(Landed::share(vec![1, 2, 3], &pool).as_ref(), &[1, 2, 3]);
+        let orphan = Landed::share(pool.take(2 * MIB), &pool);
+        drop(pool);
+        drop(orphan);
     }
 
     #[test]

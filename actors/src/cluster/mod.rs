@@ -984,8 +984,10 @@ impl ClusterNode {
             .map_err(|e| Error::Startup(format!("the health thread: {e}")))
     }
 
-    /// One round of the health thread: heartbeats out, silent peers dead.
+    /// One round of the health thread: heartbeats out, silent peers dead,
+    /// landing buffers kept too long freed.
     fn check_health(self: &Arc<Self>) {
+        self.pulls.trim_pool();
         let limit = self.health.limit();
         let report = self.report();
         if let Some(head) = &self.head {
@@ -1481,6 +1483,12 @@ impl ClusterNode {
             self.acks.lock().remove(&ack);
             tracing::warn!("rayx: {node} did not count a hold of {actor} in time");
         }
+    }
+
+    /// The landing buffers this node keeps for pulls: their bytes, and how
+    /// many pulls landed in a kept one so far.
+    pub fn transfer_pool(&self) -> (usize, u64) {
+        self.pulls.pool_stats()
     }
 
     /// The network thread's lingers so far (see `linger`): begun, and paid

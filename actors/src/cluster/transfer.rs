@@ -8,6 +8,7 @@ use super::link::Link;
 use super::wire::{Msg, CHUNK, PULL_WINDOW};
 use crate::error::Error;
 use crate::ids::{IdMap, ObjectId};
+use crate::pages::{Landed, Pool};
 use crate::value::{bin_header_len, Value};
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -35,16 +36,20 @@ struct Assembly {
 /// Pulls in progress on this node.
 pub struct Pulls {
     active: Mutex<IdMap<ObjectId, Assembly>>,
+    /// Where large pulls land: buffers of earlier ones, warm.
+    pool: Arc<Pool>,
     /// The largest object a pull accepts: what a peer may make this node
     /// allocate (its object store's capacity).
     max_object: u64,
 }
 
 impl Pulls {
-    /// No pulls yet; objects over `max_object` bytes are refused.
+    /// No pulls yet; objects over `max_object` bytes are refused, and up to
+    /// a quarter of that is kept in landing buffers for the next pulls.
     pub fn new(max_object: u64) -> Pulls {
         Pulls {
             active: Mutex::default(),
+            pool: Pool::new(usize::try_from(max_object / 4).unwrap_or(usize::MAX)),
             max_object,
         }
     }
@@ -90,7 +95,7 @@ impl Pulls {
                 // Only the link the pull asked on answers it.
                 return;
             }
-            if let Err(e) = a.take(offset, total, &bytes, self.max_object) {
+            if let Err(e) = a.take(offset, total, &bytes, self.max_object, &self.pool) {
                 let a = active.remove(&object).expect("present");
                 drop(active);
                 fail_all(a.done, e);
@@ -154,8 +159,20 @@ impl Pulls {
         self.finish(finished);
     }
 
+    /// The landing buffers kept: their bytes, and how many pulls landed in
+    /// one so far.
+    pub fn pool_stats(&self) -> (usize, u64) {
+        self.pool.stats()
+    }
+
+    /// Frees landing buffers kept too long.
+    pub fn trim_pool(&self) {
+        self.pool.trim();
+    }
+
     fn finish(&self, finished: Assembly) {
-        let buf = Bytes::from(finished.buf);
+        // Back to the pool when its last reader lets it go.
+        let buf = Landed::share(finished.buf, &self.pool);
         let value = if finished.skip > 0 {
             Value::Bin(buf)
         } else {
@@ -195,7 +212,14 @@ impl Assembly {
     /// Takes a chunk in. The first (offset 0, asked for first on one ordered
     /// link) fixes the size — the holder's encoding is the truth, the size
     /// asked for was a measure — and whether it is a byte buffer.
-    fn take(&mut self, offset: u64, total: u64, bytes: &[u8], max: u64) -> Result<(), Error> {
+    fn take(
+        &mut self,
+        offset: u64,
+        total: u64,
+        bytes: &[u8],
+        max: u64,
+        pool: &Pool,
+    ) -> Result<(), Error> {
         let bad = |why: String| Err(Error::Serialization(why));
         if self.lent {
             return bad("a chunk came while another was landing".into());
@@ -221,9 +245,12 @@ impl Assembly {
                     capacity: max,
                 });
             }
-            // Zeroed by the allocator (fresh pages are zero already): no pass
-            // over the buffer before the bytes land; huge pages when large.
-            self.buf = crate::pages::zeroed((total - self.skip) as usize);
+            // A kept buffer, or a new one zeroed by the allocator (no pass
+            // over it before the bytes land; huge pages when large). A kept
+            // one holds an earlier object's bytes: every byte is written
+            // before the value is read (chunks land in order, and the pull
+            // finishes only when all have).
+            self.buf = pool.take((total - self.skip) as usize);
             self.started = true;
         }
         if bytes.is_empty() {
