@@ -72,7 +72,8 @@ pub const POOL_FROM: usize = 1 << 20;
 pub const POOL_IDLE: Duration = Duration::from_secs(10);
 
 /// Landing buffers kept for the next transfer of a like size, up to a bound
-/// in bytes, each for at most [`POOL_IDLE`].
+/// in bytes, each for [`POOL_IDLE`] (and up to the caller's next
+/// [`trim`](Pool::trim)); [`close`](Pool::close) frees them all.
 ///
 /// Fresh memory is the slow part of a large transfer: every page of a new
 /// buffer faults on its first write, and on a VM whose freed memory goes back
@@ -91,6 +92,8 @@ struct Idle {
     /// Oldest first.
     buffers: VecDeque<(Vec<u8>, Instant)>,
     bytes: usize,
+    /// The node stopped: nothing is kept any more.
+    closed: bool,
 }
 
 impl Pool {
@@ -145,6 +148,10 @@ impl Pool {
         let now = Instant::now();
         let freed = {
             let mut idle = self.idle.lock();
+            if idle.closed {
+                drop(idle);
+                return;
+            }
             let mut freed = idle.expire(now);
             while idle.bytes + size > self.max_bytes {
                 match idle.buffers.pop_front() {
@@ -167,6 +174,17 @@ impl Pool {
     /// thread calls this, so an idle node gives its memory back).
     pub fn trim(&self) {
         self.trim_at(Instant::now());
+    }
+
+    /// Frees every kept buffer, and keeps none after.
+    pub fn close(&self) {
+        let freed = {
+            let mut idle = self.idle.lock();
+            idle.closed = true;
+            idle.bytes = 0;
+            std::mem::take(&mut idle.buffers)
+        };
+        drop(freed);
     }
 
     fn trim_at(&self, now: Instant) {
@@ -394,6 +412,18 @@ mod tests {
         // One over the bound is never kept.
         pool.give(vec![0u8; 6 * MIB]);
         assert_eq!(pool.stats().0, 0);
+    }
+
+    #[test]
+    fn a_closed_pool_frees_what_it_kept_and_keeps_nothing_after() {
+        let pool = Pool::new(64 * MIB);
+        pool.give(vec![0u8; 2 * MIB]);
+        let landed = Landed::share(pool.take(3 * MIB), &pool);
+        pool.close();
+        assert_eq!(pool.stats().0, 0);
+        drop(landed);
+        pool.give(vec![0u8; 2 * MIB]);
+        assert_eq!(pool.stats().0, 0, "given back after the close: freed");
     }
 
     #[test]

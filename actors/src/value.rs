@@ -54,8 +54,8 @@ pub enum Value {
     Encoded(bytes::Bytes),
     /// A byte buffer (a `bytes::Bytes` or a `serde_bytes::ByteBuf`) from
     /// another process: its bytes without their msgpack header, where they
-    /// landed, so that reading it as a `Bytes` shares them (and as a `ByteBuf`
-    /// takes them over when nobody else holds them).
+    /// landed, so that reading it as a `Bytes` shares them (as a `ByteBuf`,
+    /// a copy unless it is small and nobody else holds it).
     Bin(bytes::Bytes),
     /// Nothing: the value was taken out to be consumed.
     Taken,
@@ -177,8 +177,11 @@ impl Value {
                     return Ok(shared);
                 }
                 if TypeId::of::<T>() == TypeId::of::<serde_bytes::ByteBuf>() {
-                    // The buffer itself, taken over when nobody shares it;
-                    // else a copy, into huge pages when large.
+                    // The buffer itself, taken over when nobody shares it and
+                    // it is a plain `Vec` (a small one); else a copy, into
+                    // huge pages when large. (A pulled buffer of 1 MiB or
+                    // more belongs to its node's pool: `bytes` reports it
+                    // shared, and it is copied.)
                     let vec = if bytes.is_unique() {
                         Vec::<u8>::from(bytes)
                     } else {

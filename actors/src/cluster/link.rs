@@ -56,10 +56,18 @@ pub trait Inbound: Send + Sync + 'static {
     }
     /// The bytes of a chunk landed in a lent buffer (or the read failed:
     /// `len` 0); the buffer goes back.
-    fn chunk_landed(&self, _object: ObjectId, _buf: Vec<u8>, _total: u64, _len: usize) {}
+    fn chunk_landed(
+        &self,
+        _link: &Link,
+        _object: ObjectId,
+        _buf: Vec<u8>,
+        _total: u64,
+        _len: usize,
+    ) {
+    }
 }
 
-enum Out {
+pub(crate) enum Out {
     Msg(Msg),
     Close,
 }
@@ -94,6 +102,26 @@ impl std::fmt::Debug for Link {
 static SERIAL: AtomicU64 = AtomicU64::new(1);
 
 impl Link {
+    #[cfg(test)]
+    pub(crate) fn for_test(lane: Lane) -> (Arc<Link>, mpsc::UnboundedReceiver<Out>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let link = Arc::new(Link {
+            peer: NodeInfo {
+                id: crate::ids::NodeId(7),
+                address: "x:1".into(),
+                cpus: 1.0,
+                head: false,
+            },
+            lane,
+            serial: SERIAL.fetch_add(1, Ordering::Relaxed),
+            tx,
+            closed: AtomicBool::new(false),
+            abort: CancellationToken::new(),
+            written: Default::default(),
+        });
+        (link, rx)
+    }
+
     /// Queues a message; false if the link is closed.
     pub fn send(&self, msg: Msg) -> bool {
         !self.is_closed() && self.tx.send(Out::Msg(msg)).is_ok()
@@ -820,7 +848,7 @@ async fn read_chunk_in_place<R: AsyncRead + Unpin>(
     let _ = buf.split_to(have);
     let read = rd.read_exact(&mut target[at + have..at + len]).await;
     let landed = if read.is_ok() { len } else { 0 };
-    inbound.chunk_landed(object, target, total, landed);
+    inbound.chunk_landed(link, object, target, total, landed);
     match read {
         Ok(_) => Ok(true),
         Err(_) => Err(None),

@@ -673,6 +673,9 @@ impl ClusterNode {
             let _ = tx.send(Err(Error::ShutDown));
         }
         self.health_stop.lock().take();
+        // Kept landing buffers go now, and a reader's buffer given back later
+        // is freed, not kept.
+        self.pulls.close_pool();
         let links: Vec<Arc<Link>> = {
             let peers = self.peers.lock();
             peers
@@ -978,16 +981,16 @@ impl ClusterNode {
                         return;
                     }
                     c.check_health();
+                    // After the heartbeats: freeing a large buffer takes a while.
+                    c.pulls.trim_pool();
                 }
             })
             .map(drop)
             .map_err(|e| Error::Startup(format!("the health thread: {e}")))
     }
 
-    /// One round of the health thread: heartbeats out, silent peers dead,
-    /// landing buffers kept too long freed.
+    /// One round of the health thread: heartbeats out, silent peers dead.
     fn check_health(self: &Arc<Self>) {
-        self.pulls.trim_pool();
         let limit = self.health.limit();
         let report = self.report();
         if let Some(head) = &self.head {
@@ -2535,9 +2538,9 @@ impl Inbound for Handler {
             .lend(link, object, offset, total, len)
     }
 
-    fn chunk_landed(&self, object: ObjectId, buf: Vec<u8>, _total: u64, len: usize) {
+    fn chunk_landed(&self, link: &Link, object: ObjectId, buf: Vec<u8>, _total: u64, len: usize) {
         if let Some(c) = self.0.upgrade() {
-            c.pulls.landed(object, buf, len);
+            c.pulls.landed(link, object, buf, len);
         }
     }
 

@@ -139,12 +139,17 @@ impl Pulls {
     }
 
     /// A lent buffer comes back with `len` bytes landed (0: the read failed).
-    pub fn landed(&self, object: ObjectId, buf: Vec<u8>, len: usize) {
+    pub fn landed(&self, link: &Link, object: ObjectId, buf: Vec<u8>, len: usize) {
         let finished = {
             let mut active = self.active.lock();
             let Some(a) = active.get_mut(&object) else {
                 return;
             };
+            if !a.lent || a.link.serial != link.serial {
+                // Lent by a pull that failed meanwhile (its link closed, a new
+                // pull of the object began): not this one's buffer or bytes.
+                return;
+            }
             a.buf = buf;
             a.lent = false;
             a.received += len as u64;
@@ -168,6 +173,12 @@ impl Pulls {
     /// Frees landing buffers kept too long.
     pub fn trim_pool(&self) {
         self.pool.trim();
+    }
+
+    /// The node stops: kept landing buffers are freed, and none is kept
+    /// after.
+    pub fn close_pool(&self) {
+        self.pool.close();
     }
 
     fn finish(&self, finished: Assembly) {
@@ -407,5 +418,73 @@ impl Serving {
             total,
             data: Value::Encoded(data),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::wire::Lane;
+    use crate::ids::NodeId;
+
+    fn chunk(obj: &[u8], i: usize) -> Value {
+        Value::Encoded(Bytes::copy_from_slice(&obj[i * CHUNK..(i + 1) * CHUNK]))
+    }
+
+    type Got = Arc<Mutex<Option<Result<Value, Error>>>>;
+
+    fn waiter() -> (Got, PullDone) {
+        let got: Got = Arc::default();
+        let g = got.clone();
+        (got, Box::new(move |r| *g.lock() = Some(r)))
+    }
+
+    /// Pull A1 lends its buffer (a kept one, holding an earlier object's
+    /// bytes) to link L1's in-place read; L1 closes and A1 fails; pull A2 of
+    /// the same object starts on L2 and gets ahead; then L1's read ends,
+    /// having landed `landed_len` bytes. A2's value is its own object.
+    fn a_late_read_of_a_failed_pull(landed_len: usize) {
+        let pulls = Pulls::new(400 << 20);
+        let total = 3 * CHUNK;
+        pulls.pool.give(vec![0xEE; total]);
+        let obj: Vec<u8> = (0..total).map(|i| (i % 251) as u8 + 1).collect();
+        let x = ObjectId {
+            node: NodeId(1),
+            seq: 1,
+        };
+        let (l1, _r1) = Link::for_test(Lane::Bulk);
+        let (l2, _r2) = Link::for_test(Lane::Bulk);
+        let (got1, d1) = waiter();
+        pulls.start(&l1, x, total as u64, d1);
+        pulls.on_chunk(&l1, x, 0, total as u64, chunk(&obj, 0));
+        let (mut buf1, at) = pulls
+            .lend(&l1, x, CHUNK as u64, total as u64, CHUNK)
+            .expect("lent");
+        pulls.link_closed(&l1, Error::Serialization("peer lost".into()));
+        assert!(got1.lock().as_ref().expect("heard").is_err());
+        let (got2, d2) = waiter();
+        pulls.start(&l2, x, total as u64, d2);
+        pulls.on_chunk(&l2, x, 0, total as u64, chunk(&obj, 0));
+        pulls.on_chunk(&l2, x, CHUNK as u64, total as u64, chunk(&obj, 1));
+        buf1[at..at + landed_len].copy_from_slice(&obj[CHUNK..CHUNK + landed_len]);
+        pulls.landed(&l1, x, buf1, landed_len);
+        assert!(got2.lock().is_none(), "A2 is not done by A1's bytes");
+        pulls.on_chunk(&l2, x, 2 * CHUNK as u64, total as u64, chunk(&obj, 2));
+        let value = match got2.lock().take() {
+            Some(Ok(Value::Encoded(b))) => b,
+            other => panic!("A2: {:?}", other.map(|r| r.map(|_| ()))),
+        };
+        let wrong = value.iter().zip(&obj).filter(|(a, b)| a != b).count();
+        assert_eq!(
+            (value.len(), wrong),
+            (total, 0),
+            "A2's bytes are its object's"
+        );
+    }
+
+    #[test]
+    fn a_failed_pull_s_late_read_never_lands_in_a_newer_pull() {
+        a_late_read_of_a_failed_pull(0);
+        a_late_read_of_a_failed_pull(CHUNK);
     }
 }
