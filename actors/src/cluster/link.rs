@@ -102,16 +102,12 @@ impl std::fmt::Debug for Link {
 static SERIAL: AtomicU64 = AtomicU64::new(1);
 
 impl Link {
-    #[cfg(test)]
-    pub(crate) fn for_test(lane: Lane) -> (Arc<Link>, mpsc::UnboundedReceiver<Out>) {
+    /// A new open link to `peer` on `lane`, and the receiving end of its
+    /// queue (what its writer drains).
+    fn open(peer: NodeInfo, lane: Lane) -> (Arc<Link>, mpsc::UnboundedReceiver<Out>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let link = Arc::new(Link {
-            peer: NodeInfo {
-                id: crate::ids::NodeId(7),
-                address: "x:1".into(),
-                cpus: 1.0,
-                head: false,
-            },
+            peer,
             lane,
             serial: SERIAL.fetch_add(1, Ordering::Relaxed),
             tx,
@@ -120,6 +116,18 @@ impl Link {
             written: Default::default(),
         });
         (link, rx)
+    }
+
+    /// A link with no socket behind it, for tests of what uses links.
+    #[cfg(test)]
+    pub(crate) fn for_test(lane: Lane) -> (Arc<Link>, mpsc::UnboundedReceiver<Out>) {
+        let peer = NodeInfo {
+            id: crate::ids::NodeId(7),
+            address: "x:1".into(),
+            cpus: 1.0,
+            head: false,
+        };
+        Link::open(peer, lane)
     }
 
     /// Queues a message; false if the link is closed.
@@ -635,16 +643,7 @@ fn start<S: Conn>(
     rejections: Arc<Rejections>,
 ) -> Arc<Link> {
     let (rd, wr) = stream.halves();
-    let (tx, rx) = mpsc::unbounded_channel();
-    let link = Arc::new(Link {
-        peer,
-        lane,
-        serial: SERIAL.fetch_add(1, Ordering::Relaxed),
-        tx,
-        closed: AtomicBool::new(false),
-        abort: CancellationToken::new(),
-        written: Default::default(),
-    });
+    let (link, rx) = Link::open(peer, lane);
     tokio::spawn(write_loop(wr, rx, link.clone()));
     tokio::spawn(read_loop(rd, buf, link.clone(), inbound, rejections));
     link
