@@ -7,9 +7,9 @@
 //! faults on its first write, and on a VM that fault, not the copy, bounds a
 //! transfer. The microbenchmark's floors measure it (`floor: memory copy
 //! gigabytes`: into fresh pages, into fresh huge pages, into a warm buffer);
-//! on this project's 2-core VM a copy into fresh 4 KiB pages runs at about a
-//! tenth of one into warm memory, and into fresh huge pages at several times
-//! the 4 KiB rate. Where the kernel's policy is `madvise` (Debian's default)
+//! on this project's 2-core VM they read 1.06–1.15, 3.42–3.82 and
+//! 11.3–12.3 GB/s (`benches/results/2026-11-29-transfer-shared.txt`,
+//! section 12). Where the kernel's policy is `madvise` (Debian's default)
 //! a region is backed by huge pages only when asked; this module asks, for
 //! the whole 2 MiB pages inside a buffer of [`HUGE_FROM`] or more, before it
 //! is first written. The buffer stays an ordinary `Vec<u8>` from the global
