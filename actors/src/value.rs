@@ -97,10 +97,27 @@ pub fn bin_header(len: usize) -> Vec<u8> {
     h
 }
 
-/// `bytes` as a `T` when `T` is `bytes::Bytes`: shared, not copied.
-fn shared_bytes<T: 'static>(bytes: &bytes::Bytes) -> Option<Arc<T>> {
-    let any: Box<dyn Any> = Box::new(bytes.clone());
-    any.downcast::<T>().ok().map(|b| Arc::new(*b))
+/// Whether `T` is `U`.
+fn is<T: 'static, U: 'static>() -> bool {
+    TypeId::of::<T>() == TypeId::of::<U>()
+}
+
+/// `value` as a `T`, when `T` is `U` (the caller has checked with [`is`]).
+fn same<T: 'static, U: 'static>(value: U) -> Result<Arc<T>, Error> {
+    let any: Box<dyn Any> = Box::new(value);
+    any.downcast::<T>()
+        .map(|b| Arc::new(*b))
+        .map_err(|_| Error::Serialization("a byte buffer of another type".into()))
+}
+
+/// The bytes of a local byte buffer — a `bytes::Bytes` or a
+/// `serde_bytes::ByteBuf`, what encodes as one msgpack bin.
+fn bin_of(any: &dyn Any) -> Option<&[u8]> {
+    if let Some(b) = any.downcast_ref::<bytes::Bytes>() {
+        return Some(b);
+    }
+    any.downcast_ref::<serde_bytes::ByteBuf>()
+        .map(|b| b.as_slice())
 }
 
 /// The length of a msgpack bin header at the start of `data`, if the bin
@@ -121,15 +138,12 @@ pub fn bin_header_len(data: &[u8], total: u64) -> Option<usize> {
     (h as u64 + len == total).then_some(h)
 }
 
-/// Shares a local `ByteBuf`'s bytes as `Bytes` without a copy.
+/// Shares a local byte buffer's bytes as `Bytes` without a copy.
 struct SharedBin(Arc<dyn Object>);
 
 impl AsRef<[u8]> for SharedBin {
     fn as_ref(&self) -> &[u8] {
-        self.0
-            .as_any()
-            .downcast_ref::<serde_bytes::ByteBuf>()
-            .map_or(&[], |b| b.as_slice())
+        bin_of(self.0.as_any()).unwrap_or(&[])
     }
 }
 
@@ -173,10 +187,10 @@ impl Value {
                     })
             }
             Value::Bin(bytes) => {
-                if let Some(shared) = shared_bytes::<T>(&bytes) {
-                    return Ok(shared);
+                if is::<T, bytes::Bytes>() {
+                    return same(bytes);
                 }
-                if TypeId::of::<T>() == TypeId::of::<serde_bytes::ByteBuf>() {
+                if is::<T, serde_bytes::ByteBuf>() {
                     // The buffer itself, taken over when nobody shares it and
                     // it is a plain `Vec` (a small one); else a copy, into
                     // huge pages when large. (A pulled buffer of 1 MiB or
@@ -189,25 +203,19 @@ impl Value {
                         copy.extend_from_slice(&bytes);
                         copy
                     };
-                    let buf: Box<dyn Any> = Box::new(serde_bytes::ByteBuf::from(vec));
-                    return buf.downcast::<T>().map(|b| Arc::new(*b)).map_err(|_| {
-                        Error::Serialization("a byte buffer is not a ByteBuf".into())
-                    });
+                    return same(serde_bytes::ByteBuf::from(vec));
                 }
                 let mut encoded = bin_header(bytes.len());
                 encoded.extend_from_slice(&bytes);
                 Value::Encoded(bytes::Bytes::from(encoded)).into_typed()
             }
-            Value::Encoded(bytes) => {
-                if TypeId::of::<T>() == TypeId::of::<bytes::Bytes>() {
-                    if let Some(h) = bin_header_len(&bytes, bytes.len() as u64) {
-                        if let Some(shared) = shared_bytes::<T>(&bytes.slice(h..)) {
-                            return Ok(shared);
-                        }
-                    }
+            Value::Encoded(bytes) if is::<T, bytes::Bytes>() => {
+                match bin_header_len(&bytes, bytes.len() as u64) {
+                    Some(h) => same(bytes.slice(h..)),
+                    None => Value::decode(&bytes),
                 }
-                Value::decode(&bytes)
             }
+            Value::Encoded(bytes) => Value::decode(&bytes),
             Value::Taken => Err(Error::Serialization("the value was already taken".into())),
         }
     }
@@ -245,10 +253,7 @@ impl Value {
     /// already (a byte buffer, or an encoding) rather than encoding a value.
     pub fn parts_are_shared(&self) -> bool {
         match self {
-            Value::Local { object, .. } => {
-                let any = object.as_any();
-                any.is::<bytes::Bytes>() || any.is::<serde_bytes::ByteBuf>()
-            }
+            Value::Local { object, .. } => bin_of(object.as_any()).is_some(),
             _ => true,
         }
     }
@@ -257,20 +262,19 @@ impl Value {
     /// (`u32::MAX` bytes): its encoder would write the length cut short, and
     /// the receiver would read a value cut short.
     fn fits_msgpack(&self) -> Result<(), Error> {
+        // The measured size of a byte buffer or string is its length: only
+        // a value over the limit is looked at.
+        if self.size() <= u32::MAX as usize {
+            return Ok(());
+        }
         let len = match self {
             Value::Local { object, .. } => {
                 let any = object.as_any();
-                if let Some(b) = any.downcast_ref::<bytes::Bytes>() {
-                    b.len()
-                } else if let Some(b) = any.downcast_ref::<serde_bytes::ByteBuf>() {
-                    b.len()
-                } else if let Some(s) = any.downcast_ref::<String>() {
-                    s.len()
-                } else if let Some(v) = any.downcast_ref::<Vec<u8>>() {
-                    v.len()
-                } else {
-                    0
-                }
+                bin_of(any)
+                    .map(<[u8]>::len)
+                    .or_else(|| any.downcast_ref::<String>().map(String::len))
+                    .or_else(|| any.downcast_ref::<Vec<u8>>().map(Vec::len))
+                    .unwrap_or(0)
             }
             Value::Bin(b) => b.len(),
             Value::Encoded(_) | Value::Taken => 0,
@@ -297,15 +301,7 @@ impl Value {
     pub fn to_parts(&self) -> Result<(bytes::Bytes, bytes::Bytes), Error> {
         self.fits_msgpack()?;
         match self {
-            Value::Local { object, .. } if object.as_any().is::<bytes::Bytes>() => {
-                let body = object
-                    .as_any()
-                    .downcast_ref::<bytes::Bytes>()
-                    .cloned()
-                    .unwrap_or_default();
-                Ok((bytes::Bytes::from(bin_header(body.len())), body))
-            }
-            Value::Local { object, .. } if object.as_any().is::<serde_bytes::ByteBuf>() => {
+            Value::Local { object, .. } if bin_of(object.as_any()).is_some() => {
                 let body = bytes::Bytes::from_owner(SharedBin(object.clone()));
                 Ok((bytes::Bytes::from(bin_header(body.len())), body))
             }
@@ -359,10 +355,7 @@ pub fn encoded_size<T: Serialize + 'static>(value: &T) -> usize {
     if let Some(s) = any.downcast_ref::<String>() {
         return s.len();
     }
-    if let Some(b) = any.downcast_ref::<serde_bytes::ByteBuf>() {
-        return b.len();
-    }
-    if let Some(b) = any.downcast_ref::<bytes::Bytes>() {
+    if let Some(b) = bin_of(any) {
         return b.len();
     }
     let mut counter = Counter(0);

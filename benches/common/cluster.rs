@@ -104,33 +104,19 @@ pub fn extras(bench: &Bench, mut cluster: Cluster) {
         );
         for &(size, label) in sizes {
             let rounds = if size >= 1 << 30 || bench.quick { 2 } else { 5 };
-            // A `ByteBuf` is a `Vec`: a task or `get` that takes it by value
-            // while the store still holds it gets a copy. `rayx::Bytes` is
-            // shared: it is read where it landed.
-            let byte_buf = Kind {
-                name: "",
-                wrap: ByteBuf::from,
-                len: |b: &ByteBuf| b.len(),
-            };
-            transfer(
-                &rt, node, size, label, rounds, floor, &byte_buf, len_of, put_bytes,
-            );
-            let shared = Kind {
-                name: " (rayx::Bytes, read in place)",
-                wrap: rayx::Bytes::from,
-                len: |b: &rayx::Bytes| b.len(),
-            };
-            transfer(
-                &rt,
+            let one = Transfer {
+                rt: &rt,
                 node,
                 size,
                 label,
                 rounds,
                 floor,
-                &shared,
-                len_of_shared,
-                put_shared,
-            );
+            };
+            // A `ByteBuf` is a `Vec`: a task or `get` that takes it by value
+            // while the store still holds it gets a copy. `rayx::Bytes` is
+            // shared: it is read where it landed.
+            one.measure::<ByteBuf>("", len_of, put_bytes);
+            one.measure::<rayx::Bytes>(" (rayx::Bytes, read in place)", len_of_shared, put_shared);
         }
     }
     if bench.selected("100k tasks over two nodes") {
@@ -172,69 +158,76 @@ pub fn extras(bench: &Bench, mut cluster: Cluster) {
     }
 }
 
-/// A type of byte buffer the transfer moves.
-struct Kind<T> {
-    name: &'static str,
-    wrap: fn(Vec<u8>) -> T,
-    len: fn(&T) -> usize,
-}
-
-/// One size of transfer in both directions, for one kind of buffer.
-#[allow(clippy::too_many_arguments)]
-fn transfer<T: rayx::Data + Clone>(
-    rt: &Runtime,
+/// One size of transfer, measured in both directions for a kind of buffer.
+struct Transfer<'a> {
+    rt: &'a Runtime,
     node: NodeId,
     size: usize,
-    label: &str,
+    label: &'a str,
     rounds: usize,
     floor: f64,
-    kind: &Kind<T>,
-    len_of: impl RemoteFunction<(T,), usize> + Copy,
-    put_there: impl RemoteFunction<(usize,), ObjectRef<T>> + Copy,
-) {
-    let name = kind.name;
-    // Driver to node: put here, read there (pulled in chunks, decoded).
-    let mut best = 0f64;
-    let cpu0 = cpu_time();
-    for _ in 0..rounds {
-        let obj = rt.put((kind.wrap)(vec![3u8; size])).expect("put");
-        let start = Instant::now();
-        let n = rt
-            .task(len_of)
-            .node_affinity(node, false)
-            .remote(&obj)
-            .get()
-            .expect("len");
-        let took = start.elapsed().as_secs_f64();
-        assert_eq!(n, size);
-        best = best.max(size as f64 / took);
-    }
-    let cpu = (cpu_time() - cpu0).as_secs_f64() / rounds as f64;
-    println!(
+}
+
+impl Transfer<'_> {
+    fn measure<T>(
+        &self,
+        name: &str,
+        len_of: impl RemoteFunction<(T,), usize> + Copy,
+        put_there: impl RemoteFunction<(usize,), ObjectRef<T>> + Copy,
+    ) where
+        T: rayx::Data + Clone + From<Vec<u8>> + AsRef<[u8]>,
+    {
+        let Transfer {
+            rt,
+            node,
+            size,
+            label,
+            rounds,
+            floor,
+        } = *self;
+        // Driver to node: put here, read there (pulled in chunks, decoded).
+        let mut best = 0f64;
+        let cpu0 = cpu_time();
+        for _ in 0..rounds {
+            let obj = rt.put(T::from(vec![3u8; size])).expect("put");
+            let start = Instant::now();
+            let n = rt
+                .task(len_of)
+                .node_affinity(node, false)
+                .remote(&obj)
+                .get()
+                .expect("len");
+            let took = start.elapsed().as_secs_f64();
+            assert_eq!(n, size);
+            best = best.max(size as f64 / took);
+        }
+        let cpu = (cpu_time() - cpu0).as_secs_f64() / rounds as f64;
+        println!(
         "transfer {label} driver to node{name}: {:.2} GB/s ({:.0}% of the floor), driver cpu {:.3} s/object",
         best / 1e9,
         100.0 * best / floor,
         cpu
     );
-    // Node to driver: a task there puts it (the node owns it) and returns
-    // the ref; the driver gets the ref, then the value, timed alone.
-    let mut best = 0f64;
-    for _ in 0..rounds {
-        let inner = rt
-            .task(put_there)
-            .node_affinity(node, false)
-            .remote(size)
-            .get()
-            .expect("made");
-        let start = Instant::now();
-        let got = inner.get().expect("get");
-        let took = start.elapsed().as_secs_f64();
-        assert_eq!((kind.len)(&got), size);
-        best = best.max(size as f64 / took);
+        // Node to driver: a task there puts it (the node owns it) and returns
+        // the ref; the driver gets the ref, then the value, timed alone.
+        let mut best = 0f64;
+        for _ in 0..rounds {
+            let inner = rt
+                .task(put_there)
+                .node_affinity(node, false)
+                .remote(size)
+                .get()
+                .expect("made");
+            let start = Instant::now();
+            let got = inner.get().expect("get");
+            let took = start.elapsed().as_secs_f64();
+            assert_eq!(got.as_ref().len(), size);
+            best = best.max(size as f64 / took);
+        }
+        println!(
+            "transfer {label} node to driver{name}: {:.2} GB/s ({:.0}% of the floor)",
+            best / 1e9,
+            100.0 * best / floor
+        );
     }
-    println!(
-        "transfer {label} node to driver{name}: {:.2} GB/s ({:.0}% of the floor)",
-        best / 1e9,
-        100.0 * best / floor
-    );
 }

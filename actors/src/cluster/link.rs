@@ -56,15 +56,7 @@ pub trait Inbound: Send + Sync + 'static {
     }
     /// The bytes of a chunk landed in a lent buffer (or the read failed:
     /// `len` 0); the buffer goes back.
-    fn chunk_landed(
-        &self,
-        _link: &Link,
-        _object: ObjectId,
-        _buf: Vec<u8>,
-        _total: u64,
-        _len: usize,
-    ) {
-    }
+    fn chunk_landed(&self, _link: &Link, _object: ObjectId, _buf: Vec<u8>, _len: usize) {}
 }
 
 pub(crate) enum Out {
@@ -847,7 +839,7 @@ async fn read_chunk_in_place<R: AsyncRead + Unpin>(
     let _ = buf.split_to(have);
     let read = rd.read_exact(&mut target[at + have..at + len]).await;
     let landed = if read.is_ok() { len } else { 0 };
-    inbound.chunk_landed(link, object, target, total, landed);
+    inbound.chunk_landed(link, object, target, landed);
     match read {
         Ok(_) => Ok(true),
         Err(_) => Err(None),

@@ -675,7 +675,7 @@ impl ClusterNode {
         self.health_stop.lock().take();
         // Kept landing buffers go now, and a reader's buffer given back later
         // is freed, not kept.
-        self.pulls.close_pool();
+        self.pulls.pool().close();
         let links: Vec<Arc<Link>> = {
             let peers = self.peers.lock();
             peers
@@ -982,7 +982,7 @@ impl ClusterNode {
                     }
                     c.check_health();
                     // After the heartbeats: freeing a large buffer takes a while.
-                    c.pulls.trim_pool();
+                    c.pulls.pool().trim();
                 }
             })
             .map(drop)
@@ -1491,7 +1491,7 @@ impl ClusterNode {
     /// The landing buffers this node keeps for pulls: their bytes, and how
     /// many pulls landed in a kept one so far.
     pub fn transfer_pool(&self) -> (usize, u64) {
-        self.pulls.pool_stats()
+        self.pulls.pool().stats()
     }
 
     /// The network thread's lingers so far (see `linger`): begun, and paid
@@ -2538,7 +2538,7 @@ impl Inbound for Handler {
             .lend(link, object, offset, total, len)
     }
 
-    fn chunk_landed(&self, link: &Link, object: ObjectId, buf: Vec<u8>, _total: u64, len: usize) {
+    fn chunk_landed(&self, link: &Link, object: ObjectId, buf: Vec<u8>, len: usize) {
         if let Some(c) = self.0.upgrade() {
             c.pulls.landed(link, object, buf, len);
         }

@@ -164,21 +164,9 @@ impl Pulls {
         self.finish(finished);
     }
 
-    /// The landing buffers kept: their bytes, and how many pulls landed in
-    /// one so far.
-    pub fn pool_stats(&self) -> (usize, u64) {
-        self.pool.stats()
-    }
-
-    /// Frees landing buffers kept too long.
-    pub fn trim_pool(&self) {
-        self.pool.trim();
-    }
-
-    /// The node stops: kept landing buffers are freed, and none is kept
-    /// after.
-    pub fn close_pool(&self) {
-        self.pool.close();
+    /// Where this node's pulls land: the buffers it keeps for the next ones.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
     }
 
     fn finish(&self, finished: Assembly) {
