@@ -7,7 +7,10 @@
 
 mod common;
 
-use common::raw_peer::{accept_shake, frame, hello, read_frames_until, read_until_closed, shake};
+use common::raw_peer::{
+    accept_shake, chunk_frame, fake_node, frame, hello, join_control, read_frames_until,
+    read_until_closed, send_task_on, shake,
+};
 use rayx::prelude::*;
 use rayx::testing::Cluster;
 use rayx::Builder;
@@ -926,7 +929,7 @@ fn bad_bytes_close_one_connection_and_are_counted() {
         options: Default::default(),
     };
     s.write_all(&frame(
-        &rayx_actors::cluster::wire::encode(&[Msg::RunTask(spec)]).unwrap(),
+        &rayx_actors::cluster::wire::encode(&[Msg::RunTask { spec, held: vec![] }]).unwrap(),
     ))
     .unwrap();
     let answers = read_frames_until(&mut s, |m| matches!(m, Msg::TaskDone { .. }));
@@ -941,76 +944,37 @@ fn bad_bytes_close_one_connection_and_are_counted() {
     assert_eq!(rt.task(square).remote(12).get().unwrap(), 144);
 }
 
+/// The address a node's links listen on.
+fn address_of(rt: &Runtime, node: NodeId) -> String {
+    rt.nodes()
+        .into_iter()
+        .find(|n| n.id == node)
+        .expect("a live node")
+        .address
+}
+
 /// A fake peer (node 99) sends a task whose argument it "owns", then answers
 /// the victim's pull with lying chunks: each attack must fail that pull (and
 /// the task, with a typed error), never the node.
 fn a_lying_peer_s_chunks_fail_its_pull_not_the_node() {
-    use rayx_actors::cluster::wire::{self, Hello, Lane, Msg, NodeInfo, Payload, PROTOCOL_VERSION};
-    use rayx_actors::ids::{ObjectId, TaskId};
-    use rayx_actors::messages::{Arg, TaskSpec};
-    use rayx_actors::value::Value;
-    fn chunk(object: ObjectId, offset: u64, total: u64, data: &[u8]) -> Vec<u8> {
-        let head = wire::encode(&[Msg::Chunk {
-            object,
-            offset,
-            total,
-            data: Value::Encoded(Vec::new().into()),
-        }])
-        .unwrap();
-        let mut f = ((4 + head.len() + data.len()) as u32)
-            .to_be_bytes()
-            .to_vec();
-        f.extend_from_slice(&(head.len() as u32).to_be_bytes());
-        f.extend_from_slice(&head);
-        f.extend_from_slice(data);
-        f
-    }
+    use rayx_actors::cluster::wire::{self, Msg, Payload};
+    use rayx_actors::ids::ObjectId;
     let mut c = Cluster::start(1).unwrap();
     let rt = c.driver().clone();
     let token = rt.cluster_token().unwrap();
     let victim = c.nodes()[0].id;
-    let address = rt
-        .nodes()
-        .into_iter()
-        .find(|n| n.id == victim)
-        .unwrap()
-        .address;
+    let address = address_of(&rt, victim);
     // A 1 TiB object (refused before any allocation); a bin header, then a
     // chunk inside it out of order; the same chunk twice.
     for (round, attack) in ["huge", "underflow", "repeat"].into_iter().enumerate() {
-        let bulk = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let me = NodeInfo {
-            id: NodeId(99 + round as u64),
-            address: bulk.local_addr().unwrap().to_string(),
-            cpus: 0.0,
-            head: false,
-        };
+        let (bulk, me) = fake_node(NodeId(99 + round as u64));
         let obj = ObjectId {
             node: me.id,
             seq: 7,
         };
-        let mut s = TcpStream::connect(&address).unwrap();
-        let hello = Msg::Hello(Hello {
-            version: PROTOCOL_VERSION,
-            lane: Lane::Control,
-            node: me.clone(),
-            registry: vec![],
-            nonce: serde_bytes::ByteBuf::from(vec![7u8; 32]),
-            driver: false,
-        });
-        shake(&mut s, &token, &frame(&wire::encode(&[hello]).unwrap()));
-        read_frames_until(&mut s, |m| matches!(m, Msg::Welcome { .. }));
-        let spec = TaskSpec {
-            task_id: TaskId(ObjectId {
-                node: me.id,
-                seq: 1,
-            }),
-            function: rayx::__private::name_of(&checksum).into(),
-            args: vec![Arg::Ref(obj)],
-            options: Default::default(),
-        };
-        s.write_all(&frame(&wire::encode(&[Msg::RunTask(spec)]).unwrap()))
-            .unwrap();
+        let mut s = join_control(&address, &token, &me);
+        let checksum = rayx::__private::name_of(&checksum);
+        send_task_on(&mut s, me.id, checksum, obj, None);
         read_frames_until(&mut s, |m| matches!(m, Msg::Borrow { .. }));
         let ready = Msg::ObjectReady {
             object: obj,
@@ -1029,18 +993,18 @@ fn a_lying_peer_s_chunks_fail_its_pull_not_the_node() {
         accept_shake(&mut b, &token, welcome);
         match attack {
             "huge" => b
-                .write_all(&chunk(obj, 0, (1 << 40) - 1, &[1, 2, 3]))
+                .write_all(&chunk_frame(obj, 0, (1 << 40) - 1, &[1, 2, 3]))
                 .unwrap(),
             "underflow" => {
-                b.write_all(&chunk(obj, 0, 105, &[0xc6, 0, 0, 0, 100]))
+                b.write_all(&chunk_frame(obj, 0, 105, &[0xc6, 0, 0, 0, 100]))
                     .unwrap();
-                b.write_all(&chunk(obj, 2, 105, &[9])).unwrap();
+                b.write_all(&chunk_frame(obj, 2, 105, &[9])).unwrap();
             }
             _ => {
                 let mut d = vec![0xc4u8, 103];
                 d.extend(std::iter::repeat_n(5u8, 51));
-                b.write_all(&chunk(obj, 0, 105, &d)).unwrap();
-                b.write_all(&chunk(obj, 0, 105, &d)).unwrap();
+                b.write_all(&chunk_frame(obj, 0, 105, &d)).unwrap();
+                b.write_all(&chunk_frame(obj, 0, 105, &d)).unwrap();
             }
         }
         let answers = read_frames_until(&mut s, |m| matches!(m, Msg::TaskDone { .. }));
@@ -1061,6 +1025,83 @@ fn a_lying_peer_s_chunks_fail_its_pull_not_the_node() {
             "{attack}: and serves"
         );
     }
+}
+
+/// A fake peer (node 120) sends a task whose argument it holds, saying so
+/// (`held`): the node pulls it from the peer at once — no `Fetch`, one pull
+/// for a small object — and the task runs on the bytes the peer sent.
+fn a_task_s_held_argument_is_pulled_at_once() {
+    use rayx_actors::cluster::link::read_bulk_frame;
+    use rayx_actors::cluster::wire::{Msg, Payload, CHUNK};
+    use rayx_actors::ids::ObjectId;
+    use std::io::Read;
+    use std::time::Duration;
+    let c = Cluster::start(1).unwrap();
+    let rt = c.driver().clone();
+    let token = rt.cluster_token().unwrap();
+    let address = address_of(&rt, c.nodes()[0].id);
+    let (bulk, me) = fake_node(NodeId(120));
+    let obj = ObjectId {
+        node: me.id,
+        seq: 7,
+    };
+    let mut s = join_control(&address, &token, &me);
+    let bytes = blob(300 << 10, 3);
+    // Its measure: the bytes, without their header.
+    let checksum_name = rayx::__private::name_of(&checksum);
+    send_task_on(&mut s, me.id, checksum_name, obj, Some(bytes.len() as u64));
+    // Nobody answers a fetch: only a pull at once opens the bulk link.
+    let (opened, opening) = std::sync::mpsc::channel();
+    std::thread::spawn(move || opened.send(bulk.accept().map(|(b, _)| b)));
+    let mut b = opening
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the node pulls a held argument at once")
+        .unwrap();
+    let welcome = Msg::Welcome {
+        node: me.clone(),
+        cluster: vec![],
+    };
+    accept_shake(&mut b, &token, welcome);
+    b.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut len = [0u8; 4];
+    b.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    b.read_exact(&mut body).unwrap();
+    match read_bulk_frame(body.into()).unwrap().as_slice() {
+        [Msg::Pull {
+            object,
+            offset: 0,
+            len,
+        }] => assert_eq!(
+            (*object, *len),
+            (obj, CHUNK as u64),
+            "the whole first chunk"
+        ),
+        other => panic!("expected a pull from the start: {other:?}"),
+    }
+    // The answer as a node sends it: the header, then the bytes.
+    let header = [0xc6u8, 0, 4, 0xb0, 0];
+    assert_eq!(bytes.len(), 300 << 10);
+    let total = (header.len() + bytes.len()) as u64;
+    b.write_all(&chunk_frame(obj, 0, total, &header)).unwrap();
+    b.write_all(&chunk_frame(obj, header.len() as u64, total, &bytes))
+        .unwrap();
+    let answers = read_frames_until(&mut s, |m| matches!(m, Msg::TaskDone { .. }));
+    assert!(
+        !answers.iter().any(|m| matches!(m, Msg::Fetch { .. })),
+        "no fetch for a held argument: {answers:?}"
+    );
+    assert!(answers
+        .iter()
+        .any(|m| matches!(m, Msg::Borrow { object } if *object == obj)));
+    let result = answers.iter().find_map(|m| match m {
+        Msg::TaskDone {
+            result: Ok(Payload::Inline(v)),
+            ..
+        } => Some(v.downcast::<(usize, u64)>().unwrap()),
+        _ => None,
+    });
+    assert_eq!(result.as_deref(), Some(&checksum(bytes)), "{answers:?}");
 }
 
 fn a_zero_timeout_wait_sees_borrowed_refs_arrive_after_another_runtime_s_ref() {
@@ -1477,6 +1518,7 @@ fn main() {
         an_unreachable_head_fails_init_in_bounded_time,
         bad_bytes_close_one_connection_and_are_counted,
         a_lying_peer_s_chunks_fail_its_pull_not_the_node,
+        a_task_s_held_argument_is_pulled_at_once,
         a_zero_timeout_wait_sees_borrowed_refs_arrive_after_another_runtime_s_ref,
         two_nodes_opening_links_to_each_other_at_once_lose_nothing,
         answers_follow_their_borrows_after_a_crossed_open,

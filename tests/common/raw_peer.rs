@@ -148,3 +148,87 @@ pub fn read_frames_until(
         }
     }
 }
+
+/// The bulk-lane frame of a chunk of `object`: its message, then `data` as
+/// it is (as a node writes it).
+pub fn chunk_frame(
+    object: rayx_actors::ids::ObjectId,
+    offset: u64,
+    total: u64,
+    data: &[u8],
+) -> Vec<u8> {
+    use rayx_actors::cluster::wire::{encode, Msg};
+    let head = encode(&[Msg::Chunk {
+        object,
+        offset,
+        total,
+        data: rayx_actors::value::Value::Encoded(Vec::new().into()),
+    }])
+    .unwrap();
+    let mut f = ((4 + head.len() + data.len()) as u32)
+        .to_be_bytes()
+        .to_vec();
+    f.extend_from_slice(&(head.len() as u32).to_be_bytes());
+    f.extend_from_slice(&head);
+    f.extend_from_slice(data);
+    f
+}
+
+/// Joins the node at `address` as the fake node `me` on a control link (the
+/// token's handshake), once welcomed.
+pub fn join_control(
+    address: &str,
+    token: &str,
+    me: &rayx_actors::cluster::wire::NodeInfo,
+) -> TcpStream {
+    use rayx_actors::cluster::wire::{encode, Hello, Lane, Msg, PROTOCOL_VERSION};
+    let mut s = TcpStream::connect(address).unwrap();
+    let hello = Msg::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        lane: Lane::Control,
+        node: me.clone(),
+        registry: vec![],
+        nonce: serde_bytes::ByteBuf::from(vec![7u8; 32]),
+        driver: false,
+    });
+    shake(&mut s, token, &frame(&encode(&[hello]).unwrap()));
+    read_frames_until(&mut s, |m| matches!(m, Msg::Welcome { .. }));
+    s
+}
+
+/// Sends node `me`'s task (its first) running `function` on `arg`, an object
+/// of its own, saying whether it `held` it (and its size).
+pub fn send_task_on(
+    s: &mut TcpStream,
+    me: rayx::NodeId,
+    function: &str,
+    arg: rayx_actors::ids::ObjectId,
+    held: Option<u64>,
+) {
+    use rayx_actors::cluster::wire::{encode, Msg};
+    use rayx_actors::messages::{Arg, TaskSpec};
+    let spec = TaskSpec {
+        task_id: rayx_actors::ids::TaskId(rayx_actors::ids::ObjectId { node: me, seq: 1 }),
+        function: function.to_string().into(),
+        args: vec![Arg::Ref(arg)],
+        options: Default::default(),
+    };
+    let held = held.map(|size| (arg, size)).into_iter().collect();
+    s.write_all(&frame(&encode(&[Msg::RunTask { spec, held }]).unwrap()))
+        .unwrap();
+}
+
+/// A fake node `id`, listening (for the bulk links a node opens to it) on a
+/// port of its own.
+pub fn fake_node(
+    id: rayx::NodeId,
+) -> (std::net::TcpListener, rayx_actors::cluster::wire::NodeInfo) {
+    let bulk = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let me = rayx_actors::cluster::wire::NodeInfo {
+        id,
+        address: bulk.local_addr().unwrap().to_string(),
+        cpus: 0.0,
+        head: false,
+    };
+    (bulk, me)
+}

@@ -1647,7 +1647,7 @@ impl ClusterNode {
                     let _ = tx.send(answer);
                 }
             }
-            Msg::RunTask(spec) => self.run_task(link, spec),
+            Msg::RunTask { spec, held } => self.run_task(link, spec, &held),
             Msg::TaskDone {
                 object,
                 result,
@@ -1805,8 +1805,9 @@ impl ClusterNode {
         }
     }
 
-    /// Runs a task a peer owns; its result goes back as `TaskDone`.
-    fn run_task(self: &Arc<Self>, link: &Arc<Link>, mut spec: TaskSpec) {
+    /// Runs a task a peer owns; its result goes back as `TaskDone`. Its
+    /// arguments that the peer says it `held` are pulled from it at once.
+    fn run_task(self: &Arc<Self>, link: &Arc<Link>, mut spec: TaskSpec, held: &[(ObjectId, u64)]) {
         let object = spec.task_id.return_id();
         let fail = |e: Error| {
             self.reply(
@@ -1827,7 +1828,23 @@ impl ClusterNode {
         for arg in &spec.args {
             if let Arg::Ref(id) = arg {
                 match self.borrow(*id) {
-                    Ok(slot) => pins.push(slot),
+                    Ok(slot) => {
+                        let size = held.iter().find(|(h, _)| h == id).map(|&(_, size)| size);
+                        // Only the owner's word on its own objects counts;
+                        // the fetch is this pull (none if one began already).
+                        if let Some(size) = size.filter(|_| id.node == link.peer.id) {
+                            if slot.take_fetch() {
+                                let target = slot.clone();
+                                self.pull(
+                                    id.node,
+                                    *id,
+                                    size,
+                                    Box::new(move |r| target.complete(r)),
+                                );
+                            }
+                        }
+                        pins.push(slot)
+                    }
                     Err(e) => {
                         return fail(Error::dependency_failed(spec.display_name().to_string(), e))
                     }
@@ -2030,8 +2047,10 @@ impl ClusterNode {
     /// network thread) per transfer.
     fn serve_pull(self: &Arc<Self>, link: &Arc<Link>, object: ObjectId, offset: u64, len: u64) {
         match self.serving.pull(link, object, offset, len) {
-            transfer::Serve::Chunk(msg) => {
-                link.send(msg);
+            transfer::Serve::Chunks(chunks) => {
+                for chunk in chunks {
+                    link.send(chunk);
+                }
             }
             transfer::Serve::Wait => {}
             transfer::Serve::Encode => {
@@ -2379,10 +2398,12 @@ impl ClusterNode {
         };
         let threshold = self.core.config.inline_threshold;
         let mut spec = job.spec.clone();
+        let mut held = Vec::new();
         for arg in spec.args.iter_mut() {
             match arg {
                 Arg::Value(v) if v.size() > threshold => match self.core.table.put(v.clone()) {
                     Ok(s) => {
+                        held.push((s.id(), v.size() as u64));
                         *arg = Arg::Ref(s.id());
                         job.pins.push(s);
                     }
@@ -2399,8 +2420,10 @@ impl ClusterNode {
                         .find(|p| p.id() == *id)
                         .and_then(|p| p.try_get())
                         .and_then(Result::ok);
-                    if let Some(v) = value.filter(|v| v.size() <= threshold) {
-                        *arg = Arg::Value(v);
+                    match value {
+                        Some(v) if v.size() <= threshold => *arg = Arg::Value(v),
+                        Some(v) => held.push((*id, v.size() as u64)),
+                        None => {}
                     }
                 }
                 _ => {}
@@ -2417,7 +2440,7 @@ impl ClusterNode {
         if let Some(p) = self.peers.lock().get_mut(&node) {
             p.inflight += 1;
         }
-        if !self.send_to(node, false, Msg::RunTask(spec)) {
+        if !self.send_to(node, false, Msg::RunTask { spec, held }) {
             self.peer_lost(node, "it is not a live node of the cluster", false);
         }
     }

@@ -77,9 +77,7 @@ impl Pulls {
             next: 0,
             done: vec![done],
         };
-        for _ in 0..PULL_WINDOW {
-            request_next(&mut a, object);
-        }
+        request_more(&mut a, object);
         active.insert(object, a);
     }
 
@@ -102,7 +100,7 @@ impl Pulls {
                 return;
             }
             if a.received < a.total {
-                request_next(a, object);
+                request_more(a, object);
                 return;
             }
             active.remove(&object).expect("present")
@@ -155,7 +153,7 @@ impl Pulls {
             a.received += len as u64;
             if len == 0 || a.received < a.total {
                 if len > 0 {
-                    request_next(a, object);
+                    request_more(a, object);
                 }
                 return;
             }
@@ -277,17 +275,23 @@ impl Assembly {
     }
 }
 
-fn request_next(a: &mut Assembly, object: ObjectId) {
-    if a.next >= a.total {
-        return;
+/// Asks for whole chunks — the holder cuts the last one at the object's
+/// end — while fewer than [`PULL_WINDOW`] chunks' bytes are asked for and
+/// not yet here. Until the first chunk came, only it is asked for: it tells
+/// the object's true size (the holder's measure may be off either way), and
+/// a small object comes whole in it.
+fn request_more(a: &mut Assembly, object: ObjectId) {
+    let window = PULL_WINDOW * CHUNK as u64;
+    let end = if a.started { a.total } else { 1 };
+    // `next` ≥ `received`: bytes come only as asked for.
+    while a.next < end && a.next - a.received < window {
+        a.link.send(Msg::Pull {
+            object,
+            offset: a.next,
+            len: CHUNK as u64,
+        });
+        a.next += CHUNK as u64;
     }
-    let len = (CHUNK as u64).min(a.total - a.next);
-    a.link.send(Msg::Pull {
-        object,
-        offset: a.next,
-        len,
-    });
-    a.next += len;
 }
 
 fn fail_all(done: Vec<PullDone>, error: Error) {
@@ -312,8 +316,8 @@ pub struct Serving {
 
 /// What to do with a pull.
 pub enum Serve {
-    /// Send this chunk.
-    Chunk(Msg),
+    /// Send these chunks.
+    Chunks(Vec<Msg>),
     /// Encode the value (then call [`Serving::encoded`]); this pull waits.
     Encode,
     /// Another pull is encoding it; this one waits.
@@ -328,7 +332,7 @@ impl Serving {
             Some(Served::Ready(head, body)) => {
                 let parts = (head.clone(), body.clone());
                 drop(encoded);
-                Serve::Chunk(self.chunk(object, &parts, offset, len))
+                Serve::Chunks(self.chunks(object, &parts, offset, len))
             }
             Some(Served::Encoding(waiting)) => {
                 waiting.push((link.clone(), offset, len));
@@ -366,7 +370,9 @@ impl Serving {
         for (link, offset, len) in waiting {
             match &result {
                 Ok(bytes) => {
-                    link.send(self.chunk(object, bytes, offset, len));
+                    for chunk in self.chunks(object, bytes, offset, len) {
+                        link.send(chunk);
+                    }
                 }
                 Err(error) => {
                     link.send(Msg::PullFailed {
@@ -378,9 +384,18 @@ impl Serving {
         }
     }
 
-    /// The chunk a pull asks for; the encoding is dropped once the last byte
-    /// is served.
-    fn chunk(&self, object: ObjectId, (head, body): &(Bytes, Bytes), offset: u64, len: u64) -> Msg {
+    /// The chunks that answer a pull, as slices of the encoding (no copy);
+    /// the encoding is dropped once its last byte is served. A pull from the
+    /// start is answered in two: the first bytes (a byte buffer's header, or
+    /// [`LEAD`] bytes of any other encoding), which fix the layout on the
+    /// puller, then the rest, which lands there in place.
+    fn chunks(
+        &self,
+        object: ObjectId,
+        (head, body): &(Bytes, Bytes),
+        offset: u64,
+        len: u64,
+    ) -> Vec<Msg> {
         let h = head.len() as u64;
         let total = h + body.len() as u64;
         let start = offset.min(total);
@@ -388,26 +403,34 @@ impl Serving {
         if end >= total {
             self.encoded.lock().remove(&object);
         }
-        let data = if start >= h {
-            // A slice of the body: no copy.
-            body.slice((start - h) as usize..(end - h) as usize)
-        } else {
-            // The chunk that holds the header: copied once.
-            let mut d = Vec::with_capacity((end - start) as usize);
-            d.extend_from_slice(&head[start as usize..(end.min(h)) as usize]);
-            if end > h {
-                d.extend_from_slice(&body[..(end - h) as usize]);
+        // Each piece lies wholly in the header or wholly in the body.
+        let piece = |from: u64, to: u64| {
+            let data = if from >= h {
+                body.slice((from - h) as usize..(to - h) as usize)
+            } else {
+                head.slice(from as usize..to as usize)
+            };
+            Msg::Chunk {
+                object,
+                offset: from,
+                total,
+                data: Value::Encoded(data),
             }
-            Bytes::from(d)
         };
-        Msg::Chunk {
-            object,
-            offset: start,
-            total,
-            data: Value::Encoded(data),
+        // A byte buffer's parts are its header and its bytes; any other
+        // value's encoding is all head.
+        let split = if body.is_empty() { LEAD.min(total) } else { h };
+        if start < split && split < end {
+            vec![piece(start, split), piece(split, end)]
+        } else {
+            vec![piece(start, end)]
         }
     }
 }
+
+/// The bytes of a non-byte-buffer encoding sent ahead of the rest of the
+/// first chunk (see [`Serving::chunks`]).
+const LEAD: u64 = 16;
 
 #[cfg(test)]
 mod tests {

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The protocol's version: a peer with another one is refused at its hello.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// The largest frame accepted before a connection has authenticated (a
 /// hello with its registry, a proof): a stranger cannot make a node buffer more.
 pub const PREAUTH_FRAME: usize = 1 << 20;
@@ -330,7 +330,13 @@ pub enum Msg {
         answer: Result<Answer, Error>,
     },
     /// Run this task (its return object is the sender's).
-    RunTask(TaskSpec),
+    RunTask {
+        /// The task.
+        spec: TaskSpec,
+        /// Arguments of the sender's, ready and too large to travel inline,
+        /// with their sizes: pulled from the sender at once (no `Fetch`).
+        held: Vec<(ObjectId, u64)>,
+    },
     /// The result about to be reported holds refs or handles, which the
     /// sender keeps until it hears `Free` for the result.
     Contains {

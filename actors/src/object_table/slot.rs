@@ -347,6 +347,15 @@ impl Slot {
         }
     }
 
+    /// Takes the right to ask for this object's value, which [`fetch`]
+    /// would use: true at most once per mark. The taker asks for it its own
+    /// way (a borrower told where the value is pulls it at once).
+    ///
+    /// [`fetch`]: Self::fetch
+    pub fn take_fetch(&self) -> bool {
+        self.unfetched.take()
+    }
+
     /// This pending object's value is on another node (`fetch` asks for it):
     /// asked for at once if something waits for it already; a getter that
     /// registers later asks itself (it fetches again once registered). The
