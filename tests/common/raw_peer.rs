@@ -196,8 +196,9 @@ pub fn join_control(
     s
 }
 
-/// Sends node `me`'s task (its first) running `function` on `arg`, an object
-/// of its own, saying whether it `held` it (and its size).
+/// Sends node `me`'s task running `function` on `arg`, an object of its own,
+/// saying whether it `held` it (and its size); the task's number is the
+/// argument's plus 1000.
 pub fn send_task_on(
     s: &mut TcpStream,
     me: rayx::NodeId,
@@ -208,7 +209,10 @@ pub fn send_task_on(
     use rayx_actors::cluster::wire::{encode, Msg};
     use rayx_actors::messages::{Arg, TaskSpec};
     let spec = TaskSpec {
-        task_id: rayx_actors::ids::TaskId(rayx_actors::ids::ObjectId { node: me, seq: 1 }),
+        task_id: rayx_actors::ids::TaskId(rayx_actors::ids::ObjectId {
+            node: me,
+            seq: arg.seq + 1000,
+        }),
         function: function.to_string().into(),
         args: vec![Arg::Ref(arg)],
         options: Default::default(),

@@ -681,9 +681,12 @@ async fn read_frames<R: AsyncRead + Unpin>(
     inbound: &dyn Inbound,
 ) -> Option<String> {
     let mut codec = codec(link.lane);
+    // The codec has taken a frame's length from `buf` and waits for the rest
+    // of that frame: `buf` starts mid-frame, not at a chunk's head.
+    let mut mid_frame = false;
     'read: loop {
         loop {
-            if link.lane == Lane::Bulk {
+            if link.lane == Lane::Bulk && !mid_frame {
                 match read_chunk_in_place(rd, buf, link, inbound).await {
                     Ok(InPlace::Landed) => continue,
                     // Read on before the codec sees the frame's length: it
@@ -694,7 +697,15 @@ async fn read_frames<R: AsyncRead + Unpin>(
                 }
             }
             match codec.decode(buf) {
+                Ok(None) => {
+                    // On the bulk lane the codec is handed a frame's start
+                    // with its length (4 bytes at least): it took the length
+                    // and waits for the rest.
+                    mid_frame = true;
+                    break;
+                }
                 Ok(Some(frame)) => {
+                    mid_frame = false;
                     let decoded = if link.lane == Lane::Bulk {
                         read_bulk_frame(frame.freeze())
                     } else {
@@ -715,7 +726,6 @@ async fn read_frames<R: AsyncRead + Unpin>(
                         Err(reason) => break 'read Some(reason),
                     }
                 }
-                Ok(None) => break,
                 Err(e) => break 'read Some(format!("frame over the limit: {e}")),
             }
         }
@@ -1180,5 +1190,76 @@ mod tests {
         // Nothing asked for past the true end, though the measure reached it.
         let c = CHUNK as u64;
         assert_eq!((p.asked_first, p.asked), (1, vec![(0, c), (c, c)]));
+    }
+
+    /// A chunk's bulk frame as a node writes it.
+    fn framed(object: ObjectId, offset: u64, total: u64, data: &[u8]) -> Vec<u8> {
+        let msg = Msg::Chunk {
+            object,
+            offset,
+            total,
+            data: Value::Encoded(bytes::Bytes::copy_from_slice(data)),
+        };
+        let (head, tail) = bulk_frame(msg).expect("a chunk");
+        let tail = tail.unwrap_or_default();
+        let mut f = ((4 + head.len() + tail.len()) as u32)
+            .to_be_bytes()
+            .to_vec();
+        f.extend_from_slice(&(head.len() as u32).to_be_bytes());
+        f.extend_from_slice(&head);
+        f.extend_from_slice(&tail);
+        f
+    }
+
+    /// A peer's bad frame closes its bulk link the same way however TCP cut
+    /// the stream: the in-place reader never reads a frame the codec is in
+    /// the middle of.
+    #[tokio::test]
+    async fn a_bad_frame_between_chunks_fails_alike_however_the_bytes_come() {
+        let object = ObjectId {
+            node: NodeId(7),
+            seq: 1,
+        };
+        let body = vec![5u8; 300];
+        let header = [0xc5u8, 1, 44];
+        let total = (header.len() + body.len()) as u64;
+        let mut stream = framed(object, 0, total, &header);
+        // A frame shorter than its own head's length field, then the body.
+        stream.extend_from_slice(&[0, 0, 0, 3]);
+        stream.extend(framed(object, header.len() as u64, total, &body));
+        for pipe in [1, 64 << 10] {
+            let (link, _asks) = Link::for_test(Lane::Bulk);
+            let inbound = Puller {
+                pulls: Pulls::new(1 << 30),
+                framed: AtomicUsize::new(0),
+                in_place: AtomicUsize::new(0),
+            };
+            let got = Arc::new(parking_lot::Mutex::new(None));
+            let g = got.clone();
+            inbound.pulls.start(
+                &link,
+                object,
+                body.len() as u64,
+                Box::new(move |r| *g.lock() = Some(r.map(|v| v.size()))),
+            );
+            let (mut theirs, mut mine) = tokio::io::duplex(pipe);
+            let bytes = stream.clone();
+            let writer = tokio::spawn(async move {
+                let _ = theirs.write_all(&bytes).await;
+            });
+            let closed = read_frames(&mut mine, &mut BytesMut::new(), &link, &inbound).await;
+            // The rest of the stream is never read: the writer's end fails.
+            drop(mine);
+            writer.await.expect("writer");
+            assert_eq!(
+                closed.as_deref(),
+                Some("bad bulk frame: shorter than its header"),
+                "pipe of {pipe} bytes"
+            );
+            assert!(
+                got.lock().as_ref().is_none_or(|r| r.is_err()),
+                "pipe of {pipe} bytes: no value from a stream gone bad"
+            );
+        }
     }
 }

@@ -1830,9 +1830,12 @@ impl ClusterNode {
                 match self.borrow(*id) {
                     Ok(slot) => {
                         let size = held.iter().find(|(h, _)| h == id).map(|&(_, size)| size);
-                        // Only the owner's word on its own objects counts;
-                        // the fetch is this pull (none if one began already).
-                        if let Some(size) = size.filter(|_| id.node == link.peer.id) {
+                        // Only the owner's word on its own objects counts (it
+                        // lists only values too large to go inline: a size of
+                        // 0 is no word); the fetch is this pull (none if one
+                        // began already).
+                        let owners = |&size: &u64| size > 0 && id.node == link.peer.id;
+                        if let Some(size) = size.filter(owners) {
                             if slot.take_fetch() {
                                 let target = slot.clone();
                                 self.pull(

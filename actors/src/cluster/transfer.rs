@@ -129,6 +129,7 @@ impl Pulls {
             || offset != a.received
             || offset < a.skip
             || end > a.total
+            || end > a.next
         {
             return None;
         }
@@ -229,6 +230,13 @@ impl Assembly {
                 self.received
             ));
         }
+        if offset.saturating_add(bytes.len() as u64) > self.next {
+            return bad(format!(
+                "a chunk past the bytes asked for ({offset}+{}, asked up to {})",
+                bytes.len(),
+                self.next
+            ));
+        }
         if !self.started {
             if offset != 0 {
                 return bad(format!("a chunk at {offset} came before the first"));
@@ -261,6 +269,7 @@ impl Assembly {
                 self.total
             ));
         }
+
         // Header bytes of a byte buffer are dropped; the rest lands in place
         // (`end` ≤ total was checked, so the body fits the buffer).
         let cut = self.skip.saturating_sub(offset).min(bytes.len() as u64) as usize;
@@ -283,7 +292,7 @@ impl Assembly {
 fn request_more(a: &mut Assembly, object: ObjectId) {
     let window = PULL_WINDOW * CHUNK as u64;
     let end = if a.started { a.total } else { 1 };
-    // `next` ≥ `received`: bytes come only as asked for.
+    // `next` ≥ `received`: `take` and `lend` refuse bytes not asked for.
     while a.next < end && a.next - a.received < window {
         a.link.send(Msg::Pull {
             object,
@@ -497,5 +506,28 @@ mod tests {
     fn a_failed_pull_s_late_read_never_lands_in_a_newer_pull() {
         a_late_read_of_a_failed_pull(0);
         a_late_read_of_a_failed_pull(CHUNK);
+    }
+
+    #[test]
+    fn bytes_not_asked_for_fail_the_pull() {
+        let pulls = Pulls::new(1 << 30);
+        let x = ObjectId {
+            node: NodeId(1),
+            seq: 1,
+        };
+        let (link, _asks) = Link::for_test(Lane::Bulk);
+        let (got, done) = waiter();
+        pulls.start(&link, x, 100, done);
+        // One chunk was asked for; more than a chunk comes.
+        let first = Value::Encoded(Bytes::from(vec![1u8; CHUNK + 1000]));
+        pulls.on_chunk(&link, x, 0, 3 * CHUNK as u64, first);
+        match got.lock().take() {
+            Some(Err(Error::Serialization(why))) => assert!(why.contains("asked for"), "{why}"),
+            other => panic!("a typed error: {:?}", other.map(|r| r.map(|_| ()))),
+        }
+        assert!(
+            pulls.lend(&link, x, 0, 3 * CHUNK as u64, 10).is_none(),
+            "the pull is gone"
+        );
     }
 }
