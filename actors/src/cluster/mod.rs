@@ -983,6 +983,7 @@ impl ClusterNode {
                     c.check_health();
                     // After the heartbeats: freeing a large buffer takes a while.
                     c.pulls.pool().trim();
+                    c.serving.forget_idle();
                 }
             })
             .map(drop)

@@ -13,6 +13,7 @@ use crate::value::{bin_header_len, Value};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// What to do with a pulled value (or the pull's error).
 pub type PullDone = Box<dyn FnOnce(Result<Value, Error>) + Send>;
@@ -313,9 +314,17 @@ fn fail_all(done: Vec<PullDone>, error: Error) {
 /// during the encoding wait for it.
 enum Served {
     Encoding(Vec<(Arc<Link>, u64, u64)>),
-    /// The encoding as a header and a body (a byte buffer's own bytes).
-    Ready(Bytes, Bytes),
+    /// The encoding as a header and a body (a byte buffer's own bytes),
+    /// and when a pull last asked for some of it.
+    Ready(Bytes, Bytes, Instant),
 }
+
+/// How long an encoding is kept with no pull asking for it: a puller that
+/// gave up (its store full, a chunk it refused) or went silent never asks
+/// for the rest, and the encoding — a copy of the value, or the value
+/// itself — would outlive the object. A pull still going after this asks
+/// for the next chunk within a chunk's transfer, or encodes again.
+pub const SERVE_IDLE: Duration = Duration::from_secs(30);
 
 /// Values being served, encoded once per transfer.
 #[derive(Default)]
@@ -338,7 +347,8 @@ impl Serving {
     pub fn pull(&self, link: &Arc<Link>, object: ObjectId, offset: u64, len: u64) -> Serve {
         let mut encoded = self.encoded.lock();
         match encoded.get_mut(&object) {
-            Some(Served::Ready(head, body)) => {
+            Some(Served::Ready(head, body, asked)) => {
+                *asked = Instant::now();
                 let parts = (head.clone(), body.clone());
                 drop(encoded);
                 Serve::Chunks(self.chunks(object, &parts, offset, len))
@@ -363,6 +373,28 @@ impl Serving {
             .retain(|_, s| matches!(s, Served::Encoding(_)));
     }
 
+    /// Drops the encodings no pull asked for in [`SERVE_IDLE`] (the node's
+    /// health thread calls this).
+    pub fn forget_idle(&self) {
+        self.forget_idle_at(Instant::now());
+    }
+
+    fn forget_idle_at(&self, now: Instant) {
+        let gone: Vec<Served> = {
+            let mut encoded = self.encoded.lock();
+            let idle: Vec<ObjectId> = encoded
+                .iter()
+                .filter(|(_, s)| {
+                    matches!(s, Served::Ready(_, _, asked) if now.saturating_duration_since(*asked) > SERVE_IDLE)
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            idle.iter().filter_map(|id| encoded.remove(id)).collect()
+        };
+        // A large encoding is freed outside the lock.
+        drop(gone);
+    }
+
     /// The encoding of `object` is done: every waiting pull is served.
     pub fn encoded(&self, object: ObjectId, result: Result<(Bytes, Bytes), Error>) {
         let waiting = {
@@ -372,7 +404,10 @@ impl Serving {
                 _ => Vec::new(),
             };
             if let Ok((head, body)) = &result {
-                encoded.insert(object, Served::Ready(head.clone(), body.clone()));
+                encoded.insert(
+                    object,
+                    Served::Ready(head.clone(), body.clone(), Instant::now()),
+                );
             }
             waiting
         };
@@ -528,6 +563,39 @@ mod tests {
         assert!(
             pulls.lend(&link, x, 0, 3 * CHUNK as u64, 10).is_none(),
             "the pull is gone"
+        );
+    }
+
+    #[test]
+    fn an_encoding_nobody_asks_for_is_dropped() {
+        let serving = Serving::default();
+        let (link, _out) = Link::for_test(Lane::Bulk);
+        let x = ObjectId {
+            node: NodeId(1),
+            seq: 1,
+        };
+        let value = Value::new(bytes::Bytes::from(vec![7u8; 3 * CHUNK]));
+        // A puller asks for the first chunk, then gives up.
+        assert!(matches!(
+            serving.pull(&link, x, 0, CHUNK as u64),
+            Serve::Encode
+        ));
+        serving.encoded(x, value.to_parts());
+        serving.forget_idle_at(Instant::now());
+        assert!(
+            matches!(
+                serving.pull(&link, x, CHUNK as u64, CHUNK as u64),
+                Serve::Chunks(_)
+            ),
+            "kept while pulls ask for it"
+        );
+        serving.forget_idle_at(Instant::now() + SERVE_IDLE + Duration::from_secs(1));
+        assert!(
+            matches!(
+                serving.pull(&link, x, 2 * CHUNK as u64, CHUNK as u64),
+                Serve::Encode
+            ),
+            "dropped once nobody asked for it in SERVE_IDLE: a later pull encodes again"
         );
     }
 }
