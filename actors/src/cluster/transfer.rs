@@ -55,16 +55,13 @@ impl Pulls {
         }
     }
 
-    /// Pulls `object` (`size` bytes) over `link`; `done` hears the value.
+    /// Pulls `object` (`size` bytes, as measured: the first answer tells the
+    /// true size, so a wrong measure — even 0 — costs at most a round trip)
+    /// over `link`; `done` hears the value.
     pub fn start(&self, link: &Arc<Link>, object: ObjectId, size: u64, done: PullDone) {
         let mut active = self.active.lock();
         if let Some(a) = active.get_mut(&object) {
             a.done.push(done);
-            return;
-        }
-        if size == 0 {
-            drop(active);
-            done(Ok(Value::Encoded(Bytes::new())));
             return;
         }
         let mut a = Assembly {
@@ -597,5 +594,30 @@ mod tests {
             ),
             "dropped once nobody asked for it in SERVE_IDLE: a later pull encodes again"
         );
+    }
+
+    #[test]
+    fn a_measure_of_0_still_pulls_the_value() {
+        let pulls = Pulls::new(1 << 20);
+        let x = ObjectId {
+            node: NodeId(1),
+            seq: 1,
+        };
+        let (link, mut asks) = Link::for_test(Lane::Bulk);
+        let (got, done) = waiter();
+        pulls.start(&link, x, 0, done);
+        assert!(got.lock().is_none(), "no value made up");
+        assert!(matches!(
+            asks.try_recv(),
+            Ok(crate::cluster::link::Out::Msg(Msg::Pull { offset: 0, .. }))
+        ));
+        let encoding = rmp_serde::to_vec(&42u64).unwrap();
+        let total = encoding.len() as u64;
+        pulls.on_chunk(&link, x, 0, total, Value::Encoded(Bytes::from(encoding)));
+        let pulled = got.lock().take();
+        match pulled {
+            Some(Ok(v)) => assert_eq!(*v.downcast::<u64>().unwrap(), 42),
+            other => panic!("the value: {:?}", other.map(|r| r.map(|_| ()))),
+        }
     }
 }
