@@ -1830,22 +1830,20 @@ impl ClusterNode {
             if let Arg::Ref(id) = arg {
                 match self.borrow(*id) {
                     Ok(slot) => {
-                        let size = held.iter().find(|(h, _)| h == id).map(|&(_, size)| size);
                         // Only the owner's word on its own objects counts (it
                         // lists only values too large to go inline: a size of
                         // 0 is no word); the fetch is this pull (none if one
                         // began already).
-                        let owners = |&size: &u64| size > 0 && id.node == link.peer.id;
-                        if let Some(size) = size.filter(owners) {
-                            if slot.take_fetch() {
-                                let target = slot.clone();
-                                self.pull(
-                                    id.node,
-                                    *id,
-                                    size,
-                                    Box::new(move |r| target.complete(r)),
-                                );
-                            }
+                        let size = held
+                            .iter()
+                            .find(|&&(h, size)| h == *id && size > 0 && h.node == link.peer.id)
+                            .map(|&(_, size)| size);
+                        if let Some(size) = size.filter(|_| slot.take_fetch()) {
+                            let at = Payload::At {
+                                node: id.node,
+                                size,
+                            };
+                            self.complete_from(&slot, id.node, Ok(at));
                         }
                         pins.push(slot)
                     }
