@@ -277,3 +277,110 @@ fn memory_returns_to_zero_after_work_spread_over_threads() {
         );
     }
 }
+
+// ---- Jobs that wait outside rayx, and jobs that compute ----------------------
+//
+// A job asleep in user code (a lock, a channel, I/O) for long while work is
+// queued counts as blocked, as a `get` does: the pool starts another worker.
+// A job that computes keeps its core and nothing starts beside it.
+
+/// One worker (the pool may grow past it, as for a `get`).
+fn one_worker_that_may_grow() -> Runtime {
+    rayx::Builder::new()
+        .num_workers(1)
+        .start()
+        .expect("runtime starts")
+}
+
+fn gated(g: u64) -> u64 {
+    common::pass(g)
+}
+fn opener(g: u64) -> u64 {
+    common::open(g);
+    g
+}
+rayx::remote!(gated, opener);
+
+struct Waiter;
+impl Actor for Waiter {}
+impl Waiter {
+    fn new() -> Self {
+        Waiter
+    }
+}
+#[derive(Serialize, Deserialize)]
+struct WaitGate(u64);
+impl Message for WaitGate {
+    type Reply = u64;
+}
+impl Handler<WaitGate> for Waiter {
+    fn handle(&mut self, WaitGate(g): WaitGate, _: &mut ActorContext<Self>) -> u64 {
+        common::pass(g)
+    }
+}
+
+/// The pool is back to its one worker, none counted as blocked (the extra
+/// worker retires once idle).
+fn back_to_one_worker(rt: &Runtime) {
+    assert!(
+        common::eventually(LONG, || rt.worker_counts() == (1, 0)),
+        "{:?}",
+        rt.worker_counts()
+    );
+}
+
+#[test]
+fn a_handler_asleep_outside_rayx_does_not_hold_tasks_back() {
+    let rt = one_worker_that_may_grow();
+    let waiter = rt.actor_of(Waiter::new, ()).spawn().unwrap();
+    let g = common::gate();
+    // The handler takes the one worker and sleeps on the gate, which only the
+    // task opens: without another worker the gate never opens (the gate gives
+    // up after 60 s and the call fails).
+    let waiting = waiter.call(WaitGate(g));
+    let opened = rt.task(opener).remote(g);
+    assert_eq!(opened.get_timeout(LONG).unwrap(), g);
+    assert_eq!(waiting.get_timeout(LONG).unwrap(), g);
+    back_to_one_worker(&rt);
+}
+
+#[test]
+fn a_task_asleep_outside_rayx_does_not_hold_tasks_back() {
+    let rt = one_worker_that_may_grow();
+    let g = common::gate();
+    let waiting = rt.task(gated).remote(g);
+    let opened = rt.task(opener).remote(g);
+    assert_eq!(opened.get_timeout(LONG).unwrap(), g);
+    assert_eq!(waiting.get_timeout(LONG).unwrap(), g);
+    back_to_one_worker(&rt);
+}
+
+static SPUN: AtomicBool = AtomicBool::new(false);
+/// Computes for 1 s (the router looks every 200 ms): it never sleeps.
+fn spin(_: u8) -> u64 {
+    let start = std::time::Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < std::time::Duration::from_secs(1) {
+        n = std::hint::black_box(n.wrapping_add(1));
+    }
+    SPUN.store(true, Ordering::SeqCst);
+    n
+}
+/// Whether `spin` had finished when this started.
+fn after_spin(_: u8) -> bool {
+    SPUN.load(Ordering::SeqCst)
+}
+rayx::remote!(spin, after_spin);
+
+#[test]
+fn a_computing_task_keeps_its_core_and_nothing_starts_beside_it() {
+    let rt = one_worker_that_may_grow();
+    let spun = rt.task(spin).remote(0);
+    let next = rt.task(after_spin).remote(0);
+    assert!(
+        next.get_timeout(LONG).unwrap(),
+        "the queued task started beside the computing one"
+    );
+    spun.get_timeout(LONG).unwrap();
+    assert_eq!(rt.worker_counts(), (1, 0));
+}

@@ -1,4 +1,4 @@
-//! The four handshakes between threads that the engine rests on, each
+//! The six handshakes between threads that the engine rests on, each
 //! small enough to model exhaustively (`actors/tests/loom.rs` runs them under loom
 //! in CI) and each used by exactly one caller:
 //!
@@ -16,6 +16,17 @@
 //! - [`Elsewhere`]: an object slot whose value is on another node. Whoever marks
 //!   it so (a result arrived as "held there") and whoever starts waiting for it
 //!   must not miss each other: its value is asked for exactly once.
+//! - [`Busy`]: whether a worker counts as blocked, for the pool to start
+//!   another: while it waits in `get`, or since the router saw its job wait
+//!   off its core for long (user code blocked outside rayx). The worker and
+//!   the router each set one reason; the pool counts the worker once, and
+//!   uncounts it once, however the two interleave.
+//! - [`Lookout`]: whether the router looks at the pool for such jobs. It looks
+//!   only while work is queued (a look costs a timer wake-up, and an idle
+//!   runtime wakes nothing): a submitter that finds every worker busy starts
+//!   it, the router stops when it finds the queue empty. Neither may miss the
+//!   other, or a job waits behind workers asleep in user code with nobody
+//!   looking.
 //!
 //! Every ordering below says what it pairs with.
 
@@ -267,6 +278,12 @@ impl RunningTask {
             .is_ok()
     }
 
+    /// Whether a forced cancel abandoned the worker (it is counted as
+    /// blocked for that already).
+    pub fn is_abandoned(&self) -> bool {
+        self.0.load(Ordering::Acquire) & ABANDONED != 0
+    }
+
     /// The task running now, if any.
     pub fn current(&self) -> Option<u64> {
         let now = self.0.load(Ordering::Acquire) & !ABANDONED;
@@ -307,5 +324,117 @@ impl Elsewhere {
         // The Relaxed load keeps a local value's reads free of a
         // read-modify-write; a stale `false` is covered by the lock (above).
         self.0.load(Ordering::Relaxed) && self.0.swap(false, Ordering::AcqRel)
+    }
+}
+
+/// Whether a worker counts as blocked, with the job it runs (see the module
+/// docs). One word: the job's number (counting in steps of [`JOB`]) and three
+/// bits. The worker sets `BUSY` for its job and `BLOCKED` while it waits in
+/// `get`; the router sets `LONG` on a job it saw wait off its core for long.
+/// The worker counts as blocked while `BLOCKED` or `LONG` is set: whoever sets
+/// the first of the two counts it, whoever clears the last uncounts it, each
+/// told so by the value its read-modify-write replaced.
+///
+/// The router counts the worker *before* it marks the job (and takes the
+/// count back if the mark fails), so that the worker, which uncounts after it
+/// sees the mark, never uncounts a count not made yet: the mark's Release
+/// pairs with the Acquire of `end`, which makes the router's count happen
+/// before the worker's uncount. Every other change is `Relaxed`: all are
+/// read-modify-writes of this one word, so each sees the one before it, and
+/// the worker's own counts are ordered by its program order.
+#[derive(Default)]
+pub struct Busy(AtomicU64);
+
+const BUSY: u64 = 1;
+const BLOCKED: u64 = 2;
+const LONG: u64 = 4;
+const FLAGS: u64 = BUSY | BLOCKED | LONG;
+/// Job numbers count in steps of this, above the flags.
+const JOB: u64 = 8;
+
+impl Busy {
+    /// The worker starts a job (never nested: a task it runs inline while
+    /// waiting in `get` is part of the job in hand).
+    pub fn begin(&self) {
+        // The flags are clear between jobs (`end`), and the router marks only
+        // a busy worker: this only numbers the job and sets BUSY.
+        self.0.fetch_add(JOB | BUSY, Ordering::Relaxed);
+    }
+
+    /// The worker finished its job: true if the router had marked it long:
+    /// uncount the worker.
+    pub fn end(&self) -> bool {
+        // Acquire pairs with `mark_long`'s Release: the router's count came
+        // before the mark we see.
+        let was = self.0.fetch_and(!FLAGS, Ordering::Acquire);
+        debug_assert!(was & BUSY != 0 && was & BLOCKED == 0);
+        was & LONG != 0
+    }
+
+    /// The worker waits in `get`: true if that makes it count as blocked
+    /// (count it); false if its job's mark counts it already.
+    pub fn block(&self) -> bool {
+        self.0.fetch_or(BLOCKED, Ordering::Relaxed) & LONG == 0
+    }
+
+    /// The worker stopped waiting in `get`: true if it no longer counts as
+    /// blocked (uncount it); false if its job's mark still counts it.
+    pub fn unblock(&self) -> bool {
+        self.0.fetch_and(!BLOCKED, Ordering::Relaxed) & LONG == 0
+    }
+
+    /// What the worker is doing now, for the router to compare with what it
+    /// saw before: `Some` (a value for [`mark_long`](Self::mark_long)) while it
+    /// runs a job that does not count as blocked.
+    pub fn running(&self) -> Option<u64> {
+        let now = self.0.load(Ordering::Relaxed);
+        (now & FLAGS == BUSY).then_some(now)
+    }
+
+    /// The router, having counted the worker, marks the job it saw as `seen`
+    /// long, if the worker still runs that job and does not count as blocked.
+    /// True if it does now; false: the job ended, or a `get` began, since:
+    /// take the count back.
+    pub fn mark_long(&self, seen: u64) -> bool {
+        // Release pairs with the Acquire of `end`: the count made before this
+        // is seen by the worker that uncounts.
+        seen & FLAGS == BUSY
+            && self
+                .0
+                .compare_exchange(seen, seen | LONG, Ordering::Release, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
+/// Whether the router looks at the pool for jobs that wait long (see the
+/// module docs).
+///
+/// Store buffering, as in [`IdleSet`]: a submitter writes the queue, then
+/// reads the flag ([`wanted`](Self::wanted), after the SeqCst fence of
+/// `IdleSet::after_push` that every submit makes); the router writes the flag,
+/// then reads the queue ([`stop`](Self::stop), after its own SeqCst fence).
+/// Of the two reads at least one sees the other's write: the submitter starts
+/// the router, or the router sees the job and goes on looking. The swaps make
+/// exactly one of them start it when both do.
+#[derive(Default)]
+pub struct Lookout(AtomicBool);
+
+impl Lookout {
+    /// A submitter that pushed a job and found every worker busy, after a
+    /// SeqCst fence that follows its push: true if it must start the router
+    /// looking.
+    pub fn wanted(&self) -> bool {
+        // Relaxed: ordered by the caller's fence (above); the swap decides
+        // who starts the router.
+        !self.0.load(Ordering::Relaxed) && !self.0.swap(true, Ordering::Relaxed)
+    }
+
+    /// The router found no work queued and stops looking, unless `has_work()`,
+    /// read after the flag is down, finds some: true if it must go on.
+    pub fn stop(&self, has_work: impl Fn() -> bool) -> bool {
+        self.0.store(false, Ordering::Relaxed);
+        // Pairs with the fence that precedes a submitter's `wanted`.
+        fence(Ordering::SeqCst);
+        has_work() && !self.0.swap(true, Ordering::Relaxed)
     }
 }

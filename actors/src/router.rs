@@ -1,11 +1,13 @@
 //! The router: the control plane of the worker pool. It starts the workers, starts
 //! an extra one when a worker blocks in `get` (Ray releases a blocked worker's
-//! CPU), replaces workers that die within its restart intensity, and lets surplus
-//! workers retire. The data plane is the [`RunQueue`](crate::run_queue::RunQueue).
+//! CPU) or its job waits long off its core (user code asleep on a lock, a
+//! channel, I/O: in Ray each actor has a process of its own, so a waiting actor
+//! holds no task back), replaces workers that die within its restart
+//! intensity, and lets surplus workers retire. The data plane is the [`RunQueue`](crate::run_queue::RunQueue).
 
 use crate::core::Core;
 use crate::events::SupervisionEvent;
-use crate::run_queue::SpawnWorker;
+use crate::run_queue::{Look, LookAtJobs, SpawnWorker, LONG_WAIT_CHECK};
 use crate::supervision::{supervised_child, ChildLink, RestartIntensity};
 use crate::worker::{Worker, WorkerFailed, WorkerRetired};
 use actix::{Actor, Addr, AsyncContext, Context, Handler, Message};
@@ -25,6 +27,8 @@ pub struct Router {
     /// mailbox connected: an actix actor with no address left and nothing to do
     /// stops, and a Drain sent meanwhile would be lost with it.
     workers: HashMap<usize, (Arbiter, Addr<Worker>)>,
+    /// The workers' jobs at the last look for long waits.
+    looks: HashMap<usize, Look>,
 }
 
 impl Router {
@@ -37,6 +41,7 @@ impl Router {
             intensity: RestartIntensity::new(max, within),
             restarts: 0,
             workers: HashMap::new(),
+            looks: HashMap::new(),
         }
     }
 
@@ -73,12 +78,15 @@ impl Actor for Router {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let queue = &self.core.run_queue;
-        queue.set_router(Some(ctx.address().recipient()));
+        queue.set_router(Some((ctx.address().recipient(), ctx.address().recipient())));
         let n = queue.target();
         queue.add_workers(n);
         for _ in 0..n {
             self.start_worker(ctx);
         }
+        // A router before this one may have stopped while looking (the flag
+        // stays up): one look now puts it down if nothing is queued.
+        self.look(ctx);
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
@@ -92,7 +100,25 @@ impl Actor for Router {
     }
 }
 
+impl Router {
+    /// Looks at the jobs (see `RunQueue::count_long_waits`), and again after
+    /// [`LONG_WAIT_CHECK`] while work is queued.
+    fn look(&mut self, ctx: &mut Context<Self>) {
+        let queue = &self.core.run_queue;
+        if queue.count_long_waits(&mut self.looks) || queue.stop_looking() {
+            ctx.run_later(LONG_WAIT_CHECK, |router, ctx| router.look(ctx));
+        }
+    }
+}
+
 supervised_child!(Router);
+
+impl Handler<LookAtJobs> for Router {
+    type Result = ();
+    fn handle(&mut self, _: LookAtJobs, ctx: &mut Context<Self>) {
+        self.look(ctx);
+    }
+}
 
 impl Handler<SpawnWorker> for Router {
     type Result = ();

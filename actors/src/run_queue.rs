@@ -16,7 +16,7 @@
 //! harmless because the node failed every pending object before closing.
 
 use crate::events::{EventBus, SupervisionEvent};
-use crate::handshake::{IdleSet, RunningTask};
+use crate::handshake::{Busy, IdleSet, Lookout, RunningTask};
 use crate::ids::ObjectId;
 use crate::object_table::{Dispatch, Slot};
 use crate::spin::{Site, SpinPolicy};
@@ -24,8 +24,10 @@ use actix::{Message, Recipient};
 use crossbeam_deque::{Injector, Steal};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// A user actor's mailbox, run by a worker as one job (a batch of its calls).
 pub trait ActorRun: Send + Sync {
@@ -59,6 +61,12 @@ pub struct Drain;
 #[rtype(result = "()")]
 pub struct SpawnWorker;
 
+/// Tells the router to look at the pool for jobs that wait long off their
+/// core (every worker was busy when a job was queued).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, Message)]
+#[rtype(result = "()")]
+pub struct LookAtJobs;
+
 /// What one worker is doing, shared with those who may interrupt it.
 #[derive(Default)]
 pub struct WorkerState {
@@ -66,6 +74,41 @@ pub struct WorkerState {
     pub task: RunningTask,
     /// Set when its router stopped: finish the job in hand, take no more.
     pub stop: AtomicBool,
+    /// Its job, and whether it counts as blocked (in `get`, or waiting long
+    /// off its core).
+    pub busy: Busy,
+    /// Its thread's id in the OS (0: unknown), for the router to read how
+    /// long the thread ran.
+    thread: AtomicU32,
+}
+
+impl WorkerState {
+    /// Called on the worker's own thread when it starts.
+    pub fn set_thread(&self) {
+        if let Some(tid) = thread_time::current() {
+            // Relaxed: read by the router's look, which tolerates 0 (unknown).
+            self.thread.store(tid, Ordering::Relaxed);
+        }
+    }
+}
+
+/// How often the router looks for jobs that wait off their core while work
+/// is queued (it starts when a job is queued with every worker busy, and
+/// stops when it finds the queue empty: an idle pool wakes nothing), and how
+/// long one must have waited to count as blocked: a job seen at two looks in
+/// a row, whose thread spent less than half the time between them on a core
+/// or waiting for one (asleep in user code: a lock, a channel, I/O, a sleep). A job that computes keeps its core (the pool never
+/// runs more computing workers than its target); one that waits frees it,
+/// as a worker blocked in `get` does.
+pub const LONG_WAIT_CHECK: Duration = Duration::from_millis(200);
+
+/// A worker's job as the router last saw it.
+#[derive(Clone, Copy)]
+pub struct Look {
+    job: u64,
+    /// The thread's time on a core or waiting for one.
+    wanted: Duration,
+    at: Instant,
 }
 
 /// The queue between submitters and workers, with the pool's counts.
@@ -78,6 +121,10 @@ pub struct RunQueue {
     max_workers: usize,
     closed: AtomicBool,
     router: RwLock<Option<Recipient<SpawnWorker>>>,
+    /// The router again, told to look at the jobs (see [`LookAtJobs`]).
+    looker: RwLock<Option<Recipient<LookAtJobs>>>,
+    /// Whether the router is looking now.
+    lookout: Lookout,
     next_worker: AtomicUsize,
     running: Mutex<Vec<(usize, Arc<WorkerState>)>>,
     limit_reported: AtomicBool,
@@ -119,6 +166,8 @@ impl RunQueue {
             max_workers: max_workers.max(target),
             closed: AtomicBool::new(false),
             router: RwLock::new(None),
+            looker: RwLock::new(None),
+            lookout: Lookout::default(),
             next_worker: AtomicUsize::new(0),
             running: Mutex::new(Vec::new()),
             limit_reported: AtomicBool::new(false),
@@ -138,7 +187,20 @@ impl RunQueue {
         self.injector.push(job);
         if let Some(worker) = self.idle.after_push() {
             worker.do_send(Drain);
+        } else if self.idle.sleeping() == 0 && self.idle.watching() == 0 && self.lookout.wanted() {
+            // Every worker is busy: the router looks for jobs that wait long
+            // off their core while this work is queued. (`after_push` made
+            // the fence `wanted` needs.)
+            if let Some(router) = self.looker.read().as_ref() {
+                router.do_send(LookAtJobs);
+            }
         }
+    }
+
+    /// The router found no work queued: it stops looking, unless work came
+    /// meanwhile (true: look again).
+    pub fn stop_looking(&self) -> bool {
+        self.lookout.stop(|| !self.is_empty() && !self.is_closed())
     }
 
     /// A worker's next job, if any. If more are queued, another sleeper is
@@ -224,8 +286,10 @@ impl RunQueue {
     }
 
     /// The router that starts workers for this queue (`None` while it restarts).
-    pub fn set_router(&self, router: Option<Recipient<SpawnWorker>>) {
-        *self.router.write() = router;
+    pub fn set_router(&self, router: Option<(Recipient<SpawnWorker>, Recipient<LookAtJobs>)>) {
+        let (spawn, look) = router.unzip();
+        *self.router.write() = spawn;
+        *self.looker.write() = look;
     }
 
     /// A fresh worker number.
@@ -275,6 +339,11 @@ impl RunQueue {
     /// A worker blocked in `get`: start another if too few are left running.
     pub fn block_begin(&self) {
         self.blocked.fetch_add(1, Ordering::AcqRel);
+        self.top_up();
+    }
+
+    /// Starts a worker if too few are left running (not blocked).
+    fn top_up(&self) {
         let mut w = self.workers.load(Ordering::Acquire);
         loop {
             let b = self.blocked.load(Ordering::Acquire);
@@ -402,16 +471,119 @@ impl RunQueue {
         self.remove_workers(workers.len());
     }
 
+    /// The router's look for jobs that wait long off their core (see
+    /// [`LONG_WAIT_CHECK`]): each one found counts as blocked, and the pool
+    /// starts another worker if too few are left running, until the job ends.
+    /// `looks` is what the last look saw. False if no work was queued: stop
+    /// looking ([`stop_looking`](Self::stop_looking)).
+    pub fn count_long_waits(&self, looks: &mut HashMap<usize, Look>) -> bool {
+        if self.is_empty() || self.is_closed() {
+            // Nothing waits for a worker: nothing to compare with next time.
+            looks.clear();
+            return false;
+        }
+        let now = Instant::now();
+        let running: Vec<(usize, Arc<WorkerState>)> = self.running.lock().clone();
+        let mut seen = HashMap::with_capacity(running.len());
+        for (id, state) in running {
+            // A worker of a stopped router or abandoned by a cancel is not
+            // counted as running already.
+            if state.stop.load(Ordering::Acquire) || state.task.is_abandoned() {
+                continue;
+            }
+            let Some(job) = state.busy.running() else {
+                continue;
+            };
+            let Some(wanted) = thread_time::wanted(state.thread.load(Ordering::Relaxed)) else {
+                continue;
+            };
+            if let Some(before) = looks.get(&id).filter(|l| l.job == job) {
+                let between = now.duration_since(before.at);
+                if between < LONG_WAIT_CHECK / 2 {
+                    // Too soon to tell (a look started by a submitter just
+                    // after a timed one): compare the next look with that one.
+                    seen.insert(id, *before);
+                    continue;
+                }
+                if wanted.saturating_sub(before.wanted) * 2 < between {
+                    // Counted before the mark, and uncounted if it fails
+                    // (the `Busy` protocol): the job may end meanwhile.
+                    self.blocked.fetch_add(1, Ordering::AcqRel);
+                    if state.busy.mark_long(job) {
+                        tracing::debug!(
+                            "rayx: worker-{id}'s job has waited off its core for {between:?} \
+                             with work queued: it counts as blocked"
+                        );
+                        self.top_up();
+                        continue;
+                    }
+                    self.block_end();
+                }
+            }
+            seen.insert(
+                id,
+                Look {
+                    job,
+                    wanted,
+                    at: now,
+                },
+            );
+        }
+        *looks = seen;
+        true
+    }
+
     /// The number of workers kept running.
     pub fn target(&self) -> usize {
         self.target
     }
 
-    /// Live workers and how many of them are blocked in `get`.
+    /// Live workers and how many of them are blocked (in `get`, or waiting
+    /// long off their core).
     pub fn worker_counts(&self) -> (usize, usize) {
         (
             self.workers.load(Ordering::Acquire),
             self.blocked.load(Ordering::Acquire),
         )
+    }
+}
+
+/// How long a thread of this process has run or waited to run, from Linux's
+/// `/proc/self/task/<tid>/schedstat` (its first two fields: nanoseconds on a
+/// core, and waiting on a run queue). Elsewhere nothing is known, and no job
+/// counts as blocked for waiting long.
+mod thread_time {
+    use std::time::Duration;
+
+    /// The calling thread's id.
+    #[cfg(target_os = "linux")]
+    pub fn current() -> Option<u32> {
+        // "<pid>/task/<tid>"
+        let link = std::fs::read_link("/proc/thread-self").ok()?;
+        link.file_name()?.to_str()?.parse().ok()
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub fn current() -> Option<u32> {
+        None
+    }
+
+    /// Thread `tid`'s time on a core and waiting for one (`None`: unknown,
+    /// or the thread is gone).
+    #[cfg(target_os = "linux")]
+    pub fn wanted(tid: u32) -> Option<Duration> {
+        if tid == 0 {
+            return None;
+        }
+        let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
+        let mut fields = text.split_ascii_whitespace().map(str::parse::<u64>);
+        let ran = fields.next()?.ok()?;
+        let waited = fields.next()?.ok()?;
+        Some(Duration::from_nanos(ran.saturating_add(waited)))
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub fn wanted(_: u32) -> Option<Duration> {
+        None
     }
 }

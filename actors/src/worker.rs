@@ -158,10 +158,15 @@ impl WaitHooks for TaskRunner {
         }
     }
     fn block_begin(&self) {
-        self.core.run_queue.block_begin();
+        // Counted once, whether for this wait or its job's long wait.
+        if self.state.busy.block() {
+            self.core.run_queue.block_begin();
+        }
     }
     fn block_end(&self) {
-        self.core.run_queue.block_end();
+        if self.state.busy.unblock() {
+            self.core.run_queue.block_end();
+        }
     }
     fn starved(&self) -> Option<usize> {
         self.core.run_queue.starved()
@@ -382,8 +387,13 @@ impl Worker {
     }
 
     fn run(&self, job: Job) -> After {
-        let after = self.run_job(job);
         let runner = &self.runner;
+        runner.state.busy.begin();
+        let after = self.run_job(job);
+        if runner.state.busy.end() {
+            // The router counted its long wait as blocked.
+            runner.core.run_queue.block_end();
+        }
         if runner.retire.get() {
             // Abandoned (by a forced cancel, in this job or a task it ran
             // inline) and replaced: this worker leaves the pool.
@@ -418,6 +428,7 @@ impl Actor for Worker {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.runner.core.enter_thread();
+        self.runner.state.set_thread();
         install_wait_hooks(self.runner.clone());
         ctx.notify(Drain);
     }

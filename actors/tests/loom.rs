@@ -53,6 +53,19 @@
 //!   before it registers, as a borrowed value's getter does): the value is asked
 //!   for exactly once.
 //!
+//! - `busy_a_job_that_blocks_beside_a_router`, `busy_two_jobs_beside_a_router`:
+//!   a worker that waits in `get` (counted as blocked while it waits) beside
+//!   the router marking its job long (counting it first, and taking the count
+//!   back if the mark fails; counted so until the job ends): the worker is
+//!   never uncounted below nothing, counted at most once past the router's
+//!   count made before its mark, and uncounted when its jobs are done; a mark
+//!   never lands on the next job.
+//! - `lookout_one_submitter_and_the_router`, `lookout_two_submitters_and_the_router`:
+//!   submitters that push a job and find every worker busy, beside the router
+//!   that finds the queue empty and stops looking: once all are done, a queued
+//!   job always has exactly one looker (the router went on, or one submitter
+//!   started it). It fails without the router's fence in `Lookout::stop`.
+//!
 //! Each model fails on a broken copy of the protocol: either `SeqCst` fence of
 //! `IdleSet` removed (the leaving model: `watch_end`'s fence removed, or the
 //! leaver not handing on), `park` ignoring `has_work`, `remove` finding and removing
@@ -94,7 +107,7 @@ mod sync {
 #[path = "../src/handshake.rs"]
 mod handshake;
 
-use handshake::{Elsewhere, IdleSet, RunningTask, ScheduleFlag};
+use handshake::{Busy, Elsewhere, IdleSet, Lookout, RunningTask, ScheduleFlag};
 use loom::cell::UnsafeCell;
 use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::sync::Arc;
@@ -638,4 +651,129 @@ fn elsewhere_marker_and_a_waiter() {
 #[test]
 fn elsewhere_marker_and_two_waiters() {
     check(Some(3), || elsewhere_model(2));
+}
+
+/// The pool's count of blocked workers, for one worker: uncounting below
+/// nothing, or counting past the worker's own count and the router's count
+/// made before its mark, fails the model.
+struct Counted(AtomicUsize);
+
+impl Counted {
+    fn count(&self) {
+        assert!(
+            self.0.fetch_add(1, Ordering::Relaxed) < 2,
+            "counted past two"
+        );
+    }
+    fn uncount(&self) {
+        assert!(
+            self.0.fetch_sub(1, Ordering::Relaxed) > 0,
+            "uncounted below nothing"
+        );
+    }
+}
+
+/// A worker running `jobs` jobs, waiting in `get` in each (`blocks` times),
+/// beside a router that looks `looks` times and marks the job it saw long
+/// (counting the worker first, and taking the count back if the mark fails):
+/// the count never drops below nothing, and is back to nothing once the jobs
+/// are done. (With the count made after the mark, the worker can uncount
+/// before the router counts: the model fails. Loom does not reorder the
+/// counts of Relaxed read-modify-writes, so the Release/Acquire pair that
+/// orders them in `Busy` is argued there, not shown here.)
+fn busy_model(jobs: usize, blocks: usize, looks: usize) {
+    let busy = Arc::new(Busy::default());
+    let counted = Arc::new(Counted(AtomicUsize::new(0)));
+    let worker = {
+        let (busy, counted) = (busy.clone(), counted.clone());
+        thread::spawn(move || {
+            for _ in 0..jobs {
+                busy.begin();
+                for _ in 0..blocks {
+                    if busy.block() {
+                        counted.count();
+                    }
+                    if busy.unblock() {
+                        counted.uncount();
+                    }
+                }
+                if busy.end() {
+                    counted.uncount();
+                }
+            }
+        })
+    };
+    for _ in 0..looks {
+        // The router compares two looks; here any job it sees running may be
+        // marked (the comparison only decides whether it tries).
+        if let Some(seen) = busy.running() {
+            counted.count();
+            if !busy.mark_long(seen) {
+                counted.uncount();
+            }
+        }
+    }
+    worker.join().unwrap();
+    assert_eq!(
+        counted.0.load(Ordering::Relaxed),
+        0,
+        "counted after the jobs"
+    );
+    assert!(busy.running().is_none(), "no job runs");
+}
+
+#[test]
+fn busy_a_job_that_blocks_beside_a_router() {
+    check(None, || busy_model(1, 2, 2));
+}
+
+#[test]
+fn busy_two_jobs_beside_a_router() {
+    check(Some(3), || busy_model(2, 1, 2));
+}
+
+/// `submitters` threads push a job each and, finding every worker busy,
+/// start the router looking if it is not; the router, looking now, finds the
+/// queue empty (or not) and stops (or goes on). Once all are done, if a job
+/// is queued someone looks: the router went on, or exactly one submitter
+/// started it; never two lookers at once.
+fn lookout_model(submitters: usize) {
+    let lookout = Arc::new(Lookout::default());
+    assert!(lookout.wanted(), "the router starts looking");
+    let queued = Arc::new(AtomicUsize::new(0));
+    let started = Arc::new(AtomicUsize::new(0));
+    let threads: Vec<_> = (0..submitters)
+        .map(|_| {
+            let (lookout, queued, started) = (lookout.clone(), queued.clone(), started.clone());
+            thread::spawn(move || {
+                queued.fetch_add(1, Ordering::Relaxed);
+                // `IdleSet::after_push`'s fence, which every submit makes.
+                loom::sync::atomic::fence(Ordering::SeqCst);
+                if lookout.wanted() {
+                    started.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let went_on = if queued.load(Ordering::Relaxed) > 0 {
+        true
+    } else {
+        lookout.stop(|| queued.load(Ordering::Relaxed) > 0)
+    };
+    for t in threads {
+        t.join().unwrap();
+    }
+    let lookers = started.load(Ordering::Relaxed) + usize::from(went_on);
+    assert!(lookers <= 1, "two lookers");
+    assert_eq!(lookers, 1, "jobs queued and nobody looks");
+}
+
+#[test]
+fn lookout_one_submitter_and_the_router() {
+    check(None, || lookout_model(1));
+}
+
+#[test]
+fn lookout_two_submitters_and_the_router() {
+    check(Some(2), || lookout_model(2));
 }
