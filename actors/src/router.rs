@@ -29,6 +29,8 @@ pub struct Router {
     workers: HashMap<usize, (Arbiter, Addr<Worker>)>,
     /// The workers' jobs at the last look for long waits.
     looks: HashMap<usize, Look>,
+    /// A look is due (one chain of looks at a time).
+    look_due: bool,
 }
 
 impl Router {
@@ -42,6 +44,7 @@ impl Router {
             restarts: 0,
             workers: HashMap::new(),
             looks: HashMap::new(),
+            look_due: false,
         }
     }
 
@@ -106,7 +109,11 @@ impl Router {
     fn look(&mut self, ctx: &mut Context<Self>) {
         let queue = &self.core.run_queue;
         if queue.count_long_waits(&mut self.looks) || queue.stop_looking() {
-            ctx.run_later(LONG_WAIT_CHECK, |router, ctx| router.look(ctx));
+            self.look_due = true;
+            ctx.run_later(LONG_WAIT_CHECK, |router, ctx| {
+                router.look_due = false;
+                router.look(ctx);
+            });
         }
     }
 }
@@ -116,7 +123,9 @@ supervised_child!(Router);
 impl Handler<LookAtJobs> for Router {
     type Result = ();
     fn handle(&mut self, _: LookAtJobs, ctx: &mut Context<Self>) {
-        self.look(ctx);
+        if !self.look_due {
+            self.look(ctx);
+        }
     }
 }
 

@@ -92,14 +92,15 @@ impl WorkerState {
     }
 }
 
-/// How often the router looks for jobs that wait off their core while work
-/// is queued (it starts when a job is queued with every worker busy, and
-/// stops when it finds the queue empty: an idle pool wakes nothing), and how
-/// long one must have waited to count as blocked: a job seen at two looks in
-/// a row, whose thread spent less than half the time between them on a core
-/// or waiting for one (asleep in user code: a lock, a channel, I/O, a sleep). A job that computes keeps its core (the pool never
-/// runs more computing workers than its target); one that waits frees it,
-/// as a worker blocked in `get` does.
+/// How often the router looks for actor batches that wait off their core
+/// while work is queued (it starts when a job is queued with every worker
+/// busy, and stops when it finds the queue empty: an idle pool wakes
+/// nothing), and how long one must have waited to count as blocked: a batch
+/// seen at two looks in a row, whose thread spent less than half the time
+/// between them on a core or waiting for one (asleep in user code: a lock, a
+/// channel, I/O, a sleep). A batch that computes keeps its core; one that
+/// waits frees it, as a worker blocked in `get` does. Tasks are not watched:
+/// a task keeps its worker, as a Ray task keeps its CPU.
 pub const LONG_WAIT_CHECK: Duration = Duration::from_millis(200);
 
 /// A worker's job as the router last saw it.
@@ -117,6 +118,9 @@ pub struct RunQueue {
     idle: IdleSet<Recipient<Drain>>,
     workers: AtomicUsize,
     blocked: AtomicUsize,
+    /// Of `blocked`, the workers whose job the router marked long: asleep in
+    /// user code, not stuck (`starved` leaves them out).
+    long: AtomicUsize,
     target: usize,
     max_workers: usize,
     closed: AtomicBool,
@@ -162,6 +166,7 @@ impl RunQueue {
             idle: IdleSet::default(),
             workers: AtomicUsize::new(0),
             blocked: AtomicUsize::new(0),
+            long: AtomicUsize::new(0),
             target,
             max_workers: max_workers.max(target),
             closed: AtomicBool::new(false),
@@ -187,10 +192,18 @@ impl RunQueue {
         self.injector.push(job);
         if let Some(worker) = self.idle.after_push() {
             worker.do_send(Drain);
-        } else if self.idle.sleeping() == 0 && self.idle.watching() == 0 && self.lookout.wanted() {
-            // Every worker is busy: the router looks for jobs that wait long
-            // off their core while this work is queued. (`after_push` made
-            // the fence `wanted` needs.)
+        } else {
+            // (`after_push` made the fence `Lookout::wanted` needs.)
+            self.look_if_all_busy();
+        }
+    }
+
+    /// Every worker busy with work queued: the router looks for jobs that
+    /// wait long off their core. Called after a SeqCst fence that follows
+    /// the job's push (`IdleSet::after_push`'s, or `after_take`'s, which
+    /// calls it).
+    fn look_if_all_busy(&self) {
+        if self.idle.sleeping() == 0 && self.idle.watching() == 0 && self.lookout.wanted() {
             if let Some(router) = self.looker.read().as_ref() {
                 router.do_send(LookAtJobs);
             }
@@ -211,6 +224,11 @@ impl RunQueue {
         let job = self.pop()?;
         if let Some(worker) = self.idle.after_take(|| !self.injector.is_empty()) {
             worker.do_send(Drain);
+        } else if !self.injector.is_empty() {
+            // Work left that nobody was woken for (its submitters may have
+            // left it to this worker, watching then): the job taken may wait
+            // long, so the router looks, as for a submit.
+            self.look_if_all_busy();
         }
         Some(job)
     }
@@ -390,6 +408,12 @@ impl RunQueue {
             });
     }
 
+    /// A job the router marked long ended (or the mark failed).
+    pub fn long_end(&self) {
+        self.block_end();
+        self.long.fetch_sub(1, Ordering::AcqRel);
+    }
+
     /// A worker stopped waiting.
     pub fn block_end(&self) {
         self.blocked.fetch_sub(1, Ordering::AcqRel);
@@ -399,7 +423,11 @@ impl RunQueue {
     /// blocked while work is queued: nothing queued can start.
     pub fn starved(&self) -> Option<usize> {
         let w = self.workers.load(Ordering::Acquire);
-        let b = self.blocked.load(Ordering::Acquire);
+        // A worker asleep in user code wakes by itself: not stuck.
+        let b = self
+            .blocked
+            .load(Ordering::Acquire)
+            .saturating_sub(self.long.load(Ordering::Acquire));
         (w >= self.max_workers && b >= w && !self.is_empty()).then_some(self.max_workers)
     }
 
@@ -508,6 +536,7 @@ impl RunQueue {
                 if wanted.saturating_sub(before.wanted) * 2 < between {
                     // Counted before the mark, and uncounted if it fails
                     // (the `Busy` protocol): the job may end meanwhile.
+                    self.long.fetch_add(1, Ordering::AcqRel);
                     self.blocked.fetch_add(1, Ordering::AcqRel);
                     if state.busy.mark_long(job) {
                         tracing::debug!(
@@ -517,7 +546,7 @@ impl RunQueue {
                         self.top_up();
                         continue;
                     }
-                    self.block_end();
+                    self.long_end();
                 }
             }
             seen.insert(

@@ -388,11 +388,17 @@ impl Worker {
 
     fn run(&self, job: Job) -> After {
         let runner = &self.runner;
-        runner.state.busy.begin();
+        // Only an actor's batch may count as blocked for waiting long (in
+        // Ray an actor has a process of its own and holds no task back; a
+        // task asleep keeps its CPU, as Ray's does).
+        let watched = matches!(job, Job::Actor(_));
+        if watched {
+            runner.state.busy.begin();
+        }
         let after = self.run_job(job);
-        if runner.state.busy.end() {
+        if watched && runner.state.busy.end() {
             // The router counted its long wait as blocked.
-            runner.core.run_queue.block_end();
+            runner.core.run_queue.long_end();
         }
         if runner.retire.get() {
             // Abandoned (by a forced cancel, in this job or a task it ran

@@ -1,4 +1,4 @@
-//! Exhaustive models of the engine's four thread handshakes
+//! Exhaustive models of the engine's six thread handshakes
 //! (`actors/src/handshake.rs`), checked with loom.
 //!
 //! The models compile `handshake.rs` itself, not a copy: the `sync` module below
