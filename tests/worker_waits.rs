@@ -317,6 +317,23 @@ impl Handler<WaitGate> for Waiter {
     }
 }
 
+#[derive(Serialize, Deserialize)]
+struct Ping;
+impl Message for Ping {
+    type Reply = u64;
+}
+impl Handler<Ping> for Waiter {
+    fn handle(&mut self, _: Ping, _: &mut ActorContext<Self>) -> u64 {
+        7
+    }
+}
+
+/// Calls `waiter` and waits for the answer.
+fn ping(waiter: ActorHandle<Waiter>) -> u64 {
+    waiter.call(Ping).get().expect("pinged")
+}
+rayx::remote!(ping);
+
 /// The pool is back to its one worker, none counted as blocked (the extra
 /// worker retires once idle).
 fn back_to_one_worker(rt: &Runtime) {
@@ -409,4 +426,40 @@ fn a_computing_task_keeps_its_core_and_nothing_starts_beside_it() {
     );
     spun.get_timeout(LONG).unwrap();
     assert_eq!(rt.worker_counts(), (1, 0));
+}
+
+/// At `max_workers`, with one worker asleep in a handler and the other in a
+/// `get` on a call queued behind it, the `get` waits: the sleeper wakes by
+/// itself, so nothing is starved (found by a helper: the `get` failed with
+/// `WorkerLimitReached` after a second, the sleeper counted as stuck).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_get_waits_for_a_handler_asleep_at_max_workers() {
+    let rt = rayx::Builder::new()
+        .num_workers(1)
+        .max_workers(2)
+        .start()
+        .expect("runtime starts");
+    let (a, b) = (
+        rt.actor_of(Waiter::new, ()).spawn().unwrap(),
+        rt.actor_of(Waiter::new, ()).spawn().unwrap(),
+    );
+    let g = common::gate();
+    let waiting = a.call(WaitGate(g));
+    // Runs on the second worker once the router saw `a` asleep; its call to
+    // `b` waits for a worker: the sleeper's.
+    let pinged = rt.task(ping).remote(b.clone());
+    // The starvation window is 1 s: a `get` counted as starved fails by then.
+    assert!(
+        matches!(
+            pinged.get_timeout(std::time::Duration::from_millis(2500)),
+            Err(Error::GetTimeout { .. })
+        ),
+        "the get failed while the handler slept: {:?}",
+        pinged.get_timeout(std::time::Duration::ZERO)
+    );
+    assert_eq!(rt.worker_counts(), (2, 2), "one asleep, one in get");
+    common::open(g);
+    assert_eq!(waiting.get_timeout(LONG).unwrap(), g);
+    assert_eq!(pinged.get_timeout(LONG).unwrap(), 7);
 }

@@ -616,3 +616,31 @@ mod thread_time {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Nop;
+    impl ActorRun for Nop {
+        fn run_batch(self: Arc<Self>) {}
+    }
+    fn job() -> Job {
+        Job::Actor(Arc::new(Nop))
+    }
+
+    /// Jobs pushed while the only worker watches the queue start no look (a
+    /// watcher takes them); it takes one and leaves one, and its job may
+    /// sleep in user code: the router must be looking (found by a helper).
+    #[test]
+    fn jobs_pushed_beside_a_watcher_start_a_look_when_one_is_left() {
+        let q = RunQueue::new(1, 16, Arc::new(EventBus::default()));
+        q.idle.watch_begin();
+        q.submit(job());
+        q.submit(job());
+        assert!(q.idle.watch_end(|| !q.is_empty()), "the watcher saw work");
+        assert!(q.take().is_some());
+        assert!(!q.is_empty(), "one job left, the one worker busy");
+        assert!(!q.lookout.wanted(), "nobody looks");
+    }
+}
