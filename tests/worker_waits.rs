@@ -463,3 +463,159 @@ fn a_get_waits_for_a_handler_asleep_at_max_workers() {
     assert_eq!(waiting.get_timeout(LONG).unwrap(), g);
     assert_eq!(pinged.get_timeout(LONG).unwrap(), 7);
 }
+
+static HANDLER_SPUN: AtomicBool = AtomicBool::new(false);
+#[derive(Serialize, Deserialize)]
+struct Compute;
+impl Message for Compute {
+    type Reply = u64;
+}
+impl Handler<Compute> for Waiter {
+    /// Computes for 1 s (five looks of the router): it never sleeps.
+    fn handle(&mut self, _: Compute, _: &mut ActorContext<Self>) -> u64 {
+        let n = spin(0);
+        HANDLER_SPUN.store(true, Ordering::SeqCst);
+        n
+    }
+}
+/// Whether the `Compute` handler had finished when this started.
+fn after_compute(_: u8) -> bool {
+    HANDLER_SPUN.load(Ordering::SeqCst)
+}
+rayx::remote!(after_compute);
+
+/// A handler that computes keeps its core: the task queued behind it starts
+/// after it (found by a helper: with tasks no longer watched, nothing else
+/// tests the router's reading of a thread's time).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_computing_handler_keeps_its_core_and_nothing_starts_beside_it() {
+    let rt = one_worker_that_may_grow();
+    let w = rt.actor_of(Waiter::new, ()).spawn().unwrap();
+    let computed = w.call(Compute);
+    let next = rt.task(after_compute).remote(0);
+    assert!(
+        next.get_timeout(LONG).unwrap(),
+        "a task started beside the computing handler"
+    );
+    computed.get_timeout(LONG).unwrap();
+    assert_eq!(rt.worker_counts(), (1, 0));
+}
+
+#[derive(Serialize, Deserialize)]
+struct EnterThenWait(u64, u64);
+impl Message for EnterThenWait {
+    type Reply = u64;
+}
+impl Handler<EnterThenWait> for Waiter {
+    /// Opens `entered`, then sleeps on `g`.
+    fn handle(
+        &mut self,
+        EnterThenWait(entered, g): EnterThenWait,
+        _: &mut ActorContext<Self>,
+    ) -> u64 {
+        common::open(entered);
+        common::pass(g)
+    }
+}
+
+/// A router that fails while it looks leaves the look flag up; the next
+/// router still looks, so a handler asleep on the new pool frees its worker
+/// for a queued task (found by a helper: without the new router's first
+/// look, nobody looks again).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_restarted_router_looks_after_one_that_failed_while_looking() {
+    let rt = one_worker_that_may_grow();
+    let a = rt.actor_of(Waiter::new, ()).spawn().unwrap();
+    let (g1, g2) = (common::gate(), common::gate());
+    let first = a.call(WaitGate(g1));
+    let queued = rt.task(opener).remote(g2);
+    // The router marked `a` asleep and started a worker for the task, which
+    // opened g2: it was looking.
+    assert_eq!(queued.get_timeout(LONG).unwrap(), g2);
+    let events = rt.events();
+    rt.inject_system_failure("router").unwrap();
+    loop {
+        match events.recv_timeout(LONG) {
+            Ok(rayx::SupervisionEvent::Restarted { child, .. }) if child == "router" => break,
+            Ok(_) => {}
+            Err(e) => panic!("the router was not restarted: {e:?}"),
+        }
+    }
+    // The new pool's one worker takes a handler that sleeps on a gate only a
+    // task queued behind it opens.
+    let b = rt.actor_of(Waiter::new, ()).spawn().unwrap();
+    let (entered, g3) = (common::gate(), common::gate());
+    let second = b.call(EnterThenWait(entered, g3));
+    common::pass(entered);
+    let opened = rt.task(opener).remote(g3);
+    assert_eq!(opened.get_timeout(LONG).unwrap(), g3);
+    assert_eq!(second.get_timeout(LONG).unwrap(), g3);
+    common::open(g1);
+    assert_eq!(first.get_timeout(LONG).unwrap(), g1);
+}
+
+#[derive(Serialize, Deserialize)]
+struct SleepThenPing(u64, ActorHandle<Waiter>);
+impl Message for SleepThenPing {
+    type Reply = Result<u64, String>;
+}
+impl Handler<SleepThenPing> for Waiter {
+    fn handle(
+        &mut self,
+        SleepThenPing(g, b): SleepThenPing,
+        _: &mut ActorContext<Self>,
+    ) -> Result<u64, String> {
+        common::pass(g);
+        b.call(Ping).get_timeout(LONG).map_err(|e| format!("{e:?}"))
+    }
+}
+fn try_ping(waiter: ActorHandle<Waiter>) -> Result<u64, String> {
+    waiter
+        .call(Ping)
+        .get_timeout(LONG)
+        .map_err(|e| format!("{e:?}"))
+}
+rayx::remote!(try_ping);
+
+/// A handler the router saw asleep that then waits in `get`, beside the
+/// other worker in a `get`, at `max_workers`, with both calls they wait for
+/// queued behind them: nothing can run, and a `get` fails with
+/// `WorkerLimitReached` (after the 1 s starvation window) instead of hanging
+/// (found by a helper: the handler still counted as "wakes by itself").
+#[cfg(target_os = "linux")]
+#[test]
+fn a_handler_that_slept_then_waits_in_get_at_max_workers_is_starved() {
+    let rt = rayx::Builder::new()
+        .num_workers(1)
+        .max_workers(2)
+        .start()
+        .expect("runtime starts");
+    let (a, b, c) = (
+        rt.actor_of(Waiter::new, ()).spawn().unwrap(),
+        rt.actor_of(Waiter::new, ()).spawn().unwrap(),
+        rt.actor_of(Waiter::new, ()).spawn().unwrap(),
+    );
+    let g = common::gate();
+    let slept = a.call(SleepThenPing(g, b.clone()));
+    let pinged = rt.task(try_ping).remote(c.clone());
+    // `a` asleep (counted), the task's worker in its get.
+    assert!(
+        common::eventually(LONG, || rt.worker_counts() == (2, 2)),
+        "{:?}",
+        rt.worker_counts()
+    );
+    common::open(g);
+    // The first `get` to fail frees its worker, and the other one's call may
+    // then run.
+    let outcomes = [
+        slept.get_timeout(LONG).unwrap(),
+        pinged.get_timeout(LONG).unwrap(),
+    ];
+    let starved = |o: &Result<u64, String>| matches!(o, Err(e) if e.contains("WorkerLimitReached"));
+    assert!(
+        outcomes.iter().any(starved) && outcomes.iter().all(|o| starved(o) || *o == Ok(7)),
+        "{outcomes:?}"
+    );
+}

@@ -338,10 +338,12 @@ impl Elsewhere {
 /// The router counts the worker *before* it marks the job (and takes the
 /// count back if the mark fails), so that the worker, which uncounts after it
 /// sees the mark, never uncounts a count not made yet: the mark's Release
-/// pairs with the Acquire of `end`, which makes the router's count happen
-/// before the worker's uncount. Every other change is `Relaxed`: all are
-/// read-modify-writes of this one word, so each sees the one before it, and
-/// the worker's own counts are ordered by its program order.
+/// pairs with the Acquire of `end` (and of `block`, after which the worker
+/// moves itself from the pool's "asleep" count to "in `get`"), which makes
+/// the router's count happen before the worker's change. Every other change
+/// is `Relaxed`: all are read-modify-writes of this one word, so each sees
+/// the one before it, and the worker's own counts are ordered by its program
+/// order.
 #[derive(Default)]
 pub struct Busy(AtomicU64);
 
@@ -372,9 +374,11 @@ impl Busy {
     }
 
     /// The worker waits in `get`: true if that makes it count as blocked
-    /// (count it); false if its job's mark counts it already.
+    /// (count it); false if its job's mark counts it already (it is now stuck
+    /// in `get`, no longer only asleep).
     pub fn block(&self) -> bool {
-        self.0.fetch_or(BLOCKED, Ordering::Relaxed) & LONG == 0
+        // Acquire pairs with `mark_long`'s Release, as in `end`.
+        self.0.fetch_or(BLOCKED, Ordering::Acquire) & LONG == 0
     }
 
     /// The worker stopped waiting in `get`: true if it no longer counts as

@@ -118,8 +118,9 @@ pub struct RunQueue {
     idle: IdleSet<Recipient<Drain>>,
     workers: AtomicUsize,
     blocked: AtomicUsize,
-    /// Of `blocked`, the workers whose job the router marked long: asleep in
-    /// user code, not stuck (`starved` leaves them out).
+    /// Of `blocked`, the workers whose job the router marked long and that
+    /// are not waiting in `get`: asleep in user code, not stuck (`starved`
+    /// leaves them out).
     long: AtomicUsize,
     target: usize,
     max_workers: usize,
@@ -264,6 +265,8 @@ impl RunQueue {
     pub fn hand_on(&self) {
         if let Some(worker) = self.idle.after_push() {
             worker.do_send(Drain);
+        } else {
+            self.look_if_all_busy();
         }
     }
 
@@ -412,6 +415,17 @@ impl RunQueue {
     pub fn long_end(&self) {
         self.block_end();
         self.long.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// A worker whose job was marked long waits in `get`: stuck, for
+    /// `starved`, until it returns (it stays counted in `blocked`).
+    pub fn long_to_get(&self) {
+        self.long.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// ... and it returned from that `get`.
+    pub fn get_to_long(&self) {
+        self.long.fetch_add(1, Ordering::AcqRel);
     }
 
     /// A worker stopped waiting.

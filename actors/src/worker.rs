@@ -161,11 +161,15 @@ impl WaitHooks for TaskRunner {
         // Counted once, whether for this wait or its job's long wait.
         if self.state.busy.block() {
             self.core.run_queue.block_begin();
+        } else {
+            self.core.run_queue.long_to_get();
         }
     }
     fn block_end(&self) {
         if self.state.busy.unblock() {
             self.core.run_queue.block_end();
+        } else {
+            self.core.run_queue.get_to_long();
         }
     }
     fn starved(&self) -> Option<usize> {

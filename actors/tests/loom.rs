@@ -73,7 +73,8 @@
 //! `claim` made Relaxed, Release-only or a load then a store; `end`'s
 //! compare-exchange made a store, `begin` dropping the abandoned mark, `abandon`
 //! made a load then a `fetch_or`; a getter of `Elsewhere` that does not ask again
-//! once registered.
+//! once registered; the router counting a `Busy` worker after its mark instead
+//! of before; `Lookout::stop` without its fence.
 //!
 //! Limits: loom treats SeqCst loads, stores and read-modify-writes as AcqRel
 //! (its SeqCst *fences* are modelled), so nothing here may lean on SeqCst
@@ -677,28 +678,36 @@ impl Counted {
 /// beside a router that looks `looks` times and marks the job it saw long
 /// (counting the worker first, and taking the count back if the mark fails):
 /// the count never drops below nothing, and is back to nothing once the jobs
-/// are done. (With the count made after the mark, the worker can uncount
+/// are done; so is the count of marked workers not in `get` (the pool's
+/// `long`), which the worker moves out of while it waits in `get`. (With the count made after the mark, the worker can uncount
 /// before the router counts: the model fails. Loom does not reorder the
 /// counts of Relaxed read-modify-writes, so the Release/Acquire pair that
 /// orders them in `Busy` is argued there, not shown here.)
 fn busy_model(jobs: usize, blocks: usize, looks: usize) {
     let busy = Arc::new(Busy::default());
     let counted = Arc::new(Counted(AtomicUsize::new(0)));
+    // Of `counted`, the marked workers not in `get` (the pool's `long`).
+    let asleep = Arc::new(Counted(AtomicUsize::new(0)));
     let worker = {
-        let (busy, counted) = (busy.clone(), counted.clone());
+        let (busy, counted, asleep) = (busy.clone(), counted.clone(), asleep.clone());
         thread::spawn(move || {
             for _ in 0..jobs {
                 busy.begin();
                 for _ in 0..blocks {
                     if busy.block() {
                         counted.count();
+                    } else {
+                        asleep.uncount();
                     }
                     if busy.unblock() {
                         counted.uncount();
+                    } else {
+                        asleep.count();
                     }
                 }
                 if busy.end() {
                     counted.uncount();
+                    asleep.uncount();
                 }
             }
         })
@@ -707,9 +716,11 @@ fn busy_model(jobs: usize, blocks: usize, looks: usize) {
         // The router compares two looks; here any job it sees running may be
         // marked (the comparison only decides whether it tries).
         if let Some(seen) = busy.running() {
+            asleep.count();
             counted.count();
             if !busy.mark_long(seen) {
                 counted.uncount();
+                asleep.uncount();
             }
         }
     }
@@ -719,6 +730,7 @@ fn busy_model(jobs: usize, blocks: usize, looks: usize) {
         0,
         "counted after the jobs"
     );
+    assert_eq!(asleep.0.load(Ordering::Relaxed), 0, "asleep after the jobs");
     assert!(busy.running().is_none(), "no job runs");
 }
 
