@@ -1,9 +1,10 @@
-//! The router: the control plane of the worker pool. It starts the workers, starts
-//! an extra one when a worker blocks in `get` (Ray releases a blocked worker's
-//! CPU) or its job waits long off its core (user code asleep on a lock, a
-//! channel, I/O: in Ray each actor has a process of its own, so a waiting actor
-//! holds no task back), replaces workers that die within its restart
-//! intensity, and lets surplus workers retire. The data plane is the [`RunQueue`](crate::run_queue::RunQueue).
+//! The router: the control plane of the worker pool. It starts the workers,
+//! starts an extra one when a worker blocks in `get` (Ray releases a blocked
+//! worker's CPU) or an actor's batch waits long off its core (user code asleep
+//! on a lock, a channel, I/O: in Ray each actor has a process of its own, so a
+//! waiting actor holds no task back), replaces workers that die within its
+//! restart intensity, and lets surplus workers retire. The data plane is the
+//! [`RunQueue`](crate::run_queue::RunQueue).
 
 use crate::core::Core;
 use crate::events::SupervisionEvent;

@@ -104,7 +104,6 @@ impl WorkerState {
 pub const LONG_WAIT_CHECK: Duration = Duration::from_millis(200);
 
 /// A worker's job as the router last saw it.
-#[derive(Clone, Copy)]
 pub struct Look {
     job: u64,
     /// The thread's time on a core or waiting for one.
@@ -191,18 +190,23 @@ impl RunQueue {
             return;
         }
         self.injector.push(job);
-        if let Some(worker) = self.idle.after_push() {
-            worker.do_send(Drain);
-        } else {
-            // (`after_push` made the fence `Lookout::wanted` needs.)
-            self.look_if_all_busy();
+        self.wake_or_look();
+    }
+
+    /// Work is queued that nobody may have been woken for: wakes a sleeper,
+    /// or, with every worker busy, has the router look for jobs that wait
+    /// long off their core (`after_push` makes the fence `Lookout::wanted`
+    /// needs).
+    fn wake_or_look(&self) {
+        match self.idle.after_push() {
+            Some(worker) => worker.do_send(Drain),
+            None => self.look_if_all_busy(),
         }
     }
 
     /// Every worker busy with work queued: the router looks for jobs that
     /// wait long off their core. Called after a SeqCst fence that follows
-    /// the job's push (`IdleSet::after_push`'s, or `after_take`'s, which
-    /// calls it).
+    /// the job's push (`IdleSet::after_push`'s).
     fn look_if_all_busy(&self) {
         if self.idle.sleeping() == 0 && self.idle.watching() == 0 && self.lookout.wanted() {
             if let Some(router) = self.looker.read().as_ref() {
@@ -223,13 +227,14 @@ impl RunQueue {
     /// it), and without the chain such a job could wait while workers sleep.
     pub fn take(&self) -> Option<Job> {
         let job = self.pop()?;
-        if let Some(worker) = self.idle.after_take(|| !self.injector.is_empty()) {
-            worker.do_send(Drain);
-        } else if !self.injector.is_empty() {
+        let more = !self.injector.is_empty();
+        match self.idle.after_take(|| more) {
+            Some(worker) => worker.do_send(Drain),
             // Work left that nobody was woken for (its submitters may have
             // left it to this worker, watching then): the job taken may wait
             // long, so the router looks, as for a submit.
-            self.look_if_all_busy();
+            None if more => self.look_if_all_busy(),
+            None => {}
         }
         Some(job)
     }
@@ -263,11 +268,7 @@ impl RunQueue {
     /// work on: it wakes a sleeper, as the submitters that left it to the
     /// watcher did not.
     pub fn hand_on(&self) {
-        if let Some(worker) = self.idle.after_push() {
-            worker.do_send(Drain);
-        } else {
-            self.look_if_all_busy();
-        }
+        self.wake_or_look();
     }
 
     /// Sends tasks through `spill` first (the cluster's placement).
@@ -411,6 +412,14 @@ impl RunQueue {
             });
     }
 
+    /// The router is about to mark a job long: counted first (the `Busy`
+    /// protocol), taken back with [`long_end`](Self::long_end) if the mark
+    /// fails.
+    fn long_begin(&self) {
+        self.long.fetch_add(1, Ordering::AcqRel);
+        self.blocked.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// A job the router marked long ended (or the mark failed).
     pub fn long_end(&self) {
         self.block_end();
@@ -539,19 +548,13 @@ impl RunQueue {
             let Some(wanted) = thread_time::wanted(state.thread.load(Ordering::Relaxed)) else {
                 continue;
             };
+            // The router's looks are one chain, `LONG_WAIT_CHECK` apart,
+            // and start afresh (`looks` empty) when work is queued again.
             if let Some(before) = looks.get(&id).filter(|l| l.job == job) {
                 let between = now.duration_since(before.at);
-                if between < LONG_WAIT_CHECK / 2 {
-                    // Too soon to tell (a look started by a submitter just
-                    // after a timed one): compare the next look with that one.
-                    seen.insert(id, *before);
-                    continue;
-                }
                 if wanted.saturating_sub(before.wanted) * 2 < between {
-                    // Counted before the mark, and uncounted if it fails
-                    // (the `Busy` protocol): the job may end meanwhile.
-                    self.long.fetch_add(1, Ordering::AcqRel);
-                    self.blocked.fetch_add(1, Ordering::AcqRel);
+                    // The job may end meanwhile: see `long_begin`.
+                    self.long_begin();
                     if state.busy.mark_long(job) {
                         tracing::debug!(
                             "rayx: worker-{id}'s job has waited off its core for {between:?} \

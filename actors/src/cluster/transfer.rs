@@ -267,7 +267,6 @@ impl Assembly {
                 self.total
             ));
         }
-
         // Header bytes of a byte buffer are dropped; the rest lands in place
         // (`end` ≤ total was checked, so the body fits the buffer).
         let cut = self.skip.saturating_sub(offset).min(bytes.len() as u64) as usize;
@@ -377,17 +376,13 @@ impl Serving {
     }
 
     fn forget_idle_at(&self, now: Instant) {
-        let gone: Vec<Served> = {
-            let mut encoded = self.encoded.lock();
-            let idle: Vec<ObjectId> = encoded
-                .iter()
-                .filter(|(_, s)| {
-                    matches!(s, Served::Ready(_, _, asked) if now.saturating_duration_since(*asked) > SERVE_IDLE)
-                })
-                .map(|(id, _)| *id)
-                .collect();
-            idle.iter().filter_map(|id| encoded.remove(id)).collect()
-        };
+        let gone: Vec<(ObjectId, Served)> = self
+            .encoded
+            .lock()
+            .extract_if(|_, s| {
+                matches!(s, Served::Ready(_, _, asked) if now.saturating_duration_since(*asked) > SERVE_IDLE)
+            })
+            .collect();
         // A large encoding is freed outside the lock.
         drop(gone);
     }
