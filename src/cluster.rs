@@ -7,7 +7,7 @@ use crate::actor::Boxed;
 use crate::{Actor, Data, Error, Result, Runtime};
 use rayx_actors::actor_host::{ActorKind, CopyMessage, Dispatch, SharedState};
 use rayx_actors::actor_types::{ActorType, ActorTypes};
-use rayx_actors::cluster::wire::{Answer, Ask, ClusterStatus};
+use rayx_actors::cluster::wire::{check_len, Answer, Ask, ClusterStatus, MAX_KV_VALUE, MAX_NAME};
 use rayx_actors::ids::NodeId;
 use rayx_actors::value::Value;
 use std::any::TypeId;
@@ -255,9 +255,13 @@ impl Runtime {
 
     /// Stores `value` under `key` in the head's key-value store; with
     /// `overwrite` false an existing value stays. True if it was stored.
+    /// A key takes up to [`MAX_NAME`] bytes and a value up to
+    /// [`MAX_KV_VALUE`] (32 MiB); more is `InvalidArgument`.
     /// Outside a cluster the runtime keeps the store itself (it outlives every
     /// actor of the runtime, not the process).
     pub fn kv_put(&self, key: &str, value: &[u8], overwrite: bool) -> Result<bool> {
+        check_key(key)?;
+        check_len("a key-value store value", value.len(), MAX_KV_VALUE)?;
         if self.node().cluster().is_none() {
             let mut kv = self.node().local_kv().lock();
             if !overwrite && kv.contains_key(key) {
@@ -278,6 +282,7 @@ impl Runtime {
 
     /// The value under `key` in the head's key-value store.
     pub fn kv_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        check_key(key)?;
         if self.node().cluster().is_none() {
             return Ok(self.node().local_kv().lock().get(key).cloned());
         }
@@ -291,6 +296,7 @@ impl Runtime {
 
     /// Deletes `key` from the head's key-value store; true if it was there.
     pub fn kv_delete(&self, key: &str) -> Result<bool> {
+        check_key(key)?;
         if self.node().cluster().is_none() {
             return Ok(self.node().local_kv().lock().remove(key).is_some());
         }
@@ -301,4 +307,9 @@ impl Runtime {
             other => Err(Error::Serialization(format!("unexpected answer {other:?}"))),
         }
     }
+}
+
+/// `Err(InvalidArgument)` for a key over [`MAX_NAME`] bytes.
+fn check_key(key: &str) -> Result<()> {
+    check_len("a key-value store key", key.len(), MAX_NAME)
 }

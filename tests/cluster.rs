@@ -102,6 +102,16 @@ fn spawn_counter(start: u64) -> ActorHandle<Counter> {
         .expect("spawn on a node")
 }
 
+fn fail_loudly(n: usize) -> u64 {
+    panic!("{}", "p".repeat(n))
+}
+
+/// Tries the key-value store with a value of `n` bytes from this node.
+fn kv_put_here(n: usize) -> String {
+    let rt = Runtime::current().expect("in a task");
+    format!("{:?}", rt.kv_put("heavy", &vec![1u8; n], true))
+}
+
 fn echo_shared(b: rayx::Bytes) -> rayx::Bytes {
     b
 }
@@ -113,6 +123,8 @@ fn echo_numbers(v: Vec<u64>) -> Vec<u64> {
 }
 
 rayx::remote!(
+    fail_loudly,
+    kv_put_here,
     echo_shared,
     echo_buf,
     echo_numbers,
@@ -178,7 +190,39 @@ impl Handler<Log> for Counter {
     }
 }
 
-rayx::remote_actor!(Counter, Counter::new, [Add, Log]);
+/// Weighs what it is sent: its length in bytes.
+#[derive(Serialize, Deserialize)]
+pub struct Weigh(ByteBuf);
+impl Message for Weigh {
+    type Reply = usize;
+}
+impl Handler<Weigh> for Counter {
+    fn handle(&mut self, Weigh(b): Weigh, _: &mut ActorContext<Self>) -> usize {
+        b.len()
+    }
+}
+
+rayx::remote_actor!(Counter, Counter::new, [Add, Log, Weigh]);
+
+/// An actor whose constructor takes bytes.
+pub struct Ballast(usize);
+impl Ballast {
+    fn new(b: ByteBuf) -> Ballast {
+        Ballast(b.len())
+    }
+}
+impl Actor for Ballast {}
+#[derive(Serialize, Deserialize)]
+pub struct Heft;
+impl Message for Heft {
+    type Reply = usize;
+}
+impl Handler<Heft> for Ballast {
+    fn handle(&mut self, _: Heft, _: &mut ActorContext<Self>) -> usize {
+        self.0
+    }
+}
+rayx::remote_actor!(Ballast, Ballast::new, [Heft]);
 
 /// Keeps the refs it is handed; reads them all on request.
 pub struct Stash {
@@ -654,6 +698,94 @@ fn shared_byte_buffers_move_between_nodes_and_are_read_in_place() {
 }
 
 /// No objects on the driver, nor on any node at its last report.
+/// A message too large for one frame between nodes (64 MiB) is never
+/// dropped on the way: a call, an actor's constructor arguments and a task's
+/// failure each come back at once with their cause, and the node goes on.
+fn what_is_too_large_to_send_fails_at_once_with_its_cause() {
+    let c = Cluster::start(1).unwrap();
+    let rt = c.driver();
+    let n0 = c.nodes()[0].id;
+    let over = 70 << 20;
+    let started = Instant::now();
+    let bound = std::time::Duration::from_secs(20);
+    // A call whose message is over the frame limit fails; the actor lives on.
+    let counter = rt
+        .actor_of(Counter::new, 1)
+        .node_affinity(n0, false)
+        .spawn()
+        .unwrap();
+    let big = counter.call(Weigh(ByteBuf::from(vec![1u8; over])));
+    match big.get_timeout(bound) {
+        Err(Error::InvalidArgument(why)) => {
+            assert!(why.contains("the message of"), "{why}");
+            assert!(why.contains("over the limit"), "{why}");
+        }
+        other => panic!("a call over the frame limit: {other:?}"),
+    }
+    assert_eq!(
+        counter.call(Weigh(ByteBuf::from(vec![1u8; 1 << 20]))).get(),
+        Ok(1 << 20)
+    );
+    assert_eq!(counter.call(Add(1)).get(), Ok(2));
+    // Constructor arguments over it: refused, not a node taken for dead.
+    let spawned = rt
+        .actor_of(Ballast::new, ByteBuf::from(vec![0u8; over]))
+        .node_affinity(n0, false)
+        .spawn();
+    match spawned {
+        Err(Error::InvalidArgument(why)) => assert!(why.contains("arguments of actor"), "{why}"),
+        other => panic!(
+            "an actor's arguments over the frame limit: {:?}",
+            other.err()
+        ),
+    }
+    // A failure whose text is over it arrives cut, as the same kind.
+    let failed = rt.task(fail_loudly).node_affinity(n0, false).remote(over);
+    match failed.get_timeout(bound) {
+        Err(Error::TaskFailed { cause, .. }) => {
+            assert!(
+                cause.contains("more bytes cut)"),
+                "{}",
+                &cause[cause.len() - 200..]
+            );
+            assert!(cause.len() < 1 << 20, "{} bytes", cause.len());
+        }
+        other => panic!("a failure over the frame limit: {:?}", other.map(|_| ())),
+    }
+    // The limits of names and of the key-value store, on a node as here.
+    let refused = rt
+        .task(kv_put_here)
+        .node_affinity(n0, false)
+        .remote(rayx::MAX_KV_VALUE + 1)
+        .get()
+        .unwrap();
+    assert!(refused.contains("InvalidArgument"), "{refused}");
+    assert!(matches!(
+        rt.kv_put("heavy", &vec![0u8; rayx::MAX_KV_VALUE + 1], true),
+        Err(Error::InvalidArgument(_))
+    ));
+    let long = "n".repeat(rayx::MAX_NAME + 1);
+    assert!(matches!(rt.kv_get(&long), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        rt.get_actor::<Counter>(&long),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        rt.actor_of(Counter::new, 0).name(long).spawn(),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert_eq!(rt.kv_put("light", b"ok", true), Ok(true));
+    assert_eq!(
+        rt.task(square).node_affinity(n0, false).remote(7).get(),
+        Ok(49)
+    );
+    assert!(started.elapsed() < bound, "took {:?}", started.elapsed());
+    drop((counter, big, failed));
+    wait_until("every node's objects are freed", || {
+        objects_freed_everywhere(rt)
+    });
+}
+
 fn objects_freed_everywhere(rt: &Runtime) -> bool {
     rt.memory().objects == 0
         && rt
@@ -1636,6 +1768,7 @@ fn main() {
         an_answer_waits_for_a_link_slower_than_the_sync_timeout,
         refs_inside_a_borrowed_value_outlive_its_release,
         the_network_thread_lingers_after_a_message_only_with_a_core_to_spare,
+        what_is_too_large_to_send_fails_at_once_with_its_cause,
     ];
     common::run_tests(tests);
 }

@@ -821,6 +821,23 @@ fn jobs_are_kept_by_the_head_through_its_restart() {
         "{jobs:?}"
     );
     assert!(jobs.iter().all(|j| j.ended.is_some_and(|e| e >= j.started)));
+    // The node table: the finished driver left, the killed one died.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (left, died) = loop {
+        let nodes = status().nodes;
+        let find = |id| nodes.iter().find(|n| n.info.id == id && !n.alive).cloned();
+        if let (Some(l), Some(d)) = (find(jobs[0].id), find(jobs[1].id)) {
+            break (l, d);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the drivers never left: {nodes:?}"
+        );
+        std::thread::park_timeout(PERIOD);
+    };
+    use rayx_actors::cluster::head::LEFT_CAUSE;
+    assert_eq!(left.cause.as_deref(), Some(LEFT_CAUSE), "{left:?}");
+    assert!(died.cause.is_some_and(|c| c != LEFT_CAUSE));
     // The head is killed and started again: the table is as it was.
     head.0.kill().unwrap();
     head.0.wait().unwrap();

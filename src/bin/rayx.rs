@@ -10,8 +10,9 @@
 //! else the file `RAYX_TOKEN_FILE`, else `~/.rayx/token`, which
 //! `rayx start --head` makes (readable by its user only) when there is none.
 
+use rayx_actors::cluster::head::LEFT_CAUSE;
 use rayx_actors::cluster::tls;
-use rayx_actors::cluster::wire::{Answer, Ask, ClusterStatus, JobState};
+use rayx_actors::cluster::wire::{Answer, Ask, ClusterStatus, JobState, NodeStatus};
 use rayx_actors::cluster::{admin_ask, auth};
 use std::process::ExitCode;
 
@@ -176,11 +177,13 @@ fn bytes(n: u64) -> String {
 fn render(address: &str, s: &ClusterStatus) -> String {
     use std::fmt::Write;
     let mut out = String::new();
+    let left = |n: &NodeStatus| !n.alive && n.cause.as_deref() == Some(LEFT_CAUSE);
     let alive = s.nodes.iter().filter(|n| n.alive).count();
+    let gone = s.nodes.iter().filter(|n| left(n)).count();
     let _ = writeln!(
         out,
-        "cluster at {address}: {alive} nodes alive, {} dead",
-        s.nodes.len() - alive
+        "cluster at {address}: {alive} nodes alive, {} dead, {gone} left",
+        s.nodes.len() - alive - gone
     );
     let _ = writeln!(
         out,
@@ -195,15 +198,25 @@ fn render(address: &str, s: &ClusterStatus) -> String {
             "{:<24} {:<22} {:<6} {:>5} {:>5} {:>7} {:>8} {:>10}",
             id,
             n.info.address,
-            if n.alive { "alive" } else { "dead" },
+            if n.alive {
+                "alive"
+            } else if left(n) {
+                "left"
+            } else {
+                "dead"
+            },
             n.info.cpus,
             r.load,
             r.actors,
             r.memory.objects,
             bytes(r.memory.inline_bytes + r.memory.store_bytes),
         );
-        if let Some(cause) = &n.cause {
-            let _ = writeln!(out, "    died: {cause}");
+        match &n.cause {
+            Some(_) if left(n) => {}
+            Some(cause) => {
+                let _ = writeln!(out, "    died: {cause}");
+            }
+            None => {}
         }
     }
     let _ = writeln!(out, "(* the head)");

@@ -12,8 +12,8 @@ use super::link::Link;
 use super::placement::{place, Candidate};
 use super::store::{self, ActorRecord, HeadStore, NodeRecord};
 use super::wire::{
-    ActorCreate, ActorPlace, Answer, Ask, ClusterStatus, Hello, JobInfo, JobState, Msg, NodeInfo,
-    NodeStatus, Rejections, Report,
+    self, ActorCreate, ActorPlace, Answer, Ask, ClusterStatus, Hello, JobInfo, JobState, Msg,
+    NodeInfo, NodeStatus, Rejections, Report,
 };
 use crate::error::Error;
 use crate::ids::{ActorId, IdMap, NodeId};
@@ -410,7 +410,17 @@ impl Head {
             let t = &mut *guard;
             let m = t.nodes.iter_mut().find(|m| m.info.id == node && m.alive)?;
             m.alive = false;
-            m.cause = Some(cause.to_string());
+            // A driver that said its job finished left in order: its
+            // connection closing is no death.
+            let finished = t
+                .jobs
+                .iter()
+                .any(|j| j.id == node && j.state == JobState::Finished);
+            m.cause = Some(if finished {
+                LEFT_CAUSE.to_string()
+            } else {
+                cause.to_string()
+            });
             m.actors = 0;
             let mut records = vec![node_record(m)];
             if let Some(job) = t
@@ -714,6 +724,9 @@ impl Head {
                 value,
                 overwrite,
             } => {
+                // The same limits as the caller's own checks: a peer may skip them.
+                wire::check_len("a key-value store key", key.len(), wire::MAX_NAME)?;
+                wire::check_len("a key-value store value", value.len(), wire::MAX_KV_VALUE)?;
                 if !overwrite && t.kv.contains_key(&key) {
                     return Ok(Answer::Stored(false));
                 }
@@ -748,6 +761,9 @@ impl Head {
         }
     }
 }
+
+/// The cause the head gives a driver that left after its job finished.
+pub const LEFT_CAUSE: &str = "left: its job finished";
 
 /// Forgets an actor; the record to delete, if it was known.
 fn forget_actor(t: &mut Tables, actor: ActorId) -> Option<Record> {

@@ -43,6 +43,10 @@ pub trait Inbound: Send + Sync + 'static {
     fn on_msgs(&self, link: &Arc<Link>, msgs: Vec<Msg>);
     /// `link` closed: by the peer, by an error, or for bad input (`reason`).
     fn on_close(&self, link: &Arc<Link>, reason: Option<&str>);
+    /// `msg`, queued on `link`, was not sent: alone it is over the frame
+    /// limit, or it could not be encoded (`reason`). Whoever waits for its
+    /// answer is told here; nothing is dropped without a word.
+    fn not_sent(&self, _link: &Arc<Link>, _msg: Msg, _reason: String) {}
     /// Where the `len` bytes of a chunk of `object` at `offset` go, so the
     /// bulk reader reads them from the socket straight into place: the
     /// buffer, lent, and the position in it. `None`: read them as a message.
@@ -183,15 +187,43 @@ pub struct Gate {
     pub rejections: Arc<Rejections>,
     /// TLS for every connection, if the cluster uses it.
     pub tls: Option<Arc<Tls>>,
-    /// Handshakes under way, oldest first, each with what cancels it.
-    pending: parking_lot::Mutex<std::collections::VecDeque<(u64, CancellationToken)>>,
+    /// Handshakes under way, oldest first.
+    pending: parking_lot::Mutex<Pending>,
     next: AtomicU64,
+}
+
+/// The handshakes under way at a gate.
+#[derive(Default)]
+struct Pending {
+    /// Oldest first: each one's id, what cancels it, and the bytes it read.
+    shakes: std::collections::VecDeque<(u64, CancellationToken, usize)>,
+    /// Their bytes read, together.
+    bytes: usize,
+}
+
+impl Pending {
+    /// Cancels the oldest handshakes until at most `count` are left and
+    /// their bytes fit [`HANDSHAKE_BYTES`].
+    fn cut_to(&mut self, count: usize) {
+        while self.shakes.len() > count || self.bytes > HANDSHAKE_BYTES {
+            let Some((_, oldest, bytes)) = self.shakes.pop_front() else {
+                return;
+            };
+            self.bytes -= bytes;
+            oldest.cancel();
+        }
+    }
 }
 
 /// Handshakes a node runs at once. One more cancels the oldest: a flood of
 /// slow strangers can neither pin the node's memory nor keep a real peer —
 /// whose handshake takes a round trip or two — from getting through.
 pub const MAX_HANDSHAKES: usize = 256;
+
+/// The bytes the handshakes under way may have read, together (each may read
+/// [`wire::PREAUTH_FRAME`]); past it, the oldest are cut off as past
+/// [`MAX_HANDSHAKES`].
+pub const HANDSHAKE_BYTES: usize = 16 << 20;
 
 impl Gate {
     /// A gate with this token (and no TLS).
@@ -220,17 +252,37 @@ impl Gate {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let cancel = CancellationToken::new();
         let mut pending = self.pending.lock();
-        pending.push_back((id, cancel.clone()));
-        if pending.len() > MAX_HANDSHAKES {
-            if let Some((_, oldest)) = pending.pop_front() {
-                oldest.cancel();
-            }
-        }
+        pending.shakes.push_back((id, cancel.clone(), 0));
+        pending.cut_to(MAX_HANDSHAKES);
         (id, cancel)
     }
 
+    /// Handshake `id` has read `bytes` so far; the oldest are cut off while
+    /// all of them have read more than [`HANDSHAKE_BYTES`].
+    fn read(&self, id: u64, bytes: usize) {
+        let mut pending = self.pending.lock();
+        let p = &mut *pending;
+        if let Some(shake) = p.shakes.iter_mut().find(|s| s.0 == id) {
+            p.bytes = p.bytes - shake.2 + bytes;
+            shake.2 = bytes;
+        }
+        p.cut_to(MAX_HANDSHAKES);
+    }
+
     fn end(&self, id: u64) {
-        self.pending.lock().retain(|(i, _)| *i != id);
+        let mut pending = self.pending.lock();
+        let p = &mut *pending;
+        if let Some(at) = p.shakes.iter().position(|s| s.0 == id) {
+            let (_, _, bytes) = p.shakes.remove(at).expect("found");
+            p.bytes -= bytes;
+        }
+    }
+
+    /// The handshakes under way and their bytes read (for tests).
+    #[doc(hidden)]
+    pub fn under_way(&self) -> (usize, usize) {
+        let pending = self.pending.lock();
+        (pending.shakes.len(), pending.bytes)
     }
 }
 
@@ -245,11 +297,13 @@ async fn write_frame<S: AsyncWrite + Unpin>(stream: &mut S, msg: &Msg) -> Result
 }
 
 /// Reads one frame holding one message, of `limit` bytes at most; what was
-/// read past it stays in `buf` for the link's reader.
+/// read past it stays in `buf` for the link's reader. A listener's
+/// handshake tells its gate (`tracked`) how much it has read.
 async fn read_one<S: AsyncRead + Unpin>(
     stream: &mut S,
     limit: usize,
     buf: &mut BytesMut,
+    tracked: Option<(&Gate, u64)>,
 ) -> Result<Msg, String> {
     let mut codec = LengthDelimitedCodec::builder()
         .max_frame_length(limit)
@@ -262,7 +316,11 @@ async fn read_one<S: AsyncRead + Unpin>(
         }
         match stream.read_buf(buf).await {
             Ok(0) => return Err("closed during the handshake".to_string()),
-            Ok(_) => {}
+            Ok(_) => {
+                if let Some((gate, id)) = tracked {
+                    gate.read(id, buf.len());
+                }
+            }
             Err(e) => return Err(format!("read failed: {e}")),
         }
     };
@@ -349,11 +407,12 @@ async fn shake_hands<S: Conn>(
     let mut buf = BytesMut::with_capacity(64 << 10);
     let shake = async {
         write_frame(&mut stream, &Msg::Hello(hello)).await?;
-        let (theirs, proof) = match read_one(&mut stream, wire::PREAUTH_FRAME, &mut buf).await? {
-            Msg::Challenge { nonce, proof } => (nonce, proof),
-            Msg::Refused { reason } => return Err(format!("refused: {reason}")),
-            other => return Err(format!("answered its hello with {}", kind_of(&other))),
-        };
+        let (theirs, proof) =
+            match read_one(&mut stream, wire::PREAUTH_FRAME, &mut buf, None).await? {
+                Msg::Challenge { nonce, proof } => (nonce, proof),
+                Msg::Refused { reason } => return Err(format!("refused: {reason}")),
+                other => return Err(format!("answered its hello with {}", kind_of(&other))),
+            };
         let answer = match (gate.token.as_deref(), proof) {
             (Some(t), Some(p)) if auth::verify(t, Side::Listener, &mine, &theirs, &p) => Some(
                 ByteBuf::from(auth::prove(t, Side::Connector, &theirs, &mine)),
@@ -376,7 +435,7 @@ async fn shake_hands<S: Conn>(
             }
         };
         write_frame(&mut stream, &Msg::Proof { proof: answer }).await?;
-        match read_one(&mut stream, max_frame(lane), &mut buf).await? {
+        match read_one(&mut stream, max_frame(lane), &mut buf, None).await? {
             Msg::Welcome { node, cluster } => Ok((node, cluster)),
             Msg::Refused { reason } => Err(format!("refused: {reason}")),
             other => Err(format!("answered its proof with {}", kind_of(&other))),
@@ -477,7 +536,10 @@ async fn admit_on<S: Conn>(
     (id, cancel): (u64, CancellationToken),
 ) {
     let mut buf = BytesMut::with_capacity(8 << 10);
-    let shake = tokio::time::timeout(HANDSHAKE_DEADLINE, greet(&mut stream, &mut buf, &gate));
+    let shake = tokio::time::timeout(
+        HANDSHAKE_DEADLINE,
+        greet_as(&mut stream, &mut buf, &gate, Some(id)),
+    );
     let greeted = tokio::select! {
         r = shake => r.unwrap_or_else(|_| Err(format!("no handshake within {HANDSHAKE_DEADLINE:?}"))),
         _ = cancel.cancelled() => Err("too many handshakes at once: the oldest was cut off".to_string()),
@@ -516,7 +578,18 @@ pub async fn greet<S: AsyncRead + AsyncWrite + Unpin>(
     buf: &mut BytesMut,
     gate: &Gate,
 ) -> Result<Hello, String> {
-    let hello = match read_one(stream, wire::PREAUTH_FRAME, buf).await? {
+    greet_as(stream, buf, gate, None).await
+}
+
+/// [`greet`], as handshake `id` of `gate` (which counts the bytes it reads).
+async fn greet_as<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    gate: &Gate,
+    id: Option<u64>,
+) -> Result<Hello, String> {
+    let tracked = id.map(|id| (gate, id));
+    let hello = match read_one(stream, wire::PREAUTH_FRAME, buf, tracked).await? {
         Msg::Hello(h) => h,
         other => {
             return Err(format!(
@@ -549,7 +622,7 @@ pub async fn greet<S: AsyncRead + AsyncWrite + Unpin>(
         proof,
     };
     write_frame(stream, &challenge).await?;
-    let answer = read_one(stream, wire::PREAUTH_FRAME, buf).await?;
+    let answer = read_one(stream, wire::PREAUTH_FRAME, buf, tracked).await?;
     let failed = |why: &str| Err(format!("authentication failed: {why}"));
     match (answer, gate.token.as_deref()) {
         (Msg::Proof { proof: Some(p) }, Some(t)) => {
@@ -638,7 +711,7 @@ fn start<S: Conn>(
 ) -> Arc<Link> {
     let (rd, wr) = stream.halves();
     let (link, rx) = Link::open(peer, lane);
-    tokio::spawn(write_loop(wr, rx, link.clone()));
+    tokio::spawn(write_loop(wr, rx, link.clone(), inbound.clone()));
     tokio::spawn(read_loop(rd, buf, link.clone(), inbound, rejections));
     link
 }
@@ -747,6 +820,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     mut wr: W,
     mut rx: mpsc::UnboundedReceiver<Out>,
     link: Arc<Link>,
+    inbound: Arc<dyn Inbound>,
 ) {
     let limit = max_frame(link.lane);
     let mut batch: Vec<Out> = Vec::with_capacity(BATCH);
@@ -785,7 +859,12 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
             }
         }
         let mut frames = Vec::new();
-        pack(&mut msgs, limit, &mut frames);
+        let mut bounced = Vec::new();
+        pack(&mut msgs, limit, &mut frames, &mut bounced);
+        for (msg, reason) in bounced {
+            tracing::warn!("rayx: not sent to {}: {reason}", link.peer.id);
+            inbound.not_sent(&link, msg, reason);
+        }
         for body in frames {
             out.put_u32(body.len() as u32);
             if body.len() >= LARGE_BODY {
@@ -948,9 +1027,16 @@ pub fn read_bulk_frame(frame: bytes::Bytes) -> Result<Vec<Msg>, String> {
 }
 
 /// Packs messages into frame bodies within `limit`, halving a batch that is
-/// too large; a single message over the limit is dropped with an error log (the
-/// engine sends large values on the bulk lane, never inline).
-fn pack(msgs: &mut Vec<Msg>, limit: usize, frames: &mut Vec<Vec<u8>>) {
+/// too large or that does not encode. A single message over the limit (the
+/// engine sends large values on the bulk lane, but a caller's message, an
+/// error's text or a stored value may be anything) or that does not encode
+/// goes to `bounced` with the reason, for its sender to answer.
+fn pack(
+    msgs: &mut Vec<Msg>,
+    limit: usize,
+    frames: &mut Vec<Vec<u8>>,
+    bounced: &mut Vec<(Msg, String)>,
+) {
     if msgs.is_empty() {
         return;
     }
@@ -959,23 +1045,25 @@ fn pack(msgs: &mut Vec<Msg>, limit: usize, frames: &mut Vec<Vec<u8>>) {
             frames.push(body);
             msgs.clear();
         }
-        Ok(_) if msgs.len() > 1 => {
+        _ if msgs.len() > 1 => {
             let mut tail = msgs.split_off(msgs.len() / 2);
-            pack(msgs, limit, frames);
-            pack(&mut tail, limit, frames);
+            pack(msgs, limit, frames, bounced);
+            pack(&mut tail, limit, frames, bounced);
             msgs.clear();
         }
         Ok(body) => {
-            tracing::error!(
-                "rayx: a {} message of {} bytes is over the frame limit ({limit}); not sent",
-                kind_of(&msgs[0]),
+            let msg = msgs.pop().expect("one message");
+            let reason = format!(
+                "a {} message of {} bytes is over the limit of one message between nodes ({limit} bytes)",
+                kind_of(&msg),
                 body.len()
             );
-            msgs.clear();
+            bounced.push((msg, reason));
         }
         Err(e) => {
-            tracing::error!("rayx: a message could not be encoded: {e}");
-            msgs.clear();
+            let msg = msgs.pop().expect("one message");
+            let reason = format!("a {} message could not be encoded: {e}", kind_of(&msg));
+            bounced.push((msg, reason));
         }
     }
 }
@@ -1016,5 +1104,90 @@ pub fn kind_of(msg: &Msg) -> &'static str {
         Msg::PullFailed { .. } => "PullFailed",
         Msg::Sync { .. } => "Sync",
         Msg::Synced { .. } => "Synced",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Strangers that each send most of a hello and stop hold at most
+    /// `HANDSHAKE_BYTES` of the node's memory together: past it the oldest
+    /// are cut off, and what they read is let go.
+    #[test]
+    fn handshakes_read_no_more_than_their_budget_together() {
+        let gate = Gate::new(None, Arc::default());
+        let shakes: Vec<(u64, CancellationToken)> = (0..40).map(|_| gate.begin()).collect();
+        let each = wire::PREAUTH_FRAME - 16;
+        for (id, _) in &shakes {
+            gate.read(*id, each);
+            let (_, bytes) = gate.under_way();
+            assert!(bytes <= HANDSHAKE_BYTES, "{bytes} bytes read at once");
+        }
+        let fit = HANDSHAKE_BYTES / each;
+        let cut = shakes.iter().filter(|(_, c)| c.is_cancelled()).count();
+        assert_eq!(cut, 40 - fit);
+        // The oldest went first; the newest are still under way.
+        assert!(shakes[..40 - fit].iter().all(|(_, c)| c.is_cancelled()));
+        assert!(shakes[40 - fit..].iter().all(|(_, c)| !c.is_cancelled()));
+        assert_eq!(gate.under_way(), (fit, fit * each));
+        // A handshake reading on, or one ending, counts what it holds now.
+        let (last, _) = shakes[39];
+        gate.read(last, 100);
+        assert_eq!(gate.under_way(), (fit, (fit - 1) * each + 100));
+        for (id, _) in &shakes {
+            gate.end(*id);
+        }
+        assert_eq!(gate.under_way(), (0, 0));
+    }
+
+    /// A message alone over the frame limit is handed back with the reason,
+    /// never dropped; the messages beside it go out in order.
+    #[test]
+    fn a_message_over_the_limit_comes_back_and_the_rest_go() {
+        let small = |object| Msg::Fetch {
+            object: ObjectId {
+                node: crate::ids::NodeId(1),
+                seq: object,
+            },
+        };
+        let big = Msg::Refused {
+            reason: "x".repeat(10_000),
+        };
+        let mut msgs = vec![small(1), small(2), big, small(3)];
+        let (mut frames, mut bounced) = (Vec::new(), Vec::new());
+        pack(&mut msgs, 1_000, &mut frames, &mut bounced);
+        assert!(msgs.is_empty());
+        assert_eq!(bounced.len(), 1);
+        assert!(matches!(&bounced[0].0, Msg::Refused { reason } if reason.len() == 10_000));
+        assert!(
+            bounced[0].1.contains("a Refused message of"),
+            "{}",
+            bounced[0].1
+        );
+        assert!(bounced[0].1.contains("over the limit"), "{}", bounced[0].1);
+        let sent: Vec<Msg> = frames
+            .iter()
+            .flat_map(|f| wire::decode(f).expect("decodes"))
+            .collect();
+        let ids: Vec<u64> = sent
+            .iter()
+            .map(|m| match m {
+                Msg::Fetch { object } => object.seq,
+                other => panic!("sent {}", kind_of(other)),
+            })
+            .collect();
+        assert_eq!(ids, vec![1, 2, 3]);
+    }
+
+    /// Past `MAX_HANDSHAKES` at once, the oldest is cut off.
+    #[test]
+    fn handshakes_past_the_count_cut_off_the_oldest() {
+        let gate = Gate::new(None, Arc::default());
+        let shakes: Vec<_> = (0..MAX_HANDSHAKES + 3).map(|_| gate.begin()).collect();
+        let cut: Vec<bool> = shakes.iter().map(|(_, c)| c.is_cancelled()).collect();
+        assert_eq!(cut.iter().filter(|c| **c).count(), 3);
+        assert!(cut[..3].iter().all(|c| *c));
+        assert_eq!(gate.under_way(), (MAX_HANDSHAKES, 0));
     }
 }

@@ -54,6 +54,10 @@ thread_local! {
     static ON_NET_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
+/// The most bytes of each text an error sent to another node keeps when the
+/// whole error would be over the frame limit (see `ClusterNode::not_sent`).
+const ERROR_TEXT: usize = 64 << 10;
+
 /// How long a request to the head or a peer may take before it fails.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a joining node keeps trying a head that refuses connections
@@ -1899,6 +1903,103 @@ impl ClusterNode {
         );
     }
 
+    /// A message this node queued on `link` was not sent (alone over the
+    /// frame limit, or not encodable: see [`Inbound::not_sent`]). Whoever
+    /// waits for its answer hears why, at once: a request of this node fails
+    /// with `InvalidArgument`, and an answer to a peer goes again with its
+    /// error's texts cut (or, for a value too large, the reason in its place).
+    fn not_sent(self: &Arc<Self>, link: &Arc<Link>, msg: Msg, reason: String) {
+        let too_large = |what: String| {
+            Error::InvalidArgument(format!(
+                "{what}: {reason}; pass large data as an ObjectRef (rt.put) instead"
+            ))
+        };
+        let instead = |result: Result<Payload, Error>| match result {
+            Err(e) => Err(e.shortened(ERROR_TEXT)),
+            Ok(_) => Err(too_large("the value".into())),
+        };
+        match msg {
+            Msg::Call(call) => {
+                let waiting = self.calls.lock().remove(&call.reply_to);
+                if let Some(c) = waiting {
+                    let what = format!("the message of `{}` to actor {}", call.method, call.actor);
+                    c.slot.complete(Err(too_large(what)));
+                }
+            }
+            Msg::RunTask { spec, .. } => {
+                let flight = self.tasks.lock().remove(&spec.task_id.return_id());
+                if let Some(f) = flight {
+                    if let Some(p) = self.peers.lock().get_mut(&f.node) {
+                        p.inflight = p.inflight.saturating_sub(1);
+                    }
+                    let what = format!("the arguments of task `{}`", spec.display_name());
+                    drop(f.job);
+                    f.slot.complete(Err(too_large(what)));
+                }
+            }
+            Msg::CreateActor(create) => {
+                let error = too_large(format!("the arguments of actor {}", create.actor));
+                let waiting = self.creates.lock().remove(&actor_key(create.actor));
+                match waiting {
+                    Some(tx) => {
+                        let _ = tx.send(Err(error));
+                    }
+                    // A restart the head asked for.
+                    None => self.actor_restarted(create.actor, Err(error)),
+                }
+            }
+            Msg::Ask { id, .. } => {
+                if let Some(tx) = self.asks.lock().remove(&id) {
+                    let _ = tx.send(Err(too_large("the request".into())));
+                }
+            }
+            Msg::Answer { id, answer } => {
+                let answer = match answer {
+                    Err(e) => Err(e.shortened(ERROR_TEXT)),
+                    Ok(_) => Err(too_large("the answer".into())),
+                };
+                link.send(Msg::Answer { id, answer });
+            }
+            Msg::TaskDone {
+                object,
+                result,
+                load,
+            } => {
+                link.send(Msg::TaskDone {
+                    object,
+                    result: instead(result),
+                    load,
+                });
+            }
+            Msg::CallDone { object, result } => {
+                link.send(Msg::CallDone {
+                    object,
+                    result: instead(result),
+                });
+            }
+            Msg::ObjectReady { object, result } => {
+                link.send(Msg::ObjectReady {
+                    object,
+                    result: instead(result),
+                });
+            }
+            Msg::ActorCreated { actor, result } => {
+                link.send(Msg::ActorCreated {
+                    actor,
+                    result: result.map_err(|e| e.shortened(ERROR_TEXT)),
+                });
+            }
+            Msg::PullFailed { object, error } => {
+                link.send(Msg::PullFailed {
+                    object,
+                    error: error.shortened(ERROR_TEXT),
+                });
+            }
+            // The rest carry nothing a user made large; the writer logged it.
+            _ => {}
+        }
+    }
+
     /// A peer borrows a local object: keep it until it releases it.
     fn lend(self: &Arc<Self>, to: NodeId, object: ObjectId) {
         let Some(slot) = self.core.table.lookup(object) else {
@@ -2530,6 +2631,12 @@ fn actor_key(actor: ActorId) -> u64 {
 struct Handler(Weak<ClusterNode>);
 
 impl Inbound for Handler {
+    fn not_sent(&self, link: &Arc<Link>, msg: Msg, reason: String) {
+        if let Some(c) = self.0.upgrade() {
+            c.not_sent(link, msg, reason);
+        }
+    }
+
     fn on_msgs(&self, link: &Arc<Link>, msgs: Vec<Msg>) {
         if let Some(c) = self.0.upgrade() {
             if link.lane == Lane::Join {

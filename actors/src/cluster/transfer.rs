@@ -682,12 +682,17 @@ mod tests {
             let (theirs, mine) = tokio::io::duplex(1024);
             let (holder, holder_out) = Link::for_test(Lane::Bulk);
             let (puller, mut asks) = Link::for_test(Lane::Bulk);
-            let writer = tokio::spawn(write_loop(theirs, holder_out, holder.clone()));
             let inbound = Arc::new(Puller {
                 pulls: Pulls::new(1 << 30),
                 framed: AtomicUsize::new(0),
                 in_place: AtomicUsize::new(0),
             });
+            let writer = tokio::spawn(write_loop(
+                theirs,
+                holder_out,
+                holder.clone(),
+                inbound.clone(),
+            ));
             let reader = {
                 let (inbound, puller) = (inbound.clone(), puller.clone());
                 tokio::spawn(async move {

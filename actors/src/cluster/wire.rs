@@ -26,6 +26,23 @@ pub const PROTOCOL_VERSION: u32 = 4;
 pub const PREAUTH_FRAME: usize = 1 << 20;
 /// The largest frame a control connection accepts (a batch of messages).
 pub const MAX_CONTROL_FRAME: usize = 64 << 20;
+/// The largest value the head's key-value store takes (Ray's internal KV is
+/// for small things too): well under a message between nodes.
+pub const MAX_KV_VALUE: usize = 32 << 20;
+/// The longest name rayx takes: an actor's name or namespace, a key of the
+/// key-value store.
+pub const MAX_NAME: usize = 64 << 10;
+
+/// `Err(InvalidArgument)` naming `what` when `len` bytes are over `max`.
+pub fn check_len(what: &str, len: usize, max: usize) -> Result<(), Error> {
+    if len > max {
+        return Err(Error::InvalidArgument(format!(
+            "{what} is {len} bytes, over the limit of {max}"
+        )));
+    }
+    Ok(())
+}
+
 /// The bytes of one chunk of a large object on the bulk lane.
 pub const CHUNK: usize = 4 << 20;
 /// The largest frame a bulk connection accepts: one chunk and its header.
