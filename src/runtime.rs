@@ -580,6 +580,13 @@ impl Runtime {
         self.node().cluster().map(|c| c.lingers())
     }
 
+    /// In a cluster, the pulls of large objects into this process under way
+    /// that have taken in some of their bytes. `None` outside a cluster.
+    #[cfg(feature = "testing")]
+    pub fn pulls_landing(&self) -> Option<usize> {
+        self.node().cluster().map(|c| c.pulls_landing())
+    }
+
     /// In a cluster, the landing buffers this process keeps for pulls (warm
     /// memory for the next large transfer): `(bytes kept, pulls that landed
     /// in a kept buffer)`. `None` outside a cluster.

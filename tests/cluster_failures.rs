@@ -461,6 +461,32 @@ fn an_object_whose_owner_died_fails_owner_died() {
         Err(Error::OwnerDied { .. }) => {}
         other => panic!("expected OwnerDied: {:?}", other.map(|b| b.len())),
     }
+    // Killed while the value is on its way (pulled in 4 MiB chunks, some
+    // landed): the read fails the same.
+    let second = c.nodes()[1].id;
+    let size = 256 << 20;
+    let big = rt
+        .task(own_blob)
+        .node_affinity(second, false)
+        .remote(size)
+        .get()
+        .unwrap();
+    let reader =
+        std::thread::spawn(move || big.get_timeout(Duration::from_secs(30)).map(|b| b.len()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rt.pulls_landing() != Some(1) {
+        assert!(
+            !reader.is_finished(),
+            "the read ended before its pull was seen"
+        );
+        assert!(Instant::now() < deadline, "the pull never began");
+        std::thread::yield_now();
+    }
+    c.kill_node(1).unwrap();
+    match reader.join().unwrap() {
+        Err(Error::OwnerDied { .. }) => {}
+        other => panic!("expected OwnerDied: {other:?}"),
+    }
 }
 
 /// A task's large result whose only copy died with its node is made again on

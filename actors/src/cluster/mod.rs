@@ -1499,6 +1499,11 @@ impl ClusterNode {
         self.pulls.pool().stats()
     }
 
+    /// Pulls under way that have taken in some of their bytes.
+    pub fn pulls_landing(&self) -> usize {
+        self.pulls.landing()
+    }
+
     /// The network thread's lingers so far (see `linger`): begun, and paid
     /// (the next control message came while it polled).
     pub fn lingers(&self) -> (u64, u64) {
@@ -1805,7 +1810,23 @@ impl ClusterNode {
                     slot.tell_on_drop(node);
                 }
                 let target = slot.clone();
-                self.pull(node, slot.id(), size, Box::new(move |r| target.complete(r)));
+                let id = slot.id();
+                // Pulled from its owner, which died meanwhile: the read fails
+                // as a borrower's read of a dead owner's object does.
+                let from_owner = slot.is_borrowed() && node == id.node;
+                self.pull(
+                    node,
+                    id,
+                    size,
+                    Box::new(move |r| {
+                        target.complete(match r {
+                            Err(Error::NodeDied { .. }) if from_owner => {
+                                Err(Error::OwnerDied { id: id.to_string() })
+                            }
+                            r => r,
+                        })
+                    }),
+                );
             }
         }
     }

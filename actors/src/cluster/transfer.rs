@@ -187,6 +187,15 @@ impl Pulls {
         }
     }
 
+    /// Pulls under way that have taken in some of their bytes (for tests).
+    pub fn landing(&self) -> usize {
+        self.active
+            .lock()
+            .values()
+            .filter(|a| a.received > 0)
+            .count()
+    }
+
     /// A bulk link closed: its pulls fail with `error`.
     pub fn link_closed(&self, link: &Link, error: Error) {
         let gone: Vec<Assembly> = {
