@@ -653,7 +653,7 @@ impl<'r, A: Actor> ActorBuilder<'r, A> {
             _ => {}
         }
         if let Some(name) = &self.name {
-            crate::runtime::check_names(&self.namespace, name)?;
+            rayx_actors::cluster::wire::check_names(&self.namespace, name)?;
         }
         if let Some(group) = self.group.as_ref().filter(|g| g.gave_up()) {
             return Err(Error::InvalidArgument(format!(

@@ -533,7 +533,7 @@ impl Runtime {
 
     /// The live actor named `name` in `namespace`.
     pub fn get_actor_in<A: Actor>(&self, namespace: &str, name: &str) -> Result<ActorHandle<A>> {
-        check_names(namespace, name)?;
+        rayx_actors::cluster::wire::check_names(namespace, name)?;
         let node = self.node();
         let local = node.get_actor(namespace, name);
         match (local, node.cluster()) {
@@ -594,12 +594,4 @@ impl Runtime {
     pub fn transfer_pool(&self) -> Option<(usize, u64)> {
         self.node().cluster().map(|c| c.transfer_pool())
     }
-}
-
-/// `Err(InvalidArgument)` for an actor's name or namespace over
-/// [`MAX_NAME`](crate::MAX_NAME) bytes.
-pub(crate) fn check_names(namespace: &str, name: &str) -> Result<()> {
-    use rayx_actors::cluster::wire::{check_len, MAX_NAME};
-    check_len("an actor's namespace", namespace.len(), MAX_NAME)?;
-    check_len("an actor's name", name.len(), MAX_NAME)
 }

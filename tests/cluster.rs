@@ -697,7 +697,6 @@ fn shared_byte_buffers_move_between_nodes_and_are_read_in_place() {
     });
 }
 
-/// No objects on the driver, nor on any node at its last report.
 /// A message too large for one frame between nodes (64 MiB) is never
 /// dropped on the way: a call, an actor's constructor arguments and a task's
 /// failure each come back at once with their cause, and the node goes on.
@@ -738,6 +737,16 @@ fn what_is_too_large_to_send_fails_at_once_with_its_cause() {
             "an actor's arguments over the frame limit: {:?}",
             other.err()
         ),
+    }
+    // One with restarts: the head keeps its arguments to start it again.
+    let spawned = rt
+        .actor_of(Ballast::new, ByteBuf::from(vec![0u8; over]))
+        .max_restarts(1)
+        .node_affinity(n0, false)
+        .spawn();
+    match spawned {
+        Err(Error::InvalidArgument(why)) => assert!(why.contains("arguments of actor"), "{why}"),
+        other => panic!("a restartable actor's arguments over it: {:?}", other.err()),
     }
     // A failure whose text is over it arrives cut, as the same kind.
     let failed = rt.task(fail_loudly).node_affinity(n0, false).remote(over);
@@ -786,6 +795,7 @@ fn what_is_too_large_to_send_fails_at_once_with_its_cause() {
     });
 }
 
+/// No objects on the driver, nor on any node at its last report.
 fn objects_freed_everywhere(rt: &Runtime) -> bool {
     rt.memory().objects == 0
         && rt

@@ -246,9 +246,9 @@ impl Error {
         Error::DependencyFailed { task, cause }
     }
 
-    /// This error with every text in it cut to at most `max` bytes (and at
-    /// most 16 attempts of a `RetriesExhausted` kept: the first 8 and the
-    /// last 8), saying how much was cut: for an error whose texts (a
+    /// This error with every text in it cut to at most `max` bytes (the
+    /// attempts of a `RetriesExhausted` to `max` together, and at least 64
+    /// bytes each), saying how much was cut: for an error whose texts (a
     /// panic's message, a user's error) are too large to send to another
     /// node whole.
     pub fn shortened(self, max: usize) -> Error {
@@ -259,17 +259,12 @@ impl Error {
                 cause: cut(cause),
             },
             Error::RetriesExhausted { task, attempts } => {
-                let n = attempts.len();
-                let mut attempts: Vec<String> = attempts.into_iter().map(cut).collect();
-                if n > 16 {
-                    let last = attempts.split_off(n - 8);
-                    attempts.truncate(8);
-                    attempts.push(format!("({} attempts left out)", n - 16));
-                    attempts.extend(last);
-                }
+                // Every attempt is kept (their count is part of the error),
+                // each cut to its share of `max`.
+                let each = (max / attempts.len().max(1)).max(64);
                 Error::RetriesExhausted {
                     task: cut(task),
-                    attempts,
+                    attempts: attempts.into_iter().map(|a| shorten(a, each)).collect(),
                 }
             }
             Error::WorkerCrashed { task, cause } => Error::WorkerCrashed {
@@ -427,13 +422,14 @@ mod tests {
         let Error::DependencyFailed { cause, .. } = nested else {
             panic!("the kind changed");
         };
+        let text = cause.to_string();
         let Error::RetriesExhausted { attempts, .. } = *cause else {
             panic!("the cause's kind changed");
         };
-        assert_eq!(attempts.len(), 17);
-        assert_eq!(attempts[8], "(24 attempts left out)");
-        assert!(attempts[9].starts_with("32"), "{}", attempts[9]);
-        assert!(attempts.iter().all(|a| a.len() < 60), "{attempts:?}");
+        assert_eq!(attempts.len(), 40);
+        assert!(text.contains("failed after 40 attempts"), "{text}");
+        assert!(attempts[39].starts_with("39"), "{}", attempts[39]);
+        assert!(attempts.iter().all(|a| a.len() < 64 + 40), "{attempts:?}");
     }
 
     #[test]

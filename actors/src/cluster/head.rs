@@ -657,6 +657,10 @@ impl Head {
                 from,
                 restart,
             } => {
+                // The same limits as the caller's own checks: a peer may skip them.
+                if let Some((namespace, name)) = &name {
+                    wire::check_names(namespace, name)?;
+                }
                 if let Some(key) = &name {
                     if let Some(existing) = t.names.get(key).and_then(|id| t.actors.get(id)) {
                         if get_if_exists {
@@ -710,6 +714,7 @@ impl Head {
                 Ok(Answer::Done)
             }
             Ask::LookupActor { namespace, name } => {
+                wire::check_names(&namespace, &name)?;
                 let key = (namespace, name);
                 match t.names.get(&key).and_then(|id| t.actors.get(id)) {
                     Some(p) => Ok(Answer::Actor(p.place.clone())),

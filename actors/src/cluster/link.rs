@@ -43,10 +43,9 @@ pub trait Inbound: Send + Sync + 'static {
     fn on_msgs(&self, link: &Arc<Link>, msgs: Vec<Msg>);
     /// `link` closed: by the peer, by an error, or for bad input (`reason`).
     fn on_close(&self, link: &Arc<Link>, reason: Option<&str>);
-    /// `msg`, queued on `link`, was not sent: alone it is over the frame
-    /// limit, or it could not be encoded (`reason`). Whoever waits for its
+    /// `msg`, queued on `link`, was not sent (`why`). Whoever waits for its
     /// answer is told here; nothing is dropped without a word.
-    fn not_sent(&self, _link: &Arc<Link>, _msg: Msg, _reason: String) {}
+    fn not_sent(&self, _link: &Arc<Link>, _msg: Msg, _why: NotSent) {}
     /// Where the `len` bytes of a chunk of `object` at `offset` go, so the
     /// bulk reader reads them from the socket straight into place: the
     /// buffer, lent, and the position in it. `None`: read them as a message.
@@ -63,6 +62,23 @@ pub trait Inbound: Send + Sync + 'static {
     /// The bytes of a chunk landed in a lent buffer (or the read failed:
     /// `len` 0); the buffer goes back.
     fn chunk_landed(&self, _link: &Link, _object: ObjectId, _buf: Vec<u8>, _len: usize) {}
+}
+
+/// Why a message was not sent (see [`Inbound::not_sent`]).
+#[derive(Debug, Clone)]
+pub enum NotSent {
+    /// Alone it is over the frame limit.
+    TooLarge(String),
+    /// It could not be encoded.
+    Unencodable(String),
+}
+
+impl std::fmt::Display for NotSent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotSent::TooLarge(why) | NotSent::Unencodable(why) => f.write_str(why),
+        }
+    }
 }
 
 pub(crate) enum Out {
@@ -202,15 +218,31 @@ struct Pending {
 }
 
 impl Pending {
-    /// Cancels the oldest handshakes until at most `count` are left and
-    /// their bytes fit [`HANDSHAKE_BYTES`].
+    /// Cancels the oldest handshakes until at most `count` are left, then
+    /// those holding the most bytes until their bytes fit
+    /// [`HANDSHAKE_BYTES`]: a real peer's hello is small and quick, so
+    /// strangers that send much and stop cut off each other, not it.
     fn cut_to(&mut self, count: usize) {
-        while self.shakes.len() > count || self.bytes > HANDSHAKE_BYTES {
+        while self.shakes.len() > count {
             let Some((_, oldest, bytes)) = self.shakes.pop_front() else {
                 return;
             };
             self.bytes -= bytes;
             oldest.cancel();
+        }
+        while self.bytes > HANDSHAKE_BYTES {
+            // The first of the largest: the oldest among equals.
+            let largest = self
+                .shakes
+                .iter()
+                .enumerate()
+                .max_by_key(|(i, s)| (s.2, std::cmp::Reverse(*i)))
+                .map(|(i, _)| i);
+            let Some((_, cut, bytes)) = largest.and_then(|i| self.shakes.remove(i)) else {
+                return;
+            };
+            self.bytes -= bytes;
+            cut.cancel();
         }
     }
 }
@@ -221,8 +253,7 @@ impl Pending {
 pub const MAX_HANDSHAKES: usize = 256;
 
 /// The bytes the handshakes under way may have read, together (each may read
-/// [`wire::PREAUTH_FRAME`]); past it, the oldest are cut off as past
-/// [`MAX_HANDSHAKES`].
+/// [`wire::PREAUTH_FRAME`]); past it, those holding the most are cut off.
 pub const HANDSHAKE_BYTES: usize = 16 << 20;
 
 impl Gate {
@@ -861,9 +892,9 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
         let mut frames = Vec::new();
         let mut bounced = Vec::new();
         pack(&mut msgs, limit, &mut frames, &mut bounced);
-        for (msg, reason) in bounced {
-            tracing::warn!("rayx: not sent to {}: {reason}", link.peer.id);
-            inbound.not_sent(&link, msg, reason);
+        for (msg, why) in bounced {
+            tracing::warn!("rayx: not sent to {}: {why}", link.peer.id);
+            inbound.not_sent(&link, msg, why);
         }
         for body in frames {
             out.put_u32(body.len() as u32);
@@ -1035,7 +1066,7 @@ fn pack(
     msgs: &mut Vec<Msg>,
     limit: usize,
     frames: &mut Vec<Vec<u8>>,
-    bounced: &mut Vec<(Msg, String)>,
+    bounced: &mut Vec<(Msg, NotSent)>,
 ) {
     if msgs.is_empty() {
         return;
@@ -1058,12 +1089,12 @@ fn pack(
                 kind_of(&msg),
                 body.len()
             );
-            bounced.push((msg, reason));
+            bounced.push((msg, NotSent::TooLarge(reason)));
         }
         Err(e) => {
             let msg = msgs.pop().expect("one message");
             let reason = format!("a {} message could not be encoded: {e}", kind_of(&msg));
-            bounced.push((msg, reason));
+            bounced.push((msg, NotSent::Unencodable(reason)));
         }
     }
 }
@@ -1112,30 +1143,41 @@ mod tests {
     use super::*;
 
     /// Strangers that each send most of a hello and stop hold at most
-    /// `HANDSHAKE_BYTES` of the node's memory together: past it the oldest
-    /// are cut off, and what they read is let go.
+    /// `HANDSHAKE_BYTES` of the node's memory together: past it those
+    /// holding the most are cut off (what they read is let go), and real
+    /// peers' small hellos, older or newer, go on.
     #[test]
     fn handshakes_read_no_more_than_their_budget_together() {
         let gate = Gate::new(None, Arc::default());
-        let shakes: Vec<(u64, CancellationToken)> = (0..40).map(|_| gate.begin()).collect();
+        let real = |gate: &Gate| {
+            let (id, cancel) = gate.begin();
+            gate.read(id, 200);
+            (id, cancel)
+        };
+        let cut =
+            |s: &[(u64, CancellationToken)]| s.iter().filter(|(_, c)| c.is_cancelled()).count();
+        let older: Vec<_> = (0..100).map(|_| real(&gate)).collect();
+        let strangers: Vec<_> = (0..40).map(|_| gate.begin()).collect();
         let each = wire::PREAUTH_FRAME - 16;
-        for (id, _) in &shakes {
+        for (id, _) in &strangers {
             gate.read(*id, each);
             let (_, bytes) = gate.under_way();
             assert!(bytes <= HANDSHAKE_BYTES, "{bytes} bytes read at once");
         }
-        let fit = HANDSHAKE_BYTES / each;
-        let cut = shakes.iter().filter(|(_, c)| c.is_cancelled()).count();
-        assert_eq!(cut, 40 - fit);
-        // The oldest went first; the newest are still under way.
-        assert!(shakes[..40 - fit].iter().all(|(_, c)| c.is_cancelled()));
-        assert!(shakes[40 - fit..].iter().all(|(_, c)| !c.is_cancelled()));
-        assert_eq!(gate.under_way(), (fit, fit * each));
+        let newer: Vec<_> = (0..50).map(|_| real(&gate)).collect();
+        assert_eq!(cut(&older), 0, "real handshakes cut");
+        assert_eq!(cut(&newer), 0, "real handshakes cut");
+        let fit = (HANDSHAKE_BYTES - 150 * 200) / each;
+        assert_eq!(cut(&strangers), 40 - fit);
+        // Among equals, the oldest went first.
+        assert!(strangers[..40 - fit].iter().all(|(_, c)| c.is_cancelled()));
+        assert_eq!(gate.under_way(), (150 + fit, 150 * 200 + fit * each));
         // A handshake reading on, or one ending, counts what it holds now.
-        let (last, _) = shakes[39];
+        let (last, _) = strangers[39];
         gate.read(last, 100);
-        assert_eq!(gate.under_way(), (fit, (fit - 1) * each + 100));
-        for (id, _) in &shakes {
+        let held = 150 * 200 + (fit - 1) * each + 100;
+        assert_eq!(gate.under_way(), (150 + fit, held));
+        for (id, _) in older.iter().chain(&strangers).chain(&newer) {
             gate.end(*id);
         }
         assert_eq!(gate.under_way(), (0, 0));
@@ -1160,12 +1202,11 @@ mod tests {
         assert!(msgs.is_empty());
         assert_eq!(bounced.len(), 1);
         assert!(matches!(&bounced[0].0, Msg::Refused { reason } if reason.len() == 10_000));
-        assert!(
-            bounced[0].1.contains("a Refused message of"),
-            "{}",
-            bounced[0].1
-        );
-        assert!(bounced[0].1.contains("over the limit"), "{}", bounced[0].1);
+        let NotSent::TooLarge(why) = &bounced[0].1 else {
+            panic!("{:?}", bounced[0].1);
+        };
+        assert!(why.contains("a Refused message of"), "{why}");
+        assert!(why.contains("over the limit"), "{why}");
         let sent: Vec<Msg> = frames
             .iter()
             .flat_map(|f| wire::decode(f).expect("decodes"))

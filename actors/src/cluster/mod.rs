@@ -37,7 +37,7 @@ use crate::spin::Site;
 use crate::value::Value;
 use crossbeam_queue::SegQueue;
 use head::Head;
-use link::{Admit, Gate, Inbound, Link};
+use link::{Admit, Gate, Inbound, Link, NotSent};
 use parking_lot::Mutex;
 use placement::{place, Candidate, SPILL_THRESHOLD};
 use std::collections::HashMap;
@@ -57,6 +57,14 @@ thread_local! {
 /// The most bytes of each text an error sent to another node keeps when the
 /// whole error would be over the frame limit (see `ClusterNode::not_sent`).
 const ERROR_TEXT: usize = 64 << 10;
+
+/// A text cut to [`ERROR_TEXT`] bytes (as [`Error::shortened`] cuts).
+fn cut_text(text: String) -> String {
+    match Error::Serialization(text).shortened(ERROR_TEXT) {
+        Error::Serialization(text) => text,
+        _ => unreachable!("shortened keeps the kind"),
+    }
+}
 
 /// How long a request to the head or a peer may take before it fails.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -1929,11 +1937,12 @@ impl ClusterNode {
     /// waits for its answer hears why, at once: a request of this node fails
     /// with `InvalidArgument`, and an answer to a peer goes again with its
     /// error's texts cut (or, for a value too large, the reason in its place).
-    fn not_sent(self: &Arc<Self>, link: &Arc<Link>, msg: Msg, reason: String) {
-        let too_large = |what: String| {
-            Error::InvalidArgument(format!(
+    fn not_sent(self: &Arc<Self>, link: &Arc<Link>, msg: Msg, why: NotSent) {
+        let too_large = |what: String| match &why {
+            NotSent::TooLarge(reason) => Error::InvalidArgument(format!(
                 "{what}: {reason}; pass large data as an ObjectRef (rt.put) instead"
-            ))
+            )),
+            NotSent::Unencodable(reason) => Error::Serialization(format!("{what}: {reason}")),
         };
         let instead = |result: Result<Payload, Error>| match result {
             Err(e) => Err(e.shortened(ERROR_TEXT)),
@@ -1969,9 +1978,13 @@ impl ClusterNode {
                     None => self.actor_restarted(create.actor, Err(error)),
                 }
             }
-            Msg::Ask { id, .. } => {
+            Msg::Ask { id, ask } => {
                 if let Some(tx) = self.asks.lock().remove(&id) {
-                    let _ = tx.send(Err(too_large("the request".into())));
+                    let what = match &ask {
+                        Ask::PlaceActor { actor, .. } => format!("the arguments of actor {actor}"),
+                        _ => "the request to the head".into(),
+                    };
+                    let _ = tx.send(Err(too_large(what)));
                 }
             }
             Msg::Answer { id, answer } => {
@@ -2014,6 +2027,27 @@ impl ClusterNode {
                 link.send(Msg::PullFailed {
                     object,
                     error: error.shortened(ERROR_TEXT),
+                });
+            }
+            Msg::ActorMoved {
+                actor,
+                node,
+                died,
+                cause,
+                retries,
+            } => {
+                link.send(Msg::ActorMoved {
+                    actor,
+                    node,
+                    died,
+                    cause: cut_text(cause),
+                    retries,
+                });
+            }
+            Msg::NodeLeft { node, cause } => {
+                link.send(Msg::NodeLeft {
+                    node,
+                    cause: cut_text(cause),
                 });
             }
             // The rest carry nothing a user made large; the writer logged it.
@@ -2652,9 +2686,9 @@ fn actor_key(actor: ActorId) -> u64 {
 struct Handler(Weak<ClusterNode>);
 
 impl Inbound for Handler {
-    fn not_sent(&self, link: &Arc<Link>, msg: Msg, reason: String) {
+    fn not_sent(&self, link: &Arc<Link>, msg: Msg, why: NotSent) {
         if let Some(c) = self.0.upgrade() {
-            c.not_sent(link, msg, reason);
+            c.not_sent(link, msg, why);
         }
     }
 

@@ -43,6 +43,13 @@ pub fn check_len(what: &str, len: usize, max: usize) -> Result<(), Error> {
     Ok(())
 }
 
+/// `Err(InvalidArgument)` for an actor's name or namespace over
+/// [`MAX_NAME`] bytes.
+pub fn check_names(namespace: &str, name: &str) -> Result<(), Error> {
+    check_len("an actor's namespace", namespace.len(), MAX_NAME)?;
+    check_len("an actor's name", name.len(), MAX_NAME)
+}
+
 /// The bytes of one chunk of a large object on the bulk lane.
 pub const CHUNK: usize = 4 << 20;
 /// The largest frame a bulk connection accepts: one chunk and its header.
