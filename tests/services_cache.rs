@@ -450,6 +450,9 @@ fn nonsensical_settings_are_refused_at_start() {
         other => panic!("{what} is refused: {other:?}"),
     };
     refused(Cache::builder(&rt, "zero").shards(0), "no shards");
+    let long = "c".repeat(rayx::services::MAX_SERVICE_NAME + 1);
+    let m = refused(Cache::builder(&rt, long), "a name too long");
+    assert!(m.contains("a cache's name"), "{m}");
     let m = refused(
         Cache::builder(&rt, "zero").capacity_per_shard(0),
         "capacity 0",

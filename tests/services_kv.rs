@@ -303,6 +303,9 @@ fn settings_that_cannot_work_are_refused_at_open() {
     assert!(why.contains("call_timeout"), "{why}");
     let why = refused(b().shards(0).open(&rt));
     assert!(why.contains("shards"), "{why}");
+    let long = "n".repeat(rayx::services::MAX_SERVICE_NAME + 1);
+    let why = refused(KvStore::builder(long).open(&rt));
+    assert!(why.contains("a store's name"), "{why}");
     // A refused open left nothing behind: the store opens with any count.
     let store = b().shards(3).open(&rt).unwrap();
     store.put("k", &1).unwrap();
@@ -971,4 +974,107 @@ fn single_key_gets_and_puts_are_linearizable_under_shard_crashes() {
         check(&Register(None), &stale).is_err(),
         "a stale read passed"
     );
+}
+
+/// `n` bytes that encode as `n` bytes and a short header.
+fn bytes_of(n: usize) -> serde_bytes::ByteBuf {
+    serde_bytes::ByteBuf::from(vec![7u8; n])
+}
+
+/// What a shard cannot keep in one record of the runtime's store is refused
+/// for good when it alone is too large, and aborted (to run again) when it
+/// only does not fit beside other transactions prepared there at the time.
+#[test]
+fn writes_too_large_to_keep_are_refused_or_aborted_and_nothing_stays_locked() {
+    let rt = rt();
+    let mib = 1 << 20;
+    // One write over the store's record: refused, permanent.
+    let store = KvStore::builder("sizes").shards(2).open(&rt).unwrap();
+    match store.put("huge", &bytes_of(rayx::MAX_KV_VALUE + 1)) {
+        Err(e @ KvError::Runtime(Error::InvalidArgument(_))) => {
+            assert!(!e.is_retryable());
+            assert!(e.to_string().contains("the most one record"), "{e}");
+        }
+        other => panic!("a write over the limit: {other:?}"),
+    }
+    store.put("huge", &1u8).unwrap();
+    // Two transactions left prepared on shard 0 (their coordinator stopped
+    // after the vote), 12 MiB each: a third of 12 MiB does not fit beside
+    // them until the lock TTL ends them.
+    let ttl = Duration::from_millis(300);
+    let slow = KvStore::builder("crowd")
+        .shards(2)
+        .lock_ttl(ttl)
+        .faults(KvFaults {
+            coordinator_after_prepare: 1,
+            ..KvFaults::default()
+        })
+        .open(&rt)
+        .unwrap();
+    let on = |shard: usize, tag: &str| {
+        (0..)
+            .map(|i| format!("{tag}-{i}"))
+            .find(|k| slow.shard_of(k) == shard)
+            .unwrap()
+    };
+    for t in 0..2 {
+        let mut txn = slow.begin();
+        txn.put(&on(0, &format!("big{t}")), &bytes_of(12 * mib))
+            .unwrap();
+        txn.put(&on(1, &format!("small{t}")), &1u8).unwrap();
+        assert!(matches!(txn.commit(), Err(KvError::InDoubt { .. })));
+    }
+    // A write of one key commits on its shard alone, past the fault; one
+    // attempt at a time (`put` runs again at once, up to max_attempts).
+    let other = on(0, "other");
+    let write = || {
+        let mut txn = slow.begin();
+        txn.put(&other, &bytes_of(12 * mib))?;
+        txn.commit()
+    };
+    match write() {
+        Err(e @ KvError::Aborted { .. }) => {
+            assert!(e.is_retryable());
+            assert!(e.to_string().contains("could not keep it"), "{e}");
+        }
+        other => panic!("a write crowded out: {other:?}"),
+    }
+    // Run again, it passes once the two are aborted at the TTL.
+    let deadline = std::time::Instant::now() + LONG;
+    while let Err(e) = write() {
+        assert!(e.is_retryable(), "{e}");
+        assert!(std::time::Instant::now() < deadline, "never fit: {e}");
+        std::thread::yield_now();
+    }
+    assert_eq!(
+        slow.get::<serde_bytes::ByteBuf>(&other)
+            .unwrap()
+            .map(|b| b.len()),
+        Some(12 * mib)
+    );
+    // A commit whose decision (every key it writes) is over the record:
+    // refused at once, and its keys are free again at once.
+    let wide = KvStore::builder("wide")
+        .shards(4)
+        .lock_ttl(LONG)
+        .open(&rt)
+        .unwrap();
+    let keys: Vec<String> = (0..700)
+        .map(|i| format!("{i:05}{}", "k".repeat(60_000)))
+        .collect();
+    let mut txn = wide.begin();
+    for k in &keys {
+        txn.put(k, &1u8).unwrap();
+    }
+    match txn.commit() {
+        Err(e @ KvError::Runtime(Error::InvalidArgument(_))) => {
+            assert!(e.to_string().contains("cannot be stored"), "{e}")
+        }
+        other => panic!("a decision over the limit: {:?}", other.map(|_| ())),
+    }
+    let mut again = wide.begin();
+    again.put(&keys[0], &2u8).unwrap();
+    again.put(&keys[699], &2u8).unwrap();
+    again.commit().expect("its keys are not locked");
+    assert_eq!(wide.get::<u8>(&keys[1]).unwrap(), None);
 }

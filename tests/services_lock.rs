@@ -80,6 +80,14 @@ fn a_max_lease_past_a_day_is_refused_and_a_huge_lease_harms_nothing() {
             other => panic!("max_lease {max:?}: {other:?}"),
         }
     }
+    // A name its shards' records could not carry in their keys.
+    let long = "l".repeat(rayx::services::MAX_SERVICE_NAME + 1);
+    match LockService::builder(long).start(&rt) {
+        Err(LockError::Rayx(Error::InvalidArgument(m))) => {
+            assert!(m.contains("a lock service's name"), "{m}")
+        }
+        other => panic!("a name too long: {:?}", other.err()),
+    }
     let day = Duration::from_secs(24 * 3600);
     let locks = LockService::builder("huge")
         .max_lease(day)

@@ -116,7 +116,10 @@
 //! reserving an epoch and publishing it leaves the ring
 //! unable to change (and its reservation in the store until `destroy`). The client's calls block (use it from threads, tasks
 //! and sync actors, not from an async actor's handler). Values are copied
-//! into the reply of each hit.
+//! into the reply of each hit. A value goes to its shard in one message,
+//! at most 64 MiB between nodes: a larger `put` fails with
+//! `InvalidArgument`, and a larger computed value is returned to its caller
+//! but not kept (each miss computes it again).
 //!
 //! [`get_or_compute`]: Cache::get_or_compute
 
@@ -353,6 +356,7 @@ impl<K: Data + Clone, V: Data + Clone> CacheBuilder<'_, K, V> {
         let refuse = |what: &str| {
             Err(Error::InvalidArgument(format!("cache `{}`: {what}", self.name)).into())
         };
+        super::check_service_name("cache", &self.name)?;
         if self.shards == 0 {
             return refuse("a cache needs at least one shard");
         }

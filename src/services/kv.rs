@@ -99,6 +99,17 @@
 //! they return at once as [`KvError::Runtime`], never as a retryable
 //! [`KvError::Unavailable`].
 //!
+//! **Sizes.** What a shard keeps is kept in records of the runtime's store,
+//! each at most [`MAX_KV_VALUE`](crate::MAX_KV_VALUE) (32 MiB): a key's value
+//! with its version; the writes of the transactions prepared on a shard, all
+//! together; a transaction's decision, which lists the keys it writes. A
+//! transaction whose own writes on one shard, or whose keys, are too large
+//! for one record is refused for good ([`KvError::Runtime`] with
+//! `InvalidArgument`, its keys let go at once); one whose writes only do not
+//! fit beside those of the transactions prepared on the shard at the time is
+//! aborted ([`KvError::Aborted`], which `transact` runs again). A store's name
+//! takes up to [`MAX_SERVICE_NAME`](super::MAX_SERVICE_NAME) bytes.
+//!
 //! **Names.** Every key the store keeps in the runtime's store is under
 //! `rayx.kv/STORE/`, the store's name escaped so that it holds no `/`: no
 //! store's keys meet another's, whatever the names (`/` included) and keys.
@@ -135,7 +146,9 @@ pub enum KvError {
         key: String,
     },
     /// The transaction was aborted by recovery (a shard stopped waiting for
-    /// its decision); nothing was applied. Run it again.
+    /// its decision), or a shard had no room to keep its writes beside those
+    /// of the transactions prepared there at the time; nothing was applied.
+    /// Run it again.
     #[error("transaction {txn} was aborted: {reason}; nothing was applied: run it again")]
     Aborted {
         /// The transaction.
@@ -455,6 +468,7 @@ impl KvStoreBuilder {
     /// Refuses the settings that cannot work.
     fn check(&self) -> Result<()> {
         let refuse = |why: String| Err(KvError::Runtime(Error::InvalidArgument(why)));
+        super::check_service_name("store", &self.name)?;
         if self.shards == 0 || self.shards > u32::MAX as usize {
             return refuse(format!(
                 "a store needs 1 to {} shards, not {}",
@@ -749,6 +763,13 @@ impl KvStore {
         if let Ok(true) = stored {
             return Ok(decision.clone());
         }
+        if let Err(e @ Error::InvalidArgument(_)) = stored {
+            // Refused as it is (too large) before anything was stored: it
+            // stands nowhere, and never will.
+            return Err(KvError::Runtime(Error::InvalidArgument(format!(
+                "the decision of transaction {txn} (the keys it writes) cannot be stored: {e}"
+            ))));
+        }
         match rt.kv_get(&key) {
             Ok(Some(b)) => decode(&b).map_err(|e| in_doubt(e.to_string())),
             Ok(None) => Err(in_doubt(match stored {
@@ -929,6 +950,15 @@ impl Txn<'_> {
         KvError::Conflict { txn: self.id, key }
     }
 
+    /// `shard` had no room to keep this transaction's writes beside those of
+    /// the transactions prepared there now: aborted, to run again.
+    fn crowded(&self, shard: usize, reason: String) -> KvError {
+        KvError::Aborted {
+            txn: self.id,
+            reason: format!("shard {shard} could not keep it: {reason}"),
+        }
+    }
+
     /// A read-only transaction: every shard checks its reads, in parallel.
     fn validate(&self, parts: BTreeMap<usize, Part>) -> Result<()> {
         let calls: Vec<_> = parts
@@ -946,6 +976,7 @@ impl Txn<'_> {
             let err = match reply.get_timeout(self.store.call_timeout) {
                 Ok(Vote::Yes(_)) => continue,
                 Ok(Vote::Conflict(key)) => self.conflict(key),
+                Ok(Vote::Crowded(reason)) => self.crowded(shard, reason),
                 Ok(Vote::Unavailable(source)) | Err(source) => KvError::unavailable(shard, source),
             };
             failed.get_or_insert(err);
@@ -973,6 +1004,7 @@ impl Txn<'_> {
                 return Ok(keys.into_iter().zip(versions).collect());
             }
             Ok(Outcome::Conflict(key)) => return Err(self.conflict(key)),
+            Ok(Outcome::Crowded(reason)) => return Err(self.crowded(shard, reason)),
             Ok(Outcome::Aborted) => {
                 return Err(KvError::Aborted {
                     txn: self.id,
@@ -1021,6 +1053,7 @@ impl Txn<'_> {
                     continue;
                 }
                 Ok(Vote::Conflict(key)) => self.conflict(key),
+                Ok(Vote::Crowded(reason)) => self.crowded(shard, reason),
                 Ok(Vote::Unavailable(source)) | Err(source) => KvError::unavailable(shard, source),
             };
             failed.get_or_insert(err);
@@ -1042,10 +1075,17 @@ impl Txn<'_> {
         }
         match self
             .store
-            .decide(self.id, &Decision::Commit(written.clone()))?
+            .decide(self.id, &Decision::Commit(written.clone()))
         {
-            Decision::Commit(_) => {}
-            Decision::Abort => {
+            Ok(Decision::Commit(_)) => {}
+            Err(e @ KvError::Runtime(_)) => {
+                // Its Commit cannot be stored: it did not commit, and the
+                // shards let its keys go now rather than at the lock TTL.
+                self.store.tell(self.id, shards.iter().copied(), false);
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+            Ok(Decision::Abort) => {
                 self.store.tell(self.id, shards.iter().copied(), false);
                 // It will never write Commit: the abort can go.
                 self.store.forget(self.id);

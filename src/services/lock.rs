@@ -261,6 +261,7 @@ impl LockServiceBuilder {
     /// ([`LockError::SettingsDiffer`]). `detached` and `scheduling` apply to
     /// the shards this start starts; joining keeps those running.
     pub fn start(self, rt: &Runtime) -> Result<LockService, LockError> {
+        super::check_service_name("lock service", &self.service)?;
         if self.shards == 0 {
             return Err(
                 Error::InvalidArgument("a lock service needs at least one shard".into()).into(),

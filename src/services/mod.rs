@@ -13,6 +13,22 @@ pub mod cache;
 pub mod kv;
 pub mod lock;
 
+/// The longest name a service takes (a lock service's, a store's, a
+/// cache's): its records in the runtime's key-value store carry it in their
+/// keys, which take up to [`MAX_NAME`](crate::MAX_NAME) bytes.
+pub const MAX_SERVICE_NAME: usize = 1024;
+
+/// `Err(InvalidArgument)` for a service name over [`MAX_SERVICE_NAME`] bytes.
+pub(crate) fn check_service_name(kind: &str, name: &str) -> Result<(), crate::Error> {
+    if name.len() > MAX_SERVICE_NAME {
+        return Err(crate::Error::InvalidArgument(format!(
+            "a {kind}'s name is {} bytes, over the limit of {MAX_SERVICE_NAME}",
+            name.len()
+        )));
+    }
+    Ok(())
+}
+
 /// The FNV-1a hash of `bytes`: the same in every process and build, so every
 /// node of a cluster maps a name or a key to the same shard.
 pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {

@@ -17,7 +17,7 @@
 //!   first writer wins and everyone follows the record.
 
 use super::{Decision, TxnId};
-use crate::{Actor, ActorContext, Error, Handler, Message, Runtime};
+use crate::{Actor, ActorContext, Error, Handler, Message, Runtime, MAX_KV_VALUE};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use std::collections::HashMap;
@@ -197,6 +197,9 @@ pub(super) enum Vote {
     /// This key changed since it was read, or another transaction holds it.
     Conflict(String),
     Unavailable(Error),
+    /// Its writes fit, but not beside those of the transactions prepared
+    /// here now (why): nothing of it is kept; it may pass once they end.
+    Crowded(String),
 }
 
 /// How a one-shard commit ended.
@@ -208,6 +211,8 @@ pub(super) enum Outcome {
     Aborted,
     Conflict(String),
     Unavailable(Error),
+    /// As [`Vote::Crowded`].
+    Crowded(String),
 }
 
 /// One key in a shard's memory.
@@ -550,8 +555,29 @@ impl State {
             },
         );
         // Stored before the vote: a shard that restarts still holds its locks.
-        self.save_intents()?;
-        Ok(Vote::Yes(versions))
+        match self.save_intents() {
+            Ok(()) => Ok(Vote::Yes(versions)),
+            // The prepared intents are stored as one record, which this one
+            // makes too large: the store refused it as a whole, so it is let
+            // go here too (the others keep their locks and their time).
+            Err(Error::InvalidArgument(_)) => {
+                let p = self.prepared.remove(&txn).expect("prepared above");
+                self.release(txn, &p.intent);
+                let own = encode(&[(&txn, &p.intent)])?.len();
+                let others = self.prepared.len();
+                if own > MAX_KV_VALUE || others == 0 {
+                    return Err(Error::InvalidArgument(format!(
+                        "the writes of transaction {txn} on one shard are {own} bytes encoded: \
+                         over {MAX_KV_VALUE}, the most one record of the runtime's store takes"
+                    )));
+                }
+                Ok(Vote::Crowded(format!(
+                    "its writes on one shard ({own} bytes encoded) do not fit beside those of \
+                     the {others} transactions prepared there now (at most {MAX_KV_VALUE} together)"
+                )))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// A transaction all of whose keys are on this shard: prepared, decided
@@ -564,6 +590,7 @@ impl State {
             Vote::Yes(v) => v,
             Vote::Conflict(key) => return Ok(Outcome::Conflict(key)),
             Vote::Unavailable(e) => return Ok(Outcome::Unavailable(e)),
+            Vote::Crowded(why) => return Ok(Outcome::Crowded(why)),
         };
         self.crash_point(CrashPoint::AfterPrepare);
         let decision = Decision::Commit(keys.into_iter().zip(versions.iter().copied()).collect());
@@ -614,21 +641,26 @@ impl State {
                 }
             }
         }
-        for key in &p.intent.reads {
+        self.release(txn, &p.intent);
+        // Last: until this lands a restart finds the intent and applies it
+        // again, at the same versions.
+        self.save_intents()
+    }
+
+    /// Lets go of the keys `txn` locked for `intent`.
+    fn release(&mut self, txn: TxnId, intent: &Intent) {
+        for key in &intent.reads {
             if let Some(e) = self.keys.get_mut(key) {
                 e.readers.retain(|r| *r != txn);
             }
         }
-        for w in &p.intent.writes {
+        for w in &intent.writes {
             if let Some(e) = self.keys.get_mut(&w.key) {
                 if e.writer == Some(txn) {
                     e.writer = None;
                 }
             }
         }
-        // Last: until this lands a restart finds the intent and applies it
-        // again, at the same versions.
-        self.save_intents()
     }
 
     /// Aborts what waited for its decision longer than the lock TTL, unless
