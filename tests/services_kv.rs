@@ -993,7 +993,7 @@ fn writes_too_large_to_keep_are_refused_or_aborted_and_nothing_stays_locked() {
     match store.put("huge", &bytes_of(rayx::MAX_KV_VALUE + 1)) {
         Err(e @ KvError::Runtime(Error::InvalidArgument(_))) => {
             assert!(!e.is_retryable());
-            assert!(e.to_string().contains("the most one record"), "{e}");
+            assert!(e.to_string().contains("cannot be kept"), "{e}");
         }
         other => panic!("a write over the limit: {other:?}"),
     }

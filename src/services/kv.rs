@@ -763,9 +763,11 @@ impl KvStore {
         if let Ok(true) = stored {
             return Ok(decision.clone());
         }
-        if let Err(e @ Error::InvalidArgument(_)) = stored {
-            // Refused as it is (too large) before anything was stored: it
-            // stands nowhere, and never will.
+        if let (Err(e @ Error::InvalidArgument(_)), true) = (&stored, decision.is_commit()) {
+            // A Commit refused as it is (its keys too large for one record)
+            // before anything was stored: it stands nowhere, and never will.
+            // (An Abort, a few bytes under a key every open checked, is
+            // never refused so.)
             return Err(KvError::Runtime(Error::InvalidArgument(format!(
                 "the decision of transaction {txn} (the keys it writes) cannot be stored: {e}"
             ))));
@@ -977,6 +979,7 @@ impl Txn<'_> {
                 Ok(Vote::Yes(_)) => continue,
                 Ok(Vote::Conflict(key)) => self.conflict(key),
                 Ok(Vote::Crowded(reason)) => self.crowded(shard, reason),
+                Ok(Vote::TooLarge(why)) => KvError::Runtime(Error::InvalidArgument(why)),
                 Ok(Vote::Unavailable(source)) | Err(source) => KvError::unavailable(shard, source),
             };
             failed.get_or_insert(err);
@@ -1005,6 +1008,10 @@ impl Txn<'_> {
             }
             Ok(Outcome::Conflict(key)) => return Err(self.conflict(key)),
             Ok(Outcome::Crowded(reason)) => return Err(self.crowded(shard, reason)),
+            // The shard kept nothing of it: no fence is needed.
+            Ok(Outcome::TooLarge(why)) => {
+                return Err(KvError::Runtime(Error::InvalidArgument(why)))
+            }
             Ok(Outcome::Aborted) => {
                 return Err(KvError::Aborted {
                     txn: self.id,
@@ -1054,6 +1061,7 @@ impl Txn<'_> {
                 }
                 Ok(Vote::Conflict(key)) => self.conflict(key),
                 Ok(Vote::Crowded(reason)) => self.crowded(shard, reason),
+                Ok(Vote::TooLarge(why)) => KvError::Runtime(Error::InvalidArgument(why)),
                 Ok(Vote::Unavailable(source)) | Err(source) => KvError::unavailable(shard, source),
             };
             failed.get_or_insert(err);
@@ -1078,9 +1086,10 @@ impl Txn<'_> {
             .decide(self.id, &Decision::Commit(written.clone()))
         {
             Ok(Decision::Commit(_)) => {}
-            Err(e @ KvError::Runtime(_)) => {
-                // Its Commit cannot be stored: it did not commit, and the
-                // shards let its keys go now rather than at the lock TTL.
+            Err(e @ KvError::Runtime(Error::InvalidArgument(_))) => {
+                // Its Commit was refused before anything was stored (see
+                // `decide`): it did not commit, and the shards let its keys
+                // go now rather than at the lock TTL.
                 self.store.tell(self.id, shards.iter().copied(), false);
                 return Err(e);
             }

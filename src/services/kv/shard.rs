@@ -200,6 +200,9 @@ pub(super) enum Vote {
     /// Its writes fit, but not beside those of the transactions prepared
     /// here now (why): nothing of it is kept; it may pass once they end.
     Crowded(String),
+    /// Its writes on this shard alone are too large to keep (why): nothing
+    /// of it is kept, and it can never pass.
+    TooLarge(String),
 }
 
 /// How a one-shard commit ended.
@@ -213,6 +216,8 @@ pub(super) enum Outcome {
     Unavailable(Error),
     /// As [`Vote::Crowded`].
     Crowded(String),
+    /// As [`Vote::TooLarge`].
+    TooLarge(String),
 }
 
 /// One key in a shard's memory.
@@ -558,17 +563,19 @@ impl State {
         match self.save_intents() {
             Ok(()) => Ok(Vote::Yes(versions)),
             // The prepared intents are stored as one record, which this one
-            // makes too large: the store refused it as a whole, so it is let
-            // go here too (the others keep their locks and their time).
-            Err(Error::InvalidArgument(_)) => {
+            // makes too large: the store refused it as a whole (before
+            // storing anything), so it is let go here too, answered as a vote
+            // (an error would reload the memory, and with it restart the
+            // others' lock TTL).
+            Err(Error::InvalidArgument(refused)) => {
                 let p = self.prepared.remove(&txn).expect("prepared above");
                 self.release(txn, &p.intent);
                 let own = encode(&[(&txn, &p.intent)])?.len();
                 let others = self.prepared.len();
                 if own > MAX_KV_VALUE || others == 0 {
-                    return Err(Error::InvalidArgument(format!(
-                        "the writes of transaction {txn} on one shard are {own} bytes encoded: \
-                         over {MAX_KV_VALUE}, the most one record of the runtime's store takes"
+                    return Ok(Vote::TooLarge(format!(
+                        "the writes of transaction {txn} on one shard ({own} bytes encoded) \
+                         cannot be kept: {refused}"
                     )));
                 }
                 Ok(Vote::Crowded(format!(
@@ -591,6 +598,7 @@ impl State {
             Vote::Conflict(key) => return Ok(Outcome::Conflict(key)),
             Vote::Unavailable(e) => return Ok(Outcome::Unavailable(e)),
             Vote::Crowded(why) => return Ok(Outcome::Crowded(why)),
+            Vote::TooLarge(why) => return Ok(Outcome::TooLarge(why)),
         };
         self.crash_point(CrashPoint::AfterPrepare);
         let decision = Decision::Commit(keys.into_iter().zip(versions.iter().copied()).collect());
