@@ -119,6 +119,24 @@ fn new_counter(n: u64) -> Counter {
 
 rayx::remote_actor!(Counter, new_counter, [Add, SlowAdd, Where]);
 
+/// Holds a handle to a counter and calls it from its own node.
+pub struct Relay(ActorHandle<Counter>);
+impl Actor for Relay {}
+#[derive(Serialize, Deserialize)]
+pub struct Forward(u64);
+impl Message for Forward {
+    type Reply = Result<u64, String>;
+}
+impl Handler<Forward> for Relay {
+    fn handle(&mut self, Forward(k): Forward, _: &mut ActorContext<Self>) -> Result<u64, String> {
+        self.0.call(Add(k)).get().map_err(|e| e.to_string())
+    }
+}
+fn new_relay(c: ActorHandle<Counter>) -> Relay {
+    Relay(c)
+}
+rayx::remote_actor!(Relay, new_relay, [Forward]);
+
 // ---- helpers ------------------------------------------------------------------
 
 fn fast_cluster(nodes: usize) -> Cluster {
@@ -337,6 +355,13 @@ fn a_named_actor_restarts_on_another_node_and_keeps_answering() {
         .spawn()
         .unwrap();
     assert_eq!(counter.node_id(), first);
+    // A handle held on the second node, from before the restart.
+    let relay = rt
+        .actor_of(new_relay, counter.clone())
+        .node_affinity(second, false)
+        .spawn()
+        .unwrap();
+    assert_eq!(relay.call(Forward(0)).get().unwrap(), Ok(0));
     assert_eq!(counter.call(Add(1)).get().unwrap(), 1);
     // Twenty calls of 50 ms each; the node dies while they run.
     let ks: Vec<u64> = (1..=20).collect();
@@ -367,6 +392,9 @@ fn a_named_actor_restarts_on_another_node_and_keeps_answering() {
     assert!(split < ks.len(), "some calls went again: {got:?}");
     assert_eq!(counter.node_id(), second, "the handle follows the actor");
     assert_eq!(counter.call(Where).get().unwrap(), second.0);
+    // The handle on the second node, where the actor now is, reaches it too.
+    let here = counter.call(Add(0)).get().unwrap();
+    assert_eq!(relay.call(Forward(2)).get().unwrap(), Ok(here + 2));
     // Its name moved with it: a lookup here, and from a task on its node.
     let named = rt.get_actor::<Counter>("survivor").unwrap();
     assert_eq!(named.node_id(), second);

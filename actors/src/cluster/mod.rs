@@ -1304,6 +1304,12 @@ impl ClusterNode {
             };
             match node {
                 Err(cause) => Some((reply, cause)),
+                // It was started again on this node: into its mailbox here.
+                Ok(node) if node == self.me.id => {
+                    drop(calls);
+                    self.call_here(call, reply);
+                    None
+                }
                 Ok(node) => {
                     let sent = self.send_now(node, false, Msg::Call(call.clone()));
                     calls.insert(
@@ -1333,6 +1339,18 @@ impl ClusterNode {
         }
     }
 
+    /// A call to an actor that was started again on this node (a handle made
+    /// while it lived elsewhere): into its mailbox, its reply completed here.
+    fn call_here(self: &Arc<Self>, call: ActorCall, reply: Arc<Slot>) {
+        let result = match self.host() {
+            Some(h) => h.call_actor(call, reply.clone()),
+            None => Err(Error::ShutDown),
+        };
+        if let Err(e) = result {
+            reply.complete(Err(e));
+        }
+    }
+
     /// The head says where an actor of a dead node went (or that it is
     /// gone): calls interrupted by the death go there again, in the order
     /// they were made, within the actor's `max_task_retries`; the rest fail.
@@ -1346,6 +1364,9 @@ impl ClusterNode {
     ) {
         self.flush_outbox();
         let mut failed = Vec::new();
+        // Calls that go again to this node, in order (after the lock: a
+        // failing call completes its reply, which may run code that calls).
+        let mut here = Vec::new();
         {
             let mut calls = self.calls.lock();
             let moved = match to {
@@ -1353,7 +1374,9 @@ impl ClusterNode {
                 None => Moved::Gone(cause.to_string()),
             };
             self.moved.lock().insert(actor, moved);
-            if let Some(to) = to {
+            // Holds are counted by the actor's node; this node's own handles
+            // to an actor started here hold it through its creator's count.
+            if let Some(to) = to.filter(|to| *to != self.me.id) {
                 let holds = self.holding.lock().get(&actor).copied().unwrap_or(0);
                 for _ in 0..holds {
                     self.send_now(to, false, Msg::HoldActor { actor, ack: 0 });
@@ -1378,6 +1401,9 @@ impl ClusterNode {
                 let c = calls.get_mut(&id).expect("listed");
                 c.attempts += 1;
                 match to {
+                    Some(to) if to == self.me.id && retries.allows(c.attempts) => {
+                        here.extend(calls.remove(&id).map(|c| (c.call, c.slot)));
+                    }
                     Some(to) if retries.allows(c.attempts) => {
                         c.node = to;
                         c.lost = None;
@@ -1392,6 +1418,9 @@ impl ClusterNode {
                     None => failed.extend(calls.remove(&id).map(|c| (c.slot, cause.to_string()))),
                 }
             }
+        }
+        for (call, slot) in here {
+            self.call_here(call, slot);
         }
         for (slot, why) in failed {
             slot.complete(Err(Error::ActorDied {
