@@ -1374,12 +1374,17 @@ impl ClusterNode {
                 None => Moved::Gone(cause.to_string()),
             };
             self.moved.lock().insert(actor, moved);
-            // Holds are counted by the actor's node; this node's own handles
-            // to an actor started here hold it through its creator's count.
-            if let Some(to) = to.filter(|to| *to != self.me.id) {
+            // This node's handles hold it where it went.
+            if let Some(to) = to {
                 let holds = self.holding.lock().get(&actor).copied().unwrap_or(0);
                 for _ in 0..holds {
-                    self.send_now(to, false, Msg::HoldActor { actor, ack: 0 });
+                    if to == self.me.id {
+                        if let Some(h) = self.host() {
+                            h.hold_actor(actor, to);
+                        }
+                    } else {
+                        self.send_now(to, false, Msg::HoldActor { actor, ack: 0 });
+                    }
                 }
             }
             // The calls interrupted by the death: on the node that died, or
@@ -1506,6 +1511,17 @@ impl ClusterNode {
                     holding.remove(&actor);
                 }
             }
+        }
+        if node == self.me.id {
+            // Started again on this node: the hold is counted here.
+            if let Some(h) = self.host() {
+                if hold {
+                    h.hold_actor(actor, node);
+                } else {
+                    h.release_actor(Some(actor), node);
+                }
+            }
+            return;
         }
         if !hold {
             self.send_to(node, false, Msg::ReleaseActor { actor });
