@@ -408,6 +408,36 @@ fn a_named_actor_restarts_on_another_node_and_keeps_answering() {
     );
 }
 
+/// An unnamed actor started again on the node of a handle made while it
+/// lived elsewhere: that handle holds it there, so it lives on after every
+/// other handle is dropped.
+fn a_handle_holds_its_actor_on_the_node_it_restarted_on() {
+    let mut c = fast_cluster(2);
+    let rt = c.driver().clone();
+    let (first, second) = (c.nodes()[0].id, c.nodes()[1].id);
+    let counter = rt
+        .actor_of(new_counter, 0)
+        .max_restarts(1)
+        .max_task_retries(1)
+        .node_affinity(first, true)
+        .spawn()
+        .unwrap();
+    let relay = rt
+        .actor_of(new_relay, counter.clone())
+        .node_affinity(second, false)
+        .spawn()
+        .unwrap();
+    assert_eq!(relay.call(Forward(1)).get().unwrap(), Ok(1));
+    c.kill_node(0).unwrap();
+    // Answered once it was started again on the second node.
+    assert_eq!(relay.call(Forward(1)).get().unwrap(), Ok(1));
+    assert_eq!(counter.node_id(), second);
+    // The driver lets go of its handle; its release reaches the second node
+    // on the link the next call takes, before that call.
+    drop(counter);
+    assert_eq!(relay.call(Forward(1)).get().unwrap(), Ok(2));
+}
+
 /// Calls made between a node's death and the news of where its actor went
 /// wait for the news, and go there in order; and if the node the actor was
 /// moving to dies too, the interrupted calls follow it to the third.
@@ -1189,6 +1219,7 @@ fn main() {
         a_node_killed_mid_job_loses_no_result,
         a_task_out_of_retries_names_the_dead_nodes,
         a_named_actor_restarts_on_another_node_and_keeps_answering,
+        a_handle_holds_its_actor_on_the_node_it_restarted_on,
         calls_follow_an_actor_through_two_deaths,
         an_actor_without_restarts_fails_naming_its_node,
         an_object_whose_owner_died_fails_owner_died,

@@ -246,120 +246,89 @@ impl Error {
         Error::DependencyFailed { task, cause }
     }
 
-    /// This error with every text in it cut to at most `max` bytes (the
-    /// attempts of a `RetriesExhausted` to `max` together, and at least 64
-    /// bytes each), saying how much was cut: for an error whose texts (a
+    /// Cuts every text in this error to at most `max` bytes (the attempts of
+    /// a `RetriesExhausted` to `max` together, and at least 64 bytes each),
+    /// saying how much was cut; the kind stays. For an error whose texts (a
     /// panic's message, a user's error) are too large to send to another
     /// node whole.
-    pub fn shortened(self, max: usize) -> Error {
-        let cut = |s: String| shorten(s, max);
+    pub fn shorten(&mut self, max: usize) {
+        let cut = |s: &mut String| shorten_text(s, max);
         match self {
-            Error::TaskFailed { task, cause } => Error::TaskFailed {
-                task: cut(task),
-                cause: cut(cause),
-            },
             Error::RetriesExhausted { task, attempts } => {
+                cut(task);
                 // Every attempt is kept (their count is part of the error),
                 // each cut to its share of `max`.
                 let each = (max / attempts.len().max(1)).max(64);
-                Error::RetriesExhausted {
-                    task: cut(task),
-                    attempts: attempts.into_iter().map(|a| shorten(a, each)).collect(),
+                for a in attempts {
+                    shorten_text(a, each);
                 }
             }
-            Error::WorkerCrashed { task, cause } => Error::WorkerCrashed {
-                task: cut(task),
-                cause: cut(cause),
-            },
-            Error::Cancelled { task, forced } => Error::Cancelled {
-                task: cut(task),
-                forced,
-            },
-            Error::DependencyFailed { task, cause } => Error::DependencyFailed {
-                task: cut(task),
-                cause: Box::new(cause.shortened(max)),
-            },
-            Error::ActorDied { actor, cause } => Error::ActorDied {
-                actor: cut(actor),
-                cause: cut(cause),
-            },
-            Error::ActorNotFound { name, namespace } => Error::ActorNotFound {
-                name: cut(name),
-                namespace: cut(namespace),
-            },
-            Error::ActorNameTaken { name, namespace } => Error::ActorNameTaken {
-                name: cut(name),
-                namespace: cut(namespace),
-            },
-            Error::MailboxFull { actor, capacity } => Error::MailboxFull {
-                actor: cut(actor),
-                capacity,
-            },
-            Error::FunctionNotRegistered { name } => {
-                Error::FunctionNotRegistered { name: cut(name) }
+            Error::DependencyFailed { task, cause } => {
+                cut(task);
+                cause.shorten(max);
             }
-            Error::TypeMismatch { expected, found } => Error::TypeMismatch {
-                expected: cut(expected),
-                found: cut(found),
-            },
-            Error::ArityMismatch {
-                function,
-                expected,
-                given,
-            } => Error::ArityMismatch {
-                function: cut(function),
-                expected,
-                given,
-            },
-            Error::ObjectLost { id } => Error::ObjectLost { id: cut(id) },
-            Error::OwnerDied { id } => Error::OwnerDied { id: cut(id) },
-            Error::OwnerUnknown { id, owner } => Error::OwnerUnknown {
-                id: cut(id),
-                owner: cut(owner),
-            },
+            Error::TaskFailed { task, cause } | Error::WorkerCrashed { task, cause } => {
+                cut(task);
+                cut(cause);
+            }
+            Error::Unschedulable { task, reason } => {
+                cut(task);
+                cut(reason);
+            }
+            Error::ActorDied { actor, cause } => {
+                cut(actor);
+                cut(cause);
+            }
             Error::CallFailed {
                 actor,
                 method,
                 cause,
-            } => Error::CallFailed {
-                actor: cut(actor),
-                method: cut(method),
-                cause: cut(cause),
-            },
-            Error::ObjectReconstructionFailed { id, cause } => Error::ObjectReconstructionFailed {
-                id: cut(id),
-                cause: cut(cause),
-            },
-            Error::Serialization(s) => Error::Serialization(cut(s)),
-            Error::InvalidArgument(s) => Error::InvalidArgument(cut(s)),
-            Error::Startup(s) => Error::Startup(cut(s)),
-            Error::ClusterUnreachable { address, cause } => Error::ClusterUnreachable {
-                address: cut(address),
-                cause: cut(cause),
-            },
-            Error::Unauthenticated { address, cause } => Error::Unauthenticated {
-                address: cut(address),
-                cause: cut(cause),
-            },
-            Error::RegistryMismatch { differences } => Error::RegistryMismatch {
-                differences: cut(differences),
-            },
-            Error::Unschedulable { task, reason } => Error::Unschedulable {
-                task: cut(task),
-                reason: cut(reason),
-            },
-            Error::ObjectFetchFailed { id, cause } => Error::ObjectFetchFailed {
-                id: cut(id),
-                cause: cut(cause),
-            },
-            Error::NodeDied { node, cause } => Error::NodeDied {
-                node: cut(node),
-                cause: cut(cause),
-            },
-            e @ (Error::GetTimeout { .. }
+            } => {
+                cut(actor);
+                cut(method);
+                cut(cause);
+            }
+            Error::ActorNotFound { name, namespace }
+            | Error::ActorNameTaken { name, namespace } => {
+                cut(name);
+                cut(namespace);
+            }
+            Error::TypeMismatch { expected, found } => {
+                cut(expected);
+                cut(found);
+            }
+            Error::ObjectReconstructionFailed { id, cause }
+            | Error::ObjectFetchFailed { id, cause } => {
+                cut(id);
+                cut(cause);
+            }
+            Error::OwnerUnknown { id, owner } => {
+                cut(id);
+                cut(owner);
+            }
+            Error::ClusterUnreachable { address, cause }
+            | Error::Unauthenticated { address, cause } => {
+                cut(address);
+                cut(cause);
+            }
+            Error::NodeDied { node, cause } => {
+                cut(node);
+                cut(cause);
+            }
+            Error::Cancelled { task: s, .. }
+            | Error::MailboxFull { actor: s, .. }
+            | Error::FunctionNotRegistered { name: s }
+            | Error::ArityMismatch { function: s, .. }
+            | Error::ObjectLost { id: s }
+            | Error::OwnerDied { id: s }
+            | Error::RegistryMismatch { differences: s }
+            | Error::Serialization(s)
+            | Error::InvalidArgument(s)
+            | Error::Startup(s) => cut(s),
+            Error::GetTimeout { .. }
             | Error::ShutDown
             | Error::WorkerLimitReached { .. }
-            | Error::ObjectStoreFull { .. }) => e,
+            | Error::ObjectStoreFull { .. } => {}
         }
     }
 
@@ -372,11 +341,11 @@ impl Error {
     }
 }
 
-/// `s` cut to at most `max` bytes (at a character boundary), saying how many
-/// were cut.
-fn shorten(mut s: String, max: usize) -> String {
+/// Cuts `s` to at most `max` bytes (at a character boundary), saying how
+/// many were cut.
+pub fn shorten_text(s: &mut String, max: usize) {
     if s.len() <= max {
-        return s;
+        return;
     }
     let mut end = max;
     while !s.is_char_boundary(end) {
@@ -385,7 +354,6 @@ fn shorten(mut s: String, max: usize) -> String {
     let cut = s.len() - end;
     s.truncate(end);
     s.push_str(&format!("… ({cut} more bytes cut)"));
-    s
 }
 
 /// `Result` with rayx's [`Error`].
@@ -400,25 +368,25 @@ mod tests {
     fn a_shortened_error_keeps_its_kind_and_says_what_was_cut() {
         use super::Error;
         let long = "é".repeat(1000); // 2,000 bytes
-        let e = Error::TaskFailed {
+        let mut e = Error::TaskFailed {
             task: "t".into(),
             cause: long.clone(),
-        }
-        .shortened(101);
+        };
+        e.shorten(101);
         let Error::TaskFailed { task, cause } = e else {
             panic!("the kind changed: {e:?}");
         };
         assert_eq!(task, "t");
         assert!(cause.starts_with(&"é".repeat(50)), "{cause}");
         assert!(cause.ends_with("… (1900 more bytes cut)"), "{cause}");
-        let nested = Error::dependency_failed(
+        let mut nested = Error::dependency_failed(
             "b".into(),
             Error::RetriesExhausted {
                 task: "a".into(),
                 attempts: (0..40).map(|i| format!("{i}{long}")).collect(),
             },
-        )
-        .shortened(10);
+        );
+        nested.shorten(10);
         let Error::DependencyFailed { cause, .. } = nested else {
             panic!("the kind changed");
         };

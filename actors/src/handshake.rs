@@ -62,8 +62,11 @@ impl<W> IdleSet<W> {
         self.watching.load(Ordering::Relaxed)
     }
 
-    /// Called by a submitter right after its job became visible in the queue:
-    /// the sleeper it must wake, if any (none while a worker watches).
+    /// Called by a submitter right after its job became visible in the queue,
+    /// and by a worker that took a job and left more (the job taken may block
+    /// it for good, and a push that found a watcher woke nobody, so each such
+    /// worker wakes the next): the sleeper it must wake, if any (none while a
+    /// worker watches).
     pub fn after_push(&self) -> Option<W> {
         // Store buffering: the submitter writes the queue then reads `watching`
         // and `count`; a watcher writes `watching` (`watch_end`) and a sleeper
@@ -88,20 +91,6 @@ impl<W> IdleSet<W> {
             self.count.fetch_sub(1, Ordering::Relaxed);
         }
         woken.map(|(_, w)| w)
-    }
-
-    /// Called by a worker right after it took a job: the sleeper it must wake
-    /// if `has_more()` says jobs are still queued (none while a worker
-    /// watches). The job taken may block this worker for good, and a push that
-    /// found a watcher woke nobody, so each worker that takes a job and leaves
-    /// more wakes the next: a queued job never waits while workers sleep and
-    /// every awake worker is blocked.
-    pub fn after_take(&self, has_more: impl Fn() -> bool) -> Option<W> {
-        if has_more() {
-            self.after_push()
-        } else {
-            None
-        }
     }
 
     /// A worker starts watching the queue instead of sleeping: submitters

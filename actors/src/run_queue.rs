@@ -222,19 +222,15 @@ impl RunQueue {
     }
 
     /// A worker's next job, if any. If more are queued, another sleeper is
-    /// woken for them ([`IdleSet::after_take`]): the job taken may block this
-    /// worker for good (a `get` on a call whose actor's job is queued behind
-    /// it), and without the chain such a job could wait while workers sleep.
+    /// woken for them, or with none asleep the router looks (as for a
+    /// submit): the job taken may block this worker for good (a `get` on a
+    /// call whose actor's job is queued behind it) or wait long, and its
+    /// submitters may have left the rest to this worker, watching then;
+    /// without the chain such a job could wait while workers sleep.
     pub fn take(&self) -> Option<Job> {
         let job = self.pop()?;
-        let more = !self.injector.is_empty();
-        match self.idle.after_take(|| more) {
-            Some(worker) => worker.do_send(Drain),
-            // Work left that nobody was woken for (its submitters may have
-            // left it to this worker, watching then): the job taken may wait
-            // long, so the router looks, as for a submit.
-            None if more => self.look_if_all_busy(),
-            None => {}
+        if !self.injector.is_empty() {
+            self.wake_or_look();
         }
         Some(job)
     }

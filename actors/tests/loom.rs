@@ -29,7 +29,8 @@
 //!   `idle_set_watching_workers_that_block`: workers that take one job each and
 //!   then block for good (a `get` on a call whose actor's job is queued behind
 //!   theirs): every job is still taken while a worker sleeps, because each
-//!   worker that takes a job and leaves more wakes the next (`after_take`).
+//!   worker that takes a job and leaves more wakes the next (`after_push`,
+//!   as `RunQueue::take` does).
 //!   With the rule the run queue had before (a watcher that saw more than one
 //!   job woke one sleeper, and nobody else did), the watching model fails: it
 //!   is the hang that the cluster-mode benchmark showed under load.
@@ -312,7 +313,9 @@ fn idle_set_model_blocking(workers: usize, jobs: usize, watch: bool) {
             thread::spawn(move || loop {
                 if pop(&queue, QUEUE) {
                     // Took a job, and blocks in it for good.
-                    return (true, idle.after_take(|| queue.load(QUEUE) > 0));
+                    // More left: wake the next (`RunQueue::take`).
+                    let next = (queue.load(QUEUE) > 0).then(|| idle.after_push()).flatten();
+                    return (true, next);
                 }
                 if watch {
                     idle.watch_begin();
@@ -352,7 +355,9 @@ fn idle_set_model_blocking(workers: usize, jobs: usize, watch: bool) {
     while next < woken.len() {
         if pop(&queue, QUEUE) {
             blocked += 1;
-            woken.extend(idle.after_take(|| queue.load(QUEUE) > 0));
+            if queue.load(QUEUE) > 0 {
+                woken.extend(idle.after_push());
+            }
         }
         next += 1;
     }

@@ -211,12 +211,8 @@ fn render(address: &str, s: &ClusterStatus) -> String {
             r.memory.objects,
             bytes(r.memory.inline_bytes + r.memory.store_bytes),
         );
-        match &n.cause {
-            Some(_) if left(n) => {}
-            Some(cause) => {
-                let _ = writeln!(out, "    died: {cause}");
-            }
-            None => {}
+        if let Some(cause) = n.cause.as_ref().filter(|_| !left(n)) {
+            let _ = writeln!(out, "    died: {cause}");
         }
     }
     let _ = writeln!(out, "(* the head)");

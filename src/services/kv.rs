@@ -961,6 +961,18 @@ impl Txn<'_> {
         }
     }
 
+    /// `shard`'s vote (or the failed call for it): its versions if yes, else
+    /// the error this transaction fails with.
+    fn counted(&self, shard: usize, vote: Result<Vote, Error>) -> Result<Vec<u64>> {
+        Err(match vote {
+            Ok(Vote::Yes(versions)) => return Ok(versions),
+            Ok(Vote::Conflict(key)) => self.conflict(key),
+            Ok(Vote::Crowded(reason)) => self.crowded(shard, reason),
+            Ok(Vote::TooLarge(why)) => KvError::Runtime(Error::InvalidArgument(why)),
+            Ok(Vote::Unavailable(source)) | Err(source) => KvError::unavailable(shard, source),
+        })
+    }
+
     /// A read-only transaction: every shard checks its reads, in parallel.
     fn validate(&self, parts: BTreeMap<usize, Part>) -> Result<()> {
         let calls: Vec<_> = parts
@@ -975,14 +987,9 @@ impl Txn<'_> {
             .collect();
         let mut failed = None;
         for (shard, reply) in calls {
-            let err = match reply.get_timeout(self.store.call_timeout) {
-                Ok(Vote::Yes(_)) => continue,
-                Ok(Vote::Conflict(key)) => self.conflict(key),
-                Ok(Vote::Crowded(reason)) => self.crowded(shard, reason),
-                Ok(Vote::TooLarge(why)) => KvError::Runtime(Error::InvalidArgument(why)),
-                Ok(Vote::Unavailable(source)) | Err(source) => KvError::unavailable(shard, source),
-            };
-            failed.get_or_insert(err);
+            if let Err(e) = self.counted(shard, reply.get_timeout(self.store.call_timeout)) {
+                failed.get_or_insert(e);
+            }
         }
         failed.map_or(Ok(()), Err)
     }
@@ -1054,17 +1061,12 @@ impl Txn<'_> {
         let mut written = Vec::new();
         let mut failed = None;
         for (shard, keys, reply) in calls {
-            let err = match reply.get_timeout(self.store.call_timeout) {
-                Ok(Vote::Yes(versions)) => {
-                    written.extend(keys.into_iter().zip(versions));
-                    continue;
+            match self.counted(shard, reply.get_timeout(self.store.call_timeout)) {
+                Ok(versions) => written.extend(keys.into_iter().zip(versions)),
+                Err(e) => {
+                    failed.get_or_insert(e);
                 }
-                Ok(Vote::Conflict(key)) => self.conflict(key),
-                Ok(Vote::Crowded(reason)) => self.crowded(shard, reason),
-                Ok(Vote::TooLarge(why)) => KvError::Runtime(Error::InvalidArgument(why)),
-                Ok(Vote::Unavailable(source)) | Err(source) => KvError::unavailable(shard, source),
-            };
-            failed.get_or_insert(err);
+            }
         }
         if let Some(err) = failed {
             // No decision is stored: only this coordinator could store Commit.

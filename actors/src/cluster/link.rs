@@ -203,34 +203,36 @@ pub struct Gate {
     pub rejections: Arc<Rejections>,
     /// TLS for every connection, if the cluster uses it.
     pub tls: Option<Arc<Tls>>,
-    /// Handshakes under way, oldest first.
+    /// Handshakes under way.
     pending: parking_lot::Mutex<Pending>,
     next: AtomicU64,
 }
 
-/// The handshakes under way at a gate.
+/// The handshakes under way at a gate, oldest first: each one's id, what
+/// cancels it, and the bytes it read.
 #[derive(Default)]
 struct Pending {
-    /// Oldest first: each one's id, what cancels it, and the bytes it read.
     shakes: std::collections::VecDeque<(u64, CancellationToken, usize)>,
-    /// Their bytes read, together.
-    bytes: usize,
 }
 
 impl Pending {
+    /// The bytes they read, together (at most [`MAX_HANDSHAKES`] summed).
+    fn bytes(&self) -> usize {
+        self.shakes.iter().map(|s| s.2).sum()
+    }
+
     /// Cancels the oldest handshakes until at most `count` are left, then
     /// those holding the most bytes until their bytes fit
     /// [`HANDSHAKE_BYTES`]: a real peer's hello is small and quick, so
     /// strangers that send much and stop cut off each other, not it.
     fn cut_to(&mut self, count: usize) {
         while self.shakes.len() > count {
-            let Some((_, oldest, bytes)) = self.shakes.pop_front() else {
+            let Some((_, oldest, _)) = self.shakes.pop_front() else {
                 return;
             };
-            self.bytes -= bytes;
             oldest.cancel();
         }
-        while self.bytes > HANDSHAKE_BYTES {
+        while self.bytes() > HANDSHAKE_BYTES {
             // The first of the largest: the oldest among equals.
             let largest = self
                 .shakes
@@ -238,10 +240,9 @@ impl Pending {
                 .enumerate()
                 .max_by_key(|(i, s)| (s.2, std::cmp::Reverse(*i)))
                 .map(|(i, _)| i);
-            let Some((_, cut, bytes)) = largest.and_then(|i| self.shakes.remove(i)) else {
+            let Some((_, cut, _)) = largest.and_then(|i| self.shakes.remove(i)) else {
                 return;
             };
-            self.bytes -= bytes;
             cut.cancel();
         }
     }
@@ -255,6 +256,10 @@ pub const MAX_HANDSHAKES: usize = 256;
 /// The bytes the handshakes under way may have read, together (each may read
 /// [`wire::PREAUTH_FRAME`]); past it, those holding the most are cut off.
 pub const HANDSHAKE_BYTES: usize = 16 << 20;
+
+/// Why a handshake was cancelled by the gate.
+const CUT_OFF: &str =
+    "too many handshakes at once: the oldest, or the one holding the most bytes, was cut off";
 
 impl Gate {
     /// A gate with this token (and no TLS).
@@ -288,32 +293,25 @@ impl Gate {
         (id, cancel)
     }
 
-    /// Handshake `id` has read `bytes` so far; the oldest are cut off while
-    /// all of them have read more than [`HANDSHAKE_BYTES`].
+    /// Handshake `id` has read `bytes` so far; those holding the most are
+    /// cut off while all of them have read more than [`HANDSHAKE_BYTES`].
     fn read(&self, id: u64, bytes: usize) {
         let mut pending = self.pending.lock();
-        let p = &mut *pending;
-        if let Some(shake) = p.shakes.iter_mut().find(|s| s.0 == id) {
-            p.bytes = p.bytes - shake.2 + bytes;
+        if let Some(shake) = pending.shakes.iter_mut().find(|s| s.0 == id) {
             shake.2 = bytes;
         }
-        p.cut_to(MAX_HANDSHAKES);
+        pending.cut_to(MAX_HANDSHAKES);
     }
 
     fn end(&self, id: u64) {
-        let mut pending = self.pending.lock();
-        let p = &mut *pending;
-        if let Some(at) = p.shakes.iter().position(|s| s.0 == id) {
-            let (_, _, bytes) = p.shakes.remove(at).expect("found");
-            p.bytes -= bytes;
-        }
+        self.pending.lock().shakes.retain(|s| s.0 != id);
     }
 
     /// The handshakes under way and their bytes read (for tests).
     #[doc(hidden)]
     pub fn under_way(&self) -> (usize, usize) {
         let pending = self.pending.lock();
-        (pending.shakes.len(), pending.bytes)
+        (pending.shakes.len(), pending.bytes())
     }
 }
 
@@ -512,7 +510,7 @@ pub async fn serve(
         r = peek => r,
         _ = cancel.cancelled() => {
             gate.end(id);
-            gate.rejections.count("too many handshakes at once: the oldest was cut off");
+            gate.rejections.count(CUT_OFF);
             return;
         }
     };
@@ -536,7 +534,7 @@ pub async fn serve(
         r = accept => r,
         _ = cancel.cancelled() => {
             gate.end(id);
-            gate.rejections.count("too many handshakes at once: the oldest was cut off");
+            gate.rejections.count(CUT_OFF);
             return;
         }
     };
@@ -573,7 +571,7 @@ async fn admit_on<S: Conn>(
     );
     let greeted = tokio::select! {
         r = shake => r.unwrap_or_else(|_| Err(format!("no handshake within {HANDSHAKE_DEADLINE:?}"))),
-        _ = cancel.cancelled() => Err("too many handshakes at once: the oldest was cut off".to_string()),
+        _ = cancel.cancelled() => Err(CUT_OFF.to_string()),
     };
     gate.end(id);
     let hello = match greeted {

@@ -58,14 +58,6 @@ thread_local! {
 /// whole error would be over the frame limit (see `ClusterNode::not_sent`).
 const ERROR_TEXT: usize = 64 << 10;
 
-/// A text cut to [`ERROR_TEXT`] bytes (as [`Error::shortened`] cuts).
-fn cut_text(text: String) -> String {
-    match Error::Serialization(text).shortened(ERROR_TEXT) {
-        Error::Serialization(text) => text,
-        _ => unreachable!("shortened keeps the kind"),
-    }
-}
-
 /// How long a request to the head or a peer may take before it fails.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a joining node keeps trying a head that refuses connections
@@ -1982,23 +1974,60 @@ impl ClusterNode {
     /// waits for its answer hears why, at once: a request of this node fails
     /// with `InvalidArgument`, and an answer to a peer goes again with its
     /// error's texts cut (or, for a value too large, the reason in its place).
-    fn not_sent(self: &Arc<Self>, link: &Arc<Link>, msg: Msg, why: NotSent) {
-        let too_large = |what: String| match &why {
+    fn not_sent(self: &Arc<Self>, link: &Arc<Link>, mut msg: Msg, why: NotSent) {
+        let too_large = |what: &str| match &why {
             NotSent::TooLarge(reason) => Error::InvalidArgument(format!(
                 "{what}: {reason}; pass large data as an ObjectRef (rt.put) instead"
             )),
             NotSent::Unencodable(reason) => Error::Serialization(format!("{what}: {reason}")),
         };
-        let instead = |result: Result<Payload, Error>| match result {
-            Err(e) => Err(e.shortened(ERROR_TEXT)),
-            Ok(_) => Err(too_large("the value".into())),
+        // An answer to a peer: its texts cut (a value too large, the reason
+        // in its place), it goes again.
+        let cut = |e: &mut Error| e.shorten(ERROR_TEXT);
+        let answer = match &mut msg {
+            Msg::TaskDone { result, .. }
+            | Msg::CallDone { result, .. }
+            | Msg::ObjectReady { result, .. } => {
+                match result {
+                    Err(e) => cut(e),
+                    Ok(_) => *result = Err(too_large("the value")),
+                }
+                true
+            }
+            Msg::Answer { answer, .. } => {
+                match answer {
+                    Err(e) => cut(e),
+                    Ok(_) => *answer = Err(too_large("the answer")),
+                }
+                true
+            }
+            Msg::ActorCreated { result, .. } => {
+                if let Err(e) = result {
+                    cut(e);
+                }
+                true
+            }
+            Msg::PullFailed { error, .. } => {
+                cut(error);
+                true
+            }
+            Msg::ActorMoved { cause, .. } | Msg::NodeLeft { cause, .. } => {
+                crate::error::shorten_text(cause, ERROR_TEXT);
+                true
+            }
+            _ => false,
         };
+        if answer {
+            link.send(msg);
+            return;
+        }
+        // A request of this node: whoever waits for its answer fails.
         match msg {
             Msg::Call(call) => {
                 let waiting = self.calls.lock().remove(&call.reply_to);
                 if let Some(c) = waiting {
                     let what = format!("the message of `{}` to actor {}", call.method, call.actor);
-                    c.slot.complete(Err(too_large(what)));
+                    c.slot.complete(Err(too_large(&what)));
                 }
             }
             Msg::RunTask { spec, .. } => {
@@ -2009,11 +2038,11 @@ impl ClusterNode {
                     }
                     let what = format!("the arguments of task `{}`", spec.display_name());
                     drop(f.job);
-                    f.slot.complete(Err(too_large(what)));
+                    f.slot.complete(Err(too_large(&what)));
                 }
             }
             Msg::CreateActor(create) => {
-                let error = too_large(format!("the arguments of actor {}", create.actor));
+                let error = too_large(&format!("the arguments of actor {}", create.actor));
                 let waiting = self.creates.lock().remove(&actor_key(create.actor));
                 match waiting {
                     Some(tx) => {
@@ -2029,71 +2058,8 @@ impl ClusterNode {
                         Ask::PlaceActor { actor, .. } => format!("the arguments of actor {actor}"),
                         _ => "the request to the head".into(),
                     };
-                    let _ = tx.send(Err(too_large(what)));
+                    let _ = tx.send(Err(too_large(&what)));
                 }
-            }
-            Msg::Answer { id, answer } => {
-                let answer = match answer {
-                    Err(e) => Err(e.shortened(ERROR_TEXT)),
-                    Ok(_) => Err(too_large("the answer".into())),
-                };
-                link.send(Msg::Answer { id, answer });
-            }
-            Msg::TaskDone {
-                object,
-                result,
-                load,
-            } => {
-                link.send(Msg::TaskDone {
-                    object,
-                    result: instead(result),
-                    load,
-                });
-            }
-            Msg::CallDone { object, result } => {
-                link.send(Msg::CallDone {
-                    object,
-                    result: instead(result),
-                });
-            }
-            Msg::ObjectReady { object, result } => {
-                link.send(Msg::ObjectReady {
-                    object,
-                    result: instead(result),
-                });
-            }
-            Msg::ActorCreated { actor, result } => {
-                link.send(Msg::ActorCreated {
-                    actor,
-                    result: result.map_err(|e| e.shortened(ERROR_TEXT)),
-                });
-            }
-            Msg::PullFailed { object, error } => {
-                link.send(Msg::PullFailed {
-                    object,
-                    error: error.shortened(ERROR_TEXT),
-                });
-            }
-            Msg::ActorMoved {
-                actor,
-                node,
-                died,
-                cause,
-                retries,
-            } => {
-                link.send(Msg::ActorMoved {
-                    actor,
-                    node,
-                    died,
-                    cause: cut_text(cause),
-                    retries,
-                });
-            }
-            Msg::NodeLeft { node, cause } => {
-                link.send(Msg::NodeLeft {
-                    node,
-                    cause: cut_text(cause),
-                });
             }
             // The rest carry nothing a user made large; the writer logged it.
             _ => {}
