@@ -587,6 +587,22 @@ impl Runtime {
         self.node().cluster().map(|c| c.pulls_landing())
     }
 
+    /// In a cluster, the pulls into this process that went again after
+    /// their link failed while the node holding the value lived. `None`
+    /// outside a cluster.
+    #[cfg(feature = "testing")]
+    pub fn pulls_again(&self) -> Option<u64> {
+        self.node().cluster().map(|c| c.pulls_again())
+    }
+
+    /// In a cluster, breaks this process's bulk links (those large objects
+    /// are pulled on) as a connection reset would; returns how many were
+    /// open. Pulls under way go again on new links. `None` outside a cluster.
+    #[cfg(feature = "testing")]
+    pub fn reset_bulk_links(&self) -> Option<usize> {
+        self.node().cluster().map(|c| c.reset_bulk_links())
+    }
+
     /// In a cluster, the landing buffers this process keeps for pulls (warm
     /// memory for the next large transfer): `(bytes kept, pulls that landed
     /// in a kept buffer)`. `None` outside a cluster.

@@ -147,6 +147,19 @@ fn fast_cluster(nodes: usize) -> Cluster {
         .expect("a cluster starts")
 }
 
+/// Waits until `reader`'s pull of a large object has taken in some bytes.
+fn wait_for_its_pull<T>(rt: &Runtime, reader: &std::thread::JoinHandle<T>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rt.pulls_landing() != Some(1) {
+        assert!(
+            !reader.is_finished(),
+            "the read ended before its pull was seen"
+        );
+        assert!(Instant::now() < deadline, "the pull never began");
+        std::thread::yield_now();
+    }
+}
+
 /// Waits (up to `within`) for the event that `node` died; its cause.
 fn death_of(events: &rayx::Events, node: NodeId, within: Duration) -> String {
     let deadline = Instant::now() + within;
@@ -531,19 +544,60 @@ fn an_object_whose_owner_died_fails_owner_died() {
         .unwrap();
     let reader =
         std::thread::spawn(move || big.get_timeout(Duration::from_secs(30)).map(|b| b.len()));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while rt.pulls_landing() != Some(1) {
-        assert!(
-            !reader.is_finished(),
-            "the read ended before its pull was seen"
-        );
-        assert!(Instant::now() < deadline, "the pull never began");
-        std::thread::yield_now();
-    }
+    wait_for_its_pull(&rt, &reader);
     c.kill_node(1).unwrap();
     match reader.join().unwrap() {
         Err(Error::OwnerDied { .. }) => {}
         other => panic!("expected OwnerDied: {other:?}"),
+    }
+}
+
+/// A pull whose bulk link breaks while the node holding the value lives (a
+/// connection reset, not a death) goes again on a new link and lands intact:
+/// a borrowed object read from its owner, and a task's result held where it
+/// ran. Nothing is declared dead, and nothing stays behind.
+fn a_pull_whose_link_breaks_goes_again() {
+    let c = fast_cluster(1);
+    let rt = c.driver().clone();
+    let node = c.nodes()[0].id;
+    let size = 256 << 20;
+    let owned = rt
+        .task(own_blob)
+        .node_affinity(node, false)
+        .remote(size)
+        .get()
+        .unwrap();
+    let held = rt.task(big_result).node_affinity(node, false).remote(size);
+    let reads: [Box<dyn FnOnce() -> (usize, bool) + Send>; 2] = [
+        Box::new(move || {
+            let b = owned.get_timeout(Duration::from_secs(60)).expect("read");
+            (b.len(), b.iter().all(|x| *x == 7))
+        }),
+        Box::new(move || {
+            let (_, b) = held.get_timeout(Duration::from_secs(60)).expect("read");
+            (b.len(), b.iter().all(|x| *x == (size % 251) as u8))
+        }),
+    ];
+    for (i, read) in reads.into_iter().enumerate() {
+        let reader = std::thread::spawn(read);
+        wait_for_its_pull(&rt, &reader);
+        assert_eq!(rt.reset_bulk_links(), Some(1), "one bulk link was open");
+        assert_eq!(reader.join().unwrap(), (size, true));
+        assert_eq!(
+            rt.pulls_again(),
+            Some(i as u64 + 1),
+            "the broken pull went again"
+        );
+    }
+    assert!(rt.cluster_status().unwrap().nodes.iter().all(|n| n.alive));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rt.memory().objects != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "objects stayed: {:?}",
+            rt.memory()
+        );
+        std::thread::park_timeout(PERIOD);
     }
 }
 
@@ -1223,6 +1277,7 @@ fn main() {
         calls_follow_an_actor_through_two_deaths,
         an_actor_without_restarts_fails_naming_its_node,
         an_object_whose_owner_died_fails_owner_died,
+        a_pull_whose_link_breaks_goes_again,
         a_result_whose_only_copy_died_is_rebuilt,
         a_partitioned_node_is_declared_dead_and_its_work_redone,
         a_hung_node_is_declared_dead_and_may_not_come_back,

@@ -60,6 +60,11 @@ const ERROR_TEXT: usize = 64 << 10;
 
 /// How long a request to the head or a peer may take before it fails.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a pull whose link failed while its holder lives waits before it
+/// goes again.
+const PULL_AGAIN: Duration = Duration::from_millis(100);
+
 /// How long a joining node keeps trying a head that refuses connections
 /// (one that is still starting).
 pub const JOIN_RETRY: Duration = Duration::from_secs(10);
@@ -374,6 +379,8 @@ pub struct ClusterNode {
     /// Lingers begun, and those that paid (a message came while polling).
     lingers_begun: AtomicU64,
     lingers_paid: AtomicU64,
+    /// Pulls gone again after their link failed while the holder lived.
+    pulls_again: AtomicU64,
     spread: AtomicUsize,
     closed: AtomicBool,
 }
@@ -485,6 +492,7 @@ impl ClusterNode {
             heard: tokio::sync::Notify::new(),
             heard_count: AtomicU64::new(0),
             lingers_begun: AtomicU64::new(0),
+            pulls_again: AtomicU64::new(0),
             lingers_paid: AtomicU64::new(0),
             spread: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
@@ -1549,6 +1557,27 @@ impl ClusterNode {
         self.pulls.landing()
     }
 
+    /// Pulls that went again after their link failed while their holder
+    /// lived (see `pull_retrying`).
+    pub fn pulls_again(&self) -> u64 {
+        self.pulls_again.load(Ordering::Relaxed)
+    }
+
+    /// Breaks this node's bulk links as a connection reset would (for
+    /// tests): their pulls go again on new ones. How many were open.
+    pub fn reset_bulk_links(&self) -> usize {
+        let open: Vec<Arc<Link>> = self
+            .peers
+            .lock()
+            .values()
+            .filter_map(|p| p.bulk.clone())
+            .collect();
+        for l in &open {
+            l.abort();
+        }
+        open.len()
+    }
+
     /// The network thread's lingers so far (see `linger`): begun, and paid
     /// (the next control message came while it polled).
     pub fn lingers(&self) -> (u64, u64) {
@@ -1859,10 +1888,11 @@ impl ClusterNode {
                 // Pulled from its owner, which died meanwhile: the read fails
                 // as a borrower's read of a dead owner's object does.
                 let from_owner = slot.is_borrowed() && node == id.node;
-                self.pull(
+                self.pull_retrying(
                     node,
                     id,
                     size,
+                    std::time::Instant::now(),
                     Box::new(move |r| {
                         target.complete(match r {
                             Err(Error::NodeDied { .. }) if from_owner => {
@@ -2304,7 +2334,7 @@ impl ClusterNode {
         let Some(held) = self.remote.lock().remove(&object) else {
             return;
         };
-        self.fetch_held_from(object, held, std::time::Instant::now());
+        self.fetch_held_from(object, held);
     }
 
     /// Until when a peer whose link was lost gets no new work.
@@ -2316,16 +2346,8 @@ impl ClusterNode {
         self.peers.lock().get(&node).is_some_and(|p| p.alive)
     }
 
-    /// Pulls a held result. A pull that fails while its holder lives (a link
-    /// that could not be opened, say) is tried again for the request
-    /// timeout, then fails `ObjectFetchFailed`; one whose holder died makes
-    /// the result again.
-    fn fetch_held_from(
-        self: &Arc<Self>,
-        object: ObjectId,
-        held: HeldAt,
-        since: std::time::Instant,
-    ) {
+    /// Pulls a held result; one whose holder died makes the result again.
+    fn fetch_held_from(self: &Arc<Self>, object: ObjectId, held: HeldAt) {
         let Some(slot) = self.core.table.lookup(object) else {
             // Nobody wants it any more: its holder may let go.
             self.send_to(held.node, false, Msg::Free { object });
@@ -2336,41 +2358,78 @@ impl ClusterNode {
             return self.rebuild(&slot, node);
         }
         let me = Arc::downgrade(self);
-        self.pull(
+        let wanted = Arc::downgrade(&slot);
+        drop(slot);
+        self.pull_retrying(
             node,
             object,
             held.size,
-            Box::new(move |r| match (r, me.upgrade()) {
-                (Err(e), Some(me)) if matches!(e, Error::NodeDied { .. }) => {
-                    if !me.is_alive(node) {
-                        return me.rebuild(&slot, node);
-                    }
-                    if since.elapsed() >= REQUEST_TIMEOUT {
+            std::time::Instant::now(),
+            Box::new(move |r| {
+                // Dropped meanwhile: its holder was told when it went.
+                let (Some(slot), Some(me)) = (wanted.upgrade(), me.upgrade()) else {
+                    return;
+                };
+                match r {
+                    Err(Error::NodeDied { .. }) => me.rebuild(&slot, node),
+                    Err(e @ Error::ObjectFetchFailed { .. }) => {
                         me.send_to(node, false, Msg::Free { object });
-                        return slot.complete(Err(Error::ObjectFetchFailed {
-                            id: object.to_string(),
-                            cause: format!(
-                                "node {node} holds it, and it could not be pulled from there \
-                                 for {REQUEST_TIMEOUT:?}: {e}"
-                            ),
-                        }));
+                        slot.complete(Err(e));
                     }
-                    drop(slot);
-                    let again = Arc::downgrade(&me);
-                    me.net.spawn(async move {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        if let Some(me) = again.upgrade() {
-                            me.fetch_held_from(object, held, since);
-                        }
-                    });
+                    // Its holder keeps it until the ref goes (the slot says
+                    // so when dropped: `task_done` set `tell_on_drop`), not
+                    // only until this pull: the value is still encoded here,
+                    // and the refs inside it are borrowed only when it is
+                    // read; freed there at once, they went before (as Ray
+                    // pins a primary copy where it was made while its ref
+                    // lives).
+                    r => slot.complete(r),
                 }
-                // Its holder keeps it until the ref goes (the slot says so
-                // when dropped: `task_done` set `tell_on_drop`), not only
-                // until this pull: the value is still encoded here, and the
-                // refs inside it are borrowed only when it is read; freed
-                // there at once, they went before (as Ray pins a primary
-                // copy where it was made while its ref lives).
-                (r, _) => slot.complete(r),
+            }),
+        );
+    }
+
+    /// Pulls `object` from `node`, again while `node` lives: a bulk link
+    /// that closed or could not be opened (a connection reset, say) does not
+    /// fail the read. `done` hears the value; `NodeDied` once `node` is
+    /// declared dead; `ObjectFetchFailed` if it lives but nothing came for
+    /// `REQUEST_TIMEOUT` since `since`.
+    fn pull_retrying(
+        self: &Arc<Self>,
+        node: NodeId,
+        object: ObjectId,
+        size: u64,
+        since: std::time::Instant,
+        done: transfer::PullDone,
+    ) {
+        let me = Arc::downgrade(self);
+        self.pull(
+            node,
+            object,
+            size,
+            Box::new(move |r| {
+                let (e, me) = match (r, me.upgrade()) {
+                    (Err(e @ Error::NodeDied { .. }), Some(me)) if me.is_alive(node) => (e, me),
+                    (r, _) => return done(r),
+                };
+                if since.elapsed() >= REQUEST_TIMEOUT {
+                    return done(Err(Error::ObjectFetchFailed {
+                        id: object.to_string(),
+                        cause: format!(
+                            "node {node} holds it, and it could not be pulled from there \
+                             for {REQUEST_TIMEOUT:?}: {e}"
+                        ),
+                    }));
+                }
+                me.pulls_again.fetch_add(1, Ordering::Relaxed);
+                let again = Arc::downgrade(&me);
+                me.net.spawn(async move {
+                    tokio::time::sleep(PULL_AGAIN).await;
+                    match again.upgrade() {
+                        Some(me) => me.pull_retrying(node, object, size, since, done),
+                        None => done(Err(e)),
+                    }
+                });
             }),
         );
     }
