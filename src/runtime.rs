@@ -603,6 +603,14 @@ impl Runtime {
         self.node().cluster().map(|c| c.reset_bulk_links())
     }
 
+    /// In a cluster, breaks every link of this process to other nodes (not
+    /// to the head) as a network blip would; returns how many were open.
+    /// `None` outside a cluster.
+    #[cfg(feature = "testing")]
+    pub fn reset_peer_links(&self) -> Option<usize> {
+        self.node().cluster().map(|c| c.reset_peer_links())
+    }
+
     /// In a cluster, the landing buffers this process keeps for pulls (warm
     /// memory for the next large transfer): `(bytes kept, pulls that landed
     /// in a kept buffer)`. `None` outside a cluster.

@@ -601,6 +601,28 @@ fn a_pull_whose_link_breaks_goes_again() {
     }
 }
 
+/// A network blip (every link between the driver and its only node broken,
+/// both processes alive): the task that was running there, and one
+/// submitted right after, wait for the node to be reached again and run,
+/// rather than fail `Unschedulable` because no reachable node has a CPU.
+fn tasks_wait_out_a_broken_link_to_a_live_node() {
+    let c = fast_cluster(1);
+    let rt = c.driver().clone();
+    let node = c.nodes()[0].id;
+    let running = rt.task(slow_where).remote((1, 1_000));
+    wait_for_load(&rt, node, 1);
+    assert!(rt.reset_peer_links().unwrap() >= 1, "a link was open");
+    let next = rt.task(slow_where).remote((2, 0));
+    for (i, t) in [(1, running), (2, next)] {
+        assert_eq!(
+            t.get_timeout(Duration::from_secs(30)),
+            Ok((i, node.0)),
+            "ran on the node once it was reached again"
+        );
+    }
+    assert!(rt.cluster_status().unwrap().nodes.iter().all(|n| n.alive));
+}
+
 /// A task's large result whose only copy died with its node is made again on
 /// the next read (lineage); without retries the read fails, saying why.
 fn a_result_whose_only_copy_died_is_rebuilt() {
@@ -1278,6 +1300,7 @@ fn main() {
         an_actor_without_restarts_fails_naming_its_node,
         an_object_whose_owner_died_fails_owner_died,
         a_pull_whose_link_breaks_goes_again,
+        tasks_wait_out_a_broken_link_to_a_live_node,
         a_result_whose_only_copy_died_is_rebuilt,
         a_partitioned_node_is_declared_dead_and_its_work_redone,
         a_hung_node_is_declared_dead_and_may_not_come_back,

@@ -31,7 +31,7 @@ use crate::core::Core;
 use crate::error::Error;
 use crate::ids::{ActorId, IdMap, NodeId, ObjectId, TaskId};
 use crate::messages::{ActorCall, Arg, Scheduling, TaskSpec};
-use crate::object_table::{Slot, TaskJob};
+use crate::object_table::{Dispatch, Slot, TaskJob};
 use crate::run_queue::Spill;
 use crate::spin::Site;
 use crate::value::Value;
@@ -64,6 +64,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a pull whose link failed while its holder lives waits before it
 /// goes again.
 const PULL_AGAIN: Duration = Duration::from_millis(100);
+
+/// How often a task waiting for a node whose link broke is offered again.
+const PLACE_AGAIN: Duration = Duration::from_millis(100);
 
 /// How long a joining node keeps trying a head that refuses connections
 /// (one that is still starting).
@@ -1578,6 +1581,27 @@ impl ClusterNode {
         open.len()
     }
 
+    /// Breaks every link of this node to its peers (not to the head), as a
+    /// network blip would (for tests). How many were open.
+    pub fn reset_peer_links(&self) -> usize {
+        let open: Vec<Arc<Link>> = self
+            .peers
+            .lock()
+            .values()
+            .flat_map(|p| {
+                p.control
+                    .iter()
+                    .chain(p.spare.iter())
+                    .chain(p.bulk.iter())
+                    .cloned()
+            })
+            .collect();
+        for l in &open {
+            l.abort();
+        }
+        open.len()
+    }
+
     /// The network thread's lingers so far (see `linger`): begun, and paid
     /// (the next control message came while it polled).
     pub fn lingers(&self) -> (u64, u64) {
@@ -2673,8 +2697,10 @@ impl ClusterNode {
         }
     }
 
-    /// The candidates for work from this node: itself and its live peers.
-    fn candidates(&self) -> Vec<Candidate> {
+    /// The candidates for work from this node: itself and its live peers
+    /// (`reachable`: only those whose link did not just break).
+    fn candidates(&self, reachable: bool) -> Vec<Candidate> {
+        let now = std::time::Instant::now();
         let mut c = vec![Candidate {
             id: self.me.id,
             cpus: self.me.cpus,
@@ -2684,11 +2710,7 @@ impl ClusterNode {
             self.peers
                 .lock()
                 .values()
-                .filter(|p| {
-                    p.alive
-                        && p.unreachable_until
-                            .is_none_or(|t| t <= std::time::Instant::now())
-                })
+                .filter(|p| p.alive && (!reachable || p.unreachable_until.is_none_or(|t| t <= now)))
                 .map(|p| Candidate {
                     id: p.info.id,
                     cpus: p.info.cpus,
@@ -2698,11 +2720,56 @@ impl ClusterNode {
         c
     }
 
+    /// Work that fits no reachable node but would fit a live one whose link
+    /// broke a moment ago (a network blip, not a death) waits for it rather
+    /// than fail `Unschedulable`: it is offered again every `PLACE_AGAIN`,
+    /// and the link is opened again at once. False if no such node fits.
+    fn wait_to_place(
+        self: &Arc<Self>,
+        slot: &Arc<Slot>,
+        scheduling: Scheduling,
+        cpus: f64,
+    ) -> bool {
+        let Ok(node) = place(
+            &self.candidates(false),
+            self.me.id,
+            scheduling,
+            cpus,
+            &self.spread,
+        ) else {
+            return false;
+        };
+        if node == self.me.id {
+            return false;
+        }
+        {
+            let mut peers = self.peers.lock();
+            let Some(peer) = peers.get_mut(&node) else {
+                return false;
+            };
+            if peer.open(false).is_none() && !peer.connecting[0] {
+                peer.connecting[0] = true;
+                let address = peer.info.address.clone();
+                self.net
+                    .spawn(open_link(Arc::downgrade(self), node, address, false));
+            }
+        }
+        let me = Arc::downgrade(self);
+        let slot = slot.clone();
+        self.net.spawn(async move {
+            tokio::time::sleep(PLACE_AGAIN).await;
+            if let Some(me) = me.upgrade() {
+                me.core.run_queue.dispatch(slot);
+            }
+        });
+        true
+    }
+
     /// Chooses a node for an actor's or a task's needs (the head places
     /// actors; this is the tasks' own choice).
     pub fn place(&self, scheduling: Scheduling, cpus: f64) -> Result<NodeId, String> {
         place(
-            &self.candidates(),
+            &self.candidates(true),
             self.me.id,
             scheduling,
             cpus,
@@ -2737,6 +2804,7 @@ impl Spill for ClusterNode {
                 self.send_task(slot, node);
                 true
             }
+            Err(_) if self.wait_to_place(slot, scheduling, cpus) => true,
             Err(reason) => {
                 if let Some(job) = slot.take_job() {
                     drop(job);
