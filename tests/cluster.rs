@@ -8,8 +8,8 @@
 mod common;
 
 use common::raw_peer::{
-    accept_shake, chunk_frame, fake_node, frame, hello, join_control, read_frames_until,
-    read_until_closed, send_task_on, shake,
+    accept_shake, chunk_frame, control_frame, fake_node, frame, hello, join_control,
+    read_frames_until, read_until_closed, send_task_on, shake,
 };
 use rayx::prelude::*;
 use rayx::testing::Cluster;
@@ -1083,10 +1083,8 @@ fn bad_bytes_close_one_connection_and_are_counted() {
         args: vec![],
         options: Default::default(),
     };
-    s.write_all(&frame(
-        &rayx_actors::cluster::wire::encode(&[Msg::RunTask { spec, held: vec![] }]).unwrap(),
-    ))
-    .unwrap();
+    s.write_all(&control_frame(1, &[Msg::RunTask { spec, held: vec![] }]))
+        .unwrap();
     let answers = read_frames_until(&mut s, |m| matches!(m, Msg::TaskDone { .. }));
     assert!(
         answers.iter().any(|m| matches!(m,
@@ -1112,7 +1110,7 @@ fn address_of(rt: &Runtime, node: NodeId) -> String {
 /// the victim's pull with lying chunks: each attack must fail that pull (and
 /// the task, with a typed error), never the node.
 fn a_lying_peer_s_chunks_fail_its_pull_not_the_node() {
-    use rayx_actors::cluster::wire::{self, Msg, Payload};
+    use rayx_actors::cluster::wire::{Msg, Payload};
     use rayx_actors::ids::ObjectId;
     let mut c = Cluster::start(1).unwrap();
     let rt = c.driver().clone();
@@ -1129,7 +1127,7 @@ fn a_lying_peer_s_chunks_fail_its_pull_not_the_node() {
         };
         let mut s = join_control(&address, &token, &me);
         let checksum = rayx::__private::name_of(&checksum);
-        send_task_on(&mut s, me.id, checksum, obj, None);
+        send_task_on(&mut s, 1, me.id, checksum, obj, None);
         read_frames_until(&mut s, |m| matches!(m, Msg::Borrow { .. }));
         let ready = Msg::ObjectReady {
             object: obj,
@@ -1138,8 +1136,7 @@ fn a_lying_peer_s_chunks_fail_its_pull_not_the_node() {
                 size: 105,
             }),
         };
-        s.write_all(&frame(&wire::encode(&[ready]).unwrap()))
-            .unwrap();
+        s.write_all(&control_frame(2, &[ready])).unwrap();
         let (mut b, _) = bulk.accept().unwrap();
         let welcome = Msg::Welcome {
             node: me.clone(),
@@ -1204,7 +1201,14 @@ fn a_task_s_held_argument_is_pulled_at_once() {
     let bytes = blob(300 << 10, 3);
     // Its measure: the bytes, without their header.
     let checksum_name = rayx::__private::name_of(&checksum);
-    send_task_on(&mut s, me.id, checksum_name, obj, Some(bytes.len() as u64));
+    send_task_on(
+        &mut s,
+        1,
+        me.id,
+        checksum_name,
+        obj,
+        Some(bytes.len() as u64),
+    );
     // Nobody answers a fetch: only a pull at once opens the bulk link.
     let (opened, opening) = std::sync::mpsc::channel();
     std::thread::spawn(move || opened.send(bulk.accept().map(|(b, _)| b)));
@@ -1263,7 +1267,7 @@ fn a_task_s_held_argument_is_pulled_at_once() {
         node: me.id,
         seq: 8,
     };
-    send_task_on(&mut s, me.id, checksum_name, other, Some(0));
+    send_task_on(&mut s, 2, me.id, checksum_name, other, Some(0));
     let asked = read_frames_until(&mut s, |m| matches!(m, Msg::Fetch { .. }));
     assert!(
         asked

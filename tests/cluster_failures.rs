@@ -61,6 +61,17 @@ fn pid_here(_: ()) -> u32 {
     std::process::id()
 }
 
+/// Reads a borrowed value where the task runs.
+fn len_of(r: ObjectRef<ByteBuf>) -> usize {
+    r.get().expect("a borrowed value stays readable").len()
+}
+
+/// Breaks this node's links to its peers (a network blip seen from here).
+fn blip_here(_: ()) -> usize {
+    let rt = Runtime::current().expect("in a task");
+    rt.reset_peer_links().expect("in a cluster")
+}
+
 rayx::remote!(
     where_am_i,
     square,
@@ -68,7 +79,9 @@ rayx::remote!(
     own_blob,
     call_by_name,
     big_result,
-    pid_here
+    pid_here,
+    len_of,
+    blip_here
 );
 
 pub struct Counter {
@@ -602,9 +615,10 @@ fn a_pull_whose_link_breaks_goes_again() {
 }
 
 /// A network blip (every link between the driver and its only node broken,
-/// both processes alive): the task that was running there, and one
-/// submitted right after, wait for the node to be reached again and run,
-/// rather than fail `Unschedulable` because no reachable node has a CPU.
+/// both processes alive): the task that was running there answers over a
+/// new link, and one submitted right after waits for the node to be reached
+/// again and runs there, rather than fail `Unschedulable` because no
+/// reachable node has a CPU.
 fn tasks_wait_out_a_broken_link_to_a_live_node() {
     let c = fast_cluster(1);
     let rt = c.driver().clone();
@@ -621,6 +635,78 @@ fn tasks_wait_out_a_broken_link_to_a_live_node() {
         );
     }
     assert!(rt.cluster_status().unwrap().nodes.iter().all(|n| n.alive));
+}
+
+/// Network blips under load: the driver's links to its nodes, and one
+/// node's links to the other, broken again and again while calls (from the
+/// driver, and from an actor on the other node), tasks, borrowed values and
+/// their pulls are under way. Nothing is lost or done twice: every call
+/// applies once and its callers see their calls in order, every task's
+/// result comes back, borrowed values stay readable, nobody is declared
+/// dead, and every process's objects are freed at the end.
+fn network_blips_lose_and_repeat_nothing() {
+    let c = fast_cluster(2);
+    let rt = c.driver().clone();
+    let (n0, n1) = (c.nodes()[0].id, c.nodes()[1].id);
+    let counter = rt
+        .actor_of(new_counter, 0)
+        .node_affinity(n0, false)
+        .spawn()
+        .unwrap();
+    let relay = rt
+        .actor_of(new_relay, counter.clone())
+        .node_affinity(n1, false)
+        .spawn()
+        .unwrap();
+    let blob = rt.put(ByteBuf::from(vec![5u8; 256 << 10])).unwrap();
+    let (mut calls, mut relayed, mut reads, mut blips) = (vec![], vec![], vec![], 0);
+    for round in 0..20 {
+        calls.extend((0..50).map(|_| counter.call(Add(1))));
+        relayed.push(relay.call(Forward(1)));
+        reads
+            .extend([n0, n1].map(|n| rt.task(len_of).node_affinity(n, false).remote(blob.clone())));
+        if round % 2 == 0 {
+            blips += rt.reset_peer_links().unwrap();
+        } else {
+            blips += rt
+                .task(blip_here)
+                .node_affinity(n1, false)
+                .remote(())
+                .get_timeout(Duration::from_secs(30))
+                .unwrap();
+        }
+    }
+    assert!(blips >= 20, "links were broken: {blips}");
+    let seen: Vec<u64> = calls
+        .iter()
+        .map(|r| r.get_timeout(Duration::from_secs(30)).unwrap())
+        .collect();
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "the driver's calls applied in order"
+    );
+    for r in relayed {
+        assert!(r.get_timeout(Duration::from_secs(30)).unwrap().is_ok());
+    }
+    assert_eq!(
+        counter.call(Add(0)).get().unwrap(),
+        20 * 50 + 20,
+        "every call applied once"
+    );
+    for r in reads {
+        assert_eq!(r.get_timeout(Duration::from_secs(30)), Ok(256 << 10));
+    }
+    assert!(rt.cluster_status().unwrap().nodes.iter().all(|n| n.alive));
+    drop((calls, blob, counter, relay));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let nodes = rt.cluster_status().unwrap().nodes;
+        if rt.memory().objects == 0 && nodes.iter().all(|n| n.report.memory.objects == 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "objects stayed: {nodes:?}");
+        std::thread::park_timeout(PERIOD);
+    }
 }
 
 /// A task's large result whose only copy died with its node is made again on
@@ -1301,6 +1387,7 @@ fn main() {
         an_object_whose_owner_died_fails_owner_died,
         a_pull_whose_link_breaks_goes_again,
         tasks_wait_out_a_broken_link_to_a_live_node,
+        network_blips_lose_and_repeat_nothing,
         a_result_whose_only_copy_died_is_rebuilt,
         a_partitioned_node_is_declared_dead_and_its_work_redone,
         a_hung_node_is_declared_dead_and_may_not_come_back,

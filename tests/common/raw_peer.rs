@@ -12,6 +12,27 @@ pub fn frame(body: &[u8]) -> Vec<u8> {
     f
 }
 
+/// A control-lane frame after the handshake, as a node's session writes it:
+/// the sequence number of its first message (a peer's first is 1, each
+/// message one more), an ack of nothing, then the messages.
+pub fn control_frame(first: u64, msgs: &[rayx_actors::cluster::wire::Msg]) -> Vec<u8> {
+    let mut body = first.to_be_bytes().to_vec();
+    body.extend_from_slice(&0u64.to_be_bytes());
+    body.extend(rayx_actors::cluster::wire::encode(msgs).unwrap());
+    frame(&body)
+}
+
+/// A frame's messages: a handshake frame's as they are, a control frame's
+/// after its header (a header starts with a zero byte, which no message
+/// batch does).
+fn decode_any(body: &[u8]) -> Vec<rayx_actors::cluster::wire::Msg> {
+    use rayx_actors::cluster::wire::decode;
+    match body.first() {
+        Some(0) if body.len() >= 16 => decode(&body[16..]).unwrap(),
+        _ => decode(body).unwrap(),
+    }
+}
+
 /// A hello frame of node 99 (its nonce: 32 sevens, as [`shake`] expects).
 pub fn hello(
     lane: rayx_actors::cluster::wire::Lane,
@@ -118,7 +139,7 @@ pub fn read_until_closed(s: &mut TcpStream) -> Vec<rayx_actors::cluster::wire::M
         if at + 4 + n > all.len() {
             break;
         }
-        msgs.extend(rayx_actors::cluster::wire::decode(&all[at + 4..at + 4 + n]).unwrap());
+        msgs.extend(decode_any(&all[at + 4..at + 4 + n]));
         at += 4 + n;
     }
     msgs
@@ -140,7 +161,7 @@ pub fn read_frames_until(
         if s.read_exact(&mut body).is_err() {
             return msgs;
         }
-        let batch = rayx_actors::cluster::wire::decode(&body).unwrap();
+        let batch = decode_any(&body);
         let done = batch.iter().any(&stop);
         msgs.extend(batch);
         if done {
@@ -197,16 +218,17 @@ pub fn join_control(
 }
 
 /// Sends node `me`'s task running `function` on `arg`, an object of its own,
-/// saying whether it `held` it (and its size); the task's number is the
-/// argument's plus 1000.
+/// saying whether it `held` it (and its size), as its control message `seq`;
+/// the task's number is the argument's plus 1000.
 pub fn send_task_on(
     s: &mut TcpStream,
+    seq: u64,
     me: rayx::NodeId,
     function: &str,
     arg: rayx_actors::ids::ObjectId,
     held: Option<u64>,
 ) {
-    use rayx_actors::cluster::wire::{encode, Msg};
+    use rayx_actors::cluster::wire::Msg;
     use rayx_actors::messages::{Arg, TaskSpec};
     let spec = TaskSpec {
         task_id: rayx_actors::ids::TaskId(rayx_actors::ids::ObjectId {
@@ -218,7 +240,7 @@ pub fn send_task_on(
         options: Default::default(),
     };
     let held = held.map(|size| (arg, size)).into_iter().collect();
-    s.write_all(&frame(&encode(&[Msg::RunTask { spec, held }]).unwrap()))
+    s.write_all(&control_frame(seq, &[Msg::RunTask { spec, held }]))
         .unwrap();
 }
 

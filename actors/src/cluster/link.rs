@@ -11,6 +11,7 @@
 //! and harmless to every other connection.
 
 use super::auth::{self, Side, Token};
+use super::session::{self, Out, Session};
 use super::tls::Tls;
 use super::wire::{self, Hello, Lane, Msg, NodeInfo, Rejections};
 use crate::error::Error;
@@ -81,11 +82,6 @@ impl std::fmt::Display for NotSent {
     }
 }
 
-pub(crate) enum Out {
-    Msg(Msg),
-    Close,
-}
-
 /// One connection to a peer.
 pub struct Link {
     /// The peer, as its hello or welcome described it.
@@ -95,9 +91,13 @@ pub struct Link {
     /// A number unique in this process, to tell links apart.
     pub serial: u64,
     tx: mpsc::UnboundedSender<Out>,
+    /// A control link's session with its peer: its queue, kept across links.
+    session: Option<Arc<Session>>,
     closed: AtomicBool,
     /// Stops the reader: a peer gone silent never closes its socket.
     abort: CancellationToken,
+    /// Stops a session link's writer (its queue stays with the session).
+    stop: CancellationToken,
     /// Set when the writer has stopped (everything queued before a close is
     /// written by then).
     written: (parking_lot::Mutex<bool>, parking_lot::Condvar),
@@ -117,16 +117,28 @@ static SERIAL: AtomicU64 = AtomicU64::new(1);
 
 impl Link {
     /// A new open link to `peer` on `lane`, and the receiving end of its
-    /// queue (what its writer drains).
-    fn open(peer: NodeInfo, lane: Lane) -> (Arc<Link>, mpsc::UnboundedReceiver<Out>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+    /// queue (what its writer drains) unless it sends a `session`'s.
+    fn open(
+        peer: NodeInfo,
+        lane: Lane,
+        session: Option<Arc<Session>>,
+    ) -> (Arc<Link>, Option<mpsc::UnboundedReceiver<Out>>) {
+        let (tx, rx) = match &session {
+            Some(s) => (s.sender(), None),
+            None => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                (tx, Some(rx))
+            }
+        };
         let link = Arc::new(Link {
             peer,
             lane,
             serial: SERIAL.fetch_add(1, Ordering::Relaxed),
             tx,
+            session,
             closed: AtomicBool::new(false),
             abort: CancellationToken::new(),
+            stop: CancellationToken::new(),
             written: Default::default(),
         });
         (link, rx)
@@ -141,12 +153,14 @@ impl Link {
             cpus: 1.0,
             head: false,
         };
-        Link::open(peer, lane)
+        let (link, rx) = Link::open(peer, lane, None);
+        (link, rx.expect("a queue of its own"))
     }
 
-    /// Queues a message; false if the link is closed.
+    /// Queues a message; false if the link is closed. A session's link
+    /// queues it in the session, for whichever of its links writes next.
     pub fn send(&self, msg: Msg) -> bool {
-        !self.is_closed() && self.tx.send(Out::Msg(msg)).is_ok()
+        (self.session.is_some() || !self.is_closed()) && self.tx.send(Out::Msg(msg)).is_ok()
     }
 
     /// Whether the link is closed.
@@ -154,9 +168,15 @@ impl Link {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// Closes the link: queued messages are written, then the socket closes.
+    /// Closes the link: queued messages are written, then the socket
+    /// closes. A session's link stops after the frames it is writing; what
+    /// is queued stays for the session's next link.
     pub fn close(&self) {
-        let _ = self.tx.send(Out::Close);
+        if self.session.is_some() {
+            self.stop.cancel();
+        } else {
+            let _ = self.tx.send(Out::Close);
+        }
     }
 
     /// Waits up to `timeout` until the writer has stopped — after a
@@ -383,6 +403,7 @@ pub async fn connect(
     hello: Hello,
     inbound: Arc<dyn Inbound>,
     gate: &Arc<Gate>,
+    session: Option<Arc<Session>>,
 ) -> Result<(Arc<Link>, Vec<NodeInfo>), Error> {
     let unreachable = |cause: String| {
         if cause.contains("authentication failed") {
@@ -403,7 +424,7 @@ pub async fn connect(
         .map_err(|e| unreachable(e.to_string()))?;
     let _ = stream.set_nodelay(true);
     match &gate.tls {
-        None => shake_hands(stream, hello, inbound, gate).await,
+        None => shake_hands(stream, hello, inbound, gate, session).await,
         Some(tls) => {
             let tls = tokio::time::timeout(
                 HANDSHAKE_DEADLINE,
@@ -416,7 +437,14 @@ pub async fn connect(
                     "TLS handshake failed (does the cluster use TLS, with this certificate?): {e}"
                 ))
             })?;
-            shake_hands(tokio_rustls::TlsStream::from(tls), hello, inbound, gate).await
+            shake_hands(
+                tokio_rustls::TlsStream::from(tls),
+                hello,
+                inbound,
+                gate,
+                session,
+            )
+            .await
         }
     }
     .map_err(unreachable)
@@ -429,6 +457,7 @@ async fn shake_hands<S: Conn>(
     mut hello: Hello,
     inbound: Arc<dyn Inbound>,
     gate: &Arc<Gate>,
+    session: Option<Arc<Session>>,
 ) -> Result<(Arc<Link>, Vec<NodeInfo>), String> {
     let lane = hello.lane;
     let mine = auth::nonce();
@@ -473,7 +502,13 @@ async fn shake_hands<S: Conn>(
     let (node, cluster) = tokio::time::timeout(HANDSHAKE_DEADLINE, shake)
         .await
         .map_err(|_| format!("no handshake within {HANDSHAKE_DEADLINE:?}"))??;
-    let link = start(stream, buf, node, lane, inbound, gate.rejections.clone());
+    let link = start(
+        stream,
+        buf,
+        (node, lane, session),
+        inbound,
+        gate.rejections.clone(),
+    );
     Ok((link, cluster))
 }
 
@@ -484,6 +519,10 @@ pub trait Admit: Send + Sync + 'static {
     fn admit(&self, hello: &Hello) -> Result<(NodeInfo, Vec<NodeInfo>), String>;
     /// The link of an admitted hello is up (a join is announced now).
     fn admitted(&self, link: &Arc<Link>, hello: Hello);
+    /// The session an admitted control link sends and receives in.
+    fn session(&self, _hello: &Hello) -> Option<Arc<Session>> {
+        None
+    }
 }
 
 /// Serves one accepted connection: its hello and the token's
@@ -585,11 +624,11 @@ async fn admit_on<S: Conn>(
             if write_frame(&mut stream, &welcome).await.is_err() {
                 return;
             }
+            let session = admit.session(&hello);
             let link = start(
                 stream,
                 buf,
-                hello.node.clone(),
-                hello.lane,
+                (hello.node.clone(), hello.lane, session),
                 inbound,
                 gate.rejections.clone(),
             );
@@ -733,13 +772,12 @@ impl Conn for tokio::io::DuplexStream {
 fn start<S: Conn>(
     stream: S,
     buf: BytesMut,
-    peer: NodeInfo,
-    lane: Lane,
+    (peer, lane, session): (NodeInfo, Lane, Option<Arc<Session>>),
     inbound: Arc<dyn Inbound>,
     rejections: Arc<Rejections>,
 ) -> Arc<Link> {
     let (rd, wr) = stream.halves();
-    let (link, rx) = Link::open(peer, lane);
+    let (link, rx) = Link::open(peer, lane, session);
     tokio::spawn(write_loop(wr, rx, link.clone(), inbound.clone()));
     tokio::spawn(read_loop(rd, buf, link.clone(), inbound, rejections));
     link
@@ -808,12 +846,13 @@ pub(super) async fn read_frames<R: AsyncRead + Unpin>(
                 }
                 Ok(Some(frame)) => {
                     mid_frame = false;
-                    let decoded = if link.lane == Lane::Bulk {
-                        read_bulk_frame(frame.freeze())
-                    } else {
-                        wire::decode(&frame)
+                    let decoded = match &link.session {
+                        _ if link.lane == Lane::Bulk => read_bulk_frame(frame.freeze()),
+                        Some(s) => read_session_frame(s, &frame),
+                        None => wire::decode(&frame),
                     };
                     match decoded {
+                        Ok(msgs) if msgs.is_empty() => {}
                         Ok(msgs) => {
                             // A bug a peer's message trips closes its link (and
                             // is counted), never the node or its other links.
@@ -845,28 +884,92 @@ pub(super) async fn read_frames<R: AsyncRead + Unpin>(
     }
 }
 
+/// A session's control frame: its header read into the session (the ack,
+/// and which messages were had already), and the messages not had yet.
+fn read_session_frame(s: &Arc<Session>, frame: &[u8]) -> Result<Vec<Msg>, String> {
+    let (first, ack, body) = session::split(frame)?;
+    let mut msgs = wire::decode(body)?;
+    let had = s.received(first, msgs.len() as u64, ack)?;
+    msgs.drain(..had);
+    if s.ack_due() {
+        let s = s.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(session::ACK_DELAY).await;
+            s.ack_if_needed();
+        });
+    }
+    Ok(msgs)
+}
+
+/// Writes a session's frames not acknowledged yet (a new link's first
+/// bytes), each with the ack as it is now.
+async fn resend<W: AsyncWrite + Unpin>(wr: &mut W, s: &Session) -> std::io::Result<()> {
+    for (first, body) in s.resend() {
+        let header = session::header(first, s.ack_now());
+        wr.write_all(&((session::HEADER + body.len()) as u32).to_be_bytes())
+            .await?;
+        wr.write_all(&header).await?;
+        wr.write_all(&body).await?;
+    }
+    wr.flush().await
+}
+
 pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     mut wr: W,
-    mut rx: mpsc::UnboundedReceiver<Out>,
+    rx: Option<mpsc::UnboundedReceiver<Out>>,
     link: Arc<Link>,
     inbound: Arc<dyn Inbound>,
 ) {
-    let limit = max_frame(link.lane);
+    let session = link.session.clone();
+    let taken = match (rx, &session) {
+        (Some(rx), _) => Some(rx),
+        // One writer at a time sends a session's queue.
+        (None, Some(s)) => s.take_queue(&link.stop).await,
+        (None, None) => None,
+    };
+    let Some(mut rx) = taken else {
+        return stopped(&mut wr, &link).await;
+    };
+    if let Some(s) = &session {
+        if resend(&mut wr, s).await.is_err() {
+            s.hand_back(rx);
+            // A writer that cannot write stops its reader too: the node
+            // hears the link closed, and opens another.
+            link.abort.cancel();
+            return stopped(&mut wr, &link).await;
+        }
+    }
+    let header = if session.is_some() {
+        session::HEADER
+    } else {
+        0
+    };
+    let limit = max_frame(link.lane) - header;
     let mut batch: Vec<Out> = Vec::with_capacity(BATCH);
     let mut msgs: Vec<Msg> = Vec::with_capacity(BATCH);
     let mut out = BytesMut::with_capacity(64 << 10);
-    'write: while rx.recv_many(&mut batch, BATCH).await > 0 {
+    let mut failed = false;
+    'write: loop {
+        let got = tokio::select! {
+            n = rx.recv_many(&mut batch, BATCH) => n,
+            _ = link.stop.cancelled() => 0,
+        };
+        if got == 0 {
+            break;
+        }
         let mut closing = false;
+        let mut ack = false;
         for o in batch.drain(..) {
             match o {
                 Out::Msg(m) => msgs.push(m),
                 Out::Close => closing = true,
+                Out::Ack => ack = true,
             }
         }
         if link.lane == Lane::Bulk {
             // One message per frame; a chunk's bytes go from the served
             // buffer to the socket without a copy.
-            let mut failed = false;
+            let mut broke = false;
             for m in msgs.drain(..) {
                 let Some((head, tail)) = bulk_frame(m) else {
                     continue;
@@ -877,13 +980,14 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
                 out.extend_from_slice(&head);
                 if let Some(tail) = tail {
                     if wr.write_all(&out).await.is_err() || wr.write_all(&tail).await.is_err() {
-                        failed = true;
+                        broke = true;
                         break;
                     }
                     out.clear();
                 }
             }
-            if failed {
+            if broke {
+                failed = true;
                 break 'write;
             }
         }
@@ -894,10 +998,33 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
             tracing::warn!("rayx: not sent to {}: {why}", link.peer.id);
             inbound.not_sent(&link, msg, why);
         }
-        for body in frames {
-            out.put_u32(body.len() as u32);
+        if frames.is_empty() && ack && session.is_some() {
+            // An ack alone: a frame of no messages.
+            frames.extend(wire::encode(&[]).ok().map(|b| (0, b)));
+        }
+        // A session numbers (and keeps) every frame before any is written:
+        // a write that fails midway loses none of them.
+        let frames: Vec<(Option<[u8; session::HEADER]>, bytes::Bytes)> = frames
+            .into_iter()
+            .map(|(count, body)| {
+                let body = bytes::Bytes::from(body);
+                let head = session.as_ref().map(|s| {
+                    let (first, ack) = s.stamp(count as u64, &body, true);
+                    session::header(first, ack)
+                });
+                (head, body)
+            })
+            .collect();
+        for (head, body) in frames {
+            out.put_u32((header + body.len()) as u32);
+            if let Some(h) = head {
+                out.extend_from_slice(&h);
+            }
             if body.len() >= LARGE_BODY {
-                if wr.write_all(&out).await.is_err() || wr.write_all(&body).await.is_err() {
+                if put(&mut wr, &out, &link.stop).await.is_err()
+                    || put(&mut wr, &body, &link.stop).await.is_err()
+                {
+                    failed = true;
                     break 'write;
                 }
                 out.clear();
@@ -906,7 +1033,8 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
             }
         }
         if !out.is_empty() {
-            if wr.write_all(&out).await.is_err() {
+            if put(&mut wr, &out, &link.stop).await.is_err() {
+                failed = true;
                 break;
             }
             out.clear();
@@ -914,12 +1042,37 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
         // TLS keeps what the socket did not take in its own buffer until a
         // flush (plain TCP's flush does nothing): a batch goes out whole.
         if wr.flush().await.is_err() {
+            failed = true;
             break;
         }
         if closing {
             break;
         }
     }
+    if let Some(s) = &session {
+        s.hand_back(rx);
+        if failed {
+            link.abort.cancel();
+        }
+    }
+    stopped(&mut wr, &link).await;
+}
+
+/// Writes `bytes`, or stops when `stop` fires (a session's link closed
+/// while its peer does not read: what it was writing is sent again).
+async fn put<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    bytes: &[u8],
+    stop: &CancellationToken,
+) -> std::io::Result<()> {
+    tokio::select! {
+        r = wr.write_all(bytes) => r,
+        _ = stop.cancelled() => Err(std::io::Error::other("the link was closed")),
+    }
+}
+
+/// A writer's end: the link is closed, the socket shut, and waiters told.
+async fn stopped<W: AsyncWrite + Unpin>(wr: &mut W, link: &Link) {
     link.closed.store(true, Ordering::Release);
     let _ = wr.shutdown().await;
     *link.written.0.lock() = true;
@@ -1063,7 +1216,7 @@ pub fn read_bulk_frame(frame: bytes::Bytes) -> Result<Vec<Msg>, String> {
 fn pack(
     msgs: &mut Vec<Msg>,
     limit: usize,
-    frames: &mut Vec<Vec<u8>>,
+    frames: &mut Vec<(usize, Vec<u8>)>,
     bounced: &mut Vec<(Msg, NotSent)>,
 ) {
     if msgs.is_empty() {
@@ -1071,7 +1224,7 @@ fn pack(
     }
     match wire::encode(msgs) {
         Ok(body) if body.len() <= limit => {
-            frames.push(body);
+            frames.push((msgs.len(), body));
             msgs.clear();
         }
         _ if msgs.len() > 1 => {
@@ -1207,7 +1360,11 @@ mod tests {
         assert!(why.contains("over the limit"), "{why}");
         let sent: Vec<Msg> = frames
             .iter()
-            .flat_map(|f| wire::decode(f).expect("decodes"))
+            .flat_map(|(n, f)| {
+                let msgs = wire::decode(f).expect("decodes");
+                assert_eq!(msgs.len(), *n, "each frame counts its messages");
+                msgs
+            })
             .collect();
         let ids: Vec<u64> = sent
             .iter()

@@ -7,9 +7,13 @@
 //!   policy picks a node. A task for a peer goes out as `RunTask` with small
 //!   arguments inline and large ones as refs the peer borrows and pulls; the
 //!   owner keeps the job (and its pinned arguments) until `TaskDone`, and
-//!   retries it elsewhere within `max_retries` if that peer's link goes.
+//!   retries it elsewhere within `max_retries` if that peer dies.
 //! - **Actors.** Placed by the head; calls go straight to the actor's node, in
-//!   order per caller (one link per peer).
+//!   order per caller (one session per peer).
+//! - **Sessions.** What a node sends a peer on the control lane is numbered
+//!   and kept until the peer acknowledges it ([`session`]): a connection
+//!   that breaks while both live is opened again and loses nothing. Only
+//!   the head declares a peer dead, which ends its session.
 //! - **Objects.** The owner keeps each object; a node holding a ref to another
 //!   node's object is a borrower: it tells the owner (`Borrow`), which keeps
 //!   the value until every borrower has released it, and sends it when ready —
@@ -22,6 +26,7 @@ mod barrier;
 pub mod head;
 pub mod link;
 pub mod placement;
+pub mod session;
 pub mod store;
 pub mod tls;
 pub mod transfer;
@@ -40,6 +45,7 @@ use head::Head;
 use link::{Admit, Gate, Inbound, Link, NotSent};
 use parking_lot::Mutex;
 use placement::{place, Candidate, SPILL_THRESHOLD};
+use session::Session;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
@@ -171,27 +177,29 @@ pub trait Host: Send + Sync + 'static {
 struct Peer {
     info: NodeInfo,
     alive: bool,
-    /// The control link this node sends on: chosen once, kept while open, so
-    /// a caller's messages stay on one ordered link.
+    /// What this node sends it on the control lane, and what it received,
+    /// kept across control links until it dies (see [`session`]).
+    session: Arc<Session>,
+    /// The control link this node opened or took first.
     control: Option<Arc<Link>>,
-    /// Control links this node does not send on: when both nodes opened one
-    /// at once, each keeps the link it chose first, and the peer may have
-    /// chosen the other. They are never closed from this side while the
-    /// peer lives (closing one the peer sends on would lose its messages and
-    /// make it take this node for lost); they go with the peer.
+    /// Other control links: when both nodes opened one at once, each keeps
+    /// both. Any open one carries the session (one writer at a time); they
+    /// go with the peer.
     spare: Vec<Arc<Link>>,
     bulk: Option<Arc<Link>>,
-    /// Messages waiting for a link being opened: (bulk lane, message).
+    /// Messages waiting for a bulk link being opened (the control lane's
+    /// wait in the session).
     waiting: Vec<(bool, Msg)>,
     connecting: [bool; 2],
+    /// How long the next attempt to open a lost control link waits.
+    reconnect: Duration,
     /// The load it last reported.
     reported: u32,
     /// Tasks this node sent it and has not heard back about.
     inflight: u32,
-    /// Its link was lost or could not be opened: no work is placed there
-    /// until then — long enough for the head to say whether it died (a task
-    /// moved off it is not sent back to a dying node), and a bound for a
-    /// node gone while the head is away.
+    /// Its control links were lost or one could not be opened: no new work
+    /// is placed there until a link is up again, or until then — long
+    /// enough for the head to say whether it died.
     unreachable_until: Option<std::time::Instant>,
 }
 
@@ -212,10 +220,15 @@ impl Peer {
         }
     }
 
+    /// Whether a control link to it is open (its own or a spare).
+    fn linked(&self) -> bool {
+        self.open(false).is_some() || self.spare.iter().any(|l| !l.is_closed())
+    }
+
     /// Whether this live peer's control link is still being opened: what
     /// this node sends it waits.
     fn opening(&self) -> bool {
-        self.alive && self.open(false).is_none() && self.connecting[0]
+        self.alive && !self.linked() && self.connecting[0]
     }
 
     /// Keeps a control link this node does not send on (see `spare`).
@@ -516,7 +529,7 @@ impl ClusterNode {
                 loop {
                     let hello = cluster.hello(Lane::Join);
                     let inbound: Arc<dyn Inbound> = Arc::new(Handler(weak.clone()));
-                    let tried = link::connect(address, hello, inbound, &cluster.gate).await;
+                    let tried = link::connect(address, hello, inbound, &cluster.gate, None).await;
                     match &tried {
                         // Refused by the OS (nobody listens yet), or closed
                         // mid-handshake (a head busy with a flood of
@@ -662,11 +675,13 @@ impl ClusterNode {
         peers.entry(info.id).or_insert_with(|| Peer {
             info,
             alive: true,
+            session: Session::new(),
             control: None,
             spare: Vec::new(),
             bulk: None,
             waiting: Vec::new(),
             connecting: [false; 2],
+            reconnect: Duration::ZERO,
             reported: 0,
             inflight: 0,
             unreachable_until: None,
@@ -888,6 +903,17 @@ impl ClusterNode {
         let Some(peer) = peers.get_mut(&node).filter(|p| p.alive) else {
             return false;
         };
+        if !bulk {
+            // Into the session, whose open link writes it (or the next).
+            peer.session.send(msg);
+            if !peer.linked() && !peer.connecting[0] {
+                peer.connecting[0] = true;
+                let address = peer.info.address.clone();
+                let weak = Arc::downgrade(self);
+                self.net.spawn(open_link(weak, node, address, false));
+            }
+            return true;
+        }
         if let Some(l) = peer.open(bulk) {
             return l.send(msg);
         }
@@ -909,12 +935,13 @@ impl ClusterNode {
         };
         peer.connecting[bulk as usize] = false;
         peer.unreachable_until = None;
+        if !bulk {
+            peer.reconnect = Duration::ZERO;
+        }
         let kept = match peer.open(bulk).cloned() {
-            // The peer opened one first (and the queued messages went on
-            // it): keep sending on it, so a caller's messages stay on one
-            // ordered link. The new one is not closed: the peer may have
-            // chosen it for its own messages (each side chose the link it
-            // saw first); it stays open beside, and goes with the peer.
+            // The peer opened one first: the new one stays open beside it
+            // (on the control lane either carries the session, one writer
+            // at a time), and goes with the peer.
             Some(open) => {
                 if bulk {
                     // Only this node opens its bulk links: nobody else
@@ -1048,7 +1075,7 @@ impl ClusterNode {
         let Some(left) = head.left(node, cause) else {
             return;
         };
-        self.peer_lost(node, cause, true);
+        self.peer_lost(node, cause);
         for m in left.gone {
             if let Msg::ActorMoved {
                 actor,
@@ -1175,7 +1202,7 @@ impl ClusterNode {
                 let inbound: Arc<dyn Inbound> = Arc::new(Handler(weak.clone()));
                 let gate = c.gate.clone();
                 drop(c);
-                let tried = link::connect(&address, hello, inbound, &gate).await;
+                let tried = link::connect(&address, hello, inbound, &gate, None).await;
                 let Some(c) = weak.upgrade() else { return };
                 match tried {
                     Ok((link, members)) => return c.rejoined(link, members),
@@ -1215,7 +1242,7 @@ impl ClusterNode {
             .map(|(id, _)| *id)
             .collect();
         for node in gone {
-            self.peer_lost(node, "the head, started again, does not list it", true);
+            self.peer_lost(node, "the head, started again, does not list it");
         }
         for m in members {
             self.add_peer(m);
@@ -1438,9 +1465,8 @@ impl ClusterNode {
         }
     }
 
-    /// Fails calls whose link was lost and whose fate nobody told: after the
-    /// health limit if the node lives (the link alone broke), after the
-    /// request timeout if it died and the head reported no move.
+    /// Fails calls whose node died and whose fate nobody told: after the
+    /// request timeout, if the head reported no move.
     fn sweep_lost_calls(&self) {
         let now = std::time::Instant::now();
         let lost: Vec<(ObjectId, NodeId, Duration)> = self
@@ -1463,10 +1489,7 @@ impl ClusterNode {
         {
             let mut calls = self.calls.lock();
             for (id, node, waited) in lost {
-                let live = alive.contains(&node);
-                let why = if live && waited > self.health.limit() + Duration::from_secs(1) {
-                    format!("the link to its node {node} was lost while the call ran")
-                } else if !live && waited > REQUEST_TIMEOUT {
+                let why = if !alive.contains(&node) && waited > REQUEST_TIMEOUT {
                     format!("its node {node} died and the head reported no restart")
                 } else {
                     continue;
@@ -1726,7 +1749,7 @@ impl ClusterNode {
             Msg::NodeLeft { node, cause } if node == self.me.id => {
                 self.lost_head(&format!("it declared this node dead ({cause})"), true);
             }
-            Msg::NodeLeft { node, cause } => self.peer_lost(node, &cause, true),
+            Msg::NodeLeft { node, cause } => self.peer_lost(node, &cause),
             Msg::Heartbeat(report) => {
                 if let Some(head) = &self.head {
                     head.report(from, report);
@@ -2486,17 +2509,41 @@ impl ClusterNode {
         holder.filter(|n| self.is_alive(*n))
     }
 
-    /// A peer's link closed or the head says it died: the tasks and calls it
-    /// ran are retried or failed, its borrows end, and refs it owns fail.
-    fn peer_lost(self: &Arc<Self>, node: NodeId, cause: &str, dead: bool) {
+    /// A peer's control links are all closed, or one could not be opened,
+    /// while it lives (a reset, a middlebox, a refused connection): nothing
+    /// is lost — its session keeps what was not acknowledged and what
+    /// waits — and a link is opened again, at once and then after a growing
+    /// pause (to 2 s), until one is up or the head declares it dead. No new
+    /// work is placed there meanwhile.
+    fn link_lost(self: &Arc<Self>, node: NodeId, cause: &str) {
+        let mut peers = self.peers.lock();
+        let Some(p) = peers.get_mut(&node).filter(|p| p.alive) else {
+            return;
+        };
+        if p.linked() || p.connecting[0] {
+            return;
+        }
+        tracing::debug!("rayx: the control link to {node} was lost ({cause}); opening another");
+        p.unreachable_until = Some(self.unreachable_until());
+        p.connecting[0] = true;
+        let delay = p.reconnect;
+        p.reconnect = (delay * 2).clamp(Duration::from_millis(50), Duration::from_secs(2));
+        let address = p.info.address.clone();
+        let weak = Arc::downgrade(self);
+        self.net.spawn(async move {
+            tokio::time::sleep(delay).await;
+            open_link(weak, node, address, false).await;
+        });
+    }
+
+    /// The head says a peer died: the tasks and calls it ran are retried or
+    /// failed, its borrows end, and refs it owns fail.
+    fn peer_lost(self: &Arc<Self>, node: NodeId, cause: &str) {
         let (control, bulk) = {
             let mut peers = self.peers.lock();
             match peers.get_mut(&node) {
                 Some(p) => {
-                    if !dead {
-                        p.unreachable_until = Some(self.unreachable_until());
-                    }
-                    if dead && p.alive {
+                    if p.alive {
                         p.alive = false;
                         self.members.notify_all();
                         tracing::warn!("rayx: node {node} died: {cause}");
@@ -2509,6 +2556,7 @@ impl ClusterNode {
                     }
                     p.inflight = 0;
                     p.waiting.clear();
+                    p.session.end();
                     let spare = std::mem::take(&mut p.spare);
                     (
                         p.control.take().into_iter().chain(spare).collect(),
@@ -2533,12 +2581,8 @@ impl ClusterNode {
             *n != node
         });
         for l in control.iter().chain(bulk.iter()) {
-            if dead {
-                // A silent peer never closes its end: stop reading it too.
-                l.abort();
-            } else {
-                l.close();
-            }
+            // A silent peer never closes its end: stop reading it too.
+            l.abort();
             self.pulls.link_closed(
                 l,
                 Error::NodeDied {
@@ -2560,11 +2604,7 @@ impl ClusterNode {
             // A system failure, as a worker's death is (Ray's): retried within
             // max_retries, then WorkerCrashed (no retries allowed) or
             // RetriesExhausted (every attempt's cause), naming the node.
-            let why = if dead {
-                format!("node {node} died: {cause}")
-            } else {
-                format!("the link to node {node} was lost: {cause}")
-            };
+            let why = format!("node {node} died: {cause}");
             if job.spec.options.may_retry(job.failures.len() + 1) && !slot.is_cancelled() {
                 job.failures.push(why);
                 self.core.table.resubmit(slot, job);
@@ -2585,7 +2625,7 @@ impl ClusterNode {
         }
         {
             // Their fate is unknown: the head tells where the actor went (or
-            // that it is gone); a link that broke alone fails them later.
+            // that it is gone).
             let now = std::time::Instant::now();
             for c in self.calls.lock().values_mut() {
                 if c.node == node && c.lost.is_none() {
@@ -2603,42 +2643,24 @@ impl ClusterNode {
         for id in lent {
             self.unlend(node, id, u32::MAX);
         }
-        if dead {
-            if let Some(h) = self.host() {
-                h.release_actor(None, node);
-            }
+        if let Some(h) = self.host() {
+            h.release_actor(None, node);
         }
-        if !dead {
-            // Its link closed but it lives: fetches that were in flight go
-            // again on a new link.
-            let pending: Vec<ObjectId> = self
-                .borrowed
-                .lock()
-                .iter()
-                .filter(|(id, w)| id.node == node && w.upgrade().is_some_and(|s| !s.is_done()))
-                .map(|(id, _)| *id)
-                .collect();
-            for id in pending {
-                self.send_to(node, false, Msg::Fetch { object: id });
-            }
-        }
-        if dead {
-            // Results held for its pulls, and what its results refer to: it
-            // will never pull or free them.
-            self.held.lock().retain(|id, _| id.node != node);
-            self.contained.lock().retain(|id, _| id.node != node);
-            let owned: Vec<Arc<Slot>> = self
-                .borrowed
-                .lock()
-                .iter()
-                .filter(|(id, _)| id.node == node)
-                .filter_map(|(_, w)| w.upgrade())
-                .collect();
-            for slot in owned {
-                slot.complete(Err(Error::OwnerDied {
-                    id: slot.id().to_string(),
-                }));
-            }
+        // Results held for its pulls, and what its results refer to: it
+        // will never pull or free them.
+        self.held.lock().retain(|id, _| id.node != node);
+        self.contained.lock().retain(|id, _| id.node != node);
+        let owned: Vec<Arc<Slot>> = self
+            .borrowed
+            .lock()
+            .iter()
+            .filter(|(id, _)| id.node == node)
+            .filter_map(|(_, w)| w.upgrade())
+            .collect();
+        for slot in owned {
+            slot.complete(Err(Error::OwnerDied {
+                id: slot.id().to_string(),
+            }));
         }
     }
 
@@ -2693,7 +2715,8 @@ impl ClusterNode {
             p.inflight += 1;
         }
         if !self.send_to(node, false, Msg::RunTask { spec, held }) {
-            self.peer_lost(node, "it is not a live node of the cluster", false);
+            // Not alive: it died after the choice (its death retries this).
+            self.peer_lost(node, "it is not a live node of the cluster");
         }
     }
 
@@ -2747,7 +2770,7 @@ impl ClusterNode {
             let Some(peer) = peers.get_mut(&node) else {
                 return false;
             };
-            if peer.open(false).is_none() && !peer.connecting[0] {
+            if !peer.linked() && !peer.connecting[0] {
                 peer.connecting[0] = true;
                 let address = peer.info.address.clone();
                 self.net
@@ -2888,15 +2911,18 @@ impl Inbound for Handler {
                 }
             }
             Lane::Control => {
-                let mine = c
-                    .peers
-                    .lock()
-                    .get(&node)
-                    .and_then(|p| p.control.as_ref().map(|l| l.serial == link.serial))
-                    .unwrap_or(false);
-                if mine {
-                    c.peer_lost(node, &cause, false);
+                {
+                    let mut peers = c.peers.lock();
+                    if let Some(p) = peers.get_mut(&node) {
+                        p.spare
+                            .retain(|l| l.serial != link.serial && !l.is_closed());
+                        if p.control.as_ref().is_some_and(|l| l.serial == link.serial) {
+                            // A spare still open carries the session on.
+                            p.control = p.spare.pop();
+                        }
+                    }
                 }
+                c.link_lost(node, &cause);
             }
             Lane::Bulk => {
                 c.serving.forget_ready();
@@ -2947,6 +2973,20 @@ impl Admit for Handler {
         }
     }
 
+    fn session(&self, hello: &Hello) -> Option<Arc<Session>> {
+        let c = self.0.upgrade()?;
+        if hello.lane != Lane::Control {
+            return None;
+        }
+        c.add_peer(hello.node.clone());
+        let session = c
+            .peers
+            .lock()
+            .get(&hello.node.id)
+            .map(|p| p.session.clone());
+        session
+    }
+
     fn admitted(&self, link: &Arc<Link>, hello: Hello) {
         let Some(c) = self.0.upgrade() else {
             link.close();
@@ -2965,15 +3005,15 @@ impl Admit for Handler {
                 c.add_peer(hello.node.clone());
                 let mut peers = c.peers.lock();
                 if let Some(p) = peers.get_mut(&hello.node.id) {
+                    // It carries the session as any control link does (one
+                    // writer at a time).
                     if p.open(false).is_some() {
-                        // Both nodes opened one at once: the peer sends on
-                        // this one, this node on the one it chose first.
                         p.add_spare(link.clone());
                     } else {
                         p.control = Some(link.clone());
                         p.unreachable_until = None;
                         p.connecting[0] = false;
-                        p.send_waiting(false, link);
+                        p.reconnect = Duration::ZERO;
                     }
                 }
             }
@@ -3009,6 +3049,13 @@ async fn open_link(node: Weak<ClusterNode>, peer: NodeId, address: String, bulk:
     let Some(c) = node.upgrade() else { return };
     let lane = if bulk { Lane::Bulk } else { Lane::Control };
     let hello = c.hello(lane);
+    let session = match bulk {
+        true => None,
+        false => match c.peers.lock().get(&peer) {
+            Some(p) if p.alive => Some(p.session.clone()),
+            _ => return,
+        },
+    };
     let inbound: Arc<dyn Inbound> = Arc::new(Handler(node.clone()));
     let gate = c.gate.clone();
     let delay = c.link_delay;
@@ -3016,7 +3063,7 @@ async fn open_link(node: Weak<ClusterNode>, peer: NodeId, address: String, bulk:
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let opened = link::connect(&address, hello, inbound, &gate).await;
+    let opened = link::connect(&address, hello, inbound, &gate, session).await;
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
@@ -3035,14 +3082,15 @@ async fn open_link(node: Weak<ClusterNode>, peer: NodeId, address: String, bulk:
                         p.send_waiting(bulk, &l);
                         true
                     }
+                    None if !bulk && p.linked() => true,
                     None => {
                         p.unreachable_until = Some(c.unreachable_until());
                         false
                     }
                 }
             });
-            if !served {
-                c.peer_lost(peer, &e.to_string(), false);
+            if !served && !bulk {
+                c.link_lost(peer, &e.to_string());
             }
         }
     }
@@ -3054,7 +3102,9 @@ async fn open_bulk(node: Weak<ClusterNode>, peer: NodeId, address: String) -> Op
     let inbound: Arc<dyn Inbound> = Arc::new(Handler(node.clone()));
     let gate = c.gate.clone();
     drop(c);
-    let (l, _) = link::connect(&address, hello, inbound, &gate).await.ok()?;
+    let (l, _) = link::connect(&address, hello, inbound, &gate, None)
+        .await
+        .ok()?;
     let c = node.upgrade()?;
     let mut peers = c.peers.lock();
     let p = peers.get_mut(&peer)?;
@@ -3192,7 +3242,7 @@ pub fn admin_ask(
         let client = Arc::new(Client(Mutex::new(Some(tx))));
         let tls = tls.map(tls::Tls::load).transpose()?;
         let gate = Gate::with_tls(token.map(auth::Token::from), Arc::default(), tls);
-        let (link, _) = link::connect(address, hello, client, &gate).await?;
+        let (link, _) = link::connect(address, hello, client, &gate, None).await?;
         let stopping = matches!(ask, Ask::StopCluster);
         link.send(Msg::Ask { id: 1, ask });
         let answer = tokio::time::timeout(REQUEST_TIMEOUT, rx).await;

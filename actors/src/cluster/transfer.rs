@@ -480,7 +480,7 @@ const LEAD: u64 = 16;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::link::Out;
+    use crate::cluster::session::Out;
     use crate::cluster::wire::Lane;
     use crate::ids::NodeId;
 
@@ -624,7 +624,8 @@ mod tests {
     mod over_a_pipe {
         use super::super::*;
         use super::OBJECT;
-        use crate::cluster::link::{bulk_frame, read_frames, write_loop, Inbound, Out};
+        use crate::cluster::link::{bulk_frame, read_frames, write_loop, Inbound};
+        use crate::cluster::session::Out;
         use crate::cluster::wire::Lane;
         use bytes::BytesMut;
         use std::sync::atomic::{AtomicUsize, Ordering};
@@ -698,7 +699,7 @@ mod tests {
             });
             let writer = tokio::spawn(write_loop(
                 theirs,
-                holder_out,
+                Some(holder_out),
                 holder.clone(),
                 inbound.clone(),
             ));

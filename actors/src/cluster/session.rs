@@ -1,0 +1,319 @@
+//! A session: what this node sends a peer on its control lane, kept across
+//! that lane's connections, so a connection that breaks while both nodes
+//! live (a reset, a middlebox's timeout) loses nothing.
+//!
+//! Every message to the peer goes into the session's one queue, whichever
+//! link carries it, and takes a sequence number when its link's writer packs
+//! it into a frame. The frame stays in the session until the peer
+//! acknowledges it: each frame carries the sequence number of its first
+//! message and the last one this node received (an ack), and a node that
+//! received and has nothing to send acks alone after [`ACK_DELAY`]. A new
+//! link writes the frames not acknowledged first, then goes on with the
+//! queue; the receiver skips what it had (a sequence number at or under the
+//! last it took) and refuses a gap. Only the peer's death (declared by the
+//! head) ends a session; the old link's writer hands the queue back before
+//! a new one takes it, so one writer at a time sends, in order.
+
+use super::wire::Msg;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, Notify};
+
+/// How long a node that received messages waits for something of its own
+/// to carry its ack before it sends the ack alone.
+pub const ACK_DELAY: Duration = Duration::from_millis(20);
+
+/// Bytes of a control-lane frame's header: its first message's sequence
+/// number and the sender's ack, big-endian.
+pub const HEADER: usize = 16;
+
+/// What a link's writer takes from its queue.
+pub(crate) enum Out {
+    Msg(Msg),
+    /// Closes a link of its own (not a session's: those stop by token).
+    Close,
+    /// An ack alone (a session's).
+    Ack,
+}
+
+/// A frame written and not acknowledged yet.
+struct Sent {
+    first: u64,
+    count: u64,
+    body: Bytes,
+}
+
+#[derive(Default)]
+struct State {
+    /// The sequence number the next message sent takes (from 1).
+    next: u64,
+    /// Frames written, not acknowledged, in order.
+    unacked: VecDeque<Sent>,
+    unacked_bytes: usize,
+    /// The last sequence number received from the peer and handed in.
+    received: u64,
+    /// The last ack written to the peer.
+    acked: u64,
+    /// An ack alone is scheduled.
+    ack_pending: bool,
+    /// The peer died: nothing more is kept.
+    ended: bool,
+}
+
+/// One peer's control-lane session (see the module docs).
+pub struct Session {
+    tx: mpsc::UnboundedSender<Out>,
+    /// The queue's receiving end, held by the writer sending now.
+    rx: Mutex<Option<mpsc::UnboundedReceiver<Out>>>,
+    /// The queue was handed back.
+    rx_back: Notify,
+    state: Mutex<State>,
+}
+
+impl Session {
+    /// A session with nothing sent or received.
+    pub fn new() -> Arc<Session> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Arc::new(Session {
+            tx,
+            rx: Mutex::new(Some(rx)),
+            rx_back: Notify::new(),
+            state: Mutex::new(State {
+                next: 1,
+                ..State::default()
+            }),
+        })
+    }
+
+    /// Queues `msg` for the peer; it goes on whichever link writes next.
+    pub fn send(&self, msg: Msg) {
+        let _ = self.tx.send(Out::Msg(msg));
+    }
+
+    /// The peer died: what waits for it goes, and nothing is kept again
+    /// (the queue is dropped, so what is sent later goes nowhere).
+    pub fn end(&self) {
+        let mut s = self.state.lock();
+        s.ended = true;
+        s.unacked.clear();
+        s.unacked_bytes = 0;
+        drop(s);
+        drop(self.rx.lock().take());
+    }
+
+    /// Bytes written and not acknowledged.
+    pub fn unacked_bytes(&self) -> usize {
+        self.state.lock().unacked_bytes
+    }
+
+    pub(crate) fn sender(&self) -> mpsc::UnboundedSender<Out> {
+        self.tx.clone()
+    }
+
+    /// Takes the queue for a writer, waiting while another writer has it;
+    /// `None` if `stop` fires first.
+    pub(crate) async fn take_queue(
+        &self,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> Option<mpsc::UnboundedReceiver<Out>> {
+        loop {
+            let back = self.rx_back.notified();
+            tokio::pin!(back);
+            // Registered before looking: a hand-back between the look and the
+            // wait is not missed.
+            back.as_mut().enable();
+            if let Some(rx) = self.rx.lock().take() {
+                return Some(rx);
+            }
+            tokio::select! {
+                _ = back => {}
+                _ = stop.cancelled() => return None,
+            }
+        }
+    }
+
+    /// A writer is done with the queue: the next one takes it (none, once
+    /// the session ended).
+    pub(crate) fn hand_back(&self, rx: mpsc::UnboundedReceiver<Out>) {
+        // Looked at under the queue's lock: `end` sets `ended` before it
+        // takes the queue, so either it finds this one or this sees it ended.
+        let mut slot = self.rx.lock();
+        if self.state.lock().ended {
+            return;
+        }
+        *slot = Some(rx);
+        drop(slot);
+        self.rx_back.notify_waiters();
+    }
+
+    /// The frames to write again on a new link, with their headers.
+    pub(crate) fn resend(&self) -> Vec<(u64, Bytes)> {
+        let s = self.state.lock();
+        s.unacked
+            .iter()
+            .map(|f| (f.first, f.body.clone()))
+            .collect()
+    }
+
+    /// A frame of `count` messages is about to be written: its first
+    /// sequence number, and the ack it carries. A frame of messages is kept
+    /// (`keep`) until acknowledged.
+    pub(crate) fn stamp(&self, count: u64, body: &Bytes, keep: bool) -> (u64, u64) {
+        let mut s = self.state.lock();
+        let first = s.next;
+        s.next += count;
+        s.acked = s.received;
+        if keep && count > 0 && !s.ended {
+            s.unacked_bytes += body.len();
+            s.unacked.push_back(Sent {
+                first,
+                count,
+                body: body.clone(),
+            });
+        }
+        (first, s.received)
+    }
+
+    /// The current ack, written again (a resent frame carries it).
+    pub(crate) fn ack_now(&self) -> u64 {
+        let mut s = self.state.lock();
+        s.acked = s.received;
+        s.received
+    }
+
+    /// A frame came: `ack` lets go of what the peer has, and of its `count`
+    /// messages from `first` the return says how many at the front were
+    /// had already (skip them). `Err` for a gap: messages were lost, which
+    /// an ordered link with a peer that resends cannot do.
+    pub(crate) fn received(&self, first: u64, count: u64, ack: u64) -> Result<usize, String> {
+        let mut s = self.state.lock();
+        if ack >= s.next {
+            return Err(format!(
+                "an ack of message {ack}, which was never sent (the last was {})",
+                s.next - 1
+            ));
+        }
+        while s
+            .unacked
+            .front()
+            .is_some_and(|f| f.first + f.count - 1 <= ack)
+        {
+            let f = s.unacked.pop_front().expect("looked at");
+            s.unacked_bytes -= f.body.len();
+        }
+        if count == 0 {
+            return Ok(0);
+        }
+        if first > s.received + 1 {
+            return Err(format!(
+                "messages from {first} where {} was due: some were lost",
+                s.received + 1
+            ));
+        }
+        let had = (s.received + 1 - first).min(count);
+        s.received = s.received.max(first + count - 1);
+        Ok(had as usize)
+    }
+
+    /// Whether to schedule an ack alone now (one is due and none is).
+    pub(crate) fn ack_due(&self) -> bool {
+        let mut s = self.state.lock();
+        if s.ack_pending || s.received == s.acked {
+            return false;
+        }
+        s.ack_pending = true;
+        true
+    }
+
+    /// The scheduled ack's time came: queue it if nothing carried it since.
+    pub(crate) fn ack_if_needed(&self) {
+        let mut s = self.state.lock();
+        s.ack_pending = false;
+        if s.received != s.acked {
+            drop(s);
+            let _ = self.tx.send(Out::Ack);
+        }
+    }
+}
+
+/// A frame's header: its first message's sequence number and an ack.
+pub(crate) fn header(first: u64, ack: u64) -> [u8; HEADER] {
+    let mut h = [0u8; HEADER];
+    h[..8].copy_from_slice(&first.to_be_bytes());
+    h[8..].copy_from_slice(&ack.to_be_bytes());
+    h
+}
+
+/// Splits a control-lane frame into its header and body.
+pub(crate) fn split(frame: &[u8]) -> Result<(u64, u64, &[u8]), String> {
+    if frame.len() < HEADER {
+        return Err(format!(
+            "bad control frame: {} bytes, shorter than its header",
+            frame.len()
+        ));
+    }
+    let first = u64::from_be_bytes(frame[..8].try_into().expect("8 bytes"));
+    let ack = u64::from_be_bytes(frame[8..16].try_into().expect("8 bytes"));
+    Ok((first, ack, &frame[HEADER..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_kept_until_acknowledged_and_resent_in_order() {
+        let s = Session::new();
+        assert_eq!(s.stamp(3, &Bytes::from_static(b"abc"), true), (1, 0));
+        assert_eq!(s.stamp(2, &Bytes::from_static(b"de"), true), (4, 0));
+        assert_eq!(
+            s.stamp(0, &Bytes::new(), true),
+            (6, 0),
+            "an ack alone takes no number"
+        );
+        assert_eq!(s.unacked_bytes(), 5);
+        // The peer had the first frame.
+        assert_eq!(s.received(1, 0, 3), Ok(0));
+        assert_eq!(s.resend(), vec![(4, Bytes::from_static(b"de"))]);
+        assert_eq!(s.received(1, 0, 5), Ok(0));
+        assert!(s.resend().is_empty());
+        assert_eq!(s.unacked_bytes(), 0);
+        assert!(
+            s.received(1, 0, 6).is_err(),
+            "an ack of a message never sent"
+        );
+    }
+
+    #[test]
+    fn what_was_had_is_skipped_and_a_gap_is_refused() {
+        let s = Session::new();
+        assert_eq!(s.received(1, 4, 0), Ok(0));
+        // Resent after a reset: 3 and 4 again, then 5 and 6.
+        assert_eq!(s.received(3, 4, 0), Ok(2));
+        assert_eq!(s.received(1, 2, 0), Ok(2), "all had");
+        assert!(s.received(9, 1, 0).is_err(), "7 and 8 lost");
+        // What was received rides on the next frame out.
+        assert_eq!(s.stamp(1, &Bytes::from_static(b"x"), true), (1, 6));
+        assert!(!s.ack_due(), "carried already");
+        assert_eq!(s.received(7, 1, 0), Ok(0));
+        assert!(s.ack_due());
+        assert!(!s.ack_due(), "one scheduled at a time");
+    }
+
+    #[test]
+    fn an_ended_session_keeps_nothing() {
+        let s = Session::new();
+        s.send(Msg::Stop);
+        s.stamp(1, &Bytes::from_static(b"abc"), true);
+        assert_eq!(s.unacked_bytes(), 3);
+        s.end();
+        assert_eq!(s.unacked_bytes(), 0);
+        assert!(s.rx.lock().is_none(), "the queue went");
+        assert!(s.tx.send(Out::Ack).is_err(), "nothing is queued again");
+        s.stamp(1, &Bytes::from_static(b"abc"), true);
+        assert_eq!(s.unacked_bytes(), 0);
+    }
+}
