@@ -502,6 +502,10 @@ async fn shake_hands<S: Conn>(
     let (node, cluster) = tokio::time::timeout(HANDSHAKE_DEADLINE, shake)
         .await
         .map_err(|_| format!("no handshake within {HANDSHAKE_DEADLINE:?}"))??;
+    if let Some(s) = session.as_ref().filter(|s| s.peer != node.id) {
+        // The peer died and another node took its address: not its session.
+        return Err(format!("{} answers there, not {}", node.id, s.peer));
+    }
     let link = start(
         stream,
         buf,

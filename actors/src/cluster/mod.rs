@@ -193,6 +193,10 @@ struct Peer {
     connecting: [bool; 2],
     /// How long the next attempt to open a lost control link waits.
     reconnect: Duration,
+    /// The head announced it (else it only opened a link here): only a
+    /// member's lost link is opened again unasked, until it is declared
+    /// dead — a stranger's is not tried forever.
+    member: bool,
     /// The load it last reported.
     reported: u32,
     /// Tasks this node sent it and has not heard back about.
@@ -555,7 +559,7 @@ impl ClusterNode {
             cluster.heard_head();
             *cluster.head_link.lock() = Some(link);
             for m in members {
-                cluster.add_peer(m);
+                cluster.add_peer(m, true);
             }
         }
         cluster.start_health()?;
@@ -666,26 +670,34 @@ impl ClusterNode {
         }
     }
 
-    fn add_peer(&self, info: NodeInfo) {
+    /// A node this node may work with: a `member` the head announced, or
+    /// one that opened a control link here first (the head's word of it may
+    /// come later).
+    fn add_peer(&self, info: NodeInfo, member: bool) {
         if info.id == self.me.id {
             return;
         }
         let mut peers = self.peers.lock();
         self.members.notify_all();
-        peers.entry(info.id).or_insert_with(|| Peer {
-            info,
-            alive: true,
-            session: Session::new(),
-            control: None,
-            spare: Vec::new(),
-            bulk: None,
-            waiting: Vec::new(),
-            connecting: [false; 2],
-            reconnect: Duration::ZERO,
-            reported: 0,
-            inflight: 0,
-            unreachable_until: None,
-        });
+        let id = info.id;
+        peers
+            .entry(id)
+            .or_insert_with(|| Peer {
+                member,
+                session: Session::new(info.id),
+                info,
+                alive: true,
+                control: None,
+                spare: Vec::new(),
+                bulk: None,
+                waiting: Vec::new(),
+                connecting: [false; 2],
+                reconnect: Duration::ZERO,
+                reported: 0,
+                inflight: 0,
+                unreachable_until: None,
+            })
+            .member |= member;
     }
 
     /// Stops the network: every link closes, pending requests fail.
@@ -1245,7 +1257,7 @@ impl ClusterNode {
             self.peer_lost(node, "the head, started again, does not list it");
         }
         for m in members {
-            self.add_peer(m);
+            self.add_peer(m, true);
         }
         tracing::info!("rayx: rejoined the head");
     }
@@ -1745,7 +1757,7 @@ impl ClusterNode {
     fn on_msg(self: &Arc<Self>, link: &Arc<Link>, msg: Msg) {
         let from = link.peer.id;
         match msg {
-            Msg::NodeJoined(info) => self.add_peer(info),
+            Msg::NodeJoined(info) => self.add_peer(info, true),
             Msg::NodeLeft { node, cause } if node == self.me.id => {
                 self.lost_head(&format!("it declared this node dead ({cause})"), true);
             }
@@ -2520,11 +2532,16 @@ impl ClusterNode {
         let Some(p) = peers.get_mut(&node).filter(|p| p.alive) else {
             return;
         };
-        if p.linked() || p.connecting[0] {
+        if p.linked() {
+            return;
+        }
+        p.unreachable_until = Some(self.unreachable_until());
+        if p.connecting[0] || !p.member {
+            // One is coming; or a stranger's: what waits for it goes if it
+            // comes back (or opens again when something new is sent).
             return;
         }
         tracing::debug!("rayx: the control link to {node} was lost ({cause}); opening another");
-        p.unreachable_until = Some(self.unreachable_until());
         p.connecting[0] = true;
         let delay = p.reconnect;
         p.reconnect = (delay * 2).clamp(Duration::from_millis(50), Duration::from_secs(2));
@@ -2978,7 +2995,7 @@ impl Admit for Handler {
         if hello.lane != Lane::Control {
             return None;
         }
-        c.add_peer(hello.node.clone());
+        c.add_peer(hello.node.clone(), false);
         let session = c
             .peers
             .lock()
@@ -2999,10 +3016,10 @@ impl Admit for Handler {
                 if let Some(head) = &c.head {
                     head.joined(link, hello.driver);
                 }
-                c.add_peer(hello.node.clone());
+                c.add_peer(hello.node.clone(), true);
             }
             Lane::Control => {
-                c.add_peer(hello.node.clone());
+                c.add_peer(hello.node.clone(), false);
                 let mut peers = c.peers.lock();
                 if let Some(p) = peers.get_mut(&hello.node.id) {
                     // It carries the session as any control link does (one

@@ -15,6 +15,7 @@
 //! a new one takes it, so one writer at a time sends, in order.
 
 use super::wire::Msg;
+use crate::ids::NodeId;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
@@ -65,6 +66,8 @@ struct State {
 
 /// One peer's control-lane session (see the module docs).
 pub struct Session {
+    /// The peer: a link to another node never carries this session.
+    pub peer: NodeId,
     tx: mpsc::UnboundedSender<Out>,
     /// The queue's receiving end, held by the writer sending now.
     rx: Mutex<Option<mpsc::UnboundedReceiver<Out>>>,
@@ -74,10 +77,11 @@ pub struct Session {
 }
 
 impl Session {
-    /// A session with nothing sent or received.
-    pub fn new() -> Arc<Session> {
+    /// A session with `peer`, nothing sent or received.
+    pub fn new(peer: NodeId) -> Arc<Session> {
         let (tx, rx) = mpsc::unbounded_channel();
         Arc::new(Session {
+            peer,
             tx,
             rx: Mutex::new(Some(rx)),
             rx_back: Notify::new(),
@@ -266,7 +270,7 @@ mod tests {
 
     #[test]
     fn frames_are_kept_until_acknowledged_and_resent_in_order() {
-        let s = Session::new();
+        let s = Session::new(NodeId(1));
         assert_eq!(s.stamp(3, &Bytes::from_static(b"abc"), true), (1, 0));
         assert_eq!(s.stamp(2, &Bytes::from_static(b"de"), true), (4, 0));
         assert_eq!(
@@ -289,7 +293,7 @@ mod tests {
 
     #[test]
     fn what_was_had_is_skipped_and_a_gap_is_refused() {
-        let s = Session::new();
+        let s = Session::new(NodeId(1));
         assert_eq!(s.received(1, 4, 0), Ok(0));
         // Resent after a reset: 3 and 4 again, then 5 and 6.
         assert_eq!(s.received(3, 4, 0), Ok(2));
@@ -305,7 +309,7 @@ mod tests {
 
     #[test]
     fn an_ended_session_keeps_nothing() {
-        let s = Session::new();
+        let s = Session::new(NodeId(1));
         s.send(Msg::Stop);
         s.stamp(1, &Bytes::from_static(b"abc"), true);
         assert_eq!(s.unacked_bytes(), 3);
