@@ -8,8 +8,8 @@
 mod common;
 
 use common::raw_peer::{
-    accept_shake, chunk_frame, control_frame, fake_node, frame, hello, join_control,
-    read_frames_until, read_until_closed, send_task_on, shake,
+    accept_shake, chunk_frame, control_frame, control_frame_acking, fake_node, frame, hello,
+    join_control, read_frames_until, read_until_closed, send_task_on, shake,
 };
 use rayx::prelude::*;
 use rayx::testing::Cluster;
@@ -1091,8 +1091,34 @@ fn bad_bytes_close_one_connection_and_are_counted() {
             Msg::TaskDone { result: Err(Error::FunctionNotRegistered { name }), .. } if name == "no::such::function")),
         "{answers:?}"
     );
+    // Control frames out of sequence (a gap; an ack of what was never sent)
+    // close that link, counted under one reason each whatever the numbers.
+    for bad in [
+        control_frame(5, &[Msg::Sync { id: 1 }]),
+        control_frame_acking(1, 1_000, &[]),
+        control_frame_acking(1, u64::MAX, &[]),
+    ] {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        shake(
+            &mut s,
+            &token,
+            &hello(Lane::Control, PROTOCOL_VERSION, vec![]),
+        );
+        s.write_all(&control_frame(1, &[])).unwrap();
+        s.write_all(&bad).unwrap();
+        assert!(matches!(
+            read_until_closed(&mut s).as_slice(),
+            [Msg::Welcome { .. }, ..]
+        ));
+    }
     let after = rt.cluster_status().unwrap().rejections;
-    assert!(after.values().sum::<u64>() >= before + 5, "{after:?}");
+    assert!(after.values().sum::<u64>() >= before + 8, "{after:?}");
+    assert_eq!(after.get("a gap in the messages"), Some(&1), "{after:?}");
+    assert_eq!(
+        after.get("an ack of a message never sent"),
+        Some(&2),
+        "{after:?}"
+    );
     // And the cluster still works.
     assert_eq!(rt.task(square).remote(12).get().unwrap(), 144);
 }

@@ -16,8 +16,17 @@ pub fn frame(body: &[u8]) -> Vec<u8> {
 /// the sequence number of its first message (a peer's first is 1, each
 /// message one more), an ack of nothing, then the messages.
 pub fn control_frame(first: u64, msgs: &[rayx_actors::cluster::wire::Msg]) -> Vec<u8> {
+    control_frame_acking(first, 0, msgs)
+}
+
+/// A control-lane frame whose header acks `ack`.
+pub fn control_frame_acking(
+    first: u64,
+    ack: u64,
+    msgs: &[rayx_actors::cluster::wire::Msg],
+) -> Vec<u8> {
     let mut body = first.to_be_bytes().to_vec();
-    body.extend_from_slice(&0u64.to_be_bytes());
+    body.extend_from_slice(&ack.to_be_bytes());
     body.extend(rayx_actors::cluster::wire::encode(msgs).unwrap());
     frame(&body)
 }

@@ -850,6 +850,9 @@ pub(super) async fn read_frames<R: AsyncRead + Unpin>(
                 }
                 Ok(Some(frame)) => {
                     mid_frame = false;
+                    // A session's messages are taken and handed in under its
+                    // lock: of two links' readers, one at a time, in order.
+                    let _delivering = link.session.as_ref().map(|s| s.delivering());
                     let decoded = match &link.session {
                         _ if link.lane == Lane::Bulk => read_bulk_frame(frame.freeze()),
                         Some(s) => read_session_frame(s, &frame),
@@ -907,13 +910,18 @@ fn read_session_frame(s: &Arc<Session>, frame: &[u8]) -> Result<Vec<Msg>, String
 
 /// Writes a session's frames not acknowledged yet (a new link's first
 /// bytes), each with the ack as it is now.
-async fn resend<W: AsyncWrite + Unpin>(wr: &mut W, s: &Session) -> std::io::Result<()> {
+async fn resend<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    s: &Session,
+    stop: &CancellationToken,
+) -> std::io::Result<()> {
     for (first, body) in s.resend() {
-        let header = session::header(first, s.ack_now());
-        wr.write_all(&((session::HEADER + body.len()) as u32).to_be_bytes())
-            .await?;
-        wr.write_all(&header).await?;
-        wr.write_all(&body).await?;
+        let mut head = ((session::HEADER + body.len()) as u32)
+            .to_be_bytes()
+            .to_vec();
+        head.extend_from_slice(&session::header(first, s.ack_now()));
+        put(wr, &head, stop).await?;
+        put(wr, &body, stop).await?;
     }
     wr.flush().await
 }
@@ -935,7 +943,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
         return stopped(&mut wr, &link).await;
     };
     if let Some(s) = &session {
-        if resend(&mut wr, s).await.is_err() {
+        if resend(&mut wr, s, &link.stop).await.is_err() {
             s.hand_back(rx);
             // A writer that cannot write stops its reader too: the node
             // hears the link closed, and opens another.

@@ -401,6 +401,8 @@ pub struct ClusterNode {
     lingers_paid: AtomicU64,
     /// Pulls gone again after their link failed while the holder lived.
     pulls_again: AtomicU64,
+    /// Times this node rejoined a head it had lost.
+    rejoins: AtomicU64,
     spread: AtomicUsize,
     closed: AtomicBool,
 }
@@ -513,6 +515,7 @@ impl ClusterNode {
             heard_count: AtomicU64::new(0),
             lingers_begun: AtomicU64::new(0),
             pulls_again: AtomicU64::new(0),
+            rejoins: AtomicU64::new(0),
             lingers_paid: AtomicU64::new(0),
             spread: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
@@ -1131,6 +1134,26 @@ impl ClusterNode {
         }
     }
 
+    /// A node's join link closed (the head's side). A killed process's
+    /// closes; so does a connection reset while the node lives, and then it
+    /// rejoins at once. It is declared dead unless it rejoined within half
+    /// the health limit (a second at most).
+    fn join_closed(self: &Arc<Self>, node: NodeId, serial: u64, cause: String) {
+        let grace = (self.health.limit() / 2).min(Duration::from_secs(1));
+        let me = Arc::downgrade(self);
+        self.net.spawn(async move {
+            tokio::time::sleep(grace).await;
+            let Some(c) = me.upgrade() else { return };
+            let Some(head) = &c.head else { return };
+            let rejoined = head
+                .link_of(node)
+                .is_some_and(|l| l.serial != serial && !l.is_closed());
+            if !rejoined {
+                c.declare_dead(node, &cause);
+            }
+        });
+    }
+
     /// A restart the head asked for is done: every node learns where the
     /// actor is (or that it is gone).
     fn actor_restarted(self: &Arc<Self>, actor: ActorId, result: Result<(), Error>) {
@@ -1243,6 +1266,7 @@ impl ClusterNode {
     /// old head among them, if it was started again), new ones are added.
     fn rejoined(self: &Arc<Self>, link: Arc<Link>, members: Vec<NodeInfo>) {
         self.heard_head();
+        self.rejoins.fetch_add(1, Ordering::Relaxed);
         *self.head_link.lock() = Some(link);
         self.rejoining.store(false, Ordering::Release);
         let listed: std::collections::HashSet<NodeId> = members.iter().map(|m| m.id).collect();
@@ -1593,6 +1617,18 @@ impl ClusterNode {
     /// Pulls under way that have taken in some of their bytes.
     pub fn pulls_landing(&self) -> usize {
         self.pulls.landing()
+    }
+
+    /// Times this node rejoined a head it had lost.
+    pub fn rejoins(&self) -> u64 {
+        self.rejoins.load(Ordering::Relaxed)
+    }
+
+    /// Breaks this node's link to the head as a connection reset would (for
+    /// tests); false if it had none.
+    pub fn reset_head_link(&self) -> bool {
+        let link = self.head_link.lock().clone();
+        link.map(|l| l.abort()).is_some()
     }
 
     /// Pulls that went again after their link failed while their holder
@@ -2450,9 +2486,11 @@ impl ClusterNode {
 
     /// Pulls `object` from `node`, again while `node` lives: a bulk link
     /// that closed or could not be opened (a connection reset, say) does not
-    /// fail the read. `done` hears the value; `NodeDied` once `node` is
-    /// declared dead; `ObjectFetchFailed` if it lives but nothing came for
-    /// `REQUEST_TIMEOUT` since `since`.
+    /// fail the read. Each attempt starts from the first byte. `done` hears
+    /// the value; `NodeDied` once `node` is declared dead;
+    /// `ObjectFetchFailed` if it lives but no attempt succeeded within
+    /// `REQUEST_TIMEOUT` of `since` (a wall-clock budget: links that break
+    /// faster than a whole pull takes exhaust it).
     fn pull_retrying(
         self: &Arc<Self>,
         node: NodeId,
@@ -2467,16 +2505,19 @@ impl ClusterNode {
             object,
             size,
             Box::new(move |r| {
-                let (e, me) = match (r, me.upgrade()) {
-                    (Err(e @ Error::NodeDied { .. }), Some(me)) if me.is_alive(node) => (e, me),
+                let (why, me) = match (r, me.upgrade()) {
+                    (Err(Error::NodeDied { cause, .. }), Some(me)) if me.is_alive(node) => {
+                        (cause, me)
+                    }
                     (r, _) => return done(r),
                 };
                 if since.elapsed() >= REQUEST_TIMEOUT {
                     return done(Err(Error::ObjectFetchFailed {
                         id: object.to_string(),
                         cause: format!(
-                            "node {node} holds it, and it could not be pulled from there \
-                             for {REQUEST_TIMEOUT:?}: {e}"
+                            "node {node} holds it and lives, and it could not be pulled \
+                             from there within {REQUEST_TIMEOUT:?}: its connection broke \
+                             or could not be opened (last: {why})"
                         ),
                     }));
                 }
@@ -2486,7 +2527,7 @@ impl ClusterNode {
                     tokio::time::sleep(PULL_AGAIN).await;
                     match again.upgrade() {
                         Some(me) => me.pull_retrying(node, object, size, since, done),
-                        None => done(Err(e)),
+                        None => done(Err(Error::ShutDown)),
                     }
                 });
             }),
@@ -2922,7 +2963,7 @@ impl Inbound for Handler {
         match link.lane {
             Lane::Join => {
                 if c.head.is_some() {
-                    c.declare_dead(node, &cause);
+                    c.join_closed(node, link.serial, cause);
                 } else if c.head_link.lock().as_ref().map(|l| l.serial) == Some(link.serial) {
                     c.lost_head(&cause, false);
                 }
@@ -3022,6 +3063,11 @@ impl Admit for Handler {
                 c.add_peer(hello.node.clone(), false);
                 let mut peers = c.peers.lock();
                 if let Some(p) = peers.get_mut(&hello.node.id) {
+                    if !p.alive {
+                        // Declared dead since it was admitted.
+                        link.abort();
+                        return;
+                    }
                     // It carries the session as any control link does (one
                     // writer at a time).
                     if p.open(false).is_some() {

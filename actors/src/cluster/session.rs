@@ -74,6 +74,8 @@ pub struct Session {
     /// The queue was handed back.
     rx_back: Notify,
     state: Mutex<State>,
+    /// Held while a frame's messages are taken and handed in.
+    delivering: Mutex<()>,
 }
 
 impl Session {
@@ -89,6 +91,7 @@ impl Session {
                 next: 1,
                 ..State::default()
             }),
+            delivering: Mutex::new(()),
         })
     }
 
@@ -106,6 +109,12 @@ impl Session {
         s.unacked_bytes = 0;
         drop(s);
         drop(self.rx.lock().take());
+    }
+
+    /// Held by a reader while it takes a frame's messages and hands them
+    /// in: two links' readers deliver one frame at a time, in order.
+    pub(crate) fn delivering(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.delivering.lock()
     }
 
     /// Bytes written and not acknowledged.
@@ -196,7 +205,7 @@ impl Session {
         let mut s = self.state.lock();
         if ack >= s.next {
             return Err(format!(
-                "an ack of message {ack}, which was never sent (the last was {})",
+                "an ack of a message never sent: {ack} (the last sent was {})",
                 s.next - 1
             ));
         }
@@ -213,7 +222,7 @@ impl Session {
         }
         if first > s.received + 1 {
             return Err(format!(
-                "messages from {first} where {} was due: some were lost",
+                "a gap in the messages: {first} where {} was due",
                 s.received + 1
             ));
         }
