@@ -611,21 +611,6 @@ impl Runtime {
         self.node().cluster().map(|c| c.reset_peer_links())
     }
 
-    /// In a cluster, breaks this process's link to the head as a connection
-    /// reset would (it rejoins at once); false if it had none (it is the
-    /// head). `None` outside a cluster.
-    #[cfg(feature = "testing")]
-    pub fn reset_head_link(&self) -> Option<bool> {
-        self.node().cluster().map(|c| c.reset_head_link())
-    }
-
-    /// In a cluster, how often this process rejoined a head it had lost.
-    /// `None` outside a cluster.
-    #[cfg(feature = "testing")]
-    pub fn rejoins(&self) -> Option<u64> {
-        self.node().cluster().map(|c| c.rejoins())
-    }
-
     /// In a cluster, the landing buffers this process keeps for pulls (warm
     /// memory for the next large transfer): `(bytes kept, pulls that landed
     /// in a kept buffer)`. `None` outside a cluster.

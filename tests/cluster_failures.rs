@@ -66,19 +66,6 @@ fn len_of(r: ObjectRef<ByteBuf>) -> usize {
     r.get().expect("a borrowed value stays readable").len()
 }
 
-/// Breaks this node's link to the head; then waits (up to 30 s) until it
-/// has rejoined: how often it rejoined.
-fn reset_head_here(_: ()) -> u64 {
-    let rt = Runtime::current().expect("in a task");
-    assert_eq!(rt.reset_head_link(), Some(true), "a node has a head link");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while rt.rejoins() == Some(0) {
-        assert!(Instant::now() < deadline, "never rejoined");
-        std::thread::park_timeout(Duration::from_millis(10));
-    }
-    rt.rejoins().unwrap()
-}
-
 /// Breaks this node's links to its peers (a network blip seen from here).
 fn blip_here(_: ()) -> usize {
     let rt = Runtime::current().expect("in a task");
@@ -94,8 +81,7 @@ rayx::remote!(
     big_result,
     pid_here,
     len_of,
-    blip_here,
-    reset_head_here
+    blip_here
 );
 
 pub struct Counter {
@@ -721,40 +707,6 @@ fn network_blips_lose_and_repeat_nothing() {
         assert!(Instant::now() < deadline, "objects stayed: {nodes:?}");
         std::thread::park_timeout(PERIOD);
     }
-}
-
-/// A node's connection to the head reset while both live (its join link is
-/// no session): the node rejoins at once, so the head does not declare it
-/// dead, and the work running there goes on.
-fn a_reset_of_a_node_s_head_link_is_no_death() {
-    let c = fast_cluster(1);
-    let rt = c.driver().clone();
-    let events = rt.events();
-    let node = c.nodes()[0].id;
-    let running = rt
-        .task(slow_where)
-        .node_affinity(node, false)
-        .remote((1, 1_000));
-    let rejoins = rt
-        .task(reset_head_here)
-        .node_affinity(node, false)
-        .remote(())
-        .get_timeout(Duration::from_secs(30));
-    assert_eq!(rejoins, Ok(1));
-    assert_eq!(
-        running.get_timeout(Duration::from_secs(30)),
-        Ok((1, node.0))
-    );
-    // Its grace (half the 1 s health limit) is long past when the events
-    // have been quiet for 2 s.
-    let died = std::iter::from_fn(|| events.recv_timeout(Duration::from_secs(2)).ok())
-        .any(|e| matches!(e, SupervisionEvent::NodeDied { node: n, .. } if n == node.to_string()));
-    assert!(!died, "a reset is no death");
-    assert!(rt.cluster_status().unwrap().nodes.iter().all(|n| n.alive));
-    assert_eq!(
-        rt.task(square).node_affinity(node, false).remote(3).get(),
-        Ok(9)
-    );
 }
 
 /// A task's large result whose only copy died with its node is made again on
@@ -1436,7 +1388,6 @@ fn main() {
         a_pull_whose_link_breaks_goes_again,
         tasks_wait_out_a_broken_link_to_a_live_node,
         network_blips_lose_and_repeat_nothing,
-        a_reset_of_a_node_s_head_link_is_no_death,
         a_result_whose_only_copy_died_is_rebuilt,
         a_partitioned_node_is_declared_dead_and_its_work_redone,
         a_hung_node_is_declared_dead_and_may_not_come_back,

@@ -149,7 +149,7 @@ impl Barrier {
         s.release(deliver);
     }
 
-    /// `node` is gone (or its link is): nothing waits for it any more.
+    /// `node` died: nothing waits for it any more.
     pub(super) fn lost(&self, node: NodeId, deliver: Deliver) {
         let mut s = self.state.lock();
         s.unsynced.remove(&node);

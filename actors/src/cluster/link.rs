@@ -923,7 +923,10 @@ async fn resend<W: AsyncWrite + Unpin>(
         put(wr, &head, stop).await?;
         put(wr, &body, stop).await?;
     }
-    wr.flush().await
+    tokio::select! {
+        r = wr.flush() => r,
+        _ = stop.cancelled() => Err(std::io::Error::other("the link was closed")),
+    }
 }
 
 pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
@@ -962,9 +965,24 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     let mut out = BytesMut::with_capacity(64 << 10);
     let mut failed = false;
     'write: loop {
+        let stale = session.as_ref().and_then(|s| s.stale_at());
         let got = tokio::select! {
             n = rx.recv_many(&mut batch, BATCH) => n,
             _ = link.stop.cancelled() => 0,
+            _ = until(stale) => {
+                if session.as_ref().and_then(|s| s.stale_at()).is_some_and(|t| t <= std::time::Instant::now()) {
+                    // Frames wait for an ack nobody sends: a break only the
+                    // peer saw. Another link takes the session.
+                    tracing::warn!(
+                        "rayx: no ack from {} for {:?}: opening another link",
+                        link.peer.id,
+                        session::STALE
+                    );
+                    failed = true;
+                    break;
+                }
+                continue;
+            }
         };
         if got == 0 {
             break;
@@ -1053,7 +1071,11 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
         }
         // TLS keeps what the socket did not take in its own buffer until a
         // flush (plain TCP's flush does nothing): a batch goes out whole.
-        if wr.flush().await.is_err() {
+        let flushed = tokio::select! {
+            r = wr.flush() => r.is_ok(),
+            _ = link.stop.cancelled() => false,
+        };
+        if !flushed {
             failed = true;
             break;
         }
@@ -1080,6 +1102,14 @@ async fn put<W: AsyncWrite + Unpin>(
     tokio::select! {
         r = wr.write_all(bytes) => r,
         _ = stop.cancelled() => Err(std::io::Error::other("the link was closed")),
+    }
+}
+
+/// Waits until `at`; forever if `None`.
+async fn until(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -327,8 +327,8 @@ struct RemoteCall {
     call: ActorCall,
     /// Times it went again after a node death.
     attempts: u64,
-    /// When the link it went on was lost (its fate is unknown until the
-    /// head says the node died and where the actor went).
+    /// When its node was declared dead (its fate is unknown until the head
+    /// says where the actor went).
     lost: Option<std::time::Instant>,
 }
 
@@ -401,8 +401,6 @@ pub struct ClusterNode {
     lingers_paid: AtomicU64,
     /// Pulls gone again after their link failed while the holder lived.
     pulls_again: AtomicU64,
-    /// Times this node rejoined a head it had lost.
-    rejoins: AtomicU64,
     spread: AtomicUsize,
     closed: AtomicBool,
 }
@@ -515,7 +513,6 @@ impl ClusterNode {
             heard_count: AtomicU64::new(0),
             lingers_begun: AtomicU64::new(0),
             pulls_again: AtomicU64::new(0),
-            rejoins: AtomicU64::new(0),
             lingers_paid: AtomicU64::new(0),
             spread: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
@@ -944,8 +941,9 @@ impl ClusterNode {
 
     fn linked(&self, node: NodeId, link: Arc<Link>, bulk: bool) {
         let mut peers = self.peers.lock();
-        let Some(peer) = peers.get_mut(&node) else {
-            link.close();
+        let Some(peer) = peers.get_mut(&node).filter(|p| p.alive) else {
+            // Gone, or declared dead while the link was being opened.
+            link.abort();
             return;
         };
         peer.connecting[bulk as usize] = false;
@@ -1134,26 +1132,6 @@ impl ClusterNode {
         }
     }
 
-    /// A node's join link closed (the head's side). A killed process's
-    /// closes; so does a connection reset while the node lives, and then it
-    /// rejoins at once. It is declared dead unless it rejoined within half
-    /// the health limit (a second at most).
-    fn join_closed(self: &Arc<Self>, node: NodeId, serial: u64, cause: String) {
-        let grace = (self.health.limit() / 2).min(Duration::from_secs(1));
-        let me = Arc::downgrade(self);
-        self.net.spawn(async move {
-            tokio::time::sleep(grace).await;
-            let Some(c) = me.upgrade() else { return };
-            let Some(head) = &c.head else { return };
-            let rejoined = head
-                .link_of(node)
-                .is_some_and(|l| l.serial != serial && !l.is_closed());
-            if !rejoined {
-                c.declare_dead(node, &cause);
-            }
-        });
-    }
-
     /// A restart the head asked for is done: every node learns where the
     /// actor is (or that it is gone).
     fn actor_restarted(self: &Arc<Self>, actor: ActorId, result: Result<(), Error>) {
@@ -1266,7 +1244,6 @@ impl ClusterNode {
     /// old head among them, if it was started again), new ones are added.
     fn rejoined(self: &Arc<Self>, link: Arc<Link>, members: Vec<NodeInfo>) {
         self.heard_head();
-        self.rejoins.fetch_add(1, Ordering::Relaxed);
         *self.head_link.lock() = Some(link);
         self.rejoining.store(false, Ordering::Release);
         let listed: std::collections::HashSet<NodeId> = members.iter().map(|m| m.id).collect();
@@ -1617,18 +1594,6 @@ impl ClusterNode {
     /// Pulls under way that have taken in some of their bytes.
     pub fn pulls_landing(&self) -> usize {
         self.pulls.landing()
-    }
-
-    /// Times this node rejoined a head it had lost.
-    pub fn rejoins(&self) -> u64 {
-        self.rejoins.load(Ordering::Relaxed)
-    }
-
-    /// Breaks this node's link to the head as a connection reset would (for
-    /// tests); false if it had none.
-    pub fn reset_head_link(&self) -> bool {
-        let link = self.head_link.lock().clone();
-        link.map(|l| l.abort()).is_some()
     }
 
     /// Pulls that went again after their link failed while their holder
@@ -2625,10 +2590,10 @@ impl ClusterNode {
             }
         };
         // Answers waiting for its confirmation of borrows go (what it owned
-        // is lost with it, or its link is: the messages waiting for it went).
+        // is lost with it).
         self.barrier.lost(node, &mut self.control());
         // Its holds waiting for an ack are answered now: the messages waiting
-        // for it went, and a link that closed carries no ack.
+        // for it went with its session.
         self.acks.lock().retain(|_, (n, tx)| {
             if *n == node {
                 let _ = tx.send(Err(Error::NodeDied {
@@ -2963,7 +2928,7 @@ impl Inbound for Handler {
         match link.lane {
             Lane::Join => {
                 if c.head.is_some() {
-                    c.join_closed(node, link.serial, cause);
+                    c.declare_dead(node, &cause);
                 } else if c.head_link.lock().as_ref().map(|l| l.serial) == Some(link.serial) {
                     c.lost_head(&cause, false);
                 }

@@ -20,12 +20,17 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
 
 /// How long a node that received messages waits for something of its own
 /// to carry its ack before it sends the ack alone.
 pub const ACK_DELAY: Duration = Duration::from_millis(20);
+
+/// How long frames may wait for an ack (since the later of the oldest one's
+/// writing and the last ack) before their link is taken for broken: a break
+/// only this side did not see leaves a socket open that nothing reads.
+pub const STALE: Duration = Duration::from_secs(10);
 
 /// Bytes of a control-lane frame's header: its first message's sequence
 /// number and the sender's ack, big-endian.
@@ -45,6 +50,8 @@ struct Sent {
     first: u64,
     count: u64,
     body: Bytes,
+    /// When it was written (again).
+    at: Instant,
 }
 
 #[derive(Default)]
@@ -60,6 +67,10 @@ struct State {
     acked: u64,
     /// An ack alone is scheduled.
     ack_pending: bool,
+    /// The peer sent again what it had sent: it missed an ack.
+    ack_forced: bool,
+    /// When an ack last let go of a frame.
+    last_ack: Option<Instant>,
     /// The peer died: nothing more is kept.
     ended: bool,
 }
@@ -164,11 +175,22 @@ impl Session {
 
     /// The frames to write again on a new link, with their headers.
     pub(crate) fn resend(&self) -> Vec<(u64, Bytes)> {
-        let s = self.state.lock();
+        let mut s = self.state.lock();
+        let now = Instant::now();
         s.unacked
-            .iter()
-            .map(|f| (f.first, f.body.clone()))
+            .iter_mut()
+            .map(|f| {
+                f.at = now;
+                (f.first, f.body.clone())
+            })
             .collect()
+    }
+
+    /// When the frames waiting for an ack are [`STALE`], if any wait.
+    pub(crate) fn stale_at(&self) -> Option<Instant> {
+        let s = self.state.lock();
+        let oldest = s.unacked.front()?.at;
+        Some(s.last_ack.map_or(oldest, |a| a.max(oldest)) + STALE)
     }
 
     /// A frame of `count` messages is about to be written: its first
@@ -179,12 +201,14 @@ impl Session {
         let first = s.next;
         s.next += count;
         s.acked = s.received;
+        s.ack_forced = false;
         if keep && count > 0 && !s.ended {
             s.unacked_bytes += body.len();
             s.unacked.push_back(Sent {
                 first,
                 count,
                 body: body.clone(),
+                at: Instant::now(),
             });
         }
         (first, s.received)
@@ -194,6 +218,7 @@ impl Session {
     pub(crate) fn ack_now(&self) -> u64 {
         let mut s = self.state.lock();
         s.acked = s.received;
+        s.ack_forced = false;
         s.received
     }
 
@@ -203,6 +228,9 @@ impl Session {
     /// an ordered link with a peer that resends cannot do.
     pub(crate) fn received(&self, first: u64, count: u64, ack: u64) -> Result<usize, String> {
         let mut s = self.state.lock();
+        if s.ended {
+            return Err("from a node declared dead".into());
+        }
         if ack >= s.next {
             return Err(format!(
                 "an ack of a message never sent: {ack} (the last sent was {})",
@@ -216,6 +244,7 @@ impl Session {
         {
             let f = s.unacked.pop_front().expect("looked at");
             s.unacked_bytes -= f.body.len();
+            s.last_ack = Some(Instant::now());
         }
         if count == 0 {
             return Ok(0);
@@ -228,13 +257,16 @@ impl Session {
         }
         let had = (s.received + 1 - first).min(count);
         s.received = s.received.max(first + count - 1);
+        // Sent again: the peer did not have this side's ack (lost with a
+        // connection); it is owed again even if nothing new came.
+        s.ack_forced |= had > 0;
         Ok(had as usize)
     }
 
     /// Whether to schedule an ack alone now (one is due and none is).
     pub(crate) fn ack_due(&self) -> bool {
         let mut s = self.state.lock();
-        if s.ack_pending || s.received == s.acked {
+        if s.ack_pending || (s.received == s.acked && !s.ack_forced) {
             return false;
         }
         s.ack_pending = true;
@@ -245,7 +277,7 @@ impl Session {
     pub(crate) fn ack_if_needed(&self) {
         let mut s = self.state.lock();
         s.ack_pending = false;
-        if s.received != s.acked {
+        if s.received != s.acked || std::mem::take(&mut s.ack_forced) {
             drop(s);
             let _ = self.tx.send(Out::Ack);
         }
@@ -317,6 +349,23 @@ mod tests {
     }
 
     #[test]
+    fn frames_sent_again_are_acked_again_and_waiting_ones_go_stale() {
+        let s = Session::new(NodeId(1));
+        assert_eq!(s.received(1, 2, 0), Ok(0));
+        assert_eq!(s.stamp(0, &Bytes::new(), true), (1, 2), "an ack alone");
+        assert!(!s.ack_due(), "acked");
+        // The ack was lost with its link: the peer sends the frame again.
+        assert_eq!(s.received(1, 2, 0), Ok(2));
+        assert!(s.ack_due(), "owed again though nothing new came");
+        assert!(s.stale_at().is_none(), "nothing waits for an ack");
+        s.stamp(1, &Bytes::from_static(b"x"), true);
+        let stale = s.stale_at().expect("a frame waits");
+        assert!(stale > Instant::now() + STALE - Duration::from_secs(1));
+        assert_eq!(s.received(3, 0, 1), Ok(0));
+        assert!(s.stale_at().is_none(), "acknowledged");
+    }
+
+    #[test]
     fn an_ended_session_keeps_nothing() {
         let s = Session::new(NodeId(1));
         s.send(Msg::Stop);
@@ -328,5 +377,6 @@ mod tests {
         assert!(s.tx.send(Out::Ack).is_err(), "nothing is queued again");
         s.stamp(1, &Bytes::from_static(b"abc"), true);
         assert_eq!(s.unacked_bytes(), 0);
+        assert!(s.received(1, 1, 0).is_err(), "nothing is taken from the dead");
     }
 }
