@@ -1300,6 +1300,7 @@ impl ClusterNode {
             return self.host().ok_or(Error::ShutDown)?.create_actor(create);
         }
         let key = actor_key(create.actor);
+        let actor = create.actor;
         let (tx, rx) = sync_channel(1);
         self.creates.lock().insert(key, tx);
         if !self.send_to(node, false, Msg::CreateActor(create)) {
@@ -1313,6 +1314,17 @@ impl ClusterNode {
             Ok(r) => r,
             Err(_) => {
                 self.creates.lock().remove(&key);
+                // Its creation may still be on its way (the node lives and
+                // its link is down): the kill follows it, so no actor starts
+                // there that nobody has a handle to.
+                self.send_to(
+                    node,
+                    false,
+                    Msg::KillActor {
+                        actor,
+                        no_restart: true,
+                    },
+                );
                 Err(Error::NodeDied {
                     node: node.to_string(),
                     cause: format!("it did not start the actor within {REQUEST_TIMEOUT:?}"),

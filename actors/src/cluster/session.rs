@@ -377,6 +377,9 @@ mod tests {
         assert!(s.tx.send(Out::Ack).is_err(), "nothing is queued again");
         s.stamp(1, &Bytes::from_static(b"abc"), true);
         assert_eq!(s.unacked_bytes(), 0);
-        assert!(s.received(1, 1, 0).is_err(), "nothing is taken from the dead");
+        assert!(
+            s.received(1, 1, 0).is_err(),
+            "nothing is taken from the dead"
+        );
     }
 }
