@@ -1068,24 +1068,7 @@ fn bad_bytes_close_one_connection_and_are_counted() {
         [Msg::Welcome { .. }]
     ));
     // An unknown function from a peer is a typed task error.
-    let mut s = TcpStream::connect(&addr).unwrap();
-    shake(
-        &mut s,
-        &token,
-        &hello(Lane::Control, PROTOCOL_VERSION, vec![]),
-    );
-    let spec = rayx_actors::messages::TaskSpec {
-        task_id: rayx_actors::ids::TaskId(rayx_actors::ids::ObjectId {
-            node: NodeId(99),
-            seq: 1,
-        }),
-        function: "no::such::function".into(),
-        args: vec![],
-        options: Default::default(),
-    };
-    s.write_all(&control_frame(1, &[Msg::RunTask { spec, held: vec![] }]))
-        .unwrap();
-    let answers = read_frames_until(&mut s, |m| matches!(m, Msg::TaskDone { .. }));
+    let (_s, answers) = run_an_unknown_function(&addr, &token);
     assert!(
         answers.iter().any(|m| matches!(m,
             Msg::TaskDone { result: Err(Error::FunctionNotRegistered { name }), .. } if name == "no::such::function")),
@@ -1121,6 +1104,73 @@ fn bad_bytes_close_one_connection_and_are_counted() {
     );
     // And the cluster still works.
     assert_eq!(rt.task(square).remote(12).get().unwrap(), 144);
+}
+
+/// A control link that stays open but never acknowledges what the node sent
+/// on it (a break only the other side saw, or a peer that stopped reading)
+/// is taken for broken once frames have waited `STALE` for an ack: the node
+/// closes it, and serves on.
+fn a_link_that_never_acknowledges_is_closed() {
+    use rayx_actors::cluster::session::STALE;
+    use rayx_actors::cluster::wire::Msg;
+    use std::io::Read;
+    let c = Cluster::start(1).unwrap();
+    let rt = c.driver();
+    let token = rt.cluster_token().unwrap();
+    let (mut s, answers) = run_an_unknown_function(c.address(), &token);
+    assert!(
+        answers.iter().any(|m| matches!(m, Msg::TaskDone { .. })),
+        "{answers:?}"
+    );
+    // Its answer waits for an ack this peer never sends.
+    let waited = Instant::now();
+    s.set_read_timeout(Some(STALE + Duration::from_secs(20)))
+        .unwrap();
+    let mut rest = Vec::new();
+    match s.read_to_end(&mut rest) {
+        Ok(_) => {}
+        Err(e) => assert!(
+            !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "the node never closed it: {e}"
+        ),
+    }
+    assert!(
+        waited.elapsed() + Duration::from_secs(1) >= STALE,
+        "closed after {:?}, before its frames were stale",
+        waited.elapsed()
+    );
+    assert_eq!(rt.task(square).remote(5).get().unwrap(), 25);
+}
+
+/// As node 99 on a control link to `addr`: sends a task of a function
+/// nobody registered, and reads until its answer; the link stays open.
+fn run_an_unknown_function(
+    addr: &str,
+    token: &str,
+) -> (TcpStream, Vec<rayx_actors::cluster::wire::Msg>) {
+    use rayx_actors::cluster::wire::{Lane, Msg, PROTOCOL_VERSION};
+    let mut s = TcpStream::connect(addr).unwrap();
+    shake(
+        &mut s,
+        token,
+        &hello(Lane::Control, PROTOCOL_VERSION, vec![]),
+    );
+    let spec = rayx_actors::messages::TaskSpec {
+        task_id: rayx_actors::ids::TaskId(rayx_actors::ids::ObjectId {
+            node: NodeId(99),
+            seq: 1,
+        }),
+        function: "no::such::function".into(),
+        args: vec![],
+        options: Default::default(),
+    };
+    s.write_all(&control_frame(1, &[Msg::RunTask { spec, held: vec![] }]))
+        .unwrap();
+    let answers = read_frames_until(&mut s, |m| matches!(m, Msg::TaskDone { .. }));
+    (s, answers)
 }
 
 /// The address a node's links listen on.
@@ -1793,6 +1843,7 @@ fn main() {
         a_killed_node_s_tasks_run_again_elsewhere,
         an_unreachable_head_fails_init_in_bounded_time,
         bad_bytes_close_one_connection_and_are_counted,
+        a_link_that_never_acknowledges_is_closed,
         a_lying_peer_s_chunks_fail_its_pull_not_the_node,
         a_task_s_held_argument_is_pulled_at_once,
         objects_at_the_inline_and_chunk_edges_arrive_intact,
