@@ -267,18 +267,6 @@ impl Error {
                 cut(task);
                 cause.shorten(max);
             }
-            Error::TaskFailed { task, cause } | Error::WorkerCrashed { task, cause } => {
-                cut(task);
-                cut(cause);
-            }
-            Error::Unschedulable { task, reason } => {
-                cut(task);
-                cut(reason);
-            }
-            Error::ActorDied { actor, cause } => {
-                cut(actor);
-                cut(cause);
-            }
             Error::CallFailed {
                 actor,
                 method,
@@ -288,32 +276,37 @@ impl Error {
                 cut(method);
                 cut(cause);
             }
-            Error::ActorNotFound { name, namespace }
-            | Error::ActorNameTaken { name, namespace } => {
-                cut(name);
-                cut(namespace);
+            // Every error of two texts.
+            Error::TaskFailed { task: a, cause: b }
+            | Error::WorkerCrashed { task: a, cause: b }
+            | Error::Unschedulable { task: a, reason: b }
+            | Error::ActorDied { actor: a, cause: b }
+            | Error::ActorNotFound {
+                name: a,
+                namespace: b,
             }
-            Error::TypeMismatch { expected, found } => {
-                cut(expected);
-                cut(found);
+            | Error::ActorNameTaken {
+                name: a,
+                namespace: b,
             }
-            Error::ObjectReconstructionFailed { id, cause }
-            | Error::ObjectFetchFailed { id, cause } => {
-                cut(id);
-                cut(cause);
+            | Error::TypeMismatch {
+                expected: a,
+                found: b,
             }
-            Error::OwnerUnknown { id, owner } => {
-                cut(id);
-                cut(owner);
+            | Error::ObjectReconstructionFailed { id: a, cause: b }
+            | Error::ObjectFetchFailed { id: a, cause: b }
+            | Error::OwnerUnknown { id: a, owner: b }
+            | Error::ClusterUnreachable {
+                address: a,
+                cause: b,
             }
-            Error::ClusterUnreachable { address, cause }
-            | Error::Unauthenticated { address, cause } => {
-                cut(address);
-                cut(cause);
+            | Error::Unauthenticated {
+                address: a,
+                cause: b,
             }
-            Error::NodeDied { node, cause } => {
-                cut(node);
-                cut(cause);
+            | Error::NodeDied { node: a, cause: b } => {
+                cut(a);
+                cut(b);
             }
             Error::Cancelled { task: s, .. }
             | Error::MailboxFull { actor: s, .. }

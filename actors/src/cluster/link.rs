@@ -1039,7 +1039,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
             .map(|(count, body)| {
                 let body = bytes::Bytes::from(body);
                 let head = session.as_ref().map(|s| {
-                    let (first, ack) = s.stamp(count as u64, &body, true);
+                    let (first, ack) = s.stamp(count as u64, &body);
                     session::header(first, ack)
                 });
                 (head, body)

@@ -187,10 +187,8 @@ struct Peer {
     /// go with the peer.
     spare: Vec<Arc<Link>>,
     bulk: Option<Arc<Link>>,
-    /// Messages waiting for a bulk link being opened (the control lane's
-    /// wait in the session).
-    waiting: Vec<(bool, Msg)>,
-    connecting: [bool; 2],
+    /// A control link is being opened (what waits for it is in the session).
+    connecting: bool,
     /// How long the next attempt to open a lost control link waits.
     reconnect: Duration,
     /// The head announced it (else it only opened a link here): only a
@@ -208,31 +206,23 @@ struct Peer {
 }
 
 impl Peer {
-    /// The open link this node sends on, of the bulk or the control lane.
-    fn open(&self, bulk: bool) -> Option<&Arc<Link>> {
-        let link = if bulk { &self.bulk } else { &self.control };
-        link.as_ref().filter(|l| !l.is_closed())
-    }
-
-    /// Sends on `link` the messages of its lane that waited for a link.
-    fn send_waiting(&mut self, bulk: bool, link: &Link) {
-        let waiting = std::mem::take(&mut self.waiting);
-        let (mine, others): (Vec<_>, Vec<_>) = waiting.into_iter().partition(|(b, _)| *b == bulk);
-        self.waiting = others;
-        for (_, m) in mine {
-            link.send(m);
-        }
-    }
-
     /// Whether a control link to it is open (its own or a spare).
     fn linked(&self) -> bool {
-        self.open(false).is_some() || self.spare.iter().any(|l| !l.is_closed())
+        self.control
+            .iter()
+            .chain(&self.spare)
+            .any(|l| !l.is_closed())
     }
 
     /// Whether this live peer's control link is still being opened: what
     /// this node sends it waits.
     fn opening(&self) -> bool {
-        self.alive && !self.linked() && self.connecting[0]
+        self.alive && !self.linked() && self.connecting
+    }
+
+    /// Its links: control, spare and bulk.
+    fn links(&self) -> impl Iterator<Item = &Arc<Link>> {
+        self.control.iter().chain(&self.spare).chain(&self.bulk)
     }
 
     /// Keeps a control link this node does not send on (see `spare`).
@@ -574,7 +564,7 @@ impl ClusterNode {
                     c.fetch_held(id);
                     return;
                 }
-                if !c.send_to(id.node, false, Msg::Fetch { object: id }) {
+                if !c.send_to(id.node, Msg::Fetch { object: id }) {
                     if let Some(slot) = c.core.table.lookup(id) {
                         slot.complete(Err(Error::OwnerDied { id: id.to_string() }));
                     }
@@ -679,9 +669,8 @@ impl ClusterNode {
         }
         let mut peers = self.peers.lock();
         self.members.notify_all();
-        let id = info.id;
         peers
-            .entry(id)
+            .entry(info.id)
             .or_insert_with(|| Peer {
                 member,
                 session: Session::new(info.id),
@@ -690,8 +679,7 @@ impl ClusterNode {
                 control: None,
                 spare: Vec::new(),
                 bulk: None,
-                waiting: Vec::new(),
-                connecting: [false; 2],
+                connecting: false,
                 reconnect: Duration::ZERO,
                 reported: 0,
                 inflight: 0,
@@ -720,16 +708,7 @@ impl ClusterNode {
         self.pulls.pool().close();
         let links: Vec<Arc<Link>> = {
             let peers = self.peers.lock();
-            peers
-                .values()
-                .flat_map(|p| {
-                    p.control
-                        .iter()
-                        .chain(p.spare.iter())
-                        .chain(p.bulk.iter())
-                        .cloned()
-                })
-                .collect()
+            peers.values().flat_map(Peer::links).cloned().collect()
         };
         for l in links {
             l.close();
@@ -770,13 +749,13 @@ impl ClusterNode {
 
     // ---- sending ------------------------------------------------------------
 
-    /// Sends `msg` to `node` on its control (or bulk) lane, opening the link
-    /// first if need be. False if the node is not a live peer.
-    fn send_to(self: &Arc<Self>, node: NodeId, bulk: bool, msg: Msg) -> bool {
+    /// Sends `msg` to `node` on its control lane, opening a link first if
+    /// need be. False if the node is not a live peer.
+    fn send_to(self: &Arc<Self>, node: NodeId, msg: Msg) -> bool {
         // Borrows and releases queued earlier go first: a fetch never
         // overtakes its borrow.
         self.flush_outbox();
-        self.send_now(node, bulk, msg)
+        self.send_now(node, msg)
     }
 
     /// Queues a borrow or release; the first one queued schedules a flush on
@@ -824,7 +803,7 @@ impl ClusterNode {
             for (node, msg) in queued.into_iter().flatten() {
                 match msg {
                     Msg::Borrow { object } => {
-                        if self.send_now(node, false, msg) {
+                        if self.send_now(node, msg) {
                             self.barrier.borrowed(node);
                         } else {
                             failed.push(object);
@@ -906,76 +885,53 @@ impl ClusterNode {
 
     /// Delivers to a node's control lane at once: what the barrier sends with.
     fn control(self: &Arc<Self>) -> impl FnMut(NodeId, Msg) -> bool + '_ {
-        move |n, m| self.send_now(n, false, m)
+        move |n, m| self.send_now(n, m)
     }
 
-    fn send_now(self: &Arc<Self>, node: NodeId, bulk: bool, msg: Msg) -> bool {
-        let lane = bulk as usize;
+    fn send_now(self: &Arc<Self>, node: NodeId, msg: Msg) -> bool {
         let mut peers = self.peers.lock();
         let Some(peer) = peers.get_mut(&node).filter(|p| p.alive) else {
             return false;
         };
-        if !bulk {
-            // Into the session, whose open link writes it (or the next).
-            peer.session.send(msg);
-            if !peer.linked() && !peer.connecting[0] {
-                peer.connecting[0] = true;
-                let address = peer.info.address.clone();
-                let weak = Arc::downgrade(self);
-                self.net.spawn(open_link(weak, node, address, false));
-            }
-            return true;
-        }
-        if let Some(l) = peer.open(bulk) {
-            return l.send(msg);
-        }
-        peer.waiting.push((bulk, msg));
-        if !peer.connecting[lane] {
-            peer.connecting[lane] = true;
-            let address = peer.info.address.clone();
-            let weak = Arc::downgrade(self);
-            self.net.spawn(open_link(weak, node, address, bulk));
+        // Into the session, whose open link writes it (or the next).
+        peer.session.send(msg);
+        if !peer.linked() && !peer.connecting {
+            self.open_control(node, peer, Duration::ZERO);
         }
         true
     }
 
-    fn linked(&self, node: NodeId, link: Arc<Link>, bulk: bool) {
+    /// Opens a control link to `peer` after `delay`.
+    fn open_control(self: &Arc<Self>, node: NodeId, peer: &mut Peer, delay: Duration) {
+        peer.connecting = true;
+        let address = peer.info.address.clone();
+        let weak = Arc::downgrade(self);
+        self.net.spawn(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            open_link(weak, node, address).await;
+        });
+    }
+
+    /// A control link to `node` is up, opened by either side: it carries the
+    /// session as any control link does (one writer at a time), beside one
+    /// already open if both nodes opened one at once; all go with the peer.
+    fn linked(&self, node: NodeId, link: Arc<Link>) {
         let mut peers = self.peers.lock();
         let Some(peer) = peers.get_mut(&node).filter(|p| p.alive) else {
             // Gone, or declared dead while the link was being opened.
             link.abort();
             return;
         };
-        peer.connecting[bulk as usize] = false;
+        peer.connecting = false;
         peer.unreachable_until = None;
-        if !bulk {
-            peer.reconnect = Duration::ZERO;
+        peer.reconnect = Duration::ZERO;
+        if peer.control.as_ref().is_some_and(|l| !l.is_closed()) {
+            peer.add_spare(link);
+        } else {
+            peer.control = Some(link);
         }
-        let kept = match peer.open(bulk).cloned() {
-            // The peer opened one first: the new one stays open beside it
-            // (on the control lane either carries the session, one writer
-            // at a time), and goes with the peer.
-            Some(open) => {
-                if bulk {
-                    // Only this node opens its bulk links: nobody else
-                    // sends on the new one.
-                    link.close();
-                } else {
-                    peer.add_spare(link);
-                }
-                open
-            }
-            None => {
-                let slot = if bulk {
-                    &mut peer.bulk
-                } else {
-                    &mut peer.control
-                };
-                *slot = Some(link.clone());
-                link
-            }
-        };
-        peer.send_waiting(bulk, &kept);
     }
 
     // ---- asks to the head -----------------------------------------------------
@@ -1303,7 +1259,7 @@ impl ClusterNode {
         let actor = create.actor;
         let (tx, rx) = sync_channel(1);
         self.creates.lock().insert(key, tx);
-        if !self.send_to(node, false, Msg::CreateActor(create)) {
+        if !self.send_to(node, Msg::CreateActor(create)) {
             self.creates.lock().remove(&key);
             return Err(Error::NodeDied {
                 node: node.to_string(),
@@ -1319,7 +1275,6 @@ impl ClusterNode {
                 // there that nobody has a handle to.
                 self.send_to(
                     node,
-                    false,
                     Msg::KillActor {
                         actor,
                         no_restart: true,
@@ -1366,7 +1321,7 @@ impl ClusterNode {
                     None
                 }
                 Ok(node) => {
-                    let sent = self.send_now(node, false, Msg::Call(call.clone()));
+                    let sent = self.send_now(node, Msg::Call(call.clone()));
                     calls.insert(
                         object,
                         RemoteCall {
@@ -1438,7 +1393,7 @@ impl ClusterNode {
                             h.hold_actor(actor, to);
                         }
                     } else {
-                        self.send_now(to, false, Msg::HoldActor { actor, ack: 0 });
+                        self.send_now(to, Msg::HoldActor { actor, ack: 0 });
                     }
                 }
             }
@@ -1468,7 +1423,7 @@ impl ClusterNode {
                         c.node = to;
                         c.lost = None;
                         let again = Msg::Call(c.call.clone());
-                        if !self.send_now(to, false, again) {
+                        if !self.send_now(to, again) {
                             failed.extend(calls.remove(&id).map(|c| (c.slot, "its new node is gone too".to_string())));
                         }
                     }
@@ -1575,19 +1530,19 @@ impl ClusterNode {
             return;
         }
         if !hold {
-            self.send_to(node, false, Msg::ReleaseActor { actor });
+            self.send_to(node, Msg::ReleaseActor { actor });
             return;
         }
         if ON_NET_THREAD.with(|n| n.get()) {
             // On the network thread: the ack could not be read while
             // waiting here.
-            self.send_to(node, false, Msg::HoldActor { actor, ack: 0 });
+            self.send_to(node, Msg::HoldActor { actor, ack: 0 });
             return;
         }
         let ack = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = sync_channel(1);
         self.acks.lock().insert(ack, (node, tx));
-        if !self.send_to(node, false, Msg::HoldActor { actor, ack }) {
+        if !self.send_to(node, Msg::HoldActor { actor, ack }) {
             self.acks.lock().remove(&ack);
             return;
         }
@@ -1630,22 +1585,28 @@ impl ClusterNode {
     }
 
     /// Breaks every link of this node to its peers (not to the head), as a
-    /// network blip would (for tests). How many were open.
-    pub fn reset_peer_links(&self) -> usize {
-        let open: Vec<Arc<Link>> = self
-            .peers
-            .lock()
-            .values()
-            .flat_map(|p| {
-                p.control
-                    .iter()
-                    .chain(p.spare.iter())
-                    .chain(p.bulk.iter())
-                    .cloned()
-            })
-            .collect();
+    /// network blip would, and this node has noticed it by the return (for
+    /// tests: work placed next sees those peers unreachable). How many were
+    /// open.
+    pub fn reset_peer_links(self: &Arc<Self>) -> usize {
+        let (open, lost): (Vec<Arc<Link>>, Vec<NodeId>) = {
+            let mut peers = self.peers.lock();
+            let open = peers.values().flat_map(Peer::links).cloned().collect();
+            let lost = peers
+                .iter_mut()
+                .filter_map(|(id, p)| {
+                    let had = p.control.take().is_some() | !p.spare.is_empty();
+                    p.spare.clear();
+                    had.then_some(*id)
+                })
+                .collect();
+            (open, lost)
+        };
         for l in &open {
             l.abort();
+        }
+        for node in lost {
+            self.link_lost(node, "reset for a test");
         }
         open.len()
     }
@@ -1662,7 +1623,7 @@ impl ClusterNode {
     /// Kills (or restarts) an actor on `node`.
     pub fn kill_actor(self: &Arc<Self>, node: NodeId, actor: ActorId, no_restart: bool) {
         let node = self.actor_node(actor, node);
-        self.send_to(node, false, Msg::KillActor { actor, no_restart });
+        self.send_to(node, Msg::KillActor { actor, no_restart });
     }
 
     // ---- objects --------------------------------------------------------------
@@ -1851,7 +1812,7 @@ impl ClusterNode {
                     // Answered after the call was given up on (its link was
                     // lost, or its actor moved): a reply held for it may go.
                     (None, Ok(Payload::At { node, .. })) => {
-                        self.send_to(node, false, Msg::Free { object });
+                        self.send_to(node, Msg::Free { object });
                     }
                     (None, _) => {}
                 }
@@ -1882,7 +1843,7 @@ impl ClusterNode {
             }
             Msg::Sync { id } => {
                 // Everything the peer sent before it was handled (in order).
-                self.send_now(from, false, Msg::Synced { id });
+                self.send_now(from, Msg::Synced { id });
             }
             Msg::Synced { id } => {
                 self.barrier.synced(from, id, &mut self.control());
@@ -2197,7 +2158,6 @@ impl ClusterNode {
             };
             self.send_to(
                 to,
-                false,
                 Msg::ObjectReady {
                     object,
                     result: Err(error),
@@ -2285,7 +2245,6 @@ impl ClusterNode {
                 let result = result.map(|v| self.payload(*object, v, false));
                 self.send_to(
                     *to,
-                    false,
                     Msg::ObjectReady {
                         object: *object,
                         result,
@@ -2376,7 +2335,7 @@ impl ClusterNode {
         }
         let Some(flight) = flight else {
             if let Ok(Payload::At { node, .. }) = result {
-                self.send_to(node, false, Msg::Free { object });
+                self.send_to(node, Msg::Free { object });
             }
             return;
         };
@@ -2422,7 +2381,7 @@ impl ClusterNode {
     fn fetch_held_from(self: &Arc<Self>, object: ObjectId, held: HeldAt) {
         let Some(slot) = self.core.table.lookup(object) else {
             // Nobody wants it any more: its holder may let go.
-            self.send_to(held.node, false, Msg::Free { object });
+            self.send_to(held.node, Msg::Free { object });
             return;
         };
         let node = held.node;
@@ -2445,7 +2404,7 @@ impl ClusterNode {
                 match r {
                     Err(Error::NodeDied { .. }) => me.rebuild(&slot, node),
                     Err(e @ Error::ObjectFetchFailed { .. }) => {
-                        me.send_to(node, false, Msg::Free { object });
+                        me.send_to(node, Msg::Free { object });
                         slot.complete(Err(e));
                     }
                     // Its holder keeps it until the ref goes (the slot says
@@ -2554,21 +2513,15 @@ impl ClusterNode {
             return;
         }
         p.unreachable_until = Some(self.unreachable_until());
-        if p.connecting[0] || !p.member {
+        if p.connecting || !p.member {
             // One is coming; or a stranger's: what waits for it goes if it
             // comes back (or opens again when something new is sent).
             return;
         }
         tracing::debug!("rayx: the control link to {node} was lost ({cause}); opening another");
-        p.connecting[0] = true;
         let delay = p.reconnect;
         p.reconnect = (delay * 2).clamp(Duration::from_millis(50), Duration::from_secs(2));
-        let address = p.info.address.clone();
-        let weak = Arc::downgrade(self);
-        self.net.spawn(async move {
-            tokio::time::sleep(delay).await;
-            open_link(weak, node, address, false).await;
-        });
+        self.open_control(node, p, delay);
     }
 
     /// The head says a peer died: the tasks and calls it ran are retried or
@@ -2590,7 +2543,6 @@ impl ClusterNode {
                             });
                     }
                     p.inflight = 0;
-                    p.waiting.clear();
                     p.session.end();
                     let spare = std::mem::take(&mut p.spare);
                     (
@@ -2749,7 +2701,7 @@ impl ClusterNode {
         if let Some(p) = self.peers.lock().get_mut(&node) {
             p.inflight += 1;
         }
-        if !self.send_to(node, false, Msg::RunTask { spec, held }) {
+        if !self.send_to(node, Msg::RunTask { spec, held }) {
             // Not alive: it died after the choice (its death retries this).
             self.peer_lost(node, "it is not a live node of the cluster");
         }
@@ -2805,11 +2757,8 @@ impl ClusterNode {
             let Some(peer) = peers.get_mut(&node) else {
                 return false;
             };
-            if !peer.linked() && !peer.connecting[0] {
-                peer.connecting[0] = true;
-                let address = peer.info.address.clone();
-                self.net
-                    .spawn(open_link(Arc::downgrade(self), node, address, false));
+            if !peer.linked() && !peer.connecting {
+                self.open_control(node, peer, Duration::ZERO);
             }
         }
         let me = Arc::downgrade(self);
@@ -3038,24 +2987,7 @@ impl Admit for Handler {
             }
             Lane::Control => {
                 c.add_peer(hello.node.clone(), false);
-                let mut peers = c.peers.lock();
-                if let Some(p) = peers.get_mut(&hello.node.id) {
-                    if !p.alive {
-                        // Declared dead since it was admitted.
-                        link.abort();
-                        return;
-                    }
-                    // It carries the session as any control link does (one
-                    // writer at a time).
-                    if p.open(false).is_some() {
-                        p.add_spare(link.clone());
-                    } else {
-                        p.control = Some(link.clone());
-                        p.unreachable_until = None;
-                        p.connecting[0] = false;
-                        p.reconnect = Duration::ZERO;
-                    }
-                }
+                c.linked(hello.node.id, link.clone());
             }
             Lane::Bulk | Lane::Admin => {}
         }
@@ -3085,16 +3017,13 @@ async fn accept_loop(listener: tokio::net::TcpListener, node: Weak<ClusterNode>)
     }
 }
 
-async fn open_link(node: Weak<ClusterNode>, peer: NodeId, address: String, bulk: bool) {
+/// Opens a control link to `peer`, in its session.
+async fn open_link(node: Weak<ClusterNode>, peer: NodeId, address: String) {
     let Some(c) = node.upgrade() else { return };
-    let lane = if bulk { Lane::Bulk } else { Lane::Control };
-    let hello = c.hello(lane);
-    let session = match bulk {
-        true => None,
-        false => match c.peers.lock().get(&peer) {
-            Some(p) if p.alive => Some(p.session.clone()),
-            _ => return,
-        },
+    let hello = c.hello(Lane::Control);
+    let session = match c.peers.lock().get(&peer) {
+        Some(p) if p.alive => p.session.clone(),
+        _ => return,
     };
     let inbound: Arc<dyn Inbound> = Arc::new(Handler(node.clone()));
     let gate = c.gate.clone();
@@ -3103,35 +3032,21 @@ async fn open_link(node: Weak<ClusterNode>, peer: NodeId, address: String, bulk:
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let opened = link::connect(&address, hello, inbound, &gate, session).await;
+    let opened = link::connect(&address, hello, inbound, &gate, Some(session)).await;
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
     let Some(c) = node.upgrade() else { return };
     match opened {
-        Ok((l, _)) => c.linked(peer, l, bulk),
+        Ok((l, _)) => c.linked(peer, l),
         Err(e) => {
             tracing::warn!("rayx: cannot reach {peer} at {address}: {e}");
-            let served = c.peers.lock().get_mut(&peer).is_some_and(|p| {
-                p.connecting[bulk as usize] = false;
-                match p.open(bulk).cloned() {
-                    // The peer's own link was taken meanwhile (both opened
-                    // one at once): it serves; this failure loses nothing,
-                    // and what still waits goes on it.
-                    Some(l) => {
-                        p.send_waiting(bulk, &l);
-                        true
-                    }
-                    None if !bulk && p.linked() => true,
-                    None => {
-                        p.unreachable_until = Some(c.unreachable_until());
-                        false
-                    }
-                }
-            });
-            if !served && !bulk {
-                c.link_lost(peer, &e.to_string());
+            if let Some(p) = c.peers.lock().get_mut(&peer) {
+                p.connecting = false;
             }
+            // Unless the peer's own link came up meanwhile (both opened one
+            // at once), which serves the session.
+            c.link_lost(peer, &e.to_string());
         }
     }
 }

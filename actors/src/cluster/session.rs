@@ -60,7 +60,6 @@ struct State {
     next: u64,
     /// Frames written, not acknowledged, in order.
     unacked: VecDeque<Sent>,
-    unacked_bytes: usize,
     /// The last sequence number received from the peer and handed in.
     received: u64,
     /// The last ack written to the peer.
@@ -117,7 +116,6 @@ impl Session {
         let mut s = self.state.lock();
         s.ended = true;
         s.unacked.clear();
-        s.unacked_bytes = 0;
         drop(s);
         drop(self.rx.lock().take());
     }
@@ -129,8 +127,9 @@ impl Session {
     }
 
     /// Bytes written and not acknowledged.
-    pub fn unacked_bytes(&self) -> usize {
-        self.state.lock().unacked_bytes
+    #[cfg(test)]
+    fn unacked_bytes(&self) -> usize {
+        self.state.lock().unacked.iter().map(|f| f.body.len()).sum()
     }
 
     pub(crate) fn sender(&self) -> mpsc::UnboundedSender<Out> {
@@ -195,15 +194,14 @@ impl Session {
 
     /// A frame of `count` messages is about to be written: its first
     /// sequence number, and the ack it carries. A frame of messages is kept
-    /// (`keep`) until acknowledged.
-    pub(crate) fn stamp(&self, count: u64, body: &Bytes, keep: bool) -> (u64, u64) {
+    /// until acknowledged (an ack alone is not).
+    pub(crate) fn stamp(&self, count: u64, body: &Bytes) -> (u64, u64) {
         let mut s = self.state.lock();
         let first = s.next;
         s.next += count;
         s.acked = s.received;
         s.ack_forced = false;
-        if keep && count > 0 && !s.ended {
-            s.unacked_bytes += body.len();
+        if count > 0 && !s.ended {
             s.unacked.push_back(Sent {
                 first,
                 count,
@@ -242,8 +240,7 @@ impl Session {
             .front()
             .is_some_and(|f| f.first + f.count - 1 <= ack)
         {
-            let f = s.unacked.pop_front().expect("looked at");
-            s.unacked_bytes -= f.body.len();
+            s.unacked.pop_front();
             s.last_ack = Some(Instant::now());
         }
         if count == 0 {
@@ -312,10 +309,10 @@ mod tests {
     #[test]
     fn frames_are_kept_until_acknowledged_and_resent_in_order() {
         let s = Session::new(NodeId(1));
-        assert_eq!(s.stamp(3, &Bytes::from_static(b"abc"), true), (1, 0));
-        assert_eq!(s.stamp(2, &Bytes::from_static(b"de"), true), (4, 0));
+        assert_eq!(s.stamp(3, &Bytes::from_static(b"abc")), (1, 0));
+        assert_eq!(s.stamp(2, &Bytes::from_static(b"de")), (4, 0));
         assert_eq!(
-            s.stamp(0, &Bytes::new(), true),
+            s.stamp(0, &Bytes::new()),
             (6, 0),
             "an ack alone takes no number"
         );
@@ -341,7 +338,7 @@ mod tests {
         assert_eq!(s.received(1, 2, 0), Ok(2), "all had");
         assert!(s.received(9, 1, 0).is_err(), "7 and 8 lost");
         // What was received rides on the next frame out.
-        assert_eq!(s.stamp(1, &Bytes::from_static(b"x"), true), (1, 6));
+        assert_eq!(s.stamp(1, &Bytes::from_static(b"x")), (1, 6));
         assert!(!s.ack_due(), "carried already");
         assert_eq!(s.received(7, 1, 0), Ok(0));
         assert!(s.ack_due());
@@ -352,13 +349,13 @@ mod tests {
     fn frames_sent_again_are_acked_again_and_waiting_ones_go_stale() {
         let s = Session::new(NodeId(1));
         assert_eq!(s.received(1, 2, 0), Ok(0));
-        assert_eq!(s.stamp(0, &Bytes::new(), true), (1, 2), "an ack alone");
+        assert_eq!(s.stamp(0, &Bytes::new()), (1, 2), "an ack alone");
         assert!(!s.ack_due(), "acked");
         // The ack was lost with its link: the peer sends the frame again.
         assert_eq!(s.received(1, 2, 0), Ok(2));
         assert!(s.ack_due(), "owed again though nothing new came");
         assert!(s.stale_at().is_none(), "nothing waits for an ack");
-        s.stamp(1, &Bytes::from_static(b"x"), true);
+        s.stamp(1, &Bytes::from_static(b"x"));
         let stale = s.stale_at().expect("a frame waits");
         assert!(stale > Instant::now() + STALE - Duration::from_secs(1));
         assert_eq!(s.received(3, 0, 1), Ok(0));
@@ -369,13 +366,13 @@ mod tests {
     fn an_ended_session_keeps_nothing() {
         let s = Session::new(NodeId(1));
         s.send(Msg::Stop);
-        s.stamp(1, &Bytes::from_static(b"abc"), true);
+        s.stamp(1, &Bytes::from_static(b"abc"));
         assert_eq!(s.unacked_bytes(), 3);
         s.end();
         assert_eq!(s.unacked_bytes(), 0);
         assert!(s.rx.lock().is_none(), "the queue went");
         assert!(s.tx.send(Out::Ack).is_err(), "nothing is queued again");
-        s.stamp(1, &Bytes::from_static(b"abc"), true);
+        s.stamp(1, &Bytes::from_static(b"abc"));
         assert_eq!(s.unacked_bytes(), 0);
         assert!(
             s.received(1, 1, 0).is_err(),
