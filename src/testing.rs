@@ -302,12 +302,17 @@ impl Cluster {
 /// A TCP proxy on loopback in front of one address, for partition tests: it
 /// forwards bytes both ways until [`silence`](Proxy::silence), then forwards
 /// nothing and closes nothing — the peers see silence, not a reset, as in a
-/// network partition. Connections stay open until the proxy is dropped.
+/// network partition. Connections stay open until the proxy is dropped, or
+/// [`reset`](Proxy::reset) closes them as a middlebox would.
 pub struct Proxy {
     address: String,
     silent: std::sync::Arc<std::sync::atomic::AtomicBool>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     seen: Seen,
+    /// Both ends of every connection forwarded since the last reset.
+    open: std::sync::Arc<parking_lot::Mutex<Vec<std::net::TcpStream>>>,
+    /// Connections it forwarded so far.
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// What a proxy forwarded, both ways (the first [`RECORDED`] bytes).
@@ -336,11 +341,15 @@ impl Proxy {
         let silent = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Seen::default();
-        let (target, s, st, sn) = (
+        let open: Arc<parking_lot::Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (target, s, st, sn, op, ac) = (
             target.to_string(),
             silent.clone(),
             stop.clone(),
             seen.clone(),
+            open.clone(),
+            accepted.clone(),
         );
         std::thread::spawn(move || {
             for inbound in listener.incoming() {
@@ -351,6 +360,12 @@ impl Proxy {
                 let Ok(outbound) = std::net::TcpStream::connect(&target) else {
                     continue;
                 };
+                op.lock().extend(
+                    [inbound.try_clone(), outbound.try_clone()]
+                        .into_iter()
+                        .flatten(),
+                );
+                ac.fetch_add(1, Ordering::Release);
                 for (from, to) in [
                     (inbound.try_clone(), outbound.try_clone()),
                     (outbound.try_clone(), inbound.try_clone()),
@@ -368,6 +383,8 @@ impl Proxy {
             silent,
             stop,
             seen,
+            open,
+            accepted,
         })
     }
 
@@ -380,6 +397,24 @@ impl Proxy {
     /// [`RECORDED`]): what a wiretap on the network would see.
     pub fn seen(&self) -> Vec<u8> {
         self.seen.lock().clone()
+    }
+
+    /// How many connections it has forwarded so far.
+    pub fn accepted(&self) -> usize {
+        // Acquire pairs with the accept loop's Release: a connection counted
+        // is one `reset` can close.
+        self.accepted.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Closes every connection it forwards now, both ways, as a middlebox
+    /// that drops them would; new ones are forwarded as before. How many
+    /// connections it closed.
+    pub fn reset(&self) -> usize {
+        let open = std::mem::take(&mut *self.open.lock());
+        for s in &open {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        open.len() / 2
     }
 
     /// From now on nothing passes either way, and nothing is closed.

@@ -56,6 +56,27 @@ fn big_result(n: usize) -> (u64, ByteBuf) {
     (node, ByteBuf::from(vec![(n % 251) as u8; n]))
 }
 
+/// From a task: `n` actors named through the head, each looked up there by
+/// name and called once (two asks to the head apiece), each counted in
+/// `progress`; the sum of what they answered.
+fn name_actors_here(n: u64, progress: ActorHandle<Counter>) -> u64 {
+    let rt = Runtime::current().expect("in a task");
+    (0..n)
+        .map(|i| {
+            let name = format!("reset-{i}");
+            let _made = rt
+                .actor_of(new_counter, i)
+                .name(name.as_str())
+                .spawn()
+                .expect("placed by the head");
+            let found = rt.get_actor::<Counter>(&name).expect("found at the head");
+            let answer = found.call(Add(1)).get().expect("a call");
+            progress.call(Add(1)).get().expect("progress told");
+            answer
+        })
+        .sum()
+}
+
 /// The OS process a node runs in.
 fn pid_here(_: ()) -> u32 {
     std::process::id()
@@ -78,6 +99,7 @@ rayx::remote!(
     slow_where,
     own_blob,
     call_by_name,
+    name_actors_here,
     big_result,
     pid_here,
     len_of,
@@ -322,7 +344,10 @@ fn a_node_killed_mid_job_loses_no_result() {
     }
     assert!(nodes.len() >= 2, "the job ran on several nodes: {nodes:?}");
     let cause = death_of(&events, victim, Duration::from_secs(10));
-    assert!(cause.contains("connection"), "a kill is a reset: {cause}");
+    assert!(
+        cause.contains("connection closed") && cause.contains("nothing listens"),
+        "a kill is found at once, not at the heartbeat limit: {cause}"
+    );
     let status = rt.cluster_status().unwrap();
     let dead = status.nodes.iter().find(|n| n.info.id == victim).unwrap();
     assert!(!dead.alive, "{dead:?}");
@@ -707,6 +732,69 @@ fn network_blips_lose_and_repeat_nothing() {
         assert!(Instant::now() < deadline, "objects stayed: {nodes:?}");
         std::thread::park_timeout(PERIOD);
     }
+}
+
+/// The connection between a node and the head closed again and again (a
+/// proxy that drops it; both processes live) while a task on the node asks
+/// the head to place and find named actors, and the head places the driver's
+/// actors there: the node rejoins each time on a new connection and goes on
+/// where it was, is never declared dead, and every ask is answered, once.
+fn resets_of_the_link_to_the_head_lose_nothing() {
+    let mut c = fast_cluster(1);
+    let rt = c.driver().clone();
+    let events = rt.events();
+    let proxy = Proxy::start(c.address()).unwrap();
+    let node = c.add_node_via(proxy.address()).unwrap();
+    let progress = rt.actor_of(new_counter, 0).spawn().unwrap();
+    let n = 60;
+    let asked = rt
+        .task(name_actors_here)
+        .node_affinity(node, false)
+        .remote((n, progress.clone()));
+    let done = || {
+        rt.wait(std::slice::from_ref(&asked), 1, Some(Duration::ZERO))
+            .unwrap()
+            .0
+            .len()
+            == 1
+    };
+    let (mut resets, mut placed) = (0, vec![]);
+    loop {
+        let made = progress.call(Add(0)).get().unwrap();
+        if made == n || done() {
+            break;
+        }
+        resets += proxy.reset();
+        // The node goes on over a new connection: one more actor made
+        // through the head after the reset.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while progress.call(Add(0)).get().unwrap() == made && !done() {
+            assert!(Instant::now() < deadline, "no ask answered after a reset");
+            std::thread::park_timeout(Duration::from_millis(1));
+        }
+        if made.is_multiple_of(10) {
+            // Placed by the head while the node's link to it was down.
+            let a = rt.actor_of(new_counter, 10).node_affinity(node, false);
+            placed.push(a.spawn().expect("placed on the node"));
+        }
+    }
+    assert_eq!(
+        asked.get_timeout(Duration::from_secs(30)),
+        Ok((1..=n).sum::<u64>()),
+        "every named actor made, found and called once"
+    );
+    for a in &placed {
+        assert_eq!(a.call(Add(1)).get_timeout(Duration::from_secs(30)), Ok(11));
+    }
+    let status = rt.cluster_status().unwrap();
+    assert!(status.nodes.iter().all(|s| s.alive), "{:?}", status.nodes);
+    while let Some(e) = events.try_recv() {
+        assert!(
+            !matches!(&e, SupervisionEvent::NodeDied { .. }),
+            "no node died: {e:?}"
+        );
+    }
+    assert!(resets as u64 >= n / 2, "the link was reset: {resets}");
 }
 
 /// A task's large result whose only copy died with its node is made again on
@@ -1388,6 +1476,7 @@ fn main() {
         a_pull_whose_link_breaks_goes_again,
         tasks_wait_out_a_broken_link_to_a_live_node,
         network_blips_lose_and_repeat_nothing,
+        resets_of_the_link_to_the_head_lose_nothing,
         a_result_whose_only_copy_died_is_rebuilt,
         a_partitioned_node_is_declared_dead_and_its_work_redone,
         a_hung_node_is_declared_dead_and_may_not_come_back,

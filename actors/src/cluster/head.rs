@@ -10,6 +10,7 @@
 
 use super::link::Link;
 use super::placement::{place, Candidate};
+use super::session::Session;
 use super::store::{self, ActorRecord, HeadStore, NodeRecord};
 use super::wire::{
     self, ActorCreate, ActorPlace, Answer, Ask, ClusterStatus, Hello, JobInfo, JobState, Msg,
@@ -31,7 +32,12 @@ struct Member {
     report: Report,
     /// Actors placed there and not gone.
     actors: u32,
+    /// Its join link: the latest, open or broken; it carries the member's
+    /// session, kept across its links.
     link: Option<Arc<Link>>,
+    /// It said it stops in order (or its job finished): its link's closing
+    /// is its leaving.
+    leaving: bool,
     /// When it was last heard from.
     heard: Instant,
     /// Its record's key in the database.
@@ -100,15 +106,15 @@ fn job_record(job: &JobInfo) -> Record {
 
 impl Tables {
     /// The nodes work may be placed on: alive, and linked — the head's own
-    /// node (the first), or a node that joined or rejoined. A node a head
-    /// started again found in its database is not, until it rejoins.
+    /// node (the first), or a node that joined or rejoined (its link may be
+    /// broken for a moment: its session carries what is sent meanwhile). A
+    /// node a head started again found in its database is not, until it
+    /// rejoins.
     fn candidates(&self) -> Vec<Candidate> {
         self.nodes
             .iter()
             .enumerate()
-            .filter(|(i, m)| {
-                m.alive && (*i == 0 || m.link.as_ref().is_some_and(|l| !l.is_closed()))
-            })
+            .filter(|(i, m)| m.alive && (*i == 0 || m.link.is_some()))
             .map(|(_, m)| Candidate {
                 id: m.info.id,
                 cpus: m.info.cpus,
@@ -127,6 +133,7 @@ impl Tables {
             report: Report::default(),
             actors: 0,
             link,
+            leaving: false,
             heard: Instant::now(),
             key,
         });
@@ -215,6 +222,7 @@ impl Head {
                 report: Report::default(),
                 actors: 0,
                 link: None,
+                leaving: false,
                 heard: Instant::now(),
                 key,
                 info: r.info,
@@ -304,18 +312,13 @@ impl Head {
             .find(|m| m.info.id == hello.node.id)
         {
             // Death is final; a live member may rejoin (after this head
-            // started again, or lost only its link) if nobody holds its place.
-            match &m.cause {
-                Some(cause) => {
-                    return Err(format!(
-                        "node {} was declared dead ({cause}): it may rejoin only as a new node",
-                        hello.node.id
-                    ))
-                }
-                None if m.link.as_ref().is_some_and(|l| !l.is_closed()) => {
-                    return Err(format!("node {} is a member already", hello.node.id))
-                }
-                None => {}
+            // started again, or on a new link after a reset — one this head
+            // may not have seen yet: the new link replaces the old).
+            if let Some(cause) = &m.cause {
+                return Err(format!(
+                    "node {} was declared dead ({cause}): it may rejoin only as a new node",
+                    hello.node.id
+                ));
             }
         }
         let theirs: BTreeSet<String> = hello.registry.iter().cloned().collect();
@@ -363,15 +366,32 @@ impl Head {
             .collect()
     }
 
+    /// The session a join link from `node` carries: a live member's own
+    /// (it rejoins on a new link), or a new one.
+    pub fn session_for(&self, node: NodeId) -> Arc<Session> {
+        let t = self.tables.lock();
+        t.nodes
+            .iter()
+            .find(|m| m.info.id == node && m.alive)
+            .and_then(|m| m.link.as_ref()?.session().cloned())
+            .unwrap_or_else(|| Session::new(node))
+    }
+
     /// A node joined on `link`: it is announced to every other node. A
-    /// member rejoining takes its place back, and its peers know it already.
+    /// member rejoining takes its place back (its new link replaces the
+    /// old), and its peers know it already.
     pub fn joined(&self, link: &Arc<Link>, driver: bool) {
         let info = link.peer.clone();
         let others: Vec<Arc<Link>> = {
             let mut t = self.tables.lock();
             if let Some(m) = t.nodes.iter_mut().find(|m| m.info.id == info.id && m.alive) {
-                m.link = Some(link.clone());
+                let old = m.link.replace(link.clone());
                 m.heard = Instant::now();
+                drop(t);
+                if let Some(old) = old.filter(|o| o.serial != link.serial) {
+                    // Its writer hands the session to the new link's.
+                    old.abort();
+                }
                 return;
             }
             let others = t.nodes.iter().filter_map(|m| m.link.clone()).collect();
@@ -434,12 +454,16 @@ impl Head {
             }
             if let Some(link) = m.link.take() {
                 // Told, in case it still listens (a hang, not a crash), and
-                // cut off: a silent link never closes by itself.
+                // cut off: a silent link never closes by itself. Its session
+                // ends: nothing more is kept for it.
                 link.send(Msg::NodeLeft {
                     node,
                     cause: cause.to_string(),
                 });
                 link.abort();
+                if let Some(s) = link.session() {
+                    s.end();
+                }
             }
             let there: Vec<ActorId> = t
                 .actors
@@ -562,6 +586,18 @@ impl Head {
             l.send(msg.clone());
         }
         Some(msg)
+    }
+
+    /// What a member's join link closing means: `None` if it does not
+    /// matter (a rejoin replaced that link, or the member is dead); else
+    /// whether the member said it leaves.
+    pub fn link_closed(&self, node: NodeId, serial: u64) -> Option<bool> {
+        let t = self.tables.lock();
+        t.nodes
+            .iter()
+            .find(|m| m.info.id == node && m.alive)
+            .filter(|m| m.link.as_ref().is_some_and(|l| l.serial == serial))
+            .map(|m| m.leaving)
     }
 
     /// The join link of a live node (none for the head's own).
@@ -750,7 +786,16 @@ impl Head {
                 Ok(Answer::Stored(had))
             }
             Ask::StopCluster => Ok(Answer::Done),
+            Ask::Leaving { node } => {
+                if let Some(m) = t.nodes.iter_mut().find(|m| m.info.id == node) {
+                    m.leaving = true;
+                }
+                Ok(Answer::Done)
+            }
             Ask::JobFinished { driver } => {
+                if let Some(m) = t.nodes.iter_mut().find(|m| m.info.id == driver) {
+                    m.leaving = true;
+                }
                 if let Some(job) = t
                     .jobs
                     .iter_mut()

@@ -163,6 +163,11 @@ impl Link {
         (self.session.is_some() || !self.is_closed()) && self.tx.send(Out::Msg(msg)).is_ok()
     }
 
+    /// The session it carries, if any.
+    pub(crate) fn session(&self) -> Option<&Arc<Session>> {
+        self.session.as_ref()
+    }
+
     /// Whether the link is closed.
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
@@ -177,6 +182,12 @@ impl Link {
         } else {
             let _ = self.tx.send(Out::Close);
         }
+    }
+
+    /// Closes the link after what is queued now: a session's too, whose
+    /// writer stops there (for a node that stops in order).
+    pub fn finish(&self) {
+        let _ = self.tx.send(Out::Close);
     }
 
     /// Waits up to `timeout` until the writer has stopped — after a
@@ -395,15 +406,16 @@ async fn refuse<T, S: AsyncWrite + Unpin>(stream: &mut S, reason: String) -> Res
 }
 
 /// Connects to `address` and says `hello`, proving the token (and checking
-/// the listener's proof); the peer's welcome names it. Fails within the
-/// handshake deadline with the address and the cause; a failed
-/// authentication is `Unauthenticated`.
+/// the listener's proof); the peer's welcome names it, and `session` picks
+/// the session the link carries for that peer (none for a link of its own).
+/// Fails within the handshake deadline with the address and the cause; a
+/// failed authentication is `Unauthenticated`.
 pub async fn connect(
     address: &str,
     hello: Hello,
     inbound: Arc<dyn Inbound>,
     gate: &Arc<Gate>,
-    session: Option<Arc<Session>>,
+    session: impl FnOnce(&NodeInfo) -> Option<Arc<Session>> + Send,
 ) -> Result<(Arc<Link>, Vec<NodeInfo>), Error> {
     let unreachable = |cause: String| {
         if cause.contains("authentication failed") {
@@ -457,7 +469,7 @@ async fn shake_hands<S: Conn>(
     mut hello: Hello,
     inbound: Arc<dyn Inbound>,
     gate: &Arc<Gate>,
-    session: Option<Arc<Session>>,
+    session: impl FnOnce(&NodeInfo) -> Option<Arc<Session>> + Send,
 ) -> Result<(Arc<Link>, Vec<NodeInfo>), String> {
     let lane = hello.lane;
     let mine = auth::nonce();
@@ -502,6 +514,7 @@ async fn shake_hands<S: Conn>(
     let (node, cluster) = tokio::time::timeout(HANDSHAKE_DEADLINE, shake)
         .await
         .map_err(|_| format!("no handshake within {HANDSHAKE_DEADLINE:?}"))??;
+    let session = session(&node);
     if let Some(s) = session.as_ref().filter(|s| s.peer != node.id) {
         // The peer died and another node took its address: not its session.
         return Err(format!("{} answers there, not {}", node.id, s.peer));

@@ -332,7 +332,12 @@ pub struct ClusterNode {
     net: tokio::runtime::Handle,
     registry: Vec<String>,
     head: Option<Head>,
+    /// The link to the head (a node's or driver's): the latest, open or
+    /// broken; it sends into `head_session` either way.
     head_link: Mutex<Option<Arc<Link>>>,
+    /// What this node sends the head, kept across join links (see
+    /// `session.rs`): a reset of that connection loses nothing.
+    head_session: Mutex<Option<Arc<Session>>>,
     peers: Mutex<IdMap<NodeId, Peer>>,
     /// Signalled when a peer joins or dies.
     members: parking_lot::Condvar,
@@ -470,6 +475,7 @@ impl ClusterNode {
             registry,
             head,
             head_link: Mutex::new(None),
+            head_session: Mutex::new(None),
             peers: Mutex::default(),
             members: parking_lot::Condvar::new(),
             tasks: Mutex::default(),
@@ -523,13 +529,15 @@ impl ClusterNode {
                 loop {
                     let hello = cluster.hello(Lane::Join);
                     let inbound: Arc<dyn Inbound> = Arc::new(Handler(weak.clone()));
-                    let tried = link::connect(address, hello, inbound, &cluster.gate, None).await;
+                    let session = head_session_of(weak.clone());
+                    let tried =
+                        link::connect(address, hello, inbound, &cluster.gate, session).await;
                     match &tried {
                         // Refused by the OS (nobody listens yet), or closed
                         // mid-handshake (a head busy with a flood of
                         // strangers): try again. A refusal with a reason is final.
-                        Err(Error::ClusterUnreachable { cause, .. })
-                            if ((cause.contains("refused") && !cause.starts_with("refused:"))
+                        Err(e @ Error::ClusterUnreachable { cause, .. })
+                            if (nobody_listens(e)
                                 || cause.contains("closed during the handshake"))
                                 && tokio::time::Instant::now() < deadline =>
                         {
@@ -547,7 +555,8 @@ impl ClusterNode {
                 }
             };
             cluster.heard_head();
-            *cluster.head_link.lock() = Some(link);
+            *cluster.head_link.lock() = Some(link.clone());
+            cluster.closed_already(&link);
             for m in members {
                 cluster.add_peer(m, true);
             }
@@ -714,22 +723,24 @@ impl ClusterNode {
             l.close();
         }
         if let Some(l) = self.head_link.lock().take() {
-            let finished = self.role == Role::Driver
-                && l.send(Msg::Ask {
-                    id: 0,
-                    ask: Ask::JobFinished { driver: self.me.id },
-                });
-            l.close();
-            if finished && !ON_NET_THREAD.with(|n| n.get()) {
-                // Its job is over, in order: written before the network
-                // stops (a second at most; the head may be gone).
+            // Said before the link closes, so that its closing is a leaving,
+            // not a failure the head would look into.
+            let ask = match self.role {
+                Role::Driver => Ask::JobFinished { driver: self.me.id },
+                _ => Ask::Leaving { node: self.me.id },
+            };
+            l.send(Msg::Ask { id: 0, ask });
+            l.finish();
+            if !ON_NET_THREAD.with(|n| n.get()) {
+                // Written before the network stops (a second at most; the
+                // head may be gone).
                 l.wait_written(Duration::from_secs(1));
             }
         }
         if let Some(head) = &self.head {
             for l in head.links() {
                 l.send(Msg::Stop);
-                l.close();
+                l.finish();
             }
             // An orderly stop ends the cluster: its database goes too.
             head.close();
@@ -1024,8 +1035,9 @@ impl ClusterNode {
         };
         link.send(Msg::Heartbeat(report));
         let silent = self.since(&self.head_heard);
-        if silent > limit {
-            link.abort();
+        // Half the limit: a link broken only on the head's side is replaced
+        // (its session goes on) before the head would declare this node dead.
+        if silent > limit / 2 {
             self.lost_head(
                 &format!(
                     "the head was silent for {:.1} s (the limit is {:.1} s)",
@@ -1034,6 +1046,64 @@ impl ClusterNode {
                 ),
                 false,
             );
+        }
+    }
+
+    /// The head saw a member's join link close. A member that said it
+    /// leaves is dead now. Otherwise a live process joins again on a new
+    /// link (a reset costs nothing: its session goes on), and one that does
+    /// not is declared dead at the heartbeat limit, as after silence — unless
+    /// nothing listens at its address any more: a killed process is dead at
+    /// once. The head looks by opening a control link to it, as any peer would.
+    fn member_link_closed(self: &Arc<Self>, link: &Arc<Link>, cause: String) {
+        let Some(head) = &self.head else { return };
+        let node = link.peer.id;
+        match head.link_closed(node, link.serial) {
+            None => {}
+            Some(true) => self.declare_dead(node, "it stopped in order"),
+            Some(false) => {
+                let Some(session) = self
+                    .peers
+                    .lock()
+                    .get(&node)
+                    .filter(|p| p.alive)
+                    .map(|p| p.session.clone())
+                else {
+                    return;
+                };
+                let (serial, address) = (link.serial, link.peer.address.clone());
+                let hello = self.hello(Lane::Control);
+                let weak = Arc::downgrade(self);
+                let inbound: Arc<dyn Inbound> = Arc::new(Handler(weak.clone()));
+                let gate = self.gate.clone();
+                self.net.spawn(async move {
+                    let opened =
+                        link::connect(&address, hello, inbound, &gate, |_| Some(session)).await;
+                    let Some(c) = weak.upgrade() else { return };
+                    match opened {
+                        // It lives: it joins again, or falls silent. The
+                        // link serves the session if none does.
+                        Ok((l, _)) => {
+                            let served = c.peers.lock().get(&node).is_some_and(Peer::linked);
+                            if served {
+                                l.close();
+                            } else {
+                                c.linked(node, l);
+                            }
+                        }
+                        Err(e) if nobody_listens(&e) => {
+                            let still = c.head.as_ref().and_then(|h| h.link_closed(node, serial));
+                            if still.is_some() {
+                                let cause = format!("{cause}, and nothing listens at its address");
+                                c.declare_dead(node, &cause);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::debug!("rayx: {node}'s join link closed; no answer: {e}")
+                        }
+                    }
+                });
+            }
         }
     }
 
@@ -1116,33 +1186,73 @@ impl ClusterNode {
     }
 
     /// This node lost the head: its link closed or went silent, or (`dead`)
-    /// the head said this node is dead. Pending asks fail; a node the head
-    /// declared dead stops (it may come back only as a new node); otherwise it
-    /// tries to rejoin — the head may have been started again — and a worker
-    /// node that cannot stops. Work between nodes goes on meanwhile.
+    /// the head said this node is dead. A node the head declared dead stops
+    /// (it may come back only as a new node); otherwise it rejoins — on a
+    /// new link that carries the same session, so what was sent and asked
+    /// meanwhile goes through; or to a head started again, under a new id —
+    /// and a worker node that cannot stops. Work between nodes goes on
+    /// meanwhile.
     fn lost_head(self: &Arc<Self>, cause: &str, dead: bool) {
-        let Some(link) = self.head_link.lock().take() else {
-            if dead {
-                self.give_up(cause);
-            }
-            return;
-        };
-        link.abort();
+        if dead {
+            return self.leave_head(cause);
+        }
+        if let Some(link) = self.head_link.lock().clone() {
+            // A link that still looks open goes: the new one takes the session.
+            link.abort();
+        }
+        self.rejoin(cause.to_string());
+    }
+
+    /// The head is gone for this node: declared it dead, or could not be
+    /// rejoined. What waits for it fails, and `give_up`.
+    fn leave_head(self: &Arc<Self>, cause: &str) {
+        let link = self.head_link.lock().take();
+        if let Some(s) = self.head_session.lock().take() {
+            s.end();
+        }
         for (_, tx) in self.asks.lock().drain() {
             let _ = tx.send(Err(self.head_lost()));
         }
-        self.core
-            .events
-            .publish(crate::events::SupervisionEvent::NodeDied {
-                node: link.peer.id.to_string(),
-                cause: format!("the head: {cause}"),
-            });
-        if dead {
-            self.give_up(cause);
-        } else {
-            tracing::warn!("rayx: lost the head ({cause}); rejoining");
-            self.rejoin(cause.to_string());
+        if let Some(link) = link {
+            link.abort();
+            self.core
+                .events
+                .publish(crate::events::SupervisionEvent::NodeDied {
+                    node: link.peer.id.to_string(),
+                    cause: format!("the head: {cause}"),
+                });
         }
+        self.give_up(cause);
+    }
+
+    /// A join link that closed before it became the head link (its
+    /// `on_close` was not for the head link then): joined again.
+    fn closed_already(self: &Arc<Self>, link: &Arc<Link>) {
+        // `is_closed` is set before `on_close` runs: a close this misses
+        // finds `link` the head link, and no rejoin under way.
+        if link.is_closed() {
+            self.rejoin("the link to the head closed as it opened".into());
+        }
+    }
+
+    /// The session a join link to `head` carries: this node's with it; or,
+    /// on a first join or to a head started again (a new id), a new one —
+    /// and what waited for the old head fails.
+    fn head_session(&self, head: &NodeInfo) -> Arc<Session> {
+        let mut slot = self.head_session.lock();
+        if let Some(s) = slot.as_ref().filter(|s| s.peer == head.id) {
+            return s.clone();
+        }
+        let session = Session::new(head.id);
+        let old = slot.replace(session.clone());
+        drop(slot);
+        if let Some(old) = old {
+            old.end();
+            for (_, tx) in self.asks.lock().drain() {
+                let _ = tx.send(Err(self.head_lost()));
+            }
+        }
+        session
     }
 
     /// How long a node keeps trying to rejoin a head it lost (Ray's nodes
@@ -1154,11 +1264,12 @@ impl ClusterNode {
 
     fn rejoin(self: &Arc<Self>, cause: String) {
         let Some(address) = self.head_address.clone() else {
-            return self.give_up(&cause);
+            return self.leave_head(&cause);
         };
         if self.rejoining.swap(true, Ordering::AcqRel) {
             return;
         }
+        tracing::info!("rayx: lost the link to the head ({cause}); joining it again");
         let weak = Arc::downgrade(self);
         let deadline = tokio::time::Instant::now() + self.rejoin_window();
         self.net.spawn(async move {
@@ -1171,7 +1282,8 @@ impl ClusterNode {
                 let inbound: Arc<dyn Inbound> = Arc::new(Handler(weak.clone()));
                 let gate = c.gate.clone();
                 drop(c);
-                let tried = link::connect(&address, hello, inbound, &gate, None).await;
+                let session = head_session_of(weak.clone());
+                let tried = link::connect(&address, hello, inbound, &gate, session).await;
                 let Some(c) = weak.upgrade() else { return };
                 match tried {
                     Ok((link, members)) => return c.rejoined(link, members),
@@ -1186,7 +1298,7 @@ impl ClusterNode {
                         };
                         if final_ || tokio::time::Instant::now() >= deadline {
                             c.rejoining.store(false, Ordering::Release);
-                            return c.give_up(&format!("{cause}; rejoining failed: {e}"));
+                            return c.leave_head(&format!("{cause}; rejoining failed: {e}"));
                         }
                     }
                 }
@@ -1200,8 +1312,13 @@ impl ClusterNode {
     /// old head among them, if it was started again), new ones are added.
     fn rejoined(self: &Arc<Self>, link: Arc<Link>, members: Vec<NodeInfo>) {
         self.heard_head();
-        *self.head_link.lock() = Some(link);
+        let old = self.head_link.lock().replace(link.clone());
         self.rejoining.store(false, Ordering::Release);
+        if let Some(old) = old {
+            // Its writer hands the session to the new link's.
+            old.abort();
+        }
+        self.closed_already(&link);
         let listed: std::collections::HashSet<NodeId> = members.iter().map(|m| m.id).collect();
         let gone: Vec<NodeId> = self
             .peers
@@ -2889,9 +3006,9 @@ impl Inbound for Handler {
         match link.lane {
             Lane::Join => {
                 if c.head.is_some() {
-                    c.declare_dead(node, &cause);
+                    c.member_link_closed(link, cause);
                 } else if c.head_link.lock().as_ref().map(|l| l.serial) == Some(link.serial) {
-                    c.lost_head(&cause, false);
+                    c.rejoin(cause);
                 }
             }
             Lane::Control => {
@@ -2959,8 +3076,10 @@ impl Admit for Handler {
 
     fn session(&self, hello: &Hello) -> Option<Arc<Session>> {
         let c = self.0.upgrade()?;
-        if hello.lane != Lane::Control {
-            return None;
+        match (hello.lane, &c.head) {
+            (Lane::Join, Some(head)) => return Some(head.session_for(hello.node.id)),
+            (Lane::Control, _) => {}
+            _ => return None,
         }
         c.add_peer(hello.node.clone(), false);
         let session = c
@@ -2984,6 +3103,10 @@ impl Admit for Handler {
                     head.joined(link, hello.driver);
                 }
                 c.add_peer(hello.node.clone(), true);
+                if link.is_closed() {
+                    // Closed before it was the member's link: looked into now.
+                    c.member_link_closed(link, "its connection closed".into());
+                }
             }
             Lane::Control => {
                 c.add_peer(hello.node.clone(), false);
@@ -3017,6 +3140,21 @@ async fn accept_loop(listener: tokio::net::TcpListener, node: Weak<ClusterNode>)
     }
 }
 
+/// Whether a connection failed because nothing listens at the address (the
+/// OS refused it), not because a listener said why.
+fn nobody_listens(e: &Error) -> bool {
+    matches!(e, Error::ClusterUnreachable { cause, .. }
+        if cause.contains("refused") && !cause.starts_with("refused:"))
+}
+
+/// What a join link's handshake picks its session with: this node's with
+/// the head that answered (see `ClusterNode::head_session`).
+fn head_session_of(
+    node: Weak<ClusterNode>,
+) -> impl FnOnce(&NodeInfo) -> Option<Arc<Session>> + Send {
+    move |head| node.upgrade().map(|c| c.head_session(head))
+}
+
 /// Opens a control link to `peer`, in its session.
 async fn open_link(node: Weak<ClusterNode>, peer: NodeId, address: String) {
     let Some(c) = node.upgrade() else { return };
@@ -3032,7 +3170,7 @@ async fn open_link(node: Weak<ClusterNode>, peer: NodeId, address: String) {
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let opened = link::connect(&address, hello, inbound, &gate, Some(session)).await;
+    let opened = link::connect(&address, hello, inbound, &gate, |_| Some(session)).await;
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
@@ -3057,7 +3195,7 @@ async fn open_bulk(node: Weak<ClusterNode>, peer: NodeId, address: String) -> Op
     let inbound: Arc<dyn Inbound> = Arc::new(Handler(node.clone()));
     let gate = c.gate.clone();
     drop(c);
-    let (l, _) = link::connect(&address, hello, inbound, &gate, None)
+    let (l, _) = link::connect(&address, hello, inbound, &gate, |_| None)
         .await
         .ok()?;
     let c = node.upgrade()?;
@@ -3197,7 +3335,7 @@ pub fn admin_ask(
         let client = Arc::new(Client(Mutex::new(Some(tx))));
         let tls = tls.map(tls::Tls::load).transpose()?;
         let gate = Gate::with_tls(token.map(auth::Token::from), Arc::default(), tls);
-        let (link, _) = link::connect(address, hello, client, &gate, None).await?;
+        let (link, _) = link::connect(address, hello, client, &gate, |_| None).await?;
         let stopping = matches!(ask, Ask::StopCluster);
         link.send(Msg::Ask { id: 1, ask });
         let answer = tokio::time::timeout(REQUEST_TIMEOUT, rx).await;

@@ -39,7 +39,9 @@ pub const HEADER: usize = 16;
 /// What a link's writer takes from its queue.
 pub(crate) enum Out {
     Msg(Msg),
-    /// Closes a link of its own (not a session's: those stop by token).
+    /// Closes the link that writes it, after what came before: a link of
+    /// its own, or a session's when its node stops in order (otherwise a
+    /// session's link stops by token, and its queue stays).
     Close,
     /// An ack alone (a session's).
     Ack,

@@ -238,6 +238,11 @@ pub enum Ask {
         /// The driver's node.
         driver: NodeId,
     },
+    /// This node stops in order: its join link's closing is its leaving.
+    Leaving {
+        /// The node.
+        node: NodeId,
+    },
 }
 
 /// Where an actor is.
