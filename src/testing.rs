@@ -309,10 +309,17 @@ pub struct Proxy {
     silent: std::sync::Arc<std::sync::atomic::AtomicBool>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     seen: Seen,
-    /// Both ends of every connection forwarded since the last reset.
-    open: std::sync::Arc<parking_lot::Mutex<Vec<std::net::TcpStream>>>,
+    /// Every connection forwarded since the last reset.
+    open: std::sync::Arc<parking_lot::Mutex<Vec<Forwarded>>>,
     /// Connections it forwarded so far.
     accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// A connection a proxy forwards: both ends, and whether each direction
+/// (toward the target, and back) is stalled.
+struct Forwarded {
+    ends: [std::net::TcpStream; 2],
+    stalled: [std::sync::Arc<std::sync::atomic::AtomicBool>; 2],
 }
 
 /// What a proxy forwarded, both ways (the first [`RECORDED`] bytes).
@@ -341,7 +348,7 @@ impl Proxy {
         let silent = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Seen::default();
-        let open: Arc<parking_lot::Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+        let open: Arc<parking_lot::Mutex<Vec<Forwarded>>> = Arc::default();
         let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (target, s, st, sn, op, ac) = (
             target.to_string(),
@@ -360,21 +367,25 @@ impl Proxy {
                 let Ok(outbound) = std::net::TcpStream::connect(&target) else {
                     continue;
                 };
-                op.lock().extend(
-                    [inbound.try_clone(), outbound.try_clone()]
-                        .into_iter()
-                        .flatten(),
+                let clones = (
+                    inbound.try_clone(),
+                    outbound.try_clone(),
+                    inbound.try_clone(),
+                    outbound.try_clone(),
                 );
+                let (Ok(i2), Ok(o2), Ok(i3), Ok(o3)) = clones else {
+                    continue;
+                };
+                let stalled: [Arc<AtomicBool>; 2] = Default::default();
+                op.lock().push(Forwarded {
+                    ends: [i3, o3],
+                    stalled: stalled.clone(),
+                });
                 ac.fetch_add(1, Ordering::Release);
-                for (from, to) in [
-                    (inbound.try_clone(), outbound.try_clone()),
-                    (outbound.try_clone(), inbound.try_clone()),
-                ] {
-                    let (Ok(from), Ok(to)) = (from, to) else {
-                        continue;
-                    };
+                let [up, down] = stalled;
+                for (from, to, stalled) in [(inbound, o2, up), (outbound, i2, down)] {
                     let (s, st, sn) = (s.clone(), st.clone(), sn.clone());
-                    std::thread::spawn(move || pipe(from, to, &s, &st, &sn));
+                    std::thread::spawn(move || pipe(from, to, [&s, &stalled], &st, &sn));
                 }
             }
         });
@@ -411,10 +422,22 @@ impl Proxy {
     /// connections it closed.
     pub fn reset(&self) -> usize {
         let open = std::mem::take(&mut *self.open.lock());
-        for s in &open {
+        for s in open.iter().flat_map(|f| &f.ends) {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }
-        open.len() / 2
+        open.len()
+    }
+
+    /// Stalls one direction (`toward_target`, or back) of every connection
+    /// it forwards now: what comes that way is dropped and nothing is
+    /// closed, while the other direction and new connections pass — a
+    /// break only one side of a connection could see.
+    pub fn stall(&self, toward_target: bool) {
+        for f in self.open.lock().iter() {
+            // Release pairs with the pipe's Acquire load, as `silence`'s.
+            f.stalled[usize::from(!toward_target)]
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
     }
 
     /// From now on nothing passes either way, and nothing is closed.
@@ -434,13 +457,20 @@ impl Drop for Proxy {
     }
 }
 
+/// Forwards `from` to `to` until either closes, or `stop`; nothing while
+/// either of `silent` (the proxy's, this connection's direction's) is set.
 fn pipe(
     mut from: std::net::TcpStream,
     mut to: std::net::TcpStream,
-    silent: &std::sync::atomic::AtomicBool,
+    silent: [&std::sync::atomic::AtomicBool; 2],
     stop: &std::sync::atomic::AtomicBool,
     seen: &Seen,
 ) {
+    let silent = || {
+        silent
+            .iter()
+            .any(|s| s.load(std::sync::atomic::Ordering::Acquire))
+    };
     use std::io::{Read, Write};
     use std::sync::atomic::Ordering;
     let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
@@ -451,17 +481,17 @@ fn pipe(
         }
         match from.read(&mut buf) {
             Ok(0) => {
-                if !silent.load(Ordering::Acquire) {
+                if !silent() {
                     let _ = to.shutdown(std::net::Shutdown::Write);
                 }
                 // Silent: the close is swallowed too; hold both ends open.
-                while !stop.load(Ordering::Acquire) && silent.load(Ordering::Acquire) {
+                while !stop.load(Ordering::Acquire) && silent() {
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 return;
             }
             Ok(n) => {
-                if silent.load(Ordering::Acquire) {
+                if silent() {
                     continue;
                 }
                 {

@@ -172,6 +172,26 @@ fn new_relay(c: ActorHandle<Counter>) -> Relay {
 }
 rayx::remote_actor!(Relay, new_relay, [Forward]);
 
+/// An actor whose constructor takes `ms` (still being created when its node
+/// dies).
+pub struct Slowborn;
+impl Actor for Slowborn {}
+
+#[derive(Serialize, Deserialize)]
+pub struct Ping;
+impl Message for Ping {
+    type Reply = ();
+}
+impl Handler<Ping> for Slowborn {
+    fn handle(&mut self, _: Ping, _: &mut ActorContext<Self>) {}
+}
+
+fn new_slowborn(ms: u64) -> Slowborn {
+    std::thread::sleep(Duration::from_millis(ms));
+    Slowborn
+}
+rayx::remote_actor!(Slowborn, new_slowborn, [Ping]);
+
 // ---- helpers ------------------------------------------------------------------
 
 fn fast_cluster(nodes: usize) -> Cluster {
@@ -797,6 +817,105 @@ fn resets_of_the_link_to_the_head_lose_nothing() {
     assert!(resets as u64 >= n / 2, "the link was reset: {resets}");
 }
 
+/// One direction of a node's connection to the head stalls (what goes that
+/// way is dropped, nothing is closed, the other way still carries): the
+/// side whose frames go unacknowledged, or the node that hears nothing,
+/// opens a new connection within half the health limit, so the node is
+/// never declared dead. Both directions, one after the other.
+fn a_join_link_stalled_one_way_is_replaced_in_time() {
+    let mut c = fast_cluster(1);
+    let rt = c.driver().clone();
+    let events = rt.events();
+    let proxy = Proxy::start(c.address()).unwrap();
+    let node = c.add_node_via(proxy.address()).unwrap();
+    for toward_the_head in [true, false] {
+        let before = proxy.accepted();
+        proxy.stall(toward_the_head);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while proxy.accepted() == before {
+            assert!(
+                Instant::now() < deadline,
+                "no new connection (stalled toward the head: {toward_the_head})"
+            );
+            std::thread::park_timeout(Duration::from_millis(1));
+        }
+        assert_eq!(
+            rt.task(square)
+                .node_affinity(node, false)
+                .remote(3)
+                .get_timeout(Duration::from_secs(10)),
+            Ok(9)
+        );
+    }
+    while let Some(e) = events.try_recv() {
+        assert!(
+            !matches!(&e, SupervisionEvent::NodeDied { .. }),
+            "no node died: {e:?}"
+        );
+    }
+}
+
+/// A driver that shuts down in order just as its connection to the head
+/// resets still says so, over the new connection: its job is finished, and
+/// it left rather than died.
+fn a_driver_stopping_during_a_reset_still_finishes_its_job() {
+    use rayx_actors::cluster::wire::JobState;
+    let c = fast_cluster(1);
+    let rt = c.driver().clone();
+    let proxy = Proxy::start(c.address()).unwrap();
+    for _ in 0..3 {
+        let driver = rayx::Builder::new()
+            .address(proxy.address())
+            .token(rt.cluster_token().unwrap())
+            .num_cpus(0.0)
+            .health_check(PERIOD, MISSES)
+            .start()
+            .expect("a second driver joins");
+        let me = driver.node_id();
+        assert!(proxy.reset() >= 1, "its connection to the head");
+        driver.shutdown();
+        let status = rt.cluster_status().unwrap();
+        let job = status.jobs.iter().find(|j| j.id == me).expect("its job");
+        assert_eq!(job.state, JobState::Finished, "{job:?}");
+    }
+}
+
+/// An actor being created on a node that dies meanwhile fails `NodeDied`
+/// when the node is declared dead, not at the request's 30 s timeout.
+fn an_actor_created_on_a_node_that_dies_fails_at_its_death() {
+    let mut c = fast_cluster(2);
+    let rt = c.driver().clone();
+    let node = c.nodes()[0].id;
+    let spawning = {
+        let rt = rt.clone();
+        std::thread::spawn(move || {
+            let asked = Instant::now();
+            let made = rt
+                .actor_of(new_slowborn, 20_000)
+                .node_affinity(node, false)
+                .spawn()
+                .map(drop);
+            (made, asked.elapsed())
+        })
+    };
+    // Placed there by the head: its creation is under way.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !rt
+        .cluster_status()
+        .unwrap()
+        .actors
+        .iter()
+        .any(|(p, _)| p.node == node)
+    {
+        assert!(Instant::now() < deadline, "the actor was never placed");
+        std::thread::park_timeout(Duration::from_millis(1));
+    }
+    c.kill_node(0).unwrap();
+    let (made, took) = spawning.join().unwrap();
+    assert!(matches!(made, Err(Error::NodeDied { .. })), "{made:?}");
+    assert!(took < Duration::from_secs(15), "failed after {took:?}");
+}
+
 /// A task's large result whose only copy died with its node is made again on
 /// the next read (lineage); without retries the read fails, saying why.
 fn a_result_whose_only_copy_died_is_rebuilt() {
@@ -1038,6 +1157,18 @@ fn the_head_killed_and_restarted_during_a_job_the_job_finishes() {
     // While it is down, calls between live nodes go on; and two nodes die
     // (the mover's among them), which only the head can declare.
     assert_eq!(keeper.call(Add(1)).get().unwrap(), 7);
+    // An ask fails at once, not at its 30 s timeout: nothing listens at the
+    // head's address, so the head is gone (not a connection reset).
+    let asked = Instant::now();
+    match rt.kv_get("config") {
+        Err(Error::ClusterUnreachable { .. }) => {}
+        other => panic!("expected ClusterUnreachable: {other:?}"),
+    }
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "failed after {:?}",
+        asked.elapsed()
+    );
     for n in &mut nodes[..2] {
         n.0.kill().unwrap();
         n.0.wait().unwrap();
@@ -1343,6 +1474,40 @@ fn tls_encrypts_every_connection() {
 }
 
 /// Random bytes, oversized frames, a slow-loris hello and a flood of idle
+/// A join hello that carries a live member's id but not the member's
+/// address (another process with the token) is refused: it may not take the
+/// member's place, or its session. The member serves on.
+fn a_join_hello_with_a_members_id_is_refused() {
+    use rayx_actors::cluster::wire::{Lane, Msg, PROTOCOL_VERSION};
+    let c = fast_cluster(1);
+    let rt = c.driver().clone();
+    let events = rt.events();
+    let member = c.nodes()[0].id;
+    let mut s = TcpStream::connect(c.address()).unwrap();
+    shake(
+        &mut s,
+        &rt.cluster_token().unwrap(),
+        &common::raw_peer::hello_as(member, Lane::Join, PROTOCOL_VERSION, vec![]),
+    );
+    match read_until_closed(&mut s).as_slice() {
+        [Msg::Refused { reason }] => assert!(reason.contains("a member already"), "{reason}"),
+        other => panic!("expected a refusal: {other:?}"),
+    }
+    assert_eq!(
+        rt.task(square)
+            .node_affinity(member, false)
+            .remote(4)
+            .get_timeout(Duration::from_secs(10)),
+        Ok(16)
+    );
+    while let Some(e) = events.try_recv() {
+        assert!(
+            !matches!(&e, SupervisionEvent::NodeDied { .. }),
+            "no node died: {e:?}"
+        );
+    }
+}
+
 /// connections: each closes only its own connection, and the cluster serves.
 fn hostile_bytes_leave_the_cluster_serving() {
     let mut c = fast_cluster(1);
@@ -1477,6 +1642,9 @@ fn main() {
         tasks_wait_out_a_broken_link_to_a_live_node,
         network_blips_lose_and_repeat_nothing,
         resets_of_the_link_to_the_head_lose_nothing,
+        a_join_link_stalled_one_way_is_replaced_in_time,
+        a_driver_stopping_during_a_reset_still_finishes_its_job,
+        an_actor_created_on_a_node_that_dies_fails_at_its_death,
         a_result_whose_only_copy_died_is_rebuilt,
         a_partitioned_node_is_declared_dead_and_its_work_redone,
         a_hung_node_is_declared_dead_and_may_not_come_back,
@@ -1485,6 +1653,7 @@ fn main() {
         a_wrong_or_missing_token_is_refused_on_both_sides,
         tls_encrypts_every_connection,
         hostile_bytes_leave_the_cluster_serving,
+        a_join_hello_with_a_members_id_is_refused,
     ];
     common::run_tests(tests);
 }

@@ -105,16 +105,32 @@ fn job_record(job: &JobInfo) -> Record {
 }
 
 impl Tables {
+    /// Where an actor goes: among the nodes linked now, or if none of them
+    /// can take it, also among those whose join link is down for a moment
+    /// (its session carries what is sent meanwhile; a node that does not
+    /// come back is declared dead, and what waits for it fails).
+    fn place(
+        &self,
+        local: NodeId,
+        scheduling: Scheduling,
+        need: f64,
+        turn: &AtomicUsize,
+    ) -> Result<NodeId, String> {
+        place(&self.candidates(true), local, scheduling, need, turn)
+            .or_else(|_| place(&self.candidates(false), local, scheduling, need, turn))
+    }
+
     /// The nodes work may be placed on: alive, and linked — the head's own
-    /// node (the first), or a node that joined or rejoined (its link may be
-    /// broken for a moment: its session carries what is sent meanwhile). A
-    /// node a head started again found in its database is not, until it
-    /// rejoins.
-    fn candidates(&self) -> Vec<Candidate> {
+    /// node (the first), or a node that joined or rejoined, whose link is
+    /// open (`open`) or may be down for a moment. A node a head started
+    /// again found in its database is not, until it rejoins.
+    fn candidates(&self, open: bool) -> Vec<Candidate> {
         self.nodes
             .iter()
             .enumerate()
-            .filter(|(i, m)| m.alive && (*i == 0 || m.link.is_some()))
+            .filter(|(i, m)| {
+                m.alive && (*i == 0 || m.link.as_ref().is_some_and(|l| !open || !l.is_closed()))
+            })
             .map(|(_, m)| Candidate {
                 id: m.info.id,
                 cpus: m.info.cpus,
@@ -320,6 +336,14 @@ impl Head {
                     hello.node.id
                 ));
             }
+            if m.info != hello.node {
+                // Not the process that joined as it (ids are unique): one
+                // hello must not take a live member's place.
+                return Err(format!(
+                    "node {} is a member already, at {}",
+                    hello.node.id, m.info.address
+                ));
+            }
         }
         let theirs: BTreeSet<String> = hello.registry.iter().cloned().collect();
         let mut registry = self.registry.lock();
@@ -367,14 +391,15 @@ impl Head {
     }
 
     /// The session a join link from `node` carries: a live member's own
-    /// (it rejoins on a new link), or a new one.
-    pub fn session_for(&self, node: NodeId) -> Arc<Session> {
+    /// (it rejoins on a new link), or a new one whose frames may wait
+    /// `stale` for an ack.
+    pub fn session_for(&self, node: NodeId, stale: Duration) -> Arc<Session> {
         let t = self.tables.lock();
         t.nodes
             .iter()
             .find(|m| m.info.id == node && m.alive)
             .and_then(|m| m.link.as_ref()?.session().cloned())
-            .unwrap_or_else(|| Session::new(node))
+            .unwrap_or_else(|| Session::with_stale(node, stale))
     }
 
     /// A node joined on `link`: it is announced to every other node. A
@@ -384,6 +409,12 @@ impl Head {
         let info = link.peer.clone();
         let others: Vec<Arc<Link>> = {
             let mut t = self.tables.lock();
+            if t.nodes.iter().any(|m| m.info.id == info.id && !m.alive) {
+                // Declared dead since its hello was admitted: death is final.
+                drop(t);
+                link.abort();
+                return;
+            }
             if let Some(m) = t.nodes.iter_mut().find(|m| m.info.id == info.id && m.alive) {
                 let old = m.link.replace(link.clone());
                 m.heard = Instant::now();
@@ -513,9 +544,7 @@ impl Head {
         cause: &str,
     ) -> Result<(ActorCreate, NodeId), String> {
         let why = format!("its node {died} died: {cause}");
-        let candidates = t.candidates();
-        let p = t.actors.get_mut(&id).expect("listed");
-        let Some(r) = p.restart.as_mut() else {
+        let Some(r) = t.actors.get(&id).expect("listed").restart.as_ref() else {
             return Err(why);
         };
         if id.node == died && !r.create.detached {
@@ -528,8 +557,11 @@ impl Head {
                 r.create.max_restarts
             ));
         }
-        let node = place(&candidates, id.node, r.scheduling, r.cpus, &self.spread)
+        let node = t
+            .place(id.node, r.scheduling, r.cpus, &self.spread)
             .map_err(|reason| format!("{why}; no node can take it: {reason}"))?;
+        let p = t.actors.get_mut(&id).expect("listed");
+        let r = p.restart.as_mut().expect("looked at above");
         r.done += 1;
         let mut create = r.create.clone();
         create.max_restarts = match create.max_restarts {
@@ -590,14 +622,26 @@ impl Head {
 
     /// What a member's join link closing means: `None` if it does not
     /// matter (a rejoin replaced that link, or the member is dead); else
-    /// whether the member said it leaves.
-    pub fn link_closed(&self, node: NodeId, serial: u64) -> Option<bool> {
+    /// whether the member said it leaves, and the address it joined from.
+    pub fn link_closed(&self, node: NodeId, serial: u64) -> Option<(bool, String)> {
         let t = self.tables.lock();
         t.nodes
             .iter()
             .find(|m| m.info.id == node && m.alive)
             .filter(|m| m.link.as_ref().is_some_and(|l| l.serial == serial))
-            .map(|m| m.leaving)
+            .map(|m| (m.leaving, m.info.address.clone()))
+    }
+
+    /// A live member whose join link is closed now and who did not say it
+    /// leaves: that link's serial, and the member's address.
+    pub fn join_link_down(&self, node: NodeId) -> Option<(u64, String)> {
+        let t = self.tables.lock();
+        let m = t
+            .nodes
+            .iter()
+            .find(|m| m.info.id == node && m.alive && !m.leaving)?;
+        let serial = m.link.as_ref().filter(|l| l.is_closed())?.serial;
+        Some((serial, m.info.address.clone()))
     }
 
     /// The join link of a live node (none for the head's own).
@@ -708,13 +752,11 @@ impl Head {
                         });
                     }
                 }
-                let candidates = t.candidates();
-                let node =
-                    place(&candidates, from, scheduling, cpus, &self.spread).map_err(|reason| {
-                        Error::Unschedulable {
-                            task: type_name.clone(),
-                            reason,
-                        }
+                let node = t
+                    .place(from, scheduling, cpus, &self.spread)
+                    .map_err(|reason| Error::Unschedulable {
+                        task: type_name.clone(),
+                        reason,
                     })?;
                 let member = t
                     .nodes

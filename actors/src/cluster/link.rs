@@ -989,7 +989,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
                     tracing::warn!(
                         "rayx: no ack from {} for {:?}: opening another link",
                         link.peer.id,
-                        session::STALE
+                        session.as_ref().map_or(session::STALE, |s| s.stale)
                     );
                     failed = true;
                     break;

@@ -367,13 +367,17 @@ pub struct ClusterNode {
     head_address: Option<String>,
     /// A rejoin is under way.
     rejoining: AtomicBool,
+    /// Nothing listens at the head's address (found while rejoining): asks
+    /// fail at once until it is back, rather than wait for a head that is
+    /// gone.
+    head_down: AtomicBool,
     /// When this node started: the clock of `head_heard`.
     epoch: std::time::Instant,
     /// When the head was last heard from (ms since `epoch`).
     head_heard: AtomicU64,
     /// Dropped to stop the health thread.
     health_stop: Mutex<Option<std::sync::mpsc::Sender<()>>>,
-    creates: Pending<()>,
+    creates: Acks,
     /// Holds waiting for their acks, with the node each was sent to: a
     /// peer lost fails its own at once (its ack will not come).
     acks: Acks,
@@ -491,6 +495,7 @@ impl ClusterNode {
             health: config.health,
             head_address: config.address.clone(),
             rejoining: AtomicBool::new(false),
+            head_down: AtomicBool::new(false),
             epoch: std::time::Instant::now(),
             head_heard: AtomicU64::new(0),
             health_stop: Mutex::new(None),
@@ -699,13 +704,25 @@ impl ClusterNode {
 
     /// Stops the network: every link closes, pending requests fail.
     pub fn shutdown(&self) {
+        // Said first, and answered (a second at most; the head may be gone),
+        // so that the join link's closing is a leaving, not a failure the
+        // head would look into — also over a link that broke a moment ago,
+        // which a rejoin under way replaces.
+        let goodbye = match self.role {
+            Role::Driver => Ask::JobFinished { driver: self.me.id },
+            _ => Ask::Leaving { node: self.me.id },
+        };
+        let said = self.head.is_none()
+            && !self.closed.load(Ordering::Acquire)
+            && !ON_NET_THREAD.with(|n| n.get())
+            && self.ask_within(goodbye.clone(), GOODBYE).is_ok();
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
         for (_, tx) in self.asks.lock().drain() {
             let _ = tx.send(Err(Error::ShutDown));
         }
-        for (_, tx) in self.creates.lock().drain() {
+        for (_, (_, tx)) in self.creates.lock().drain() {
             let _ = tx.send(Err(Error::ShutDown));
         }
         for (_, (_, tx)) in self.acks.lock().drain() {
@@ -723,18 +740,18 @@ impl ClusterNode {
             l.close();
         }
         if let Some(l) = self.head_link.lock().take() {
-            // Said before the link closes, so that its closing is a leaving,
-            // not a failure the head would look into.
-            let ask = match self.role {
-                Role::Driver => Ask::JobFinished { driver: self.me.id },
-                _ => Ask::Leaving { node: self.me.id },
-            };
-            l.send(Msg::Ask { id: 0, ask });
+            if !said {
+                // Not answered (on the network thread, say): sent, at least.
+                l.send(Msg::Ask {
+                    id: 0,
+                    ask: goodbye,
+                });
+            }
             l.finish();
             if !ON_NET_THREAD.with(|n| n.get()) {
                 // Written before the network stops (a second at most; the
                 // head may be gone).
-                l.wait_written(Duration::from_secs(1));
+                l.wait_written(GOODBYE);
             }
         }
         if let Some(head) = &self.head {
@@ -949,6 +966,11 @@ impl ClusterNode {
 
     /// Asks the head; fails with a typed error if it cannot answer in time.
     pub fn ask(&self, ask: Ask) -> Result<Answer, Error> {
+        self.ask_within(ask, REQUEST_TIMEOUT)
+    }
+
+    /// [`ask`](Self::ask), failing after `timeout`.
+    fn ask_within(&self, ask: Ask, timeout: Duration) -> Result<Answer, Error> {
         if let Some(head) = &self.head {
             if matches!(ask, Ask::StopCluster) {
                 for l in head.links() {
@@ -961,21 +983,29 @@ impl ClusterNode {
             .head_link
             .lock()
             .clone()
+            .filter(|_| !self.head_down.load(Ordering::Acquire))
             .ok_or_else(|| self.head_lost())?;
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = sync_channel(1);
         self.asks.lock().insert(id, tx);
+        // Looked at again after the insert: a rejoin that found the head
+        // gone drains the asks after it sets `head_down` (both under the
+        // asks' lock), so either it failed this one or this sees it set.
+        if self.head_down.load(Ordering::Acquire) {
+            self.asks.lock().remove(&id);
+            return Err(self.head_lost());
+        }
         if !link.send(Msg::Ask { id, ask }) {
             self.asks.lock().remove(&id);
             return Err(self.head_lost());
         }
-        match rx.recv_timeout(REQUEST_TIMEOUT) {
+        match rx.recv_timeout(timeout) {
             Ok(answer) => answer,
             Err(_) => {
                 self.asks.lock().remove(&id);
                 Err(Error::ClusterUnreachable {
                     address: link.peer.address.clone(),
-                    cause: format!("the head did not answer within {REQUEST_TIMEOUT:?}"),
+                    cause: format!("the head did not answer within {timeout:?}"),
                 })
             }
         }
@@ -1054,55 +1084,18 @@ impl ClusterNode {
     /// link (a reset costs nothing: its session goes on), and one that does
     /// not is declared dead at the heartbeat limit, as after silence — unless
     /// nothing listens at its address any more: a killed process is dead at
-    /// once. The head looks by opening a control link to it, as any peer would.
+    /// once. The head looks by opening a control link to it, as any peer
+    /// would, every [`PROBE_AGAIN`] while that link is the member's and no
+    /// answer was conclusive (a dying process may still accept, then reset).
     fn member_link_closed(self: &Arc<Self>, link: &Arc<Link>, cause: String) {
         let Some(head) = &self.head else { return };
-        let node = link.peer.id;
-        match head.link_closed(node, link.serial) {
+        let (node, serial) = (link.peer.id, link.serial);
+        match head.link_closed(node, serial) {
             None => {}
-            Some(true) => self.declare_dead(node, "it stopped in order"),
-            Some(false) => {
-                let Some(session) = self
-                    .peers
-                    .lock()
-                    .get(&node)
-                    .filter(|p| p.alive)
-                    .map(|p| p.session.clone())
-                else {
-                    return;
-                };
-                let (serial, address) = (link.serial, link.peer.address.clone());
-                let hello = self.hello(Lane::Control);
+            Some((true, _)) => self.declare_dead(node, "it stopped in order"),
+            Some((false, address)) => {
                 let weak = Arc::downgrade(self);
-                let inbound: Arc<dyn Inbound> = Arc::new(Handler(weak.clone()));
-                let gate = self.gate.clone();
-                self.net.spawn(async move {
-                    let opened =
-                        link::connect(&address, hello, inbound, &gate, |_| Some(session)).await;
-                    let Some(c) = weak.upgrade() else { return };
-                    match opened {
-                        // It lives: it joins again, or falls silent. The
-                        // link serves the session if none does.
-                        Ok((l, _)) => {
-                            let served = c.peers.lock().get(&node).is_some_and(Peer::linked);
-                            if served {
-                                l.close();
-                            } else {
-                                c.linked(node, l);
-                            }
-                        }
-                        Err(e) if nobody_listens(&e) => {
-                            let still = c.head.as_ref().and_then(|h| h.link_closed(node, serial));
-                            if still.is_some() {
-                                let cause = format!("{cause}, and nothing listens at its address");
-                                c.declare_dead(node, &cause);
-                            }
-                        }
-                        Err(e) => {
-                            tracing::debug!("rayx: {node}'s join link closed; no answer: {e}")
-                        }
-                    }
-                });
+                self.net.spawn(probe(weak, node, serial, address, cause));
             }
         }
     }
@@ -1235,6 +1228,13 @@ impl ClusterNode {
         }
     }
 
+    /// How long frames to or from the head may wait for an ack: a link
+    /// that carries a node's frames one way only must be replaced before
+    /// the head would declare the node dead (half the health limit).
+    fn join_stale(&self) -> Duration {
+        session::STALE.min(self.health.limit() / 2)
+    }
+
     /// The session a join link to `head` carries: this node's with it; or,
     /// on a first join or to a head started again (a new id), a new one —
     /// and what waited for the old head fails.
@@ -1243,7 +1243,7 @@ impl ClusterNode {
         if let Some(s) = slot.as_ref().filter(|s| s.peer == head.id) {
             return s.clone();
         }
-        let session = Session::new(head.id);
+        let session = Session::with_stale(head.id, self.join_stale());
         let old = slot.replace(session.clone());
         drop(slot);
         if let Some(old) = old {
@@ -1300,6 +1300,13 @@ impl ClusterNode {
                             c.rejoining.store(false, Ordering::Release);
                             return c.leave_head(&format!("{cause}; rejoining failed: {e}"));
                         }
+                        if nobody_listens(&e) && !c.head_down.swap(true, Ordering::AcqRel) {
+                            // The head's process is gone (a reset would find
+                            // it listening): what waits for it fails now.
+                            for (_, tx) in c.asks.lock().drain() {
+                                let _ = tx.send(Err(c.head_lost()));
+                            }
+                        }
                     }
                 }
                 drop(c);
@@ -1313,6 +1320,7 @@ impl ClusterNode {
     fn rejoined(self: &Arc<Self>, link: Arc<Link>, members: Vec<NodeInfo>) {
         self.heard_head();
         let old = self.head_link.lock().replace(link.clone());
+        self.head_down.store(false, Ordering::Release);
         self.rejoining.store(false, Ordering::Release);
         if let Some(old) = old {
             // Its writer hands the session to the new link's.
@@ -1375,7 +1383,7 @@ impl ClusterNode {
         let key = actor_key(create.actor);
         let actor = create.actor;
         let (tx, rx) = sync_channel(1);
-        self.creates.lock().insert(key, tx);
+        self.creates.lock().insert(key, (node, tx));
         if !self.send_to(node, Msg::CreateActor(create)) {
             self.creates.lock().remove(&key);
             return Err(Error::NodeDied {
@@ -1865,6 +1873,12 @@ impl ClusterNode {
             }
             Msg::Ask { id, ask } => {
                 let stop = matches!(ask, Ask::StopCluster);
+                // A node speaks for itself only.
+                let ask = match ask {
+                    Ask::Leaving { .. } => Ask::Leaving { node: from },
+                    Ask::JobFinished { .. } => Ask::JobFinished { driver: from },
+                    ask => ask,
+                };
                 let answer = match &self.head {
                     Some(_) => self.ask(ask),
                     None => Err(Error::InvalidArgument("this node is not the head".into())),
@@ -1904,14 +1918,14 @@ impl ClusterNode {
                     me.reply(&link, Msg::ActorCreated { actor, result });
                 });
             }
+            // A restart the head asked for (on the join lane): never a
+            // creation this node waits for, though the actor is the same.
+            Msg::ActorCreated { actor, result } if link.lane == Lane::Join => {
+                self.actor_restarted(actor, result)
+            }
             Msg::ActorCreated { actor, result } => {
-                let waiting = self.creates.lock().remove(&actor_key(actor));
-                match waiting {
-                    Some(tx) => {
-                        let _ = tx.send(result);
-                    }
-                    // A restart the head asked for.
-                    None => self.actor_restarted(actor, result),
+                if let Some((_, tx)) = self.creates.lock().remove(&actor_key(actor)) {
+                    let _ = tx.send(result);
                 }
             }
             Msg::ActorMoved {
@@ -2223,13 +2237,11 @@ impl ClusterNode {
             }
             Msg::CreateActor(create) => {
                 let error = too_large(&format!("the arguments of actor {}", create.actor));
-                let waiting = self.creates.lock().remove(&actor_key(create.actor));
-                match waiting {
-                    Some(tx) => {
-                        let _ = tx.send(Err(error));
-                    }
+                if link.lane == Lane::Join {
                     // A restart the head asked for.
-                    None => self.actor_restarted(create.actor, Err(error)),
+                    self.actor_restarted(create.actor, Err(error));
+                } else if let Some((_, tx)) = self.creates.lock().remove(&actor_key(create.actor)) {
+                    let _ = tx.send(Err(error));
                 }
             }
             Msg::Ask { id, ask } => {
@@ -2675,15 +2687,18 @@ impl ClusterNode {
         self.barrier.lost(node, &mut self.control());
         // Its holds waiting for an ack are answered now: the messages waiting
         // for it went with its session.
-        self.acks.lock().retain(|_, (n, tx)| {
-            if *n == node {
-                let _ = tx.send(Err(Error::NodeDied {
-                    node: node.to_string(),
-                    cause: cause.to_string(),
-                }));
-            }
-            *n != node
-        });
+        // So are actors being created there.
+        for pending in [&self.acks, &self.creates] {
+            pending.lock().retain(|_, (n, tx)| {
+                if *n == node {
+                    let _ = tx.send(Err(Error::NodeDied {
+                        node: node.to_string(),
+                        cause: cause.to_string(),
+                    }));
+                }
+                *n != node
+            });
+        }
         for l in control.iter().chain(bulk.iter()) {
             // A silent peer never closes its end: stop reading it too.
             l.abort();
@@ -3024,6 +3039,14 @@ impl Inbound for Handler {
                     }
                 }
                 c.link_lost(node, &cause);
+                if let Some((serial, address)) =
+                    c.head.as_ref().and_then(|h| h.join_link_down(node))
+                {
+                    // A member between join links lost this one too: dead,
+                    // or about to rejoin. The head looks.
+                    let weak = Arc::downgrade(&c);
+                    c.net.spawn(probe(weak, node, serial, address, cause));
+                }
             }
             Lane::Bulk => {
                 c.serving.forget_ready();
@@ -3077,7 +3100,9 @@ impl Admit for Handler {
     fn session(&self, hello: &Hello) -> Option<Arc<Session>> {
         let c = self.0.upgrade()?;
         match (hello.lane, &c.head) {
-            (Lane::Join, Some(head)) => return Some(head.session_for(hello.node.id)),
+            (Lane::Join, Some(head)) => {
+                return Some(head.session_for(hello.node.id, c.join_stale()))
+            }
             (Lane::Control, _) => {}
             _ => return None,
         }
@@ -3153,6 +3178,63 @@ fn head_session_of(
     node: Weak<ClusterNode>,
 ) -> impl FnOnce(&NodeInfo) -> Option<Arc<Session>> + Send {
     move |head| node.upgrade().map(|c| c.head_session(head))
+}
+
+/// How long a node that stops waits for the head to hear its goodbye.
+const GOODBYE: Duration = Duration::from_secs(1);
+
+/// How often the head looks again at the address of a member whose join
+/// link closed, while no look was conclusive.
+const PROBE_AGAIN: Duration = Duration::from_millis(50);
+
+/// The head's look at member `node`, whose join link `serial` closed (see
+/// `ClusterNode::member_link_closed`): until that link is replaced or the
+/// member dead, opens a control link to `address` — refused, it is dead;
+/// opened, it lives (the link serves its session if none does, and its
+/// closing looks again); anything else, again after [`PROBE_AGAIN`].
+async fn probe(node: Weak<ClusterNode>, peer: NodeId, serial: u64, address: String, cause: String) {
+    loop {
+        let Some(c) = node.upgrade() else { return };
+        let still = |c: &ClusterNode| c.head.as_ref().and_then(|h| h.link_closed(peer, serial));
+        let Some(session) = c
+            .peers
+            .lock()
+            .get(&peer)
+            .filter(|p| p.alive && still(&c).is_some())
+            .map(|p| p.session.clone())
+        else {
+            return;
+        };
+        let hello = c.hello(Lane::Control);
+        let inbound: Arc<dyn Inbound> = Arc::new(Handler(node.clone()));
+        let gate = c.gate.clone();
+        drop(c);
+        let opened = link::connect(&address, hello, inbound, &gate, |_| Some(session)).await;
+        let Some(c) = node.upgrade() else { return };
+        match opened {
+            Ok((l, _)) => {
+                let served = c.peers.lock().get(&peer).is_some_and(Peer::linked);
+                if served {
+                    l.close();
+                } else {
+                    c.linked(peer, l);
+                }
+                return;
+            }
+            Err(e) if nobody_listens(&e) => {
+                if still(&c).is_some() {
+                    c.declare_dead(
+                        peer,
+                        &format!("{cause}, and nothing listens at its address"),
+                    );
+                }
+                return;
+            }
+            Err(e) => tracing::debug!("rayx: {peer}'s join link closed; no clear answer: {e}"),
+        }
+        drop(c);
+        tokio::time::sleep(PROBE_AGAIN).await;
+    }
 }
 
 /// Opens a control link to `peer`, in its session.

@@ -29,7 +29,9 @@ pub const ACK_DELAY: Duration = Duration::from_millis(20);
 
 /// How long frames may wait for an ack (since the later of the oldest one's
 /// writing and the last ack) before their link is taken for broken: a break
-/// only this side did not see leaves a socket open that nothing reads.
+/// only this side did not see leaves a socket open that nothing reads. (A
+/// session with the head waits half the health limit at most: a node must
+/// be heard before the head would declare it dead.)
 pub const STALE: Duration = Duration::from_secs(10);
 
 /// Bytes of a control-lane frame's header: its first message's sequence
@@ -88,11 +90,18 @@ pub struct Session {
     state: Mutex<State>,
     /// Held while a frame's messages are taken and handed in.
     delivering: Mutex<()>,
+    /// How long frames may wait for an ack (see [`STALE`]).
+    pub stale: Duration,
 }
 
 impl Session {
     /// A session with `peer`, nothing sent or received.
     pub fn new(peer: NodeId) -> Arc<Session> {
+        Session::with_stale(peer, STALE)
+    }
+
+    /// A session whose frames may wait `stale` for an ack.
+    pub fn with_stale(peer: NodeId, stale: Duration) -> Arc<Session> {
         let (tx, rx) = mpsc::unbounded_channel();
         Arc::new(Session {
             peer,
@@ -104,6 +113,7 @@ impl Session {
                 ..State::default()
             }),
             delivering: Mutex::new(()),
+            stale,
         })
     }
 
@@ -187,11 +197,11 @@ impl Session {
             .collect()
     }
 
-    /// When the frames waiting for an ack are [`STALE`], if any wait.
+    /// When the frames waiting for an ack are stale, if any wait.
     pub(crate) fn stale_at(&self) -> Option<Instant> {
         let s = self.state.lock();
         let oldest = s.unacked.front()?.at;
-        Some(s.last_ack.map_or(oldest, |a| a.max(oldest)) + STALE)
+        Some(s.last_ack.map_or(oldest, |a| a.max(oldest)) + self.stale)
     }
 
     /// A frame of `count` messages is about to be written: its first

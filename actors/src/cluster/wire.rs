@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The protocol's version: a peer with another one is refused at its hello.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 /// The largest frame accepted before a connection has authenticated (a
 /// hello with its registry, a proof): a stranger cannot make a node buffer more.
 pub const PREAUTH_FRAME: usize = 1 << 20;
