@@ -230,6 +230,16 @@ fn death_of(events: &rayx::Events, node: NodeId, within: Duration) -> String {
     }
 }
 
+/// No node died among the events so far.
+fn no_node_died(events: &rayx::Events) {
+    while let Some(e) = events.try_recv() {
+        assert!(
+            !matches!(&e, SupervisionEvent::NodeDied { .. }),
+            "no node died: {e:?}"
+        );
+    }
+}
+
 /// Waits (a bounded wait) until the head sees at least `n` tasks on `node`.
 fn wait_for_load(rt: &Runtime, node: NodeId, n: u32) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -808,12 +818,7 @@ fn resets_of_the_link_to_the_head_lose_nothing() {
     }
     let status = rt.cluster_status().unwrap();
     assert!(status.nodes.iter().all(|s| s.alive), "{:?}", status.nodes);
-    while let Some(e) = events.try_recv() {
-        assert!(
-            !matches!(&e, SupervisionEvent::NodeDied { .. }),
-            "no node died: {e:?}"
-        );
-    }
+    no_node_died(&events);
     assert!(resets as u64 >= n / 2, "the link was reset: {resets}");
 }
 
@@ -847,12 +852,7 @@ fn a_join_link_stalled_one_way_is_replaced_in_time() {
             Ok(9)
         );
     }
-    while let Some(e) = events.try_recv() {
-        assert!(
-            !matches!(&e, SupervisionEvent::NodeDied { .. }),
-            "no node died: {e:?}"
-        );
-    }
+    no_node_died(&events);
 }
 
 /// A driver that shuts down in order just as its connection to the head
@@ -1500,12 +1500,7 @@ fn a_join_hello_with_a_members_id_is_refused() {
             .get_timeout(Duration::from_secs(10)),
         Ok(16)
     );
-    while let Some(e) = events.try_recv() {
-        assert!(
-            !matches!(&e, SupervisionEvent::NodeDied { .. }),
-            "no node died: {e:?}"
-        );
-    }
+    no_node_died(&events);
 }
 
 /// connections: each closes only its own connection, and the cluster serves.
