@@ -10,7 +10,7 @@
 //! else the file `RAYX_TOKEN_FILE`, else `~/.rayx/token`, which
 //! `rayx start --head` makes (readable by its user only) when there is none.
 
-use rayx_actors::cluster::head::LEFT_CAUSE;
+use rayx_actors::cluster::head::left_in_order;
 use rayx_actors::cluster::tls;
 use rayx_actors::cluster::wire::{Answer, Ask, ClusterStatus, JobState, NodeStatus};
 use rayx_actors::cluster::{admin_ask, auth};
@@ -177,7 +177,7 @@ fn bytes(n: u64) -> String {
 fn render(address: &str, s: &ClusterStatus) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let left = |n: &NodeStatus| !n.alive && n.cause.as_deref() == Some(LEFT_CAUSE);
+    let left = |n: &NodeStatus| !n.alive && n.cause.as_deref().is_some_and(left_in_order);
     let alive = s.nodes.iter().filter(|n| n.alive).count();
     let gone = s.nodes.iter().filter(|n| left(n)).count();
     let _ = writeln!(

@@ -857,6 +857,14 @@ impl Head {
 /// The cause the head gives a driver that left after its job finished.
 pub const LEFT_CAUSE: &str = "left: its job finished";
 
+/// The cause the head gives a node that said it stops, and stopped.
+pub const STOPPED_CAUSE: &str = "left: it stopped in order";
+
+/// Whether a dead node's cause says it left in order (not a failure).
+pub fn left_in_order(cause: &str) -> bool {
+    cause.starts_with("left:")
+}
+
 /// Forgets an actor; the record to delete, if it was known.
 fn forget_actor(t: &mut Tables, actor: ActorId) -> Option<Record> {
     t.restarting.remove(&actor);

@@ -1092,7 +1092,7 @@ impl ClusterNode {
         let (node, serial) = (link.peer.id, link.serial);
         match head.link_closed(node, serial) {
             None => {}
-            Some((true, _)) => self.declare_dead(node, "it stopped in order"),
+            Some((true, _)) => self.declare_dead(node, head::STOPPED_CAUSE),
             Some((false, address)) => {
                 let weak = Arc::downgrade(self);
                 self.net.spawn(probe(weak, node, serial, address, cause));
