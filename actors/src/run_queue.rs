@@ -292,10 +292,34 @@ impl RunQueue {
     }
 
     /// Parks worker `id` as idle; `wake` reaches it. False if work arrived
-    /// meanwhile and the worker should keep draining.
-    pub fn sleep(&self, id: usize, wake: Recipient<Drain>) -> bool {
-        self.idle
+    /// meanwhile and the worker should keep draining, or if its router
+    /// stopped (`state.stop`): then it is off the list and must leave.
+    pub fn sleep(&self, id: usize, wake: Recipient<Drain>, state: &WorkerState) -> bool {
+        if !self
+            .idle
             .park(id, wake, || !self.injector.is_empty() || self.is_closed())
+        {
+            return false;
+        }
+        // Its router may have stopped after the worker's last look at `stop`
+        // and cleared the idle list before this park: a worker parked for
+        // good on a pool that is gone would take the next job's wake-up and
+        // never run it. Acquire pairs with `retire_pool`'s Release store,
+        // made before its clearing: if our park came after the clearing (the
+        // list's lock orders them), we see the flag.
+        // (Read `false`: our park came before the clearing, which takes us
+        // off the list, unless a submitter took us first, whose job the next
+        // pool then finds when it starts.)
+        if !state.stop.load(Ordering::Acquire) {
+            return true;
+        }
+        if !self.idle.remove(id) {
+            // Off the list already: cleared by `retire_pool` (then this is a
+            // spare wake-up), or taken by a submitter whose `Drain` this
+            // worker will not run: hand its job on.
+            self.hand_on();
+        }
+        false
     }
 
     /// Takes an idle worker off the idle list; false if it was not there.
@@ -502,19 +526,24 @@ impl RunQueue {
         self.block_end();
     }
 
-    /// A stopping router's workers leave the pool: off the idle list, out of the
-    /// count, told to stop after the job in hand (queued jobs wait for the next
-    /// router's workers).
+    /// A stopping router's workers leave the pool: told to stop after the job
+    /// in hand, off the idle list, out of the count (queued jobs wait for the
+    /// next router's workers).
     pub fn retire_pool(&self, workers: &[usize]) {
         // Workers asked of the stopping router and never started.
         let never_started = self.spawns_pending.swap(0, Ordering::AcqRel);
         self.remove_workers(never_started);
-        drop(self.idle.remove_where(|id| workers.contains(&id)));
+        // Told to stop *before* the idle list is cleared: a worker that parks
+        // after the clearing (its lock section follows ours) reads `stop` set,
+        // and leaves the list itself (`RunQueue::sleep`); one that parked
+        // before is cleared here. The Release pairs with the worker's Acquire
+        // load; the idle list's lock orders the two.
         for (id, state) in self.running.lock().iter() {
             if workers.contains(id) {
                 state.stop.store(true, Ordering::Release);
             }
         }
+        drop(self.idle.remove_where(|id| workers.contains(&id)));
         self.remove_workers(workers.len());
     }
 

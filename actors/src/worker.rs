@@ -358,7 +358,13 @@ impl Worker {
                 ctx.stop();
                 return;
             }
-            if queue.is_closed() || queue.sleep(self.runner.id, ctx.address().recipient()) {
+            if queue.is_closed()
+                || queue.sleep(
+                    self.runner.id,
+                    ctx.address().recipient(),
+                    &self.runner.state,
+                )
+            {
                 if queue.surplus() {
                     ctx.run_later(RETIRE_AFTER, |w, ctx| w.maybe_retire(ctx));
                 }
@@ -383,7 +389,7 @@ impl Worker {
         if queue.try_retire() {
             ctx.stop();
             runner.retired.do_send(WorkerRetired(runner.id));
-        } else if queue.sleep(runner.id, ctx.address().recipient()) {
+        } else if queue.sleep(runner.id, ctx.address().recipient(), &runner.state) {
             // Still needed: back to the idle list.
         } else {
             self.drain(ctx);

@@ -299,6 +299,111 @@ fn idle_set_two_watching_workers_one_submitter() {
     check(Some(2), || idle_set_model_watching(2, 1, true));
 }
 
+/// A worker of a router that stops parks as the pool retires
+/// (`RunQueue::retire_pool`: its sleepers off the idle list, its workers told
+/// to stop), then the next router's worker starts (after the retire: the
+/// supervisor starts it once the old router has stopped) and parks, while a
+/// submitter pushes a job. The old worker's thread ends once it is parked (its
+/// arbiter was stopped), so a wake-up handed to it is lost. With `fixed`, the
+/// retire tells the workers to stop before it clears the idle list, and a
+/// worker re-reads its stop flag after it parks: stopped, it takes itself off
+/// the list, or hands the work on if a submitter took it off (and sent it a
+/// wake-up it will never run). Without: the old worker can stay on the list
+/// for good, on top of the new worker, and the next job's wake-up goes to it.
+fn idle_set_model_pool_stops(fixed: bool) {
+    const OLD: usize = 0;
+    const NEW: usize = 1;
+    let queue = Arc::new(AtomicUsize::new(0));
+    let idle = Arc::new(IdleSet::<usize>::default());
+    let stop = Arc::new(loom::sync::atomic::AtomicBool::new(false));
+
+    let old = {
+        let (queue, idle, stop) = (queue.clone(), idle.clone(), stop.clone());
+        thread::spawn(move || {
+            let mut popped = 0;
+            loop {
+                // `Worker::drain`: stop checks, then park.
+                if stop.load(Ordering::Acquire) {
+                    return (popped, None);
+                }
+                if idle.park(OLD, OLD, || queue.load(QUEUE) > 0) {
+                    if fixed && stop.load(Ordering::Acquire) && !idle.remove(OLD) {
+                        return (popped, idle.after_push());
+                    }
+                    return (popped, None);
+                }
+                if stop.load(Ordering::Acquire) {
+                    return (popped, None);
+                }
+                popped += drain(&queue, QUEUE);
+            }
+        })
+    };
+    let router = {
+        let (queue, idle, stop) = (queue.clone(), idle.clone(), stop.clone());
+        thread::spawn(move || {
+            if fixed {
+                stop.store(true, Ordering::Release);
+                drop(idle.remove_where(|id| id == OLD));
+            } else {
+                drop(idle.remove_where(|id| id == OLD));
+                stop.store(true, Ordering::Release);
+            }
+            // The new pool's worker.
+            let mut popped = 0;
+            loop {
+                popped += drain(&queue, QUEUE);
+                if idle.park(NEW, NEW, || queue.load(QUEUE) > 0) {
+                    return popped;
+                }
+            }
+        })
+    };
+    let submitter = {
+        let (queue, idle) = (queue.clone(), idle.clone());
+        thread::spawn(move || {
+            queue.fetch_add(1, QUEUE);
+            idle.after_push()
+        })
+    };
+    let (old_popped, handed) = old.join().unwrap();
+    let new_popped = router.join().unwrap();
+    let woken = submitter.join().unwrap();
+    assert!(
+        !idle.remove(OLD),
+        "the old pool's worker was left on the idle list"
+    );
+    let new_woken = [woken, handed].iter().filter(|w| **w == Some(NEW)).count();
+    assert!(new_woken <= 1, "the new worker woken twice");
+    assert_eq!(
+        idle.remove(NEW),
+        new_woken == 0,
+        "new worker: parked xor woken"
+    );
+    let drained = if new_woken == 1 {
+        drain(&queue, QUEUE)
+    } else {
+        0
+    };
+    assert_eq!(
+        queue.load(QUEUE),
+        0,
+        "a job was left with the new worker asleep (woken: {woken:?}, handed on: {handed:?})"
+    );
+    assert_eq!(old_popped + new_popped + drained, 1);
+}
+
+#[test]
+fn idle_set_a_worker_parking_as_its_pool_stops_leaves_the_list() {
+    check(Some(2), || idle_set_model_pool_stops(true));
+}
+
+#[test]
+#[should_panic]
+fn idle_set_a_worker_parking_as_its_pool_stops_broken() {
+    check(Some(2), || idle_set_model_pool_stops(false));
+}
+
 /// `workers` workers, each of which takes at most one job and then blocks for
 /// good, and one submitter that pushes `jobs` jobs one after another. A worker
 /// whose queue looks empty watches it (with `watch`) and then parks. Afterwards
