@@ -230,6 +230,14 @@ fn death_of(events: &rayx::Events, node: NodeId, within: Duration) -> String {
     }
 }
 
+/// One more node, joined through a proxy in front of the head (which can
+/// reset, stall or silence its connection to the head).
+fn node_behind_a_proxy(c: &mut Cluster) -> (Proxy, NodeId) {
+    let proxy = Proxy::start(c.address()).unwrap();
+    let node = c.add_node_via(proxy.address()).unwrap();
+    (proxy, node)
+}
+
 /// No node died among the events so far.
 fn no_node_died(events: &rayx::Events) {
     while let Some(e) = events.try_recv() {
@@ -773,8 +781,7 @@ fn resets_of_the_link_to_the_head_lose_nothing() {
     let mut c = fast_cluster(1);
     let rt = c.driver().clone();
     let events = rt.events();
-    let proxy = Proxy::start(c.address()).unwrap();
-    let node = c.add_node_via(proxy.address()).unwrap();
+    let (proxy, node) = node_behind_a_proxy(&mut c);
     let progress = rt.actor_of(new_counter, 0).spawn().unwrap();
     let n = 60;
     let asked = rt
@@ -831,8 +838,7 @@ fn a_join_link_stalled_one_way_is_replaced_in_time() {
     let mut c = fast_cluster(1);
     let rt = c.driver().clone();
     let events = rt.events();
-    let proxy = Proxy::start(c.address()).unwrap();
-    let node = c.add_node_via(proxy.address()).unwrap();
+    let (proxy, node) = node_behind_a_proxy(&mut c);
     for toward_the_head in [true, false] {
         let before = proxy.accepted();
         proxy.stall(toward_the_head);
@@ -965,8 +971,7 @@ fn a_partitioned_node_is_declared_dead_and_its_work_redone() {
     let mut c = fast_cluster(1);
     let rt = c.driver().clone();
     let events = rt.events();
-    let proxy = Proxy::start(c.address()).unwrap();
-    let cut = c.add_node_via(proxy.address()).unwrap();
+    let (proxy, cut) = node_behind_a_proxy(&mut c);
     // Tasks of 3 s on the node to be cut off (soft: they may go elsewhere).
     let refs: Vec<_> = (0..4u64)
         .map(|i| {

@@ -632,18 +632,6 @@ impl Head {
             .map(|m| (m.leaving, m.info.address.clone()))
     }
 
-    /// A live member whose join link is closed now and who did not say it
-    /// leaves: that link's serial, and the member's address.
-    pub fn join_link_down(&self, node: NodeId) -> Option<(u64, String)> {
-        let t = self.tables.lock();
-        let m = t
-            .nodes
-            .iter()
-            .find(|m| m.info.id == node && m.alive && !m.leaving)?;
-        let serial = m.link.as_ref().filter(|l| l.is_closed())?.serial;
-        Some((serial, m.info.address.clone()))
-    }
-
     /// The join link of a live node (none for the head's own).
     pub fn link_of(&self, node: NodeId) -> Option<Arc<Link>> {
         let t = self.tables.lock();

@@ -936,10 +936,7 @@ async fn resend<W: AsyncWrite + Unpin>(
         put(wr, &head, stop).await?;
         put(wr, &body, stop).await?;
     }
-    tokio::select! {
-        r = wr.flush() => r,
-        _ = stop.cancelled() => Err(std::io::Error::other("the link was closed")),
-    }
+    flush(wr, stop).await
 }
 
 pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
@@ -1084,11 +1081,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
         }
         // TLS keeps what the socket did not take in its own buffer until a
         // flush (plain TCP's flush does nothing): a batch goes out whole.
-        let flushed = tokio::select! {
-            r = wr.flush() => r.is_ok(),
-            _ = link.stop.cancelled() => false,
-        };
-        if !flushed {
+        if flush(&mut wr, &link.stop).await.is_err() {
             failed = true;
             break;
         }
@@ -1114,6 +1107,14 @@ async fn put<W: AsyncWrite + Unpin>(
 ) -> std::io::Result<()> {
     tokio::select! {
         r = wr.write_all(bytes) => r,
+        _ = stop.cancelled() => Err(std::io::Error::other("the link was closed")),
+    }
+}
+
+/// Flushes, or stops when `stop` fires (as [`put`]).
+async fn flush<W: AsyncWrite + Unpin>(wr: &mut W, stop: &CancellationToken) -> std::io::Result<()> {
+    tokio::select! {
+        r = wr.flush() => r,
         _ = stop.cancelled() => Err(std::io::Error::other("the link was closed")),
     }
 }

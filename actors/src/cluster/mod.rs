@@ -712,16 +712,14 @@ impl ClusterNode {
             Role::Driver => Ask::JobFinished { driver: self.me.id },
             _ => Ask::Leaving { node: self.me.id },
         };
-        let said = self.head.is_none()
-            && !self.closed.load(Ordering::Acquire)
-            && !ON_NET_THREAD.with(|n| n.get())
-            && self.ask_within(goodbye.clone(), GOODBYE).is_ok();
+        let on_net = ON_NET_THREAD.with(|n| n.get());
+        if self.head.is_none() && !on_net && !self.closed.load(Ordering::Acquire) {
+            let _ = self.ask_within(goodbye.clone(), GOODBYE);
+        }
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        for (_, tx) in self.asks.lock().drain() {
-            let _ = tx.send(Err(Error::ShutDown));
-        }
+        self.fail_asks(|| Error::ShutDown);
         for (_, (_, tx)) in self.creates.lock().drain() {
             let _ = tx.send(Err(Error::ShutDown));
         }
@@ -740,15 +738,15 @@ impl ClusterNode {
             l.close();
         }
         if let Some(l) = self.head_link.lock().take() {
-            if !said {
-                // Not answered (on the network thread, say): sent, at least.
+            if on_net {
+                // No answer can be read here: sent, at least.
                 l.send(Msg::Ask {
                     id: 0,
                     ask: goodbye,
                 });
             }
             l.finish();
-            if !ON_NET_THREAD.with(|n| n.get()) {
+            if !on_net {
                 // Written before the network stops (a second at most; the
                 // head may be gone).
                 l.wait_written(GOODBYE);
@@ -983,14 +981,13 @@ impl ClusterNode {
             .head_link
             .lock()
             .clone()
-            .filter(|_| !self.head_down.load(Ordering::Acquire))
             .ok_or_else(|| self.head_lost())?;
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = sync_channel(1);
         self.asks.lock().insert(id, tx);
-        // Looked at again after the insert: a rejoin that found the head
-        // gone drains the asks after it sets `head_down` (both under the
-        // asks' lock), so either it failed this one or this sees it set.
+        // Looked at after the insert: a rejoin that found the head gone
+        // drains the asks after it sets `head_down` (both under the asks'
+        // lock), so either it failed this one or this sees it set.
         if self.head_down.load(Ordering::Acquire) {
             self.asks.lock().remove(&id);
             return Err(self.head_lost());
@@ -1068,14 +1065,13 @@ impl ClusterNode {
         // Half the limit: a link broken only on the head's side is replaced
         // (its session goes on) before the head would declare this node dead.
         if silent > limit / 2 {
-            self.lost_head(
-                &format!(
-                    "the head was silent for {:.1} s (the limit is {:.1} s)",
-                    silent.as_secs_f64(),
-                    limit.as_secs_f64()
-                ),
-                false,
-            );
+            // A link that still looks open goes: the new one takes the session.
+            link.abort();
+            self.rejoin(format!(
+                "the head was silent for {:.1} s (the limit is {:.1} s)",
+                silent.as_secs_f64(),
+                limit.as_secs_f64()
+            ));
         }
     }
 
@@ -1178,34 +1174,15 @@ impl ClusterNode {
         self.head_heard.store(now, Ordering::Relaxed);
     }
 
-    /// This node lost the head: its link closed or went silent, or (`dead`)
-    /// the head said this node is dead. A node the head declared dead stops
-    /// (it may come back only as a new node); otherwise it rejoins — on a
-    /// new link that carries the same session, so what was sent and asked
-    /// meanwhile goes through; or to a head started again, under a new id —
-    /// and a worker node that cannot stops. Work between nodes goes on
-    /// meanwhile.
-    fn lost_head(self: &Arc<Self>, cause: &str, dead: bool) {
-        if dead {
-            return self.leave_head(cause);
-        }
-        if let Some(link) = self.head_link.lock().clone() {
-            // A link that still looks open goes: the new one takes the session.
-            link.abort();
-        }
-        self.rejoin(cause.to_string());
-    }
-
-    /// The head is gone for this node: declared it dead, or could not be
-    /// rejoined. What waits for it fails, and `give_up`.
+    /// The head is gone for this node: it declared this node dead, or it
+    /// could not be rejoined (a node that lost it rejoins: see `rejoin`).
+    /// What waits for it fails, and `give_up`.
     fn leave_head(self: &Arc<Self>, cause: &str) {
         let link = self.head_link.lock().take();
         if let Some(s) = self.head_session.lock().take() {
             s.end();
         }
-        for (_, tx) in self.asks.lock().drain() {
-            let _ = tx.send(Err(self.head_lost()));
-        }
+        self.fail_asks(|| self.head_lost());
         if let Some(link) = link {
             link.abort();
             self.core
@@ -1248,9 +1225,7 @@ impl ClusterNode {
         drop(slot);
         if let Some(old) = old {
             old.end();
-            for (_, tx) in self.asks.lock().drain() {
-                let _ = tx.send(Err(self.head_lost()));
-            }
+            self.fail_asks(|| self.head_lost());
         }
         session
     }
@@ -1262,6 +1237,11 @@ impl ClusterNode {
         (self.health.limit() * 4).max(Duration::from_secs(10))
     }
 
+    /// This node lost its link to the head (it closed, or the head went
+    /// silent): it joins again — on a new link that carries the same
+    /// session, so what was sent and asked meanwhile goes through; or to a
+    /// head started again, under a new id — and a worker node that cannot
+    /// within the window stops. Work between nodes goes on meanwhile.
     fn rejoin(self: &Arc<Self>, cause: String) {
         let Some(address) = self.head_address.clone() else {
             return self.leave_head(&cause);
@@ -1303,9 +1283,7 @@ impl ClusterNode {
                         if nobody_listens(&e) && !c.head_down.swap(true, Ordering::AcqRel) {
                             // The head's process is gone (a reset would find
                             // it listening): what waits for it fails now.
-                            for (_, tx) in c.asks.lock().drain() {
-                                let _ = tx.send(Err(c.head_lost()));
-                            }
+                            c.fail_asks(|| c.head_lost());
                         }
                     }
                 }
@@ -1354,6 +1332,13 @@ impl ClusterNode {
             }
         } else {
             tracing::warn!("rayx: lost the head ({cause}); cluster requests fail from now on");
+        }
+    }
+
+    /// Every ask waiting for the head's answer fails with `error`.
+    fn fail_asks(&self, error: impl Fn() -> Error) {
+        for (_, tx) in self.asks.lock().drain() {
+            let _ = tx.send(Err(error()));
         }
     }
 
@@ -1858,7 +1843,7 @@ impl ClusterNode {
         match msg {
             Msg::NodeJoined(info) => self.add_peer(info, true),
             Msg::NodeLeft { node, cause } if node == self.me.id => {
-                self.lost_head(&format!("it declared this node dead ({cause})"), true);
+                self.leave_head(&format!("it declared this node dead ({cause})"));
             }
             Msg::NodeLeft { node, cause } => self.peer_lost(node, &cause),
             Msg::Heartbeat(report) => {
@@ -3039,13 +3024,11 @@ impl Inbound for Handler {
                     }
                 }
                 c.link_lost(node, &cause);
-                if let Some((serial, address)) =
-                    c.head.as_ref().and_then(|h| h.join_link_down(node))
-                {
+                let down = c.head.as_ref().and_then(|h| h.link_of(node));
+                if let Some(join) = down.filter(|l| l.is_closed()) {
                     // A member between join links lost this one too: dead,
-                    // or about to rejoin. The head looks.
-                    let weak = Arc::downgrade(&c);
-                    c.net.spawn(probe(weak, node, serial, address, cause));
+                    // or about to rejoin. The head looks again.
+                    c.member_link_closed(&join, cause);
                 }
             }
             Lane::Bulk => {
@@ -3193,26 +3176,17 @@ const PROBE_AGAIN: Duration = Duration::from_millis(50);
 /// opened, it lives (the link serves its session if none does, and its
 /// closing looks again); anything else, again after [`PROBE_AGAIN`].
 async fn probe(node: Weak<ClusterNode>, peer: NodeId, serial: u64, address: String, cause: String) {
+    let still = |c: &ClusterNode| c.head.as_ref().and_then(|h| h.link_closed(peer, serial));
     loop {
-        let Some(c) = node.upgrade() else { return };
-        let still = |c: &ClusterNode| c.head.as_ref().and_then(|h| h.link_closed(peer, serial));
-        let Some(session) = c
-            .peers
-            .lock()
-            .get(&peer)
-            .filter(|p| p.alive && still(&c).is_some())
-            .map(|p| p.session.clone())
-        else {
+        if node.upgrade().is_none_or(|c| still(&c).is_none()) {
+            return;
+        }
+        let Some(opened) = connect_control(&node, peer, &address).await else {
             return;
         };
-        let hello = c.hello(Lane::Control);
-        let inbound: Arc<dyn Inbound> = Arc::new(Handler(node.clone()));
-        let gate = c.gate.clone();
-        drop(c);
-        let opened = link::connect(&address, hello, inbound, &gate, |_| Some(session)).await;
         let Some(c) = node.upgrade() else { return };
         match opened {
-            Ok((l, _)) => {
+            Ok(l) => {
                 let served = c.peers.lock().get(&peer).is_some_and(Peer::linked);
                 if served {
                     l.close();
@@ -3237,28 +3211,46 @@ async fn probe(node: Weak<ClusterNode>, peer: NodeId, serial: u64, address: Stri
     }
 }
 
-/// Opens a control link to `peer`, in its session.
-async fn open_link(node: Weak<ClusterNode>, peer: NodeId, address: String) {
-    let Some(c) = node.upgrade() else { return };
+/// Connects a control link to `peer` at `address`, in its session; `None`
+/// if it is no live peer (or this node is gone).
+async fn connect_control(
+    node: &Weak<ClusterNode>,
+    peer: NodeId,
+    address: &str,
+) -> Option<Result<Arc<Link>, Error>> {
+    let c = node.upgrade()?;
+    let session = c
+        .peers
+        .lock()
+        .get(&peer)
+        .filter(|p| p.alive)?
+        .session
+        .clone();
     let hello = c.hello(Lane::Control);
-    let session = match c.peers.lock().get(&peer) {
-        Some(p) if p.alive => p.session.clone(),
-        _ => return,
-    };
     let inbound: Arc<dyn Inbound> = Arc::new(Handler(node.clone()));
     let gate = c.gate.clone();
-    let delay = c.link_delay;
     drop(c);
+    let opened = link::connect(address, hello, inbound, &gate, |_| Some(session)).await;
+    Some(opened.map(|(l, _)| l))
+}
+
+/// Opens a control link to `peer`, in its session.
+async fn open_link(node: Weak<ClusterNode>, peer: NodeId, address: String) {
+    let Some(delay) = node.upgrade().map(|c| c.link_delay) else {
+        return;
+    };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let opened = link::connect(&address, hello, inbound, &gate, |_| Some(session)).await;
+    let Some(opened) = connect_control(&node, peer, &address).await else {
+        return;
+    };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
     let Some(c) = node.upgrade() else { return };
     match opened {
-        Ok((l, _)) => c.linked(peer, l),
+        Ok(l) => c.linked(peer, l),
         Err(e) => {
             tracing::warn!("rayx: cannot reach {peer} at {address}: {e}");
             if let Some(p) = c.peers.lock().get_mut(&peer) {

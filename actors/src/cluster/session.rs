@@ -91,7 +91,7 @@ pub struct Session {
     /// Held while a frame's messages are taken and handed in.
     delivering: Mutex<()>,
     /// How long frames may wait for an ack (see [`STALE`]).
-    pub stale: Duration,
+    pub(crate) stale: Duration,
 }
 
 impl Session {
