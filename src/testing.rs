@@ -313,6 +313,10 @@ pub struct Proxy {
     open: std::sync::Arc<parking_lot::Mutex<Vec<Forwarded>>>,
     /// Connections it forwarded so far.
     accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// How many of the next connections carry nothing either way.
+    stall_new: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// How long (µs) new connections hold what comes back from the target.
+    delay_back: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A connection a proxy forwards: both ends, and whether each direction
@@ -350,13 +354,17 @@ impl Proxy {
         let seen = Seen::default();
         let open: Arc<parking_lot::Mutex<Vec<Forwarded>>> = Arc::default();
         let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (target, s, st, sn, op, ac) = (
+        let stall_new = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let delay_back = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (target, s, st, sn, op, ac, new, late) = (
             target.to_string(),
             silent.clone(),
             stop.clone(),
             seen.clone(),
             open.clone(),
             accepted.clone(),
+            stall_new.clone(),
+            delay_back.clone(),
         );
         std::thread::spawn(move || {
             for inbound in listener.incoming() {
@@ -377,15 +385,29 @@ impl Proxy {
                     continue;
                 };
                 let stalled: [Arc<AtomicBool>; 2] = Default::default();
+                if new
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                    .is_ok()
+                {
+                    // Before its pipes start: the spawns order it for them.
+                    stalled
+                        .iter()
+                        .for_each(|s| s.store(true, Ordering::Relaxed));
+                }
                 op.lock().push(Forwarded {
                     ends: [i3, o3],
                     stalled: stalled.clone(),
                 });
                 ac.fetch_add(1, Ordering::Release);
                 let [up, down] = stalled;
-                for (from, to, stalled) in [(inbound, o2, up), (outbound, i2, down)] {
+                // Acquire pairs with `delay_back`'s Release.
+                let back = Duration::from_micros(late.load(Ordering::Acquire));
+                for (from, to, stalled, delay) in [
+                    (inbound, o2, up, Duration::ZERO),
+                    (outbound, i2, down, back),
+                ] {
                     let (s, st, sn) = (s.clone(), st.clone(), sn.clone());
-                    std::thread::spawn(move || pipe(from, to, [&s, &stalled], &st, &sn));
+                    std::thread::spawn(move || pipe(from, to, [&s, &stalled], delay, &st, &sn));
                 }
             }
         });
@@ -396,6 +418,8 @@ impl Proxy {
             seen,
             open,
             accepted,
+            stall_new,
+            delay_back,
         })
     }
 
@@ -440,6 +464,25 @@ impl Proxy {
         }
     }
 
+    /// The next `count` connections it accepts carry nothing either way,
+    /// and are not closed: a handshake on one waits for an answer that
+    /// never comes. Later ones pass.
+    pub fn stall_new(&self, count: usize) {
+        // Release pairs with the accept loop's Acquire.
+        self.stall_new
+            .store(count, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Connections it accepts from now on hold what comes back from the
+    /// target for `delay` before they forward it (a slow return path).
+    pub fn delay_back(&self, delay: Duration) {
+        // Release pairs with the accept loop's Acquire.
+        self.delay_back.store(
+            u64::try_from(delay.as_micros()).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Release,
+        );
+    }
+
     /// From now on nothing passes either way, and nothing is closed.
     pub fn silence(&self) {
         // Release pairs with the pipes' Acquire loads: a pipe that sees it
@@ -457,12 +500,14 @@ impl Drop for Proxy {
     }
 }
 
-/// Forwards `from` to `to` until either closes, or `stop`; nothing while
-/// either of `silent` (the proxy's, this connection's direction's) is set.
+/// Forwards `from` to `to`, each read `delay` after it came, until either
+/// closes, or `stop`; nothing while either of `silent` (the proxy's, this
+/// connection's direction's) is set.
 fn pipe(
     mut from: std::net::TcpStream,
     mut to: std::net::TcpStream,
     silent: [&std::sync::atomic::AtomicBool; 2],
+    delay: Duration,
     stop: &std::sync::atomic::AtomicBool,
     seen: &Seen,
 ) {
@@ -493,6 +538,10 @@ fn pipe(
             Ok(n) => {
                 if silent() {
                     continue;
+                }
+                if !delay.is_zero() {
+                    // The delay itself, not a wait for an event.
+                    std::thread::sleep(delay);
                 }
                 {
                     let mut seen = seen.lock();

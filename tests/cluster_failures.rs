@@ -43,6 +43,12 @@ fn own_blob(n: usize) -> ObjectRef<ByteBuf> {
     rt.put(ByteBuf::from(vec![7u8; n])).unwrap()
 }
 
+/// Whether the head answers this node's ask (for the cluster's status).
+fn head_answers(_: ()) -> Result<(), String> {
+    let rt = Runtime::current().expect("in a task");
+    rt.cluster_status().map(drop).map_err(|e| e.to_string())
+}
+
 fn call_by_name(name: String, k: u64) -> u64 {
     let rt = Runtime::current().expect("in a task");
     let c = rt.get_actor::<Counter>(&name).expect("named actor");
@@ -99,6 +105,7 @@ rayx::remote!(
     slow_where,
     own_blob,
     call_by_name,
+    head_answers,
     name_actors_here,
     big_result,
     pid_here,
@@ -235,7 +242,19 @@ fn death_of(events: &rayx::Events, node: NodeId, within: Duration) -> String {
 fn node_behind_a_proxy(c: &mut Cluster) -> (Proxy, NodeId) {
     let proxy = Proxy::start(c.address()).unwrap();
     let node = c.add_node_via(proxy.address()).unwrap();
+    // Listed by the head once admitted; joined once the head's welcome
+    // came back through the proxy, and its asks are answered.
+    assert_eq!(head_answers_on(c.driver(), node), Ok(Ok(())));
     (proxy, node)
+}
+
+/// Whether a task on `node` has the head's answer to an ask, over the
+/// node's link to the head.
+fn head_answers_on(rt: &Runtime, node: NodeId) -> rayx::Result<Result<(), String>> {
+    rt.task(head_answers)
+        .node_affinity(node, false)
+        .remote(())
+        .get_timeout(Duration::from_secs(10))
 }
 
 /// No node died among the events so far.
@@ -850,15 +869,54 @@ fn a_join_link_stalled_one_way_is_replaced_in_time() {
             );
             std::thread::park_timeout(Duration::from_millis(1));
         }
-        assert_eq!(
-            rt.task(square)
-                .node_affinity(node, false)
-                .remote(3)
-                .get_timeout(Duration::from_secs(10)),
-            Ok(9)
-        );
+        // That link carries both ways (and is not stalled next).
+        assert_eq!(head_answers_on(&rt, node), Ok(Ok(())));
     }
     no_node_died(&events);
+}
+
+/// A rejoin whose handshake stalls (its connection carries nothing) gives
+/// way to another within half the health limit, while the head still waits
+/// for the node: it is never declared dead.
+fn a_rejoin_stalled_in_its_handshake_tries_again_in_time() {
+    let mut c = fast_cluster(1);
+    let rt = c.driver().clone();
+    let events = rt.events();
+    let (proxy, node) = node_behind_a_proxy(&mut c);
+    let before = proxy.accepted();
+    proxy.stall_new(1);
+    assert!(proxy.reset() >= 1, "the node's connection to the head");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.accepted() < before + 2 {
+        assert!(Instant::now() < deadline, "no second rejoin");
+        std::thread::park_timeout(Duration::from_millis(1));
+    }
+    assert_eq!(head_answers_on(&rt, node), Ok(Ok(())));
+    no_node_died(&events);
+}
+
+/// A node whose first attempt to join goes unanswered (its connection
+/// carries nothing) tries again, within half the health limit, and joins.
+fn an_unanswered_first_join_is_tried_again() {
+    let mut c = fast_cluster(0);
+    let proxy = Proxy::start(c.address()).unwrap();
+    proxy.stall_new(1);
+    let node = c.add_node_via(proxy.address()).unwrap();
+    assert_eq!(proxy.accepted(), 2, "the stalled attempt, then the next");
+    assert_eq!(head_answers_on(c.driver(), node), Ok(Ok(())));
+}
+
+/// A task sent to a node the moment the head lists it — before the
+/// head's welcome came back to the node — may ask the head: the ask waits
+/// for the join rather than fail.
+fn a_task_on_a_node_still_joining_may_ask_the_head() {
+    let mut c = Cluster::start(0).unwrap();
+    let proxy = Proxy::start(c.address()).unwrap();
+    // The welcome reaches the node 300 ms after the head listed it; the
+    // task, sent straight to the node, is there first.
+    proxy.delay_back(Duration::from_millis(300));
+    let node = c.add_node_via(proxy.address()).unwrap();
+    assert_eq!(head_answers_on(c.driver(), node), Ok(Ok(())));
 }
 
 /// A driver that shuts down in order just as its connection to the head
@@ -1643,6 +1701,9 @@ fn main() {
         network_blips_lose_and_repeat_nothing,
         resets_of_the_link_to_the_head_lose_nothing,
         a_join_link_stalled_one_way_is_replaced_in_time,
+        a_rejoin_stalled_in_its_handshake_tries_again_in_time,
+        a_task_on_a_node_still_joining_may_ask_the_head,
+        an_unanswered_first_join_is_tried_again,
         a_driver_stopping_during_a_reset_still_finishes_its_job,
         an_actor_created_on_a_node_that_dies_fails_at_its_death,
         a_result_whose_only_copy_died_is_rebuilt,

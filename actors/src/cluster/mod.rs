@@ -335,6 +335,11 @@ pub struct ClusterNode {
     /// The link to the head (a node's or driver's): the latest, open or
     /// broken; it sends into `head_session` either way.
     head_link: Mutex<Option<Arc<Link>>>,
+    /// Whether this node's first join is under way (with `head_link`'s
+    /// lock held to change): an ask made meanwhile — by a task a peer sent
+    /// the moment the head listed this node — waits on `head_linked`.
+    joining: AtomicBool,
+    head_linked: parking_lot::Condvar,
     /// What this node sends the head, kept across join links (see
     /// `session.rs`): a reset of that connection loses nothing.
     head_session: Mutex<Option<Arc<Session>>>,
@@ -479,6 +484,8 @@ impl ClusterNode {
             registry,
             head,
             head_link: Mutex::new(None),
+            joining: AtomicBool::new(config.address.is_some()),
+            head_linked: parking_lot::Condvar::new(),
             head_session: Mutex::new(None),
             peers: Mutex::default(),
             members: parking_lot::Condvar::new(),
@@ -532,18 +539,16 @@ impl ClusterNode {
                 // that answers and refuses is not asked twice.
                 let deadline = tokio::time::Instant::now() + JOIN_RETRY;
                 loop {
-                    let hello = cluster.hello(Lane::Join);
-                    let inbound: Arc<dyn Inbound> = Arc::new(Handler(weak.clone()));
-                    let session = head_session_of(weak.clone());
-                    let tried =
-                        link::connect(address, hello, inbound, &cluster.gate, session).await;
+                    let tried = join_once(&weak, address).await;
                     match &tried {
-                        // Refused by the OS (nobody listens yet), or closed
+                        // Refused by the OS (nobody listens yet), closed
                         // mid-handshake (a head busy with a flood of
-                        // strangers): try again. A refusal with a reason is final.
+                        // strangers) or unanswered: try again. A refusal
+                        // with a reason is final.
                         Err(e @ Error::ClusterUnreachable { cause, .. })
                             if (nobody_listens(e)
-                                || cause.contains("closed during the handshake"))
+                                || cause.contains("closed during the handshake")
+                                || unanswered(cause))
                                 && tokio::time::Instant::now() < deadline =>
                         {
                             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -555,12 +560,13 @@ impl ClusterNode {
             let (link, members) = match joined {
                 Ok(j) => j,
                 Err(e) => {
+                    cluster.first_join_over(None);
                     cluster.shutdown();
                     return Err(e);
                 }
             };
             cluster.heard_head();
-            *cluster.head_link.lock() = Some(link.clone());
+            cluster.first_join_over(Some(link.clone()));
             cluster.closed_already(&link);
             for m in members {
                 cluster.add_peer(m, true);
@@ -977,11 +983,17 @@ impl ClusterNode {
             }
             return head.ask(ask, self.report());
         }
-        let link = self
-            .head_link
-            .lock()
-            .clone()
-            .ok_or_else(|| self.head_lost())?;
+        let link = {
+            let mut slot = self.head_link.lock();
+            let deadline = std::time::Instant::now() + timeout;
+            // Relaxed: changed under the lock held here.
+            while slot.is_none() && self.joining.load(Ordering::Relaxed) {
+                if self.head_linked.wait_until(&mut slot, deadline).timed_out() {
+                    break;
+                }
+            }
+            slot.clone().ok_or_else(|| self.head_lost())?
+        };
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = sync_channel(1);
         self.asks.lock().insert(id, tx);
@@ -1254,16 +1266,11 @@ impl ClusterNode {
         let deadline = tokio::time::Instant::now() + self.rejoin_window();
         self.net.spawn(async move {
             loop {
-                let Some(c) = weak.upgrade() else { return };
-                if c.closed.load(Ordering::Acquire) {
-                    return;
+                match weak.upgrade() {
+                    Some(c) if !c.closed.load(Ordering::Acquire) => {}
+                    _ => return,
                 }
-                let hello = c.hello(Lane::Join);
-                let inbound: Arc<dyn Inbound> = Arc::new(Handler(weak.clone()));
-                let gate = c.gate.clone();
-                drop(c);
-                let session = head_session_of(weak.clone());
-                let tried = link::connect(&address, hello, inbound, &gate, session).await;
+                let tried = join_once(&weak, &address).await;
                 let Some(c) = weak.upgrade() else { return };
                 match tried {
                     Ok((link, members)) => return c.rejoined(link, members),
@@ -1340,6 +1347,20 @@ impl ClusterNode {
         for (_, tx) in self.asks.lock().drain() {
             let _ = tx.send(Err(error()));
         }
+    }
+
+    /// This node's first join is over, with its link to the head or
+    /// without one: asks that waited for it go on.
+    fn first_join_over(&self, link: Option<Arc<Link>>) {
+        {
+            let mut slot = self.head_link.lock();
+            if link.is_some() {
+                *slot = link;
+            }
+            self.joining.store(false, Ordering::Relaxed);
+        }
+        // After the lock: a waiter saw the change, or is parked for this.
+        self.head_linked.notify_all();
     }
 
     fn head_lost(&self) -> Error {
@@ -3153,6 +3174,46 @@ async fn accept_loop(listener: tokio::net::TcpListener, node: Weak<ClusterNode>)
 fn nobody_listens(e: &Error) -> bool {
     matches!(e, Error::ClusterUnreachable { cause, .. }
         if cause.contains("refused") && !cause.starts_with("refused:"))
+}
+
+/// Whether a connection attempt failed for want of an answer in time.
+fn unanswered(cause: &str) -> bool {
+    ["no handshake within", "no connection within"]
+        .iter()
+        .any(|p| cause.starts_with(p))
+}
+
+/// One attempt to join the head at `address` on a new join link. One
+/// stalled on its way (a handshake nobody answers) gives way to the next
+/// within the time a join link may go unacknowledged — while the head,
+/// which may count this node a member, still waits for it.
+async fn join_once(
+    node: &Weak<ClusterNode>,
+    address: &str,
+) -> Result<(Arc<Link>, Vec<NodeInfo>), Error> {
+    let Some(c) = node.upgrade() else {
+        return Err(Error::ShutDown);
+    };
+    let hello = c.hello(Lane::Join);
+    let inbound: Arc<dyn Inbound> = Arc::new(Handler(node.clone()));
+    let gate = c.gate.clone();
+    let within = c.join_stale().min(link::HANDSHAKE_DEADLINE);
+    drop(c);
+    let connect = link::connect(
+        address,
+        hello,
+        inbound,
+        &gate,
+        head_session_of(node.clone()),
+    );
+    tokio::time::timeout(within, connect)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::ClusterUnreachable {
+                address: address.to_string(),
+                cause: format!("no handshake within {within:?}"),
+            })
+        })
 }
 
 /// What a join link's handshake picks its session with: this node's with
