@@ -63,6 +63,7 @@ pub struct Builder {
     health: Option<Health>,
     storage: Option<std::path::PathBuf>,
     tls: Option<TlsFiles>,
+    dead_nodes_kept: Option<usize>,
 }
 
 impl Builder {
@@ -188,6 +189,17 @@ impl Builder {
         self
     }
 
+    /// How many dead nodes this process remembers — the head in its node
+    /// table and `rayx status`, a node for its peers — the latest deaths;
+    /// the oldest beyond it are forgotten (unknown, as if never seen), so
+    /// drivers that come and go leave no growth. Default 1000 (Ray's
+    /// `maximum_gcs_dead_node_cached_count`); without this call
+    /// `RAYX_DEAD_NODES_KEPT` says, if set. Zero is refused.
+    pub fn dead_nodes_kept(mut self, n: usize) -> Self {
+        self.dead_nodes_kept = Some(n);
+        self
+    }
+
     /// For a head: writes its tables (nodes, actors, names, the key-value
     /// store) through to a database at `path` (redb), so that a head killed
     /// and started again on the same file and address has its cluster back;
@@ -268,6 +280,22 @@ impl Builder {
         Ok(h)
     }
 
+    fn resolve_dead_nodes_kept(&self) -> Result<usize> {
+        let n = match (self.dead_nodes_kept, std::env::var("RAYX_DEAD_NODES_KEPT")) {
+            (Some(n), _) => n,
+            (None, Ok(v)) => v.parse::<usize>().map_err(|_| {
+                Error::InvalidArgument(format!("RAYX_DEAD_NODES_KEPT is not a whole number: {v:?}"))
+            })?,
+            (None, Err(_)) => rayx_actors::cluster::head::DEAD_NODES_KEPT,
+        };
+        if n == 0 {
+            return Err(Error::InvalidArgument(
+                "dead_nodes_kept must be at least 1 (a node must know a death to act on it)".into(),
+            ));
+        }
+        Ok(n)
+    }
+
     fn cluster(&self, node_role: bool) -> Result<Option<ClusterConfig>> {
         let address = self
             .address
@@ -302,6 +330,7 @@ impl Builder {
                 }),
                 tls: self.resolve_tls(true)?,
                 link_delay: test_link_delay(),
+                dead_nodes_kept: self.resolve_dead_nodes_kept()?,
             }));
         }
         match address {
@@ -316,6 +345,7 @@ impl Builder {
                 storage: None,
                 tls: self.resolve_tls(false)?,
                 link_delay: test_link_delay(),
+                dead_nodes_kept: self.resolve_dead_nodes_kept()?,
             })),
             None if node_role => Err(Error::InvalidArgument(
                 "a worker node needs the head's address: set RAYX_ADDRESS or Builder::address"
@@ -578,6 +608,14 @@ impl Runtime {
     #[cfg(feature = "testing")]
     pub fn network_lingers(&self) -> Option<(u64, u64)> {
         self.node().cluster().map(|c| c.lingers())
+    }
+
+    /// In a cluster, the other nodes this process knows, each with whether
+    /// it is alive: the live ones and the dead it remembers (see
+    /// [`Builder::dead_nodes_kept`]). `None` outside a cluster.
+    #[cfg(feature = "testing")]
+    pub fn peers_known(&self) -> Option<Vec<(crate::NodeId, bool)>> {
+        self.node().cluster().map(|c| c.peers_known())
     }
 
     /// In a cluster, the pulls of large objects into this process under way

@@ -148,7 +148,8 @@ rayx::remote!(
     take_and_read,
     have_taken_and_read,
     noted_square,
-    noted_square_on
+    noted_square_on,
+    peers_here
 );
 
 pub struct Counter {
@@ -369,6 +370,15 @@ fn noted_square(x: u64, dir: String) -> u64 {
 }
 
 /// Runs `noted_square` on `node`: its answer goes to this node.
+/// The other nodes the node running it knows (live, and the dead it
+/// remembers), each with whether it is alive, in order.
+fn peers_here(_: ()) -> Vec<(NodeId, bool)> {
+    let rt = Runtime::current().expect("in a task");
+    let mut known = rt.peers_known().expect("in a cluster");
+    known.sort();
+    known
+}
+
 fn noted_square_on(node: u64, x: u64, dir: String) -> u64 {
     let rt = Runtime::current().expect("in a task");
     rt.task(noted_square)
@@ -1793,6 +1803,72 @@ fn refs_inside_a_borrowed_value_outlive_its_release() {
     );
 }
 
+/// The head lists the latest dead nodes only (here 3; 1000 by default, as
+/// Ray's `maximum_gcs_dead_node_cached_count`), and every node remembers as
+/// many among its peers: drivers that come and go leave no growth.
+fn drivers_that_come_and_go_leave_no_growth() {
+    const KEPT: usize = 3;
+    let c = Cluster::builder()
+        .nodes(1)
+        .driver(Builder::new().dead_nodes_kept(KEPT))
+        .node_env("RAYX_DEAD_NODES_KEPT", KEPT.to_string())
+        .start()
+        .unwrap();
+    let rt = c.driver();
+    let node = c.nodes()[0].id;
+    let drivers: Vec<NodeId> = (0..8)
+        .map(|_| {
+            let d = Builder::new()
+                .address(c.address())
+                .token(rt.cluster_token().unwrap())
+                .num_cpus(0.0)
+                .start()
+                .expect("a driver joins");
+            let id = d.node_id();
+            d.shutdown();
+            id
+        })
+        .collect();
+    let dead = || -> Vec<NodeId> {
+        let status = rt.cluster_status().unwrap();
+        status
+            .nodes
+            .iter()
+            .filter(|n| !n.alive)
+            .map(|n| n.info.id)
+            .collect()
+    };
+    wait_until("the last driver is listed dead", || {
+        dead().last() == drivers.last()
+    });
+    assert_eq!(dead(), drivers[drivers.len() - KEPT..], "the latest deaths");
+    let status = rt.cluster_status().unwrap();
+    assert_eq!(status.nodes.len(), 2 + KEPT, "the head, the node, the dead");
+    assert_eq!(status.jobs.len(), 1 + drivers.len(), "every job is history");
+    // The head's own node and the worker node each know the other, alive,
+    // and the latest deaths.
+    let known = |other: NodeId| -> Vec<(NodeId, bool)> {
+        let mut k: Vec<_> = drivers[drivers.len() - KEPT..]
+            .iter()
+            .map(|d| (*d, false))
+            .chain([(other, true)])
+            .collect();
+        k.sort();
+        k
+    };
+    let mut here = rt.peers_known().unwrap();
+    here.sort();
+    assert_eq!(here, known(node));
+    wait_until("the node forgot the oldest deaths", || {
+        rt.task(peers_here)
+            .node_affinity(node, false)
+            .remote(())
+            .get()
+            .unwrap()
+            == known(rt.node_id())
+    });
+}
+
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !done() {
@@ -1860,6 +1936,7 @@ fn main() {
         refs_inside_a_borrowed_value_outlive_its_release,
         the_network_thread_lingers_after_a_message_only_with_a_core_to_spare,
         what_is_too_large_to_send_fails_at_once_with_its_cause,
+        drivers_that_come_and_go_leave_no_growth,
     ];
     common::run_tests(tests);
 }

@@ -277,6 +277,7 @@ fn settings_that_cannot_work_are_refused_at_start() {
     assert!(refused(rayx::Builder::new().async_threads(0)).contains("async_threads"));
     assert!(refused(rayx::Builder::new().num_workers(0)).contains("num_workers"));
     assert!(refused(rayx::Builder::new().num_workers(4).max_workers(2)).contains("max_workers"));
+    assert!(refused(rayx::Builder::new().head().dead_nodes_kept(0)).contains("dead_nodes_kept"));
 }
 
 #[test]

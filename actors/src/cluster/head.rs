@@ -20,7 +20,7 @@ use crate::error::Error;
 use crate::ids::{ActorId, IdMap, NodeId};
 use crate::messages::{Retries, Scheduling};
 use parking_lot::Mutex;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,6 +47,12 @@ struct Member {
 /// How long a node the head found alive in its database has to rejoin a
 /// head started again, at least.
 pub const REJOIN_GRACE: Duration = Duration::from_secs(10);
+
+/// How many dead nodes the head, and each node, remembers by default (Ray's
+/// `maximum_gcs_dead_node_cached_count`): beyond it the oldest death is
+/// forgotten, so drivers that come and go leave no growth. A node forgotten
+/// is unknown — as one never seen — rather than dead.
+pub const DEAD_NODES_KEPT: usize = 1000;
 
 struct Placed {
     place: ActorPlace,
@@ -92,6 +98,8 @@ struct Tables {
     next_seq: usize,
     /// Jobs, in the order they began.
     jobs: Vec<JobInfo>,
+    /// Dead nodes still listed, the oldest death first.
+    dead: VecDeque<NodeId>,
 }
 
 fn now_ms() -> u64 {
@@ -137,6 +145,22 @@ impl Tables {
                 load: m.report.load as f64 + m.actors as f64,
             })
             .collect()
+    }
+
+    /// `node` died: listed among the dead, of whom the oldest beyond
+    /// `kept` are forgotten; the records to delete.
+    fn remember_dead(&mut self, node: NodeId, kept: usize) -> Vec<Record> {
+        self.dead.push_back(node);
+        let mut forgotten = Vec::new();
+        while self.dead.len() > kept {
+            let Some(old) = self.dead.pop_front() else {
+                break;
+            };
+            if let Some(i) = self.nodes.iter().position(|m| m.info.id == old && !m.alive) {
+                forgotten.push((self.nodes.remove(i).key, None));
+            }
+        }
+        forgotten
     }
 
     fn new_member(&mut self, info: NodeInfo, link: Option<Arc<Link>>) -> &Member {
@@ -190,6 +214,8 @@ pub struct Head {
     rejections: Arc<Rejections>,
     /// Where the tables are written through, if anywhere.
     store: Mutex<Option<HeadStore>>,
+    /// How many dead nodes it lists (see [`DEAD_NODES_KEPT`]).
+    dead_kept: usize,
 }
 
 impl Head {
@@ -203,6 +229,7 @@ impl Head {
         registry: Option<Vec<String>>,
         rejections: Arc<Rejections>,
         store: Option<HeadStore>,
+        dead_kept: usize,
     ) -> Result<Head, Error> {
         // A head that knows the registry runs the user's program: a driver.
         let standalone = registry.is_none();
@@ -248,7 +275,11 @@ impl Head {
                 m.cause = Some("the head it ran was killed and started again".into());
                 records.push(node_record(&m));
             }
+            let (dead, id) = (!m.alive, m.info.id);
             tables.nodes.push(m);
+            if dead {
+                records.extend(tables.remember_dead(id, dead_kept));
+            }
         }
         for r in restored.actors {
             let id = r.place.actor;
@@ -300,6 +331,7 @@ impl Head {
             spread: AtomicUsize::new(0),
             rejections,
             store: Mutex::new(store),
+            dead_kept,
         })
     }
 
@@ -520,6 +552,7 @@ impl Head {
                     }
                 }
             }
+            records.extend(t.remember_dead(node, self.dead_kept));
             self.save(&records);
             t.nodes.iter().filter_map(|m| m.link.clone()).collect()
         };

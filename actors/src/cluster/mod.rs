@@ -152,6 +152,9 @@ pub struct ClusterConfig {
     /// every time. Zero (no wait) but in tests.
     #[doc(hidden)]
     pub link_delay: Duration,
+    /// How many dead nodes it remembers, the latest deaths (at least 1;
+    /// [`head::DEAD_NODES_KEPT`] by default).
+    pub dead_nodes_kept: usize,
 }
 
 /// What the cluster asks of its node (the node implements it).
@@ -344,6 +347,11 @@ pub struct ClusterNode {
     /// `session.rs`): a reset of that connection loses nothing.
     head_session: Mutex<Option<Arc<Session>>>,
     peers: Mutex<IdMap<NodeId, Peer>>,
+    /// Dead peers still in `peers`, the oldest death first; the lock is
+    /// taken with `peers`' held. Beyond `dead_kept` the oldest are
+    /// forgotten.
+    dead_peers: Mutex<std::collections::VecDeque<NodeId>>,
+    dead_kept: usize,
     /// Signalled when a peer joins or dies.
     members: parking_lot::Condvar,
     tasks: Mutex<IdMap<ObjectId, InFlight>>,
@@ -470,7 +478,13 @@ impl ClusterNode {
                     Some(path) => Some(store::HeadStore::open(path)?),
                     None => None,
                 };
-                Some(Head::new(me.clone(), ours, rejections, store)?)
+                Some(Head::new(
+                    me.clone(),
+                    ours,
+                    rejections,
+                    store,
+                    config.dead_nodes_kept.max(1),
+                )?)
             }
             _ => None,
         };
@@ -488,6 +502,8 @@ impl ClusterNode {
             head_linked: parking_lot::Condvar::new(),
             head_session: Mutex::new(None),
             peers: Mutex::default(),
+            dead_peers: Mutex::default(),
+            dead_kept: config.dead_nodes_kept.max(1),
             members: parking_lot::Condvar::new(),
             tasks: Mutex::default(),
             calls: Mutex::default(),
@@ -1689,6 +1705,16 @@ impl ClusterNode {
         self.pulls.pool().stats()
     }
 
+    /// The other nodes this node knows, each with whether it is alive: the
+    /// live ones and the dead it remembers.
+    pub fn peers_known(&self) -> Vec<(NodeId, bool)> {
+        self.peers
+            .lock()
+            .iter()
+            .map(|(id, p)| (*id, p.alive))
+            .collect()
+    }
+
     /// Pulls under way that have taken in some of their bytes.
     pub fn pulls_landing(&self) -> usize {
         self.pulls.landing()
@@ -2659,15 +2685,30 @@ impl ClusterNode {
         self.open_control(node, p, delay);
     }
 
+    /// `node` just died: remembered among the dead peers, of whom the
+    /// oldest beyond `dead_kept` are forgotten (unknown, as if never seen).
+    fn forget_the_oldest_dead(&self, node: NodeId, peers: &mut IdMap<NodeId, Peer>) {
+        let mut dead = self.dead_peers.lock();
+        dead.push_back(node);
+        while dead.len() > self.dead_kept {
+            let Some(old) = dead.pop_front() else { break };
+            if peers.get(&old).is_some_and(|p| !p.alive) {
+                peers.remove(&old);
+            }
+        }
+    }
+
     /// The head says a peer died: the tasks and calls it ran are retried or
     /// failed, its borrows end, and refs it owns fail.
     fn peer_lost(self: &Arc<Self>, node: NodeId, cause: &str) {
         let (control, bulk) = {
             let mut peers = self.peers.lock();
-            match peers.get_mut(&node) {
+            let mut died = false;
+            let links = match peers.get_mut(&node) {
                 Some(p) => {
                     if p.alive {
                         p.alive = false;
+                        died = true;
                         self.members.notify_all();
                         tracing::warn!("rayx: node {node} died: {cause}");
                         self.core
@@ -2686,7 +2727,11 @@ impl ClusterNode {
                     )
                 }
                 None => (Vec::new(), None),
+            };
+            if died {
+                self.forget_the_oldest_dead(node, &mut peers);
             }
+            links
         };
         // Answers waiting for its confirmation of borrows go (what it owned
         // is lost with it).
