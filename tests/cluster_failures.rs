@@ -12,6 +12,7 @@ use rayx::prelude::*;
 use rayx::testing::{Cluster, Proxy};
 use rayx::{NodeId, SupervisionEvent};
 use serde_bytes::ByteBuf;
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -332,12 +333,18 @@ impl StandaloneHead {
 
     /// Starts it (again, on the same database and port).
     fn start(&self) -> Reap {
+        self.start_with(&[])
+    }
+
+    /// Starts it with more environment.
+    fn start_with(&self, env: &[(&str, &str)]) -> Reap {
         Reap(
             std::process::Command::new(env!("CARGO_BIN_EXE_rayx"))
                 .args(["start", "--head", "--port", &self.port, "--storage"])
                 .arg(&self.storage)
                 .env("RAYX_TOKEN", self.token)
                 .envs(Self::health())
+                .envs(env.iter().copied())
                 .stdout(std::process::Stdio::null())
                 .spawn()
                 .unwrap(),
@@ -906,6 +913,27 @@ fn an_unanswered_first_join_is_tried_again() {
     assert_eq!(head_answers_on(c.driver(), node), Ok(Ok(())));
 }
 
+/// A slow way back from the head (300 ms a step; half the health limit is
+/// 500 ms, a whole join takes longer) slows each step of a join but stalls
+/// none: the node joins, and joins again after a reset, never declared dead.
+fn a_slow_connection_to_the_head_still_joins_and_rejoins() {
+    let mut c = fast_cluster(0);
+    let events = c.driver().events();
+    let proxy = Proxy::start(c.address()).unwrap();
+    proxy.delay_back(Duration::from_millis(300));
+    let node = c.add_node_via(proxy.address()).unwrap();
+    assert_eq!(head_answers_on(c.driver(), node), Ok(Ok(())));
+    let before = proxy.accepted();
+    assert!(proxy.reset() >= 1, "the node's connection to the head");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.accepted() == before {
+        assert!(Instant::now() < deadline, "no rejoin");
+        std::thread::park_timeout(Duration::from_millis(1));
+    }
+    assert_eq!(head_answers_on(c.driver(), node), Ok(Ok(())));
+    no_node_died(&events);
+}
+
 /// A task sent to a node the moment the head lists it — before the
 /// head's welcome came back to the node — may ask the head: the ask waits
 /// for the join rather than fail.
@@ -1135,6 +1163,38 @@ fn a_hung_node_is_declared_dead_and_may_not_come_back() {
     }
 }
 
+/// A hung node declared dead stays out when it wakes even once its death is
+/// no longer remembered (the head and every node keep one death here, and
+/// another node died since): its rejoin is refused, and it exits.
+fn a_hung_node_whose_death_was_forgotten_still_may_not_come_back() {
+    let mut c = Cluster::builder()
+        .nodes(2)
+        .health_check(PERIOD, MISSES)
+        .driver(rayx::Builder::new().dead_nodes_kept(1))
+        .node_env("RAYX_DEAD_NODES_KEPT", "1")
+        .start()
+        .unwrap();
+    let rt = c.driver().clone();
+    let events = rt.events();
+    let (hung, other) = (c.nodes()[0].id, c.nodes()[1].id);
+    let pid = pid_of(&c, 0);
+    signal(pid, libc::SIGSTOP);
+    death_of(&events, hung, Duration::from_secs(15));
+    c.kill_node(1).unwrap();
+    death_of(&events, other, Duration::from_secs(15));
+    let listed = |node: NodeId| {
+        let status = rt.cluster_status().unwrap();
+        status.nodes.iter().any(|n| n.info.id == node)
+    };
+    assert!(!listed(hung), "its death is forgotten");
+    signal(pid, libc::SIGCONT);
+    assert!(
+        c.wait_exit(0, Duration::from_secs(20)).is_some(),
+        "a node declared dead exits when it wakes"
+    );
+    assert!(!listed(hung), "not taken back as a new node");
+}
+
 // ---- the head ---------------------------------------------------------------------
 
 /// A standalone head (`rayx start --head`) killed with SIGKILL during a job
@@ -1298,6 +1358,76 @@ fn the_head_killed_and_restarted_during_a_job_the_job_finishes() {
 /// The head's job table: a driver that shuts down in order is a finished
 /// job, one killed is a failed one, naming why; both survive the head's
 /// restart (its database).
+/// A head started again on its database with fewer dead nodes allowed than
+/// it had keeps the latest deaths — in the order they died, not joined — and
+/// deletes the others' records.
+fn a_head_started_again_keeps_its_latest_deaths() {
+    use rayx_actors::cluster::wire::{Answer, Ask, ClusterStatus};
+    let sh = StandaloneHead::new("deadbound", "deadbound-token");
+    let (address, token) = (sh.address.clone(), sh.token);
+    let status = || -> Option<ClusterStatus> {
+        match rayx_actors::cluster::admin_ask(&address, Some(token), None, Ask::Status) {
+            Ok(Answer::Status(s)) => Some(s),
+            _ => None,
+        }
+    };
+    let wait_for = |what: &str, done: &dyn Fn(&ClusterStatus) -> bool| -> ClusterStatus {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = status().filter(|s| done(s)) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "never: {what}");
+            std::thread::park_timeout(PERIOD);
+        }
+    };
+    let dead = |s: &ClusterStatus| -> BTreeSet<NodeId> {
+        s.nodes
+            .iter()
+            .filter(|n| !n.alive)
+            .map(|n| n.info.id)
+            .collect()
+    };
+    let mut head = sh.start();
+    let driver = || {
+        rayx::Builder::new()
+            .address(&address)
+            .token(token)
+            .num_cpus(0.0)
+            .health_check(PERIOD, MISSES)
+            .start()
+            .expect("a driver joins")
+    };
+    // The first to join is the last to go.
+    let first = driver();
+    let last_to_die = first.node_id();
+    for _ in 0..3 {
+        driver().shutdown();
+    }
+    first.shutdown();
+    let before = wait_for("four drivers dead", &|s| dead(s).len() == 4);
+    assert!(dead(&before).contains(&last_to_die));
+    let old_head = before.nodes.iter().find(|n| n.info.head).unwrap().info.id;
+    head.0.kill().unwrap();
+    head.0.wait().unwrap();
+    let mut head = sh.start_with(&[("RAYX_DEAD_NODES_KEPT", "2")]);
+    let after = wait_for("the head is back", &|_| true);
+    // The old head died last (at this start), the first driver before it.
+    assert_eq!(dead(&after), BTreeSet::from([old_head, last_to_die]));
+    // The others' records are gone: a head started again with room for
+    // them does not find them.
+    let second_head = after.nodes.iter().find(|n| n.alive).unwrap().info.id;
+    head.0.kill().unwrap();
+    head.0.wait().unwrap();
+    let head = sh.start();
+    let again = wait_for("the head is back again", &|_| true);
+    assert_eq!(
+        dead(&again),
+        BTreeSet::from([old_head, last_to_die, second_head])
+    );
+    sh.stop(head);
+}
+
 fn jobs_are_kept_by_the_head_through_its_restart() {
     use rayx_actors::cluster::wire::{Answer, Ask, ClusterStatus, JobState};
     use std::process::{Command, Stdio};
@@ -1703,14 +1833,17 @@ fn main() {
         a_join_link_stalled_one_way_is_replaced_in_time,
         a_rejoin_stalled_in_its_handshake_tries_again_in_time,
         a_task_on_a_node_still_joining_may_ask_the_head,
+        a_slow_connection_to_the_head_still_joins_and_rejoins,
         an_unanswered_first_join_is_tried_again,
         a_driver_stopping_during_a_reset_still_finishes_its_job,
         an_actor_created_on_a_node_that_dies_fails_at_its_death,
         a_result_whose_only_copy_died_is_rebuilt,
         a_partitioned_node_is_declared_dead_and_its_work_redone,
         a_hung_node_is_declared_dead_and_may_not_come_back,
+        a_hung_node_whose_death_was_forgotten_still_may_not_come_back,
         the_head_killed_and_restarted_during_a_job_the_job_finishes,
         jobs_are_kept_by_the_head_through_its_restart,
+        a_head_started_again_keeps_its_latest_deaths,
         a_wrong_or_missing_token_is_refused_on_both_sides,
         tls_encrypts_every_connection,
         hostile_bytes_leave_the_cluster_serving,

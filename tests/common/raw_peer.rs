@@ -72,6 +72,7 @@ pub fn hello_as(
             registry,
             nonce: serde_bytes::ByteBuf::from(vec![7u8; 32]),
             driver: false,
+            member_of: None,
         })])
         .unwrap(),
     )
@@ -220,6 +221,7 @@ pub fn join_control(
         registry: vec![],
         nonce: serde_bytes::ByteBuf::from(vec![7u8; 32]),
         driver: false,
+        member_of: None,
     });
     shake(&mut s, token, &frame(&encode(&[hello]).unwrap()));
     read_frames_until(&mut s, |m| matches!(m, Msg::Welcome { .. }));

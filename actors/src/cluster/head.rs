@@ -29,6 +29,8 @@ struct Member {
     info: NodeInfo,
     alive: bool,
     cause: Option<String>,
+    /// When it was declared dead (ms since the Unix epoch).
+    died: u64,
     report: Report,
     /// Actors placed there and not gone.
     actors: u32,
@@ -170,6 +172,7 @@ impl Tables {
             info,
             alive: true,
             cause: None,
+            died: 0,
             report: Report::default(),
             actors: 0,
             link,
@@ -188,6 +191,7 @@ fn node_record(m: &Member) -> Record {
         info: m.info.clone(),
         alive: m.alive,
         cause: m.cause.clone(),
+        died: m.died,
     };
     (m.key.clone(), HeadStore::encode(&r))
 }
@@ -262,6 +266,7 @@ impl Head {
             let mut m = Member {
                 alive: r.alive,
                 cause: r.cause,
+                died: r.died,
                 report: Report::default(),
                 actors: 0,
                 link: None,
@@ -273,13 +278,21 @@ impl Head {
             if m.alive && m.info.head {
                 m.alive = false;
                 m.cause = Some("the head it ran was killed and started again".into());
+                m.died = now_ms();
                 records.push(node_record(&m));
             }
-            let (dead, id) = (!m.alive, m.info.id);
             tables.nodes.push(m);
-            if dead {
-                records.extend(tables.remember_dead(id, dead_kept));
-            }
+        }
+        // The dead it lists, in the order they died (as they were kept).
+        let mut dead: Vec<(u64, NodeId)> = tables
+            .nodes
+            .iter()
+            .filter(|m| !m.alive)
+            .map(|m| (m.died, m.info.id))
+            .collect();
+        dead.sort_by_key(|(died, _)| *died);
+        for (_, id) in dead {
+            records.extend(tables.remember_dead(id, dead_kept));
         }
         for r in restored.actors {
             let id = r.place.actor;
@@ -352,13 +365,19 @@ impl Head {
     /// Checks a joining node's registry against the cluster's; the error
     /// names what differs.
     pub fn check_join(&self, hello: &Hello) -> Result<Vec<NodeInfo>, String> {
-        if let Some(m) = self
-            .tables
-            .lock()
-            .nodes
-            .iter()
-            .find(|m| m.info.id == hello.node.id)
-        {
+        let t = self.tables.lock();
+        let me = t.nodes.first().map(|m| m.info.id);
+        let known = t.nodes.iter().find(|m| m.info.id == hello.node.id);
+        if known.is_none() && hello.member_of.is_some() && hello.member_of == me {
+            // It was this head's member, and its record is gone: only a
+            // death forgotten past the bound removes one.
+            return Err(format!(
+                "node {} was declared dead (a death no longer remembered): it may rejoin only \
+                 as a new node",
+                hello.node.id
+            ));
+        }
+        if let Some(m) = known {
             // Death is final; a live member may rejoin (after this head
             // started again, or on a new link after a reset — one this head
             // may not have seen yet: the new link replaces the old).
@@ -377,6 +396,7 @@ impl Head {
                 ));
             }
         }
+        drop(t);
         let theirs: BTreeSet<String> = hello.registry.iter().cloned().collect();
         let mut registry = self.registry.lock();
         let ours = registry.get_or_insert_with(|| {
@@ -493,6 +513,7 @@ impl Head {
             let t = &mut *guard;
             let m = t.nodes.iter_mut().find(|m| m.info.id == node && m.alive)?;
             m.alive = false;
+            m.died = now_ms();
             // A driver that said its job finished left in order: its
             // connection closing is no death.
             let finished = t

@@ -417,6 +417,22 @@ pub async fn connect(
     gate: &Arc<Gate>,
     session: impl FnOnce(&NodeInfo) -> Option<Arc<Session>> + Send,
 ) -> Result<(Arc<Link>, Vec<NodeInfo>), Error> {
+    connect_within(address, hello, inbound, gate, session, HANDSHAKE_DEADLINE).await
+}
+
+/// [`connect`], failing also when a step of the handshake (the connection,
+/// TLS, each answer) has no answer within `step`: a connection that carries
+/// nothing gives way early, a slow one that answers goes on (within the
+/// handshake deadline in all).
+pub async fn connect_within(
+    address: &str,
+    hello: Hello,
+    inbound: Arc<dyn Inbound>,
+    gate: &Arc<Gate>,
+    session: impl FnOnce(&NodeInfo) -> Option<Arc<Session>> + Send,
+    step: Duration,
+) -> Result<(Arc<Link>, Vec<NodeInfo>), Error> {
+    let step = step.min(HANDSHAKE_DEADLINE);
     let unreachable = |cause: String| {
         if cause.contains("authentication failed") {
             Error::Unauthenticated {
@@ -430,31 +446,29 @@ pub async fn connect(
             }
         }
     };
-    let stream = tokio::time::timeout(HANDSHAKE_DEADLINE, TcpStream::connect(address))
+    let stream = tokio::time::timeout(step, TcpStream::connect(address))
         .await
-        .map_err(|_| unreachable(format!("no connection within {HANDSHAKE_DEADLINE:?}")))?
+        .map_err(|_| unreachable(format!("no connection within {step:?}")))?
         .map_err(|e| unreachable(e.to_string()))?;
     let _ = stream.set_nodelay(true);
     match &gate.tls {
-        None => shake_hands(stream, hello, inbound, gate, session).await,
+        None => shake_hands(stream, hello, inbound, gate, session, step).await,
         Some(tls) => {
-            let tls = tokio::time::timeout(
-                HANDSHAKE_DEADLINE,
-                tls.connector.connect(Tls::server_name(), stream),
-            )
-            .await
-            .map_err(|_| unreachable(format!("no TLS handshake within {HANDSHAKE_DEADLINE:?}")))?
-            .map_err(|e| {
-                unreachable(format!(
+            let tls = tokio::time::timeout(step, tls.connector.connect(Tls::server_name(), stream))
+                .await
+                .map_err(|_| unreachable(format!("no TLS handshake within {step:?}")))?
+                .map_err(|e| {
+                    unreachable(format!(
                     "TLS handshake failed (does the cluster use TLS, with this certificate?): {e}"
                 ))
-            })?;
+                })?;
             shake_hands(
                 tokio_rustls::TlsStream::from(tls),
                 hello,
                 inbound,
                 gate,
                 session,
+                step,
             )
             .await
         }
@@ -462,14 +476,28 @@ pub async fn connect(
     .map_err(unreachable)
 }
 
+/// The listener's next answer in a handshake, within `step`.
+async fn answer_within<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    limit: usize,
+    buf: &mut BytesMut,
+    step: Duration,
+) -> Result<Msg, String> {
+    tokio::time::timeout(step, read_one(stream, limit, buf, None))
+        .await
+        .map_err(|_| format!("no handshake within {step:?}: an answer never came"))?
+}
+
 /// The connecting side's handshake on an open connection: hello, the
-/// listener's proof checked, our proof, its welcome.
+/// listener's proof checked, our proof, its welcome — each answer within
+/// `step`.
 async fn shake_hands<S: Conn>(
     mut stream: S,
     mut hello: Hello,
     inbound: Arc<dyn Inbound>,
     gate: &Arc<Gate>,
     session: impl FnOnce(&NodeInfo) -> Option<Arc<Session>> + Send,
+    step: Duration,
 ) -> Result<(Arc<Link>, Vec<NodeInfo>), String> {
     let lane = hello.lane;
     let mine = auth::nonce();
@@ -478,7 +506,7 @@ async fn shake_hands<S: Conn>(
     let shake = async {
         write_frame(&mut stream, &Msg::Hello(hello)).await?;
         let (theirs, proof) =
-            match read_one(&mut stream, wire::PREAUTH_FRAME, &mut buf, None).await? {
+            match answer_within(&mut stream, wire::PREAUTH_FRAME, &mut buf, step).await? {
                 Msg::Challenge { nonce, proof } => (nonce, proof),
                 Msg::Refused { reason } => return Err(format!("refused: {reason}")),
                 other => return Err(format!("answered its hello with {}", kind_of(&other))),
@@ -505,7 +533,7 @@ async fn shake_hands<S: Conn>(
             }
         };
         write_frame(&mut stream, &Msg::Proof { proof: answer }).await?;
-        match read_one(&mut stream, max_frame(lane), &mut buf, None).await? {
+        match answer_within(&mut stream, max_frame(lane), &mut buf, step).await? {
             Msg::Welcome { node, cluster } => Ok((node, cluster)),
             Msg::Refused { reason } => Err(format!("refused: {reason}")),
             other => Err(format!("answered its proof with {}", kind_of(&other))),

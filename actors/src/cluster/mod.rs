@@ -652,6 +652,10 @@ impl ClusterNode {
         Hello {
             nonce: Default::default(),
             driver: lane == Lane::Join && self.role == Role::Driver,
+            member_of: match lane {
+                Lane::Join => self.head_session.lock().as_ref().map(|s| s.peer),
+                _ => None,
+            },
             version: wire::PROTOCOL_VERSION,
             lane,
             node: self.me.clone(),
@@ -999,13 +1003,16 @@ impl ClusterNode {
             }
             return head.ask(ask, self.report());
         }
+        let deadline = std::time::Instant::now() + timeout;
         let link = {
             let mut slot = self.head_link.lock();
-            let deadline = std::time::Instant::now() + timeout;
             // Relaxed: changed under the lock held here.
             while slot.is_none() && self.joining.load(Ordering::Relaxed) {
                 if self.head_linked.wait_until(&mut slot, deadline).timed_out() {
-                    break;
+                    return Err(Error::ClusterUnreachable {
+                        address: self.head_address.clone().unwrap_or_default(),
+                        cause: format!("this node was still joining the head after {timeout:?}"),
+                    });
                 }
             }
             slot.clone().ok_or_else(|| self.head_lost())?
@@ -1024,7 +1031,7 @@ impl ClusterNode {
             self.asks.lock().remove(&id);
             return Err(self.head_lost());
         }
-        match rx.recv_timeout(timeout) {
+        match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
             Ok(answer) => answer,
             Err(_) => {
                 self.asks.lock().remove(&id);
@@ -3229,9 +3236,10 @@ fn unanswered(cause: &str) -> bool {
 }
 
 /// One attempt to join the head at `address` on a new join link. One
-/// stalled on its way (a handshake nobody answers) gives way to the next
-/// within the time a join link may go unacknowledged — while the head,
-/// which may count this node a member, still waits for it.
+/// stalled on its way (a step of the handshake nobody answers) gives way to
+/// the next within the time a join link may go unacknowledged — while the
+/// head, which may count this node a member, still waits for it; a slow
+/// connection that answers each step in that time goes on.
 async fn join_once(
     node: &Weak<ClusterNode>,
     address: &str,
@@ -3242,23 +3250,10 @@ async fn join_once(
     let hello = c.hello(Lane::Join);
     let inbound: Arc<dyn Inbound> = Arc::new(Handler(node.clone()));
     let gate = c.gate.clone();
-    let within = c.join_stale().min(link::HANDSHAKE_DEADLINE);
+    let step = c.join_stale();
     drop(c);
-    let connect = link::connect(
-        address,
-        hello,
-        inbound,
-        &gate,
-        head_session_of(node.clone()),
-    );
-    tokio::time::timeout(within, connect)
-        .await
-        .unwrap_or_else(|_| {
-            Err(Error::ClusterUnreachable {
-                address: address.to_string(),
-                cause: format!("no handshake within {within:?}"),
-            })
-        })
+    let session = head_session_of(node.clone());
+    link::connect_within(address, hello, inbound, &gate, session, step).await
 }
 
 /// What a join link's handshake picks its session with: this node's with
@@ -3511,6 +3506,7 @@ pub fn admin_ask(
                 head: false,
             },
             registry: Vec::new(),
+            member_of: None,
         };
         let client = Arc::new(Client(Mutex::new(Some(tx))));
         let tls = tls.map(tls::Tls::load).transpose()?;

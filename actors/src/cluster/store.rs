@@ -29,6 +29,10 @@ pub struct NodeRecord {
     pub alive: bool,
     /// Why it died.
     pub cause: Option<String>,
+    /// When it was declared dead (ms since the Unix epoch; 0 if unknown):
+    /// a head started again forgets the oldest deaths first.
+    #[serde(default)]
+    pub died: u64,
 }
 
 /// An actor as the head's table keeps it.

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The protocol's version: a peer with another one is refused at its hello.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 /// The largest frame accepted before a connection has authenticated (a
 /// hello with its registry, a proof): a stranger cannot make a node buffer more.
 pub const PREAUTH_FRAME: usize = 1 << 20;
@@ -100,6 +100,11 @@ pub struct Hello {
     /// A driver joining (on `Join`): its program is one of the cluster's jobs.
     #[serde(default)]
     pub driver: bool,
+    /// On `Join`: the head this node was last a member of, if any (a
+    /// rejoin). A head that does not know the node although it was its
+    /// member declared it dead and forgot the death: it refuses it.
+    #[serde(default)]
+    pub member_of: Option<NodeId>,
 }
 
 /// A job: a driver's program, from its join to its end.
