@@ -249,6 +249,19 @@ fn node_behind_a_proxy(c: &mut Cluster) -> (Proxy, NodeId) {
     (proxy, node)
 }
 
+/// Waits (10 s at most) until `proxy` has forwarded `n` connections.
+fn wait_for_connections(proxy: &Proxy, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.accepted() < n {
+        assert!(
+            Instant::now() < deadline,
+            "{} connections, not {n}",
+            proxy.accepted()
+        );
+        std::thread::park_timeout(Duration::from_millis(1));
+    }
+}
+
 /// Whether a task on `node` has the head's answer to an ask, over the
 /// node's link to the head.
 fn head_answers_on(rt: &Runtime, node: NodeId) -> rayx::Result<Result<(), String>> {
@@ -868,14 +881,7 @@ fn a_join_link_stalled_one_way_is_replaced_in_time() {
     for toward_the_head in [true, false] {
         let before = proxy.accepted();
         proxy.stall(toward_the_head);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while proxy.accepted() == before {
-            assert!(
-                Instant::now() < deadline,
-                "no new connection (stalled toward the head: {toward_the_head})"
-            );
-            std::thread::park_timeout(Duration::from_millis(1));
-        }
+        wait_for_connections(&proxy, before + 1);
         // That link carries both ways (and is not stalled next).
         assert_eq!(head_answers_on(&rt, node), Ok(Ok(())));
     }
@@ -893,11 +899,8 @@ fn a_rejoin_stalled_in_its_handshake_tries_again_in_time() {
     let before = proxy.accepted();
     proxy.stall_new(1);
     assert!(proxy.reset() >= 1, "the node's connection to the head");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while proxy.accepted() < before + 2 {
-        assert!(Instant::now() < deadline, "no second rejoin");
-        std::thread::park_timeout(Duration::from_millis(1));
-    }
+    // The stalled attempt, then the next.
+    wait_for_connections(&proxy, before + 2);
     assert_eq!(head_answers_on(&rt, node), Ok(Ok(())));
     no_node_died(&events);
 }
@@ -925,11 +928,7 @@ fn a_slow_connection_to_the_head_still_joins_and_rejoins() {
     assert_eq!(head_answers_on(c.driver(), node), Ok(Ok(())));
     let before = proxy.accepted();
     assert!(proxy.reset() >= 1, "the node's connection to the head");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while proxy.accepted() == before {
-        assert!(Instant::now() < deadline, "no rejoin");
-        std::thread::park_timeout(Duration::from_millis(1));
-    }
+    wait_for_connections(&proxy, before + 1);
     assert_eq!(head_answers_on(c.driver(), node), Ok(Ok(())));
     no_node_died(&events);
 }
@@ -940,9 +939,9 @@ fn a_slow_connection_to_the_head_still_joins_and_rejoins() {
 fn a_task_on_a_node_still_joining_may_ask_the_head() {
     let mut c = Cluster::start(0).unwrap();
     let proxy = Proxy::start(c.address()).unwrap();
-    // The welcome reaches the node 300 ms after the head listed it; the
+    // The welcome reaches the node a second after the head listed it; the
     // task, sent straight to the node, is there first.
-    proxy.delay_back(Duration::from_millis(300));
+    proxy.delay_back(Duration::from_secs(1));
     let node = c.add_node_via(proxy.address()).unwrap();
     assert_eq!(head_answers_on(c.driver(), node), Ok(Ok(())));
 }

@@ -20,7 +20,7 @@ use crate::error::Error;
 use crate::ids::{ActorId, IdMap, NodeId};
 use crate::messages::{Retries, Scheduling};
 use parking_lot::Mutex;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -100,8 +100,6 @@ struct Tables {
     next_seq: usize,
     /// Jobs, in the order they began.
     jobs: Vec<JobInfo>,
-    /// Dead nodes still listed, the oldest death first.
-    dead: VecDeque<NodeId>,
 }
 
 fn now_ms() -> u64 {
@@ -149,18 +147,19 @@ impl Tables {
             .collect()
     }
 
-    /// `node` died: listed among the dead, of whom the oldest beyond
-    /// `kept` are forgotten; the records to delete.
-    fn remember_dead(&mut self, node: NodeId, kept: usize) -> Vec<Record> {
-        self.dead.push_back(node);
+    /// Forgets the dead beyond the latest `kept` deaths, the oldest first
+    /// (the earlier listed of two that died in the same millisecond); the
+    /// records to delete.
+    fn forget_old_deaths(&mut self, kept: usize) -> Vec<Record> {
+        let mut dead = self.nodes.iter().filter(|m| !m.alive).count();
         let mut forgotten = Vec::new();
-        while self.dead.len() > kept {
-            let Some(old) = self.dead.pop_front() else {
-                break;
-            };
-            if let Some(i) = self.nodes.iter().position(|m| m.info.id == old && !m.alive) {
-                forgotten.push((self.nodes.remove(i).key, None));
-            }
+        while dead > kept {
+            let oldest = (0..self.nodes.len())
+                .filter(|&i| !self.nodes[i].alive)
+                .min_by_key(|&i| self.nodes[i].died);
+            let Some(i) = oldest else { break };
+            forgotten.push((self.nodes.remove(i).key, None));
+            dead -= 1;
         }
         forgotten
     }
@@ -283,17 +282,7 @@ impl Head {
             }
             tables.nodes.push(m);
         }
-        // The dead it lists, in the order they died (as they were kept).
-        let mut dead: Vec<(u64, NodeId)> = tables
-            .nodes
-            .iter()
-            .filter(|m| !m.alive)
-            .map(|m| (m.died, m.info.id))
-            .collect();
-        dead.sort_by_key(|(died, _)| *died);
-        for (_, id) in dead {
-            records.extend(tables.remember_dead(id, dead_kept));
-        }
+        records.extend(tables.forget_old_deaths(dead_kept));
         for r in restored.actors {
             let id = r.place.actor;
             if let Some(m) = tables
@@ -573,7 +562,7 @@ impl Head {
                     }
                 }
             }
-            records.extend(t.remember_dead(node, self.dead_kept));
+            records.extend(t.forget_old_deaths(self.dead_kept));
             self.save(&records);
             t.nodes.iter().filter_map(|m| m.link.clone()).collect()
         };
