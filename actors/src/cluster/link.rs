@@ -40,8 +40,11 @@ const BULK_READ: u64 = 4 << 10;
 
 /// What the node does with what arrives on its links.
 pub trait Inbound: Send + Sync + 'static {
-    /// A batch of messages arrived on `link`, in the order they were sent.
-    fn on_msgs(&self, link: &Arc<Link>, msgs: Vec<Msg>);
+    /// A frame's messages arrived on `link`, in the order they were sent:
+    /// each is taken from `msgs` as it is handled. If handling one panics
+    /// (a bug a peer's message trips), that one is dropped, logged and
+    /// counted, and this is called again with the rest.
+    fn on_msgs(&self, link: &Arc<Link>, msgs: &mut std::vec::IntoIter<Msg>);
     /// `link` closed: by the peer, by an error, or for bad input (`reason`).
     fn on_close(&self, link: &Arc<Link>, reason: Option<&str>);
     /// `msg`, queued on `link`, was not sent (`why`). Whoever waits for its
@@ -835,7 +838,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     inbound: Arc<dyn Inbound>,
     rejections: Arc<Rejections>,
 ) {
-    let reading = read_frames(&mut rd, &mut buf, &link, inbound.as_ref());
+    let reading = read_frames(&mut rd, &mut buf, &link, inbound.as_ref(), &rejections);
     let bad = tokio::select! {
         bad = reading => bad,
         _ = link.abort.cancelled() => Some(String::new()),
@@ -864,6 +867,7 @@ pub(super) async fn read_frames<R: AsyncRead + Unpin>(
     buf: &mut BytesMut,
     link: &Arc<Link>,
     inbound: &dyn Inbound,
+    rejections: &Rejections,
 ) -> Option<String> {
     let mut codec = codec(link.lane);
     // The codec has taken a frame's length from `buf` and waits for the rest
@@ -902,14 +906,8 @@ pub(super) async fn read_frames<R: AsyncRead + Unpin>(
                     match decoded {
                         Ok(msgs) if msgs.is_empty() => {}
                         Ok(msgs) => {
-                            // A bug a peer's message trips closes its link (and
-                            // is counted), never the node or its other links.
-                            let handled =
-                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                    inbound.on_msgs(link, msgs)
-                                }));
-                            if handled.is_err() {
-                                break 'read Some("a message made the node panic".into());
+                            if let Err(reason) = hand_in(inbound, link, msgs, rejections) {
+                                break 'read Some(reason);
                             }
                         }
                         Err(reason) => break 'read Some(reason),
@@ -928,6 +926,44 @@ pub(super) async fn read_frames<R: AsyncRead + Unpin>(
         match read {
             Ok(0) | Err(_) => break None,
             Ok(_) => {}
+        }
+    }
+}
+
+/// Hands a frame's messages in. A bug a message trips (a panic) drops that
+/// message alone, logged and counted: never the node, its link, or the
+/// messages after it in the frame (which a session has taken as received).
+/// A panic outside any message's handling closes the link (`Err`).
+fn hand_in(
+    inbound: &dyn Inbound,
+    link: &Arc<Link>,
+    msgs: Vec<Msg>,
+    rejections: &Rejections,
+) -> Result<(), String> {
+    let mut rest = msgs.into_iter();
+    loop {
+        let before = rest.len();
+        let panicked = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            inbound.on_msgs(link, &mut rest)
+        })) {
+            Ok(()) => return Ok(()),
+            Err(panic) => panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default(),
+        };
+        if rest.len() == before {
+            return Err(format!("a frame made the node panic: {panicked}"));
+        }
+        tracing::error!(
+            "rayx: a message from {} on its {:?} link made this node panic; it is dropped: {panicked}",
+            link.peer.id,
+            link.lane
+        );
+        rejections.count("a message made the node panic");
+        if rest.len() == 0 {
+            return Ok(());
         }
     }
 }
@@ -1458,6 +1494,109 @@ mod tests {
             })
             .collect();
         assert_eq!(ids, vec![1, 2, 3]);
+    }
+
+    /// A message whose handling panics is dropped alone (logged, counted):
+    /// the messages after it in its frame, which the session has taken as
+    /// received, are handed in, and the link goes on. A panic outside any
+    /// message's handling closes the link.
+    #[tokio::test]
+    async fn a_message_that_panics_loses_nothing_beside_it() {
+        struct Panicky {
+            got: mpsc::UnboundedSender<u64>,
+            before_any: AtomicBool,
+        }
+        impl Inbound for Panicky {
+            fn on_msgs(&self, _: &Arc<Link>, msgs: &mut std::vec::IntoIter<Msg>) {
+                assert!(
+                    !self.before_any.load(Ordering::Relaxed),
+                    "a bug before any message"
+                );
+                for m in msgs {
+                    let Msg::Fetch { object } = m else { continue };
+                    assert!(object.seq != 2, "a bug message 2 trips");
+                    let _ = self.got.send(object.seq);
+                }
+            }
+            fn on_close(&self, _: &Arc<Link>, _: Option<&str>) {}
+        }
+        let peer = |id| NodeInfo {
+            id: crate::ids::NodeId(id),
+            address: "x:1".into(),
+            cpus: 1.0,
+            head: false,
+        };
+        let fetch = |seq| Msg::Fetch {
+            object: ObjectId {
+                node: crate::ids::NodeId(1),
+                seq,
+            },
+        };
+        let (sender, _) = Link::open(
+            peer(2),
+            Lane::Control,
+            Some(Session::new(crate::ids::NodeId(2))),
+        );
+        let (receiver, _) = Link::open(
+            peer(1),
+            Lane::Control,
+            Some(Session::new(crate::ids::NodeId(1))),
+        );
+        // Queued before the writer starts: one frame carries all three.
+        for seq in 1..=3 {
+            sender.send(fetch(seq));
+        }
+        let (theirs, mut mine) = tokio::io::duplex(64 << 10);
+        let (got_tx, mut got) = mpsc::unbounded_channel();
+        let inbound = Arc::new(Panicky {
+            got: got_tx,
+            before_any: AtomicBool::new(false),
+        });
+        let rejections = Arc::new(Rejections::default());
+        let writer = tokio::spawn(write_loop(theirs, None, sender.clone(), inbound.clone()));
+        let reader = {
+            let (inbound, receiver, rejections) =
+                (inbound.clone(), receiver.clone(), rejections.clone());
+            tokio::spawn(async move {
+                let mut buf = BytesMut::new();
+                read_frames(
+                    &mut mine,
+                    &mut buf,
+                    &receiver,
+                    inbound.as_ref(),
+                    &rejections,
+                )
+                .await
+            })
+        };
+        async fn next(got: &mut mpsc::UnboundedReceiver<u64>) -> Option<u64> {
+            let wait = tokio::time::timeout(Duration::from_secs(10), got.recv());
+            wait.await.expect("a message within 10 s")
+        }
+        assert_eq!(next(&mut got).await, Some(1));
+        assert_eq!(next(&mut got).await, Some(3), "the message after the panic");
+        sender.send(fetch(4));
+        assert_eq!(next(&mut got).await, Some(4), "the link goes on");
+        let counted = rejections.snapshot();
+        assert_eq!(
+            counted.get("a message made the node panic"),
+            Some(&1),
+            "{counted:?}"
+        );
+        assert_eq!(rejections.total(), 1);
+        inbound.before_any.store(true, Ordering::Relaxed);
+        sender.send(fetch(5));
+        let closed = tokio::time::timeout(Duration::from_secs(10), reader)
+            .await
+            .expect("the reader stops")
+            .expect("the reader ends");
+        let reason = closed.expect("closed for a reason");
+        assert!(
+            reason.starts_with("a frame made the node panic"),
+            "{reason}"
+        );
+        sender.close();
+        writer.abort();
     }
 
     /// Past `MAX_HANDSHAKES` at once, the oldest is cut off.

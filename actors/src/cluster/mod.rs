@@ -3027,7 +3027,7 @@ impl Inbound for Handler {
         }
     }
 
-    fn on_msgs(&self, link: &Arc<Link>, msgs: Vec<Msg>) {
+    fn on_msgs(&self, link: &Arc<Link>, msgs: &mut std::vec::IntoIter<Msg>) {
         if let Some(c) = self.0.upgrade() {
             if link.lane == Lane::Join {
                 match &c.head {
@@ -3475,7 +3475,7 @@ pub fn admin_ask(
 ) -> Result<Answer, Error> {
     struct Client(Mutex<Option<tokio::sync::oneshot::Sender<Result<Answer, Error>>>>);
     impl Inbound for Client {
-        fn on_msgs(&self, _: &Arc<Link>, msgs: Vec<Msg>) {
+        fn on_msgs(&self, _: &Arc<Link>, msgs: &mut std::vec::IntoIter<Msg>) {
             for m in msgs {
                 if let Msg::Answer { answer, .. } = m {
                     if let Some(tx) = self.0.lock().take() {

@@ -626,7 +626,7 @@ mod tests {
         use super::OBJECT;
         use crate::cluster::link::{bulk_frame, read_frames, write_loop, Inbound};
         use crate::cluster::session::Out;
-        use crate::cluster::wire::Lane;
+        use crate::cluster::wire::{Lane, Rejections};
         use bytes::BytesMut;
         use std::sync::atomic::{AtomicUsize, Ordering};
         use tokio::io::AsyncWriteExt;
@@ -640,7 +640,7 @@ mod tests {
         }
 
         impl Inbound for Puller {
-            fn on_msgs(&self, link: &Arc<Link>, msgs: Vec<Msg>) {
+            fn on_msgs(&self, link: &Arc<Link>, msgs: &mut std::vec::IntoIter<Msg>) {
                 for m in msgs {
                     if let Msg::Chunk {
                         object,
@@ -707,7 +707,15 @@ mod tests {
                 let (inbound, puller) = (inbound.clone(), puller.clone());
                 tokio::spawn(async move {
                     let mut rd = mine;
-                    read_frames(&mut rd, &mut BytesMut::new(), &puller, inbound.as_ref()).await
+                    let rejections = Rejections::default();
+                    read_frames(
+                        &mut rd,
+                        &mut BytesMut::new(),
+                        &puller,
+                        inbound.as_ref(),
+                        &rejections,
+                    )
+                    .await
                 })
             };
             let (tx, mut done) = tokio::sync::oneshot::channel();
@@ -849,7 +857,14 @@ mod tests {
                 let writer = tokio::spawn(async move {
                     let _ = theirs.write_all(&bytes).await;
                 });
-                let closed = read_frames(&mut mine, &mut BytesMut::new(), &link, &inbound).await;
+                let closed = read_frames(
+                    &mut mine,
+                    &mut BytesMut::new(),
+                    &link,
+                    &inbound,
+                    &Rejections::default(),
+                )
+                .await;
                 // The rest of the stream is never read: the writer's end fails.
                 drop(mine);
                 writer.await.expect("writer");

@@ -524,8 +524,9 @@ pub fn decode(frame: &[u8]) -> Result<Vec<Msg>, String> {
     rmp_serde::from_slice(frame).map_err(|e| format!("undecodable frame: {e}"))
 }
 
-/// Connections closed for bad input, by reason: counted, for `rayx status`
-/// and tests.
+/// Bad input from peers, by reason: connections closed for it, and messages
+/// dropped because handling them tripped a bug (a panic). Counted, for
+/// `rayx status` and tests.
 #[derive(Default)]
 pub struct Rejections {
     counts: parking_lot::Mutex<BTreeMap<String, u64>>,
@@ -533,8 +534,8 @@ pub struct Rejections {
 }
 
 impl Rejections {
-    /// Counts one connection closed for `reason` (its kind: the text before
-    /// the first `:`).
+    /// Counts one connection closed (or message dropped) for `reason` (its
+    /// kind: the text before the first `:`).
     pub fn count(&self, reason: &str) {
         let kind = reason
             .split(':')
@@ -549,7 +550,7 @@ impl Rejections {
     pub fn snapshot(&self) -> BTreeMap<String, u64> {
         self.counts.lock().clone()
     }
-    /// How many connections were closed for bad input.
+    /// How many connections were closed, or messages dropped, for bad input.
     pub fn total(&self) -> u64 {
         self.total.load(Ordering::Relaxed)
     }
