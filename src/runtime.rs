@@ -633,6 +633,14 @@ impl Runtime {
         self.node().cluster().map(|c| c.pulls_again())
     }
 
+    /// In a cluster, how many pulls went on from the byte an attempt whose
+    /// link broke had reached (rather than the first), and the bytes this
+    /// process keeps now for such attempts. `None` outside a cluster.
+    #[cfg(feature = "testing")]
+    pub fn pulls_resumed(&self) -> Option<(u64, usize)> {
+        self.node().cluster().map(|c| c.pulls_resumed())
+    }
+
     /// In a cluster, breaks this process's bulk links (those large objects
     /// are pulled on) as a connection reset would; returns how many were
     /// open. Pulls under way go again on new links. `None` outside a cluster.

@@ -670,7 +670,8 @@ fn an_object_whose_owner_died_fails_owner_died() {
 /// A pull whose bulk link breaks while the node holding the value lives (a
 /// connection reset, not a death) goes again on a new link and lands intact:
 /// a borrowed object read from its owner, and a task's result held where it
-/// ran. Nothing is declared dead, and nothing stays behind.
+/// ran. Each goes on from the byte it reached. Nothing is declared dead, and
+/// nothing stays behind.
 fn a_pull_whose_link_breaks_goes_again() {
     let c = fast_cluster(1);
     let rt = c.driver().clone();
@@ -702,6 +703,11 @@ fn a_pull_whose_link_breaks_goes_again() {
             rt.pulls_again(),
             Some(i as u64 + 1),
             "the broken pull went again"
+        );
+        assert_eq!(
+            rt.pulls_resumed(),
+            Some((i as u64 + 1, 0)),
+            "from the byte it reached, and nothing is kept after"
         );
     }
     assert!(rt.cluster_status().unwrap().nodes.iter().all(|n| n.alive));

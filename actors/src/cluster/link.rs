@@ -150,8 +150,17 @@ impl Link {
     /// A link with no socket behind it, for tests of what uses links.
     #[cfg(test)]
     pub(crate) fn for_test(lane: Lane) -> (Arc<Link>, mpsc::UnboundedReceiver<Out>) {
+        Link::for_test_to(lane, crate::ids::NodeId(7))
+    }
+
+    /// A link with no socket behind it to `peer`, for tests.
+    #[cfg(test)]
+    pub(crate) fn for_test_to(
+        lane: Lane,
+        peer: crate::ids::NodeId,
+    ) -> (Arc<Link>, mpsc::UnboundedReceiver<Out>) {
         let peer = NodeInfo {
-            id: crate::ids::NodeId(7),
+            id: peer,
             address: "x:1".into(),
             cpus: 1.0,
             head: false,
@@ -1259,12 +1268,39 @@ async fn read_chunk_in_place<R: AsyncRead + Unpin>(
     let have = buf.len().min(len);
     target[at..at + have].copy_from_slice(&buf[..have]);
     let _ = buf.split_to(have);
+    // Handed back however the read ends: also when the reader is aborted
+    // mid-chunk (the buffer holds what landed before).
+    let mut lent = Lent {
+        inbound,
+        link,
+        object,
+        buf: Some(target),
+    };
+    let target = lent.buf.as_mut().expect("lent");
     let read = rd.read_exact(&mut target[at + have..at + len]).await;
     let landed = if read.is_ok() { len } else { 0 };
+    let target = lent.buf.take().expect("lent");
     inbound.chunk_landed(link, object, target, landed);
     match read {
         Ok(_) => Ok(InPlace::Landed),
         Err(_) => Err(None),
+    }
+}
+
+/// A buffer lent to the bulk reader; given back with nothing landed if the
+/// read stops before it is (see [`Inbound::chunk_landed`]).
+struct Lent<'a> {
+    inbound: &'a dyn Inbound,
+    link: &'a Link,
+    object: ObjectId,
+    buf: Option<Vec<u8>>,
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        if let Some(buf) = self.buf.take() {
+            self.inbound.chunk_landed(self.link, self.object, buf, 0);
+        }
     }
 }
 

@@ -1068,6 +1068,7 @@ impl ClusterNode {
                     // After the heartbeats: freeing a large buffer takes a while.
                     c.pulls.pool().trim();
                     c.serving.forget_idle();
+                    c.pulls.forget_stale_kept();
                 }
             })
             .map(drop)
@@ -1731,6 +1732,12 @@ impl ClusterNode {
     /// lived (see `pull_retrying`).
     pub fn pulls_again(&self) -> u64 {
         self.pulls_again.load(Ordering::Relaxed)
+    }
+
+    /// Pulls that went on from the byte an attempt whose link broke had
+    /// reached, and the bytes kept now for such attempts.
+    pub fn pulls_resumed(&self) -> (u64, usize) {
+        (self.pulls.resumed(), self.pulls.kept_bytes())
     }
 
     /// Breaks this node's bulk links as a connection reset would (for
@@ -2590,8 +2597,8 @@ impl ClusterNode {
 
     /// Pulls `object` from `node`, again while `node` lives: a bulk link
     /// that closed or could not be opened (a connection reset, say) does not
-    /// fail the read. Each attempt starts from the first byte. `done` hears
-    /// the value; `NodeDied` once `node` is declared dead;
+    /// fail the read. Each attempt goes on from the byte the last one
+    /// reached (`Pulls::link_closed` keeps it). `done` hears the value; `NodeDied` once `node` is declared dead;
     /// `ObjectFetchFailed` if it lives but no attempt succeeded within
     /// `REQUEST_TIMEOUT` of `since` (a wall-clock budget: links that break
     /// faster than a whole pull takes exhaust it).
@@ -2616,6 +2623,7 @@ impl ClusterNode {
                     (r, _) => return done(r),
                 };
                 if since.elapsed() >= REQUEST_TIMEOUT {
+                    me.pulls.forget_kept(node, Some(object));
                     return done(Err(Error::ObjectFetchFailed {
                         id: object.to_string(),
                         cause: format!(
@@ -2766,8 +2774,10 @@ impl ClusterNode {
                     node: node.to_string(),
                     cause: cause.to_string(),
                 },
+                false,
             );
         }
+        self.pulls.forget_kept(node, None);
         let lost: Vec<InFlight> = {
             let mut tasks = self.tasks.lock();
             let ids: Vec<ObjectId> = tasks
@@ -3114,12 +3124,14 @@ impl Inbound for Handler {
                         }
                     }
                 }
+                let lives = c.is_alive(node);
                 c.pulls.link_closed(
                     link,
                     Error::NodeDied {
                         node: node.to_string(),
                         cause,
                     },
+                    lives,
                 );
             }
             Lane::Admin => {}

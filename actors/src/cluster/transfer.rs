@@ -2,16 +2,19 @@
 //! holds it in chunks of [`CHUNK`] bytes, at most [`PULL_WINDOW`] chunks in
 //! flight, and lands as one buffer. Two pulls of one object share the
 //! transfer. The serving side encodes a value once per transfer, off the
-//! network thread, and sends slices of that one buffer.
+//! network thread, and sends slices of that one buffer. A pull whose link
+//! breaks while its holder lives is kept, and the next pull of the object
+//! from that holder goes on from the byte it reached.
 
 use super::link::Link;
 use super::wire::{Msg, CHUNK, PULL_WINDOW};
 use crate::error::Error;
-use crate::ids::{IdMap, ObjectId};
+use crate::ids::{IdMap, NodeId, ObjectId};
 use crate::pages::{Landed, Pool};
 use crate::value::{bin_header_len, Value};
 use bytes::Bytes;
 use parking_lot::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,9 +37,30 @@ struct Assembly {
     done: Vec<PullDone>,
 }
 
+/// How long the bytes of a pull whose link broke are kept for the next pull
+/// of the object from the same holder (the puller's budget for a read whose
+/// links break: `REQUEST_TIMEOUT`).
+pub const KEPT_FOR: Duration = Duration::from_secs(30);
+
+/// The bytes a pull took in before its link broke, while its holder lives.
+struct Kept {
+    /// The holder it came from: another's encoding may differ.
+    from: NodeId,
+    buf: Vec<u8>,
+    skip: u64,
+    total: u64,
+    received: u64,
+    at: Instant,
+}
+
 /// Pulls in progress on this node.
 pub struct Pulls {
     active: Mutex<IdMap<ObjectId, Assembly>>,
+    /// Pulls whose link broke, for the next pull of each (taken after
+    /// `active`'s lock where both are held).
+    kept: Mutex<IdMap<ObjectId, Kept>>,
+    /// Pulls that went on from the byte they reached, not the first.
+    resumed: AtomicU64,
     /// Where large pulls land: buffers of earlier ones, warm.
     pool: Arc<Pool>,
     /// The largest object a pull accepts: what a peer may make this node
@@ -50,6 +74,8 @@ impl Pulls {
     pub fn new(max_object: u64) -> Pulls {
         Pulls {
             active: Mutex::default(),
+            kept: Mutex::default(),
+            resumed: AtomicU64::new(0),
             pool: Pool::new(usize::try_from(max_object / 4).unwrap_or(usize::MAX)),
             max_object,
         }
@@ -57,7 +83,8 @@ impl Pulls {
 
     /// Pulls `object` (`size` bytes, as measured: the first answer tells the
     /// true size, so a wrong measure — even 0 — costs at most a round trip)
-    /// over `link`; `done` hears the value.
+    /// over `link`; `done` hears the value. A pull of it from the same
+    /// holder whose link broke goes on from the byte it reached.
     pub fn start(&self, link: &Arc<Link>, object: ObjectId, size: u64, done: PullDone) {
         let mut active = self.active.lock();
         if let Some(a) = active.get_mut(&object) {
@@ -75,8 +102,24 @@ impl Pulls {
             next: 0,
             done: vec![done],
         };
+        let mut kept = self.kept.lock().remove(&object);
+        if let Some(k) = kept.take_if(|k| k.from == link.peer.id) {
+            self.resumed.fetch_add(1, Ordering::Relaxed);
+            a.buf = k.buf;
+            a.skip = k.skip;
+            a.total = k.total;
+            a.received = k.received;
+            // Asked for and never come: asked again.
+            a.next = k.received;
+            a.started = true;
+        }
         request_more(&mut a, object);
         active.insert(object, a);
+        drop(active);
+        // Another holder's bytes: its encoding may differ.
+        if let Some(k) = kept {
+            self.pool.give(k.buf);
+        }
     }
 
     /// A chunk arrived; when it was the last, the value goes to every waiter.
@@ -196,8 +239,10 @@ impl Pulls {
             .count()
     }
 
-    /// A bulk link closed: its pulls fail with `error`.
-    pub fn link_closed(&self, link: &Link, error: Error) {
+    /// A bulk link closed: its pulls fail with `error`. While its holder
+    /// lives (`holder_lives`), what each took in is kept [`KEPT_FOR`], for
+    /// the next pull of the object from there to go on with.
+    pub fn link_closed(&self, link: &Link, error: Error, holder_lives: bool) {
         let gone: Vec<Assembly> = {
             let mut active = self.active.lock();
             let ids: Vec<ObjectId> = active
@@ -205,11 +250,73 @@ impl Pulls {
                 .filter(|(_, a)| a.link.serial == link.serial)
                 .map(|(id, _)| *id)
                 .collect();
-            ids.iter().filter_map(|id| active.remove(id)).collect()
+            let gone: Vec<(ObjectId, Assembly)> = ids
+                .iter()
+                .filter_map(|id| active.remove(id).map(|a| (*id, a)))
+                .collect();
+            let mut kept = self.kept.lock();
+            gone.into_iter()
+                .map(|(id, mut a)| {
+                    // A buffer lent to the reader is back by now (the
+                    // reader hands it back however it stops).
+                    if holder_lives && a.started && !a.lent && a.received > 0 {
+                        let buf = std::mem::take(&mut a.buf);
+                        kept.insert(
+                            id,
+                            Kept {
+                                from: link.peer.id,
+                                buf,
+                                skip: a.skip,
+                                total: a.total,
+                                received: a.received,
+                                at: Instant::now(),
+                            },
+                        );
+                    }
+                    a
+                })
+                .collect()
         };
         for a in gone {
+            if !a.buf.is_empty() {
+                self.pool.give(a.buf);
+            }
             fail_all(a.done, error.clone());
         }
+    }
+
+    /// `node` died, or this node gave up on reading `object` (`None`: any)
+    /// from it: the bytes kept from there go back to the pool.
+    pub fn forget_kept(&self, node: NodeId, object: Option<ObjectId>) {
+        let gone: Vec<Kept> = self
+            .kept
+            .lock()
+            .extract_if(|id, k| k.from == node && object.is_none_or(|o| o == *id))
+            .map(|(_, k)| k)
+            .collect();
+        gone.into_iter().for_each(|k| self.pool.give(k.buf));
+    }
+
+    /// Drops what was kept [`KEPT_FOR`] and not taken (the node's health
+    /// thread calls this).
+    pub fn forget_stale_kept(&self) {
+        let gone: Vec<Kept> = self
+            .kept
+            .lock()
+            .extract_if(|_, k| k.at.elapsed() > KEPT_FOR)
+            .map(|(_, k)| k)
+            .collect();
+        gone.into_iter().for_each(|k| self.pool.give(k.buf));
+    }
+
+    /// Pulls that went on from the byte they reached (for tests).
+    pub fn resumed(&self) -> u64 {
+        self.resumed.load(Ordering::Relaxed)
+    }
+
+    /// Bytes kept from pulls whose link broke (for tests).
+    pub fn kept_bytes(&self) -> usize {
+        self.kept.lock().values().map(|k| k.buf.len()).sum()
     }
 }
 
@@ -520,8 +627,10 @@ mod tests {
         let (mut buf1, at) = pulls
             .lend(&l1, x, CHUNK as u64, total as u64, CHUNK)
             .expect("lent");
-        pulls.link_closed(&l1, Error::Serialization("peer lost".into()));
+        // Its holder lives, but the buffer is out: nothing is kept.
+        pulls.link_closed(&l1, Error::Serialization("peer lost".into()), true);
         assert!(got1.lock().as_ref().expect("heard").is_err());
+        assert_eq!(pulls.kept_bytes(), 0);
         let (got2, d2) = waiter();
         pulls.start(&l2, x, total as u64, d2);
         pulls.on_chunk(&l2, x, 0, total as u64, chunk(&obj, 0));
@@ -540,6 +649,77 @@ mod tests {
             (total, 0),
             "A2's bytes are its object's"
         );
+    }
+
+    /// The first `Pull` asked for on a link's queue: its offset.
+    fn first_asked(asks: &mut tokio::sync::mpsc::UnboundedReceiver<Out>) -> u64 {
+        match asks.try_recv() {
+            Ok(Out::Msg(Msg::Pull { offset, .. })) => offset,
+            _ => panic!("a pull was asked for"),
+        }
+    }
+
+    /// A pull whose link breaks while its holder lives keeps its bytes: the
+    /// next pull of the object from that holder asks from the byte it
+    /// reached, and the value is whole. From another holder (whose encoding
+    /// may differ), or once the holder died, it starts from the first.
+    #[test]
+    fn a_broken_pull_goes_on_from_the_byte_it_reached() {
+        let total = 4 * CHUNK;
+        let obj: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
+        let x = OBJECT;
+        let half_pulled = |pulls: &Pulls, holder_lives: bool| {
+            let (l1, _asks) = Link::for_test(Lane::Bulk);
+            let (got, done) = waiter();
+            pulls.start(&l1, x, total as u64, done);
+            for i in 0..2 {
+                pulls.on_chunk(&l1, x, (i * CHUNK) as u64, total as u64, chunk(&obj, i));
+            }
+            let lost = Error::NodeDied {
+                node: "7".into(),
+                cause: "its connection closed".into(),
+            };
+            pulls.link_closed(&l1, lost, holder_lives);
+            assert!(matches!(*got.lock(), Some(Err(Error::NodeDied { .. }))));
+        };
+
+        let pulls = Pulls::new(1 << 30);
+        half_pulled(&pulls, true);
+        assert_eq!(pulls.kept_bytes(), total, "the buffer is kept");
+        let (l2, mut asks) = Link::for_test(Lane::Bulk);
+        let (got, done) = waiter();
+        pulls.start(&l2, x, total as u64, done);
+        assert_eq!(
+            first_asked(&mut asks),
+            2 * CHUNK as u64,
+            "asked from where it stopped"
+        );
+        assert_eq!((pulls.resumed(), pulls.kept_bytes()), (1, 0));
+        for i in 2..4 {
+            pulls.on_chunk(&l2, x, (i * CHUNK) as u64, total as u64, chunk(&obj, i));
+        }
+        match got.lock().take() {
+            Some(Ok(Value::Encoded(b))) => assert!(b[..] == obj[..], "the value is whole"),
+            other => panic!("the value: {:?}", other.map(|r| r.map(|_| ()))),
+        }
+
+        // From another holder: from the first byte, the kept bytes let go.
+        half_pulled(&pulls, true);
+        let (elsewhere, mut asks) = Link::for_test_to(Lane::Bulk, NodeId(8));
+        let (_got, done) = waiter();
+        pulls.start(&elsewhere, x, total as u64, done);
+        assert_eq!(first_asked(&mut asks), 0);
+        assert_eq!((pulls.resumed(), pulls.kept_bytes()), (1, 0));
+
+        // The holder died, or the reader gave up on it: nothing kept.
+        let pulls = Pulls::new(1 << 30);
+        half_pulled(&pulls, false);
+        assert_eq!(pulls.kept_bytes(), 0);
+        half_pulled(&pulls, true);
+        pulls.forget_kept(NodeId(8), None);
+        assert_eq!(pulls.kept_bytes(), total, "another node's death");
+        pulls.forget_kept(NodeId(7), Some(x));
+        assert_eq!(pulls.kept_bytes(), 0);
     }
 
     #[test]
