@@ -64,7 +64,12 @@ pub struct Builder {
     storage: Option<std::path::PathBuf>,
     tls: Option<TlsFiles>,
     dead_nodes_kept: Option<usize>,
+    drain_timeout: Option<Duration>,
 }
+
+/// How long a worker node told to stop (SIGTERM or SIGINT) drains at most:
+/// under the 30 s that supervisors (systemd, Kubernetes) wait before SIGKILL.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl Builder {
     /// Defaults: a worker per core, an object store of 30% of memory.
@@ -200,6 +205,19 @@ impl Builder {
         self
     }
 
+    /// For a worker node ([`serve`](Self::serve)): how long it drains at
+    /// most when told to stop by SIGTERM or SIGINT (Ray's drain). It leaves
+    /// in order: the cluster places no new work on it, the tasks it runs for
+    /// others finish and are answered, and the owners of the results it
+    /// holds pull them; then it stops, and its actors restart elsewhere
+    /// without using up one of their `max_restarts` (Ray's preemption). A
+    /// second signal stops it at once. Default 20 s; without this call
+    /// `RAYX_DRAIN_TIMEOUT_MS` says, if set.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = Some(timeout);
+        self
+    }
+
     /// For a head: writes its tables (nodes, actors, names, the key-value
     /// store) through to a database at `path` (redb), so that a head killed
     /// and started again on the same file and address has its cluster back;
@@ -278,6 +296,18 @@ impl Builder {
             h.misses = n.clamp(1, u32::MAX as u64) as u32;
         }
         Ok(h)
+    }
+
+    fn resolve_drain_timeout(&self) -> Result<Duration> {
+        match (self.drain_timeout, std::env::var("RAYX_DRAIN_TIMEOUT_MS")) {
+            (Some(t), _) => Ok(t),
+            (None, Ok(v)) => v.parse::<u64>().map(Duration::from_millis).map_err(|_| {
+                Error::InvalidArgument(format!(
+                    "RAYX_DRAIN_TIMEOUT_MS is not a whole number: {v:?}"
+                ))
+            }),
+            (None, Err(_)) => Ok(DRAIN_TIMEOUT),
+        }
     }
 
     fn resolve_dead_nodes_kept(&self) -> Result<usize> {
@@ -382,7 +412,9 @@ impl Builder {
     }
 
     /// Joins the cluster as a worker node and serves its tasks and actors
-    /// until the head stops it (or is lost); then returns.
+    /// until the head stops it (or is lost), or until SIGTERM or SIGINT:
+    /// then it leaves in order (see [`drain_timeout`](Self::drain_timeout))
+    /// and returns.
     pub fn serve(self) -> Result<()> {
         if std::env::var("RAYX_EXIT_WITH_PARENT").is_ok_and(|v| v == "1") {
             // The parent holds our stdin: when it dies, even by SIGKILL, the
@@ -394,7 +426,9 @@ impl Builder {
                 std::process::exit(0);
             });
         }
+        let grace = self.resolve_drain_timeout()?;
         let node = self.start_node(true)?;
+        leave_on_signal(&node, grace)?;
         node.wait_stopped();
         Ok(())
     }
@@ -664,4 +698,57 @@ impl Runtime {
     pub fn transfer_pool(&self) -> Option<(usize, u64)> {
         self.node().cluster().map(|c| c.transfer_pool())
     }
+}
+
+/// On SIGTERM or SIGINT, `node` drains for up to `grace` and shuts down (a
+/// second signal exits at once). The handlers are in place on return.
+fn leave_on_signal(node: &std::sync::Arc<Node>, grace: Duration) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|e| Error::Startup(format!("no runtime for signals: {e}")))?;
+    let (mut term, mut int) = {
+        let _in = rt.enter();
+        let handler =
+            |kind| signal(kind).map_err(|e| Error::Startup(format!("cannot handle signals: {e}")));
+        (
+            handler(SignalKind::terminate())?,
+            handler(SignalKind::interrupt())?,
+        )
+    };
+    let node = std::sync::Arc::downgrade(node);
+    std::thread::Builder::new()
+        .name("rayx-signals".into())
+        .spawn(move || {
+            let mut next = || {
+                rt.block_on(async {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
+                })
+            };
+            next();
+            eprintln!("rayx: told to stop: this node leaves in order (within {grace:?})");
+            std::thread::spawn(move || {
+                let Some(node) = node.upgrade() else { return };
+                if let Some(c) = node.cluster() {
+                    let (tasks, held) = c.drain(grace);
+                    if tasks + held > 0 {
+                        eprintln!(
+                            "rayx: the drain ran out of time with {tasks} tasks running \
+                             and {held} results not pulled; they are lost with this node \
+                             (retried or rebuilt by their owners)"
+                        );
+                    }
+                }
+                node.shutdown();
+            });
+            next();
+            eprintln!("rayx: told to stop again: this node stops now");
+            std::process::exit(1);
+        })
+        .map_err(|e| Error::Startup(format!("cannot start the signal thread: {e}")))?;
+    Ok(())
 }

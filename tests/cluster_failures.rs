@@ -631,6 +631,124 @@ fn an_actor_without_restarts_fails_naming_its_node() {
     }
 }
 
+// ---- leaving in order -----------------------------------------------------------
+
+/// A node told to stop (SIGTERM) leaves in order, as Ray drains a node: the
+/// head lists it draining and no new work goes there; the task it runs
+/// finishes there, once; the large result it holds is pulled by its owner
+/// before it goes, not made again; it exits by itself, listed as left, not
+/// failed. Its actor that may restart once restarts elsewhere without using
+/// that restart up (Ray's preemption): it survives a crash of its next node
+/// too. Its actor without restarts is gone, saying its node left.
+fn a_node_told_to_stop_leaves_in_order() {
+    // A drain of a minute at most: the node must go because its work is
+    // done, well before.
+    let mut c = Cluster::builder()
+        .nodes(3)
+        .health_check(PERIOD, MISSES)
+        .node_env("RAYX_DRAIN_TIMEOUT_MS", "60000")
+        .start()
+        .expect("a cluster starts");
+    let rt = c.driver().clone();
+    let leaving = c.nodes()[0].id;
+    let size = 4 << 20;
+    let held = rt
+        .task(big_result)
+        .node_affinity(leaving, false)
+        .remote(size);
+    let keeps = rt
+        .actor_of(|n: u64| Counter { n }, 5)
+        .max_restarts(1)
+        .max_task_retries(3)
+        .node_affinity(leaving, true)
+        .spawn()
+        .unwrap();
+    let fragile = rt
+        .actor_of(|n: u64| Counter { n }, 0)
+        .node_affinity(leaving, false)
+        .spawn()
+        .unwrap();
+    assert_eq!(keeps.call(Add(1)).get().unwrap(), 6);
+    assert_eq!(fragile.call(Add(1)).get().unwrap(), 1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rt.object_locations(std::slice::from_ref(&held)) != vec![Some(leaving)] {
+        assert!(Instant::now() < deadline, "the result was never held there");
+        std::thread::park_timeout(PERIOD);
+    }
+    let running = rt
+        .task(slow_where)
+        .node_affinity(leaving, false)
+        .remote((1, 1_500));
+    wait_for_load(&rt, leaving, 1);
+
+    signal(c.nodes()[0].pid() as i32, libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !rt
+        .cluster_status()
+        .unwrap()
+        .nodes
+        .iter()
+        .any(|n| n.info.id == leaving && n.alive && n.draining)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the head never listed it draining"
+        );
+        std::thread::park_timeout(PERIOD);
+    }
+    let (_, placed) = rt
+        .task(where_am_i)
+        .node_affinity(leaving, true)
+        .remote(2)
+        .get()
+        .unwrap();
+    assert_ne!(placed, leaving.0, "new work went to a draining node");
+    assert_eq!(
+        running.get_timeout(Duration::from_secs(30)),
+        Ok((1, leaving.0)),
+        "the running task finishes where it ran"
+    );
+    let status = c
+        .wait_exit(0, Duration::from_secs(20))
+        .expect("the node exits by itself once its work is done");
+    assert!(status.success(), "{status}");
+    let status = rt.cluster_status().unwrap();
+    let gone = status.nodes.iter().find(|n| n.info.id == leaving).unwrap();
+    assert!(!gone.alive);
+    assert_eq!(gone.cause.as_deref(), Some("left: it stopped in order"));
+    assert_eq!(
+        rt.object_locations(std::slice::from_ref(&held)),
+        vec![Some(rt.node_id())],
+        "the result was pulled here before its node went"
+    );
+    let (made_on, bytes) = held.get().unwrap();
+    assert_eq!((made_on, bytes.len()), (leaving.0, size), "not made again");
+
+    match fragile.call(Add(1)).get() {
+        Err(Error::ActorDied { cause, .. }) => {
+            assert!(
+                cause.contains(&format!("{leaving} left the cluster")),
+                "{cause}"
+            )
+        }
+        other => panic!("expected ActorDied: {other:?}"),
+    }
+    assert_eq!(keeps.call(Add(1)).get().unwrap(), 6, "restarted anew");
+    let next = keeps.node_id();
+    let i = c
+        .nodes()
+        .iter()
+        .position(|n| n.id == next)
+        .expect("on a node process");
+    c.kill_node(i).unwrap();
+    let after = keeps
+        .call(Add(2))
+        .get()
+        .expect("its one restart was still there");
+    assert_eq!(after, 7);
+    assert_ne!(keeps.node_id(), next);
+}
+
 /// An object whose owner died fails `OwnerDied` on its borrower.
 fn an_object_whose_owner_died_fails_owner_died() {
     let mut c = fast_cluster(2);
@@ -1830,6 +1948,7 @@ fn main() {
         a_handle_holds_its_actor_on_the_node_it_restarted_on,
         calls_follow_an_actor_through_two_deaths,
         an_actor_without_restarts_fails_naming_its_node,
+        a_node_told_to_stop_leaves_in_order,
         an_object_whose_owner_died_fails_owner_died,
         a_pull_whose_link_breaks_goes_again,
         tasks_wait_out_a_broken_link_to_a_live_node,

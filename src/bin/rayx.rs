@@ -187,7 +187,7 @@ fn render(address: &str, s: &ClusterStatus) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<24} {:<22} {:<6} {:>5} {:>5} {:>7} {:>8} {:>10}",
+        "{:<24} {:<22} {:<8} {:>5} {:>5} {:>7} {:>8} {:>10}",
         "NODE", "ADDRESS", "STATE", "CPUS", "LOAD", "ACTORS", "OBJECTS", "MEMORY"
     );
     for n in &s.nodes {
@@ -195,10 +195,12 @@ fn render(address: &str, s: &ClusterStatus) -> String {
         let r = &n.report;
         let _ = writeln!(
             out,
-            "{:<24} {:<22} {:<6} {:>5} {:>5} {:>7} {:>8} {:>10}",
+            "{:<24} {:<22} {:<8} {:>5} {:>5} {:>7} {:>8} {:>10}",
             id,
             n.info.address,
-            if n.alive {
+            if n.alive && n.draining {
+                "draining"
+            } else if n.alive {
                 "alive"
             } else if left(n) {
                 "left"

@@ -37,8 +37,9 @@ struct Member {
     /// Its join link: the latest, open or broken; it carries the member's
     /// session, kept across its links.
     link: Option<Arc<Link>>,
-    /// It said it stops in order (or its job finished): its link's closing
-    /// is its leaving.
+    /// It said it stops in order (or its job finished): no new work goes
+    /// there, its actors restart elsewhere without using up a restart when
+    /// it goes (Ray's preemption), and its link's closing is its leaving.
     leaving: bool,
     /// When it was last heard from.
     heard: Instant,
@@ -137,7 +138,9 @@ impl Tables {
             .iter()
             .enumerate()
             .filter(|(i, m)| {
-                m.alive && (*i == 0 || m.link.as_ref().is_some_and(|l| !open || !l.is_closed()))
+                m.alive
+                    && !m.leaving
+                    && (*i == 0 || m.link.as_ref().is_some_and(|l| !open || !l.is_closed()))
             })
             .map(|(_, m)| Candidate {
                 id: m.info.id,
@@ -467,6 +470,10 @@ impl Head {
                 return;
             }
             let others = t.nodes.iter().filter_map(|m| m.link.clone()).collect();
+            // Told which nodes are leaving, after its welcome.
+            for m in t.nodes.iter().filter(|m| m.alive && m.leaving) {
+                link.send(Msg::NodeDraining { node: m.info.id });
+            }
             let m = t.new_member(info.clone(), Some(link.clone()));
             let mut records = vec![node_record(m)];
             if driver {
@@ -503,6 +510,7 @@ impl Head {
             let m = t.nodes.iter_mut().find(|m| m.info.id == node && m.alive)?;
             m.alive = false;
             m.died = now_ms();
+            let in_order = m.leaving;
             // A driver that said its job finished left in order: its
             // connection closing is no death.
             let finished = t
@@ -545,7 +553,7 @@ impl Head {
                 .map(|(id, _)| *id)
                 .collect();
             for id in there {
-                match self.replace(t, id, node, cause) {
+                match self.replace(t, id, node, cause, in_order) {
                     Ok(restart) => {
                         records.extend(t.actors.get(&id).map(actor_record));
                         left.restarts.push(restart);
@@ -578,15 +586,23 @@ impl Head {
         Some(left)
     }
 
-    /// Places actor `id` of dead node `died` again, if it may restart.
+    /// Places actor `id` of dead node `died` again, if it may restart. A
+    /// node that left in order (`in_order`: it said so first) was preempted,
+    /// in Ray's words: an actor that may restart at all restarts without
+    /// using one of its `max_restarts`.
     fn replace(
         &self,
         t: &mut Tables,
         id: ActorId,
         died: NodeId,
         cause: &str,
+        in_order: bool,
     ) -> Result<(ActorCreate, NodeId), String> {
-        let why = format!("its node {died} died: {cause}");
+        let why = if in_order {
+            format!("its node {died} left the cluster ({cause})")
+        } else {
+            format!("its node {died} died: {cause}")
+        };
         let Some(r) = t.actors.get(&id).expect("listed").restart.as_ref() else {
             return Err(why);
         };
@@ -594,7 +610,8 @@ impl Head {
             // Ray's fate-sharing: an actor dies with its owner.
             return Err(format!("{why} (its owner was there)"));
         }
-        if !r.create.max_restarts.allows(r.done + 1) {
+        let preempted = in_order && r.create.max_restarts != Retries::Finite(0);
+        if !preempted && !r.create.max_restarts.allows(r.done + 1) {
             return Err(format!(
                 "{why}; its max_restarts ({:?}) is used up",
                 r.create.max_restarts
@@ -605,7 +622,9 @@ impl Head {
             .map_err(|reason| format!("{why}; no node can take it: {reason}"))?;
         let p = t.actors.get_mut(&id).expect("listed");
         let r = p.restart.as_mut().expect("looked at above");
-        r.done += 1;
+        if !preempted {
+            r.done += 1;
+        }
         let mut create = r.create.clone();
         create.max_restarts = match create.max_restarts {
             Retries::Finite(n) => Retries::Finite(n.saturating_sub(r.done as u32)),
@@ -748,6 +767,7 @@ impl Head {
                         alive: m.alive,
                         cause: m.cause.clone(),
                         report: m.report,
+                        draining: m.alive && m.leaving,
                     })
                     .collect(),
                 actors: t
@@ -860,15 +880,11 @@ impl Head {
             }
             Ask::StopCluster => Ok(Answer::Done),
             Ask::Leaving { node } => {
-                if let Some(m) = t.nodes.iter_mut().find(|m| m.info.id == node) {
-                    m.leaving = true;
-                }
+                drop(self.leaving(t, node));
                 Ok(Answer::Done)
             }
             Ask::JobFinished { driver } => {
-                if let Some(m) = t.nodes.iter_mut().find(|m| m.info.id == driver) {
-                    m.leaving = true;
-                }
+                let mut t = self.leaving(t, driver);
                 if let Some(job) = t
                     .jobs
                     .iter_mut()
@@ -882,6 +898,35 @@ impl Head {
                 Ok(Answer::Done)
             }
         }
+    }
+}
+
+impl Head {
+    /// `node` said it leaves (it stops, or its job finished): no new work is
+    /// placed there, and every other node is told (the head's own is told by
+    /// the caller, `ClusterNode::peer_draining`). The tables, locked again.
+    fn leaving<'a>(
+        &'a self,
+        mut t: parking_lot::MutexGuard<'a, Tables>,
+        node: NodeId,
+    ) -> parking_lot::MutexGuard<'a, Tables> {
+        let Some(m) = t.nodes.iter_mut().find(|m| m.info.id == node && m.alive) else {
+            return t;
+        };
+        if std::mem::replace(&mut m.leaving, true) {
+            return t;
+        }
+        let others: Vec<Arc<Link>> = t
+            .nodes
+            .iter()
+            .filter(|m| m.info.id != node)
+            .filter_map(|m| m.link.clone())
+            .collect();
+        drop(t);
+        for l in others {
+            l.send(Msg::NodeDraining { node });
+        }
+        self.tables.lock()
     }
 }
 

@@ -1442,6 +1442,7 @@ pub fn kind_of(msg: &Msg) -> &'static str {
         Msg::PullFailed { .. } => "PullFailed",
         Msg::Sync { .. } => "Sync",
         Msg::Synced { .. } => "Synced",
+        Msg::NodeDraining { .. } => "NodeDraining",
     }
 }
 

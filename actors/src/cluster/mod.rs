@@ -206,6 +206,8 @@ struct Peer {
     /// is placed there until a link is up again, or until then — long
     /// enough for the head to say whether it died.
     unreachable_until: Option<std::time::Instant>,
+    /// It leaves in order (the head said so): no new work goes there.
+    draining: bool,
 }
 
 impl Peer {
@@ -414,6 +416,10 @@ pub struct ClusterNode {
     /// Pulls gone again after their link failed while the holder lived.
     pulls_again: AtomicU64,
     spread: AtomicUsize,
+    /// Tasks peers sent here, not answered yet (a drain waits for them).
+    tasks_for_peers: AtomicUsize,
+    /// This node leaves in order (`drain`): no new work is placed here.
+    draining: AtomicBool,
     closed: AtomicBool,
 }
 
@@ -539,6 +545,8 @@ impl ClusterNode {
             pulls_again: AtomicU64::new(0),
             lingers_paid: AtomicU64::new(0),
             spread: AtomicUsize::new(0),
+            tasks_for_peers: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
             closed: AtomicBool::new(false),
         });
         // Wired into its node before anything can arrive: a peer's first
@@ -724,6 +732,7 @@ impl ClusterNode {
                 reported: 0,
                 inflight: 0,
                 unreachable_until: None,
+                draining: false,
             })
             .member |= member;
     }
@@ -1907,6 +1916,7 @@ impl ClusterNode {
                 self.leave_head(&format!("it declared this node dead ({cause})"));
             }
             Msg::NodeLeft { node, cause } => self.peer_lost(node, &cause),
+            Msg::NodeDraining { node } => self.peer_draining(node),
             Msg::Heartbeat(report) => {
                 if let Some(head) = &self.head {
                     head.report(from, report);
@@ -1925,11 +1935,16 @@ impl ClusterNode {
                     Ask::JobFinished { .. } => Ask::JobFinished { driver: from },
                     ask => ask,
                 };
+                let leaving = matches!(ask, Ask::Leaving { .. } | Ask::JobFinished { .. });
                 let answer = match &self.head {
                     Some(_) => self.ask(ask),
                     None => Err(Error::InvalidArgument("this node is not the head".into())),
                 };
                 link.send(Msg::Answer { id, answer });
+                if leaving && self.head.is_some() {
+                    // The head told the others; its own node is told here.
+                    self.peer_draining(from);
+                }
                 if stop && self.head.is_some() {
                     if let Some(h) = self.host() {
                         h.stop();
@@ -2172,6 +2187,7 @@ impl ClusterNode {
         };
         spec.options.num_cpus = 0.0;
         self.core.table.submit_task(ret.clone(), spec, pins, false);
+        self.tasks_for_peers.fetch_add(1, Ordering::Relaxed);
         self.wait_for(
             ret,
             Reply::Task {
@@ -2404,6 +2420,7 @@ impl ClusterNode {
                         load,
                     },
                 );
+                self.tasks_for_peers.fetch_sub(1, Ordering::Relaxed);
             }
             Reply::Call { link, object } => {
                 let result = result.map(|v| self.payload(*object, v, true));
@@ -2524,6 +2541,10 @@ impl ClusterNode {
                 flight.slot.tell_on_drop(node);
                 self.remote.lock().insert(object, HeldAt { node, size });
                 flight.slot.held_elsewhere();
+                if self.peers.lock().get(&node).is_some_and(|p| p.draining) {
+                    // Its holder leaves: pulled now, before it goes.
+                    self.fetch_held(object);
+                }
             }
             result => {
                 // The task ran: its arguments are unpinned before the result
@@ -2588,8 +2609,14 @@ impl ClusterNode {
                     // and the refs inside it are borrowed only when it is
                     // read; freed there at once, they went before (as Ray
                     // pins a primary copy where it was made while its ref
-                    // lives).
-                    r => slot.complete(r),
+                    // lives). Unless that node leaves: this was its last
+                    // read, and the node is told it may go.
+                    r => {
+                        slot.complete(r);
+                        if me.peers.lock().get(&node).is_some_and(|p| p.draining) {
+                            me.send_to(node, Msg::Free { object });
+                        }
+                    }
                 }
             }),
         );
@@ -2698,6 +2725,49 @@ impl ClusterNode {
         let delay = p.reconnect;
         p.reconnect = (delay * 2).clamp(Duration::from_millis(50), Duration::from_secs(2));
         self.open_control(node, p, delay);
+    }
+
+    /// `node` leaves in order (the head said so): no new work goes there,
+    /// and the results of this node's tasks it holds are pulled now, before
+    /// it goes (a result it makes later is pulled when it is done).
+    fn peer_draining(self: &Arc<Self>, node: NodeId) {
+        if let Some(p) = self.peers.lock().get_mut(&node) {
+            p.draining = true;
+        }
+        let held: Vec<ObjectId> = self
+            .remote
+            .lock()
+            .iter()
+            .filter(|(_, h)| h.node == node)
+            .map(|(id, _)| *id)
+            .collect();
+        for object in held {
+            self.fetch_held(object);
+        }
+    }
+
+    /// Leaves the cluster in order (Ray's drain), up to `grace`: the head
+    /// places no new work here and tells every node so; the tasks peers
+    /// sent here finish and are answered, and the owners of the results
+    /// this node holds pull them. Returns what was still under way at the
+    /// end, (tasks, results held); the caller then shuts the node down (its
+    /// actors restart elsewhere without using up a restart, as in Ray's
+    /// preemption).
+    pub fn drain(&self, grace: Duration) -> (usize, usize) {
+        self.draining.store(true, Ordering::Relaxed);
+        if self.head.is_none() {
+            let _ = self.ask_within(Ask::Leaving { node: self.me.id }, GOODBYE);
+        }
+        let deadline = std::time::Instant::now() + grace;
+        loop {
+            let tasks = self.tasks_for_peers.load(Ordering::Relaxed);
+            let held = self.held.lock().len();
+            if (tasks == 0 && held == 0) || std::time::Instant::now() >= deadline {
+                return (tasks, held);
+            }
+            // Rare and bounded: looked at again every few milliseconds.
+            std::thread::park_timeout(DRAIN_POLL);
+        }
     }
 
     /// `node` just died: remembered among the dead peers, of whom the
@@ -2920,7 +2990,11 @@ impl ClusterNode {
             self.peers
                 .lock()
                 .values()
-                .filter(|p| p.alive && (!reachable || p.unreachable_until.is_none_or(|t| t <= now)))
+                .filter(|p| {
+                    p.alive
+                        && !p.draining
+                        && (!reachable || p.unreachable_until.is_none_or(|t| t <= now))
+                })
                 .map(|p| Candidate {
                     id: p.info.id,
                     cpus: p.info.cpus,
@@ -2975,13 +3049,15 @@ impl ClusterNode {
     /// Chooses a node for an actor's or a task's needs (the head places
     /// actors; this is the tasks' own choice).
     pub fn place(&self, scheduling: Scheduling, cpus: f64) -> Result<NodeId, String> {
-        place(
-            &self.candidates(true),
-            self.me.id,
-            scheduling,
-            cpus,
-            &self.spread,
-        )
+        let candidates = self.candidates(true);
+        if self.draining.load(Ordering::Relaxed) && candidates.len() > 1 {
+            // A node leaving in order places its work elsewhere if it can.
+            let elsewhere = place(&candidates[1..], self.me.id, scheduling, cpus, &self.spread);
+            if elsewhere.is_ok() {
+                return elsewhere;
+            }
+        }
+        place(&candidates, self.me.id, scheduling, cpus, &self.spread)
     }
 }
 
@@ -3278,6 +3354,9 @@ fn head_session_of(
 
 /// How long a node that stops waits for the head to hear its goodbye.
 const GOODBYE: Duration = Duration::from_secs(1);
+
+/// How often a drain looks whether its node's work is done.
+const DRAIN_POLL: Duration = Duration::from_millis(10);
 
 /// How often the head looks again at the address of a member whose join
 /// link closed, while no look was conclusive.

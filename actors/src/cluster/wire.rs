@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The protocol's version: a peer with another one is refused at its hello.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 /// The largest frame accepted before a connection has authenticated (a
 /// hello with its registry, a proof): a stranger cannot make a node buffer more.
 pub const PREAUTH_FRAME: usize = 1 << 20;
@@ -289,6 +289,9 @@ pub struct NodeStatus {
     pub cause: Option<String>,
     /// Its last report.
     pub report: Report,
+    /// It is leaving in order: no new work goes there.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// The cluster's state as the head sees it.
@@ -510,6 +513,12 @@ pub enum Msg {
     Synced {
         /// The `Sync`'s id.
         id: u64,
+    },
+    /// A node leaves in order (head to every node): place no new work
+    /// there, and pull now what it holds for you.
+    NodeDraining {
+        /// The node.
+        node: NodeId,
     },
 }
 
