@@ -418,6 +418,8 @@ pub struct ClusterNode {
     spread: AtomicUsize,
     /// Tasks peers sent here, not answered yet (a drain waits for them).
     tasks_for_peers: AtomicUsize,
+    /// A drain's `Sync`s not answered yet, by id (see `drain`).
+    drain_syncs: Mutex<IdMap<u64, NodeId>>,
     /// This node leaves in order (`drain`): no new work is placed here.
     draining: AtomicBool,
     closed: AtomicBool,
@@ -546,6 +548,7 @@ impl ClusterNode {
             lingers_paid: AtomicU64::new(0),
             spread: AtomicUsize::new(0),
             tasks_for_peers: AtomicUsize::new(0),
+            drain_syncs: Mutex::default(),
             draining: AtomicBool::new(false),
             closed: AtomicBool::new(false),
         });
@@ -1916,7 +1919,12 @@ impl ClusterNode {
                 self.leave_head(&format!("it declared this node dead ({cause})"));
             }
             Msg::NodeLeft { node, cause } => self.peer_lost(node, &cause),
-            Msg::NodeDraining { node } => self.peer_draining(node),
+            // From the head, or from the node itself (a node speaks for
+            // itself only).
+            Msg::NodeDraining { node } if link.lane == Lane::Join || node == from => {
+                self.peer_draining(node)
+            }
+            Msg::NodeDraining { .. } => {}
             Msg::Heartbeat(report) => {
                 if let Some(head) = &self.head {
                     head.report(from, report);
@@ -2036,6 +2044,9 @@ impl ClusterNode {
             Msg::Sync { id } => {
                 // Everything the peer sent before it was handled (in order).
                 self.send_now(from, Msg::Synced { id });
+            }
+            Msg::Synced { id } if id & DRAIN_SYNC != 0 => {
+                self.drain_syncs.lock().remove(&id);
             }
             Msg::Synced { id } => {
                 self.barrier.synced(from, id, &mut self.control());
@@ -2747,22 +2758,45 @@ impl ClusterNode {
     }
 
     /// Leaves the cluster in order (Ray's drain), up to `grace`: the head
-    /// places no new work here and tells every node so; the tasks peers
-    /// sent here finish and are answered, and the owners of the results
-    /// this node holds pull them. Returns what was still under way at the
-    /// end, (tasks, results held); the caller then shuts the node down (its
+    /// places no new work here and tells every node so; this node tells
+    /// each peer too, with a `Sync` behind, so that once each has answered,
+    /// every task it placed here before it knew has arrived. Those tasks
+    /// finish and are answered, and the owners of the results this node
+    /// holds pull them. Returns what was still under way at the end,
+    /// (tasks, results held); the caller then shuts the node down (its
     /// actors restart elsewhere without using up a restart, as in Ray's
     /// preemption).
-    pub fn drain(&self, grace: Duration) -> (usize, usize) {
+    pub fn drain(self: &Arc<Self>, grace: Duration) -> (usize, usize) {
         self.draining.store(true, Ordering::Relaxed);
         if self.head.is_none() {
             let _ = self.ask_within(Ask::Leaving { node: self.me.id }, GOODBYE);
         }
+        let peers: Vec<NodeId> = {
+            let peers = self.peers.lock();
+            peers
+                .values()
+                .filter(|p| p.alive)
+                .map(|p| p.info.id)
+                .collect()
+        };
+        for peer in peers {
+            let id = DRAIN_SYNC | self.next_request.fetch_add(1, Ordering::Relaxed);
+            self.drain_syncs.lock().insert(id, peer);
+            let told = self.send_now(peer, Msg::NodeDraining { node: self.me.id })
+                && self.send_now(peer, Msg::Sync { id });
+            if !told {
+                self.drain_syncs.lock().remove(&id);
+            }
+        }
         let deadline = std::time::Instant::now() + grace;
         loop {
+            // A peer that died answers no more.
+            self.drain_syncs.lock().retain(|_, n| self.is_alive(*n));
+            let unsynced = self.drain_syncs.lock().len();
             let tasks = self.tasks_for_peers.load(Ordering::Relaxed);
             let held = self.held.lock().len();
-            if (tasks == 0 && held == 0) || std::time::Instant::now() >= deadline {
+            let done = unsynced == 0 && tasks == 0 && held == 0;
+            if done || std::time::Instant::now() >= deadline {
                 return (tasks, held);
             }
             // Rare and bounded: looked at again every few milliseconds.
@@ -3357,6 +3391,9 @@ const GOODBYE: Duration = Duration::from_secs(1);
 
 /// How often a drain looks whether its node's work is done.
 const DRAIN_POLL: Duration = Duration::from_millis(10);
+
+/// Marks the ids of a drain's `Sync`s (a barrier's never reach it).
+const DRAIN_SYNC: u64 = 1 << 63;
 
 /// How often the head looks again at the address of a member whose join
 /// link closed, while no look was conclusive.
