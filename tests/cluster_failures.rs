@@ -1038,6 +1038,28 @@ fn an_unanswered_first_join_is_tried_again() {
     let node = c.add_node_via(proxy.address()).unwrap();
     assert_eq!(proxy.accepted(), 2, "the stalled attempt, then the next");
     assert_eq!(head_answers_on(c.driver(), node), Ok(Ok(())));
+    drop(c);
+    // With TLS the attempt stalls in the TLS handshake: tried again too.
+    let dir = std::env::temp_dir().join(format!("rayx-tls-stall-{}", std::process::id()));
+    let files = rayx_actors::cluster::tls::TlsFiles::in_dir(&dir);
+    assert!(rayx_actors::cluster::tls::generate(&files).unwrap());
+    let mut c = Cluster::builder()
+        .nodes(0)
+        .health_check(PERIOD, MISSES)
+        .tls(&files.cert, &files.key)
+        .start()
+        .unwrap();
+    let proxy = Proxy::start(c.address()).unwrap();
+    proxy.stall_new(1);
+    let node = c.add_node_via(proxy.address()).unwrap();
+    assert_eq!(
+        proxy.accepted(),
+        2,
+        "the stalled TLS attempt, then the next"
+    );
+    assert_eq!(head_answers_on(c.driver(), node), Ok(Ok(())));
+    drop(c);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A slow way back from the head (300 ms a step; half the health limit is

@@ -387,7 +387,7 @@ async fn read_one<S: AsyncRead + Unpin>(
             Err(e) => return Err(format!("frame over the limit: {e}")),
         }
         match stream.read_buf(buf).await {
-            Ok(0) => return Err("closed during the handshake".to_string()),
+            Ok(0) => return Err(CLOSED_MID_HANDSHAKE.to_string()),
             Ok(_) => {
                 if let Some((gate, id)) = tracked {
                     gate.read(id, buf.len());
@@ -417,6 +417,46 @@ async fn refuse<T, S: AsyncWrite + Unpin>(stream: &mut S, reason: String) -> Res
     Err(reason)
 }
 
+/// What a listener's read ends with when the connector closes mid-handshake.
+const CLOSED_MID_HANDSHAKE: &str = "closed during the handshake";
+
+/// Why an attempt to connect failed: what whoever tries again decides on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Nothing listens at the address: the OS refused the connection.
+    NobodyListens,
+    /// A step (the connection, TLS, an answer of the handshake) had no
+    /// answer in time, or the listener closed the connection mid-handshake
+    /// (a head busy with a flood of strangers cuts handshakes off).
+    NoAnswer,
+    /// The listener answered and refused, saying why.
+    Refused,
+    /// Anything else: a reset, a TLS or authentication failure, a bad answer.
+    Other,
+}
+
+/// A failed attempt to connect: the error for the user (the address and the
+/// cause), and the kind of failure.
+#[derive(Debug)]
+pub struct Failed {
+    /// `ClusterUnreachable`, or `Unauthenticated` for a failed authentication.
+    pub error: Error,
+    /// What kind of failure it was.
+    pub failure: Failure,
+}
+
+impl From<Failed> for Error {
+    fn from(f: Failed) -> Error {
+        f.error
+    }
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
 /// Connects to `address` and says `hello`, proving the token (and checking
 /// the listener's proof); the peer's welcome names it, and `session` picks
 /// the session the link carries for that peer (none for a link of its own).
@@ -428,7 +468,7 @@ pub async fn connect(
     inbound: Arc<dyn Inbound>,
     gate: &Arc<Gate>,
     session: impl FnOnce(&NodeInfo) -> Option<Arc<Session>> + Send,
-) -> Result<(Arc<Link>, Vec<NodeInfo>), Error> {
+) -> Result<(Arc<Link>, Vec<NodeInfo>), Failed> {
     connect_within(address, hello, inbound, gate, session, HANDSHAKE_DEADLINE).await
 }
 
@@ -443,10 +483,10 @@ pub async fn connect_within(
     gate: &Arc<Gate>,
     session: impl FnOnce(&NodeInfo) -> Option<Arc<Session>> + Send,
     step: Duration,
-) -> Result<(Arc<Link>, Vec<NodeInfo>), Error> {
+) -> Result<(Arc<Link>, Vec<NodeInfo>), Failed> {
     let step = step.min(HANDSHAKE_DEADLINE);
-    let unreachable = |cause: String| {
-        if cause.contains("authentication failed") {
+    let unreachable = |(failure, cause): (Failure, String)| {
+        let error = if cause.contains("authentication failed") {
             Error::Unauthenticated {
                 address: address.to_string(),
                 cause,
@@ -456,23 +496,34 @@ pub async fn connect_within(
                 address: address.to_string(),
                 cause,
             }
-        }
+        };
+        Failed { error, failure }
     };
+    let no_answer = |cause: String| unreachable((Failure::NoAnswer, cause));
     let stream = tokio::time::timeout(step, TcpStream::connect(address))
         .await
-        .map_err(|_| unreachable(format!("no connection within {step:?}")))?
-        .map_err(|e| unreachable(e.to_string()))?;
+        .map_err(|_| no_answer(format!("no connection within {step:?}")))?
+        .map_err(|e| {
+            let failure = match e.kind() {
+                std::io::ErrorKind::ConnectionRefused => Failure::NobodyListens,
+                _ => Failure::Other,
+            };
+            unreachable((failure, e.to_string()))
+        })?;
     let _ = stream.set_nodelay(true);
     match &gate.tls {
         None => shake_hands(stream, hello, inbound, gate, session, step).await,
         Some(tls) => {
             let tls = tokio::time::timeout(step, tls.connector.connect(Tls::server_name(), stream))
                 .await
-                .map_err(|_| unreachable(format!("no TLS handshake within {step:?}")))?
+                .map_err(|_| no_answer(format!("no TLS handshake within {step:?}")))?
                 .map_err(|e| {
-                    unreachable(format!(
+                    unreachable((
+                        Failure::Other,
+                        format!(
                     "TLS handshake failed (does the cluster use TLS, with this certificate?): {e}"
-                ))
+                ),
+                    ))
                 })?;
             shake_hands(
                 tokio_rustls::TlsStream::from(tls),
@@ -494,10 +545,22 @@ async fn answer_within<S: AsyncRead + Unpin>(
     limit: usize,
     buf: &mut BytesMut,
     step: Duration,
-) -> Result<Msg, String> {
-    tokio::time::timeout(step, read_one(stream, limit, buf, None))
-        .await
-        .map_err(|_| format!("no handshake within {step:?}: an answer never came"))?
+) -> Result<Msg, (Failure, String)> {
+    match tokio::time::timeout(step, read_one(stream, limit, buf, None)).await {
+        Ok(Ok(msg)) => Ok(msg),
+        Ok(Err(e)) if e == CLOSED_MID_HANDSHAKE => Err((Failure::NoAnswer, e)),
+        Ok(Err(e)) => Err((Failure::Other, e)),
+        Err(_) => Err((
+            Failure::NoAnswer,
+            format!("no handshake within {step:?}: an answer never came"),
+        )),
+    }
+}
+
+/// An error of the handshake that is neither a refusal nor for want of an
+/// answer.
+fn other(cause: impl ToString) -> (Failure, String) {
+    (Failure::Other, cause.to_string())
 }
 
 /// The connecting side's handshake on an open connection: hello, the
@@ -510,18 +573,22 @@ async fn shake_hands<S: Conn>(
     gate: &Arc<Gate>,
     session: impl FnOnce(&NodeInfo) -> Option<Arc<Session>> + Send,
     step: Duration,
-) -> Result<(Arc<Link>, Vec<NodeInfo>), String> {
+) -> Result<(Arc<Link>, Vec<NodeInfo>), (Failure, String)> {
     let lane = hello.lane;
     let mine = auth::nonce();
     hello.nonce = ByteBuf::from(mine.clone());
     let mut buf = BytesMut::with_capacity(64 << 10);
     let shake = async {
-        write_frame(&mut stream, &Msg::Hello(hello)).await?;
+        write_frame(&mut stream, &Msg::Hello(hello))
+            .await
+            .map_err(other)?;
         let (theirs, proof) =
             match answer_within(&mut stream, wire::PREAUTH_FRAME, &mut buf, step).await? {
                 Msg::Challenge { nonce, proof } => (nonce, proof),
-                Msg::Refused { reason } => return Err(format!("refused: {reason}")),
-                other => return Err(format!("answered its hello with {}", kind_of(&other))),
+                Msg::Refused { reason } => {
+                    return Err((Failure::Refused, format!("refused: {reason}")))
+                }
+                msg => return Err(other(format!("answered its hello with {}", kind_of(&msg)))),
             };
         let answer = match (gate.token.as_deref(), proof) {
             (Some(t), Some(p)) if auth::verify(t, Side::Listener, &mine, &theirs, &p) => Some(
@@ -531,33 +598,40 @@ async fn shake_hands<S: Conn>(
             (Some(_), Some(_)) => {
                 let why = "authentication failed: wrong cluster token (the listener's proof \
                            does not match this node's token)";
-                return refuse(&mut stream, why.into()).await;
+                return refuse(&mut stream, why.into()).await.map_err(other);
             }
             (Some(_), None) => {
                 let why = "authentication failed: the listener has no cluster token and this \
                            node requires one";
-                return refuse(&mut stream, why.into()).await;
+                return refuse(&mut stream, why.into()).await.map_err(other);
             }
             (None, Some(_)) => {
                 let why = "authentication failed: the cluster requires a token and this node \
                            has none (set RAYX_TOKEN, or RAYX_TOKEN_FILE, or put it in ~/.rayx/token)";
-                return refuse(&mut stream, why.into()).await;
+                return refuse(&mut stream, why.into()).await.map_err(other);
             }
         };
-        write_frame(&mut stream, &Msg::Proof { proof: answer }).await?;
+        write_frame(&mut stream, &Msg::Proof { proof: answer })
+            .await
+            .map_err(other)?;
         match answer_within(&mut stream, max_frame(lane), &mut buf, step).await? {
             Msg::Welcome { node, cluster } => Ok((node, cluster)),
-            Msg::Refused { reason } => Err(format!("refused: {reason}")),
-            other => Err(format!("answered its proof with {}", kind_of(&other))),
+            Msg::Refused { reason } => Err((Failure::Refused, format!("refused: {reason}"))),
+            msg => Err(other(format!("answered its proof with {}", kind_of(&msg)))),
         }
     };
     let (node, cluster) = tokio::time::timeout(HANDSHAKE_DEADLINE, shake)
         .await
-        .map_err(|_| format!("no handshake within {HANDSHAKE_DEADLINE:?}"))??;
+        .map_err(|_| {
+            (
+                Failure::NoAnswer,
+                format!("no handshake within {HANDSHAKE_DEADLINE:?}"),
+            )
+        })??;
     let session = session(&node);
     if let Some(s) = session.as_ref().filter(|s| s.peer != node.id) {
         // The peer died and another node took its address: not its session.
-        return Err(format!("{} answers there, not {}", node.id, s.peer));
+        return Err(other(format!("{} answers there, not {}", node.id, s.peer)));
     }
     let link = start(
         stream,

@@ -566,21 +566,18 @@ impl ClusterNode {
                 // that answers and refuses is not asked twice.
                 let deadline = tokio::time::Instant::now() + JOIN_RETRY;
                 loop {
-                    let tried = join_once(&weak, address).await;
-                    match &tried {
+                    match join_once(&weak, address).await {
                         // Refused by the OS (nobody listens yet), closed
                         // mid-handshake (a head busy with a flood of
                         // strangers) or unanswered: try again. A refusal
                         // with a reason is final.
-                        Err(e @ Error::ClusterUnreachable { cause, .. })
-                            if (nobody_listens(e)
-                                || cause.contains("closed during the handshake")
-                                || unanswered(cause))
-                                && tokio::time::Instant::now() < deadline =>
-                        {
+                        Err(link::Failed {
+                            failure: link::Failure::NobodyListens | link::Failure::NoAnswer,
+                            ..
+                        }) if tokio::time::Instant::now() < deadline => {
                             tokio::time::sleep(Duration::from_millis(100)).await;
                         }
-                        _ => return tried,
+                        tried => return tried.map_err(Error::from),
                     }
                 }
             });
@@ -1313,17 +1310,15 @@ impl ClusterNode {
                     Err(e) => {
                         // Refused by a head that answered (declared dead, a
                         // wrong token): final. Unreachable: try again.
-                        let final_ = match &e {
-                            Error::ClusterUnreachable { cause, .. } => {
-                                cause.starts_with("refused:")
-                            }
-                            _ => true,
-                        };
+                        let final_ = e.failure == link::Failure::Refused
+                            || !matches!(e.error, Error::ClusterUnreachable { .. });
                         if final_ || tokio::time::Instant::now() >= deadline {
                             c.rejoining.store(false, Ordering::Release);
                             return c.leave_head(&format!("{cause}; rejoining failed: {e}"));
                         }
-                        if nobody_listens(&e) && !c.head_down.swap(true, Ordering::AcqRel) {
+                        if e.failure == link::Failure::NobodyListens
+                            && !c.head_down.swap(true, Ordering::AcqRel)
+                        {
                             // The head's process is gone (a reset would find
                             // it listening): what waits for it fails now.
                             c.fail_asks(|| c.head_lost());
@@ -3343,20 +3338,6 @@ async fn accept_loop(listener: tokio::net::TcpListener, node: Weak<ClusterNode>)
     }
 }
 
-/// Whether a connection failed because nothing listens at the address (the
-/// OS refused it), not because a listener said why.
-fn nobody_listens(e: &Error) -> bool {
-    matches!(e, Error::ClusterUnreachable { cause, .. }
-        if cause.contains("refused") && !cause.starts_with("refused:"))
-}
-
-/// Whether a connection attempt failed for want of an answer in time.
-fn unanswered(cause: &str) -> bool {
-    ["no handshake within", "no connection within"]
-        .iter()
-        .any(|p| cause.starts_with(p))
-}
-
 /// One attempt to join the head at `address` on a new join link. One
 /// stalled on its way (a step of the handshake nobody answers) gives way to
 /// the next within the time a join link may go unacknowledged — while the
@@ -3365,9 +3346,12 @@ fn unanswered(cause: &str) -> bool {
 async fn join_once(
     node: &Weak<ClusterNode>,
     address: &str,
-) -> Result<(Arc<Link>, Vec<NodeInfo>), Error> {
+) -> Result<(Arc<Link>, Vec<NodeInfo>), link::Failed> {
     let Some(c) = node.upgrade() else {
-        return Err(Error::ShutDown);
+        return Err(link::Failed {
+            error: Error::ShutDown,
+            failure: link::Failure::Other,
+        });
     };
     let hello = c.hello(Lane::Join);
     let inbound: Arc<dyn Inbound> = Arc::new(Handler(node.clone()));
@@ -3424,7 +3408,10 @@ async fn probe(node: Weak<ClusterNode>, peer: NodeId, serial: u64, address: Stri
                 }
                 return;
             }
-            Err(e) if nobody_listens(&e) => {
+            Err(link::Failed {
+                failure: link::Failure::NobodyListens,
+                ..
+            }) => {
                 if still(&c).is_some() {
                     c.declare_dead(
                         peer,
@@ -3446,7 +3433,7 @@ async fn connect_control(
     node: &Weak<ClusterNode>,
     peer: NodeId,
     address: &str,
-) -> Option<Result<Arc<Link>, Error>> {
+) -> Option<Result<Arc<Link>, link::Failed>> {
     let c = node.upgrade()?;
     let session = c
         .peers
