@@ -37,10 +37,13 @@ struct Member {
     /// Its join link: the latest, open or broken; it carries the member's
     /// session, kept across its links.
     link: Option<Arc<Link>>,
-    /// It said it stops in order (or its job finished): no new work goes
-    /// there, its actors restart elsewhere without using up a restart when
-    /// it goes (Ray's preemption), and its link's closing is its leaving.
+    /// It said it stops in order (or its job finished): its link's closing
+    /// is its leaving.
     leaving: bool,
+    /// It drains (or leaves): no new work goes there, and its actors restart
+    /// elsewhere without using up a restart when it goes, however it goes
+    /// (Ray's preemption).
+    draining: bool,
     /// When it was last heard from.
     heard: Instant,
     /// Its record's key in the database.
@@ -139,7 +142,7 @@ impl Tables {
             .enumerate()
             .filter(|(i, m)| {
                 m.alive
-                    && !m.leaving
+                    && !m.draining
                     && (*i == 0 || m.link.as_ref().is_some_and(|l| !open || !l.is_closed()))
             })
             .map(|(_, m)| Candidate {
@@ -179,6 +182,7 @@ impl Tables {
             actors: 0,
             link,
             leaving: false,
+            draining: false,
             heard: Instant::now(),
             key,
         });
@@ -273,6 +277,7 @@ impl Head {
                 actors: 0,
                 link: None,
                 leaving: false,
+                draining: false,
                 heard: Instant::now(),
                 key,
                 info: r.info,
@@ -471,7 +476,7 @@ impl Head {
             }
             let others = t.nodes.iter().filter_map(|m| m.link.clone()).collect();
             // Told which nodes are leaving, after its welcome.
-            for m in t.nodes.iter().filter(|m| m.alive && m.leaving) {
+            for m in t.nodes.iter().filter(|m| m.alive && m.draining) {
                 link.send(Msg::NodeDraining { node: m.info.id });
             }
             let m = t.new_member(info.clone(), Some(link.clone()));
@@ -510,7 +515,7 @@ impl Head {
             let m = t.nodes.iter_mut().find(|m| m.info.id == node && m.alive)?;
             m.alive = false;
             m.died = now_ms();
-            let in_order = m.leaving;
+            let in_order = m.draining;
             // A driver that said its job finished left in order: its
             // connection closing is no death.
             let finished = t
@@ -767,7 +772,7 @@ impl Head {
                         alive: m.alive,
                         cause: m.cause.clone(),
                         report: m.report,
-                        draining: m.alive && m.leaving,
+                        draining: m.alive && m.draining,
                     })
                     .collect(),
                 actors: t
@@ -879,12 +884,22 @@ impl Head {
                 Ok(Answer::Stored(had))
             }
             Ask::StopCluster => Ok(Answer::Done),
+            Ask::Draining { node } => {
+                drop(self.draining(t, node));
+                Ok(Answer::Done)
+            }
             Ask::Leaving { node } => {
-                drop(self.leaving(t, node));
+                if let Some(m) = t.nodes.iter_mut().find(|m| m.info.id == node) {
+                    m.leaving = true;
+                }
+                drop(self.draining(t, node));
                 Ok(Answer::Done)
             }
             Ask::JobFinished { driver } => {
-                let mut t = self.leaving(t, driver);
+                if let Some(m) = t.nodes.iter_mut().find(|m| m.info.id == driver) {
+                    m.leaving = true;
+                }
+                let mut t = self.draining(t, driver);
                 if let Some(job) = t
                     .jobs
                     .iter_mut()
@@ -902,10 +917,11 @@ impl Head {
 }
 
 impl Head {
-    /// `node` said it leaves (it stops, or its job finished): no new work is
-    /// placed there, and every other node is told (the head's own is told by
-    /// the caller, `ClusterNode::peer_draining`). The tables, locked again.
-    fn leaving<'a>(
+    /// `node` said it drains or leaves (it stops, or its job finished): no
+    /// new work is placed there, and every other node is told (the head's
+    /// own is told by the caller, `ClusterNode::peer_draining`). The tables,
+    /// locked again.
+    fn draining<'a>(
         &'a self,
         mut t: parking_lot::MutexGuard<'a, Tables>,
         node: NodeId,
@@ -913,7 +929,7 @@ impl Head {
         let Some(m) = t.nodes.iter_mut().find(|m| m.info.id == node && m.alive) else {
             return t;
         };
-        if std::mem::replace(&mut m.leaving, true) {
+        if std::mem::replace(&mut m.draining, true) {
             return t;
         }
         let others: Vec<Arc<Link>> = t

@@ -1517,6 +1517,7 @@ pub fn kind_of(msg: &Msg) -> &'static str {
         Msg::Sync { .. } => "Sync",
         Msg::Synced { .. } => "Synced",
         Msg::NodeDraining { .. } => "NodeDraining",
+        Msg::Pulled { .. } => "Pulled",
     }
 }
 

@@ -399,7 +399,9 @@ pub struct ClusterNode {
     next_request: AtomicU64,
     lent: Mutex<IdMap<ObjectId, Lent>>,
     borrowed: Mutex<IdMap<ObjectId, Weak<Slot>>>,
-    held: Mutex<IdMap<ObjectId, Value>>,
+    /// Values of this node held for their owners (results and replies too
+    /// large to travel inline), each with whether its owner pulled it whole.
+    held: Mutex<IdMap<ObjectId, (Value, bool)>>,
     /// Results of this node's tasks held on the peers that ran them.
     remote: Mutex<IdMap<ObjectId, HeldAt>>,
     pulls: Pulls,
@@ -1357,6 +1359,14 @@ impl ClusterNode {
         for m in members {
             self.add_peer(m, true);
         }
+        if self.draining.load(Ordering::Relaxed) {
+            // Said again: a head started again knows nothing of the drain.
+            let me = self.clone();
+            self.net.spawn_blocking(move || {
+                ON_NET_THREAD.with(|n| n.set(false));
+                let _ = me.ask_within(Ask::Draining { node: me.me.id }, GOODBYE);
+            });
+        }
         tracing::info!("rayx: rejoined the head");
     }
 
@@ -1854,7 +1864,7 @@ impl ClusterNode {
             return Payload::Inline(value);
         }
         if hold {
-            self.held.lock().insert(object, value);
+            self.held.lock().insert(object, (value, false));
         }
         Payload::At {
             node: self.me.id,
@@ -1935,10 +1945,14 @@ impl ClusterNode {
                 // A node speaks for itself only.
                 let ask = match ask {
                     Ask::Leaving { .. } => Ask::Leaving { node: from },
+                    Ask::Draining { .. } => Ask::Draining { node: from },
                     Ask::JobFinished { .. } => Ask::JobFinished { driver: from },
                     ask => ask,
                 };
-                let leaving = matches!(ask, Ask::Leaving { .. } | Ask::JobFinished { .. });
+                let leaving = matches!(
+                    ask,
+                    Ask::Leaving { .. } | Ask::Draining { .. } | Ask::JobFinished { .. }
+                );
                 let answer = match &self.head {
                     Some(_) => self.ask(ask),
                     None => Err(Error::InvalidArgument("this node is not the head".into())),
@@ -2065,6 +2079,11 @@ impl ClusterNode {
                     self.complete_from(&slot, object.node, result);
                 }
             }
+            Msg::Pulled { object } => {
+                if let Some(h) = self.held.lock().get_mut(&object) {
+                    h.1 = true;
+                }
+            }
             Msg::Free { object } => {
                 self.held.lock().remove(&object);
                 let pins = self.contained.lock().remove(&object);
@@ -2119,12 +2138,17 @@ impl ClusterNode {
                 // Pulled from its owner, which died meanwhile: the read fails
                 // as a borrower's read of a dead owner's object does.
                 let from_owner = slot.is_borrowed() && node == id.node;
+                let me = Arc::downgrade(self);
                 self.pull_retrying(
                     node,
                     id,
                     size,
                     std::time::Instant::now(),
                     Box::new(move |r| {
+                        if let (Ok(_), false, Some(me)) = (&r, from_owner, me.upgrade()) {
+                            // Held for us there: a drain need not wait for it.
+                            me.send_to(node, Msg::Pulled { object: id });
+                        }
                         target.complete(match r {
                             Err(Error::NodeDied { .. }) if from_owner => {
                                 Err(Error::OwnerDied { id: id.to_string() })
@@ -2482,13 +2506,18 @@ impl ClusterNode {
             }
             transfer::Serve::Wait => {}
             transfer::Serve::Encode => {
-                let value = self.held.lock().get(&object).cloned().or_else(|| {
-                    self.core
-                        .table
-                        .lookup(object)
-                        .and_then(|s| s.try_get())
-                        .and_then(Result::ok)
-                });
+                let value = self
+                    .held
+                    .lock()
+                    .get(&object)
+                    .map(|h| h.0.clone())
+                    .or_else(|| {
+                        self.core
+                            .table
+                            .lookup(object)
+                            .and_then(|s| s.try_get())
+                            .and_then(Result::ok)
+                    });
                 let Some(value) = value else {
                     self.serving.encoded(
                         object,
@@ -2615,13 +2644,13 @@ impl ClusterNode {
                     // and the refs inside it are borrowed only when it is
                     // read; freed there at once, they went before (as Ray
                     // pins a primary copy where it was made while its ref
-                    // lives). Unless that node leaves: this was its last
-                    // read, and the node is told it may go.
+                    // lives). It is told the value is here: a drain there
+                    // need not wait for it.
                     r => {
-                        slot.complete(r);
-                        if me.peers.lock().get(&node).is_some_and(|p| p.draining) {
-                            me.send_to(node, Msg::Free { object });
+                        if r.is_ok() {
+                            me.send_to(node, Msg::Pulled { object });
                         }
+                        slot.complete(r);
                     }
                 }
             }),
@@ -2764,7 +2793,7 @@ impl ClusterNode {
     pub fn drain(self: &Arc<Self>, grace: Duration) -> (usize, usize) {
         self.draining.store(true, Ordering::Relaxed);
         if self.head.is_none() {
-            let _ = self.ask_within(Ask::Leaving { node: self.me.id }, GOODBYE);
+            let _ = self.ask_within(Ask::Draining { node: self.me.id }, GOODBYE);
         }
         let peers: Vec<NodeId> = {
             let peers = self.peers.lock();
@@ -2789,7 +2818,7 @@ impl ClusterNode {
             self.drain_syncs.lock().retain(|_, n| self.is_alive(*n));
             let unsynced = self.drain_syncs.lock().len();
             let tasks = self.tasks_for_peers.load(Ordering::Relaxed);
-            let held = self.held.lock().len();
+            let held = self.held.lock().values().filter(|h| !h.1).count();
             let done = unsynced == 0 && tasks == 0 && held == 0;
             if done || std::time::Instant::now() >= deadline {
                 return (tasks, held);
@@ -3150,13 +3179,15 @@ impl Inbound for Handler {
                     None => c.heard_head(),
                 }
             }
-            for m in msgs {
-                c.on_msg(link, m);
-            }
             if link.lane == Lane::Control {
-                // Read on this (the network) thread only, by `linger`.
+                // Read on this (the network) thread only, by `linger`, which
+                // runs after this call: counted first, so that a message
+                // that panics (the rest come in another call) skips nothing.
                 c.heard_count.fetch_add(1, Ordering::Relaxed);
                 c.heard.notify_one();
+            }
+            for m in msgs {
+                c.on_msg(link, m);
             }
         }
     }

@@ -62,7 +62,7 @@ pub fn place(
             }
             if !soft {
                 return Err(format!(
-                    "its node affinity is {node} (hard), which is not alive or lacks {need} CPUs"
+                    "its node affinity is {node} (hard), which is not alive, is draining (leaving the cluster), or lacks {need} CPUs"
                 ));
             }
             Ok(hybrid(&fits, local))

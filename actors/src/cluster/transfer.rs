@@ -2,9 +2,9 @@
 //! holds it in chunks of [`CHUNK`] bytes, at most [`PULL_WINDOW`] chunks in
 //! flight, and lands as one buffer. Two pulls of one object share the
 //! transfer. The serving side encodes a value once per transfer, off the
-//! network thread, and sends slices of that one buffer. A pull whose link
-//! breaks while its holder lives is kept, and the next pull of the object
-//! from that holder goes on from the byte it reached.
+//! network thread, and sends slices of that one buffer. A pull of a byte
+//! buffer whose link breaks while its holder lives is kept, and the next
+//! pull of the object from that holder goes on from the byte it reached.
 
 use super::link::Link;
 use super::wire::{Msg, CHUNK, PULL_WINDOW};
@@ -43,6 +43,10 @@ struct Assembly {
 pub const KEPT_FOR: Duration = Duration::from_secs(30);
 
 /// The bytes a pull took in before its link broke, while its holder lives.
+/// Only a byte buffer's: its encoding is its own bytes, the same however
+/// often it is encoded. Another value's holder may encode it differently the
+/// next time (an actor handle inside names its actor's node of the moment),
+/// and two encodings' bytes must never mix.
 struct Kept {
     /// The holder it came from: another's encoding may differ.
     from: NodeId,
@@ -240,8 +244,9 @@ impl Pulls {
     }
 
     /// A bulk link closed: its pulls fail with `error`. While its holder
-    /// lives (`holder_lives`), what each took in is kept [`KEPT_FOR`], for
-    /// the next pull of the object from there to go on with.
+    /// lives (`holder_lives`), what each pull of a byte buffer took in is
+    /// kept [`KEPT_FOR`], for the next pull of the object from there to go
+    /// on with (see [`Kept`]).
     pub fn link_closed(&self, link: &Link, error: Error, holder_lives: bool) {
         let gone: Vec<Assembly> = {
             let mut active = self.active.lock();
@@ -259,7 +264,8 @@ impl Pulls {
                 .map(|(id, mut a)| {
                     // A buffer lent to the reader is back by now (the
                     // reader hands it back however it stops).
-                    if holder_lives && a.started && !a.lent && a.received > 0 {
+                    let byte_buffer = a.skip > 0;
+                    if holder_lives && byte_buffer && a.started && !a.lent && a.received > 0 {
                         let buf = std::mem::take(&mut a.buf);
                         kept.insert(
                             id,
@@ -666,14 +672,18 @@ mod tests {
     #[test]
     fn a_broken_pull_goes_on_from_the_byte_it_reached() {
         let total = 4 * CHUNK;
-        let obj: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
+        // A byte buffer's encoding: a bin header, then its bytes.
+        let mut obj = vec![0xc6];
+        obj.extend_from_slice(&((total - 5) as u32).to_be_bytes());
+        obj.extend((5..total).map(|i| (i % 251) as u8));
+        let typed: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
         let x = OBJECT;
-        let half_pulled = |pulls: &Pulls, holder_lives: bool| {
+        let half_pulled_of = |pulls: &Pulls, obj: &[u8], holder_lives: bool| {
             let (l1, _asks) = Link::for_test(Lane::Bulk);
             let (got, done) = waiter();
             pulls.start(&l1, x, total as u64, done);
             for i in 0..2 {
-                pulls.on_chunk(&l1, x, (i * CHUNK) as u64, total as u64, chunk(&obj, i));
+                pulls.on_chunk(&l1, x, (i * CHUNK) as u64, total as u64, chunk(obj, i));
             }
             let lost = Error::NodeDied {
                 node: "7".into(),
@@ -682,10 +692,12 @@ mod tests {
             pulls.link_closed(&l1, lost, holder_lives);
             assert!(matches!(*got.lock(), Some(Err(Error::NodeDied { .. }))));
         };
+        let half_pulled =
+            |pulls: &Pulls, holder_lives: bool| half_pulled_of(pulls, &obj, holder_lives);
 
         let pulls = Pulls::new(1 << 30);
         half_pulled(&pulls, true);
-        assert_eq!(pulls.kept_bytes(), total, "the buffer is kept");
+        assert_eq!(pulls.kept_bytes(), total - 5, "the buffer is kept");
         let (l2, mut asks) = Link::for_test(Lane::Bulk);
         let (got, done) = waiter();
         pulls.start(&l2, x, total as u64, done);
@@ -699,9 +711,13 @@ mod tests {
             pulls.on_chunk(&l2, x, (i * CHUNK) as u64, total as u64, chunk(&obj, i));
         }
         match got.lock().take() {
-            Some(Ok(Value::Encoded(b))) => assert!(b[..] == obj[..], "the value is whole"),
+            Some(Ok(Value::Bin(b))) => assert!(b[..] == obj[5..], "the value is whole"),
             other => panic!("the value: {:?}", other.map(|r| r.map(|_| ()))),
         }
+
+        // Any other value's bytes are not kept: its next encoding may differ.
+        half_pulled_of(&pulls, &typed, true);
+        assert_eq!(pulls.kept_bytes(), 0);
 
         // From another holder: from the first byte, the kept bytes let go.
         half_pulled(&pulls, true);
@@ -717,7 +733,7 @@ mod tests {
         assert_eq!(pulls.kept_bytes(), 0);
         half_pulled(&pulls, true);
         pulls.forget_kept(NodeId(8), None);
-        assert_eq!(pulls.kept_bytes(), total, "another node's death");
+        assert_eq!(pulls.kept_bytes(), total - 5, "another node's death");
         pulls.forget_kept(NodeId(7), Some(x));
         assert_eq!(pulls.kept_bytes(), 0);
     }

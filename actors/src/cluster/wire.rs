@@ -248,6 +248,12 @@ pub enum Ask {
         /// The node.
         node: NodeId,
     },
+    /// This node drains before it stops (Ray's drain): place no new work
+    /// there. Its link's closing is still looked into (a reset is no leaving).
+    Draining {
+        /// The node.
+        node: NodeId,
+    },
 }
 
 /// Where an actor is.
@@ -519,6 +525,12 @@ pub enum Msg {
     NodeDraining {
         /// The node.
         node: NodeId,
+    },
+    /// The owner has a copy of a value held for it (it pulled it whole); the
+    /// holder keeps its own until `Free`, but need not stay for it.
+    Pulled {
+        /// The object.
+        object: ObjectId,
     },
 }
 
