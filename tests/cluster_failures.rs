@@ -262,6 +262,22 @@ fn node_behind_a_proxy(c: &mut Cluster) -> (Proxy, NodeId) {
     (proxy, node)
 }
 
+/// A cluster of no node processes whose every connection uses TLS, with a
+/// certificate made for it in a directory of its own (`name`'s; the caller
+/// removes it).
+fn tls_cluster(name: &str) -> (Cluster, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("rayx-tls-{name}-{}", std::process::id()));
+    let files = rayx_actors::cluster::tls::TlsFiles::in_dir(&dir);
+    assert!(rayx_actors::cluster::tls::generate(&files).unwrap());
+    let c = Cluster::builder()
+        .nodes(0)
+        .health_check(PERIOD, MISSES)
+        .tls(&files.cert, &files.key)
+        .start()
+        .unwrap();
+    (c, dir)
+}
+
 /// Waits (10 s at most) until `proxy` has forwarded `n` connections.
 fn wait_for_connections(proxy: &Proxy, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -646,6 +662,52 @@ fn an_actor_without_restarts_fails_naming_its_node() {
 
 // ---- leaving in order -----------------------------------------------------------
 
+/// A cluster of `nodes` whose nodes drain for a minute at most when told to
+/// stop: a test's node must go because its work is done, well before.
+fn draining_cluster(nodes: usize) -> Cluster {
+    Cluster::builder()
+        .nodes(nodes)
+        .health_check(PERIOD, MISSES)
+        .node_env("RAYX_DRAIN_TIMEOUT_MS", "60000")
+        .start()
+        .expect("a cluster starts")
+}
+
+/// Tells node process `i` (node `node`) to stop with SIGTERM, and waits
+/// until the head lists it draining.
+fn tell_to_stop(c: &Cluster, i: usize, node: NodeId) {
+    signal(c.nodes()[i].pid() as i32, libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !c
+        .driver()
+        .cluster_status()
+        .unwrap()
+        .nodes
+        .iter()
+        .any(|n| n.info.id == node && n.alive && n.draining)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the head never listed it draining"
+        );
+        std::thread::park_timeout(PERIOD);
+    }
+}
+
+/// Node process `i` (node `node`) exits by itself, status 0, once its work
+/// is done (within 20 s: its drain may last a minute), and the head lists it
+/// as left.
+fn exits_in_order(c: &mut Cluster, i: usize, node: NodeId) {
+    let status = c
+        .wait_exit(i, Duration::from_secs(20))
+        .expect("the node exits by itself once its work is done");
+    assert!(status.success(), "{status}");
+    let status = c.driver().cluster_status().unwrap();
+    let gone = status.nodes.iter().find(|n| n.info.id == node).unwrap();
+    assert!(!gone.alive);
+    assert_eq!(gone.cause.as_deref(), Some("left: it stopped in order"));
+}
+
 /// A node told to stop (SIGTERM) leaves in order, as Ray drains a node: the
 /// head lists it draining and no new work goes there; the task it runs
 /// finishes there, once; the large result it holds is pulled by its owner
@@ -654,14 +716,7 @@ fn an_actor_without_restarts_fails_naming_its_node() {
 /// that restart up (Ray's preemption): it survives a crash of its next node
 /// too. Its actor without restarts is gone, saying its node left.
 fn a_node_told_to_stop_leaves_in_order() {
-    // A drain of a minute at most: the node must go because its work is
-    // done, well before.
-    let mut c = Cluster::builder()
-        .nodes(3)
-        .health_check(PERIOD, MISSES)
-        .node_env("RAYX_DRAIN_TIMEOUT_MS", "60000")
-        .start()
-        .expect("a cluster starts");
+    let mut c = draining_cluster(3);
     let rt = c.driver().clone();
     let leaving = c.nodes()[0].id;
     let size = 4 << 20;
@@ -703,21 +758,7 @@ fn a_node_told_to_stop_leaves_in_order() {
         .remote((1, 1_500));
     wait_for_load(&rt, leaving, 1);
 
-    signal(c.nodes()[0].pid() as i32, libc::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !rt
-        .cluster_status()
-        .unwrap()
-        .nodes
-        .iter()
-        .any(|n| n.info.id == leaving && n.alive && n.draining)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the head never listed it draining"
-        );
-        std::thread::park_timeout(PERIOD);
-    }
+    tell_to_stop(&c, 0, leaving);
     let (_, placed) = rt
         .task(where_am_i)
         .node_affinity(leaving, true)
@@ -730,14 +771,7 @@ fn a_node_told_to_stop_leaves_in_order() {
         Ok((1, leaving.0)),
         "the running task finishes where it ran"
     );
-    let status = c
-        .wait_exit(0, Duration::from_secs(20))
-        .expect("the node exits by itself once its work is done");
-    assert!(status.success(), "{status}");
-    let status = rt.cluster_status().unwrap();
-    let gone = status.nodes.iter().find(|n| n.info.id == leaving).unwrap();
-    assert!(!gone.alive);
-    assert_eq!(gone.cause.as_deref(), Some("left: it stopped in order"));
+    exits_in_order(&mut c, 0, leaving);
     assert_eq!(
         rt.object_locations(std::slice::from_ref(&held)),
         vec![Some(rt.node_id())],
@@ -780,12 +814,7 @@ fn a_node_told_to_stop_leaves_in_order() {
 /// (a node declared gone would have it run again, and with a hard affinity
 /// fail); then it leaves in order.
 fn a_reset_during_a_drain_is_no_leaving() {
-    let mut c = Cluster::builder()
-        .nodes(0)
-        .health_check(PERIOD, MISSES)
-        .node_env("RAYX_DRAIN_TIMEOUT_MS", "60000")
-        .start()
-        .expect("a cluster starts");
+    let mut c = draining_cluster(0);
     let rt = c.driver().clone();
     let (proxy, node) = node_behind_a_proxy(&mut c);
     let running = rt
@@ -793,21 +822,7 @@ fn a_reset_during_a_drain_is_no_leaving() {
         .node_affinity(node, false)
         .remote((1, 1_500));
     wait_for_load(&rt, node, 1);
-    signal(c.nodes()[0].pid() as i32, libc::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !rt
-        .cluster_status()
-        .unwrap()
-        .nodes
-        .iter()
-        .any(|n| n.info.id == node && n.draining)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the head never listed it draining"
-        );
-        std::thread::park_timeout(PERIOD);
-    }
+    tell_to_stop(&c, 0, node);
     let before = proxy.accepted();
     assert!(proxy.reset() >= 1, "the node's link to the head");
     wait_for_connections(&proxy, before + 1);
@@ -816,13 +831,7 @@ fn a_reset_during_a_drain_is_no_leaving() {
         Ok((1, node.0)),
         "it ran once, where it was sent"
     );
-    let status = c
-        .wait_exit(0, Duration::from_secs(20))
-        .expect("the node exits by itself once its work is done");
-    assert!(status.success(), "{status}");
-    let status = rt.cluster_status().unwrap();
-    let gone = status.nodes.iter().find(|n| n.info.id == node).unwrap();
-    assert_eq!(gone.cause.as_deref(), Some("left: it stopped in order"));
+    exits_in_order(&mut c, 0, node);
 }
 
 /// An object whose owner died fails `OwnerDied` on its borrower.
@@ -1115,15 +1124,7 @@ fn an_unanswered_first_join_is_tried_again() {
     assert_eq!(head_answers_on(c.driver(), node), Ok(Ok(())));
     drop(c);
     // With TLS the attempt stalls in the TLS handshake: tried again too.
-    let dir = std::env::temp_dir().join(format!("rayx-tls-stall-{}", std::process::id()));
-    let files = rayx_actors::cluster::tls::TlsFiles::in_dir(&dir);
-    assert!(rayx_actors::cluster::tls::generate(&files).unwrap());
-    let mut c = Cluster::builder()
-        .nodes(0)
-        .health_check(PERIOD, MISSES)
-        .tls(&files.cert, &files.key)
-        .start()
-        .unwrap();
+    let (mut c, dir) = tls_cluster("stall");
     let proxy = Proxy::start(c.address()).unwrap();
     proxy.stall_new(1);
     let node = c.add_node_via(proxy.address()).unwrap();
@@ -1833,15 +1834,7 @@ fn tls_encrypts_every_connection() {
         "the test's wiretap works"
     );
     drop(plain);
-    let dir = std::env::temp_dir().join(format!("rayx-tls-{}", std::process::id()));
-    let files = rayx_actors::cluster::tls::TlsFiles::in_dir(&dir);
-    assert!(rayx_actors::cluster::tls::generate(&files).unwrap());
-    let mut c = Cluster::builder()
-        .nodes(0)
-        .health_check(PERIOD, MISSES)
-        .tls(&files.cert, &files.key)
-        .start()
-        .unwrap();
+    let (mut c, dir) = tls_cluster("wiretap");
     let rt = c.driver().clone();
     let tap = Proxy::start(c.address()).unwrap();
     let tapped = c.add_node_via(tap.address()).unwrap();
