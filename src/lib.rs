@@ -49,7 +49,7 @@ pub use bytes::Bytes;
 pub use cluster::{Construct, NodeInfo};
 pub use handle::{Runtime, WeakRuntime};
 pub use object_ref::{GetFuture, ObjectRef, RefList};
-pub use rayx_actors::cluster::wire::{ClusterStatus, MAX_KV_VALUE, MAX_NAME};
+pub use rayx_actors::cluster::wire::{ClusterStatus, NodeStatus, MAX_KV_VALUE, MAX_NAME};
 pub use rayx_actors::events::{Events, RecvError, SupervisionEvent};
 pub use rayx_actors::faults::{FaultPoint, Faults, Trigger};
 pub use rayx_actors::ids::NodeId;

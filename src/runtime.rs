@@ -427,8 +427,9 @@ impl Builder {
             });
         }
         let grace = self.resolve_drain_timeout()?;
+        let signals = StopSignals::install()?;
         let node = self.start_node(true)?;
-        leave_on_signal(&node, grace)?;
+        signals.watch(&node, grace)?;
         node.wait_stopped();
         Ok(())
     }
@@ -700,55 +701,70 @@ impl Runtime {
     }
 }
 
-/// On SIGTERM or SIGINT, `node` drains for up to `grace` and shuts down (a
-/// second signal exits at once). The handlers are in place on return.
-fn leave_on_signal(node: &std::sync::Arc<Node>, grace: Duration) -> Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .map_err(|e| Error::Startup(format!("no runtime for signals: {e}")))?;
-    let (mut term, mut int) = {
-        let _in = rt.enter();
-        let handler =
-            |kind| signal(kind).map_err(|e| Error::Startup(format!("cannot handle signals: {e}")));
-        (
-            handler(SignalKind::terminate())?,
-            handler(SignalKind::interrupt())?,
-        )
-    };
-    let node = std::sync::Arc::downgrade(node);
-    std::thread::Builder::new()
-        .name("rayx-signals".into())
-        .spawn(move || {
-            let mut next = || {
-                rt.block_on(async {
-                    tokio::select! {
-                        _ = term.recv() => {}
-                        _ = int.recv() => {}
-                    }
-                })
+/// SIGTERM and SIGINT, caught from before the node starts (a signal during
+/// its join is not the default's death), and handled once it has.
+struct StopSignals {
+    rt: tokio::runtime::Runtime,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .map_err(|e| Error::Startup(format!("no runtime for signals: {e}")))?;
+        let (term, int) = {
+            let _in = rt.enter();
+            let handler = |kind| {
+                signal(kind).map_err(|e| Error::Startup(format!("cannot handle signals: {e}")))
             };
-            next();
-            eprintln!("rayx: told to stop: this node leaves in order (within {grace:?})");
-            std::thread::spawn(move || {
-                let Some(node) = node.upgrade() else { return };
-                if let Some(c) = node.cluster() {
-                    let (tasks, held) = c.drain(grace);
-                    if tasks + held > 0 {
-                        eprintln!(
-                            "rayx: the drain ran out of time with {tasks} tasks running \
-                             and {held} results not pulled; they are lost with this node \
-                             (retried or rebuilt by their owners)"
-                        );
+            (
+                handler(SignalKind::terminate())?,
+                handler(SignalKind::interrupt())?,
+            )
+        };
+        Ok(StopSignals { rt, term, int })
+    }
+
+    /// On the first signal (also one that came before), `node` drains for
+    /// up to `grace` and shuts down; a second exits at once.
+    fn watch(mut self, node: &std::sync::Arc<Node>, grace: Duration) -> Result<()> {
+        let node = std::sync::Arc::downgrade(node);
+        std::thread::Builder::new()
+            .name("rayx-signals".into())
+            .spawn(move || {
+                let mut next = || {
+                    let StopSignals { rt, term, int } = &mut self;
+                    rt.block_on(async {
+                        tokio::select! {
+                            _ = term.recv() => {}
+                            _ = int.recv() => {}
+                        }
+                    })
+                };
+                next();
+                eprintln!("rayx: told to stop: this node leaves in order (within {grace:?})");
+                std::thread::spawn(move || {
+                    let Some(node) = node.upgrade() else { return };
+                    if let Some(c) = node.cluster() {
+                        let left = c.drain(grace);
+                        if !left.is_empty() {
+                            eprintln!(
+                                "rayx: the drain ran out of time with {left}; they are lost \
+                                 with this node (retried or rebuilt by their owners)"
+                            );
+                        }
                     }
-                }
-                node.shutdown();
-            });
-            next();
-            eprintln!("rayx: told to stop again: this node stops now");
-            std::process::exit(1);
-        })
-        .map_err(|e| Error::Startup(format!("cannot start the signal thread: {e}")))?;
-    Ok(())
+                    node.shutdown();
+                });
+                next();
+                eprintln!("rayx: told to stop again: this node stops now");
+                std::process::exit(1);
+            })
+            .map_err(|e| Error::Startup(format!("cannot start the signal thread: {e}")))?;
+        Ok(())
+    }
 }

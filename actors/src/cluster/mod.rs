@@ -400,8 +400,8 @@ pub struct ClusterNode {
     lent: Mutex<IdMap<ObjectId, Lent>>,
     borrowed: Mutex<IdMap<ObjectId, Weak<Slot>>>,
     /// Values of this node held for their owners (results and replies too
-    /// large to travel inline), each with whether its owner pulled it whole.
-    held: Mutex<IdMap<ObjectId, (Value, bool)>>,
+    /// large to travel inline).
+    held: Mutex<IdMap<ObjectId, Held>>,
     /// Results of this node's tasks held on the peers that ran them.
     remote: Mutex<IdMap<ObjectId, HeldAt>>,
     pulls: Pulls,
@@ -1864,7 +1864,14 @@ impl ClusterNode {
             return Payload::Inline(value);
         }
         if hold {
-            self.held.lock().insert(object, (value, false));
+            self.held.lock().insert(
+                object,
+                Held {
+                    value,
+                    pulled: false,
+                    refs: false,
+                },
+            );
         }
         Payload::At {
             node: self.me.id,
@@ -2081,7 +2088,7 @@ impl ClusterNode {
             }
             Msg::Pulled { object } => {
                 if let Some(h) = self.held.lock().get_mut(&object) {
-                    h.1 = true;
+                    h.pulled = true;
                 }
             }
             Msg::Free { object } => {
@@ -2510,7 +2517,7 @@ impl ClusterNode {
                     .held
                     .lock()
                     .get(&object)
-                    .map(|h| h.0.clone())
+                    .map(|h| h.value.clone())
                     .or_else(|| {
                         self.core
                             .table
@@ -2534,10 +2541,26 @@ impl ClusterNode {
                 }
                 let me = self.clone();
                 self.net.spawn(async move {
-                    // Encoding a large value takes a while: off the network thread.
-                    let encoded = tokio::task::spawn_blocking(move || value.to_parts())
-                        .await
-                        .unwrap_or_else(|e| Err(Error::Serialization(e.to_string())));
+                    // Encoding a large value takes a while: off the network
+                    // thread. The refs in it are seen as it is: a held value
+                    // that holds refs keeps them for its reader (a drain
+                    // waits for it to be let go).
+                    let encoded = tokio::task::spawn_blocking(move || {
+                        let (encoded, pins) = crate::value::collect_pins(|| value.to_parts());
+                        (encoded, !pins.is_empty())
+                    })
+                    .await;
+                    let encoded = match encoded {
+                        Ok((encoded, refs)) => {
+                            if refs {
+                                if let Some(h) = me.held.lock().get_mut(&object) {
+                                    h.refs = true;
+                                }
+                            }
+                            encoded
+                        }
+                        Err(e) => Err(Error::Serialization(e.to_string())),
+                    };
                     me.serving.encoded(object, encoded);
                 });
             }
@@ -2785,12 +2808,13 @@ impl ClusterNode {
     /// places no new work here and tells every node so; this node tells
     /// each peer too, with a `Sync` behind, so that once each has answered,
     /// every task it placed here before it knew has arrived. Those tasks
-    /// finish and are answered, and the owners of the results this node
-    /// holds pull them. Returns what was still under way at the end,
-    /// (tasks, results held); the caller then shuts the node down (its
-    /// actors restart elsewhere without using up a restart, as in Ray's
-    /// preemption).
-    pub fn drain(self: &Arc<Self>, grace: Duration) -> (usize, usize) {
+    /// finish and are answered, the owners of the results this node holds
+    /// pull them, and the values it sent that hold refs are read or let go
+    /// (the refs inside are borrowed only when read: until then this node's
+    /// pins keep them). Returns what was still under way at the end; the
+    /// caller then shuts the node down (its actors restart elsewhere
+    /// without using up a restart, as in Ray's preemption).
+    pub fn drain(self: &Arc<Self>, grace: Duration) -> Undrained {
         self.draining.store(true, Ordering::Relaxed);
         if self.head.is_none() {
             let _ = self.ask_within(Ask::Draining { node: self.me.id }, GOODBYE);
@@ -2817,11 +2841,19 @@ impl ClusterNode {
             // A peer that died answers no more.
             self.drain_syncs.lock().retain(|_, n| self.is_alive(*n));
             let unsynced = self.drain_syncs.lock().len();
-            let tasks = self.tasks_for_peers.load(Ordering::Relaxed);
-            let held = self.held.lock().values().filter(|h| !h.1).count();
-            let done = unsynced == 0 && tasks == 0 && held == 0;
-            if done || std::time::Instant::now() >= deadline {
-                return (tasks, held);
+            let pins = self.contained.lock();
+            let held = self.held.lock();
+            let left = Undrained {
+                tasks: self.tasks_for_peers.load(Ordering::Relaxed),
+                unpulled: held
+                    .iter()
+                    .filter(|(id, h)| !h.pulled && !h.refs && !pins.contains_key(id))
+                    .count(),
+                pinned: pins.len() + held.values().filter(|h| h.refs).count(),
+            };
+            drop((held, pins));
+            if (unsynced == 0 && left.is_empty()) || std::time::Instant::now() >= deadline {
+                return left;
             }
             // Rare and bounded: looked at again every few milliseconds.
             std::thread::park_timeout(DRAIN_POLL);
@@ -3406,6 +3438,45 @@ const GOODBYE: Duration = Duration::from_secs(1);
 
 /// How often a drain looks whether its node's work is done.
 const DRAIN_POLL: Duration = Duration::from_millis(10);
+
+/// A value of this node held for its owner until it frees it.
+struct Held {
+    value: Value,
+    /// The owner pulled it whole (it said so).
+    pulled: bool,
+    /// It holds refs, which it keeps for its reader until then (they are
+    /// borrowed only when the pulled copy is read): seen as it is encoded.
+    refs: bool,
+}
+
+/// What a drain left under way when its time ran out (see
+/// [`ClusterNode::drain`]); lost with the node, as in a death.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Undrained {
+    /// Tasks peers sent here, not answered.
+    pub tasks: usize,
+    /// Values held for their owners (results, replies), not pulled.
+    pub unpulled: usize,
+    /// Values sent whose refs inside this node still keeps for their readers.
+    pub pinned: usize,
+}
+
+impl Undrained {
+    /// Nothing was left.
+    pub fn is_empty(&self) -> bool {
+        *self == Undrained::default()
+    }
+}
+
+impl std::fmt::Display for Undrained {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} tasks running, {} results not pulled, {} values holding refs not read",
+            self.tasks, self.unpulled, self.pinned
+        )
+    }
+}
 
 /// Marks the ids of a drain's `Sync`s (a barrier's never reach it).
 const DRAIN_SYNC: u64 = 1 << 63;
