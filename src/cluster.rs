@@ -294,6 +294,19 @@ impl Runtime {
         }
     }
 
+    /// Tells worker node `node` to leave the cluster in order (Ray's drain,
+    /// as SIGTERM on it would): no new work goes there, its work finishes,
+    /// what it holds for others is pulled, then it stops — within `timeout`.
+    /// Returns once the head has told it; `rt.cluster_status()` shows it
+    /// draining, then left. The head and drivers do not drain.
+    pub fn drain_node(&self, node: NodeId, timeout: std::time::Duration) -> Result<()> {
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        match self.ask_head(Ask::DrainNode { node, timeout_ms })? {
+            Answer::Done => Ok(()),
+            other => Err(Error::Serialization(format!("unexpected answer {other:?}"))),
+        }
+    }
+
     /// Deletes `key` from the head's key-value store; true if it was there.
     pub fn kv_delete(&self, key: &str) -> Result<bool> {
         check_key(key)?;

@@ -711,6 +711,11 @@ fn draining_cluster(nodes: usize) -> Cluster {
 /// to wait for is over in milliseconds).
 fn tell_to_stop(c: &Cluster, i: usize, node: NodeId) {
     signal(c.nodes()[i].pid() as i32, libc::SIGTERM);
+    wait_draining(c, node);
+}
+
+/// Waits until the head lists `node` draining, or left already.
+fn wait_draining(c: &Cluster, node: NodeId) {
     let deadline = Instant::now() + Duration::from_secs(30);
     let said = |n: &rayx::NodeStatus| {
         n.info.id == node
@@ -863,6 +868,47 @@ fn a_reset_during_a_drain_is_no_leaving() {
         "it ran once, where it was sent"
     );
     exits_in_order(&mut c, 0, node);
+}
+
+/// The head tells a worker node to drain — `Runtime::drain_node`, or `rayx
+/// drain NODE` — and it leaves in order, as on SIGTERM: its running task
+/// finishes there, once. The head and unknown nodes are refused, saying why.
+fn a_node_drained_by_the_head_leaves_in_order() {
+    let mut c = draining_cluster(2);
+    let rt = c.driver().clone();
+    let (first, second) = (c.nodes()[0].id, c.nodes()[1].id);
+    let running = rt
+        .task(slow_where)
+        .node_affinity(first, false)
+        .remote((1, 1_500));
+    wait_for_load(&rt, first, 1);
+    rt.drain_node(first, Duration::from_secs(60)).unwrap();
+    wait_draining(&c, first);
+    assert_eq!(
+        running.get_timeout(Duration::from_secs(30)),
+        Ok((1, first.0))
+    );
+    exits_in_order(&mut c, 0, first);
+
+    for (node, why) in [
+        (rt.node_id(), "is the head"),
+        (NodeId(0x5eed), "no live node"),
+        (first, "no live node"),
+    ] {
+        match rt.drain_node(node, Duration::from_secs(1)) {
+            Err(Error::InvalidArgument(e)) => assert!(e.contains(why), "{e}"),
+            other => panic!("draining {node}: {other:?}"),
+        }
+    }
+
+    let drained = std::process::Command::new(env!("CARGO_BIN_EXE_rayx"))
+        .args(["drain", &second.to_string(), "--timeout", "60"])
+        .args(["--address", &rt.cluster_address().unwrap()])
+        .env("RAYX_TOKEN", rt.cluster_token().unwrap())
+        .output()
+        .unwrap();
+    assert!(drained.status.success(), "{drained:?}");
+    exits_in_order(&mut c, 1, second);
 }
 
 /// A node told to stop the moment it joined (its process may still be
@@ -2121,6 +2167,7 @@ fn main() {
         a_reset_during_a_drain_is_no_leaving,
         a_drain_waits_for_the_refs_its_replies_hold,
         a_node_told_to_stop_as_it_joins_leaves_in_order,
+        a_node_drained_by_the_head_leaves_in_order,
         an_object_whose_owner_died_fails_owner_died,
         a_pull_whose_link_breaks_goes_again,
         tasks_wait_out_a_broken_link_to_a_live_node,

@@ -86,6 +86,19 @@ impl Hash for ActorId {
     }
 }
 
+impl std::str::FromStr for NodeId {
+    type Err = String;
+
+    /// A node id as it is shown (`node-` and 16 hex digits), or its digits.
+    fn from_str(s: &str) -> Result<NodeId, String> {
+        let digits = s.strip_prefix("node-").unwrap_or(s);
+        match u64::from_str_radix(digits, 16) {
+            Ok(id) if id != 0 && !digits.starts_with('+') => Ok(NodeId(id)),
+            _ => Err(format!("{s:?} is no node id (node- and 16 hex digits)")),
+        }
+    }
+}
+
 impl fmt::Debug for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "node-{:016x}", self.0)
@@ -141,6 +154,17 @@ pub(crate) type IdMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_id_reads_back_as_it_is_shown() {
+        for id in [NodeId(1), NodeId(0x5eed), NodeId::random(), NodeId(u64::MAX)] {
+            assert_eq!(id.to_string().parse::<NodeId>(), Ok(id));
+            assert_eq!(format!("{:x}", id.0).parse::<NodeId>(), Ok(id));
+        }
+        for bad in ["", "node-", "node-xyz", "0", "node-0", "+1", "node-+1", "1".repeat(17).as_str()] {
+            assert!(bad.parse::<NodeId>().is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn node_ids_differ_between_draws() {

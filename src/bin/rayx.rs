@@ -4,6 +4,7 @@
 //! rayx start --head [--port P] [--host H] [--no-auth] [--storage F|none] [--tls]
 //!                                           a head that serves until stopped
 //! rayx status [--address A]                 nodes, actors and objects per node
+//! rayx drain NODE [--timeout S] [--address A]  a worker node leaves in order
 //! rayx stop [--address A]                   stops every node and the head
 //! ```
 //! `--address` defaults to `RAYX_ADDRESS`. The cluster token is `RAYX_TOKEN`,
@@ -14,6 +15,7 @@ use rayx_actors::cluster::head::left_in_order;
 use rayx_actors::cluster::tls;
 use rayx_actors::cluster::wire::{Answer, Ask, ClusterStatus, JobState, NodeStatus};
 use rayx_actors::cluster::{admin_ask, auth};
+use rayx_actors::ids::NodeId;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage:
@@ -23,6 +25,10 @@ const USAGE: &str = "usage:
                                             ~/.rayx/head-PORT.redb): killed and started
                                             again on it, the head has its cluster back
   rayx status [--address HOST:PORT]         the cluster's nodes, actors and objects
+  rayx drain NODE [--timeout SECONDS] [--address HOST:PORT]
+                                            worker node NODE (as `rayx status` shows it)
+                                            leaves in order, as on SIGTERM: its work
+                                            finishes, then it stops (within SECONDS, 20)
   rayx stop [--address HOST:PORT]           stop every node and the head
 (--address defaults to RAYX_ADDRESS; the cluster token is RAYX_TOKEN, else the
 file RAYX_TOKEN_FILE, else ~/.rayx/token, which `start --head` makes if missing;
@@ -151,6 +157,34 @@ fn run(args: &[String]) -> Result<(), String> {
                 }
                 other => Err(format!("unexpected answer: {other:?}")),
             }
+        }
+        Some("drain") => {
+            let node: NodeId = args
+                .get(1)
+                .filter(|a| !a.starts_with("--"))
+                .ok_or_else(|| format!("which node?\n{USAGE}"))?
+                .parse()?;
+            let seconds = match flag(args, "--timeout")? {
+                Some(s) => s
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| s.is_finite() && *s >= 0.0)
+                    .ok_or_else(|| format!("--timeout takes seconds, not {s:?}"))?,
+                None => 20.0,
+            };
+            let address = address(args)?;
+            let token = auth::from_env(false).map_err(|e| e.to_string())?;
+            let tls = tls::files_from_env();
+            let timeout_ms = (seconds * 1000.0) as u64;
+            admin_ask(
+                &address,
+                token.as_deref(),
+                tls.as_ref(),
+                Ask::DrainNode { node, timeout_ms },
+            )
+            .map_err(|e| e.to_string())?;
+            println!("rayx: {node} is draining (within {seconds} s)");
+            Ok(())
         }
         Some("stop") => {
             let address = address(args)?;

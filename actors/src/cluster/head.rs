@@ -888,6 +888,35 @@ impl Head {
                 drop(self.draining(t, node));
                 Ok(Answer::Done)
             }
+            Ask::DrainNode { node, timeout_ms } => {
+                let Some(i) = t.nodes.iter().position(|m| m.info.id == node && m.alive) else {
+                    return Err(Error::InvalidArgument(format!(
+                        "no live node {node} in this cluster"
+                    )));
+                };
+                if i == 0 {
+                    return Err(Error::InvalidArgument(format!(
+                        "{node} is the head, which does not drain: stop the cluster (rayx stop)"
+                    )));
+                }
+                if t.jobs
+                    .iter()
+                    .any(|j| j.id == node && j.state == JobState::Running)
+                {
+                    return Err(Error::InvalidArgument(format!(
+                        "{node} is a driver, which leaves when its program ends"
+                    )));
+                }
+                let Some(link) = t.nodes[i].link.clone() else {
+                    return Err(Error::InvalidArgument(format!(
+                        "{node} has not joined this head again yet"
+                    )));
+                };
+                // Told on its join link; it says `Draining` itself, as for
+                // a signal, and the head tells the others then.
+                link.send(Msg::Drain { timeout_ms });
+                Ok(Answer::Done)
+            }
             Ask::Leaving { node } => {
                 if let Some(m) = t.nodes.iter_mut().find(|m| m.info.id == node) {
                     m.leaving = true;

@@ -1518,6 +1518,7 @@ pub fn kind_of(msg: &Msg) -> &'static str {
         Msg::Synced { .. } => "Synced",
         Msg::NodeDraining { .. } => "NodeDraining",
         Msg::Pulled { .. } => "Pulled",
+        Msg::Drain { .. } => "Drain",
     }
 }
 

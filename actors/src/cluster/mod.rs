@@ -1947,6 +1947,22 @@ impl ClusterNode {
                     h.stop();
                 }
             }
+            Msg::Drain { timeout_ms } if link.lane == Lane::Join && self.role == Role::Node => {
+                let grace = Duration::from_millis(timeout_ms);
+                tracing::info!("rayx: the head told this node to drain (within {grace:?})");
+                let me = self.clone();
+                // Not on the network thread: the drain asks the head, and waits.
+                std::thread::spawn(move || {
+                    let left = me.drain(grace);
+                    if !left.is_empty() {
+                        tracing::warn!("rayx: the drain ran out of time with {left}");
+                    }
+                    if let Some(h) = me.host() {
+                        h.stop();
+                    }
+                });
+            }
+            Msg::Drain { .. } => {}
             Msg::Ask { id, ask } => {
                 let stop = matches!(ask, Ask::StopCluster);
                 // A node speaks for itself only.

@@ -254,6 +254,14 @@ pub enum Ask {
         /// The node.
         node: NodeId,
     },
+    /// Drain `node` and stop it (`rayx drain`, `Runtime::drain_node`): the
+    /// head tells it to, as SIGTERM would.
+    DrainNode {
+        /// The node.
+        node: NodeId,
+        /// How long it drains at most, in milliseconds.
+        timeout_ms: u64,
+    },
 }
 
 /// Where an actor is.
@@ -525,6 +533,11 @@ pub enum Msg {
     NodeDraining {
         /// The node.
         node: NodeId,
+    },
+    /// Drain, then stop (head to a worker node; see `Ask::DrainNode`).
+    Drain {
+        /// How long the drain lasts at most, in milliseconds.
+        timeout_ms: u64,
     },
     /// The owner has a copy of a value held for it (it pulled it whole); the
     /// holder keeps its own until `Free`, but need not stay for it.
