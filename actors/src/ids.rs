@@ -157,11 +157,25 @@ mod tests {
 
     #[test]
     fn a_node_id_reads_back_as_it_is_shown() {
-        for id in [NodeId(1), NodeId(0x5eed), NodeId::random(), NodeId(u64::MAX)] {
+        for id in [
+            NodeId(1),
+            NodeId(0x5eed),
+            NodeId::random(),
+            NodeId(u64::MAX),
+        ] {
             assert_eq!(id.to_string().parse::<NodeId>(), Ok(id));
             assert_eq!(format!("{:x}", id.0).parse::<NodeId>(), Ok(id));
         }
-        for bad in ["", "node-", "node-xyz", "0", "node-0", "+1", "node-+1", "1".repeat(17).as_str()] {
+        for bad in [
+            "",
+            "node-",
+            "node-xyz",
+            "0",
+            "node-0",
+            "+1",
+            "node-+1",
+            "1".repeat(17).as_str(),
+        ] {
             assert!(bad.parse::<NodeId>().is_err(), "{bad:?}");
         }
     }
