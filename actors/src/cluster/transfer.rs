@@ -65,6 +65,8 @@ pub struct Pulls {
     kept: Mutex<IdMap<ObjectId, Kept>>,
     /// Pulls that went on from the byte they reached, not the first.
     resumed: AtomicU64,
+    /// The most bytes kept for them at once (as many as the pool keeps).
+    kept_max: usize,
     /// Where large pulls land: buffers of earlier ones, warm.
     pool: Arc<Pool>,
     /// The largest object a pull accepts: what a peer may make this node
@@ -74,13 +76,16 @@ pub struct Pulls {
 
 impl Pulls {
     /// No pulls yet; objects over `max_object` bytes are refused, and up to
-    /// a quarter of that is kept in landing buffers for the next pulls.
+    /// a quarter of that is kept in landing buffers for the next pulls, and
+    /// as much again for pulls whose link broke.
     pub fn new(max_object: u64) -> Pulls {
+        let quarter = usize::try_from(max_object / 4).unwrap_or(usize::MAX);
         Pulls {
             active: Mutex::default(),
             kept: Mutex::default(),
             resumed: AtomicU64::new(0),
-            pool: Pool::new(usize::try_from(max_object / 4).unwrap_or(usize::MAX)),
+            kept_max: quarter,
+            pool: Pool::new(quarter),
             max_object,
         }
     }
@@ -260,12 +265,16 @@ impl Pulls {
                 .filter_map(|id| active.remove(id).map(|a| (*id, a)))
                 .collect();
             let mut kept = self.kept.lock();
+            let mut kept_bytes: usize = kept.values().map(|k| k.buf.capacity()).sum();
             gone.into_iter()
                 .map(|(id, mut a)| {
                     // A buffer lent to the reader is back by now (the
                     // reader hands it back however it stops).
                     let byte_buffer = a.skip > 0;
-                    if holder_lives && byte_buffer && a.started && !a.lent && a.received > 0 {
+                    let fits = kept_bytes + a.buf.capacity() <= self.kept_max;
+                    if holder_lives && byte_buffer && fits && a.started && !a.lent && a.received > 0
+                    {
+                        kept_bytes += a.buf.capacity();
                         let buf = std::mem::take(&mut a.buf);
                         kept.insert(
                             id,
@@ -718,6 +727,12 @@ mod tests {
         // Any other value's bytes are not kept: its next encoding may differ.
         half_pulled_of(&pulls, &typed, true);
         assert_eq!(pulls.kept_bytes(), 0);
+
+        // Nor bytes past the bound (a quarter of the largest object, as the
+        // landing pool's): a pull starts from the first byte then.
+        let small = Pulls::new(2 * total as u64);
+        half_pulled(&small, true);
+        assert_eq!(small.kept_bytes(), 0, "over the bound");
 
         // From another holder: from the first byte, the kept bytes let go.
         half_pulled(&pulls, true);
