@@ -885,7 +885,7 @@ impl Head {
             }
             Ask::StopCluster => Ok(Answer::Done),
             Ask::Draining { node } => {
-                drop(self.draining(t, node));
+                t.draining(node);
                 Ok(Answer::Done)
             }
             Ask::DrainNode { node, timeout_ms } => {
@@ -921,14 +921,14 @@ impl Head {
                 if let Some(m) = t.nodes.iter_mut().find(|m| m.info.id == node) {
                     m.leaving = true;
                 }
-                drop(self.draining(t, node));
+                t.draining(node);
                 Ok(Answer::Done)
             }
             Ask::JobFinished { driver } => {
                 if let Some(m) = t.nodes.iter_mut().find(|m| m.info.id == driver) {
                     m.leaving = true;
                 }
-                let mut t = self.draining(t, driver);
+                t.draining(driver);
                 if let Some(job) = t
                     .jobs
                     .iter_mut()
@@ -945,33 +945,22 @@ impl Head {
     }
 }
 
-impl Head {
+impl Tables {
     /// `node` said it drains or leaves (it stops, or its job finished): no
-    /// new work is placed there, and every other node is told (the head's
-    /// own is told by the caller, `ClusterNode::peer_draining`). The tables,
-    /// locked again.
-    fn draining<'a>(
-        &'a self,
-        mut t: parking_lot::MutexGuard<'a, Tables>,
-        node: NodeId,
-    ) -> parking_lot::MutexGuard<'a, Tables> {
-        let Some(m) = t.nodes.iter_mut().find(|m| m.info.id == node && m.alive) else {
-            return t;
+    /// new work is placed there, and every other node is told (a link's
+    /// send only queues; the head's own node is told by the caller,
+    /// `ClusterNode::peer_draining`).
+    fn draining(&mut self, node: NodeId) {
+        let Some(m) = self.nodes.iter_mut().find(|m| m.info.id == node && m.alive) else {
+            return;
         };
         if std::mem::replace(&mut m.draining, true) {
-            return t;
+            return;
         }
-        let others: Vec<Arc<Link>> = t
-            .nodes
-            .iter()
-            .filter(|m| m.info.id != node)
-            .filter_map(|m| m.link.clone())
-            .collect();
-        drop(t);
-        for l in others {
-            l.send(Msg::NodeDraining { node });
+        let others = self.nodes.iter().filter(|m| m.info.id != node);
+        for link in others.filter_map(|m| m.link.as_ref()) {
+            link.send(Msg::NodeDraining { node });
         }
-        self.tables.lock()
     }
 }
 

@@ -2161,17 +2161,12 @@ impl ClusterNode {
                 // Pulled from its owner, which died meanwhile: the read fails
                 // as a borrower's read of a dead owner's object does.
                 let from_owner = slot.is_borrowed() && node == id.node;
-                let me = Arc::downgrade(self);
                 self.pull_retrying(
                     node,
                     id,
                     size,
                     std::time::Instant::now(),
                     Box::new(move |r| {
-                        if let (Ok(_), false, Some(me)) = (&r, from_owner, me.upgrade()) {
-                            // Held for us there: a drain need not wait for it.
-                            me.send_to(node, Msg::Pulled { object: id });
-                        }
                         target.complete(match r {
                             Err(Error::NodeDied { .. }) if from_owner => {
                                 Err(Error::OwnerDied { id: id.to_string() })
@@ -2683,14 +2678,8 @@ impl ClusterNode {
                     // and the refs inside it are borrowed only when it is
                     // read; freed there at once, they went before (as Ray
                     // pins a primary copy where it was made while its ref
-                    // lives). It is told the value is here: a drain there
-                    // need not wait for it.
-                    r => {
-                        if r.is_ok() {
-                            me.send_to(node, Msg::Pulled { object });
-                        }
-                        slot.complete(r);
-                    }
+                    // lives).
+                    r => slot.complete(r),
                 }
             }),
         );
@@ -2720,6 +2709,13 @@ impl ClusterNode {
                 let (why, me) = match (r, me.upgrade()) {
                     (Err(Error::NodeDied { cause, .. }), Some(me)) if me.is_alive(node) => {
                         (cause, me)
+                    }
+                    (Ok(value), Some(me)) => {
+                        // The holder is told the value is here: a value it
+                        // holds for this node no longer keeps its drain (one
+                        // it owns ignores this).
+                        me.send_to(node, Msg::Pulled { object });
+                        return done(Ok(value));
                     }
                     (r, _) => return done(r),
                 };

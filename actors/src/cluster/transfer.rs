@@ -253,45 +253,37 @@ impl Pulls {
     /// kept [`KEPT_FOR`], for the next pull of the object from there to go
     /// on with (see [`Kept`]).
     pub fn link_closed(&self, link: &Link, error: Error, holder_lives: bool) {
-        let gone: Vec<Assembly> = {
+        let mut gone = Vec::new();
+        {
             let mut active = self.active.lock();
+            let mut kept = self.kept.lock();
+            let mut kept_bytes: usize = kept.values().map(|k| k.buf.capacity()).sum();
             let ids: Vec<ObjectId> = active
                 .iter()
                 .filter(|(_, a)| a.link.serial == link.serial)
                 .map(|(id, _)| *id)
                 .collect();
-            let gone: Vec<(ObjectId, Assembly)> = ids
-                .iter()
-                .filter_map(|id| active.remove(id).map(|a| (*id, a)))
-                .collect();
-            let mut kept = self.kept.lock();
-            let mut kept_bytes: usize = kept.values().map(|k| k.buf.capacity()).sum();
-            gone.into_iter()
-                .map(|(id, mut a)| {
-                    // A buffer lent to the reader is back by now (the
-                    // reader hands it back however it stops).
-                    let byte_buffer = a.skip > 0;
-                    let fits = kept_bytes + a.buf.capacity() <= self.kept_max;
-                    if holder_lives && byte_buffer && fits && a.started && !a.lent && a.received > 0
-                    {
-                        kept_bytes += a.buf.capacity();
-                        let buf = std::mem::take(&mut a.buf);
-                        kept.insert(
-                            id,
-                            Kept {
-                                from: link.peer.id,
-                                buf,
-                                skip: a.skip,
-                                total: a.total,
-                                received: a.received,
-                                at: Instant::now(),
-                            },
-                        );
-                    }
-                    a
-                })
-                .collect()
-        };
+            for id in ids {
+                let mut a = active.remove(&id).expect("listed");
+                // A buffer lent to the reader is back by now (the reader
+                // hands it back however it stops).
+                let byte_buffer = a.skip > 0;
+                let fits = kept_bytes + a.buf.capacity() <= self.kept_max;
+                if holder_lives && byte_buffer && fits && a.started && !a.lent && a.received > 0 {
+                    kept_bytes += a.buf.capacity();
+                    let k = Kept {
+                        from: link.peer.id,
+                        buf: std::mem::take(&mut a.buf),
+                        skip: a.skip,
+                        total: a.total,
+                        received: a.received,
+                        at: Instant::now(),
+                    };
+                    kept.insert(id, k);
+                }
+                gone.push(a);
+            }
+        }
         for a in gone {
             if !a.buf.is_empty() {
                 self.pool.give(a.buf);
@@ -303,22 +295,21 @@ impl Pulls {
     /// `node` died, or this node gave up on reading `object` (`None`: any)
     /// from it: the bytes kept from there go back to the pool.
     pub fn forget_kept(&self, node: NodeId, object: Option<ObjectId>) {
-        let gone: Vec<Kept> = self
-            .kept
-            .lock()
-            .extract_if(|id, k| k.from == node && object.is_none_or(|o| o == *id))
-            .map(|(_, k)| k)
-            .collect();
-        gone.into_iter().for_each(|k| self.pool.give(k.buf));
+        self.forget_kept_if(|id, k| k.from == node && object.is_none_or(|o| o == *id));
     }
 
     /// Drops what was kept [`KEPT_FOR`] and not taken (the node's health
     /// thread calls this).
     pub fn forget_stale_kept(&self) {
+        self.forget_kept_if(|_, k| k.at.elapsed() > KEPT_FOR);
+    }
+
+    /// The kept bytes `gone` picks go back to the pool (outside the lock).
+    fn forget_kept_if(&self, mut gone: impl FnMut(&ObjectId, &Kept) -> bool) {
         let gone: Vec<Kept> = self
             .kept
             .lock()
-            .extract_if(|_, k| k.at.elapsed() > KEPT_FOR)
+            .extract_if(|id, k| gone(id, k))
             .map(|(_, k)| k)
             .collect();
         gone.into_iter().for_each(|k| self.pool.give(k.buf));
