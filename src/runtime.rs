@@ -456,6 +456,29 @@ impl Runtime {
         self.node().put(Value::new(value)).map(ObjectRef::from_slot)
     }
 
+    /// Stores a copy of `data` as a [`Bytes`](crate::Bytes) object, as Ray's
+    /// `put` stores a copy of the caller's buffer: the caller keeps `data`.
+    ///
+    /// A large copy (1 MiB or more) lands in the object store's warm memory:
+    /// the buffer of an earlier object of a like size, kept for 10 s after
+    /// its object and every reader's share were gone (up to a quarter of the
+    /// store's memory), as Ray's object store keeps its memory. Copying into
+    /// a buffer written before runs at memory speed; a fresh one pays a page
+    /// fault per page first (see BENCHMARKS.md's memory-copy floors). Read it
+    /// with `get`, which shares the bytes without a copy. [`put`](Self::put)
+    /// moves a value in with no copy at all.
+    ///
+    /// ```
+    /// let rt = rayx::init()?;
+    /// let frame = vec![7u8; 4 << 20];
+    /// let r = rt.put_copy(&frame)?;
+    /// assert_eq!(r.get()?.as_ref(), &frame[..]);
+    /// # Ok::<(), rayx::Error>(())
+    /// ```
+    pub fn put_copy(&self, data: &[u8]) -> Result<ObjectRef<crate::Bytes>> {
+        self.node().put_copy(data).map(ObjectRef::from_slot)
+    }
+
     /// Gets several objects, in input order; `timeout` bounds the whole wait.
     ///
     /// ```
@@ -692,12 +715,12 @@ impl Runtime {
         self.node().cluster().map(|c| c.reset_peer_links())
     }
 
-    /// In a cluster, the landing buffers this process keeps for pulls (warm
-    /// memory for the next large transfer): `(bytes kept, pulls that landed
-    /// in a kept buffer)`. `None` outside a cluster.
+    /// The warm memory this runtime keeps for large byte buffers (pulls
+    /// landing, [`put_copy`](Self::put_copy)): `(bytes kept, buffers taken
+    /// from it so far)`.
     #[cfg(feature = "testing")]
-    pub fn transfer_pool(&self) -> Option<(usize, u64)> {
-        self.node().cluster().map(|c| c.transfer_pool())
+    pub fn warm_memory(&self) -> (usize, u64) {
+        self.node().warm_memory()
     }
 }
 

@@ -660,6 +660,17 @@ fn shared_byte_buffers_move_between_nodes_and_are_read_in_place() {
         .get()
         .unwrap();
     assert_eq!(by_value, seen);
+    // A copy put into the driver's warm memory moves as any byte buffer.
+    let copied = rt.put_copy(&blob(12 << 20, 6)).unwrap();
+    assert_eq!(
+        rt.task(shared_checksum)
+            .node_affinity(n0, false)
+            .remote(&copied)
+            .get()
+            .unwrap(),
+        checksum(blob(12 << 20, 6))
+    );
+    drop(copied);
     // Node to driver: a 20 MB result, read twice here from one buffer.
     let made = rt
         .task(shared_blob)
@@ -672,9 +683,9 @@ fn shared_byte_buffers_move_between_nodes_and_are_read_in_place() {
     // size lands in it: its own bytes, none of the last object's.
     drop((b, made));
     wait_until("the landed buffer is kept", || {
-        rt.transfer_pool().unwrap().0 >= 20 << 20
+        rt.warm_memory().0 >= 20 << 20
     });
-    let reused = rt.transfer_pool().unwrap().1;
+    let reused = rt.warm_memory().1;
     let next = rt
         .task(shared_blob)
         .node_affinity(n0, false)
@@ -683,11 +694,7 @@ fn shared_byte_buffers_move_between_nodes_and_are_read_in_place() {
         shared_checksum(next.get().unwrap()),
         checksum(blob(20 << 20, 11))
     );
-    assert_eq!(
-        rt.transfer_pool().unwrap().1,
-        reused + 1,
-        "landed in the kept buffer"
-    );
+    assert_eq!(rt.warm_memory().1, reused + 1, "landed in the kept buffer");
     // An empty buffer, and one small enough to travel inline.
     for n in [0, 1000] {
         let r = rt.put(shared_blob(n, 1)).unwrap();

@@ -218,6 +218,65 @@ fn store_usage_returns_to_zero_after_drops() {
     );
 }
 
+/// `put_copy` stores a copy (the caller keeps its buffer). A large copy's
+/// buffer goes back to the runtime's warm memory once the object and every
+/// reader's share of it are gone, and the next copy of a like size lands in
+/// it, holding its own bytes.
+#[test]
+fn put_copy_stores_a_copy_and_lands_the_next_in_warm_memory() {
+    let rt = rt2();
+    let small = rt.put_copy(b"abc").unwrap();
+    assert_eq!(small.get().unwrap().as_ref(), b"abc");
+    let data: Vec<u8> = (0..4 * MIB).map(|i| (i % 251) as u8).collect();
+    let r = rt.put_copy(&data).unwrap();
+    assert_eq!(rt.memory().store_bytes, 4 * MIB as u64);
+    let read = r.get().unwrap();
+    assert_eq!(read.as_ref(), &data[..]);
+    let at = read.as_ptr();
+    assert_eq!(r.get().unwrap().as_ptr(), at, "gets share the stored copy");
+    let (kept, taken) = rt.warm_memory();
+    drop(r);
+    assert_eq!(rt.memory().store_bytes, 0);
+    assert_eq!(
+        rt.warm_memory().0,
+        kept,
+        "a reader's share holds the buffer"
+    );
+    drop(read);
+    assert!(
+        eventually(LONG, || rt.warm_memory().0 == kept + 4 * MIB),
+        "kept once the last share went: {:?}",
+        rt.warm_memory()
+    );
+    let other: Vec<u8> = data.iter().map(|b| b ^ 0xff).collect();
+    let again = rt.put_copy(&other).unwrap();
+    let read = again.get().unwrap();
+    assert_eq!(read.as_ptr(), at, "the kept buffer is the one taken");
+    assert_eq!(rt.warm_memory(), (kept, taken + 1));
+    assert_eq!(read.as_ref(), &other[..], "its own bytes, none of the last");
+    assert_eq!(data[..3], [0, 1, 2], "the caller's buffer is its own");
+    drop((again, read, small));
+    assert_eq!(rt.memory().objects, 0);
+}
+
+/// What the warm memory keeps is given back after 10 s unused, with no
+/// further call into the runtime.
+#[test]
+fn warm_memory_is_given_back_after_it_is_kept_unused() {
+    let rt = rt2();
+    drop(rt.put_copy(&vec![1u8; 2 * MIB]).unwrap());
+    assert!(
+        eventually(LONG, || rt.warm_memory().0 == 2 * MIB),
+        "kept: {:?}",
+        rt.warm_memory()
+    );
+    assert!(
+        eventually(LONG, || rt.warm_memory().0 == 0),
+        "given back: {:?}",
+        rt.warm_memory()
+    );
+}
+
 /// Object numbers come to each thread in blocks: ids stay unique when many
 /// threads put and submit at once, and when one thread alternates between
 /// two runtimes; the inline bytes one thread counts and another frees sum

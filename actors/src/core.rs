@@ -9,6 +9,7 @@ use crate::functions::FunctionTable;
 use crate::ids::NodeId;
 use crate::object_store::ObjectStore;
 use crate::object_table::{set_current_table, OwnerTable};
+use crate::pages::Pool;
 use crate::run_queue::RunQueue;
 use std::sync::{Arc, OnceLock};
 
@@ -27,6 +28,10 @@ pub struct Core {
     pub run_queue: Arc<RunQueue>,
     /// The budget for large objects.
     pub store: Arc<ObjectStore>,
+    /// Warm memory for large byte buffers the node fills itself (pulled
+    /// objects landing, copied puts), kept a while after they are freed, as
+    /// Ray's object store keeps its memory: up to a quarter of the store.
+    pub pool: Arc<Pool>,
     /// Remote functions by name.
     pub functions: FunctionTable,
     /// Supervision events.
@@ -44,6 +49,7 @@ impl Core {
     pub fn new(node: NodeId, config: NodeConfig, functions: FunctionTable) -> Arc<Core> {
         let events = Arc::new(EventBus::default());
         let store = ObjectStore::new(config.object_store_memory);
+        let pool = Pool::new(usize::try_from(config.object_store_memory / 4).unwrap_or(usize::MAX));
         let run_queue = RunQueue::new(config.num_workers, config.max_workers, events.clone());
         let faults = Arc::new(FaultInjector::new(config.faults));
         let table = OwnerTable::new(
@@ -60,6 +66,7 @@ impl Core {
             table,
             run_queue,
             store,
+            pool,
             functions,
             events,
             faults,

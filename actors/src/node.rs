@@ -219,6 +219,23 @@ impl Node {
                 }
             }
         }));
+        // The pool's wait for what it keeps runs on this node's system
+        // thread, only while it keeps something.
+        let pool = Arc::downgrade(&core.pool);
+        let system = System::current().arbiter().clone();
+        core.pool.set_timer(Box::new(move || {
+            let pool = pool.clone();
+            system.spawn(async move {
+                let mut wait = crate::pages::POOL_IDLE;
+                loop {
+                    actix_rt::time::sleep(wait).await;
+                    match pool.upgrade().and_then(|p| p.expire_or_disarm()) {
+                        Some(next) => wait = next,
+                        None => break,
+                    }
+                }
+            });
+        }));
         let for_collected = Arc::downgrade(&node);
         core.set_collected_hook(Box::new(move |id| {
             if let Some(node) = for_collected.upgrade() {
@@ -392,6 +409,29 @@ impl Node {
         self.core.table.put(value)
     }
 
+    /// The warm memory kept for large byte buffers: its bytes, and how many
+    /// buffers were taken from it so far.
+    pub fn warm_memory(&self) -> (usize, u64) {
+        self.core.pool.stats()
+    }
+
+    /// Stores a copy of `data` as a `bytes::Bytes` object. A large one is
+    /// copied into the node's warm memory (a buffer an earlier one freed, if
+    /// the pool kept one of its size), and its buffer goes back there when
+    /// the object and every reader's share of it are gone.
+    pub fn put_copy(&self, data: &[u8]) -> Result<Arc<Slot>, Error> {
+        self.check_open()?;
+        let bytes = if data.len() < crate::pages::POOL_FROM {
+            bytes::Bytes::copy_from_slice(data)
+        } else {
+            // take's buffer holds data.len() bytes, each overwritten here.
+            let mut buf = self.core.pool.take(data.len());
+            buf.copy_from_slice(data);
+            crate::pages::Landed::share(buf, &self.core.pool)
+        };
+        self.core.table.put(Value::new(bytes))
+    }
+
     /// A fresh actor id, unique across processes (it names this node).
     pub fn new_actor_id(&self) -> ActorId {
         ActorId {
@@ -500,6 +540,8 @@ impl Node {
         let core = &self.core;
         core.table.fail_all(Error::ShutDown);
         core.run_queue.close();
+        // Kept buffers go now; one given back later is freed, not kept.
+        core.pool.close();
         self.directory.kill_all("the runtime shut down");
         for arbiter in self.async_arbiters.lock().drain(..) {
             arbiter.stop();

@@ -18,7 +18,7 @@
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 /// Buffers smaller than this are left alone. A huge page is 2 MiB, and the
@@ -71,9 +71,12 @@ pub const POOL_FROM: usize = 1 << 20;
 /// giving back memory it freed.
 pub const POOL_IDLE: Duration = Duration::from_secs(10);
 
-/// Landing buffers kept for the next transfer of a like size, up to a bound
-/// in bytes, each for [`POOL_IDLE`] (and up to the caller's next
-/// [`trim`](Pool::trim)); [`close`](Pool::close) frees them all.
+/// Large buffers kept for the next transfer or copied `put` of a like size,
+/// up to a bound in bytes, each for [`POOL_IDLE`]; [`close`](Pool::close)
+/// frees them all. A pool with a [`timer`](Pool::set_timer) frees what it
+/// kept that long by itself (the timer runs only while it keeps something);
+/// one without frees it at its next [`give`](Pool::give) or
+/// [`expire_or_disarm`](Pool::expire_or_disarm).
 ///
 /// Fresh memory is the slow part of a large transfer: every page of a new
 /// buffer faults on its first write, and on a VM whose freed memory goes back
@@ -85,6 +88,9 @@ pub struct Pool {
     idle: Mutex<Idle>,
     max_bytes: usize,
     reused: AtomicU64,
+    /// Starts a wait that ends in [`expire_or_disarm`](Pool::expire_or_disarm)
+    /// (called when the pool keeps a buffer with no wait under way).
+    timer: OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 #[derive(Default)]
@@ -94,6 +100,9 @@ struct Idle {
     bytes: usize,
     /// The node stopped: nothing is kept any more.
     closed: bool,
+    /// A timer's wait is under way: it frees what expires, and waits again
+    /// while anything is kept.
+    armed: bool,
 }
 
 impl Pool {
@@ -103,7 +112,44 @@ impl Pool {
             idle: Mutex::default(),
             max_bytes,
             reused: AtomicU64::new(0),
+            timer: OnceLock::new(),
         })
+    }
+
+    /// Sets what starts a wait of [`POOL_IDLE`] (or less: as long as the
+    /// oldest kept buffer has left) at whose end the owner calls
+    /// [`expire_or_disarm`](Self::expire_or_disarm), waiting again as long as
+    /// that says. The pool starts one when it keeps a buffer and none is
+    /// under way, so an idle pool costs no wake-ups and gives its memory
+    /// back in time. Set once; later calls are ignored.
+    pub fn set_timer(&self, start: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.timer.set(start);
+    }
+
+    /// Frees what was kept for [`POOL_IDLE`]; how long until the oldest
+    /// buffer left expires, or `None` if nothing is kept (the timer's wait
+    /// ends, and the next buffer kept starts another).
+    pub fn expire_or_disarm(&self) -> Option<Duration> {
+        self.expire_or_disarm_at(Instant::now())
+    }
+
+    fn expire_or_disarm_at(&self, now: Instant) -> Option<Duration> {
+        let (freed, next) = {
+            let mut idle = self.idle.lock();
+            let freed = idle.expire(now);
+            let next = match idle.buffers.front() {
+                Some((_, since)) => {
+                    Some(POOL_IDLE.saturating_sub(now.saturating_duration_since(*since)))
+                }
+                None => {
+                    idle.armed = false;
+                    None
+                }
+            };
+            (freed, next)
+        };
+        drop(freed);
+        next
     }
 
     /// A buffer of `len` bytes whose contents are *not* cleared: an earlier
@@ -146,7 +192,7 @@ impl Pool {
             return;
         }
         let now = Instant::now();
-        let freed = {
+        let (freed, start_timer) = {
             let mut idle = self.idle.lock();
             if idle.closed {
                 drop(idle);
@@ -164,16 +210,19 @@ impl Pool {
             }
             idle.bytes += size;
             idle.buffers.push_back((buf, now));
-            freed
+            // The flag, set under the lock, makes one wait at a time: it is
+            // cleared under the lock only when the wait found nothing kept.
+            let start_timer = !idle.armed && self.timer.get().is_some();
+            idle.armed |= start_timer;
+            (freed, start_timer)
         };
         // Unmapping a large buffer takes a while: outside the lock.
         drop(freed);
-    }
-
-    /// Frees the buffers kept longer than [`POOL_IDLE`] (the node's health
-    /// thread calls this, so an idle node gives its memory back).
-    pub fn trim(&self) {
-        self.trim_at(Instant::now());
+        if start_timer {
+            if let Some(start) = self.timer.get() {
+                start();
+            }
+        }
     }
 
     /// Frees every kept buffer, and keeps none after.
@@ -184,11 +233,6 @@ impl Pool {
             idle.bytes = 0;
             std::mem::take(&mut idle.buffers)
         };
-        drop(freed);
-    }
-
-    fn trim_at(&self, now: Instant) {
-        let freed = self.idle.lock().expire(now);
         drop(freed);
     }
 
@@ -430,10 +474,39 @@ mod tests {
     fn a_pool_frees_what_was_kept_too_long() {
         let pool = Pool::new(64 * MIB);
         pool.give(vec![0u8; 2 * MIB]);
-        pool.trim();
+        assert!(pool.expire_or_disarm().is_some());
         assert_eq!(pool.stats().0, 2 * MIB, "kept for POOL_IDLE");
-        pool.trim_at(Instant::now() + POOL_IDLE);
+        assert_eq!(pool.expire_or_disarm_at(Instant::now() + POOL_IDLE), None);
         assert_eq!(pool.stats().0, 0);
+    }
+
+    #[test]
+    fn a_pool_with_a_timer_starts_one_wait_while_it_keeps_anything() {
+        let pool = Pool::new(64 * MIB);
+        let starts = Arc::new(AtomicU64::new(0));
+        let counted = starts.clone();
+        pool.set_timer(Box::new(move || {
+            counted.fetch_add(1, Ordering::Relaxed);
+        }));
+        let started = || starts.load(Ordering::Relaxed);
+        assert_eq!(pool.expire_or_disarm(), None, "nothing kept");
+        pool.give(vec![0u8; 2 * MIB]);
+        pool.give(vec![0u8; 2 * MIB]);
+        assert_eq!(started(), 1, "one wait for both");
+        let left = pool.expire_or_disarm().expect("both kept: wait again");
+        assert!(left > Duration::ZERO && left <= POOL_IDLE, "{left:?}");
+        assert_eq!(started(), 1);
+        // The wait's end, once the buffers have been kept POOL_IDLE: freed,
+        // and the timer stops.
+        assert_eq!(pool.expire_or_disarm_at(Instant::now() + POOL_IDLE), None);
+        assert_eq!(pool.stats().0, 0);
+        pool.give(vec![0u8; 2 * MIB]);
+        assert_eq!(started(), 2, "kept again: another wait");
+        // Taken before the wait ended: the wait finds nothing and stops.
+        drop(pool.take(2 * MIB));
+        assert_eq!(pool.expire_or_disarm(), None);
+        pool.give(vec![0u8; 2 * MIB]);
+        assert_eq!(started(), 3);
     }
 
     #[test]

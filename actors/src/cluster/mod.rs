@@ -539,7 +539,7 @@ impl ClusterNode {
             borrowed: Mutex::default(),
             held: Mutex::default(),
             remote: Mutex::default(),
-            pulls: Pulls::new(core.config.object_store_memory),
+            pulls: Pulls::with_pool(core.config.object_store_memory, core.pool.clone()),
             serving: Serving::default(),
             done: SegQueue::new(),
             wake: tokio::sync::Notify::new(),
@@ -1076,8 +1076,6 @@ impl ClusterNode {
                         return;
                     }
                     c.check_health();
-                    // After the heartbeats: freeing a large buffer takes a while.
-                    c.pulls.pool().trim();
                     c.serving.forget_idle();
                     c.pulls.forget_stale_kept();
                 }
@@ -1722,12 +1720,6 @@ impl ClusterNode {
             self.acks.lock().remove(&ack);
             tracing::warn!("rayx: {node} did not count a hold of {actor} in time");
         }
-    }
-
-    /// The landing buffers this node keeps for pulls: their bytes, and how
-    /// many pulls landed in a kept one so far.
-    pub fn transfer_pool(&self) -> (usize, u64) {
-        self.pulls.pool().stats()
     }
 
     /// The other nodes this node knows, each with whether it is alive: the

@@ -80,12 +80,18 @@ impl Pulls {
     /// as much again for pulls whose link broke.
     pub fn new(max_object: u64) -> Pulls {
         let quarter = usize::try_from(max_object / 4).unwrap_or(usize::MAX);
+        Pulls::with_pool(max_object, Pool::new(quarter))
+    }
+
+    /// As [`new`](Self::new), landing in `pool` (the node's warm memory).
+    pub fn with_pool(max_object: u64, pool: Arc<Pool>) -> Pulls {
+        let quarter = usize::try_from(max_object / 4).unwrap_or(usize::MAX);
         Pulls {
             active: Mutex::default(),
             kept: Mutex::default(),
             resumed: AtomicU64::new(0),
             kept_max: quarter,
-            pool: Pool::new(quarter),
+            pool,
             max_object,
         }
     }
