@@ -459,14 +459,17 @@ impl Runtime {
     /// Stores a copy of `data` as a [`Bytes`](crate::Bytes) object, as Ray's
     /// `put` stores a copy of the caller's buffer: the caller keeps `data`.
     ///
-    /// A large copy (1 MiB or more) lands in the object store's warm memory:
-    /// the buffer of an earlier object of a like size, kept for 10 s after
-    /// its object and every reader's share were gone (up to a quarter of the
-    /// store's memory), as Ray's object store keeps its memory. Copying into
-    /// a buffer written before runs at memory speed; a fresh one pays a page
-    /// fault per page first (see BENCHMARKS.md's memory-copy floors). Read it
-    /// with `get`, which shares the bytes without a copy. [`put`](Self::put)
-    /// moves a value in with no copy at all.
+    /// A large copy (1 MiB or more) lands in the runtime's warm memory when
+    /// it kept a buffer of a like size: that of an earlier large byte object,
+    /// kept for 10 s after the object and every reader's share were gone, as
+    /// Ray's object store keeps its memory. The warm memory holds up to a
+    /// quarter of `object_store_memory` (so a buffer larger than that is never
+    /// kept). Copying into a buffer written before runs at memory speed; a
+    /// fresh one pays a page fault per page first (see BENCHMARKS.md's
+    /// memory-copy floors). A copy the store has no room for fails with
+    /// [`Error::ObjectStoreFull`] before it is
+    /// made. Read it with `get`, which shares the bytes without a copy.
+    /// [`put`](Self::put) moves a value in with no copy at all.
     ///
     /// ```
     /// let rt = rayx::init()?;

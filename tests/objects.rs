@@ -259,6 +259,35 @@ fn put_copy_stores_a_copy_and_lands_the_next_in_warm_memory() {
     assert_eq!(rt.memory().objects, 0);
 }
 
+/// A copy the store has no room for is refused before it is made: no
+/// buffer is taken or filled (so none is left in the warm memory either).
+#[test]
+fn put_copy_into_a_full_store_is_refused_before_the_copy() {
+    let rt = rayx::Builder::new()
+        .num_workers(1)
+        .object_store_memory(64 * MIB as u64)
+        .start()
+        .unwrap();
+    let filler = rt.put(vec![0u8; 60 * MIB]).unwrap();
+    match rt.put_copy(&vec![1u8; 8 * MIB]) {
+        Err(Error::ObjectStoreFull {
+            requested,
+            capacity,
+            ..
+        }) => assert_eq!((requested, capacity), (8 * MIB as u64, 64 * MIB as u64)),
+        other => panic!("expected ObjectStoreFull, got {other:?}"),
+    }
+    assert_eq!(rt.warm_memory(), (0, 0), "no buffer was taken");
+    drop(filler);
+    let r = rt.put_copy(&vec![1u8; 8 * MIB]).unwrap();
+    assert_eq!(r.get().unwrap().len(), 8 * MIB);
+    assert_eq!(
+        rt.memory().store_bytes,
+        8 * MIB as u64,
+        "the room was held once"
+    );
+}
+
 /// What the warm memory keeps is given back after 10 s unused, with no
 /// further call into the runtime.
 #[test]

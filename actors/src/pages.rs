@@ -126,15 +126,16 @@ impl Pool {
         let _ = self.timer.set(start);
     }
 
-    /// Frees what was kept for [`POOL_IDLE`]; how long until the oldest
-    /// buffer left expires, or `None` if nothing is kept (the timer's wait
-    /// ends, and the next buffer kept starts another).
-    pub fn expire_or_disarm(&self) -> Option<Duration> {
+    /// Takes out what was kept for [`POOL_IDLE`], for the caller to free
+    /// where a long unmap holds nothing up (about 90 ms a GiB); and how long
+    /// until the oldest buffer left expires, or `None` if nothing is kept
+    /// (the timer's wait ends, and the next buffer kept starts another).
+    pub fn expire_or_disarm(&self) -> (Option<Duration>, Vec<Vec<u8>>) {
         self.expire_or_disarm_at(Instant::now())
     }
 
-    fn expire_or_disarm_at(&self, now: Instant) -> Option<Duration> {
-        let (freed, next) = {
+    fn expire_or_disarm_at(&self, now: Instant) -> (Option<Duration>, Vec<Vec<u8>>) {
+        let (next, freed) = {
             let mut idle = self.idle.lock();
             let freed = idle.expire(now);
             let next = match idle.buffers.front() {
@@ -146,10 +147,9 @@ impl Pool {
                     None
                 }
             };
-            (freed, next)
+            (next, freed)
         };
-        drop(freed);
-        next
+        (next, freed)
     }
 
     /// A buffer of `len` bytes whose contents are *not* cleared: an earlier
@@ -474,9 +474,9 @@ mod tests {
     fn a_pool_frees_what_was_kept_too_long() {
         let pool = Pool::new(64 * MIB);
         pool.give(vec![0u8; 2 * MIB]);
-        assert!(pool.expire_or_disarm().is_some());
+        assert!(pool.expire_or_disarm().0.is_some());
         assert_eq!(pool.stats().0, 2 * MIB, "kept for POOL_IDLE");
-        assert_eq!(pool.expire_or_disarm_at(Instant::now() + POOL_IDLE), None);
+        assert_eq!(pool.expire_or_disarm_at(Instant::now() + POOL_IDLE).0, None);
         assert_eq!(pool.stats().0, 0);
     }
 
@@ -489,22 +489,22 @@ mod tests {
             counted.fetch_add(1, Ordering::Relaxed);
         }));
         let started = || starts.load(Ordering::Relaxed);
-        assert_eq!(pool.expire_or_disarm(), None, "nothing kept");
+        assert_eq!(pool.expire_or_disarm().0, None, "nothing kept");
         pool.give(vec![0u8; 2 * MIB]);
         pool.give(vec![0u8; 2 * MIB]);
         assert_eq!(started(), 1, "one wait for both");
-        let left = pool.expire_or_disarm().expect("both kept: wait again");
+        let left = pool.expire_or_disarm().0.expect("both kept: wait again");
         assert!(left > Duration::ZERO && left <= POOL_IDLE, "{left:?}");
         assert_eq!(started(), 1);
         // The wait's end, once the buffers have been kept POOL_IDLE: freed,
         // and the timer stops.
-        assert_eq!(pool.expire_or_disarm_at(Instant::now() + POOL_IDLE), None);
+        assert_eq!(pool.expire_or_disarm_at(Instant::now() + POOL_IDLE).0, None);
         assert_eq!(pool.stats().0, 0);
         pool.give(vec![0u8; 2 * MIB]);
         assert_eq!(started(), 2, "kept again: another wait");
         // Taken before the wait ended: the wait finds nothing and stops.
         drop(pool.take(2 * MIB));
-        assert_eq!(pool.expire_or_disarm(), None);
+        assert_eq!(pool.expire_or_disarm().0, None);
         pool.give(vec![0u8; 2 * MIB]);
         assert_eq!(started(), 3);
     }
