@@ -229,17 +229,7 @@ impl Node {
                 let mut wait = crate::pages::POOL_IDLE;
                 loop {
                     actix_rt::time::sleep(wait).await;
-                    let Some(pool) = pool.upgrade() else { break };
-                    let (next, freed) = pool.expire_or_disarm();
-                    if !freed.is_empty() {
-                        // Unmapping takes ~90 ms a GiB: not on the thread
-                        // of the supervisor and the router (if no thread
-                        // can start, the closure and its buffers drop here).
-                        let _ = std::thread::Builder::new()
-                            .name("rayx-free".into())
-                            .spawn(move || drop(freed));
-                    }
-                    match next {
+                    match pool.upgrade().and_then(|p| p.expire_or_disarm()) {
                         Some(next) => wait = next,
                         None => break,
                     }

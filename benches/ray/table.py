@@ -15,7 +15,7 @@ import re
 import sys
 
 LINE = re.compile(
-    r"^(?P<name>.+?) per second (?P<mean>[\d.]+) \+- (?P<sd>[\d.]+)(?: cpu (?P<cpu>[\d.]+) us/op)?(?: node cpu (?P<ncpu>[\d.]+) us/op)?\s*$"
+    r"^(?P<name>.+?) per second (?P<mean>[\d.]+) \+- (?P<sd>[\d.]+)(?: cpu (?P<cpu>-?[\d.]+) us/op)?(?: node cpu (?P<ncpu>[\d.]+) us/op)?\s*$"
 )
 CPU_LINE = re.compile(r"^(?P<name>cpu: [^:]+): (?P<value>[\d.]+) (?P<unit>us of CPU per \w+)")
 BEGIN, END = "<!-- table:begin -->", "<!-- table:end -->"
@@ -40,6 +40,11 @@ def parse(path, nodes=False):
         m = LINE.match(line.strip())
         if m:
             cpu = float(m["cpu"]) if m["cpu"] else None
+            # Ray's CPU reading sums its processes' CPU before and after a
+            # metric; a worker that exits in between takes its share along,
+            # which can leave the difference negative: no measure, shown "—".
+            if cpu is not None and cpu < 0:
+                cpu = None
             row = (float(m["mean"]), float(m["sd"]), cpu)
             if nodes:
                 row += (float(m["ncpu"]) if m["ncpu"] else None,)
