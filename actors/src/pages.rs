@@ -192,14 +192,14 @@ impl Pool {
             return;
         }
         if size > self.max_bytes {
-            return free(vec![buf]);
+            return;
         }
         let now = Instant::now();
         let (freed, start_timer) = {
             let mut idle = self.idle.lock();
             if idle.closed {
                 drop(idle);
-                return free(vec![buf]);
+                return;
             }
             let mut freed = idle.expire(now);
             while idle.bytes + size > self.max_bytes {
@@ -220,7 +220,7 @@ impl Pool {
             (freed, start_timer)
         };
         // Unmapping a large buffer takes a while: outside the lock.
-        free(freed);
+        drop(freed);
         if start_timer {
             if let Some(start) = self.timer.get() {
                 start();
@@ -265,11 +265,15 @@ impl Idle {
 /// own: unmapping takes about 90 ms a GiB on this project's VM (6 ms here).
 const FREE_APART_FROM: usize = 64 << 20;
 
-/// Frees `buffers` where a long unmap holds nothing up: a pool's buffers
-/// are freed by whichever thread gives one back (a reader's, a node's
-/// network thread) or by the node's timer, on the thread of its supervisor
-/// and router. Large ones go to a thread of their own (if none can start,
-/// they are freed here).
+/// Frees the buffers the pool's timer found expired, where a long unmap holds
+/// nothing up: the timer runs on the node's system thread (its supervisor
+/// and router), so large ones go to a thread of their own (if none can
+/// start, they are freed here). A [`give`](Pool::give) frees what it pushes
+/// out on the giver's thread, as any drop does: freed in the background, a
+/// large buffer's unmap contends with the page faults of the next transfer
+/// (which land in fresh memory): 1 GB `ByteBuf` reads node to driver ran at
+/// 0.43–1.83 GB/s so, against 1.33–2.78 with the unmap inline
+/// (`benches/results/2026-11-30-free-apart.txt`).
 fn free(buffers: Vec<Vec<u8>>) {
     let bytes: usize = buffers.iter().map(Vec::capacity).sum();
     if bytes >= FREE_APART_FROM {
