@@ -256,6 +256,11 @@ fn put_copy_stores_a_copy_and_lands_the_next_in_warm_memory() {
     assert_eq!(read.as_ref(), &other[..], "its own bytes, none of the last");
     assert_eq!(data[..3], [0, 1, 2], "the caller's buffer is its own");
     drop((again, read, small));
+    // A copy large enough to be split over threads holds every byte.
+    let large: Vec<u8> = (0..40 * MIB).map(|i| (i % 241) as u8).collect();
+    let r = rt.put_copy(&large).unwrap();
+    assert!(r.get().unwrap().as_ref() == &large[..]);
+    drop(r);
     assert_eq!(rt.memory().objects, 0);
 }
 

@@ -436,7 +436,13 @@ impl Node {
         self.core.store.admit(size)?;
         // take's buffer holds data.len() bytes, each overwritten here.
         let mut buf = self.core.pool.take(data.len());
-        buf.copy_from_slice(data);
+        // A large copy takes the cores no job is using (its caller's too: a
+        // worker's own job counts in the load), as Ray's store copies a large
+        // put with several threads: one core does not reach the memory's
+        // bandwidth. With every core busy it is the caller's alone.
+        let cores = self.core.config.num_workers;
+        let spare = (cores + 1).saturating_sub(self.core.run_queue.load());
+        crate::pages::copy(&mut buf, data, spare);
         let bytes = crate::pages::Landed::share(buf, &self.core.pool);
         self.core.store.release(size);
         self.core.table.put(Value::new(bytes))

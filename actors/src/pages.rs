@@ -64,6 +64,52 @@ fn advise_huge<T>(region: &mut [T]) {
     }
 }
 
+/// Copies of this size or more are split over several threads.
+pub const PARALLEL_COPY_FROM: usize = 32 << 20;
+
+/// At most this many threads share a copy (Ray's object store copies a
+/// large put with several threads too: one core does not reach the
+/// memory's bandwidth).
+const COPY_THREADS: usize = 4;
+
+/// Copies `src` into `dst` (of the same length), over up to `threads`
+/// threads when it is large (at most one per core, and [`COPY_THREADS`]):
+/// the caller's, and threads started for the copy alone (a thread that
+/// cannot start leaves its part to the caller).
+pub fn copy(dst: &mut [u8], src: &[u8], threads: usize) {
+    assert_eq!(dst.len(), src.len(), "a copy between buffers of one length");
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(COPY_THREADS)
+        .min(threads);
+    if src.len() < PARALLEL_COPY_FROM || threads < 2 {
+        dst.copy_from_slice(src);
+        return;
+    }
+    let part = src.len().div_ceil(threads).next_multiple_of(4096);
+    let mut parts: Vec<(&mut [u8], &[u8])> = dst.chunks_mut(part).zip(src.chunks(part)).collect();
+    let mut not_started = Vec::new();
+    std::thread::scope(|scope| {
+        let mut rest = parts.iter_mut().enumerate();
+        let first = rest.next();
+        for (i, (d, s)) in rest {
+            let started = std::thread::Builder::new()
+                .name("rayx-copy".into())
+                .spawn_scoped(scope, move || d.copy_from_slice(s));
+            if started.is_err() {
+                not_started.push(i);
+            }
+        }
+        if let Some((_, (d, s))) = first {
+            d.copy_from_slice(s);
+        }
+    });
+    for i in not_started {
+        let (d, s) = &mut parts[i];
+        d.copy_from_slice(s);
+    }
+}
+
 /// Buffers smaller than this are not kept by a [`Pool`].
 pub const POOL_FROM: usize = 1 << 20;
 
@@ -503,6 +549,19 @@ mod tests {
         assert_eq!(pool.stats().0, 2 * MIB, "kept for POOL_IDLE");
         assert_eq!(pool.expire_or_disarm_at(Instant::now() + POOL_IDLE), None);
         assert_eq!(pool.stats().0, 0);
+    }
+
+    #[test]
+    fn a_large_copy_over_threads_copies_every_byte() {
+        for len in [0, 5, PARALLEL_COPY_FROM - 1, PARALLEL_COPY_FROM + 4097] {
+            let src: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+            let mut dst = vec![0u8; len];
+            for threads in [1, 2, 3] {
+                dst.fill(0);
+                copy(&mut dst, &src, threads);
+                assert!(dst == src, "a copy of {len} bytes over {threads} threads");
+            }
+        }
     }
 
     #[test]
