@@ -468,9 +468,9 @@ impl Runtime {
     /// fresh one pays a page fault per page first (see BENCHMARKS.md's
     /// memory-copy floors). A copy of 32 MiB or more is split over the cores
     /// no task is using (all of them busy: the caller's alone), as Ray's
-    /// store copies a large put over several threads. A copy the store has no room for fails with
-    /// [`Error::ObjectStoreFull`] before it is
-    /// made. Read it with `get`, which shares the bytes without a copy.
+    /// store copies a large put over several threads. A copy the store has
+    /// no room for fails with [`Error::ObjectStoreFull`] before it is made.
+    /// Read it with `get`, which shares the bytes without a copy.
     /// [`put`](Self::put) moves a value in with no copy at all.
     ///
     /// ```
