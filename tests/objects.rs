@@ -13,6 +13,15 @@ fn rt2() -> Runtime {
         .expect("runtime starts")
 }
 
+/// One worker, and an object store of `bytes`.
+fn small_store(bytes: u64) -> Runtime {
+    rayx::Builder::new()
+        .num_workers(1)
+        .object_store_memory(bytes)
+        .start()
+        .expect("runtime starts")
+}
+
 fn gated(id: u64) -> u64 {
     pass(id)
 }
@@ -268,11 +277,7 @@ fn put_copy_stores_a_copy_and_lands_the_next_in_warm_memory() {
 /// buffer is taken or filled (so none is left in the warm memory either).
 #[test]
 fn put_copy_into_a_full_store_is_refused_before_the_copy() {
-    let rt = rayx::Builder::new()
-        .num_workers(1)
-        .object_store_memory(64 * MIB as u64)
-        .start()
-        .unwrap();
+    let rt = small_store(64 * MIB as u64);
     let filler = rt.put(vec![0u8; 60 * MIB]).unwrap();
     match rt.put_copy(&vec![1u8; 8 * MIB]) {
         Err(Error::ObjectStoreFull {
@@ -428,11 +433,7 @@ fn large_objects_are_shared_not_copied() {
 
 #[test]
 fn a_full_store_is_a_typed_error() {
-    let rt = rayx::Builder::new()
-        .num_workers(1)
-        .object_store_memory(3 * MIB as u64)
-        .start()
-        .unwrap();
+    let rt = small_store(3 * MIB as u64);
     let a = rt.put(vec![0u8; 2 * MIB]).unwrap();
     match rt.put(vec![0u8; 2 * MIB]) {
         Err(Error::ObjectStoreFull {

@@ -49,7 +49,7 @@ impl Core {
     pub fn new(node: NodeId, config: NodeConfig, functions: FunctionTable) -> Arc<Core> {
         let events = Arc::new(EventBus::default());
         let store = ObjectStore::new(config.object_store_memory);
-        let pool = Pool::new(usize::try_from(config.object_store_memory / 4).unwrap_or(usize::MAX));
+        let pool = Pool::for_store(config.object_store_memory);
         let run_queue = RunQueue::new(config.num_workers, config.max_workers, events.clone());
         let faults = Arc::new(FaultInjector::new(config.faults));
         let table = OwnerTable::new(

@@ -427,11 +427,10 @@ impl Node {
                 .table
                 .put(Value::new(bytes::Bytes::copy_from_slice(data)));
         }
-        // Room in the store first, held while the copy is made: a copy that
-        // cannot be stored is refused before its buffer is taken, and copies
-        // under way never hold more than the store admits. (Handed back just
-        // before the put admits the object: one that took the room in
-        // between makes this put fail as full, after its copy.)
+        // Room in the store first, held while the copy is made and handed
+        // to the put: a copy that cannot be stored is refused before its
+        // buffer is taken, and copies under way never hold more than the
+        // store admits.
         let size = data.len() as u64;
         self.core.store.admit(size)?;
         // take's buffer holds data.len() bytes, each overwritten here.
@@ -440,12 +439,11 @@ impl Node {
         // worker's own job counts in the load), as Ray's store copies a large
         // put with several threads: one core does not reach the memory's
         // bandwidth. With every core busy it is the caller's alone.
-        let cores = self.core.config.num_workers;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let spare = (cores + 1).saturating_sub(self.core.run_queue.load());
         crate::pages::copy(&mut buf, data, spare);
         let bytes = crate::pages::Landed::share(buf, &self.core.pool);
-        self.core.store.release(size);
-        self.core.table.put(Value::new(bytes))
+        self.core.table.put_admitted(Value::new(bytes), size)
     }
 
     /// A fresh actor id, unique across processes (it names this node).

@@ -73,15 +73,12 @@ pub const PARALLEL_COPY_FROM: usize = 32 << 20;
 const COPY_THREADS: usize = 4;
 
 /// Copies `src` into `dst` (of the same length), over up to `threads`
-/// threads when it is large (at most one per core, and [`COPY_THREADS`]):
-/// the caller's, and threads started for the copy alone (a thread that
-/// cannot start leaves its part to the caller).
+/// threads when it is large (at most [`COPY_THREADS`]; the caller counts
+/// the cores it may take): the caller's, and threads started for the copy
+/// alone (a thread that cannot start leaves its part to the caller).
 pub fn copy(dst: &mut [u8], src: &[u8], threads: usize) {
     assert_eq!(dst.len(), src.len(), "a copy between buffers of one length");
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(COPY_THREADS)
-        .min(threads);
+    let threads = threads.min(COPY_THREADS);
     if src.len() < PARALLEL_COPY_FROM || threads < 2 {
         dst.copy_from_slice(src);
         return;
@@ -152,6 +149,16 @@ struct Idle {
 }
 
 impl Pool {
+    /// The pool of a store of `store_bytes`: it keeps up to a quarter of it.
+    pub fn for_store(store_bytes: u64) -> Arc<Pool> {
+        Pool::new(usize::try_from(store_bytes / 4).unwrap_or(usize::MAX))
+    }
+
+    /// The most bytes it keeps.
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
     /// A pool keeping at most `max_bytes` of idle buffers.
     pub fn new(max_bytes: usize) -> Arc<Pool> {
         Arc::new(Pool {

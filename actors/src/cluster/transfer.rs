@@ -61,12 +61,11 @@ struct Kept {
 pub struct Pulls {
     active: Mutex<IdMap<ObjectId, Assembly>>,
     /// Pulls whose link broke, for the next pull of each (taken after
-    /// `active`'s lock where both are held).
+    /// `active`'s lock where both are held), holding as many bytes at most
+    /// as the pool keeps.
     kept: Mutex<IdMap<ObjectId, Kept>>,
     /// Pulls that went on from the byte they reached, not the first.
     resumed: AtomicU64,
-    /// The most bytes kept for them at once (as many as the pool keeps).
-    kept_max: usize,
     /// Where large pulls land: buffers of earlier ones, warm.
     pool: Arc<Pool>,
     /// The largest object a pull accepts: what a peer may make this node
@@ -79,18 +78,16 @@ impl Pulls {
     /// a quarter of that is kept in landing buffers for the next pulls, and
     /// as much again for pulls whose link broke.
     pub fn new(max_object: u64) -> Pulls {
-        let quarter = usize::try_from(max_object / 4).unwrap_or(usize::MAX);
-        Pulls::with_pool(max_object, Pool::new(quarter))
+        Pulls::with_pool(max_object, Pool::for_store(max_object))
     }
 
-    /// As [`new`](Self::new), landing in `pool` (the node's warm memory).
+    /// As [`new`](Self::new), landing in `pool` (the node's warm memory),
+    /// and keeping for broken pulls as much as it keeps.
     pub fn with_pool(max_object: u64, pool: Arc<Pool>) -> Pulls {
-        let quarter = usize::try_from(max_object / 4).unwrap_or(usize::MAX);
         Pulls {
             active: Mutex::default(),
             kept: Mutex::default(),
             resumed: AtomicU64::new(0),
-            kept_max: quarter,
             pool,
             max_object,
         }
@@ -274,7 +271,7 @@ impl Pulls {
                 // A buffer lent to the reader is back by now (the reader
                 // hands it back however it stops).
                 let byte_buffer = a.skip > 0;
-                let fits = kept_bytes + a.buf.capacity() <= self.kept_max;
+                let fits = kept_bytes + a.buf.capacity() <= self.pool.max_bytes();
                 if holder_lives && byte_buffer && fits && a.started && !a.lent && a.received > 0 {
                     kept_bytes += a.buf.capacity();
                     let k = Kept {

@@ -309,6 +309,25 @@ impl OwnerTable {
         }
     }
 
+    /// Stores a value whose room in the object store (`admitted` bytes, its
+    /// measured size) the caller admitted before making it, so that nothing
+    /// else can take that room in between. A value that is not stored after
+    /// all (small enough to be held inline, or of another size) gives the
+    /// room back and is put as any other.
+    pub fn put_admitted(self: &Arc<Self>, value: Value, admitted: u64) -> Result<Arc<Slot>, Error> {
+        let size = value.size();
+        if size <= self.inline_threshold || size as u64 != admitted {
+            self.store.release(admitted);
+            return self.put(value);
+        }
+        let slot = self.new_pending(None);
+        slot.complete_admitted(value, admitted);
+        match slot.try_get() {
+            Some(Err(e)) => Err(e),
+            _ => Ok(slot),
+        }
+    }
+
     /// The live slot of an object, if any reference to it remains.
     pub fn lookup(&self, id: ObjectId) -> Option<Arc<Slot>> {
         self.shard(id).index.lock().get(&id).and_then(Weak::upgrade)

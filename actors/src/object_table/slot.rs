@@ -522,6 +522,22 @@ impl Slot {
             },
             Err(e) => (Err(e), Held::Nothing),
         };
+        self.complete_held(result, held);
+    }
+
+    /// Completes a put whose room in the object store, `size` bytes, its
+    /// caller admitted already (see [`OwnerTable::put_admitted`]).
+    pub(super) fn complete_admitted(&self, value: Value, size: u64) {
+        if self.table.is_closed() {
+            self.table.store.release(size);
+            return self.complete_held(Err(Error::ShutDown), Held::Nothing);
+        }
+        self.complete_held(Ok(value), Held::Stored(size));
+    }
+
+    /// Completes with `result`, which holds `held` of the table's room
+    /// (given back if the object was completed already).
+    fn complete_held(&self, result: Result<Value, Error>, held: Held) {
         let mut inner = self.inner.lock();
         if !matches!(inner.state, State::Pending | State::Lost) {
             drop(inner);
