@@ -11,6 +11,7 @@ use rayx_actors::actor_host::{
     LocalFuture, RestartPolicy, SharedState,
 };
 use rayx_actors::cluster::wire::{ActorCreate, Answer, Ask};
+use rayx_actors::cluster::Holder;
 use rayx_actors::ids::{ActorId, NodeId};
 use rayx_actors::messages::{ActorCall, Retries, Scheduling};
 use rayx_actors::value::Value;
@@ -710,7 +711,16 @@ impl<'r, A: Actor> ActorBuilder<'r, A> {
                     return handle_at(&node, place.actor, place.node, place.type_name, self.name)
                 }
                 Answer::Placed(at) if at.id != node.id() => {
+                    // Noted before it starts: a move from here on counts the
+                    // creator's hold where it goes.
+                    let creator = !self.detached;
+                    if creator {
+                        cluster.hold_actor(at.id, actor, Holder::Creator, true);
+                    }
                     if let Err(e) = cluster.create_actor(at.id, create) {
+                        if creator {
+                            cluster.hold_actor(at.id, actor, Holder::Creator, false);
+                        }
                         cluster.actor_gone(actor);
                         return Err(e);
                     }

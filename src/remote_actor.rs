@@ -2,6 +2,7 @@
 //! through the node's cluster link, straight to the actor's node.
 
 use crate::Error;
+use rayx_actors::cluster::Holder;
 use rayx_actors::ids::{ActorId, NodeId};
 use rayx_actors::messages::ActorCall;
 use rayx_actors::object_table::Slot;
@@ -59,7 +60,7 @@ impl RemoteActor {
     pub(crate) fn held(self) -> RemoteActor {
         if !self.owned {
             if let Some(c) = self.node.cluster() {
-                c.hold_actor(self.host_node, self.id, true);
+                c.hold_actor(self.host_node, self.id, Holder::Handle, true);
             }
         }
         self
@@ -68,11 +69,16 @@ impl RemoteActor {
 
 impl Drop for RemoteActor {
     fn drop(&mut self) {
-        // This node's last handle: its hold goes (a detached actor's creator
-        // holds nothing).
+        // Its hold goes: a decoded handle's, or the creator's (a detached
+        // actor's creator holds it for good).
         if let Some(c) = self.node.cluster() {
             if !self.detached {
-                c.hold_actor(self.host_node, self.id, false);
+                let by = if self.owned {
+                    Holder::Creator
+                } else {
+                    Holder::Handle
+                };
+                c.hold_actor(self.host_node, self.id, by, false);
             }
         }
     }

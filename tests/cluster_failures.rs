@@ -111,8 +111,21 @@ rayx::remote!(
     big_result,
     pid_here,
     len_of,
-    blip_here
+    blip_here,
+    counter_on
 );
+
+/// Starts a counter on `node` (restarted once if its node dies) and returns
+/// its handle: this task's node is its creator.
+fn counter_on(node: u64) -> ActorHandle<Counter> {
+    let rt = Runtime::current().expect("in a task");
+    rt.actor_of(new_counter, 0)
+        .max_restarts(1)
+        .max_task_retries(1)
+        .node_affinity(NodeId(node), true)
+        .spawn()
+        .expect("the counter starts")
+}
 
 pub struct Counter {
     n: u64,
@@ -598,13 +611,13 @@ fn a_named_actor_restarts_on_another_node_and_keeps_answering() {
     );
 }
 
-/// An unnamed actor started again on the node of a handle made while it
-/// lived elsewhere: that handle holds it there, so it lives on after every
-/// other handle is dropped.
-fn a_handle_holds_its_actor_on_the_node_it_restarted_on() {
-    let mut c = fast_cluster(2);
-    let rt = c.driver().clone();
-    let (first, second) = (c.nodes()[0].id, c.nodes()[1].id);
+/// A counter on `first` (restarted once if its node dies), and a relay on
+/// `second` holding a handle to it.
+fn counter_and_relay(
+    rt: &Runtime,
+    first: NodeId,
+    second: NodeId,
+) -> (ActorHandle<Counter>, ActorHandle<Relay>) {
     let counter = rt
         .actor_of(new_counter, 0)
         .max_restarts(1)
@@ -617,6 +630,17 @@ fn a_handle_holds_its_actor_on_the_node_it_restarted_on() {
         .node_affinity(second, false)
         .spawn()
         .unwrap();
+    (counter, relay)
+}
+
+/// An unnamed actor started again on the node of a handle made while it
+/// lived elsewhere: that handle holds it there, so it lives on after every
+/// other handle is dropped.
+fn a_handle_holds_its_actor_on_the_node_it_restarted_on() {
+    let mut c = fast_cluster(2);
+    let rt = c.driver().clone();
+    let (first, second) = (c.nodes()[0].id, c.nodes()[1].id);
+    let (counter, relay) = counter_and_relay(&rt, first, second);
     assert_eq!(relay.call(Forward(1)).get().unwrap(), Ok(1));
     c.kill_node(0).unwrap();
     // Answered once it was started again on the second node.
@@ -626,6 +650,75 @@ fn a_handle_holds_its_actor_on_the_node_it_restarted_on() {
     // on the link the next call takes, before that call.
     drop(counter);
     assert_eq!(relay.call(Forward(1)).get().unwrap(), Ok(2));
+}
+
+/// Waits until no actor is left: none in the head's directory, none on any
+/// live node.
+fn wait_for_no_actors(rt: &Runtime) {
+    let gone = common::eventually(common::LONG, || {
+        let status = rt.cluster_status().unwrap();
+        status.actors.is_empty()
+            && status
+                .nodes
+                .iter()
+                .filter(|n| n.alive)
+                .all(|n| n.report.actors == 0)
+    });
+    let status = rt.cluster_status().unwrap();
+    assert!(
+        gone,
+        "actors left: {:?} in the head, {:?} on the nodes",
+        status.actors,
+        status
+            .nodes
+            .iter()
+            .map(|n| (n.info.id, n.alive, n.report.actors))
+            .collect::<Vec<_>>()
+    );
+}
+
+/// The creator lets go of its handle while another node still holds one;
+/// the actor's node dies and it starts again elsewhere: it lives while that
+/// handle does, and ends with it (its creator's hold, gone before the
+/// restart, is not counted again there).
+fn an_actor_started_again_ends_with_its_last_handle() {
+    let mut c = fast_cluster(3);
+    let rt = c.driver().clone();
+    let (first, second) = (c.nodes()[0].id, c.nodes()[1].id);
+    let (counter, relay) = counter_and_relay(&rt, first, second);
+    drop(counter);
+    assert_eq!(relay.call(Forward(1)).get().unwrap(), Ok(1));
+    c.kill_node(0).unwrap();
+    // Started again (its state from 0), held by the relay's handle alone.
+    assert_eq!(relay.call(Forward(1)).get().unwrap(), Ok(1));
+    assert_eq!(relay.call(Forward(1)).get().unwrap(), Ok(2));
+    drop(relay);
+    wait_for_no_actors(&rt);
+}
+
+/// The same when the creator is a task on a node, the actor moves because
+/// its node drains, and the only other handle is the driver's.
+fn an_actor_moved_by_a_drain_ends_with_its_last_handle() {
+    let c = fast_cluster(3);
+    let rt = c.driver().clone();
+    let (first, second) = (c.nodes()[0].id, c.nodes()[1].id);
+    let counter = rt
+        .task(counter_on)
+        .node_affinity(second, false)
+        .remote(first.0)
+        .get()
+        .unwrap();
+    assert_eq!(counter.call(Add(1)).get().unwrap(), 1);
+    rt.drain_node(first, Duration::from_secs(20)).unwrap();
+    assert!(
+        common::eventually(common::LONG, || rt.nodes().iter().all(|n| n.id != first)),
+        "the drained node left"
+    );
+    // The drained node's actor started again elsewhere (its state from 0).
+    assert_eq!(counter.call(Add(1)).get().unwrap(), 1);
+    assert_ne!(counter.node_id(), first);
+    drop(counter);
+    wait_for_no_actors(&rt);
 }
 
 /// Calls made between a node's death and the news of where its actor went
@@ -2161,6 +2254,8 @@ fn main() {
         a_task_out_of_retries_names_the_dead_nodes,
         a_named_actor_restarts_on_another_node_and_keeps_answering,
         a_handle_holds_its_actor_on_the_node_it_restarted_on,
+        an_actor_started_again_ends_with_its_last_handle,
+        an_actor_moved_by_a_drain_ends_with_its_last_handle,
         calls_follow_an_actor_through_two_deaths,
         an_actor_without_restarts_fails_naming_its_node,
         a_node_told_to_stop_leaves_in_order,

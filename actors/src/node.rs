@@ -21,7 +21,7 @@ use actix::{Actor, Addr};
 use actix_rt::{Arbiter, ArbiterHandle, System};
 use parking_lot::{Condvar, Mutex};
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, OnceLock, Weak};
 use std::thread::JoinHandle;
@@ -79,7 +79,42 @@ impl Entry for ActorHost {
 struct Hosted {
     /// Holds the actor alive.
     _host: Arc<ActorHost>,
-    holders: HashMap<NodeId, u32>,
+    /// Each node's holds. Signed: after a restart, a node's release may
+    /// come before the count of its holds it sends when it learns of the
+    /// move (`HoldsMoved`), and the two add up in either order.
+    holders: HashMap<NodeId, i64>,
+    /// Started again here after its node died: the nodes whose holds have
+    /// not been counted yet. The actor lives while any is awaited.
+    awaiting: HashSet<NodeId>,
+}
+
+impl Hosted {
+    fn new(host: Arc<ActorHost>) -> Hosted {
+        Hosted {
+            _host: host,
+            holders: HashMap::new(),
+            awaiting: HashSet::new(),
+        }
+    }
+
+    /// `by`'s holds change by `delta` (`by` is counted if awaited).
+    fn add(&mut self, by: NodeId, delta: i64, counted: bool) {
+        if counted {
+            self.awaiting.remove(&by);
+        }
+        let n = self.holders.entry(by).or_default();
+        *n += delta;
+        // A release before the count it belongs to stays below zero only
+        // until that count comes.
+        if *n == 0 || (*n < 0 && !self.awaiting.contains(&by)) {
+            self.holders.remove(&by);
+        }
+    }
+
+    /// Nothing holds it, and no node's holds are awaited.
+    fn unheld(&self) -> bool {
+        self.awaiting.is_empty() && self.holders.values().all(|n| *n <= 0)
+    }
 }
 
 /// One runtime's engine.
@@ -608,16 +643,46 @@ impl Node {
     /// Keeps a local actor alive while `by` holds handles to it.
     fn hold(&self, host: Arc<ActorHost>, by: NodeId) {
         let mut hosted = self.hosted.lock();
-        let entry = hosted.entry(host.id()).or_insert_with(|| Hosted {
-            _host: host,
-            holders: HashMap::new(),
-        });
-        *entry.holders.entry(by).or_default() += 1;
+        let entry = hosted.entry(host.id()).or_insert_with(|| Hosted::new(host));
+        entry.add(by, 1, false);
+    }
+
+    /// Changes `by`'s holds on `actor` by `delta` (`counted`: its count
+    /// after a move came), and lets the actor go if nothing holds it any
+    /// more. A release of an actor not hosted here changes nothing.
+    fn change_holds(&self, actor: ActorId, by: NodeId, delta: i64, counted: bool) {
+        let gone = {
+            let mut hosted = self.hosted.lock();
+            let Some(h) = hosted.get_mut(&actor) else {
+                drop(hosted);
+                if delta > 0 {
+                    if let Some(host) = self.actor_by_id(actor) {
+                        for _ in 0..delta {
+                            self.hold(host.clone(), by);
+                        }
+                    }
+                }
+                return;
+            };
+            h.add(by, delta, counted);
+            if h.unheld() {
+                hosted.remove(&actor)
+            } else {
+                None
+            }
+        };
+        // Dropped outside the lock: it may be the actor's last handle, and
+        // a collected actor's stop runs now.
+        drop(gone);
     }
 }
 
 impl Host for Node {
-    fn create_actor(&self, create: ActorCreate) -> Result<(), Error> {
+    fn create_actor(
+        &self,
+        create: ActorCreate,
+        awaiting: Option<Vec<NodeId>>,
+    ) -> Result<(), Error> {
         let t = self
             .actor_types
             .get(&create.type_name)
@@ -651,8 +716,25 @@ impl Host for Node {
             group: None,
         };
         let (host, _) = self.spawn_actor_as(create.actor, spec)?;
-        // Its creator's handles hold it.
-        self.hold(host, create.actor.node);
+        let creator = create.actor.node;
+        match awaiting {
+            // Its creator's handles hold it.
+            None => self.hold(host, creator),
+            // Started again: each node counts its holds here as it learns of
+            // the move, its creator's handles included while they live; the
+            // restart holds it until then. A detached actor's creator holds
+            // it for good.
+            Some(nodes) => {
+                let mut hosted = self.hosted.lock();
+                let entry = hosted
+                    .entry(create.actor)
+                    .or_insert_with(|| Hosted::new(host));
+                entry.awaiting.extend(nodes);
+                if create.detached {
+                    entry.add(creator, 1, false);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -697,9 +779,30 @@ impl Host for Node {
     }
 
     fn hold_actor(&self, actor: ActorId, by: NodeId) {
-        if let Some(host) = self.actor_by_id(actor) {
-            self.hold(host, by);
-        }
+        self.change_holds(actor, by, 1, false);
+    }
+
+    fn holds_moved(&self, actor: ActorId, by: NodeId, holds: u32) {
+        self.change_holds(actor, by, i64::from(holds), true);
+    }
+
+    fn holds_settled(&self, actor: ActorId) -> Vec<NodeId> {
+        let (late, gone) = {
+            let mut hosted = self.hosted.lock();
+            let Some(h) = hosted.get_mut(&actor) else {
+                return Vec::new();
+            };
+            let late: Vec<NodeId> = h.awaiting.drain().collect();
+            h.holders.retain(|_, n| *n > 0);
+            let gone = if h.unheld() {
+                hosted.remove(&actor)
+            } else {
+                None
+            };
+            (late, gone)
+        };
+        drop(gone);
+        late
     }
 
     fn release_actor(&self, actor: Option<ActorId>, by: NodeId) {
@@ -716,13 +819,11 @@ impl Host for Node {
                 };
                 if actor.is_none() {
                     h.holders.remove(&by);
-                } else if let Some(n) = h.holders.get_mut(&by) {
-                    *n -= 1;
-                    if *n == 0 {
-                        h.holders.remove(&by);
-                    }
+                    h.awaiting.remove(&by);
+                } else {
+                    h.add(by, -1, false);
                 }
-                if h.holders.is_empty() {
+                if h.unheld() {
                     gone.extend(hosted.remove(&id));
                 }
             }

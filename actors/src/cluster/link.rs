@@ -1506,6 +1506,7 @@ pub fn kind_of(msg: &Msg) -> &'static str {
         Msg::HoldActor { .. } => "HoldActor",
         Msg::HoldAck { .. } => "HoldAck",
         Msg::ReleaseActor { .. } => "ReleaseActor",
+        Msg::HoldsMoved { .. } => "HoldsMoved",
         Msg::Borrow { .. } => "Borrow",
         Msg::Fetch { .. } => "Fetch",
         Msg::Release { .. } => "Release",

@@ -159,14 +159,23 @@ pub struct ClusterConfig {
 
 /// What the cluster asks of its node (the node implements it).
 pub trait Host: Send + Sync + 'static {
-    /// Starts an actor a peer placed here.
-    fn create_actor(&self, create: ActorCreate) -> Result<(), Error>;
+    /// Starts an actor a peer placed here, held by its creator; or, started
+    /// again after its node died (`awaiting`: the live nodes), held until
+    /// each of those nodes has counted its holds ([`holds_moved`](Self::holds_moved))
+    /// or is gone.
+    fn create_actor(&self, create: ActorCreate, awaiting: Option<Vec<NodeId>>)
+        -> Result<(), Error>;
     /// Puts a peer's call into a local actor's mailbox; `reply` is its reply.
     fn call_actor(&self, call: ActorCall, reply: Arc<Slot>) -> Result<(), Error>;
     /// Kills (or restarts) a local actor.
     fn kill_actor(&self, actor: ActorId, no_restart: bool);
     /// A node holds handles to a local actor (keep it while any does).
     fn hold_actor(&self, actor: ActorId, by: NodeId);
+    /// A node's holds on an actor started again here, counted.
+    fn holds_moved(&self, actor: ActorId, by: NodeId, holds: u32);
+    /// An actor started again here waits for no more counts: the nodes not
+    /// heard from (returned) hold nothing.
+    fn holds_settled(&self, actor: ActorId) -> Vec<NodeId>;
     /// A node dropped its handles to a local actor (`all`: every hold it had,
     /// as when it died).
     fn release_actor(&self, actor: Option<ActorId>, by: NodeId);
@@ -175,6 +184,35 @@ pub trait Host: Send + Sync + 'static {
     /// The head told this node to stop.
     fn stop(&self);
 }
+
+/// Whose hold on an actor of a peer changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holder {
+    /// The handles of the node that created it (not detached): one hold,
+    /// counted where it starts, and where it starts again while they live.
+    Creator,
+    /// A handle decoded on this node: one hold each.
+    Handle,
+}
+
+/// This node's holds on an actor of a peer.
+#[derive(Default)]
+struct Holds {
+    /// Handles decoded here.
+    handles: u32,
+    /// This node created it and its handles live.
+    creator: bool,
+}
+
+impl Holds {
+    fn count(&self) -> u32 {
+        self.handles + u32::from(self.creator)
+    }
+}
+
+/// How long an actor started again after its node died waits for a node's
+/// count of its holds there before it takes that node to hold none.
+const HOLDS_MOVED_WAIT: Duration = REQUEST_TIMEOUT;
 
 /// A peer as this node knows it.
 struct Peer {
@@ -362,9 +400,9 @@ pub struct ClusterNode {
     calls: Mutex<IdMap<ObjectId, RemoteCall>>,
     /// Actors started again on another node after theirs died.
     moved: Mutex<IdMap<ActorId, Moved>>,
-    /// Holds this node counts on actors of peers (handles it has), to count
-    /// them again where a moved actor went.
-    holding: Mutex<IdMap<ActorId, u32>>,
+    /// Holds this node has on actors of peers, to count them again where a
+    /// moved actor went.
+    holding: Mutex<IdMap<ActorId, Holds>>,
     /// Borrows and releases not sent yet: many refs decoded or dropped at once
     /// go out as one batch, with one wake-up of the network thread.
     outbox: Mutex<Outbox>,
@@ -1169,10 +1207,7 @@ impl ClusterNode {
                     // Its constructor's argument may hold handles, whose
                     // holds wait for answers the network thread reads.
                     ON_NET_THREAD.with(|n| n.set(false));
-                    let result = match me.host() {
-                        Some(h) => h.create_actor(create),
-                        None => Err(Error::ShutDown),
-                    };
+                    let result = me.restart_here(create);
                     me.actor_restarted(actor, result);
                 });
             } else {
@@ -1190,6 +1225,44 @@ impl ClusterNode {
                 }
             }
         }
+    }
+
+    /// Starts an actor again here after its node died. Every live node
+    /// counts its holds on it here as it learns of the move (`HoldsMoved`),
+    /// the creator's among them while its handles live; until then the
+    /// restart holds it, for [`HOLDS_MOVED_WAIT`] at most (a node that died
+    /// meanwhile holds nothing, and one that never answers is taken to hold
+    /// nothing then).
+    fn restart_here(self: &Arc<Self>, create: ActorCreate) -> Result<(), Error> {
+        let h = self.host().ok_or(Error::ShutDown)?;
+        let actor = create.actor;
+        let mut awaiting = self.live_peers();
+        awaiting.push(self.me.id);
+        h.create_actor(create, Some(awaiting))?;
+        let weak = Arc::downgrade(self);
+        self.net.spawn(async move {
+            tokio::time::sleep(HOLDS_MOVED_WAIT).await;
+            let Some(h) = weak.upgrade().and_then(|c| c.host()) else {
+                return;
+            };
+            let late = h.holds_settled(actor);
+            if !late.is_empty() {
+                tracing::warn!(
+                    "rayx: {late:?} did not count their holds on {actor}, started again here, within {HOLDS_MOVED_WAIT:?}: taken to hold none"
+                );
+            }
+        });
+        Ok(())
+    }
+
+    /// The peers alive as far as this node knows.
+    fn live_peers(&self) -> Vec<NodeId> {
+        self.peers
+            .lock()
+            .iter()
+            .filter(|(_, p)| p.alive)
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// A restart the head asked for is done: every node learns where the
@@ -1423,7 +1496,10 @@ impl ClusterNode {
     /// started.
     pub fn create_actor(self: &Arc<Self>, node: NodeId, create: ActorCreate) -> Result<(), Error> {
         if node == self.me.id {
-            return self.host().ok_or(Error::ShutDown)?.create_actor(create);
+            return self
+                .host()
+                .ok_or(Error::ShutDown)?
+                .create_actor(create, None);
         }
         let key = actor_key(create.actor);
         let actor = create.actor;
@@ -1547,26 +1623,18 @@ impl ClusterNode {
         // Calls that go again to this node, in order (after the lock: a
         // failing call completes its reply, which may run code that calls).
         let mut here = Vec::new();
-        {
+        let holds = {
             let mut calls = self.calls.lock();
             let moved = match to {
                 Some(to) => Moved::To(to),
                 None => Moved::Gone(cause.to_string()),
             };
-            self.moved.lock().insert(actor, moved);
-            // This node's handles hold it where it went.
-            if let Some(to) = to {
-                let holds = self.holding.lock().get(&actor).copied().unwrap_or(0);
-                for _ in 0..holds {
-                    if to == self.me.id {
-                        if let Some(h) = self.host() {
-                            h.hold_actor(actor, to);
-                        }
-                    } else {
-                        self.send_now(to, Msg::HoldActor { actor, ack: 0 });
-                    }
-                }
-            }
+            // Under the holds' lock: see `hold_actor`.
+            let holds = {
+                let holding = self.holding.lock();
+                self.moved.lock().insert(actor, moved);
+                holding.get(&actor).map_or(0, Holds::count)
+            };
             // The calls interrupted by the death: on the node that died, or
             // lost on an earlier move's target that died too. Gone for good:
             // all of its calls.
@@ -1603,6 +1671,21 @@ impl ClusterNode {
                     None => failed.extend(calls.remove(&id).map(|c| (c.slot, cause.to_string()))),
                 }
             }
+            holds
+        };
+        // This node's holds count where it went, none as well: the restarted
+        // actor waits for every node's count. (After the calls' lock: a count
+        // here may let the actor go, whose stop fails what it had queued.)
+        match to {
+            Some(to) if to == self.me.id => {
+                if let Some(h) = self.host() {
+                    h.holds_moved(actor, to, holds);
+                }
+            }
+            Some(to) => {
+                self.send_now(to, Msg::HoldsMoved { actor, holds });
+            }
+            None => {}
         }
         for (call, slot) in here {
             self.call_here(call, slot);
@@ -1628,13 +1711,7 @@ impl ClusterNode {
         if lost.is_empty() {
             return;
         }
-        let alive: Vec<NodeId> = self
-            .peers
-            .lock()
-            .iter()
-            .filter(|(_, p)| p.alive)
-            .map(|(id, _)| *id)
-            .collect();
+        let alive = self.live_peers();
         let mut failed = Vec::new();
         {
             let mut calls = self.calls.lock();
@@ -1670,23 +1747,30 @@ impl ClusterNode {
         }
     }
 
-    /// This node holds handles to an actor on `node` (`hold`), or dropped
-    /// its last one. A hold waits (off the network thread) until `node` has
+    /// This node takes a hold on an actor on `node` (`hold`), or lets one
+    /// go. A handle's hold waits (off the network thread) until `node` has
     /// counted it, so that whoever sent the handle here may drop its own at
-    /// once: the actor never sees a moment with no holder.
-    pub fn hold_actor(self: &Arc<Self>, node: NodeId, actor: ActorId, hold: bool) {
-        let node = self.actor_node(actor, node);
-        {
+    /// once: the actor never sees a moment with no holder. The creator's
+    /// hold was counted when the actor started: taking it only notes it.
+    pub fn hold_actor(self: &Arc<Self>, node: NodeId, actor: ActorId, by: Holder, hold: bool) {
+        let node = {
             let mut holding = self.holding.lock();
-            let n = holding.entry(actor).or_default();
-            if hold {
-                *n += 1;
-            } else {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    holding.remove(&actor);
-                }
+            let h = holding.entry(actor).or_default();
+            match (by, hold) {
+                (Holder::Creator, held) => h.creator = held,
+                (Holder::Handle, true) => h.handles += 1,
+                (Holder::Handle, false) => h.handles = h.handles.saturating_sub(1),
             }
+            if h.count() == 0 {
+                holding.remove(&actor);
+            }
+            // Where it is, read under the holds' lock: a move counts this
+            // hold where the actor went either in its count (read before) or
+            // by the message sent below (after), never both or neither.
+            self.actor_node(actor, node)
+        };
+        if by == Holder::Creator && hold {
+            return;
         }
         if node == self.me.id {
             // Started again on this node: the hold is counted here.
@@ -2004,9 +2088,14 @@ impl ClusterNode {
                     // thread reads.
                     ON_NET_THREAD.with(|n| n.set(false));
                     let actor = create.actor;
-                    let result = match me.host() {
-                        Some(h) => h.create_actor(create),
-                        None => Err(Error::ShutDown),
+                    let result = if link.lane == Lane::Join {
+                        // A restart the head asked for.
+                        me.restart_here(create)
+                    } else {
+                        match me.host() {
+                            Some(h) => h.create_actor(create, None),
+                            None => Err(Error::ShutDown),
+                        }
                     };
                     me.reply(&link, Msg::ActorCreated { actor, result });
                 });
@@ -2063,6 +2152,11 @@ impl ClusterNode {
                 }
                 if ack != 0 {
                     self.reply(link, Msg::HoldAck { ack });
+                }
+            }
+            Msg::HoldsMoved { actor, holds } => {
+                if let Some(h) = self.host() {
+                    h.holds_moved(actor, from, holds);
                 }
             }
             Msg::Sync { id } => {

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The protocol's version: a peer with another one is refused at its hello.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 /// The largest frame accepted before a connection has authenticated (a
 /// hello with its registry, a proof): a stranger cannot make a node buffer more.
 pub const PREAUTH_FRAME: usize = 1 << 20;
@@ -455,10 +455,21 @@ pub enum Msg {
         /// Its `ack`.
         ack: u64,
     },
-    /// The sender dropped its last handle to this actor.
+    /// The sender dropped a handle to this actor (or its creator's
+    /// handles, all of them).
     ReleaseActor {
         /// The actor.
         actor: ActorId,
+    },
+    /// This actor was started again on the receiver: the sender's holds on
+    /// it, all of them (its handles, and its creator's if it made it).
+    /// Every node the actor's move reaches sends one, holds or not: the
+    /// restarted actor lives until each has been counted.
+    HoldsMoved {
+        /// The actor.
+        actor: ActorId,
+        /// The sender's holds.
+        holds: u32,
     },
     /// The sender holds a reference to this object of the receiver's: keep it
     /// until the sender releases it.
