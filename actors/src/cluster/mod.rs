@@ -1666,7 +1666,7 @@ impl ClusterNode {
                         }
                     }
                     Some(_) => failed.extend(calls.remove(&id).map(|c| {
-                        (c.slot, format!("{cause}; the call ran there and max_task_retries ({retries:?}) is used up"))
+                        (c.slot, format!("{cause}; the call was sent there before (it may have run) and max_task_retries ({retries:?}) is used up"))
                     })),
                     None => failed.extend(calls.remove(&id).map(|c| (c.slot, cause.to_string()))),
                 }
