@@ -239,6 +239,43 @@ fn new_keeper(_: ()) -> Keeper {
 }
 rayx::remote_actor!(Keeper, new_keeper, [Keep, GiveBack]);
 
+/// Creates a counter on node `on` (restarted once if that node dies) and
+/// keeps its handle: the maker's node is the counter's creator.
+pub struct Maker(ActorHandle<Counter>);
+impl Actor for Maker {}
+#[derive(Serialize, Deserialize)]
+pub struct Made;
+impl Message for Made {
+    type Reply = ActorHandle<Counter>;
+}
+impl Handler<Made> for Maker {
+    fn handle(&mut self, _: Made, _: &mut ActorContext<Self>) -> ActorHandle<Counter> {
+        self.0.clone()
+    }
+}
+#[derive(Serialize, Deserialize)]
+pub struct KillMade;
+impl Message for KillMade {
+    type Reply = ();
+}
+impl Handler<KillMade> for Maker {
+    fn handle(&mut self, _: KillMade, _: &mut ActorContext<Self>) {
+        self.0.kill();
+    }
+}
+fn new_maker(on: u64) -> Maker {
+    let rt = Runtime::current().expect("on a node");
+    Maker(
+        rt.actor_of(new_counter, 0)
+            .max_restarts(1)
+            .max_task_retries(1)
+            .node_affinity(NodeId(on), true)
+            .spawn()
+            .expect("the counter starts"),
+    )
+}
+rayx::remote_actor!(Maker, new_maker, [Made, KillMade]);
+
 /// An actor whose constructor takes `ms` (still being created when its node
 /// dies).
 pub struct Slowborn;
@@ -719,6 +756,28 @@ fn an_actor_moved_by_a_drain_ends_with_its_last_handle() {
     assert_ne!(counter.node_id(), first);
     drop(counter);
     wait_for_no_actors(&rt);
+}
+
+/// An actor started again on its creator's node is killed there through
+/// the creator's handle (the kill was sent to that node as to a peer, and
+/// went nowhere).
+fn an_actor_started_again_on_its_creators_node_is_killed_there() {
+    let mut c = fast_cluster(2);
+    let rt = c.driver().clone();
+    let (first, second) = (c.nodes()[0].id, c.nodes()[1].id);
+    let maker = rt
+        .actor_of(new_maker, first.0)
+        .node_affinity(second, false)
+        .spawn()
+        .unwrap();
+    let counter = maker.call(Made).get().unwrap();
+    assert_eq!(counter.call(Add(1)).get().unwrap(), 1);
+    c.kill_node(0).unwrap();
+    // Started again beside its creator: the placement's first choice.
+    assert_eq!(counter.call(Where).get().unwrap(), second.0);
+    maker.call(KillMade).get().unwrap();
+    let after = counter.call(Add(1)).get_timeout(common::LONG);
+    assert!(matches!(after, Err(Error::ActorDied { .. })), "{after:?}");
 }
 
 /// Calls made between a node's death and the news of where its actor went
@@ -2256,6 +2315,7 @@ fn main() {
         a_handle_holds_its_actor_on_the_node_it_restarted_on,
         an_actor_started_again_ends_with_its_last_handle,
         an_actor_moved_by_a_drain_ends_with_its_last_handle,
+        an_actor_started_again_on_its_creators_node_is_killed_there,
         calls_follow_an_actor_through_two_deaths,
         an_actor_without_restarts_fails_naming_its_node,
         a_node_told_to_stop_leaves_in_order,

@@ -1887,6 +1887,13 @@ impl ClusterNode {
     /// Kills (or restarts) an actor on `node`.
     pub fn kill_actor(self: &Arc<Self>, node: NodeId, actor: ActorId, no_restart: bool) {
         let node = self.actor_node(actor, node);
+        if node == self.me.id {
+            // Started again on this node.
+            if let Some(h) = self.host() {
+                h.kill_actor(actor, no_restart);
+            }
+            return;
+        }
         self.send_to(node, Msg::KillActor { actor, no_restart });
     }
 
