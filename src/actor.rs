@@ -1063,9 +1063,13 @@ pub(crate) fn handle_at<A: Actor>(
         let (owner, host) = here.resolve_actor(actor)?;
         return ActorHandle::from_host(owner, host);
     }
-    let node = here.cluster().map_or(node, |c| c.actor_node(actor, node));
-    match here.cluster() {
-        Some(cluster) if cluster.nodes().iter().any(|n| n.id == node) => ActorHandle::remote(
+    // Its node, or where it went; a handle decoded between its node's death
+    // and the news of where it went reaches it once the news comes.
+    let reach = here
+        .cluster()
+        .map_or(Ok(node), |c| c.reach_actor(actor, node));
+    match reach {
+        Ok(node) => ActorHandle::remote(
             RemoteActor {
                 id: actor,
                 host_node: node,
@@ -1078,9 +1082,9 @@ pub(crate) fn handle_at<A: Actor>(
             }
             .held(),
         ),
-        _ => Err(Error::ActorDied {
+        Err(cause) => Err(Error::ActorDied {
             actor: actor.to_string(),
-            cause: format!("its node {node} is not a live node of the cluster"),
+            cause,
         }),
     }
 }

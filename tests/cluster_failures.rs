@@ -186,7 +186,28 @@ impl Handler<Big> for Counter {
     }
 }
 
-rayx::remote_actor!(Counter, new_counter, [Add, SlowAdd, Where, Big]);
+/// A message whose drop calls another actor (user code that runs wherever
+/// the engine lets go of the message).
+#[derive(Serialize, Deserialize)]
+pub struct Parcel(u64, Option<ActorHandle<Counter>>);
+impl Drop for Parcel {
+    fn drop(&mut self) {
+        if let Some(h) = self.1.take() {
+            drop(h.call(Add(1)));
+        }
+    }
+}
+impl Message for Parcel {
+    type Reply = u64;
+}
+impl Handler<Parcel> for Counter {
+    fn handle(&mut self, p: Parcel, _: &mut ActorContext<Self>) -> u64 {
+        std::thread::sleep(Duration::from_millis(p.0));
+        self.n
+    }
+}
+
+rayx::remote_actor!(Counter, new_counter, [Add, SlowAdd, Where, Big, Parcel]);
 
 /// Holds a handle to a counter and calls it from its own node.
 pub struct Relay(ActorHandle<Counter>);
@@ -778,6 +799,63 @@ fn an_actor_started_again_on_its_creators_node_is_killed_there() {
     maker.call(KillMade).get().unwrap();
     let after = counter.call(Add(1)).get_timeout(common::LONG);
     assert!(matches!(after, Err(Error::ActorDied { .. })), "{after:?}");
+}
+
+/// A handle passed on the moment its actor's node dies, decoded where the
+/// news of where the actor went may not have come yet: it follows the actor
+/// there (it was refused as a handle to a dead node).
+fn a_handle_passed_on_as_its_actors_node_dies_follows_it() {
+    let mut c = fast_cluster(3);
+    let rt = c.driver().clone();
+    let (first, second) = (c.nodes()[0].id, c.nodes()[1].id);
+    let counter = rt
+        .actor_of(new_counter, 0)
+        .max_restarts(1)
+        .max_task_retries(1)
+        .node_affinity(first, true)
+        .spawn()
+        .unwrap();
+    assert_eq!(counter.call(Add(1)).get().unwrap(), 1);
+    c.kill_node(0).unwrap();
+    let relay = rt
+        .actor_of(new_relay, counter.clone())
+        .node_affinity(second, false)
+        .spawn()
+        .expect("the handle decodes on the relay's node");
+    drop(counter);
+    // Started again (from 0), held by the relay's handle alone.
+    assert_eq!(relay.call(Forward(1)).get().unwrap(), Ok(1));
+    drop(relay);
+    wait_for_no_actors(&rt);
+}
+
+/// A call in flight when its actor's node dies fails; its message, whose
+/// `Drop` calls another actor, is let go outside the engine's locks (the
+/// death's handling deadlocked on its own lock).
+fn a_failed_calls_message_may_call_as_it_drops() {
+    let mut c = fast_cluster(2);
+    let rt = c.driver().clone();
+    let (first, second) = (c.nodes()[0].id, c.nodes()[1].id);
+    let doomed = rt
+        .actor_of(new_counter, 0)
+        .node_affinity(first, false)
+        .spawn()
+        .unwrap();
+    let other = rt
+        .actor_of(new_counter, 0)
+        .node_affinity(second, false)
+        .spawn()
+        .unwrap();
+    let reply = doomed.call(Parcel(60_000, Some(other.clone())));
+    c.kill_node(0).unwrap();
+    let failed = reply.get_timeout(common::LONG);
+    assert!(matches!(failed, Err(Error::ActorDied { .. })), "{failed:?}");
+    // The message's call arrives (wherever the message's last copy went),
+    // and the driver still calls.
+    assert!(
+        common::eventually(common::LONG, || other.call(Add(0)).get() == Ok(1)),
+        "the message's drop called the other actor"
+    );
 }
 
 /// Calls made between a node's death and the news of where its actor went
@@ -2316,6 +2394,8 @@ fn main() {
         an_actor_started_again_ends_with_its_last_handle,
         an_actor_moved_by_a_drain_ends_with_its_last_handle,
         an_actor_started_again_on_its_creators_node_is_killed_there,
+        a_handle_passed_on_as_its_actors_node_dies_follows_it,
+        a_failed_calls_message_may_call_as_it_drops,
         calls_follow_an_actor_through_two_deaths,
         an_actor_without_restarts_fails_naming_its_node,
         a_node_told_to_stop_leaves_in_order,

@@ -5,7 +5,7 @@
 use crate::actor_host::{ActorHost, ActorSpec, CallJob, RestartPolicy};
 use crate::actor_types::ActorTypes;
 use crate::cluster::wire::ActorCreate;
-use crate::cluster::{ClusterConfig, ClusterNode, Host};
+use crate::cluster::{ClusterConfig, ClusterNode, Host, LetGo};
 use crate::config::NodeConfig;
 use crate::core::Core;
 use crate::directory::{Directory, Entry};
@@ -20,6 +20,7 @@ use crate::value::Value;
 use actix::{Actor, Addr};
 use actix_rt::{Arbiter, ArbiterHandle, System};
 use parking_lot::{Condvar, Mutex};
+use std::any::Any;
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -79,13 +80,16 @@ impl Entry for ActorHost {
 struct Hosted {
     /// Holds the actor alive.
     _host: Arc<ActorHost>,
-    /// Each node's holds. Signed: after a restart, a node's release may
-    /// come before the count of its holds it sends when it learns of the
-    /// move (`HoldsMoved`), and the two add up in either order.
-    holders: HashMap<NodeId, i64>,
-    /// Started again here after its node died: the nodes whose holds have
-    /// not been counted yet. The actor lives while any is awaited.
+    /// Each node's holds.
+    holders: HashMap<NodeId, u32>,
+    /// Started again here after its node died: the nodes whose count of
+    /// their holds (`HoldsMoved`) has not come yet. The actor lives while
+    /// any is awaited, and what such a node sent before its count is in
+    /// the count (a node sends its count and its holds in the order it
+    /// takes them): not counted again.
     awaiting: HashSet<NodeId>,
+    /// Started again detached: its creator holds it for good.
+    pinned: bool,
 }
 
 impl Hosted {
@@ -94,26 +98,40 @@ impl Hosted {
             _host: host,
             holders: HashMap::new(),
             awaiting: HashSet::new(),
+            pinned: false,
         }
     }
 
-    /// `by`'s holds change by `delta` (`by` is counted if awaited).
-    fn add(&mut self, by: NodeId, delta: i64, counted: bool) {
-        if counted {
-            self.awaiting.remove(&by);
+    /// `by` takes a hold (`true`) or lets one go: counted unless `by`'s
+    /// count is awaited, which holds it already.
+    fn change(&mut self, by: NodeId, hold: bool) {
+        if self.awaiting.contains(&by) {
+            return;
         }
         let n = self.holders.entry(by).or_default();
-        *n += delta;
-        // A release before the count it belongs to stays below zero only
-        // until that count comes.
-        if *n == 0 || (*n < 0 && !self.awaiting.contains(&by)) {
+        if hold {
+            *n += 1;
+        } else {
+            *n = n.saturating_sub(1);
+        }
+        if *n == 0 {
             self.holders.remove(&by);
         }
     }
 
-    /// Nothing holds it, and no node's holds are awaited.
+    /// `by`'s count of its holds after a move came.
+    fn counted(&mut self, by: NodeId, holds: u32) {
+        self.awaiting.remove(&by);
+        if holds == 0 {
+            self.holders.remove(&by);
+        } else {
+            self.holders.insert(by, holds);
+        }
+    }
+
+    /// Nothing holds it, and no node's count is awaited.
     fn unheld(&self) -> bool {
-        self.awaiting.is_empty() && self.holders.values().all(|n| *n <= 0)
+        !self.pinned && self.awaiting.is_empty() && self.holders.is_empty()
     }
 }
 
@@ -585,7 +603,10 @@ impl Node {
         if let Some(c) = self.cluster.get() {
             c.shutdown();
         }
-        self.hosted.lock().clear();
+        // Let go outside the lock: an actor's stop runs user code, which may
+        // let go of handles (and so reach this map).
+        let hosted = std::mem::take(&mut *self.hosted.lock());
+        drop(hosted);
         let core = &self.core;
         core.table.fail_all(Error::ShutDown);
         core.run_queue.close();
@@ -644,36 +665,23 @@ impl Node {
     fn hold(&self, host: Arc<ActorHost>, by: NodeId) {
         let mut hosted = self.hosted.lock();
         let entry = hosted.entry(host.id()).or_insert_with(|| Hosted::new(host));
-        entry.add(by, 1, false);
+        entry.change(by, true);
     }
 
-    /// Changes `by`'s holds on `actor` by `delta` (`counted`: its count
-    /// after a move came), and lets the actor go if nothing holds it any
-    /// more. A release of an actor not hosted here changes nothing.
-    fn change_holds(&self, actor: ActorId, by: NodeId, delta: i64, counted: bool) {
-        let gone = {
-            let mut hosted = self.hosted.lock();
-            let Some(h) = hosted.get_mut(&actor) else {
-                drop(hosted);
-                if delta > 0 {
-                    if let Some(host) = self.actor_by_id(actor) {
-                        for _ in 0..delta {
-                            self.hold(host.clone(), by);
-                        }
-                    }
-                }
-                return;
-            };
-            h.add(by, delta, counted);
-            if h.unheld() {
-                hosted.remove(&actor)
-            } else {
-                None
-            }
-        };
-        // Dropped outside the lock: it may be the actor's last handle, and
-        // a collected actor's stop runs now.
-        drop(gone);
+    /// Changes `by`'s holds on `actor` (see [`Hosted`]); what it lets go,
+    /// if nothing holds the actor any more, is the caller's to drop. A
+    /// release of an actor not hosted here changes nothing.
+    fn change_holds(&self, actor: ActorId, change: impl FnOnce(&mut Hosted)) -> LetGo {
+        let mut hosted = self.hosted.lock();
+        let h = hosted.get_mut(&actor)?;
+        change(h);
+        if h.unheld() {
+            hosted
+                .remove(&actor)
+                .map(|h| Box::new(h) as Box<dyn Any + Send>)
+        } else {
+            None
+        }
     }
 }
 
@@ -730,9 +738,7 @@ impl Host for Node {
                     .entry(create.actor)
                     .or_insert_with(|| Hosted::new(host));
                 entry.awaiting.extend(nodes);
-                if create.detached {
-                    entry.add(creator, 1, false);
-                }
+                entry.pinned |= create.detached;
             }
         }
         Ok(())
@@ -778,12 +784,19 @@ impl Host for Node {
         }
     }
 
-    fn hold_actor(&self, actor: ActorId, by: NodeId) {
-        self.change_holds(actor, by, 1, false);
+    fn hold_actor(&self, actor: ActorId, by: NodeId) -> LetGo {
+        let held = self.hosted.lock().contains_key(&actor);
+        if held {
+            return self.change_holds(actor, |h| h.change(by, true));
+        }
+        if let Some(host) = self.actor_by_id(actor) {
+            self.hold(host, by);
+        }
+        None
     }
 
-    fn holds_moved(&self, actor: ActorId, by: NodeId, holds: u32) {
-        self.change_holds(actor, by, i64::from(holds), true);
+    fn holds_moved(&self, actor: ActorId, by: NodeId, holds: u32) -> LetGo {
+        self.change_holds(actor, |h| h.counted(by, holds))
     }
 
     fn holds_settled(&self, actor: ActorId) -> Vec<NodeId> {
@@ -793,7 +806,6 @@ impl Host for Node {
                 return Vec::new();
             };
             let late: Vec<NodeId> = h.awaiting.drain().collect();
-            h.holders.retain(|_, n| *n > 0);
             let gone = if h.unheld() {
                 hosted.remove(&actor)
             } else {
@@ -805,7 +817,7 @@ impl Host for Node {
         late
     }
 
-    fn release_actor(&self, actor: Option<ActorId>, by: NodeId) {
+    fn release_actor(&self, actor: Option<ActorId>, by: NodeId) -> LetGo {
         let mut gone = Vec::new();
         {
             let mut hosted = self.hosted.lock();
@@ -821,16 +833,16 @@ impl Host for Node {
                     h.holders.remove(&by);
                     h.awaiting.remove(&by);
                 } else {
-                    h.add(by, -1, false);
+                    h.change(by, false);
                 }
                 if h.unheld() {
                     gone.extend(hosted.remove(&id));
                 }
             }
         }
-        // Dropped outside the lock: it may be the actor's last handle, and
-        // a collected actor's stop runs now.
-        drop(gone);
+        // Dropped by the caller, outside its locks and this one: it may be
+        // the actor's last handle, and a collected actor's stop runs then.
+        (!gone.is_empty()).then(|| Box::new(gone) as Box<dyn Any + Send>)
     }
 
     fn live_actors(&self) -> u32 {

@@ -509,6 +509,9 @@ impl Head {
             restarts: Vec::new(),
             gone: Vec::new(),
         };
+        // What was queued for it, dropped after the tables' lock: a
+        // message's values may run user code as they go.
+        let mut queued = None;
         let others: Vec<Arc<Link>> = {
             let mut guard = self.tables.lock();
             let t = &mut *guard;
@@ -548,7 +551,7 @@ impl Head {
                 });
                 link.abort();
                 if let Some(s) = link.session() {
-                    s.end();
+                    queued = s.end();
                 }
             }
             let there: Vec<ActorId> = t
@@ -579,6 +582,7 @@ impl Head {
             self.save(&records);
             t.nodes.iter().filter_map(|m| m.link.clone()).collect()
         };
+        drop(queued);
         for l in others {
             l.send(Msg::NodeLeft {
                 node,

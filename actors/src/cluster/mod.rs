@@ -170,20 +170,24 @@ pub trait Host: Send + Sync + 'static {
     /// Kills (or restarts) a local actor.
     fn kill_actor(&self, actor: ActorId, no_restart: bool);
     /// A node holds handles to a local actor (keep it while any does).
-    fn hold_actor(&self, actor: ActorId, by: NodeId);
+    fn hold_actor(&self, actor: ActorId, by: NodeId) -> LetGo;
     /// A node's holds on an actor started again here, counted.
-    fn holds_moved(&self, actor: ActorId, by: NodeId, holds: u32);
+    fn holds_moved(&self, actor: ActorId, by: NodeId, holds: u32) -> LetGo;
     /// An actor started again here waits for no more counts: the nodes not
     /// heard from (returned) hold nothing.
     fn holds_settled(&self, actor: ActorId) -> Vec<NodeId>;
-    /// A node dropped its handles to a local actor (`all`: every hold it had,
-    /// as when it died).
-    fn release_actor(&self, actor: Option<ActorId>, by: NodeId);
+    /// A node dropped a handle to a local actor (`None`: every hold it had
+    /// on any, as when it died).
+    fn release_actor(&self, actor: Option<ActorId>, by: NodeId) -> LetGo;
     /// Live actors here.
     fn live_actors(&self) -> u32;
     /// The head told this node to stop.
     fn stop(&self);
 }
+
+/// Actors a change of holds let go, for the caller to drop outside its
+/// locks: an actor's stop runs user code, which may take a hold again.
+pub type LetGo = Option<Box<dyn std::any::Any + Send>>;
 
 /// Whose hold on an actor of a peer changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -839,13 +843,15 @@ impl ClusterNode {
         if let Some(rt) = runtime {
             rt.shutdown_background();
         }
-        self.tasks.lock().clear();
-        self.calls.lock().clear();
-        self.contained.lock().clear();
-        self.lent.lock().clear();
-        self.held.lock().clear();
+        // Dropped outside their locks: values and messages may run user code
+        // as they go (a `Drop` that calls an actor).
+        let tasks = std::mem::take(&mut *self.tasks.lock());
+        let calls = std::mem::take(&mut *self.calls.lock());
+        let contained = std::mem::take(&mut *self.contained.lock());
+        let lent = std::mem::take(&mut *self.lent.lock());
+        let held = std::mem::take(&mut *self.held.lock());
         let remote = std::mem::take(&mut *self.remote.lock());
-        drop(remote);
+        drop((tasks, calls, contained, lent, held, remote));
     }
 
     // ---- sending ------------------------------------------------------------
@@ -1238,7 +1244,15 @@ impl ClusterNode {
         let actor = create.actor;
         let mut awaiting = self.live_peers();
         awaiting.push(self.me.id);
-        h.create_actor(create, Some(awaiting))?;
+        h.create_actor(create, Some(awaiting.clone()))?;
+        // A node that died while the actor started holds nothing: its death
+        // found no actor here to let go of.
+        let alive = self.live_peers();
+        for node in awaiting {
+            if node != self.me.id && !alive.contains(&node) {
+                drop(h.holds_moved(actor, node, 0));
+            }
+        }
         let weak = Arc::downgrade(self);
         self.net.spawn(async move {
             tokio::time::sleep(HOLDS_MOVED_WAIT).await;
@@ -1297,8 +1311,9 @@ impl ClusterNode {
     /// What waits for it fails, and `give_up`.
     fn leave_head(self: &Arc<Self>, cause: &str) {
         let link = self.head_link.lock().take();
-        if let Some(s) = self.head_session.lock().take() {
-            s.end();
+        let session = self.head_session.lock().take();
+        if let Some(s) = session {
+            drop(s.end());
         }
         self.fail_asks(|| self.head_lost());
         if let Some(link) = link {
@@ -1342,7 +1357,7 @@ impl ClusterNode {
         let old = slot.replace(session.clone());
         drop(slot);
         if let Some(old) = old {
-            old.end();
+            drop(old.end());
             self.fail_asks(|| self.head_lost());
         }
         session
@@ -1534,6 +1549,24 @@ impl ClusterNode {
         }
     }
 
+    /// Where a handle decoded here reaches `actor`, last known on `node`:
+    /// where it was started again, else `node` while it lives — or while its
+    /// death's news of where its actors went is still to come (calls wait
+    /// for it, as calls made before do). Why not, if the actor is gone for
+    /// good or `node` is no node this one knows.
+    pub fn reach_actor(&self, actor: ActorId, node: NodeId) -> Result<NodeId, String> {
+        match self.moved.lock().get(&actor) {
+            Some(Moved::To(n)) => return Ok(*n),
+            Some(Moved::Gone(cause)) => return Err(cause.clone()),
+            None => {}
+        }
+        if node == self.me.id || self.peers.lock().contains_key(&node) {
+            Ok(node)
+        } else {
+            Err(format!("its node {node} is not a node of the cluster"))
+        }
+    }
+
     /// The node an actor handle for `node` should reach: the actor's new
     /// node if it was started again elsewhere.
     pub fn actor_node(&self, actor: ActorId, node: NodeId) -> NodeId {
@@ -1623,17 +1656,29 @@ impl ClusterNode {
         // Calls that go again to this node, in order (after the lock: a
         // failing call completes its reply, which may run code that calls).
         let mut here = Vec::new();
-        let holds = {
+        let let_go = {
             let mut calls = self.calls.lock();
             let moved = match to {
                 Some(to) => Moved::To(to),
                 None => Moved::Gone(cause.to_string()),
             };
-            // Under the holds' lock: see `hold_actor`.
-            let holds = {
+            // Under the holds' lock, which orders what this node sends about
+            // its holds (see `hold_actor`): its count goes where the actor
+            // went before any hold or release taken after it.
+            let let_go = {
                 let holding = self.holding.lock();
                 self.moved.lock().insert(actor, moved);
-                holding.get(&actor).map_or(0, Holds::count)
+                let holds = holding.get(&actor).map_or(0, Holds::count);
+                match to {
+                    Some(to) if to == self.me.id => {
+                        self.host().and_then(|h| h.holds_moved(actor, to, holds))
+                    }
+                    Some(to) => {
+                        self.send_now(to, Msg::HoldsMoved { actor, holds });
+                        None
+                    }
+                    None => None,
+                }
             };
             // The calls interrupted by the death: on the node that died, or
             // lost on an earlier move's target that died too. Gone for good:
@@ -1662,35 +1707,27 @@ impl ClusterNode {
                         c.lost = None;
                         let again = Msg::Call(c.call.clone());
                         if !self.send_now(to, again) {
-                            failed.extend(calls.remove(&id).map(|c| (c.slot, "its new node is gone too".to_string())));
+                            failed.extend(calls.remove(&id).map(|c| (c, "its new node is gone too".to_string())));
                         }
                     }
                     Some(_) => failed.extend(calls.remove(&id).map(|c| {
-                        (c.slot, format!("{cause}; the call was sent there before (it may have run) and max_task_retries ({retries:?}) is used up"))
+                        (c, format!("{cause}; the call was sent there before (it may have run) and max_task_retries ({retries:?}) is used up"))
                     })),
-                    None => failed.extend(calls.remove(&id).map(|c| (c.slot, cause.to_string()))),
+                    None => failed.extend(calls.remove(&id).map(|c| (c, cause.to_string()))),
                 }
             }
-            holds
+            let_go
         };
-        // This node's holds count where it went, none as well: the restarted
-        // actor waits for every node's count. (After the calls' lock: a count
-        // here may let the actor go, whose stop fails what it had queued.)
-        match to {
-            Some(to) if to == self.me.id => {
-                if let Some(h) = self.host() {
-                    h.holds_moved(actor, to, holds);
-                }
-            }
-            Some(to) => {
-                self.send_now(to, Msg::HoldsMoved { actor, holds });
-            }
-            None => {}
-        }
+        // An actor the count here let go stops after the locks (its stop
+        // fails what it had queued, and may run code that calls).
+        drop(let_go);
         for (call, slot) in here {
             self.call_here(call, slot);
         }
-        for (slot, why) in failed {
+        // Failed outside the lock, where their messages go too (a message's
+        // `Drop` may call an actor), before their callers learn it.
+        for (RemoteCall { slot, call, .. }, why) in failed {
+            drop(call);
             slot.complete(Err(Error::ActorDied {
                 actor: actor.to_string(),
                 cause: why,
@@ -1721,10 +1758,13 @@ impl ClusterNode {
                 } else {
                     continue;
                 };
-                failed.extend(calls.remove(&id).map(|c| (c.call.actor, c.slot, why)));
+                failed.extend(calls.remove(&id).map(|c| (c, why)));
             }
         }
-        for (actor, slot, why) in failed {
+        // Outside the lock, as in `on_move`.
+        for (RemoteCall { slot, call, .. }, why) in failed {
+            let actor = call.actor;
+            drop(call);
             slot.complete(Err(Error::ActorDied {
                 actor: actor.to_string(),
                 cause: why,
@@ -1752,8 +1792,16 @@ impl ClusterNode {
     /// counted it, so that whoever sent the handle here may drop its own at
     /// once: the actor never sees a moment with no holder. The creator's
     /// hold was counted when the actor started: taking it only notes it.
+    ///
+    /// Its message leaves under the holds' lock, as a move's count of them
+    /// does (`on_move`): where the actor went, what this node says of its
+    /// holds arrives in the order it took them, so a hold or release sent
+    /// before the count (to a node it knew as the actor's from a handle
+    /// that said so) is in the count, and one sent after is not.
     pub fn hold_actor(self: &Arc<Self>, node: NodeId, actor: ActorId, by: Holder, hold: bool) {
-        let node = {
+        let on_net = ON_NET_THREAD.with(|n| n.get());
+        let mut waiting = None;
+        let let_go = {
             let mut holding = self.holding.lock();
             let h = holding.entry(actor).or_default();
             match (by, hold) {
@@ -1764,45 +1812,49 @@ impl ClusterNode {
             if h.count() == 0 {
                 holding.remove(&actor);
             }
-            // Where it is, read under the holds' lock: a move counts this
-            // hold where the actor went either in its count (read before) or
-            // by the message sent below (after), never both or neither.
-            self.actor_node(actor, node)
-        };
-        if by == Holder::Creator && hold {
-            return;
-        }
-        if node == self.me.id {
-            // Started again on this node: the hold is counted here.
-            if let Some(h) = self.host() {
-                if hold {
-                    h.hold_actor(actor, node);
-                } else {
-                    h.release_actor(Some(actor), node);
+            let node = self.actor_node(actor, node);
+            match (by, hold) {
+                // Counted where it started.
+                (Holder::Creator, true) => None,
+                // Started again on this node: counted here.
+                _ if node == self.me.id => self.host().and_then(|h| {
+                    if hold {
+                        h.hold_actor(actor, node)
+                    } else {
+                        h.release_actor(Some(actor), node)
+                    }
+                }),
+                (_, false) => {
+                    self.send_to(node, Msg::ReleaseActor { actor });
+                    None
+                }
+                // On the network thread the ack could not be read while
+                // waiting for it.
+                (_, true) if on_net => {
+                    self.send_to(node, Msg::HoldActor { actor, ack: 0 });
+                    None
+                }
+                (_, true) => {
+                    let ack = self.next_request.fetch_add(1, Ordering::Relaxed);
+                    let (tx, rx) = sync_channel(1);
+                    self.acks.lock().insert(ack, (node, tx));
+                    if self.send_to(node, Msg::HoldActor { actor, ack }) {
+                        waiting = Some((node, ack, rx));
+                    } else {
+                        self.acks.lock().remove(&ack);
+                    }
+                    None
                 }
             }
-            return;
-        }
-        if !hold {
-            self.send_to(node, Msg::ReleaseActor { actor });
-            return;
-        }
-        if ON_NET_THREAD.with(|n| n.get()) {
-            // On the network thread: the ack could not be read while
-            // waiting here.
-            self.send_to(node, Msg::HoldActor { actor, ack: 0 });
-            return;
-        }
-        let ack = self.next_request.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = sync_channel(1);
-        self.acks.lock().insert(ack, (node, tx));
-        if !self.send_to(node, Msg::HoldActor { actor, ack }) {
-            self.acks.lock().remove(&ack);
-            return;
-        }
-        if rx.recv_timeout(REQUEST_TIMEOUT).is_err() {
-            self.acks.lock().remove(&ack);
-            tracing::warn!("rayx: {node} did not count a hold of {actor} in time");
+        };
+        // Outside the lock: an actor let go here stops (running user code),
+        // and the ack comes from the network thread.
+        drop(let_go);
+        if let Some((node, ack, rx)) = waiting {
+            if rx.recv_timeout(REQUEST_TIMEOUT).is_err() {
+                self.acks.lock().remove(&ack);
+                tracing::warn!("rayx: {node} did not count a hold of {actor} in time");
+            }
         }
     }
 
@@ -2155,7 +2207,7 @@ impl ClusterNode {
             }
             Msg::HoldActor { actor, ack } => {
                 if let Some(h) = self.host() {
-                    h.hold_actor(actor, from);
+                    drop(h.hold_actor(actor, from));
                 }
                 if ack != 0 {
                     self.reply(link, Msg::HoldAck { ack });
@@ -2163,7 +2215,7 @@ impl ClusterNode {
             }
             Msg::HoldsMoved { actor, holds } => {
                 if let Some(h) = self.host() {
-                    h.holds_moved(actor, from, holds);
+                    drop(h.holds_moved(actor, from, holds));
                 }
             }
             Msg::Sync { id } => {
@@ -2183,7 +2235,7 @@ impl ClusterNode {
             }
             Msg::ReleaseActor { actor } => {
                 if let Some(h) = self.host() {
-                    h.release_actor(Some(actor), from);
+                    drop(h.release_actor(Some(actor), from));
                 }
             }
             Msg::Borrow { object } => self.lend(from, object),
@@ -2981,6 +3033,10 @@ impl ClusterNode {
     /// The head says a peer died: the tasks and calls it ran are retried or
     /// failed, its borrows end, and refs it owns fail.
     fn peer_lost(self: &Arc<Self>, node: NodeId, cause: &str) {
+        // What was queued for it, dropped after the peers' lock: a message
+        // may hold the last reference to a value whose `Drop` sends (a
+        // handle lets go of its actor) or runs user code.
+        let mut queued = None;
         let (control, bulk) = {
             let mut peers = self.peers.lock();
             let mut died = false;
@@ -2999,7 +3055,7 @@ impl ClusterNode {
                             });
                     }
                     p.inflight = 0;
-                    p.session.end();
+                    queued = p.session.end();
                     let spare = std::mem::take(&mut p.spare);
                     (
                         p.control.take().into_iter().chain(spare).collect(),
@@ -3013,6 +3069,7 @@ impl ClusterNode {
             }
             links
         };
+        drop(queued);
         // Answers waiting for its confirmation of borrows go (what it owned
         // is lost with it).
         self.barrier.lost(node, &mut self.control());
@@ -3096,7 +3153,7 @@ impl ClusterNode {
             self.unlend(node, id, u32::MAX);
         }
         if let Some(h) = self.host() {
-            h.release_actor(None, node);
+            drop(h.release_actor(None, node));
         }
         // Results held for its pulls, and what its results refer to: it
         // will never pull or free them.

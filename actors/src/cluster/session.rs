@@ -123,13 +123,17 @@ impl Session {
     }
 
     /// The peer died: what waits for it goes, and nothing is kept again
-    /// (the queue is dropped, so what is sent later goes nowhere).
-    pub fn end(&self) {
+    /// (the queue is closed, so what is sent later goes nowhere). Returns
+    /// the queue with what was not written yet, for the caller to drop
+    /// outside its locks: a message may hold the last reference to a value
+    /// whose `Drop` runs user code, or lets go of a handle (which sends).
+    #[must_use = "drop what was queued outside any lock"]
+    pub(crate) fn end(&self) -> Option<mpsc::UnboundedReceiver<Out>> {
         let mut s = self.state.lock();
         s.ended = true;
         s.unacked.clear();
         drop(s);
-        drop(self.rx.lock().take());
+        self.rx.lock().take()
     }
 
     /// Held by a reader while it takes a frame's messages and hands them
@@ -177,6 +181,9 @@ impl Session {
         // takes the queue, so either it finds this one or this sees it ended.
         let mut slot = self.rx.lock();
         if self.state.lock().ended {
+            // What was queued goes, outside the lock (see `end`).
+            drop(slot);
+            drop(rx);
             return;
         }
         *slot = Some(rx);
@@ -380,7 +387,7 @@ mod tests {
         s.send(Msg::Stop);
         s.stamp(1, &Bytes::from_static(b"abc"));
         assert_eq!(s.unacked_bytes(), 3);
-        s.end();
+        assert!(s.end().is_some(), "the queue is handed back to drop");
         assert_eq!(s.unacked_bytes(), 0);
         assert!(s.rx.lock().is_none(), "the queue went");
         assert!(s.tx.send(Out::Ack).is_err(), "nothing is queued again");
