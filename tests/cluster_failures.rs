@@ -115,16 +115,22 @@ rayx::remote!(
     counter_on
 );
 
+/// A counter on `node` (soft affinity), started again once if its node
+/// dies, its calls retried once.
+fn restartable_counter(rt: &Runtime, node: NodeId) -> ActorHandle<Counter> {
+    rt.actor_of(new_counter, 0)
+        .max_restarts(1)
+        .max_task_retries(1)
+        .node_affinity(node, true)
+        .spawn()
+        .expect("the counter starts")
+}
+
 /// Starts a counter on `node` (restarted once if its node dies) and returns
 /// its handle: this task's node is its creator.
 fn counter_on(node: u64) -> ActorHandle<Counter> {
     let rt = Runtime::current().expect("in a task");
-    rt.actor_of(new_counter, 0)
-        .max_restarts(1)
-        .max_task_retries(1)
-        .node_affinity(NodeId(node), true)
-        .spawn()
-        .expect("the counter starts")
+    restartable_counter(&rt, NodeId(node))
 }
 
 pub struct Counter {
@@ -286,14 +292,7 @@ impl Handler<KillMade> for Maker {
 }
 fn new_maker(on: u64) -> Maker {
     let rt = Runtime::current().expect("on a node");
-    Maker(
-        rt.actor_of(new_counter, 0)
-            .max_restarts(1)
-            .max_task_retries(1)
-            .node_affinity(NodeId(on), true)
-            .spawn()
-            .expect("the counter starts"),
-    )
+    Maker(restartable_counter(&rt, NodeId(on)))
 }
 rayx::remote_actor!(Maker, new_maker, [Made, KillMade]);
 
@@ -676,13 +675,7 @@ fn counter_and_relay(
     first: NodeId,
     second: NodeId,
 ) -> (ActorHandle<Counter>, ActorHandle<Relay>) {
-    let counter = rt
-        .actor_of(new_counter, 0)
-        .max_restarts(1)
-        .max_task_retries(1)
-        .node_affinity(first, true)
-        .spawn()
-        .unwrap();
+    let counter = restartable_counter(&rt, first);
     let relay = rt
         .actor_of(new_relay, counter.clone())
         .node_affinity(second, false)
@@ -808,13 +801,7 @@ fn a_handle_passed_on_as_its_actors_node_dies_follows_it() {
     let mut c = fast_cluster(3);
     let rt = c.driver().clone();
     let (first, second) = (c.nodes()[0].id, c.nodes()[1].id);
-    let counter = rt
-        .actor_of(new_counter, 0)
-        .max_restarts(1)
-        .max_task_retries(1)
-        .node_affinity(first, true)
-        .spawn()
-        .unwrap();
+    let counter = restartable_counter(&rt, first);
     assert_eq!(counter.call(Add(1)).get().unwrap(), 1);
     c.kill_node(0).unwrap();
     let relay = rt
