@@ -675,7 +675,7 @@ fn counter_and_relay(
     first: NodeId,
     second: NodeId,
 ) -> (ActorHandle<Counter>, ActorHandle<Relay>) {
-    let counter = restartable_counter(&rt, first);
+    let counter = restartable_counter(rt, first);
     let relay = rt
         .actor_of(new_relay, counter.clone())
         .node_affinity(second, false)
