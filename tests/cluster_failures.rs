@@ -112,8 +112,21 @@ rayx::remote!(
     pid_here,
     len_of,
     blip_here,
-    counter_on
+    counter_on,
+    lists_node,
+    call_through
 );
+
+/// Whether this node lists `node` among the live ones.
+fn lists_node(node: u64) -> bool {
+    let rt = Runtime::current().expect("in a task");
+    rt.nodes().iter().any(|n| n.id == NodeId(node))
+}
+
+/// Calls the counter from this node; its reply, or why not.
+fn call_through(counter: ActorHandle<Counter>) -> String {
+    format!("{:?}", counter.call(Add(0)).get())
+}
 
 /// A counter on `node` (soft affinity), started again once if its node
 /// dies, its calls retried once.
@@ -814,6 +827,46 @@ fn a_handle_passed_on_as_its_actors_node_dies_follows_it() {
     assert_eq!(relay.call(Forward(1)).get().unwrap(), Ok(1));
     drop(relay);
     wait_for_no_actors(&rt);
+}
+
+/// A handle to an actor that was gone before its node died is refused
+/// where it is decoded after the death: no news of a restart is coming (it
+/// was taken, and its calls waited 30 s for that news).
+fn a_handle_to_an_actor_gone_before_its_node_died_is_refused() {
+    let mut c = fast_cluster(2);
+    let rt = c.driver().clone();
+    let (first, second) = (c.nodes()[0].id, c.nodes()[1].id);
+    let counter = rt
+        .actor_of(new_counter, 0)
+        .node_affinity(first, false)
+        .spawn()
+        .unwrap();
+    assert_eq!(counter.call(Add(1)).get().unwrap(), 1);
+    counter.kill();
+    assert!(
+        common::eventually(common::LONG, || rt
+            .cluster_status()
+            .unwrap()
+            .actors
+            .is_empty()),
+        "the head forgot the killed actor"
+    );
+    c.kill_node(0).unwrap();
+    let heard = common::eventually(common::LONG, || {
+        !rt.task(lists_node)
+            .node_affinity(second, false)
+            .remote(first.0)
+            .get()
+            .unwrap()
+    });
+    assert!(heard, "the second node heard of the death");
+    let got = rt
+        .task(call_through)
+        .node_affinity(second, false)
+        .remote(counter.clone())
+        .get();
+    let err = got.expect_err("the handle is refused where it is decoded");
+    assert!(err.to_string().contains("died"), "{err}");
 }
 
 /// A call in flight when its actor's node dies fails; its message, whose
@@ -2383,6 +2436,7 @@ fn main() {
         an_actor_started_again_on_its_creators_node_is_killed_there,
         a_handle_passed_on_as_its_actors_node_dies_follows_it,
         a_failed_calls_message_may_call_as_it_drops,
+        a_handle_to_an_actor_gone_before_its_node_died_is_refused,
         calls_follow_an_actor_through_two_deaths,
         an_actor_without_restarts_fails_naming_its_node,
         a_node_told_to_stop_leaves_in_order,

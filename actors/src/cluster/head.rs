@@ -548,6 +548,7 @@ impl Head {
                 link.send(Msg::NodeLeft {
                     node,
                     cause: cause.to_string(),
+                    restarting: Vec::new(),
                 });
                 link.abort();
                 if let Some(s) = link.session() {
@@ -583,10 +584,12 @@ impl Head {
             t.nodes.iter().filter_map(|m| m.link.clone()).collect()
         };
         drop(queued);
+        let restarting: Vec<ActorId> = left.restarts.iter().map(|(c, _)| c.actor).collect();
         for l in others {
             l.send(Msg::NodeLeft {
                 node,
                 cause: cause.to_string(),
+                restarting: restarting.clone(),
             });
             for m in &left.gone {
                 l.send(m.clone());

@@ -250,6 +250,9 @@ struct Peer {
     unreachable_until: Option<std::time::Instant>,
     /// It leaves in order (the head said so): no new work goes there.
     draining: bool,
+    /// Dead: its actors the head starts again elsewhere (a handle to one
+    /// waits for the news of where it went; one to any other is dead).
+    restarting: Vec<ActorId>,
 }
 
 impl Peer {
@@ -777,6 +780,7 @@ impl ClusterNode {
                 inflight: 0,
                 unreachable_until: None,
                 draining: false,
+                restarting: Vec::new(),
             })
             .member |= member;
     }
@@ -967,7 +971,9 @@ impl ClusterNode {
     /// Sends `msg` to `node` through the [`barrier`], arming its expiry if
     /// it waits.
     fn through_barrier(self: &Arc<Self>, node: NodeId, msg: Msg) {
-        let parked = self.barrier.send(node, msg, &mut self.control());
+        let mut unsent = Vec::new();
+        let parked = self.barrier.send(node, msg, &mut self.control(&mut unsent));
+        drop(unsent);
         if let Some(since) = parked {
             self.expire_later(since);
         }
@@ -984,28 +990,53 @@ impl ClusterNode {
                 return;
             };
             let connecting = |n: NodeId| c.peers.lock().get(&n).is_some_and(Peer::opening);
-            if c.barrier.expire(since, &connecting, &mut c.control()) {
+            let mut unsent = Vec::new();
+            let kept = c
+                .barrier
+                .expire(since, &connecting, &mut c.control(&mut unsent));
+            drop(unsent);
+            if kept {
                 c.expire_later(since);
             }
         });
     }
 
-    /// Delivers to a node's control lane at once: what the barrier sends with.
-    fn control(self: &Arc<Self>) -> impl FnMut(NodeId, Msg) -> bool + '_ {
-        move |n, m| self.send_now(n, m)
+    /// Delivers to a node's control lane at once: what the barrier sends
+    /// with (under its lock). What cannot go (its node is gone) is kept in
+    /// `unsent`, for the caller to drop after the barrier's lock: an answer
+    /// may hold the last reference to a value with a handle in it, whose
+    /// drop sends.
+    fn control<'a>(
+        self: &'a Arc<Self>,
+        unsent: &'a mut Vec<Msg>,
+    ) -> impl FnMut(NodeId, Msg) -> bool + 'a {
+        move |n, m| match self.try_send_now(n, m) {
+            None => true,
+            Some(m) => {
+                unsent.push(m);
+                false
+            }
+        }
     }
 
     fn send_now(self: &Arc<Self>, node: NodeId, msg: Msg) -> bool {
+        self.try_send_now(node, msg).is_none()
+    }
+
+    /// Sends `msg` to `node` on its control lane, or gives it back if `node`
+    /// is not a live peer (dropped by the caller, outside its own locks if
+    /// it may hold user values).
+    fn try_send_now(self: &Arc<Self>, node: NodeId, msg: Msg) -> Option<Msg> {
         let mut peers = self.peers.lock();
         let Some(peer) = peers.get_mut(&node).filter(|p| p.alive) else {
-            return false;
+            return Some(msg);
         };
         // Into the session, whose open link writes it (or the next).
         peer.session.send(msg);
         if !peer.linked() && !peer.connecting {
             self.open_control(node, peer, Duration::ZERO);
         }
-        true
+        None
     }
 
     /// Opens a control link to `peer` after `delay`.
@@ -1192,6 +1223,7 @@ impl ClusterNode {
         let Some(left) = head.left(node, cause) else {
             return;
         };
+        self.restarting_from(node, left.restarts.iter().map(|(c, _)| c.actor).collect());
         self.peer_lost(node, cause);
         for m in left.gone {
             if let Msg::ActorMoved {
@@ -1560,10 +1592,20 @@ impl ClusterNode {
             Some(Moved::Gone(cause)) => return Err(cause.clone()),
             None => {}
         }
-        if node == self.me.id || self.peers.lock().contains_key(&node) {
-            Ok(node)
-        } else {
-            Err(format!("its node {node} is not a node of the cluster"))
+        if node == self.me.id {
+            return Ok(node);
+        }
+        match self.peers.lock().get(&node) {
+            Some(p) if p.alive || p.restarting.contains(&actor) => Ok(node),
+            Some(_) => Err(format!("its node {node} died")),
+            None => Err(format!("its node {node} is not a node of the cluster")),
+        }
+    }
+
+    /// The head declared `node` dead: `actors` of it start again elsewhere.
+    fn restarting_from(&self, node: NodeId, actors: Vec<ActorId>) {
+        if let Some(p) = self.peers.lock().get_mut(&node) {
+            p.restarting = actors;
         }
     }
 
@@ -1800,6 +1842,10 @@ impl ClusterNode {
     /// that said so) is in the count, and one sent after is not.
     pub fn hold_actor(self: &Arc<Self>, node: NodeId, actor: ActorId, by: Holder, hold: bool) {
         let on_net = ON_NET_THREAD.with(|n| n.get());
+        // Borrows queued earlier go first, flushed before the lock: a borrow
+        // that cannot go fails its slot, whose dependents may let go of
+        // handles (which come here).
+        self.flush_outbox();
         let mut waiting = None;
         let let_go = {
             let mut holding = self.holding.lock();
@@ -1825,20 +1871,20 @@ impl ClusterNode {
                     }
                 }),
                 (_, false) => {
-                    self.send_to(node, Msg::ReleaseActor { actor });
+                    self.send_now(node, Msg::ReleaseActor { actor });
                     None
                 }
                 // On the network thread the ack could not be read while
                 // waiting for it.
                 (_, true) if on_net => {
-                    self.send_to(node, Msg::HoldActor { actor, ack: 0 });
+                    self.send_now(node, Msg::HoldActor { actor, ack: 0 });
                     None
                 }
                 (_, true) => {
                     let ack = self.next_request.fetch_add(1, Ordering::Relaxed);
                     let (tx, rx) = sync_channel(1);
                     self.acks.lock().insert(ack, (node, tx));
-                    if self.send_to(node, Msg::HoldActor { actor, ack }) {
+                    if self.send_now(node, Msg::HoldActor { actor, ack }) {
                         waiting = Some((node, ack, rx));
                     } else {
                         self.acks.lock().remove(&ack);
@@ -2062,10 +2108,17 @@ impl ClusterNode {
         let from = link.peer.id;
         match msg {
             Msg::NodeJoined(info) => self.add_peer(info, true),
-            Msg::NodeLeft { node, cause } if node == self.me.id => {
+            Msg::NodeLeft { node, cause, .. } if node == self.me.id => {
                 self.leave_head(&format!("it declared this node dead ({cause})"));
             }
-            Msg::NodeLeft { node, cause } => self.peer_lost(node, &cause),
+            Msg::NodeLeft {
+                node,
+                cause,
+                restarting,
+            } => {
+                self.restarting_from(node, restarting);
+                self.peer_lost(node, &cause);
+            }
             // From the head, or from the node itself (a node speaks for
             // itself only).
             Msg::NodeDraining { node } if link.lane == Lane::Join || node == from => {
@@ -2226,7 +2279,10 @@ impl ClusterNode {
                 self.drain_syncs.lock().remove(&id);
             }
             Msg::Synced { id } => {
-                self.barrier.synced(from, id, &mut self.control());
+                let mut unsent = Vec::new();
+                self.barrier
+                    .synced(from, id, &mut self.control(&mut unsent));
+                drop(unsent);
             }
             Msg::HoldAck { ack } => {
                 if let Some((_, tx)) = self.acks.lock().remove(&ack) {
@@ -3072,7 +3128,9 @@ impl ClusterNode {
         drop(queued);
         // Answers waiting for its confirmation of borrows go (what it owned
         // is lost with it).
-        self.barrier.lost(node, &mut self.control());
+        let mut unsent = Vec::new();
+        self.barrier.lost(node, &mut self.control(&mut unsent));
+        drop(unsent);
         // Its holds waiting for an ack are answered now: the messages waiting
         // for it went with its session.
         // So are actors being created there.

@@ -360,6 +360,10 @@ pub enum Msg {
         node: NodeId,
         /// Why.
         cause: String,
+        /// Its actors the head starts again elsewhere (where each went
+        /// follows, in an `ActorMoved`); any other actor of it is gone.
+        #[serde(default)]
+        restarting: Vec<ActorId>,
     },
     /// A node is alive, with its load (node to head); the head's own
     /// heartbeat to each node carries its report too.
