@@ -229,7 +229,7 @@ impl Handler<Parcel> for Counter {
 rayx::remote_actor!(Counter, new_counter, [Add, SlowAdd, Where, Big, Parcel]);
 
 /// Holds a handle to a counter and calls it from its own node.
-pub struct Relay(ActorHandle<Counter>);
+pub struct Relay(Option<ActorHandle<Counter>>);
 impl Actor for Relay {}
 #[derive(Serialize, Deserialize)]
 pub struct Forward(u64);
@@ -238,13 +238,26 @@ impl Message for Forward {
 }
 impl Handler<Forward> for Relay {
     fn handle(&mut self, Forward(k): Forward, _: &mut ActorContext<Self>) -> Result<u64, String> {
-        self.0.call(Add(k)).get().map_err(|e| e.to_string())
+        let counter = self.0.as_ref().ok_or("it let go of the counter")?;
+        counter.call(Add(k)).get().map_err(|e| e.to_string())
     }
 }
 fn new_relay(c: ActorHandle<Counter>) -> Relay {
-    Relay(c)
+    Relay(Some(c))
 }
-rayx::remote_actor!(Relay, new_relay, [Forward]);
+
+/// Lets go of the counter's handle.
+#[derive(Serialize, Deserialize)]
+pub struct Unhand;
+impl Message for Unhand {
+    type Reply = ();
+}
+impl Handler<Unhand> for Relay {
+    fn handle(&mut self, _: Unhand, _: &mut ActorContext<Self>) {
+        self.0 = None;
+    }
+}
+rayx::remote_actor!(Relay, new_relay, [Forward, Unhand]);
 
 /// Keeps the refs it is given, and gives them back inside a large reply.
 pub struct Keeper(Vec<ObjectRef<ByteBuf>>);
@@ -867,6 +880,48 @@ fn a_handle_to_an_actor_gone_before_its_node_died_is_refused() {
         .get();
     let err = got.expect_err("the handle is refused where it is decoded");
     assert!(err.to_string().contains("died"), "{err}");
+}
+
+/// The head forgets an actor that ended for good, with the constructor's
+/// argument it kept to start it again: there the last handle to an actor on
+/// the head's own node, which ends with it and tells the head (the head took
+/// its own lock again and deadlocked).
+fn an_actor_the_head_forgets_may_let_go_of_the_last_handle_to_another() {
+    let c = fast_cluster(1);
+    let rt = c.driver().clone();
+    let first = c.nodes()[0].id;
+    // On the driver, which hosts the head.
+    let kept = rt.actor(|| new_counter(0)).spawn().unwrap();
+    let relay = rt
+        .actor_of(new_relay, kept.clone())
+        .max_restarts(1)
+        .node_affinity(first, false)
+        .spawn()
+        .unwrap();
+    assert_eq!(relay.call(Forward(1)).get().unwrap(), Ok(1));
+    drop(kept);
+    // Its release reaches the head before the answer, and so before the
+    // relay's end: the head's kept argument is the last handle then.
+    relay.call(Unhand).get().unwrap();
+    relay.kill();
+    drop(relay);
+    // The head still answers (from another thread: a wedged head would
+    // never return), and forgets both actors.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let asker = rt.clone();
+    std::thread::spawn(move || {
+        let gone = common::eventually(common::LONG, || {
+            let status = asker.cluster_status().unwrap();
+            status.actors.is_empty()
+                && status
+                    .nodes
+                    .iter()
+                    .all(|n| !n.alive || n.report.actors == 0)
+        });
+        let _ = tx.send(gone);
+    });
+    let gone = rx.recv_timeout(common::LONG * 2);
+    assert_eq!(gone, Ok(true), "the head answers and both actors ended");
 }
 
 /// A call in flight when its actor's node dies fails; its message, whose
@@ -2437,6 +2492,7 @@ fn main() {
         a_handle_passed_on_as_its_actors_node_dies_follows_it,
         a_failed_calls_message_may_call_as_it_drops,
         a_handle_to_an_actor_gone_before_its_node_died_is_refused,
+        an_actor_the_head_forgets_may_let_go_of_the_last_handle_to_another,
         calls_follow_an_actor_through_two_deaths,
         an_actor_without_restarts_fails_naming_its_node,
         a_node_told_to_stop_leaves_in_order,

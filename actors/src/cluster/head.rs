@@ -512,6 +512,7 @@ impl Head {
         // What was queued for it, dropped after the tables' lock: a
         // message's values may run user code as they go.
         let mut queued = None;
+        let mut forgotten = Vec::new();
         let others: Vec<Arc<Link>> = {
             let mut guard = self.tables.lock();
             let t = &mut *guard;
@@ -568,7 +569,10 @@ impl Head {
                         left.restarts.push(restart);
                     }
                     Err(why) => {
-                        records.extend(forget_actor(t, id));
+                        if let Some((record, placed)) = forget_actor(t, id) {
+                            records.push(record);
+                            forgotten.push(placed);
+                        }
                         left.gone.push(Msg::ActorMoved {
                             actor: id,
                             node: None,
@@ -583,7 +587,7 @@ impl Head {
             self.save(&records);
             t.nodes.iter().filter_map(|m| m.link.clone()).collect()
         };
-        drop(queued);
+        drop((queued, forgotten));
         let restarting: Vec<ActorId> = left.restarts.iter().map(|(c, _)| c.actor).collect();
         for l in others {
             l.send(Msg::NodeLeft {
@@ -662,6 +666,8 @@ impl Head {
     /// A restarted actor started (or failed to): the `ActorMoved` to apply,
     /// sent to every node already. `None`: not a restart under way.
     pub fn restarted(&self, actor: ActorId, result: Result<(), Error>) -> Option<Msg> {
+        // Dropped after the lock (see `forget_actor`).
+        let mut forgotten = None;
         let (msg, links) = {
             let mut t = self.tables.lock();
             let r = t.restarting.remove(&actor)?;
@@ -674,8 +680,10 @@ impl Head {
                     retries: r.retries,
                 },
                 Err(e) => {
-                    let gone = forget_actor(&mut t, actor);
-                    self.save(gone.as_slice());
+                    if let Some((record, placed)) = forget_actor(&mut t, actor) {
+                        self.save(&[record]);
+                        forgotten = Some(placed);
+                    }
                     Msg::ActorMoved {
                         actor,
                         node: None,
@@ -688,6 +696,7 @@ impl Head {
             let links: Vec<Arc<Link>> = t.nodes.iter().filter_map(|m| m.link.clone()).collect();
             (msg, links)
         };
+        drop(forgotten);
         for l in links {
             l.send(msg.clone());
         }
@@ -765,10 +774,27 @@ impl Head {
 
     /// Answers a request.
     pub fn ask(&self, ask: Ask, my_report: Report) -> Result<Answer, Error> {
-        let mut t = self.tables.lock();
-        if let Some(me) = t.nodes.first_mut() {
-            me.report = my_report;
-        }
+        let mut forgotten = None;
+        let answer = {
+            let mut t = self.tables.lock();
+            if let Some(me) = t.nodes.first_mut() {
+                me.report = my_report;
+            }
+            self.answer(&mut t, ask, &mut forgotten)
+        };
+        // After the lock (see `forget_actor`).
+        drop(forgotten);
+        answer
+    }
+
+    /// Answers a request under the tables' lock; an actor it forgets goes
+    /// to `forgotten`, to be dropped after it.
+    fn answer(
+        &self,
+        t: &mut Tables,
+        ask: Ask,
+        forgotten: &mut Option<Placed>,
+    ) -> Result<Answer, Error> {
         match ask {
             Ask::Status => Ok(Answer::Status(ClusterStatus {
                 nodes: t
@@ -850,8 +876,10 @@ impl Head {
                 Ok(Answer::Placed(info))
             }
             Ask::ActorGone { actor } => {
-                let gone = forget_actor(&mut t, actor);
-                self.save(gone.as_slice());
+                if let Some((record, placed)) = forget_actor(t, actor) {
+                    self.save(&[record]);
+                    *forgotten = Some(placed);
+                }
                 Ok(Answer::Done)
             }
             Ask::LookupActor { namespace, name } => {
@@ -982,17 +1010,21 @@ pub fn left_in_order(cause: &str) -> bool {
     cause.starts_with("left:")
 }
 
-/// Forgets an actor; the record to delete, if it was known.
-fn forget_actor(t: &mut Tables, actor: ActorId) -> Option<Record> {
+/// Forgets an actor: the record to delete, and what was kept of it, if it
+/// was known. What was kept is the caller's to drop after the tables' lock:
+/// a restart's constructor argument made in this process is a value that
+/// may hold the last handle to an actor here, whose stop runs user code and
+/// tells the head (this lock again).
+fn forget_actor(t: &mut Tables, actor: ActorId) -> Option<(Record, Placed)> {
     t.restarting.remove(&actor);
     let p = t.actors.remove(&actor)?;
-    if let Some(key) = p.name {
-        if t.names.get(&key) == Some(&actor) {
-            t.names.remove(&key);
+    if let Some(key) = &p.name {
+        if t.names.get(key) == Some(&actor) {
+            t.names.remove(key);
         }
     }
     if let Some(m) = t.nodes.iter_mut().find(|m| m.info.id == p.place.node) {
         m.actors = m.actors.saturating_sub(1);
     }
-    Some((store::actor_key(actor), None))
+    Some(((store::actor_key(actor), None), p))
 }

@@ -907,6 +907,9 @@ impl ClusterNode {
     /// thread cannot overtake them.
     fn flush_outbox(self: &Arc<Self>) {
         let mut failed = Vec::new();
+        // Answers the barrier let go and could not deliver (their node is
+        // gone): dropped after the outbox's lock (see `control`).
+        let mut unsent = Vec::new();
         {
             let mut outbox = self.outbox.lock();
             outbox.borrows.clear();
@@ -925,10 +928,11 @@ impl ClusterNode {
                     // for the borrows of those refs made here to reach their
                     // owners. (Held back, it only comes later than a borrow
                     // sent after it: a count never drops early.)
-                    msg => self.through_barrier(node, msg),
+                    msg => self.barrier_send(node, msg, &mut unsent),
                 }
             }
         }
+        drop(unsent);
         // Completed outside the lock: a completion may submit work that sends.
         for id in failed {
             if let Some(slot) = self.core.table.lookup(id) {
@@ -972,8 +976,14 @@ impl ClusterNode {
     /// it waits.
     fn through_barrier(self: &Arc<Self>, node: NodeId, msg: Msg) {
         let mut unsent = Vec::new();
-        let parked = self.barrier.send(node, msg, &mut self.control(&mut unsent));
+        self.barrier_send(node, msg, &mut unsent);
         drop(unsent);
+    }
+
+    /// [`through_barrier`](Self::through_barrier), keeping what could not
+    /// be delivered in `unsent` for the caller to drop after its locks.
+    fn barrier_send(self: &Arc<Self>, node: NodeId, msg: Msg, unsent: &mut Vec<Msg>) {
+        let parked = self.barrier.send(node, msg, &mut self.control(unsent));
         if let Some(since) = parked {
             self.expire_later(since);
         }
@@ -2309,7 +2319,9 @@ impl ClusterNode {
                 }
             }
             Msg::Free { object } => {
-                self.held.lock().remove(&object);
+                // Dropped after the lock: a value may run user code as it goes.
+                let held = self.held.lock().remove(&object);
+                drop(held);
                 let pins = self.contained.lock().remove(&object);
                 drop(pins);
             }
@@ -3215,8 +3227,19 @@ impl ClusterNode {
         }
         // Results held for its pulls, and what its results refer to: it
         // will never pull or free them.
-        self.held.lock().retain(|id, _| id.node != node);
-        self.contained.lock().retain(|id, _| id.node != node);
+        // Dropped after their locks: values and the refs and handles they
+        // pin may run user code as they go.
+        let held: Vec<_> = self
+            .held
+            .lock()
+            .extract_if(|id, _| id.node == node)
+            .collect();
+        let contained: Vec<_> = self
+            .contained
+            .lock()
+            .extract_if(|id, _| id.node == node)
+            .collect();
+        drop((held, contained));
         let owned: Vec<Arc<Slot>> = self
             .borrowed
             .lock()

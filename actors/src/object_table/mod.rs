@@ -584,7 +584,10 @@ impl PendingTask {
     /// One argument is done; `failed` carries its error if it failed.
     fn dependency_done(&self, failed: Option<Error>) {
         if let Some(cause) = failed {
-            if let Some(job) = self.job.lock().take() {
+            // Taken out before it is dropped: its arguments may run user code
+            // as they go, which may complete another of its arguments.
+            let job = self.job.lock().take();
+            if let Some(job) = job {
                 let err = Error::dependency_failed(job.spec.display_name().to_string(), cause);
                 drop(job);
                 // Not a nested call: a failure runs down a long chain of
@@ -595,7 +598,8 @@ impl PendingTask {
         }
         // AcqRel: the last argument's completion sees every earlier one's.
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            if let Some(job) = self.job.lock().take() {
+            let job = self.job.lock().take();
+            if let Some(job) = job {
                 self.ret.table.resubmit(self.ret.clone(), job);
             }
         }
