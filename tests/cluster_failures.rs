@@ -1649,6 +1649,10 @@ fn an_actor_created_on_a_node_that_dies_fails_at_its_death() {
     let mut c = fast_cluster(2);
     let rt = c.driver().clone();
     let node = c.nodes()[0].id;
+    // Hung first, so that the creation is never answered: a node answers as
+    // soon as the actor is set up, before its constructor runs, so a slow
+    // constructor alone left a race the answer sometimes won (1 run in ~40).
+    signal(pid_of(&c, 0), libc::SIGSTOP);
     let spawning = {
         let rt = rt.clone();
         std::thread::spawn(move || {
