@@ -114,8 +114,18 @@ rayx::remote!(
     blip_here,
     counter_on,
     lists_node,
-    call_through
+    call_through,
+    look_up_and_add
 );
+
+/// Looks the late counter up by name here and adds 1 through it.
+fn look_up_and_add(name: String) -> String {
+    let rt = Runtime::current().expect("in a task");
+    match rt.get_actor::<Late>(&name) {
+        Ok(counter) => format!("{:?}", counter.call(Add(1)).get()),
+        Err(e) => format!("lookup: {e}"),
+    }
+}
 
 /// Whether this node lists `node` among the live ones.
 fn lists_node(node: u64) -> bool {
@@ -291,6 +301,57 @@ fn new_keeper(_: ()) -> Keeper {
     Keeper(Vec::new())
 }
 rayx::remote_actor!(Keeper, new_keeper, [Keep, GiveBack]);
+
+/// A constructor argument slow to decode: a node takes `ms` to start an
+/// actor made with it (the actor's arrival there, not its constructor).
+#[derive(Clone)]
+pub struct SlowArg(u64);
+impl Serialize for SlowArg {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+impl<'de> Deserialize<'de> for SlowArg {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let ms = u64::deserialize(d)?;
+        std::thread::sleep(Duration::from_millis(ms));
+        Ok(SlowArg(ms))
+    }
+}
+/// A counter whose argument is slow to decode.
+pub struct Late(u64);
+impl Actor for Late {}
+impl Handler<Add> for Late {
+    fn handle(&mut self, Add(k): Add, _: &mut ActorContext<Self>) -> u64 {
+        self.0 += k;
+        self.0
+    }
+}
+fn new_late(_: SlowArg) -> Late {
+    Late(0)
+}
+rayx::remote_actor!(Late, new_late, [Add]);
+
+/// An actor whose state, as it goes, asks the head (a blocking request)
+/// and records the answer in the head's key-value store.
+pub struct Asker(rayx::WeakRuntime);
+impl Actor for Asker {}
+impl Handler<Ping> for Asker {
+    fn handle(&mut self, _: Ping, _: &mut ActorContext<Self>) {}
+}
+impl Drop for Asker {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.upgrade() {
+            if let Ok(Some(v)) = rt.kv_get("asker/before") {
+                let _ = rt.kv_put("asker/after", &v, true);
+            }
+        }
+    }
+}
+fn new_asker(_: ()) -> Asker {
+    Asker(Runtime::current().expect("on a node").downgrade())
+}
+rayx::remote_actor!(Asker, new_asker, [Ping]);
 
 /// Creates a counter on node `on` (restarted once if that node dies) and
 /// keeps its handle: the maker's node is the counter's creator.
@@ -922,6 +983,114 @@ fn an_actor_the_head_forgets_may_let_go_of_the_last_handle_to_another() {
     });
     let gone = rx.recv_timeout(common::LONG * 2);
     assert_eq!(gone, Ok(true), "the head answers and both actors ended");
+}
+
+/// An actor let go by its last holder ends off its node's network thread:
+/// its state's drop may ask the head and wait for the answer, which only
+/// that thread reads (the node stalled, stopped sending heartbeats and was
+/// declared dead).
+fn an_actor_whose_drop_asks_the_head_ends_without_stalling_its_node() {
+    let c = fast_cluster(1);
+    let rt = c.driver().clone();
+    let first = c.nodes()[0].id;
+    rt.kv_put("asker/before", b"1", true).unwrap();
+    let asker = rt
+        .actor_of(new_asker, ())
+        .node_affinity(first, false)
+        .spawn()
+        .unwrap();
+    asker.call(Ping).get().unwrap();
+    drop(asker);
+    let answered = common::eventually(common::LONG, || rt.kv_get("asker/after").unwrap().is_some());
+    assert!(answered, "the actor's drop got its answer from the head");
+    assert_eq!(
+        rt.task(where_am_i)
+            .node_affinity(first, false)
+            .remote(7)
+            .get()
+            .unwrap(),
+        (7, first.0),
+        "its node still serves"
+    );
+}
+
+/// While an actor starts again on another node, a call through its
+/// creator's handle, a handle looked up by name, and a lookup on the node it
+/// is starting on all wait for it and reach it there. (The lookups named
+/// the new node before the actor was there, and a call made once the death
+/// was known used up a retry it never took: both failed ActorDied.)
+fn an_actor_reached_while_it_starts_again_answers_there() {
+    let mut c = fast_cluster(2);
+    let rt = c.driver().clone();
+    let (first, second) = (c.nodes()[0].id, c.nodes()[1].id);
+    let events = rt.events();
+    let counter = rt
+        .actor_of(new_late, SlowArg(1_000))
+        .name("slow-to-arrive")
+        .max_restarts(1)
+        .node_affinity(first, true)
+        .spawn()
+        .unwrap();
+    assert_eq!(counter.call(Add(1)).get().unwrap(), 1);
+    c.kill_node(0).unwrap();
+    death_of(&events, first, common::LONG);
+    // At once: the restart on the second node takes a second to arrive.
+    let through_creator = counter.call(Add(1));
+    let found = rt.get_actor::<Late>("slow-to-arrive").unwrap();
+    let through_lookup = found.call(Add(1));
+    let on_its_node = rt
+        .task(look_up_and_add)
+        .node_affinity(second, false)
+        .remote("slow-to-arrive".to_string());
+    let mut got = vec![
+        through_creator.get_timeout(common::LONG).unwrap(),
+        through_lookup.get_timeout(common::LONG).unwrap(),
+    ];
+    let there = on_its_node.get_timeout(common::LONG).unwrap();
+    let n: u64 = there
+        .strip_prefix("Ok(")
+        .and_then(|r| r.strip_suffix(')'))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("on its node: {there}"));
+    got.push(n);
+    got.sort();
+    assert_eq!(got, [1, 2, 3], "each call reached the restarted actor once");
+    assert_eq!(counter.node_id(), second);
+}
+
+/// A handle looked up by name while its actor's creation is on its way
+/// holds the actor once it starts (its hold reached the node first and was
+/// lost: the actor ended with its creator's handle, under the live one).
+fn a_name_looked_up_while_its_actor_is_created_holds_it() {
+    let c = fast_cluster(1);
+    let rt = c.driver().clone();
+    let first = c.nodes()[0].id;
+    let spawner = {
+        let rt = rt.clone();
+        std::thread::spawn(move || {
+            rt.actor_of(new_late, SlowArg(1_000))
+                .name("arriving")
+                .node_affinity(first, false)
+                .spawn()
+                .unwrap()
+        })
+    };
+    // Placed by the head: its name answers while the creation takes a second.
+    let mut found = None;
+    let named = common::eventually(common::LONG, || {
+        found = rt.get_actor::<Late>("arriving").ok();
+        found.is_some()
+    });
+    assert!(named, "the name was never answered");
+    let made = spawner.join().unwrap();
+    assert_eq!(made.call(Add(1)).get().unwrap(), 1);
+    drop(made);
+    let found = found.expect("looked up");
+    assert_eq!(
+        found.call(Add(1)).get().unwrap(),
+        2,
+        "the looked-up handle holds it"
+    );
 }
 
 /// A call in flight when its actor's node dies fails; its message, whose
@@ -2497,6 +2666,9 @@ fn main() {
         a_failed_calls_message_may_call_as_it_drops,
         a_handle_to_an_actor_gone_before_its_node_died_is_refused,
         an_actor_the_head_forgets_may_let_go_of_the_last_handle_to_another,
+        an_actor_whose_drop_asks_the_head_ends_without_stalling_its_node,
+        an_actor_reached_while_it_starts_again_answers_there,
+        a_name_looked_up_while_its_actor_is_created_holds_it,
         calls_follow_an_actor_through_two_deaths,
         an_actor_without_restarts_fails_naming_its_node,
         a_node_told_to_stop_leaves_in_order,

@@ -135,6 +135,12 @@ impl Hosted {
     }
 }
 
+/// Holds per node for an actor not started here yet, and since when.
+type EarlyHolds = (HashMap<NodeId, u32>, std::time::Instant);
+
+/// How long holds for an actor not started here yet are kept for it.
+const EARLY_HOLDS_KEPT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// One runtime's engine.
 pub struct Node {
     core: Arc<Core>,
@@ -153,6 +159,10 @@ pub struct Node {
     /// holds each node has: kept while any node holds one (handles here keep
     /// it alive as they always do).
     hosted: Mutex<IdMap<ActorId, Hosted>>,
+    /// Holds that came for an actor not started here yet (a handle looked up
+    /// by name while its creation was on its way): counted when it starts,
+    /// forgotten after [`EARLY_HOLDS_KEPT`] if it never does.
+    early: Mutex<IdMap<ActorId, EarlyHolds>>,
     stopped: (Mutex<bool>, Condvar),
     /// The key-value store of a runtime that is not part of a cluster (in a
     /// cluster the head keeps it): it outlives every actor of the runtime.
@@ -248,6 +258,7 @@ impl Node {
             actor_types,
             cluster: OnceLock::new(),
             hosted: Mutex::default(),
+            early: Mutex::default(),
             stopped: (Mutex::new(false), Condvar::new()),
             local_kv: Mutex::new(HashMap::new()),
         });
@@ -725,9 +736,23 @@ impl Host for Node {
         };
         let (host, _) = self.spawn_actor_as(create.actor, spec)?;
         let creator = create.actor.node;
+        // Holds that came before it: counted now if it starts here first;
+        // after a restart, each node's count has them.
+        let early = self.early.lock().remove(&create.actor);
         match awaiting {
-            // Its creator's handles hold it.
-            None => self.hold(host, creator),
+            // Its creator's handles hold it, and those that came first.
+            None => {
+                let mut hosted = self.hosted.lock();
+                let entry = hosted
+                    .entry(create.actor)
+                    .or_insert_with(|| Hosted::new(host));
+                entry.change(creator, true);
+                for (by, n) in early.map(|(holds, _)| holds).unwrap_or_default() {
+                    for _ in 0..n {
+                        entry.change(by, true);
+                    }
+                }
+            }
             // Started again: each node counts its holds here as it learns of
             // the move, its creator's handles included while they live; the
             // restart holds it until then. A detached actor's creator holds
@@ -791,7 +816,18 @@ impl Host for Node {
         }
         if let Some(host) = self.actor_by_id(actor) {
             self.hold(host, by);
+            return None;
         }
+        // Not started here yet: kept until it is.
+        let now = std::time::Instant::now();
+        let mut early = self.early.lock();
+        early.retain(|_, (_, since)| now.duration_since(*since) < EARLY_HOLDS_KEPT);
+        *early
+            .entry(actor)
+            .or_insert_with(|| (HashMap::new(), now))
+            .0
+            .entry(by)
+            .or_default() += 1;
         None
     }
 
@@ -827,6 +863,12 @@ impl Host for Node {
             };
             for id in ids {
                 let Some(h) = hosted.get_mut(&id) else {
+                    // A hold kept for an actor not started yet goes again.
+                    if let Some((holds, _)) = self.early.lock().get_mut(&id) {
+                        if let Some(n) = holds.get_mut(&by) {
+                            *n = n.saturating_sub(1);
+                        }
+                    }
                     continue;
                 };
                 if actor.is_none() {

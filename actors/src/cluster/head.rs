@@ -833,7 +833,7 @@ impl Head {
                 if let Some(key) = &name {
                     if let Some(existing) = t.names.get(key).and_then(|id| t.actors.get(id)) {
                         if get_if_exists {
-                            return Ok(Answer::Actor(existing.place.clone()));
+                            return Ok(Answer::Actor(t.place_known(existing)));
                         }
                         return Err(Error::ActorNameTaken {
                             namespace: key.0.clone(),
@@ -886,7 +886,7 @@ impl Head {
                 wire::check_names(&namespace, &name)?;
                 let key = (namespace, name);
                 match t.names.get(&key).and_then(|id| t.actors.get(id)) {
-                    Some(p) => Ok(Answer::Actor(p.place.clone())),
+                    Some(p) => Ok(Answer::Actor(t.place_known(p))),
                     None => Err(Error::ActorNotFound {
                         name: key.1,
                         namespace: key.0,
@@ -1008,6 +1008,20 @@ pub const STOPPED_CAUSE: &str = "left: it stopped in order";
 /// Whether a dead node's cause says it left in order (not a failure).
 pub fn left_in_order(cause: &str) -> bool {
     cause.starts_with("left:")
+}
+
+impl Tables {
+    /// Where a handle made now should say `p`'s actor is: while it starts
+    /// again elsewhere, the node that died (a handle to it waits for the
+    /// news of where the actor went, as calls made then do); its node once
+    /// it runs there (before, a call there would find no actor).
+    fn place_known(&self, p: &Placed) -> ActorPlace {
+        let mut place = p.place.clone();
+        if let Some(r) = self.restarting.get(&place.actor) {
+            place.node = r.died;
+        }
+        place
+    }
 }
 
 /// Forgets an actor: the record to delete, and what was kept of it, if it

@@ -367,6 +367,9 @@ struct RemoteCall {
     call: ActorCall,
     /// Times it went again after a node death.
     attempts: u64,
+    /// It went to `node` (a call made once its node was known dead waits
+    /// for the news unsent, and its first sending uses no retry).
+    sent: bool,
     /// When its node was declared dead (its fate is unknown until the head
     /// says where the actor went).
     lost: Option<std::time::Instant>,
@@ -1311,6 +1314,24 @@ impl ClusterNode {
         Ok(())
     }
 
+    /// Drops actors a change of holds let go, off the network thread: an
+    /// actor's stop runs user code, which may ask the head and wait for the
+    /// answer only this thread reads (the node would stall, its heartbeats
+    /// with it, until the request timed out).
+    fn let_go(&self, gone: LetGo) {
+        let Some(gone) = gone else { return };
+        if ON_NET_THREAD.with(|n| n.get()) {
+            self.net.spawn_blocking(move || {
+                // A blocking thread may wait for answers the network thread
+                // reads.
+                ON_NET_THREAD.with(|n| n.set(false));
+                drop(gone);
+            });
+        } else {
+            drop(gone);
+        }
+    }
+
     /// The peers alive as far as this node knows.
     fn live_peers(&self) -> Vec<NodeId> {
         self.peers
@@ -1660,6 +1681,7 @@ impl ClusterNode {
                             node,
                             call,
                             attempts: 0,
+                            sent,
                             // Its node is dead, the actor's fate not yet
                             // known here: the head says where it went (the
                             // call goes there, in order) or that it is gone;
@@ -1749,7 +1771,9 @@ impl ClusterNode {
             ids.sort_by_key(|id| id.seq);
             for id in ids {
                 let c = calls.get_mut(&id).expect("listed");
-                c.attempts += 1;
+                // Only a call that went to a node that died may have run.
+                c.attempts += u64::from(c.sent);
+                c.sent = true;
                 match to {
                     Some(to) if to == self.me.id && retries.allows(c.attempts) => {
                         here.extend(calls.remove(&id).map(|c| (c.call, c.slot)));
@@ -1772,7 +1796,7 @@ impl ClusterNode {
         };
         // An actor the count here let go stops after the locks (its stop
         // fails what it had queued, and may run code that calls).
-        drop(let_go);
+        self.let_go(let_go);
         for (call, slot) in here {
             self.call_here(call, slot);
         }
@@ -1905,7 +1929,7 @@ impl ClusterNode {
         };
         // Outside the lock: an actor let go here stops (running user code),
         // and the ack comes from the network thread.
-        drop(let_go);
+        self.let_go(let_go);
         if let Some((node, ack, rx)) = waiting {
             if rx.recv_timeout(REQUEST_TIMEOUT).is_err() {
                 self.acks.lock().remove(&ack);
@@ -2270,7 +2294,7 @@ impl ClusterNode {
             }
             Msg::HoldActor { actor, ack } => {
                 if let Some(h) = self.host() {
-                    drop(h.hold_actor(actor, from));
+                    self.let_go(h.hold_actor(actor, from));
                 }
                 if ack != 0 {
                     self.reply(link, Msg::HoldAck { ack });
@@ -2278,7 +2302,7 @@ impl ClusterNode {
             }
             Msg::HoldsMoved { actor, holds } => {
                 if let Some(h) = self.host() {
-                    drop(h.holds_moved(actor, from, holds));
+                    self.let_go(h.holds_moved(actor, from, holds));
                 }
             }
             Msg::Sync { id } => {
@@ -2301,7 +2325,7 @@ impl ClusterNode {
             }
             Msg::ReleaseActor { actor } => {
                 if let Some(h) = self.host() {
-                    drop(h.release_actor(Some(actor), from));
+                    self.let_go(h.release_actor(Some(actor), from));
                 }
             }
             Msg::Borrow { object } => self.lend(from, object),
@@ -3223,7 +3247,7 @@ impl ClusterNode {
             self.unlend(node, id, u32::MAX);
         }
         if let Some(h) = self.host() {
-            drop(h.release_actor(None, node));
+            self.let_go(h.release_actor(None, node));
         }
         // Results held for its pulls, and what its results refer to: it
         // will never pull or free them.
