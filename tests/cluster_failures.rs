@@ -138,6 +138,14 @@ fn call_through(counter: ActorHandle<Counter>) -> String {
     format!("{:?}", counter.call(Add(0)).get())
 }
 
+/// A counter on `node` (hard affinity), not started again if it dies.
+fn counter_at(rt: &Runtime, node: NodeId) -> ActorHandle<Counter> {
+    rt.actor_of(new_counter, 0)
+        .node_affinity(node, false)
+        .spawn()
+        .expect("the counter starts")
+}
+
 /// A counter on `node` (soft affinity), started again once if its node
 /// dies, its calls retried once.
 fn restartable_counter(rt: &Runtime, node: NodeId) -> ActorHandle<Counter> {
@@ -910,11 +918,7 @@ fn a_handle_to_an_actor_gone_before_its_node_died_is_refused() {
     let mut c = fast_cluster(2);
     let rt = c.driver().clone();
     let (first, second) = (c.nodes()[0].id, c.nodes()[1].id);
-    let counter = rt
-        .actor_of(new_counter, 0)
-        .node_affinity(first, false)
-        .spawn()
-        .unwrap();
+    let counter = counter_at(&rt, first);
     assert_eq!(counter.call(Add(1)).get().unwrap(), 1);
     counter.kill();
     assert!(
@@ -1100,16 +1104,8 @@ fn a_failed_calls_message_may_call_as_it_drops() {
     let mut c = fast_cluster(2);
     let rt = c.driver().clone();
     let (first, second) = (c.nodes()[0].id, c.nodes()[1].id);
-    let doomed = rt
-        .actor_of(new_counter, 0)
-        .node_affinity(first, false)
-        .spawn()
-        .unwrap();
-    let other = rt
-        .actor_of(new_counter, 0)
-        .node_affinity(second, false)
-        .spawn()
-        .unwrap();
+    let doomed = counter_at(&rt, first);
+    let other = counter_at(&rt, second);
     let reply = doomed.call(Parcel(60_000, Some(other.clone())));
     c.kill_node(0).unwrap();
     let failed = reply.get_timeout(common::LONG);
@@ -1577,11 +1573,7 @@ fn network_blips_lose_and_repeat_nothing() {
     let c = fast_cluster(2);
     let rt = c.driver().clone();
     let (n0, n1) = (c.nodes()[0].id, c.nodes()[1].id);
-    let counter = rt
-        .actor_of(new_counter, 0)
-        .node_affinity(n0, false)
-        .spawn()
-        .unwrap();
+    let counter = counter_at(&rt, n0);
     let relay = rt
         .actor_of(new_relay, counter.clone())
         .node_affinity(n1, false)

@@ -739,13 +739,13 @@ impl Host for Node {
         // Holds that came before it: counted now if it starts here first;
         // after a restart, each node's count has them.
         let early = self.early.lock().remove(&create.actor);
+        let mut hosted = self.hosted.lock();
+        let entry = hosted
+            .entry(create.actor)
+            .or_insert_with(|| Hosted::new(host));
         match awaiting {
             // Its creator's handles hold it, and those that came first.
             None => {
-                let mut hosted = self.hosted.lock();
-                let entry = hosted
-                    .entry(create.actor)
-                    .or_insert_with(|| Hosted::new(host));
                 entry.change(creator, true);
                 for (by, n) in early.map(|(holds, _)| holds).unwrap_or_default() {
                     for _ in 0..n {
@@ -758,10 +758,6 @@ impl Host for Node {
             // restart holds it until then. A detached actor's creator holds
             // it for good.
             Some(nodes) => {
-                let mut hosted = self.hosted.lock();
-                let entry = hosted
-                    .entry(create.actor)
-                    .or_insert_with(|| Hosted::new(host));
                 entry.awaiting.extend(nodes);
                 entry.pinned |= create.detached;
             }
@@ -809,14 +805,14 @@ impl Host for Node {
         }
     }
 
-    fn hold_actor(&self, actor: ActorId, by: NodeId) -> LetGo {
-        let held = self.hosted.lock().contains_key(&actor);
-        if held {
-            return self.change_holds(actor, |h| h.change(by, true));
+    fn hold_actor(&self, actor: ActorId, by: NodeId) {
+        if let Some(h) = self.hosted.lock().get_mut(&actor) {
+            h.change(by, true);
+            return;
         }
         if let Some(host) = self.actor_by_id(actor) {
             self.hold(host, by);
-            return None;
+            return;
         }
         // Not started here yet: kept until it is.
         let now = std::time::Instant::now();
@@ -828,29 +824,16 @@ impl Host for Node {
             .0
             .entry(by)
             .or_default() += 1;
-        None
     }
 
     fn holds_moved(&self, actor: ActorId, by: NodeId, holds: u32) -> LetGo {
         self.change_holds(actor, |h| h.counted(by, holds))
     }
 
-    fn holds_settled(&self, actor: ActorId) -> Vec<NodeId> {
-        let (late, gone) = {
-            let mut hosted = self.hosted.lock();
-            let Some(h) = hosted.get_mut(&actor) else {
-                return Vec::new();
-            };
-            let late: Vec<NodeId> = h.awaiting.drain().collect();
-            let gone = if h.unheld() {
-                hosted.remove(&actor)
-            } else {
-                None
-            };
-            (late, gone)
-        };
-        drop(gone);
-        late
+    fn holds_settled(&self, actor: ActorId) -> (Vec<NodeId>, LetGo) {
+        let mut late = Vec::new();
+        let gone = self.change_holds(actor, |h| late = h.awaiting.drain().collect());
+        (late, gone)
     }
 
     fn release_actor(&self, actor: Option<ActorId>, by: NodeId) -> LetGo {

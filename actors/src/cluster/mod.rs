@@ -170,12 +170,12 @@ pub trait Host: Send + Sync + 'static {
     /// Kills (or restarts) a local actor.
     fn kill_actor(&self, actor: ActorId, no_restart: bool);
     /// A node holds handles to a local actor (keep it while any does).
-    fn hold_actor(&self, actor: ActorId, by: NodeId) -> LetGo;
+    fn hold_actor(&self, actor: ActorId, by: NodeId);
     /// A node's holds on an actor started again here, counted.
     fn holds_moved(&self, actor: ActorId, by: NodeId, holds: u32) -> LetGo;
     /// An actor started again here waits for no more counts: the nodes not
     /// heard from (returned) hold nothing.
-    fn holds_settled(&self, actor: ActorId) -> Vec<NodeId>;
+    fn holds_settled(&self, actor: ActorId) -> (Vec<NodeId>, LetGo);
     /// A node dropped a handle to a local actor (`None`: every hold it had
     /// on any, as when it died).
     fn release_actor(&self, actor: Option<ActorId>, by: NodeId) -> LetGo;
@@ -1295,16 +1295,16 @@ impl ClusterNode {
         let alive = self.live_peers();
         for node in awaiting {
             if node != self.me.id && !alive.contains(&node) {
-                drop(h.holds_moved(actor, node, 0));
+                self.let_go(h.holds_moved(actor, node, 0));
             }
         }
         let weak = Arc::downgrade(self);
         self.net.spawn(async move {
             tokio::time::sleep(HOLDS_MOVED_WAIT).await;
-            let Some(h) = weak.upgrade().and_then(|c| c.host()) else {
-                return;
-            };
-            let late = h.holds_settled(actor);
+            let Some(c) = weak.upgrade() else { return };
+            let Some(h) = c.host() else { return };
+            let (late, gone) = h.holds_settled(actor);
+            c.let_go(gone);
             if !late.is_empty() {
                 tracing::warn!(
                     "rayx: {late:?} did not count their holds on {actor}, started again here, within {HOLDS_MOVED_WAIT:?}: taken to hold none"
@@ -1875,6 +1875,11 @@ impl ClusterNode {
     /// before the count (to a node it knew as the actor's from a handle
     /// that said so) is in the count, and one sent after is not.
     pub fn hold_actor(self: &Arc<Self>, node: NodeId, actor: ActorId, by: Holder, hold: bool) {
+        if (by, hold) == (Holder::Creator, true) {
+            // Counted where it started: only noted.
+            self.holding.lock().entry(actor).or_default().creator = true;
+            return;
+        }
         let on_net = ON_NET_THREAD.with(|n| n.get());
         // Borrows queued earlier go first, flushed before the lock: a borrow
         // that cannot go fails its slot, whose dependents may let go of
@@ -1894,12 +1899,11 @@ impl ClusterNode {
             }
             let node = self.actor_node(actor, node);
             match (by, hold) {
-                // Counted where it started.
-                (Holder::Creator, true) => None,
                 // Started again on this node: counted here.
                 _ if node == self.me.id => self.host().and_then(|h| {
                     if hold {
-                        h.hold_actor(actor, node)
+                        h.hold_actor(actor, node);
+                        None
                     } else {
                         h.release_actor(Some(actor), node)
                     }
@@ -2294,7 +2298,7 @@ impl ClusterNode {
             }
             Msg::HoldActor { actor, ack } => {
                 if let Some(h) = self.host() {
-                    self.let_go(h.hold_actor(actor, from));
+                    h.hold_actor(actor, from);
                 }
                 if ack != 0 {
                     self.reply(link, Msg::HoldAck { ack });
