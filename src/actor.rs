@@ -500,6 +500,7 @@ pub struct ActorBuilder<'r, A> {
     remote: Option<Value>,
     scheduling: Scheduling,
     num_cpus: f64,
+    resources: rayx_actors::groups::Resources,
     _actor: PhantomData<fn() -> A>,
 }
 
@@ -562,6 +563,7 @@ impl<'r, A: Actor> ActorBuilder<'r, A> {
             remote: None,
             scheduling: Scheduling::Default,
             num_cpus: 1.0,
+            resources: Default::default(),
             _actor: PhantomData,
         }
     }
@@ -580,6 +582,21 @@ impl<'r, A: Actor> ActorBuilder<'r, A> {
     pub fn num_cpus(mut self, cpus: f64) -> Self {
         self.num_cpus = cpus;
         self
+    }
+    /// An amount of a custom resource it needs on its node, for placement
+    /// (Ray's `resources`).
+    pub fn resource(mut self, name: impl Into<String>, amount: f64) -> Self {
+        self.resources.insert(name.into(), amount);
+        self
+    }
+    /// Starts it in a placement group (Ray's `PlacementGroupSchedulingStrategy`):
+    /// on the node of bundle `bundle` (or of any bundle it fits), out of what
+    /// the bundle reserves; it is killed when the group is removed.
+    pub fn placement_group(self, pg: &crate::PlacementGroup, bundle: Option<usize>) -> Self {
+        self.scheduling(Scheduling::PlacementGroup {
+            group: pg.id(),
+            bundle: bundle.map(|b| b.min(u32::MAX as usize) as u32),
+        })
     }
 
     /// Names the actor, so [`Runtime::get_actor`] finds it. Names are unique.
@@ -669,11 +686,64 @@ impl<'r, A: Actor> ActorBuilder<'r, A> {
         }
         let node = self.rt.node().clone();
         let mut id = None;
+        rayx_actors::groups::check_resources(&self.resources)?;
+        let group = match self.scheduling {
+            Scheduling::PlacementGroup { group, .. } => Some(group),
+            _ => None,
+        };
+        if node.cluster().is_none() {
+            // This runtime is the whole cluster: what it cannot give fails here.
+            let options = rayx_actors::messages::TaskOptions {
+                scheduling: self.scheduling,
+                num_cpus: self.num_cpus,
+                resources: self.resources.clone(),
+                ..Default::default()
+            };
+            node.fits_here(&options)
+                .map_err(|reason| Error::Unschedulable {
+                    task: std::any::type_name::<A>().to_string(),
+                    reason,
+                })?;
+        }
         if let Some(cluster) = node.cluster() {
             // The head places it (a closure-built actor stays here) and
             // reserves its name cluster-wide.
             let actor = node.new_actor_id();
             let local_only = self.remote.is_none() || self.group.is_some();
+            if let (true, Scheduling::PlacementGroup { group: g, bundle }) =
+                (local_only, self.scheduling)
+            {
+                // An actor built by a closure starts here: its bundle must be here.
+                let info = node
+                    .core()
+                    .groups
+                    .get(g)?
+                    .ok_or_else(|| Error::Unschedulable {
+                        task: std::any::type_name::<A>().to_string(),
+                        reason: format!("placement group {g} is not known to this node"),
+                    })?;
+                let mut need = self.resources.clone();
+                if self.num_cpus > 0.0 {
+                    need.insert(rayx_actors::groups::CPU.to_string(), self.num_cpus);
+                }
+                let nodes =
+                    rayx_actors::groups::bundle_nodes(&info, bundle, &need).map_err(|reason| {
+                        Error::Unschedulable {
+                            task: std::any::type_name::<A>().to_string(),
+                            reason,
+                        }
+                    })?;
+                if !nodes.contains(&node.id()) {
+                    return Err(Error::Unschedulable {
+                        task: std::any::type_name::<A>().to_string(),
+                        reason: format!(
+                            "its bundle of placement group {g} is on another node, and an actor \
+                             made from a closure starts only where it is created (register its \
+                             type with remote_actor! and create it with actor_of)"
+                        ),
+                    });
+                }
+            }
             let name = self.name.clone().map(|n| (self.namespace.clone(), n));
             let create = ActorCreate {
                 actor,
@@ -684,6 +754,7 @@ impl<'r, A: Actor> ActorBuilder<'r, A> {
                 max_restarts: self.restart.max_restarts,
                 max_task_retries: self.restart.max_task_retries,
                 max_concurrency: self.max_concurrency,
+                group,
             };
             // Restarted on another node if its node dies: an actor with
             // restarts left and a registered constructor.
@@ -695,6 +766,11 @@ impl<'r, A: Actor> ActorBuilder<'r, A> {
                 name: name.clone(),
                 get_if_exists: self.get_if_exists,
                 cpus: if local_only { 0.0 } else { self.num_cpus },
+                resources: if local_only {
+                    Default::default()
+                } else {
+                    self.resources.clone()
+                },
                 scheduling: if local_only {
                     Scheduling::NodeAffinity {
                         node: node.id(),
@@ -750,6 +826,18 @@ impl<'r, A: Actor> ActorBuilder<'r, A> {
             restart: self.restart,
             group: self.group,
         };
+        let id = match (id, group) {
+            (None, Some(_)) => Some(node.new_actor_id()),
+            (id, _) => id,
+        };
+        if let (Some(g), Some(id)) = (group, id) {
+            if let Err(e) = node.join_group(g, id) {
+                if let Some(c) = node.cluster() {
+                    c.actor_gone(id);
+                }
+                return Err(e);
+            }
+        }
         let spawned = match id {
             Some(id) => node.spawn_actor_as(id, spec),
             None => node.spawn_actor(spec),
@@ -763,6 +851,9 @@ impl<'r, A: Actor> ActorBuilder<'r, A> {
                 return Err(e);
             }
         };
+        if let (Some(g), Some(id)) = (group, id) {
+            node.check_group(g, id)?;
+        }
         ActorHandle::from_host(node, host)
     }
 }

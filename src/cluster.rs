@@ -191,6 +191,7 @@ impl Runtime {
                 address: String::new(),
                 cpus: self.num_workers() as f64,
                 head: false,
+                resources: self.node().config().resources.clone(),
             }],
         }
     }

@@ -21,6 +21,7 @@ mod actor;
 mod cluster;
 mod handle;
 mod object_ref;
+mod placement_group;
 pub mod prelude;
 mod remote;
 mod remote_actor;
@@ -49,6 +50,10 @@ pub use bytes::Bytes;
 pub use cluster::{Construct, NodeInfo};
 pub use handle::{Runtime, WeakRuntime};
 pub use object_ref::{GetFuture, ObjectRef, RefList};
+pub use placement_group::{
+    resources, PlacementGroup, PlacementGroupBuilder, PlacementGroupId, PlacementGroupInfo,
+    PlacementGroupState, PlacementStrategy, Resources,
+};
 pub use rayx_actors::cluster::wire::{ClusterStatus, NodeStatus, MAX_KV_VALUE, MAX_NAME};
 pub use rayx_actors::events::{Events, RecvError, SupervisionEvent};
 pub use rayx_actors::faults::{FaultPoint, Faults, Trigger};

@@ -373,6 +373,28 @@ impl<'r, F: RemoteFunction<Args, R>, Args, R> TaskBuilder<'r, F, Args, R> {
         self
     }
 
+    /// An amount of a custom resource it needs (Ray's `resources`): only a
+    /// node that has that much free (not reserved by a placement group) runs
+    /// it. A placement for the node, as `num_cpus` is: running tasks do not
+    /// count it down.
+    pub fn resource(mut self, name: impl Into<String>, amount: f64) -> Self {
+        self.options.resources.insert(name.into(), amount);
+        self
+    }
+
+    /// Runs it in a placement group (Ray's `PlacementGroupSchedulingStrategy`):
+    /// on the node of bundle `bundle`, or of any bundle it fits when `None`,
+    /// out of what the bundle reserves (its `num_cpus` and resources must
+    /// fit in the bundle). It fails with `Unschedulable` if the group is not
+    /// placed yet (wait for [`ready`](crate::PlacementGroup::ready)) or is
+    /// removed.
+    pub fn placement_group(self, pg: &crate::PlacementGroup, bundle: Option<usize>) -> Self {
+        self.scheduling(Scheduling::PlacementGroup {
+            group: pg.id(),
+            bundle: bundle.map(|b| b.min(u32::MAX as usize) as u32),
+        })
+    }
+
     /// Submits the task; the result's `ObjectRef` comes back at once.
     pub fn remote(&self, args: impl IntoArgs<Args>) -> ObjectRef<R> {
         let node = self.rt.node();

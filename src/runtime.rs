@@ -169,6 +169,15 @@ impl Builder {
         self
     }
 
+    /// An amount of a custom resource this node offers (Ray's
+    /// `--resources`), for tasks, actors and placement groups' bundles that
+    /// need it. Without any such call, `RAYX_RESOURCES` says, if set
+    /// (`name=amount,...`, or Ray's JSON form `{"name": amount, ...}`).
+    pub fn resource(mut self, name: impl Into<String>, amount: f64) -> Self {
+        self.config.resources.insert(name.into(), amount);
+        self
+    }
+
     /// The cluster token this process proves (and, for a head, asks of
     /// every connection). Without this call: `RAYX_TOKEN`, else the token
     /// file (`RAYX_TOKEN_FILE`, else `~/.rayx/token`), which a head makes
@@ -385,7 +394,14 @@ impl Builder {
         }
     }
 
-    fn start_node(self, node_role: bool) -> Result<std::sync::Arc<Node>> {
+    fn start_node(mut self, node_role: bool) -> Result<std::sync::Arc<Node>> {
+        if self.config.resources.is_empty() {
+            if let Ok(text) = std::env::var("RAYX_RESOURCES") {
+                self.config.resources = parse_resources(&text).map_err(|e| {
+                    Error::InvalidArgument(format!("RAYX_RESOURCES ({text:?}): {e}"))
+                })?;
+            }
+        }
         let cluster = self.cluster(node_role)?;
         Node::start_in_cluster(
             self.config,
@@ -794,5 +810,55 @@ impl StopSignals {
             })
             .map_err(|e| Error::Startup(format!("cannot start the signal thread: {e}")))?;
         Ok(())
+    }
+}
+
+/// Reads resources given as `name=amount,...` or as Ray's JSON object
+/// `{"name": amount, ...}`.
+pub(crate) fn parse_resources(text: &str) -> std::result::Result<crate::Resources, String> {
+    let body = text.trim();
+    let body = body
+        .strip_prefix('{')
+        .and_then(|b| b.strip_suffix('}'))
+        .unwrap_or(body);
+    let mut out = crate::Resources::new();
+    for part in body.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, amount) = part
+            .split_once(['=', ':'])
+            .ok_or_else(|| format!("`{part}` is not name=amount"))?;
+        let name = name.trim().trim_matches('"').trim();
+        let amount: f64 = amount.trim().parse().map_err(|_| {
+            format!(
+                "the amount of `{name}` is not a number: `{}`",
+                amount.trim()
+            )
+        })?;
+        if name.is_empty() {
+            return Err(format!("`{part}` names no resource"));
+        }
+        out.insert(name.to_string(), amount);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_resources;
+
+    #[test]
+    fn resources_read_as_pairs_or_as_ray_s_json() {
+        let want = crate::resources([("custom", 4.0), ("gpu", 0.5)]);
+        assert_eq!(parse_resources("custom=4,gpu=0.5"), Ok(want.clone()));
+        assert_eq!(parse_resources(r#"{"custom": 4, "gpu": 0.5}"#), Ok(want));
+        assert_eq!(parse_resources(" "), Ok(Default::default()));
+        assert!(parse_resources("custom")
+            .unwrap_err()
+            .contains("name=amount"));
+        assert!(parse_resources("custom=lots")
+            .unwrap_err()
+            .contains("not a number"));
+        assert!(parse_resources("=1")
+            .unwrap_err()
+            .contains("names no resource"));
     }
 }

@@ -109,6 +109,19 @@ impl ClusterBuilder {
         self.tls = Some((cert.into(), key.into()));
         self
     }
+    /// An amount of a custom resource every node process offers (their
+    /// `RAYX_RESOURCES`); the driver offers none unless its builder says.
+    pub fn node_resource(mut self, name: impl Into<String>, amount: f64) -> Self {
+        let item = format!("{}={amount}", name.into());
+        match self.env.iter_mut().find(|(k, _)| k == "RAYX_RESOURCES") {
+            Some((_, v)) => {
+                v.push(',');
+                v.push_str(&item);
+            }
+            None => self.env.push(("RAYX_RESOURCES".to_string(), item)),
+        }
+        self
+    }
     /// Sets an environment variable in every node process.
     pub fn node_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.env.push((key.into(), value.into()));
@@ -230,9 +243,15 @@ impl Cluster {
     /// Starts one more node process that joins through `address` (a
     /// [`Proxy`] to the head, which can partition it) and waits until it joined.
     pub fn add_node_via(&mut self, address: &str) -> Result<NodeId> {
+        let command = self.node_command(address)?;
+        self.add_node_from(command)
+    }
+
+    /// Starts one more node process from `command` (a [`node_command`](Self::node_command)
+    /// a test changed, e.g. its `RAYX_RESOURCES`) and waits until it joined.
+    pub fn add_node_from(&mut self, mut command: Command) -> Result<NodeId> {
         let before: Vec<NodeId> = self.driver.nodes().iter().map(|n| n.id).collect();
-        let child = self
-            .node_command(address)?
+        let child = command
             .spawn()
             .map_err(|e| Error::Startup(format!("cannot start a node process: {e}")))?;
         let mut node = NodeProcess {

@@ -32,6 +32,9 @@ pub struct NodeConfig {
     /// Restart intensity of the worker pool: at most this many worker restarts
     /// within this window, then the node gives up and stops.
     pub worker_restarts: (usize, Duration),
+    /// Custom resources this node offers (Ray's `resources`): tasks, actors
+    /// and placement groups' bundles that need them go to a node that has them.
+    pub resources: crate::messages::Resources,
 }
 
 impl Default for NodeConfig {
@@ -48,6 +51,7 @@ impl Default for NodeConfig {
             max_lineage_bytes: 1 << 30,
             supervision: (Strategy::RestForOne, 10, Duration::from_secs(10)),
             worker_restarts: (1000, Duration::from_secs(1)),
+            resources: Default::default(),
         }
     }
 }
@@ -70,6 +74,10 @@ impl NodeConfig {
         }
         if self.async_threads == 0 {
             return bad("async_threads must be at least 1".into());
+        }
+        crate::groups::check_resources(&self.resources)?;
+        if self.resources.contains_key(crate::groups::CPU) {
+            return bad("CPUs are not a custom resource: give them with num_cpus".into());
         }
         Ok(())
     }

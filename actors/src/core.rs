@@ -38,6 +38,8 @@ pub struct Core {
     pub events: Arc<EventBus>,
     /// Faults to inject.
     pub faults: Arc<FaultInjector>,
+    /// The placement groups this node knows.
+    pub groups: crate::groups::Groups,
     thread_init: OnceLock<Hook>,
     stop: OnceLock<Hook>,
     actor_died: OnceLock<ActorHook>,
@@ -70,6 +72,7 @@ impl Core {
             functions,
             events,
             faults,
+            groups: Default::default(),
             thread_init: OnceLock::new(),
             stop: OnceLock::new(),
             actor_died: OnceLock::new(),

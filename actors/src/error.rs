@@ -223,6 +223,13 @@ pub enum Error {
         /// Why not, naming the node that holds it.
         cause: String,
     },
+    /// The placement group was removed (or the work came for it after its
+    /// removal).
+    #[error("placement group {group} was removed")]
+    PlacementGroupRemoved {
+        /// The group's id, as text.
+        group: String,
+    },
     /// The node running the task or holding the object died or was cut off.
     #[error("node {node} died: {cause}")]
     NodeDied {
@@ -314,6 +321,7 @@ impl Error {
             | Error::ArityMismatch { function: s, .. }
             | Error::ObjectLost { id: s }
             | Error::OwnerDied { id: s }
+            | Error::PlacementGroupRemoved { group: s }
             | Error::RegistryMismatch { differences: s }
             | Error::Serialization(s)
             | Error::InvalidArgument(s)

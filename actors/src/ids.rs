@@ -195,3 +195,19 @@ mod tests {
         }
     }
 }
+
+/// A placement group's id: its creator's node and a number from that node,
+/// unique across the cluster's processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct GroupId {
+    /// The node that created it.
+    pub node: NodeId,
+    /// Its number there.
+    pub seq: u64,
+}
+
+impl std::fmt::Display for GroupId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pg-{:016x}-{}", self.node.0, self.seq)
+    }
+}

@@ -38,6 +38,7 @@ pub mod value;
 // tables
 pub mod core;
 pub mod directory;
+pub mod groups;
 pub mod object_store;
 pub mod object_table;
 pub mod run_queue;

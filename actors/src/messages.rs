@@ -1,7 +1,7 @@
 //! The engine's data-plane messages. Each is `Serialize + Deserialize`, so a second
 //! node is a new transport rather than a rewrite.
 
-use crate::ids::{ActorId, NodeId, ObjectId, TaskId};
+use crate::ids::{ActorId, GroupId, NodeId, ObjectId, TaskId};
 use crate::value::Value;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -82,6 +82,10 @@ pub struct TaskOptions {
     /// CPUs it needs (Ray's `num_cpus`, default 1): only a node with at least
     /// this many runs it.
     pub num_cpus: f64,
+    /// Custom resources it needs (Ray's `resources`): only a node that has
+    /// them runs it.
+    #[serde(default)]
+    pub resources: Resources,
 }
 
 impl Default for TaskOptions {
@@ -150,6 +154,7 @@ impl TaskOptions {
         retry_exceptions: RetryExceptions::None,
         scheduling: Scheduling::Default,
         num_cpus: 1.0,
+        resources: Resources::new(),
     };
 
     /// Whether a task that has failed `failures` times may run again.
@@ -175,7 +180,19 @@ pub enum Scheduling {
         /// Whether another node may run it when this one cannot.
         soft: bool,
     },
+    /// In a placement group's bundle (or any of its bundles that fits):
+    /// on that bundle's node, out of what the bundle reserves.
+    PlacementGroup {
+        /// The group.
+        group: GroupId,
+        /// The bundle's index; none: any that fits.
+        bundle: Option<u32>,
+    },
 }
+
+/// Amounts of named resources: `"CPU"` and any custom ones a node declares
+/// (Ray's resource dicts).
+pub type Resources = std::collections::BTreeMap<String, f64>;
 
 /// Which application failures of a task are retried (Ray's `retry_exceptions`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,6 +5,7 @@
 use crate::actor_host::{ActorHost, ActorSpec, CallJob, RestartPolicy};
 use crate::actor_types::ActorTypes;
 use crate::cluster::wire::ActorCreate;
+use crate::cluster::wire::{Answer, Ask};
 use crate::cluster::{ClusterConfig, ClusterNode, Host, LetGo};
 use crate::config::NodeConfig;
 use crate::core::Core;
@@ -12,7 +13,8 @@ use crate::directory::{Directory, Entry};
 use crate::error::Error;
 use crate::events::Events;
 use crate::functions::FunctionTable;
-use crate::ids::{ActorId, IdMap, NodeId, ObjectId};
+use crate::groups::{self, Free, GroupInfo, GroupState, CPU};
+use crate::ids::{ActorId, GroupId, IdMap, NodeId, ObjectId};
 use crate::messages::{ActorCall, TaskSpec};
 use crate::object_table::{MemoryUsage, Slot};
 use crate::supervisor::{InjectFailure, Shutdown, Supervisor, CHILDREN};
@@ -167,6 +169,19 @@ pub struct Node {
     /// The key-value store of a runtime that is not part of a cluster (in a
     /// cluster the head keeps it): it outlives every actor of the runtime.
     local_kv: Mutex<HashMap<String, Vec<u8>>>,
+    /// The placement groups of a runtime outside a cluster.
+    local_groups: Mutex<LocalGroups>,
+    next_group: AtomicU64,
+}
+
+/// The placement groups of a runtime outside a cluster: the node is its
+/// own head.
+#[derive(Default)]
+struct LocalGroups {
+    /// Live groups, in the order they were created.
+    live: Vec<GroupInfo>,
+    names: HashMap<(String, String), GroupId>,
+    version: u64,
 }
 
 impl Node {
@@ -261,6 +276,8 @@ impl Node {
             early: Mutex::default(),
             stopped: (Mutex::new(false), Condvar::new()),
             local_kv: Mutex::new(HashMap::new()),
+            local_groups: Mutex::default(),
+            next_group: AtomicU64::new(1),
         });
         let weak = Arc::downgrade(&node);
         let for_threads = weak.clone();
@@ -402,6 +419,17 @@ impl Node {
                 name: spec.function.to_string(),
             }));
             return;
+        }
+        if self.cluster().is_none() {
+            // This runtime is the whole cluster: work that needs what it
+            // lacks, or a group it cannot use, fails here.
+            if let Err(reason) = self.fits_here(&spec.options) {
+                ret.complete(Err(Error::Unschedulable {
+                    task: spec.display_name().to_string(),
+                    reason,
+                }));
+                return;
+            }
         }
         let table = &self.core.table;
         table.submit_task(ret.clone(), spec, pins, true);
@@ -620,6 +648,8 @@ impl Node {
         drop(hosted);
         let core = &self.core;
         core.table.fail_all(Error::ShutDown);
+        // Failed above; let go here.
+        drop(core.groups.close());
         core.run_queue.close();
         // Kept buffers go now; one given back later is freed, not kept.
         core.pool.close();
@@ -650,6 +680,213 @@ impl Node {
     /// The node's part of its cluster, if it is in one.
     pub fn cluster(&self) -> Option<&Arc<ClusterNode>> {
         self.cluster.get()
+    }
+
+    /// A fresh placement group id, unique across the cluster.
+    pub fn new_group_id(&self) -> GroupId {
+        GroupId {
+            node: self.id(),
+            seq: self.next_group.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// Creates a placement group (`info` as asked: its id, name, strategy
+    /// and bundles): placed by the head, or here outside a cluster. The
+    /// group as placed (or pending: no room yet).
+    pub fn create_group(&self, info: GroupInfo) -> Result<GroupInfo, Error> {
+        groups::check_bundles(&info.bundles)?;
+        if let Some((namespace, name)) = &info.name {
+            crate::cluster::wire::check_names(namespace, name)?;
+        }
+        let placed = match self.cluster() {
+            Some(c) => match c.ask(Ask::CreateGroup(info))? {
+                Answer::Group(g) => g,
+                other => return Err(unexpected(&other)),
+            },
+            None => self.local_create_group(info)?,
+        };
+        self.apply_groups(vec![placed.clone()]);
+        Ok(placed)
+    }
+
+    /// Removes a placement group: its reservations are returned and its
+    /// actors killed. Removing a removed group does nothing.
+    pub fn remove_group(&self, id: GroupId) -> Result<(), Error> {
+        let news = match self.cluster() {
+            Some(c) => match c.ask(Ask::RemoveGroup { group: id })? {
+                Answer::Group(g) => vec![g],
+                _ => Vec::new(),
+            },
+            None => self.local_remove_group(id),
+        };
+        self.apply_groups(news);
+        Ok(())
+    }
+
+    /// The live placement group named so.
+    pub fn lookup_group(&self, namespace: &str, name: &str) -> Result<GroupInfo, Error> {
+        crate::cluster::wire::check_names(namespace, name)?;
+        let found = match self.cluster() {
+            Some(c) => match c.ask(Ask::LookupGroup {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+            })? {
+                Answer::Group(g) => Some(g),
+                other => return Err(unexpected(&other)),
+            },
+            None => {
+                let l = self.local_groups.lock();
+                l.names
+                    .get(&(namespace.to_string(), name.to_string()))
+                    .and_then(|id| l.live.iter().find(|g| g.id == *id))
+                    .cloned()
+            }
+        };
+        let g = found.ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "no placement group named `{name}` in namespace `{namespace}`"
+            ))
+        })?;
+        self.apply_groups(vec![g.clone()]);
+        Ok(g)
+    }
+
+    /// Whether work with these options may run on this runtime outside a
+    /// cluster: its custom resources, or its placement group's bundle.
+    pub fn fits_here(&self, options: &crate::messages::TaskOptions) -> Result<(), String> {
+        use crate::messages::Scheduling;
+        if let Scheduling::PlacementGroup { group, bundle } = options.scheduling {
+            let info = self
+                .core
+                .groups
+                .get(group)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("placement group {group} is not known to this runtime"))?;
+            let mut need = options.resources.clone();
+            if options.num_cpus > 0.0 {
+                need.insert(CPU.to_string(), options.num_cpus);
+            }
+            return groups::bundle_nodes(&info, bundle, &need).map(drop);
+        }
+        let mut free = self.core.config.resources.clone();
+        groups::take(&mut free, &self.core.groups.reserved(self.id()));
+        match groups::lacking(&free, &options.resources) {
+            Some(l) => Err(format!("it needs {l}")),
+            None => Ok(()),
+        }
+    }
+
+    /// Takes in news of placement groups: kept in the view; the actors here
+    /// of a group removed are killed.
+    pub fn apply_groups(&self, news: Vec<GroupInfo>) {
+        for info in news {
+            let (actors, _) = self.core.groups.apply(info).finish();
+            for a in actors {
+                Host::kill_actor(self, a, true);
+            }
+        }
+    }
+
+    /// Notes an actor about to start here in `group` (killed with it); an
+    /// error if the group is gone.
+    pub fn join_group(&self, group: GroupId, actor: ActorId) -> Result<(), Error> {
+        self.core
+            .groups
+            .add_actor(group, actor, |a| self.actor_by_id(a).is_some())
+    }
+
+    /// An actor of `group` started: if the group was removed meanwhile, it
+    /// goes at once (the removal's kill may have come before it was there).
+    pub fn check_group(&self, group: GroupId, actor: ActorId) -> Result<(), Error> {
+        if self.core.groups.is_removed(group) {
+            Host::kill_actor(self, actor, true);
+            return Err(Error::PlacementGroupRemoved {
+                group: group.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// What this runtime has free for bundles, outside a cluster: its
+    /// resources less what its placed groups reserve.
+    fn local_free(&self, l: &LocalGroups) -> Vec<Free> {
+        let mut free = self.core.config.resources.clone();
+        free.insert(CPU.to_string(), self.core.config.num_workers as f64);
+        for g in l.live.iter().filter(|g| g.placed()) {
+            for b in &g.bundles {
+                groups::take(&mut free, b);
+            }
+        }
+        vec![Free {
+            id: self.id(),
+            free,
+        }]
+    }
+
+    fn local_create_group(&self, mut info: GroupInfo) -> Result<GroupInfo, Error> {
+        let mut l = self.local_groups.lock();
+        if let Some(key) = &info.name {
+            if l.names.contains_key(key) {
+                return Err(Error::InvalidArgument(format!(
+                    "a placement group named `{}` already exists in namespace `{}`",
+                    key.1, key.0
+                )));
+            }
+        }
+        info.nodes = vec![None; info.bundles.len()];
+        info.state = GroupState::Pending;
+        if let Ok(nodes) = groups::place_bundles(
+            info.strategy,
+            &info.bundles,
+            &info.nodes,
+            &self.local_free(&l),
+        ) {
+            info.nodes = nodes.into_iter().map(Some).collect();
+            info.state = GroupState::Created;
+        }
+        l.version += 1;
+        info.version = l.version;
+        if let Some(key) = &info.name {
+            l.names.insert(key.clone(), info.id);
+        }
+        l.live.push(info.clone());
+        Ok(info)
+    }
+
+    /// Removes a group here; the news: its removal, and the waiting groups
+    /// its room lets in.
+    fn local_remove_group(&self, id: GroupId) -> Vec<GroupInfo> {
+        let mut news = Vec::new();
+        let mut l = self.local_groups.lock();
+        let Some(i) = l.live.iter().position(|g| g.id == id) else {
+            return news;
+        };
+        let mut gone = l.live.remove(i);
+        if let Some(key) = &gone.name {
+            l.names.remove(key);
+        }
+        l.version += 1;
+        gone.version = l.version;
+        gone.state = GroupState::Removed;
+        news.push(gone);
+        // Its room lets in the groups waiting, in order.
+        for i in 0..l.live.len() {
+            if l.live[i].state != GroupState::Pending {
+                continue;
+            }
+            let free = self.local_free(&l);
+            let g = &l.live[i];
+            if let Ok(nodes) = groups::place_bundles(g.strategy, &g.bundles, &g.nodes, &free) {
+                l.version += 1;
+                let version = l.version;
+                let g = &mut l.live[i];
+                g.nodes = nodes.into_iter().map(Some).collect();
+                g.state = GroupState::Created;
+                g.version = version;
+                news.push(g.clone());
+            }
+        }
+        news
     }
 
     /// The key-value store of a runtime outside a cluster.
@@ -712,6 +949,9 @@ impl Host for Node {
                     create.type_name
                 ))
             })?;
+        if let Some(g) = create.group {
+            self.join_group(g, create.actor)?;
+        }
         // The argument may hold refs and handles: decoded as this node.
         let me = known_node(self.id()).ok_or(Error::ShutDown)?;
         let kind = with_node(&me, || (t.make)(create.args, create.max_concurrency))?;
@@ -762,7 +1002,11 @@ impl Host for Node {
                 entry.pinned |= create.detached;
             }
         }
-        Ok(())
+        drop(hosted);
+        match create.group {
+            Some(g) => self.check_group(g, create.actor),
+            None => Ok(()),
+        }
     }
 
     fn call_actor(&self, call: ActorCall, reply: Arc<Slot>) -> Result<(), Error> {
@@ -884,4 +1128,11 @@ impl Host for Node {
 
 fn known_node(id: NodeId) -> Option<Arc<Node>> {
     NODES.lock().get(&id).and_then(Weak::upgrade)
+}
+
+/// The error of an answer of the wrong kind from the head.
+fn unexpected(answer: &Answer) -> Error {
+    Error::InvalidArgument(format!(
+        "the head answered {answer:?}, not a placement group"
+    ))
 }

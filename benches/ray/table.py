@@ -123,7 +123,6 @@ def table(ray_path, rayx_path, peers_path=None):
             f"| {n} | {rs} | {fcpu(r[2]) if r else '—'} | {xs} | {fcpu(x[2]) if x else '—'} "
             f"| {ratio(x and x[0], r and r[0])} |"
         )
-    rows += [f"", *[f"- {l}" for l in prefixed(rayx_path, "placement group")]]
 
     floor = [n for n in rayx if n.startswith("floor:")]
     if floor:

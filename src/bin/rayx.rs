@@ -3,7 +3,7 @@
 //! ```text
 //! rayx start --head [--port P] [--host H] [--no-auth] [--storage F|none] [--tls]
 //!                                           a head that serves until stopped
-//! rayx status [--address A]                 nodes, actors and objects per node
+//! rayx status [--address A]                 nodes, actors, placement groups, objects
 //! rayx drain NODE [--timeout S] [--address A]  a worker node leaves in order
 //! rayx stop [--address A]                   stops every node and the head
 //! ```
@@ -250,6 +250,9 @@ fn render(address: &str, s: &ClusterStatus) -> String {
         if let Some(cause) = n.cause.as_ref().filter(|_| !left(n)) {
             let _ = writeln!(out, "    died: {cause}");
         }
+        if !n.info.resources.is_empty() {
+            let _ = writeln!(out, "    resources: {}", amounts(&n.info.resources));
+        }
     }
     let _ = writeln!(out, "(* the head)");
     if !s.actors.is_empty() {
@@ -264,6 +267,23 @@ fn render(address: &str, s: &ClusterStatus) -> String {
                 "  {} {} on {}{name}",
                 place.actor, place.type_name, place.node
             );
+        }
+    }
+    if !s.groups.is_empty() {
+        let _ = writeln!(out, "placement groups:");
+        let mut groups = s.groups.clone();
+        groups.sort_by_key(|g| g.id);
+        for g in &groups {
+            let name = g
+                .name
+                .as_ref()
+                .map(|(ns, n)| format!(" named {ns}/{n}"))
+                .unwrap_or_default();
+            let _ = writeln!(out, "  {} {:?} {:?}{name}", g.id, g.state, g.strategy);
+            for (i, (b, n)) in g.bundles.iter().zip(&g.nodes).enumerate() {
+                let at = n.map_or_else(|| "not placed".to_string(), |n| format!("on {n}"));
+                let _ = writeln!(out, "    bundle {i}: {} {at}", amounts(b));
+            }
         }
     }
     if !s.jobs.is_empty() {
@@ -292,4 +312,12 @@ fn render(address: &str, s: &ClusterStatus) -> String {
         }
     }
     out
+}
+
+/// Resources as `name=amount` pairs.
+fn amounts(r: &rayx::Resources) -> String {
+    r.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

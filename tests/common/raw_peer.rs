@@ -68,6 +68,7 @@ pub fn hello_as(
                 address: "127.0.0.1:1".into(),
                 cpus: 0.0,
                 head: false,
+                resources: Default::default(),
             },
             registry,
             nonce: serde_bytes::ByteBuf::from(vec![7u8; 32]),
@@ -266,6 +267,7 @@ pub fn fake_node(
         address: bulk.local_addr().unwrap().to_string(),
         cpus: 0.0,
         head: false,
+        resources: Default::default(),
     };
     (bulk, me)
 }

@@ -9,20 +9,21 @@
 //! are declared dead, and actors, names and the key-value store are as they were.
 
 use super::link::Link;
-use super::placement::{place, Candidate};
+use super::placement::{place_work, Candidate};
 use super::session::Session;
-use super::store::{self, ActorRecord, HeadStore, NodeRecord};
+use super::store::{self, ActorRecord, GroupRecord, HeadStore, NodeRecord};
 use super::wire::{
     self, ActorCreate, ActorPlace, Answer, Ask, ClusterStatus, Hello, JobInfo, JobState, Msg,
     NodeInfo, NodeStatus, Rejections, Report,
 };
 use crate::error::Error;
-use crate::ids::{ActorId, IdMap, NodeId};
+use crate::groups::{self, Free, GroupInfo, GroupState, Resources, CPU};
+use crate::ids::{ActorId, GroupId, IdMap, NodeId};
 use crate::messages::{Retries, Scheduling};
 use parking_lot::Mutex;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::AtomicUsize;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 struct Member {
@@ -70,6 +71,7 @@ struct Placed {
 struct Restart {
     create: ActorCreate,
     cpus: f64,
+    resources: Resources,
     scheduling: Scheduling,
     /// Restarts on other nodes so far.
     done: u64,
@@ -104,6 +106,34 @@ struct Tables {
     next_seq: usize,
     /// Jobs, in the order they began.
     jobs: Vec<JobInfo>,
+    /// Live placement groups.
+    groups: HashMap<GroupId, Group>,
+    /// Named placement groups.
+    group_names: HashMap<(String, String), GroupId>,
+    /// Groups with a bundle not placed, in the order they were created:
+    /// placed when room appears (a node joins, a group goes).
+    unplaced: Vec<GroupId>,
+    /// The last version given to a group's change.
+    group_version: u64,
+}
+
+/// A placement group as the head keeps it.
+struct Group {
+    info: GroupInfo,
+    creator: NodeId,
+    /// Which bundles their node has taken (in the group's current version).
+    acked: Vec<bool>,
+}
+
+/// The most bundles one placement group may have.
+pub const MAX_BUNDLES: usize = 10_000;
+
+fn group_record(g: &Group) -> Record {
+    let r = GroupRecord {
+        info: g.info.clone(),
+        creator: g.creator,
+    };
+    (store::group_key(g.info.id), HeadStore::encode(&r))
 }
 
 fn now_ms() -> u64 {
@@ -126,17 +156,154 @@ impl Tables {
         local: NodeId,
         scheduling: Scheduling,
         need: f64,
+        resources: &Resources,
         turn: &AtomicUsize,
     ) -> Result<NodeId, String> {
-        place(&self.candidates(true), local, scheduling, need, turn)
-            .or_else(|_| place(&self.candidates(false), local, scheduling, need, turn))
+        let reserved = self.reserved();
+        let group = |id: GroupId| match self.groups.get(&id) {
+            Some(g) => Ok(Some(g.info.clone())),
+            None => Err(Error::PlacementGroupRemoved {
+                group: id.to_string(),
+            }),
+        };
+        let free = |node: NodeId| {
+            let m = self.nodes.iter().find(|m| m.info.id == node)?;
+            let mut free = m.info.resources.clone();
+            if let Some(r) = reserved.get(&node) {
+                groups::take(&mut free, r);
+            }
+            Some(free)
+        };
+        let at = |open| {
+            place_work(
+                &self.candidates(open, &reserved),
+                local,
+                scheduling,
+                need,
+                resources,
+                turn,
+                group,
+                free,
+            )
+        };
+        at(true).or_else(|_| at(false))
+    }
+
+    /// What the live groups reserve, per node.
+    fn reserved(&self) -> HashMap<NodeId, Resources> {
+        let mut reserved: HashMap<NodeId, Resources> = HashMap::new();
+        for g in self.groups.values() {
+            for (b, n) in g.info.bundles.iter().zip(&g.info.nodes) {
+                if let Some(n) = n {
+                    let r = reserved.entry(*n).or_default();
+                    for (k, v) in b {
+                        *r.entry(k.clone()).or_insert(0.0) += v;
+                    }
+                }
+            }
+        }
+        reserved
+    }
+
+    /// The nodes bundles may go to, with what each has free for them.
+    fn free_for_bundles(&self) -> Vec<Free> {
+        let reserved = self.reserved();
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, m)| {
+                m.alive
+                    && !m.draining
+                    && (*i == 0 || m.link.as_ref().is_some_and(|l| !l.is_closed()))
+            })
+            .map(|(_, m)| {
+                let mut free = m.info.resources.clone();
+                free.insert(CPU.to_string(), m.info.cpus);
+                if let Some(r) = reserved.get(&m.info.id) {
+                    groups::take(&mut free, r);
+                }
+                Free {
+                    id: m.info.id,
+                    free,
+                }
+            })
+            .collect()
+    }
+
+    /// A group's change: its next version, written through, and the news
+    /// for every node.
+    fn changed(&mut self, id: GroupId, records: &mut Vec<Record>) -> Option<GroupInfo> {
+        self.group_version += 1;
+        let version = self.group_version;
+        let head = self.nodes.first().map(|m| m.info.id);
+        let g = self.groups.get_mut(&id)?;
+        g.info.version = version;
+        if g.info.state != GroupState::Removed && g.info.placed() {
+            // The head's own node takes its bundles as it hears of them.
+            for (a, n) in g.acked.iter_mut().zip(&g.info.nodes) {
+                *a |= *n == head;
+            }
+            if g.acked.iter().all(|a| *a) {
+                g.info.state = GroupState::Created;
+            }
+        }
+        records.push(group_record(g));
+        Some(g.info.clone())
+    }
+
+    /// Places what it can of the groups waiting for room, in order; the
+    /// news of those placed.
+    fn place_groups(&mut self, only: Option<GroupId>, records: &mut Vec<Record>) -> Vec<GroupInfo> {
+        let mut news = Vec::new();
+        let waiting: Vec<GroupId> = match only {
+            Some(id) => vec![id],
+            None => self.unplaced.clone(),
+        };
+        for id in waiting {
+            let free = self.free_for_bundles();
+            let Some(g) = self.groups.get_mut(&id) else {
+                continue;
+            };
+            match groups::place_bundles(g.info.strategy, &g.info.bundles, &g.info.nodes, &free) {
+                Ok(nodes) => {
+                    for (i, n) in nodes.into_iter().enumerate() {
+                        if g.info.nodes[i].is_none() {
+                            g.info.nodes[i] = Some(n);
+                            g.acked[i] = false;
+                        }
+                    }
+                    self.unplaced.retain(|u| *u != id);
+                    news.extend(self.changed(id, records));
+                }
+                Err(why) => {
+                    tracing::debug!("rayx: placement group {id} waits for room: {why}");
+                }
+            }
+        }
+        news
+    }
+
+    /// Removes a group: the news of its removal.
+    fn remove_group(&mut self, id: GroupId, records: &mut Vec<Record>) -> Option<GroupInfo> {
+        let mut g = self.groups.remove(&id)?;
+        self.unplaced.retain(|u| *u != id);
+        if let Some(key) = &g.info.name {
+            if self.group_names.get(key) == Some(&id) {
+                self.group_names.remove(key);
+            }
+        }
+        self.group_version += 1;
+        g.info.version = self.group_version;
+        g.info.state = GroupState::Removed;
+        records.push((store::group_key(id), None));
+        Some(g.info)
     }
 
     /// The nodes work may be placed on: alive, and linked — the head's own
     /// node (the first), or a node that joined or rejoined, whose link is
     /// open (`open`) or may be down for a moment. A node a head started
     /// again found in its database is not, until it rejoins.
-    fn candidates(&self, open: bool) -> Vec<Candidate> {
+    fn candidates(&self, open: bool, reserved: &HashMap<NodeId, Resources>) -> Vec<Candidate> {
         self.nodes
             .iter()
             .enumerate()
@@ -147,7 +314,12 @@ impl Tables {
             })
             .map(|(_, m)| Candidate {
                 id: m.info.id,
-                cpus: m.info.cpus,
+                cpus: m.info.cpus
+                    - reserved
+                        .get(&m.info.id)
+                        .and_then(|r| r.get(CPU))
+                        .copied()
+                        .unwrap_or(0.0),
                 load: m.report.load as f64 + m.actors as f64,
             })
             .collect()
@@ -210,6 +382,11 @@ fn actor_record(p: &Placed) -> Record {
             .restart
             .as_ref()
             .map(|r| (r.create.clone(), r.cpus, r.scheduling, r.done)),
+        resources: p
+            .restart
+            .as_ref()
+            .map(|r| r.resources.clone())
+            .unwrap_or_default(),
     };
     (store::actor_key(p.place.actor), HeadStore::encode(&r))
 }
@@ -226,7 +403,13 @@ pub struct Head {
     store: Mutex<Option<HeadStore>>,
     /// How many dead nodes it lists (see [`DEAD_NODES_KEPT`]).
     dead_kept: usize,
+    /// Where the head's own node hears of placement groups' changes (the
+    /// others hear by message).
+    group_news: OnceLock<GroupNews>,
 }
+
+/// A node's hearing of placement groups' changes.
+pub type GroupNews = Box<dyn Fn(Vec<GroupInfo>) + Send + Sync>;
 
 impl Head {
     /// A head whose cluster runs a binary with this registry; `me` is the
@@ -311,9 +494,41 @@ impl Head {
                     restart: r.restart.map(|(create, cpus, scheduling, done)| Restart {
                         create,
                         cpus,
+                        resources: r.resources,
                         scheduling,
                         done,
                     }),
+                },
+            );
+        }
+        for r in restored.groups {
+            let id = r.info.id;
+            let mut info = r.info;
+            // A bundle on a node that is not alive is placed again.
+            for n in info.nodes.iter_mut() {
+                if n.is_some_and(|n| !tables.nodes.iter().any(|m| m.info.id == n && m.alive)) {
+                    *n = None;
+                }
+            }
+            tables.group_version = tables.group_version.max(info.version);
+            if info.placed() {
+                // Its nodes took their bundles before (or take them as they
+                // rejoin, with what they knew).
+                info.state = GroupState::Created;
+            } else {
+                info.state = GroupState::Rescheduling;
+                tables.unplaced.push(id);
+            }
+            if let Some(key) = &info.name {
+                tables.group_names.insert(key.clone(), id);
+            }
+            let acked = info.nodes.iter().map(Option::is_some).collect();
+            tables.groups.insert(
+                id,
+                Group {
+                    info,
+                    creator: r.creator,
+                    acked,
                 },
             );
         }
@@ -342,7 +557,56 @@ impl Head {
             rejections,
             store: Mutex::new(store),
             dead_kept,
+            group_news: OnceLock::new(),
         })
+    }
+
+    /// Where the head's own node hears of placement groups' changes.
+    pub fn on_group_news(&self, news: GroupNews) {
+        let _ = self.group_news.set(news);
+    }
+
+    /// Tells every node of groups' changes: the others by message (`links`),
+    /// the head's own node directly. Called after the tables' lock: the
+    /// head's node completes readiness refs and kills a removed group's actors.
+    fn tell(&self, news: Vec<GroupInfo>, links: &[Arc<Link>]) {
+        if news.is_empty() {
+            return;
+        }
+        for l in links {
+            for g in &news {
+                l.send(Msg::GroupState(g.clone()));
+            }
+        }
+        if let Some(local) = self.group_news.get() {
+            local(news);
+        }
+    }
+
+    /// `node` took its bundles of `group` as placed in `version`: the group
+    /// is created when every bundle's node has.
+    pub fn group_reserved(&self, node: NodeId, group: GroupId, version: u64) {
+        let (news, links) = {
+            let mut t = self.tables.lock();
+            let Some(g) = t.groups.get_mut(&group) else {
+                return;
+            };
+            if g.info.version != version || g.info.state == GroupState::Created {
+                return;
+            }
+            for (a, n) in g.acked.iter_mut().zip(&g.info.nodes) {
+                *a |= *n == Some(node);
+            }
+            if !g.acked.iter().all(|a| *a) || !g.info.placed() {
+                return;
+            }
+            g.info.state = GroupState::Created;
+            let mut records = Vec::new();
+            let news: Vec<GroupInfo> = t.changed(group, &mut records).into_iter().collect();
+            self.save(&records);
+            (news, t.links())
+        };
+        self.tell(news, &links);
     }
 
     /// Writes records through to the database, if there is one.
@@ -456,7 +720,7 @@ impl Head {
     /// old), and its peers know it already.
     pub fn joined(&self, link: &Arc<Link>, driver: bool) {
         let info = link.peer.clone();
-        let others: Vec<Arc<Link>> = {
+        let others: (Vec<Arc<Link>>, Vec<GroupInfo>) = {
             let mut t = self.tables.lock();
             if t.nodes.iter().any(|m| m.info.id == info.id && !m.alive) {
                 // Declared dead since its hello was admitted: death is final.
@@ -474,10 +738,14 @@ impl Head {
                 }
                 return;
             }
-            let others = t.nodes.iter().filter_map(|m| m.link.clone()).collect();
+            let others: Vec<Arc<Link>> = t.nodes.iter().filter_map(|m| m.link.clone()).collect();
             // Told which nodes are leaving, after its welcome.
             for m in t.nodes.iter().filter(|m| m.alive && m.draining) {
                 link.send(Msg::NodeDraining { node: m.info.id });
+            }
+            // And of every live group (its bundles' nodes, what they reserve).
+            for g in t.groups.values() {
+                link.send(Msg::GroupState(g.info.clone()));
             }
             let m = t.new_member(info.clone(), Some(link.clone()));
             let mut records = vec![node_record(m)];
@@ -492,12 +760,18 @@ impl Head {
                 records.push(job_record(&job));
                 t.jobs.push(job);
             }
+            // Room for the groups waiting for it, maybe.
+            let news = t.place_groups(None, &mut records);
             self.save(&records);
-            others
+            (others, news)
         };
-        for l in others {
+        let (others, news) = others;
+        for l in &others {
             l.send(Msg::NodeJoined(info.clone()));
         }
+        let mut links = others;
+        links.push(link.clone());
+        self.tell(news, &links);
     }
 
     /// A node died (`cause`): marked dead for good and every other node
@@ -513,6 +787,7 @@ impl Head {
         // message's values may run user code as they go.
         let mut queued = None;
         let mut forgotten = Vec::new();
+        let mut news = Vec::new();
         let others: Vec<Arc<Link>> = {
             let mut guard = self.tables.lock();
             let t = &mut *guard;
@@ -556,6 +831,44 @@ impl Head {
                     queued = s.end();
                 }
             }
+            // Its groups go with it (Ray's: a job's groups go with the job),
+            // but detached ones; bundles it held are placed again, before
+            // its actors are (an actor in a group restarts on its bundle's
+            // new node).
+            let created: Vec<GroupId> = t
+                .groups
+                .values()
+                .filter(|g| g.creator == node && !g.info.detached)
+                .map(|g| g.info.id)
+                .collect();
+            for id in created {
+                news.extend(t.remove_group(id, &mut records));
+            }
+            let held: Vec<GroupId> = t
+                .groups
+                .values()
+                .filter(|g| g.info.nodes.contains(&Some(node)))
+                .map(|g| g.info.id)
+                .collect();
+            for id in &held {
+                let g = t.groups.get_mut(id).expect("listed");
+                for n in g.info.nodes.iter_mut().filter(|n| **n == Some(node)) {
+                    *n = None;
+                }
+                g.info.state = GroupState::Rescheduling;
+                if !t.unplaced.contains(id) {
+                    t.unplaced.push(*id);
+                }
+            }
+            for id in held {
+                let placed = t.place_groups(Some(id), &mut records);
+                if placed.is_empty() {
+                    news.extend(t.changed(id, &mut records));
+                }
+                news.extend(placed);
+            }
+            // What the removed groups held may make room for others.
+            news.extend(t.place_groups(None, &mut records));
             let there: Vec<ActorId> = t
                 .actors
                 .iter()
@@ -588,6 +901,7 @@ impl Head {
             t.nodes.iter().filter_map(|m| m.link.clone()).collect()
         };
         drop((queued, forgotten));
+        self.tell(news, &others);
         let restarting: Vec<ActorId> = left.restarts.iter().map(|(c, _)| c.actor).collect();
         for l in others {
             l.send(Msg::NodeLeft {
@@ -634,7 +948,7 @@ impl Head {
             ));
         }
         let node = t
-            .place(id.node, r.scheduling, r.cpus, &self.spread)
+            .place(id.node, r.scheduling, r.cpus, &r.resources, &self.spread)
             .map_err(|reason| format!("{why}; no node can take it: {reason}"))?;
         let p = t.actors.get_mut(&id).expect("listed");
         let r = p.restart.as_mut().expect("looked at above");
@@ -775,15 +1089,23 @@ impl Head {
     /// Answers a request.
     pub fn ask(&self, ask: Ask, my_report: Report) -> Result<Answer, Error> {
         let mut forgotten = None;
-        let answer = {
+        let mut news = Vec::new();
+        let (answer, links) = {
             let mut t = self.tables.lock();
             if let Some(me) = t.nodes.first_mut() {
                 me.report = my_report;
             }
-            self.answer(&mut t, ask, &mut forgotten)
+            let answer = self.answer(&mut t, ask, &mut forgotten, &mut news);
+            let links = if news.is_empty() {
+                Vec::new()
+            } else {
+                t.links()
+            };
+            (answer, links)
         };
         // After the lock (see `forget_actor`).
         drop(forgotten);
+        self.tell(news, &links);
         answer
     }
 
@@ -794,6 +1116,7 @@ impl Head {
         t: &mut Tables,
         ask: Ask,
         forgotten: &mut Option<Placed>,
+        news: &mut Vec<GroupInfo>,
     ) -> Result<Answer, Error> {
         match ask {
             Ask::Status => Ok(Answer::Status(ClusterStatus {
@@ -815,6 +1138,7 @@ impl Head {
                     .collect(),
                 rejections: self.rejections.snapshot(),
                 jobs: t.jobs.clone(),
+                groups: t.groups.values().map(|g| g.info.clone()).collect(),
             })),
             Ask::PlaceActor {
                 actor,
@@ -822,10 +1146,12 @@ impl Head {
                 name,
                 get_if_exists,
                 cpus,
+                resources,
                 scheduling,
                 from,
                 restart,
             } => {
+                groups::check_resources(&resources)?;
                 // The same limits as the caller's own checks: a peer may skip them.
                 if let Some((namespace, name)) = &name {
                     wire::check_names(namespace, name)?;
@@ -842,7 +1168,7 @@ impl Head {
                     }
                 }
                 let node = t
-                    .place(from, scheduling, cpus, &self.spread)
+                    .place(from, scheduling, cpus, &resources, &self.spread)
                     .map_err(|reason| Error::Unschedulable {
                         task: type_name.clone(),
                         reason,
@@ -867,6 +1193,7 @@ impl Head {
                     restart: restart.map(|create| Restart {
                         create: *create,
                         cpus,
+                        resources,
                         scheduling,
                         done: 0,
                     }),
@@ -917,6 +1244,78 @@ impl Head {
                     self.save(&[(store::kv_key(&key), None)]);
                 }
                 Ok(Answer::Stored(had))
+            }
+            Ask::CreateGroup(mut info) => {
+                // The same limits as the caller's own checks: a peer may skip them.
+                groups::check_bundles(&info.bundles)?;
+                if info.bundles.len() > MAX_BUNDLES {
+                    return Err(Error::InvalidArgument(format!(
+                        "a placement group has {} bundles, over the limit of {MAX_BUNDLES}",
+                        info.bundles.len()
+                    )));
+                }
+                if let Some((namespace, name)) = &info.name {
+                    wire::check_names(namespace, name)?;
+                }
+                if let Some(g) = t.groups.get(&info.id) {
+                    // Asked again (a retry): the same group.
+                    return Ok(Answer::Group(g.info.clone()));
+                }
+                if let Some(key) = &info.name {
+                    if t.group_names.contains_key(key) {
+                        return Err(Error::InvalidArgument(format!(
+                            "a placement group named `{}` already exists in namespace `{}`",
+                            key.1, key.0
+                        )));
+                    }
+                }
+                let id = info.id;
+                info.nodes = vec![None; info.bundles.len()];
+                info.state = GroupState::Pending;
+                if let Some(key) = &info.name {
+                    t.group_names.insert(key.clone(), id);
+                }
+                let acked = vec![false; info.bundles.len()];
+                t.groups.insert(
+                    id,
+                    Group {
+                        info,
+                        creator: id.node,
+                        acked,
+                    },
+                );
+                t.unplaced.push(id);
+                let mut records = Vec::new();
+                let placed = t.place_groups(Some(id), &mut records);
+                if placed.is_empty() {
+                    // Pending: known to every node, placed when room appears.
+                    news.extend(t.changed(id, &mut records));
+                }
+                news.extend(placed);
+                self.save(&records);
+                let info = t.groups.get(&id).expect("inserted").info.clone();
+                Ok(Answer::Group(info))
+            }
+            Ask::RemoveGroup { group } => {
+                let mut records = Vec::new();
+                let Some(gone) = t.remove_group(group, &mut records) else {
+                    return Ok(Answer::Done);
+                };
+                news.push(gone.clone());
+                news.extend(t.place_groups(None, &mut records));
+                self.save(&records);
+                Ok(Answer::Group(gone))
+            }
+            Ask::LookupGroup { namespace, name } => {
+                wire::check_names(&namespace, &name)?;
+                let key = (namespace, name);
+                match t.group_names.get(&key).and_then(|id| t.groups.get(id)) {
+                    Some(g) => Ok(Answer::Group(g.info.clone())),
+                    None => Err(Error::InvalidArgument(format!(
+                        "no placement group named `{}` in namespace `{}`",
+                        key.1, key.0
+                    ))),
+                }
             }
             Ask::StopCluster => Ok(Answer::Done),
             Ask::Draining { node } => {
@@ -981,6 +1380,11 @@ impl Head {
 }
 
 impl Tables {
+    /// Every live node's join link.
+    fn links(&self) -> Vec<Arc<Link>> {
+        self.nodes.iter().filter_map(|m| m.link.clone()).collect()
+    }
+
     /// `node` said it drains or leaves (it stops, or its job finished): no
     /// new work is placed there, and every other node is told (a link's
     /// send only queues; the head's own node is told by the caller,

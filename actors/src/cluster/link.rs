@@ -164,6 +164,7 @@ impl Link {
             address: "x:1".into(),
             cpus: 1.0,
             head: false,
+            resources: Default::default(),
         };
         let (link, rx) = Link::open(peer, lane, None);
         (link, rx.expect("a queue of its own"))
@@ -1503,6 +1504,8 @@ pub fn kind_of(msg: &Msg) -> &'static str {
         Msg::Call(_) => "Call",
         Msg::CallDone { .. } => "CallDone",
         Msg::KillActor { .. } => "KillActor",
+        Msg::GroupState(_) => "GroupState",
+        Msg::GroupReserved { .. } => "GroupReserved",
         Msg::HoldActor { .. } => "HoldActor",
         Msg::HoldAck { .. } => "HoldAck",
         Msg::ReleaseActor { .. } => "ReleaseActor",
@@ -1639,6 +1642,7 @@ mod tests {
             address: "x:1".into(),
             cpus: 1.0,
             head: false,
+            resources: Default::default(),
         };
         let fetch = |seq| Msg::Fetch {
             object: ObjectId {

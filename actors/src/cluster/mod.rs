@@ -34,6 +34,7 @@ pub mod wire;
 
 use crate::core::Core;
 use crate::error::Error;
+use crate::groups::{GroupInfo, GroupState, Resources, CPU};
 use crate::ids::{ActorId, IdMap, NodeId, ObjectId, TaskId};
 use crate::messages::{ActorCall, Arg, Scheduling, TaskSpec};
 use crate::object_table::{Dispatch, Slot, TaskJob};
@@ -44,7 +45,7 @@ use crossbeam_queue::SegQueue;
 use head::Head;
 use link::{Admit, Gate, Inbound, Link, NotSent};
 use parking_lot::Mutex;
-use placement::{place, Candidate, SPILL_THRESHOLD};
+use placement::{place, place_work, Candidate, SPILL_THRESHOLD};
 use session::Session;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -521,6 +522,7 @@ impl ClusterNode {
                 .unwrap_or(core.config.num_workers as f64)
                 .max(0.0),
             head: config.role == Role::Head,
+            resources: core.config.resources.clone(),
         };
         let rejections = Arc::new(Rejections::default());
         let tls = config.tls.as_ref().map(tls::Tls::load).transpose()?;
@@ -605,6 +607,14 @@ impl ClusterNode {
         // Wired into its node before anything can arrive: a peer's first
         // message may come the moment the head announces this node.
         ready(&cluster);
+        if let Some(head) = &cluster.head {
+            let weak = Arc::downgrade(&cluster);
+            head.on_group_news(Box::new(move |news| {
+                if let Some(c) = weak.upgrade() {
+                    c.group_news(news);
+                }
+            }));
+        }
         let weak = Arc::downgrade(&cluster);
         cluster.net.spawn(accept_loop(listener, weak.clone()));
         cluster.net.spawn(drain_completions(weak.clone()));
@@ -2168,6 +2178,16 @@ impl ClusterNode {
                     head.report(from, report);
                 }
             }
+            // The head speaks for the groups.
+            Msg::GroupState(info) if link.lane == Lane::Join && self.head.is_none() => {
+                self.group_news(vec![info])
+            }
+            Msg::GroupState(_) => {}
+            Msg::GroupReserved { group, version } => {
+                if let Some(head) = &self.head {
+                    head.group_reserved(from, group, version);
+                }
+            }
             Msg::Stop => {
                 if let Some(h) = self.host() {
                     h.stop();
@@ -2196,6 +2216,18 @@ impl ClusterNode {
                     Ask::Leaving { .. } => Ask::Leaving { node: from },
                     Ask::Draining { .. } => Ask::Draining { node: from },
                     Ask::JobFinished { .. } => Ask::JobFinished { driver: from },
+                    // A node creates groups under its own ids only.
+                    Ask::CreateGroup(info) if info.id.node != from => {
+                        link.send(Msg::Answer {
+                            id,
+                            answer: Err(Error::InvalidArgument(format!(
+                                "node {from} asked to create placement group {}, whose id is \
+                                 another node's",
+                                info.id
+                            ))),
+                        });
+                        return;
+                    }
                     ask => ask,
                 };
                 let leaving = matches!(
@@ -3338,6 +3370,29 @@ impl ClusterNode {
         }
     }
 
+    /// The head's news of placement groups: kept in this node's view; a
+    /// group whose bundles this node holds is taken (the head hears so),
+    /// and a removed group's actors here are killed.
+    fn group_news(self: &Arc<Self>, news: Vec<GroupInfo>) {
+        for info in news {
+            let take = self.head.is_none()
+                && matches!(info.state, GroupState::Pending | GroupState::Rescheduling)
+                && info.nodes.contains(&Some(self.me.id));
+            let (group, version) = (info.id, info.version);
+            let (actors, _) = self.core.groups.apply(info).finish();
+            if take {
+                if let Some(link) = self.head_link.lock().clone() {
+                    link.send(Msg::GroupReserved { group, version });
+                }
+            }
+            if let Some(h) = self.host().filter(|_| !actors.is_empty()) {
+                for a in actors {
+                    h.kill_actor(a, true);
+                }
+            }
+        }
+    }
+
     /// The candidates for work from this node: itself and its live peers
     /// (`reachable`: only those whose link did not just break).
     fn candidates(&self, reachable: bool) -> Vec<Candidate> {
@@ -3347,6 +3402,8 @@ impl ClusterNode {
             cpus: self.me.cpus,
             load: self.core.run_queue.load() as f64,
         }];
+        let groups = &self.core.groups;
+        let reserved = groups.any_reserved();
         c.extend(
             self.peers
                 .lock()
@@ -3362,7 +3419,25 @@ impl ClusterNode {
                     load: p.reported.max(p.inflight) as f64,
                 }),
         );
+        if reserved {
+            // What groups reserve is not for work outside them.
+            for cand in &mut c {
+                cand.cpus -= groups.reserved(cand.id).get(CPU).copied().unwrap_or(0.0);
+            }
+        }
         c
+    }
+
+    /// What `node` has free of its custom resources (none reserved by a
+    /// group), if this node knows it.
+    fn free_resources(&self, node: NodeId) -> Option<Resources> {
+        let mut free = if node == self.me.id {
+            self.me.resources.clone()
+        } else {
+            self.peers.lock().get(&node)?.info.resources.clone()
+        };
+        crate::groups::take(&mut free, &self.core.groups.reserved(node));
+        Some(free)
     }
 
     /// Work that fits no reachable node but would fit a live one whose link
@@ -3374,14 +3449,10 @@ impl ClusterNode {
         slot: &Arc<Slot>,
         scheduling: Scheduling,
         cpus: f64,
+        resources: &Resources,
     ) -> bool {
-        let Ok(node) = place(
-            &self.candidates(false),
-            self.me.id,
-            scheduling,
-            cpus,
-            &self.spread,
-        ) else {
+        let Ok(node) = self.place_among(&self.candidates(false), scheduling, cpus, resources)
+        else {
             return false;
         };
         if node == self.me.id {
@@ -3409,16 +3480,43 @@ impl ClusterNode {
 
     /// Chooses a node for an actor's or a task's needs (the head places
     /// actors; this is the tasks' own choice).
-    pub fn place(&self, scheduling: Scheduling, cpus: f64) -> Result<NodeId, String> {
+    pub fn place(
+        &self,
+        scheduling: Scheduling,
+        cpus: f64,
+        resources: &Resources,
+    ) -> Result<NodeId, String> {
         let candidates = self.candidates(true);
         if self.draining.load(Ordering::Relaxed) && candidates.len() > 1 {
             // A node leaving in order places its work elsewhere if it can.
-            let elsewhere = place(&candidates[1..], self.me.id, scheduling, cpus, &self.spread);
+            let elsewhere = self.place_among(&candidates[1..], scheduling, cpus, resources);
             if elsewhere.is_ok() {
                 return elsewhere;
             }
         }
-        place(&candidates, self.me.id, scheduling, cpus, &self.spread)
+        self.place_among(&candidates, scheduling, cpus, resources)
+    }
+
+    fn place_among(
+        &self,
+        candidates: &[Candidate],
+        scheduling: Scheduling,
+        cpus: f64,
+        resources: &Resources,
+    ) -> Result<NodeId, String> {
+        if resources.is_empty() && !matches!(scheduling, Scheduling::PlacementGroup { .. }) {
+            return place(candidates, self.me.id, scheduling, cpus, &self.spread);
+        }
+        place_work(
+            candidates,
+            self.me.id,
+            scheduling,
+            cpus,
+            resources,
+            &self.spread,
+            |g| self.core.groups.get(g),
+            |n| self.free_resources(n),
+        )
     }
 }
 
@@ -3427,28 +3525,37 @@ impl Spill for ClusterNode {
         if self.closed.load(Ordering::Acquire) {
             return false;
         }
-        let Some((scheduling, cpus, name)) = slot.peek_job(|j| {
+        let Some((scheduling, cpus, resources, name)) = slot.peek_job(|j| {
             (
                 j.spec.options.scheduling,
                 j.spec.options.num_cpus,
+                j.spec.options.resources.clone(),
                 j.spec.display_name().to_string(),
             )
         }) else {
             return false;
         };
-        if scheduling == Scheduling::Default && cpus <= self.me.cpus && self.me.cpus > 0.0 {
-            let load = self.core.run_queue.load() as f64;
-            if load / self.me.cpus < SPILL_THRESHOLD {
-                return false;
+        if scheduling == Scheduling::Default && resources.is_empty() {
+            // This node's CPUs, less what placement groups reserve here.
+            let groups = &self.core.groups;
+            let mine = match groups.any_reserved() {
+                true => self.me.cpus - groups.reserved(self.me.id).get(CPU).copied().unwrap_or(0.0),
+                false => self.me.cpus,
+            };
+            if cpus <= mine && mine > 0.0 {
+                let load = self.core.run_queue.load() as f64;
+                if load / mine < SPILL_THRESHOLD {
+                    return false;
+                }
             }
         }
-        match self.place(scheduling, cpus) {
+        match self.place(scheduling, cpus, &resources) {
             Ok(node) if node == self.me.id => false,
             Ok(node) => {
                 self.send_task(slot, node);
                 true
             }
-            Err(_) if self.wait_to_place(slot, scheduling, cpus) => true,
+            Err(_) if self.wait_to_place(slot, scheduling, cpus, &resources) => true,
             Err(reason) => {
                 if let Some(job) = slot.take_job() {
                     drop(job);
@@ -3992,6 +4099,7 @@ pub fn admin_ask(
                 address: String::new(),
                 cpus: 0.0,
                 head: false,
+                resources: Default::default(),
             },
             registry: Vec::new(),
             member_of: None,

@@ -6,8 +6,16 @@
 //! - **Spread**: round-robin over the nodes that fit.
 //! - **Node affinity**: that node; if it cannot (gone, or too few CPUs), the
 //!   default policy when soft, else unschedulable.
+//! - **Placement group**: a node of the bundle asked for (or of any bundle
+//!   that fits), out of what the bundle reserves: the node's own CPUs are
+//!   not looked at again.
+//!
+//! Work outside a group sees each node's CPUs and custom resources less
+//! what groups reserve there.
 
-use crate::ids::NodeId;
+use crate::error::Error;
+use crate::groups::{bundle_nodes, fits, lacking, GroupInfo, Resources};
+use crate::ids::{GroupId, NodeId};
 use crate::messages::Scheduling;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -73,7 +81,74 @@ pub fn place(
             Ok(ids[turn.fetch_add(1, Ordering::Relaxed) % ids.len()])
         }
         Scheduling::Default => Ok(hybrid(&fits, local)),
+        Scheduling::PlacementGroup { group, .. } => Err(format!(
+            "its placement group {group} was not looked up (a bug: place_work does)"
+        )),
     }
+}
+
+/// Chooses a node for work needing `cpus` and `resources`, by `scheduling`:
+/// a group's bundles through `group` (the group as this chooser knows it),
+/// other work among the candidates with `resources` free (`free`: what a
+/// node has that no group reserves, `None` for a node it does not know).
+#[allow(clippy::too_many_arguments)]
+pub fn place_work(
+    candidates: &[Candidate],
+    local: NodeId,
+    scheduling: Scheduling,
+    cpus: f64,
+    resources: &Resources,
+    turn: &AtomicUsize,
+    group: impl Fn(GroupId) -> Result<Option<GroupInfo>, Error>,
+    free: impl Fn(NodeId) -> Option<Resources>,
+) -> Result<NodeId, String> {
+    if let Scheduling::PlacementGroup { group: id, bundle } = scheduling {
+        let info = match group(id) {
+            Ok(Some(g)) => g,
+            Ok(None) => return Err(format!("placement group {id} is not known to this node")),
+            Err(e) => return Err(e.to_string()),
+        };
+        let mut need = resources.clone();
+        if cpus > 0.0 {
+            need.insert(crate::groups::CPU.to_string(), cpus);
+        }
+        let nodes = bundle_nodes(&info, bundle, &need)?;
+        let there: Vec<Candidate> = candidates
+            .iter()
+            .filter(|c| nodes.contains(&c.id))
+            .map(|c| Candidate { cpus: 1.0, ..*c })
+            .collect();
+        if there.is_empty() {
+            return Err(format!(
+                "the node of its bundle of placement group {id} is not alive (the bundle is \
+                 placed again when its node is declared dead)"
+            ));
+        }
+        return place(&there, local, Scheduling::Default, 0.0, turn);
+    }
+    if resources.values().all(|v| *v <= 0.0) {
+        return place(candidates, local, scheduling, cpus, turn);
+    }
+    let mut why = None;
+    let have: Vec<Candidate> = candidates
+        .iter()
+        .filter(|c| match free(c.id) {
+            Some(f) if fits(&f, resources) => true,
+            Some(f) => {
+                why = lacking(&f, resources);
+                false
+            }
+            None => false,
+        })
+        .copied()
+        .collect();
+    if have.is_empty() {
+        return Err(format!(
+            "it needs {resources:?} and no live node has that free{}",
+            why.map(|w| format!(" (one lacks {w})")).unwrap_or_default()
+        ));
+    }
+    place(&have, local, scheduling, cpus, turn)
 }
 
 fn hybrid(fits: &[&Candidate], local: NodeId) -> NodeId {

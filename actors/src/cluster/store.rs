@@ -8,11 +8,12 @@
 //! redb: pure Rust, ACID, crash-safe (copy-on-write B-trees, a commit is
 //! durable when it returns), one file, no server — what a head needs and
 //! nothing more. Each record is rmp-serde bytes under a key whose prefix says
-//! what it is (`node/`, `actor/`, `kv/`, `registry`).
+//! what it is (`node/`, `actor/`, `group/`, `job/`, `kv/`, `registry`).
 
 use super::wire::{ActorCreate, ActorPlace, JobInfo, NodeInfo};
 use crate::error::Error;
-use crate::ids::{ActorId, NodeId};
+use crate::groups::{GroupInfo, Resources};
+use crate::ids::{ActorId, GroupId, NodeId};
 use crate::messages::Scheduling;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -45,6 +46,18 @@ pub struct ActorRecord {
     /// How to start it again elsewhere: the create, its CPUs, its
     /// scheduling, restarts done.
     pub restart: Option<(ActorCreate, f64, Scheduling, u64)>,
+    /// The custom resources it needs.
+    #[serde(default)]
+    pub resources: Resources,
+}
+
+/// A placement group as the head's table keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupRecord {
+    /// The group.
+    pub info: GroupInfo,
+    /// The node that created it.
+    pub creator: NodeId,
 }
 
 /// What a head finds in its file when it starts.
@@ -60,6 +73,8 @@ pub struct Restored {
     pub kv: Vec<(String, Vec<u8>)>,
     /// Jobs, in the order they began.
     pub jobs: Vec<JobInfo>,
+    /// Placement groups.
+    pub groups: Vec<GroupRecord>,
 }
 
 /// The head's database.
@@ -95,6 +110,11 @@ pub fn node_seq(key: &str) -> Option<usize> {
 /// The key of an actor's record.
 pub fn actor_key(id: ActorId) -> String {
     format!("actor/{:016x}/{}", id.node.0, id.seq)
+}
+
+/// The key of a placement group's record.
+pub fn group_key(id: GroupId) -> String {
+    format!("group/{:016x}/{}", id.node.0, id.seq)
 }
 
 /// The key of a job's record (by when it began, so they load in order).
@@ -172,6 +192,11 @@ impl HeadStore {
             } else if key.starts_with("actor/") {
                 match rmp_serde::from_slice(bytes) {
                     Ok(r) => restored.actors.push(r),
+                    Err(e) => bad(e),
+                }
+            } else if key.starts_with("group/") {
+                match rmp_serde::from_slice(bytes) {
+                    Ok(r) => restored.groups.push(r),
                     Err(e) => bad(e),
                 }
             } else if key.starts_with("job/") {

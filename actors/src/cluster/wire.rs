@@ -11,7 +11,8 @@
 //! allocate more than a frame's limit.
 
 use crate::error::Error;
-use crate::ids::{ActorId, NodeId, ObjectId};
+use crate::groups::{GroupInfo, Resources};
+use crate::ids::{ActorId, GroupId, NodeId, ObjectId};
 use crate::messages::{ActorCall, Retries, Scheduling, TaskSpec};
 use crate::object_table::MemoryUsage;
 use crate::value::Value;
@@ -20,7 +21,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The protocol's version: a peer with another one is refused at its hello.
-pub const PROTOCOL_VERSION: u32 = 8;
+pub const PROTOCOL_VERSION: u32 = 9;
 /// The largest frame accepted before a connection has authenticated (a
 /// hello with its registry, a proof): a stranger cannot make a node buffer more.
 pub const PREAUTH_FRAME: usize = 1 << 20;
@@ -82,6 +83,9 @@ pub struct NodeInfo {
     pub cpus: f64,
     /// Whether it hosts the head.
     pub head: bool,
+    /// Its custom resources (Ray's `--resources`).
+    #[serde(default)]
+    pub resources: Resources,
 }
 
 /// The first message on every connection.
@@ -177,6 +181,9 @@ pub struct ActorCreate {
     pub max_task_retries: Retries,
     /// Calls in flight at once (async actors).
     pub max_concurrency: Option<usize>,
+    /// The placement group it was created in: it goes when the group does.
+    #[serde(default)]
+    pub group: Option<GroupId>,
 }
 
 /// A request to the head.
@@ -196,6 +203,9 @@ pub enum Ask {
         get_if_exists: bool,
         /// CPUs it needs.
         cpus: f64,
+        /// Custom resources it needs.
+        #[serde(default)]
+        resources: Resources,
         /// Where it may go.
         scheduling: Scheduling,
         /// The node asking (placed there when it fits and is least loaded).
@@ -254,6 +264,21 @@ pub enum Ask {
         /// The node.
         node: NodeId,
     },
+    /// Creates a placement group (as given: pending, nowhere yet): the
+    /// answer is the group as the head placed it, or is placing it.
+    CreateGroup(GroupInfo),
+    /// Removes a placement group (nothing if it is gone already).
+    RemoveGroup {
+        /// The group.
+        group: GroupId,
+    },
+    /// The live placement group with this name.
+    LookupGroup {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
     /// Drain `node` and stop it (`rayx drain`, `Runtime::drain_node`): the
     /// head tells it to, as SIGTERM would.
     DrainNode {
@@ -290,6 +315,8 @@ pub enum Answer {
     Value(Option<serde_bytes::ByteBuf>),
     /// Whether a put stored its value.
     Stored(bool),
+    /// A placement group.
+    Group(GroupInfo),
 }
 
 /// One node in `rayx status`.
@@ -320,6 +347,9 @@ pub struct ClusterStatus {
     /// Every job: the drivers' programs, running or over.
     #[serde(default)]
     pub jobs: Vec<JobInfo>,
+    /// The live placement groups.
+    #[serde(default)]
+    pub groups: Vec<GroupInfo>,
 }
 
 /// Every message of the protocol.
@@ -430,6 +460,16 @@ pub enum Msg {
         cause: String,
         /// Its `max_task_retries`.
         retries: Retries,
+    },
+    /// A placement group changed (head to nodes): each keeps the latest.
+    GroupState(GroupInfo),
+    /// This node took its bundles of a group as the head placed them in
+    /// `version` (node to head).
+    GroupReserved {
+        /// The group.
+        group: GroupId,
+        /// The version of the group it took.
+        version: u64,
     },
     /// Call an actor of this node.
     Call(ActorCall),

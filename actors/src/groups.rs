@@ -1,0 +1,682 @@
+//! Placement groups (Ray's): bundles of resources reserved together, on one
+//! node or several, so that the tasks and actors scheduled into them find
+//! their resources waiting.
+//!
+//! - [`place_bundles`] chooses nodes for a group's bundles by its
+//!   [`Strategy`] over what each node has free: the head runs it for a
+//!   cluster, a runtime outside one for itself.
+//! - [`Groups`] is a node's view of the groups it knows: their bundles'
+//!   nodes (where work scheduled into them goes), what they reserve on each
+//!   node (which work outside them may not use), and who waits for which to
+//!   be ready.
+//!
+//! A group's life, as the head keeps it: `Pending` (no room yet, or its
+//! bundles' nodes have not all taken their reservation), `Created` (every
+//! bundle reserved on its node), `Rescheduling` (a bundle's node died; the
+//! bundle is placed again), `Removed` (for good).
+
+use crate::error::Error;
+use crate::ids::{ActorId, NodeId};
+use crate::object_table::Slot;
+use crate::value::Value;
+use parking_lot::{Condvar, Mutex};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use crate::ids::GroupId;
+pub use crate::messages::Resources;
+
+/// The name CPUs go by in a bundle or a node's resources.
+pub const CPU: &str = "CPU";
+
+/// Slack for sums of fractional amounts (0.1 + 0.2 fits in 0.3).
+const EPSILON: f64 = 1e-9;
+
+/// How many removed groups a node remembers, to refuse work that comes for
+/// one after its removal (beyond it the oldest are forgotten).
+pub const REMOVED_KEPT: usize = 10_000;
+
+/// How a group's bundles spread over nodes (Ray's strategies).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Strategy {
+    /// As few nodes as can take them (Ray's default).
+    #[default]
+    Pack,
+    /// As many nodes as can take them.
+    Spread,
+    /// One node, or not at all.
+    StrictPack,
+    /// A node of its own for each bundle, or not at all.
+    StrictSpread,
+}
+
+/// Where a group is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GroupState {
+    /// Waiting for room, or for its bundles' nodes to take them.
+    Pending,
+    /// Every bundle is reserved on its node.
+    Created,
+    /// A bundle's node died: it is being placed again.
+    Rescheduling,
+    /// Removed: its reservations are returned, its actors killed.
+    Removed,
+}
+
+/// A placement group as the head keeps it and tells every node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupInfo {
+    /// Its id.
+    pub id: GroupId,
+    /// Its namespace and name, if named.
+    pub name: Option<(String, String)>,
+    /// How its bundles spread.
+    pub strategy: Strategy,
+    /// What each bundle reserves.
+    pub bundles: Vec<Resources>,
+    /// Where each bundle is reserved (none: not placed yet).
+    pub nodes: Vec<Option<NodeId>>,
+    /// Where it is in its life.
+    pub state: GroupState,
+    /// It outlives its creator (else it is removed when its creator's node
+    /// leaves or dies, as Ray removes a job's groups).
+    pub detached: bool,
+    /// The head's count of its changes: a node keeps the latest it heard of.
+    pub version: u64,
+}
+
+impl GroupInfo {
+    /// Whether every bundle has a node.
+    pub fn placed(&self) -> bool {
+        self.nodes.iter().all(Option::is_some)
+    }
+}
+
+/// Checks a group's bundles as asked for: at least one, each asking for
+/// something, every amount finite and not negative.
+pub fn check_bundles(bundles: &[Resources]) -> Result<(), Error> {
+    if bundles.is_empty() {
+        return Err(Error::InvalidArgument(
+            "a placement group needs at least one bundle".into(),
+        ));
+    }
+    for (i, b) in bundles.iter().enumerate() {
+        if b.values().all(|v| *v == 0.0) {
+            return Err(Error::InvalidArgument(format!(
+                "bundle {i} of the placement group asks for nothing: every bundle needs some resource"
+            )));
+        }
+        check_resources(b)?;
+    }
+    Ok(())
+}
+
+/// Checks amounts of resources: finite, not negative, names not empty.
+pub fn check_resources(r: &Resources) -> Result<(), Error> {
+    for (name, amount) in r {
+        if name.is_empty() || name.len() > 256 {
+            return Err(Error::InvalidArgument(format!(
+                "a resource's name must be 1 to 256 bytes long, not {} bytes",
+                name.len()
+            )));
+        }
+        if !amount.is_finite() || *amount < 0.0 {
+            return Err(Error::InvalidArgument(format!(
+                "resource `{name}` asks for {amount}: an amount must be finite and not negative"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `need` fits in `free`.
+pub fn fits(free: &Resources, need: &Resources) -> bool {
+    need.iter()
+        .all(|(k, v)| *v <= EPSILON || free.get(k).copied().unwrap_or(0.0) + EPSILON >= *v)
+}
+
+/// The first resource of `need` that `free` lacks, for an error.
+pub fn lacking(free: &Resources, need: &Resources) -> Option<String> {
+    need.iter()
+        .find(|(k, v)| **v > EPSILON && free.get(*k).copied().unwrap_or(0.0) + EPSILON < **v)
+        .map(|(k, v)| format!("{v} {k} (it has {})", free.get(k).copied().unwrap_or(0.0)))
+}
+
+/// Takes `used` out of `free` (what `free` does not have stays absent).
+pub fn take(free: &mut Resources, used: &Resources) {
+    for (k, v) in used {
+        if let Some(f) = free.get_mut(k) {
+            *f -= v;
+        }
+    }
+}
+
+fn add(to: &mut Resources, r: &Resources, sign: f64) {
+    for (k, v) in r {
+        let e = to.entry(k.clone()).or_insert(0.0);
+        *e += sign * v;
+        if e.abs() <= EPSILON {
+            to.remove(k);
+        }
+    }
+}
+
+/// A node's resources free for bundles, in the order the caller prefers them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Free {
+    /// The node.
+    pub id: NodeId,
+    /// What it has that no group reserves.
+    pub free: Resources,
+}
+
+/// Chooses nodes for the bundles not placed yet (`fixed[i]` none) of a
+/// group, by its strategy, over `nodes` (each with what it has free, in
+/// the order the caller prefers); bundles already placed stay where they
+/// are. The nodes, one per bundle, or why the group does not fit now.
+pub fn place_bundles(
+    strategy: Strategy,
+    bundles: &[Resources],
+    fixed: &[Option<NodeId>],
+    nodes: &[Free],
+) -> Result<Vec<NodeId>, String> {
+    let mut free: Vec<Free> = nodes.to_vec();
+    let mut chosen: Vec<Option<NodeId>> = fixed.to_vec();
+    chosen.resize(bundles.len(), None);
+    let todo: Vec<usize> = (0..bundles.len())
+        .filter(|&i| chosen[i].is_none())
+        .collect();
+    let used = |chosen: &[Option<NodeId>], id: NodeId| chosen.contains(&Some(id));
+    let no_room = |i: usize| format!("no live node has {:?} free for bundle {i}", bundles[i]);
+    match strategy {
+        Strategy::StrictPack | Strategy::Pack => {
+            // Everything left on one node: the one the group is on, if any
+            // (strict), else the first that takes it all.
+            let mut all = Resources::new();
+            for &i in &todo {
+                add(&mut all, &bundles[i], 1.0);
+            }
+            let on: Vec<NodeId> = chosen.iter().flatten().copied().collect();
+            let one = free
+                .iter()
+                .filter(|f| on.is_empty() || on.contains(&f.id))
+                .find(|f| fits(&f.free, &all))
+                .map(|f| f.id);
+            match one {
+                Some(id) => {
+                    for &i in &todo {
+                        chosen[i] = Some(id);
+                    }
+                }
+                None if strategy == Strategy::StrictPack => {
+                    return Err(format!(
+                        "STRICT_PACK needs one node with {all:?} free{}, and none has",
+                        if on.is_empty() {
+                            String::new()
+                        } else {
+                            " (the node its other bundles are on)".to_string()
+                        }
+                    ));
+                }
+                None => {
+                    // Packed as tight as it goes: nodes in use first.
+                    for &i in &todo {
+                        let pick = free
+                            .iter()
+                            .position(|f| used(&chosen, f.id) && fits(&f.free, &bundles[i]))
+                            .or_else(|| free.iter().position(|f| fits(&f.free, &bundles[i])))
+                            .ok_or_else(|| no_room(i))?;
+                        take(&mut free[pick].free, &bundles[i]);
+                        chosen[i] = Some(free[pick].id);
+                    }
+                }
+            }
+        }
+        Strategy::StrictSpread | Strategy::Spread => {
+            for &i in &todo {
+                let fresh = free
+                    .iter()
+                    .position(|f| !used(&chosen, f.id) && fits(&f.free, &bundles[i]));
+                let pick = match fresh {
+                    Some(p) => p,
+                    None if strategy == Strategy::StrictSpread => {
+                        return Err(format!(
+                            "STRICT_SPREAD needs a node of its own for each of {} bundles, and \
+                             bundle {i} ({:?}) finds none free",
+                            bundles.len(),
+                            bundles[i]
+                        ));
+                    }
+                    // The node with the fewest of the group's bundles.
+                    None => free
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, f)| fits(&f.free, &bundles[i]))
+                        .min_by_key(|(_, f)| chosen.iter().filter(|c| **c == Some(f.id)).count())
+                        .map(|(p, _)| p)
+                        .ok_or_else(|| no_room(i))?,
+                };
+                take(&mut free[pick].free, &bundles[i]);
+                chosen[i] = Some(free[pick].id);
+            }
+        }
+    }
+    Ok(chosen.into_iter().map(|c| c.expect("chosen")).collect())
+}
+
+/// What an update did, for the caller to finish outside the view's lock:
+/// slots to complete (their waiters run), and whether the group was removed
+/// just now (its actors here go).
+#[derive(Default)]
+#[must_use]
+pub struct Applied {
+    /// Readiness refs to complete, each with its result.
+    pub complete: Vec<(Arc<Slot>, Result<Value, Error>)>,
+    /// The group was removed by this update.
+    pub removed: bool,
+    /// Actors of this node in the groups removed, to kill.
+    pub actors: Vec<ActorId>,
+}
+
+impl Applied {
+    /// Completes the readiness refs (outside every lock: a completion runs
+    /// its waiters); the actors to kill, and whether the group was removed.
+    pub fn finish(self) -> (Vec<ActorId>, bool) {
+        for (slot, result) in self.complete {
+            slot.complete(result);
+        }
+        (self.actors, self.removed)
+    }
+}
+
+#[derive(Default)]
+struct Known {
+    live: HashMap<GroupId, GroupInfo>,
+    removed: HashSet<GroupId>,
+    removed_order: VecDeque<GroupId>,
+    /// What the live groups reserve, per node.
+    reserved: HashMap<NodeId, Resources>,
+    /// Readiness refs waiting for a group to be created.
+    waiting: HashMap<GroupId, Vec<Arc<Slot>>>,
+    /// Actors of this node created in each live group (killed with it).
+    actors: HashMap<GroupId, Vec<ActorId>>,
+}
+
+impl Known {
+    fn reserve(&mut self, g: &GroupInfo, sign: f64) {
+        for (b, n) in g.bundles.iter().zip(&g.nodes) {
+            if let Some(n) = n {
+                let r = self.reserved.entry(*n).or_default();
+                add(r, b, sign);
+                if r.is_empty() {
+                    self.reserved.remove(n);
+                }
+            }
+        }
+    }
+}
+
+/// A node's view of the cluster's placement groups.
+#[derive(Default)]
+pub struct Groups {
+    known: Mutex<Known>,
+    changed: Condvar,
+}
+
+/// Why work cannot go into a group now.
+fn removed_error(id: GroupId) -> Error {
+    Error::PlacementGroupRemoved {
+        group: id.to_string(),
+    }
+}
+
+impl Groups {
+    /// Takes in what the head says of a group (or what a handle carried):
+    /// kept if it is newer than what this node knew.
+    pub fn apply(&self, info: GroupInfo) -> Applied {
+        let mut applied = Applied::default();
+        let mut k = self.known.lock();
+        if k.removed.contains(&info.id) {
+            return applied;
+        }
+        if let Some(old) = k.live.get(&info.id) {
+            if old.version >= info.version {
+                return applied;
+            }
+        }
+        let id = info.id;
+        if let Some(old) = k.live.remove(&id) {
+            k.reserve(&old, -1.0);
+        }
+        match info.state {
+            GroupState::Removed => {
+                applied.removed = true;
+                k.removed.insert(id);
+                k.removed_order.push_back(id);
+                while k.removed_order.len() > REMOVED_KEPT {
+                    if let Some(old) = k.removed_order.pop_front() {
+                        k.removed.remove(&old);
+                    }
+                }
+                for s in k.waiting.remove(&id).unwrap_or_default() {
+                    applied.complete.push((s, Err(removed_error(id))));
+                }
+                applied.actors = k.actors.remove(&id).unwrap_or_default();
+            }
+            state => {
+                k.reserve(&info, 1.0);
+                if state == GroupState::Created {
+                    for s in k.waiting.remove(&id).unwrap_or_default() {
+                        applied.complete.push((s, Ok(Value::new(()))));
+                    }
+                }
+                k.live.insert(id, info);
+            }
+        }
+        drop(k);
+        self.changed.notify_all();
+        applied
+    }
+
+    /// The group as this node knows it; `Err` if it was removed, `None` if
+    /// never heard of.
+    pub fn get(&self, id: GroupId) -> Result<Option<GroupInfo>, Error> {
+        let k = self.known.lock();
+        if k.removed.contains(&id) {
+            return Err(removed_error(id));
+        }
+        Ok(k.live.get(&id).cloned())
+    }
+
+    /// Notes an actor of this node created in `group`, to kill with it; an
+    /// error if the group was removed (the actor must not start). `alive`
+    /// says whether an actor noted before still lives: the dead are pruned
+    /// as the list grows, so a long-lived group's list stays as long as its
+    /// live actors.
+    pub fn add_actor(
+        &self,
+        group: GroupId,
+        actor: ActorId,
+        alive: impl Fn(ActorId) -> bool,
+    ) -> Result<(), Error> {
+        let mut k = self.known.lock();
+        if k.removed.contains(&group) {
+            return Err(removed_error(group));
+        }
+        let list = k.actors.entry(group).or_default();
+        if list.len() >= 64 && list.len().is_power_of_two() {
+            list.retain(|a| alive(*a));
+        }
+        list.push(actor);
+        Ok(())
+    }
+
+    /// Whether this node heard that the group was removed.
+    pub fn is_removed(&self, id: GroupId) -> bool {
+        self.known.lock().removed.contains(&id)
+    }
+
+    /// Completes `slot` when the group is created (or fails it if the
+    /// group is removed).
+    pub fn when_ready(&self, id: GroupId, slot: Arc<Slot>) {
+        let mut k = self.known.lock();
+        let now = if k.removed.contains(&id) {
+            Some(Err(removed_error(id)))
+        } else if k
+            .live
+            .get(&id)
+            .is_some_and(|g| g.state == GroupState::Created)
+        {
+            Some(Ok(Value::new(())))
+        } else {
+            k.waiting.entry(id).or_default().push(slot.clone());
+            None
+        };
+        drop(k);
+        if let Some(result) = now {
+            slot.complete(result);
+        }
+    }
+
+    /// Waits until the group is created: `Ok(true)`, or `Ok(false)` when
+    /// `timeout` passes first; `Err` if it is removed.
+    pub fn wait(&self, id: GroupId, timeout: Duration) -> Result<bool, Error> {
+        let deadline = Instant::now() + timeout;
+        let mut k = self.known.lock();
+        loop {
+            if k.removed.contains(&id) {
+                return Err(removed_error(id));
+            }
+            if k.live
+                .get(&id)
+                .is_some_and(|g| g.state == GroupState::Created)
+            {
+                return Ok(true);
+            }
+            if self.changed.wait_until(&mut k, deadline).timed_out() {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// What the live groups reserve on `node`.
+    pub fn reserved(&self, node: NodeId) -> Resources {
+        self.known
+            .lock()
+            .reserved
+            .get(&node)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Whether any group reserves anything anywhere (placement looks no
+    /// further when none does).
+    pub fn any_reserved(&self) -> bool {
+        !self.known.lock().reserved.is_empty()
+    }
+
+    /// The live groups this node knows.
+    pub fn list(&self) -> Vec<GroupInfo> {
+        self.known.lock().live.values().cloned().collect()
+    }
+
+    /// Forgets every group and fails every readiness ref (shutdown); what
+    /// to complete outside the lock.
+    pub fn close(&self) -> Applied {
+        let mut k = self.known.lock();
+        let waiting = std::mem::take(&mut k.waiting);
+        drop(k);
+        Applied {
+            complete: waiting
+                .into_values()
+                .flatten()
+                .map(|s| (s, Err(Error::ShutDown)))
+                .collect(),
+            removed: false,
+            actors: Vec::new(),
+        }
+    }
+}
+
+/// Where work scheduled into a group may run: the nodes of the bundle asked
+/// for (or of every bundle that fits the work), or why it cannot.
+pub fn bundle_nodes(
+    group: &GroupInfo,
+    bundle: Option<u32>,
+    need: &Resources,
+) -> Result<Vec<NodeId>, String> {
+    let check = |i: usize| -> Result<NodeId, String> {
+        let b = &group.bundles[i];
+        if let Some(l) = lacking(b, need) {
+            return Err(format!(
+                "it needs more than bundle {i} of placement group {} reserves: {l}",
+                group.id
+            ));
+        }
+        group.nodes[i].ok_or_else(|| {
+            format!(
+                "bundle {i} of placement group {} is not placed yet (wait for the group to be ready)",
+                group.id
+            )
+        })
+    };
+    match bundle {
+        Some(i) => {
+            let i = i as usize;
+            if i >= group.bundles.len() {
+                return Err(format!(
+                    "placement group {} has {} bundles, and bundle {i} was asked for",
+                    group.id,
+                    group.bundles.len()
+                ));
+            }
+            check(i).map(|n| vec![n])
+        }
+        None => {
+            let mut nodes = Vec::new();
+            let mut why = None;
+            for i in 0..group.bundles.len() {
+                match check(i) {
+                    Ok(n) if !nodes.contains(&n) => nodes.push(n),
+                    Ok(_) => {}
+                    Err(e) => why = Some(e),
+                }
+            }
+            if nodes.is_empty() {
+                return Err(why.unwrap_or_else(|| format!("placement group {} is empty", group.id)));
+            }
+            Ok(nodes)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(pairs: &[(&str, f64)]) -> Resources {
+        pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    fn nodes(n: usize, each: &[(&str, f64)]) -> Vec<Free> {
+        (1..=n as u64)
+            .map(|i| Free {
+                id: NodeId(i),
+                free: r(each),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pack_takes_one_node_when_it_can_and_spills_when_it_cannot() {
+        let b = vec![r(&[(CPU, 1.0)]); 2];
+        let got = place_bundles(Strategy::Pack, &b, &[], &nodes(2, &[(CPU, 2.0)])).unwrap();
+        assert_eq!(got, [NodeId(1), NodeId(1)]);
+        let got = place_bundles(Strategy::Pack, &b, &[], &nodes(2, &[(CPU, 1.0)])).unwrap();
+        assert_eq!(got, [NodeId(1), NodeId(2)]);
+        let err = place_bundles(Strategy::StrictPack, &b, &[], &nodes(2, &[(CPU, 1.0)]));
+        assert!(err.unwrap_err().contains("STRICT_PACK"));
+    }
+
+    #[test]
+    fn spread_takes_a_node_each_and_strict_spread_refuses_to_share() {
+        let b = vec![r(&[(CPU, 1.0)]); 3];
+        let two = nodes(2, &[(CPU, 4.0)]);
+        let got = place_bundles(Strategy::Spread, &b, &[], &two).unwrap();
+        assert_eq!(got, [NodeId(1), NodeId(2), NodeId(1)]);
+        let err = place_bundles(Strategy::StrictSpread, &b, &[], &two).unwrap_err();
+        assert!(err.contains("STRICT_SPREAD"), "{err}");
+        let got = place_bundles(Strategy::StrictSpread, &b, &[], &nodes(3, &[(CPU, 1.0)])).unwrap();
+        assert_eq!(got, [NodeId(1), NodeId(2), NodeId(3)]);
+    }
+
+    #[test]
+    fn a_bundle_placed_again_keeps_the_others_and_the_strategy() {
+        let b = vec![r(&[("gpu", 1.0)]); 2];
+        let three = nodes(3, &[("gpu", 1.0)]);
+        // Bundle 1's node died: it goes to a node bundle 0 is not on.
+        let fixed = [Some(NodeId(2)), None];
+        let got = place_bundles(Strategy::StrictSpread, &b, &fixed, &three[1..]).unwrap();
+        assert_eq!(got, [NodeId(2), NodeId(3)]);
+        // Strict pack stays on the group's node (whose free amounts leave
+        // out what bundle 0 holds there), or does not fit.
+        let fixed = [Some(NodeId(1)), None];
+        let mut held = three.clone();
+        held[0].free = r(&[("gpu", 0.0)]);
+        let err = place_bundles(Strategy::StrictPack, &b, &fixed, &held).unwrap_err();
+        assert!(err.contains("the node its other bundles are on"), "{err}");
+    }
+
+    #[test]
+    fn fractions_add_up_and_missing_resources_do_not_fit() {
+        let free = r(&[("custom", 0.3)]);
+        assert!(fits(&free, &r(&[("custom", 0.1 + 0.2)])));
+        assert!(!fits(&free, &r(&[("other", 0.1)])));
+        assert!(fits(&free, &r(&[("other", 0.0)])));
+        assert_eq!(
+            lacking(&free, &r(&[("custom", 1.0)])).as_deref(),
+            Some("1 custom (it has 0.3)")
+        );
+        assert!(check_bundles(&[]).is_err());
+        assert!(check_bundles(&[r(&[("x", f64::NAN)])]).is_err());
+        assert!(check_bundles(&[r(&[("x", 0.0)])]).is_err());
+    }
+
+    #[test]
+    fn the_view_keeps_the_newest_news_and_reserves_what_it_places() {
+        let view = Groups::default();
+        let id = GroupId {
+            node: NodeId(9),
+            seq: 1,
+        };
+        let mut g = GroupInfo {
+            id,
+            name: None,
+            strategy: Strategy::Pack,
+            bundles: vec![r(&[(CPU, 1.0)])],
+            nodes: vec![Some(NodeId(1))],
+            state: GroupState::Pending,
+            detached: false,
+            version: 2,
+        };
+        assert!(!view.apply(g.clone()).finish().1);
+        assert_eq!(view.reserved(NodeId(1)), r(&[(CPU, 1.0)]));
+        assert_eq!(view.wait(id, Duration::ZERO), Ok(false));
+        let old = GroupInfo {
+            version: 1,
+            state: GroupState::Created,
+            ..g.clone()
+        };
+        let _ = view.apply(old).finish();
+        assert_eq!(
+            view.wait(id, Duration::ZERO),
+            Ok(false),
+            "older news is ignored"
+        );
+        g.version = 3;
+        g.state = GroupState::Created;
+        let _ = view.apply(g.clone()).finish();
+        assert_eq!(view.wait(id, Duration::ZERO), Ok(true));
+        g.version = 4;
+        g.state = GroupState::Removed;
+        let actor = ActorId {
+            node: NodeId(9),
+            seq: 7,
+        };
+        view.add_actor(id, actor, |_| true).unwrap();
+        assert_eq!(
+            view.apply(g.clone()).finish(),
+            (vec![actor], true),
+            "removed just now"
+        );
+        assert!(view.add_actor(id, actor, |_| true).is_err());
+        assert!(view.reserved(NodeId(1)).is_empty());
+        assert!(view.wait(id, Duration::ZERO).is_err());
+        g.version = 5;
+        g.state = GroupState::Created;
+        assert!(!view.apply(g).finish().1, "a removed group stays removed");
+        assert!(view.get(id).is_err());
+    }
+}

@@ -1,0 +1,322 @@
+//! Placement groups and custom resources across real OS processes on
+//! loopback: this binary is the driver (and the head), and re-runs itself as
+//! node processes. Nodes die by SIGKILL.
+//!
+//! Its own runner (harness = false): `cargo test --test cluster_groups [filter]`.
+
+mod common;
+
+use rayx::prelude::*;
+use rayx::testing::Cluster;
+use rayx::{PlacementGroup, PlacementGroupState, PlacementStrategy};
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+const LONG: Duration = Duration::from_secs(30);
+
+fn where_am_i(i: u64) -> (u64, u64) {
+    (i, Runtime::current().expect("in a task").node_id().0)
+}
+
+/// Runs `where_am_i` in bundle `bundle` of a group this task was handed.
+fn run_in_group(pg: PlacementGroup, bundle: u64) -> u64 {
+    let rt = Runtime::current().expect("in a task");
+    rt.task(where_am_i)
+        .placement_group(&pg, Some(bundle as usize))
+        .remote(bundle)
+        .get()
+        .expect("a task in a group handed over")
+        .1
+}
+
+/// The state of the named group, as a node sees it.
+fn named_group_state(name: String) -> String {
+    let rt = Runtime::current().expect("in a task");
+    match rt.get_placement_group(&name) {
+        Ok(pg) => {
+            let ready = pg.wait(LONG);
+            format!("{ready:?} {:?}", pg.state())
+        }
+        Err(e) => format!("{e}"),
+    }
+}
+
+/// Creates two groups from this node: one that goes with it, one detached.
+fn make_groups(_: ()) -> (PlacementGroup, PlacementGroup) {
+    let rt = Runtime::current().expect("in a task");
+    let mine = rt.placement_group([[("disk", 1.0)]]).create().unwrap();
+    let kept = rt
+        .placement_group([[("disk", 1.0)]])
+        .detached()
+        .create()
+        .unwrap();
+    (mine, kept)
+}
+
+rayx::remote!(where_am_i, run_in_group, named_group_state, make_groups);
+
+pub struct Counter {
+    n: u64,
+}
+impl Actor for Counter {}
+
+fn new_counter(n: u64) -> Counter {
+    Counter { n }
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct Add(u64);
+impl Message for Add {
+    type Reply = u64;
+}
+impl Handler<Add> for Counter {
+    fn handle(&mut self, Add(k): Add, _: &mut ActorContext<Self>) -> u64 {
+        self.n += k;
+        self.n
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct Where;
+impl Message for Where {
+    type Reply = u64;
+}
+impl Handler<Where> for Counter {
+    fn handle(&mut self, _: Where, _: &mut ActorContext<Self>) -> u64 {
+        Runtime::current().expect("in an actor").node_id().0
+    }
+}
+
+rayx::remote_actor!(Counter, new_counter, [Add, Where]);
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + LONG;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::park_timeout(Duration::from_millis(20));
+    }
+}
+
+fn node_ids(c: &Cluster) -> BTreeSet<u64> {
+    c.nodes().iter().map(|n| n.id.0).collect()
+}
+
+fn placed(pg: &PlacementGroup) -> Vec<u64> {
+    pg.bundle_nodes()
+        .into_iter()
+        .map(|n| n.expect("placed").0)
+        .collect()
+}
+
+fn groups_reserve_bundles_by_strategy_across_nodes() {
+    let c = Cluster::builder()
+        .nodes(2)
+        .node_resource("disk", 1.0)
+        .start()
+        .unwrap();
+    let rt = c.driver();
+    let both = [("CPU", 1.0), ("disk", 1.0)];
+    let pg = rt
+        .placement_group([both, both])
+        .strategy(PlacementStrategy::StrictSpread)
+        .create()
+        .unwrap();
+    assert_eq!(pg.ready().get_timeout(LONG), Ok(()));
+    let nodes = placed(&pg);
+    assert_eq!(
+        nodes.iter().copied().collect::<BTreeSet<_>>(),
+        node_ids(&c),
+        "a bundle on each node: {nodes:?}"
+    );
+    for (i, node) in nodes.iter().enumerate() {
+        let (_, ran) = rt
+            .task(where_am_i)
+            .placement_group(&pg, Some(i))
+            .remote(i as u64)
+            .get()
+            .unwrap();
+        assert_eq!(ran, *node, "bundle {i}'s task ran on its node");
+    }
+    // A node runs work in a group it was handed, on the bundle's node.
+    let ran = rt
+        .task(run_in_group)
+        .num_cpus(0.0)
+        .placement_group(&pg, Some(0))
+        .remote((pg.clone(), 1))
+        .get()
+        .unwrap();
+    assert_eq!(ran, nodes[1]);
+    // Every disk is reserved: work outside the group finds none.
+    match rt
+        .task(where_am_i)
+        .resource("disk", 1.0)
+        .remote(0)
+        .get_timeout(LONG)
+    {
+        Err(Error::Unschedulable { reason, .. }) => assert!(reason.contains("disk"), "{reason}"),
+        other => panic!("both disks are reserved: {other:?}"),
+    }
+    // A group with no room waits, and is known by name on every node.
+    let waiting = rt
+        .placement_group([[("disk", 1.0)]])
+        .name("waiting")
+        .create()
+        .unwrap();
+    let ready = waiting.ready();
+    assert_eq!(waiting.wait(Duration::ZERO), Ok(false));
+    let status = rt.cluster_status().unwrap();
+    assert_eq!(status.groups.len(), 2, "{:?}", status.groups);
+    assert!(status
+        .groups
+        .iter()
+        .any(|g| g.id == waiting.id() && g.state == PlacementGroupState::Pending));
+    let seen = rt
+        .task(named_group_state)
+        .num_cpus(0.0)
+        .remote("waiting".to_string());
+    rt.remove_placement_group(&pg).unwrap();
+    assert_eq!(ready.get_timeout(LONG), Ok(()), "room came when pg went");
+    assert_eq!(seen.get_timeout(LONG).unwrap(), "Ok(true) Created");
+    assert_eq!(
+        rt.task(where_am_i)
+            .num_cpus(0.0)
+            .resource("disk", 1.0)
+            .remote(0)
+            .get_timeout(LONG)
+            .map(|_| ()),
+        Ok(()),
+        "one disk is free again"
+    );
+}
+
+fn an_actor_in_a_group_lives_on_its_bundle_and_goes_with_the_group() {
+    let c = Cluster::builder()
+        .nodes(2)
+        .node_resource("disk", 1.0)
+        .start()
+        .unwrap();
+    let rt = c.driver();
+    let pg = rt.placement_group([[("disk", 1.0)]]).create().unwrap();
+    pg.ready().get_timeout(LONG).unwrap();
+    let counter = rt
+        .actor_of(new_counter, 5)
+        .num_cpus(0.0)
+        .resource("disk", 1.0)
+        .placement_group(&pg, Some(0))
+        .spawn()
+        .unwrap();
+    assert_eq!(counter.call(Where).get(), Ok(placed(&pg)[0]));
+    assert_eq!(counter.call(Add(1)).get(), Ok(6));
+    rt.remove_placement_group(&pg).unwrap();
+    wait_until("the group's actor is killed", || {
+        matches!(counter.call(Add(1)).get(), Err(Error::ActorDied { .. }))
+    });
+    match rt
+        .actor_of(new_counter, 0)
+        .num_cpus(0.0)
+        .placement_group(&pg, None)
+        .spawn()
+    {
+        Err(Error::Unschedulable { reason, .. }) => assert!(reason.contains("removed"), "{reason}"),
+        other => panic!("an actor into a removed group: {:?}", other.map(|_| ())),
+    }
+    assert!(rt.cluster_status().unwrap().groups.is_empty());
+}
+
+fn a_dead_nodes_bundles_are_placed_again_and_its_actors_restart_there() {
+    let mut c = Cluster::builder()
+        .nodes(3)
+        .node_resource("disk", 1.0)
+        .health_check(Duration::from_millis(100), 10)
+        .start()
+        .unwrap();
+    let rt = c.driver().clone();
+    let pg = rt
+        .placement_group([[("disk", 1.0)], [("disk", 1.0)]])
+        .strategy(PlacementStrategy::StrictSpread)
+        .create()
+        .unwrap();
+    pg.ready().get_timeout(LONG).unwrap();
+    let before = placed(&pg);
+    let counter = rt
+        .actor_of(new_counter, 0)
+        .num_cpus(0.0)
+        .max_restarts(1)
+        .max_task_retries(1)
+        .placement_group(&pg, Some(1))
+        .spawn()
+        .unwrap();
+    assert_eq!(counter.call(Where).get(), Ok(before[1]));
+    let i = c.nodes().iter().position(|n| n.id.0 == before[1]).unwrap();
+    c.kill_node(i).unwrap();
+    wait_until("bundle 1 is placed again and reserved", || {
+        pg.state() == PlacementGroupState::Created
+            && pg.bundle_nodes()[1].is_some_and(|n| n.0 != before[1])
+    });
+    let after = placed(&pg);
+    assert_eq!(after[0], before[0], "bundle 0 stayed");
+    assert_ne!(after[1], after[0], "still one node per bundle");
+    assert_eq!(
+        counter.call(Where).get_timeout(LONG),
+        Ok(after[1]),
+        "the actor started again on its bundle's new node"
+    );
+}
+
+fn a_group_goes_with_the_node_that_made_it_unless_detached() {
+    let mut c = Cluster::builder()
+        .nodes(2)
+        .node_resource("disk", 2.0)
+        .health_check(Duration::from_millis(100), 10)
+        .start()
+        .unwrap();
+    let rt = c.driver().clone();
+    let maker = c.nodes()[0].id;
+    let (mine, kept) = rt
+        .task(make_groups)
+        .node_affinity(maker, false)
+        .remote(())
+        .get()
+        .unwrap();
+    assert_eq!(mine.wait(LONG), Ok(true));
+    assert_eq!(kept.wait(LONG), Ok(true));
+    c.kill_node(0).unwrap();
+    wait_until("its own group is removed", || {
+        mine.wait(Duration::ZERO).is_err()
+    });
+    wait_until("the detached group is reserved on the live node", || {
+        kept.state() == PlacementGroupState::Created
+            && kept.bundle_nodes() == vec![Some(c.nodes()[1].id)]
+    });
+}
+
+fn a_group_with_no_room_is_placed_when_a_node_with_room_joins() {
+    let mut c = Cluster::builder().nodes(1).start().unwrap();
+    let rt = c.driver().clone();
+    let pg = rt.placement_group([[("gpu", 1.0)]]).create().unwrap();
+    let ready = pg.ready();
+    assert_eq!(pg.wait(Duration::from_millis(100)), Ok(false));
+    let mut cmd = c.node_command(c.address()).unwrap();
+    cmd.env("RAYX_RESOURCES", r#"{"gpu": 1}"#);
+    let joined = c.add_node_from(cmd).unwrap();
+    assert_eq!(ready.get_timeout(LONG), Ok(()));
+    assert_eq!(pg.bundle_nodes(), vec![Some(joined)]);
+    let status = rt.cluster_status().unwrap();
+    let node = status.nodes.iter().find(|n| n.info.id == joined).unwrap();
+    assert_eq!(node.info.resources, rayx::resources([("gpu", 1.0)]));
+}
+
+fn main() {
+    rayx::testing::serve_if_node();
+    macro_rules! tests {
+        ($($t:ident),* $(,)?) => { &[$((stringify!($t), $t as fn())),*] };
+    }
+    let tests: &[(&str, fn())] = tests![
+        groups_reserve_bundles_by_strategy_across_nodes,
+        an_actor_in_a_group_lives_on_its_bundle_and_goes_with_the_group,
+        a_dead_nodes_bundles_are_placed_again_and_its_actors_restart_there,
+        a_group_goes_with_the_node_that_made_it_unless_detached,
+        a_group_with_no_room_is_placed_when_a_node_with_room_joins,
+    ];
+    common::run_tests(tests);
+}

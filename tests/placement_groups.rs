@@ -1,0 +1,222 @@
+//! Placement groups and custom resources in one runtime (the runtime is the
+//! whole cluster): reservation by strategy, readiness, work in bundles,
+//! removal, names and bad input. The cluster's side is tests/cluster_groups.rs.
+
+use rayx::prelude::*;
+use rayx::{PlacementGroupState, PlacementStrategy};
+
+fn add(a: u64, b: u64) -> u64 {
+    a + b
+}
+
+rayx::remote!(add);
+
+struct Keeper(u64);
+impl Actor for Keeper {}
+
+#[derive(Serialize, Deserialize)]
+struct Get;
+impl Message for Get {
+    type Reply = u64;
+}
+impl Handler<Get> for Keeper {
+    fn handle(&mut self, _: Get, _: &mut ActorContext<Self>) -> u64 {
+        self.0
+    }
+}
+
+fn runtime(cpus: usize, disk: f64) -> Runtime {
+    rayx::Builder::new()
+        .num_workers(cpus)
+        .resource("disk", disk)
+        .start()
+        .expect("runtime")
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+
+#[test]
+fn a_group_that_fits_is_ready_and_runs_work_in_its_bundles() {
+    let rt = runtime(2, 2.0);
+    let pg = rt
+        .placement_group([[("CPU", 1.0), ("disk", 1.0)], [("CPU", 1.0), ("disk", 1.0)]])
+        .create()
+        .unwrap();
+    assert_eq!(pg.ready().get_timeout(10 * SECOND), Ok(()));
+    assert_eq!(pg.wait(Duration::ZERO), Ok(true));
+    assert_eq!(pg.state(), PlacementGroupState::Created);
+    assert_eq!(pg.bundle_count(), 2);
+    assert_eq!(pg.bundle_nodes(), vec![Some(rt.node_id()); 2]);
+    for bundle in [Some(0), Some(1), None] {
+        let r = rt.task(add).placement_group(&pg, bundle).remote((1, 2));
+        assert_eq!(r.get(), Ok(3));
+    }
+    // A task that needs more than its bundle holds fails, naming what.
+    match rt
+        .task(add)
+        .num_cpus(2.0)
+        .placement_group(&pg, Some(0))
+        .remote((1, 2))
+        .get()
+    {
+        Err(Error::Unschedulable { reason, .. }) => {
+            assert!(
+                reason.contains("bundle 0") && reason.contains("CPU"),
+                "{reason}"
+            )
+        }
+        other => panic!("2 CPUs in a 1-CPU bundle: {other:?}"),
+    }
+    match rt
+        .task(add)
+        .placement_group(&pg, Some(5))
+        .remote((1, 2))
+        .get()
+    {
+        Err(Error::Unschedulable { reason, .. }) => {
+            assert!(reason.contains("has 2 bundles"), "{reason}")
+        }
+        other => panic!("no bundle 5: {other:?}"),
+    }
+    // What the group reserves is not for work outside it.
+    match rt.task(add).resource("disk", 1.0).remote((1, 2)).get() {
+        Err(Error::Unschedulable { reason, .. }) => assert!(reason.contains("disk"), "{reason}"),
+        other => panic!("both disks are reserved: {other:?}"),
+    }
+    rt.remove_placement_group(&pg).unwrap();
+    assert_eq!(
+        rt.task(add).resource("disk", 1.0).remote((1, 2)).get(),
+        Ok(3)
+    );
+}
+
+#[test]
+fn a_group_waits_for_room_and_gets_it_when_another_goes() {
+    let rt = runtime(2, 1.0);
+    let first = rt.placement_group([[("disk", 1.0)]]).create().unwrap();
+    assert_eq!(first.wait(5 * SECOND), Ok(true));
+    let second = rt
+        .placement_group([[("disk", 1.0)]])
+        .name("second")
+        .create()
+        .unwrap();
+    let ready = second.ready();
+    assert_eq!(second.wait(Duration::ZERO), Ok(false));
+    assert_eq!(second.state(), PlacementGroupState::Pending);
+    assert!(matches!(
+        ready.get_timeout(Duration::from_millis(50)),
+        Err(Error::GetTimeout { .. })
+    ));
+    // Work for a group not placed yet fails, saying so.
+    match rt
+        .task(add)
+        .num_cpus(0.0)
+        .placement_group(&second, None)
+        .remote((1, 1))
+        .get()
+    {
+        Err(Error::Unschedulable { reason, .. }) => {
+            assert!(reason.contains("not placed yet"), "{reason}")
+        }
+        other => panic!("a pending group: {other:?}"),
+    }
+    rt.remove_placement_group(&first).unwrap();
+    assert_eq!(ready.get_timeout(10 * SECOND), Ok(()));
+    assert_eq!(rt.get_placement_group("second").unwrap().id(), second.id());
+    // A strict-pack group wider than the node never fits: removing it fails
+    // its readiness.
+    let wide = rt
+        .placement_group([[("CPU", 2.0)], [("CPU", 2.0)]])
+        .strategy(PlacementStrategy::StrictPack)
+        .create()
+        .unwrap();
+    let never = wide.ready();
+    rt.remove_placement_group(&wide).unwrap();
+    assert!(matches!(
+        never.get_timeout(10 * SECOND),
+        Err(Error::PlacementGroupRemoved { .. })
+    ));
+    assert!(wide.wait(Duration::ZERO).is_err());
+    rt.remove_placement_group(&wide)
+        .expect("removing twice is no error");
+    assert!(rt.placement_group_table().iter().all(|g| g.id != wide.id()));
+}
+
+#[test]
+fn an_actor_in_a_group_goes_with_it_and_no_new_work_goes_in() {
+    let rt = runtime(2, 1.0);
+    let pg = rt.placement_group([[("disk", 1.0)]]).create().unwrap();
+    pg.ready().get().unwrap();
+    let keeper = rt
+        .actor(|| Keeper(7))
+        .num_cpus(0.0)
+        .resource("disk", 1.0)
+        .placement_group(&pg, Some(0))
+        .spawn()
+        .unwrap();
+    assert_eq!(keeper.call(Get).get(), Ok(7));
+    rt.remove_placement_group(&pg).unwrap();
+    match keeper.call(Get).get() {
+        Err(Error::ActorDied { .. }) => {}
+        other => panic!("its group was removed: {other:?}"),
+    }
+    match rt.task(add).placement_group(&pg, None).remote((1, 1)).get() {
+        Err(Error::Unschedulable { reason, .. }) => assert!(reason.contains("removed"), "{reason}"),
+        other => panic!("a removed group: {other:?}"),
+    }
+    match rt
+        .actor(|| Keeper(1))
+        .num_cpus(0.0)
+        .placement_group(&pg, None)
+        .spawn()
+    {
+        Err(Error::Unschedulable { reason, .. }) => assert!(reason.contains("removed"), "{reason}"),
+        other => panic!("an actor into a removed group: {:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn bad_bundles_and_names_are_refused_with_their_cause() {
+    let rt = runtime(1, 1.0);
+    let no_bundles: Vec<Vec<(&str, f64)>> = Vec::new();
+    assert!(matches!(
+        rt.placement_group(no_bundles).create(),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        rt.placement_group([[("disk", -1.0)]]).create(),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        rt.placement_group([[("disk", f64::NAN)]]).create(),
+        Err(Error::InvalidArgument(_))
+    ));
+    rt.placement_group([[("disk", 0.5)]])
+        .name("taken")
+        .create()
+        .unwrap();
+    match rt.placement_group([[("disk", 0.5)]]).name("taken").create() {
+        Err(Error::InvalidArgument(why)) => assert!(why.contains("taken"), "{why}"),
+        other => panic!("a name taken: {other:?}"),
+    }
+    assert!(rt.get_placement_group("nobody").is_err());
+    match rt.task(add).resource("gpu", 1.0).remote((1, 1)).get() {
+        Err(Error::Unschedulable { reason, .. }) => assert!(reason.contains("gpu"), "{reason}"),
+        other => panic!("no gpu here: {other:?}"),
+    }
+    assert!(matches!(
+        rayx::Builder::new().resource("CPU", 4.0).start(),
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+#[test]
+fn two_runtimes_keep_their_groups_apart() {
+    let a = runtime(1, 1.0);
+    let b = runtime(1, 1.0);
+    let on_a = a.placement_group([[("disk", 1.0)]]).create().unwrap();
+    let on_b = b.placement_group([[("disk", 1.0)]]).create().unwrap();
+    assert_eq!(on_a.wait(5 * SECOND), Ok(true));
+    assert_eq!(on_b.wait(5 * SECOND), Ok(true), "b's disk is its own");
+    assert_ne!(on_a.id(), on_b.id());
+}
