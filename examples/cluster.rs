@@ -1,5 +1,6 @@
-//! A cluster on one machine: tasks, an actor and a large object spread over
-//! node processes, each line saying which node (and process) ran it.
+//! A cluster on one machine: tasks, an actor, a large object and a placement
+//! group spread over node processes, each line saying which node (and process)
+//! ran it.
 //!
 //! By itself it starts its own cluster — a head here and two node processes
 //! that re-run this binary:
@@ -145,5 +146,30 @@ fn main() -> rayx::Result<()> {
         if sum == expect { "intact" } else { "WRONG" }
     );
     assert_eq!(sum, expect);
+
+    // A placement group: one CPU reserved on each node that has CPUs, a
+    // bundle per node (STRICT_SPREAD), and a task run in each bundle.
+    let workers = rt.nodes().iter().filter(|n| n.cpus >= 1.0).count().max(1);
+    let pg = rt
+        .placement_group(vec![[("CPU", 1.0)]; workers])
+        .strategy(rayx::PlacementStrategy::StrictSpread)
+        .create()?;
+    pg.ready().get_timeout(Duration::from_secs(30))?;
+    println!(
+        "
+a placement group of {workers} bundles, one CPU each, a node each:"
+    );
+    for bundle in 0..workers {
+        let (_, node, pid, _) = rt
+            .task(work)
+            .placement_group(&pg, Some(bundle))
+            .remote(1)
+            .get()?;
+        println!(
+            "  bundle {bundle}: its task ran on node {} (pid {pid})",
+            short(node)
+        );
+    }
+    rt.remove_placement_group(&pg)?;
     Ok(())
 }

@@ -34,6 +34,9 @@ pub const CPU: &str = "CPU";
 /// Slack for sums of fractional amounts (0.1 + 0.2 fits in 0.3).
 const EPSILON: f64 = 1e-9;
 
+/// The most bundles one placement group may have.
+pub const MAX_BUNDLES: usize = 10_000;
+
 /// How many removed groups a node remembers, to refuse work that comes for
 /// one after its removal (beyond it the oldest are forgotten).
 pub const REMOVED_KEPT: usize = 10_000;
@@ -94,13 +97,20 @@ impl GroupInfo {
     }
 }
 
-/// Checks a group's bundles as asked for: at least one, each asking for
-/// something, every amount finite and not negative.
+/// Checks a group's bundles as asked for: at least one (at most
+/// [`MAX_BUNDLES`]), each asking for something, every amount finite and not
+/// negative.
 pub fn check_bundles(bundles: &[Resources]) -> Result<(), Error> {
     if bundles.is_empty() {
         return Err(Error::InvalidArgument(
             "a placement group needs at least one bundle".into(),
         ));
+    }
+    if bundles.len() > MAX_BUNDLES {
+        return Err(Error::InvalidArgument(format!(
+            "a placement group has {} bundles, over the limit of {MAX_BUNDLES}",
+            bundles.len()
+        )));
     }
     for (i, b) in bundles.iter().enumerate() {
         if b.values().all(|v| *v == 0.0) {
@@ -443,7 +453,8 @@ impl Groups {
     /// Waits until the group is created: `Ok(true)`, or `Ok(false)` when
     /// `timeout` passes first; `Err` if it is removed.
     pub fn wait(&self, id: GroupId, timeout: Duration) -> Result<bool, Error> {
-        let deadline = Instant::now() + timeout;
+        // A timeout past what an instant can hold waits for good.
+        let deadline = Instant::now().checked_add(timeout);
         let mut k = self.known.lock();
         loop {
             if k.removed.contains(&id) {
@@ -455,8 +466,13 @@ impl Groups {
             {
                 return Ok(true);
             }
-            if self.changed.wait_until(&mut k, deadline).timed_out() {
-                return Ok(false);
+            match deadline {
+                Some(d) => {
+                    if self.changed.wait_until(&mut k, d).timed_out() {
+                        return Ok(false);
+                    }
+                }
+                None => self.changed.wait(&mut k),
             }
         }
     }

@@ -125,9 +125,6 @@ struct Group {
     acked: Vec<bool>,
 }
 
-/// The most bundles one placement group may have.
-pub const MAX_BUNDLES: usize = 10_000;
-
 fn group_record(g: &Group) -> Record {
     let r = GroupRecord {
         info: g.info.clone(),
@@ -1248,12 +1245,6 @@ impl Head {
             Ask::CreateGroup(mut info) => {
                 // The same limits as the caller's own checks: a peer may skip them.
                 groups::check_bundles(&info.bundles)?;
-                if info.bundles.len() > MAX_BUNDLES {
-                    return Err(Error::InvalidArgument(format!(
-                        "a placement group has {} bundles, over the limit of {MAX_BUNDLES}",
-                        info.bundles.len()
-                    )));
-                }
                 if let Some((namespace, name)) = &info.name {
                     wire::check_names(namespace, name)?;
                 }

@@ -611,7 +611,7 @@ impl ClusterNode {
             let weak = Arc::downgrade(&cluster);
             head.on_group_news(Box::new(move |news| {
                 if let Some(c) = weak.upgrade() {
-                    c.group_news(news);
+                    c.group_news(news, None);
                 }
             }));
         }
@@ -2180,7 +2180,7 @@ impl ClusterNode {
             }
             // The head speaks for the groups.
             Msg::GroupState(info) if link.lane == Lane::Join && self.head.is_none() => {
-                self.group_news(vec![info])
+                self.group_news(vec![info], Some(link))
             }
             Msg::GroupState(_) => {}
             Msg::GroupReserved { group, version } => {
@@ -3370,20 +3370,19 @@ impl ClusterNode {
         }
     }
 
-    /// The head's news of placement groups: kept in this node's view; a
-    /// group whose bundles this node holds is taken (the head hears so),
-    /// and a removed group's actors here are killed.
-    fn group_news(self: &Arc<Self>, news: Vec<GroupInfo>) {
+    /// The head's news of placement groups (on the join link `from`; none
+    /// on the head's own node): kept in this node's view; a group whose
+    /// bundles this node holds is taken (the head hears so on the link the
+    /// news came on: a node that has just joined may hear before its join is
+    /// over), and a removed group's actors here are killed.
+    fn group_news(self: &Arc<Self>, news: Vec<GroupInfo>, from: Option<&Arc<Link>>) {
         for info in news {
-            let take = self.head.is_none()
-                && matches!(info.state, GroupState::Pending | GroupState::Rescheduling)
+            let take = matches!(info.state, GroupState::Pending | GroupState::Rescheduling)
                 && info.nodes.contains(&Some(self.me.id));
             let (group, version) = (info.id, info.version);
             let (actors, _) = self.core.groups.apply(info).finish();
-            if take {
-                if let Some(link) = self.head_link.lock().clone() {
-                    link.send(Msg::GroupReserved { group, version });
-                }
+            if let Some(link) = from.filter(|_| take) {
+                self.reply(link, Msg::GroupReserved { group, version });
             }
             if let Some(h) = self.host().filter(|_| !actors.is_empty()) {
                 for a in actors {
