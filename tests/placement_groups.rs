@@ -44,6 +44,7 @@ fn a_group_that_fits_is_ready_and_runs_work_in_its_bundles() {
         .unwrap();
     assert_eq!(pg.ready().get_timeout(10 * SECOND), Ok(()));
     assert_eq!(pg.wait(Duration::ZERO), Ok(true));
+    assert_eq!(pg.wait(Duration::MAX), Ok(true), "a timeout of forever");
     assert_eq!(pg.state(), PlacementGroupState::Created);
     assert_eq!(pg.bundle_count(), 2);
     assert_eq!(pg.bundle_nodes(), vec![Some(rt.node_id()); 2]);
