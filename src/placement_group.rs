@@ -121,8 +121,13 @@ impl PlacementGroup {
 
 impl Serialize for PlacementGroup {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        // The newest this node knows: the receiver may hear of it later.
-        let info = self.latest().unwrap_or_else(|_| self.info.clone());
+        // The newest this node knows (the receiver may hear of it later),
+        // its removal included: removal is final, whatever the receiver heard.
+        let info = self.latest().unwrap_or_else(|_| GroupInfo {
+            state: GroupState::Removed,
+            version: u64::MAX,
+            ..self.info.clone()
+        });
         info.serialize(s)
     }
 }
@@ -133,8 +138,16 @@ impl<'de> Deserialize<'de> for PlacementGroup {
         let node = rayx_actors::node::current_node().ok_or_else(|| {
             serde::de::Error::custom("a placement group can only be decoded inside a rayx runtime")
         })?;
-        // What it carried is news here until the head's own arrives.
+        // What it carried is news here until the head's own arrives; a group
+        // this node never heard of is checked with the head (it may be gone).
+        let unknown = matches!(node.core().groups.get(info.id), Ok(None));
         node.apply_groups(vec![info.clone()]);
+        if let Some(c) = node
+            .cluster()
+            .filter(|_| unknown && info.state != GroupState::Removed)
+        {
+            c.confirm_group(info.clone());
+        }
         Ok(PlacementGroup { info, node })
     }
 }

@@ -2264,6 +2264,66 @@ fn a_head_started_again_keeps_its_latest_deaths() {
     sh.stop(head);
 }
 
+/// A group placed on a node that had not taken it (stopped) when the head
+/// was killed: the head started again has it placed, and tells every node so
+/// as they rejoin, so the driver that created it sees it ready (it saw it
+/// pending for good: the head's news had the version the driver knew).
+fn a_group_placed_before_the_head_was_killed_is_ready_after() {
+    use std::process::{Command, Stdio};
+    let sh = StandaloneHead::new("groups", "groups-restart-token");
+    let (address, token) = (sh.address.clone(), sh.token);
+    let health = StandaloneHead::health();
+    let mut head = sh.start();
+    let node = Reap(
+        Command::new(std::env::current_exe().unwrap())
+            .env("RAYX_ROLE", "node")
+            .env("RAYX_ADDRESS", &address)
+            .env("RAYX_TOKEN", token)
+            .env("RAYX_NUM_CPUS", "1")
+            .env("RAYX_RESOURCES", "disk=1")
+            .env("RAYX_EXIT_WITH_PARENT", "1")
+            .envs(health.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let rt = rayx::Builder::new()
+        .address(&address)
+        .token(token)
+        .num_cpus(0.0)
+        .health_check(PERIOD, MISSES)
+        .start()
+        .expect("the driver joins");
+    assert!(
+        rt.wait_for_nodes(3, Duration::from_secs(60)),
+        "head, node, driver"
+    );
+    let pid = node.0.id() as i32;
+    signal(pid, libc::SIGSTOP);
+    let pg = rt
+        .placement_group([[("disk", 1.0)]])
+        .name("kept")
+        .detached()
+        .create()
+        .unwrap();
+    assert_eq!(
+        pg.wait(Duration::from_millis(200)),
+        Ok(false),
+        "not taken yet"
+    );
+    assert!(pg.bundle_nodes()[0].is_some(), "placed");
+    head.0.kill().unwrap();
+    head.0.wait().unwrap();
+    head = sh.start();
+    signal(pid, libc::SIGCONT);
+    assert_eq!(pg.wait(Duration::from_secs(30)), Ok(true));
+    assert_eq!(rt.get_placement_group("kept").map(|g| g.id()), Ok(pg.id()));
+    rt.remove_placement_group(&pg).unwrap();
+    drop(rt);
+    sh.stop(head);
+    drop(node);
+}
+
 fn jobs_are_kept_by_the_head_through_its_restart() {
     use rayx_actors::cluster::wire::{Answer, Ask, ClusterStatus, JobState};
     use std::process::{Command, Stdio};
@@ -2686,6 +2746,7 @@ fn main() {
         a_hung_node_whose_death_was_forgotten_still_may_not_come_back,
         the_head_killed_and_restarted_during_a_job_the_job_finishes,
         jobs_are_kept_by_the_head_through_its_restart,
+        a_group_placed_before_the_head_was_killed_is_ready_after,
         a_head_started_again_keeps_its_latest_deaths,
         a_wrong_or_missing_token_is_refused_on_both_sides,
         tls_encrypts_every_connection,

@@ -53,7 +53,38 @@ fn make_groups(_: ()) -> (PlacementGroup, PlacementGroup) {
     (mine, kept)
 }
 
-rayx::remote!(where_am_i, run_in_group, named_group_state, make_groups);
+/// What a node makes of a group handle read from the key-value store,
+/// encoded there before the group was removed: whether it sees the group
+/// removed (within the wait), and whether it lists it.
+fn read_stale_handle(key: String) -> (String, bool) {
+    let rt = Runtime::current().expect("in a task");
+    let bytes = rt.kv_get(&key).unwrap().expect("stored");
+    let pg: PlacementGroup = rmp_serde::from_slice(&bytes).expect("decodes");
+    let deadline = Instant::now() + LONG;
+    let seen = loop {
+        match pg.wait(Duration::from_millis(20)) {
+            Err(e) => break e.to_string(),
+            Ok(_) if Instant::now() > deadline => break "still live".to_string(),
+            Ok(_) => {}
+        }
+    };
+    let listed = rt.placement_group_table().iter().any(|g| g.id == pg.id());
+    (seen, listed)
+}
+
+/// What a node makes of a group handle handed to it: its wait now.
+fn wait_now(pg: PlacementGroup) -> String {
+    format!("{:?}", pg.wait(Duration::ZERO))
+}
+
+rayx::remote!(
+    where_am_i,
+    run_in_group,
+    named_group_state,
+    make_groups,
+    read_stale_handle,
+    wait_now
+);
 
 pub struct Counter {
     n: u64,
@@ -263,7 +294,7 @@ fn a_dead_nodes_bundles_are_placed_again_and_its_actors_restart_there() {
     );
 }
 
-fn a_group_goes_with_the_node_that_made_it_unless_detached() {
+fn a_group_goes_with_the_job_that_made_it_unless_detached() {
     let mut c = Cluster::builder()
         .nodes(2)
         .node_resource("disk", 2.0)
@@ -271,23 +302,101 @@ fn a_group_goes_with_the_node_that_made_it_unless_detached() {
         .start()
         .unwrap();
     let rt = c.driver().clone();
-    let maker = c.nodes()[0].id;
-    let (mine, kept) = rt
+    // A second program's task on node 0 makes the groups: they go with that
+    // program (the task's submitter), not with the node that ran the task.
+    let job = rayx::Builder::new()
+        .address(c.address())
+        .token(rt.cluster_token().unwrap())
+        .num_cpus(0.0)
+        .start()
+        .unwrap();
+    let (mine, kept) = job
         .task(make_groups)
-        .node_affinity(maker, false)
+        .node_affinity(c.nodes()[0].id, false)
         .remote(())
         .get()
         .unwrap();
     assert_eq!(mine.wait(LONG), Ok(true));
     assert_eq!(kept.wait(LONG), Ok(true));
-    c.kill_node(0).unwrap();
-    wait_until("its own group is removed", || {
-        mine.wait(Duration::ZERO).is_err()
+    let (mine, kept) = (mine.id(), kept.id());
+    let table = || -> Vec<(rayx::PlacementGroupId, PlacementGroupState)> {
+        let mut t: Vec<_> = rt
+            .placement_group_table()
+            .iter()
+            .map(|g| (g.id, g.state))
+            .collect();
+        t.sort_by_key(|g| g.0);
+        t
+    };
+    assert_eq!(table().len(), 2);
+    assert_ne!(mine, kept);
+    job.shutdown();
+    wait_until("the job's own group is removed", || {
+        table() == vec![(kept, PlacementGroupState::Created)]
     });
+    // A detached group outlives the node its bundle is on, too.
+    let on = rt.placement_group_table()[0].nodes[0].expect("placed");
+    let i = c.nodes().iter().position(|n| n.id == on).unwrap();
+    c.kill_node(i).unwrap();
+    let other = c.nodes()[1 - i].id;
     wait_until("the detached group is reserved on the live node", || {
-        kept.state() == PlacementGroupState::Created
-            && kept.bundle_nodes() == vec![Some(c.nodes()[1].id)]
+        rt.placement_group_table().iter().any(|g| {
+            g.id == kept && g.state == PlacementGroupState::Created && g.nodes == [Some(other)]
+        })
     });
+}
+
+fn a_removed_group_stays_removed_on_a_node_that_joined_later() {
+    let mut c = Cluster::builder()
+        .nodes(1)
+        .node_resource("disk", 1.0)
+        .start()
+        .unwrap();
+    let rt = c.driver().clone();
+    let pg = rt.placement_group([[("disk", 1.0)]]).create().unwrap();
+    assert_eq!(pg.ready().get_timeout(LONG), Ok(()));
+    // A handle encoded while the group lived, kept as bytes.
+    rt.kv_put("stale", &rmp_serde::to_vec(&pg).unwrap(), true)
+        .unwrap();
+    rt.remove_placement_group(&pg).unwrap();
+    // Two nodes join after the removal: neither heard of the group.
+    let mut late = [NodeId(0); 2];
+    for l in &mut late {
+        let mut cmd = c.node_command(c.address()).unwrap();
+        cmd.env("RAYX_RESOURCES", "disk=1");
+        *l = c.add_node_from(cmd).unwrap();
+    }
+    // The old bytes, on one of them: it asks the head, and hears that the
+    // group was removed.
+    let (seen, listed) = rt
+        .task(read_stale_handle)
+        .num_cpus(0.0)
+        .node_affinity(late[1], false)
+        .remote("stale".to_string())
+        .get_timeout(LONG)
+        .unwrap();
+    assert!(seen.contains("was removed"), "{seen}");
+    assert!(!listed, "a removed group is not listed");
+    // Handed over now to the other, the handle says the group was removed.
+    let seen = rt
+        .task(wait_now)
+        .num_cpus(0.0)
+        .node_affinity(late[0], false)
+        .remote(pg.clone())
+        .get_timeout(LONG)
+        .unwrap();
+    assert!(seen.contains("PlacementGroupRemoved"), "{seen}");
+    // Every disk is free for work outside any group, the late node's too.
+    for node in [c.nodes()[0].id, late[0], late[1]] {
+        let ran = rt
+            .task(where_am_i)
+            .num_cpus(0.0)
+            .resource("disk", 1.0)
+            .node_affinity(node, false)
+            .remote(0)
+            .get_timeout(LONG);
+        assert_eq!(ran.map(|(_, n)| n), Ok(node.0));
+    }
 }
 
 fn a_group_with_no_room_is_placed_when_a_node_with_room_joins() {
@@ -315,8 +424,9 @@ fn main() {
         groups_reserve_bundles_by_strategy_across_nodes,
         an_actor_in_a_group_lives_on_its_bundle_and_goes_with_the_group,
         a_dead_nodes_bundles_are_placed_again_and_its_actors_restart_there,
-        a_group_goes_with_the_node_that_made_it_unless_detached,
+        a_group_goes_with_the_job_that_made_it_unless_detached,
         a_group_with_no_room_is_placed_when_a_node_with_room_joins,
+        a_removed_group_stays_removed_on_a_node_that_joined_later,
     ];
     common::run_tests(tests);
 }

@@ -221,3 +221,45 @@ fn two_runtimes_keep_their_groups_apart() {
     assert_eq!(on_b.wait(5 * SECOND), Ok(true), "b's disk is its own");
     assert_ne!(on_a.id(), on_b.id());
 }
+
+#[test]
+fn readiness_refs_dropped_while_a_group_waits_are_freed() {
+    let rt = runtime(1, 1.0);
+    let never = rt.placement_group([[("disk", 2.0)]]).create().unwrap();
+    let before = rt.memory().objects;
+    for _ in 0..1000 {
+        drop(never.ready());
+    }
+    let kept = never.ready();
+    assert_eq!(rt.memory().objects, before + 1, "only the ref still held");
+    rt.remove_placement_group(&never).unwrap();
+    assert!(matches!(
+        kept.get_timeout(10 * SECOND),
+        Err(Error::PlacementGroupRemoved { .. })
+    ));
+}
+
+#[test]
+fn a_wait_ends_when_the_runtime_shuts_down() {
+    let rt = runtime(1, 1.0);
+    let never = rt.placement_group([[("disk", 2.0)]]).create().unwrap();
+    let waiter = std::thread::spawn(move || never.wait(Duration::from_secs(3600)));
+    rt.shutdown();
+    assert_eq!(waiter.join().unwrap(), Err(Error::ShutDown));
+}
+
+#[test]
+fn resource_amounts_are_checked_on_every_task() {
+    let rt = runtime(1, 1.0);
+    for amount in [-1.0, f64::NAN, f64::INFINITY] {
+        match rt.task(add).resource("gpu", amount).remote((1, 1)).get() {
+            Err(Error::InvalidArgument(why)) => assert!(why.contains("gpu"), "{why}"),
+            other => panic!("{amount} gpu: {other:?}"),
+        }
+    }
+    let too_many = vec![[("disk", 0.0001)]; rayx_actors::groups::MAX_BUNDLES + 1];
+    assert!(matches!(
+        rt.placement_group(too_many).create(),
+        Err(Error::InvalidArgument(_))
+    ));
+}

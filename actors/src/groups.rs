@@ -22,7 +22,7 @@ use crate::value::Value;
 use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 pub use crate::ids::GroupId;
@@ -186,6 +186,13 @@ pub struct Free {
 /// group, by its strategy, over `nodes` (each with what it has free, in
 /// the order the caller prefers); bundles already placed stay where they
 /// are. The nodes, one per bundle, or why the group does not fit now.
+///
+/// Bundles are placed largest first, each on the node it fits best (the
+/// least left over), so that a small bundle does not take the room a large
+/// one needed; a node of its own per bundle (the spread strategies) is a
+/// matching of bundles to nodes, found by augmenting paths. Cost: about
+/// bundles × nodes (a matching: bundles² × nodes at most, and a strict
+/// spread has no more bundles than nodes).
 pub fn place_bundles(
     strategy: Strategy,
     bundles: &[Resources],
@@ -193,31 +200,74 @@ pub fn place_bundles(
     nodes: &[Free],
 ) -> Result<Vec<NodeId>, String> {
     let mut free: Vec<Free> = nodes.to_vec();
-    let mut chosen: Vec<Option<NodeId>> = fixed.to_vec();
-    chosen.resize(bundles.len(), None);
-    let todo: Vec<usize> = (0..bundles.len())
-        .filter(|&i| chosen[i].is_none())
+    let mut chosen: Vec<Option<usize>> = vec![None; bundles.len()];
+    // Bundles already placed hold their nodes (by index here, if listed).
+    let mut held: HashMap<NodeId, usize> = HashMap::new();
+    for (i, f) in fixed.iter().enumerate().take(bundles.len()) {
+        if let Some(n) = f {
+            *held.entry(*n).or_default() += 1;
+            chosen[i] = free.iter().position(|x| x.id == *n);
+            if chosen[i].is_none() {
+                // On a node not offered (its room is counted by the caller).
+                chosen[i] = Some(usize::MAX);
+            }
+        }
+    }
+    let mut todo: Vec<usize> = (0..bundles.len())
+        .filter(|&i| fixed.get(i).is_none_or(|f| f.is_none()))
         .collect();
-    let used = |chosen: &[Option<NodeId>], id: NodeId| chosen.contains(&Some(id));
+    // Largest first: by the sum of its amounts, relative to the most any
+    // node has of each (its dominant share, roughly).
+    let most: Resources = {
+        let mut m = Resources::new();
+        for f in &free {
+            for (k, v) in &f.free {
+                let e = m.entry(k.clone()).or_insert(0.0);
+                *e = e.max(*v);
+            }
+        }
+        m
+    };
+    let size = |b: &Resources| -> f64 {
+        b.iter()
+            .map(|(k, v)| v / most.get(k).copied().filter(|m| *m > EPSILON).unwrap_or(1.0))
+            .fold(0.0, f64::max)
+    };
+    todo.sort_by(|&a, &b| size(&bundles[b]).total_cmp(&size(&bundles[a])));
+    let left_over = |f: &Resources, b: &Resources| -> f64 {
+        b.keys()
+            .map(|k| f.get(k).copied().unwrap_or(0.0) - b[k])
+            .sum::<f64>()
+    };
+    // The best fit for bundle `i` among the nodes `ok` allows.
+    let best = |free: &[Free], i: usize, ok: &dyn Fn(usize) -> bool| -> Option<usize> {
+        (0..free.len())
+            .filter(|&n| ok(n) && fits(&free[n].free, &bundles[i]))
+            .min_by(|&a, &b| {
+                left_over(&free[a].free, &bundles[i])
+                    .total_cmp(&left_over(&free[b].free, &bundles[i]))
+            })
+    };
     let no_room = |i: usize| format!("no live node has {:?} free for bundle {i}", bundles[i]);
     match strategy {
         Strategy::StrictPack | Strategy::Pack => {
             // Everything left on one node: the one the group is on, if any
-            // (strict), else the first that takes it all.
+            // (strict), else the best that takes it all.
             let mut all = Resources::new();
             for &i in &todo {
                 add(&mut all, &bundles[i], 1.0);
             }
-            let on: Vec<NodeId> = chosen.iter().flatten().copied().collect();
-            let one = free
-                .iter()
-                .filter(|f| on.is_empty() || on.contains(&f.id))
-                .find(|f| fits(&f.free, &all))
-                .map(|f| f.id);
+            let on: Vec<NodeId> = held.keys().copied().collect();
+            let one = (0..free.len())
+                .filter(|&n| on.is_empty() || on.contains(&free[n].id))
+                .filter(|&n| fits(&free[n].free, &all))
+                .min_by(|&a, &b| {
+                    left_over(&free[a].free, &all).total_cmp(&left_over(&free[b].free, &all))
+                });
             match one {
-                Some(id) => {
+                Some(n) => {
                     for &i in &todo {
-                        chosen[i] = Some(id);
+                        chosen[i] = Some(n);
                     }
                 }
                 None if strategy == Strategy::StrictPack => {
@@ -232,48 +282,117 @@ pub fn place_bundles(
                 }
                 None => {
                     // Packed as tight as it goes: nodes in use first.
+                    let mut used: Vec<bool> =
+                        free.iter().map(|f| held.contains_key(&f.id)).collect();
                     for &i in &todo {
-                        let pick = free
-                            .iter()
-                            .position(|f| used(&chosen, f.id) && fits(&f.free, &bundles[i]))
-                            .or_else(|| free.iter().position(|f| fits(&f.free, &bundles[i])))
+                        let n = best(&free, i, &|n| used[n])
+                            .or_else(|| best(&free, i, &|_| true))
                             .ok_or_else(|| no_room(i))?;
-                        take(&mut free[pick].free, &bundles[i]);
-                        chosen[i] = Some(free[pick].id);
+                        take(&mut free[n].free, &bundles[i]);
+                        used[n] = true;
+                        chosen[i] = Some(n);
                     }
                 }
             }
         }
         Strategy::StrictSpread | Strategy::Spread => {
-            for &i in &todo {
-                let fresh = free
+            // As many bundles as can have a node of their own: a matching of
+            // bundles to the nodes no bundle of the group is on.
+            let open: Vec<usize> = (0..free.len())
+                .filter(|&n| !held.contains_key(&free[n].id))
+                .collect();
+            let mut owner: Vec<Option<usize>> = vec![None; free.len()];
+            fn augment(
+                i: usize,
+                bundles: &[Resources],
+                free: &[Free],
+                open: &[usize],
+                owner: &mut [Option<usize>],
+                seen: &mut [bool],
+            ) -> bool {
+                // A node nobody has first; else one whose bundle can move.
+                if let Some(&n) = open
                     .iter()
-                    .position(|f| !used(&chosen, f.id) && fits(&f.free, &bundles[i]));
-                let pick = match fresh {
-                    Some(p) => p,
-                    None if strategy == Strategy::StrictSpread => {
-                        return Err(format!(
-                            "STRICT_SPREAD needs a node of its own for each of {} bundles, and \
-                             bundle {i} ({:?}) finds none free",
-                            bundles.len(),
-                            bundles[i]
-                        ));
+                    .find(|&&n| owner[n].is_none() && fits(&free[n].free, &bundles[i]))
+                {
+                    owner[n] = Some(i);
+                    return true;
+                }
+                for &n in open {
+                    if seen[n] || !fits(&free[n].free, &bundles[i]) {
+                        continue;
                     }
-                    // The node with the fewest of the group's bundles.
-                    None => free
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, f)| fits(&f.free, &bundles[i]))
-                        .min_by_key(|(_, f)| chosen.iter().filter(|c| **c == Some(f.id)).count())
-                        .map(|(p, _)| p)
-                        .ok_or_else(|| no_room(i))?,
-                };
-                take(&mut free[pick].free, &bundles[i]);
-                chosen[i] = Some(free[pick].id);
+                    seen[n] = true;
+                    let taken = owner[n];
+                    if taken.is_none_or(|j| augment(j, bundles, free, open, owner, seen)) {
+                        owner[n] = Some(i);
+                        return true;
+                    }
+                }
+                false
+            }
+            let mut alone = Vec::new();
+            if strategy == Strategy::StrictSpread && todo.len() > open.len() {
+                return Err(format!(
+                    "STRICT_SPREAD needs a node of its own for each of {} bundles, and {} \
+                     nodes are free of the group",
+                    todo.len(),
+                    open.len()
+                ));
+            }
+            let mut matched = 0;
+            for &i in &todo {
+                // Every open node has a bundle: no path can end anywhere.
+                if matched == open.len() {
+                    alone.push(i);
+                    continue;
+                }
+                let mut seen = vec![false; free.len()];
+                if augment(i, bundles, &free, &open, &mut owner, &mut seen) {
+                    matched += 1;
+                } else {
+                    alone.push(i);
+                }
+            }
+            if strategy == Strategy::StrictSpread && !alone.is_empty() {
+                let i = alone[0];
+                return Err(format!(
+                    "STRICT_SPREAD needs a node of its own for each of {} bundles, and bundle \
+                     {i} ({:?}) finds none free",
+                    bundles.len(),
+                    bundles[i]
+                ));
+            }
+            for (n, b) in owner.iter().enumerate() {
+                if let Some(i) = b {
+                    take(&mut free[n].free, &bundles[*i]);
+                    chosen[*i] = Some(n);
+                }
+            }
+            // The rest (more bundles than nodes): each on the node with the
+            // fewest of the group's bundles that takes it.
+            let mut count: Vec<usize> = (0..free.len())
+                .map(|n| {
+                    held.get(&free[n].id).copied().unwrap_or(0) + usize::from(owner[n].is_some())
+                })
+                .collect();
+            for i in alone {
+                let n = (0..free.len())
+                    .filter(|&n| fits(&free[n].free, &bundles[i]))
+                    .min_by_key(|&n| count[n])
+                    .ok_or_else(|| no_room(i))?;
+                take(&mut free[n].free, &bundles[i]);
+                count[n] += 1;
+                chosen[i] = Some(n);
             }
         }
     }
-    Ok(chosen.into_iter().map(|c| c.expect("chosen")).collect())
+    Ok((0..bundles.len())
+        .map(|i| match fixed.get(i).copied().flatten() {
+            Some(n) => n,
+            None => free[chosen[i].expect("chosen")].id,
+        })
+        .collect())
 }
 
 /// What an update did, for the caller to finish outside the view's lock:
@@ -308,8 +427,11 @@ struct Known {
     removed_order: VecDeque<GroupId>,
     /// What the live groups reserve, per node.
     reserved: HashMap<NodeId, Resources>,
-    /// Readiness refs waiting for a group to be created.
-    waiting: HashMap<GroupId, Vec<Arc<Slot>>>,
+    /// Readiness refs waiting for a group to be created (weak: a ref its
+    /// user dropped goes).
+    waiting: HashMap<GroupId, Vec<Weak<Slot>>>,
+    /// The runtime shut down: waits end.
+    closed: bool,
     /// Actors of this node created in each live group (killed with it).
     actors: HashMap<GroupId, Vec<ActorId>>,
 }
@@ -371,7 +493,9 @@ impl Groups {
                     }
                 }
                 for s in k.waiting.remove(&id).unwrap_or_default() {
-                    applied.complete.push((s, Err(removed_error(id))));
+                    if let Some(s) = s.upgrade() {
+                        applied.complete.push((s, Err(removed_error(id))));
+                    }
                 }
                 applied.actors = k.actors.remove(&id).unwrap_or_default();
             }
@@ -379,7 +503,9 @@ impl Groups {
                 k.reserve(&info, 1.0);
                 if state == GroupState::Created {
                     for s in k.waiting.remove(&id).unwrap_or_default() {
-                        applied.complete.push((s, Ok(Value::new(()))));
+                        if let Some(s) = s.upgrade() {
+                            applied.complete.push((s, Ok(Value::new(()))));
+                        }
                     }
                 }
                 k.live.insert(id, info);
@@ -441,7 +567,12 @@ impl Groups {
         {
             Some(Ok(Value::new(())))
         } else {
-            k.waiting.entry(id).or_default().push(slot.clone());
+            let list = k.waiting.entry(id).or_default();
+            if list.len() >= 64 && list.len().is_power_of_two() {
+                // Refs dropped while the group waited go.
+                list.retain(|w| w.strong_count() > 0);
+            }
+            list.push(Arc::downgrade(&slot));
             None
         };
         drop(k);
@@ -457,6 +588,9 @@ impl Groups {
         let deadline = Instant::now().checked_add(timeout);
         let mut k = self.known.lock();
         loop {
+            if k.closed {
+                return Err(Error::ShutDown);
+            }
             if k.removed.contains(&id) {
                 return Err(removed_error(id));
             }
@@ -502,12 +636,15 @@ impl Groups {
     /// to complete outside the lock.
     pub fn close(&self) -> Applied {
         let mut k = self.known.lock();
+        k.closed = true;
         let waiting = std::mem::take(&mut k.waiting);
         drop(k);
+        self.changed.notify_all();
         Applied {
             complete: waiting
                 .into_values()
                 .flatten()
+                .filter_map(|s| s.upgrade())
                 .map(|s| (s, Err(Error::ShutDown)))
                 .collect(),
             removed: false,
@@ -623,6 +760,56 @@ mod tests {
         held[0].free = r(&[("gpu", 0.0)]);
         let err = place_bundles(Strategy::StrictPack, &b, &fixed, &held).unwrap_err();
         assert!(err.contains("the node its other bundles are on"), "{err}");
+    }
+
+    #[test]
+    fn a_small_bundle_leaves_the_large_one_its_room() {
+        // Nodes of 2 and 1 CPUs; bundles of 1 and 2 in that order fit under
+        // every strategy that may share nodes or needs one each.
+        let nodes = vec![
+            Free {
+                id: NodeId(1),
+                free: r(&[(CPU, 2.0)]),
+            },
+            Free {
+                id: NodeId(2),
+                free: r(&[(CPU, 1.0)]),
+            },
+        ];
+        let b = vec![r(&[(CPU, 1.0)]), r(&[(CPU, 2.0)])];
+        for strategy in [Strategy::Pack, Strategy::Spread, Strategy::StrictSpread] {
+            assert_eq!(
+                place_bundles(strategy, &b, &[], &nodes),
+                Ok(vec![NodeId(2), NodeId(1)]),
+                "{strategy:?}"
+            );
+        }
+        // A strict spread of [a, a + b] over nodes [a + b, a].
+        let b = vec![r(&[("x", 1.0)]), r(&[("x", 1.0), ("y", 1.0)])];
+        let nodes = vec![
+            Free {
+                id: NodeId(1),
+                free: r(&[("x", 1.0), ("y", 1.0)]),
+            },
+            Free {
+                id: NodeId(2),
+                free: r(&[("x", 1.0)]),
+            },
+        ];
+        assert_eq!(
+            place_bundles(Strategy::StrictSpread, &b, &[], &nodes),
+            Ok(vec![NodeId(2), NodeId(1)])
+        );
+    }
+
+    #[test]
+    fn a_spread_of_many_bundles_over_few_nodes_is_even() {
+        let b = vec![r(&[(CPU, 0.001)]); MAX_BUNDLES];
+        let got = place_bundles(Strategy::Spread, &b, &[], &nodes(4, &[(CPU, 100.0)])).unwrap();
+        for n in 1..=4 {
+            let on = got.iter().filter(|x| **x == NodeId(n)).count();
+            assert_eq!(on, MAX_BUNDLES / 4, "evenly spread");
+        }
     }
 
     #[test]

@@ -86,6 +86,10 @@ pub struct TaskOptions {
     /// them runs it.
     #[serde(default)]
     pub resources: Resources,
+    /// The node whose work it is, when it runs for a peer (set where it
+    /// runs): a placement group it makes goes with that node.
+    #[serde(default)]
+    pub owner: Option<NodeId>,
 }
 
 impl Default for TaskOptions {
@@ -155,6 +159,7 @@ impl TaskOptions {
         scheduling: Scheduling::Default,
         num_cpus: 1.0,
         resources: Resources::new(),
+        owner: None,
     };
 
     /// Whether a task that has failed `failures` times may run again.

@@ -420,6 +420,10 @@ impl Node {
             }));
             return;
         }
+        if let Err(e) = groups::check_resources(&spec.options.resources) {
+            ret.complete(Err(e));
+            return;
+        }
         if self.cluster().is_none() {
             // This runtime is the whole cluster: work that needs what it
             // lacks, or a group it cannot use, fails here.
@@ -698,8 +702,11 @@ impl Node {
         if let Some((namespace, name)) = &info.name {
             crate::cluster::wire::check_names(namespace, name)?;
         }
+        // It goes with the node whose work made it: this one, or the one
+        // that submitted the task making it (Ray's: a job's groups go with it).
+        let owner = crate::worker::current_task_owner().unwrap_or(self.id());
         let placed = match self.cluster() {
-            Some(c) => match c.ask(Ask::CreateGroup(info))? {
+            Some(c) => match c.ask(Ask::CreateGroup { info, owner })? {
                 Answer::Group(g) => g,
                 other => return Err(unexpected(&other)),
             },

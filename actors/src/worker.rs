@@ -27,6 +27,8 @@ thread_local! {
     /// The return object of the task (or actor call) running on this thread:
     /// held here, so a task it submits finds its parent without a look-up.
     static CURRENT_TASK: RefCell<Option<Arc<Slot>>> = const { RefCell::new(None) };
+    /// The node whose work the running task is, when it runs for a peer.
+    static CURRENT_OWNER: Cell<Option<crate::ids::NodeId>> = const { Cell::new(None) };
 }
 
 /// Records `child` as submitted by the task (or call) running on this thread,
@@ -46,6 +48,14 @@ pub fn with_current_task<R>(slot: &Arc<Slot>, f: impl FnOnce() -> R) -> R {
     let result = f();
     CURRENT_TASK.with(|t| *t.borrow_mut() = previous);
     result
+}
+
+/// The node that owns the task (or actor call) running on this thread: the
+/// one that submitted it. None outside a task.
+pub fn current_task_owner() -> Option<crate::ids::NodeId> {
+    CURRENT_OWNER
+        .with(Cell::get)
+        .or_else(|| CURRENT_TASK.with(|t| t.borrow().as_ref().map(|s| s.id().node)))
 }
 
 /// Whether the task running on this thread has been cancelled: a long task
@@ -206,7 +216,9 @@ impl TaskRunner {
                 Err(e) => Err(e),
                 Ok(args) => {
                     let outer = self.state.task.begin(id.tag());
+                    let owner = CURRENT_OWNER.with(|o| o.replace(job.spec.options.owner));
                     let ran = with_current_task(&slot, || catch_user(|| invoke(args)));
+                    CURRENT_OWNER.with(|o| o.set(owner));
                     if self.state.task.end(outer) {
                         // Abandoned by a forced cancel (which failed the object)
                         // and replaced: this worker leaves the pool once its

@@ -498,16 +498,25 @@ impl Head {
                 },
             );
         }
+        // Versions restored first: each group's news from this head is newer
+        // than anything a node heard from the last one.
+        tables.group_version = restored
+            .groups
+            .iter()
+            .map(|r| r.info.version)
+            .max()
+            .unwrap_or(0);
         for r in restored.groups {
             let id = r.info.id;
             let mut info = r.info;
+            tables.group_version += 1;
+            info.version = tables.group_version;
             // A bundle on a node that is not alive is placed again.
             for n in info.nodes.iter_mut() {
                 if n.is_some_and(|n| !tables.nodes.iter().any(|m| m.info.id == n && m.alive)) {
                     *n = None;
                 }
             }
-            tables.group_version = tables.group_version.max(info.version);
             if info.placed() {
                 // Its nodes took their bundles before (or take them as they
                 // rejoin, with what they knew).
@@ -725,7 +734,17 @@ impl Head {
                 link.abort();
                 return;
             }
-            if let Some(m) = t.nodes.iter_mut().find(|m| m.info.id == info.id && m.alive) {
+            if t.nodes.iter().any(|m| m.info.id == info.id && m.alive) {
+                // Told the groups again (a head started again has news of
+                // them it may not have had).
+                for g in t.groups.values() {
+                    link.send(Msg::GroupState(g.info.clone()));
+                }
+                let m = t
+                    .nodes
+                    .iter_mut()
+                    .find(|m| m.info.id == info.id && m.alive)
+                    .expect("found above");
                 let old = m.link.replace(link.clone());
                 m.heard = Instant::now();
                 drop(t);
@@ -1242,7 +1261,11 @@ impl Head {
                 }
                 Ok(Answer::Stored(had))
             }
-            Ask::CreateGroup(mut info) => {
+            Ask::GroupById { group } => Ok(match t.groups.get(&group) {
+                Some(g) => Answer::Group(g.info.clone()),
+                None => Answer::Done,
+            }),
+            Ask::CreateGroup { mut info, owner } => {
                 // The same limits as the caller's own checks: a peer may skip them.
                 groups::check_bundles(&info.bundles)?;
                 if let Some((namespace, name)) = &info.name {
@@ -1261,6 +1284,12 @@ impl Head {
                     }
                 }
                 let id = info.id;
+                // A node gone already leaves it to the node that asked.
+                let owner = if t.nodes.iter().any(|m| m.info.id == owner && m.alive) {
+                    owner
+                } else {
+                    id.node
+                };
                 info.nodes = vec![None; info.bundles.len()];
                 info.state = GroupState::Pending;
                 if let Some(key) = &info.name {
@@ -1271,7 +1300,7 @@ impl Head {
                     id,
                     Group {
                         info,
-                        creator: id.node,
+                        creator: owner,
                         acked,
                     },
                 );

@@ -2217,7 +2217,7 @@ impl ClusterNode {
                     Ask::Draining { .. } => Ask::Draining { node: from },
                     Ask::JobFinished { .. } => Ask::JobFinished { driver: from },
                     // A node creates groups under its own ids only.
-                    Ask::CreateGroup(info) if info.id.node != from => {
+                    Ask::CreateGroup { info, .. } if info.id.node != from => {
                         link.send(Msg::Answer {
                             id,
                             answer: Err(Error::InvalidArgument(format!(
@@ -2507,6 +2507,7 @@ impl ClusterNode {
             soft: false,
         };
         spec.options.num_cpus = 0.0;
+        spec.options.owner = Some(object.node);
         self.core.table.submit_task(ret.clone(), spec, pins, false);
         self.tasks_for_peers.fetch_add(1, Ordering::Relaxed);
         self.wait_for(
@@ -3390,6 +3391,27 @@ impl ClusterNode {
                 }
             }
         }
+    }
+
+    /// A handle brought news of a group this node had not heard of: what it
+    /// carried stands until the head says whether the group lives (the
+    /// handle may be older than its removal, which a node that joined later
+    /// never heard of). Asked off the network thread.
+    pub fn confirm_group(self: &Arc<Self>, hint: GroupInfo) {
+        let me = self.clone();
+        self.net.spawn_blocking(move || {
+            ON_NET_THREAD.with(|n| n.set(false));
+            let news = match me.ask(Ask::GroupById { group: hint.id }) {
+                Ok(Answer::Group(g)) => g,
+                Ok(_) => GroupInfo {
+                    state: GroupState::Removed,
+                    version: u64::MAX,
+                    ..hint
+                },
+                Err(_) => return,
+            };
+            me.group_news(vec![news], None);
+        });
     }
 
     /// The candidates for work from this node: itself and its live peers

@@ -60,7 +60,8 @@ pub fn place(
     if fits.is_empty() {
         let most = candidates.iter().map(|c| c.cpus).fold(0.0, f64::max);
         return Err(format!(
-            "it needs {need} CPUs and no live node has that many (the most is {most})"
+            "it needs {need} CPUs and no live node has that many not reserved by a placement \
+             group (the most is {most})"
         ));
     }
     match scheduling {

@@ -266,7 +266,18 @@ pub enum Ask {
     },
     /// Creates a placement group (as given: pending, nowhere yet): the
     /// answer is the group as the head placed it, or is placing it.
-    CreateGroup(GroupInfo),
+    CreateGroup {
+        /// The group.
+        info: GroupInfo,
+        /// The node it goes with (unless detached): the one that asked, or
+        /// the one that submitted the task that asked.
+        owner: NodeId,
+    },
+    /// The live placement group with this id (`Done` if it is not live).
+    GroupById {
+        /// The group.
+        group: GroupId,
+    },
     /// Removes a placement group (nothing if it is gone already).
     RemoveGroup {
         /// The group.
