@@ -256,8 +256,9 @@ impl Tables {
             Some(id) => vec![id],
             None => self.unplaced.clone(),
         };
+        // What each node has free, once; less what each group placed takes.
+        let mut free = self.free_for_bundles();
         for id in waiting {
-            let free = self.free_for_bundles();
             let Some(g) = self.groups.get_mut(&id) else {
                 continue;
             };
@@ -267,6 +268,9 @@ impl Tables {
                         if g.info.nodes[i].is_none() {
                             g.info.nodes[i] = Some(n);
                             g.acked[i] = false;
+                            if let Some(f) = free.iter_mut().find(|f| f.id == n) {
+                                groups::take(&mut f.free, &g.info.bundles[i]);
+                            }
                         }
                     }
                     self.unplaced.retain(|u| *u != id);
