@@ -53,6 +53,17 @@ fn make_groups(_: ()) -> (PlacementGroup, PlacementGroup) {
     (mine, kept)
 }
 
+/// Has `make_groups` run on `node` by a task of its own: the groups are
+/// still its submitter's job's.
+fn make_groups_nested(node: u64) -> (PlacementGroup, PlacementGroup) {
+    let rt = Runtime::current().expect("in a task");
+    rt.task(make_groups)
+        .node_affinity(NodeId(node), false)
+        .remote(())
+        .get()
+        .expect("nested")
+}
+
 /// What a node makes of a group handle read from the key-value store,
 /// encoded there before the group was removed: whether it sees the group
 /// removed (within the wait), and whether it lists it.
@@ -82,6 +93,7 @@ rayx::remote!(
     run_in_group,
     named_group_state,
     make_groups,
+    make_groups_nested,
     read_stale_handle,
     wait_now
 );
@@ -118,7 +130,20 @@ impl Handler<Where> for Counter {
     }
 }
 
-rayx::remote_actor!(Counter, new_counter, [Add, Where]);
+/// Makes a placement group from inside the actor.
+#[derive(Serialize, Deserialize)]
+pub struct MakeGroup;
+impl Message for MakeGroup {
+    type Reply = PlacementGroup;
+}
+impl Handler<MakeGroup> for Counter {
+    fn handle(&mut self, _: MakeGroup, _: &mut ActorContext<Self>) -> PlacementGroup {
+        let rt = Runtime::current().expect("in an actor");
+        rt.placement_group([[("disk", 0.5)]]).create().unwrap()
+    }
+}
+
+rayx::remote_actor!(Counter, new_counter, [Add, Where, MakeGroup]);
 
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + LONG;
@@ -297,7 +322,7 @@ fn a_dead_nodes_bundles_are_placed_again_and_its_actors_restart_there() {
 fn a_group_goes_with_the_job_that_made_it_unless_detached() {
     let mut c = Cluster::builder()
         .nodes(2)
-        .node_resource("disk", 2.0)
+        .node_resource("disk", 3.0)
         .health_check(Duration::from_millis(100), 10)
         .start()
         .unwrap();
@@ -316,8 +341,26 @@ fn a_group_goes_with_the_job_that_made_it_unless_detached() {
         .remote(())
         .get()
         .unwrap();
-    assert_eq!(mine.wait(LONG), Ok(true));
-    assert_eq!(kept.wait(LONG), Ok(true));
+    // So do groups made by a task that task submits, and by an actor the
+    // job made.
+    let (nested, nested_kept) = job
+        .task(make_groups_nested)
+        .num_cpus(0.0)
+        .node_affinity(c.nodes()[0].id, false)
+        .remote(c.nodes()[1].id.0)
+        .get()
+        .unwrap();
+    let maker = job
+        .actor_of(new_counter, 0)
+        .num_cpus(0.0)
+        .node_affinity(c.nodes()[1].id, false)
+        .spawn()
+        .unwrap();
+    let in_actor = maker.call(MakeGroup).get().unwrap();
+    for g in [&mine, &kept, &nested, &nested_kept, &in_actor] {
+        assert_eq!(g.wait(LONG), Ok(true));
+    }
+    rt.remove_placement_group(&nested_kept).unwrap();
     let (mine, kept) = (mine.id(), kept.id());
     let table = || -> Vec<(rayx::PlacementGroupId, PlacementGroupState)> {
         let mut t: Vec<_> = rt
@@ -328,7 +371,7 @@ fn a_group_goes_with_the_job_that_made_it_unless_detached() {
         t.sort_by_key(|g| g.0);
         t
     };
-    assert_eq!(table().len(), 2);
+    assert_eq!(table().len(), 4);
     assert_ne!(mine, kept);
     job.shutdown();
     wait_until("the job's own group is removed", || {

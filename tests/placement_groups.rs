@@ -257,6 +257,16 @@ fn resource_amounts_are_checked_on_every_task() {
             other => panic!("{amount} gpu: {other:?}"),
         }
     }
+    for cpus in [-1.0, f64::NAN] {
+        match rt.task(add).num_cpus(cpus).remote((1, 1)).get() {
+            Err(Error::InvalidArgument(why)) => assert!(why.contains("num_cpus"), "{why}"),
+            other => panic!("{cpus} CPUs: {other:?}"),
+        }
+        assert!(matches!(
+            rt.actor(|| Keeper(1)).num_cpus(cpus).spawn().map(|_| ()),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
     let too_many = vec![[("disk", 0.0001)]; rayx_actors::groups::MAX_BUNDLES + 1];
     assert!(matches!(
         rt.placement_group(too_many).create(),

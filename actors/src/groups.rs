@@ -193,7 +193,79 @@ pub struct Free {
 /// matching of bundles to nodes, found by augmenting paths. Cost: about
 /// bundles × nodes (a matching: bundles² × nodes at most, and a strict
 /// spread has no more bundles than nodes).
+///
+/// Where these heuristics find no room for a group that may share nodes
+/// (`Pack`, `Spread`), a bounded search of every assignment settles it.
 pub fn place_bundles(
+    strategy: Strategy,
+    bundles: &[Resources],
+    fixed: &[Option<NodeId>],
+    nodes: &[Free],
+) -> Result<Vec<NodeId>, String> {
+    match by_heuristic(strategy, bundles, fixed, nodes) {
+        Err(why) if matches!(strategy, Strategy::Pack | Strategy::Spread) => {
+            search(bundles, fixed, nodes).ok_or(why)
+        }
+        placed => placed,
+    }
+}
+
+/// How many steps the search for a placement takes at most: enough for every
+/// assignment of a few bundles to a few nodes, and a bound on the head's
+/// time for a large group the heuristics could not place.
+const SEARCH_STEPS: usize = 100_000;
+
+/// Any placement of the bundles not placed yet that fits, by depth-first
+/// search (largest bundle first), within [`SEARCH_STEPS`].
+fn search(bundles: &[Resources], fixed: &[Option<NodeId>], nodes: &[Free]) -> Option<Vec<NodeId>> {
+    let todo: Vec<usize> = (0..bundles.len())
+        .filter(|&i| fixed.get(i).copied().flatten().is_none())
+        .collect();
+    let mut free: Vec<Resources> = nodes.iter().map(|n| n.free.clone()).collect();
+    let mut chosen = vec![0usize; bundles.len()];
+    let mut steps = 0;
+    fn go(
+        k: usize,
+        todo: &[usize],
+        bundles: &[Resources],
+        free: &mut [Resources],
+        chosen: &mut [usize],
+        steps: &mut usize,
+    ) -> bool {
+        let Some(&i) = todo.get(k) else {
+            return true;
+        };
+        for n in 0..free.len() {
+            *steps += 1;
+            if *steps > SEARCH_STEPS {
+                return false;
+            }
+            if fits(&free[n], &bundles[i]) {
+                take(&mut free[n], &bundles[i]);
+                chosen[i] = n;
+                if go(k + 1, todo, bundles, free, chosen, steps) {
+                    return true;
+                }
+                add(&mut free[n], &bundles[i], 1.0);
+            }
+        }
+        false
+    }
+    if !go(0, &todo, bundles, &mut free, &mut chosen, &mut steps) {
+        return None;
+    }
+    Some(
+        (0..bundles.len())
+            .map(|i| match fixed.get(i).copied().flatten() {
+                Some(n) => n,
+                None => nodes[chosen[i]].id,
+            })
+            .collect(),
+    )
+}
+
+/// The placement by heuristics: see [`place_bundles`].
+fn by_heuristic(
     strategy: Strategy,
     bundles: &[Resources],
     fixed: &[Option<NodeId>],
@@ -340,18 +412,19 @@ pub fn place_bundles(
                     open.len()
                 ));
             }
-            let mut matched = 0;
+            // Once a bundle finds no node of its own, the rest share (a strict
+            // spread fails there): no search per bundle past that point,
+            // which on many nodes would cost nodes² each.
+            let mut full = false;
             for &i in &todo {
-                // Every open node has a bundle: no path can end anywhere.
-                if matched == open.len() {
-                    alone.push(i);
+                let mut seen = vec![false; free.len()];
+                if !full && augment(i, bundles, &free, &open, &mut owner, &mut seen) {
                     continue;
                 }
-                let mut seen = vec![false; free.len()];
-                if augment(i, bundles, &free, &open, &mut owner, &mut seen) {
-                    matched += 1;
-                } else {
-                    alone.push(i);
+                full = true;
+                alone.push(i);
+                if strategy == Strategy::StrictSpread {
+                    break;
                 }
             }
             if strategy == Strategy::StrictSpread && !alone.is_empty() {
@@ -809,6 +882,126 @@ mod tests {
         for n in 1..=4 {
             let on = got.iter().filter(|x| **x == NodeId(n)).count();
             assert_eq!(on, MAX_BUNDLES / 4, "evenly spread");
+        }
+    }
+
+    /// A small xorshift generator: the same cases every run.
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+        fn amounts(&mut self, max: u64, keys: &[&str]) -> Resources {
+            keys.iter()
+                .map(|k| (k.to_string(), self.below(max + 1) as f64))
+                .filter(|(_, v)| *v > 0.0)
+                .collect()
+        }
+    }
+
+    /// Whether `placed` keeps fixed bundles where they are, every node within
+    /// what it has free, and the strict strategies' rules.
+    fn keeps_the_rules(
+        strategy: Strategy,
+        bundles: &[Resources],
+        fixed: &[Option<NodeId>],
+        nodes: &[Free],
+        placed: &[NodeId],
+    ) -> bool {
+        let mut free: Vec<Resources> = nodes.iter().map(|n| n.free.clone()).collect();
+        for (i, n) in placed.iter().enumerate() {
+            match fixed[i] {
+                Some(f) if f != *n => return false,
+                Some(_) => continue,
+                None => {}
+            }
+            let Some(k) = nodes.iter().position(|x| x.id == *n) else {
+                return false;
+            };
+            for (r, v) in &bundles[i] {
+                *free[k].entry(r.clone()).or_insert(0.0) -= v;
+            }
+        }
+        let distinct = placed.iter().collect::<HashSet<_>>().len();
+        free.iter().all(|f| f.values().all(|v| *v >= -EPSILON))
+            && match strategy {
+                Strategy::StrictPack => distinct == 1,
+                Strategy::StrictSpread => distinct == placed.len(),
+                _ => true,
+            }
+    }
+
+    /// Whether any placement keeps the rules, trying every one.
+    fn placeable(
+        strategy: Strategy,
+        bundles: &[Resources],
+        fixed: &[Option<NodeId>],
+        nodes: &[Free],
+    ) -> bool {
+        let (b, n) = (bundles.len() as u32, nodes.len() as u64);
+        (0..n.pow(b)).any(|mut code| {
+            let placed: Vec<NodeId> = (0..bundles.len())
+                .map(|i| {
+                    let k = (code % n) as usize;
+                    code /= n;
+                    fixed[i].unwrap_or(nodes[k].id)
+                })
+                .collect();
+            keeps_the_rules(strategy, bundles, fixed, nodes, &placed)
+        })
+    }
+
+    #[test]
+    fn every_group_that_fits_is_placed_and_every_placement_fits() {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let strategies = [
+            Strategy::Pack,
+            Strategy::Spread,
+            Strategy::StrictPack,
+            Strategy::StrictSpread,
+        ];
+        for case in 0..6_000 {
+            let keys: &[&str] = if rng.below(2) == 0 {
+                &[CPU]
+            } else {
+                &[CPU, "gpu"]
+            };
+            let nodes: Vec<Free> = (0..1 + rng.below(4))
+                .map(|i| Free {
+                    id: NodeId(i + 1),
+                    free: rng.amounts(6, keys),
+                })
+                .collect();
+            let bundles: Vec<Resources> = (0..1 + rng.below(5))
+                .map(|_| {
+                    let b = rng.amounts(4, keys);
+                    if b.is_empty() {
+                        r(&[(CPU, 1.0)])
+                    } else {
+                        b
+                    }
+                })
+                .collect();
+            let strategy = strategies[rng.below(4) as usize];
+            let mut fixed = vec![None; bundles.len()];
+            if rng.below(3) == 0 {
+                let i = rng.below(bundles.len() as u64) as usize;
+                fixed[i] = Some(nodes[rng.below(nodes.len() as u64) as usize].id);
+            }
+            let what = format!("case {case}: {strategy:?} {bundles:?} {fixed:?} on {nodes:?}");
+            match place_bundles(strategy, &bundles, &fixed, &nodes) {
+                Ok(placed) => assert!(
+                    keeps_the_rules(strategy, &bundles, &fixed, &nodes, &placed),
+                    "{what}: {placed:?}"
+                ),
+                Err(why) => assert!(
+                    !placeable(strategy, &bundles, &fixed, &nodes),
+                    "{what}: refused ({why}) though it fits"
+                ),
+            }
         }
     }
 

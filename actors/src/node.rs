@@ -424,6 +424,19 @@ impl Node {
             ret.complete(Err(e));
             return;
         }
+        let cpus = spec.options.num_cpus;
+        if !cpus.is_finite() || cpus < 0.0 {
+            ret.complete(Err(Error::InvalidArgument(format!(
+                "num_cpus is {cpus}: it must be finite and not negative"
+            ))));
+            return;
+        }
+        let mut spec = spec;
+        if let Some(owner) = crate::worker::inherited_owner() {
+            // A task a peer's task submits runs for that peer too (a group
+            // it makes goes with that peer's job).
+            spec.options.owner.get_or_insert(owner);
+        }
         if self.cluster().is_none() {
             // This runtime is the whole cluster: work that needs what it
             // lacks, or a group it cannot use, fails here.

@@ -50,12 +50,23 @@ pub fn with_current_task<R>(slot: &Arc<Slot>, f: impl FnOnce() -> R) -> R {
     result
 }
 
-/// The node that owns the task (or actor call) running on this thread: the
-/// one that submitted it. None outside a task.
+/// The node whose work the task or actor call running on this thread is:
+/// the node a task runs for (its submitter, or the node its submitter ran
+/// it for), or an actor's creator. None outside a task or call.
 pub fn current_task_owner() -> Option<crate::ids::NodeId> {
-    CURRENT_OWNER
-        .with(Cell::get)
-        .or_else(|| CURRENT_TASK.with(|t| t.borrow().as_ref().map(|s| s.id().node)))
+    CURRENT_OWNER.with(Cell::get).or_else(|| {
+        CURRENT_TASK.with(|t| {
+            t.borrow()
+                .as_ref()
+                .map(|s| s.call_of().map_or(s.id().node, |actor| actor.node))
+        })
+    })
+}
+
+/// The node a task submitted from this thread runs for, when that is not
+/// the node it is submitted on: the one the running task runs for.
+pub fn inherited_owner() -> Option<crate::ids::NodeId> {
+    CURRENT_OWNER.with(Cell::get)
 }
 
 /// Whether the task running on this thread has been cancelled: a long task

@@ -2507,7 +2507,8 @@ impl ClusterNode {
             soft: false,
         };
         spec.options.num_cpus = 0.0;
-        spec.options.owner = Some(object.node);
+        // Whose work it is: the submitter's, or whoever it ran its task for.
+        spec.options.owner = Some(spec.options.owner.unwrap_or(object.node));
         self.core.table.submit_task(ret.clone(), spec, pins, false);
         self.tasks_for_peers.fetch_add(1, Ordering::Relaxed);
         self.wait_for(
@@ -3401,14 +3402,32 @@ impl ClusterNode {
         let me = self.clone();
         self.net.spawn_blocking(move || {
             ON_NET_THREAD.with(|n| n.set(false));
-            let news = match me.ask(Ask::GroupById { group: hint.id }) {
-                Ok(Answer::Group(g)) => g,
-                Ok(_) => GroupInfo {
-                    state: GroupState::Removed,
-                    version: u64::MAX,
-                    ..hint
-                },
-                Err(_) => return,
+            // A head out of reach for a moment (a restart, a reset) is asked
+            // again, for about half a minute.
+            let mut pause = Duration::from_millis(100);
+            let news = loop {
+                match me.ask(Ask::GroupById { group: hint.id }) {
+                    Ok(Answer::Group(g)) => break g,
+                    Ok(_) => {
+                        break GroupInfo {
+                            state: GroupState::Removed,
+                            version: u64::MAX,
+                            ..hint
+                        }
+                    }
+                    Err(Error::ShutDown) => return,
+                    Err(e) if pause > Duration::from_secs(10) => {
+                        tracing::warn!(
+                            "rayx: could not ask the head whether placement group {} lives: {e}",
+                            hint.id
+                        );
+                        return;
+                    }
+                    Err(_) => {
+                        std::thread::sleep(pause);
+                        pause *= 2;
+                    }
+                }
             };
             me.group_news(vec![news], None);
         });

@@ -287,6 +287,14 @@ pub struct Slot {
 }
 
 impl Slot {
+    /// The actor whose call makes this object, if it is a call's reply.
+    pub fn call_of(&self) -> Option<ActorId> {
+        match self.inner.lock().work {
+            Work::Call(actor) => Some(actor),
+            _ => None,
+        }
+    }
+
     /// A pending object's slot; a call's reply names its actor.
     // Inlined, as `OwnerTable::index` is: built in place where it is made
     // (a slot moved through a call is copied first, a tenth of a `put`).
