@@ -205,15 +205,8 @@ impl Tables {
     /// The nodes bundles may go to, with what each has free for them.
     fn free_for_bundles(&self) -> Vec<Free> {
         let reserved = self.reserved();
-        self.nodes
-            .iter()
-            .enumerate()
-            .filter(|(i, m)| {
-                m.alive
-                    && !m.draining
-                    && (*i == 0 || m.link.as_ref().is_some_and(|l| !l.is_closed()))
-            })
-            .map(|(_, m)| {
+        self.placeable(true)
+            .map(|m| {
                 let mut free = m.info.resources.clone();
                 free.insert(CPU.to_string(), m.info.cpus);
                 if let Some(r) = reserved.get(&m.info.id) {
@@ -300,20 +293,23 @@ impl Tables {
         Some(g.info)
     }
 
+    /// The members work may go to: alive, not draining, and linked — the
+    /// head's own node (the first), or one whose link is open (`open`) or
+    /// may be down for a moment.
+    fn placeable(&self, open: bool) -> impl Iterator<Item = &Member> {
+        self.nodes.iter().enumerate().filter_map(move |(i, m)| {
+            let linked = i == 0 || m.link.as_ref().is_some_and(|l| !open || !l.is_closed());
+            (m.alive && !m.draining && linked).then_some(m)
+        })
+    }
+
     /// The nodes work may be placed on: alive, and linked — the head's own
     /// node (the first), or a node that joined or rejoined, whose link is
     /// open (`open`) or may be down for a moment. A node a head started
     /// again found in its database is not, until it rejoins.
     fn candidates(&self, open: bool, reserved: &HashMap<NodeId, Resources>) -> Vec<Candidate> {
-        self.nodes
-            .iter()
-            .enumerate()
-            .filter(|(i, m)| {
-                m.alive
-                    && !m.draining
-                    && (*i == 0 || m.link.as_ref().is_some_and(|l| !open || !l.is_closed()))
-            })
-            .map(|(_, m)| Candidate {
+        self.placeable(open)
+            .map(|m| Candidate {
                 id: m.info.id,
                 cpus: m.info.cpus
                     - reserved
