@@ -2318,6 +2318,18 @@ fn a_group_placed_before_the_head_was_killed_is_ready_after() {
     signal(pid, libc::SIGCONT);
     assert_eq!(pg.wait(Duration::from_secs(30)), Ok(true));
     assert_eq!(rt.get_placement_group("kept").map(|g| g.id()), Ok(pg.id()));
+    // `rayx status` lists it, and the node's resources.
+    let status = Command::new(env!("CARGO_BIN_EXE_rayx"))
+        .args(["status", "--address", &address])
+        .env("RAYX_TOKEN", token)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{status:?}");
+    assert!(text.contains("resources: disk=1"), "{text}");
+    let line = format!("{} Created Pack named default/kept", pg.id());
+    assert!(text.contains(&line), "{text}");
+    assert!(text.contains("bundle 0: disk=1 on node-"), "{text}");
     rt.remove_placement_group(&pg).unwrap();
     drop(rt);
     sh.stop(head);
