@@ -2312,6 +2312,13 @@ fn a_group_placed_before_the_head_was_killed_is_ready_after() {
         "not taken yet"
     );
     assert!(pg.bundle_nodes()[0].is_some(), "placed");
+    // And one with no room at all: pending before, pending after.
+    let waits = rt
+        .placement_group([[("gpu", 1.0)]])
+        .name("waits")
+        .detached()
+        .create()
+        .unwrap();
     head.0.kill().unwrap();
     head.0.wait().unwrap();
     head = sh.start();
@@ -2329,6 +2336,10 @@ fn a_group_placed_before_the_head_was_killed_is_ready_after() {
     assert!(text.contains("resources: disk=1"), "{text}");
     let line = format!("{} Created Pack named default/kept", pg.id());
     assert!(text.contains(&line), "{text}");
+    let line = format!("{} Pending Pack named default/waits", waits.id());
+    assert!(text.contains(&line), "{text}");
+    assert!(text.contains("bundle 0: gpu=1 not placed"), "{text}");
+    rt.remove_placement_group(&waits).unwrap();
     assert!(text.contains("bundle 0: disk=1 on node-"), "{text}");
     rt.remove_placement_group(&pg).unwrap();
     drop(rt);

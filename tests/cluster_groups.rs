@@ -64,6 +64,15 @@ fn make_groups_nested(node: u64) -> (PlacementGroup, PlacementGroup) {
         .expect("nested")
 }
 
+/// Runs until the file `path` exists (a test's way to hold a node busy).
+fn busy_until(path: String) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::path::Path::new(&path).exists() && Instant::now() < deadline {
+        std::thread::park_timeout(Duration::from_millis(10));
+    }
+    Runtime::current().expect("in a task").node_id().0
+}
+
 /// What a node makes of a group handle read from the key-value store,
 /// encoded there before the group was removed: whether it sees the group
 /// removed (within the wait), and whether it lists it.
@@ -94,6 +103,7 @@ rayx::remote!(
     named_group_state,
     make_groups,
     make_groups_nested,
+    busy_until,
     read_stale_handle,
     wait_now
 );
@@ -442,6 +452,66 @@ fn a_removed_group_stays_removed_on_a_node_that_joined_later() {
     }
 }
 
+fn a_draining_nodes_bundles_move_at_once() {
+    let c = Cluster::builder()
+        .nodes(3)
+        .node_resource("disk", 1.0)
+        .start()
+        .unwrap();
+    let rt = c.driver().clone();
+    let pg = rt
+        .placement_group([[("disk", 1.0)], [("disk", 1.0)]])
+        .strategy(PlacementStrategy::StrictSpread)
+        .create()
+        .unwrap();
+    pg.ready().get_timeout(LONG).unwrap();
+    let before = placed(&pg);
+    // Bundle 1's node is kept busy, so it drains for as long as the test
+    // holds it.
+    let file = std::env::temp_dir().join(format!("rayx-drain-{}", std::process::id()));
+    let _ = std::fs::remove_file(&file);
+    let busy = rt
+        .task(busy_until)
+        .num_cpus(0.0)
+        .placement_group(&pg, Some(1))
+        .remote(file.to_string_lossy().into_owned());
+    let draining = NodeId(before[1]);
+    wait_until("the busy task runs", || {
+        rt.cluster_status()
+            .unwrap()
+            .nodes
+            .iter()
+            .any(|n| n.info.id == draining && n.report.load > 0)
+    });
+    rt.drain_node(draining, Duration::from_secs(60)).unwrap();
+    wait_until(
+        "bundle 1 moved off the draining node and is reserved",
+        || {
+            pg.state() == PlacementGroupState::Created
+                && pg.bundle_nodes()[1].is_some_and(|n| n != draining && n.0 != before[0])
+        },
+    );
+    let (_, ran) = rt
+        .task(where_am_i)
+        .num_cpus(0.0)
+        .placement_group(&pg, Some(1))
+        .remote(1)
+        .get_timeout(LONG)
+        .unwrap();
+    assert_eq!(
+        Some(NodeId(ran)),
+        pg.bundle_nodes()[1],
+        "work goes where it went"
+    );
+    std::fs::write(&file, b"done").unwrap();
+    assert_eq!(
+        busy.get_timeout(LONG),
+        Ok(draining.0),
+        "the drain let it finish"
+    );
+    let _ = std::fs::remove_file(&file);
+}
+
 fn a_group_with_no_room_is_placed_when_a_node_with_room_joins() {
     let mut c = Cluster::builder().nodes(1).start().unwrap();
     let rt = c.driver().clone();
@@ -470,6 +540,7 @@ fn main() {
         a_group_goes_with_the_job_that_made_it_unless_detached,
         a_group_with_no_room_is_placed_when_a_node_with_room_joins,
         a_removed_group_stays_removed_on_a_node_that_joined_later,
+        a_draining_nodes_bundles_move_at_once,
     ];
     common::run_tests(tests);
 }

@@ -522,7 +522,10 @@ impl Head {
                 // rejoin, with what they knew).
                 info.state = GroupState::Created;
             } else {
-                info.state = GroupState::Rescheduling;
+                // Pending stays pending; one that lost a bundle is placed again.
+                if info.state != GroupState::Pending {
+                    info.state = GroupState::Rescheduling;
+                }
                 tables.unplaced.push(id);
             }
             if let Some(key) = &info.name {
@@ -860,29 +863,7 @@ impl Head {
             for id in created {
                 news.extend(t.remove_group(id, &mut records));
             }
-            let held: Vec<GroupId> = t
-                .groups
-                .values()
-                .filter(|g| g.info.nodes.contains(&Some(node)))
-                .map(|g| g.info.id)
-                .collect();
-            for id in &held {
-                let g = t.groups.get_mut(id).expect("listed");
-                for n in g.info.nodes.iter_mut().filter(|n| **n == Some(node)) {
-                    *n = None;
-                }
-                g.info.state = GroupState::Rescheduling;
-                if !t.unplaced.contains(id) {
-                    t.unplaced.push(*id);
-                }
-            }
-            for id in held {
-                let placed = t.place_groups(Some(id), &mut records);
-                if placed.is_empty() {
-                    news.extend(t.changed(id, &mut records));
-                }
-                news.extend(placed);
-            }
+            news.extend(t.move_bundles_off(node, &mut records));
             // What the removed groups held may make room for others.
             news.extend(t.place_groups(None, &mut records));
             let there: Vec<ActorId> = t
@@ -1339,7 +1320,9 @@ impl Head {
             }
             Ask::StopCluster => Ok(Answer::Done),
             Ask::Draining { node } => {
-                t.draining(node);
+                let mut records = Vec::new();
+                news.extend(t.draining(node, &mut records));
+                self.save(&records);
                 Ok(Answer::Done)
             }
             Ask::DrainNode { node, timeout_ms } => {
@@ -1375,14 +1358,18 @@ impl Head {
                 if let Some(m) = t.nodes.iter_mut().find(|m| m.info.id == node) {
                     m.leaving = true;
                 }
-                t.draining(node);
+                let mut records = Vec::new();
+                news.extend(t.draining(node, &mut records));
+                self.save(&records);
                 Ok(Answer::Done)
             }
             Ask::JobFinished { driver } => {
                 if let Some(m) = t.nodes.iter_mut().find(|m| m.info.id == driver) {
                     m.leaving = true;
                 }
-                t.draining(driver);
+                let mut records = Vec::new();
+                news.extend(t.draining(driver, &mut records));
+                self.save(&records);
                 if let Some(job) = t
                     .jobs
                     .iter_mut()
@@ -1409,17 +1396,53 @@ impl Tables {
     /// new work is placed there, and every other node is told (a link's
     /// send only queues; the head's own node is told by the caller,
     /// `ClusterNode::peer_draining`).
-    fn draining(&mut self, node: NodeId) {
+    ///
+    /// Its placement groups' bundles are placed again elsewhere at once (work
+    /// for them goes where they went; its actors in them follow when it
+    /// goes): the news, and the records to write.
+    fn draining(&mut self, node: NodeId, records: &mut Vec<Record>) -> Vec<GroupInfo> {
         let Some(m) = self.nodes.iter_mut().find(|m| m.info.id == node && m.alive) else {
-            return;
+            return Vec::new();
         };
         if std::mem::replace(&mut m.draining, true) {
-            return;
+            return Vec::new();
         }
         let others = self.nodes.iter().filter(|m| m.info.id != node);
         for link in others.filter_map(|m| m.link.as_ref()) {
             link.send(Msg::NodeDraining { node });
         }
+        self.move_bundles_off(node, records)
+    }
+
+    /// The bundles on `node` (dead, or draining) are placed again on the
+    /// nodes work may go to: their groups are `Rescheduling` until placed and
+    /// taken. The news.
+    fn move_bundles_off(&mut self, node: NodeId, records: &mut Vec<Record>) -> Vec<GroupInfo> {
+        let mut news = Vec::new();
+        let held: Vec<GroupId> = self
+            .groups
+            .values()
+            .filter(|g| g.info.nodes.contains(&Some(node)))
+            .map(|g| g.info.id)
+            .collect();
+        for id in &held {
+            let g = self.groups.get_mut(id).expect("listed");
+            for n in g.info.nodes.iter_mut().filter(|n| **n == Some(node)) {
+                *n = None;
+            }
+            g.info.state = GroupState::Rescheduling;
+            if !self.unplaced.contains(id) {
+                self.unplaced.push(*id);
+            }
+        }
+        for id in held {
+            let placed = self.place_groups(Some(id), records);
+            if placed.is_empty() {
+                news.extend(self.changed(id, records));
+            }
+            news.extend(placed);
+        }
+        news
     }
 }
 

@@ -121,8 +121,8 @@ pub fn place_work(
             .collect();
         if there.is_empty() {
             return Err(format!(
-                "the node of its bundle of placement group {id} is not alive (the bundle is \
-                 placed again when its node is declared dead)"
+                "the node of its bundle of placement group {id} is not alive or drains (the \
+                 bundle is placed again elsewhere as its node is declared dead or drains)"
             ));
         }
         return place(&there, local, Scheduling::Default, 0.0, turn);
