@@ -697,8 +697,11 @@ impl<'r, A: Actor> ActorBuilder<'r, A> {
             Scheduling::PlacementGroup { group, .. } => Some(group),
             _ => None,
         };
-        if node.cluster().is_none() {
-            // This runtime is the whole cluster: what it cannot give fails here.
+        // Started here for sure (this runtime is the whole cluster, or an
+        // actor made from a closure goes into a group): what this node cannot
+        // give fails now.
+        let local_only = self.remote.is_none() || self.group.is_some();
+        if node.cluster().is_none() || (local_only && group.is_some()) {
             let options = rayx_actors::messages::TaskOptions {
                 scheduling: self.scheduling,
                 num_cpus: self.num_cpus,
@@ -715,41 +718,6 @@ impl<'r, A: Actor> ActorBuilder<'r, A> {
             // The head places it (a closure-built actor stays here) and
             // reserves its name cluster-wide.
             let actor = node.new_actor_id();
-            let local_only = self.remote.is_none() || self.group.is_some();
-            if let (true, Scheduling::PlacementGroup { group: g, bundle }) =
-                (local_only, self.scheduling)
-            {
-                // An actor built by a closure starts here: its bundle must be here.
-                let info = node
-                    .core()
-                    .groups
-                    .get(g)?
-                    .ok_or_else(|| Error::Unschedulable {
-                        task: std::any::type_name::<A>().to_string(),
-                        reason: format!("placement group {g} is not known to this node"),
-                    })?;
-                let mut need = self.resources.clone();
-                if self.num_cpus > 0.0 {
-                    need.insert(rayx_actors::groups::CPU.to_string(), self.num_cpus);
-                }
-                let nodes =
-                    rayx_actors::groups::bundle_nodes(&info, bundle, &need).map_err(|reason| {
-                        Error::Unschedulable {
-                            task: std::any::type_name::<A>().to_string(),
-                            reason,
-                        }
-                    })?;
-                if !nodes.contains(&node.id()) {
-                    return Err(Error::Unschedulable {
-                        task: std::any::type_name::<A>().to_string(),
-                        reason: format!(
-                            "its bundle of placement group {g} is on another node, and an actor \
-                             made from a closure starts only where it is created (register its \
-                             type with remote_actor! and create it with actor_of)"
-                        ),
-                    });
-                }
-            }
             let name = self.name.clone().map(|n| (self.namespace.clone(), n));
             let create = ActorCreate {
                 actor,

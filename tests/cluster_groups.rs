@@ -167,6 +167,17 @@ fn node_ids(c: &Cluster) -> BTreeSet<u64> {
     c.nodes().iter().map(|n| n.id.0).collect()
 }
 
+/// A ready STRICT_SPREAD group of two one-disk bundles.
+fn one_disk_on_each_of_two_nodes(rt: &Runtime) -> PlacementGroup {
+    let pg = rt
+        .placement_group([[("disk", 1.0)], [("disk", 1.0)]])
+        .strategy(PlacementStrategy::StrictSpread)
+        .create()
+        .unwrap();
+    pg.ready().get_timeout(LONG).unwrap();
+    pg
+}
+
 fn placed(pg: &PlacementGroup) -> Vec<u64> {
     pg.bundle_nodes()
         .into_iter()
@@ -297,12 +308,7 @@ fn a_dead_nodes_bundles_are_placed_again_and_its_actors_restart_there() {
         .start()
         .unwrap();
     let rt = c.driver().clone();
-    let pg = rt
-        .placement_group([[("disk", 1.0)], [("disk", 1.0)]])
-        .strategy(PlacementStrategy::StrictSpread)
-        .create()
-        .unwrap();
-    pg.ready().get_timeout(LONG).unwrap();
+    let pg = one_disk_on_each_of_two_nodes(&rt);
     let before = placed(&pg);
     let counter = rt
         .actor_of(new_counter, 0)
@@ -459,12 +465,7 @@ fn a_draining_nodes_bundles_move_at_once() {
         .start()
         .unwrap();
     let rt = c.driver().clone();
-    let pg = rt
-        .placement_group([[("disk", 1.0)], [("disk", 1.0)]])
-        .strategy(PlacementStrategy::StrictSpread)
-        .create()
-        .unwrap();
-    pg.ready().get_timeout(LONG).unwrap();
+    let pg = one_disk_on_each_of_two_nodes(&rt);
     let before = placed(&pg);
     // Bundle 1's node is kept busy, so it drains for as long as the test
     // holds it.

@@ -22,6 +22,7 @@ use crate::value::Value;
 use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -139,6 +140,22 @@ pub fn check_resources(r: &Resources) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// What work needing `cpus` CPUs and `resources` asks of a bundle or a node.
+pub fn need(cpus: f64, resources: &Resources) -> Resources {
+    let mut need = resources.clone();
+    if cpus > 0.0 {
+        need.insert(CPU.to_string(), cpus);
+    }
+    need
+}
+
+/// What a node of `cpus` CPUs and these custom resources has in all.
+pub fn capacity(cpus: f64, resources: &Resources) -> Resources {
+    let mut all = resources.clone();
+    all.insert(CPU.to_string(), cpus);
+    all
 }
 
 /// Whether `need` fits in `free`.
@@ -528,6 +545,11 @@ impl Known {
 pub struct Groups {
     known: Mutex<Known>,
     changed: Condvar,
+    /// Whether any group reserves anything anywhere: read on every task's
+    /// placement without the lock (none reserves, nothing to subtract).
+    /// Relaxed: a hint, written under `known`'s lock; whoever acts on it
+    /// takes that lock, which orders the reservations themselves.
+    any: AtomicBool,
 }
 
 /// Why work cannot go into a group now.
@@ -554,6 +576,7 @@ impl Groups {
         let id = info.id;
         if let Some(old) = k.live.remove(&id) {
             k.reserve(&old, -1.0);
+            self.any.store(!k.reserved.is_empty(), Ordering::Relaxed);
         }
         match info.state {
             GroupState::Removed => {
@@ -574,6 +597,7 @@ impl Groups {
             }
             state => {
                 k.reserve(&info, 1.0);
+                self.any.store(!k.reserved.is_empty(), Ordering::Relaxed);
                 if state == GroupState::Created {
                     for s in k.waiting.remove(&id).unwrap_or_default() {
                         if let Some(s) = s.upgrade() {
@@ -697,7 +721,7 @@ impl Groups {
     /// Whether any group reserves anything anywhere (placement looks no
     /// further when none does).
     pub fn any_reserved(&self) -> bool {
-        !self.known.lock().reserved.is_empty()
+        self.any.load(Ordering::Relaxed)
     }
 
     /// The live groups this node knows.

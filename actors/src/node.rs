@@ -13,7 +13,7 @@ use crate::directory::{Directory, Entry};
 use crate::error::Error;
 use crate::events::Events;
 use crate::functions::FunctionTable;
-use crate::groups::{self, Free, GroupInfo, GroupState, CPU};
+use crate::groups::{self, Free, GroupInfo, GroupState};
 use crate::ids::{ActorId, GroupId, IdMap, NodeId, ObjectId};
 use crate::messages::{ActorCall, TaskSpec};
 use crate::object_table::{MemoryUsage, Slot};
@@ -771,8 +771,8 @@ impl Node {
         Ok(g)
     }
 
-    /// Whether work with these options may run on this runtime outside a
-    /// cluster: its custom resources, or its placement group's bundle.
+    /// Whether work with these options may run on this node: its custom
+    /// resources, or its placement group's bundle (which must be here).
     pub fn fits_here(&self, options: &crate::messages::TaskOptions) -> Result<(), String> {
         use crate::messages::Scheduling;
         if let Scheduling::PlacementGroup { group, bundle } = options.scheduling {
@@ -782,11 +782,20 @@ impl Node {
                 .get(group)
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| format!("placement group {group} is not known to this runtime"))?;
-            let mut need = options.resources.clone();
-            if options.num_cpus > 0.0 {
-                need.insert(CPU.to_string(), options.num_cpus);
+            let need = groups::need(options.num_cpus, &options.resources);
+            let nodes = groups::bundle_nodes(&info, bundle, &need)?;
+            if !nodes.contains(&self.id()) {
+                return Err(format!(
+                    "its bundle of placement group {group} is on another node, and it starts \
+                     only on this one (an actor made from a closure starts where it is \
+                     created: register its type with remote_actor! and create it with actor_of)"
+                ));
             }
-            return groups::bundle_nodes(&info, bundle, &need).map(drop);
+            return Ok(());
+        }
+        if options.resources.is_empty() {
+            // Most tasks: nothing to look up (this runs on every submit).
+            return Ok(());
         }
         let mut free = self.core.config.resources.clone();
         groups::take(&mut free, &self.core.groups.reserved(self.id()));
@@ -830,8 +839,8 @@ impl Node {
     /// What this runtime has free for bundles, outside a cluster: its
     /// resources less what its placed groups reserve.
     fn local_free(&self, l: &LocalGroups) -> Vec<Free> {
-        let mut free = self.core.config.resources.clone();
-        free.insert(CPU.to_string(), self.core.config.num_workers as f64);
+        let config = &self.core.config;
+        let mut free = groups::capacity(config.num_workers as f64, &config.resources);
         for g in l.live.iter().filter(|g| g.placed()) {
             for b in &g.bundles {
                 groups::take(&mut free, b);

@@ -207,8 +207,7 @@ impl Tables {
         let reserved = self.reserved();
         self.placeable(true)
             .map(|m| {
-                let mut free = m.info.resources.clone();
-                free.insert(CPU.to_string(), m.info.cpus);
+                let mut free = groups::capacity(m.info.cpus, &m.info.resources);
                 if let Some(r) = reserved.get(&m.info.id) {
                     groups::take(&mut free, r);
                 }
@@ -863,9 +862,9 @@ impl Head {
             for id in created {
                 news.extend(t.remove_group(id, &mut records));
             }
+            // Placed again with every group waiting: what the removed groups
+            // held may make room for them too.
             news.extend(t.move_bundles_off(node, &mut records));
-            // What the removed groups held may make room for others.
-            news.extend(t.place_groups(None, &mut records));
             let there: Vec<ActorId> = t
                 .actors
                 .iter()
@@ -1415,8 +1414,8 @@ impl Tables {
     }
 
     /// The bundles on `node` (dead, or draining) are placed again on the
-    /// nodes work may go to: their groups are `Rescheduling` until placed and
-    /// taken. The news.
+    /// nodes work may go to, with every group waiting for room: their groups
+    /// are `Rescheduling` until placed and taken. The news.
     fn move_bundles_off(&mut self, node: NodeId, records: &mut Vec<Record>) -> Vec<GroupInfo> {
         let mut news = Vec::new();
         let held: Vec<GroupId> = self
@@ -1435,13 +1434,15 @@ impl Tables {
                 self.unplaced.push(*id);
             }
         }
-        for id in held {
-            let placed = self.place_groups(Some(id), records);
-            if placed.is_empty() {
-                news.extend(self.changed(id, records));
-            }
-            news.extend(placed);
+        let placed = self.place_groups(None, records);
+        for id in held
+            .into_iter()
+            .filter(|id| !placed.iter().any(|g| g.id == *id))
+        {
+            // No room now: every node hears it is being placed again.
+            news.extend(self.changed(id, records));
         }
+        news.extend(placed);
         news
     }
 }

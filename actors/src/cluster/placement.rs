@@ -109,11 +109,7 @@ pub fn place_work(
             Ok(None) => return Err(format!("placement group {id} is not known to this node")),
             Err(e) => return Err(e.to_string()),
         };
-        let mut need = resources.clone();
-        if cpus > 0.0 {
-            need.insert(crate::groups::CPU.to_string(), cpus);
-        }
-        let nodes = bundle_nodes(&info, bundle, &need)?;
+        let nodes = bundle_nodes(&info, bundle, &crate::groups::need(cpus, resources))?;
         let there: Vec<Candidate> = candidates
             .iter()
             .filter(|c| nodes.contains(&c.id))
