@@ -288,7 +288,7 @@ impl Tables {
         self.group_version += 1;
         g.info.version = self.group_version;
         g.info.state = GroupState::Removed;
-        records.push((store::group_key(id), None));
+        records.push((store::group_key(id), store::Change::Delete));
         Some(g.info)
     }
 
@@ -332,7 +332,7 @@ impl Tables {
                 .filter(|&i| !self.nodes[i].alive)
                 .min_by_key(|&i| self.nodes[i].died);
             let Some(i) = oldest else { break };
-            forgotten.push((self.nodes.remove(i).key, None));
+            forgotten.push((self.nodes.remove(i).key, store::Change::Delete));
             dead -= 1;
         }
         forgotten
@@ -358,7 +358,7 @@ impl Tables {
     }
 }
 
-type Record = (String, Option<Vec<u8>>);
+type Record = (String, store::Change);
 
 fn node_record(m: &Member) -> Record {
     let r = NodeRecord {
@@ -1227,7 +1227,7 @@ impl Head {
                 if !overwrite && t.kv.contains_key(&key) {
                     return Ok(Answer::Stored(false));
                 }
-                self.save(&[(store::kv_key(&key), Some(value.clone()))]);
+                self.save(&[(store::kv_key(&key), store::Change::Put(value.clone()))]);
                 t.kv.insert(key, value);
                 Ok(Answer::Stored(true))
             }
@@ -1237,7 +1237,7 @@ impl Head {
             Ask::KvDelete { key } => {
                 let had = t.kv.remove(&key).is_some();
                 if had {
-                    self.save(&[(store::kv_key(&key), None)]);
+                    self.save(&[(store::kv_key(&key), store::Change::Delete)]);
                 }
                 Ok(Answer::Stored(had))
             }
@@ -1488,5 +1488,5 @@ fn forget_actor(t: &mut Tables, actor: ActorId) -> Option<(Record, Placed)> {
     if let Some(m) = t.nodes.iter_mut().find(|m| m.info.id == p.place.node) {
         m.actors = m.actors.saturating_sub(1);
     }
-    Some(((store::actor_key(actor), None), p))
+    Some(((store::actor_key(actor), store::Change::Delete), p))
 }

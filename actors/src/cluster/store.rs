@@ -127,6 +127,17 @@ pub fn kv_key(key: &str) -> String {
     format!("kv/{key}")
 }
 
+/// What [`HeadStore::write`] does with one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Store these bytes under the key.
+    Put(Vec<u8>),
+    /// Delete the key's record.
+    Delete,
+    /// The record did not encode: leave what is stored alone.
+    Unencodable,
+}
+
 impl HeadStore {
     /// Opens (or makes) the database at `path`.
     pub fn open(path: &Path) -> Result<HeadStore, Error> {
@@ -211,23 +222,26 @@ impl HeadStore {
         Ok(restored)
     }
 
-    /// Writes (or, with `None`, deletes) records in one durable commit. A
-    /// failed write is logged: the head serves on from memory.
-    pub fn write(&self, records: &[(String, Option<Vec<u8>>)]) {
+    /// Writes and deletes records in one durable commit. A failed write is
+    /// logged: the head serves on from memory.
+    pub fn write(&self, records: &[(String, Change)]) {
         let result = (|| -> Result<(), String> {
             let txn = self.db.begin_write().map_err(|e| e.to_string())?;
             {
                 let mut table = txn.open_table(TABLE).map_err(|e| e.to_string())?;
                 for (key, value) in records {
                     match value {
-                        Some(v) => {
+                        Change::Put(v) => {
                             table
                                 .insert(key.as_str(), v.as_slice())
                                 .map_err(|e| e.to_string())?;
                         }
-                        None => {
+                        Change::Delete => {
                             table.remove(key.as_str()).map_err(|e| e.to_string())?;
                         }
+                        // Logged by encode; the stored record (if any) stays
+                        // as it was rather than be lost.
+                        Change::Unencodable => {}
                     }
                 }
             }
@@ -242,12 +256,12 @@ impl HeadStore {
     }
 
     /// Encodes a record for [`write`](Self::write).
-    pub fn encode<T: Serialize>(value: &T) -> Option<Vec<u8>> {
+    pub fn encode<T: Serialize>(value: &T) -> Change {
         match rmp_serde::to_vec(value) {
-            Ok(b) => Some(b),
+            Ok(b) => Change::Put(b),
             Err(e) => {
-                tracing::error!("rayx: a head record does not encode: {e}");
-                None
+                tracing::error!("rayx: a head record does not encode, not written: {e}");
+                Change::Unencodable
             }
         }
     }
@@ -259,5 +273,46 @@ impl HeadStore {
         if let Err(e) = std::fs::remove_file(&path) {
             tracing::warn!("rayx: cannot remove {}: {e}", path.display());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record whose encoding fails.
+    struct Unencodable;
+
+    impl Serialize for Unencodable {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("this record cannot be encoded"))
+        }
+    }
+
+    #[test]
+    fn a_record_that_does_not_encode_leaves_the_stored_one_alone() {
+        let dir = std::env::temp_dir().join(format!(
+            "rayx-store-test-{}-{:x}",
+            std::process::id(),
+            crate::ids::NodeId::random().0
+        ));
+        let path = dir.join("head.db");
+        let store = HeadStore::open(&path).unwrap();
+        let key = kv_key("k");
+        store.write(&[(key.clone(), HeadStore::encode(&b"stored".to_vec()))]);
+        let failed = HeadStore::encode(&Unencodable);
+        assert_eq!(failed, Change::Unencodable);
+        store.write(&[(key.clone(), failed)]);
+        let kv = store.load().unwrap().kv;
+        let stored = rmp_serde::to_vec(&b"stored".to_vec()).unwrap();
+        assert_eq!(
+            kv,
+            vec![("k".to_string(), stored)],
+            "the stored record stays"
+        );
+        store.write(&[(key, Change::Delete)]);
+        assert!(store.load().unwrap().kv.is_empty(), "a delete deletes it");
+        drop(store);
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
