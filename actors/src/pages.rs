@@ -107,6 +107,21 @@ pub fn copy(dst: &mut [u8], src: &[u8], threads: usize) {
     }
 }
 
+/// A copy of `src` in a buffer of its own: a large one into fresh memory
+/// asked for huge pages, split over up to `threads` threads (see [`copy`]),
+/// since a fresh page faults on its first write and the faults, not the
+/// bytes, bound such a copy; they are taken in parallel.
+pub fn copied(src: &[u8], threads: usize) -> Vec<u8> {
+    if src.len() < PARALLEL_COPY_FROM {
+        return src.to_vec();
+    }
+    // zeroed's calloc is a fresh mapping (no page touched before the
+    // advice), so the copy's writes are each page's first.
+    let mut buf = zeroed(src.len());
+    copy(&mut buf, src, threads);
+    buf
+}
+
 /// Buffers smaller than this are not kept by a [`Pool`].
 pub const POOL_FROM: usize = 1 << 20;
 
@@ -567,6 +582,11 @@ mod tests {
                 dst.fill(0);
                 copy(&mut dst, &src, threads);
                 assert!(dst == src, "a copy of {len} bytes over {threads} threads");
+                let own = copied(&src, threads);
+                assert!(
+                    own == src,
+                    "a buffer of its own, {len} bytes, {threads} threads"
+                );
             }
         }
     }

@@ -192,16 +192,15 @@ impl Value {
                 }
                 if is::<T, serde_bytes::ByteBuf>() {
                     // The buffer itself, taken over when nobody shares it and
-                    // it is a plain `Vec` (a small one); else a copy, into
-                    // huge pages when large. (A pulled buffer of 1 MiB or
-                    // more belongs to its node's pool: `bytes` reports it
-                    // shared, and it is copied.)
+                    // it is a plain `Vec` (a small one); else a copy, a large
+                    // one into huge pages over the process's cores. (A pulled
+                    // buffer of 1 MiB or more belongs to its node's pool:
+                    // `bytes` reports it shared, and it is copied.)
                     let vec = if bytes.is_unique() {
                         Vec::<u8>::from(bytes)
                     } else {
-                        let mut copy = crate::pages::with_capacity(bytes.len());
-                        copy.extend_from_slice(&bytes);
-                        copy
+                        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                        crate::pages::copied(&bytes, cores)
                     };
                     return same(serde_bytes::ByteBuf::from(vec));
                 }
