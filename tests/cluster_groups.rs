@@ -516,17 +516,77 @@ fn a_draining_nodes_bundles_move_at_once() {
 fn a_group_with_no_room_is_placed_when_a_node_with_room_joins() {
     let mut c = Cluster::builder().nodes(1).start().unwrap();
     let rt = c.driver().clone();
-    let pg = rt.placement_group([[("gpu", 1.0)]]).create().unwrap();
+    let pg = rt
+        .placement_group([[("gpu", 1.0), ("CPU", 1.0)]])
+        .create()
+        .unwrap();
     let ready = pg.ready();
     assert_eq!(pg.wait(Duration::from_millis(100)), Ok(false));
+    // Work for it waits, as Ray's does: here, and in a task on a node.
+    let early = rt.task(where_am_i).placement_group(&pg, Some(0)).remote(1);
+    let nested = rt.task(run_in_group).remote((pg.clone(), 0));
     let mut cmd = c.node_command(c.address()).unwrap();
     cmd.env("RAYX_RESOURCES", r#"{"gpu": 1}"#);
     let joined = c.add_node_from(cmd).unwrap();
     assert_eq!(ready.get_timeout(LONG), Ok(()));
     assert_eq!(pg.bundle_nodes(), vec![Some(joined)]);
+    assert_eq!(early.get_timeout(LONG), Ok((1, joined.0)));
+    assert_eq!(nested.get_timeout(LONG), Ok(joined.0));
     let status = rt.cluster_status().unwrap();
     let node = status.nodes.iter().find(|n| n.info.id == joined).unwrap();
     assert_eq!(node.info.resources, rayx::resources([("gpu", 1.0)]));
+}
+
+/// A node started with one `gpu`.
+fn add_gpu_node(c: &mut Cluster) -> NodeId {
+    let mut cmd = c.node_command(c.address()).unwrap();
+    cmd.env("RAYX_RESOURCES", r#"{"gpu": 1}"#);
+    c.add_node_from(cmd).unwrap()
+}
+
+fn a_task_whose_bundle_is_placed_again_waits_for_its_new_node() {
+    let mut c = Cluster::builder()
+        .nodes(1)
+        .health_check(Duration::from_millis(100), 10)
+        .start()
+        .unwrap();
+    let rt = c.driver().clone();
+    let first = add_gpu_node(&mut c);
+    let pg = rt
+        .placement_group([[("gpu", 1.0), ("CPU", 1.0)]])
+        .create()
+        .unwrap();
+    pg.ready().get_timeout(LONG).unwrap();
+    assert_eq!(pg.bundle_nodes(), vec![Some(first)]);
+    // Submitted while the group is created, held by an argument until its
+    // bundle's node is dead and no node has a gpu: placed then, it waits.
+    let gate = std::env::temp_dir().join(format!("rayx-gate-{}", std::process::id()));
+    let _ = std::fs::remove_file(&gate);
+    let arg = rt
+        .task(busy_until)
+        .node_affinity(c.nodes()[0].id, false)
+        .remote(gate.to_string_lossy().into_owned());
+    let held = rt
+        .task(where_am_i)
+        .placement_group(&pg, Some(0))
+        .remote(&arg);
+    let i = c.nodes().iter().position(|n| n.id == first).unwrap();
+    c.kill_node(i).unwrap();
+    wait_until("the group is being placed again", || {
+        pg.state() == PlacementGroupState::Rescheduling
+    });
+    std::fs::write(&gate, b"open").unwrap();
+    assert_eq!(arg.get_timeout(LONG), Ok(c.nodes()[0].id.0));
+    assert!(
+        matches!(
+            held.get_timeout(Duration::from_millis(300)),
+            Err(Error::GetTimeout { .. })
+        ),
+        "it waits for its bundle (no node has a gpu)"
+    );
+    let second = add_gpu_node(&mut c);
+    assert_eq!(held.get_timeout(LONG), Ok((c.nodes()[0].id.0, second.0)));
+    let _ = std::fs::remove_file(&gate);
 }
 
 fn main() {
@@ -540,6 +600,7 @@ fn main() {
         a_dead_nodes_bundles_are_placed_again_and_its_actors_restart_there,
         a_group_goes_with_the_job_that_made_it_unless_detached,
         a_group_with_no_room_is_placed_when_a_node_with_room_joins,
+        a_task_whose_bundle_is_placed_again_waits_for_its_new_node,
         a_removed_group_stays_removed_on_a_node_that_joined_later,
         a_draining_nodes_bundles_move_at_once,
     ];

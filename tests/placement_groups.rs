@@ -108,21 +108,38 @@ fn a_group_waits_for_room_and_gets_it_when_another_goes() {
         ready.get_timeout(Duration::from_millis(50)),
         Err(Error::GetTimeout { .. })
     ));
-    // Work for a group not placed yet fails, saying so.
+    // Work for a group not placed yet waits for it, as Ray's does...
+    let early: Vec<_> = (0..3)
+        .map(|i| {
+            rt.task(add)
+                .num_cpus(0.0)
+                .placement_group(&second, if i == 0 { Some(0) } else { None })
+                .remote((i, 1))
+        })
+        .collect();
+    assert!(matches!(
+        early[0].get_timeout(Duration::from_millis(50)),
+        Err(Error::GetTimeout { .. })
+    ));
+    // ...unless its bundle can never take it: that fails at once.
     match rt
         .task(add)
         .num_cpus(0.0)
-        .placement_group(&second, None)
+        .resource("disk", 2.0)
+        .placement_group(&second, Some(0))
         .remote((1, 1))
-        .get()
+        .get_timeout(10 * SECOND)
     {
         Err(Error::Unschedulable { reason, .. }) => {
-            assert!(reason.contains("not placed yet"), "{reason}")
+            assert!(reason.contains("bundle 0"), "{reason}")
         }
-        other => panic!("a pending group: {other:?}"),
+        other => panic!("more than its bundle holds: {other:?}"),
     }
     rt.remove_placement_group(&first).unwrap();
     assert_eq!(ready.get_timeout(10 * SECOND), Ok(()));
+    for (i, r) in early.iter().enumerate() {
+        assert_eq!(r.get_timeout(10 * SECOND), Ok(i as u64 + 1), "task {i}");
+    }
     assert_eq!(rt.get_placement_group("second").unwrap().id(), second.id());
     // A strict-pack group wider than the node never fits: removing it fails
     // its readiness.
@@ -132,11 +149,17 @@ fn a_group_waits_for_room_and_gets_it_when_another_goes() {
         .create()
         .unwrap();
     let never = wide.ready();
+    let waiting = rt.task(add).placement_group(&wide, None).remote((1, 1));
     rt.remove_placement_group(&wide).unwrap();
     assert!(matches!(
         never.get_timeout(10 * SECOND),
         Err(Error::PlacementGroupRemoved { .. })
     ));
+    // Work that waited for it fails as work that comes after its removal.
+    match waiting.get_timeout(10 * SECOND) {
+        Err(Error::Unschedulable { reason, .. }) => assert!(reason.contains("removed"), "{reason}"),
+        other => panic!("its group was removed while it waited: {other:?}"),
+    }
     assert!(wide.wait(Duration::ZERO).is_err());
     rt.remove_placement_group(&wide)
         .expect("removing twice is no error");
@@ -243,9 +266,18 @@ fn readiness_refs_dropped_while_a_group_waits_are_freed() {
 fn a_wait_ends_when_the_runtime_shuts_down() {
     let rt = runtime(1, 1.0);
     let never = rt.placement_group([[("disk", 2.0)]]).create().unwrap();
+    let task = rt
+        .task(add)
+        .num_cpus(0.0)
+        .placement_group(&never, None)
+        .remote((1, 1));
     let waiter = std::thread::spawn(move || never.wait(Duration::from_secs(3600)));
     rt.shutdown();
     assert_eq!(waiter.join().unwrap(), Err(Error::ShutDown));
+    assert_eq!(
+        task.get_timeout(Duration::from_secs(10)),
+        Err(Error::ShutDown)
+    );
 }
 
 #[test]

@@ -493,6 +493,8 @@ fn by_heuristic(
 pub struct Applied {
     /// Readiness refs to complete, each with its result.
     pub complete: Vec<(Arc<Slot>, Result<Value, Error>)>,
+    /// Work held back for a group to be created, to let go (`Ok`) or fail.
+    pub release: Vec<(Deferred, Result<(), Error>)>,
     /// The group was removed by this update.
     pub removed: bool,
     /// Actors of this node in the groups removed, to kill.
@@ -505,6 +507,9 @@ impl Applied {
     pub fn finish(self) -> (Vec<ActorId>, bool) {
         for (slot, result) in self.complete {
             slot.complete(result);
+        }
+        for (then, result) in self.release {
+            then(result);
         }
         (self.actors, self.removed)
     }
@@ -520,6 +525,9 @@ struct Known {
     /// Readiness refs waiting for a group to be created (weak: a ref its
     /// user dropped goes).
     waiting: HashMap<GroupId, Vec<Weak<Slot>>>,
+    /// Work held back until a group is created (Ray's tasks wait for a
+    /// pending group rather than fail).
+    deferred: HashMap<GroupId, Vec<Deferred>>,
     /// The runtime shut down: waits end.
     closed: bool,
     /// Actors of this node created in each live group (killed with it).
@@ -550,6 +558,30 @@ pub struct Groups {
     /// Relaxed: a hint, written under `known`'s lock; whoever acts on it
     /// takes that lock, which orders the reservations themselves.
     any: AtomicBool,
+}
+
+/// What runs when a group that work waits for is created (`Ok`), removed
+/// or the runtime stops (`Err`); outside the view's lock.
+pub type Deferred = Box<dyn FnOnce(Result<(), Error>) + Send>;
+
+/// Whether work that needs `need` in `bundle` of `group` (any bundle that
+/// fits it, when none) should wait for the group: it is not created, no
+/// bundle asked for is placed yet, and one fits the work once it is (what
+/// can never fit fails at once, as Ray's does).
+pub fn waits_for(group: &GroupInfo, bundle: Option<u32>, need: &Resources) -> bool {
+    if group.state == GroupState::Created || bundle_nodes(group, bundle, need).is_ok() {
+        return false;
+    }
+    let fits_bundle = |i: usize| {
+        group
+            .bundles
+            .get(i)
+            .is_some_and(|b| lacking(b, need).is_none())
+    };
+    match bundle {
+        Some(i) => fits_bundle(i as usize),
+        None => (0..group.bundles.len()).any(fits_bundle),
+    }
 }
 
 /// Why work cannot go into a group now.
@@ -593,6 +625,9 @@ impl Groups {
                         applied.complete.push((s, Err(removed_error(id))));
                     }
                 }
+                for then in k.deferred.remove(&id).unwrap_or_default() {
+                    applied.release.push((then, Err(removed_error(id))));
+                }
                 applied.actors = k.actors.remove(&id).unwrap_or_default();
             }
             state => {
@@ -603,6 +638,9 @@ impl Groups {
                         if let Some(s) = s.upgrade() {
                             applied.complete.push((s, Ok(Value::new(()))));
                         }
+                    }
+                    for then in k.deferred.remove(&id).unwrap_or_default() {
+                        applied.release.push((then, Ok(())));
                     }
                 }
                 k.live.insert(id, info);
@@ -678,6 +716,53 @@ impl Groups {
         }
     }
 
+    /// Holds work for group `id` (a task whose return object is `ret`,
+    /// named `task`) until the group is created, then hands `ret` to `run`;
+    /// if the group is removed first `ret` fails `Unschedulable` (as work
+    /// that comes after the removal does), or `ShutDown` if the runtime
+    /// stops. Settled at once if the group is created or removed already.
+    pub fn hold(
+        &self,
+        id: GroupId,
+        task: String,
+        ret: Arc<Slot>,
+        run: impl FnOnce(Arc<Slot>) + Send + 'static,
+    ) {
+        let then: Deferred = Box::new(move |ready| match ready {
+            Ok(()) => run(ret),
+            Err(Error::ShutDown) => ret.complete(Err(Error::ShutDown)),
+            Err(e) => ret.complete(Err(Error::Unschedulable {
+                task,
+                reason: e.to_string(),
+            })),
+        });
+        if let Err(then) = self.defer(id, then) {
+            // Created or removed since the caller looked (or shut down).
+            then(match self.get(id) {
+                Err(removed) => Err(removed),
+                Ok(_) if self.known.lock().closed => Err(Error::ShutDown),
+                Ok(_) => Ok(()),
+            });
+        }
+    }
+
+    /// Holds `then` until the group is created (`Ok`) or removed, or the
+    /// runtime stops (`Err`); it runs outside the lock, from the update's
+    /// [`Applied::finish`]. Given back if the group is created already, or
+    /// removed, or not known here, or the runtime stopped.
+    fn defer(&self, id: GroupId, then: Deferred) -> Result<(), Deferred> {
+        let mut k = self.known.lock();
+        let waits = !k.closed
+            && k.live
+                .get(&id)
+                .is_some_and(|g| g.state != GroupState::Created);
+        if !waits {
+            return Err(then);
+        }
+        k.deferred.entry(id).or_default().push(then);
+        Ok(())
+    }
+
     /// Waits until the group is created: `Ok(true)`, or `Ok(false)` when
     /// `timeout` passes first; `Err` if it is removed.
     pub fn wait(&self, id: GroupId, timeout: Duration) -> Result<bool, Error> {
@@ -735,6 +820,7 @@ impl Groups {
         let mut k = self.known.lock();
         k.closed = true;
         let waiting = std::mem::take(&mut k.waiting);
+        let deferred = std::mem::take(&mut k.deferred);
         drop(k);
         self.changed.notify_all();
         Applied {
@@ -743,6 +829,11 @@ impl Groups {
                 .flatten()
                 .filter_map(|s| s.upgrade())
                 .map(|s| (s, Err(Error::ShutDown)))
+                .collect(),
+            release: deferred
+                .into_values()
+                .flatten()
+                .map(|then| (then, Err(Error::ShutDown)))
                 .collect(),
             removed: false,
             actors: Vec::new(),
@@ -1098,5 +1189,42 @@ mod tests {
         g.state = GroupState::Created;
         assert!(!view.apply(g).finish().1, "a removed group stays removed");
         assert!(view.get(id).is_err());
+    }
+
+    #[test]
+    fn work_waits_only_for_a_bundle_that_will_take_it() {
+        let mut g = GroupInfo {
+            id: GroupId {
+                node: NodeId(9),
+                seq: 2,
+            },
+            name: None,
+            strategy: Strategy::Pack,
+            bundles: vec![r(&[(CPU, 1.0)]), r(&[(CPU, 2.0)])],
+            nodes: vec![None, Some(NodeId(1))],
+            state: GroupState::Rescheduling,
+            detached: false,
+            version: 1,
+        };
+        let one = r(&[(CPU, 1.0)]);
+        let two = r(&[(CPU, 2.0)]);
+        assert!(waits_for(&g, Some(0), &one), "its bundle is placed again");
+        assert!(!waits_for(&g, Some(1), &one), "its bundle has a node");
+        assert!(
+            !waits_for(&g, None, &one),
+            "a bundle that takes it has a node"
+        );
+        assert!(!waits_for(&g, Some(0), &two), "its bundle never takes it");
+        assert!(!waits_for(&g, Some(5), &one), "no such bundle");
+        g.nodes = vec![None, None];
+        g.state = GroupState::Pending;
+        assert!(waits_for(&g, None, &two), "bundle 1 takes it once placed");
+        assert!(
+            !waits_for(&g, None, &r(&[(CPU, 3.0)])),
+            "no bundle ever takes it"
+        );
+        g.nodes = vec![Some(NodeId(1)), Some(NodeId(2))];
+        g.state = GroupState::Created;
+        assert!(!waits_for(&g, Some(0), &one), "created");
     }
 }

@@ -437,6 +437,9 @@ impl Node {
             // it makes goes with that peer's job).
             spec.options.owner.get_or_insert(owner);
         }
+        let Some((spec, pins)) = self.wait_for_group(spec, ret, pins) else {
+            return;
+        };
         if self.cluster().is_none() {
             // This runtime is the whole cluster: work that needs what it
             // lacks, or a group it cannot use, fails here.
@@ -450,6 +453,41 @@ impl Node {
         }
         let table = &self.core.table;
         table.submit_task(ret.clone(), spec, pins, true);
+    }
+
+    /// Holds back a task for a placement group that is not created yet (as
+    /// Ray's waits): it is submitted once the group is created, or fails with
+    /// `PlacementGroupRemoved` (or `ShutDown`). The task back if it goes on
+    /// now: outside a group, or the group is created (or can never take it,
+    /// which the placement says).
+    fn wait_for_group(
+        &self,
+        spec: TaskSpec,
+        ret: &Arc<Slot>,
+        pins: Vec<Arc<Slot>>,
+    ) -> Option<(TaskSpec, Vec<Arc<Slot>>)> {
+        let crate::messages::Scheduling::PlacementGroup { group, bundle } = spec.options.scheduling
+        else {
+            return Some((spec, pins));
+        };
+        let waits = matches!(self.core.groups.get(group), Ok(Some(info))
+            if groups::waits_for(&info, bundle, &groups::need(spec.options.num_cpus, &spec.options.resources)));
+        if !waits {
+            return Some((spec, pins));
+        }
+        let table = self.core.table.clone();
+        let name = spec.display_name().to_string();
+        self.core
+            .groups
+            .hold(group, name, ret.clone(), move |held| {
+                // Cancelled while it waited: nothing to run. Else placed as any
+                // task is, now that its bundle has a node: by the cluster's
+                // placement, or here (this runtime is the one node).
+                if !held.is_done() {
+                    table.submit_task(held, spec, pins, true);
+                }
+            });
+        None
     }
 
     /// Injected fault: makes a child of the root supervisor (`router`) fail, so

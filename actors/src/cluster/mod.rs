@@ -3518,6 +3518,40 @@ impl ClusterNode {
         true
     }
 
+    /// Holds a task for a group whose bundle has no node now (it is placed
+    /// again after its node died or drains): offered again once the group
+    /// is created, as Ray's tasks wait for their group. False if the group
+    /// is created, removed or unknown, or can never take the task.
+    fn wait_for_group(
+        &self,
+        slot: &Arc<Slot>,
+        scheduling: Scheduling,
+        cpus: f64,
+        resources: &Resources,
+    ) -> bool {
+        let Scheduling::PlacementGroup { group, bundle } = scheduling else {
+            return false;
+        };
+        let need = crate::groups::need(cpus, resources);
+        let waits = matches!(self.core.groups.get(group),
+            Ok(Some(info)) if crate::groups::waits_for(&info, bundle, &need));
+        if !waits {
+            return false;
+        }
+        let Some(job) = slot.take_job() else {
+            // Taken meanwhile (cancelled): nothing to hold.
+            return true;
+        };
+        let name = job.spec.display_name().to_string();
+        let table = self.core.table.clone();
+        self.core
+            .groups
+            .hold(group, name, slot.clone(), move |held| {
+                table.resubmit(held, job)
+            });
+        true
+    }
+
     /// Chooses a node for an actor's or a task's needs (the head places
     /// actors; this is the tasks' own choice).
     pub fn place(
@@ -3596,6 +3630,7 @@ impl Spill for ClusterNode {
                 true
             }
             Err(_) if self.wait_to_place(slot, scheduling, cpus, &resources) => true,
+            Err(_) if self.wait_for_group(slot, scheduling, cpus, &resources) => true,
             Err(reason) => {
                 if let Some(job) = slot.take_job() {
                     drop(job);
