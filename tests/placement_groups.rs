@@ -9,7 +9,20 @@ fn add(a: u64, b: u64) -> u64 {
     a + b
 }
 
-rayx::remote!(add);
+/// Decodes a group's handle and runs `add` in the group: what the task got.
+fn add_in_decoded(handle: Vec<u8>) -> String {
+    let rt = Runtime::current().expect("in a task");
+    let pg: rayx::PlacementGroup = rmp_serde::from_slice(&handle).expect("decodes");
+    let got = rt
+        .task(add)
+        .num_cpus(0.0)
+        .placement_group(&pg, None)
+        .remote((1, 1))
+        .get_timeout(Duration::from_secs(10));
+    format!("{got:?}")
+}
+
+rayx::remote!(add, add_in_decoded);
 
 struct Keeper(u64);
 impl Actor for Keeper {}
@@ -34,6 +47,7 @@ fn runtime(cpus: usize, disk: f64) -> Runtime {
 }
 
 const SECOND: Duration = Duration::from_secs(1);
+const LONG_WAIT: Duration = Duration::from_secs(60);
 
 #[test]
 fn a_group_that_fits_is_ready_and_runs_work_in_its_bundles() {
@@ -304,4 +318,24 @@ fn resource_amounts_are_checked_on_every_task() {
         rt.placement_group(too_many).create(),
         Err(Error::InvalidArgument(_))
     ));
+}
+
+#[test]
+fn a_stale_handle_to_a_long_removed_group_holds_no_work() {
+    let rt = runtime(1, 1.0);
+    let gone = rt.placement_group([[("disk", 2.0)]]).create().unwrap();
+    let handle = rmp_serde::to_vec(&gone).unwrap();
+    rt.remove_placement_group(&gone).unwrap();
+    // The runtime's view remembers the latest 10,000 removals: push this
+    // one out of it, so that the handle brings the group back as pending.
+    for _ in 0..10_001 {
+        let g = rt.placement_group([[("disk", 1.0)]]).create().unwrap();
+        rt.remove_placement_group(&g).unwrap();
+    }
+    let got = rt
+        .task(add_in_decoded)
+        .remote(handle)
+        .get_timeout(LONG_WAIT);
+    let got = got.expect("the task ends");
+    assert!(got.contains("Unschedulable"), "{got}");
 }

@@ -472,7 +472,13 @@ impl Node {
         };
         let waits = matches!(self.core.groups.get(group), Ok(Some(info))
             if groups::waits_for(&info, bundle, &groups::need(spec.options.num_cpus, &spec.options.resources)));
-        if !waits {
+        // Outside a cluster this runtime's own table says what lives: a
+        // stale handle decoded long after its group's removal (past what
+        // the view remembers) brings back news no head will correct.
+        let live_here = || {
+            self.cluster().is_some() || self.local_groups.lock().live.iter().any(|g| g.id == group)
+        };
+        if !waits || !live_here() {
             return Some((spec, pins));
         }
         let table = self.core.table.clone();
