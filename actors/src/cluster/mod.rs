@@ -75,6 +75,10 @@ const PULL_AGAIN: Duration = Duration::from_millis(100);
 /// How often a task waiting for a node whose link broke is offered again.
 const PLACE_AGAIN: Duration = Duration::from_millis(100);
 
+/// The longest pause between asks of a head out of reach whether a group
+/// a handle named lives.
+const CONFIRM_PAUSE: Duration = Duration::from_secs(10);
+
 /// How long a joining node keeps trying a head that refuses connections
 /// (one that is still starting).
 pub const JOIN_RETRY: Duration = Duration::from_secs(10);
@@ -3402,9 +3406,12 @@ impl ClusterNode {
         let me = self.clone();
         self.net.spawn_blocking(move || {
             ON_NET_THREAD.with(|n| n.set(false));
-            // A head out of reach for a moment (a restart, a reset) is asked
-            // again, for about half a minute.
+            // A head out of reach (a restart, a reset) is asked again, every
+            // 10 s at most, until it answers or this node stops: work may
+            // wait for the group meanwhile, and only the head knows whether
+            // it lives.
             let mut pause = Duration::from_millis(100);
+            let mut warned = false;
             let news = loop {
                 match me.ask(Ask::GroupById { group: hint.id }) {
                     Ok(Answer::Group(g)) => break g,
@@ -3416,16 +3423,16 @@ impl ClusterNode {
                         }
                     }
                     Err(Error::ShutDown) => return,
-                    Err(e) if pause > Duration::from_secs(10) => {
-                        tracing::warn!(
-                            "rayx: could not ask the head whether placement group {} lives: {e}",
-                            hint.id
-                        );
-                        return;
-                    }
-                    Err(_) => {
+                    Err(e) => {
+                        if pause >= CONFIRM_PAUSE && !std::mem::replace(&mut warned, true) {
+                            tracing::warn!(
+                                "rayx: cannot ask the head whether placement group {} lives \
+                                 ({e}); asking again every {CONFIRM_PAUSE:?}",
+                                hint.id
+                            );
+                        }
                         std::thread::sleep(pause);
-                        pause *= 2;
+                        pause = (pause * 2).min(CONFIRM_PAUSE);
                     }
                 }
             };
