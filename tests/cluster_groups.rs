@@ -589,6 +589,52 @@ fn a_task_whose_bundle_is_placed_again_waits_for_its_new_node() {
     let _ = std::fs::remove_file(&gate);
 }
 
+fn a_retried_task_waits_for_its_bundle_to_be_placed_again() {
+    let mut c = Cluster::builder()
+        .nodes(1)
+        .health_check(Duration::from_millis(100), 10)
+        .start()
+        .unwrap();
+    let rt = c.driver().clone();
+    let first = add_gpu_node(&mut c);
+    let pg = rt
+        .placement_group([[("gpu", 1.0), ("CPU", 1.0)]])
+        .create()
+        .unwrap();
+    pg.ready().get_timeout(LONG).unwrap();
+    let gate = std::env::temp_dir().join(format!("rayx-retry-gate-{}", std::process::id()));
+    let _ = std::fs::remove_file(&gate);
+    let task = rt
+        .task(busy_until)
+        .placement_group(&pg, Some(0))
+        .max_retries(3)
+        .remote(gate.to_string_lossy().into_owned());
+    wait_until("the task runs on the gpu node", || {
+        rt.cluster_status()
+            .unwrap()
+            .nodes
+            .iter()
+            .any(|n| n.info.id == first && n.report.load > 0)
+    });
+    let i = c.nodes().iter().position(|n| n.id == first).unwrap();
+    c.kill_node(i).unwrap();
+    wait_until("the group is being placed again", || {
+        pg.state() == PlacementGroupState::Rescheduling
+    });
+    // Its retry has no node to go to (none has a gpu): it waits, not fails.
+    assert!(
+        matches!(
+            task.get_timeout(Duration::from_millis(300)),
+            Err(Error::GetTimeout { .. })
+        ),
+        "the retry waits for its bundle"
+    );
+    std::fs::write(&gate, b"open").unwrap();
+    let second = add_gpu_node(&mut c);
+    assert_eq!(task.get_timeout(LONG), Ok(second.0));
+    let _ = std::fs::remove_file(&gate);
+}
+
 fn main() {
     rayx::testing::serve_if_node();
     macro_rules! tests {
@@ -601,6 +647,7 @@ fn main() {
         a_group_goes_with_the_job_that_made_it_unless_detached,
         a_group_with_no_room_is_placed_when_a_node_with_room_joins,
         a_task_whose_bundle_is_placed_again_waits_for_its_new_node,
+        a_retried_task_waits_for_its_bundle_to_be_placed_again,
         a_removed_group_stays_removed_on_a_node_that_joined_later,
         a_draining_nodes_bundles_move_at_once,
     ];

@@ -2,6 +2,9 @@
 //! whole cluster): reservation by strategy, readiness, work in bundles,
 //! removal, names and bad input. The cluster's side is tests/cluster_groups.rs.
 
+mod common;
+
+use common::eventually;
 use rayx::prelude::*;
 use rayx::{PlacementGroupState, PlacementStrategy};
 
@@ -22,7 +25,11 @@ fn add_in_decoded(handle: Vec<u8>) -> String {
     format!("{got:?}")
 }
 
-rayx::remote!(add, add_in_decoded);
+fn len_of(b: serde_bytes::ByteBuf) -> usize {
+    b.len()
+}
+
+rayx::remote!(add, add_in_decoded, len_of);
 
 struct Keeper(u64);
 impl Actor for Keeper {}
@@ -338,4 +345,56 @@ fn a_stale_handle_to_a_long_removed_group_holds_no_work() {
         .get_timeout(LONG_WAIT);
     let got = got.expect("the task ends");
     assert!(got.contains("Unschedulable"), "{got}");
+}
+
+#[test]
+fn held_tasks_run_with_their_arguments_once_room_appears_and_leave_nothing() {
+    let rt = runtime(1, 1.0);
+    let first = rt.placement_group([[("disk", 1.0)]]).create().unwrap();
+    assert_eq!(first.wait(10 * SECOND), Ok(true));
+    let second = rt.placement_group([[("disk", 1.0)]]).create().unwrap();
+    assert_eq!(second.wait(Duration::ZERO), Ok(false));
+    let in_second = |bundle| rt.task(add).num_cpus(0.0).placement_group(&second, bundle);
+    let refs: Vec<_> = (0..2_000u64)
+        .map(|i| in_second(if i % 2 == 0 { Some(0) } else { None }).remote((i, 1)))
+        .collect();
+    // An argument held by ref (its only other holder lets go), one inline,
+    // and one that is another held task's result.
+    let big = rt
+        .put(serde_bytes::ByteBuf::from(vec![7u8; 3 << 20]))
+        .unwrap();
+    let by_ref = rt
+        .task(len_of)
+        .num_cpus(0.0)
+        .placement_group(&second, None)
+        .remote(&big);
+    drop(big);
+    let inline = rt
+        .task(len_of)
+        .num_cpus(0.0)
+        .placement_group(&second, None)
+        .remote(serde_bytes::ByteBuf::from(vec![1u8; 200_000]));
+    let chained = in_second(Some(0)).remote((&refs[3], 10));
+    let cancelled = in_second(None).remote((5, 5));
+    rt.cancel(&cancelled);
+    rt.remove_placement_group(&first).unwrap();
+    for (i, r) in refs.iter().enumerate() {
+        assert_eq!(r.get_timeout(LONG_WAIT), Ok(i as u64 + 1), "task {i}");
+    }
+    assert_eq!(by_ref.get_timeout(LONG_WAIT), Ok(3 << 20));
+    assert_eq!(inline.get_timeout(LONG_WAIT), Ok(200_000));
+    assert_eq!(chained.get_timeout(LONG_WAIT), Ok(14));
+    assert!(
+        matches!(
+            cancelled.get_timeout(LONG_WAIT),
+            Err(Error::Cancelled { .. })
+        ),
+        "cancelled while it waited, it stays cancelled"
+    );
+    drop((refs, by_ref, inline, chained, cancelled));
+    assert!(
+        eventually(LONG_WAIT, || rt.memory().objects == 0),
+        "{:?}",
+        rt.memory()
+    );
 }
