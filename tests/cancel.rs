@@ -5,6 +5,7 @@ mod common;
 use common::failing::*;
 use common::{eventually, LONG};
 use rayx::prelude::*;
+use std::sync::Arc;
 
 #[test]
 fn a_cancelled_queued_task_never_runs() {
@@ -229,5 +230,42 @@ fn a_forced_cancel_after_a_router_restart_keeps_the_pool_counted() {
         eventually(LONG, || rt.worker_counts() == (2, 0)),
         "{:?}",
         rt.worker_counts()
+    );
+}
+
+/// An async actor whose handler awaits before it submits a child task.
+struct Spawner;
+impl Actor for Spawner {
+    const ASYNC: bool = true;
+}
+
+#[derive(Serialize, Deserialize)]
+struct SubmitAfterAwait(u64);
+impl Message for SubmitAfterAwait {
+    type Reply = u32;
+}
+impl AsyncHandler<SubmitAfterAwait> for Spawner {
+    async fn handle(self: Arc<Self>, m: SubmitAfterAwait, _: AsyncContext<Self>) -> u32 {
+        // The call is parked here and polled again later, on the actor's
+        // thread, by the runtime.
+        tokio::task::yield_now().await;
+        let rt = Runtime::current().expect("in an actor");
+        let child = rt.task(until_cancelled).remote((m.0, false));
+        (&child).await.unwrap_or(0)
+    }
+}
+
+#[test]
+fn a_cancel_reaches_the_tasks_an_async_call_submitted_after_an_await() {
+    let rt = rt2();
+    let spawner = rt.async_actor(|| Spawner).spawn().unwrap();
+    let child = key();
+    let call = spawner.call(SubmitAfterAwait(child));
+    assert!(eventually(LONG, || started(child)), "the child is running");
+    rt.cancel(&call);
+    assert!(matches!(call.get(), Err(Error::Cancelled { .. })));
+    assert!(
+        eventually(LONG, || saw_cancel(child)),
+        "the child, submitted after the call's first await, saw the cancel"
     );
 }

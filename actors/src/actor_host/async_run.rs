@@ -108,6 +108,7 @@ impl ActorHost {
             let result = Cancellable {
                 fut: Some(fut),
                 cancel,
+                reply: job.reply.clone(),
             }
             .await;
             let Kind::Async {
@@ -236,6 +237,10 @@ impl CallCancel {
 pub(super) struct Cancellable {
     fut: Option<CatchUnwind>,
     cancel: Arc<CallCancel>,
+    /// The call's reply: each poll runs as that call, as its first did (the
+    /// tasks it submits after an `.await` are its children, for a cancel;
+    /// a placement group it makes goes with the actor's creator).
+    reply: Arc<Slot>,
 }
 
 impl Cancellable {
@@ -259,8 +264,9 @@ impl Future for Cancellable {
         if self.cancel.cancelled.load(Ordering::Acquire) {
             return self.drop_call();
         }
-        match self.fut.as_mut() {
-            Some(fut) => Pin::new(fut).poll(cx).map(Some),
+        let this = &mut *self;
+        match this.fut.as_mut() {
+            Some(fut) => with_current_task(&this.reply, || Pin::new(fut).poll(cx)).map(Some),
             None => Poll::Ready(None),
         }
     }
