@@ -155,6 +155,31 @@ impl Handler<MakeGroup> for Counter {
 
 rayx::remote_actor!(Counter, new_counter, [Add, Where, MakeGroup]);
 
+/// An async actor that makes a placement group after an `.await` parked its
+/// call (the call is polled again later by the actor's thread).
+pub struct AsyncMaker;
+impl Actor for AsyncMaker {
+    const ASYNC: bool = true;
+}
+
+fn new_async_maker(_: ()) -> AsyncMaker {
+    AsyncMaker
+}
+
+impl AsyncHandler<MakeGroup> for AsyncMaker {
+    async fn handle(
+        self: std::sync::Arc<Self>,
+        _: MakeGroup,
+        _: AsyncContext<Self>,
+    ) -> PlacementGroup {
+        tokio::task::yield_now().await;
+        let rt = Runtime::current().expect("in an actor");
+        rt.placement_group([[("disk", 0.5)]]).create().unwrap()
+    }
+}
+
+rayx::remote_actor!(async AsyncMaker, new_async_maker, [MakeGroup]);
+
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + LONG;
     while !done() {
@@ -373,7 +398,22 @@ fn a_group_goes_with_the_job_that_made_it_unless_detached() {
         .spawn()
         .unwrap();
     let in_actor = maker.call(MakeGroup).get().unwrap();
-    for g in [&mine, &kept, &nested, &nested_kept, &in_actor] {
+    // And by an async actor's handler, after an `.await`.
+    let async_maker = job
+        .async_actor_of(new_async_maker, ())
+        .num_cpus(0.0)
+        .node_affinity(c.nodes()[1].id, false)
+        .spawn()
+        .unwrap();
+    let in_async_actor = async_maker.call(MakeGroup).get().unwrap();
+    for g in [
+        &mine,
+        &kept,
+        &nested,
+        &nested_kept,
+        &in_actor,
+        &in_async_actor,
+    ] {
         assert_eq!(g.wait(LONG), Ok(true));
     }
     rt.remove_placement_group(&nested_kept).unwrap();
@@ -387,7 +427,7 @@ fn a_group_goes_with_the_job_that_made_it_unless_detached() {
         t.sort_by_key(|g| g.0);
         t
     };
-    assert_eq!(table().len(), 4);
+    assert_eq!(table().len(), 5);
     assert_ne!(mine, kept);
     job.shutdown();
     wait_until("the job's own group is removed", || {
