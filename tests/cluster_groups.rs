@@ -584,7 +584,9 @@ fn add_gpu_node(c: &mut Cluster) -> NodeId {
     c.add_node_from(cmd).unwrap()
 }
 
-fn a_task_whose_bundle_is_placed_again_waits_for_its_new_node() {
+/// A cluster of one node without a gpu and one with, and a ready group of
+/// one `{gpu: 1, CPU: 1}` bundle (on the gpu node, which it returns).
+fn one_gpu_bundle() -> (Cluster, Runtime, PlacementGroup, NodeId) {
     let mut c = Cluster::builder()
         .nodes(1)
         .health_check(Duration::from_millis(100), 10)
@@ -597,6 +599,11 @@ fn a_task_whose_bundle_is_placed_again_waits_for_its_new_node() {
         .create()
         .unwrap();
     pg.ready().get_timeout(LONG).unwrap();
+    (c, rt, pg, first)
+}
+
+fn a_task_whose_bundle_is_placed_again_waits_for_its_new_node() {
+    let (mut c, rt, pg, first) = one_gpu_bundle();
     assert_eq!(pg.bundle_nodes(), vec![Some(first)]);
     // Submitted while the group is created, held by an argument until its
     // bundle's node is dead and no node has a gpu: placed then, it waits.
@@ -630,18 +637,7 @@ fn a_task_whose_bundle_is_placed_again_waits_for_its_new_node() {
 }
 
 fn a_retried_task_waits_for_its_bundle_to_be_placed_again() {
-    let mut c = Cluster::builder()
-        .nodes(1)
-        .health_check(Duration::from_millis(100), 10)
-        .start()
-        .unwrap();
-    let rt = c.driver().clone();
-    let first = add_gpu_node(&mut c);
-    let pg = rt
-        .placement_group([[("gpu", 1.0), ("CPU", 1.0)]])
-        .create()
-        .unwrap();
-    pg.ready().get_timeout(LONG).unwrap();
+    let (mut c, rt, pg, first) = one_gpu_bundle();
     let gate = std::env::temp_dir().join(format!("rayx-retry-gate-{}", std::process::id()));
     let _ = std::fs::remove_file(&gate);
     let task = rt
