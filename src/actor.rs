@@ -686,13 +686,7 @@ impl<'r, A: Actor> ActorBuilder<'r, A> {
         }
         let node = self.rt.node().clone();
         let mut id = None;
-        rayx_actors::groups::check_resources(&self.resources)?;
-        if !self.num_cpus.is_finite() || self.num_cpus < 0.0 {
-            return Err(Error::InvalidArgument(format!(
-                "num_cpus is {}: it must be finite and not negative",
-                self.num_cpus
-            )));
-        }
+        rayx_actors::groups::check_need(self.num_cpus, &self.resources)?;
         let group = match self.scheduling {
             Scheduling::PlacementGroup { group, .. } => Some(group),
             _ => None,

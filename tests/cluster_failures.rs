@@ -571,6 +571,24 @@ impl StandaloneHead {
         ]
     }
 
+    /// A worker node process of this binary joining it, with `cpus` CPUs
+    /// and more environment.
+    fn node(&self, cpus: &str, env: &[(&str, &str)]) -> Reap {
+        Reap(
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .env("RAYX_ROLE", "node")
+                .env("RAYX_ADDRESS", &self.address)
+                .env("RAYX_TOKEN", self.token)
+                .env("RAYX_NUM_CPUS", cpus)
+                .env("RAYX_EXIT_WITH_PARENT", "1")
+                .envs(Self::health())
+                .envs(env.iter().copied())
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
     /// Starts it (again, on the same database and port).
     fn start(&self) -> Reap {
         self.start_with(&[])
@@ -2038,27 +2056,10 @@ fn a_hung_node_whose_death_was_forgotten_still_may_not_come_back() {
 /// while it is down, the nodes and the driver rejoin, the job finishes, and
 /// the head's tables (key-value store, named actors) are as they were.
 fn the_head_killed_and_restarted_during_a_job_the_job_finishes() {
-    use std::process::{Command, Stdio};
     let sh = StandaloneHead::new("head", "head-restart-test-token");
     let (address, token) = (sh.address.clone(), sh.token);
-    let health = StandaloneHead::health();
     let mut head = sh.start();
-    let mut nodes: Vec<Reap> = (0..3)
-        .map(|_| {
-            Reap(
-                Command::new(std::env::current_exe().unwrap())
-                    .env("RAYX_ROLE", "node")
-                    .env("RAYX_ADDRESS", &address)
-                    .env("RAYX_TOKEN", token)
-                    .env("RAYX_NUM_CPUS", "2")
-                    .env("RAYX_EXIT_WITH_PARENT", "1")
-                    .envs(health.iter().map(|(k, v)| (k, v)))
-                    .stdin(Stdio::piped())
-                    .spawn()
-                    .unwrap(),
-            )
-        })
-        .collect();
+    let mut nodes: Vec<Reap> = (0..3).map(|_| sh.node("2", &[])).collect();
     let rt = rayx::Builder::new()
         .address(&address)
         .token(token)
@@ -2269,24 +2270,11 @@ fn a_head_started_again_keeps_its_latest_deaths() {
 /// as they rejoin, so the driver that created it sees it ready (it saw it
 /// pending for good: the head's news had the version the driver knew).
 fn a_group_placed_before_the_head_was_killed_is_ready_after() {
-    use std::process::{Command, Stdio};
+    use std::process::Command;
     let sh = StandaloneHead::new("groups", "groups-restart-token");
     let (address, token) = (sh.address.clone(), sh.token);
-    let health = StandaloneHead::health();
     let mut head = sh.start();
-    let node = Reap(
-        Command::new(std::env::current_exe().unwrap())
-            .env("RAYX_ROLE", "node")
-            .env("RAYX_ADDRESS", &address)
-            .env("RAYX_TOKEN", token)
-            .env("RAYX_NUM_CPUS", "1")
-            .env("RAYX_RESOURCES", "disk=1")
-            .env("RAYX_EXIT_WITH_PARENT", "1")
-            .envs(health.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let node = sh.node("1", &[("RAYX_RESOURCES", "disk=1")]);
     let rt = rayx::Builder::new()
         .address(&address)
         .token(token)

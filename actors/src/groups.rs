@@ -142,6 +142,18 @@ pub fn check_resources(r: &Resources) -> Result<(), Error> {
     Ok(())
 }
 
+/// Checks what work asks for: `cpus` (Ray's `num_cpus`) and `resources`,
+/// each finite and not negative.
+pub fn check_need(cpus: f64, resources: &Resources) -> Result<(), Error> {
+    check_resources(resources)?;
+    if !cpus.is_finite() || cpus < 0.0 {
+        return Err(Error::InvalidArgument(format!(
+            "num_cpus is {cpus}: it must be finite and not negative"
+        )));
+    }
+    Ok(())
+}
+
 /// What work needing `cpus` CPUs and `resources` asks of a bundle or a node.
 pub fn need(cpus: f64, resources: &Resources) -> Resources {
     let mut need = resources.clone();
@@ -714,6 +726,23 @@ impl Groups {
         if let Some(result) = now {
             slot.complete(result);
         }
+    }
+
+    /// Whether work for `bundle` of group `id` needing `cpus` and
+    /// `resources` waits for the group (see [`waits_for`]): false for a group
+    /// created, removed or unknown here.
+    pub fn waits(
+        &self,
+        id: GroupId,
+        bundle: Option<u32>,
+        cpus: f64,
+        resources: &Resources,
+    ) -> bool {
+        let k = self.known.lock();
+        !k.removed.contains(&id)
+            && k.live
+                .get(&id)
+                .is_some_and(|g| waits_for(g, bundle, &need(cpus, resources)))
     }
 
     /// Holds work for group `id` (a task whose return object is `ret`,

@@ -420,15 +420,8 @@ impl Node {
             }));
             return;
         }
-        if let Err(e) = groups::check_resources(&spec.options.resources) {
+        if let Err(e) = groups::check_need(spec.options.num_cpus, &spec.options.resources) {
             ret.complete(Err(e));
-            return;
-        }
-        let cpus = spec.options.num_cpus;
-        if !cpus.is_finite() || cpus < 0.0 {
-            ret.complete(Err(Error::InvalidArgument(format!(
-                "num_cpus is {cpus}: it must be finite and not negative"
-            ))));
             return;
         }
         let mut spec = spec;
@@ -470,8 +463,8 @@ impl Node {
         else {
             return Some((spec, pins));
         };
-        let waits = matches!(self.core.groups.get(group), Ok(Some(info))
-            if groups::waits_for(&info, bundle, &groups::need(spec.options.num_cpus, &spec.options.resources)));
+        let options = &spec.options;
+        let waits = (self.core.groups).waits(group, bundle, options.num_cpus, &options.resources);
         // Outside a cluster this runtime's own table says what lives: a
         // stale handle decoded long after its group's removal (past what
         // the view remembers) brings back news no head will correct.

@@ -199,8 +199,7 @@ impl Value {
                     let vec = if bytes.is_unique() {
                         Vec::<u8>::from(bytes)
                     } else {
-                        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-                        crate::pages::copied(&bytes, cores)
+                        crate::pages::copied(&bytes)
                     };
                     return same(serde_bytes::ByteBuf::from(vec));
                 }

@@ -729,27 +729,23 @@ impl Head {
     pub fn joined(&self, link: &Arc<Link>, driver: bool) {
         let info = link.peer.clone();
         let others: (Vec<Arc<Link>>, Vec<GroupInfo>) = {
-            let mut t = self.tables.lock();
+            let mut guard = self.tables.lock();
+            let t = &mut *guard;
             if t.nodes.iter().any(|m| m.info.id == info.id && !m.alive) {
                 // Declared dead since its hello was admitted: death is final.
-                drop(t);
+                drop(guard);
                 link.abort();
                 return;
             }
-            if t.nodes.iter().any(|m| m.info.id == info.id && m.alive) {
+            if let Some(m) = t.nodes.iter_mut().find(|m| m.info.id == info.id && m.alive) {
                 // Told the groups again (a head started again has news of
                 // them it may not have had).
                 for g in t.groups.values() {
                     link.send(Msg::GroupState(g.info.clone()));
                 }
-                let m = t
-                    .nodes
-                    .iter_mut()
-                    .find(|m| m.info.id == info.id && m.alive)
-                    .expect("found above");
                 let old = m.link.replace(link.clone());
                 m.heard = Instant::now();
-                drop(t);
+                drop(guard);
                 if let Some(old) = old.filter(|o| o.serial != link.serial) {
                     // Its writer hands the session to the new link's.
                     old.abort();

@@ -3539,10 +3539,7 @@ impl ClusterNode {
         let Scheduling::PlacementGroup { group, bundle } = scheduling else {
             return false;
         };
-        let need = crate::groups::need(cpus, resources);
-        let waits = matches!(self.core.groups.get(group),
-            Ok(Some(info)) if crate::groups::waits_for(&info, bundle, &need));
-        if !waits {
+        if !self.core.groups.waits(group, bundle, cpus, resources) {
             return false;
         }
         let Some(job) = slot.take_job() else {
