@@ -589,6 +589,17 @@ impl StandaloneHead {
         )
     }
 
+    /// A driver (no CPUs) joining it.
+    fn driver(&self) -> Runtime {
+        rayx::Builder::new()
+            .address(&self.address)
+            .token(self.token)
+            .num_cpus(0.0)
+            .health_check(PERIOD, MISSES)
+            .start()
+            .expect("a driver joins")
+    }
+
     /// Starts it (again, on the same database and port).
     fn start(&self) -> Reap {
         self.start_with(&[])
@@ -2057,16 +2068,9 @@ fn a_hung_node_whose_death_was_forgotten_still_may_not_come_back() {
 /// the head's tables (key-value store, named actors) are as they were.
 fn the_head_killed_and_restarted_during_a_job_the_job_finishes() {
     let sh = StandaloneHead::new("head", "head-restart-test-token");
-    let (address, token) = (sh.address.clone(), sh.token);
     let mut head = sh.start();
     let mut nodes: Vec<Reap> = (0..3).map(|_| sh.node("2", &[])).collect();
-    let rt = rayx::Builder::new()
-        .address(&address)
-        .token(token)
-        .num_cpus(0.0)
-        .health_check(PERIOD, MISSES)
-        .start()
-        .expect("the driver joins");
+    let rt = sh.driver();
     assert!(
         rt.wait_for_nodes(5, Duration::from_secs(60)),
         "head, three nodes, driver"
@@ -2226,15 +2230,7 @@ fn a_head_started_again_keeps_its_latest_deaths() {
             .collect()
     };
     let mut head = sh.start();
-    let driver = || {
-        rayx::Builder::new()
-            .address(&address)
-            .token(token)
-            .num_cpus(0.0)
-            .health_check(PERIOD, MISSES)
-            .start()
-            .expect("a driver joins")
-    };
+    let driver = || sh.driver();
     // The first to join is the last to go.
     let first = driver();
     let last_to_die = first.node_id();
@@ -2275,13 +2271,7 @@ fn a_group_placed_before_the_head_was_killed_is_ready_after() {
     let (address, token) = (sh.address.clone(), sh.token);
     let mut head = sh.start();
     let node = sh.node("1", &[("RAYX_RESOURCES", "disk=1")]);
-    let rt = rayx::Builder::new()
-        .address(&address)
-        .token(token)
-        .num_cpus(0.0)
-        .health_check(PERIOD, MISSES)
-        .start()
-        .expect("the driver joins");
+    let rt = sh.driver();
     assert!(
         rt.wait_for_nodes(3, Duration::from_secs(60)),
         "head, node, driver"
